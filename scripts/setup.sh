@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs every Debian package that lasp's build, tests and benchmarks need.
+# Idempotent: when everything is present it only checks, which takes well under a second.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config
+  libopenblas-openmp-dev            # BLAS behind the gemm seam (OpenMP build: single-threaded inside parallel regions)
+  openmpi-bin libopenmpi-dev        # the distributed engine
+  nlohmann-json3-dev libcli11-dev libfmt-dev
+  libgtest-dev googletest
+  python3-torch python3-numpy       # PyTorch reference (run with /usr/bin/python3)
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "setup: all packages present"

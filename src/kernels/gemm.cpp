@@ -1,0 +1,23 @@
+#include "kernels/gemm.h"
+
+#include <cblas.h>
+
+namespace lasp {
+
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+          const float* B, int ldb, float beta, float* C, int ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // BLAS implementations differ on K == 0; define it: C = beta * C
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j) C[(long)i * ldc + j] = beta == 0.f ? 0.f : beta * C[(long)i * ldc + j];
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N,
+              K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void blas_set_threads(int threads) { openblas_set_num_threads(threads); }
+
+const char* blas_config() { return openblas_get_config(); }
+
+}  // namespace lasp

@@ -1,0 +1,54 @@
+// Shared helpers for kernel tests: deterministic random inputs, double-precision copies, the normalized
+// error of ggml (mse(a, b) / mse(a, 0)) and central finite differences.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <vector>
+
+namespace lasp::testing {
+
+inline std::vector<float> random_vector(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+inline std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+// mse(ref, got) / mse(ref, 0); 0 when both are all zero. ref is the trusted (double) value.
+template <class A, class B>
+double normalized_error(const std::vector<A>& ref, const std::vector<B>& got) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    double r = double(ref[i]), g = double(got[i]);
+    num += (r - g) * (r - g);
+    den += r * r;
+  }
+  if (den == 0) return num == 0 ? 0 : INFINITY;
+  return num / den;
+}
+
+// Central finite differences of a scalar function f(x) in double precision, for every element of x.
+inline std::vector<double> finite_difference(const std::function<double(const std::vector<double>&)>& f,
+                                             std::vector<double> x, double h = 1e-5) {
+  std::vector<double> g(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    double keep = x[i];
+    x[i] = keep + h;
+    double fp = f(x);
+    x[i] = keep - h;
+    double fm = f(x);
+    x[i] = keep;
+    g[i] = (fp - fm) / (2 * h);
+  }
+  return g;
+}
+
+// fp32 results against a double reference: mse(a,b)/mse(a,0) must stay within this.
+constexpr double kFp32Tolerance = 1e-10;
+
+}  // namespace lasp::testing

@@ -1,0 +1,55 @@
+// Chunkwise linear attention (LASP2.md section 1), fp32, for H heads of dim d.
+//
+//   causal:        o_i = sum_{j <= i} lambda_h^(i-j) (q_i . k_j) v_j  +  lambda_h^i q_i P
+//   bidirectional: o_i = q_i (sum_j k_j^T v_j + P)                      (no decay)
+//
+// P (d x d per head, rows indexed by the key dim) is an optional incoming state: the contribution of
+// tokens before this sequence piece, P = sum_{j < 0} lambda^(-j) k_j^T v_j. The causal outgoing state is
+// the same quantity at the end, lambda^N P + sum_j lambda^(N-j) k_j^T v_j: the sequence-parallel methods
+// hand it from rank to rank. The bidirectional outgoing state is the local sum K^T V only.
+//
+// Layouts: q, k, v, o and their gradients (B, N, H, d); states (B, H, d, d); lambda (H), or null for no
+// decay. Inside, the sequence is cut into blocks of `block` tokens (the last one may be shorter).
+// Every backward ACCUMULATES (+=) into dq, dk, dv and dstate_in. Optional pointers may be null.
+#pragma once
+#include <cstddef>
+#include <string>
+
+#include "core/workspace.h"
+
+namespace lasp {
+
+enum class Decay { none, lightning, retention };
+Decay decay_from_string(const std::string& name);
+const char* to_string(Decay decay);
+// lambda_h of MODEL.md for h = 0..H-1 (all 1 for Decay::none).
+void linear_attention_decays(float* lambda, int H, Decay decay);
+
+struct LinearAttentionShape {
+  int B = 1, N = 0, H = 1, d = 0;
+  int block = 64;
+};
+
+// Floats of workspace the kernels need when run with `threads` OpenMP threads.
+size_t linear_attention_forward_workspace_floats(const LinearAttentionShape& s, int threads);
+size_t linear_attention_backward_workspace_floats(const LinearAttentionShape& s, int threads);
+
+void linear_attention_forward(float* o, float* state_out, const float* q, const float* k, const float* v,
+                              const float* state_in, const float* lambda, const LinearAttentionShape& s,
+                              Workspace ws);
+void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in, const float* dout,
+                               const float* dstate_out, const float* q, const float* k, const float* v,
+                               const float* state_in, const float* lambda, const LinearAttentionShape& s,
+                               Workspace ws);
+
+// Non-causal form. Workspace: linear_attention_bidirectional_workspace_floats.
+size_t linear_attention_bidirectional_workspace_floats(const LinearAttentionShape& s, int threads);
+void linear_attention_bidirectional_forward(float* o, float* state_out, const float* q, const float* k,
+                                            const float* v, const float* state_in,
+                                            const LinearAttentionShape& s, Workspace ws);
+void linear_attention_bidirectional_backward(float* dq, float* dk, float* dv, float* dstate_in,
+                                             const float* dout, const float* dstate_out, const float* q,
+                                             const float* k, const float* v, const float* state_in,
+                                             const LinearAttentionShape& s, Workspace ws);
+
+}  // namespace lasp

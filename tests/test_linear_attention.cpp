@@ -1,0 +1,354 @@
+// Linear attention kernels against a naive O(N^2) double-precision reference (forward and an analytic
+// backward), the reference's backward against finite differences, and bad arguments.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <vector>
+
+#include "core/check.h"
+#include "kernels/linear_attention.h"
+#include "testing.h"
+
+using namespace lasp;
+using namespace lasp::testing;
+
+namespace {
+
+struct Case {
+  int B, N, H, d, block;
+  Decay decay;
+  bool with_state;  // incoming state P and a gradient on the outgoing state
+};
+
+std::string name(const Case& c) {
+  return "B" + std::to_string(c.B) + "_N" + std::to_string(c.N) + "_H" + std::to_string(c.H) + "_d" +
+         std::to_string(c.d) + "_blk" + std::to_string(c.block) + "_" + to_string(c.decay) +
+         (c.with_state ? "_state" : "");
+}
+
+// The inputs of one case, in double; lambda as the kernel sees it (fp32 values).
+struct Inputs {
+  std::vector<double> q, k, v, P, g, gs;  // g = dL/do, gs = dL/dstate_out
+  std::vector<float> lambda;
+};
+
+Inputs make_inputs(const Case& c, uint32_t seed) {
+  const size_t n = size_t(c.B) * c.N * c.H * c.d, st = size_t(c.B) * c.H * c.d * c.d;
+  Inputs in;
+  in.q = to_double(random_vector(n, seed + 1));
+  in.k = to_double(random_vector(n, seed + 2));
+  in.v = to_double(random_vector(n, seed + 3));
+  in.g = to_double(random_vector(n, seed + 4));
+  in.P = c.with_state ? to_double(random_vector(st, seed + 5)) : std::vector<double>(st, 0.0);
+  in.gs = c.with_state ? to_double(random_vector(st, seed + 6)) : std::vector<double>(st, 0.0);
+  in.lambda.resize(c.H);
+  linear_attention_decays(in.lambda.data(), c.H, c.decay);
+  return in;
+}
+
+size_t at(const Case& c, int b, int n, int h, int i) { return ((size_t(b) * c.N + n) * c.H + h) * c.d + i; }
+size_t st_at(const Case& c, int b, int h, int r, int col) { return ((size_t(b) * c.H + h) * c.d + r) * c.d + col; }
+
+// Forward: o_i = sum_{j<=i} l^(i-j) (q_i.k_j) v_j + l^i q_i P;  S = l^N P + sum_j l^(N-j) k_j^T v_j.
+void reference_forward(const Case& c, const Inputs& in, std::vector<double>& o, std::vector<double>& S) {
+  o.assign(in.q.size(), 0.0);
+  S.assign(in.P.size(), 0.0);
+  for (int b = 0; b < c.B; ++b)
+    for (int h = 0; h < c.H; ++h) {
+      const double l = in.lambda[h];
+      for (int i = 0; i < c.N; ++i) {
+        for (int j = 0; j <= i; ++j) {
+          double qk = 0;
+          for (int x = 0; x < c.d; ++x) qk += in.q[at(c, b, i, h, x)] * in.k[at(c, b, j, h, x)];
+          const double w = std::pow(l, i - j) * qk;
+          for (int x = 0; x < c.d; ++x) o[at(c, b, i, h, x)] += w * in.v[at(c, b, j, h, x)];
+        }
+        for (int col = 0; col < c.d; ++col) {
+          double acc = 0;
+          for (int r = 0; r < c.d; ++r) acc += in.q[at(c, b, i, h, r)] * in.P[st_at(c, b, h, r, col)];
+          o[at(c, b, i, h, col)] += std::pow(l, i) * acc;
+        }
+      }
+      for (int r = 0; r < c.d; ++r)
+        for (int col = 0; col < c.d; ++col) {
+          double acc = std::pow(l, c.N) * in.P[st_at(c, b, h, r, col)];
+          for (int j = 0; j < c.N; ++j)
+            acc += std::pow(l, c.N - j) * in.k[at(c, b, j, h, r)] * in.v[at(c, b, j, h, col)];
+          S[st_at(c, b, h, r, col)] = acc;
+        }
+    }
+}
+
+// L = sum(o * g) + sum(S * gs): the scalar whose gradients the backward computes.
+double reference_loss(const Case& c, const Inputs& in) {
+  std::vector<double> o, S;
+  reference_forward(c, in, o, S);
+  double L = 0;
+  for (size_t i = 0; i < o.size(); ++i) L += o[i] * in.g[i];
+  for (size_t i = 0; i < S.size(); ++i) L += S[i] * in.gs[i];
+  return L;
+}
+
+struct Grads {
+  std::vector<double> dq, dk, dv, dP;
+};
+
+// Analytic gradients of reference_loss, written independently of the chunkwise algorithm.
+Grads reference_backward(const Case& c, const Inputs& in) {
+  Grads gr{std::vector<double>(in.q.size()), std::vector<double>(in.q.size()), std::vector<double>(in.q.size()),
+           std::vector<double>(in.P.size())};
+  for (int b = 0; b < c.B; ++b)
+    for (int h = 0; h < c.H; ++h) {
+      const double l = in.lambda[h];
+      for (int i = 0; i < c.N; ++i)
+        for (int j = 0; j <= i; ++j) {
+          const double w = std::pow(l, i - j);
+          double gv = 0, qk = 0;
+          for (int x = 0; x < c.d; ++x) {
+            gv += in.g[at(c, b, i, h, x)] * in.v[at(c, b, j, h, x)];
+            qk += in.q[at(c, b, i, h, x)] * in.k[at(c, b, j, h, x)];
+          }
+          for (int x = 0; x < c.d; ++x) {
+            gr.dq[at(c, b, i, h, x)] += w * gv * in.k[at(c, b, j, h, x)];
+            gr.dk[at(c, b, j, h, x)] += w * gv * in.q[at(c, b, i, h, x)];
+            gr.dv[at(c, b, j, h, x)] += w * qk * in.g[at(c, b, i, h, x)];
+          }
+        }
+      for (int i = 0; i < c.N; ++i)
+        for (int r = 0; r < c.d; ++r)
+          for (int col = 0; col < c.d; ++col) {
+            const double P = in.P[st_at(c, b, h, r, col)], gs = in.gs[st_at(c, b, h, r, col)];
+            const double li = std::pow(l, i), lt = std::pow(l, c.N - i);
+            gr.dq[at(c, b, i, h, r)] += li * P * in.g[at(c, b, i, h, col)];
+            gr.dP[st_at(c, b, h, r, col)] += li * in.q[at(c, b, i, h, r)] * in.g[at(c, b, i, h, col)];
+            gr.dk[at(c, b, i, h, r)] += lt * gs * in.v[at(c, b, i, h, col)];
+            gr.dv[at(c, b, i, h, col)] += lt * gs * in.k[at(c, b, i, h, r)];
+          }
+      for (int r = 0; r < c.d; ++r)
+        for (int col = 0; col < c.d; ++col)
+          gr.dP[st_at(c, b, h, r, col)] += std::pow(l, c.N) * in.gs[st_at(c, b, h, r, col)];
+    }
+  return gr;
+}
+
+std::vector<float> to_float(const std::vector<double>& v) { return {v.begin(), v.end()}; }
+
+struct KernelResult {
+  std::vector<float> o, S, dq, dk, dv, dP;
+};
+
+// Runs the fp32 kernels; gradients start from `prefill` to check that the backward accumulates.
+KernelResult run_kernel(const Case& c, const Inputs& in, float prefill = 0.f) {
+  LinearAttentionShape s{c.B, c.N, c.H, c.d, c.block};
+  const int threads = omp_get_max_threads();
+  auto q = to_float(in.q), k = to_float(in.k), v = to_float(in.v), P = to_float(in.P), g = to_float(in.g),
+       gs = to_float(in.gs);
+  KernelResult r;
+  r.o.assign(q.size(), 0.f);
+  r.S.assign(P.size(), 0.f);
+  WorkspaceBuffer wf(linear_attention_forward_workspace_floats(s, threads));
+  linear_attention_forward(r.o.data(), r.S.data(), q.data(), k.data(), v.data(),
+                           c.with_state ? P.data() : nullptr, in.lambda.data(), s, wf.view());
+  r.dq.assign(q.size(), prefill);
+  r.dk.assign(q.size(), prefill);
+  r.dv.assign(q.size(), prefill);
+  r.dP.assign(P.size(), prefill);
+  WorkspaceBuffer wb(linear_attention_backward_workspace_floats(s, threads));
+  linear_attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), r.dP.data(), g.data(),
+                            c.with_state ? gs.data() : nullptr, q.data(), k.data(), v.data(),
+                            c.with_state ? P.data() : nullptr, in.lambda.data(), s, wb.view());
+  return r;
+}
+
+std::vector<double> minus(const std::vector<float>& a, float x) {
+  std::vector<double> r(a.size());
+  for (size_t i = 0; i < a.size(); ++i) r[i] = double(a[i]) - x;
+  return r;
+}
+
+class LinearAttentionSweep : public ::testing::TestWithParam<Case> {};
+
+TEST_P(LinearAttentionSweep, MatchesDoubleReference) {
+  const Case c = GetParam();
+  const Inputs in = make_inputs(c, 17u * c.N + c.d);
+  std::vector<double> o, S;
+  reference_forward(c, in, o, S);
+  const Grads ref = reference_backward(c, in);
+  const KernelResult got = run_kernel(c, in);
+  EXPECT_LE(normalized_error(o, got.o), kFp32Tolerance) << "o";
+  EXPECT_LE(normalized_error(S, got.S), kFp32Tolerance) << "state_out";
+  EXPECT_LE(normalized_error(ref.dq, got.dq), kFp32Tolerance) << "dq";
+  EXPECT_LE(normalized_error(ref.dk, got.dk), kFp32Tolerance) << "dk";
+  EXPECT_LE(normalized_error(ref.dv, got.dv), kFp32Tolerance) << "dv";
+  if (c.with_state) EXPECT_LE(normalized_error(ref.dP, got.dP), kFp32Tolerance) << "dstate_in";
+}
+
+std::vector<Case> sweep() {
+  std::vector<Case> cases;
+  for (Decay decay : {Decay::none, Decay::lightning, Decay::retention})
+    for (bool st : {false, true}) {
+      for (int N : {1, 7, 64, 65})
+        for (int d : {1, 3, 64, 128})
+          for (int block : {16, 64}) cases.push_back({2, N, 2, d, block, decay, st});
+      cases.push_back({1, 1000, 2, 1, 48, decay, st});
+      cases.push_back({1, 1000, 2, 3, 64, decay, st});
+      cases.push_back({1, 1000, 2, 64, 48, decay, st});
+    }
+  cases.push_back({1, 1000, 1, 128, 64, Decay::lightning, true});
+  cases.push_back({1, 1000, 8, 64, 128, Decay::lightning, true});  // lightning decays to 0 across a block
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, LinearAttentionSweep, ::testing::ValuesIn(sweep()),
+                         [](const auto& info) { return name(info.param); });
+
+// The double reference's analytic backward equals finite differences of its forward.
+TEST(LinearAttentionReference, BackwardMatchesFiniteDifferences) {
+  for (Decay decay : {Decay::none, Decay::retention, Decay::lightning}) {
+    const Case c{1, 7, 2, 3, 3, decay, true};
+    Inputs in = make_inputs(c, 5);
+    const Grads gr = reference_backward(c, in);
+    auto fd = [&](std::vector<double> Inputs::*field) {
+      return finite_difference(
+          [&](const std::vector<double>& x) {
+            Inputs t = in;
+            t.*field = x;
+            return reference_loss(c, t);
+          },
+          in.*field);
+    };
+    EXPECT_LE(normalized_error(fd(&Inputs::q), gr.dq), 1e-12) << to_string(decay);
+    EXPECT_LE(normalized_error(fd(&Inputs::k), gr.dk), 1e-12) << to_string(decay);
+    EXPECT_LE(normalized_error(fd(&Inputs::v), gr.dv), 1e-12) << to_string(decay);
+    EXPECT_LE(normalized_error(fd(&Inputs::P), gr.dP), 1e-12) << to_string(decay);
+    // and the fp32 kernel directly against finite differences
+    const KernelResult got = run_kernel(c, in);
+    EXPECT_LE(normalized_error(fd(&Inputs::q), got.dq), kFp32Tolerance);
+    EXPECT_LE(normalized_error(fd(&Inputs::P), got.dP), kFp32Tolerance);
+  }
+}
+
+TEST(LinearAttention, BackwardAccumulates) {
+  const Case c{1, 33, 2, 8, 16, Decay::retention, true};
+  const Inputs in = make_inputs(c, 9);
+  const KernelResult fresh = run_kernel(c, in, 0.f), added = run_kernel(c, in, 0.5f);
+  EXPECT_LE(normalized_error(to_double(fresh.dq), minus(added.dq, 0.5f)), 1e-12);
+  EXPECT_LE(normalized_error(to_double(fresh.dk), minus(added.dk, 0.5f)), 1e-12);
+  EXPECT_LE(normalized_error(to_double(fresh.dv), minus(added.dv, 0.5f)), 1e-12);
+  EXPECT_LE(normalized_error(to_double(fresh.dP), minus(added.dP, 0.5f)), 1e-12);
+}
+
+// Splitting a sequence in two and handing the state over gives the unsplit result, for any block size.
+TEST(LinearAttention, StateHandOverEqualsOneCall) {
+  const int B = 1, N = 150, H = 3, d = 16, split = 67;
+  std::vector<float> lambda(H);
+  linear_attention_decays(lambda.data(), H, Decay::lightning);
+  auto q = random_vector(size_t(B) * N * H * d, 1), k = random_vector(q.size(), 2), v = random_vector(q.size(), 3);
+  LinearAttentionShape whole{B, N, H, d, 32}, first{B, split, H, d, 64}, second{B, N - split, H, d, 16};
+  const int T = omp_get_max_threads();
+  std::vector<float> o(q.size()), o2(q.size()), S(size_t(H) * d * d), S1(S.size()), S2(S.size());
+  WorkspaceBuffer w(linear_attention_forward_workspace_floats(whole, T) +
+                    linear_attention_forward_workspace_floats(first, T) +
+                    linear_attention_forward_workspace_floats(second, T));
+  linear_attention_forward(o.data(), S.data(), q.data(), k.data(), v.data(), nullptr, lambda.data(), whole, w.view());
+  linear_attention_forward(o2.data(), S1.data(), q.data(), k.data(), v.data(), nullptr, lambda.data(), first, w.view());
+  const size_t off = size_t(split) * H * d;
+  linear_attention_forward(o2.data() + off, S2.data(), q.data() + off, k.data() + off, v.data() + off, S1.data(),
+                           lambda.data(), second, w.view());
+  EXPECT_LE(normalized_error(o, o2), 1e-12);
+  EXPECT_LE(normalized_error(S, S2), 1e-12);
+}
+
+// ---- bidirectional: o = Q (K^T V + P), state_out = K^T V ----
+TEST(LinearAttentionBidirectional, MatchesDoubleReferenceAndFiniteDifferences) {
+  for (int N : {1, 7, 65, 1000})
+    for (int d : {1, 3, 64}) {
+      const int B = 2, H = 2;
+      const size_t n = size_t(B) * N * H * d, st = size_t(B) * H * d * d;
+      auto q = random_vector(n, 1), k = random_vector(n, 2), v = random_vector(n, 3), g = random_vector(n, 4);
+      auto P = random_vector(st, 5), gs = random_vector(st, 6);
+      // double reference of o, state_out and the gradients of L = sum(o g) + sum(state_out gs)
+      auto idx = [&](int b, int t, int h, int x) { return ((size_t(b) * N + t) * H + h) * d + x; };
+      auto sidx = [&](int b, int h, int r, int c) { return ((size_t(b) * H + h) * d + r) * d + c; };
+      std::vector<double> o(n), M(st), dq(n), dk(n), dv(n), dP(st);
+      for (int b = 0; b < B; ++b)
+        for (int h = 0; h < H; ++h) {
+          std::vector<double> QtG(size_t(d) * d);
+          for (int r = 0; r < d; ++r)
+            for (int c = 0; c < d; ++c) {
+              double m = 0, qg = 0;
+              for (int t = 0; t < N; ++t) {
+                m += double(k[idx(b, t, h, r)]) * v[idx(b, t, h, c)];
+                qg += double(q[idx(b, t, h, r)]) * g[idx(b, t, h, c)];
+              }
+              M[sidx(b, h, r, c)] = m;
+              QtG[size_t(r) * d + c] = qg;
+              dP[sidx(b, h, r, c)] = qg;
+            }
+          for (int t = 0; t < N; ++t)
+            for (int r = 0; r < d; ++r)
+              for (int c = 0; c < d; ++c) {
+                const double tot = M[sidx(b, h, r, c)] + P[sidx(b, h, r, c)];
+                const double dm = QtG[size_t(r) * d + c] + gs[sidx(b, h, r, c)];
+                o[idx(b, t, h, c)] += q[idx(b, t, h, r)] * tot;
+                dq[idx(b, t, h, r)] += g[idx(b, t, h, c)] * tot;
+                dk[idx(b, t, h, r)] += v[idx(b, t, h, c)] * dm;
+                dv[idx(b, t, h, c)] += k[idx(b, t, h, r)] * dm;
+              }
+        }
+      LinearAttentionShape s{B, N, H, d, 64};
+      WorkspaceBuffer w(linear_attention_bidirectional_workspace_floats(s, omp_get_max_threads()));
+      std::vector<float> go(n), gM(st), gdq(n), gdk(n), gdv(n), gdP(st);
+      linear_attention_bidirectional_forward(go.data(), gM.data(), q.data(), k.data(), v.data(), P.data(), s, w.view());
+      linear_attention_bidirectional_backward(gdq.data(), gdk.data(), gdv.data(), gdP.data(), g.data(), gs.data(),
+                                              q.data(), k.data(), v.data(), P.data(), s, w.view());
+      EXPECT_LE(normalized_error(o, go), kFp32Tolerance) << N << " " << d;
+      EXPECT_LE(normalized_error(M, gM), kFp32Tolerance);
+      EXPECT_LE(normalized_error(dq, gdq), kFp32Tolerance);
+      EXPECT_LE(normalized_error(dk, gdk), kFp32Tolerance);
+      EXPECT_LE(normalized_error(dv, gdv), kFp32Tolerance);
+      EXPECT_LE(normalized_error(dP, gdP), kFp32Tolerance);
+      if (N == 7 && d == 3) {  // the reference's gradient of q against finite differences
+        auto fd = finite_difference(
+            [&](const std::vector<double>& qx) {
+              double L = 0;
+              for (int b = 0; b < B; ++b)
+                for (int h = 0; h < H; ++h)
+                  for (int t = 0; t < N; ++t)
+                    for (int r = 0; r < d; ++r)
+                      for (int c = 0; c < d; ++c)
+                        L += qx[idx(b, t, h, r)] * (M[sidx(b, h, r, c)] + P[sidx(b, h, r, c)]) * g[idx(b, t, h, c)];
+              return L;
+            },
+            to_double(q));
+        EXPECT_LE(normalized_error(fd, dq), 1e-12);
+      }
+    }
+}
+
+TEST(LinearAttention, BadArgumentsNameTheKernelAndShapes) {
+  LinearAttentionShape s{1, 8, 2, 4, 0};
+  std::vector<float> x(64), big(100000);
+  Workspace ws{big.data(), big.size()};
+  try {
+    linear_attention_forward(x.data(), nullptr, x.data(), x.data(), x.data(), nullptr, nullptr, s, ws);
+    FAIL() << "no error for block 0";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("linear_attention_forward"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("block=0"), std::string::npos) << e.what();
+  }
+  s.block = 4;
+  Workspace tiny{big.data(), 3};
+  try {
+    linear_attention_backward(x.data(), x.data(), x.data(), nullptr, x.data(), nullptr, x.data(), x.data(),
+                              x.data(), nullptr, nullptr, s, tiny);
+    FAIL() << "no error for a small workspace";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("linear_attention_backward: workspace"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(linear_attention_forward(nullptr, nullptr, x.data(), x.data(), x.data(), nullptr, nullptr, s, ws), Error);
+  EXPECT_THROW(decay_from_string("exponential"), Error);
+}
+
+}  // namespace

@@ -1,0 +1,15 @@
+// RMSNorm over rows of length D: out = x / sqrt(mean(x^2) + eps) * weight.
+// Also the per-head output norm of linear layers: T*H rows of length d sharing one weight of d.
+#pragma once
+
+namespace lasp {
+
+// out (T,D), rstd (T) saved for backward = 1 / sqrt(mean(x^2) + eps), x (T,D), weight (D).
+// out may equal x.
+void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int T, int D, float eps);
+
+// Accumulates: dx (T,D) += dL/dx, dweight (D) += dL/dweight. dx must not alias dout or x.
+void rmsnorm_backward(float* dx, float* dweight, const float* dout, const float* x, const float* weight,
+                      const float* rstd, int T, int D);
+
+}  // namespace lasp

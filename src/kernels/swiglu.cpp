@@ -1,0 +1,48 @@
+#include "kernels/swiglu.h"
+
+#include <cmath>
+
+#include "core/check.h"
+
+namespace lasp {
+
+namespace {
+
+// sigmoid without overflow: exp of a non-positive argument only.
+inline float sigmoid(float x) {
+  const float e = std::exp(-std::fabs(x));
+  return x >= 0.f ? 1.f / (1.f + e) : e / (1.f + e);
+}
+
+}  // namespace
+
+void swiglu_forward(float* out, const float* gate, const float* up, long n) {
+  LASP_CHECK(n >= 0, "swiglu_forward: n must be >= 0, got {}", n);
+  if (n == 0) return;
+  LASP_CHECK(out && gate && up, "swiglu_forward: null pointer (out={}, gate={}, up={})", (const void*)out,
+             (const void*)gate, (const void*)up);
+#pragma omp parallel for if (n > 32768)
+  for (long i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = g * sigmoid(g) * up[i];
+  }
+}
+
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, long n) {
+  LASP_CHECK(n >= 0, "swiglu_backward: n must be >= 0, got {}", n);
+  if (n == 0) return;
+  LASP_CHECK(dgate && dup && dout && gate && up,
+             "swiglu_backward: null pointer (dgate={}, dup={}, dout={}, gate={}, up={})", (const void*)dgate,
+             (const void*)dup, (const void*)dout, (const void*)gate, (const void*)up);
+  LASP_CHECK(dgate != dup && dgate != dout && dup != dout && dgate != gate && dgate != up && dup != gate &&
+                 dup != up,
+             "swiglu_backward: gradients must not alias each other, dout, gate or up");
+#pragma omp parallel for if (n > 32768)
+  for (long i = 0; i < n; ++i) {
+    const float g = gate[i], s = sigmoid(g), go = dout[i];
+    dgate[i] += go * up[i] * s * (1.f + g * (1.f - s));
+    dup[i] += go * g * s;
+  }
+}
+
+}  // namespace lasp

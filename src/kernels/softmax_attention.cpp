@@ -1,0 +1,395 @@
+// Tiled causal softmax attention (FlashAttention-2 schedule on the CPU). Scores are kept in the log2
+// domain: S2 = (scale * log2 e) q k^T, so every exponential is an exp2 (vectorized below).
+//
+// Forward, per (b, h, query tile): for each visible key tile
+//     S = c Q K^T (gemm NT); mask; m' = max(m, rowmax S); P = exp2(S - m'); l = l 2^(m-m') + rowsum P;
+//     O = O 2^(m-m') + P V (gemm NN)
+//   then o = O / l, lse = (m + log2 l) ln 2.
+// Backward, per (b, kv head), for each query head of the group and query tile (D_i = dout_i . o_i once),
+// for each visible key tile, exactly 5 products:
+//     S = c Q K^T; P = exp2(S - lse log2 e); dP = dO V^T; dS = P (dP - D);
+//     dV += P^T dO; dK += scale dS^T Q; dQ += scale dS K.
+#include "kernels/softmax_attention.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "core/check.h"
+#include "kernels/gemm.h"
+
+namespace lasp {
+namespace {
+
+// 256 x 256 tiles: the per-call packing of OpenBLAS is ~25% of the time at these shapes and shrinks with
+// the tile (measured, N = 8192, H = 8, d = 64, one thread, counted GFLOP/s: 128x128 83, 256x256 92, larger no
+// better; N = 16384: 97). Per thread
+// this is 2 x 256 KiB of scores plus 64 KiB of output accumulator: it stays in L2.
+constexpr int kTileQ = 256;  // queries per tile
+constexpr int kTileK = 256;  // keys per tile
+constexpr float kLog2e = 1.44269504088896340736f;
+constexpr float kLn2 = 0.69314718055994530942f;
+
+size_t round16(size_t n) { return (n + 15) / 16 * 16; }
+
+struct Tiles {
+  int tq, tk;
+};
+Tiles tiles_for(int Nq, int Nk) { return {std::min(kTileQ, Nq), std::min(kTileK, Nk)}; }
+
+// Per-thread scratch: S (tq x tk), P/dP (tq x tk), O accumulator (tq x d), four row vectors (tq).
+size_t per_thread_floats(Tiles t, int d) {
+  return 2 * round16(size_t(t.tq) * t.tk) + round16(size_t(t.tq) * d) + 4 * round16(t.tq);
+}
+
+std::string shape_str(const SoftmaxAttentionShape& s) {
+  return fmt::format("B={} Nq={} Nk={} H={} H_kv={} d={} scale={}", s.B, s.Nq, s.Nk, s.H, s.H_kv, s.d, s.scale);
+}
+
+void check_shape(const char* kernel, const SoftmaxAttentionShape& s) {
+  LASP_CHECK(s.B > 0 && s.Nq > 0 && s.Nk > 0 && s.H > 0 && s.H_kv > 0 && s.d > 0,
+             "{}: expected positive sizes, got {}", kernel, shape_str(s));
+  LASP_CHECK(s.H % s.H_kv == 0, "{}: expected H_kv to divide H, got {}", kernel, shape_str(s));
+  LASP_CHECK(std::isfinite(s.scale), "{}: expected a finite scale, got {}", kernel, shape_str(s));
+}
+
+void check_ptr(const char* kernel, const void* p, const char* name, const SoftmaxAttentionShape& s) {
+  LASP_CHECK(p != nullptr, "{}: {} is null ({})", kernel, name, shape_str(s));
+}
+
+// Splits the workspace into per-thread slices (64-byte aligned); returns the number of threads to run.
+int plan_threads(const char* kernel, const SoftmaxAttentionShape& s, Workspace ws, float** base, size_t* per) {
+  const Tiles t = tiles_for(s.Nq, s.Nk);
+  *per = per_thread_floats(t, s.d);
+  LASP_CHECK(ws.data != nullptr || ws.floats == 0, "{}: workspace data is null ({})", kernel, shape_str(s));
+  const size_t skew = ws.data ? (64 - reinterpret_cast<uintptr_t>(ws.data) % 64) % 64 / sizeof(float) : 0;
+  const size_t usable = ws.floats > skew ? ws.floats - skew : 0;
+  const size_t fits = usable / *per;
+  LASP_CHECK(ws.data != nullptr && fits >= 1,
+             "{}: workspace too small: got {} floats, need softmax_attention_workspace_floats(Nq, Nk, d, 1) = {} "
+             "at least ({})",
+             kernel, ws.floats, softmax_attention_workspace_floats(s.Nq, s.Nk, s.d, 1), shape_str(s));
+  *base = ws.data + skew;
+  return int(std::min<size_t>(size_t(omp_get_max_threads()), fits));
+}
+
+void pos_range(const int* pos, int n, int* lo, int* hi) {
+  int a = pos[0], b = pos[0];
+  for (int i = 1; i < n; ++i) {
+    a = std::min(a, pos[i]);
+    b = std::max(b, pos[i]);
+  }
+  *lo = a;
+  *hi = b;
+}
+
+// S[i][j] = -inf where key j is not visible to query i.
+void apply_mask(float* S, int nq, int nk, const int* qp, const int* kp) {
+  for (int i = 0; i < nq; ++i) {
+    float* row = S + size_t(i) * nk;
+    const int p = qp[i];
+    for (int j = 0; j < nk; ++j)
+      if (kp[j] > p) row[j] = -INFINITY;
+  }
+}
+
+// ---- row primitives: max, exp2 (with and without the sum), dS = P (dP - D) ----
+#if defined(__AVX512F__)
+
+// 2^x for x in [-126, 128], ~1 ulp; 0 for x < -126, -inf and NaN.
+inline __m512 exp2_ps(__m512 x) {
+  const __mmask16 ok = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.f), _CMP_GE_OQ);
+  x = _mm512_max_ps(x, _mm512_set1_ps(-126.f));
+  const __m512 r = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, r);  // [-0.5, 0.5]
+  // minimax fit of 2^f on [-0.5, 0.5] (relative error 2e-9 before rounding)
+  __m512 p = _mm512_set1_ps(1.5345811e-04f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3399931e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6184891e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5503286e-02f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022646e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_scalef_ps(ok, p, r);
+}
+
+inline __mmask16 tail_mask(int n) { return __mmask16((1u << n) - 1); }
+
+float row_max(const float* s, int n) {
+  __m512 a0 = _mm512_set1_ps(-INFINITY), a1 = a0;
+  int j = 0;
+  for (; j + 32 <= n; j += 32) {
+    a0 = _mm512_max_ps(a0, _mm512_loadu_ps(s + j));
+    a1 = _mm512_max_ps(a1, _mm512_loadu_ps(s + j + 16));
+  }
+  for (; j + 16 <= n; j += 16) a0 = _mm512_max_ps(a0, _mm512_loadu_ps(s + j));
+  if (j < n) {
+    const __mmask16 k = tail_mask(n - j);
+    a1 = _mm512_mask_max_ps(a1, k, a1, _mm512_maskz_loadu_ps(k, s + j));
+  }
+  return _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+}
+
+// s = 2^(s - m) in place; returns the row sum.
+float exp2_row_sum(float* s, int n, float m) {
+  const __m512 vm = _mm512_set1_ps(m);
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+  int j = 0;
+  for (; j + 32 <= n; j += 32) {
+    const __m512 p0 = exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(s + j), vm));
+    const __m512 p1 = exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(s + j + 16), vm));
+    _mm512_storeu_ps(s + j, p0);
+    _mm512_storeu_ps(s + j + 16, p1);
+    a0 = _mm512_add_ps(a0, p0);
+    a1 = _mm512_add_ps(a1, p1);
+  }
+  for (; j < n; j += 16) {
+    const __mmask16 k = n - j >= 16 ? __mmask16(0xffff) : tail_mask(n - j);
+    const __m512 p = exp2_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), vm));
+    _mm512_mask_storeu_ps(s + j, k, p);
+    a0 = _mm512_add_ps(a0, _mm512_maskz_mov_ps(k, p));
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+
+void exp2_row(float* s, int n, float m) {
+  const __m512 vm = _mm512_set1_ps(m);
+  for (int j = 0; j < n; j += 16) {
+    const __mmask16 k = n - j >= 16 ? __mmask16(0xffff) : tail_mask(n - j);
+    _mm512_mask_storeu_ps(s + j, k, exp2_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), vm)));
+  }
+}
+
+// dp = p (dp - D)
+void ds_row(float* dp, const float* p, int n, float D) {
+  const __m512 vd = _mm512_set1_ps(D);
+  for (int j = 0; j < n; j += 16) {
+    const __mmask16 k = n - j >= 16 ? __mmask16(0xffff) : tail_mask(n - j);
+    const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dp + j), vd);
+    _mm512_mask_storeu_ps(dp + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p + j), x));
+  }
+}
+
+#else  // portable fallback (tested by building the tests with -march=x86-64-v3)
+
+inline float exp2_scalar(float x) { return x >= -126.f ? std::exp2(x) : 0.f; }
+
+float row_max(const float* s, int n) {
+  float m = -INFINITY;
+  for (int j = 0; j < n; ++j) m = std::max(m, s[j]);
+  return m;
+}
+
+float exp2_row_sum(float* s, int n, float m) {
+  float sum = 0.f;
+  for (int j = 0; j < n; ++j) sum += (s[j] = exp2_scalar(s[j] - m));
+  return sum;
+}
+
+void exp2_row(float* s, int n, float m) {
+  for (int j = 0; j < n; ++j) s[j] = exp2_scalar(s[j] - m);
+}
+
+void ds_row(float* dp, const float* p, int n, float D) {
+  for (int j = 0; j < n; ++j) dp[j] = p[j] * (dp[j] - D);
+}
+
+#endif
+
+}  // namespace
+
+size_t softmax_attention_workspace_floats(int Nq, int Nk, int d, int threads) {
+  LASP_CHECK(Nq > 0 && Nk > 0 && d > 0 && threads > 0,
+             "softmax_attention_workspace_floats: expected positive sizes, got Nq={} Nk={} d={} threads={}", Nq,
+             Nk, d, threads);
+  return size_t(threads) * per_thread_floats(tiles_for(Nq, Nk), d) + 16;  // + 16: alignment slack
+}
+
+void softmax_attention_forward(float* o, float* lse, const float* q, const float* k, const float* v,
+                               const int* q_pos, const int* k_pos, const SoftmaxAttentionShape& s,
+                               Workspace ws) {
+  const char* kernel = "softmax_attention_forward";
+  check_shape(kernel, s);
+  check_ptr(kernel, o, "o", s);
+  check_ptr(kernel, lse, "lse", s);
+  check_ptr(kernel, q, "q", s);
+  check_ptr(kernel, k, "k", s);
+  check_ptr(kernel, v, "v", s);
+  check_ptr(kernel, q_pos, "q_pos", s);
+  check_ptr(kernel, k_pos, "k_pos", s);
+  float* base;
+  size_t per;
+  const int threads = plan_threads(kernel, s, ws, &base, &per);
+
+  const Tiles t = tiles_for(s.Nq, s.Nk);
+  const int B = s.B, Nq = s.Nq, Nk = s.Nk, H = s.H, H_kv = s.H_kv, d = s.d, group = H / H_kv;
+  const int nqt = (Nq + t.tq - 1) / t.tq, nkt = (Nk + t.tk - 1) / t.tk;
+  const long items = long(B) * H * nqt;
+  const float c = s.scale * kLog2e;
+  const size_t ldq = size_t(H) * d, ldk = size_t(H_kv) * d;
+
+#pragma omp parallel num_threads(threads)
+  {
+    float* S = base + size_t(omp_get_thread_num()) * per;
+    float* O = S + 2 * round16(size_t(t.tq) * t.tk);
+    float* m = O + round16(size_t(t.tq) * d);
+    float* l = m + round16(t.tq);
+#pragma omp for schedule(dynamic, 1)
+    for (long item = 0; item < items; ++item) {
+      // Later query tiles first: with causal positions they see the most keys (better load balance).
+      const int qt = nqt - 1 - int(item % nqt);
+      const int h = int(item / nqt % H), b = int(item / nqt / H), hk = h / group;
+      const int q0 = qt * t.tq, nq = std::min(t.tq, Nq - q0);
+      int qlo, qhi;
+      pos_range(q_pos + q0, nq, &qlo, &qhi);
+      const float* qt_ptr = q + (size_t(b) * Nq + q0) * ldq + size_t(h) * d;
+      std::fill(O, O + size_t(nq) * d, 0.f);
+      std::fill(m, m + nq, -INFINITY);
+      std::fill(l, l + nq, 0.f);
+      for (int kt = 0; kt < nkt; ++kt) {
+        const int k0 = kt * t.tk, nk = std::min(t.tk, Nk - k0);
+        int klo, khi;
+        pos_range(k_pos + k0, nk, &klo, &khi);
+        if (klo > qhi) continue;  // every key after every query
+        const size_t kv_off = (size_t(b) * Nk + k0) * ldk + size_t(hk) * d;
+        gemm(false, true, nq, nk, d, c, qt_ptr, int(ldq), k + kv_off, int(ldk), 0.f, S, nk);
+        if (khi > qlo) apply_mask(S, nq, nk, q_pos + q0, k_pos + k0);
+        for (int i = 0; i < nq; ++i) {
+          float* row = S + size_t(i) * nk;
+          const float m_new = std::max(m[i], row_max(row, nk));
+          const float m_use = m_new == -INFINITY ? 0.f : m_new;  // row sees nothing yet: P = 0
+          const float alpha = m[i] == m_new ? 1.f : std::exp2(m[i] - m_use);
+          l[i] = l[i] * alpha + exp2_row_sum(row, nk, m_use);
+          if (alpha != 1.f) {
+            float* orow = O + size_t(i) * d;
+            for (int x = 0; x < d; ++x) orow[x] *= alpha;
+          }
+          m[i] = m_new;
+        }
+        gemm(false, false, nq, d, nk, 1.f, S, nk, v + kv_off, int(ldk), 1.f, O, d);
+      }
+      for (int i = 0; i < nq; ++i) {
+        float* orow = o + ((size_t(b) * Nq + q0 + i) * H + h) * d;
+        const float* acc = O + size_t(i) * d;
+        const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+        for (int x = 0; x < d; ++x) orow[x] = acc[x] * inv;
+        lse[(size_t(b) * H + h) * Nq + q0 + i] = l[i] > 0.f ? (m[i] + std::log2(l[i])) * kLn2 : -INFINITY;
+      }
+    }
+  }
+}
+
+void softmax_attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* o,
+                                const float* lse, const float* q, const float* k, const float* v,
+                                const int* q_pos, const int* k_pos, const SoftmaxAttentionShape& s,
+                                Workspace ws) {
+  const char* kernel = "softmax_attention_backward";
+  check_shape(kernel, s);
+  check_ptr(kernel, dq, "dq", s);
+  check_ptr(kernel, dk, "dk", s);
+  check_ptr(kernel, dv, "dv", s);
+  check_ptr(kernel, dout, "dout", s);
+  check_ptr(kernel, o, "o", s);
+  check_ptr(kernel, lse, "lse", s);
+  check_ptr(kernel, q, "q", s);
+  check_ptr(kernel, k, "k", s);
+  check_ptr(kernel, v, "v", s);
+  check_ptr(kernel, q_pos, "q_pos", s);
+  check_ptr(kernel, k_pos, "k_pos", s);
+  float* base;
+  size_t per;
+  const int threads = plan_threads(kernel, s, ws, &base, &per);
+
+  const Tiles t = tiles_for(s.Nq, s.Nk);
+  const int B = s.B, Nq = s.Nq, Nk = s.Nk, H = s.H, H_kv = s.H_kv, d = s.d, group = H / H_kv;
+  const int nqt = (Nq + t.tq - 1) / t.tq, nkt = (Nk + t.tk - 1) / t.tk;
+  const long items = long(B) * H_kv;
+  const float c = s.scale * kLog2e;
+  const size_t ldq = size_t(H) * d, ldk = size_t(H_kv) * d;
+
+#pragma omp parallel num_threads(threads)
+  {
+    float* P = base + size_t(omp_get_thread_num()) * per;
+    float* dP = P + round16(size_t(t.tq) * t.tk);
+    float* Dv = dP + round16(size_t(t.tq) * t.tk) + round16(size_t(t.tq) * d);
+    float* L2 = Dv + round16(t.tq);
+#pragma omp for schedule(dynamic, 1)
+    for (long item = 0; item < items; ++item) {
+      const int hk = int(item % H_kv), b = int(item / H_kv);
+      for (int h = hk * group; h < (hk + 1) * group; ++h) {
+        for (int qt = 0; qt < nqt; ++qt) {
+          const int q0 = qt * t.tq, nq = std::min(t.tq, Nq - q0);
+          int qlo, qhi;
+          pos_range(q_pos + q0, nq, &qlo, &qhi);
+          const size_t q_off = (size_t(b) * Nq + q0) * ldq + size_t(h) * d;
+          for (int i = 0; i < nq; ++i) {
+            const float* dor = dout + q_off + i * ldq;
+            const float* orow = o + q_off + i * ldq;
+            float acc = 0.f;
+            for (int x = 0; x < d; ++x) acc += dor[x] * orow[x];
+            Dv[i] = acc;
+            L2[i] = lse[(size_t(b) * H + h) * Nq + q0 + i] * kLog2e;
+          }
+          for (int kt = 0; kt < nkt; ++kt) {
+            const int k0 = kt * t.tk, nk = std::min(t.tk, Nk - k0);
+            int klo, khi;
+            pos_range(k_pos + k0, nk, &klo, &khi);
+            if (klo > qhi) continue;
+            const size_t kv_off = (size_t(b) * Nk + k0) * ldk + size_t(hk) * d;
+            gemm(false, true, nq, nk, d, c, q + q_off, int(ldq), k + kv_off, int(ldk), 0.f, P, nk);
+            if (khi > qlo) apply_mask(P, nq, nk, q_pos + q0, k_pos + k0);
+            for (int i = 0; i < nq; ++i) {
+              float* row = P + size_t(i) * nk;
+              if (L2[i] == -INFINITY)  // the query sees no key at all
+                std::fill(row, row + nk, 0.f);
+              else
+                exp2_row(row, nk, L2[i]);
+            }
+            gemm(false, true, nq, nk, d, 1.f, dout + q_off, int(ldq), v + kv_off, int(ldk), 0.f, dP, nk);
+            for (int i = 0; i < nq; ++i) ds_row(dP + size_t(i) * nk, P + size_t(i) * nk, nk, Dv[i]);
+            gemm(true, false, nk, d, nq, 1.f, P, nk, dout + q_off, int(ldq), 1.f, dv + kv_off, int(ldk));
+            gemm(true, false, nk, d, nq, s.scale, dP, nk, q + q_off, int(ldq), 1.f, dk + kv_off, int(ldk));
+            gemm(false, false, nq, d, nk, s.scale, dP, nk, k + kv_off, int(ldk), 1.f, dq + q_off, int(ldq));
+          }
+        }
+      }
+    }
+  }
+}
+
+void softmax_attention_merge(float* o_acc, float* lse_acc, const float* o_part, const float* lse_part, int B,
+                             int Nq, int H, int d) {
+  LASP_CHECK(B > 0 && Nq > 0 && H > 0 && d > 0, "softmax_attention_merge: expected positive sizes, got B={} Nq={} H={} d={}",
+             B, Nq, H, d);
+  LASP_CHECK(o_acc && lse_acc && o_part && lse_part,
+             "softmax_attention_merge: null pointer (o_acc={} lse_acc={} o_part={} lse_part={}), B={} Nq={} H={} d={}",
+             fmt::ptr(o_acc), fmt::ptr(lse_acc), fmt::ptr(o_part), fmt::ptr(lse_part), B, Nq, H, d);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int b = 0; b < B; ++b)
+    for (int n = 0; n < Nq; ++n)
+      for (int h = 0; h < H; ++h) {
+        float& la = lse_acc[(size_t(b) * H + h) * Nq + n];
+        const float lp = lse_part[(size_t(b) * H + h) * Nq + n];
+        float* oa = o_acc + ((size_t(b) * Nq + n) * H + h) * d;
+        const float* op = o_part + ((size_t(b) * Nq + n) * H + h) * d;
+        if (lp == -INFINITY) continue;  // the part saw no key: nothing to add
+        if (la == -INFINITY) {
+          for (int x = 0; x < d; ++x) oa[x] = op[x];
+          la = lp;
+          continue;
+        }
+        const float mx = std::max(la, lp);
+        const float wa = std::exp(la - mx), wp = std::exp(lp - mx), sum = wa + wp;
+        for (int x = 0; x < d; ++x) oa[x] = (wa * oa[x] + wp * op[x]) / sum;
+        la = mx + std::log(sum);
+      }
+}
+
+}  // namespace lasp

@@ -1,0 +1,516 @@
+#!/usr/bin/python3
+"""Independent PyTorch reference of lasp's model (design/MODEL.md), used by the C++ tests.
+
+Run with /usr/bin/python3 (needs torch and numpy; nothing else). Subcommands:
+
+  grads     --checkpoint DIR --tokens FILE --batch B --out OUT.safetensors [--dtype float64|float32]
+            [--out-dtype F32|F64]
+            tokens FILE: raw little-endian int32, shape (B, N+1); inputs [:, :-1], targets [:, 1:].
+            OUT holds "logits" [B, N, V], "loss" [1] and "grad.<name>" for every parameter
+            (gradient of the mean loss), all in --out-dtype (default F32).
+  eval      --checkpoint DIR --data PATH --seq-len N --batches K [--format text|shard] [--dtype ...]
+            window k = tokens [k*N, k*N+N] (inputs the first N, targets the last N);
+            prints {"loss": mean CE over K*N predictions, "tokens": K*N}.
+  train     --checkpoint DIR --tokens FILE --batch B --steps S --lr LR [--weight-decay 0.1 --beta1 0.9
+            --beta2 0.95 --eps 1e-8 --clip 1.0 --decay-filter all|matrices --dtype ... --out DIR]
+            S steps of torch.optim.AdamW(foreach=False), constant lr, clip_grad_norm_ (clip <= 0: off),
+            same batch every step; prints {"losses": [loss before each update]}; --out saves the result.
+  init      --config config.json --out DIR --seed S [--std 0.02]   random fp32 checkpoint
+            (matrices ~ N(0, std^2); every norm weight ~ 1 + 0.1 N(0, 1)).
+  time-step --config config.json --seq-len N --batch B --repeats R [--threads T]
+            fp32 forward+backward+AdamW with an efficient chunkwise (block 64) linear attention;
+            prints {"tokens_per_s": ..., "seconds_per_step": median}.
+  selftest  naive vs chunkwise linear attention, gradcheck of the whole model, causality,
+            init -> grads -> read-back round trip. Exit status 1 on failure.
+
+User errors (bad config, missing/misshaped tensors, short data) print "error: ..." and exit with 2.
+The model is written naively (quadratic masked linear attention) so that it is obviously right.
+"""
+import argparse, json, math, os, shutil, statistics, struct, sys, tempfile, time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class UserError(Exception):
+    pass
+
+
+# ----------------------------------------------------------------------------------------- config
+FEATURE_MAPS = {"silu": F.silu, "elu1": lambda x: F.elu(x) + 1.0, "relu": F.relu, "identity": lambda x: x}
+DECAYS = ("none", "lightning", "retention")
+
+
+def validate_config(c):
+    """Fills defaults in place and checks consistency; raises UserError with a clear message."""
+    def need(key):
+        if key not in c:
+            raise UserError(f"config: missing key '{key}'")
+        return c[key]
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+        if not isinstance(need(key), int) or c[key] <= 0:
+            raise UserError(f"config: '{key}' must be a positive integer, got {c[key]!r}")
+    c.setdefault("num_key_value_heads", c["num_attention_heads"])
+    c.setdefault("rms_norm_eps", 1e-5)
+    c.setdefault("rope_theta", 500000.0)
+    c.setdefault("tie_word_embeddings", False)
+    c.setdefault("layer_types", "L" * c["num_hidden_layers"])
+    la = c.setdefault("linear_attention", {})
+    la.setdefault("feature_map", "silu"); la.setdefault("decay", "none")
+    la.setdefault("output_norm", True); la.setdefault("output_gate", True)
+    D, H, Hkv, lt = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["layer_types"]
+    if not isinstance(lt, str) or any(ch not in "LN" for ch in lt):
+        raise UserError(f"config: layer_types must be a string of 'L'/'N' letters, got {lt!r}")
+    if len(lt) != c["num_hidden_layers"]:
+        raise UserError(f"config: layer_types {lt!r} has {len(lt)} letters but num_hidden_layers is "
+                        f"{c['num_hidden_layers']}")
+    if D % H:
+        raise UserError(f"config: num_attention_heads {H} does not divide hidden_size {D}")
+    if (D // H) % 2 and "N" in lt:
+        raise UserError(f"config: head dim {D // H} must be even for RoPE in softmax layers")
+    if c.get("head_dim", D // H) != D // H:
+        raise UserError(f"config: head_dim {c['head_dim']} != hidden_size / num_attention_heads = {D // H}")
+    if not isinstance(Hkv, int) or Hkv <= 0 or H % Hkv:
+        raise UserError(f"config: num_key_value_heads {Hkv} must divide num_attention_heads {H}")
+    if la["feature_map"] not in FEATURE_MAPS:
+        raise UserError(f"config: linear_attention.feature_map {la['feature_map']!r} not in {list(FEATURE_MAPS)}")
+    if la["decay"] not in DECAYS:
+        raise UserError(f"config: linear_attention.decay {la['decay']!r} not in {list(DECAYS)}")
+    return c
+
+
+def load_config(path):
+    try:
+        with open(path) as f:
+            c = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read config {path}: {e}")
+    return validate_config(c)
+
+
+def param_shapes(c):
+    """Ordered {name: shape} of every parameter, as MODEL.md names them."""
+    V, D, Fw, H = c["vocab_size"], c["hidden_size"], c["intermediate_size"], c["num_attention_heads"]
+    d, Hkv, la = D // H, c["num_key_value_heads"], c["linear_attention"]
+    s = {"model.embed_tokens.weight": [V, D]}
+    for i, t in enumerate(c["layer_types"]):
+        p, kv = f"model.layers.{i}.", (H * d if t == "L" else Hkv * d)
+        s[p + "input_layernorm.weight"] = [D]
+        s[p + "self_attn.q_proj.weight"] = [H * d, D]
+        s[p + "self_attn.k_proj.weight"] = [kv, D]
+        s[p + "self_attn.v_proj.weight"] = [kv, D]
+        s[p + "self_attn.o_proj.weight"] = [D, H * d]
+        if t == "L" and la["output_gate"]:
+            s[p + "self_attn.g_proj.weight"] = [H * d, D]
+        if t == "L" and la["output_norm"]:
+            s[p + "self_attn.o_norm.weight"] = [d]
+        s[p + "post_attention_layernorm.weight"] = [D]
+        s[p + "mlp.gate_proj.weight"] = [Fw, D]
+        s[p + "mlp.up_proj.weight"] = [Fw, D]
+        s[p + "mlp.down_proj.weight"] = [D, Fw]
+    s["model.norm.weight"] = [D]
+    if not c["tie_word_embeddings"]:
+        s["lm_head.weight"] = [V, D]
+    return s
+
+
+# ------------------------------------------------------------------------------------ safetensors
+def read_safetensors(path):
+    """{name: float64-or-float32 torch tensor}; accepts F32, F64, F16, BF16."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e}")
+    (n,) = struct.unpack("<Q", raw[:8])
+    header, data, out = json.loads(raw[8:8 + n]), memoryview(raw)[8 + n:], {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        b, e = info["data_offsets"]
+        buf, dt = data[b:e], info["dtype"]
+        if dt == "BF16":
+            a = (np.frombuffer(buf, "<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            a = np.frombuffer(buf, {"F32": "<f4", "F64": "<f8", "F16": "<f2"}[dt]).astype(np.float32 if dt != "F64" else np.float64)
+        out[name] = torch.from_numpy(a.reshape(info["shape"]).copy())
+    return out
+
+
+def write_safetensors(path, tensors, dtype="F32", metadata=None):
+    np_dt = {"F32": "<f4", "F64": "<f8"}[dtype]
+    arrays = {k: np.ascontiguousarray(v.detach().cpu().double().numpy().astype(np_dt)) for k, v in tensors.items()}
+    header, off = {"__metadata__": metadata or {}}, 0
+    for k, a in arrays.items():
+        header[k] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
+        off += a.nbytes
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)  # keep the data 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h)
+        for a in arrays.values():
+            f.write(a.tobytes())
+
+
+def load_checkpoint(folder, dtype):
+    c = load_config(os.path.join(folder, "config.json"))
+    t = read_safetensors(os.path.join(folder, "model.safetensors"))
+    shapes = param_shapes(c)
+    missing = [k for k in shapes if k not in t]
+    extra = [k for k in t if k not in shapes]
+    if missing or extra:
+        raise UserError(f"checkpoint {folder}: missing tensors {missing}, unexpected tensors {extra}")
+    for k, s in shapes.items():
+        if list(t[k].shape) != s:
+            raise UserError(f"checkpoint {folder}: {k} has shape {list(t[k].shape)}, expected {s}")
+    return c, {k: t[k].to(dtype).requires_grad_(True) for k in shapes}
+
+
+def save_checkpoint(folder, config_path, params):
+    """Writes params as fp32 model.safetensors and copies config_path verbatim as config.json."""
+    os.makedirs(folder, exist_ok=True)
+    if os.path.abspath(config_path) != os.path.abspath(os.path.join(folder, "config.json")):
+        shutil.copyfile(config_path, os.path.join(folder, "config.json"))
+    write_safetensors(os.path.join(folder, "model.safetensors"), params, "F32", {"format": "pt"})
+
+
+# ------------------------------------------------------------------------------------------ model
+def decays(c, H):
+    kind = c["linear_attention"]["decay"]
+    h = torch.arange(H, dtype=torch.float64)
+    if kind == "lightning":
+        return torch.exp(-torch.pow(2.0, -8.0 * (h + 1) / H))
+    if kind == "retention":
+        return 1.0 - torch.pow(2.0, -5.0 - h)
+    return torch.ones(H, dtype=torch.float64)
+
+
+def linear_attention_naive(q, k, v, lam):
+    """q, k, v [B, H, N, d]; lam [H]. o_i = sum_{j<=i} lam^(i-j) (q_i . k_j) v_j, as one masked product."""
+    N = q.shape[2]
+    i = torch.arange(N, dtype=torch.float64)
+    dist = i[:, None] - i[None, :]                                        # i - j
+    psi = torch.where(dist >= 0, lam[:, None, None] ** dist.clamp(min=0), torch.zeros(()).double())
+    return ((q @ k.transpose(-1, -2)) * psi.to(q.dtype)) @ v
+
+
+def linear_attention_chunkwise(q, k, v, lam, block=64):
+    """Same result through the right-product recurrence of LASP2.md section 1 (blocks of `block`)."""
+    B, H, N, d = q.shape
+    lam = lam.to(q.dtype)
+    S, out = q.new_zeros(B, H, d, d), []
+    for s in range(0, N, block):
+        L = min(block, N - s)
+        qb, kb, vb = q[:, :, s:s + L], k[:, :, s:s + L], v[:, :, s:s + L]
+        i = torch.arange(L, dtype=q.dtype)
+        dist = i[:, None] - i[None, :]
+        psi = torch.where(dist >= 0, lam[:, None, None] ** dist.clamp(min=0), torch.zeros((), dtype=q.dtype))
+        intra = ((qb @ kb.transpose(-1, -2)) * psi) @ vb
+        inter = (lam[:, None, None] ** i[:, None]) * (qb @ S)                # diag(lam^i') Q_b S_b
+        out.append(intra + inter)
+        S = (lam ** L)[:, None, None] * S + kb.transpose(-1, -2) @ ((lam[:, None, None] ** (L - i)[:, None]) * vb)
+    return torch.cat(out, dim=2)
+
+
+def rms_norm(x, w, eps):
+    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * w
+
+
+def rope(x, theta):
+    """x [B, heads, N, d]; Llama rotate_half with global positions 0..N-1 (angles in float64)."""
+    N, d = x.shape[2], x.shape[3]
+    inv_freq = theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    ang = torch.arange(N, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    ang = torch.cat([ang, ang], dim=-1)
+    cos, sin = torch.cos(ang).to(x.dtype), torch.sin(ang).to(x.dtype)
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def softmax_attention(q, k, v):
+    """Causal, scale 1/sqrt(d); k, v already expanded to the query heads."""
+    N, d = q.shape[2], q.shape[3]
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(d)
+    mask = torch.ones(N, N, dtype=torch.bool).triu(1)
+    return torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1) @ v
+
+
+def forward(c, p, tokens, fast=False):
+    """tokens [B, N] int64 -> logits [B, N, V]. fast=True uses the chunkwise linear attention."""
+    B, N = tokens.shape
+    D, H, Hkv, eps = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["rms_norm_eps"]
+    d, la = D // H, c["linear_attention"]
+    phi, lam = FEATURE_MAPS[la["feature_map"]], decays(c, H)
+    heads = lambda t, n: t.view(B, N, n, d).transpose(1, 2)              # [B, n, N, d]
+    merge = lambda t: t.transpose(1, 2).reshape(B, N, -1)
+    x = p["model.embed_tokens.weight"][tokens]
+    for i, kind in enumerate(c["layer_types"]):
+        pre = f"model.layers.{i}."
+        W = lambda name: p[pre + name + ".weight"]
+        h = rms_norm(x, W("input_layernorm"), eps)
+        if kind == "L":
+            q, k, v = heads(phi(h @ W("self_attn.q_proj").T), H), heads(phi(h @ W("self_attn.k_proj").T), H), \
+                heads(h @ W("self_attn.v_proj").T, H)
+            o = (linear_attention_chunkwise if fast else linear_attention_naive)(q, k, v, lam)
+            if la["output_norm"]:
+                o = rms_norm(o, W("self_attn.o_norm"), eps)
+            o = merge(o)
+            if la["output_gate"]:
+                o = o * F.silu(h @ W("self_attn.g_proj").T)
+        else:
+            q = rope(heads(h @ W("self_attn.q_proj").T, H), c["rope_theta"])
+            k = rope(heads(h @ W("self_attn.k_proj").T, Hkv), c["rope_theta"])
+            v = heads(h @ W("self_attn.v_proj").T, Hkv)
+            k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
+            o = merge(softmax_attention(q, k, v))
+        x = x + o @ W("self_attn.o_proj").T
+        h = rms_norm(x, W("post_attention_layernorm"), eps)
+        x = x + (F.silu(h @ W("mlp.gate_proj").T) * (h @ W("mlp.up_proj").T)) @ W("mlp.down_proj").T
+    lm = p["model.embed_tokens.weight"] if c["tie_word_embeddings"] else p["lm_head.weight"]
+    return rms_norm(x, p["model.norm.weight"], eps) @ lm.T
+
+
+def loss_of(logits, targets):
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def init_params(c, seed, std=0.02, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    p = {}
+    for name, shape in param_shapes(c).items():
+        r = torch.randn(shape, generator=g, dtype=torch.float64)
+        p[name] = (1.0 + 0.1 * r) if len(shape) == 1 else std * r
+    return {k: v.to(dtype).requires_grad_(True) for k, v in p.items()}
+
+
+# ------------------------------------------------------------------------------------------- data
+def read_token_batch(path, batch, V):
+    try:
+        a = np.fromfile(path, dtype="<i4")
+    except OSError as e:
+        raise UserError(f"cannot read tokens {path}: {e}")
+    if batch <= 0 or a.size % batch or a.size // batch < 2:
+        raise UserError(f"tokens {path}: {a.size} int32 values do not form ({batch}, N+1) with N >= 1")
+    if a.size and (a.min() < 0 or a.max() >= V):
+        raise UserError(f"tokens {path}: token ids must lie in [0, {V}), found [{a.min()}, {a.max()}]")
+    t = torch.from_numpy(a.astype(np.int64).reshape(batch, -1))
+    return t[:, :-1], t[:, 1:]
+
+
+def read_stream(path, fmt):
+    try:
+        if fmt == "text":
+            return np.fromfile(path, dtype=np.uint8).astype(np.int64)
+        hdr = np.fromfile(path, dtype="<i4", count=256)
+        if hdr.size < 256 or hdr[0] != 20240520 or hdr[1] != 1:
+            raise UserError(f"{path}: not an llm.c token shard (magic 20240520, version 1)")
+        return np.fromfile(path, dtype="<u2", offset=1024, count=int(hdr[2])).astype(np.int64)
+    except OSError as e:
+        raise UserError(f"cannot read data {path}: {e}")
+
+
+# ---------------------------------------------------------------------------------------- commands
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def cmd_grads(a):
+    c, p = load_checkpoint(a.checkpoint, DTYPES[a.dtype])
+    x, y = read_token_batch(a.tokens, a.batch, c["vocab_size"])
+    logits = forward(c, p, x)
+    loss = loss_of(logits, y)
+    loss.backward()
+    out = {"logits": logits, "loss": loss.reshape(1)}
+    out.update({"grad." + k: v.grad for k, v in p.items()})
+    write_safetensors(a.out, out, a.out_dtype, {"loss": repr(loss.item())})
+
+
+def cmd_eval(a):
+    c, p = load_checkpoint(a.checkpoint, DTYPES[a.dtype])
+    s, N, K = read_stream(a.data, a.format), a.seq_len, a.batches
+    if N <= 0 or K <= 0:
+        raise UserError("--seq-len and --batches must be positive")
+    if s.size < K * N + 1:
+        raise UserError(f"{a.data}: {s.size} tokens, need at least batches*seq_len+1 = {K * N + 1}")
+    if s[: K * N + 1].max() >= c["vocab_size"]:
+        raise UserError(f"{a.data}: token id {s[: K * N + 1].max()} >= vocab_size {c['vocab_size']}")
+    total = 0.0
+    with torch.no_grad():
+        for k0 in range(0, K, 8):
+            w = torch.from_numpy(np.stack([s[k * N: k * N + N + 1] for k in range(k0, min(K, k0 + 8))]))
+            logits = forward(c, p, w[:, :-1])
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1),
+                                     reduction="sum").item()
+    print(json.dumps({"loss": total / (K * N), "tokens": K * N}))
+
+
+def make_optimizer(a, p):
+    if a.decay_filter == "matrices":
+        groups = [{"params": [v for v in p.values() if v.dim() >= 2]},
+                  {"params": [v for v in p.values() if v.dim() < 2], "weight_decay": 0.0}]
+    else:
+        groups = [{"params": list(p.values())}]
+    return torch.optim.AdamW(groups, lr=a.lr, betas=(a.beta1, a.beta2), eps=a.eps,
+                             weight_decay=a.weight_decay, foreach=False)
+
+
+def cmd_train(a):
+    c, p = load_checkpoint(a.checkpoint, DTYPES[a.dtype])
+    x, y = read_token_batch(a.tokens, a.batch, c["vocab_size"])
+    opt, losses = make_optimizer(a, p), []
+    for _ in range(a.steps):
+        opt.zero_grad()
+        loss = loss_of(forward(c, p, x), y)
+        loss.backward()
+        losses.append(loss.item())
+        if a.clip > 0:
+            torch.nn.utils.clip_grad_norm_(list(p.values()), a.clip)
+        opt.step()
+    if a.out:
+        save_checkpoint(a.out, os.path.join(a.checkpoint, "config.json"), p)
+    print(json.dumps({"losses": losses}))
+
+
+def cmd_init(a):
+    c = load_config(a.config)
+    save_checkpoint(a.out, a.config, init_params(c, a.seed, a.std))
+
+
+def cmd_time_step(a):
+    torch.set_num_threads(a.threads or os.cpu_count())
+    c = load_config(a.config)
+    p = init_params(c, 0)
+    g = torch.Generator().manual_seed(1)
+    t = torch.randint(0, c["vocab_size"], (a.batch, a.seq_len + 1), generator=g)
+    opt = torch.optim.AdamW(list(p.values()), lr=1e-4, weight_decay=0.1, foreach=False)
+    times = []
+    for r in range(a.repeats + 1):                                       # first step is a warm-up
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        loss_of(forward(c, p, t[:, :-1], fast=True), t[:, 1:]).backward()
+        torch.nn.utils.clip_grad_norm_(list(p.values()), 1.0)
+        opt.step()
+        if r:
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    print(json.dumps({"tokens_per_s": a.batch * a.seq_len / med, "seconds_per_step": med,
+                      "threads": torch.get_num_threads()}))
+
+
+def cmd_selftest(a):
+    t0, failures = time.perf_counter(), []
+    def check(ok, what):
+        print(("ok    " if ok else "FAIL  ") + what)
+        if not ok:
+            failures.append(what)
+    torch.manual_seed(0)
+    # 1. naive vs chunkwise linear attention (forward and gradients), every decay, ragged last block.
+    for decay in DECAYS:
+        lam = decays({"linear_attention": {"decay": decay}}, 3)
+        q, k, v = (torch.randn(2, 3, 37, 5, dtype=torch.float64, requires_grad=True) for _ in range(3))
+        o1 = linear_attention_naive(q, k, v, lam)
+        g1 = torch.autograd.grad((o1 * o1).sum(), (q, k, v))
+        o2 = linear_attention_chunkwise(q, k, v, lam, block=8)
+        g2 = torch.autograd.grad((o2 * o2).sum(), (q, k, v))
+        ok = torch.allclose(o1, o2, rtol=1e-10, atol=1e-10) and all(
+            torch.allclose(x, y, rtol=1e-10, atol=1e-10) for x, y in zip(g1, g2))
+        check(ok, f"naive == chunkwise linear attention, decay={decay}")
+    # 2. gradcheck of the whole model on tiny configs (all parameters of the first, a few of the second).
+    tiny = [dict(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, layer_types="LN", rope_theta=10000.0, tie_word_embeddings=False,
+                 linear_attention=dict(feature_map="silu", decay="lightning", output_norm=True, output_gate=True)),
+            dict(vocab_size=7, hidden_size=8, intermediate_size=6, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, layer_types="NL", tie_word_embeddings=True,
+                 linear_attention=dict(feature_map="elu1", decay="retention", output_norm=False, output_gate=False))]
+    for n, c in enumerate(tiny):
+        c = validate_config(c)
+        p = init_params(c, n, std=0.3, dtype=torch.float64)
+        tok = torch.randint(0, c["vocab_size"], (2, 6))
+        names = list(p) if n == 0 else [k for k in p if "layers.0.self_attn" in k or "layers.1.self_attn.q" in k]
+        def f(*ws):
+            pp = dict(p, **dict(zip(names, ws)))
+            return loss_of(forward(c, pp, tok[:, :-1]), tok[:, 1:])
+        ok = torch.autograd.gradcheck(f, tuple(p[k] for k in names), eps=1e-6, atol=1e-7, raise_exception=False)
+        check(ok, f"gradcheck whole model, config {n} ({c['layer_types']}, {len(names)} tensors)")
+        # causality: changing the last input token changes no earlier logits
+        with torch.no_grad():
+            t2 = tok[:, :-1].clone(); t2[:, -1] = (t2[:, -1] + 1) % c["vocab_size"]
+            l1, l2 = forward(c, p, tok[:, :-1]), forward(c, p, t2)
+            check(torch.equal(l1[:, :-1], l2[:, :-1]) and not torch.equal(l1[:, -1], l2[:, -1]),
+                  f"causality, config {n}")
+            check(torch.allclose(l1, forward(c, p, tok[:, :-1], fast=True), rtol=1e-10, atol=1e-12),
+                  f"model naive == model chunkwise, config {n}")
+    # 3. round trip through files: init -> grads -> read back; and the CLI's error path.
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = os.path.join(tmp, "config.json")
+        with open(cfg, "w") as f:
+            json.dump(dict(tiny[0], layer_types="LNL", num_hidden_layers=3), f)
+        run = lambda *args: main(list(args))
+        run("init", "--config", cfg, "--out", os.path.join(tmp, "ck"), "--seed", "3")
+        np.arange(2 * 9, dtype="<i4").__mod__(11).tofile(os.path.join(tmp, "tok.bin"))
+        run("grads", "--checkpoint", os.path.join(tmp, "ck"), "--tokens", os.path.join(tmp, "tok.bin"),
+            "--batch", "2", "--out", os.path.join(tmp, "g.safetensors"), "--out-dtype", "F64")
+        g = read_safetensors(os.path.join(tmp, "g.safetensors"))
+        c, p = load_checkpoint(os.path.join(tmp, "ck"), torch.float64)
+        tok = torch.from_numpy(np.arange(18).reshape(2, 9) % 11)
+        loss = loss_of(forward(c, p, tok[:, :-1]), tok[:, 1:])
+        loss.backward()
+        ok = set(g) == {"logits", "loss"} | {"grad." + k for k in p} and g["logits"].shape == (2, 8, 11) \
+            and abs(g["loss"].item() - loss.item()) < 1e-12 \
+            and all(torch.equal(g["grad." + k], v.grad) for k, v in p.items())
+        check(ok, "init -> grads -> read back round trip")
+        with open(cfg, "w") as f:
+            json.dump(dict(tiny[0], layer_types="LX"), f)
+        print("(an error message is expected next)")
+        check(run("init", "--config", cfg, "--out", os.path.join(tmp, "bad"), "--seed", "0") == 2,
+              "bad config exits with 2")
+    print(f"selftest: {len(failures)} failure(s), {time.perf_counter() - t0:.2f} s")
+    return 1 if failures else 0
+
+
+# -------------------------------------------------------------------------------------------- main
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="reference.py", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    def model_cmd(name, fn):
+        s = sub.add_parser(name)
+        s.add_argument("--checkpoint", required=True)
+        s.add_argument("--dtype", choices=list(DTYPES), default="float64")
+        s.set_defaults(fn=fn)
+        return s
+    s = model_cmd("grads", cmd_grads)
+    s.add_argument("--tokens", required=True); s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--out", required=True); s.add_argument("--out-dtype", choices=["F32", "F64"], default="F32")
+    s = model_cmd("eval", cmd_eval)
+    s.add_argument("--data", required=True); s.add_argument("--seq-len", type=int, required=True)
+    s.add_argument("--batches", type=int, required=True)
+    s.add_argument("--format", choices=["text", "shard"], default="text")
+    s = model_cmd("train", cmd_train)
+    s.add_argument("--tokens", required=True); s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--steps", type=int, required=True); s.add_argument("--lr", type=float, required=True)
+    for opt, dflt in (("--weight-decay", 0.1), ("--beta1", 0.9), ("--beta2", 0.95), ("--eps", 1e-8), ("--clip", 1.0)):
+        s.add_argument(opt, type=float, default=dflt)
+    s.add_argument("--decay-filter", choices=["all", "matrices"], default="all")
+    s.add_argument("--out", help="folder to save the trained checkpoint (fp32)")
+    s = sub.add_parser("init"); s.set_defaults(fn=cmd_init)
+    s.add_argument("--config", required=True); s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, required=True); s.add_argument("--std", type=float, default=0.02)
+    s = sub.add_parser("time-step"); s.set_defaults(fn=cmd_time_step)
+    s.add_argument("--config", required=True); s.add_argument("--seq-len", type=int, required=True)
+    s.add_argument("--batch", type=int, default=1); s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--threads", type=int, default=0)
+    s = sub.add_parser("selftest"); s.set_defaults(fn=cmd_selftest)
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    try:
+        return a.fn(a) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

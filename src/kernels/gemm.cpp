@@ -2,7 +2,11 @@
 
 #include <cblas.h>
 
+#include "kernels/gemm_small.h"
+
 namespace lasp {
+
+constexpr int kSmall = 256;
 
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
           const float* B, int ldb, float beta, float* C, int ldc) {
@@ -10,6 +14,12 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
   if (K == 0) {  // BLAS implementations differ on K == 0; define it: C = beta * C
     for (int i = 0; i < M; ++i)
       for (int j = 0; j < N; ++j) C[(long)i * ldc + j] = beta == 0.f ? 0.f : beta * C[(long)i * ldc + j];
+    return;
+  }
+  // Small cache-resident products (the attention kernels' blocks): our register-blocked kernel, which
+  // skips OpenBLAS's per-call packing. Everything else: OpenBLAS.
+  if (!trans_b && M <= kSmall && N <= kSmall && K <= kSmall && gemm_small_available()) {
+    gemm_small(trans_a, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N,

@@ -5,9 +5,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
+#include <utility>
 
 #include "core/check.h"
 #include "kernels/gemm.h"
+#include "kernels/transpose.h"
 
 namespace lasp {
 
@@ -35,7 +38,6 @@ void linear_attention_decays(float* lambda, int H, Decay decay) {
     lambda[h] = float(l);
   }
 }
-
 namespace {
 
 void check_shape(const char* kernel, const LinearAttentionShape& s) {
@@ -52,47 +54,84 @@ void check_workspace(const char* kernel, Workspace ws, size_t need, const Linear
 
 int num_blocks(const LinearAttentionShape& s) { return (s.N + s.block - 1) / s.block; }
 
-// Per-head decay tables for one block size L: pw[k] = lambda^k (k = 0..L) and the masked decay matrix
-// psi[i][j] = lambda^(i-j) for j <= i, else 0. Powers below 1e-30 become 0 so that no denormals appear.
-struct DecayTables {
-  float* pw;   // (L+1)
-  float* psi;  // (L, L)
-  void fill(double lambda, int L) {
-    double p = 1.0;
-    for (int k = 0; k <= L; ++k, p *= lambda) pw[k] = p < 1e-30 ? 0.f : float(p);
-    for (int i = 0; i < L; ++i)
-      for (int j = 0; j < L; ++j) psi[i * L + j] = j <= i ? pw[i - j] : 0.f;
+// Each thread takes one batch row and a contiguous group of heads and walks the blocks in order, all its
+// heads per block, so that it reads long contiguous runs of the (N, H, d) rows.
+struct HeadGroups {
+  int count, max_heads;
+  HeadGroups(const LinearAttentionShape& s, int threads) {
+    count = std::clamp((threads + s.B - 1) / s.B, 1, s.H);
+    max_heads = (s.H + count - 1) / count;
+  }
+  int begin(int g, int H) const { return int(long(g) * H / count); }
+};
+
+// Decay powers of one head: pw[k] = lambda^k and rev[m] = lambda^(blk - m), k, m = 0..blk. Powers
+// below 1e-30 become 0 so that no denormals appear.
+void fill_powers(float* pw, float* rev, double lambda, int blk) {
+  double p = 1.0;
+  for (int k = 0; k <= blk; ++k, p *= lambda) pw[k] = rev[blk - k] = p < 1e-30 ? 0.f : float(p);
+}
+
+// a (L x L) .*= psi with psi[i][j] = lambda^(i-j) = rev[blk - i + j] for j <= i, else 0.
+void mask_decay(float* a, const float* rev, int blk, int L) {
+  for (int i = 0; i < L; ++i) {
+    float* row = a + long(i) * L;
+    const float* f = rev + blk - i;
+    for (int j = 0; j <= i; ++j) row[j] *= f[j];
+    for (int j = i + 1; j < L; ++j) row[j] = 0.f;
+  }
+}
+
+// dst (L x d) = diag(scale) src, all dense.
+void scale_rows(float* dst, const float* src, const float* scale, int L, int d) {
+  for (int r = 0; r < L; ++r)
+    for (int i = 0; i < d; ++i) dst[long(r) * d + i] = scale[r] * src[long(r) * d + i];
+}
+
+// Moves one block (rows [0, L)) of `heads` consecutive heads between the (N, H, d) layout (rows ld apart,
+// `at` = offset of the block's first head) and packed buffers (heads, L, d), for several tensors at once.
+// Packed operands matter: one head's rows are 256 B every 2 KB, which read in place by the products
+// thrash L1 and defeat the prefetchers; reading the tensors row by row side by side keeps several
+// memory streams in flight.
+struct BlockIo {
+  long at;
+  int ld, L, heads, d;
+
+  void gather(std::initializer_list<std::pair<float*, const float*>> parts) const {
+    for (int r = 0; r < L; ++r)
+      for (auto [packed, x] : parts)
+        for (int j = 0; j < heads; ++j)
+          std::memcpy(packed + (long(j) * L + r) * d, x + at + long(r) * ld + long(j) * d, sizeof(float) * d);
+  }
+
+  // x += packed (accumulate) or x = packed.
+  void scatter(std::initializer_list<std::pair<float*, const float*>> parts, bool accumulate) const {
+    for (int r = 0; r < L; ++r)
+      for (auto [x, packed] : parts)
+        for (int j = 0; j < heads; ++j) {
+          float* out = x + at + long(r) * ld + long(j) * d;
+          const float* in = packed + (long(j) * L + r) * d;
+          if (accumulate)
+            for (int i = 0; i < d; ++i) out[i] += in[i];
+          else
+            std::memcpy(out, in, sizeof(float) * d);
+        }
   }
 };
 
-// a (L x L) .*= psi, in place.
-void apply_psi(float* a, const float* psi, int L) {
-  for (int i = 0; i < L; ++i)
-    for (int j = 0; j < L; ++j) a[i * L + j] *= psi[i * L + j];
-}
-
-// dst (L x d, dense) = diag(scale[r]) src (rows with stride ld).
-void scale_rows(float* dst, const float* src, int ld, const float* scale, int L, int d) {
-  for (int r = 0; r < L; ++r) {
-    const float f = scale[r];
-    const float* in = src + (long)r * ld;
-    float* out = dst + (long)r * d;
-    for (int i = 0; i < d; ++i) out[i] = f * in[i];
-  }
-}
-
-// Scale factors of one block: inter[i] = lambda^i, tail[j] = lambda^(L-j).
-void block_factors(float* inter, float* tail, const float* pw, int L) {
-  for (int i = 0; i < L; ++i) {
-    inter[i] = pw[i];
-    tail[i] = pw[L - i];
-  }
-}
-
 // Per-thread scratch of the causal kernels, carved from the workspace in parts of whole cache lines.
+// The products are NN or TN (A transposed), the fast forms; K and V are transposed where they are the
+// B operand.
 struct Scratch {
-  DecayTables full, last;  // tables for a full block and for the shorter last block
-  float *a, *da, *tmp, *inter, *tail, *dstate, *states;
+  float *pw, *rev;              // (heads, blk + 1) decay powers of each head of the group
+  float* state;                 // (heads, d, d) running S (forward) or dS (backward) of each head
+  float* states;                // backward: (heads, nb + 1, d, d) S_b^T entering every block
+  float *q, *k, *v, *o;         // (heads, blk, d) gathered block; o holds dO in backward
+  float *dq, *dk, *dv;          // (heads, blk, d) backward results of the block
+  float *kt, *vt;               // (d, blk) one head's K, V transposed
+  float *qs, *ks, *vs, *douts;  // (blk, d) one head's rows scaled by the decay factors
+  float *a, *da;                // (blk, blk) intra-block scores and their gradient
+  float* dstate_t;              // (d, d)
 };
 
 struct Carver {
@@ -105,44 +144,48 @@ struct Carver {
   }
 };
 
-Scratch carve(Carver& c, const LinearAttentionShape& s, bool backward) {
-  const size_t blk = s.block, d = s.d;
+Scratch carve(Carver& c, const LinearAttentionShape& s, int heads, bool backward) {
+  const size_t blk = s.block, d = s.d, bd = blk * d, dd = d * d, p = blk + 1;
   Scratch w{};
-  w.full.pw = c.take(blk + 1);
-  w.full.psi = c.take(blk * blk);
-  w.last.pw = c.take(blk + 1);
-  w.last.psi = c.take(blk * blk);
+  w.pw = c.take(heads * p);
+  w.rev = c.take(heads * p);
+  w.state = c.take(heads * dd);
+  for (float** part : {&w.q, &w.k, &w.v, &w.o}) *part = c.take(heads * bd);
+  for (float** part : {&w.kt, &w.qs, &w.ks}) *part = c.take(bd);
   w.a = c.take(blk * blk);
-  w.tmp = c.take(blk * d);
-  w.inter = c.take(blk);
-  w.tail = c.take(blk);
-  w.dstate = c.take(d * d);
   if (backward) {
+    w.states = c.take(heads * (size_t(num_blocks(s)) + 1) * dd);
+    for (float** part : {&w.dq, &w.dk, &w.dv}) *part = c.take(heads * bd);
+    for (float** part : {&w.vt, &w.vs, &w.douts}) *part = c.take(bd);
     w.da = c.take(blk * blk);
-    w.states = c.take((size_t(num_blocks(s)) + 1) * d * d);  // S_b of every block, for dQ
+    w.dstate_t = c.take(dd);
   }
   return w;
 }
 
-size_t scratch_stride(const LinearAttentionShape& s, bool backward) {
+size_t scratch_stride(const LinearAttentionShape& s, int heads, bool backward) {
   Carver counter{nullptr};
-  carve(counter, s, backward);
+  carve(counter, s, heads, backward);
   return counter.used;
 }
 
-Scratch thread_scratch(Workspace ws, const LinearAttentionShape& s, bool backward) {
-  Carver c{ws.data + scratch_stride(s, backward) * size_t(omp_get_thread_num())};
-  return carve(c, s, backward);
+Scratch thread_scratch(Workspace ws, const LinearAttentionShape& s, int heads, bool backward) {
+  Carver c{ws.data + scratch_stride(s, heads, backward) * size_t(omp_get_thread_num())};
+  return carve(c, s, heads, backward);
+}
+
+size_t workspace_floats(const LinearAttentionShape& s, int threads, bool backward) {
+  return scratch_stride(s, HeadGroups(s, threads).max_heads, backward) * size_t(threads);
 }
 
 }  // namespace
 
 size_t linear_attention_forward_workspace_floats(const LinearAttentionShape& s, int threads) {
-  return scratch_stride(s, false) * size_t(threads);
+  return workspace_floats(s, threads, false);
 }
 
 size_t linear_attention_backward_workspace_floats(const LinearAttentionShape& s, int threads) {
-  return scratch_stride(s, true) * size_t(threads);
+  return workspace_floats(s, threads, true);
 }
 
 void linear_attention_forward(float* o, float* state_out, const float* q, const float* k, const float* v,
@@ -152,51 +195,55 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
   check_shape(kernel, s);
   LASP_CHECK(o && q && k && v, "{}: o, q, k and v must not be null", kernel);
   const int threads = omp_get_max_threads();
-  check_workspace(kernel, ws, linear_attention_forward_workspace_floats(s, threads), s);
+  check_workspace(kernel, ws, workspace_floats(s, threads, false), s);
 
   const int N = s.N, H = s.H, d = s.d, blk = s.block, nb = num_blocks(s);
   const int ld = H * d;  // row stride of q, k, v, o
+  const size_t dd = size_t(d) * d, p = blk + 1;
+  const HeadGroups groups(s, threads);
 
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int bh = 0; bh < s.B * H; ++bh) {
-    const int b = bh / H, h = bh % H;
-    Scratch w = thread_scratch(ws, s, false);
-    const double lam = lambda ? lambda[h] : 1.0;
-    const bool decays = lam != 1.0;
-    const long base = (long(b) * N * H + h) * d;
-    float* S = w.dstate;  // the running state S_b, (d, d)
-    const float* P = state_in ? state_in + size_t(bh) * d * d : nullptr;
-    if (P) std::memcpy(S, P, sizeof(float) * d * d);
-    else std::fill(S, S + d * d, 0.f);
-
-    const int last_len = N - (nb - 1) * blk;
-    w.full.fill(lam, blk);
-    if (last_len != blk) w.last.fill(lam, last_len);
-
-    for (int blkno = 0; blkno < nb; ++blkno) {
-      const int L = blkno == nb - 1 ? last_len : blk;
-      const DecayTables& t = L == blk ? w.full : w.last;
-      const long off = base + long(blkno) * blk * ld;
-      const float *qb = q + off, *kb = k + off, *vb = v + off;
-      float* ob = o + off;
-      // intra: O_b = ((Q_b K_b^T) .* psi) V_b
-      gemm(false, true, L, L, d, 1.f, qb, ld, kb, ld, 0.f, w.a, L);
-      apply_psi(w.a, t.psi, L);
-      gemm(false, false, L, d, L, 1.f, w.a, L, vb, ld, 0.f, ob, ld);
-      // inter: O_b += diag(lambda^i) Q_b S_b
-      if (decays) {
-        block_factors(w.inter, w.tail, t.pw, L);
-        scale_rows(w.tmp, qb, ld, w.inter, L, d);
-        gemm(false, false, L, d, d, 1.f, w.tmp, d, S, d, 1.f, ob, ld);
-        // S = lambda^L S + K_b^T diag(lambda^(L-j)) V_b
-        scale_rows(w.tmp, kb, ld, w.tail, L, d);
-        gemm(true, false, d, d, L, 1.f, w.tmp, d, vb, ld, t.pw[L], S, d);
-      } else {
-        gemm(false, false, L, d, d, 1.f, qb, ld, S, d, 1.f, ob, ld);
-        gemm(true, false, d, d, L, 1.f, kb, ld, vb, ld, 1.f, S, d);
-      }
+  for (int item = 0; item < s.B * groups.count; ++item) {
+    const int b = item / groups.count, g = item % groups.count;
+    const int h0 = groups.begin(g, H), heads = groups.begin(g + 1, H) - h0;
+    Scratch w = thread_scratch(ws, s, groups.max_heads, false);
+    for (int j = 0; j < heads; ++j) {
+      fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
+      float* S = w.state + j * dd;
+      if (state_in) std::memcpy(S, state_in + (size_t(b) * H + h0 + j) * dd, sizeof(float) * dd);
+      else std::fill(S, S + dd, 0.f);
     }
-    if (state_out) std::memcpy(state_out + size_t(bh) * d * d, S, sizeof(float) * d * d);
+    for (int blkno = 0; blkno < nb; ++blkno) {
+      const int L = std::min(blk, N - blkno * blk);
+      const BlockIo io{(long(b) * N + long(blkno) * blk) * ld + long(h0) * d, ld, L, heads, d};
+      io.gather({{w.q, q}, {w.k, k}, {w.v, v}});
+      for (int j = 0; j < heads; ++j) {
+        const float *pw = w.pw + j * p, *rev = w.rev + j * p;
+        const long hb = long(j) * L * d;
+        const float *qb = w.q + hb, *kb = w.k + hb, *vb = w.v + hb;
+        float* ob = w.o + hb;
+        float* S = w.state + j * dd;  // the state entering this block
+        transpose(w.kt, L, kb, d, L, d);
+        // intra: O_b = ((Q_b K_b^T) .* psi) V_b
+        gemm(false, false, L, L, d, 1.f, qb, d, w.kt, L, 0.f, w.a, L);
+        mask_decay(w.a, rev, blk, L);
+        gemm(false, false, L, d, L, 1.f, w.a, L, vb, d, 0.f, ob, d);
+        if (pw[1] != 1.f) {
+          // inter: O_b += diag(lambda^i) Q_b S_b;  S = lambda^L S + K_b^T diag(lambda^(L-j)) V_b
+          scale_rows(w.qs, qb, pw, L, d);
+          gemm(false, false, L, d, d, 1.f, w.qs, d, S, d, 1.f, ob, d);
+          scale_rows(w.ks, kb, rev + blk - L, L, d);
+          gemm(true, false, d, d, L, 1.f, w.ks, d, vb, d, pw[L], S, d);
+        } else {
+          gemm(false, false, L, d, d, 1.f, qb, d, S, d, 1.f, ob, d);
+          gemm(false, false, d, d, L, 1.f, w.kt, L, vb, d, 1.f, S, d);
+        }
+      }
+      io.scatter({{o, w.o}}, false);
+    }
+    if (state_out)
+      for (int j = 0; j < heads; ++j)
+        std::memcpy(state_out + (size_t(b) * H + h0 + j) * dd, w.state + j * dd, sizeof(float) * dd);
   }
 }
 
@@ -209,74 +256,95 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
   LASP_CHECK(dq && dk && dv && dout && q && k && v, "{}: dq, dk, dv, dout, q, k and v must not be null",
              kernel);
   const int threads = omp_get_max_threads();
-  check_workspace(kernel, ws, linear_attention_backward_workspace_floats(s, threads), s);
+  check_workspace(kernel, ws, workspace_floats(s, threads, true), s);
 
   const int N = s.N, H = s.H, d = s.d, blk = s.block, nb = num_blocks(s);
   const int ld = H * d;
-  const size_t dd = size_t(d) * d;
+  const size_t dd = size_t(d) * d, p = blk + 1;
+  const HeadGroups groups(s, threads);
 
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int bh = 0; bh < s.B * H; ++bh) {
-    const int b = bh / H, h = bh % H;
-    Scratch w = thread_scratch(ws, s, true);
-    const double lam = lambda ? lambda[h] : 1.0;
-    const long base = (long(b) * N * H + h) * d;
-    const int last_len = N - (nb - 1) * blk;
-    w.full.fill(lam, blk);
-    if (last_len != blk) w.last.fill(lam, last_len);
-    auto tables = [&](int blkno) -> const DecayTables& { return blkno == nb - 1 && last_len != blk ? w.last : w.full; };
-    auto length = [&](int blkno) { return blkno == nb - 1 ? last_len : blk; };
+  for (int item = 0; item < s.B * groups.count; ++item) {
+    const int b = item / groups.count, g = item % groups.count;
+    const int h0 = groups.begin(g, H), heads = groups.begin(g + 1, H) - h0;
+    Scratch w = thread_scratch(ws, s, groups.max_heads, true);
+    auto states_of = [&](int j, int blkno) { return w.states + (size_t(j) * (nb + 1) + blkno) * dd; };
+    auto block_io = [&](int blkno) {
+      return BlockIo{(long(b) * N + long(blkno) * blk) * ld + long(h0) * d, ld, std::min(blk, N - blkno * blk),
+                     heads, d};
+    };
 
-    // Pass 1, forward order: the state entering every block, states[b] = S_b.
-    float* states = w.states;
-    if (state_in) std::memcpy(states, state_in + size_t(bh) * dd, sizeof(float) * dd);
-    else std::fill(states, states + dd, 0.f);
+    // Pass 1, forward order: S_b^T, the transposed state entering block b, for every block and head:
+    // S^T_{b+1} = lambda^L S^T_b + V_b^T diag(lambda^(L-j)) K_b.
+    for (int j = 0; j < heads; ++j) {
+      fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
+      if (state_in) transpose(states_of(j, 0), d, state_in + (size_t(b) * H + h0 + j) * dd, d, d, d);
+      else std::fill(states_of(j, 0), states_of(j, 0) + dd, 0.f);
+    }
     for (int blkno = 0; blkno < nb; ++blkno) {
-      const int L = length(blkno);
-      const DecayTables& t = tables(blkno);
-      const long off = base + long(blkno) * blk * ld;
-      float* next = states + size_t(blkno + 1) * dd;
-      std::memcpy(next, states + size_t(blkno) * dd, sizeof(float) * dd);
-      block_factors(w.inter, w.tail, t.pw, L);
-      scale_rows(w.tmp, k + off, ld, w.tail, L, d);
-      gemm(true, false, d, d, L, 1.f, w.tmp, d, v + off, ld, t.pw[L], next, d);
+      const BlockIo io = block_io(blkno);
+      const int L = io.L;
+      io.gather({{w.k, k}, {w.v, v}});
+      for (int j = 0; j < heads; ++j) {
+        const float *pw = w.pw + j * p, *rev = w.rev + j * p;
+        const float *kb = w.k + long(j) * L * d, *vb = w.v + long(j) * L * d;
+        float* next = states_of(j, blkno + 1);
+        std::memcpy(next, states_of(j, blkno), sizeof(float) * dd);
+        if (pw[1] != 1.f) scale_rows(w.ks, kb, rev + blk - L, L, d), kb = w.ks;
+        gemm(true, false, d, d, L, 1.f, vb, d, kb, d, pw[L], next, d);
+      }
     }
 
     // Pass 2, reverse order; dS is the gradient of the state leaving the current block.
-    float* dS = w.dstate;
-    if (dstate_out) std::memcpy(dS, dstate_out + size_t(bh) * dd, sizeof(float) * dd);
-    else std::fill(dS, dS + dd, 0.f);
+    for (int j = 0; j < heads; ++j) {
+      float* dS = w.state + j * dd;
+      if (dstate_out) std::memcpy(dS, dstate_out + (size_t(b) * H + h0 + j) * dd, sizeof(float) * dd);
+      else std::fill(dS, dS + dd, 0.f);
+    }
     for (int blkno = nb - 1; blkno >= 0; --blkno) {
-      const int L = length(blkno);
-      const DecayTables& t = tables(blkno);
-      const long off = base + long(blkno) * blk * ld;
-      const float *qb = q + off, *kb = k + off, *vb = v + off, *dob = dout + off;
-      float *dqb = dq + off, *dkb = dk + off, *dvb = dv + off;
-      const float* Sb = states + size_t(blkno) * dd;
-      block_factors(w.inter, w.tail, t.pw, L);
+      const BlockIo io = block_io(blkno);
+      const int L = io.L;
+      io.gather({{w.q, q}, {w.k, k}, {w.v, v}, {w.o, dout}});
+      for (int j = 0; j < heads; ++j) {
+        const float *pw = w.pw + j * p, *rev = w.rev + j * p;
+        const long hb = long(j) * L * d;
+        const float *qb = w.q + hb, *kb = w.k + hb, *vb = w.v + hb, *dob = w.o + hb;
+        float *dqb = w.dq + hb, *dkb = w.dk + hb, *dvb = w.dv + hb;
+        float* dS = w.state + j * dd;
+        transpose(w.kt, L, kb, d, L, d);
+        transpose(w.vt, L, vb, d, L, d);
+        const float *ks = kb, *vs = vb, *douts = dob;
+        if (pw[1] != 1.f) {
+          const float* tail = rev + blk - L;  // lambda^(L-j)
+          scale_rows(w.ks, kb, tail, L, d), ks = w.ks;
+          scale_rows(w.vs, vb, tail, L, d), vs = w.vs;
+          scale_rows(w.douts, dob, pw, L, d), douts = w.douts;
+        }
 
-      // intra-block terms: A = (Q K^T) .* psi, dA = (dO V^T) .* psi
-      gemm(false, true, L, L, d, 1.f, qb, ld, kb, ld, 0.f, w.a, L);
-      apply_psi(w.a, t.psi, L);
-      gemm(false, true, L, L, d, 1.f, dob, ld, vb, ld, 0.f, w.da, L);
-      apply_psi(w.da, t.psi, L);
-      gemm(false, false, L, d, L, 1.f, w.da, L, kb, ld, 1.f, dqb, ld);   // dQ += dA K
-      gemm(true, false, L, d, L, 1.f, w.da, L, qb, ld, 1.f, dkb, ld);    // dK += dA^T Q
-      gemm(true, false, L, d, L, 1.f, w.a, L, dob, ld, 1.f, dvb, ld);    // dV += A^T dO
+        // intra-block terms: A = (Q K^T) .* psi, dA = (dO V^T) .* psi
+        gemm(false, false, L, L, d, 1.f, qb, d, w.kt, L, 0.f, w.a, L);
+        mask_decay(w.a, rev, blk, L);
+        gemm(false, false, L, L, d, 1.f, dob, d, w.vt, L, 0.f, w.da, L);
+        mask_decay(w.da, rev, blk, L);
+        gemm(false, false, L, d, L, 1.f, w.da, L, kb, d, 0.f, dqb, d);  // dQ = dA K
+        gemm(true, false, L, d, L, 1.f, w.da, L, qb, d, 0.f, dkb, d);   // dK = dA^T Q
+        gemm(true, false, L, d, L, 1.f, w.a, L, dob, d, 0.f, dvb, d);   // dV = A^T dO
 
-      // inter terms with the tail-scaled K, V and the inter-scaled dO
-      scale_rows(w.tmp, vb, ld, w.tail, L, d);
-      gemm(false, true, L, d, d, 1.f, w.tmp, d, dS, d, 1.f, dkb, ld);    // dK += diag(l^(L-j)) V dS^T
-      scale_rows(w.tmp, kb, ld, w.tail, L, d);
-      gemm(false, false, L, d, d, 1.f, w.tmp, d, dS, d, 1.f, dvb, ld);   // dV += diag(l^(L-j)) K dS
-      scale_rows(w.tmp, dob, ld, w.inter, L, d);
-      gemm(false, true, L, d, d, 1.f, w.tmp, d, Sb, d, 1.f, dqb, ld);    // dQ += diag(l^i) dO S_b^T
-      gemm(true, false, d, d, L, 1.f, qb, ld, w.tmp, d, t.pw[L], dS, d); // dS_b = l^L dS + Q^T diag(l^i) dO
+        // inter-block terms
+        transpose(w.dstate_t, d, dS, d, d, d);
+        gemm(false, false, L, d, d, 1.f, vs, d, w.dstate_t, d, 1.f, dkb, d);              // dK += diag(l^(L-j)) V dS^T
+        gemm(false, false, L, d, d, 1.f, ks, d, dS, d, 1.f, dvb, d);                     // dV += diag(l^(L-j)) K dS
+        gemm(false, false, L, d, d, 1.f, douts, d, states_of(j, blkno), d, 1.f, dqb, d);  // dQ += diag(l^i) dO S_b^T
+        gemm(true, false, d, d, L, 1.f, qb, d, douts, d, pw[L], dS, d);                  // dS_b = l^L dS + Q^T diag(l^i) dO
+      }
+      io.scatter({{dq, w.dq}, {dk, w.dk}, {dv, w.dv}}, true);
     }
-    if (dstate_in) {
-      float* g = dstate_in + size_t(bh) * dd;
-      for (size_t i = 0; i < dd; ++i) g[i] += dS[i];
-    }
+    if (dstate_in)
+      for (int j = 0; j < heads; ++j) {
+        float* out = dstate_in + (size_t(b) * H + h0 + j) * dd;
+        const float* dS = w.state + j * dd;
+        for (size_t i = 0; i < dd; ++i) out[i] += dS[i];
+      }
   }
 }
 

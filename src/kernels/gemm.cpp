@@ -16,9 +16,9 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
       for (int j = 0; j < N; ++j) C[(long)i * ldc + j] = beta == 0.f ? 0.f : beta * C[(long)i * ldc + j];
     return;
   }
-  // Small cache-resident products (the attention kernels' blocks): our register-blocked kernel, which
-  // skips OpenBLAS's per-call packing. Everything else: OpenBLAS.
-  if (!trans_b && M <= kSmall && N <= kSmall && K <= kSmall && gemm_small_available()) {
+  // Small cache-resident products with a dense B (the linear attention's packed blocks): our
+  // register-blocked kernel, which skips OpenBLAS's per-call packing. Everything else: OpenBLAS.
+  if (!trans_b && ldb == N && M <= kSmall && N <= kSmall && K <= kSmall && gemm_small_available()) {
     gemm_small(trans_a, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }

@@ -1,0 +1,113 @@
+#include "bench_kernels.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "kernels/linear_attention.h"
+#include "kernels/softmax_attention.h"
+#include "peak.h"
+
+namespace lasp {
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+std::vector<float> random_values(size_t n, uint32_t seed, float scale) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-scale, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+// Runs `step` (forward + backward) `repeats` times after one warm-up; returns the median seconds.
+double time_median(int repeats, const std::function<void()>& step) {
+  step();
+  std::vector<double> t;
+  for (int r = 0; r < repeats; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    step();
+    t.push_back(seconds_since(t0));
+  }
+  return median(t);
+}
+
+nlohmann::ordered_json rate(double flops, double tokens, double seconds) {
+  return {{"gflops", flops / seconds / 1e9}, {"tokens_per_s", tokens / seconds}, {"seconds", seconds}};
+}
+
+nlohmann::ordered_json bench_linear(const KernelBenchOptions& o, int threads) {
+  omp_set_num_threads(threads);
+  const size_t n = size_t(o.B) * o.N * o.H * o.d;
+  // Inputs as a feature map would give them: small and mostly positive, so nothing overflows.
+  auto q = random_values(n, 1, 0.1f), k = random_values(n, 2, 0.1f), v = random_values(n, 3, 1.f),
+       g = random_values(n, 4, 1.f);
+  std::vector<float> out(n), dq(n), dk(n), dv(n);
+  const LinearAttentionShape s{o.B, o.N, o.H, o.d, o.linear_block};
+  WorkspaceBuffer wf(linear_attention_forward_workspace_floats(s, threads));
+  WorkspaceBuffer wb(linear_attention_backward_workspace_floats(s, threads));
+  const double sec = time_median(o.repeats, [&] {
+    linear_attention_forward(out.data(), nullptr, q.data(), k.data(), v.data(), nullptr, nullptr, s, wf.view());
+    linear_attention_backward(dq.data(), dk.data(), dv.data(), nullptr, g.data(), nullptr, q.data(), k.data(),
+                              v.data(), nullptr, nullptr, s, wb.view());
+  });
+  const double fwd = 4.0 * o.N * o.d * (64.0 + o.d) * o.H * o.B;
+  return rate(3 * fwd, double(o.B) * o.N, sec);
+}
+
+nlohmann::ordered_json bench_softmax(const KernelBenchOptions& o, int threads) {
+  omp_set_num_threads(threads);
+  const size_t n = size_t(o.B) * o.N * o.H * o.d;
+  auto q = random_values(n, 1, 1.f), k = random_values(n, 2, 1.f), v = random_values(n, 3, 1.f),
+       g = random_values(n, 4, 1.f);
+  std::vector<float> out(n), dq(n), dk(n), dv(n), lse(size_t(o.B) * o.H * o.N);
+  std::vector<int> pos(o.N);
+  std::iota(pos.begin(), pos.end(), 0);
+  const SoftmaxAttentionShape s{o.B, o.N, o.N, o.H, o.H, o.d, 1.f / std::sqrt(float(o.d))};
+  WorkspaceBuffer w(softmax_attention_workspace_floats(o.N, o.N, o.d, threads));
+  const double sec = time_median(o.repeats, [&] {
+    softmax_attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), pos.data(), pos.data(), s,
+                              w.view());
+    softmax_attention_backward(dq.data(), dk.data(), dv.data(), g.data(), out.data(), lse.data(), q.data(),
+                               k.data(), v.data(), pos.data(), pos.data(), s, w.view());
+  });
+  const double fwd = 2.0 * o.N * o.N * o.d * o.H * o.B;
+  return rate(3.5 * fwd, double(o.B) * o.N, sec);
+}
+
+}  // namespace
+
+nlohmann::ordered_json bench_kernels(const KernelBenchOptions& o) {
+  const int all = o.threads > 0 ? o.threads : omp_get_num_procs();
+  const int saved = omp_get_max_threads();
+  nlohmann::ordered_json result = {{"peak_fp32_gflops", {}}, {"linear_attention", {}}, {"softmax_attention", {}}};
+  for (int t : {1, all}) {
+    const std::string key = t == 1 ? "1" : "all";
+    result["peak_fp32_gflops"][key] = fma_peak_gflops(t);
+    result["linear_attention"][key] = bench_linear(o, t);
+    result["softmax_attention"][key] = bench_softmax(o, t);
+  }
+  for (const char* kernel : {"linear_attention", "softmax_attention"})
+    result[kernel]["fraction_of_peak_1_thread"] =
+        result[kernel]["1"]["gflops"].get<double>() / result["peak_fp32_gflops"]["1"].get<double>();
+  result["config"] = {{"B", o.B}, {"H", o.H}, {"H_kv", o.H}, {"d", o.d}, {"N", o.N},
+                      {"linear_block", o.linear_block}, {"repeats", o.repeats}, {"threads_all", all}};
+  omp_set_num_threads(saved);
+  return result;
+}
+
+}  // namespace lasp

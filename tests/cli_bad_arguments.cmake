@@ -1,0 +1,13 @@
+# Bad command lines must fail with a message, never crash or succeed.
+foreach(args "bench;kernels;--seq-len;0" "bench;kernels;--heads;-3" "no-such-command" "bench;kernels;--block;x")
+  execute_process(COMMAND ${LASP} ${args} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(rc EQUAL 0)
+    message(FATAL_ERROR "lasp ${args} exited 0; expected an error")
+  endif()
+  if(NOT rc MATCHES "^[0-9]+$" OR rc GREATER 125)
+    message(FATAL_ERROR "lasp ${args} crashed (${rc})")
+  endif()
+  if(err STREQUAL "" AND out STREQUAL "")
+    message(FATAL_ERROR "lasp ${args} failed without a message")
+  endif()
+endforeach()

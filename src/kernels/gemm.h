@@ -3,11 +3,40 @@
 // Called inside an OpenMP parallel region it runs on one thread (the OpenMP build of OpenBLAS detects
 // the region); called outside, it uses the BLAS threads (blas_set_threads).
 #pragma once
+#include <initializer_list>
 
 namespace lasp {
 
+// Cache lines to fetch while a product computes: up to 8 regions of `rows` rows of `row_bytes` bytes,
+// `stride` bytes apart. A kernel that streams blocks through one thread (the linear attention) would
+// otherwise wait on memory for every block it gathers; the small-block product issues one of these
+// prefetches every other step of its inner loop, which keeps memory busy without stalling the core.
+struct PrefetchStream {
+  struct Region {
+    const char* base;
+    long rows, row_bytes, stride;
+  };
+  Region regions[8];
+  int count = 0, region = 0;
+  long row = 0, offset = 0;
+
+  void clear() { count = region = 0, row = offset = 0; }
+  void add(const float* base, long rows, long row_floats, long stride_floats) {
+    if (count < 8 && rows > 0) regions[count++] = {reinterpret_cast<const char*>(base), rows, row_floats * 4, stride_floats * 4};
+  }
+  void next() {
+    if (region >= count) return;
+    const Region& r = regions[region];
+    __builtin_prefetch(r.base + row * r.stride + offset);
+    if ((offset += 64) >= r.row_bytes) {
+      offset = 0;
+      if (++row == r.rows) row = 0, ++region;
+    }
+  }
+};
+
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
-          const float* B, int ldb, float beta, float* C, int ldc);
+          const float* B, int ldb, float beta, float* C, int ldc, PrefetchStream* prefetch = nullptr);
 
 // Threads the BLAS may use for a product called outside a parallel region.
 void blas_set_threads(int threads);

@@ -13,13 +13,14 @@ namespace {
 // One micro-tile: rows i0..i0+MR-1 of C, NV vectors of 16 columns from j0; the last vector is masked.
 template <int MR, int NV, bool TransA>
 void micro_tile(int K, float alpha, const float* A, int lda, const float* B, int ldb, float beta, float* C,
-                int ldc, __mmask16 last) {
+                int ldc, __mmask16 last, PrefetchStream* pf) {
   __m512 acc[MR][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
   for (int k = 0; k < K; ++k) {
+    if (pf && (k & 1)) pf->next();
     const float* brow = B + long(k) * ldb;
     __m512 b[NV];
 #pragma GCC unroll 4
@@ -53,28 +54,28 @@ constexpr int main_rows() { return NV >= 3 ? 6 : 8; }
 
 template <int NV, bool TransA, int MR>
 void tail_rows(int rows, int K, float alpha, const float* A, int lda, const float* B, int ldb, float beta,
-               float* C, int ldc, __mmask16 last) {
+               float* C, int ldc, __mmask16 last, PrefetchStream* pf) {
   if constexpr (MR > 0) {
-    if (rows == MR) micro_tile<MR, NV, TransA>(K, alpha, A, lda, B, ldb, beta, C, ldc, last);
-    else tail_rows<NV, TransA, MR - 1>(rows, K, alpha, A, lda, B, ldb, beta, C, ldc, last);
+    if (rows == MR) micro_tile<MR, NV, TransA>(K, alpha, A, lda, B, ldb, beta, C, ldc, last, pf);
+    else tail_rows<NV, TransA, MR - 1>(rows, K, alpha, A, lda, B, ldb, beta, C, ldc, last, pf);
   }
 }
 
 template <int NV, bool TransA>
 void column_panel(int M, int K, float alpha, const float* A, int lda, const float* B, int ldb, float beta,
-                  float* C, int ldc, __mmask16 last) {
+                  float* C, int ldc, __mmask16 last, PrefetchStream* pf) {
   constexpr int MR = main_rows<NV>();
   auto a_at = [&](int row) { return TransA ? A + row : A + long(row) * lda; };
   int i = 0;
   for (; i + MR <= M; i += MR)
-    micro_tile<MR, NV, TransA>(K, alpha, a_at(i), lda, B, ldb, beta, C + long(i) * ldc, ldc, last);
+    micro_tile<MR, NV, TransA>(K, alpha, a_at(i), lda, B, ldb, beta, C + long(i) * ldc, ldc, last, pf);
   if (i < M)
-    tail_rows<NV, TransA, MR - 1>(M - i, K, alpha, a_at(i), lda, B, ldb, beta, C + long(i) * ldc, ldc, last);
+    tail_rows<NV, TransA, MR - 1>(M - i, K, alpha, a_at(i), lda, B, ldb, beta, C + long(i) * ldc, ldc, last, pf);
 }
 
 template <bool TransA>
 void gemm_small_impl(int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
-                     float beta, float* C, int ldc) {
+                     float beta, float* C, int ldc, PrefetchStream* pf) {
   for (int j = 0; j < N; j += 64) {
     const int cols = N - j < 64 ? N - j : 64;
     const int nv = (cols + 15) / 16;
@@ -83,10 +84,10 @@ void gemm_small_impl(int M, int N, int K, float alpha, const float* A, int lda, 
     const float* Bj = B + j;
     float* Cj = C + j;
     switch (nv) {
-      case 4: column_panel<4, TransA>(M, K, alpha, A, lda, Bj, ldb, beta, Cj, ldc, last); break;
-      case 3: column_panel<3, TransA>(M, K, alpha, A, lda, Bj, ldb, beta, Cj, ldc, last); break;
-      case 2: column_panel<2, TransA>(M, K, alpha, A, lda, Bj, ldb, beta, Cj, ldc, last); break;
-      default: column_panel<1, TransA>(M, K, alpha, A, lda, Bj, ldb, beta, Cj, ldc, last); break;
+      case 4: column_panel<4, TransA>(M, K, alpha, A, lda, Bj, ldb, beta, Cj, ldc, last, pf); break;
+      case 3: column_panel<3, TransA>(M, K, alpha, A, lda, Bj, ldb, beta, Cj, ldc, last, pf); break;
+      case 2: column_panel<2, TransA>(M, K, alpha, A, lda, Bj, ldb, beta, Cj, ldc, last, pf); break;
+      default: column_panel<1, TransA>(M, K, alpha, A, lda, Bj, ldb, beta, Cj, ldc, last, pf); break;
     }
   }
 }
@@ -94,15 +95,16 @@ void gemm_small_impl(int M, int N, int K, float alpha, const float* A, int lda, 
 }  // namespace
 
 void gemm_small(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
-                float beta, float* C, int ldc) {
-  if (trans_a) gemm_small_impl<true>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  else gemm_small_impl<false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+                float beta, float* C, int ldc, PrefetchStream* pf) {
+  if (trans_a) gemm_small_impl<true>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pf);
+  else gemm_small_impl<false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pf);
 }
 
 #else
 
 bool gemm_small_available() { return false; }
-void gemm_small(bool, int, int, int, float, const float*, int, const float*, int, float, float*, int) {}
+void gemm_small(bool, int, int, int, float, const float*, int, const float*, int, float, float*, int,
+                PrefetchStream*) {}
 
 #endif
 

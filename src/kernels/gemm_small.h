@@ -3,12 +3,13 @@
 // C (M x N) = alpha * op(A) * B + beta * C, op(A) = A (M x K) or A^T (A stored K x M); B row-major K x N.
 // Fast when B is dense (ldb close to N): it is re-read for every 6 rows of C.
 #pragma once
+#include "kernels/gemm.h"
 
 namespace lasp {
 
 // False when this build has no AVX-512 (the caller then uses the BLAS).
 bool gemm_small_available();
 void gemm_small(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
-                float beta, float* C, int ldc);
+                float beta, float* C, int ldc, PrefetchStream* prefetch = nullptr);
 
 }  // namespace lasp

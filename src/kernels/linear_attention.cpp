@@ -125,7 +125,7 @@ struct BlockIo {
 struct Scratch {
   float *pw, *rev;              // (heads, blk + 1) decay powers of each head of the group
   float* state;                 // (heads, d, d) running S (forward) or dS (backward) of each head
-  float* states;                // backward: (heads, nb + 1, d, d) S_b^T entering every block
+  float* states;                // backward: (nb + 1, heads, d, d) S_b^T entering every block
   float *q, *k, *v, *o;         // (heads, blk, d) gathered block; o holds dO in backward
   float *dq, *dk, *dv;          // (heads, blk, d) backward results of the block
   float *kt, *vt;               // (d, blk) one head's K, V transposed
@@ -207,6 +207,7 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
     const int b = item / groups.count, g = item % groups.count;
     const int h0 = groups.begin(g, H), heads = groups.begin(g + 1, H) - h0;
     Scratch w = thread_scratch(ws, s, groups.max_heads, false);
+    PrefetchStream pf;  // the next block, fetched during this one's products
     for (int j = 0; j < heads; ++j) {
       fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
       float* S = w.state + j * dd;
@@ -217,6 +218,10 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
       const int L = std::min(blk, N - blkno * blk);
       const BlockIo io{(long(b) * N + long(blkno) * blk) * ld + long(h0) * d, ld, L, heads, d};
       io.gather({{w.q, q}, {w.k, k}, {w.v, v}});
+      pf.clear();
+      if (blkno + 1 < nb)
+        for (const float* x : {q, k, v, (const float*)o})
+          pf.add(x + io.at + long(blk) * ld, std::min(blk, N - (blkno + 1) * blk), heads * d, ld);
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
         const long hb = long(j) * L * d;
@@ -225,18 +230,18 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
         float* S = w.state + j * dd;  // the state entering this block
         transpose(w.kt, L, kb, d, L, d);
         // intra: O_b = ((Q_b K_b^T) .* psi) V_b
-        gemm(false, false, L, L, d, 1.f, qb, d, w.kt, L, 0.f, w.a, L);
+        gemm(false, false, L, L, d, 1.f, qb, d, w.kt, L, 0.f, w.a, L, &pf);
         mask_decay(w.a, rev, blk, L);
-        gemm(false, false, L, d, L, 1.f, w.a, L, vb, d, 0.f, ob, d);
+        gemm(false, false, L, d, L, 1.f, w.a, L, vb, d, 0.f, ob, d, &pf);
         if (pw[1] != 1.f) {
           // inter: O_b += diag(lambda^i) Q_b S_b;  S = lambda^L S + K_b^T diag(lambda^(L-j)) V_b
           scale_rows(w.qs, qb, pw, L, d);
-          gemm(false, false, L, d, d, 1.f, w.qs, d, S, d, 1.f, ob, d);
+          gemm(false, false, L, d, d, 1.f, w.qs, d, S, d, 1.f, ob, d, &pf);
           scale_rows(w.ks, kb, rev + blk - L, L, d);
-          gemm(true, false, d, d, L, 1.f, w.ks, d, vb, d, pw[L], S, d);
+          gemm(true, false, d, d, L, 1.f, w.ks, d, vb, d, pw[L], S, d, &pf);
         } else {
-          gemm(false, false, L, d, d, 1.f, qb, d, S, d, 1.f, ob, d);
-          gemm(false, false, d, d, L, 1.f, w.kt, L, vb, d, 1.f, S, d);
+          gemm(false, false, L, d, d, 1.f, qb, d, S, d, 1.f, ob, d, &pf);
+          gemm(false, false, d, d, L, 1.f, w.kt, L, vb, d, 1.f, S, d, &pf);
         }
       }
       io.scatter({{o, w.o}}, false);
@@ -268,7 +273,16 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
     const int b = item / groups.count, g = item % groups.count;
     const int h0 = groups.begin(g, H), heads = groups.begin(g + 1, H) - h0;
     Scratch w = thread_scratch(ws, s, groups.max_heads, true);
-    auto states_of = [&](int j, int blkno) { return w.states + (size_t(j) * (nb + 1) + blkno) * dd; };
+    PrefetchStream pf;  // the next block, fetched during this one's products
+    auto states_of = [&](int j, int blkno) { return w.states + (size_t(blkno) * heads + j) * dd; };
+    // Queues block `blkno` of the tensors, and the states entering block `states_blkno`, for the products.
+    auto prefetch_block = [&](int blkno, std::initializer_list<const float*> tensors, int states_blkno) {
+      pf.clear();
+      if (blkno < 0 || blkno >= nb) return;
+      const long at = (long(b) * N + long(blkno) * blk) * ld + long(h0) * d;
+      for (const float* x : tensors) pf.add(x + at, std::min(blk, N - blkno * blk), heads * d, ld);
+      if (states_blkno <= nb) pf.add(states_of(0, states_blkno), 1, heads * dd, 0);
+    };
     auto block_io = [&](int blkno) {
       return BlockIo{(long(b) * N + long(blkno) * blk) * ld + long(h0) * d, ld, std::min(blk, N - blkno * blk),
                      heads, d};
@@ -285,13 +299,14 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
       const BlockIo io = block_io(blkno);
       const int L = io.L;
       io.gather({{w.k, k}, {w.v, v}});
+      prefetch_block(blkno + 1, {k, v}, blkno + 2);
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
         const float *kb = w.k + long(j) * L * d, *vb = w.v + long(j) * L * d;
         float* next = states_of(j, blkno + 1);
         std::memcpy(next, states_of(j, blkno), sizeof(float) * dd);
         if (pw[1] != 1.f) scale_rows(w.ks, kb, rev + blk - L, L, d), kb = w.ks;
-        gemm(true, false, d, d, L, 1.f, vb, d, kb, d, pw[L], next, d);
+        gemm(true, false, d, d, L, 1.f, vb, d, kb, d, pw[L], next, d, &pf);
       }
     }
 
@@ -305,6 +320,7 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
       const BlockIo io = block_io(blkno);
       const int L = io.L;
       io.gather({{w.q, q}, {w.k, k}, {w.v, v}, {w.o, dout}});
+      prefetch_block(blkno - 1, {q, k, v, dout, dq, dk, dv}, blkno - 1);
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
         const long hb = long(j) * L * d;
@@ -322,20 +338,20 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
         }
 
         // intra-block terms: A = (Q K^T) .* psi, dA = (dO V^T) .* psi
-        gemm(false, false, L, L, d, 1.f, qb, d, w.kt, L, 0.f, w.a, L);
+        gemm(false, false, L, L, d, 1.f, qb, d, w.kt, L, 0.f, w.a, L, &pf);
         mask_decay(w.a, rev, blk, L);
-        gemm(false, false, L, L, d, 1.f, dob, d, w.vt, L, 0.f, w.da, L);
+        gemm(false, false, L, L, d, 1.f, dob, d, w.vt, L, 0.f, w.da, L, &pf);
         mask_decay(w.da, rev, blk, L);
-        gemm(false, false, L, d, L, 1.f, w.da, L, kb, d, 0.f, dqb, d);  // dQ = dA K
-        gemm(true, false, L, d, L, 1.f, w.da, L, qb, d, 0.f, dkb, d);   // dK = dA^T Q
-        gemm(true, false, L, d, L, 1.f, w.a, L, dob, d, 0.f, dvb, d);   // dV = A^T dO
+        gemm(false, false, L, d, L, 1.f, w.da, L, kb, d, 0.f, dqb, d, &pf);  // dQ = dA K
+        gemm(true, false, L, d, L, 1.f, w.da, L, qb, d, 0.f, dkb, d, &pf);   // dK = dA^T Q
+        gemm(true, false, L, d, L, 1.f, w.a, L, dob, d, 0.f, dvb, d, &pf);   // dV = A^T dO
 
         // inter-block terms
         transpose(w.dstate_t, d, dS, d, d, d);
-        gemm(false, false, L, d, d, 1.f, vs, d, w.dstate_t, d, 1.f, dkb, d);              // dK += diag(l^(L-j)) V dS^T
-        gemm(false, false, L, d, d, 1.f, ks, d, dS, d, 1.f, dvb, d);                     // dV += diag(l^(L-j)) K dS
-        gemm(false, false, L, d, d, 1.f, douts, d, states_of(j, blkno), d, 1.f, dqb, d);  // dQ += diag(l^i) dO S_b^T
-        gemm(true, false, d, d, L, 1.f, qb, d, douts, d, pw[L], dS, d);                  // dS_b = l^L dS + Q^T diag(l^i) dO
+        gemm(false, false, L, d, d, 1.f, vs, d, w.dstate_t, d, 1.f, dkb, d, &pf);              // dK += diag(l^(L-j)) V dS^T
+        gemm(false, false, L, d, d, 1.f, ks, d, dS, d, 1.f, dvb, d, &pf);                     // dV += diag(l^(L-j)) K dS
+        gemm(false, false, L, d, d, 1.f, douts, d, states_of(j, blkno), d, 1.f, dqb, d, &pf);  // dQ += diag(l^i) dO S_b^T
+        gemm(true, false, d, d, L, 1.f, qb, d, douts, d, pw[L], dS, d, &pf);                  // dS_b = l^L dS + Q^T diag(l^i) dO
       }
       io.scatter({{dq, w.dq}, {dk, w.dk}, {dv, w.dv}}, true);
     }

@@ -1,0 +1,14 @@
+// Whole-file I/O with errors that name the path. Writes are atomic: a crash never leaves a half-written file.
+#pragma once
+#include <string>
+
+namespace lasp {
+
+// The file's bytes. Throws lasp::Error naming the path and strerror if it cannot be opened or read.
+std::string read_file(const std::string& path);
+
+// Writes bytes to path + ".tmp.<pid>", fsyncs it, then renames it over path (and fsyncs the folder, best
+// effort). On failure the temporary file is removed and lasp::Error names the path and strerror.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
+}  // namespace lasp

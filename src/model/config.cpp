@@ -1,0 +1,204 @@
+#include "model/config.h"
+
+#include <cmath>
+#include <limits>
+
+#include "core/check.h"
+#include "core/file.h"
+
+namespace lasp {
+
+namespace {
+
+using nlohmann::json;
+
+[[noreturn]] void config_error(const std::string& key, const std::string& value, const std::string& allowed) {
+  throw Error(fmt::format("config: {} = {}: {}", key, value, allowed));
+}
+
+// The value as it appeared in the JSON (compact, truncated if huge).
+std::string shown(const json& v) {
+  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (s.size() > 80) s = s.substr(0, 77) + "...";
+  return s;
+}
+
+std::string json_quoted(const std::string& s) { return shown(json(s)); }
+
+// A float as JSON by its shortest decimal form, so that 1e-5f is written as 1e-05.
+json float_json(float f) {
+  if (!std::isfinite(f)) return json(double(f));  // dumps as null; validate() rejects these anyway
+  return json(std::stod(fmt::format("{}", f)));
+}
+
+void get_int(const json& j, const char* key, const std::string& full_key, int& out) {
+  auto it = j.find(key);
+  if (it == j.end()) return;
+  if (!it->is_number_integer()) config_error(full_key, shown(*it), "expected an integer");
+  if (it->is_number_unsigned()) {
+    auto v = it->get<uint64_t>();
+    if (v > uint64_t(std::numeric_limits<int>::max())) config_error(full_key, shown(*it), "integer out of range");
+    out = int(v);
+  } else {
+    auto v = it->get<int64_t>();
+    if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())
+      config_error(full_key, shown(*it), "integer out of range");
+    out = int(v);
+  }
+}
+
+void get_float(const json& j, const char* key, const std::string& full_key, float& out) {
+  auto it = j.find(key);
+  if (it == j.end()) return;
+  if (!it->is_number()) config_error(full_key, shown(*it), "expected a number");
+  double v = it->get<double>();
+  if (!std::isfinite(v) || std::fabs(v) > double(std::numeric_limits<float>::max()))
+    config_error(full_key, shown(*it), "number out of the float range");
+  out = float(v);
+}
+
+void get_bool(const json& j, const char* key, const std::string& full_key, bool& out) {
+  auto it = j.find(key);
+  if (it == j.end()) return;
+  if (!it->is_boolean()) config_error(full_key, shown(*it), "expected true or false");
+  out = it->get<bool>();
+}
+
+bool get_string(const json& j, const char* key, const std::string& full_key, std::string& out) {
+  auto it = j.find(key);
+  if (it == j.end()) return false;
+  if (!it->is_string()) config_error(full_key, shown(*it), "expected a string");
+  out = it->get<std::string>();
+  return true;
+}
+
+}  // namespace
+
+int ModelConfig::head_dim() const { return num_attention_heads > 0 ? hidden_size / num_attention_heads : 0; }
+
+bool ModelConfig::has_softmax_layer() const { return layer_types.find('N') != std::string::npos; }
+
+void ModelConfig::validate() const {
+  auto positive = [](const char* key, int v) {
+    if (v <= 0) config_error(key, std::to_string(v), "must be a positive integer");
+  };
+  positive("vocab_size", vocab_size);
+  positive("hidden_size", hidden_size);
+  positive("intermediate_size", intermediate_size);
+  positive("num_hidden_layers", num_hidden_layers);
+  positive("num_attention_heads", num_attention_heads);
+  positive("num_key_value_heads", num_key_value_heads);
+  if (layer_types.find_first_not_of("LN") != std::string::npos)
+    config_error("layer_types", json_quoted(layer_types), "only 'L' (linear) and 'N' (softmax) are allowed");
+  if (layer_types.size() != size_t(num_hidden_layers))
+    config_error("layer_types", json_quoted(layer_types),
+                 fmt::format("must have one letter per layer, num_hidden_layers = {}, found {} letters",
+                             num_hidden_layers, layer_types.size()));
+  if (hidden_size % num_attention_heads != 0)
+    config_error("num_attention_heads", std::to_string(num_attention_heads),
+                 fmt::format("must divide hidden_size = {}", hidden_size));
+  if (num_attention_heads % num_key_value_heads != 0)
+    config_error("num_key_value_heads", std::to_string(num_key_value_heads),
+                 fmt::format("must divide num_attention_heads = {}", num_attention_heads));
+  if (has_softmax_layer() && head_dim() % 2 != 0)
+    config_error("num_attention_heads", std::to_string(num_attention_heads),
+                 fmt::format("head dim hidden_size / num_attention_heads = {} / {} = {} must be even for RoPE in "
+                             "the softmax ('N') layers of layer_types = {}",
+                             hidden_size, num_attention_heads, head_dim(), json_quoted(layer_types)));
+  if (!(rms_norm_eps > 0.f) || !std::isfinite(rms_norm_eps))
+    config_error("rms_norm_eps", fmt::format("{}", rms_norm_eps), "must be a finite number > 0");
+  if (!(rope_theta > 0.f) || !std::isfinite(rope_theta))
+    config_error("rope_theta", fmt::format("{}", rope_theta), "must be a finite number > 0");
+  auto fm = int(linear.feature_map);
+  if (fm < int(FeatureMap::silu) || fm > int(FeatureMap::identity))
+    config_error("linear_attention.feature_map", std::to_string(fm), "invalid FeatureMap value");
+  auto dc = int(linear.decay);
+  if (dc < int(Decay::none) || dc > int(Decay::retention))
+    config_error("linear_attention.decay", std::to_string(dc), "invalid Decay value");
+}
+
+nlohmann::json ModelConfig::to_json() const {
+  json j = json::object();
+  j["model_type"] = "linear_llama3";
+  j["vocab_size"] = vocab_size;
+  j["hidden_size"] = hidden_size;
+  j["intermediate_size"] = intermediate_size;
+  j["num_hidden_layers"] = num_hidden_layers;
+  j["num_attention_heads"] = num_attention_heads;
+  j["num_key_value_heads"] = num_key_value_heads;
+  j["layer_types"] = layer_types;
+  j["linear_attention"] = {{"feature_map", to_string(linear.feature_map)},
+                           {"decay", to_string(linear.decay)},
+                           {"output_norm", linear.output_norm},
+                           {"output_gate", linear.output_gate}};
+  j["rms_norm_eps"] = float_json(rms_norm_eps);
+  j["rope_theta"] = float_json(rope_theta);
+  j["tie_word_embeddings"] = tie_word_embeddings;
+  return j;
+}
+
+ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
+  if (!j.is_object()) config_error("(top level)", shown(j), "expected a JSON object");
+  ModelConfig c;
+  std::string model_type;
+  if (get_string(j, "model_type", "model_type", model_type) && model_type != "linear_llama3")
+    config_error("model_type", json_quoted(model_type), "only \"linear_llama3\" is allowed");
+  get_int(j, "vocab_size", "vocab_size", c.vocab_size);
+  get_int(j, "hidden_size", "hidden_size", c.hidden_size);
+  get_int(j, "intermediate_size", "intermediate_size", c.intermediate_size);
+  get_int(j, "num_hidden_layers", "num_hidden_layers", c.num_hidden_layers);
+  get_int(j, "num_attention_heads", "num_attention_heads", c.num_attention_heads);
+  get_int(j, "num_key_value_heads", "num_key_value_heads", c.num_key_value_heads);
+  get_string(j, "layer_types", "layer_types", c.layer_types);
+  get_float(j, "rms_norm_eps", "rms_norm_eps", c.rms_norm_eps);
+  get_float(j, "rope_theta", "rope_theta", c.rope_theta);
+  get_bool(j, "tie_word_embeddings", "tie_word_embeddings", c.tie_word_embeddings);
+  if (auto it = j.find("linear_attention"); it != j.end()) {
+    if (!it->is_object()) config_error("linear_attention", shown(*it), "expected a JSON object");
+    std::string s;
+    if (get_string(*it, "feature_map", "linear_attention.feature_map", s)) {
+      if (s == "silu") c.linear.feature_map = FeatureMap::silu;
+      else if (s == "elu1") c.linear.feature_map = FeatureMap::elu1;
+      else if (s == "relu") c.linear.feature_map = FeatureMap::relu;
+      else if (s == "identity") c.linear.feature_map = FeatureMap::identity;
+      else config_error("linear_attention.feature_map", json_quoted(s), "one of \"silu\", \"elu1\", \"relu\", \"identity\"");
+    }
+    if (get_string(*it, "decay", "linear_attention.decay", s)) {
+      if (s == "none") c.linear.decay = Decay::none;
+      else if (s == "lightning") c.linear.decay = Decay::lightning;
+      else if (s == "retention") c.linear.decay = Decay::retention;
+      else config_error("linear_attention.decay", json_quoted(s), "one of \"none\", \"lightning\", \"retention\"");
+    }
+    get_bool(*it, "output_norm", "linear_attention.output_norm", c.linear.output_norm);
+    get_bool(*it, "output_gate", "linear_attention.output_gate", c.linear.output_gate);
+  }
+  c.validate();
+  if (auto it = j.find("head_dim"); it != j.end() && !it->is_null()) {
+    if (!it->is_number_integer() || it->get<int64_t>() != c.head_dim())
+      config_error("head_dim", shown(*it),
+                   fmt::format("must equal hidden_size / num_attention_heads = {}", c.head_dim()));
+  }
+  return c;
+}
+
+ModelConfig ModelConfig::load(const std::string& path) {
+  std::string text = read_file(path);
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    throw Error(fmt::format("config {}: not valid JSON: {}", path, e.what()));
+  }
+  try {
+    return from_json(j);
+  } catch (const Error& e) {
+    throw Error(fmt::format("{} (in {})", e.what(), path));
+  }
+}
+
+void ModelConfig::save(const std::string& path) const {
+  validate();
+  write_file_atomic(path, to_json().dump(2) + "\n");
+}
+
+}  // namespace lasp

@@ -1,0 +1,55 @@
+// The model's shape: config.json of design/MODEL.md (Hugging Face style keys), parsed and validated.
+// A default-constructed ModelConfig is lasp's default small hybrid ("LLLN", D 256, H 4, H_kv 2, F 768).
+#pragma once
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "kernels/feature_map.h"
+#include "kernels/linear_attention.h"
+
+namespace lasp {
+
+struct LinearAttentionConfig {
+  FeatureMap feature_map = FeatureMap::silu;
+  Decay decay = Decay::none;
+  bool output_norm = true;  // per-head RMSNorm over d (o_norm)
+  bool output_gate = true;  // o * silu(W_g x) (g_proj)
+};
+
+struct ModelConfig {
+  int vocab_size = 256;          // V
+  int hidden_size = 256;         // D
+  int intermediate_size = 768;   // F
+  int num_hidden_layers = 4;     // L
+  int num_attention_heads = 4;   // H
+  int num_key_value_heads = 2;   // H_kv (softmax layers only)
+  std::string layer_types = "LLLN";  // one letter per layer: 'L' linear, 'N' softmax
+  LinearAttentionConfig linear;      // JSON key "linear_attention"
+  float rms_norm_eps = 1e-5f;
+  float rope_theta = 500000.f;
+  bool tie_word_embeddings = false;
+
+  int head_dim() const;            // d = hidden_size / num_attention_heads
+  bool has_softmax_layer() const;  // any 'N' in layer_types
+
+  // Throws lasp::Error "config: <key> = <value>: <what is allowed>" on the first inconsistency.
+  void validate() const;
+
+  // Exactly the keys of MODEL.md, with "model_type": "linear_llama3". Floats are written by their shortest
+  // decimal form (1e-5f -> 1e-05, not 9.99999974737875e-06).
+  nlohmann::json to_json() const;
+
+  // Missing keys take the defaults above, unknown keys are ignored (Hugging Face style); a key of the wrong
+  // JSON type throws naming the key and the expected type. "model_type", if present, must be
+  // "linear_llama3"; "head_dim", if present, must equal hidden_size / num_attention_heads. Then validate().
+  static ModelConfig from_json(const nlohmann::json& j);
+
+  // Reads and parses path (errors name the file and the parse error), then from_json.
+  static ModelConfig load(const std::string& path);
+
+  // Pretty JSON (2-space indent, trailing newline), written atomically.
+  void save(const std::string& path) const;
+};
+
+}  // namespace lasp

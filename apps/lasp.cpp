@@ -2,14 +2,60 @@
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 
 #include "bench_kernels.h"
+#include "bench_train.h"
 #include "core/check.h"
 #include "kernels/gemm.h"
+#include "model/config.h"
+#include "train/trainer.h"
 
 namespace {
+
+// Model flags: each overrides the config file (or the default small hybrid) when given.
+struct ModelFlags {
+  std::string config_path, layer_types, feature_map, decay;
+  std::optional<int> layers, hidden, heads, kv_heads, ffn, vocab;
+  bool no_output_norm = false, no_output_gate = false, tie = false;
+
+  void add(CLI::App* app) {
+    app->add_option("--config", config_path, "config.json to start from (default: the small hybrid of MODEL.md)");
+    app->add_option("--layer-types", layer_types, "one letter per layer: L linear, N softmax (default LLLN)");
+    app->add_option("--layers", layers, "num_hidden_layers (default: the length of --layer-types)");
+    app->add_option("--hidden", hidden, "hidden_size (default 256)");
+    app->add_option("--heads", heads, "num_attention_heads (default 4)");
+    app->add_option("--kv-heads", kv_heads, "num_key_value_heads (default 2)");
+    app->add_option("--ffn", ffn, "intermediate_size (default 768)");
+    app->add_option("--vocab", vocab, "vocab_size (default 256)");
+    app->add_option("--feature-map", feature_map, "silu | elu1 | relu | identity (default silu)");
+    app->add_option("--decay", decay, "none | lightning | retention (default none)");
+    app->add_flag("--no-output-norm", no_output_norm, "linear layers without the per-head output RMSNorm");
+    app->add_flag("--no-output-gate", no_output_gate, "linear layers without the output gate");
+    app->add_flag("--tie-embeddings", tie, "lm_head shares the embedding");
+  }
+
+  lasp::ModelConfig build() const {
+    lasp::ModelConfig c = config_path.empty() ? lasp::ModelConfig{} : lasp::ModelConfig::load(config_path);
+    if (!layer_types.empty()) c.layer_types = layer_types, c.num_hidden_layers = int(layer_types.size());
+    if (layers) c.num_hidden_layers = *layers;
+    if (hidden) c.hidden_size = *hidden;
+    if (heads) c.num_attention_heads = *heads;
+    if (kv_heads) c.num_key_value_heads = *kv_heads;
+    if (ffn) c.intermediate_size = *ffn;
+    if (vocab) c.vocab_size = *vocab;
+    if (!feature_map.empty()) c.linear.feature_map = lasp::feature_map_from_string(feature_map);
+    if (!decay.empty()) c.linear.decay = lasp::decay_from_string(decay);
+    if (no_output_norm) c.linear.output_norm = false;
+    if (no_output_gate) c.linear.output_gate = false;
+    if (tie) c.tie_word_embeddings = true;
+    c.validate();
+    return c;
+  }
+};
 
 void print_kernel_bench_text(const nlohmann::ordered_json& r) {
   std::printf("FP32 FMA peak: %.1f GFLOP/s (1 thread), %.1f GFLOP/s (%d threads)\n",
@@ -26,11 +72,43 @@ void print_kernel_bench_text(const nlohmann::ordered_json& r) {
 int main(int argc, char** argv) {
   CLI::App app{"lasp: linear-attention and hybrid language models on long sequences, sequence-parallel (LASP-2)"};
   app.require_subcommand(1);
+  app.get_formatter()->column_width(34);
   int threads = 0;
   app.add_option("--threads", threads, "OpenMP threads (0 = every core)")->default_val(0)->check(CLI::NonNegativeNumber);
 
-  auto* info = app.add_subcommand("info", "version, BLAS, CPU features, threads");
+  auto* info = app.add_subcommand("info", "version, BLAS, threads");
 
+  // train
+  auto* train_cmd = app.add_subcommand("train", "train a model on a byte-level text file");
+  ModelFlags train_model;
+  train_model.add(train_cmd);
+  lasp::TrainOptions topt;
+  train_cmd->add_option("--data", topt.data_path, "byte-level text file")->required();
+  train_cmd->add_option("--seq-len", topt.seq_len, "tokens per sequence")->default_val(topt.seq_len)->check(CLI::PositiveNumber);
+  train_cmd->add_option("--batch", topt.batch, "sequences per step")->default_val(topt.batch)->check(CLI::PositiveNumber);
+  train_cmd->add_option("--steps", topt.steps, "optimizer steps")->default_val(topt.steps)->check(CLI::PositiveNumber);
+  train_cmd->add_option("--lr", topt.lr, "peak learning rate")->default_val(topt.lr)->check(CLI::PositiveNumber);
+  train_cmd->add_option("--min-lr", topt.min_lr, "learning rate at the end of the cosine (default lr/10)");
+  train_cmd->add_option("--warmup", topt.warmup, "warmup steps (default steps/10)");
+  train_cmd->add_option("--seed", topt.seed, "seed of the weights and the data order")->default_val(topt.seed);
+  train_cmd->add_option("--save", topt.save_dir, "write a checkpoint folder at the end");
+  train_cmd->add_option("--weight-decay", topt.adamw.weight_decay, "AdamW weight decay (matrices)")->default_val(topt.adamw.weight_decay);
+  train_cmd->add_option("--grad-clip", topt.adamw.grad_clip, "max gradient norm (0: off)")->default_val(topt.adamw.grad_clip);
+  train_cmd->add_option("--block", topt.block, "linear attention block size")->default_val(topt.block)->check(CLI::PositiveNumber);
+  train_cmd->add_flag("--recompute", topt.recompute, "recompute each layer in the backward (less memory)");
+
+  // eval
+  auto* eval_cmd = app.add_subcommand("eval", "mean next-token loss of a checkpoint on the start of a file");
+  std::string eval_ckpt, eval_data;
+  int eval_seq = 1024, eval_batches = 1;
+  bool eval_json = false;
+  eval_cmd->add_option("--checkpoint", eval_ckpt, "checkpoint folder")->required();
+  eval_cmd->add_option("--data", eval_data, "byte-level text file")->required();
+  eval_cmd->add_option("--seq-len", eval_seq, "tokens per window")->default_val(eval_seq)->check(CLI::PositiveNumber);
+  eval_cmd->add_option("--batches", eval_batches, "windows to evaluate")->default_val(eval_batches)->check(CLI::PositiveNumber);
+  eval_cmd->add_flag("--json", eval_json, "print one JSON object");
+
+  // bench
   auto* bench = app.add_subcommand("bench", "benchmarks");
   bench->require_subcommand(1);
   auto* bench_kernels_cmd = bench->add_subcommand("kernels", "attention kernels vs the FP32 FMA peak");
@@ -46,18 +124,39 @@ int main(int argc, char** argv) {
   bench_kernels_cmd->add_option("--repeats", kopt.repeats, "runs per measurement (median)")
       ->default_val(kopt.repeats)->check(CLI::PositiveNumber);
 
+  auto* bench_train_cmd = bench->add_subcommand("train", "training tokens/s of a model (default: the small hybrid)");
+  ModelFlags bench_model;
+  bench_model.add(bench_train_cmd);
+  lasp::TrainBenchOptions bopt;
+  bool bench_train_json = false;
+  bench_train_cmd->add_option("--seq-len", bopt.seq_len, "tokens per sequence")->default_val(bopt.seq_len)->check(CLI::PositiveNumber);
+  bench_train_cmd->add_option("--batch", bopt.batch, "sequences per step")->default_val(bopt.batch)->check(CLI::PositiveNumber);
+  bench_train_cmd->add_option("--steps", bopt.steps, "timed steps (median)")->default_val(bopt.steps)->check(CLI::PositiveNumber);
+  bench_train_cmd->add_flag("--compare-pytorch", bopt.compare_pytorch, "also time the same step in PyTorch (tools/reference.py)");
+  bench_train_cmd->add_option("--reference", bopt.reference_script, "path of tools/reference.py")->default_val(bopt.reference_script);
+  bench_train_cmd->add_flag("--json", bench_train_json, "print one JSON object");
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (threads > 0) omp_set_num_threads(threads);
     if (*info) {
       std::printf("lasp %s\nBLAS: %s\nthreads: %d of %d cores\n", LASP_VERSION, lasp::blas_config(),
                   omp_get_max_threads(), omp_get_num_procs());
+    } else if (*train_cmd) {
+      lasp::train(train_model.build(), topt);
+    } else if (*eval_cmd) {
+      const lasp::EvalResult r = lasp::evaluate_checkpoint(eval_ckpt, eval_data, eval_seq, eval_batches);
+      if (eval_json) std::cout << nlohmann::ordered_json{{"loss", r.loss}, {"tokens", r.tokens}}.dump() << std::endl;
+      else std::printf("loss %.6f over %lld tokens\n", r.loss, (long long)r.tokens);
     } else if (*bench_kernels_cmd) {
       if (quick) kopt.N = 1024, kopt.repeats = 1;
       kopt.threads = threads;
       const nlohmann::ordered_json r = lasp::bench_kernels(kopt);
       if (json) std::cout << r.dump() << std::endl;
       else print_kernel_bench_text(r);
+    } else if (*bench_train_cmd) {
+      const nlohmann::ordered_json r = lasp::bench_train(bench_model.build(), bopt);
+      std::cout << (bench_train_json ? r.dump() : r.dump(2)) << std::endl;
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lasp: error: %s\n", e.what());

@@ -1,0 +1,64 @@
+// The seam between the model and the sequence-parallel methods. The model computes projections, norms
+// and MLPs on this rank's tokens; every token-mixing step goes through an Attention, which knows where
+// this rank's tokens sit in the global sequence and which ranks hold the rest. LocalAttention is the
+// single-process implementation; the sequence-parallel methods (LASP-2, LASP-2H, Ring, Ulysses...)
+// implement the same interface.
+#pragma once
+#include <vector>
+
+#include "core/workspace.h"
+#include "kernels/linear_attention.h"
+#include "kernels/softmax_attention.h"
+
+namespace lasp {
+
+struct AttentionShape {
+  int B, N;      // batch rows, tokens per row on this rank
+  int H, H_kv;   // query heads, key/value heads of the softmax layers
+  int d;         // head dim
+  int block;     // linear attention block size
+};
+
+class Attention {
+ public:
+  virtual ~Attention() = default;
+  // Global positions of this rank's N tokens (RoPE and the causal mask use them).
+  virtual const int* positions() const = 0;
+
+  // Causal linear attention of this rank's tokens: o (B, N, H, d) from q, k, v; lambda (H) or null.
+  virtual void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
+                              const float* lambda) = 0;
+  // Accumulates into dq, dk, dv.
+  virtual void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
+                               const float* k, const float* v, const float* lambda) = 0;
+
+  // Causal softmax attention: q (B, N, H, d) against k, v (B, N, H_kv, d) with RoPE applied; lse (B, H, N).
+  virtual void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k,
+                               const float* v) = 0;
+  // Accumulates into dq, dk, dv.
+  virtual void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
+                                const float* lse, const float* q, const float* k, const float* v) = 0;
+};
+
+// One process holds the whole sequence.
+class LocalAttention : public Attention {
+ public:
+  explicit LocalAttention(const AttentionShape& shape);
+  const int* positions() const override { return positions_.data(); }
+  void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
+                      const float* lambda) override;
+  void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
+                       const float* k, const float* v, const float* lambda) override;
+  void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override;
+  void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
+                        const float* lse, const float* q, const float* k, const float* v) override;
+
+ private:
+  AttentionShape shape_;
+  std::vector<int> positions_;
+  WorkspaceBuffer workspace_;
+  LinearAttentionShape linear_shape() const;
+  SoftmaxAttentionShape softmax_shape() const;
+};
+
+}  // namespace lasp

@@ -1,0 +1,280 @@
+#include "model/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/check.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/embedding.h"
+#include "kernels/feature_map.h"
+#include "kernels/gemm.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+
+namespace lasp {
+namespace {
+
+// Hands out pieces of one buffer: a first pass with base == null counts, a second assigns.
+struct Carver {
+  float* base;
+  size_t used = 0;
+  float* take(size_t n) {
+    float* p = base ? base + used : nullptr;
+    used += (n + 15) / 16 * 16;
+    return p;
+  }
+};
+
+// Y (T x out) = X (T x in) W^T + beta Y, W in the nn.Linear layout (out x in).
+void linear_forward(float* Y, const float* X, const float* W, int T, int in, int out, float beta = 0.f) {
+  gemm(false, true, T, out, in, 1.f, X, in, W, in, beta, Y, out);
+}
+
+// dX += dY W (when dX), dW += dY^T X.
+void linear_backward(float* dX, float* dW, const float* dY, const float* X, const float* W, int T, int in,
+                     int out) {
+  if (dX) gemm(false, false, T, in, out, 1.f, dY, out, W, in, 1.f, dX, in);
+  gemm(true, false, out, in, T, 1.f, dY, out, X, in, 1.f, dW, in);
+}
+
+void zero(float* p, size_t n) { std::fill(p, p + n, 0.f); }
+
+}  // namespace
+
+Model::Model(const ModelConfig& config, int B, int N, Attention& attention, bool recompute)
+    : config_(config), layout_(config), B_(B), N_(N), T_(B * N), attention_(attention), recompute_(recompute) {
+  config_.validate();
+  LASP_CHECK(B > 0 && N > 0, "model: batch and sequence length must be positive, got B={} N={}", B, N);
+  params_.assign(layout_.total(), 0.f);
+  grads_.assign(layout_.total(), 0.f);
+
+  const ModelConfig& c = config_;
+  const int L = c.num_hidden_layers, D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
+  const int H = c.num_attention_heads, d = c.head_dim(), E = H * d, Ekv = c.num_key_value_heads * d;
+  const size_t T = T_;
+  lambdas_.resize(L);
+  for (int l = 0; l < L; ++l) {
+    lambdas_[l].resize(H);
+    linear_attention_decays(lambdas_[l].data(), H, c.linear.decay);
+  }
+
+  // Two passes over the same carving: count, then assign.
+  auto carve = [&](Carver& cv) {
+    x_.assign(L + 1, nullptr);
+    for (int l = 0; l <= L; ++l) x_[l] = cv.take(T * D);
+    acts_.assign(recompute ? 1 : L, LayerActs{});
+    for (size_t i = 0; i < acts_.size(); ++i) {
+      // With recompute the shared set must fit either kind of layer.
+      const bool any_linear = recompute ? c.layer_types.find('L') != std::string::npos : c.layer_types[i] == 'L';
+      const bool any_softmax = recompute ? c.has_softmax_layer() : c.layer_types[i] == 'N';
+      LayerActs& a = acts_[i];
+      a = LayerActs{};
+      a.xn = cv.take(T * D);
+      a.rstd_in = cv.take(T);
+      a.q = cv.take(T * E);
+      a.k = cv.take(T * std::max(E, Ekv));
+      a.v = cv.take(T * std::max(E, Ekv));
+      a.o = cv.take(T * E);
+      if (any_linear) {
+        a.qp = cv.take(T * E);
+        a.kp = cv.take(T * E);
+        if (c.linear.output_norm) a.on = cv.take(T * E), a.rstd_o = cv.take(T * H);
+        if (c.linear.output_gate) a.gp = cv.take(T * E), a.og = cv.take(T * E);
+      }
+      if (any_softmax) a.lse = cv.take(size_t(B) * H * N);
+      a.h = cv.take(T * D);
+      a.hn = cv.take(T * D);
+      a.rstd_post = cv.take(T);
+      a.g = cv.take(T * F);
+      a.u = cv.take(T * F);
+      a.m = cv.take(T * F);
+    }
+    const size_t wide = T * std::max(E, Ekv);
+    s_.dres = cv.take(T * D);
+    s_.dxn = cv.take(T * D);
+    s_.dhn = cv.take(T * D);
+    s_.da = cv.take(T * E);
+    s_.dq = cv.take(T * E);
+    s_.dk = cv.take(wide);
+    s_.dv = cv.take(wide);
+    s_.dqp = cv.take(T * E);
+    s_.dkp = cv.take(wide);
+    s_.dgp = cv.take(T * E);
+    s_.dg = cv.take(T * F);
+    s_.du = cv.take(T * F);
+    s_.dm = cv.take(T * F);
+    s_.dlogits = cv.take(T * V);
+    xf_ = cv.take(T * D);
+    rstd_f_ = cv.take(T);
+    logits_ = cv.take(T * V);
+  };
+  Carver counter{nullptr};
+  carve(counter);
+  arena_.assign(counter.used, 0.f);
+  Carver assign{arena_.data()};
+  carve(assign);
+}
+
+void Model::zero_grads() { std::fill(grads_.begin(), grads_.end(), 0.f); }
+
+double Model::forward(const int* inputs, const int* targets) {
+  const ModelConfig& c = config_;
+  const int D = c.hidden_size, V = c.vocab_size;
+  const Weights w = layout_.bind(params_.data());
+  inputs_.assign(inputs, inputs + T_);
+  has_targets_ = targets != nullptr;
+  if (targets) targets_.assign(targets, targets + T_);
+
+  embedding_forward(x_[0], inputs, w.embed, T_, D, V);
+  for (int l = 0; l < c.num_hidden_layers; ++l) forward_layer(l, true);
+  rmsnorm_forward(xf_, rstd_f_, x_[c.num_hidden_layers], w.final_norm, T_, D, c.rms_norm_eps);
+  linear_forward(logits_, xf_, w.lm_head, T_, D, V);
+  return targets ? cross_entropy_forward(nullptr, logits_, targets, T_, V) : 0.0;
+}
+
+void Model::forward_layer(int l, bool write_output) {
+  const ModelConfig& c = config_;
+  const int D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, d = c.head_dim();
+  const int E = H * d, Hkv = c.num_key_value_heads, Ekv = Hkv * d;
+  const float eps = c.rms_norm_eps;
+  const LayerWeights w = layout_.bind(params_.data()).layers[l];
+  LayerActs& a = acts(l);
+  const size_t T = T_;
+
+  rmsnorm_forward(a.xn, a.rstd_in, x_[l], w.input_norm, T_, D, eps);
+  const float* attn_out;  // what o_proj reads
+  if (c.layer_types[l] == 'L') {
+    linear_forward(a.qp, a.xn, w.wq, T_, D, E);
+    linear_forward(a.kp, a.xn, w.wk, T_, D, E);
+    linear_forward(a.v, a.xn, w.wv, T_, D, E);
+    feature_map_forward(a.q, a.qp, long(T * E), c.linear.feature_map);
+    feature_map_forward(a.k, a.kp, long(T * E), c.linear.feature_map);
+    attention_.linear_forward(l, a.o, a.q, a.k, a.v, lambdas_[l].data());
+    attn_out = a.o;
+    if (c.linear.output_norm) {  // per-head RMSNorm: T*H rows of d, one weight shared by the heads
+      rmsnorm_forward(a.on, a.rstd_o, a.o, w.o_norm, T_ * H, d, eps);
+      attn_out = a.on;
+    }
+    if (c.linear.output_gate) {  // o * silu(W_g x)
+      linear_forward(a.gp, a.xn, w.wg, T_, D, E);
+      swiglu_forward(a.og, a.gp, attn_out, long(T * E));
+      attn_out = a.og;
+    }
+  } else {
+    linear_forward(a.q, a.xn, w.wq, T_, D, E);
+    linear_forward(a.k, a.xn, w.wk, T_, D, Ekv);
+    linear_forward(a.v, a.xn, w.wv, T_, D, Ekv);
+    const int* pos = attention_.positions();
+    rope_forward(a.q, a.q, pos, B_, N_, H, d, c.rope_theta);
+    rope_forward(a.k, a.k, pos, B_, N_, Hkv, d, c.rope_theta);
+    attention_.softmax_forward(l, a.o, a.lse, a.q, a.k, a.v);
+    attn_out = a.o;
+  }
+  // h = x + o_proj(attention); out = h + down(silu(gate(hn)) * up(hn)), hn = RMSNorm(h)
+  std::memcpy(a.h, x_[l], sizeof(float) * T * D);
+  linear_forward(a.h, attn_out, w.wo, T_, E, D, 1.f);
+  rmsnorm_forward(a.hn, a.rstd_post, a.h, w.post_norm, T_, D, eps);
+  linear_forward(a.g, a.hn, w.w_gate, T_, D, F);
+  linear_forward(a.u, a.hn, w.w_up, T_, D, F);
+  swiglu_forward(a.m, a.g, a.u, long(T * F));
+  if (write_output) {
+    std::memcpy(x_[l + 1], a.h, sizeof(float) * T * D);
+    linear_forward(x_[l + 1], a.m, w.w_down, T_, F, D, 1.f);
+  }
+}
+
+void Model::backward(float dloss) {
+  LASP_CHECK(has_targets_, "model: backward needs a forward with targets");
+  const ModelConfig& c = config_;
+  const int D = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers;
+  const Weights w = layout_.bind(params_.data());
+  const Weights g = layout_.bind(grads_.data());
+  const size_t T = T_;
+
+  zero(s_.dlogits, T * V);
+  cross_entropy_backward(s_.dlogits, logits_, targets_.data(), T_, V, dloss);
+  zero(s_.dxn, T * D);
+  linear_backward(s_.dxn, g.lm_head, s_.dlogits, xf_, w.lm_head, T_, D, V);
+  zero(s_.dres, T * D);
+  rmsnorm_backward(s_.dres, g.final_norm, s_.dxn, x_[L], w.final_norm, rstd_f_, T_, D);
+  for (int l = L - 1; l >= 0; --l) {
+    if (recompute_) forward_layer(l, false);
+    backward_layer(l);
+  }
+  embedding_backward(g.embed, s_.dres, inputs_.data(), T_, D, V);
+}
+
+void Model::backward_layer(int l) {
+  const ModelConfig& c = config_;
+  const int D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, d = c.head_dim();
+  const int E = H * d, Hkv = c.num_key_value_heads, Ekv = Hkv * d;
+  const LayerWeights w = layout_.bind(params_.data()).layers[l];
+  const LayerWeights g = layout_.bind(grads_.data()).layers[l];
+  LayerActs& a = acts(l);
+  const size_t T = T_;
+
+  // MLP: out = h + down(m); s_.dres holds dL/dout, and becomes dL/dh.
+  zero(s_.dm, T * F);
+  linear_backward(s_.dm, g.w_down, s_.dres, a.m, w.w_down, T_, F, D);
+  zero(s_.dg, T * F);
+  zero(s_.du, T * F);
+  swiglu_backward(s_.dg, s_.du, s_.dm, a.g, a.u, long(T * F));
+  zero(s_.dhn, T * D);
+  linear_backward(s_.dhn, g.w_gate, s_.dg, a.hn, w.w_gate, T_, D, F);
+  linear_backward(s_.dhn, g.w_up, s_.du, a.hn, w.w_up, T_, D, F);
+  rmsnorm_backward(s_.dres, g.post_norm, s_.dhn, a.h, w.post_norm, a.rstd_post, T_, D);
+
+  // Attention: h = x + o_proj(attn_out); s_.dres = dL/dh is also dL/d(o_proj output).
+  zero(s_.dxn, T * D);
+  zero(s_.da, T * E);
+  if (c.layer_types[l] == 'L') {
+    const float* normed = c.linear.output_norm ? a.on : a.o;
+    const float* attn_out = c.linear.output_gate ? a.og : normed;
+    linear_backward(s_.da, g.wo, s_.dres, attn_out, w.wo, T_, E, D);
+    float* d_normed = s_.da;  // gradient w.r.t. the (normed) attention output
+    if (c.linear.output_gate) {
+      zero(s_.dgp, T * E);
+      zero(s_.dqp, T * E);  // d(normed)
+      swiglu_backward(s_.dgp, s_.dqp, s_.da, a.gp, normed, long(T * E));
+      linear_backward(s_.dxn, g.wg, s_.dgp, a.xn, w.wg, T_, D, E);
+      d_normed = s_.dqp;
+    }
+    float* d_o = d_normed;
+    if (c.linear.output_norm) {
+      float* target = d_normed == s_.da ? s_.dqp : s_.da;
+      zero(target, T * E);
+      rmsnorm_backward(target, g.o_norm, d_normed, a.o, w.o_norm, a.rstd_o, T_ * H, d);
+      d_o = target;
+    }
+    zero(s_.dq, T * E);
+    zero(s_.dk, T * E);
+    zero(s_.dv, T * E);
+    attention_.linear_backward(l, s_.dq, s_.dk, s_.dv, d_o, a.q, a.k, a.v, lambdas_[l].data());
+    zero(s_.dqp, T * E);
+    zero(s_.dkp, T * E);
+    feature_map_backward(s_.dqp, s_.dq, a.qp, long(T * E), c.linear.feature_map);
+    feature_map_backward(s_.dkp, s_.dk, a.kp, long(T * E), c.linear.feature_map);
+    linear_backward(s_.dxn, g.wq, s_.dqp, a.xn, w.wq, T_, D, E);
+    linear_backward(s_.dxn, g.wk, s_.dkp, a.xn, w.wk, T_, D, E);
+    linear_backward(s_.dxn, g.wv, s_.dv, a.xn, w.wv, T_, D, E);
+  } else {
+    linear_backward(s_.da, g.wo, s_.dres, a.o, w.wo, T_, E, D);
+    zero(s_.dq, T * E);
+    zero(s_.dk, T * Ekv);
+    zero(s_.dv, T * Ekv);
+    attention_.softmax_backward(l, s_.dq, s_.dk, s_.dv, s_.da, a.o, a.lse, a.q, a.k, a.v);
+    const int* pos = attention_.positions();
+    zero(s_.dqp, T * E);
+    zero(s_.dkp, T * Ekv);
+    rope_backward(s_.dqp, s_.dq, pos, B_, N_, H, d, c.rope_theta);
+    rope_backward(s_.dkp, s_.dk, pos, B_, N_, Hkv, d, c.rope_theta);
+    linear_backward(s_.dxn, g.wq, s_.dqp, a.xn, w.wq, T_, D, E);
+    linear_backward(s_.dxn, g.wk, s_.dkp, a.xn, w.wk, T_, D, Ekv);
+    linear_backward(s_.dxn, g.wv, s_.dv, a.xn, w.wv, T_, D, Ekv);
+  }
+  rmsnorm_backward(s_.dres, g.input_norm, s_.dxn, x_[l], w.input_norm, a.rstd_in, T_, D);
+}
+
+}  // namespace lasp

@@ -1,0 +1,79 @@
+#include "model/params.h"
+
+#include "core/check.h"
+
+namespace lasp {
+
+ParamLayout::ParamLayout(const ModelConfig& c) : config_(c) {
+  const int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, d = c.head_dim();
+  const int64_t E = int64_t(c.num_attention_heads) * d;
+  add("model.embed_tokens.weight", {V, D});
+  for (int i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    const bool linear = c.layer_types[i] == 'L';
+    const int64_t Ekv = linear ? E : int64_t(c.num_key_value_heads) * d;
+    add(p + "input_layernorm.weight", {D});
+    add(p + "self_attn.q_proj.weight", {E, D});
+    add(p + "self_attn.k_proj.weight", {Ekv, D});
+    add(p + "self_attn.v_proj.weight", {Ekv, D});
+    add(p + "self_attn.o_proj.weight", {D, E});
+    if (linear && c.linear.output_gate) add(p + "self_attn.g_proj.weight", {E, D});
+    if (linear && c.linear.output_norm) add(p + "self_attn.o_norm.weight", {d});
+    add(p + "post_attention_layernorm.weight", {D});
+    add(p + "mlp.gate_proj.weight", {F, D});
+    add(p + "mlp.up_proj.weight", {F, D});
+    add(p + "mlp.down_proj.weight", {D, F});
+  }
+  add("model.norm.weight", {D});
+  if (!c.tie_word_embeddings) add("lm_head.weight", {V, D});
+}
+
+void ParamLayout::add(const std::string& name, std::vector<int64_t> shape) {
+  TensorSpec s;
+  s.name = name;
+  s.size = 1;
+  for (int64_t x : shape) s.size *= size_t(x);
+  s.matrix = shape.size() == 2;
+  s.shape = std::move(shape);
+  s.offset = total_;
+  total_ += (s.size + 15) / 16 * 16;  // each tensor starts on a cache line
+  specs_.push_back(std::move(s));
+}
+
+const TensorSpec& ParamLayout::find(const std::string& name) const {
+  for (const TensorSpec& s : specs_)
+    if (s.name == name) return s;
+  throw Error("no parameter named '" + name + "' in this model");
+}
+
+Weights ParamLayout::bind(float* base) const {
+  auto at = [&](const std::string& name) { return base + find(name).offset; };
+  auto maybe = [&](const std::string& name) -> float* {
+    for (const TensorSpec& s : specs_)
+      if (s.name == name) return base + s.offset;
+    return nullptr;
+  };
+  Weights w;
+  w.embed = at("model.embed_tokens.weight");
+  for (int i = 0; i < config_.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    LayerWeights l;
+    l.input_norm = at(p + "input_layernorm.weight");
+    l.wq = at(p + "self_attn.q_proj.weight");
+    l.wk = at(p + "self_attn.k_proj.weight");
+    l.wv = at(p + "self_attn.v_proj.weight");
+    l.wo = at(p + "self_attn.o_proj.weight");
+    l.wg = maybe(p + "self_attn.g_proj.weight");
+    l.o_norm = maybe(p + "self_attn.o_norm.weight");
+    l.post_norm = at(p + "post_attention_layernorm.weight");
+    l.w_gate = at(p + "mlp.gate_proj.weight");
+    l.w_up = at(p + "mlp.up_proj.weight");
+    l.w_down = at(p + "mlp.down_proj.weight");
+    w.layers.push_back(l);
+  }
+  w.final_norm = at("model.norm.weight");
+  w.lm_head = config_.tie_word_embeddings ? w.embed : at("lm_head.weight");
+  return w;
+}
+
+}  // namespace lasp

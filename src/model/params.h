@@ -1,0 +1,57 @@
+// The model's tensor table: every parameter's checkpoint name (MODEL.md), shape and offset in one flat
+// buffer. Parameters, gradients and the two AdamW moments are four buffers of the same layout, so one
+// table serves them all; Weights binds the table to a buffer as named pointers.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace lasp {
+
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  size_t offset = 0, size = 0;
+  bool matrix = false;  // 2-D: takes weight decay
+};
+
+struct LayerWeights {
+  float* input_norm;  // (D)
+  float* wq;          // (H*d, D)
+  float* wk;          // (H*d, D) linear layer, (H_kv*d, D) softmax layer
+  float* wv;          // same as wk
+  float* wo;          // (D, H*d)
+  float* wg;          // (H*d, D) linear layers with output_gate, else null
+  float* o_norm;      // (d) linear layers with output_norm, else null
+  float* post_norm;   // (D)
+  float* w_gate;      // (F, D)
+  float* w_up;        // (F, D)
+  float* w_down;      // (D, F)
+};
+
+struct Weights {
+  float* embed;       // (V, D)
+  std::vector<LayerWeights> layers;
+  float* final_norm;  // (D)
+  float* lm_head;     // (V, D); the embedding when tied
+};
+
+class ParamLayout {
+ public:
+  explicit ParamLayout(const ModelConfig& config);
+  const std::vector<TensorSpec>& specs() const { return specs_; }
+  size_t total() const { return total_; }
+  Weights bind(float* base) const;
+  const TensorSpec& find(const std::string& name) const;
+
+ private:
+  ModelConfig config_;
+  std::vector<TensorSpec> specs_;
+  size_t total_ = 0;
+  void add(const std::string& name, std::vector<int64_t> shape);
+};
+
+}  // namespace lasp

@@ -1,0 +1,182 @@
+// The model against the independent PyTorch reference (tools/reference.py, float64): logits, loss and the
+// gradient of every parameter, for pure-linear and hybrid models with each decay and feature map; then
+// the losses of 10 AdamW steps.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+
+#include "model/attention.h"
+#include "model/model.h"
+#include "model/safetensors.h"
+#include "testing.h"
+#include "train/checkpoint.h"
+#include "train/optimizer.h"
+
+using namespace lasp;
+
+namespace {
+
+struct Case {
+  std::string name, layer_types, feature_map, decay;
+  bool output_norm = true, output_gate = true, tied = false;
+  int kv_heads = 2;
+};
+
+ModelConfig make_config(const Case& c) {
+  ModelConfig m;
+  m.vocab_size = 40;
+  m.hidden_size = 32;
+  m.intermediate_size = 48;
+  m.num_attention_heads = 4;
+  m.num_key_value_heads = c.kv_heads;
+  m.layer_types = c.layer_types;
+  m.num_hidden_layers = int(c.layer_types.size());
+  m.linear.feature_map = feature_map_from_string(c.feature_map);
+  m.linear.decay = decay_from_string(c.decay);
+  m.linear.output_norm = c.output_norm;
+  m.linear.output_gate = c.output_gate;
+  m.tie_word_embeddings = c.tied;
+  m.validate();
+  return m;
+}
+
+std::string temp_dir() {
+  char tmpl[] = "/tmp/lasp_model_test_XXXXXX";
+  const char* dir = mkdtemp(tmpl);
+  EXPECT_NE(dir, nullptr);
+  return dir;
+}
+
+std::string run(const std::string& command) {
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  EXPECT_NE(pipe, nullptr);
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
+  const int status = pclose(pipe);
+  EXPECT_EQ(status, 0) << command << "\n" << out;
+  return out;
+}
+
+const std::string kReference = std::string("/usr/bin/python3 ") + LASP_SOURCE_DIR + "/tools/reference.py";
+constexpr int kB = 2, kN = 37, kBlock = 16;  // N is not a multiple of the block
+
+// A checkpoint with random weights (norm weights around 1, so that they matter) and a token file.
+struct Fixture {
+  ModelConfig config;
+  std::string dir;
+  std::vector<int> tokens;  // (B, N + 1)
+  Fixture(const Case& c) : config(make_config(c)), dir(temp_dir()) {
+    ParamLayout layout(config);
+    std::vector<float> params(layout.total());
+    init_weights(layout, params, 42, 0.2f);
+    std::mt19937 rng(3);
+    std::normal_distribution<float> noise(0.f, 0.1f);
+    for (const TensorSpec& t : layout.specs())
+      if (!t.matrix)
+        for (size_t i = 0; i < t.size; ++i) params[t.offset + i] = 1.f + noise(rng);
+    save_checkpoint(dir, config, layout, params);
+    std::uniform_int_distribution<int> tok(0, config.vocab_size - 1);
+    tokens.resize(size_t(kB) * (kN + 1));
+    for (int& t : tokens) t = tok(rng);
+    std::ofstream(dir + "/tokens.bin", std::ios::binary)
+        .write(reinterpret_cast<const char*>(tokens.data()), std::streamsize(tokens.size() * sizeof(int)));
+  }
+  ~Fixture() { std::system(("rm -rf " + dir).c_str()); }
+  void split(std::vector<int>& inputs, std::vector<int>& targets) const {
+    for (int b = 0; b < kB; ++b)
+      for (int n = 0; n < kN; ++n) {
+        inputs.push_back(tokens[size_t(b) * (kN + 1) + n]);
+        targets.push_back(tokens[size_t(b) * (kN + 1) + n + 1]);
+      }
+  }
+};
+
+class ModelVsPyTorch : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ModelVsPyTorch, LogitsLossAndEveryGradient) {
+  const Fixture f(GetParam());
+  run(kReference + " grads --checkpoint " + f.dir + " --tokens " + f.dir + "/tokens.bin --batch " +
+      std::to_string(kB) + " --out " + f.dir + "/ref.safetensors --dtype float64 --out-dtype F64");
+  const SafetensorsFile ref = SafetensorsFile::open(f.dir + "/ref.safetensors");
+
+  LocalAttention attention({kB, kN, f.config.num_attention_heads, f.config.num_key_value_heads,
+                            f.config.head_dim(), kBlock});
+  Model model(f.config, kB, kN, attention);
+  load_checkpoint_weights(f.dir, model.layout(), model.params());
+  std::vector<int> inputs, targets;
+  f.split(inputs, targets);
+  const double count = double(kB) * kN;
+  const double loss = model.forward(inputs.data(), targets.data()) / count;
+  model.backward(float(1.0 / count));
+
+  const double ref_loss = ref.read("loss", {1})[0];
+  EXPECT_NEAR(loss, ref_loss, 1e-5 * std::abs(ref_loss)) << "loss";
+  const int V = f.config.vocab_size;
+  const auto ref_logits = ref.read("logits", {kB, kN, V});
+  std::vector<float> logits(model.logits(), model.logits() + size_t(kB) * kN * V);
+  const double logit_err = lasp::testing::normalized_error(ref_logits, logits);
+  std::printf("  %-48s normalized error %.2e\n", "logits", logit_err);
+  EXPECT_LE(logit_err, 1e-8);
+  for (const TensorSpec& t : model.layout().specs()) {
+    const auto expected = ref.read("grad." + t.name, t.shape);
+    std::vector<float> got(model.grads().begin() + t.offset, model.grads().begin() + t.offset + t.size);
+    const double err = lasp::testing::normalized_error(expected, got);
+    std::printf("  grad.%-43s normalized error %.2e\n", t.name.c_str(), err);
+    EXPECT_LE(err, 1e-8) << t.name;
+  }
+}
+
+TEST_P(ModelVsPyTorch, TenAdamWSteps) {
+  const Fixture f(GetParam());
+  const std::string out = run(kReference + " train --checkpoint " + f.dir + " --tokens " + f.dir +
+                              "/tokens.bin --batch " + std::to_string(kB) +
+                              " --steps 10 --lr 0.001 --decay-filter matrices --dtype float64");
+  const nlohmann::json ref = nlohmann::json::parse(out.substr(out.rfind("{\"losses\"")));
+
+  LocalAttention attention({kB, kN, f.config.num_attention_heads, f.config.num_key_value_heads,
+                            f.config.head_dim(), kBlock});
+  Model model(f.config, kB, kN, attention);
+  load_checkpoint_weights(f.dir, model.layout(), model.params());
+  AdamW optimizer(model.layout(), AdamWConfig{});
+  std::vector<int> inputs, targets;
+  f.split(inputs, targets);
+  const double count = double(kB) * kN;
+  for (int step = 0; step < 10; ++step) {
+    model.zero_grads();
+    const double loss = model.forward(inputs.data(), targets.data()) / count;
+    model.backward(float(1.0 / count));
+    optimizer.step(model.params(), model.grads(), 0.001f);
+    const double expected = ref["losses"][step].get<double>();
+    std::printf("  step %d: lasp %.8f  pytorch %.8f\n", step + 1, loss, expected);
+    // Before any update the loss must agree to fp32 rounding. After updates Adam amplifies rounding: its
+    // step is g / (|g| + eps) per element, so an element whose gradient is within rounding of eps moves by a
+    // different amount in fp32 than in fp64, and trajectories drift (lasp by up to ~3e-4 relative over ten
+    // steps here, PyTorch's own fp32 by ~2e-5). The AdamW kernel itself matches PyTorch to 1e-15 in
+    // test_small_kernels; here a wrong decay filter, clip or schedule would show as an O(1e-2) difference.
+    const double tolerance = step == 0 ? 1e-6 : 1e-3;
+    EXPECT_NEAR(loss, expected, tolerance * std::abs(expected)) << "step " << step + 1;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Models, ModelVsPyTorch,
+    ::testing::Values(Case{"linear_silu_none", "LLLL", "silu", "none"},
+                      Case{"linear_elu1_lightning", "LLLL", "elu1", "lightning"},
+                      Case{"linear_relu_retention_no_norm", "LLLL", "relu", "retention", false, true},
+                      // identity + output_norm is left out: with signed features and no decay some outputs nearly
+                      // cancel, and normalising them amplifies rounding (PyTorch's own fp32 differs from its
+                      // fp64 by ~1e-6 there, so no fp32 code can meet 1e-8 on it).
+                      Case{"linear_identity_none_plain_tied", "LLLL", "identity", "none", false, false, true},
+                      Case{"linear_silu_none_no_gate_tied", "LLLL", "silu", "none", true, false, true},
+                      Case{"hybrid_LLLN_silu_retention", "LLLN", "silu", "retention"},
+                      Case{"hybrid_NLNL_silu_lightning_mqa", "NLNL", "silu", "lightning", true, true, false, 1},
+                      Case{"hybrid_LLLN_elu1_none_mha", "LLLN", "elu1", "none", true, true, false, 4}),
+    [](const auto& info) { return info.param.name; });
+
+}  // namespace

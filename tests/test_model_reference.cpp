@@ -180,3 +180,27 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& info) { return info.param.name; });
 
 }  // namespace
+
+namespace {
+
+// --recompute keeps only each layer's input and recomputes the layer in the backward: the same numbers.
+TEST(Model, RecomputeGivesIdenticalGradients) {
+  const Fixture f(Case{"recompute", "LLNL", "silu", "lightning"});
+  std::vector<int> inputs, targets;
+  f.split(inputs, targets);
+  std::vector<float> grads[2];
+  double losses[2];
+  for (int recompute = 0; recompute < 2; ++recompute) {
+    LocalAttention attention({kB, kN, f.config.num_attention_heads, f.config.num_key_value_heads,
+                              f.config.head_dim(), kBlock});
+    Model model(f.config, kB, kN, attention, recompute == 1);
+    load_checkpoint_weights(f.dir, model.layout(), model.params());
+    losses[recompute] = model.forward(inputs.data(), targets.data());
+    model.backward(0.01f);
+    grads[recompute] = model.grads();
+  }
+  EXPECT_EQ(losses[0], losses[1]);
+  EXPECT_EQ(grads[0], grads[1]);
+}
+
+}  // namespace

@@ -3,15 +3,11 @@
 #include <cmath>
 
 #include "core/check.h"
+#include "kernels/vec_math.h"
 
 namespace lasp {
 
 namespace {
-
-inline float sigmoid(float x) {
-  const float e = std::exp(-std::fabs(x));
-  return x >= 0.f ? 1.f / (1.f + e) : e / (1.f + e);
-}
 
 bool valid(FeatureMap f) {
   return f == FeatureMap::silu || f == FeatureMap::elu1 || f == FeatureMap::relu || f == FeatureMap::identity;
@@ -48,20 +44,20 @@ void feature_map_forward(float* out, const float* x, long n, FeatureMap f) {
              "feature_map_forward: out must differ from x for feature map {} (backward needs x)", to_string(f));
   switch (f) {
     case FeatureMap::silu:
-#pragma omp parallel for if (n > 32768)
-      for (long i = 0; i < n; ++i) out[i] = x[i] * sigmoid(x[i]);
+#pragma omp parallel for simd if (n > 32768)
+      for (long i = 0; i < n; ++i) out[i] = x[i] * vec_sigmoid(x[i]);
       break;
     case FeatureMap::elu1:
-#pragma omp parallel for if (n > 32768)
-      for (long i = 0; i < n; ++i) out[i] = x[i] > 0.f ? x[i] + 1.f : std::exp(x[i]);
+#pragma omp parallel for simd if (n > 32768)
+      for (long i = 0; i < n; ++i) out[i] = x[i] > 0.f ? x[i] + 1.f : vec_exp(x[i]);
       break;
     case FeatureMap::relu:
-#pragma omp parallel for if (n > 32768)
+#pragma omp parallel for simd if (n > 32768)
       for (long i = 0; i < n; ++i) out[i] = x[i] > 0.f ? x[i] : 0.f;
       break;
     case FeatureMap::identity:
       if (out != x)
-#pragma omp parallel for if (n > 32768)
+#pragma omp parallel for simd if (n > 32768)
         for (long i = 0; i < n; ++i) out[i] = x[i];
       break;
   }
@@ -76,22 +72,22 @@ void feature_map_backward(float* dx, const float* dout, const float* x, long n, 
   LASP_CHECK(dx != dout && dx != x, "feature_map_backward: dx must not alias dout or x (it accumulates)");
   switch (f) {
     case FeatureMap::silu:
-#pragma omp parallel for if (n > 32768)
+#pragma omp parallel for simd if (n > 32768)
       for (long i = 0; i < n; ++i) {
-        const float s = sigmoid(x[i]);
+        const float s = vec_sigmoid(x[i]);
         dx[i] += dout[i] * s * (1.f + x[i] * (1.f - s));
       }
       break;
     case FeatureMap::elu1:
-#pragma omp parallel for if (n > 32768)
-      for (long i = 0; i < n; ++i) dx[i] += x[i] > 0.f ? dout[i] : dout[i] * std::exp(x[i]);
+#pragma omp parallel for simd if (n > 32768)
+      for (long i = 0; i < n; ++i) dx[i] += x[i] > 0.f ? dout[i] : dout[i] * vec_exp(x[i]);
       break;
     case FeatureMap::relu:
-#pragma omp parallel for if (n > 32768)
+#pragma omp parallel for simd if (n > 32768)
       for (long i = 0; i < n; ++i) dx[i] += x[i] > 0.f ? dout[i] : 0.f;
       break;
     case FeatureMap::identity:
-#pragma omp parallel for if (n > 32768)
+#pragma omp parallel for simd if (n > 32768)
       for (long i = 0; i < n; ++i) dx[i] += dout[i];
       break;
   }

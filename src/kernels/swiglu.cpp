@@ -3,16 +3,11 @@
 #include <cmath>
 
 #include "core/check.h"
+#include "kernels/vec_math.h"
 
 namespace lasp {
 
 namespace {
-
-// sigmoid without overflow: exp of a non-positive argument only.
-inline float sigmoid(float x) {
-  const float e = std::exp(-std::fabs(x));
-  return x >= 0.f ? 1.f / (1.f + e) : e / (1.f + e);
-}
 
 }  // namespace
 
@@ -21,10 +16,10 @@ void swiglu_forward(float* out, const float* gate, const float* up, long n) {
   if (n == 0) return;
   LASP_CHECK(out && gate && up, "swiglu_forward: null pointer (out={}, gate={}, up={})", (const void*)out,
              (const void*)gate, (const void*)up);
-#pragma omp parallel for if (n > 32768)
+#pragma omp parallel for simd if (n > 32768)
   for (long i = 0; i < n; ++i) {
     const float g = gate[i];
-    out[i] = g * sigmoid(g) * up[i];
+    out[i] = g * vec_sigmoid(g) * up[i];
   }
 }
 
@@ -37,9 +32,9 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
   LASP_CHECK(dgate != dup && dgate != dout && dup != dout && dgate != gate && dgate != up && dup != gate &&
                  dup != up,
              "swiglu_backward: gradients must not alias each other, dout, gate or up");
-#pragma omp parallel for if (n > 32768)
+#pragma omp parallel for simd if (n > 32768)
   for (long i = 0; i < n; ++i) {
-    const float g = gate[i], s = sigmoid(g), go = dout[i];
+    const float g = gate[i], s = vec_sigmoid(g), go = dout[i];
     dgate[i] += go * up[i] * s * (1.f + g * (1.f - s));
     dup[i] += go * g * s;
   }

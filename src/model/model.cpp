@@ -32,10 +32,10 @@ void linear_forward(float* Y, const float* X, const float* W, int T, int in, int
   gemm(false, true, T, out, in, 1.f, X, in, W, in, beta, Y, out);
 }
 
-// dX += dY W (when dX), dW += dY^T X.
+// dX += dY W (dX = dY W when dx_fresh), dW += dY^T X.
 void linear_backward(float* dX, float* dW, const float* dY, const float* X, const float* W, int T, int in,
-                     int out) {
-  if (dX) gemm(false, false, T, in, out, 1.f, dY, out, W, in, 1.f, dX, in);
+                     int out, bool dx_fresh = false) {
+  gemm(false, false, T, in, out, 1.f, dY, out, W, in, dx_fresh ? 0.f : 1.f, dX, in);
   gemm(true, false, out, in, T, 1.f, dY, out, X, in, 1.f, dW, in);
 }
 
@@ -195,8 +195,7 @@ void Model::backward(float dloss) {
 
   zero(s_.dlogits, T * V);
   cross_entropy_backward(s_.dlogits, logits_, targets_.data(), T_, V, dloss);
-  zero(s_.dxn, T * D);
-  linear_backward(s_.dxn, g.lm_head, s_.dlogits, xf_, w.lm_head, T_, D, V);
+  linear_backward(s_.dxn, g.lm_head, s_.dlogits, xf_, w.lm_head, T_, D, V, true);
   zero(s_.dres, T * D);
   rmsnorm_backward(s_.dres, g.final_norm, s_.dxn, x_[L], w.final_norm, rstd_f_, T_, D);
   for (int l = L - 1; l >= 0; --l) {
@@ -216,29 +215,27 @@ void Model::backward_layer(int l) {
   const size_t T = T_;
 
   // MLP: out = h + down(m); s_.dres holds dL/dout, and becomes dL/dh.
-  zero(s_.dm, T * F);
-  linear_backward(s_.dm, g.w_down, s_.dres, a.m, w.w_down, T_, F, D);
+  linear_backward(s_.dm, g.w_down, s_.dres, a.m, w.w_down, T_, F, D, true);
   zero(s_.dg, T * F);
   zero(s_.du, T * F);
   swiglu_backward(s_.dg, s_.du, s_.dm, a.g, a.u, long(T * F));
-  zero(s_.dhn, T * D);
-  linear_backward(s_.dhn, g.w_gate, s_.dg, a.hn, w.w_gate, T_, D, F);
+  linear_backward(s_.dhn, g.w_gate, s_.dg, a.hn, w.w_gate, T_, D, F, true);
   linear_backward(s_.dhn, g.w_up, s_.du, a.hn, w.w_up, T_, D, F);
   rmsnorm_backward(s_.dres, g.post_norm, s_.dhn, a.h, w.post_norm, a.rstd_post, T_, D);
 
   // Attention: h = x + o_proj(attn_out); s_.dres = dL/dh is also dL/d(o_proj output).
-  zero(s_.dxn, T * D);
-  zero(s_.da, T * E);
+  // The first product into dxn overwrites it (the rest accumulate): the output gate's, or the query's.
+  const bool gated = c.layer_types[l] == 'L' && c.linear.output_gate;
   if (c.layer_types[l] == 'L') {
     const float* normed = c.linear.output_norm ? a.on : a.o;
     const float* attn_out = c.linear.output_gate ? a.og : normed;
-    linear_backward(s_.da, g.wo, s_.dres, attn_out, w.wo, T_, E, D);
+    linear_backward(s_.da, g.wo, s_.dres, attn_out, w.wo, T_, E, D, true);
     float* d_normed = s_.da;  // gradient w.r.t. the (normed) attention output
     if (c.linear.output_gate) {
       zero(s_.dgp, T * E);
       zero(s_.dqp, T * E);  // d(normed)
       swiglu_backward(s_.dgp, s_.dqp, s_.da, a.gp, normed, long(T * E));
-      linear_backward(s_.dxn, g.wg, s_.dgp, a.xn, w.wg, T_, D, E);
+      linear_backward(s_.dxn, g.wg, s_.dgp, a.xn, w.wg, T_, D, E, true);
       d_normed = s_.dqp;
     }
     float* d_o = d_normed;
@@ -256,11 +253,11 @@ void Model::backward_layer(int l) {
     zero(s_.dkp, T * E);
     feature_map_backward(s_.dqp, s_.dq, a.qp, long(T * E), c.linear.feature_map);
     feature_map_backward(s_.dkp, s_.dk, a.kp, long(T * E), c.linear.feature_map);
-    linear_backward(s_.dxn, g.wq, s_.dqp, a.xn, w.wq, T_, D, E);
+    linear_backward(s_.dxn, g.wq, s_.dqp, a.xn, w.wq, T_, D, E, !gated);
     linear_backward(s_.dxn, g.wk, s_.dkp, a.xn, w.wk, T_, D, E);
     linear_backward(s_.dxn, g.wv, s_.dv, a.xn, w.wv, T_, D, E);
   } else {
-    linear_backward(s_.da, g.wo, s_.dres, a.o, w.wo, T_, E, D);
+    linear_backward(s_.da, g.wo, s_.dres, a.o, w.wo, T_, E, D, true);
     zero(s_.dq, T * E);
     zero(s_.dk, T * Ekv);
     zero(s_.dv, T * Ekv);
@@ -270,7 +267,7 @@ void Model::backward_layer(int l) {
     zero(s_.dkp, T * Ekv);
     rope_backward(s_.dqp, s_.dq, pos, B_, N_, H, d, c.rope_theta);
     rope_backward(s_.dkp, s_.dk, pos, B_, N_, Hkv, d, c.rope_theta);
-    linear_backward(s_.dxn, g.wq, s_.dqp, a.xn, w.wq, T_, D, E);
+    linear_backward(s_.dxn, g.wq, s_.dqp, a.xn, w.wq, T_, D, E, true);
     linear_backward(s_.dxn, g.wk, s_.dkp, a.xn, w.wk, T_, D, Ekv);
     linear_backward(s_.dxn, g.wv, s_.dv, a.xn, w.wv, T_, D, Ekv);
   }

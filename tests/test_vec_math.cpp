@@ -1,0 +1,31 @@
+// vec_exp / vec_sigmoid against the C library in double precision.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "kernels/vec_math.h"
+
+TEST(VecMath, ExpWithinThreeUlpOverTheNormalRange) {
+  double worst = 0;
+  for (double x = -87.3; x < 88.7; x += 3.7e-4) {
+    const float f = float(x), got = lasp::vec_exp(f);
+    const double ref = std::exp(double(f));
+    const double ulp = std::nextafter(float(ref), INFINITY) - float(ref);
+    worst = std::max(worst, std::fabs(got - ref) / ulp);
+  }
+  EXPECT_LE(worst, 3.0);
+  EXPECT_EQ(lasp::vec_exp(0.f), 1.f);
+  EXPECT_EQ(lasp::vec_exp(-100.f), 0.f);
+  EXPECT_EQ(lasp::vec_exp(-INFINITY), 0.f);
+  EXPECT_TRUE(std::isinf(lasp::vec_exp(100.f)));
+}
+
+TEST(VecMath, SigmoidMatchesAndSaturates) {
+  for (double x = -120; x < 120; x += 0.01) {
+    const float f = float(x);
+    const double ref = 1 / (1 + std::exp(-double(f)));
+    EXPECT_NEAR(lasp::vec_sigmoid(f), ref, 4e-7 * ref + 1e-30) << f;
+  }
+  EXPECT_EQ(lasp::vec_sigmoid(1e30f), 1.f);
+  EXPECT_EQ(lasp::vec_sigmoid(-1e30f), 0.f);
+}

@@ -9,6 +9,7 @@
 
 #include "bench_kernels.h"
 #include "bench_train.h"
+#include "comm/comm.h"
 #include "core/check.h"
 #include "kernels/gemm.h"
 #include "model/config.h"
@@ -96,6 +97,12 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--grad-clip", topt.adamw.grad_clip, "max gradient norm (0: off)")->default_val(topt.adamw.grad_clip);
   train_cmd->add_option("--block", topt.block, "linear attention block size")->default_val(topt.block)->check(CLI::PositiveNumber);
   train_cmd->add_flag("--recompute", topt.recompute, "recompute each layer in the backward (less memory)");
+  auto add_parallel = [](CLI::App* cmd, lasp::ParallelOptions& p) {
+    cmd->add_option("--sp-size", p.sp_size, "sequence-parallel ranks per sequence")->default_val(1)->check(CLI::PositiveNumber);
+    cmd->add_option("--dp-size", p.dp_size, "data-parallel groups")->default_val(1)->check(CLI::PositiveNumber);
+    cmd->add_option("--sp-layout", p.sp_layout, "contiguous | zigzag (default: zigzag when the model has a softmax layer)");
+  };
+  add_parallel(train_cmd, topt.parallel);
 
   // eval
   auto* eval_cmd = app.add_subcommand("eval", "mean next-token loss of a checkpoint on the start of a file");
@@ -107,6 +114,8 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--seq-len", eval_seq, "tokens per window")->default_val(eval_seq)->check(CLI::PositiveNumber);
   eval_cmd->add_option("--batches", eval_batches, "windows to evaluate")->default_val(eval_batches)->check(CLI::PositiveNumber);
   eval_cmd->add_flag("--json", eval_json, "print one JSON object");
+  lasp::ParallelOptions eval_parallel;
+  add_parallel(eval_cmd, eval_parallel);
 
   // bench
   auto* bench = app.add_subcommand("bench", "benchmarks");
@@ -137,17 +146,23 @@ int main(int argc, char** argv) {
   bench_train_cmd->add_flag("--json", bench_train_json, "print one JSON object");
 
   CLI11_PARSE(app, argc, argv);
+  lasp::Comm* world = nullptr;  // MPI starts only for the commands that use it
   try {
     if (threads > 0) omp_set_num_threads(threads);
     if (*info) {
       std::printf("lasp %s\nBLAS: %s\nthreads: %d of %d cores\n", LASP_VERSION, lasp::blas_config(),
                   omp_get_max_threads(), omp_get_num_procs());
     } else if (*train_cmd) {
-      lasp::train(train_model.build(), topt);
+      world = &lasp::comm_world();
+      lasp::train(train_model.build(), topt, *world);
     } else if (*eval_cmd) {
-      const lasp::EvalResult r = lasp::evaluate_checkpoint(eval_ckpt, eval_data, eval_seq, eval_batches);
-      if (eval_json) std::cout << nlohmann::ordered_json{{"loss", r.loss}, {"tokens", r.tokens}}.dump() << std::endl;
-      else std::printf("loss %.6f over %lld tokens\n", r.loss, (long long)r.tokens);
+      world = &lasp::comm_world();
+      const lasp::EvalResult r =
+          lasp::evaluate_checkpoint(eval_ckpt, eval_data, eval_seq, eval_batches, *world, eval_parallel);
+      if (world->rank() == 0) {
+        if (eval_json) std::cout << nlohmann::ordered_json{{"loss", r.loss}, {"tokens", r.tokens}}.dump() << std::endl;
+        else std::printf("loss %.6f over %lld tokens\n", r.loss, (long long)r.tokens);
+      }
     } else if (*bench_kernels_cmd) {
       if (quick) kopt.N = 1024, kopt.repeats = 1;
       kopt.threads = threads;
@@ -159,6 +174,8 @@ int main(int argc, char** argv) {
       std::cout << (bench_train_json ? r.dump() : r.dump(2)) << std::endl;
     }
   } catch (const std::exception& e) {
+    // Under mpirun one failing rank ends every rank (MPI_Abort), so that none waits forever.
+    if (world && world->size() > 1) world->abort(std::string("error: ") + e.what());
     std::fprintf(stderr, "lasp: error: %s\n", e.what());
     return 1;
   }

@@ -181,7 +181,9 @@ TEST_P(LinearAttentionSweep, MatchesDoubleReference) {
   EXPECT_LE(normalized_error(ref.dq, got.dq), kFp32Tolerance) << "dq";
   EXPECT_LE(normalized_error(ref.dk, got.dk), kFp32Tolerance) << "dk";
   EXPECT_LE(normalized_error(ref.dv, got.dv), kFp32Tolerance) << "dv";
-  if (c.with_state) EXPECT_LE(normalized_error(ref.dP, got.dP), kFp32Tolerance) << "dstate_in";
+  if (c.with_state) {
+    EXPECT_LE(normalized_error(ref.dP, got.dP), kFp32Tolerance) << "dstate_in";
+  }
 }
 
 std::vector<Case> sweep() {

@@ -133,13 +133,38 @@ WindowSampler::WindowSampler(const TokenSource& src, int N, int B, uint64_t seed
              end_ - begin_, N, int64_t(N) + 1);
 }
 
-Batch WindowSampler::next() {
+std::vector<int64_t> WindowSampler::next_starts() {
   const uint64_t starts = uint64_t(end_ - begin_ - N_);  // window starts in [begin, end - N - 1]
-  Batch out = make_batch(B_, N_);
-  std::vector<int> window(size_t(N_) + 1);
-  for (int b = 0; b < B_; ++b) fill_row(src_, begin_ + int64_t(uniform_below(rng_, starts)), N_, b, window, out);
+  std::vector<int64_t> out(B_);
+  for (int b = 0; b < B_; ++b) out[b] = begin_ + int64_t(uniform_below(rng_, starts));
   ++steps_;
   return out;
+}
+
+Batch WindowSampler::next() {
+  Batch out = make_batch(B_, N_);
+  std::vector<int> window(size_t(N_) + 1);
+  const std::vector<int64_t> starts = next_starts();
+  for (int b = 0; b < B_; ++b) fill_row(src_, starts[b], N_, b, window, out);
+  return out;
+}
+
+void read_window_slice(const TokenSource& src, int64_t start, const std::vector<int>& positions, int* inputs,
+                       int* targets) {
+  // Positions come in runs of consecutive tokens (the pieces of a layout): read each run once.
+  std::vector<int> run;
+  for (size_t i = 0; i < positions.size();) {
+    size_t j = i + 1;
+    while (j < positions.size() && positions[j] == positions[j - 1] + 1) ++j;
+    const int64_t len = int64_t(j - i);
+    run.resize(size_t(len) + 1);
+    src.read(start + positions[i], len + 1, run.data());
+    for (int64_t x = 0; x < len; ++x) {
+      inputs[i + x] = run[x];
+      targets[i + x] = run[x + 1];
+    }
+    i = j;
+  }
 }
 
 std::string WindowSampler::state() const {

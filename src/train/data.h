@@ -49,6 +49,8 @@ class WindowSampler {
   // N+1"), or if N, B or the range are invalid.
   WindowSampler(const TokenSource& src, int N, int B, uint64_t seed, int64_t begin = 0, int64_t end = -1);
   Batch next();
+  // The window starts of the next batch (advances exactly as next() does), for readers of slices.
+  std::vector<int64_t> next_starts();
   std::string state() const;
   void restore(const std::string& state);  // throws lasp::Error on a malformed state string
   int64_t steps() const { return steps_; }
@@ -63,6 +65,11 @@ class WindowSampler {
 
 // Sequence-parallel slicing: rank t of W owns inputs [t*C, t*C+C) and targets [t*C+1, t*C+C+1) of each
 // window (i.e. full.targets[t*C .. t*C+C)), C = N / W. The result has N = C. Throws if N % W != 0.
+// Reads only the tokens of one window that a rank owns: inputs[i] = token[start + positions[i]] and
+// targets[i] = token[start + positions[i] + 1].
+void read_window_slice(const TokenSource& src, int64_t start, const std::vector<int>& positions, int* inputs,
+                       int* targets);
+
 Batch slice_for_rank(const Batch& full, int rank, int world);
 
 // Held-out split: validation = the last val_fraction of the tokens (rounded to whole tokens), training =

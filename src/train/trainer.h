@@ -1,17 +1,25 @@
-// `lasp train` and `lasp eval` on one process (the sequence-parallel runs come with the sp/ issue).
+// `lasp train` and `lasp eval`, on one process or under mpirun: world = dp x sp ranks. Each rank reads
+// only its slice of each window, the linear layers run LASP-2 and the softmax layers LASP-2H across the
+// SP group, and the gradients are summed over the world (the loss is the mean over the global batch).
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "comm/comm.h"
 #include "model/config.h"
 #include "train/optimizer.h"
 
 namespace lasp {
 
+struct ParallelOptions {
+  int sp_size = 1, dp_size = 1;
+  std::string sp_layout;  // contiguous | zigzag; empty: zigzag when the model has a softmax layer
+};
+
 struct TrainOptions {
   std::string data_path;       // byte-level text
-  int seq_len = 1024, batch = 1, steps = 100;
+  int seq_len = 1024, batch = 1, steps = 100;  // batch: sequences per DP rank
   float lr = 1e-3f;            // peak learning rate
   float min_lr = -1.f;         // end of the cosine; < 0: lr / 10
   int warmup = -1;             // warmup steps; < 0: steps / 10
@@ -20,15 +28,17 @@ struct TrainOptions {
   bool recompute = false;      // keep only each layer's input; recompute the layer in backward
   int block = 32;              // linear attention block size
   AdamWConfig adamw;
+  ParallelOptions parallel;
 };
 
 struct TrainResult {
-  std::vector<double> losses;  // mean training loss of each step
-  double tokens_per_s = 0;     // over the whole run, after the first step
+  std::vector<double> losses;  // mean training loss of each step (global batch)
+  double tokens_per_s = 0;     // global tokens per second, after the first step
+  uint64_t attention_bytes_per_step = 0, gradient_bytes_per_step = 0;  // sent + received by rank 0
 };
 
-// Progress goes to stderr, one line per step.
-TrainResult train(const ModelConfig& config, const TrainOptions& options);
+// Progress goes to stderr from rank 0, one line per step.
+TrainResult train(const ModelConfig& config, const TrainOptions& options, Comm& world);
 
 struct EvalResult {
   double loss = 0;   // mean next-token cross-entropy
@@ -36,6 +46,6 @@ struct EvalResult {
 };
 // Windows k = 0..batches-1 of the file: tokens [k N, k N + N], the last N as targets.
 EvalResult evaluate_checkpoint(const std::string& checkpoint_dir, const std::string& data_path, int seq_len,
-                               int batches, int block = 32);
+                               int batches, Comm& world, const ParallelOptions& parallel = {}, int block = 32);
 
 }  // namespace lasp

@@ -1,0 +1,251 @@
+#include "sp/lasp2.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/check.h"
+#include "kernels/gemm.h"
+
+namespace lasp {
+
+namespace {
+
+// pw[k] = lambda^k for k = 0..L (0 below 1e-30: no denormals).
+void powers(std::vector<float>& pw, double lambda, int L) {
+  pw.resize(size_t(L) + 1);
+  double p = 1.0;
+  for (int k = 0; k <= L; ++k, p *= lambda) pw[k] = p < 1e-30 ? 0.f : float(p);
+}
+
+// dst (L x d, dense) = diag(f) src (rows ld apart), with f[i] = pw[i] (inter) or pw[L - i] (tail).
+void scaled_rows(float* dst, const float* src, int ld, const std::vector<float>& pw, bool tail, int L, int d) {
+  for (int i = 0; i < L; ++i) {
+    const float f = pw[tail ? L - i : i];
+    for (int x = 0; x < d; ++x) dst[long(i) * d + x] = f * src[long(i) * ld + x];
+  }
+}
+
+}  // namespace
+
+struct Lasp2Attention::Impl {
+  Comm& sp;
+  AttentionShape s;
+  int N, W, rank;
+  std::vector<Piece> mine;                  // this rank's pieces
+  std::vector<std::pair<int, int>> owner;   // global piece -> (rank, index among that rank's pieces)
+  int L;                                    // tokens per piece
+  std::vector<int> k_pos;                   // global positions of the gathered keys (rank-major)
+  WorkspaceBuffer kernel_ws{0};
+  std::vector<float> scratch;               // per thread: (L, d)
+  std::vector<float> send, recv, suffix;    // states: (pieces, B, H, d, d) per rank
+  std::vector<std::vector<float>> incoming; // per layer: P of each local piece
+  std::vector<std::vector<float>> kv_all;   // per softmax layer: gathered K and V, (2, B, N, H_kv, d)
+  std::vector<float> kv_send, kv_recv, dkv_all, dkv_send, dkv_recv;
+
+  Impl(Comm& c, const AttentionShape& shape, int global_N, SpLayout layout, int layers)
+      : sp(c), s(shape), N(global_N), W(c.size()), rank(c.rank()) {
+    LASP_CHECK(shape.N * W == global_N, "LASP-2: {} tokens per rank x {} ranks != sequence length {}", shape.N, W,
+               global_N);
+    mine = sp_pieces(N, W, rank, layout);
+    L = mine[0].length;
+    owner.resize(size_t(W) * mine.size());
+    for (int r = 0; r < W; ++r) {
+      const auto pieces = sp_pieces(N, W, r, layout);
+      for (size_t i = 0; i < pieces.size(); ++i) owner[pieces[i].index] = {r, int(i)};
+      for (int p : sp_positions(N, W, r, layout)) k_pos.push_back(p);
+    }
+    const int threads = omp_get_max_threads();
+    const LinearAttentionShape piece{1, L, s.H, s.d, s.block};
+    kernel_ws.storage.resize(std::max({linear_attention_forward_workspace_floats(piece, threads),
+                                       linear_attention_backward_workspace_floats(piece, threads),
+                                       softmax_attention_workspace_floats(s.N, N, s.d, threads)}));
+    scratch.resize(size_t(threads) * L * s.d);
+    const size_t states = state_floats();
+    send.resize(states);
+    recv.resize(states * W);
+    suffix.resize(states);
+    incoming.resize(layers);
+    kv_all.resize(layers);
+  }
+
+  size_t state_floats() const { return mine.size() * size_t(s.B) * s.H * s.d * s.d; }
+  size_t state_at(int piece, int b, int h) const { return ((size_t(piece) * s.B + b) * s.H + h) * s.d * s.d; }
+  // Row 0 of (batch row b, piece) in a (B, N_local, H, d) tensor.
+  long rows(int b, const Piece& p) const { return (long(b) * s.N + p.offset) * s.H * s.d; }
+
+  // Runs f(b, local piece index, head, thread scratch) over every (b, piece, head), in parallel.
+  template <class F>
+  void for_each_head(F f) {
+    const int items = s.B * int(mine.size()) * s.H;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int it = 0; it < items; ++it) {
+      const int h = it % s.H, i = it / s.H % int(mine.size()), b = it / (s.H * int(mine.size()));
+      f(b, i, h, scratch.data() + size_t(omp_get_thread_num()) * L * s.d);
+    }
+  }
+
+  // The prefix (forward) or suffix (backward) over global piece order of the gathered per-piece states,
+  // for each batch row and head; writes the value for each of this rank's pieces into out.
+  void scan(const float* lambda, bool forward, std::vector<float>& out) {
+    const size_t dd = size_t(s.d) * s.d;
+    const int pieces = int(owner.size());
+    std::vector<float> acc(dd);
+    for (int b = 0; b < s.B; ++b)
+      for (int h = 0; h < s.H; ++h) {
+        const float decay = float(std::pow(lambda ? double(lambda[h]) : 1.0, L));
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int step = 0; step < pieces; ++step) {
+          const int p = forward ? step : pieces - 1 - step;
+          const auto [r, i] = owner[p];
+          if (r == rank) std::memcpy(out.data() + state_at(i, b, h), acc.data(), sizeof(float) * dd);
+          const float* m = recv.data() + size_t(r) * state_floats() + state_at(i, b, h);
+          for (size_t x = 0; x < dd; ++x) acc[x] = (decay < 1e-30f ? 0.f : decay * acc[x]) + m[x];
+        }
+      }
+  }
+
+  bool first_piece(int i) const { return mine[i].index == 0; }
+  bool last_piece(int i) const { return mine[i].index == int(owner.size()) - 1; }
+};
+
+Lasp2Attention::Lasp2Attention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers)
+    : impl_(std::make_unique<Impl>(sp, shape, global_N, layout, layers)),
+      positions_(sp_positions(global_N, sp.size(), sp.rank(), layout)) {}
+
+Lasp2Attention::~Lasp2Attention() = default;
+
+void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
+                                    const float* lambda) {
+  Impl& m = *impl_;
+  const int H = m.s.H, d = m.s.d, L = m.L, ld = H * d;
+  // 1. the local state of every piece: M = K^T diag(lambda^(L-j)) V
+  m.for_each_head([&](int b, int i, int h, float* tmp) {
+    std::vector<float> pw;
+    powers(pw, lambda ? lambda[h] : 1.0, L);
+    const long at = m.rows(b, m.mine[i]) + long(h) * d;
+    scaled_rows(tmp, k + at, ld, pw, true, L, d);
+    gemm(true, false, d, d, L, 1.f, tmp, d, v + at, ld, 0.f, m.send.data() + m.state_at(i, b, h), d);
+  });
+  // 2. ONE all-gather of the states, in flight during 3.
+  auto gather = m.sp.all_gather_start(m.send.data(), m.recv.data(), m.state_floats());
+  // 3. the chunkwise kernel on each piece on its own (intra-block and intra-piece terms)
+  const LinearAttentionShape piece{1, L, H, d, m.s.block};
+  for (int b = 0; b < m.s.B; ++b)
+    for (const Piece& p : m.mine) {
+      const long at = m.rows(b, p);
+      linear_attention_forward(o + at, nullptr, q + at, k + at, v + at, nullptr, lambda, piece, m.kernel_ws.view());
+      gather->test();  // lets MPI progress between pieces
+    }
+  gather->wait();
+  // 4. prefix over global piece order; 5. o += diag(lambda^i) Q P
+  auto& P = m.incoming[layer];
+  P.resize(m.state_floats());
+  m.scan(lambda, true, P);
+  m.for_each_head([&](int b, int i, int h, float* tmp) {
+    if (m.first_piece(i)) return;
+    std::vector<float> pw;
+    powers(pw, lambda ? lambda[h] : 1.0, L);
+    const long at = m.rows(b, m.mine[i]) + long(h) * d;
+    scaled_rows(tmp, q + at, ld, pw, false, L, d);
+    gemm(false, false, L, d, d, 1.f, tmp, d, P.data() + m.state_at(i, b, h), d, 1.f, o + at, ld);
+  });
+}
+
+void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
+                                     const float* k, const float* v, const float* lambda) {
+  Impl& m = *impl_;
+  const int H = m.s.H, d = m.s.d, L = m.L, ld = H * d;
+  // 1. dM = Q^T diag(lambda^i) dO: the gradient each piece sends to the state entering it
+  m.for_each_head([&](int b, int i, int h, float* tmp) {
+    std::vector<float> pw;
+    powers(pw, lambda ? lambda[h] : 1.0, L);
+    const long at = m.rows(b, m.mine[i]) + long(h) * d;
+    scaled_rows(tmp, q + at, ld, pw, false, L, d);
+    gemm(true, false, d, d, L, 1.f, tmp, d, dout + at, ld, 0.f, m.send.data() + m.state_at(i, b, h), d);
+  });
+  // 2. ONE all-gather, in flight during 3.
+  auto gather = m.sp.all_gather_start(m.send.data(), m.recv.data(), m.state_floats());
+  // 3. the local backward of each piece
+  const LinearAttentionShape piece{1, L, H, d, m.s.block};
+  for (int b = 0; b < m.s.B; ++b)
+    for (const Piece& p : m.mine) {
+      const long at = m.rows(b, p);
+      linear_attention_backward(dq + at, dk + at, dv + at, nullptr, dout + at, nullptr, q + at, k + at, v + at,
+                                nullptr, lambda, piece, m.kernel_ws.view());
+      gather->test();
+    }
+  gather->wait();
+  // 4. suffix G (gradient of the state leaving each piece); 5. the cross-piece terms
+  m.scan(lambda, false, m.suffix);
+  const auto& P = m.incoming[layer];
+  m.for_each_head([&](int b, int i, int h, float* tmp) {
+    std::vector<float> pw;
+    powers(pw, lambda ? lambda[h] : 1.0, L);
+    const long at = m.rows(b, m.mine[i]) + long(h) * d;
+    if (!m.first_piece(i)) {  // dQ += diag(lambda^i) dO P^T
+      scaled_rows(tmp, dout + at, ld, pw, false, L, d);
+      gemm(false, true, L, d, d, 1.f, tmp, d, P.data() + m.state_at(i, b, h), d, 1.f, dq + at, ld);
+    }
+    if (!m.last_piece(i)) {
+      const float* G = m.suffix.data() + m.state_at(i, b, h);
+      scaled_rows(tmp, v + at, ld, pw, true, L, d);  // dK += diag(lambda^(L-j)) V G^T
+      gemm(false, true, L, d, d, 1.f, tmp, d, G, d, 1.f, dk + at, ld);
+      scaled_rows(tmp, k + at, ld, pw, true, L, d);  // dV += diag(lambda^(L-j)) K G
+      gemm(false, false, L, d, d, 1.f, tmp, d, G, d, 1.f, dv + at, ld);
+    }
+  });
+}
+
+void Lasp2Attention::softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) {
+  Impl& m = *impl_;
+  const int B = m.s.B, Nl = m.s.N, W = m.W, N = m.N;
+  const size_t row = size_t(m.s.H_kv) * m.s.d, local = size_t(B) * Nl * row;
+  // ONE all-gather of [K | V]
+  m.kv_send.resize(2 * local);
+  std::memcpy(m.kv_send.data(), k, sizeof(float) * local);
+  std::memcpy(m.kv_send.data() + local, v, sizeof(float) * local);
+  m.kv_recv.resize(2 * local * W);
+  m.sp.all_gather(m.kv_send.data(), m.kv_recv.data(), 2 * local);
+  // (W, 2, B, Nl, H_kv, d) -> (2, B, N, H_kv, d) with the keys in rank order (k_pos says where they sit)
+  auto& kv = m.kv_all[layer];
+  kv.resize(2 * size_t(B) * N * row);
+  for (int r = 0; r < W; ++r)
+    for (int part = 0; part < 2; ++part)
+      for (int b = 0; b < B; ++b)
+        std::memcpy(kv.data() + ((size_t(part) * B + b) * N + size_t(r) * Nl) * row,
+                    m.kv_recv.data() + ((size_t(r) * 2 + part) * B + b) * Nl * row, sizeof(float) * Nl * row);
+  const SoftmaxAttentionShape shape{B, Nl, N, m.s.H, m.s.H_kv, m.s.d, 1.f / std::sqrt(float(m.s.d))};
+  const float* K = kv.data();
+  const float* V = kv.data() + size_t(B) * N * row;
+  softmax_attention_forward(o, lse, q, K, V, positions_.data(), m.k_pos.data(), shape, m.kernel_ws.view());
+}
+
+void Lasp2Attention::softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
+                                      const float* lse, const float* q, const float*, const float*) {
+  Impl& m = *impl_;
+  const int B = m.s.B, Nl = m.s.N, W = m.W, N = m.N;
+  const size_t row = size_t(m.s.H_kv) * m.s.d, local = size_t(B) * Nl * row, all = size_t(B) * N * row;
+  const auto& kv = m.kv_all[layer];
+  m.dkv_all.assign(2 * all, 0.f);
+  const SoftmaxAttentionShape shape{B, Nl, N, m.s.H, m.s.H_kv, m.s.d, 1.f / std::sqrt(float(m.s.d))};
+  softmax_attention_backward(dq, m.dkv_all.data(), m.dkv_all.data() + all, dout, o, lse, q, kv.data(),
+                             kv.data() + all, positions_.data(), m.k_pos.data(), shape, m.kernel_ws.view());
+  // (2, B, N, H_kv, d) -> (W, 2, B, Nl, H_kv, d), then ONE reduce-scatter to the owners
+  m.dkv_send.resize(2 * local * W);
+  for (int r = 0; r < W; ++r)
+    for (int part = 0; part < 2; ++part)
+      for (int b = 0; b < B; ++b)
+        std::memcpy(m.dkv_send.data() + ((size_t(r) * 2 + part) * B + b) * Nl * row,
+                    m.dkv_all.data() + ((size_t(part) * B + b) * N + size_t(r) * Nl) * row, sizeof(float) * Nl * row);
+  m.dkv_recv.resize(2 * local);
+  m.sp.reduce_scatter(m.dkv_send.data(), m.dkv_recv.data(), 2 * local);
+  for (size_t i = 0; i < local; ++i) {
+    dk[i] += m.dkv_recv[i];
+    dv[i] += m.dkv_recv[local + i];
+  }
+}
+
+}  // namespace lasp

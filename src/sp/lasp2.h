@@ -1,0 +1,45 @@
+// LASP-2 for linear attention layers and LASP-2H for softmax layers (LASP2.md sections 2 and 3), behind
+// the model's Attention seam. Each rank holds its pieces of the sequence (one piece: contiguous layout;
+// pieces r and 2W-1-r: zigzag).
+//
+// Linear layer, forward: the local state M of every piece (d x d per head), ONE non-blocking AllGather of
+//   the states started before the intra-rank chunkwise kernel and waited for after it, the prefix
+//   P_p = sum_{s<p} lambda^(L(p-1-s)) M_s over global piece order, then o += diag(lambda^i) Q P_p. P_p is
+//   kept for the backward.
+// Linear layer, backward: dM_p = Q^T diag(lambda^i) dO, ONE non-blocking AllGather overlapped with the
+//   local backward kernel, the suffix G_p = sum_{s>p} lambda^(L(s-p-1)) dM_s, then
+//   dQ += diag(lambda^i) dO P_p^T, dK += diag(lambda^(L-j)) V G_p^T, dV += diag(lambda^(L-j)) K G_p.
+// Softmax layer: ONE AllGather of [K | V] (H_kv heads, RoPE applied with global positions), the local
+//   queries against all keys (positions decide the causal mask, so any layout works); backward: dK, dV of
+//   all positions from the local queries, ONE ReduceScatter back to the owners.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "comm/comm.h"
+#include "model/attention.h"
+#include "sp/grid.h"
+
+namespace lasp {
+
+class Lasp2Attention : public Attention {
+ public:
+  // shape.N is this rank's token count per row (N_global / W); layers: the model's layer count.
+  Lasp2Attention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers);
+  ~Lasp2Attention() override;
+  const int* positions() const override { return positions_.data(); }
+  void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
+                      const float* lambda) override;
+  void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
+                       const float* k, const float* v, const float* lambda) override;
+  void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override;
+  void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
+                        const float* lse, const float* q, const float* k, const float* v) override;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::vector<int> positions_;
+};
+
+}  // namespace lasp

@@ -1,0 +1,261 @@
+// Sequence parallelism equals the single process, on EVERY rank, forward and backward: LASP-2 (linear
+// layers, every decay) and LASP-2H (softmax layers, GQA), contiguous and zigzag layouts, for the attention
+// alone (outputs and the gradients of q, k, v) and for whole models (logits, loss, every parameter
+// gradient), with sequence lengths that are not powers of two. Runs under mpirun with any world size;
+// when the world has 4 ranks it also checks dp 2 x sp 2.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cmath>
+#include <random>
+
+#include "comm/comm.h"
+#include "model/attention.h"
+#include "model/model.h"
+#include "sp/grid.h"
+#include "sp/lasp2.h"
+#include "testing.h"
+#include "train/optimizer.h"
+
+using namespace lasp;
+
+namespace {
+
+Comm& world() { return comm_world(); }
+
+std::vector<float> random_values(size_t n, uint32_t seed) { return lasp::testing::random_vector(n, seed, -1.f, 1.f); }
+
+// Rows of a (B, N, width) tensor at the given positions -> (B, positions, width).
+std::vector<float> take_rows(const std::vector<float>& full, int B, int N, int width, const std::vector<int>& pos) {
+  std::vector<float> out;
+  for (int b = 0; b < B; ++b)
+    for (int p : pos) out.insert(out.end(), full.begin() + (size_t(b) * N + p) * width,
+                                 full.begin() + (size_t(b) * N + p + 1) * width);
+  return out;
+}
+
+void expect_close(const std::vector<float>& ref, const std::vector<float>& got, const std::string& what) {
+  ASSERT_EQ(ref.size(), got.size()) << what;
+  const double err = lasp::testing::normalized_error(ref, got);
+  EXPECT_LE(err, 1e-10) << what << " on rank " << world().rank() << ": normalized error " << err;
+}
+
+struct AttnCase {
+  bool linear;
+  Decay decay;
+  SpLayout layout;
+  int N;
+};
+
+class SpAttention : public ::testing::TestWithParam<AttnCase> {};
+
+TEST_P(SpAttention, EqualsSingleProcessOnEveryRank) {
+  const AttnCase c = GetParam();
+  const int W = world().size(), B = 2, H = 4, Hkv = c.linear ? 4 : 2, d = 16, block = 16;
+  if (c.N % (c.layout == SpLayout::zigzag ? 2 * W : W) != 0) GTEST_SKIP() << "N not divisible for this world";
+  const int width = H * d, kvw = Hkv * d;
+  auto q = random_values(size_t(B) * c.N * width, 1), k = random_values(size_t(B) * c.N * kvw, 2),
+       v = random_values(size_t(B) * c.N * kvw, 3), g = random_values(size_t(B) * c.N * width, 4);
+  if (c.linear)  // positive features, as a feature map would give
+    for (auto* x : {&q, &k})
+      for (float& e : *x) e = 0.5f * (e + 1.1f);
+  std::vector<float> lambda(H);
+  linear_attention_decays(lambda.data(), H, c.decay);
+
+  // single process on the whole sequence
+  LocalAttention local({B, c.N, H, Hkv, d, block});
+  std::vector<float> o(q.size()), lse(size_t(B) * H * c.N), dq(q.size(), 0.f), dk(k.size(), 0.f), dv(v.size(), 0.f);
+  if (c.linear) {
+    local.linear_forward(0, o.data(), q.data(), k.data(), v.data(), lambda.data());
+    local.linear_backward(0, dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data(), lambda.data());
+  } else {
+    local.softmax_forward(0, o.data(), lse.data(), q.data(), k.data(), v.data());
+    local.softmax_backward(0, dq.data(), dk.data(), dv.data(), g.data(), o.data(), lse.data(), q.data(), k.data(),
+                           v.data());
+  }
+
+  // this rank's slice under LASP-2 / LASP-2H
+  const std::vector<int> pos = sp_positions(c.N, W, world().rank(), c.layout);
+  const int Nl = int(pos.size());
+  Lasp2Attention sp(world(), {B, Nl, H, Hkv, d, block}, c.N, c.layout, 1);
+  auto ql = take_rows(q, B, c.N, width, pos), kl = take_rows(k, B, c.N, kvw, pos),
+       vl = take_rows(v, B, c.N, kvw, pos), gl = take_rows(g, B, c.N, width, pos);
+  std::vector<float> ol(ql.size()), lsel(size_t(B) * H * Nl), dql(ql.size(), 0.f), dkl(kl.size(), 0.f),
+      dvl(vl.size(), 0.f);
+  if (c.linear) {
+    sp.linear_forward(0, ol.data(), ql.data(), kl.data(), vl.data(), lambda.data());
+    sp.linear_backward(0, dql.data(), dkl.data(), dvl.data(), gl.data(), ql.data(), kl.data(), vl.data(),
+                       lambda.data());
+  } else {
+    sp.softmax_forward(0, ol.data(), lsel.data(), ql.data(), kl.data(), vl.data());
+    sp.softmax_backward(0, dql.data(), dkl.data(), dvl.data(), gl.data(), ol.data(), lsel.data(), ql.data(),
+                        kl.data(), vl.data());
+  }
+  expect_close(take_rows(o, B, c.N, width, pos), ol, "o");
+  expect_close(take_rows(dq, B, c.N, width, pos), dql, "dq");
+  expect_close(take_rows(dk, B, c.N, kvw, pos), dkl, "dk");
+  expect_close(take_rows(dv, B, c.N, kvw, pos), dvl, "dv");
+}
+
+std::vector<AttnCase> attention_cases() {
+  std::vector<AttnCase> cases;
+  for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag})
+    for (int N : {24, 72, 120}) {
+      for (Decay decay : {Decay::none, Decay::lightning, Decay::retention}) cases.push_back({true, decay, layout, N});
+      cases.push_back({false, Decay::none, layout, N});
+    }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, SpAttention, ::testing::ValuesIn(attention_cases()), [](const auto& info) {
+  const AttnCase& c = info.param;
+  return std::string(c.linear ? "linear_" : "softmax_") + (c.linear ? to_string(c.decay) : "gqa") + "_" +
+         to_string(c.layout) + "_N" + std::to_string(c.N);
+});
+
+// LASP-2 moves ONE all-gather of the d x d states per linear layer forward and one backward, the same
+// bytes whatever the sequence length; LASP-2H one all-gather of K, V forward and one reduce-scatter back.
+TEST(SpCommunication, OneCollectiveEachWayAndBytesIndependentOfN) {
+  const int W = world().size(), B = 1, H = 4, d = 16, Hkv = 2;
+  for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag}) {
+    const int pieces = layout == SpLayout::zigzag ? 2 : 1;
+    uint64_t bytes_at[2] = {};
+    for (int twice = 0; twice < 2; ++twice) {
+      const int N = (twice + 1) * 48 * W;
+      const std::vector<int> pos = sp_positions(N, W, world().rank(), layout);
+      const int Nl = int(pos.size());
+      Lasp2Attention sp(world(), {B, Nl, H, Hkv, d, 16}, N, layout, 2);
+      auto q = random_values(size_t(B) * Nl * H * d, 1), k = random_values(q.size(), 2), v = random_values(q.size(), 3);
+      std::vector<float> o(q.size()), dq(q.size()), dk(q.size()), dv(q.size());
+      world().reset_stats();
+      sp.linear_forward(0, o.data(), q.data(), k.data(), v.data(), nullptr);
+      const CommStats fwd = world().stats();
+      const int ag = int(CommKind::all_gather);
+      EXPECT_EQ(fwd.calls[ag], 1u);
+      EXPECT_EQ(fwd.total_sent() + fwd.total_received(), fwd.bytes_sent[ag] + fwd.bytes_received[ag]);
+      const uint64_t expected = uint64_t(W - 1) * pieces * B * H * d * d * sizeof(float);  // LASP2.md table
+      EXPECT_EQ(fwd.bytes_received[ag], expected);
+      EXPECT_EQ(fwd.bytes_sent[ag], expected);
+      world().reset_stats();
+      sp.linear_backward(0, dq.data(), dk.data(), dv.data(), o.data(), q.data(), k.data(), v.data(), nullptr);
+      EXPECT_EQ(world().stats().calls[ag], 1u);
+      EXPECT_EQ(world().stats().bytes_received[ag], expected);
+      bytes_at[twice] = fwd.bytes_received[ag];
+
+      // the softmax layer: one all-gather of K and V, one reduce-scatter; 2 (W-1) C H_kv d floats
+      std::vector<float> kk(size_t(B) * Nl * Hkv * d, 0.1f), vv(kk.size(), 0.2f), lse(size_t(B) * H * Nl),
+          dkk(kk.size()), dvv(kk.size());
+      world().reset_stats();
+      sp.softmax_forward(1, o.data(), lse.data(), q.data(), kk.data(), vv.data());
+      sp.softmax_backward(1, dq.data(), dkk.data(), dvv.data(), o.data(), o.data(), lse.data(), q.data(), kk.data(),
+                          vv.data());
+      const CommStats s = world().stats();
+      const int rs = int(CommKind::reduce_scatter);
+      EXPECT_EQ(s.calls[ag], 1u);
+      EXPECT_EQ(s.calls[rs], 1u);
+      EXPECT_EQ(s.bytes_received[ag], uint64_t(W - 1) * 2 * B * Nl * Hkv * d * sizeof(float));
+      EXPECT_EQ(s.bytes_received[rs], uint64_t(W - 1) * 2 * B * Nl * Hkv * d * sizeof(float));
+    }
+    EXPECT_EQ(bytes_at[0], bytes_at[1]) << "LASP-2 bytes must not grow with N";
+  }
+}
+
+// ---- whole models ----
+struct ModelCase {
+  std::string layer_types;
+  Decay decay;
+  SpLayout layout;
+  int dp;  // dp x sp = world
+};
+
+class SpModel : public ::testing::TestWithParam<ModelCase> {};
+
+TEST_P(SpModel, LogitsLossAndGradientsEqualSingleProcess) {
+  const ModelCase c = GetParam();
+  const int Wt = world().size();
+  if (Wt % c.dp != 0) GTEST_SKIP() << "world not divisible by dp";
+  const int sp_size = Wt / c.dp, B = 2, N = 48;
+  if (N % (c.layout == SpLayout::zigzag ? 2 * sp_size : sp_size) != 0 || B % c.dp != 0) GTEST_SKIP();
+  ModelConfig config;
+  config.vocab_size = 50;
+  config.hidden_size = 32;
+  config.intermediate_size = 48;
+  config.num_attention_heads = 4;
+  config.num_key_value_heads = 2;
+  config.layer_types = c.layer_types;
+  config.num_hidden_layers = int(c.layer_types.size());
+  config.linear.decay = c.decay;
+  config.validate();
+  const int V = config.vocab_size;
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> tok(0, V - 1);
+  std::vector<int> inputs(size_t(B) * N), targets(inputs.size());
+  for (auto& t : inputs) t = tok(rng);
+  for (auto& t : targets) t = tok(rng);
+
+  // single process, all rows
+  LocalAttention local({B, N, 4, 2, 8, 16});
+  Model ref(config, B, N, local);
+  // Weights at std 0.05: at 0.2 the NLNL model is so ill-conditioned that splitting the batch over two DP
+  // ranks without any SP (only OpenBLAS's blocking changes) already moves its gradients by 1e-9.
+  init_weights(ref.layout(), ref.params(), 5, 0.05f);
+  const double count = double(B) * N;
+  const double ref_loss = ref.forward(inputs.data(), targets.data()) / count;
+  ref.backward(float(1.0 / count));
+
+  // dp x sp: DP rank g takes rows [g B/dp, (g+1) B/dp); SP rank its positions
+  Grid grid = make_grid(world(), sp_size, c.dp);
+  const std::vector<int> pos = sp_positions(N, sp_size, grid.sp_rank, c.layout);
+  const int Nl = int(pos.size()), Bl = B / c.dp;
+  std::vector<int> in_l, tg_l;
+  for (int b = grid.dp_rank * Bl; b < (grid.dp_rank + 1) * Bl; ++b)
+    for (int p : pos) in_l.push_back(inputs[size_t(b) * N + p]), tg_l.push_back(targets[size_t(b) * N + p]);
+  std::unique_ptr<Attention> attention;
+  if (sp_size == 1) attention = std::make_unique<LocalAttention>(AttentionShape{Bl, Nl, 4, 2, 8, 16});
+  else attention = std::make_unique<Lasp2Attention>(*grid.sp, AttentionShape{Bl, Nl, 4, 2, 8, 16}, N, c.layout,
+                                                    config.num_hidden_layers);
+  Model model(config, Bl, Nl, *attention);
+  model.params() = ref.params();
+  double loss = model.forward(in_l.data(), tg_l.data());
+  model.backward(float(1.0 / count));
+  world().all_reduce(&loss, 1);
+  world().all_reduce(model.grads().data(), model.grads().size());
+  EXPECT_NEAR(loss / count, ref_loss, 1e-6 * ref_loss);
+
+  // logits of this rank's rows and positions
+  std::vector<float> ref_logits;
+  for (int b = grid.dp_rank * Bl; b < (grid.dp_rank + 1) * Bl; ++b)
+    for (int p : pos)
+      ref_logits.insert(ref_logits.end(), ref.logits() + (size_t(b) * N + p) * V, ref.logits() + (size_t(b) * N + p + 1) * V);
+  expect_close(ref_logits, std::vector<float>(model.logits(), model.logits() + size_t(Bl) * Nl * V), "logits");
+  for (const TensorSpec& t : model.layout().specs())
+    expect_close(std::vector<float>(ref.grads().begin() + t.offset, ref.grads().begin() + t.offset + t.size),
+                 std::vector<float>(model.grads().begin() + t.offset, model.grads().begin() + t.offset + t.size),
+                 "grad." + t.name);
+}
+
+std::vector<ModelCase> model_cases() {
+  std::vector<ModelCase> cases;
+  for (int dp : {1, 2})
+    for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag}) {
+      for (Decay decay : {Decay::none, Decay::lightning, Decay::retention}) cases.push_back({"LLLL", decay, layout, dp});
+      cases.push_back({"LLLN", Decay::retention, layout, dp});
+      cases.push_back({"NLNL", Decay::lightning, layout, dp});
+    }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, SpModel, ::testing::ValuesIn(model_cases()), [](const auto& info) {
+  const ModelCase& c = info.param;
+  return c.layer_types + "_" + to_string(c.decay) + "_" + to_string(c.layout) + "_dp" + std::to_string(c.dp);
+});
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  comm_world();
+  int failed = RUN_ALL_TESTS() != 0;
+  MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  return failed;
+}

@@ -93,6 +93,7 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--warmup", topt.warmup, "warmup steps (default steps/10)");
   train_cmd->add_option("--seed", topt.seed, "seed of the weights and the data order")->default_val(topt.seed);
   train_cmd->add_option("--save", topt.save_dir, "write a checkpoint folder at the end");
+  train_cmd->add_option("--metrics", topt.metrics_path, "append one JSON object per step to this file");
   train_cmd->add_option("--weight-decay", topt.adamw.weight_decay, "AdamW weight decay (matrices)")->default_val(topt.adamw.weight_decay);
   train_cmd->add_option("--grad-clip", topt.adamw.grad_clip, "max gradient norm (0: off)")->default_val(topt.adamw.grad_clip);
   train_cmd->add_option("--block", topt.block, "linear attention block size")->default_val(topt.block)->check(CLI::PositiveNumber);

@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <memory>
 
 #include "core/check.h"
+#include <nlohmann/json.hpp>
 #include "model/attention.h"
 #include "model/model.h"
 #include "sp/grid.h"
@@ -67,6 +69,11 @@ TrainResult train(const ModelConfig& config, const TrainOptions& o, Comm& world)
                  grid.dp_size, grid.sp_size, to_string(layout), Nl);
 
   std::vector<int> inputs(size_t(B) * Nl), targets(inputs.size());
+  std::ofstream metrics;
+  if (rank0 && !o.metrics_path.empty()) {
+    metrics.open(o.metrics_path, std::ios::app);
+    LASP_CHECK(metrics.good(), "train: cannot open --metrics file {}", o.metrics_path);
+  }
   TrainResult result;
   auto t_start = std::chrono::steady_clock::now();
   for (int step = 1; step <= o.steps; ++step) {
@@ -88,9 +95,20 @@ TrainResult train(const ModelConfig& config, const TrainOptions& o, Comm& world)
     result.losses.push_back(loss);
     result.attention_bytes_per_step = traffic(*grid.sp) - attn0;
     result.gradient_bytes_per_step = traffic(world) - grad0;
+    const double step_seconds = seconds_since(t0);
+    if (metrics.is_open())
+      metrics << nlohmann::ordered_json{{"step", step},
+                                        {"loss", loss},
+                                        {"lr", lr},
+                                        {"grad_norm", norm},
+                                        {"tokens_per_s", global_tokens / step_seconds},
+                                        {"attention_bytes", result.attention_bytes_per_step},
+                                        {"gradient_bytes", result.gradient_bytes_per_step}}
+                     .dump()
+              << std::endl;
     if (rank0)
       std::fprintf(stderr, "step %d/%d  loss %.4f  lr %.2e  grad-norm %.3f  %.0f tokens/s  comm %.2f MB attention, %.2f MB gradients\n",
-                   step, o.steps, loss, lr, norm, global_tokens / seconds_since(t0),
+                   step, o.steps, loss, lr, norm, global_tokens / step_seconds,
                    result.attention_bytes_per_step / 1e6, result.gradient_bytes_per_step / 1e6);
   }
   if (o.steps > 1) result.tokens_per_s = global_tokens * (o.steps - 1) / seconds_since(t_start);

@@ -25,6 +25,7 @@ struct TrainOptions {
   int warmup = -1;             // warmup steps; < 0: steps / 10
   uint64_t seed = 1234;
   std::string save_dir;        // empty: no checkpoint
+  std::string metrics_path;    // empty: none; else one JSON object per step appended (rank 0)
   bool recompute = false;      // keep only each layer's input; recompute the layer in backward
   int block = 32;              // linear attention block size
   AdamWConfig adamw;

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# `lasp train` under mpirun: 5 steps with --sp-size 2 and 4 (and dp 2 x sp 2) give the losses of
+# --sp-size 1 (relative 1e-5), for the default hybrid (zigzag) and a pure linear model (contiguous).
+# usage: sp_train_test.sh MPIEXEC LASP
+set -euo pipefail
+mpiexec=$1 lasp=$2
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+for i in $(seq 1 400); do echo "line $i: the quick brown fox $((i % 7)) jumps over the lazy dog $((i % 11))"; done > "$dir/text.txt"
+
+run() {  # run NAME RANKS ARGS...
+  local name=$1 ranks=$2
+  shift 2
+  timeout 120 "$mpiexec" --oversubscribe -np "$ranks" "$lasp" train --data "$dir/text.txt" --seq-len 96 --steps 5 \
+    --metrics "$dir/$name.jsonl" "$@" > "$dir/$name.log" 2>&1 || { cat "$dir/$name.log"; exit 1; }
+}
+compare() {  # compare REFERENCE OTHER
+  python3 - "$dir/$1.jsonl" "$dir/$2.jsonl" <<'PY'
+import json, sys
+a = [json.loads(l)["loss"] for l in open(sys.argv[1])]
+b = [json.loads(l)["loss"] for l in open(sys.argv[2])]
+assert len(a) == len(b) == 5, (a, b)
+worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+print(f"{sys.argv[2].split('/')[-1]}: losses {['%.6f' % x for x in b]}, worst relative difference {worst:.1e}")
+sys.exit(0 if worst <= 1e-5 else 1)
+PY
+}
+
+run hybrid_sp1 1 --batch 2
+run hybrid_sp2 2 --batch 2 --sp-size 2
+run hybrid_sp4 4 --batch 2 --sp-size 4
+run hybrid_dp2_sp2 4 --batch 1 --sp-size 2 --dp-size 2
+compare hybrid_sp1 hybrid_sp2
+compare hybrid_sp1 hybrid_sp4
+compare hybrid_sp1 hybrid_dp2_sp2
+
+run linear_sp1 1 --batch 2 --layer-types LLLL --decay lightning
+run linear_sp4 4 --batch 2 --layer-types LLLL --decay lightning --sp-size 4 --sp-layout contiguous
+run linear_sp3 3 --batch 2 --layer-types LLLL --decay lightning --sp-size 3
+compare linear_sp1 linear_sp4
+compare linear_sp1 linear_sp3
+echo "sp training runs agree"

@@ -42,6 +42,10 @@ struct Lasp2Attention::Impl {
   std::vector<float> scratch;               // per thread: (L, d)
   std::vector<float> send, recv, suffix;    // states: (pieces, B, H, d, d) per rank
   std::vector<std::vector<float>> incoming; // per layer: P of each local piece
+  // Each piece runs the local kernel in segments (progress points for MPI); per layer, the state entering
+  // each segment: (B, pieces, segments, H, d, d).
+  int segments = 1, segment_len = 0;
+  std::vector<std::vector<float>> segment_states;
   std::vector<std::vector<float>> kv_all;   // per softmax layer: gathered K and V, (2, B, N, H_kv, d)
   std::vector<float> kv_send, kv_recv, dkv_all, dkv_send, dkv_recv;
 
@@ -69,7 +73,23 @@ struct Lasp2Attention::Impl {
     suffix.resize(states);
     incoming.resize(layers);
     kv_all.resize(layers);
+    // Up to 4 segments of whole blocks.
+    const int blocks = (L + s.block - 1) / s.block;
+    segments = std::min(4, blocks);
+    segment_len = (blocks + segments - 1) / segments * s.block;
+    segments = (L + segment_len - 1) / segment_len;
+    segment_states.resize(layers);
   }
+
+  std::pair<int, int> segment(int sg) const {
+    const int begin = sg * segment_len;
+    return {begin, std::min(segment_len, L - begin)};
+  }
+  size_t segment_stride() const { return size_t(s.H) * s.d * s.d; }
+  size_t segment_at(int b, int piece, int sg) const {
+    return ((size_t(b) * mine.size() + piece) * segments + sg) * segment_stride();
+  }
+  size_t segment_state_floats() const { return size_t(s.B) * mine.size() * segments * segment_stride(); }
 
   size_t state_floats() const { return mine.size() * size_t(s.B) * s.H * s.d * s.d; }
   size_t state_at(int piece, int b, int h) const { return ((size_t(piece) * s.B + b) * s.H + h) * s.d * s.d; }
@@ -131,13 +151,23 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
   });
   // 2. ONE all-gather of the states, in flight during 3.
   auto gather = m.sp.all_gather_start(m.send.data(), m.recv.data(), m.state_floats());
-  // 3. the chunkwise kernel on each piece on its own (intra-block and intra-piece terms)
-  const LinearAttentionShape piece{1, L, H, d, m.s.block};
+  // 3. the chunkwise kernel on each piece on its own (intra-block and intra-piece terms), in segments that
+  //    hand their state over, so that MPI progresses the gather between them. The state entering each
+  //    segment is kept for the backward.
+  auto& entering = m.segment_states[layer];
+  entering.resize(m.segment_state_floats());
   for (int b = 0; b < m.s.B; ++b)
-    for (const Piece& p : m.mine) {
-      const long at = m.rows(b, p);
-      linear_attention_forward(o + at, nullptr, q + at, k + at, v + at, nullptr, lambda, piece, m.kernel_ws.view());
-      gather->test();  // lets MPI progress between pieces
+    for (int i = 0; i < int(m.mine.size()); ++i) {
+      const long at = m.rows(b, m.mine[i]);
+      for (int sg = 0; sg < m.segments; ++sg) {
+        const auto [begin, len] = m.segment(sg);
+        float* state = entering.data() + m.segment_at(b, i, sg);
+        const long row = at + long(begin) * ld;
+        linear_attention_forward(o + row, sg + 1 < m.segments ? state + m.segment_stride() : nullptr, q + row, k + row,
+                                 v + row, sg > 0 ? state : nullptr, lambda, {1, len, H, d, m.s.block},
+                                 m.kernel_ws.view());
+        gather->test();  // lets MPI progress
+      }
     }
   gather->wait();
   // 4. prefix over global piece order; 5. o += diag(lambda^i) Q P
@@ -168,14 +198,24 @@ void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
   });
   // 2. ONE all-gather, in flight during 3.
   auto gather = m.sp.all_gather_start(m.send.data(), m.recv.data(), m.state_floats());
-  // 3. the local backward of each piece
-  const LinearAttentionShape piece{1, L, H, d, m.s.block};
+  // 3. the local backward of each piece, segment by segment in reverse, handing the state gradient back
+  const auto& entering = m.segment_states[layer];
+  const size_t dstate_floats = size_t(H) * d * d;
+  std::vector<float> dstate(dstate_floats), dstate_next(dstate_floats);
   for (int b = 0; b < m.s.B; ++b)
-    for (const Piece& p : m.mine) {
-      const long at = m.rows(b, p);
-      linear_attention_backward(dq + at, dk + at, dv + at, nullptr, dout + at, nullptr, q + at, k + at, v + at,
-                                nullptr, lambda, piece, m.kernel_ws.view());
-      gather->test();
+    for (int i = 0; i < int(m.mine.size()); ++i) {
+      const long at = m.rows(b, m.mine[i]);
+      for (int sg = m.segments - 1; sg >= 0; --sg) {
+        const auto [begin, len] = m.segment(sg);
+        const long row = at + long(begin) * ld;
+        std::fill(dstate.begin(), dstate.end(), 0.f);
+        linear_attention_backward(dq + row, dk + row, dv + row, sg > 0 ? dstate.data() : nullptr, dout + row,
+                                  sg + 1 < m.segments ? dstate_next.data() : nullptr, q + row, k + row, v + row,
+                                  sg > 0 ? entering.data() + m.segment_at(b, i, sg) : nullptr, lambda,
+                                  {1, len, H, d, m.s.block}, m.kernel_ws.view());
+        std::swap(dstate, dstate_next);
+        gather->test();
+      }
     }
   gather->wait();
   // 4. suffix G (gradient of the state leaving each piece); 5. the cross-piece terms

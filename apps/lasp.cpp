@@ -161,8 +161,13 @@ int main(int argc, char** argv) {
       const lasp::EvalResult r =
           lasp::evaluate_checkpoint(eval_ckpt, eval_data, eval_seq, eval_batches, *world, eval_parallel);
       if (world->rank() == 0) {
-        if (eval_json) std::cout << nlohmann::ordered_json{{"loss", r.loss}, {"tokens", r.tokens}}.dump() << std::endl;
-        else std::printf("loss %.6f over %lld tokens\n", r.loss, (long long)r.tokens);
+        if (eval_json)
+          std::cout << nlohmann::ordered_json{{"loss", r.loss}, {"tokens", r.tokens}, {"attention_bytes", r.attention_bytes}}
+                           .dump()
+                    << std::endl;
+        else
+          std::printf("loss %.6f over %lld tokens (%.2f MB of attention traffic on rank 0)\n", r.loss,
+                      (long long)r.tokens, r.attention_bytes / 1e6);
       }
     } else if (*bench_kernels_cmd) {
       if (quick) kopt.N = 1024, kopt.repeats = 1;

@@ -138,7 +138,7 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_p
     sum += model.forward(inputs.data(), targets.data());
   }
   world.all_reduce(&sum, 1);
-  return {sum / (double(batches) * N), int64_t(batches) * N};
+  return {sum / (double(batches) * N), int64_t(batches) * N, traffic(*grid.sp)};
 }
 
 }  // namespace lasp

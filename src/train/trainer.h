@@ -44,6 +44,7 @@ TrainResult train(const ModelConfig& config, const TrainOptions& options, Comm& 
 struct EvalResult {
   double loss = 0;   // mean next-token cross-entropy
   int64_t tokens = 0;
+  uint64_t attention_bytes = 0;  // sent + received by rank 0 for attention over the whole evaluation
 };
 // Windows k = 0..batches-1 of the file: tokens [k N, k N + N], the last N as targets.
 EvalResult evaluate_checkpoint(const std::string& checkpoint_dir, const std::string& data_path, int seq_len,

@@ -39,4 +39,22 @@ run linear_sp4 4 --batch 2 --layer-types LLLL --decay lightning --sp-size 4 --sp
 run linear_sp3 3 --batch 2 --layer-types LLLL --decay lightning --sp-size 3
 compare linear_sp1 linear_sp4
 compare linear_sp1 linear_sp3
+# eval of a checkpoint: the same loss on 1 rank, on sp 2 and on dp 2 x sp 2
+run saved 1 --batch 2 --save "$dir/ckpt"
+evaluate() {  # evaluate RANKS ARGS...
+  local ranks=$1
+  shift
+  timeout 120 "$mpiexec" --oversubscribe -np "$ranks" "$lasp" eval --checkpoint "$dir/ckpt" --data "$dir/text.txt" \
+    --seq-len 96 --batches 6 --json "$@" 2> "$dir/eval.err" | tail -n 1 || { cat "$dir/eval.err"; exit 1; }
+}
+e1=$(evaluate 1)
+e2=$(evaluate 2 --sp-size 2)
+e4=$(evaluate 4 --sp-size 2 --dp-size 2)
+python3 - "$e1" "$e2" "$e4" <<'PY'
+import json, sys
+r = [json.loads(x) for x in sys.argv[1:]]
+print("eval:", [(x["loss"], x["tokens"], x["attention_bytes"]) for x in r])
+assert all(x["tokens"] == 576 for x in r)
+assert all(abs(x["loss"] - r[0]["loss"]) <= 1e-6 * r[0]["loss"] for x in r), r
+PY
 echo "sp training runs agree"

@@ -22,7 +22,8 @@ LocalAttention::LocalAttention(const AttentionShape& shape)
   const int threads = omp_get_max_threads();
   const size_t need = std::max({linear_attention_forward_workspace_floats(linear_shape(), threads),
                                 linear_attention_backward_workspace_floats(linear_shape(), threads),
-                                softmax_attention_workspace_floats(shape.N, shape.N, shape.d, threads)});
+                                softmax_attention_workspace_floats(shape.N, shape.N, shape.d, threads),
+                                linear_attention_bidirectional_workspace_floats(linear_shape(), threads)});
   workspace_.storage.resize(need);
 }
 
@@ -35,6 +36,16 @@ void LocalAttention::linear_backward(int, float* dq, float* dk, float* dv, const
                                      const float* k, const float* v, const float* lambda) {
   linear_attention_backward(dq, dk, dv, nullptr, dout, nullptr, q, k, v, nullptr, lambda, linear_shape(),
                             workspace_.view());
+}
+
+void LocalAttention::linear_bidirectional_forward(int, float* o, const float* q, const float* k, const float* v) {
+  linear_attention_bidirectional_forward(o, nullptr, q, k, v, nullptr, linear_shape(), workspace_.view());
+}
+
+void LocalAttention::linear_bidirectional_backward(int, float* dq, float* dk, float* dv, const float* dout,
+                                                   const float* q, const float* k, const float* v) {
+  linear_attention_bidirectional_backward(dq, dk, dv, nullptr, dout, nullptr, q, k, v, nullptr, linear_shape(),
+                                          workspace_.view());
 }
 
 void LocalAttention::softmax_forward(int, float* o, float* lse, const float* q, const float* k, const float* v) {

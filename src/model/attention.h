@@ -32,6 +32,12 @@ class Attention {
   virtual void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                                const float* k, const float* v, const float* lambda) = 0;
 
+  // Non-causal linear attention (o_i = q_i sum_j k_j^T v_j over the whole sequence, every rank's tokens);
+  // no decay. Not used by the causal language model; for encoders and tests.
+  virtual void linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) = 0;
+  virtual void linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout,
+                                             const float* q, const float* k, const float* v) = 0;
+
   // Causal softmax attention: q (B, N, H, d) against k, v (B, N, H_kv, d) with RoPE applied; lse (B, H, N).
   virtual void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k,
                                const float* v) = 0;
@@ -49,6 +55,9 @@ class LocalAttention : public Attention {
                       const float* lambda) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                        const float* k, const float* v, const float* lambda) override;
+  void linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) override;
+  void linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
+                                     const float* k, const float* v) override;
   void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override;
   void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                         const float* lse, const float* q, const float* k, const float* v) override;

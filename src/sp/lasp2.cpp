@@ -239,6 +239,45 @@ void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
   });
 }
 
+// The bidirectional form has one state per batch row and head: the sum over every rank's tokens.
+void Lasp2Attention::linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) {
+  Impl& m = *impl_;
+  const int B = m.s.B, H = m.s.H, d = m.s.d, Nl = m.s.N, ld = H * d;
+  const size_t dd = size_t(d) * d, states = size_t(B) * H * dd;
+  std::vector<float> local(states), all(states * m.W), others(states, 0.f);
+#pragma omp parallel for
+  for (int bh = 0; bh < B * H; ++bh) {  // local K^T V
+    const long at = long(bh / H) * Nl * ld + long(bh % H) * d;
+    gemm(true, false, d, d, Nl, 1.f, k + at, ld, v + at, ld, 0.f, local.data() + size_t(bh) * dd, d);
+  }
+  m.sp.all_gather(local.data(), all.data(), states);
+  for (int r = 0; r < m.W; ++r)
+    if (r != m.rank)
+      for (size_t i = 0; i < states; ++i) others[i] += all[size_t(r) * states + i];
+  linear_attention_bidirectional_forward(o, nullptr, q, k, v, others.data(), {B, Nl, H, d, m.s.block},
+                                         m.kernel_ws.view());
+  m.incoming[layer] = std::move(others);  // the other ranks' K^T V, for the backward
+}
+
+void Lasp2Attention::linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout,
+                                                   const float* q, const float* k, const float* v) {
+  Impl& m = *impl_;
+  const int B = m.s.B, H = m.s.H, d = m.s.d, Nl = m.s.N, ld = H * d;
+  const size_t dd = size_t(d) * d, states = size_t(B) * H * dd;
+  std::vector<float> local(states), all(states * m.W), others(states, 0.f);
+#pragma omp parallel for
+  for (int bh = 0; bh < B * H; ++bh) {  // local Q^T dO: this rank's gradient of the total state
+    const long at = long(bh / H) * Nl * ld + long(bh % H) * d;
+    gemm(true, false, d, d, Nl, 1.f, q + at, ld, dout + at, ld, 0.f, local.data() + size_t(bh) * dd, d);
+  }
+  m.sp.all_gather(local.data(), all.data(), states);
+  for (int r = 0; r < m.W; ++r)
+    if (r != m.rank)
+      for (size_t i = 0; i < states; ++i) others[i] += all[size_t(r) * states + i];
+  linear_attention_bidirectional_backward(dq, dk, dv, nullptr, dout, others.data(), q, k, v,
+                                          m.incoming[layer].data(), {B, Nl, H, d, m.s.block}, m.kernel_ws.view());
+}
+
 void Lasp2Attention::softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) {
   Impl& m = *impl_;
   const int B = m.s.B, Nl = m.s.N, W = m.W, N = m.N;

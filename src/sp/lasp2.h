@@ -9,6 +9,8 @@
 // Linear layer, backward: dM_p = Q^T diag(lambda^i) dO, ONE non-blocking AllGather overlapped with the
 //   local backward kernel, the suffix G_p = sum_{s>p} lambda^(L(s-p-1)) dM_s, then
 //   dQ += diag(lambda^i) dO P_p^T, dK += diag(lambda^(L-j)) V G_p^T, dV += diag(lambda^(L-j)) K G_p.
+// Bidirectional linear layer: the local K^T V, ONE AllGather, o = Q (total); backward: the local Q^T dO,
+//   ONE AllGather, the kernel's backward with the other ranks' sum as the gradient of the local state.
 // Softmax layer: ONE AllGather of [K | V] (H_kv heads, RoPE applied with global positions), the local
 //   queries against all keys (positions decide the causal mask, so any layout works); backward: dK, dV of
 //   all positions from the local queries, ONE ReduceScatter back to the owners.
@@ -32,6 +34,9 @@ class Lasp2Attention : public Attention {
                       const float* lambda) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                        const float* k, const float* v, const float* lambda) override;
+  void linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) override;
+  void linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
+                                     const float* k, const float* v) override;
   void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override;
   void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                         const float* lse, const float* q, const float* k, const float* v) override;

@@ -113,6 +113,31 @@ INSTANTIATE_TEST_SUITE_P(Cases, SpAttention, ::testing::ValuesIn(attention_cases
          to_string(c.layout) + "_N" + std::to_string(c.N);
 });
 
+// Bidirectional linear attention: every rank's queries against the total state of all ranks.
+TEST(SpBidirectional, EqualsSingleProcessOnEveryRank) {
+  const int W = world().size(), B = 2, H = 3, d = 8, N = 12 * W, width = H * d;
+  auto q = random_values(size_t(B) * N * width, 1), k = random_values(q.size(), 2), v = random_values(q.size(), 3),
+       g = random_values(q.size(), 4);
+  LocalAttention local({B, N, H, H, d, 16});
+  std::vector<float> o(q.size()), dq(q.size(), 0.f), dk(q.size(), 0.f), dv(q.size(), 0.f);
+  local.linear_bidirectional_forward(0, o.data(), q.data(), k.data(), v.data());
+  local.linear_bidirectional_backward(0, dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data());
+  for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag}) {
+    const std::vector<int> pos = sp_positions(N, W, world().rank(), layout);
+    const int Nl = int(pos.size());
+    Lasp2Attention sp(world(), {B, Nl, H, H, d, 16}, N, layout, 1);
+    auto ql = take_rows(q, B, N, width, pos), kl = take_rows(k, B, N, width, pos), vl = take_rows(v, B, N, width, pos),
+         gl = take_rows(g, B, N, width, pos);
+    std::vector<float> ol(ql.size()), dql(ql.size(), 0.f), dkl(ql.size(), 0.f), dvl(ql.size(), 0.f);
+    sp.linear_bidirectional_forward(0, ol.data(), ql.data(), kl.data(), vl.data());
+    sp.linear_bidirectional_backward(0, dql.data(), dkl.data(), dvl.data(), gl.data(), ql.data(), kl.data(), vl.data());
+    expect_close(take_rows(o, B, N, width, pos), ol, "o");
+    expect_close(take_rows(dq, B, N, width, pos), dql, "dq");
+    expect_close(take_rows(dk, B, N, width, pos), dkl, "dk");
+    expect_close(take_rows(dv, B, N, width, pos), dvl, "dv");
+  }
+}
+
 // LASP-2 moves ONE all-gather of the d x d states per linear layer forward and one backward, the same
 // bytes whatever the sequence length; LASP-2H one all-gather of K, V forward and one reduce-scatter back.
 TEST(SpCommunication, OneCollectiveEachWayAndBytesIndependentOfN) {

@@ -94,6 +94,17 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--seed", topt.seed, "seed of the weights and the data order")->default_val(topt.seed);
   train_cmd->add_option("--save", topt.save_dir, "write a checkpoint folder at the end");
   train_cmd->add_option("--metrics", topt.metrics_path, "append one JSON object per step to this file");
+  train_cmd->add_option("--save-every", topt.save_every, "also save the checkpoint every so many steps (0: at the end only)")
+      ->default_val(topt.save_every)->check(CLI::NonNegativeNumber);
+  train_cmd->add_option("--stop-at", topt.stop_at, "stop and save after this step (the schedule still spans --steps)")
+      ->default_val(topt.stop_at)->check(CLI::NonNegativeNumber);
+  train_cmd->add_option("--resume", topt.resume_dir, "continue the run saved in this checkpoint (--steps is the total)");
+  train_cmd->add_option("--val-fraction", topt.val_fraction, "the end of the data held out for validation")
+      ->default_val(topt.val_fraction)->check(CLI::Range(0.0, 0.9));
+  train_cmd->add_option("--eval-every", topt.eval_every, "validation loss every so many steps and at the end (0: off)")
+      ->default_val(topt.eval_every)->check(CLI::NonNegativeNumber);
+  train_cmd->add_option("--eval-batches", topt.eval_batches, "validation windows per DP rank")
+      ->default_val(topt.eval_batches)->check(CLI::PositiveNumber);
   train_cmd->add_option("--weight-decay", topt.adamw.weight_decay, "AdamW weight decay (matrices)")->default_val(topt.adamw.weight_decay);
   train_cmd->add_option("--grad-clip", topt.adamw.grad_clip, "max gradient norm (0: off)")->default_val(topt.adamw.grad_clip);
   train_cmd->add_option("--block", topt.block, "linear attention block size")->default_val(topt.block)->check(CLI::PositiveNumber);

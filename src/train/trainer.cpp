@@ -42,31 +42,92 @@ uint64_t traffic(const Comm& c) { return c.stats().total_sent() + c.stats().tota
 
 }  // namespace
 
-TrainResult train(const ModelConfig& config, const TrainOptions& o, Comm& world) {
+namespace {
+
+// Mean loss over `windows` aligned windows of the validation range (window k starts at begin + k N), the
+// DP ranks sharing them; every rank returns the same value.
+double validate(Model& model, const TokenSource& data, int64_t begin, int windows, int N,
+                const std::vector<int>& positions, const Grid& grid, Comm& world) {
+  const int B = model.batch(), Nl = int(positions.size());
+  std::vector<int> inputs(size_t(B) * Nl), targets(inputs.size());
+  double sum = 0;
+  // DP rank g takes windows g, g + dp, ...; its SP group runs them B at a time, padding the last batch.
+  std::vector<int> mine;
+  for (int k = grid.dp_rank; k < windows; k += grid.dp_size) mine.push_back(k);
+  for (size_t first = 0; first < mine.size(); first += B) {
+    std::fill(inputs.begin(), inputs.end(), 0);
+    std::fill(targets.begin(), targets.end(), -1);
+    for (int b = 0; b < B && first + b < mine.size(); ++b)
+      read_window_slice(data, begin + int64_t(mine[first + b]) * N, positions, inputs.data() + size_t(b) * Nl,
+                        targets.data() + size_t(b) * Nl);
+    sum += model.forward(inputs.data(), targets.data());
+  }
+  world.all_reduce(&sum, 1);
+  return sum / (double(windows) * N);
+}
+
+}  // namespace
+
+TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& world) {
   LASP_CHECK(o.steps > 0 && o.batch > 0 && o.seq_len > 0,
              "train: --steps, --batch and --seq-len must be positive, got {}, {}, {}", o.steps, o.batch, o.seq_len);
+  const bool resuming = !o.resume_dir.empty();
+  const ModelConfig config = resuming ? load_checkpoint_config(o.resume_dir) : flags_config;
   Grid grid = make_grid(world, o.parallel.sp_size, o.parallel.dp_size);
   const SpLayout layout = layout_for(config, o.parallel);
   const std::vector<int> positions = sp_positions(o.seq_len, grid.sp_size, grid.sp_rank, layout);
   const int Nl = int(positions.size()), B = o.batch;
+  const bool rank0 = world.rank() == 0;
 
   const auto data = open_text_tokens(o.data_path);
   LASP_CHECK(data->vocab_size() <= config.vocab_size, "train: {} holds tokens up to {} but the model's vocab_size is {}",
              o.data_path, data->vocab_size() - 1, config.vocab_size);
+  const Split split = split_tokens(data->size(), o.val_fraction);
+  const int val_windows = int(std::min<int64_t>(int64_t(o.eval_batches) * grid.dp_size,
+                                                eval_window_count(split.val_end - split.val_begin, o.seq_len)));
+  LASP_CHECK(o.eval_every == 0 || val_windows > 0,
+             "train: --eval-every needs a validation part of at least --seq-len + 1 = {} tokens; --val-fraction {} of {} "
+             "holds {}", o.seq_len + 1, o.val_fraction, o.data_path, split.val_end - split.val_begin);
   // Every rank draws the same windows (same seed); DP rank g trains on rows [g B, g B + B).
-  WindowSampler sampler(*data, o.seq_len, B * grid.dp_size, o.seed);
+  WindowSampler sampler(*data, o.seq_len, B * grid.dp_size, o.seed, split.train_begin, split.train_end);
 
   auto attention = make_attention(config, grid, B, o.seq_len, layout, o.block);
   Model model(config, B, Nl, *attention, o.recompute);
-  init_weights(model.layout(), model.params(), o.seed);
   AdamW optimizer(model.layout(), o.adamw);
+  int first_step = 1;
+  if (resuming) {
+    load_checkpoint_weights(o.resume_dir, model.layout(), model.params());
+    const nlohmann::json state = load_optimizer_state(o.resume_dir, model.layout(), optimizer.m(), optimizer.v());
+    first_step = state.at("step").get<int>() + 1;
+    optimizer.set_steps(state.at("step").get<int>());
+    const bool same_world = state.at("sp_size") == grid.sp_size && state.at("dp_size") == grid.dp_size &&
+                            state.at("batch") == B && state.at("seq_len") == o.seq_len;
+    sampler.restore(state.at("sampler").get<std::string>());
+    if (rank0)
+      std::fprintf(stderr, "lasp: resuming %s at step %d of %d%s\n", o.resume_dir.c_str(), first_step, o.steps,
+                   same_world ? "" : " (the sp/dp/batch/seq-len layout differs from the saved run: the weights and "
+                                     "optimizer continue, but the data order may differ)");
+  } else {
+    init_weights(model.layout(), model.params(), o.seed);
+  }
   const float min_lr = o.min_lr >= 0 ? o.min_lr : o.lr / 10;
   const int warmup = o.warmup >= 0 ? std::min(o.warmup, o.steps) : o.steps / 10;
   const double global_tokens = double(B) * grid.dp_size * o.seq_len;
-  const bool rank0 = world.rank() == 0;
   if (rank0 && world.size() > 1)
     std::fprintf(stderr, "lasp: %d ranks = dp %d x sp %d, %s layout, %d tokens per rank per sequence\n", world.size(),
                  grid.dp_size, grid.sp_size, to_string(layout), Nl);
+
+  auto save = [&](int step) {
+    if (o.save_dir.empty()) return;
+    if (rank0) {
+      OptimizerState state{&optimizer.m(), &optimizer.v(),
+                           {{"step", step}, {"sampler", sampler.state()}, {"sp_size", grid.sp_size},
+                            {"dp_size", grid.dp_size}, {"sp_layout", to_string(layout)}, {"batch", B},
+                            {"seq_len", o.seq_len}, {"seed", o.seed}, {"data", o.data_path}}};
+      save_checkpoint(o.save_dir, config, model.layout(), model.params(), &state);
+    }
+    world.barrier();  // the checkpoint exists when any rank goes on
+  };
 
   std::vector<int> inputs(size_t(B) * Nl), targets(inputs.size());
   std::ofstream metrics;
@@ -76,8 +137,9 @@ TrainResult train(const ModelConfig& config, const TrainOptions& o, Comm& world)
   }
   TrainResult result;
   auto t_start = std::chrono::steady_clock::now();
-  for (int step = 1; step <= o.steps; ++step) {
-    if (step == 2) t_start = std::chrono::steady_clock::now();  // the first step warms caches and pages
+  const int last_step = o.stop_at > 0 ? std::min(o.stop_at, o.steps) : o.steps;
+  for (int step = first_step; step <= last_step; ++step) {
+    if (step == first_step + 1) t_start = std::chrono::steady_clock::now();  // the first step warms up
     const auto t0 = std::chrono::steady_clock::now();
     const uint64_t attn0 = traffic(*grid.sp), grad0 = traffic(world);
     const std::vector<int64_t> starts = sampler.next_starts();
@@ -96,24 +158,28 @@ TrainResult train(const ModelConfig& config, const TrainOptions& o, Comm& world)
     result.attention_bytes_per_step = traffic(*grid.sp) - attn0;
     result.gradient_bytes_per_step = traffic(world) - grad0;
     const double step_seconds = seconds_since(t0);
-    if (metrics.is_open())
-      metrics << nlohmann::ordered_json{{"step", step},
-                                        {"loss", loss},
-                                        {"lr", lr},
-                                        {"grad_norm", norm},
-                                        {"tokens_per_s", global_tokens / step_seconds},
-                                        {"attention_bytes", result.attention_bytes_per_step},
-                                        {"gradient_bytes", result.gradient_bytes_per_step}}
-                     .dump()
-              << std::endl;
+    nlohmann::ordered_json record{{"step", step},
+                                  {"loss", loss},
+                                  {"lr", lr},
+                                  {"grad_norm", norm},
+                                  {"tokens_per_s", global_tokens / step_seconds},
+                                  {"attention_bytes", result.attention_bytes_per_step},
+                                  {"gradient_bytes", result.gradient_bytes_per_step}};
     if (rank0)
       std::fprintf(stderr, "step %d/%d  loss %.4f  lr %.2e  grad-norm %.3f  %.0f tokens/s  comm %.2f MB attention, %.2f MB gradients\n",
                    step, o.steps, loss, lr, norm, global_tokens / step_seconds,
                    result.attention_bytes_per_step / 1e6, result.gradient_bytes_per_step / 1e6);
+    if (o.eval_every > 0 && (step % o.eval_every == 0 || step == o.steps)) {
+      const double val = validate(model, *data, split.val_begin, val_windows, o.seq_len, positions, grid, world);
+      result.val_losses.push_back({step, val});
+      record["val_loss"] = val;
+      if (rank0) std::fprintf(stderr, "step %d/%d  validation loss %.4f (%d windows)\n", step, o.steps, val, val_windows);
+    }
+    if (metrics.is_open()) metrics << record.dump() << std::endl;
+    if (o.save_every > 0 && step % o.save_every == 0 && step < last_step) save(step);
   }
-  if (o.steps > 1) result.tokens_per_s = global_tokens * (o.steps - 1) / seconds_since(t_start);
-  if (!o.save_dir.empty() && rank0) save_checkpoint(o.save_dir, config, model.layout(), model.params());
-  world.barrier();  // the checkpoint exists when any rank returns
+  if (last_step - first_step >= 1) result.tokens_per_s = global_tokens * (last_step - first_step) / seconds_since(t_start);
+  if (last_step >= first_step) save(last_step);
   return result;
 }
 

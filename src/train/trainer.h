@@ -24,7 +24,13 @@ struct TrainOptions {
   float min_lr = -1.f;         // end of the cosine; < 0: lr / 10
   int warmup = -1;             // warmup steps; < 0: steps / 10
   uint64_t seed = 1234;
-  std::string save_dir;        // empty: no checkpoint
+  std::string save_dir;        // empty: no checkpoint; else written every save_every steps and at the end
+  int save_every = 0;          // 0: only at the end
+  int stop_at = 0;             // > 0: stop (and save) after this step, as an interrupted run would
+  std::string resume_dir;      // continue a run from its checkpoint (weights, AdamW moments, step, data position)
+  double val_fraction = 0.1;   // the last part of the data file, held out for validation (0: none)
+  int eval_every = 0;          // validation every so many steps and at the end (0: never)
+  int eval_batches = 4;        // windows per DP rank in each validation
   std::string metrics_path;    // empty: none; else one JSON object per step appended (rank 0)
   bool recompute = false;      // keep only each layer's input; recompute the layer in backward
   int block = 32;              // linear attention block size
@@ -33,12 +39,15 @@ struct TrainOptions {
 };
 
 struct TrainResult {
-  std::vector<double> losses;  // mean training loss of each step (global batch)
+  std::vector<double> losses;  // mean training loss of each step run here (global batch)
+  std::vector<std::pair<int, double>> val_losses;  // (step, validation loss)
   double tokens_per_s = 0;     // global tokens per second, after the first step
   uint64_t attention_bytes_per_step = 0, gradient_bytes_per_step = 0;  // sent + received by rank 0
 };
 
-// Progress goes to stderr from rank 0, one line per step.
+// Progress goes to stderr from rank 0, one line per step. With resume_dir the model is the checkpoint's
+// (config is ignored) and the run continues at the step after the checkpoint's, up to options.steps:
+// with the same world layout the losses are bit-identical to an uninterrupted run.
 TrainResult train(const ModelConfig& config, const TrainOptions& options, Comm& world);
 
 struct EvalResult {

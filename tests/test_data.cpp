@@ -1,11 +1,13 @@
-// Tests of token data (byte-level text source, evaluation windows, the resumable random window sampler,
-// sequence-parallel slicing, the held-out split) and of the learning-rate schedule.
+// Tests of token data (byte-level text source, llm.c token shards, format detection, evaluation windows, the
+// resumable random window sampler and its alignment, sequence-parallel slicing, the held-out split) and of the
+// learning-rate schedule.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <set>
 #include <string>
@@ -13,6 +15,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/file.h"
 #include "train/data.h"
 #include "train/schedule.h"
 
@@ -356,4 +359,253 @@ TEST(LearningRate, BadArguments) {
   EXPECT_TRUE(contains(error_of([] { learning_rate(1, 10, 1e-3f, 2e-3f, 1); }), "min_lr"));
   EXPECT_TRUE(contains(error_of([] { learning_rate(1, 10, 1e-3f, -1e-4f, 1); }), "min_lr"));
   EXPECT_TRUE(contains(error_of([] { learning_rate(1, 10, NAN, 0, 1); }), "max_lr"));
+}
+
+// ------------------------------------------------------------------------------------------- token shards
+namespace {
+
+// A temporary folder, removed with its contents when the object goes.
+struct TempDir {
+  std::string path;
+  TempDir() {
+    const char* dir = std::getenv("TMPDIR");
+    std::string templ = std::string(dir && *dir ? dir : "/tmp") + "/lasp_test_shards_XXXXXX";
+    std::vector<char> name(templ.begin(), templ.end());
+    name.push_back('\0');
+    if (!mkdtemp(name.data())) throw std::runtime_error("mkdtemp failed");
+    path = name.data();
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& name) const { return path + "/" + name; }
+};
+
+// A shard's bytes with the given header fields (little-endian) followed by `token_bytes` raw bytes.
+std::string raw_shard(int32_t magic, int32_t version, int32_t count, const std::string& token_bytes) {
+  std::string b(1024, '\0');
+  const int32_t fields[3] = {magic, version, count};
+  for (int f = 0; f < 3; ++f)
+    for (int k = 0; k < 4; ++k) b[size_t(4 * f + k)] = char(uint8_t(uint32_t(fields[f]) >> (8 * k)));
+  return b + token_bytes;
+}
+
+std::vector<int> read_all(const TokenSource& src) {
+  std::vector<int> v(size_t(src.size()));
+  src.read(0, src.size(), v.data());
+  return v;
+}
+
+}  // namespace
+
+TEST(TokenShards, RoundTripByGlobInNameOrder) {
+  TempDir d;
+  const std::vector<uint16_t> a = {0, 1, 2, 50256, 7}, b = {65535, 256, 255}, c = {9, 8, 7, 6, 5, 4, 3};
+  // Written out of name order; an empty shard in the middle and a file that the pattern does not match.
+  write_token_shard(d / "train_002.bin", c);
+  write_token_shard(d / "train_000.bin", a);
+  write_token_shard(d / "train_001.bin", {});
+  write_token_shard(d / "train_0015.bin", b);
+  write_token_shard(d / "val_000.bin", {1, 2, 3});
+  auto src = open_token_shards(d / "train_*.bin");
+  // Byte order of the names: train_000 < train_001 < train_0015 < train_002.
+  std::vector<int> want;
+  for (const auto* part : {&a, &b, &c}) want.insert(want.end(), part->begin(), part->end());
+  ASSERT_EQ(src->size(), int64_t(want.size()));
+  EXPECT_EQ(read_all(*src), want);
+  EXPECT_EQ(src->vocab_size(), 65536);
+  EXPECT_EQ(src->vocab_size(), 65536);  // the lazy scan runs once and stays
+  // Reads that start in, end in and cross the boundaries (including the empty shard's).
+  for (int64_t begin = 0; begin <= src->size(); ++begin)
+    for (int64_t count = 0; begin + count <= src->size(); ++count) {
+      std::vector<int> got(size_t(count) + 1, -1);
+      src->read(begin, count, got.data());
+      for (int64_t i = 0; i < count; ++i) ASSERT_EQ(got[size_t(i)], want[size_t(begin + i)]) << begin << "+" << i;
+      ASSERT_EQ(got[size_t(count)], -1) << "read past its count";
+    }
+  std::vector<int> out(4);
+  std::string msg = error_of([&] { src->read(src->size() - 2, 3, out.data()); });
+  EXPECT_TRUE(contains(msg, "expected a range within [0, 15)")) << msg;
+  error_of([&] { src->read(-1, 1, out.data()); });
+}
+
+TEST(TokenShards, OnePathAndTheVocabularyIsTheLargestTokenPlusOne) {
+  TempDir d;
+  write_token_shard(d / "one.bin", {3, 50256, 17, 0});
+  auto src = open_token_shards(d / "one.bin");
+  EXPECT_EQ(src->size(), 4);
+  EXPECT_EQ(read_all(*src), (std::vector<int>{3, 50256, 17, 0}));
+  EXPECT_EQ(src->vocab_size(), 50257);
+  // A single-file glob, and a bracket expression.
+  EXPECT_EQ(open_token_shards(d / "on?.bin")->size(), 4);
+  EXPECT_EQ(open_token_shards(d / "[o]ne.bin")->size(), 4);
+}
+
+TEST(TokenShards, FileFormatIsLittleEndianLlmC) {
+  TempDir d;
+  write_token_shard(d / "s.bin", {0x0102, 0xFFFE, 20});
+  const std::string bytes = read_file(d / "s.bin");
+  ASSERT_EQ(bytes.size(), 1024u + 6u);
+  // Header: magic 20240520 = 0x0134D888, version 1, count 3, then zeros.
+  const std::string head = std::string("\x88\xD8\x34\x01", 4) + std::string("\x01\0\0\0", 4) +
+                           std::string("\x03\0\0\0", 4);
+  EXPECT_EQ(bytes.substr(0, 12), head);
+  EXPECT_EQ(bytes.substr(12, 1012), std::string(1012, '\0'));
+  EXPECT_EQ(bytes.substr(1024), std::string("\x02\x01\xFE\xFF\x14\x00", 6));
+  // A hand-made shard (as llm.c / nanoGPT write them) reads back the same way.
+  TempFile f(std::vector<uint8_t>{});
+  write_file_atomic(f.path, raw_shard(20240520, 1, 2, std::string("\x34\x12\x00\x80", 4)));
+  auto src = open_token_shards(f.path);
+  EXPECT_EQ(read_all(*src), (std::vector<int>{0x1234, 0x8000}));
+  EXPECT_EQ(src->vocab_size(), 0x8001);
+}
+
+TEST(TokenShards, BadFilesAreClearErrors) {
+  TempDir d;
+  auto error_for = [&](const std::string& name, const std::string& bytes) {
+    write_file_atomic(d / name, bytes);
+    std::string msg = error_of([&] { open_token_shards(d / name); });
+    EXPECT_TRUE(contains(msg, d / name)) << "the message names the file: " << msg;
+    return msg;
+  };
+  std::string msg = error_for("magic.bin", raw_shard(123, 1, 2, "abcd"));
+  EXPECT_TRUE(contains(msg, "expected magic 20240520, found 123")) << msg;
+  msg = error_for("version.bin", raw_shard(20240520, 2, 2, "abcd"));
+  EXPECT_TRUE(contains(msg, "unsupported version 2")) << msg;
+  msg = error_for("truncated.bin", raw_shard(20240520, 1, 10, std::string(14, 'x')));
+  EXPECT_TRUE(contains(msg, "header says 10 tokens (= 20 bytes) but the file holds only 14 bytes of tokens"))
+      << msg;
+  msg = error_for("odd.bin", raw_shard(20240520, 1, 2, std::string(5, 'x')));
+  EXPECT_TRUE(contains(msg, "header says 2 tokens (= 4 bytes) but the file holds 5 bytes of tokens")) << msg;
+  msg = error_for("negative.bin", raw_shard(20240520, 1, -3, ""));
+  EXPECT_TRUE(contains(msg, "negative")) << msg;
+  msg = error_for("empty.bin", "");
+  EXPECT_TRUE(contains(msg, "is empty")) << msg;
+  msg = error_for("short.bin", std::string(500, '\0'));
+  EXPECT_TRUE(contains(msg, "holds 500 bytes, shorter than the 1024-byte header")) << msg;
+  // A header alone is a valid shard of 0 tokens, but a set of shards must hold at least one token.
+  msg = error_for("header_only.bin", raw_shard(20240520, 1, 0, ""));
+  EXPECT_TRUE(contains(msg, "hold 0 tokens")) << msg;
+  write_token_shard(d / "z_empty_1.bin", {});
+  write_token_shard(d / "z_empty_2.bin", {});
+  msg = error_of([&] { open_token_shards(d / "z_empty_*.bin"); });
+  EXPECT_TRUE(contains(msg, "2 shard file(s)") && contains(msg, "hold 0 tokens")) << msg;
+  // One bad shard among good ones is named.
+  write_token_shard(d / "m_0.bin", {1, 2});
+  write_file_atomic(d / "m_1.bin", raw_shard(20240520, 1, 4, "ab"));
+  msg = error_of([&] { open_token_shards(d / "m_*.bin"); });
+  EXPECT_TRUE(contains(msg, d / "m_1.bin") && contains(msg, "only 2 bytes")) << msg;
+
+  msg = error_of([&] { open_token_shards(d / "nothing_*.bin"); });
+  EXPECT_TRUE(contains(msg, "no file matches the shard pattern " + d / "nothing_*.bin")) << msg;
+  msg = error_of([&] { open_token_shards(d / "missing.bin"); });
+  EXPECT_TRUE(contains(msg, "cannot open shard file " + d / "missing.bin")) << msg;
+  msg = error_of([&] { open_token_shards(d.path); });
+  EXPECT_TRUE(contains(msg, "not a regular file")) << msg;
+  error_of([&] { open_token_shards(""); });
+}
+
+TEST(OpenTokens, AutoDetectsShardsGlobsAndText) {
+  TempDir d;
+  write_token_shard(d / "a.bin", {500, 1, 2});
+  write_token_shard(d / "b.bin", {3});
+  write_file_atomic(d / "text.txt", "hello world");
+  write_file_atomic(d / "long.txt", std::string(2000, 'z'));
+  // A text file that starts like the magic but is too short to be anything else: still text.
+  write_file_atomic(d / "short.txt", "\x88\xD8\x34");
+
+  auto s = open_tokens(d / "a.bin");
+  EXPECT_EQ(s->size(), 3);
+  EXPECT_EQ(s->vocab_size(), 501);
+  s = open_tokens(d / "*.bin", "auto");
+  EXPECT_EQ(read_all(*s), (std::vector<int>{500, 1, 2, 3}));
+  s = open_tokens(d / "text.txt");
+  EXPECT_EQ(s->size(), 11);
+  EXPECT_EQ(s->vocab_size(), 256);
+  EXPECT_EQ(read_all(*s)[0], int('h'));
+  s = open_tokens(d / "short.txt");
+  EXPECT_EQ(s->size(), 3);
+  EXPECT_EQ(s->vocab_size(), 256);
+
+  // Explicit formats: a shard read as text is its bytes; text read as shards is a magic error.
+  s = open_tokens(d / "a.bin", "text");
+  EXPECT_EQ(s->size(), 1024 + 6);
+  EXPECT_EQ(open_tokens(d / "b.bin", "shards")->size(), 1);
+  std::string msg = error_of([&] { open_tokens(d / "long.txt", "shards"); });
+  EXPECT_TRUE(contains(msg, "expected magic 20240520, found 2054847098")) << msg;  // "zzzz"
+  msg = error_of([&] { open_tokens(d / "text.txt", "shards"); });
+  EXPECT_TRUE(contains(msg, "shorter than the 1024-byte header")) << msg;
+  msg = error_of([&] { open_tokens(d / "text.txt", "csv"); });
+  EXPECT_TRUE(contains(msg, "unknown token data format 'csv'") && contains(msg, "auto, text or shards")) << msg;
+  // Missing files: a plain path is reported by the text reader, a pattern by the shard reader.
+  msg = error_of([&] { open_tokens(d / "missing.txt"); });
+  EXPECT_TRUE(contains(msg, "cannot open data file")) << msg;
+  msg = error_of([&] { open_tokens(d / "missing_*.bin"); });
+  EXPECT_TRUE(contains(msg, "no file matches")) << msg;
+}
+
+TEST(OpenTokens, ShardsFeedTheSamplerAndEvalWindows) {
+  TempDir d;
+  std::vector<uint16_t> a(300), b(200);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = uint16_t(1000 + i);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = uint16_t(1300 + i);
+  write_token_shard(d / "s0.bin", a);
+  write_token_shard(d / "s1.bin", b);
+  auto src = open_tokens(d / "s*.bin");
+  WindowSampler s(*src, 64, 4, 5);
+  for (int step = 0; step < 50; ++step) {
+    Batch bt = s.next();
+    for (int r = 0; r < 4; ++r)
+      for (int i = 0; i < 64; ++i) ASSERT_EQ(bt.targets[size_t(r) * 64 + i], bt.inputs[size_t(r) * 64 + i] + 1);
+  }
+  Batch e = eval_batch(*src, 100, 0, 4);
+  EXPECT_EQ(e.inputs[299], 1299);
+  EXPECT_EQ(e.inputs[300], 1300);  // window 3 starts at token 300, the second shard's first
+}
+
+// ------------------------------------------------------------------------------------------- sampler alignment
+TEST(WindowSampler, AlignOneIsTheDefaultSampler) {
+  TempFile f(random_bytes(4000, 3));
+  auto src = open_text_tokens(f.path);
+  for (int64_t begin : {0, 37}) {
+    WindowSampler a(*src, 24, 5, 99, begin, 3900), b(*src, 24, 5, 99, begin, 3900, 1);
+    for (int step = 0; step < 20; ++step) {
+      Batch x = a.next(), y = b.next();
+      ASSERT_EQ(x.inputs, y.inputs);
+      ASSERT_EQ(x.targets, y.targets);
+    }
+    EXPECT_EQ(a.state(), b.state());
+  }
+}
+
+TEST(WindowSampler, AlignedStartsAreMultiplesInRange) {
+  const int n = 250;
+  std::vector<uint8_t> bytes(n);
+  for (int i = 0; i < n; ++i) bytes[i] = uint8_t(i);
+  TempFile f(bytes);
+  auto src = open_text_tokens(f.path);
+  struct Case { int N; int64_t begin, end, align; };
+  for (Case cs : {Case{16, 0, -1, 16}, Case{16, 0, -1, 17}, Case{10, 13, 200, 7}, Case{9, 20, 30, 10},
+                  Case{4, 0, -1, 100}}) {
+    const int64_t end = cs.end < 0 ? n : cs.end;
+    WindowSampler s(*src, cs.N, 6, 4, cs.begin, cs.end, cs.align);
+    std::set<int64_t> seen;
+    for (int step = 0; step < 200; ++step)
+      for (int64_t st : s.next_starts()) {
+        ASSERT_EQ(st % cs.align, 0);
+        ASSERT_GE(st, cs.begin);
+        ASSERT_LE(st, end - cs.N - 1);
+        seen.insert(st);
+      }
+    std::set<int64_t> all;
+    for (int64_t st = 0; st <= end - cs.N - 1; st += cs.align)
+      if (st >= cs.begin) all.insert(st);
+    EXPECT_EQ(seen, all) << "N=" << cs.N << " align=" << cs.align;
+    Batch b = s.next();
+    for (int r = 0; r < b.B; ++r) EXPECT_EQ(b.inputs[size_t(r) * cs.N] % cs.align, 0);
+  }
+  std::string msg = error_of([&] { WindowSampler(*src, 10, 1, 1, 21, 39, 20); });  // starts 21..28
+  EXPECT_TRUE(contains(msg, "multiple of the alignment 20")) << msg;
+  error_of([&] { WindowSampler(*src, 10, 1, 1, 0, -1, 0); });
 }

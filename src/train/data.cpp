@@ -1,16 +1,20 @@
 #include "train/data.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <sstream>
 
 #include <fcntl.h>
+#include <glob.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/check.h"
+#include "core/file.h"
 
 namespace lasp {
 
@@ -99,10 +103,229 @@ uint64_t uniform_below(std::mt19937_64& rng, uint64_t n) {
 
 constexpr const char* kSamplerTag = "lasp-window-sampler-v1";
 
+// A whole file, memory-mapped read-only (move-only; unmapped on destruction). Empty files are not mapped.
+class MappedFile {
+ public:
+  // `what` names the kind of file in errors ("shard file").
+  MappedFile(const std::string& path, const char* what) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    LASP_CHECK(fd >= 0, "cannot open {} {}: {}", what, path, std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+      int e = errno;
+      ::close(fd);
+      LASP_CHECK(false, "cannot stat {} {}: {}", what, path, std::strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+      ::close(fd);
+      LASP_CHECK(false, "{} {} is not a regular file", what, path);
+    }
+    size_ = size_t(st.st_size);
+    if (size_ == 0) {
+      ::close(fd);
+      return;
+    }
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    ::close(fd);
+    LASP_CHECK(p != MAP_FAILED, "cannot map {} {} ({} bytes): {}", what, path, size_, std::strerror(e));
+    data_ = static_cast<const uint8_t*>(p);
+  }
+  MappedFile(MappedFile&& o) noexcept : data_(o.data_), size_(o.size_) {
+    o.data_ = nullptr;
+    o.size_ = 0;
+  }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  MappedFile& operator=(MappedFile&&) = delete;
+  ~MappedFile() {
+    if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+  }
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+int32_t load_le32(const uint8_t* p) {
+  return int32_t(uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24);
+}
+
+void store_le32(uint8_t* p, int32_t v) {
+  const uint32_t u = uint32_t(v);
+  p[0] = uint8_t(u), p[1] = uint8_t(u >> 8), p[2] = uint8_t(u >> 16), p[3] = uint8_t(u >> 24);
+}
+
+bool has_glob_chars(const std::string& s) { return s.find_first_of("*?[") != std::string::npos; }
+
+bool is_regular_file(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// One shard: its mapping and where its tokens lie in the concatenated sequence.
+struct Shard {
+  std::string path;
+  MappedFile file;
+  int64_t count = 0;   // tokens in this shard
+  int64_t offset = 0;  // index of its first token in the whole sequence
+  const uint8_t* tokens() const { return file.data() + kShardHeaderBytes; }
+};
+
+// Maps one shard file and validates its header against its size.
+Shard open_shard(const std::string& path) {
+  Shard s{path, MappedFile(path, "shard file"), 0, 0};
+  const int64_t bytes = int64_t(s.file.size());
+  LASP_CHECK(bytes > 0,
+             "shard file {} is empty: expected a {}-byte header (magic {}, version {}, token count) and tokens",
+             path, kShardHeaderBytes, kShardMagic, kShardVersion);
+  LASP_CHECK(bytes >= kShardHeaderBytes,
+             "shard file {} holds {} bytes, shorter than the {}-byte header (256 int32: magic {}, version {}, "
+             "token count)",
+             path, bytes, kShardHeaderBytes, kShardMagic, kShardVersion);
+  const uint8_t* h = s.file.data();
+  const int32_t magic = load_le32(h), version = load_le32(h + 4), n = load_le32(h + 8);
+  LASP_CHECK(magic == kShardMagic, "shard file {}: expected magic {}, found {} (not an llm.c token shard?)", path,
+             kShardMagic, magic);
+  LASP_CHECK(version == kShardVersion, "shard file {}: unsupported version {} (expected {}: uint16 tokens)", path,
+             version, kShardVersion);
+  LASP_CHECK(n >= 0, "shard file {}: header token count {} is negative", path, n);
+  const int64_t want = int64_t(n) * 2, have = bytes - kShardHeaderBytes;
+  LASP_CHECK(want <= have,
+             "shard file {}: header says {} tokens (= {} bytes) but the file holds only {} bytes of tokens "
+             "(truncated shard?)",
+             path, n, want, have);
+  LASP_CHECK(want == have,
+             "shard file {}: header says {} tokens (= {} bytes) but the file holds {} bytes of tokens ({} bytes "
+             "more than the header accounts for)",
+             path, n, want, have, have - want);
+  s.count = n;
+  return s;
+}
+
+// The shards' tokens, concatenated in the order given.
+class ShardTokens final : public TokenSource {
+ public:
+  ShardTokens(const std::string& pattern, const std::vector<std::string>& paths) {
+    shards_.reserve(paths.size());
+    for (const auto& p : paths) {
+      shards_.push_back(open_shard(p));
+      shards_.back().offset = size_;
+      size_ += shards_.back().count;
+    }
+    LASP_CHECK(size_ > 0, "the {} shard file(s) matching {} hold 0 tokens (expected at least one)", paths.size(),
+               pattern);
+  }
+
+  int64_t size() const override { return size_; }
+
+  int vocab_size() const override {
+    std::call_once(vocab_once_, [this] {
+      int max_token = 0;
+      for (const Shard& s : shards_) {
+        const uint8_t* t = s.tokens();
+        for (int64_t i = 0; i < s.count; ++i) max_token = std::max(max_token, int(t[2 * i]) | int(t[2 * i + 1]) << 8);
+      }
+      vocab_ = max_token + 1;
+    });
+    return vocab_;
+  }
+
+  void read(int64_t begin, int64_t count, int* out) const override {
+    LASP_CHECK(begin >= 0 && count >= 0 && begin <= size_ && count <= size_ - begin,
+               "read of tokens [{}, {}) from the shards of {}: expected a range within [0, {})", begin,
+               begin + count, shards_.front().path, size_);
+    if (count == 0) return;
+    // The last shard whose offset <= begin (skipping empty shards, which share their successor's offset).
+    auto it = std::upper_bound(shards_.begin(), shards_.end(), begin,
+                               [](int64_t pos, const Shard& s) { return pos < s.offset; });
+    size_t k = size_t(it - shards_.begin()) - 1;
+    int64_t pos = begin - shards_[k].offset;
+    while (count > 0) {
+      const Shard& s = shards_[k];
+      const int64_t take = std::min(count, s.count - pos);
+      const uint8_t* t = s.tokens() + 2 * pos;
+      for (int64_t i = 0; i < take; ++i) out[i] = int(t[2 * i]) | int(t[2 * i + 1]) << 8;
+      out += take;
+      count -= take;
+      ++k;
+      pos = 0;
+    }
+  }
+
+ private:
+  std::vector<Shard> shards_;
+  int64_t size_ = 0;
+  mutable std::once_flag vocab_once_;
+  mutable int vocab_ = 0;
+};
+
+// The files a shard pattern names, sorted by name (byte order).
+std::vector<std::string> shard_paths(const std::string& pattern) {
+  LASP_CHECK(!pattern.empty(), "open_token_shards: expected a shard path or glob pattern, got an empty string");
+  if (!has_glob_chars(pattern)) return {pattern};
+  glob_t g{};
+  const int rc = ::glob(pattern.c_str(), 0, nullptr, &g);
+  std::vector<std::string> paths;
+  if (rc == 0)
+    for (size_t i = 0; i < g.gl_pathc; ++i) paths.emplace_back(g.gl_pathv[i]);
+  ::globfree(&g);
+  if (rc == GLOB_NOMATCH && is_regular_file(pattern)) return {pattern};  // a literal name holding [ or ?
+  LASP_CHECK(rc != GLOB_NOMATCH, "no file matches the shard pattern {}", pattern);
+  LASP_CHECK(rc == 0, "cannot expand the shard pattern {}: glob(3) failed ({})", pattern,
+             rc == GLOB_NOSPACE ? "out of memory" : rc == GLOB_ABORTED ? "read error" : "error");
+  std::sort(paths.begin(), paths.end());
+  return paths;
+}
+
 }  // namespace
 
 std::unique_ptr<TokenSource> open_text_tokens(const std::string& path) {
   return std::make_unique<TextTokens>(path);
+}
+
+std::unique_ptr<TokenSource> open_token_shards(const std::string& pattern) {
+  return std::make_unique<ShardTokens>(pattern, shard_paths(pattern));
+}
+
+std::unique_ptr<TokenSource> open_tokens(const std::string& path, const std::string& format) {
+  if (format == "text") return open_text_tokens(path);
+  if (format == "shards") return open_token_shards(path);
+  LASP_CHECK(format == "auto", "unknown token data format '{}' for {}: expected auto, text or shards", format,
+             path);
+  if (is_regular_file(path)) {
+    uint8_t head[4] = {0, 0, 0, 0};
+    ssize_t got = 0;
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      do got = ::pread(fd, head, sizeof head, 0);
+      while (got < 0 && errno == EINTR);
+      ::close(fd);
+    }
+    // An unreadable file falls through to text, whose open reports the error.
+    if (got == ssize_t(sizeof head) && load_le32(head) == kShardMagic) return open_token_shards(path);
+    return open_text_tokens(path);
+  }
+  if (has_glob_chars(path)) return open_token_shards(path);
+  return open_text_tokens(path);
+}
+
+void write_token_shard(const std::string& path, const std::vector<uint16_t>& tokens) {
+  LASP_CHECK(tokens.size() <= size_t(std::numeric_limits<int32_t>::max()),
+             "write_token_shard {}: {} tokens do not fit the header's int32 token count", path, tokens.size());
+  std::string bytes(size_t(kShardHeaderBytes) + 2 * tokens.size(), '\0');
+  uint8_t* p = reinterpret_cast<uint8_t*>(&bytes[0]);
+  store_le32(p, kShardMagic);
+  store_le32(p + 4, kShardVersion);
+  store_le32(p + 8, int32_t(tokens.size()));
+  p += kShardHeaderBytes;
+  for (uint16_t t : tokens) {
+    *p++ = uint8_t(t);
+    *p++ = uint8_t(t >> 8);
+  }
+  write_file_atomic(path, bytes);
 }
 
 int64_t eval_window_count(int64_t tokens, int N) {
@@ -125,18 +348,27 @@ Batch eval_batch(const TokenSource& src, int N, int first_window, int B, int64_t
   return out;
 }
 
-WindowSampler::WindowSampler(const TokenSource& src, int N, int B, uint64_t seed, int64_t begin, int64_t end)
-    : src_(src), N_(N), B_(B), begin_(begin), end_(0), rng_(seed) {
+WindowSampler::WindowSampler(const TokenSource& src, int N, int B, uint64_t seed, int64_t begin, int64_t end,
+                             int64_t align)
+    : src_(src), N_(N), B_(B), begin_(begin), end_(0), align_(align), rng_(seed) {
   LASP_CHECK(N > 0 && B > 0, "WindowSampler: expected seq-len N > 0 and batch B > 0, got N={} B={}", N, B);
+  LASP_CHECK(align >= 1, "WindowSampler: expected window-start alignment >= 1, got {}", align);
   end_ = resolve_end(src, begin, end, "WindowSampler");
   LASP_CHECK(end_ - begin_ >= int64_t(N) + 1, "data file has {} tokens, a window of seq-len {} needs {}",
              end_ - begin_, N, int64_t(N) + 1);
+  const int64_t last = end_ - N - 1;  // the last valid start
+  first_start_ = (begin_ + align - 1) / align * align;
+  LASP_CHECK(first_start_ <= last,
+             "WindowSampler: no window start in [{}, {}] (seq-len {} in tokens [{}, {})) is a multiple of the "
+             "alignment {}",
+             begin_, last, N, begin_, end_, align);
+  start_count_ = (last - first_start_) / align + 1;
 }
 
 std::vector<int64_t> WindowSampler::next_starts() {
-  const uint64_t starts = uint64_t(end_ - begin_ - N_);  // window starts in [begin, end - N - 1]
+  // Window starts first_start_ + k * align_ for k < start_count_; for align 1, every start in [begin, end-N-1].
   std::vector<int64_t> out(B_);
-  for (int b = 0; b < B_; ++b) out[b] = begin_ + int64_t(uniform_below(rng_, starts));
+  for (int b = 0; b < B_; ++b) out[b] = first_start_ + int64_t(uniform_below(rng_, uint64_t(start_count_))) * align_;
   ++steps_;
   return out;
 }

@@ -1,5 +1,6 @@
-// Token data: a read-only token source (byte-level text for now), evaluation windows, deterministic random
-// training windows with a resumable sampler, a held-out split, and the per-rank slice of sequence parallelism.
+// Token data: a read-only token source (byte-level text, llm.c / nanoGPT token shards; the synthetic recall task
+// is in train/synthetic.h), evaluation windows, deterministic random training windows with a resumable sampler,
+// a held-out split, and the per-rank slice of sequence parallelism.
 // A window of sequence length N is N+1 consecutive tokens: inputs = the first N, targets = the last N.
 #pragma once
 #include <cstdint>
@@ -24,6 +25,30 @@ class TokenSource {
 // An empty, missing or unreadable file throws lasp::Error naming the path.
 std::unique_ptr<TokenSource> open_text_tokens(const std::string& path);
 
+// llm.c / nanoGPT token shards. A shard is a header of 256 little-endian int32 (1024 bytes): [0] = magic
+// 20240520, [1] = version 1, [2] = token count n, the rest 0; then n little-endian uint16 tokens.
+constexpr int32_t kShardMagic = 20240520;
+constexpr int32_t kShardVersion = 1;
+constexpr int64_t kShardHeaderBytes = 256 * 4;
+
+// Opens the shards that `pattern` names: a path, or a glob(3) pattern (any of * ? [). The matching files are
+// sorted by name (byte order) and concatenated into one token sequence; each is memory-mapped (read-only, for the
+// source's lifetime). vocab_size() = the largest token + 1 over all shards (scanned once, on first call).
+// Throws lasp::Error naming the file and what was expected / found: no file matches the pattern; an empty file;
+// a file shorter than the header; a bad magic; an unsupported version; a header token count that does not match
+// the file size (truncated or over-long shard). A shard of 0 tokens is allowed, but the set must hold >= 1 token.
+std::unique_ptr<TokenSource> open_token_shards(const std::string& pattern);
+
+// Opens token data in `format`: "text" (open_text_tokens), "shards" (open_token_shards), or "auto": an existing
+// regular file whose first 4 bytes are the shard magic (little-endian) -> shards, another existing file -> text,
+// a path that is not an existing file but holds a glob character (* ? [) -> shards, else text (which reports
+// the missing file). Any other format throws lasp::Error listing the formats.
+std::unique_ptr<TokenSource> open_tokens(const std::string& path, const std::string& format = "auto");
+
+// Writes one shard in the format above, atomically (a temporary file renamed over path: core/file.h).
+// Throws lasp::Error if the tokens do not fit the header's int32 count, or on an I/O error (naming the path).
+void write_token_shard(const std::string& path, const std::vector<uint16_t>& tokens);
+
 struct Batch {
   int B = 0, N = 0;            // after slice_for_rank, N is the slice length C
   std::vector<int> inputs;     // (B, N) row-major
@@ -41,13 +66,17 @@ Batch eval_batch(const TokenSource& src, int N, int first_window, int B, int64_t
 // Training: deterministic random windows in the range [begin, end) of src (end = -1: src.size()).
 // next() draws B window starts uniformly in [begin, end - N - 1] (a std::mt19937_64 seeded by seed, mapped to
 // the range by rejection sampling, so the sequence is the same on every platform) and returns the batch.
+// With align > 1 the starts are drawn uniformly among the multiples of align (absolute token positions) in that
+// range, e.g. align = the episode length of a synthetic recall source (train/synthetic.h), so every window
+// holds whole episodes. align = 1 (the default) draws exactly the same starts as without the argument.
 // state()/restore() carry the full RNG state and the step count as text: a restored sampler continues
 // bit-identically. The source must outlive the sampler.
 class WindowSampler {
  public:
   // Throws if the range holds fewer than N + 1 tokens ("data file has X tokens, a window of seq-len N needs
-  // N+1"), or if N, B or the range are invalid.
-  WindowSampler(const TokenSource& src, int N, int B, uint64_t seed, int64_t begin = 0, int64_t end = -1);
+  // N+1"), if N, B, align or the range are invalid, or if no multiple of align is a valid start.
+  WindowSampler(const TokenSource& src, int N, int B, uint64_t seed, int64_t begin = 0, int64_t end = -1,
+                int64_t align = 1);
   Batch next();
   // The window starts of the next batch (advances exactly as next() does), for readers of slices.
   std::vector<int64_t> next_starts();
@@ -59,6 +88,8 @@ class WindowSampler {
   const TokenSource& src_;
   int N_, B_;
   int64_t begin_, end_;
+  int64_t align_ = 1;
+  int64_t first_start_ = 0, start_count_ = 0;  // the valid starts: first_start_ + k * align_, k < start_count_
   std::mt19937_64 rng_;
   int64_t steps_ = 0;
 };

@@ -27,9 +27,22 @@ LocalAttention::LocalAttention(const AttentionShape& shape)
   workspace_.storage.resize(need);
 }
 
-void LocalAttention::linear_forward(int, float* o, const float* q, const float* k, const float* v,
+namespace {
+std::vector<float>& slot(std::vector<std::vector<float>>& by_layer, int layer) {
+  if (int(by_layer.size()) <= layer) by_layer.resize(layer + 1);
+  return by_layer[layer];
+}
+}  // namespace
+
+void LocalAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                     const float* lambda) {
-  linear_attention_forward(o, nullptr, q, k, v, nullptr, lambda, linear_shape(), workspace_.view());
+  float* state_out = nullptr;
+  if (keep_) {
+    auto& s = slot(final_states_, layer);
+    s.resize(size_t(shape_.B) * shape_.H * shape_.d * shape_.d);
+    state_out = s.data();
+  }
+  linear_attention_forward(o, state_out, q, k, v, nullptr, lambda, linear_shape(), workspace_.view());
 }
 
 void LocalAttention::linear_backward(int, float* dq, float* dk, float* dv, const float* dout, const float* q,
@@ -48,7 +61,12 @@ void LocalAttention::linear_bidirectional_backward(int, float* dq, float* dk, fl
                                           workspace_.view());
 }
 
-void LocalAttention::softmax_forward(int, float* o, float* lse, const float* q, const float* k, const float* v) {
+void LocalAttention::softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) {
+  if (keep_) {
+    const size_t n = size_t(shape_.B) * shape_.N * shape_.H_kv * shape_.d;
+    slot(keys_, layer).assign(k, k + n);
+    slot(values_, layer).assign(v, v + n);
+  }
   softmax_attention_forward(o, lse, q, k, v, positions_.data(), positions_.data(), softmax_shape(),
                             workspace_.view());
 }

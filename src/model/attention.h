@@ -62,8 +62,17 @@ class LocalAttention : public Attention {
   void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                         const float* lse, const float* q, const float* k, const float* v) override;
 
+  // For generation: keep each linear layer's final state (B, H, d, d) and each softmax layer's keys and
+  // values (B, N, H_kv, d), so that decoding can continue where the forward ended.
+  void keep_decode_state(bool keep) { keep_ = keep; }
+  const std::vector<float>& final_state(int layer) const { return final_states_.at(layer); }
+  const std::vector<float>& keys(int layer) const { return keys_.at(layer); }
+  const std::vector<float>& values(int layer) const { return values_.at(layer); }
+
  private:
   AttentionShape shape_;
+  bool keep_ = false;
+  std::vector<std::vector<float>> final_states_, keys_, values_;  // by layer, when keep_
   std::vector<int> positions_;
   WorkspaceBuffer workspace_;
   LinearAttentionShape linear_shape() const;

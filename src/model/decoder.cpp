@@ -1,0 +1,183 @@
+#include "model/decoder.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "core/check.h"
+#include "kernels/feature_map.h"
+#include "kernels/gemm.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+#include "model/attention.h"
+#include "model/model.h"
+
+namespace lasp {
+
+namespace {
+
+// y (out) = W (out x in) x (in), W in the nn.Linear layout.
+std::vector<float> project(const float* W, const std::vector<float>& x, int out) {
+  std::vector<float> y(out);
+  gemm(false, true, 1, out, int(x.size()), 1.f, x.data(), int(x.size()), W, int(x.size()), 0.f, y.data(), out);
+  return y;
+}
+
+std::vector<float> rmsnorm(const std::vector<float>& x, const float* weight, int rows, int width, float eps) {
+  std::vector<float> out(x.size()), rstd(rows);
+  rmsnorm_forward(out.data(), rstd.data(), x.data(), weight, rows, width, eps);
+  return out;
+}
+
+}  // namespace
+
+Decoder::Decoder(const ModelConfig& config, const std::vector<float>& params, int max_tokens)
+    : config_(config), layout_(config), params_(params), max_tokens_(max_tokens) {
+  config_.validate();
+  LASP_CHECK(params.size() >= layout_.total(), "decoder: {} parameters given, the model has {}", params.size(),
+             layout_.total());
+  LASP_CHECK(max_tokens > 0, "decoder: max_tokens must be positive, got {}", max_tokens);
+  const int L = config.num_hidden_layers, H = config.num_attention_heads;
+  state_.resize(L);
+  k_cache_.resize(L);
+  v_cache_.resize(L);
+  lambda_.resize(L);
+  for (int l = 0; l < L; ++l) {
+    lambda_[l].resize(H);
+    linear_attention_decays(lambda_[l].data(), H, config.linear.decay);
+  }
+}
+
+std::vector<float> Decoder::prefill(const std::vector<int>& prompt) {
+  const int n = int(prompt.size());
+  LASP_CHECK(n > 0 && n <= max_tokens_, "decoder: the prompt must hold 1 to {} tokens, got {}", max_tokens_, n);
+  const ModelConfig& c = config_;
+  const int H = c.num_attention_heads, Hkv = c.num_key_value_heads, d = c.head_dim(), V = c.vocab_size;
+  LocalAttention attention({1, n, H, Hkv, d, 32});
+  attention.keep_decode_state(true);
+  Model model(c, 1, n, attention);
+  std::copy(params_.begin(), params_.begin() + long(layout_.total()), model.params().begin());
+  model.forward(prompt.data(), nullptr);
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    if (c.layer_types[l] == 'L') {
+      state_[l] = attention.final_state(l);
+    } else {
+      const size_t row = size_t(Hkv) * d;
+      k_cache_[l].assign(size_t(max_tokens_) * row, 0.f);
+      v_cache_[l].assign(size_t(max_tokens_) * row, 0.f);
+      std::copy(attention.keys(l).begin(), attention.keys(l).end(), k_cache_[l].begin());
+      std::copy(attention.values(l).begin(), attention.values(l).end(), v_cache_[l].begin());
+    }
+  }
+  pos_ = n;
+  return std::vector<float>(model.logits() + size_t(n - 1) * V, model.logits() + size_t(n) * V);
+}
+
+std::vector<float> Decoder::step(int token) {
+  const ModelConfig& c = config_;
+  LASP_CHECK(pos_ > 0, "decoder: prefill a prompt before decoding");
+  LASP_CHECK(pos_ < max_tokens_, "decoder: reached max_tokens = {}", max_tokens_);
+  LASP_CHECK(token >= 0 && token < c.vocab_size, "decoder: token {} outside the vocabulary [0, {})", token, c.vocab_size);
+  const int D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, d = c.head_dim();
+  const int E = H * d, Hkv = c.num_key_value_heads, Ekv = Hkv * d, V = c.vocab_size;
+  const float eps = c.rms_norm_eps;
+  const Weights w = layout_.bind(const_cast<float*>(params_.data()));
+  const int pos = pos_;
+
+  std::vector<float> x(w.embed + size_t(token) * D, w.embed + size_t(token + 1) * D);
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerWeights& lw = w.layers[l];
+    const std::vector<float> xn = rmsnorm(x, lw.input_norm, 1, D, eps);
+    std::vector<float> attn(E, 0.f);
+    if (c.layer_types[l] == 'L') {
+      std::vector<float> q(E), k(E);
+      const std::vector<float> qp = project(lw.wq, xn, E), kp = project(lw.wk, xn, E), v = project(lw.wv, xn, E);
+      feature_map_forward(q.data(), qp.data(), E, c.linear.feature_map);
+      feature_map_forward(k.data(), kp.data(), E, c.linear.feature_map);
+      // o = q (S + k^T v); then S = lambda (S + k^T v): the state keeps d x d per head, whatever the length.
+      for (int h = 0; h < H; ++h) {
+        float* S = state_[l].data() + size_t(h) * d * d;
+        const float *qh = q.data() + h * d, *kh = k.data() + h * d, *vh = v.data() + h * d;
+        for (int r = 0; r < d; ++r)
+          for (int col = 0; col < d; ++col) S[r * d + col] += kh[r] * vh[col];
+        for (int col = 0; col < d; ++col) {
+          float acc = 0.f;
+          for (int r = 0; r < d; ++r) acc += qh[r] * S[r * d + col];
+          attn[h * d + col] = acc;
+        }
+        const float lam = lambda_[l][h];
+        if (lam != 1.f)
+          for (int i = 0; i < d * d; ++i) S[i] *= lam;
+      }
+      if (c.linear.output_norm) attn = rmsnorm(attn, lw.o_norm, H, d, eps);
+      if (c.linear.output_gate) {
+        const std::vector<float> gp = project(lw.wg, xn, E);
+        std::vector<float> gated(E);
+        swiglu_forward(gated.data(), gp.data(), attn.data(), E);
+        attn = gated;
+      }
+    } else {
+      std::vector<float> q = project(lw.wq, xn, E), k = project(lw.wk, xn, Ekv);
+      const std::vector<float> v = project(lw.wv, xn, Ekv);
+      rope_forward(q.data(), q.data(), &pos, 1, 1, H, d, c.rope_theta);
+      rope_forward(k.data(), k.data(), &pos, 1, 1, Hkv, d, c.rope_theta);
+      std::copy(k.begin(), k.end(), k_cache_[l].begin() + size_t(pos) * Ekv);
+      std::copy(v.begin(), v.end(), v_cache_[l].begin() + size_t(pos) * Ekv);
+      const float scale = 1.f / std::sqrt(float(d));
+      std::vector<double> p(pos + 1);
+      for (int h = 0; h < H; ++h) {
+        const int kv = h / (H / Hkv);
+        double m = -INFINITY, sum = 0;
+        for (int j = 0; j <= pos; ++j) {
+          const float* kj = k_cache_[l].data() + size_t(j) * Ekv + kv * d;
+          double s = 0;
+          for (int i = 0; i < d; ++i) s += double(q[h * d + i]) * kj[i];
+          p[j] = s * scale;
+          m = std::max(m, p[j]);
+        }
+        for (int j = 0; j <= pos; ++j) sum += p[j] = std::exp(p[j] - m);
+        for (int j = 0; j <= pos; ++j) {
+          const float* vj = v_cache_[l].data() + size_t(j) * Ekv + kv * d;
+          for (int i = 0; i < d; ++i) attn[h * d + i] += float(p[j] / sum * vj[i]);
+        }
+      }
+    }
+    // h = x + o_proj(attn); x = h + down(silu(gate(hn)) * up(hn))
+    const std::vector<float> y = project(lw.wo, attn, D);
+    for (int i = 0; i < D; ++i) x[i] += y[i];
+    const std::vector<float> hn = rmsnorm(x, lw.post_norm, 1, D, eps);
+    const std::vector<float> g = project(lw.w_gate, hn, F), u = project(lw.w_up, hn, F);
+    std::vector<float> m(F);
+    swiglu_forward(m.data(), g.data(), u.data(), F);
+    const std::vector<float> z = project(lw.w_down, m, D);
+    for (int i = 0; i < D; ++i) x[i] += z[i];
+  }
+  ++pos_;
+  return project(w.lm_head, rmsnorm(x, w.final_norm, 1, D, eps), V);
+}
+
+int sample_token(const std::vector<float>& logits, float temperature, int top_k, uint64_t& rng_state) {
+  const int V = int(logits.size());
+  LASP_CHECK(V > 0, "sample_token: empty logits");
+  if (temperature <= 0.f) return int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  std::vector<int> order(V);
+  std::iota(order.begin(), order.end(), 0);
+  const int k = top_k > 0 ? std::min(top_k, V) : V;
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int a, int b) { return logits[a] > logits[b]; });
+  std::vector<double> p(k);
+  double sum = 0;
+  for (int i = 0; i < k; ++i) sum += p[i] = std::exp((double(logits[order[i]]) - logits[order[0]]) / temperature);
+  // splitmix64: a uniform double in [0, 1) from the caller's generator state
+  uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  double u = double(z >> 11) * 0x1.0p-53 * sum;
+  for (int i = 0; i < k; ++i)
+    if ((u -= p[i]) < 0) return order[i];
+  return order[k - 1];
+}
+
+}  // namespace lasp

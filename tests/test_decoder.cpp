@@ -1,0 +1,96 @@
+// Generation: prefill + token-by-token decoding gives the logits of a full forward over the same tokens
+// (linear layers through their d x d state, softmax layers through the key/value cache), so greedy
+// decoding picks the same tokens as repeated full forwards.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "model/attention.h"
+#include "core/check.h"
+#include "model/decoder.h"
+#include "model/model.h"
+#include "testing.h"
+#include "train/optimizer.h"
+
+using namespace lasp;
+
+namespace {
+
+std::vector<float> last_logits_of_full_forward(const ModelConfig& c, const std::vector<float>& params,
+                                               const std::vector<int>& tokens) {
+  const int n = int(tokens.size());
+  LocalAttention attention({1, n, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), 16});
+  Model model(c, 1, n, attention);
+  model.params() = params;
+  model.forward(tokens.data(), nullptr);
+  return {model.logits() + size_t(n - 1) * c.vocab_size, model.logits() + size_t(n) * c.vocab_size};
+}
+
+class DecoderVsForward : public ::testing::TestWithParam<std::pair<std::string, Decay>> {};
+
+TEST_P(DecoderVsForward, GreedyDecodingMatchesRepeatedFullForwards) {
+  ModelConfig c;
+  c.vocab_size = 64;
+  c.hidden_size = 32;
+  c.intermediate_size = 64;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.layer_types = GetParam().first;
+  c.num_hidden_layers = int(c.layer_types.size());
+  c.linear.decay = GetParam().second;
+  c.validate();
+  ParamLayout layout(c);
+  std::vector<float> params(layout.total());
+  init_weights(layout, params, 3, 0.3f);
+  std::mt19937 rng(4);
+  std::uniform_int_distribution<int> tok(0, c.vocab_size - 1);
+  std::vector<int> tokens(21);  // a prompt that is not a multiple of the block size
+  for (int& t : tokens) t = tok(rng);
+
+  Decoder decoder(c, params, 64);
+  std::vector<float> logits = decoder.prefill(tokens);
+  EXPECT_LE(lasp::testing::normalized_error(last_logits_of_full_forward(c, params, tokens), logits), 1e-10);
+  uint64_t rng_state = 0;
+  for (int i = 0; i < 8; ++i) {
+    const int next = sample_token(logits, 0.f, 0, rng_state);
+    tokens.push_back(next);
+    logits = decoder.step(next);
+    const std::vector<float> full = last_logits_of_full_forward(c, params, tokens);
+    const double err = lasp::testing::normalized_error(full, logits);
+    EXPECT_LE(err, 1e-10) << "token " << i;
+    EXPECT_EQ(sample_token(full, 0.f, 0, rng_state), sample_token(logits, 0.f, 0, rng_state)) << "token " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, DecoderVsForward,
+                         ::testing::Values(std::make_pair(std::string("LLLN"), Decay::none),
+                                           std::make_pair(std::string("NLNL"), Decay::lightning),
+                                           std::make_pair(std::string("LLLL"), Decay::retention)),
+                         [](const auto& info) { return info.param.first + "_" + to_string(info.param.second); });
+
+TEST(SampleToken, TemperatureAndTopK) {
+  const std::vector<float> logits = {0.f, 5.f, 1.f, 4.f};
+  uint64_t state = 1;
+  EXPECT_EQ(sample_token(logits, 0.f, 0, state), 1);
+  int counts[4] = {};
+  for (int i = 0; i < 2000; ++i) ++counts[sample_token(logits, 1.f, 2, state)];
+  EXPECT_EQ(counts[0] + counts[2], 0);            // outside the top 2
+  EXPECT_GT(counts[1], counts[3]);                // e^5 vs e^4
+  EXPECT_GT(counts[3], 300);
+}
+
+TEST(Decoder, BadUse) {
+  ModelConfig c;
+  ParamLayout layout(c);
+  std::vector<float> params(layout.total(), 0.01f);
+  Decoder decoder(c, params, 4);
+  EXPECT_THROW(decoder.step(1), Error);                     // no prompt yet
+  EXPECT_THROW(decoder.prefill({}), Error);                 // empty prompt
+  EXPECT_THROW(decoder.prefill({1, 2, 3, 4, 5}), Error);    // longer than max_tokens
+  decoder.prefill({1, 2, 3});
+  EXPECT_THROW(decoder.step(300), Error);                   // outside the vocabulary
+  decoder.step(4);
+  EXPECT_THROW(decoder.step(5), Error);                     // max_tokens reached
+}
+
+}  // namespace

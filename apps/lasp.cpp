@@ -13,6 +13,9 @@
 #include "core/check.h"
 #include "kernels/gemm.h"
 #include "model/config.h"
+#include "model/decoder.h"
+#include "model/params.h"
+#include "train/checkpoint.h"
 #include "train/trainer.h"
 
 namespace {
@@ -129,6 +132,19 @@ int main(int argc, char** argv) {
   lasp::ParallelOptions eval_parallel;
   add_parallel(eval_cmd, eval_parallel);
 
+  // generate
+  auto* gen_cmd = app.add_subcommand("generate", "continue a prompt with a trained checkpoint (byte-level text)");
+  std::string gen_ckpt, gen_prompt;
+  int gen_tokens = 200, gen_top_k = 40;
+  float gen_temperature = 0.8f;
+  uint64_t gen_seed = 1;
+  gen_cmd->add_option("--checkpoint", gen_ckpt, "checkpoint folder")->required();
+  gen_cmd->add_option("--prompt", gen_prompt, "text to continue")->required();
+  gen_cmd->add_option("--max-new-tokens", gen_tokens, "tokens to generate")->default_val(gen_tokens)->check(CLI::PositiveNumber);
+  gen_cmd->add_option("--temperature", gen_temperature, "sampling temperature (0: greedy)")->default_val(gen_temperature)->check(CLI::NonNegativeNumber);
+  gen_cmd->add_option("--top-k", gen_top_k, "sample among the k most likely tokens (0: all)")->default_val(gen_top_k)->check(CLI::NonNegativeNumber);
+  gen_cmd->add_option("--seed", gen_seed, "seed of the sampling")->default_val(gen_seed);
+
   // bench
   auto* bench = app.add_subcommand("bench", "benchmarks");
   bench->require_subcommand(1);
@@ -180,6 +196,28 @@ int main(int argc, char** argv) {
           std::printf("loss %.6f over %lld tokens (%.2f MB of attention traffic on rank 0)\n", r.loss,
                       (long long)r.tokens, r.attention_bytes / 1e6);
       }
+    } else if (*gen_cmd) {
+      const lasp::ModelConfig config = lasp::load_checkpoint_config(gen_ckpt);
+      const lasp::ParamLayout layout(config);
+      std::vector<float> params(layout.total());
+      lasp::load_checkpoint_weights(gen_ckpt, layout, params);
+      std::vector<int> prompt;
+      for (unsigned char ch : gen_prompt) {
+        LASP_CHECK(ch < config.vocab_size, "generate: prompt byte {} is outside the model's vocabulary of {}", int(ch),
+                   config.vocab_size);
+        prompt.push_back(ch);
+      }
+      lasp::Decoder decoder(config, params, int(prompt.size()) + gen_tokens);
+      std::vector<float> logits = decoder.prefill(prompt);
+      std::fwrite(gen_prompt.data(), 1, gen_prompt.size(), stdout);
+      uint64_t rng = gen_seed;
+      for (int i = 0; i < gen_tokens; ++i) {
+        const int next = lasp::sample_token(logits, gen_temperature, gen_top_k, rng);
+        std::fputc(next < 256 ? next : '?', stdout);
+        std::fflush(stdout);
+        if (i + 1 < gen_tokens) logits = decoder.step(next);
+      }
+      std::fputc('\n', stdout);
     } else if (*bench_kernels_cmd) {
       if (quick) kopt.N = 1024, kopt.repeats = 1;
       kopt.threads = threads;

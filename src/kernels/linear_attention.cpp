@@ -104,18 +104,12 @@ struct BlockIo {
           std::memcpy(packed + (long(j) * L + r) * d, x + at + long(r) * ld + long(j) * d, sizeof(float) * d);
   }
 
-  // x += packed (accumulate) or x = packed.
-  void scatter(std::initializer_list<std::pair<float*, const float*>> parts, bool accumulate) const {
+  // x = packed
+  void scatter(std::initializer_list<std::pair<float*, const float*>> parts) const {
     for (int r = 0; r < L; ++r)
       for (auto [x, packed] : parts)
-        for (int j = 0; j < heads; ++j) {
-          float* out = x + at + long(r) * ld + long(j) * d;
-          const float* in = packed + (long(j) * L + r) * d;
-          if (accumulate)
-            for (int i = 0; i < d; ++i) out[i] += in[i];
-          else
-            std::memcpy(out, in, sizeof(float) * d);
-        }
+        for (int j = 0; j < heads; ++j)
+          std::memcpy(x + at + long(r) * ld + long(j) * d, packed + (long(j) * L + r) * d, sizeof(float) * d);
   }
 };
 
@@ -127,7 +121,6 @@ struct Scratch {
   float* state;                 // (heads, d, d) running S (forward) or dS (backward) of each head
   float* states;                // backward: (nb + 1, heads, d, d) S_b^T entering every block
   float *q, *k, *v, *o;         // (heads, blk, d) gathered block; o holds dO in backward
-  float *dq, *dk, *dv;          // (heads, blk, d) backward results of the block
   float *kt, *vt;               // (d, blk) one head's K, V transposed
   float *qs, *ks, *vs, *douts;  // (blk, d) one head's rows scaled by the decay factors
   float *a, *da;                // (blk, blk) intra-block scores and their gradient
@@ -155,7 +148,6 @@ Scratch carve(Carver& c, const LinearAttentionShape& s, int heads, bool backward
   w.a = c.take(blk * blk);
   if (backward) {
     w.states = c.take(heads * (size_t(num_blocks(s)) + 1) * dd);
-    for (float** part : {&w.dq, &w.dk, &w.dv}) *part = c.take(heads * bd);
     for (float** part : {&w.vt, &w.vs, &w.douts}) *part = c.take(bd);
     w.da = c.take(blk * blk);
     w.dstate_t = c.take(dd);
@@ -244,7 +236,7 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
           gemm(false, false, d, d, L, 1.f, w.kt, L, vb, d, 1.f, S, d, &pf);
         }
       }
-      io.scatter({{o, w.o}}, false);
+      io.scatter({{o, w.o}});
     }
     if (state_out)
       for (int j = 0; j < heads; ++j)
@@ -325,7 +317,9 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
         const long hb = long(j) * L * d;
         const float *qb = w.q + hb, *kb = w.k + hb, *vb = w.v + hb, *dob = w.o + hb;
-        float *dqb = w.dq + hb, *dkb = w.dk + hb, *dvb = w.dv + hb;
+        // The gradients accumulate straight into the (N, H, d) tensors: each is read and written once per block.
+        const long out = io.at + long(j) * d;
+        float *dqb = dq + out, *dkb = dk + out, *dvb = dv + out;
         float* dS = w.state + j * dd;
         transpose(w.kt, L, kb, d, L, d);
         transpose(w.vt, L, vb, d, L, d);
@@ -342,18 +336,17 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
         mask_decay(w.a, rev, blk, L);
         gemm(false, false, L, L, d, 1.f, dob, d, w.vt, L, 0.f, w.da, L, &pf);
         mask_decay(w.da, rev, blk, L);
-        gemm(false, false, L, d, L, 1.f, w.da, L, kb, d, 0.f, dqb, d, &pf);  // dQ = dA K
-        gemm(true, false, L, d, L, 1.f, w.da, L, qb, d, 0.f, dkb, d, &pf);   // dK = dA^T Q
-        gemm(true, false, L, d, L, 1.f, w.a, L, dob, d, 0.f, dvb, d, &pf);   // dV = A^T dO
+        gemm(false, false, L, d, L, 1.f, w.da, L, kb, d, 1.f, dqb, ld, &pf);  // dQ += dA K
+        gemm(true, false, L, d, L, 1.f, w.da, L, qb, d, 1.f, dkb, ld, &pf);   // dK += dA^T Q
+        gemm(true, false, L, d, L, 1.f, w.a, L, dob, d, 1.f, dvb, ld, &pf);   // dV += A^T dO
 
         // inter-block terms
         transpose(w.dstate_t, d, dS, d, d, d);
-        gemm(false, false, L, d, d, 1.f, vs, d, w.dstate_t, d, 1.f, dkb, d, &pf);              // dK += diag(l^(L-j)) V dS^T
-        gemm(false, false, L, d, d, 1.f, ks, d, dS, d, 1.f, dvb, d, &pf);                     // dV += diag(l^(L-j)) K dS
-        gemm(false, false, L, d, d, 1.f, douts, d, states_of(j, blkno), d, 1.f, dqb, d, &pf);  // dQ += diag(l^i) dO S_b^T
+        gemm(false, false, L, d, d, 1.f, vs, d, w.dstate_t, d, 1.f, dkb, ld, &pf);              // dK += diag(l^(L-j)) V dS^T
+        gemm(false, false, L, d, d, 1.f, ks, d, dS, d, 1.f, dvb, ld, &pf);                     // dV += diag(l^(L-j)) K dS
+        gemm(false, false, L, d, d, 1.f, douts, d, states_of(j, blkno), d, 1.f, dqb, ld, &pf);  // dQ += diag(l^i) dO S_b^T
         gemm(true, false, d, d, L, 1.f, qb, d, douts, d, pw[L], dS, d, &pf);                  // dS_b = l^L dS + Q^T diag(l^i) dO
       }
-      io.scatter({{dq, w.dq}, {dk, w.dk}, {dv, w.dv}}, true);
     }
     if (dstate_in)
       for (int j = 0; j < heads; ++j) {

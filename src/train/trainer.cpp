@@ -79,7 +79,7 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
   const int Nl = int(positions.size()), B = o.batch;
   const bool rank0 = world.rank() == 0;
 
-  const auto data = open_text_tokens(o.data_path);
+  const auto data = open_tokens(o.data_path, "auto");
   LASP_CHECK(data->vocab_size() <= config.vocab_size, "train: {} holds tokens up to {} but the model's vocab_size is {}",
              o.data_path, data->vocab_size() - 1, config.vocab_size);
   const Split split = split_tokens(data->size(), o.val_fraction);
@@ -191,7 +191,7 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_p
   const SpLayout layout = layout_for(config, parallel);
   const std::vector<int> positions = sp_positions(N, grid.sp_size, grid.sp_rank, layout);
   const int Nl = int(positions.size());
-  const auto data = open_text_tokens(data_path);
+  const auto data = open_tokens(data_path, "auto");
   eval_batch(*data, N, 0, batches);  // checks that the file holds every window (clear error otherwise)
 
   auto attention = make_attention(config, grid, 1, N, layout, block);

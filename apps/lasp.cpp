@@ -16,6 +16,7 @@
 #include "model/decoder.h"
 #include "model/params.h"
 #include "train/checkpoint.h"
+#include "train/plot.h"
 #include "train/trainer.h"
 
 namespace {
@@ -145,6 +146,12 @@ int main(int argc, char** argv) {
   gen_cmd->add_option("--top-k", gen_top_k, "sample among the k most likely tokens (0: all)")->default_val(gen_top_k)->check(CLI::NonNegativeNumber);
   gen_cmd->add_option("--seed", gen_seed, "seed of the sampling")->default_val(gen_seed);
 
+  // plot
+  auto* plot_cmd = app.add_subcommand("plot", "loss curve of a --metrics file as a PNG");
+  std::string plot_in, plot_out;
+  plot_cmd->add_option("metrics", plot_in, "the JSON-lines file of lasp train --metrics")->required();
+  plot_cmd->add_option("--out", plot_out, "PNG to write (default: the metrics file name with .png)");
+
   // bench
   auto* bench = app.add_subcommand("bench", "benchmarks");
   bench->require_subcommand(1);
@@ -178,7 +185,26 @@ int main(int argc, char** argv) {
   try {
     if (threads > 0) omp_set_num_threads(threads);
     if (*info) {
-      std::printf("lasp %s\nBLAS: %s\nthreads: %d of %d cores\n", LASP_VERSION, lasp::blas_config(),
+      __builtin_cpu_init();
+      std::string features;
+      auto feature = [&](bool has, const char* name) {
+        if (has) features += std::string(features.empty() ? "" : " ") + name;
+      };
+      feature(__builtin_cpu_supports("avx2"), "avx2");
+      feature(__builtin_cpu_supports("fma"), "fma");
+      feature(__builtin_cpu_supports("avx512f"), "avx512f");
+      feature(__builtin_cpu_supports("avx512bw"), "avx512bw");
+      feature(__builtin_cpu_supports("avx512vl"), "avx512vl");
+      feature(__builtin_cpu_supports("avx512bf16"), "avx512bf16");
+      std::printf("lasp %s\nBLAS: %s\nMPI: %s\nCPU features: %s\nbuilt for: %s\nthreads: %d of %d cores\n",
+                  LASP_VERSION, lasp::blas_config(), lasp::mpi_library_version().c_str(), features.c_str(),
+#if defined(__AVX512F__)
+                  "AVX-512 (small-block GEMM kernel on)",
+#elif defined(__AVX2__)
+                  "AVX2 (small blocks use OpenBLAS)",
+#else
+                  "generic x86-64",
+#endif
                   omp_get_max_threads(), omp_get_num_procs());
     } else if (*train_cmd) {
       world = &lasp::comm_world();
@@ -218,6 +244,10 @@ int main(int argc, char** argv) {
         if (i + 1 < gen_tokens) logits = decoder.step(next);
       }
       std::fputc('\n', stdout);
+    } else if (*plot_cmd) {
+      if (plot_out.empty()) plot_out = plot_in.substr(0, plot_in.rfind('.')) + ".png";
+      lasp::plot_metrics(plot_in, plot_out);
+      std::printf("wrote %s\n", plot_out.c_str());
     } else if (*bench_kernels_cmd) {
       if (quick) kopt.N = 1024, kopt.repeats = 1;
       kopt.threads = threads;

@@ -10,6 +10,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev libfmt-dev
   libgtest-dev googletest
   python3-torch python3-numpy       # PyTorch reference (run with /usr/bin/python3)
+  gnuplot-nox                       # `lasp plot`: loss curves as PNG
 )
 
 missing=()

@@ -79,6 +79,8 @@ class Comm {
 // MPI_Finalize, which waits for every other rank, and if they wait in a collective for it the job hangs
 // (tests/mpi/abort_helper.cpp, mode exit). Errors inside MPI calls end the job (MPI_ERRORS_ARE_FATAL).
 Comm& comm_world();
+// The MPI library's version string (callable before MPI starts), or "none".
+std::string mpi_library_version();
 std::unique_ptr<Comm> make_single_comm();
 
 }  // namespace lasp

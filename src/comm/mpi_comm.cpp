@@ -275,4 +275,13 @@ Comm& comm_world() {
   return world;
 }
 
+std::string mpi_library_version() {
+  char version[MPI_MAX_LIBRARY_VERSION_STRING];
+  int length = 0;
+  MPI_Get_library_version(version, &length);
+  std::string v(version, size_t(length));
+  const size_t cut = v.find_first_of(",\n");  // the first clause names the library and its version
+  return cut == std::string::npos ? v : v.substr(0, cut);
+}
+
 }  // namespace lasp

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <unistd.h>
 #include <fstream>
 #include <memory>
 
@@ -137,6 +138,8 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
   }
   TrainResult result;
   auto t_start = std::chrono::steady_clock::now();
+  const auto run_start = t_start;
+  const bool tty = rank0 && isatty(fileno(stderr));
   const int last_step = o.stop_at > 0 ? std::min(o.stop_at, o.steps) : o.steps;
   for (int step = first_step; step <= last_step; ++step) {
     if (step == first_step + 1) t_start = std::chrono::steady_clock::now();  // the first step warms up
@@ -165,15 +168,22 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
                                   {"tokens_per_s", global_tokens / step_seconds},
                                   {"attention_bytes", result.attention_bytes_per_step},
                                   {"gradient_bytes", result.gradient_bytes_per_step}};
-    if (rank0)
-      std::fprintf(stderr, "step %d/%d  loss %.4f  lr %.2e  grad-norm %.3f  %.0f tokens/s  comm %.2f MB attention, %.2f MB gradients\n",
-                   step, o.steps, loss, lr, norm, global_tokens / step_seconds,
-                   result.attention_bytes_per_step / 1e6, result.gradient_bytes_per_step / 1e6);
-    if (o.eval_every > 0 && (step % o.eval_every == 0 || step == o.steps)) {
+    if (rank0) {
+      const double eta = seconds_since(run_start) / (step - first_step + 1) * (last_step - step);
+      // On a terminal the line is redrawn in place; into a file or pipe every step is a line of its own.
+      std::fprintf(stderr, "%sstep %d/%d  loss %.4f  lr %.2e  grad-norm %.3f  %.0f tokens/s  comm %.2f MB attention, "
+                   "%.2f MB gradients  ETA %.0f s%s", tty ? "\r" : "", step, o.steps, loss, lr, norm,
+                   global_tokens / step_seconds, result.attention_bytes_per_step / 1e6,
+                   result.gradient_bytes_per_step / 1e6, eta, tty ? "\033[K" : "\n");
+      if (tty && step == last_step) std::fputc('\n', stderr);
+    }
+    if (o.eval_every > 0 && (step == 1 || step % o.eval_every == 0 || step == o.steps)) {
       const double val = validate(model, *data, split.val_begin, val_windows, o.seq_len, positions, grid, world);
       result.val_losses.push_back({step, val});
       record["val_loss"] = val;
-      if (rank0) std::fprintf(stderr, "step %d/%d  validation loss %.4f (%d windows)\n", step, o.steps, val, val_windows);
+      if (rank0)
+        std::fprintf(stderr, "%sstep %d/%d  validation loss %.4f (%d windows)\n", tty ? "\n" : "", step, o.steps, val,
+                     val_windows);
     }
     if (metrics.is_open()) metrics << record.dump() << std::endl;
     if (o.save_every > 0 && step % o.save_every == 0 && step < last_step) save(step);

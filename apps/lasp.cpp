@@ -88,7 +88,9 @@ int main(int argc, char** argv) {
   ModelFlags train_model;
   train_model.add(train_cmd);
   lasp::TrainOptions topt;
-  train_cmd->add_option("--data", topt.data_path, "byte-level text file")->required();
+  train_cmd->add_option("--data", topt.data_path,
+                        "byte-level text file, llm.c token shards (a path or a glob), or synthetic[:pairs=P,tokens=T,seed=S]")
+      ->required();
   train_cmd->add_option("--seq-len", topt.seq_len, "tokens per sequence")->default_val(topt.seq_len)->check(CLI::PositiveNumber);
   train_cmd->add_option("--batch", topt.batch, "sequences per step")->default_val(topt.batch)->check(CLI::PositiveNumber);
   train_cmd->add_option("--steps", topt.steps, "optimizer steps")->default_val(topt.steps)->check(CLI::PositiveNumber);
@@ -126,7 +128,7 @@ int main(int argc, char** argv) {
   int eval_seq = 1024, eval_batches = 1;
   bool eval_json = false;
   eval_cmd->add_option("--checkpoint", eval_ckpt, "checkpoint folder")->required();
-  eval_cmd->add_option("--data", eval_data, "byte-level text file")->required();
+  eval_cmd->add_option("--data", eval_data, "text, token shards or synthetic[:...] (as for train)")->required();
   eval_cmd->add_option("--seq-len", eval_seq, "tokens per window")->default_val(eval_seq)->check(CLI::PositiveNumber);
   eval_cmd->add_option("--batches", eval_batches, "windows to evaluate")->default_val(eval_batches)->check(CLI::PositiveNumber);
   eval_cmd->add_flag("--json", eval_json, "print one JSON object");
@@ -214,10 +216,10 @@ int main(int argc, char** argv) {
       const lasp::EvalResult r =
           lasp::evaluate_checkpoint(eval_ckpt, eval_data, eval_seq, eval_batches, *world, eval_parallel);
       if (world->rank() == 0) {
+        nlohmann::ordered_json j{{"loss", r.loss}, {"tokens", r.tokens}, {"attention_bytes", r.attention_bytes}};
+        if (r.recall_accuracy >= 0) j["recall_accuracy"] = r.recall_accuracy;
         if (eval_json)
-          std::cout << nlohmann::ordered_json{{"loss", r.loss}, {"tokens", r.tokens}, {"attention_bytes", r.attention_bytes}}
-                           .dump()
-                    << std::endl;
+          std::cout << j.dump() << std::endl;
         else
           std::printf("loss %.6f over %lld tokens (%.2f MB of attention traffic on rank 0)\n", r.loss,
                       (long long)r.tokens, r.attention_bytes / 1e6);

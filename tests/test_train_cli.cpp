@@ -166,3 +166,27 @@ TEST_F(TrainCli, TrainingLowersTheLoss) {
 }
 
 }  // namespace
+
+namespace {
+
+// The synthetic recall task trains and evaluates end to end, and eval reports its accuracy.
+TEST(TrainCliSynthetic, TrainsAndReportsRecallAccuracy) {
+  char tmpl[] = "/tmp/lasp_synthetic_XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  const Result t = run(kLasp + " train --data synthetic:pairs=4 --seq-len 64 --batch 2 --steps 3 --hidden 64 --heads 4" +
+                       " --ffn 128 --eval-every 3 --metrics " + dir + "/m.jsonl --save " + dir + "/ckpt");
+  ASSERT_EQ(t.status, 0) << t.output;
+  EXPECT_NE(t.output.find("recall accuracy"), std::string::npos) << t.output;
+  const Result e = run(kLasp + " eval --checkpoint " + dir + "/ckpt --data synthetic:pairs=4 --seq-len 64 --batches 4 --json");
+  ASSERT_EQ(e.status, 0) << e.output;
+  const auto j = nlohmann::json::parse(e.output.substr(e.output.find('{')));
+  EXPECT_TRUE(j.contains("recall_accuracy")) << e.output;
+  EXPECT_GE(j["recall_accuracy"].get<double>(), 0.0);
+  EXPECT_LE(j["recall_accuracy"].get<double>(), 1.0);
+  const Result bad = run(kLasp + " train --data synthetic:pairs=40 --seq-len 64 --steps 1");
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.output.find("4 * pairs + 1"), std::string::npos) << bad.output;
+  std::system(("rm -rf " + dir).c_str());
+}
+
+}  // namespace

@@ -16,6 +16,7 @@
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/schedule.h"
+#include "train/synthetic.h"
 
 namespace lasp {
 
@@ -45,13 +46,51 @@ uint64_t traffic(const Comm& c) { return c.stats().total_sent() + c.stats().tota
 
 namespace {
 
+// "synthetic" or "synthetic:pairs=P,tokens=T,seed=S": the long-range recall task with episodes of seq-len
+// tokens; anything else: a text file or llm.c token shards (auto-detected).
+struct TrainingData {
+  std::unique_ptr<TokenSource> source;
+  bool synthetic = false;
+};
+
+TrainingData open_training_data(const std::string& spec, int seq_len, uint64_t seed) {
+  if (spec.rfind("synthetic", 0) != 0) return {open_tokens(spec, "auto"), false};
+  int64_t pairs = 8, tokens = int64_t(seq_len) * 4096;
+  uint64_t data_seed = seed;
+  std::string rest = spec.size() > 9 && spec[9] == ':' ? spec.substr(10) : "";
+  LASP_CHECK(spec.size() == 9 || spec[9] == ':', "--data {}: expected synthetic or synthetic:pairs=P,tokens=T,seed=S", spec);
+  while (!rest.empty()) {
+    const size_t comma = rest.find(','), eq = rest.find('=');
+    const std::string item = rest.substr(0, comma);
+    LASP_CHECK(eq != std::string::npos && eq < item.size(), "--data {}: expected key=value in '{}'", spec, item);
+    const std::string key = item.substr(0, eq);
+    int64_t value = 0;
+    try {
+      value = std::stoll(item.substr(eq + 1));
+    } catch (const std::exception&) {
+      throw Error("--data " + spec + ": '" + item + "' is not key=integer");
+    }
+    if (key == "pairs") pairs = value;
+    else if (key == "tokens") tokens = value;
+    else if (key == "seed") data_seed = uint64_t(value);
+    else throw Error("--data " + spec + ": unknown key '" + key + "' (pairs, tokens, seed)");
+    rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+  }
+  return {make_synthetic_recall(tokens, seq_len, int(pairs), data_seed), true};
+}
+
+struct Validation {
+  double loss = 0;
+  double recall_accuracy = -1;  // synthetic data only
+};
+
 // Mean loss over `windows` aligned windows of the validation range (window k starts at begin + k N), the
 // DP ranks sharing them; every rank returns the same value.
-double validate(Model& model, const TokenSource& data, int64_t begin, int windows, int N,
-                const std::vector<int>& positions, const Grid& grid, Comm& world) {
-  const int B = model.batch(), Nl = int(positions.size());
+Validation validate(Model& model, const TokenSource& data, bool synthetic, int64_t begin, int windows, int N,
+                    const std::vector<int>& positions, const Grid& grid, Comm& world) {
+  const int B = model.batch(), Nl = int(positions.size()), V = model.config().vocab_size;
   std::vector<int> inputs(size_t(B) * Nl), targets(inputs.size());
-  double sum = 0;
+  double sum = 0, score[2] = {0, 0};  // recall: correct, total
   // DP rank g takes windows g, g + dp, ...; its SP group runs them B at a time, padding the last batch.
   std::vector<int> mine;
   for (int k = grid.dp_rank; k < windows; k += grid.dp_size) mine.push_back(k);
@@ -62,9 +101,21 @@ double validate(Model& model, const TokenSource& data, int64_t begin, int window
       read_window_slice(data, begin + int64_t(mine[first + b]) * N, positions, inputs.data() + size_t(b) * Nl,
                         targets.data() + size_t(b) * Nl);
     sum += model.forward(inputs.data(), targets.data());
+    if (!synthetic) continue;
+    for (int b = 0; b < B && first + b < mine.size(); ++b) {  // the answers among this rank's positions
+      std::vector<int> answers = recall_answer_positions(data, begin + int64_t(mine[first + b]) * N, N);
+      std::sort(answers.begin(), answers.end());
+      std::vector<int> local;
+      for (int i = 0; i < Nl; ++i)
+        if (std::binary_search(answers.begin(), answers.end(), positions[i])) local.push_back(i);
+      const RecallScore r = score_recall(model.logits() + size_t(b) * Nl * V, targets.data() + size_t(b) * Nl, local, V);
+      score[0] += double(r.correct);
+      score[1] += double(r.total);
+    }
   }
   world.all_reduce(&sum, 1);
-  return sum / (double(windows) * N);
+  world.all_reduce(score, 2);
+  return {sum / (double(windows) * N), synthetic && score[1] > 0 ? score[0] / score[1] : -1};
 }
 
 }  // namespace
@@ -80,17 +131,20 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
   const int Nl = int(positions.size()), B = o.batch;
   const bool rank0 = world.rank() == 0;
 
-  const auto data = open_tokens(o.data_path, "auto");
+  const TrainingData training_data = open_training_data(o.data_path, o.seq_len, o.seed);
+  const TokenSource* data = training_data.source.get();
   LASP_CHECK(data->vocab_size() <= config.vocab_size, "train: {} holds tokens up to {} but the model's vocab_size is {}",
              o.data_path, data->vocab_size() - 1, config.vocab_size);
-  const Split split = split_tokens(data->size(), o.val_fraction);
+  Split split = split_tokens(data->size(), o.val_fraction);
+  const int64_t align = training_data.synthetic ? o.seq_len : 1;  // synthetic windows = whole episodes
+  if (align > 1) split.train_end = split.val_begin = (split.val_begin + align - 1) / align * align;
   const int val_windows = int(std::min<int64_t>(int64_t(o.eval_batches) * grid.dp_size,
                                                 eval_window_count(split.val_end - split.val_begin, o.seq_len)));
   LASP_CHECK(o.eval_every == 0 || val_windows > 0,
              "train: --eval-every needs a validation part of at least --seq-len + 1 = {} tokens; --val-fraction {} of {} "
              "holds {}", o.seq_len + 1, o.val_fraction, o.data_path, split.val_end - split.val_begin);
   // Every rank draws the same windows (same seed); DP rank g trains on rows [g B, g B + B).
-  WindowSampler sampler(*data, o.seq_len, B * grid.dp_size, o.seed, split.train_begin, split.train_end);
+  WindowSampler sampler(*data, o.seq_len, B * grid.dp_size, o.seed, split.train_begin, split.train_end, align);
 
   auto attention = make_attention(config, grid, B, o.seq_len, layout, o.block);
   Model model(config, B, Nl, *attention, o.recompute);
@@ -178,12 +232,15 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
       if (tty && step == last_step) std::fputc('\n', stderr);
     }
     if (o.eval_every > 0 && (step == 1 || step % o.eval_every == 0 || step == o.steps)) {
-      const double val = validate(model, *data, split.val_begin, val_windows, o.seq_len, positions, grid, world);
-      result.val_losses.push_back({step, val});
-      record["val_loss"] = val;
+      const Validation val =
+          validate(model, *data, training_data.synthetic, split.val_begin, val_windows, o.seq_len, positions, grid, world);
+      result.val_losses.push_back({step, val.loss});
+      record["val_loss"] = val.loss;
+      if (val.recall_accuracy >= 0) record["val_recall_accuracy"] = val.recall_accuracy;
       if (rank0)
-        std::fprintf(stderr, "%sstep %d/%d  validation loss %.4f (%d windows)\n", tty ? "\n" : "", step, o.steps, val,
-                     val_windows);
+        std::fprintf(stderr, "%sstep %d/%d  validation loss %.4f (%d windows)%s\n", tty ? "\n" : "", step, o.steps,
+                     val.loss, val_windows,
+                     val.recall_accuracy >= 0 ? fmt::format(", recall accuracy {:.3f}", val.recall_accuracy).c_str() : "");
     }
     if (metrics.is_open()) metrics << record.dump() << std::endl;
     if (o.save_every > 0 && step % o.save_every == 0 && step < last_step) save(step);
@@ -201,20 +258,16 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_p
   const SpLayout layout = layout_for(config, parallel);
   const std::vector<int> positions = sp_positions(N, grid.sp_size, grid.sp_rank, layout);
   const int Nl = int(positions.size());
-  const auto data = open_tokens(data_path, "auto");
+  const TrainingData eval_data = open_training_data(data_path, N, 1234);
+  const TokenSource* data = eval_data.source.get();
   eval_batch(*data, N, 0, batches);  // checks that the file holds every window (clear error otherwise)
 
   auto attention = make_attention(config, grid, 1, N, layout, block);
   Model model(config, 1, Nl, *attention);
   load_checkpoint_weights(dir, model.layout(), model.params());
-  std::vector<int> inputs(Nl), targets(Nl);
-  double sum = 0;
-  for (int k = grid.dp_rank; k < batches; k += grid.dp_size) {  // DP ranks share the windows
-    read_window_slice(*data, int64_t(k) * N, positions, inputs.data(), targets.data());
-    sum += model.forward(inputs.data(), targets.data());
-  }
-  world.all_reduce(&sum, 1);
-  return {sum / (double(batches) * N), int64_t(batches) * N, traffic(*grid.sp)};
+  // Windows k = 0..batches-1 from the start of the data, shared by the DP ranks.
+  const Validation v = validate(model, *data, eval_data.synthetic, 0, batches, N, positions, grid, world);
+  return {v.loss, int64_t(batches) * N, traffic(*grid.sp), v.recall_accuracy};
 }
 
 }  // namespace lasp

@@ -18,7 +18,7 @@ struct ParallelOptions {
 };
 
 struct TrainOptions {
-  std::string data_path;       // byte-level text
+  std::string data_path;       // text, llm.c token shards (path or glob), or synthetic[:pairs=P,tokens=T,seed=S]
   int seq_len = 1024, batch = 1, steps = 100;  // batch: sequences per DP rank
   float lr = 1e-3f;            // peak learning rate
   float min_lr = -1.f;         // end of the cosine; < 0: lr / 10
@@ -54,6 +54,7 @@ struct EvalResult {
   double loss = 0;   // mean next-token cross-entropy
   int64_t tokens = 0;
   uint64_t attention_bytes = 0;  // sent + received by rank 0 for attention over the whole evaluation
+  double recall_accuracy = -1;   // synthetic recall data: the fraction of answers predicted (argmax)
 };
 // Windows k = 0..batches-1 of the file: tokens [k N, k N + N], the last N as targets.
 EvalResult evaluate_checkpoint(const std::string& checkpoint_dir, const std::string& data_path, int seq_len,

@@ -17,6 +17,7 @@
 #include "model/params.h"
 #include "train/checkpoint.h"
 #include "train/plot.h"
+#include "sp/grid.h"
 #include "train/trainer.h"
 
 namespace {
@@ -147,6 +148,10 @@ int main(int argc, char** argv) {
   gen_cmd->add_option("--temperature", gen_temperature, "sampling temperature (0: greedy)")->default_val(gen_temperature)->check(CLI::NonNegativeNumber);
   gen_cmd->add_option("--top-k", gen_top_k, "sample among the k most likely tokens (0: all)")->default_val(gen_top_k)->check(CLI::NonNegativeNumber);
   gen_cmd->add_option("--seed", gen_seed, "seed of the sampling")->default_val(gen_seed);
+  lasp::ParallelOptions gen_parallel;
+  gen_cmd->add_option("--sp-size", gen_parallel.sp_size, "ranks that prefill the prompt sequence-parallel (under mpirun)")
+      ->default_val(1)->check(CLI::PositiveNumber);
+  gen_cmd->add_option("--sp-layout", gen_parallel.sp_layout, "contiguous | zigzag (default: zigzag when the model has a softmax layer)");
 
   // plot
   auto* plot_cmd = app.add_subcommand("plot", "loss curve of a --metrics file as a PNG");
@@ -235,17 +240,27 @@ int main(int argc, char** argv) {
                    config.vocab_size);
         prompt.push_back(ch);
       }
-      lasp::Decoder decoder(config, params, int(prompt.size()) + gen_tokens);
+      lasp::Comm* sp = nullptr;
+      if (gen_parallel.sp_size > 1) {
+        world = &lasp::comm_world();
+        LASP_CHECK(world->size() == gen_parallel.sp_size, "generate: --sp-size {} must equal the number of ranks, {}",
+                   gen_parallel.sp_size, world->size());
+        sp = world;
+      }
+      const lasp::SpLayout sp_layout = !gen_parallel.sp_layout.empty() ? lasp::sp_layout_from_string(gen_parallel.sp_layout)
+                                    : config.has_softmax_layer()   ? lasp::SpLayout::zigzag
+                                                                   : lasp::SpLayout::contiguous;
+      lasp::Decoder decoder(config, params, int(prompt.size()) + gen_tokens, sp, sp_layout);
       std::vector<float> logits = decoder.prefill(prompt);
-      std::fwrite(gen_prompt.data(), 1, gen_prompt.size(), stdout);
+      const bool print = !sp || sp->rank() == 0;  // every rank decodes the same tokens; rank 0 prints them
+      if (print) std::fwrite(gen_prompt.data(), 1, gen_prompt.size(), stdout);
       uint64_t rng = gen_seed;
       for (int i = 0; i < gen_tokens; ++i) {
         const int next = lasp::sample_token(logits, gen_temperature, gen_top_k, rng);
-        std::fputc(next < 256 ? next : '?', stdout);
-        std::fflush(stdout);
+        if (print) std::fputc(next < 256 ? next : '?', stdout), std::fflush(stdout);
         if (i + 1 < gen_tokens) logits = decoder.step(next);
       }
-      std::fputc('\n', stdout);
+      if (print) std::fputc('\n', stdout);
     } else if (*plot_cmd) {
       if (plot_out.empty()) plot_out = plot_in.substr(0, plot_in.rfind('.')) + ".png";
       lasp::plot_metrics(plot_in, plot_out);

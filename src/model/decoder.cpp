@@ -13,6 +13,7 @@
 #include "kernels/swiglu.h"
 #include "model/attention.h"
 #include "model/model.h"
+#include "sp/lasp2.h"
 
 namespace lasp {
 
@@ -33,8 +34,9 @@ std::vector<float> rmsnorm(const std::vector<float>& x, const float* weight, int
 
 }  // namespace
 
-Decoder::Decoder(const ModelConfig& config, const std::vector<float>& params, int max_tokens)
-    : config_(config), layout_(config), params_(params), max_tokens_(max_tokens) {
+Decoder::Decoder(const ModelConfig& config, const std::vector<float>& params, int max_tokens, Comm* sp,
+                 SpLayout layout)
+    : config_(config), layout_(config), params_(params), max_tokens_(max_tokens), sp_(sp), layout_kind_(layout) {
   config_.validate();
   LASP_CHECK(params.size() >= layout_.total(), "decoder: {} parameters given, the model has {}", params.size(),
              layout_.total());
@@ -55,6 +57,35 @@ std::vector<float> Decoder::prefill(const std::vector<int>& prompt) {
   LASP_CHECK(n > 0 && n <= max_tokens_, "decoder: the prompt must hold 1 to {} tokens, got {}", max_tokens_, n);
   const ModelConfig& c = config_;
   const int H = c.num_attention_heads, Hkv = c.num_key_value_heads, d = c.head_dim(), V = c.vocab_size;
+  const int W = sp_ ? sp_->size() : 1, unit = layout_kind_ == SpLayout::zigzag ? 2 * W : W;
+  const int m = (n - 1) / unit * unit;  // the sequence-parallel prefix
+  if (W > 1 && m > 0) {
+    const std::vector<int> positions = sp_positions(m, W, sp_->rank(), layout_kind_);
+    const int Nl = int(positions.size());
+    Lasp2Attention attention(*sp_, {1, Nl, H, Hkv, d, 32}, m, layout_kind_, c.num_hidden_layers);
+    attention.keep_decode_state(true);
+    Model model(c, 1, Nl, attention);
+    std::copy(params_.begin(), params_.begin() + long(layout_.total()), model.params().begin());
+    std::vector<int> inputs;
+    for (int p : positions) inputs.push_back(prompt[p]);
+    model.forward(inputs.data(), nullptr);
+    const size_t row = size_t(Hkv) * d;
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      if (c.layer_types[l] == 'L') {
+        state_[l] = attention.final_state(l);
+      } else {
+        const std::vector<float> keys = attention.keys_in_order(l), values = attention.keys_in_order(l, true);
+        k_cache_[l].assign(size_t(max_tokens_) * row, 0.f);
+        v_cache_[l].assign(size_t(max_tokens_) * row, 0.f);
+        std::copy(keys.begin(), keys.end(), k_cache_[l].begin());
+        std::copy(values.begin(), values.end(), v_cache_[l].begin());
+      }
+    }
+    pos_ = m;
+    std::vector<float> logits;
+    for (int i = m; i < n; ++i) logits = step(prompt[i]);  // the rest of the prompt, on every rank alike
+    return logits;
+  }
   LocalAttention attention({1, n, H, Hkv, d, 32});
   attention.keep_decode_state(true);
   Model model(c, 1, n, attention);

@@ -47,6 +47,8 @@ struct Lasp2Attention::Impl {
   int segments = 1, segment_len = 0;
   std::vector<std::vector<float>> segment_states;
   std::vector<std::vector<float>> kv_all;   // per softmax layer: gathered K and V, (2, B, N, H_kv, d)
+  bool keep = false;                        // keep the decode state (final linear states)
+  std::vector<std::vector<float>> final_states;
   std::vector<float> kv_send, kv_recv, dkv_all, dkv_send, dkv_recv;
 
   Impl(Comm& c, const AttentionShape& shape, int global_N, SpLayout layout, int layers)
@@ -73,6 +75,7 @@ struct Lasp2Attention::Impl {
     suffix.resize(states);
     incoming.resize(layers);
     kv_all.resize(layers);
+    final_states.resize(layers);
     // Up to 4 segments of whole blocks.
     const int blocks = (L + s.block - 1) / s.block;
     segments = std::min(4, blocks);
@@ -174,6 +177,22 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
   auto& P = m.incoming[layer];
   P.resize(m.state_floats());
   m.scan(lambda, true, P);
+  if (m.keep) {  // the state after the last piece: lambda^L P_last + M_last, by the same scan one step further
+    const size_t dd = size_t(d) * d;
+    auto& final = m.final_states[layer];
+    final.assign(size_t(m.s.B) * H * dd, 0.f);
+    const int pieces = int(m.owner.size());
+    for (int b = 0; b < m.s.B; ++b)
+      for (int h = 0; h < H; ++h) {
+        const float decay = float(std::pow(lambda ? double(lambda[h]) : 1.0, L));
+        float* acc = final.data() + (size_t(b) * H + h) * dd;
+        for (int p = 0; p < pieces; ++p) {
+          const auto [r, i] = m.owner[p];
+          const float* piece_state = m.recv.data() + size_t(r) * m.state_floats() + m.state_at(i, b, h);
+          for (size_t x = 0; x < dd; ++x) acc[x] = (decay < 1e-30f ? 0.f : decay * acc[x]) + piece_state[x];
+        }
+      }
+  }
   m.for_each_head([&](int b, int i, int h, float* tmp) {
     if (m.first_piece(i)) return;
     std::vector<float> pw;
@@ -276,6 +295,23 @@ void Lasp2Attention::linear_bidirectional_backward(int layer, float* dq, float* 
       for (size_t i = 0; i < states; ++i) others[i] += all[size_t(r) * states + i];
   linear_attention_bidirectional_backward(dq, dk, dv, nullptr, dout, others.data(), q, k, v,
                                           m.incoming[layer].data(), {B, Nl, H, d, m.s.block}, m.kernel_ws.view());
+}
+
+void Lasp2Attention::keep_decode_state(bool keep) { impl_->keep = keep; }
+
+const std::vector<float>& Lasp2Attention::final_state(int layer) const { return impl_->final_states.at(layer); }
+
+std::vector<float> Lasp2Attention::keys_in_order(int layer, bool values) const {
+  const Impl& m = *impl_;
+  const int B = m.s.B, N = m.N;
+  const size_t row = size_t(m.s.H_kv) * m.s.d;
+  const auto& kv = m.kv_all.at(layer);
+  const float* src = kv.data() + (values ? size_t(B) * N * row : 0);
+  std::vector<float> out(size_t(B) * N * row);
+  for (int b = 0; b < B; ++b)
+    for (int i = 0; i < N; ++i)  // gathered key i sits at global position k_pos[i]
+      std::memcpy(out.data() + (size_t(b) * N + m.k_pos[i]) * row, src + (size_t(b) * N + i) * row, sizeof(float) * row);
+  return out;
 }
 
 void Lasp2Attention::softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) {

@@ -41,6 +41,12 @@ class Lasp2Attention : public Attention {
   void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                         const float* lse, const float* q, const float* k, const float* v) override;
 
+  // For a sequence-parallel prefill: keep each linear layer's state after the WHOLE sequence (every rank
+  // computes it from the gathered piece states) and each softmax layer's keys and values in position order.
+  void keep_decode_state(bool keep);
+  const std::vector<float>& final_state(int layer) const;                 // (B, H, d, d)
+  std::vector<float> keys_in_order(int layer, bool values = false) const;  // (B, N, H_kv, d)
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

@@ -11,6 +11,7 @@
 
 #include "comm/comm.h"
 #include "model/attention.h"
+#include "model/decoder.h"
 #include "model/model.h"
 #include "sp/grid.h"
 #include "sp/lasp2.h"
@@ -136,6 +137,39 @@ TEST(SpBidirectional, EqualsSingleProcessOnEveryRank) {
     expect_close(take_rows(dk, B, N, width, pos), dkl, "dk");
     expect_close(take_rows(dv, B, N, width, pos), dvl, "dv");
   }
+}
+
+// Generation with a sequence-parallel prefill (linear layers hand over their final state, softmax layers
+// their keys and values) decodes exactly like the single-process decoder, on every rank.
+TEST(SpGenerate, PrefillAndDecodeEqualSingleProcess) {
+  for (const std::string types : {"LLLN", "NLNL"})
+    for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag}) {
+      ModelConfig c;
+      c.vocab_size = 64;
+      c.hidden_size = 32;
+      c.intermediate_size = 64;
+      c.num_attention_heads = 4;
+      c.num_key_value_heads = 2;
+      c.layer_types = types;
+      c.linear.decay = types == "NLNL" ? Decay::lightning : Decay::none;
+      c.validate();
+      ParamLayout layout_table(c);
+      std::vector<float> params(layout_table.total());
+      init_weights(layout_table, params, 3, 0.2f);
+      std::vector<int> prompt(37);
+      for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int(i * 7 % 64);
+      Decoder single(c, params, 64), parallel(c, params, 64, &world(), layout);
+      std::vector<float> a = single.prefill(prompt), b = parallel.prefill(prompt);
+      expect_close(a, b, types + " prefill logits");
+      uint64_t state = 0;
+      for (int i = 0; i < 5; ++i) {
+        const int ta = sample_token(a, 0.f, 0, state), tb = sample_token(b, 0.f, 0, state);
+        EXPECT_EQ(ta, tb) << types << " token " << i;
+        a = single.step(ta);
+        b = parallel.step(ta);
+        expect_close(a, b, types + " decode logits");
+      }
+    }
 }
 
 // LASP-2 moves ONE all-gather of the d x d states per linear layer forward and one backward, the same

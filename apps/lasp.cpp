@@ -85,7 +85,7 @@ int main(int argc, char** argv) {
   auto* info = app.add_subcommand("info", "version, BLAS, threads");
 
   // train
-  auto* train_cmd = app.add_subcommand("train", "train a model on a byte-level text file");
+  auto* train_cmd = app.add_subcommand("train", "train a model on text, llm.c token shards or the synthetic recall task");
   ModelFlags train_model;
   train_model.add(train_cmd);
   lasp::TrainOptions topt;
@@ -120,6 +120,8 @@ int main(int argc, char** argv) {
     cmd->add_option("--sp-size", p.sp_size, "sequence-parallel ranks per sequence")->default_val(1)->check(CLI::PositiveNumber);
     cmd->add_option("--dp-size", p.dp_size, "data-parallel groups")->default_val(1)->check(CLI::PositiveNumber);
     cmd->add_option("--sp-layout", p.sp_layout, "contiguous | zigzag (default: zigzag when the model has a softmax layer)");
+    cmd->add_option("--sp-method", p.sp_method, "lasp2 (LASP-2 + LASP-2H) | lasp1 (serial state chain)")
+        ->default_val(p.sp_method);
   };
   add_parallel(train_cmd, topt.parallel);
 

@@ -12,6 +12,7 @@
 #include "model/attention.h"
 #include "model/model.h"
 #include "sp/grid.h"
+#include "sp/lasp1.h"
 #include "sp/lasp2.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
@@ -33,10 +34,13 @@ SpLayout layout_for(const ModelConfig& c, const ParallelOptions& p) {
 
 // The attention of this rank: the local kernels on one SP rank, LASP-2 / LASP-2H across several.
 std::unique_ptr<Attention> make_attention(const ModelConfig& c, const Grid& g, int B, int N, SpLayout layout,
-                                          int block) {
+                                          int block, const std::string& method) {
+  LASP_CHECK(method == "lasp2" || method == "lasp1",
+             "unknown --sp-method '{}': expected lasp2 or lasp1 (ring, ulysses and allgather are not built yet)", method);
   const int Nl = N / g.sp_size;
   const AttentionShape shape{B, Nl, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), block};
   if (g.sp_size == 1) return std::make_unique<LocalAttention>(shape);
+  if (method == "lasp1") return std::make_unique<Lasp1Attention>(*g.sp, shape, N, layout, c.num_hidden_layers);
   return std::make_unique<Lasp2Attention>(*g.sp, shape, N, layout, c.num_hidden_layers);
 }
 
@@ -146,7 +150,7 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
   // Every rank draws the same windows (same seed); DP rank g trains on rows [g B, g B + B).
   WindowSampler sampler(*data, o.seq_len, B * grid.dp_size, o.seed, split.train_begin, split.train_end, align);
 
-  auto attention = make_attention(config, grid, B, o.seq_len, layout, o.block);
+  auto attention = make_attention(config, grid, B, o.seq_len, layout, o.block, o.parallel.sp_method);
   Model model(config, B, Nl, *attention, o.recompute);
   AdamW optimizer(model.layout(), o.adamw);
   int first_step = 1;
@@ -262,7 +266,7 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_p
   const TokenSource* data = eval_data.source.get();
   eval_batch(*data, N, 0, batches);  // checks that the file holds every window (clear error otherwise)
 
-  auto attention = make_attention(config, grid, 1, N, layout, block);
+  auto attention = make_attention(config, grid, 1, N, layout, block, parallel.sp_method);
   Model model(config, 1, Nl, *attention);
   load_checkpoint_weights(dir, model.layout(), model.params());
   // Windows k = 0..batches-1 from the start of the data, shared by the DP ranks.

@@ -37,8 +37,12 @@ compare hybrid_sp1 hybrid_dp2_sp2
 run linear_sp1 1 --batch 2 --layer-types LLLL --decay lightning
 run linear_sp4 4 --batch 2 --layer-types LLLL --decay lightning --sp-size 4 --sp-layout contiguous
 run linear_sp3 3 --batch 2 --layer-types LLLL --decay lightning --sp-size 3
+run linear_lasp1_sp4 4 --batch 2 --layer-types LLLL --decay lightning --sp-size 4 --sp-method lasp1
+run hybrid_lasp1_sp2 2 --batch 2 --sp-size 2 --sp-method lasp1
 compare linear_sp1 linear_sp4
 compare linear_sp1 linear_sp3
+compare linear_sp1 linear_lasp1_sp4
+compare hybrid_sp1 hybrid_lasp1_sp2
 # eval of a checkpoint: the same loss on 1 rank, on sp 2 and on dp 2 x sp 2
 run saved 1 --batch 2 --save "$dir/ckpt"
 evaluate() {  # evaluate RANKS ARGS...

@@ -1,0 +1,82 @@
+#include "sp/lasp1.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace lasp {
+
+Lasp1Attention::Lasp1Attention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers)
+    : Lasp2Attention(sp, shape, global_N, layout, layers),
+      sp_(sp),
+      s_(shape),
+      mine_(sp_pieces(global_N, sp.size(), sp.rank(), layout)),
+      owner_(size_t(sp.size()) * mine_.size()),
+      incoming_(layers) {
+  for (int r = 0; r < sp.size(); ++r) {
+    const auto pieces = sp_pieces(global_N, sp.size(), r, layout);
+    for (size_t i = 0; i < pieces.size(); ++i) owner_[pieces[i].index] = {r, int(i)};
+  }
+  const LinearAttentionShape piece{1, mine_[0].length, s_.H, s_.d, s_.block};
+  const int threads = omp_get_max_threads();
+  ws_.storage.resize(std::max(linear_attention_forward_workspace_floats(piece, threads),
+                              linear_attention_backward_workspace_floats(piece, threads)));
+}
+
+void Lasp1Attention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
+                                    const float* lambda) {
+  const int H = s_.H, d = s_.d, pieces = int(owner_.size()), me = sp_.rank();
+  const size_t S = state_floats(), dd = size_t(d) * d;
+  auto& incoming = incoming_[layer];
+  incoming.assign(mine_.size() * S, 0.f);
+  std::vector<float> out(S);
+  for (int p = 0; p < pieces; ++p) {
+    const auto [r, i] = owner_[p];
+    if (r != me) continue;
+    float* P = incoming.data() + size_t(i) * S;
+    if (p > 0) {  // wait for the state from the previous piece's holder (the serial chain)
+      const auto [prev_rank, prev_i] = owner_[p - 1];
+      if (prev_rank != me) sp_.send_recv(nullptr, 0, -1, P, S, prev_rank);
+      else std::memcpy(P, out.data(), sizeof(float) * S);  // our own previous piece
+    }
+    const Piece& piece = mine_[i];
+    for (int b = 0; b < s_.B; ++b) {
+      const long at = (long(b) * s_.N + piece.offset) * H * d;
+      linear_attention_forward(o + at, out.data() + size_t(b) * H * dd, q + at, k + at, v + at,
+                               p > 0 ? P + size_t(b) * H * dd : nullptr, lambda, {1, piece.length, H, d, s_.block},
+                               ws_.view());
+    }
+    if (p + 1 < pieces && owner_[p + 1].first != me) sp_.send_recv(out.data(), S, owner_[p + 1].first, nullptr, 0, -1);
+  }
+}
+
+void Lasp1Attention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
+                                     const float* k, const float* v, const float* lambda) {
+  const int H = s_.H, d = s_.d, pieces = int(owner_.size()), me = sp_.rank();
+  const size_t S = state_floats(), dd = size_t(d) * d;
+  const auto& incoming = incoming_[layer];
+  std::vector<float> dstate_out(S), dstate_in(S);
+  for (int p = pieces - 1; p >= 0; --p) {
+    const auto [r, i] = owner_[p];
+    if (r != me) continue;
+    if (p + 1 < pieces) {  // the gradient of the state leaving this piece, from the next piece's holder
+      const int next_rank = owner_[p + 1].first;
+      if (next_rank != me) sp_.send_recv(nullptr, 0, -1, dstate_out.data(), S, next_rank);
+      else dstate_out = dstate_in;
+    }
+    std::fill(dstate_in.begin(), dstate_in.end(), 0.f);
+    const Piece& piece = mine_[i];
+    const float* P = incoming.data() + size_t(i) * S;
+    for (int b = 0; b < s_.B; ++b) {
+      const long at = (long(b) * s_.N + piece.offset) * H * d;
+      linear_attention_backward(dq + at, dk + at, dv + at, p > 0 ? dstate_in.data() + size_t(b) * H * dd : nullptr,
+                                dout + at, p + 1 < pieces ? dstate_out.data() + size_t(b) * H * dd : nullptr, q + at,
+                                k + at, v + at, p > 0 ? P + size_t(b) * H * dd : nullptr, lambda,
+                                {1, piece.length, H, d, s_.block}, ws_.view());
+    }
+    if (p > 0 && owner_[p - 1].first != me) sp_.send_recv(dstate_in.data(), S, owner_[p - 1].first, nullptr, 0, -1);
+  }
+}
+
+}  // namespace lasp

@@ -314,17 +314,17 @@ std::vector<float> Lasp2Attention::keys_in_order(int layer, bool values) const {
   return out;
 }
 
-void Lasp2Attention::softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) {
+const float* Lasp2Attention::gather_kv(int layer, const float* k, const float* v, int heads) {
   Impl& m = *impl_;
   const int B = m.s.B, Nl = m.s.N, W = m.W, N = m.N;
-  const size_t row = size_t(m.s.H_kv) * m.s.d, local = size_t(B) * Nl * row;
+  const size_t row = size_t(heads) * m.s.d, local = size_t(B) * Nl * row;
   // ONE all-gather of [K | V]
   m.kv_send.resize(2 * local);
   std::memcpy(m.kv_send.data(), k, sizeof(float) * local);
   std::memcpy(m.kv_send.data() + local, v, sizeof(float) * local);
   m.kv_recv.resize(2 * local * W);
   m.sp.all_gather(m.kv_send.data(), m.kv_recv.data(), 2 * local);
-  // (W, 2, B, Nl, H_kv, d) -> (2, B, N, H_kv, d) with the keys in rank order (k_pos says where they sit)
+  // (W, 2, B, Nl, heads, d) -> (2, B, N, heads, d) with the keys in rank order (k_pos says where they sit)
   auto& kv = m.kv_all[layer];
   kv.resize(2 * size_t(B) * N * row);
   for (int r = 0; r < W; ++r)
@@ -332,23 +332,24 @@ void Lasp2Attention::softmax_forward(int layer, float* o, float* lse, const floa
       for (int b = 0; b < B; ++b)
         std::memcpy(kv.data() + ((size_t(part) * B + b) * N + size_t(r) * Nl) * row,
                     m.kv_recv.data() + ((size_t(r) * 2 + part) * B + b) * Nl * row, sizeof(float) * Nl * row);
-  const SoftmaxAttentionShape shape{B, Nl, N, m.s.H, m.s.H_kv, m.s.d, 1.f / std::sqrt(float(m.s.d))};
-  const float* K = kv.data();
-  const float* V = kv.data() + size_t(B) * N * row;
-  softmax_attention_forward(o, lse, q, K, V, positions_.data(), m.k_pos.data(), shape, m.kernel_ws.view());
+  return kv.data();
 }
 
-void Lasp2Attention::softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
-                                      const float* lse, const float* q, const float*, const float*) {
+const float* Lasp2Attention::gathered_kv(int layer) const { return impl_->kv_all.at(layer).data(); }
+const int* Lasp2Attention::gathered_positions() const { return impl_->k_pos.data(); }
+int Lasp2Attention::global_length() const { return impl_->N; }
+
+float* Lasp2Attention::zeroed_dkv(int heads) {
+  Impl& m = *impl_;
+  m.dkv_all.assign(2 * size_t(m.s.B) * m.N * heads * m.s.d, 0.f);
+  return m.dkv_all.data();
+}
+
+void Lasp2Attention::scatter_dkv(float* dk, float* dv, int heads) {
   Impl& m = *impl_;
   const int B = m.s.B, Nl = m.s.N, W = m.W, N = m.N;
-  const size_t row = size_t(m.s.H_kv) * m.s.d, local = size_t(B) * Nl * row, all = size_t(B) * N * row;
-  const auto& kv = m.kv_all[layer];
-  m.dkv_all.assign(2 * all, 0.f);
-  const SoftmaxAttentionShape shape{B, Nl, N, m.s.H, m.s.H_kv, m.s.d, 1.f / std::sqrt(float(m.s.d))};
-  softmax_attention_backward(dq, m.dkv_all.data(), m.dkv_all.data() + all, dout, o, lse, q, kv.data(),
-                             kv.data() + all, positions_.data(), m.k_pos.data(), shape, m.kernel_ws.view());
-  // (2, B, N, H_kv, d) -> (W, 2, B, Nl, H_kv, d), then ONE reduce-scatter to the owners
+  const size_t row = size_t(heads) * m.s.d, local = size_t(B) * Nl * row;
+  // (2, B, N, heads, d) -> (W, 2, B, Nl, heads, d), then ONE reduce-scatter to the owners
   m.dkv_send.resize(2 * local * W);
   for (int r = 0; r < W; ++r)
     for (int part = 0; part < 2; ++part)
@@ -361,6 +362,26 @@ void Lasp2Attention::softmax_backward(int layer, float* dq, float* dk, float* dv
     dk[i] += m.dkv_recv[i];
     dv[i] += m.dkv_recv[local + i];
   }
+}
+
+void Lasp2Attention::softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) {
+  Impl& m = *impl_;
+  const float* kv = gather_kv(layer, k, v, m.s.H_kv);
+  const size_t all = size_t(m.s.B) * m.N * m.s.H_kv * m.s.d;
+  const SoftmaxAttentionShape shape{m.s.B, m.s.N, m.N, m.s.H, m.s.H_kv, m.s.d, 1.f / std::sqrt(float(m.s.d))};
+  softmax_attention_forward(o, lse, q, kv, kv + all, positions_.data(), m.k_pos.data(), shape, m.kernel_ws.view());
+}
+
+void Lasp2Attention::softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
+                                      const float* lse, const float* q, const float*, const float*) {
+  Impl& m = *impl_;
+  const size_t all = size_t(m.s.B) * m.N * m.s.H_kv * m.s.d;
+  const float* kv = m.kv_all[layer].data();
+  float* dkv = zeroed_dkv(m.s.H_kv);
+  const SoftmaxAttentionShape shape{m.s.B, m.s.N, m.N, m.s.H, m.s.H_kv, m.s.d, 1.f / std::sqrt(float(m.s.d))};
+  softmax_attention_backward(dq, dkv, dkv + all, dout, o, lse, q, kv, kv + all, positions_.data(), m.k_pos.data(),
+                             shape, m.kernel_ws.view());
+  scatter_dkv(dk, dv, m.s.H_kv);
 }
 
 }  // namespace lasp

@@ -47,6 +47,18 @@ class Lasp2Attention : public Attention {
   const std::vector<float>& final_state(int layer) const;                 // (B, H, d, d)
   std::vector<float> keys_in_order(int layer, bool values = false) const;  // (B, N, H_kv, d)
 
+ protected:
+  // The pieces other methods build on. gather_kv: ONE all-gather of this rank's K and V ((B, N_local,
+  // heads, d) each), kept for the layer's backward and returned as (2, B, N, heads, d) with the keys in rank
+  // order; gathered_positions() gives their global positions. zeroed_dkv / scatter_dkv: gradients of the
+  // gathered K and V, summed back to their owners by ONE reduce-scatter and added into dk, dv.
+  const float* gather_kv(int layer, const float* k, const float* v, int heads);
+  const float* gathered_kv(int layer) const;
+  const int* gathered_positions() const;
+  int global_length() const;
+  float* zeroed_dkv(int heads);
+  void scatter_dkv(float* dk, float* dv, int heads);
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

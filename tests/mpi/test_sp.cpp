@@ -14,6 +14,7 @@
 #include "model/decoder.h"
 #include "model/model.h"
 #include "sp/grid.h"
+#include "sp/allgather.h"
 #include "sp/lasp1.h"
 #include "sp/lasp2.h"
 #include "testing.h"
@@ -115,48 +116,57 @@ INSTANTIATE_TEST_SUITE_P(Cases, SpAttention, ::testing::ValuesIn(attention_cases
          to_string(c.layout) + "_N" + std::to_string(c.N);
 });
 
-// LASP-1 (the serial chain of states) gives the same results, both layouts, every decay.
-TEST(SpLasp1, EqualsSingleProcessOnEveryRank) {
+// The baselines give the same results for linear layers, both layouts, every decay: LASP-1 (the serial
+// chain of states) and AllGather (K, V gathered, masked left product); with their own traffic.
+TEST(SpBaselines, EqualsSingleProcessOnEveryRank) {
   const int W = world().size(), B = 2, H = 4, d = 16, N = 24 * W, width = H * d;
-  for (Decay decay : {Decay::none, Decay::lightning, Decay::retention})
-    for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag}) {
-      auto q = random_values(size_t(B) * N * width, 1), k = random_values(q.size(), 2), v = random_values(q.size(), 3),
-           g = random_values(q.size(), 4);
-      for (auto* x : {&q, &k})
-        for (float& e : *x) e = 0.5f * (e + 1.1f);
-      std::vector<float> lambda(H);
-      linear_attention_decays(lambda.data(), H, decay);
-      LocalAttention local({B, N, H, H, d, 16});
-      std::vector<float> o(q.size()), dq(q.size(), 0.f), dk(q.size(), 0.f), dv(q.size(), 0.f);
-      local.linear_forward(0, o.data(), q.data(), k.data(), v.data(), lambda.data());
-      local.linear_backward(0, dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data(), lambda.data());
-      const std::vector<int> pos = sp_positions(N, W, world().rank(), layout);
-      const int Nl = int(pos.size());
-      Lasp1Attention sp(world(), {B, Nl, H, H, d, 16}, N, layout, 1);
-      auto ql = take_rows(q, B, N, width, pos), kl = take_rows(k, B, N, width, pos), vl = take_rows(v, B, N, width, pos),
-           gl = take_rows(g, B, N, width, pos);
-      std::vector<float> ol(ql.size()), dql(ql.size(), 0.f), dkl(ql.size(), 0.f), dvl(ql.size(), 0.f);
-      world().reset_stats();
-      sp.linear_forward(0, ol.data(), ql.data(), kl.data(), vl.data(), lambda.data());
-      // the chain: each of this rank's pieces whose predecessor sits on another rank receives one state
-      // of B H d^2 floats
-      int received_hops = 0;
-      for (const Piece& p : sp_pieces(N, W, world().rank(), layout))
-        if (p.index > 0) {
-          bool mine = false;
-          for (const Piece& own : sp_pieces(N, W, world().rank(), layout)) mine = mine || own.index == p.index - 1;
-          received_hops += mine ? 0 : 1;
+  for (const std::string method : {"lasp1", "allgather"})
+    for (Decay decay : {Decay::none, Decay::lightning, Decay::retention})
+      for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag}) {
+        auto q = random_values(size_t(B) * N * width, 1), k = random_values(q.size(), 2),
+             v = random_values(q.size(), 3), g = random_values(q.size(), 4);
+        for (auto* x : {&q, &k})
+          for (float& e : *x) e = 0.5f * (e + 1.1f);
+        std::vector<float> lambda(H);
+        linear_attention_decays(lambda.data(), H, decay);
+        LocalAttention local({B, N, H, H, d, 16});
+        std::vector<float> o(q.size()), dq(q.size(), 0.f), dk(q.size(), 0.f), dv(q.size(), 0.f);
+        local.linear_forward(0, o.data(), q.data(), k.data(), v.data(), lambda.data());
+        local.linear_backward(0, dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data(),
+                              lambda.data());
+        const std::vector<Piece> mine = sp_pieces(N, W, world().rank(), layout);
+        const std::vector<int> pos = sp_positions(N, W, world().rank(), layout);
+        const int Nl = int(pos.size());
+        const AttentionShape shape{B, Nl, H, H, d, 16};
+        std::unique_ptr<Attention> sp;
+        if (method == "lasp1") sp = std::make_unique<Lasp1Attention>(world(), shape, N, layout, 1);
+        else sp = std::make_unique<AllGatherAttention>(world(), shape, N, layout, 1);
+        auto ql = take_rows(q, B, N, width, pos), kl = take_rows(k, B, N, width, pos),
+             vl = take_rows(v, B, N, width, pos), gl = take_rows(g, B, N, width, pos);
+        std::vector<float> ol(ql.size()), dql(ql.size(), 0.f), dkl(ql.size(), 0.f), dvl(ql.size(), 0.f);
+        world().reset_stats();
+        sp->linear_forward(0, ol.data(), ql.data(), kl.data(), vl.data(), lambda.data());
+        const CommStats& st = world().stats();
+        if (method == "lasp1") {  // each piece whose predecessor sits on another rank receives one state
+          int hops = 0;
+          for (const Piece& p : mine) {
+            bool own_previous = false;
+            for (const Piece& other : mine) own_previous = own_previous || other.index == p.index - 1;
+            hops += p.index > 0 && !own_previous ? 1 : 0;
+          }
+          EXPECT_EQ(st.bytes_received[int(CommKind::send_recv)], uint64_t(hops) * B * H * d * d * sizeof(float));
+        } else {  // K and V of every other rank
+          EXPECT_EQ(st.calls[int(CommKind::all_gather)], 1u);
+          EXPECT_EQ(st.bytes_received[int(CommKind::all_gather)], uint64_t(W - 1) * 2 * B * Nl * width * sizeof(float));
         }
-      EXPECT_EQ(world().stats().bytes_received[int(CommKind::send_recv)],
-                uint64_t(received_hops) * B * H * d * d * sizeof(float));
-      sp.linear_backward(0, dql.data(), dkl.data(), dvl.data(), gl.data(), ql.data(), kl.data(), vl.data(),
-                         lambda.data());
-      const std::string what = std::string(to_string(decay)) + " " + to_string(layout);
-      expect_close(take_rows(o, B, N, width, pos), ol, "lasp1 o " + what);
-      expect_close(take_rows(dq, B, N, width, pos), dql, "lasp1 dq " + what);
-      expect_close(take_rows(dk, B, N, width, pos), dkl, "lasp1 dk " + what);
-      expect_close(take_rows(dv, B, N, width, pos), dvl, "lasp1 dv " + what);
-    }
+        sp->linear_backward(0, dql.data(), dkl.data(), dvl.data(), gl.data(), ql.data(), kl.data(), vl.data(),
+                            lambda.data());
+        const std::string what = method + " " + to_string(decay) + " " + to_string(layout);
+        expect_close(take_rows(o, B, N, width, pos), ol, what + " o");
+        expect_close(take_rows(dq, B, N, width, pos), dql, what + " dq");
+        expect_close(take_rows(dk, B, N, width, pos), dkl, what + " dk");
+        expect_close(take_rows(dv, B, N, width, pos), dvl, what + " dv");
+      }
 }
 
 // Bidirectional linear attention: every rank's queries against the total state of all ranks.

@@ -10,12 +10,14 @@
 #include <random>
 
 #include "comm/comm.h"
+#include "core/check.h"
 #include "model/attention.h"
 #include "model/decoder.h"
 #include "model/model.h"
 #include "sp/grid.h"
 #include "sp/allgather.h"
 #include "sp/lasp1.h"
+#include "sp/ulysses.h"
 #include "sp/lasp2.h"
 #include "testing.h"
 #include "train/optimizer.h"
@@ -166,6 +168,62 @@ TEST(SpBaselines, EqualsSingleProcessOnEveryRank) {
         expect_close(take_rows(dq, B, N, width, pos), dql, what + " dq");
         expect_close(take_rows(dk, B, N, width, pos), dkl, what + " dk");
         expect_close(take_rows(dv, B, N, width, pos), dvl, what + " dv");
+      }
+}
+
+// Ulysses: all-to-all to head sharding and back, for linear (every decay) and softmax (GQA, the key/value
+// heads replicated) layers; a head count the world does not divide is a clear error.
+TEST(SpUlysses, EqualsSingleProcessOnEveryRankOrRefusesClearly) {
+  const int W = world().size(), B = 2, H = 4, Hkv = 2, d = 8, N = 24 * W;
+  if (H % W != 0) {
+    try {
+      UlyssesAttention sp(world(), {B, N / W, H, Hkv, d, 16}, N, SpLayout::contiguous, 1);
+      ADD_FAILURE() << "no error for H = " << H << " over " << W << " ranks";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("ulysses"), std::string::npos) << e.what();
+    }
+    return;
+  }
+  for (bool linear : {true, false})
+    for (Decay decay : {Decay::none, Decay::lightning})
+      for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag}) {
+        const int width = H * d, kvw = (linear ? H : Hkv) * d;
+        auto q = random_values(size_t(B) * N * width, 1), k = random_values(size_t(B) * N * kvw, 2),
+             v = random_values(size_t(B) * N * kvw, 3), g = random_values(size_t(B) * N * width, 4);
+        if (linear)
+          for (auto* x : {&q, &k})
+            for (float& e : *x) e = 0.5f * (e + 1.1f);
+        std::vector<float> lambda(H);
+        linear_attention_decays(lambda.data(), H, decay);
+        LocalAttention local({B, N, H, Hkv, d, 16});
+        std::vector<float> o(q.size()), lse(size_t(B) * H * N), dq(q.size(), 0.f), dk(k.size(), 0.f), dv(v.size(), 0.f);
+        const std::vector<int> pos = sp_positions(N, W, world().rank(), layout);
+        const int Nl = int(pos.size());
+        UlyssesAttention sp(world(), {B, Nl, H, Hkv, d, 16}, N, layout, 1);
+        auto ql = take_rows(q, B, N, width, pos), kl = take_rows(k, B, N, kvw, pos), vl = take_rows(v, B, N, kvw, pos),
+             gl = take_rows(g, B, N, width, pos);
+        std::vector<float> ol(ql.size()), lsel(size_t(B) * H * Nl), dql(ql.size(), 0.f), dkl(kl.size(), 0.f),
+            dvl(vl.size(), 0.f);
+        if (linear) {
+          local.linear_forward(0, o.data(), q.data(), k.data(), v.data(), lambda.data());
+          local.linear_backward(0, dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data(), lambda.data());
+          sp.linear_forward(0, ol.data(), ql.data(), kl.data(), vl.data(), lambda.data());
+          sp.linear_backward(0, dql.data(), dkl.data(), dvl.data(), gl.data(), ql.data(), kl.data(), vl.data(),
+                             lambda.data());
+        } else {
+          if (decay != Decay::none) continue;
+          local.softmax_forward(0, o.data(), lse.data(), q.data(), k.data(), v.data());
+          local.softmax_backward(0, dq.data(), dk.data(), dv.data(), g.data(), o.data(), lse.data(), q.data(), k.data(),
+                                 v.data());
+          sp.softmax_forward(0, ol.data(), lsel.data(), ql.data(), kl.data(), vl.data());
+          sp.softmax_backward(0, dql.data(), dkl.data(), dvl.data(), gl.data(), ol.data(), lsel.data(), ql.data(),
+                              kl.data(), vl.data());
+        }
+        const std::string what = std::string(linear ? "linear " : "softmax ") + to_string(decay) + " " + to_string(layout);
+        expect_close(take_rows(o, B, N, width, pos), ol, "ulysses o " + what);
+        expect_close(take_rows(dq, B, N, width, pos), dql, "ulysses dq " + what);
+        expect_close(take_rows(dk, B, N, kvw, pos), dkl, "ulysses dk " + what);
+        expect_close(take_rows(dv, B, N, kvw, pos), dvl, "ulysses dv " + what);
       }
 }
 

@@ -1,0 +1,165 @@
+#include "sp/ulysses.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "core/check.h"
+
+namespace lasp {
+
+UlyssesAttention::UlyssesAttention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers)
+    : sp_(sp), s_(shape), N_(global_N), W_(sp.size()), hg_(0), saved_(layers) {
+  LASP_CHECK(shape.H % W_ == 0, "ulysses: the {} attention heads must divide evenly over the {} sp ranks", shape.H, W_);
+  hg_ = shape.H / W_;
+  positions_ = sp_positions(global_N, W_, sp.rank(), layout);
+  for (int r = 0; r < W_; ++r) rank_positions_.push_back(sp_positions(global_N, W_, r, layout));
+  all_positions_.resize(global_N);
+  std::iota(all_positions_.begin(), all_positions_.end(), 0);
+  const int threads = omp_get_max_threads();
+  const LinearAttentionShape full{shape.B, global_N, hg_, shape.d, shape.block};
+  ws_.storage.resize(std::max({linear_attention_forward_workspace_floats(full, threads),
+                               linear_attention_backward_workspace_floats(full, threads),
+                               linear_attention_bidirectional_workspace_floats(full, threads),
+                               softmax_attention_workspace_floats(global_N, global_N, shape.d, threads)}));
+}
+
+void UlyssesAttention::to_heads(const float* x, int heads, std::vector<float>& full) {
+  const int B = s_.B, Nl = s_.N, d = s_.d, g = heads / W_;
+  const size_t piece = size_t(B) * Nl * g * d;  // what goes to one rank
+  send_.resize(piece * W_);
+  recv_.resize(piece * W_);
+  for (int r = 0; r < W_; ++r)  // (B, Nl, heads, d) -> (W, B, Nl, g, d): head group r to rank r
+    for (int b = 0; b < B; ++b)
+      for (int n = 0; n < Nl; ++n)
+        std::memcpy(send_.data() + r * piece + (size_t(b) * Nl + n) * g * d,
+                    x + ((size_t(b) * Nl + n) * heads + size_t(r) * g) * d, sizeof(float) * g * d);
+  sp_.all_to_all(send_.data(), recv_.data(), piece);
+  full.resize(size_t(B) * N_ * g * d);
+  for (int src = 0; src < W_; ++src)  // rank src's rows go to their global positions
+    for (int b = 0; b < B; ++b)
+      for (int n = 0; n < Nl; ++n)
+        std::memcpy(full.data() + (size_t(b) * N_ + rank_positions_[src][n]) * g * d,
+                    recv_.data() + src * piece + (size_t(b) * Nl + n) * g * d, sizeof(float) * g * d);
+}
+
+void UlyssesAttention::to_sequence(const std::vector<float>& full, int heads, float* x, bool accumulate) {
+  const int B = s_.B, Nl = s_.N, d = s_.d, g = heads / W_;
+  const size_t piece = size_t(B) * Nl * g * d;
+  send_.resize(piece * W_);
+  recv_.resize(piece * W_);
+  for (int dst = 0; dst < W_; ++dst)  // rank dst's rows of this head group
+    for (int b = 0; b < B; ++b)
+      for (int n = 0; n < Nl; ++n)
+        std::memcpy(send_.data() + dst * piece + (size_t(b) * Nl + n) * g * d,
+                    full.data() + (size_t(b) * N_ + rank_positions_[dst][n]) * g * d, sizeof(float) * g * d);
+  sp_.all_to_all(send_.data(), recv_.data(), piece);
+  for (int r = 0; r < W_; ++r)  // head group r from rank r
+    for (int b = 0; b < B; ++b)
+      for (int n = 0; n < Nl; ++n) {
+        float* out = x + ((size_t(b) * Nl + n) * heads + size_t(r) * g) * d;
+        const float* in = recv_.data() + r * piece + (size_t(b) * Nl + n) * g * d;
+        if (accumulate)
+          for (int i = 0; i < g * d; ++i) out[i] += in[i];
+        else
+          std::memcpy(out, in, sizeof(float) * g * d);
+      }
+}
+
+std::vector<float> UlyssesAttention::expand_kv(const float* x) const {
+  const int B = s_.B, Nl = s_.N, H = s_.H, Hkv = s_.H_kv, d = s_.d, group = H / Hkv;
+  std::vector<float> out(size_t(B) * Nl * H * d);
+  for (size_t row = 0; row < size_t(B) * Nl; ++row)
+    for (int h = 0; h < H; ++h)
+      std::memcpy(out.data() + (row * H + h) * d, x + (row * Hkv + h / group) * d, sizeof(float) * d);
+  return out;
+}
+
+void UlyssesAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
+                                      const float* lambda) {
+  Saved& sv = saved_[layer];
+  to_heads(q, s_.H, sv.q);
+  to_heads(k, s_.H, sv.k);
+  to_heads(v, s_.H, sv.v);
+  std::vector<float> of(sv.q.size());
+  linear_attention_forward(of.data(), nullptr, sv.q.data(), sv.k.data(), sv.v.data(), nullptr,
+                           lambda ? lambda + sp_.rank() * hg_ : nullptr, {s_.B, N_, hg_, s_.d, s_.block}, ws_.view());
+  to_sequence(of, s_.H, o, false);
+}
+
+void UlyssesAttention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float*,
+                                       const float*, const float*, const float* lambda) {
+  const Saved& sv = saved_[layer];
+  std::vector<float> dof, dqf(sv.q.size(), 0.f), dkf(sv.q.size(), 0.f), dvf(sv.q.size(), 0.f);
+  to_heads(dout, s_.H, dof);
+  linear_attention_backward(dqf.data(), dkf.data(), dvf.data(), nullptr, dof.data(), nullptr, sv.q.data(), sv.k.data(),
+                            sv.v.data(), nullptr, lambda ? lambda + sp_.rank() * hg_ : nullptr,
+                            {s_.B, N_, hg_, s_.d, s_.block}, ws_.view());
+  to_sequence(dqf, s_.H, dq, true);
+  to_sequence(dkf, s_.H, dk, true);
+  to_sequence(dvf, s_.H, dv, true);
+}
+
+void UlyssesAttention::linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) {
+  Saved& sv = saved_[layer];
+  to_heads(q, s_.H, sv.q);
+  to_heads(k, s_.H, sv.k);
+  to_heads(v, s_.H, sv.v);
+  std::vector<float> of(sv.q.size());
+  linear_attention_bidirectional_forward(of.data(), nullptr, sv.q.data(), sv.k.data(), sv.v.data(), nullptr,
+                                         {s_.B, N_, hg_, s_.d, s_.block}, ws_.view());
+  to_sequence(of, s_.H, o, false);
+}
+
+void UlyssesAttention::linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout,
+                                                     const float*, const float*, const float*) {
+  const Saved& sv = saved_[layer];
+  std::vector<float> dof, dqf(sv.q.size(), 0.f), dkf(sv.q.size(), 0.f), dvf(sv.q.size(), 0.f);
+  to_heads(dout, s_.H, dof);
+  linear_attention_bidirectional_backward(dqf.data(), dkf.data(), dvf.data(), nullptr, dof.data(), nullptr,
+                                          sv.q.data(), sv.k.data(), sv.v.data(), nullptr,
+                                          {s_.B, N_, hg_, s_.d, s_.block}, ws_.view());
+  to_sequence(dqf, s_.H, dq, true);
+  to_sequence(dkf, s_.H, dk, true);
+  to_sequence(dvf, s_.H, dv, true);
+}
+
+void UlyssesAttention::softmax_forward(int layer, float* o, float*, const float* q, const float* k, const float* v) {
+  Saved& sv = saved_[layer];
+  to_heads(q, s_.H, sv.q);
+  to_heads(expand_kv(k).data(), s_.H, sv.k);
+  to_heads(expand_kv(v).data(), s_.H, sv.v);
+  sv.o.assign(sv.q.size(), 0.f);
+  sv.lse.assign(size_t(s_.B) * hg_ * N_, 0.f);
+  const SoftmaxAttentionShape shape{s_.B, N_, N_, hg_, hg_, s_.d, 1.f / std::sqrt(float(s_.d))};
+  softmax_attention_forward(sv.o.data(), sv.lse.data(), sv.q.data(), sv.k.data(), sv.v.data(), all_positions_.data(),
+                            all_positions_.data(), shape, ws_.view());
+  to_sequence(sv.o, s_.H, o, false);
+}
+
+void UlyssesAttention::softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float*,
+                                        const float*, const float*, const float*, const float*) {
+  const Saved& sv = saved_[layer];
+  std::vector<float> dof, dqf(sv.q.size(), 0.f), dkf(sv.q.size(), 0.f), dvf(sv.q.size(), 0.f);
+  to_heads(dout, s_.H, dof);
+  const SoftmaxAttentionShape shape{s_.B, N_, N_, hg_, hg_, s_.d, 1.f / std::sqrt(float(s_.d))};
+  softmax_attention_backward(dqf.data(), dkf.data(), dvf.data(), dof.data(), sv.o.data(), sv.lse.data(), sv.q.data(),
+                             sv.k.data(), sv.v.data(), all_positions_.data(), all_positions_.data(), shape, ws_.view());
+  to_sequence(dqf, s_.H, dq, true);
+  // the replicated key/value heads: their gradients sum back onto the H_kv heads
+  const int B = s_.B, Nl = s_.N, H = s_.H, Hkv = s_.H_kv, d = s_.d, group = H / Hkv;
+  std::vector<float> dk_wide(size_t(B) * Nl * H * d, 0.f), dv_wide(dk_wide.size(), 0.f);
+  to_sequence(dkf, H, dk_wide.data(), false);
+  to_sequence(dvf, H, dv_wide.data(), false);
+  for (size_t row = 0; row < size_t(B) * Nl; ++row)
+    for (int h = 0; h < H; ++h)
+      for (int i = 0; i < d; ++i) {
+        dk[(row * Hkv + h / group) * d + i] += dk_wide[(row * H + h) * d + i];
+        dv[(row * Hkv + h / group) * d + i] += dv_wide[(row * H + h) * d + i];
+      }
+}
+
+}  // namespace lasp

@@ -1,0 +1,53 @@
+// Ulysses (DeepSpeed; LASP2.md section 4): an all-to-all turns this rank's slice of the sequence for all
+// heads into the whole sequence for H/W of the heads; attention runs locally on those heads (the chunkwise
+// linear kernel or the tiled softmax kernel), and an all-to-all turns the output back. Backward: the same
+// all-to-alls for the output gradient and the q, k, v gradients. Needs H divisible by W; the key/value
+// heads of softmax layers are replicated to H heads before the exchange (and their gradients summed back).
+#pragma once
+#include <vector>
+
+#include "comm/comm.h"
+#include "model/attention.h"
+#include "sp/grid.h"
+
+namespace lasp {
+
+class UlyssesAttention : public Attention {
+ public:
+  UlyssesAttention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers);
+  const int* positions() const override { return positions_.data(); }
+  void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
+                      const float* lambda) override;
+  void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
+                       const float* k, const float* v, const float* lambda) override;
+  void linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) override;
+  void linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
+                                     const float* k, const float* v) override;
+  // lse is not used: the softmax statistics live with the head-sharded output, kept here for the backward.
+  void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override;
+  void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
+                        const float* lse, const float* q, const float* k, const float* v) override;
+
+ private:
+  Comm& sp_;
+  AttentionShape s_;
+  int N_, W_, hg_;                                 // global length, ranks, heads per rank after the exchange
+  std::vector<int> positions_;                     // this rank's global positions
+  std::vector<std::vector<int>> rank_positions_;   // every rank's
+  std::vector<int> all_positions_;                 // 0 .. N-1
+  WorkspaceBuffer ws_{0};
+  std::vector<float> send_, recv_;
+  struct Saved {
+    std::vector<float> q, k, v, o, lse;  // head-sharded, (B, N, hg, d); lse (B, hg, N)
+  };
+  std::vector<Saved> saved_;
+
+  // x (B, N_local, heads, d) -> full (B, N, heads / W, d): this rank's head group, whole sequence.
+  void to_heads(const float* x, int heads, std::vector<float>& full);
+  // The inverse: full (B, N, heads / W, d) -> x (B, N_local, heads, d), added into x when accumulate.
+  void to_sequence(const std::vector<float>& full, int heads, float* x, bool accumulate);
+  // k or v (B, N_local, H_kv, d) -> (B, N_local, H, d), each query head with its key/value head.
+  std::vector<float> expand_kv(const float* x) const;
+};
+
+}  // namespace lasp

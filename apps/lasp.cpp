@@ -232,6 +232,7 @@ int main(int argc, char** argv) {
                       (long long)r.tokens, r.attention_bytes / 1e6);
       }
     } else if (*gen_cmd) {
+      if (gen_parallel.sp_size > 1) world = &lasp::comm_world();  // before anything can fail on one rank only
       const lasp::ModelConfig config = lasp::load_checkpoint_config(gen_ckpt);
       const lasp::ParamLayout layout(config);
       std::vector<float> params(layout.total());
@@ -244,7 +245,6 @@ int main(int argc, char** argv) {
       }
       lasp::Comm* sp = nullptr;
       if (gen_parallel.sp_size > 1) {
-        world = &lasp::comm_world();
         LASP_CHECK(world->size() == gen_parallel.sp_size, "generate: --sp-size {} must equal the number of ranks, {}",
                    gen_parallel.sp_size, world->size());
         sp = world;

@@ -20,7 +20,7 @@ class AllGatherAttention : public Lasp2Attention {
 
  private:
   AttentionShape s_;
-  std::vector<float> scratch_;  // per thread: two (N_local, kTile) score tiles
+  std::vector<float> scratch_;  // score tiles of the masked product
 };
 
 }  // namespace lasp

@@ -1,6 +1,11 @@
 #include "train/checkpoint.h"
 
+#include <fcntl.h>
+#include <stdio.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <filesystem>
 #include <fstream>
@@ -53,14 +58,16 @@ void save_checkpoint(const std::string& dir, const ModelConfig& config, const Pa
     safetensors_write(tmp + "/optimizer.safetensors", tensors, {{"writer", "lasp"}});
     write_file_atomic(tmp + "/trainer_state.json", optimizer->trainer.dump(2) + "\n");
   }
-  // Swap the complete folder in: the old one (if any) is moved aside first, then removed.
-  const std::string old = dir + ".old." + std::to_string(getpid());
-  const bool had_old = fs::exists(dir);
-  if (had_old) fs::rename(dir, old, ec);
-  LASP_CHECK(!ec, "cannot move the old checkpoint {} aside: {}", dir, ec.message());
-  fs::rename(tmp, dir, ec);
-  LASP_CHECK(!ec, "cannot rename {} to {}: {}", tmp, dir, ec.message());
-  if (had_old) fs::remove_all(old, ec);
+  // Swap the complete folder in with one atomic exchange (the old checkpoint then sits at tmp and is
+  // removed), or one rename when there was none: at every instant dir is a whole checkpoint.
+  if (fs::exists(dir)) {
+    LASP_CHECK(renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0,
+               "cannot swap the new checkpoint {} into {}: {}", tmp, dir, std::strerror(errno));
+    fs::remove_all(tmp, ec);
+  } else {
+    fs::rename(tmp, dir, ec);
+    LASP_CHECK(!ec, "cannot rename {} to {}: {}", tmp, dir, ec.message());
+  }
 }
 
 ModelConfig load_checkpoint_config(const std::string& dir) { return ModelConfig::load(dir + "/config.json"); }

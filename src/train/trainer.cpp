@@ -31,6 +31,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 SpLayout layout_for(const ModelConfig& c, const ParallelOptions& p) {
   if (!p.sp_layout.empty()) return sp_layout_from_string(p.sp_layout);
+  if (p.sp_size == 1) return SpLayout::contiguous;  // one rank: no balance to keep, any length works
   return c.has_softmax_layer() ? SpLayout::zigzag : SpLayout::contiguous;
 }
 
@@ -162,6 +163,8 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
     load_checkpoint_weights(o.resume_dir, model.layout(), model.params());
     const nlohmann::json state = load_optimizer_state(o.resume_dir, model.layout(), optimizer.m(), optimizer.v());
     first_step = state.at("step").get<int>() + 1;
+    LASP_CHECK(first_step <= o.steps, "--resume {}: the checkpoint is at step {} already; --steps {} is the total, so "
+               "there is nothing left to train", o.resume_dir, first_step - 1, o.steps);
     optimizer.set_steps(state.at("step").get<int>());
     const bool same_world = state.at("sp_size") == grid.sp_size && state.at("dp_size") == grid.dp_size &&
                             state.at("batch") == B && state.at("seq_len") == o.seq_len;
@@ -266,7 +269,8 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_p
   const SpLayout layout = layout_for(config, parallel);
   const std::vector<int> positions = sp_positions(N, grid.sp_size, grid.sp_rank, layout);
   const int Nl = int(positions.size());
-  const TrainingData eval_data = open_training_data(data_path, N, 1234);
+  // Synthetic data: other episodes than training's (whose default seed is 1234), unless the spec names a seed.
+  const TrainingData eval_data = open_training_data(data_path, N, 0x5eed0e7a1ull);
   const TokenSource* data = eval_data.source.get();
   eval_batch(*data, N, 0, batches);  // checks that the file holds every window (clear error otherwise)
 

@@ -1,0 +1,21 @@
+// The masked "left product" of linear attention, o_i = sum_j Psi_ij (q_i . k_j) v_j with
+// Psi_ij = lambda^(pos_i - pos_j) for keys not after the query, else 0: O(Nq Nk) work, no state. The
+// baselines without the right-product trick use it (AllGather over all keys, Ring over one block at a time).
+// Layouts: q, o (B, Nq, H, d); k, v (B, Nk, H, d); positions give the mask. Accumulates (+=) into o and
+// into every gradient. Parallel over (b, h); scratch: masked_product_scratch_floats(Nq) per thread.
+#pragma once
+#include <cstddef>
+#include <vector>
+
+namespace lasp {
+
+size_t masked_product_scratch_floats(int Nq);
+
+void masked_product_forward(float* o, const float* q, const float* k, const float* v, const int* q_pos,
+                            const int* k_pos, int B, int Nq, int Nk, int H, int d, const float* lambda,
+                            std::vector<float>& scratch);
+void masked_product_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                             const float* v, const int* q_pos, const int* k_pos, int B, int Nq, int Nk, int H, int d,
+                             const float* lambda, std::vector<float>& scratch);
+
+}  // namespace lasp

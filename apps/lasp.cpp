@@ -120,7 +120,7 @@ int main(int argc, char** argv) {
     cmd->add_option("--sp-size", p.sp_size, "sequence-parallel ranks per sequence")->default_val(1)->check(CLI::PositiveNumber);
     cmd->add_option("--dp-size", p.dp_size, "data-parallel groups")->default_val(1)->check(CLI::PositiveNumber);
     cmd->add_option("--sp-layout", p.sp_layout, "contiguous | zigzag (default: zigzag when the model has a softmax layer)");
-    cmd->add_option("--sp-method", p.sp_method, "lasp2 (LASP-2 + LASP-2H) | lasp1 (serial state chain) | allgather (K, V gathered, O(N^2)) | ulysses (all-to-all to head sharding)")
+    cmd->add_option("--sp-method", p.sp_method, "lasp2 (LASP-2 + LASP-2H) | lasp1 (serial state chain) | ring | ring-zigzag | ulysses | allgather")
         ->default_val(p.sp_method);
   };
   add_parallel(train_cmd, topt.parallel);

@@ -15,7 +15,7 @@ namespace lasp {
 struct ParallelOptions {
   int sp_size = 1, dp_size = 1;
   std::string sp_layout;  // contiguous | zigzag; empty: zigzag when the model has a softmax layer
-  std::string sp_method = "lasp2";  // lasp2 (LASP-2 + LASP-2H) | lasp1 (serial state chain) | allgather
+  std::string sp_method = "lasp2";  // lasp2 (LASP-2 + LASP-2H) | lasp1 | ring | ring-zigzag | ulysses | allgather
 };
 
 struct TrainOptions {

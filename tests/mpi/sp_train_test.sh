@@ -40,6 +40,8 @@ run linear_sp3 3 --batch 2 --layer-types LLLL --decay lightning --sp-size 3
 run linear_lasp1_sp4 4 --batch 2 --layer-types LLLL --decay lightning --sp-size 4 --sp-method lasp1
 run hybrid_lasp1_sp2 2 --batch 2 --sp-size 2 --sp-method lasp1
 run hybrid_ulysses_sp4 4 --batch 2 --sp-size 4 --sp-method ulysses
+run hybrid_ring_sp2 2 --batch 2 --sp-size 2 --sp-method ring
+run hybrid_ringzz_sp4 4 --batch 2 --sp-size 4 --sp-method ring-zigzag
 run linear_allgather_sp3 3 --batch 2 --layer-types LLLL --decay lightning --sp-size 3 --sp-method allgather
 compare linear_sp1 linear_sp4
 compare linear_sp1 linear_sp3
@@ -47,6 +49,8 @@ compare linear_sp1 linear_lasp1_sp4
 compare hybrid_sp1 hybrid_lasp1_sp2
 compare linear_sp1 linear_allgather_sp3
 compare hybrid_sp1 hybrid_ulysses_sp4
+compare hybrid_sp1 hybrid_ring_sp2
+compare hybrid_sp1 hybrid_ringzz_sp4
 # eval of a checkpoint: the same loss on 1 rank, on sp 2 and on dp 2 x sp 2
 run saved 1 --batch 2 --save "$dir/ckpt"
 evaluate() {  # evaluate RANKS ARGS...

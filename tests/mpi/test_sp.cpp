@@ -17,6 +17,7 @@
 #include "sp/grid.h"
 #include "sp/allgather.h"
 #include "sp/lasp1.h"
+#include "sp/ring.h"
 #include "sp/ulysses.h"
 #include "sp/lasp2.h"
 #include "testing.h"
@@ -122,7 +123,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, SpAttention, ::testing::ValuesIn(attention_cases
 // chain of states) and AllGather (K, V gathered, masked left product); with their own traffic.
 TEST(SpBaselines, EqualsSingleProcessOnEveryRank) {
   const int W = world().size(), B = 2, H = 4, d = 16, N = 24 * W, width = H * d;
-  for (const std::string method : {"lasp1", "allgather"})
+  for (const std::string method : {"lasp1", "allgather", "ring"})
     for (Decay decay : {Decay::none, Decay::lightning, Decay::retention})
       for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag}) {
         auto q = random_values(size_t(B) * N * width, 1), k = random_values(q.size(), 2),
@@ -142,6 +143,7 @@ TEST(SpBaselines, EqualsSingleProcessOnEveryRank) {
         const AttentionShape shape{B, Nl, H, H, d, 16};
         std::unique_ptr<Attention> sp;
         if (method == "lasp1") sp = std::make_unique<Lasp1Attention>(world(), shape, N, layout, 1);
+        else if (method == "ring") sp = std::make_unique<RingAttention>(world(), shape, N, layout, 1);
         else sp = std::make_unique<AllGatherAttention>(world(), shape, N, layout, 1);
         auto ql = take_rows(q, B, N, width, pos), kl = take_rows(k, B, N, width, pos),
              vl = take_rows(v, B, N, width, pos), gl = take_rows(g, B, N, width, pos);
@@ -157,6 +159,9 @@ TEST(SpBaselines, EqualsSingleProcessOnEveryRank) {
             hops += p.index > 0 && !own_previous ? 1 : 0;
           }
           EXPECT_EQ(st.bytes_received[int(CommKind::send_recv)], uint64_t(hops) * B * H * d * d * sizeof(float));
+        } else if (method == "ring") {  // W-1 hops of this rank-sized K, V block
+          EXPECT_EQ(st.calls[int(CommKind::send_recv)], uint64_t(W - 1));
+          EXPECT_EQ(st.bytes_received[int(CommKind::send_recv)], uint64_t(W - 1) * 2 * B * Nl * width * sizeof(float));
         } else {  // K and V of every other rank
           EXPECT_EQ(st.calls[int(CommKind::all_gather)], 1u);
           EXPECT_EQ(st.bytes_received[int(CommKind::all_gather)], uint64_t(W - 1) * 2 * B * Nl * width * sizeof(float));
@@ -169,6 +174,35 @@ TEST(SpBaselines, EqualsSingleProcessOnEveryRank) {
         expect_close(take_rows(dk, B, N, width, pos), dkl, what + " dk");
         expect_close(take_rows(dv, B, N, width, pos), dvl, what + " dv");
       }
+}
+
+// Ring Attention for softmax layers (GQA): log-sum-exp merge forward, travelling dK, dV backward.
+TEST(SpRingSoftmax, EqualsSingleProcessOnEveryRank) {
+  const int W = world().size(), B = 2, H = 4, Hkv = 2, d = 8, N = 24 * W, width = H * d, kvw = Hkv * d;
+  for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag}) {
+    auto q = random_values(size_t(B) * N * width, 1), k = random_values(size_t(B) * N * kvw, 2),
+         v = random_values(size_t(B) * N * kvw, 3), g = random_values(size_t(B) * N * width, 4);
+    LocalAttention local({B, N, H, Hkv, d, 16});
+    std::vector<float> o(q.size()), lse(size_t(B) * H * N), dq(q.size(), 0.f), dk(k.size(), 0.f), dv(v.size(), 0.f);
+    local.softmax_forward(0, o.data(), lse.data(), q.data(), k.data(), v.data());
+    local.softmax_backward(0, dq.data(), dk.data(), dv.data(), g.data(), o.data(), lse.data(), q.data(), k.data(),
+                           v.data());
+    const std::vector<int> pos = sp_positions(N, W, world().rank(), layout);
+    const int Nl = int(pos.size());
+    RingAttention sp(world(), {B, Nl, H, Hkv, d, 16}, N, layout, 1);
+    auto ql = take_rows(q, B, N, width, pos), kl = take_rows(k, B, N, kvw, pos), vl = take_rows(v, B, N, kvw, pos),
+         gl = take_rows(g, B, N, width, pos);
+    std::vector<float> ol(ql.size()), lsel(size_t(B) * H * Nl), dql(ql.size(), 0.f), dkl(kl.size(), 0.f),
+        dvl(vl.size(), 0.f);
+    sp.softmax_forward(0, ol.data(), lsel.data(), ql.data(), kl.data(), vl.data());
+    sp.softmax_backward(0, dql.data(), dkl.data(), dvl.data(), gl.data(), ol.data(), lsel.data(), ql.data(), kl.data(),
+                        vl.data());
+    const std::string what = std::string("ring softmax ") + to_string(layout);
+    expect_close(take_rows(o, B, N, width, pos), ol, what + " o");
+    expect_close(take_rows(dq, B, N, width, pos), dql, what + " dq");
+    expect_close(take_rows(dk, B, N, kvw, pos), dkl, what + " dk");
+    expect_close(take_rows(dv, B, N, kvw, pos), dvl, what + " dv");
+  }
 }
 
 // Ulysses: all-to-all to head sharding and back, for linear (every decay) and softmax (GQA, the key/value

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "bench_kernels.h"
+#include "bench_sp.h"
 #include "bench_train.h"
 #include "comm/comm.h"
 #include "core/check.h"
@@ -177,6 +178,14 @@ int main(int argc, char** argv) {
   bench_kernels_cmd->add_option("--repeats", kopt.repeats, "runs per measurement (median)")
       ->default_val(kopt.repeats)->check(CLI::PositiveNumber);
 
+  auto* bench_sp_cmd = bench->add_subcommand("sp", "every sequence-parallel method side by side, under the current mpirun");
+  lasp::SpBenchOptions sopt;
+  bench_sp_cmd->add_option("--methods", sopt.methods, "methods to run")->default_str("lasp2 lasp1 ring ring-zigzag ulysses allgather");
+  bench_sp_cmd->add_option("--seq-lens", sopt.seq_lens, "sequence lengths")->default_str("4096 16384");
+  bench_sp_cmd->add_option("--models", sopt.models, "layer patterns (pure linear, hybrid)")->default_str("LLLL LLLN");
+  bench_sp_cmd->add_option("--repeats", sopt.repeats, "timed steps per case (median)")->default_val(sopt.repeats)->check(CLI::PositiveNumber);
+  bench_sp_cmd->add_option("--out", sopt.out_prefix, "prefix of the CSV, JSON and PNG files")->default_val(sopt.out_prefix);
+
   auto* bench_train_cmd = bench->add_subcommand("train", "training tokens/s of a model (default: the small hybrid)");
   ModelFlags bench_model;
   bench_model.add(bench_train_cmd);
@@ -273,6 +282,9 @@ int main(int argc, char** argv) {
       const nlohmann::ordered_json r = lasp::bench_kernels(kopt);
       if (json) std::cout << r.dump() << std::endl;
       else print_kernel_bench_text(r);
+    } else if (*bench_sp_cmd) {
+      world = &lasp::comm_world();
+      lasp::bench_sp(sopt, *world);
     } else if (*bench_train_cmd) {
       const nlohmann::ordered_json r = lasp::bench_train(bench_model.build(), bopt);
       std::cout << (bench_train_json ? r.dump() : r.dump(2)) << std::endl;

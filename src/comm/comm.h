@@ -22,6 +22,7 @@ const char* to_string(CommKind kind);
 
 struct CommStats {
   uint64_t bytes_sent[kCommKinds] = {}, bytes_received[kCommKinds] = {}, calls[kCommKinds] = {};
+  double seconds = 0;  // wall time this rank spent inside communication calls and waits
   uint64_t total_sent() const;
   uint64_t total_received() const;
 };

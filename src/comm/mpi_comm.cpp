@@ -48,9 +48,16 @@ bool mpi_finalized() {
   return finalized != 0;
 }
 
+// Adds the wall time of a scope to a counter: the time a rank spends communicating.
+struct ScopedTimer {
+  double& total;
+  double start = MPI_Wtime();
+  ~ScopedTimer() { total += MPI_Wtime() - start; }
+};
+
 class MpiRequest final : public CommRequest {
  public:
-  MpiRequest() = default;
+  explicit MpiRequest(double& seconds) : seconds_(seconds) {}
   MpiRequest(const MpiRequest&) = delete;
   MpiRequest& operator=(const MpiRequest&) = delete;
   ~MpiRequest() override {
@@ -66,6 +73,7 @@ class MpiRequest final : public CommRequest {
 
   void wait() override {
     if (done_) return;
+    const ScopedTimer timer{seconds_};
     MPI_Waitall(n_, requests_, MPI_STATUSES_IGNORE);
     done_ = true;
   }
@@ -73,6 +81,7 @@ class MpiRequest final : public CommRequest {
   bool test() override {
     if (done_) return true;
     int flag = 0;
+    const ScopedTimer timer{seconds_};
     MPI_Testall(n_, requests_, &flag, MPI_STATUSES_IGNORE);
     done_ = flag != 0;
     return done_;
@@ -82,6 +91,7 @@ class MpiRequest final : public CommRequest {
   MPI_Request requests_[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
   int n_ = 0;
   bool done_ = false;
+  double& seconds_;
 };
 
 class MpiComm final : public Comm {
@@ -103,50 +113,57 @@ class MpiComm final : public Comm {
 
   // ---- all_gather: recv (W * count) <- every rank's send (count), in rank order.
   void all_gather(const float* send, float* recv, size_t count) override {
+    const ScopedTimer timer{stats_.seconds};
     const int n = to_mpi_count(count, "all_gather");
     count_peer(CommKind::all_gather, count);
     MPI_Allgather(gather_send(send, recv, count), n, MPI_FLOAT, recv, n, MPI_FLOAT, comm_);
   }
   std::unique_ptr<CommRequest> all_gather_start(const float* send, float* recv, size_t count) override {
+    const ScopedTimer timer{stats_.seconds};
     const int n = to_mpi_count(count, "all_gather_start");
     count_peer(CommKind::all_gather, count);
-    auto request = std::make_unique<MpiRequest>();
+    auto request = std::make_unique<MpiRequest>(stats_.seconds);
     MPI_Iallgather(gather_send(send, recv, count), n, MPI_FLOAT, recv, n, MPI_FLOAT, comm_, request->add());
     return request;
   }
 
   // ---- reduce_scatter: recv (count) = sum over ranks of send[rank * count ..]. send == recv: in place.
   void reduce_scatter(const float* send, float* recv, size_t count) override {
+    const ScopedTimer timer{stats_.seconds};
     const int n = to_mpi_count(count, "reduce_scatter");
     count_peer(CommKind::reduce_scatter, count);
     MPI_Reduce_scatter_block(in_place(send, recv), recv, n, MPI_FLOAT, MPI_SUM, comm_);
   }
   std::unique_ptr<CommRequest> reduce_scatter_start(const float* send, float* recv, size_t count) override {
+    const ScopedTimer timer{stats_.seconds};
     const int n = to_mpi_count(count, "reduce_scatter_start");
     count_peer(CommKind::reduce_scatter, count);
-    auto request = std::make_unique<MpiRequest>();
+    auto request = std::make_unique<MpiRequest>(stats_.seconds);
     MPI_Ireduce_scatter_block(in_place(send, recv), recv, n, MPI_FLOAT, MPI_SUM, comm_, request->add());
     return request;
   }
 
   // ---- all_reduce: in place sum.
   void all_reduce(float* data, size_t count) override {
+    const ScopedTimer timer{stats_.seconds};
     const int n = to_mpi_count(count, "all_reduce");
     tally(CommKind::all_reduce, all_reduce_bytes(size_, count, sizeof(float)),
           all_reduce_bytes(size_, count, sizeof(float)));
     MPI_Allreduce(MPI_IN_PLACE, data, n, MPI_FLOAT, MPI_SUM, comm_);
   }
   void all_reduce(double* data, size_t count) override {
+    const ScopedTimer timer{stats_.seconds};
     const int n = to_mpi_count(count, "all_reduce");
     tally(CommKind::all_reduce, all_reduce_bytes(size_, count, sizeof(double)),
           all_reduce_bytes(size_, count, sizeof(double)));
     MPI_Allreduce(MPI_IN_PLACE, data, n, MPI_DOUBLE, MPI_SUM, comm_);
   }
   std::unique_ptr<CommRequest> all_reduce_start(float* data, size_t count) override {
+    const ScopedTimer timer{stats_.seconds};
     const int n = to_mpi_count(count, "all_reduce_start");
     tally(CommKind::all_reduce, all_reduce_bytes(size_, count, sizeof(float)),
           all_reduce_bytes(size_, count, sizeof(float)));
-    auto request = std::make_unique<MpiRequest>();
+    auto request = std::make_unique<MpiRequest>(stats_.seconds);
     MPI_Iallreduce(MPI_IN_PLACE, data, n, MPI_FLOAT, MPI_SUM, comm_, request->add());
     return request;
   }
@@ -154,6 +171,7 @@ class MpiComm final : public Comm {
   // ---- send_recv: -1 = nothing to send / receive (MPI_PROC_NULL).
   void send_recv(const float* send, size_t send_count, int dest, float* recv, size_t recv_count,
                  int source) override {
+    const ScopedTimer timer{stats_.seconds};
     const int ns = to_mpi_count(send_count, "send_recv (send)");
     const int nr = to_mpi_count(recv_count, "send_recv (recv)");
     const int d = peer(dest, "dest"), s = peer(source, "source");
@@ -162,11 +180,12 @@ class MpiComm final : public Comm {
   }
   std::unique_ptr<CommRequest> send_recv_start(const float* send, size_t send_count, int dest, float* recv,
                                                size_t recv_count, int source) override {
+    const ScopedTimer timer{stats_.seconds};
     const int ns = to_mpi_count(send_count, "send_recv_start (send)");
     const int nr = to_mpi_count(recv_count, "send_recv_start (recv)");
     const int d = peer(dest, "dest"), s = peer(source, "source");
     count_send_recv(send_count, dest, recv_count, source);
-    auto request = std::make_unique<MpiRequest>();
+    auto request = std::make_unique<MpiRequest>(stats_.seconds);
     // Post the receive first so a matching send finds it waiting.
     MPI_Irecv(recv, nr, MPI_FLOAT, s, kTag, comm_, request->add());
     MPI_Isend(send, ns, MPI_FLOAT, d, kTag, comm_, request->add());
@@ -175,16 +194,18 @@ class MpiComm final : public Comm {
 
   // ---- all_to_all: recv[r * count ..] = rank r's send[rank * count ..]. Buffers must not overlap.
   void all_to_all(const float* send, float* recv, size_t count) override {
+    const ScopedTimer timer{stats_.seconds};
     const int n = to_mpi_count(count, "all_to_all");
     check_distinct(send, recv, count, "all_to_all");
     count_peer(CommKind::all_to_all, count);
     MPI_Alltoall(send, n, MPI_FLOAT, recv, n, MPI_FLOAT, comm_);
   }
   std::unique_ptr<CommRequest> all_to_all_start(const float* send, float* recv, size_t count) override {
+    const ScopedTimer timer{stats_.seconds};
     const int n = to_mpi_count(count, "all_to_all_start");
     check_distinct(send, recv, count, "all_to_all_start");
     count_peer(CommKind::all_to_all, count);
-    auto request = std::make_unique<MpiRequest>();
+    auto request = std::make_unique<MpiRequest>(stats_.seconds);
     MPI_Ialltoall(send, n, MPI_FLOAT, recv, n, MPI_FLOAT, comm_, request->add());
     return request;
   }
@@ -192,6 +213,7 @@ class MpiComm final : public Comm {
   void barrier() override { MPI_Barrier(comm_); }
 
   std::unique_ptr<Comm> split(int color, int key) override {
+    const ScopedTimer timer{stats_.seconds};
     LASP_CHECK(color >= 0, "split: color must be >= 0, got {}", color);
     MPI_Comm sub = MPI_COMM_NULL;
     MPI_Comm_split(comm_, color, key, &sub);

@@ -1,0 +1,24 @@
+// `lasp bench sp`: every sequence-parallel method on the same models, sequence lengths and world (the
+// ranks of the current mpirun), several repeats each: tokens/s (median), forward and backward time, time in
+// communication vs compute, bytes sent/received per rank per attention layer, peak resident memory per
+// rank. Rank 0 writes PREFIX.csv and PREFIX.json and draws PREFIX_tokens.png (tokens/s vs N per method)
+// and PREFIX_bytes.png (bytes per rank vs N, log axis) with gnuplot.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "comm/comm.h"
+
+namespace lasp {
+
+struct SpBenchOptions {
+  std::vector<std::string> methods = {"lasp2", "lasp1", "ring", "ring-zigzag", "ulysses", "allgather"};
+  std::vector<int> seq_lens = {4096, 16384};
+  std::vector<std::string> models = {"LLLL", "LLLN"};  // pure linear and the 1/4 hybrid
+  int repeats = 3;
+  std::string out_prefix = "bench_sp";
+};
+
+void bench_sp(const SpBenchOptions& options, Comm& world);
+
+}  // namespace lasp

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "bench_kernels.h"
+#include "bench_project.h"
 #include "bench_sp.h"
 #include "bench_train.h"
 #include "comm/comm.h"
@@ -186,6 +187,16 @@ int main(int argc, char** argv) {
   bench_sp_cmd->add_option("--repeats", sopt.repeats, "timed steps per case (median)")->default_val(sopt.repeats)->check(CLI::PositiveNumber);
   bench_sp_cmd->add_option("--out", sopt.out_prefix, "prefix of the CSV, JSON and PNG files")->default_val(sopt.out_prefix);
 
+  auto* bench_project_cmd = bench->add_subcommand("project", "alpha-beta projection of every SP method to 16-128 ranks");
+  lasp::ProjectOptions popt;
+  bench_project_cmd->add_option("--link-gbit", popt.link_gbit, "bandwidth between nodes per rank")->default_val(popt.link_gbit);
+  bench_project_cmd->add_option("--intra-gbit", popt.intra_gbit, "bandwidth inside a node")->default_val(popt.intra_gbit);
+  bench_project_cmd->add_option("--latency-us", popt.latency_us, "latency per message between nodes")->default_val(popt.latency_us);
+  bench_project_cmd->add_option("--ranks-per-node", popt.ranks_per_node, "ranks per node")->default_val(popt.ranks_per_node);
+  bench_project_cmd->add_option("--accelerator-speedup", popt.accelerator_speedup,
+                                "second projection with compute this much faster than measured here")
+      ->default_val(popt.accelerator_speedup)->check(CLI::PositiveNumber);
+
   auto* bench_train_cmd = bench->add_subcommand("train", "training tokens/s of a model (default: the small hybrid)");
   ModelFlags bench_model;
   bench_model.add(bench_train_cmd);
@@ -282,6 +293,8 @@ int main(int argc, char** argv) {
       const nlohmann::ordered_json r = lasp::bench_kernels(kopt);
       if (json) std::cout << r.dump() << std::endl;
       else print_kernel_bench_text(r);
+    } else if (*bench_project_cmd) {
+      lasp::bench_project(popt);
     } else if (*bench_sp_cmd) {
       world = &lasp::comm_world();
       lasp::bench_sp(sopt, *world);

@@ -1,0 +1,145 @@
+#include "bench_project.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "kernels/gemm.h"
+#include "kernels/linear_attention.h"
+#include "sp/masked_product.h"
+
+namespace lasp {
+
+namespace {
+
+double seconds(const std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Best-of-3 rate in FLOP/s of a call doing `flops`.
+template <class F>
+double rate(double flops, F f) {
+  f();
+  double best = 1e30;
+  for (int i = 0; i < 3; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    best = std::min(best, seconds(t0));
+  }
+  return flops / best;
+}
+
+struct Rates {
+  double gemm, linear, masked;  // FLOP/s: projections, chunkwise linear attention (counted), masked product
+};
+
+Rates measure() {
+  Rates r{};
+  {  // the dense products of a layer: (T x D) x (D x D)
+    const int T = 2048, D = 1024;
+    std::vector<float> a(size_t(T) * D, 0.01f), b(size_t(D) * D, 0.02f), c(size_t(T) * D);
+    r.gemm = rate(2.0 * T * D * D, [&] { gemm(false, true, T, D, D, 1.f, a.data(), D, b.data(), D, 0.f, c.data(), D); });
+  }
+  const int H = 16, d = 128, C = 2048;
+  std::vector<float> q(size_t(C) * H * d, 0.01f), k(q.size(), 0.02f), v(q.size(), 0.1f), o(q.size()), g(q.size(), 0.1f),
+      dq(q.size()), dk(q.size()), dv(q.size());
+  {
+    const LinearAttentionShape s{1, C, H, d, 32};
+    const int threads = omp_get_max_threads();
+    WorkspaceBuffer wf(linear_attention_forward_workspace_floats(s, threads)),
+        wb(linear_attention_backward_workspace_floats(s, threads));
+    r.linear = rate(3 * 4.0 * C * d * (64 + d) * H, [&] {
+      linear_attention_forward(o.data(), nullptr, q.data(), k.data(), v.data(), nullptr, nullptr, s, wf.view());
+      linear_attention_backward(dq.data(), dk.data(), dv.data(), nullptr, g.data(), nullptr, q.data(), k.data(),
+                                v.data(), nullptr, nullptr, s, wb.view());
+    });
+  }
+  {  // all keys visible (positions 0 for the keys, C for the queries): the full (C x C) product, fwd + bwd
+    std::vector<int> qp(C, C), kp(C, 0);
+    std::vector<float> scratch;
+    r.masked = rate(7 * 2.0 * C * C * d * H, [&] {
+      masked_product_forward(o.data(), q.data(), k.data(), v.data(), qp.data(), kp.data(), 1, C, C, H, d, nullptr, scratch);
+      masked_product_backward(dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data(), qp.data(),
+                              kp.data(), 1, C, C, H, d, nullptr, scratch);
+    });
+  }
+  return r;
+}
+
+}  // namespace
+
+void bench_project(const ProjectOptions& o) {
+  std::printf("measuring this machine's compute rates ...\n");
+  const Rates r = measure();
+  std::printf("  projections (GEMM) %.1f GFLOP/s, chunkwise linear attention %.1f, masked left product %.1f\n\n",
+              r.gemm / 1e9, r.linear / 1e9, r.masked / 1e9);
+  // Linear-Llama3-1B of the paper.
+  const double L = 16, D = 2048, H = 16, d = 128, F = 8192, V = 128256;
+  const double dense_flops_per_token = 3 * (L * (2 * D * 4 * D + 2 * 3 * D * F) + 2 * D * V);  // fwd + bwd
+  const char* methods[] = {"lasp2", "lasp1", "ring", "ulysses", "allgather"};
+
+  double speed = 1;  // compute rates multiplied by this (an accelerator-class device)
+  auto tokens_per_s = [&](const std::string& m, double W, double N) {
+    const double C = N / W;
+    const bool crosses = W > o.ranks_per_node;
+    const double beta = (crosses ? o.link_gbit : o.intra_gbit) * 1e9 / 8;  // bytes/s of the slowest ring link
+    const double alpha = (crosses ? o.latency_us : 1.0) * 1e-6;
+    const double dense = C * dense_flops_per_token / (r.gemm * speed);
+    const double chunked = 3 * 4.0 * C * d * (64 + d) * H / (r.linear * speed);  // per layer, fwd + bwd
+    const double state = H * d * d * 4, kv = 2 * C * H * d * 4;        // bytes
+    double layer = 0;
+    if (m == "lasp2") {  // one all-gather of states each way, overlapped with the intra-chunk half of the compute
+      const double gather = (W - 1) * (alpha + state / beta);
+      layer = chunked + 2 * std::max(0.0, gather - 0.5 * chunked / 2);
+    } else if (m == "lasp1") {  // 2 (W-1) dependent hops, nothing overlaps them
+      layer = chunked + 2 * (W - 1) * (alpha + state / beta);
+    } else if (m == "ring") {  // W steps bounded by the rank that sees every block; hops overlap its compute
+      const double block = 7 * 2.0 * C * C * d * H / (r.masked * speed);  // fwd + bwd of one full block
+      layer = W * std::max(block, alpha + kv / beta) + (W - 1) * (alpha + 2 * kv / beta);  // + dK,dV going home
+    } else if (m == "ulysses") {  // 4 all-to-alls each way; the chunked kernel on H/W heads of the whole sequence
+      const double a2a = (W - 1) * (alpha + C * H * d * 4 / W / beta);
+      layer = chunked + 8 * a2a;
+    } else {  // allgather: K, V of everyone, then the masked product over all earlier keys (last rank: all N)
+      const double gather = (W - 1) * (alpha + kv / beta);
+      layer = 2 * gather + 7 * 2.0 * C * N * d * H / (r.masked * speed);
+    }
+    return N / (dense + L * layer);
+  };
+
+  for (double scale : {1.0, o.accelerator_speedup}) {
+    speed = scale;
+    std::printf("\n== compute at %s ==\n", scale == 1 ? "this machine's measured rates"
+                                                     : ("the measured rates x " + std::to_string(int(scale)) +
+                                                        " (an accelerator-class device)").c_str());
+    std::printf("projected training tokens/s of Linear-Llama3-1B, pure linear attention, batch 1\n");
+    std::printf("(links: %.0f Gbit/s between nodes, %.0f Gbit/s inside, %.0f us latency, %d ranks per node)\n\n",
+                o.link_gbit, o.intra_gbit, o.latency_us, o.ranks_per_node);
+    std::printf("%6s %9s", "ranks", "N");
+    for (const char* m : methods) std::printf(" %12s", m);
+    std::printf("\n");
+    for (double W : {16.0, 32.0, 64.0, 128.0})
+      for (double N : {65536.0, 524288.0, 2097152.0}) {
+        std::printf("%6.0f %8.0fK", W, N / 1024);
+        for (const char* m : methods) std::printf(" %12.0f", tokens_per_s(m, W, N));
+        std::printf("\n");
+      }
+    std::printf("\nLASP-2 speed-up at 64 ranks          projected    paper (64 A100, Linear-Llama3-1B)\n");
+    for (double N : {524288.0, 2097152.0}) {
+      const double l2 = tokens_per_s("lasp2", 64, N);
+      const bool big = N > 1e6;
+      std::printf("  vs LASP-1, N=%4.0fK                 %+8.1f%%    %+5.1f%%\n", N / 1024,
+                  100 * (l2 / tokens_per_s("lasp1", 64, N) - 1), big ? 15.2 : 7.3);
+      std::printf("  vs Ring Attention, N=%4.0fK         %+8.1f%%    %+5.1f%%\n", N / 1024,
+                  100 * (l2 / tokens_per_s("ring", 64, N) - 1), big ? 36.6 : 17.8);
+    }
+  }
+  std::printf("\nRing and AllGather use the masked left product (no right-product trick, as in the paper's\n"
+              "baseline), so their compute grows with N; the paper's GPUs narrow that gap with far higher FLOP/s.\n");
+}
+
+}  // namespace lasp

@@ -12,7 +12,7 @@ lens=("${@:-16384 65536}")
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-python3 -c "
+/usr/bin/python3 -c "
 import random
 random.seed(0)
 words = 'the of and to in a is that for it as was with be by on not he this are or his from at which but'.split()
@@ -24,7 +24,7 @@ for n in "${lens[@]}"; do
     threads=$(( cores / sp > 0 ? cores / sp : 1 ))
     OMP_NUM_THREADS=$threads mpirun --oversubscribe --bind-to none -np "$sp" build/lasp train --data "$dir/text.txt" \
       --seq-len "$n" --steps "$steps" --sp-size "$sp" --metrics "$dir/m.jsonl" > "$dir/log" 2>&1 || { cat "$dir/log"; exit 1; }
-    python3 - "$dir/m.jsonl" "$n" "$sp" <<'PY'
+    /usr/bin/python3 - "$dir/m.jsonl" "$n" "$sp" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])][1:] or [json.loads(l) for l in open(sys.argv[1])]
 tps = statistics.median(r["tokens_per_s"] for r in rows)

@@ -11,6 +11,7 @@ packages=(
   libgtest-dev googletest
   python3-torch python3-numpy       # PyTorch reference (run with /usr/bin/python3)
   gnuplot-nox                       # `lasp plot`: loss curves as PNG
+  procps iproute2                   # pgrep in the failure tests; ip and tc for scripts/bench_shaped.sh
 )
 
 missing=()

@@ -14,7 +14,7 @@ for ranks in 1 2; do
     --stop-at 3 --save "$dir/ckpt$ranks" 2> "$dir/log"
   timeout 120 "$mpiexec" --oversubscribe -np "$ranks" "$lasp" "${common[@]}" --metrics "$dir/part$ranks.jsonl" \
     --resume "$dir/ckpt$ranks" 2> "$dir/log" || { cat "$dir/log"; exit 1; }
-  python3 - "$dir/full$ranks.jsonl" "$dir/part$ranks.jsonl" "$ranks" <<'PY'
+  /usr/bin/python3 - "$dir/full$ranks.jsonl" "$dir/part$ranks.jsonl" "$ranks" <<'PY'
 import json, sys
 full = [json.loads(l) for l in open(sys.argv[1])]
 part = [json.loads(l) for l in open(sys.argv[2])]

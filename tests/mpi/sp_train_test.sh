@@ -15,7 +15,7 @@ run() {  # run NAME RANKS ARGS...
     --metrics "$dir/$name.jsonl" "$@" > "$dir/$name.log" 2>&1 || { cat "$dir/$name.log"; exit 1; }
 }
 compare() {  # compare REFERENCE OTHER
-  python3 - "$dir/$1.jsonl" "$dir/$2.jsonl" <<'PY'
+  /usr/bin/python3 - "$dir/$1.jsonl" "$dir/$2.jsonl" <<'PY'
 import json, sys
 a = [json.loads(l)["loss"] for l in open(sys.argv[1])]
 b = [json.loads(l)["loss"] for l in open(sys.argv[2])]
@@ -62,7 +62,7 @@ evaluate() {  # evaluate RANKS ARGS...
 e1=$(evaluate 1)
 e2=$(evaluate 2 --sp-size 2)
 e4=$(evaluate 4 --sp-size 2 --dp-size 2)
-python3 - "$e1" "$e2" "$e4" <<'PY'
+/usr/bin/python3 - "$e1" "$e2" "$e4" <<'PY'
 import json, sys
 r = [json.loads(x) for x in sys.argv[1:]]
 print("eval:", [(x["loss"], x["tokens"], x["attention_bytes"]) for x in r])

@@ -13,12 +13,8 @@
 
 #include "core/check.h"
 #include "model/model.h"
-#include "sp/allgather.h"
 #include "sp/grid.h"
-#include "sp/lasp1.h"
-#include "sp/lasp2.h"
-#include "sp/ring.h"
-#include "sp/ulysses.h"
+#include "sp/methods.h"
 #include "train/optimizer.h"
 
 namespace lasp {
@@ -30,24 +26,6 @@ double now() { return std::chrono::duration<double>(std::chrono::steady_clock::n
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
-}
-
-std::unique_ptr<Attention> make_method(const std::string& method, Comm& sp, const AttentionShape& shape, int N,
-                                       SpLayout layout, int layers) {
-  if (sp.size() == 1) return std::make_unique<LocalAttention>(shape);
-  if (method == "lasp2") return std::make_unique<Lasp2Attention>(sp, shape, N, layout, layers);
-  if (method == "lasp1") return std::make_unique<Lasp1Attention>(sp, shape, N, layout, layers);
-  if (method == "ring" || method == "ring-zigzag") return std::make_unique<RingAttention>(sp, shape, N, layout, layers);
-  if (method == "ulysses") return std::make_unique<UlyssesAttention>(sp, shape, N, layout, layers);
-  if (method == "allgather") return std::make_unique<AllGatherAttention>(sp, shape, N, layout, layers);
-  throw Error("bench sp: unknown method '" + method + "'");
-}
-
-// The paper's pairing: each method with the layout it is meant for.
-SpLayout layout_of(const std::string& method, const ModelConfig& c) {
-  if (method == "ring-zigzag") return SpLayout::zigzag;
-  if (method == "lasp2" && c.has_softmax_layer()) return SpLayout::zigzag;
-  return SpLayout::contiguous;
 }
 
 long peak_rss_kb() {
@@ -79,7 +57,7 @@ void bench_sp(const SpBenchOptions& o, Comm& world) {
         c.layer_types = types;
         c.num_hidden_layers = int(types.size());
         c.validate();
-        const SpLayout layout = layout_of(method, c);
+        const SpLayout layout = sp_method_layout(method, "", c, W);
         const int unit = layout == SpLayout::zigzag ? 2 * W : W;
         std::string skip;
         if (N % unit) skip = "N not divisible by " + std::to_string(unit);
@@ -96,7 +74,7 @@ void bench_sp(const SpBenchOptions& o, Comm& world) {
         }
         const int Nl = N / W;
         const std::vector<int> pos = sp_positions(N, W, world.rank(), layout);
-        auto attention = make_method(method, world, {1, Nl, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), 32},
+        auto attention = make_sp_attention(method, world, {1, Nl, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), 32},
                                      N, layout, c.num_hidden_layers);
         Model model(c, 1, Nl, *attention);
         init_weights(model.layout(), model.params(), 1);

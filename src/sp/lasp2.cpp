@@ -130,6 +130,12 @@ struct Lasp2Attention::Impl {
       }
   }
 
+  std::vector<std::vector<float>> head_powers(const float* lambda) const {
+    std::vector<std::vector<float>> pw(s.H);
+    for (int h = 0; h < s.H; ++h) powers(pw[h], lambda ? lambda[h] : 1.0, L);
+    return pw;
+  }
+
   bool first_piece(int i) const { return mine[i].index == 0; }
   bool last_piece(int i) const { return mine[i].index == int(owner.size()) - 1; }
 };
@@ -144,10 +150,10 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
                                     const float* lambda) {
   Impl& m = *impl_;
   const int H = m.s.H, d = m.s.d, L = m.L, ld = H * d;
+  const auto decay = m.head_powers(lambda);  // lambda_h^k, k = 0..L, for every head
   // 1. the local state of every piece: M = K^T diag(lambda^(L-j)) V
   m.for_each_head([&](int b, int i, int h, float* tmp) {
-    std::vector<float> pw;
-    powers(pw, lambda ? lambda[h] : 1.0, L);
+    const std::vector<float>& pw = decay[h];
     const long at = m.rows(b, m.mine[i]) + long(h) * d;
     scaled_rows(tmp, k + at, ld, pw, true, L, d);
     gemm(true, false, d, d, L, 1.f, tmp, d, v + at, ld, 0.f, m.send.data() + m.state_at(i, b, h), d);
@@ -195,8 +201,7 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
   }
   m.for_each_head([&](int b, int i, int h, float* tmp) {
     if (m.first_piece(i)) return;
-    std::vector<float> pw;
-    powers(pw, lambda ? lambda[h] : 1.0, L);
+    const std::vector<float>& pw = decay[h];
     const long at = m.rows(b, m.mine[i]) + long(h) * d;
     scaled_rows(tmp, q + at, ld, pw, false, L, d);
     gemm(false, false, L, d, d, 1.f, tmp, d, P.data() + m.state_at(i, b, h), d, 1.f, o + at, ld);
@@ -207,10 +212,10 @@ void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
                                      const float* k, const float* v, const float* lambda) {
   Impl& m = *impl_;
   const int H = m.s.H, d = m.s.d, L = m.L, ld = H * d;
+  const auto decay = m.head_powers(lambda);  // lambda_h^k, k = 0..L, for every head
   // 1. dM = Q^T diag(lambda^i) dO: the gradient each piece sends to the state entering it
   m.for_each_head([&](int b, int i, int h, float* tmp) {
-    std::vector<float> pw;
-    powers(pw, lambda ? lambda[h] : 1.0, L);
+    const std::vector<float>& pw = decay[h];
     const long at = m.rows(b, m.mine[i]) + long(h) * d;
     scaled_rows(tmp, q + at, ld, pw, false, L, d);
     gemm(true, false, d, d, L, 1.f, tmp, d, dout + at, ld, 0.f, m.send.data() + m.state_at(i, b, h), d);
@@ -241,8 +246,7 @@ void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
   m.scan(lambda, false, m.suffix);
   const auto& P = m.incoming[layer];
   m.for_each_head([&](int b, int i, int h, float* tmp) {
-    std::vector<float> pw;
-    powers(pw, lambda ? lambda[h] : 1.0, L);
+    const std::vector<float>& pw = decay[h];
     const long at = m.rows(b, m.mine[i]) + long(h) * d;
     if (!m.first_piece(i)) {  // dQ += diag(lambda^i) dO P^T
       scaled_rows(tmp, dout + at, ld, pw, false, L, d);

@@ -12,11 +12,7 @@
 #include "model/attention.h"
 #include "model/model.h"
 #include "sp/grid.h"
-#include "sp/allgather.h"
-#include "sp/lasp1.h"
-#include "sp/lasp2.h"
-#include "sp/ring.h"
-#include "sp/ulysses.h"
+#include "sp/methods.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/schedule.h"
@@ -31,28 +27,14 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 SpLayout layout_for(const ModelConfig& c, const ParallelOptions& p) {
-  if (p.sp_method == "ring-zigzag") return SpLayout::zigzag;
-  if (p.sp_method == "ring" && p.sp_layout.empty()) return SpLayout::contiguous;
-  if (!p.sp_layout.empty()) return sp_layout_from_string(p.sp_layout);
-  if (p.sp_size == 1) return SpLayout::contiguous;  // one rank: no balance to keep, any length works
-  return c.has_softmax_layer() ? SpLayout::zigzag : SpLayout::contiguous;
+  return sp_method_layout(p.sp_method, p.sp_layout, c, p.sp_size);
 }
 
-// The attention of this rank: the local kernels on one SP rank, LASP-2 / LASP-2H across several.
+// The attention of this rank: the local kernels on one SP rank, the chosen method across several.
 std::unique_ptr<Attention> make_attention(const ModelConfig& c, const Grid& g, int B, int N, SpLayout layout,
                                           int block, const std::string& method) {
-  LASP_CHECK(method == "lasp2" || method == "lasp1" || method == "allgather" || method == "ulysses" ||
-                 method == "ring" || method == "ring-zigzag",
-             "unknown --sp-method '{}': expected lasp2, lasp1, ring, ring-zigzag, ulysses or allgather", method);
-  const int Nl = N / g.sp_size;
-  const AttentionShape shape{B, Nl, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), block};
-  if (g.sp_size == 1) return std::make_unique<LocalAttention>(shape);
-  if (method == "lasp1") return std::make_unique<Lasp1Attention>(*g.sp, shape, N, layout, c.num_hidden_layers);
-  if (method == "ring" || method == "ring-zigzag")
-    return std::make_unique<RingAttention>(*g.sp, shape, N, layout, c.num_hidden_layers);
-  if (method == "ulysses") return std::make_unique<UlyssesAttention>(*g.sp, shape, N, layout, c.num_hidden_layers);
-  if (method == "allgather") return std::make_unique<AllGatherAttention>(*g.sp, shape, N, layout, c.num_hidden_layers);
-  return std::make_unique<Lasp2Attention>(*g.sp, shape, N, layout, c.num_hidden_layers);
+  const AttentionShape shape{B, N / g.sp_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), block};
+  return make_sp_attention(method, *g.sp, shape, N, layout, c.num_hidden_layers);
 }
 
 uint64_t traffic(const Comm& c) { return c.stats().total_sent() + c.stats().total_received(); }

@@ -20,6 +20,7 @@
 #include "sp/ring.h"
 #include "sp/ulysses.h"
 #include "sp/lasp2.h"
+#include "sp/methods.h"
 #include "testing.h"
 #include "train/optimizer.h"
 
@@ -58,7 +59,7 @@ class SpAttention : public ::testing::TestWithParam<AttnCase> {};
 TEST_P(SpAttention, EqualsSingleProcessOnEveryRank) {
   const AttnCase c = GetParam();
   const int W = world().size(), B = 2, H = 4, Hkv = c.linear ? 4 : 2, d = 16, block = 16;
-  if (c.N % (c.layout == SpLayout::zigzag ? 2 * W : W) != 0) GTEST_SKIP() << "N not divisible for this world";
+  ASSERT_EQ(c.N % (c.layout == SpLayout::zigzag ? 2 * W : W), 0) << "the cases are sized for worlds of 1 to 4 ranks";
   const int width = H * d, kvw = Hkv * d;
   auto q = random_values(size_t(B) * c.N * width, 1), k = random_values(size_t(B) * c.N * kvw, 2),
        v = random_values(size_t(B) * c.N * kvw, 3), g = random_values(size_t(B) * c.N * width, 4);
@@ -386,9 +387,13 @@ class SpModel : public ::testing::TestWithParam<ModelCase> {};
 TEST_P(SpModel, LogitsLossAndGradientsEqualSingleProcess) {
   const ModelCase c = GetParam();
   const int Wt = world().size();
-  if (Wt % c.dp != 0) GTEST_SKIP() << "world not divisible by dp";
+  if (Wt % c.dp != 0) {  // a world dp cannot divide: the grid refuses it with a clear error
+    EXPECT_THROW(make_grid(world(), 1, c.dp), Error);
+    return;
+  }
   const int sp_size = Wt / c.dp, B = 2, N = 48;
-  if (N % (c.layout == SpLayout::zigzag ? 2 * sp_size : sp_size) != 0 || B % c.dp != 0) GTEST_SKIP();
+  ASSERT_EQ(N % (c.layout == SpLayout::zigzag ? 2 * sp_size : sp_size), 0) << "N is sized for 1 to 4 ranks";
+  ASSERT_EQ(B % c.dp, 0);
   ModelConfig config;
   config.vocab_size = 50;
   config.hidden_size = 32;
@@ -423,20 +428,13 @@ TEST_P(SpModel, LogitsLossAndGradientsEqualSingleProcess) {
   std::vector<int> in_l, tg_l;
   for (int b = grid.dp_rank * Bl; b < (grid.dp_rank + 1) * Bl; ++b)
     for (int p : pos) in_l.push_back(inputs[size_t(b) * N + p]), tg_l.push_back(targets[size_t(b) * N + p]);
-  std::unique_ptr<Attention> attention;
   const AttentionShape shape{Bl, Nl, 4, 2, 8, 16};
-  const int layers = config.num_hidden_layers;
-  if (sp_size == 1) attention = std::make_unique<LocalAttention>(shape);
-  else if (c.method == "lasp1") attention = std::make_unique<Lasp1Attention>(*grid.sp, shape, N, c.layout, layers);
-  else if (c.method == "ring") attention = std::make_unique<RingAttention>(*grid.sp, shape, N, c.layout, layers);
-  else if (c.method == "allgather") attention = std::make_unique<AllGatherAttention>(*grid.sp, shape, N, c.layout, layers);
-  else if (c.method == "ulysses") {
-    if (4 % sp_size != 0) {  // 4 heads over 3 ranks: a clear error, checked in SpUlysses
-      EXPECT_THROW(UlyssesAttention(*grid.sp, shape, N, c.layout, layers), Error);
-      return;
-    }
-    attention = std::make_unique<UlyssesAttention>(*grid.sp, shape, N, c.layout, layers);
-  } else attention = std::make_unique<Lasp2Attention>(*grid.sp, shape, N, c.layout, layers);
+  if (c.method == "ulysses" && 4 % sp_size != 0) {  // 4 heads over 3 ranks: a clear error (also in SpUlysses)
+    EXPECT_THROW(make_sp_attention(c.method, *grid.sp, shape, N, c.layout, config.num_hidden_layers), Error);
+    return;
+  }
+  std::unique_ptr<Attention> attention =
+      make_sp_attention(c.method, *grid.sp, shape, N, c.layout, config.num_hidden_layers);
   Model model(config, Bl, Nl, *attention);
   model.params() = ref.params();
   double loss = model.forward(in_l.data(), tg_l.data());

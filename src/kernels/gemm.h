@@ -35,8 +35,18 @@ struct PrefetchStream {
   }
 };
 
+// Work a product may skip because the caller's operands are triangular (the causal blocks of the attention
+// kernels). Where the skipped work would not contribute zeros, the result is as without the hint.
+enum class Skip {
+  none,
+  c_upper,  // entries of C above the diagonal (column > row) are not needed: they may be left as they were
+  a_upper,  // op(A) is lower triangular (entries with k > row are zero)
+  a_lower,  // op(A) is upper triangular (entries with k < row are zero)
+};
+
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
-          const float* B, int ldb, float beta, float* C, int ldc, PrefetchStream* prefetch = nullptr);
+          const float* B, int ldb, float beta, float* C, int ldc, PrefetchStream* prefetch = nullptr,
+          Skip skip = Skip::none);
 
 // Threads the BLAS may use for a product called outside a parallel region.
 void blas_set_threads(int threads);

@@ -47,64 +47,78 @@ void micro_tile(int K, float alpha, const float* A, int lda, const float* B, int
   }
 }
 
-// Rows of C per micro-tile for NV vectors of columns: 16 to 24 accumulators hide the FMA latency, and
-// 8 rows make the narrow panels (the L x L scores of 16- and 32-token blocks) tile exactly.
-template <int NV>
-constexpr int main_rows() { return NV >= 3 ? 6 : 8; }
-
-template <int NV, bool TransA, int MR>
-void tail_rows(int rows, int K, float alpha, const float* A, int lda, const float* B, int ldb, float beta,
-               float* C, int ldc, __mmask16 last, PrefetchStream* pf) {
-  if constexpr (MR > 0) {
-    if (rows == MR) micro_tile<MR, NV, TransA>(K, alpha, A, lda, B, ldb, beta, C, ldc, last, pf);
-    else tail_rows<NV, TransA, MR - 1>(rows, K, alpha, A, lda, B, ldb, beta, C, ldc, last, pf);
+template <int MR, bool TransA>
+void tile_cols(int nv, int K, float alpha, const float* A, int lda, const float* B, int ldb, float beta, float* C,
+               int ldc, __mmask16 last, PrefetchStream* pf) {
+  switch (nv) {
+    case 4: if constexpr (MR <= 6) micro_tile<MR, 4, TransA>(K, alpha, A, lda, B, ldb, beta, C, ldc, last, pf); break;
+    case 3: if constexpr (MR <= 6) micro_tile<MR, 3, TransA>(K, alpha, A, lda, B, ldb, beta, C, ldc, last, pf); break;
+    case 2: micro_tile<MR, 2, TransA>(K, alpha, A, lda, B, ldb, beta, C, ldc, last, pf); break;
+    default: micro_tile<MR, 1, TransA>(K, alpha, A, lda, B, ldb, beta, C, ldc, last, pf); break;
   }
 }
 
-template <int NV, bool TransA>
-void column_panel(int M, int K, float alpha, const float* A, int lda, const float* B, int ldb, float beta,
-                  float* C, int ldc, __mmask16 last, PrefetchStream* pf) {
-  constexpr int MR = main_rows<NV>();
-  auto a_at = [&](int row) { return TransA ? A + row : A + long(row) * lda; };
-  int i = 0;
-  for (; i + MR <= M; i += MR)
-    micro_tile<MR, NV, TransA>(K, alpha, a_at(i), lda, B, ldb, beta, C + long(i) * ldc, ldc, last, pf);
-  if (i < M)
-    tail_rows<NV, TransA, MR - 1>(M - i, K, alpha, a_at(i), lda, B, ldb, beta, C + long(i) * ldc, ldc, last, pf);
+// One tile of `rows` (<= MR) rows from row i of C, nv vectors of columns.
+template <int MR, bool TransA>
+void tile(int rows, int nv, int K, float alpha, const float* A, int lda, const float* B, int ldb, float beta,
+          float* C, int ldc, __mmask16 last, PrefetchStream* pf) {
+  if constexpr (MR > 0) {
+    if (rows == MR) tile_cols<MR, TransA>(nv, K, alpha, A, lda, B, ldb, beta, C, ldc, last, pf);
+    else tile<MR - 1, TransA>(rows, nv, K, alpha, A, lda, B, ldb, beta, C, ldc, last, pf);
+  }
+}
+
+// Columns j0..j0+cols-1 (at most 64) of C, all rows, in tiles of main_rows(nv) rows. The Skip hints shrink
+// each tile: c_upper drops the column vectors right of the tile's last row, a_upper ends k at the tile's
+// last row, a_lower starts k at its first row.
+template <bool TransA>
+void column_panel(int M, int K, int j0, int cols, float alpha, const float* A, int lda, const float* B, int ldb,
+                  float beta, float* C, int ldc, PrefetchStream* pf, Skip skip) {
+  const int nv = (cols + 15) / 16;
+  // Rows per tile: 16 to 24 accumulators hide the FMA latency, and 8 rows make the narrow panels (the
+  // L x L scores of 16- and 32-token blocks) tile exactly. (tile_cols relies on 8-row tiles having nv <= 2.)
+  const int mr = nv >= 3 ? 6 : 8;
+  for (int i = 0; i < M; i += mr) {
+    const int rows = M - i < mr ? M - i : mr;
+    int tile_nv = nv, k0 = 0, k1 = K;
+    if (skip == Skip::c_upper) {
+      const int needed = i + rows - j0;  // columns of this panel up to the tile's last row
+      if (needed <= 0) continue;
+      if (needed < cols) tile_nv = (needed + 15) / 16;
+    } else if (skip == Skip::a_upper) {
+      k1 = i + rows < K ? i + rows : K;
+    } else if (skip == Skip::a_lower) {
+      k0 = i < K ? i : K;
+    }
+    const __mmask16 last = tile_nv < nv ? __mmask16(0xffff) : __mmask16((1u << (cols - 16 * (nv - 1))) - 1);
+    const float* Ai = TransA ? A + long(k0) * lda + i : A + long(i) * lda + k0;
+    float* Ci = C + long(i) * ldc + j0;
+    const float* Bk = B + long(k0) * ldb + j0;
+    if (mr == 6) tile<6, TransA>(rows, tile_nv, k1 - k0, alpha, Ai, lda, Bk, ldb, beta, Ci, ldc, last, pf);
+    else tile<8, TransA>(rows, tile_nv, k1 - k0, alpha, Ai, lda, Bk, ldb, beta, Ci, ldc, last, pf);
+  }
 }
 
 template <bool TransA>
 void gemm_small_impl(int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
-                     float beta, float* C, int ldc, PrefetchStream* pf) {
-  for (int j = 0; j < N; j += 64) {
-    const int cols = N - j < 64 ? N - j : 64;
-    const int nv = (cols + 15) / 16;
-    const int tail = cols - 16 * (nv - 1);
-    const __mmask16 last = __mmask16((1u << tail) - 1);
-    const float* Bj = B + j;
-    float* Cj = C + j;
-    switch (nv) {
-      case 4: column_panel<4, TransA>(M, K, alpha, A, lda, Bj, ldb, beta, Cj, ldc, last, pf); break;
-      case 3: column_panel<3, TransA>(M, K, alpha, A, lda, Bj, ldb, beta, Cj, ldc, last, pf); break;
-      case 2: column_panel<2, TransA>(M, K, alpha, A, lda, Bj, ldb, beta, Cj, ldc, last, pf); break;
-      default: column_panel<1, TransA>(M, K, alpha, A, lda, Bj, ldb, beta, Cj, ldc, last, pf); break;
-    }
-  }
+                     float beta, float* C, int ldc, PrefetchStream* pf, Skip skip) {
+  for (int j = 0; j < N; j += 64)
+    column_panel<TransA>(M, K, j, N - j < 64 ? N - j : 64, alpha, A, lda, B, ldb, beta, C, ldc, pf, skip);
 }
 
 }  // namespace
 
 void gemm_small(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
-                float beta, float* C, int ldc, PrefetchStream* pf) {
-  if (trans_a) gemm_small_impl<true>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pf);
-  else gemm_small_impl<false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pf);
+                float beta, float* C, int ldc, PrefetchStream* pf, Skip skip) {
+  if (trans_a) gemm_small_impl<true>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pf, skip);
+  else gemm_small_impl<false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pf, skip);
 }
 
 #else
 
 bool gemm_small_available() { return false; }
 void gemm_small(bool, int, int, int, float, const float*, int, const float*, int, float, float*, int,
-                PrefetchStream*) {}
+                PrefetchStream*, Skip) {}
 
 #endif
 

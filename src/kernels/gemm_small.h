@@ -10,6 +10,6 @@ namespace lasp {
 // False when this build has no AVX-512 (the caller then uses the BLAS).
 bool gemm_small_available();
 void gemm_small(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
-                float beta, float* C, int ldc, PrefetchStream* prefetch = nullptr);
+                float beta, float* C, int ldc, PrefetchStream* prefetch = nullptr, Skip skip = Skip::none);
 
 }  // namespace lasp

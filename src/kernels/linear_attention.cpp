@@ -1,5 +1,6 @@
 #include "kernels/linear_attention.h"
 
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -93,6 +94,32 @@ void scale_rows(float* dst, const float* src, const float* scale, int L, int d) 
 // Packed operands matter: one head's rows are 256 B every 2 KB, which read in place by the products
 // thrash L1 and defeat the prefetchers; reading the tensors row by row side by side keeps several
 // memory streams in flight.
+// dst[0, n) = src[0, n): inline, for the short rows (one head, d floats) that memcpy pays a call for.
+inline void copy_row(float* dst, const float* src, int n) {
+#if defined(__AVX512F__)
+  int i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_loadu_ps(src + i));
+  if (i < n) {
+    const __mmask16 m = __mmask16((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(dst + i, m, _mm512_maskz_loadu_ps(m, src + i));
+  }
+#else
+  std::memcpy(dst, src, sizeof(float) * n);
+#endif
+}
+
+// dst[0, n) = src[0, n) bypassing the caches when dst is 64-byte aligned: for data written long before it
+// is read again (the backward's per-block states), which would otherwise be read from memory first.
+inline void store_streaming(float* dst, const float* src, size_t n) {
+#if defined(__AVX512F__)
+  if (reinterpret_cast<uintptr_t>(dst) % 64 == 0 && n % 16 == 0) {
+    for (size_t i = 0; i < n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+    return;
+  }
+#endif
+  std::memcpy(dst, src, sizeof(float) * n);
+}
+
 struct BlockIo {
   long at;
   int ld, L, heads, d;
@@ -101,7 +128,7 @@ struct BlockIo {
     for (int r = 0; r < L; ++r)
       for (auto [packed, x] : parts)
         for (int j = 0; j < heads; ++j)
-          std::memcpy(packed + (long(j) * L + r) * d, x + at + long(r) * ld + long(j) * d, sizeof(float) * d);
+          copy_row(packed + (long(j) * L + r) * d, x + at + long(r) * ld + long(j) * d, d);
   }
 
   // x = packed
@@ -109,7 +136,7 @@ struct BlockIo {
     for (int r = 0; r < L; ++r)
       for (auto [x, packed] : parts)
         for (int j = 0; j < heads; ++j)
-          std::memcpy(x + at + long(r) * ld + long(j) * d, packed + (long(j) * L + r) * d, sizeof(float) * d);
+          copy_row(x + at + long(r) * ld + long(j) * d, packed + (long(j) * L + r) * d, d);
   }
 };
 
@@ -222,9 +249,9 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
         float* S = w.state + j * dd;  // the state entering this block
         transpose(w.kt, L, kb, d, L, d);
         // intra: O_b = ((Q_b K_b^T) .* psi) V_b
-        gemm(false, false, L, L, d, 1.f, qb, d, w.kt, L, 0.f, w.a, L, &pf);
+        gemm(false, false, L, L, d, 1.f, qb, d, w.kt, L, 0.f, w.a, L, &pf, Skip::c_upper);
         mask_decay(w.a, rev, blk, L);
-        gemm(false, false, L, d, L, 1.f, w.a, L, vb, d, 0.f, ob, d, &pf);
+        gemm(false, false, L, d, L, 1.f, w.a, L, vb, d, 0.f, ob, d, &pf, Skip::a_upper);
         if (pw[1] != 1.f) {
           // inter: O_b += diag(lambda^i) Q_b S_b;  S = lambda^L S + K_b^T diag(lambda^(L-j)) V_b
           scale_rows(w.qs, qb, pw, L, d);
@@ -281,26 +308,29 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
     };
 
     // Pass 1, forward order: S_b^T, the transposed state entering block b, for every block and head:
-    // S^T_{b+1} = lambda^L S^T_b + V_b^T diag(lambda^(L-j)) K_b.
+    // S^T_{b+1} = lambda^L S^T_b + V_b^T diag(lambda^(L-j)) K_b, run in w.state and streamed out.
     for (int j = 0; j < heads; ++j) {
       fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
-      if (state_in) transpose(states_of(j, 0), d, state_in + (size_t(b) * H + h0 + j) * dd, d, d, d);
-      else std::fill(states_of(j, 0), states_of(j, 0) + dd, 0.f);
+      float* S = w.state + j * dd;
+      if (state_in) transpose(S, d, state_in + (size_t(b) * H + h0 + j) * dd, d, d, d);
+      else std::fill(S, S + dd, 0.f);
+      store_streaming(states_of(j, 0), S, dd);
     }
-    for (int blkno = 0; blkno < nb; ++blkno) {
+    for (int blkno = 0; blkno + 1 < nb; ++blkno) {
       const BlockIo io = block_io(blkno);
       const int L = io.L;
       io.gather({{w.k, k}, {w.v, v}});
-      prefetch_block(blkno + 1, {k, v}, blkno + 2);
+      prefetch_block(blkno + 1, {k, v}, nb + 1);
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
         const float *kb = w.k + long(j) * L * d, *vb = w.v + long(j) * L * d;
-        float* next = states_of(j, blkno + 1);
-        std::memcpy(next, states_of(j, blkno), sizeof(float) * dd);
+        float* S = w.state + j * dd;
         if (pw[1] != 1.f) scale_rows(w.ks, kb, rev + blk - L, L, d), kb = w.ks;
-        gemm(true, false, d, d, L, 1.f, vb, d, kb, d, pw[L], next, d, &pf);
+        gemm(true, false, d, d, L, 1.f, vb, d, kb, d, pw[L], S, d, &pf);
+        store_streaming(states_of(j, blkno + 1), S, dd);
       }
     }
+    _mm_sfence();  // the streamed states are visible before pass 2 reads them
 
     // Pass 2, reverse order; dS is the gradient of the state leaving the current block.
     for (int j = 0; j < heads; ++j) {
@@ -332,13 +362,14 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
         }
 
         // intra-block terms: A = (Q K^T) .* psi, dA = (dO V^T) .* psi
-        gemm(false, false, L, L, d, 1.f, qb, d, w.kt, L, 0.f, w.a, L, &pf);
+        // (A and dA are lower triangular: the products skip the zero halves.)
+        gemm(false, false, L, L, d, 1.f, qb, d, w.kt, L, 0.f, w.a, L, &pf, Skip::c_upper);
         mask_decay(w.a, rev, blk, L);
-        gemm(false, false, L, L, d, 1.f, dob, d, w.vt, L, 0.f, w.da, L, &pf);
+        gemm(false, false, L, L, d, 1.f, dob, d, w.vt, L, 0.f, w.da, L, &pf, Skip::c_upper);
         mask_decay(w.da, rev, blk, L);
-        gemm(false, false, L, d, L, 1.f, w.da, L, kb, d, 1.f, dqb, ld, &pf);  // dQ += dA K
-        gemm(true, false, L, d, L, 1.f, w.da, L, qb, d, 1.f, dkb, ld, &pf);   // dK += dA^T Q
-        gemm(true, false, L, d, L, 1.f, w.a, L, dob, d, 1.f, dvb, ld, &pf);   // dV += A^T dO
+        gemm(false, false, L, d, L, 1.f, w.da, L, kb, d, 1.f, dqb, ld, &pf, Skip::a_upper);  // dQ += dA K
+        gemm(true, false, L, d, L, 1.f, w.da, L, qb, d, 1.f, dkb, ld, &pf, Skip::a_lower);   // dK += dA^T Q
+        gemm(true, false, L, d, L, 1.f, w.a, L, dob, d, 1.f, dvb, ld, &pf, Skip::a_lower);   // dV += A^T dO
 
         // inter-block terms
         transpose(w.dstate_t, d, dS, d, d, d);

@@ -329,6 +329,17 @@ TEST(LinearAttentionBidirectional, MatchesDoubleReferenceAndFiniteDifferences) {
     }
 }
 
+// Million-token pieces must not need memory per block: the workspace depends on the block, not on N.
+TEST(LinearAttention, WorkspaceIsIndependentOfSequenceLength) {
+  for (int threads : {1, 2, 8}) {
+    const LinearAttentionShape short_piece{1, 64, 8, 64, 32}, long_piece{1, 1 << 20, 8, 64, 32};
+    EXPECT_EQ(linear_attention_forward_workspace_floats(short_piece, threads),
+              linear_attention_forward_workspace_floats(long_piece, threads));
+    EXPECT_EQ(linear_attention_backward_workspace_floats(short_piece, threads),
+              linear_attention_backward_workspace_floats(long_piece, threads));
+  }
+}
+
 TEST(LinearAttention, BadArgumentsNameTheKernelAndShapes) {
   LinearAttentionShape s{1, 8, 2, 4, 0};
   std::vector<float> x(64), big(100000);

@@ -108,18 +108,6 @@ inline void copy_row(float* dst, const float* src, int n) {
 #endif
 }
 
-// dst[0, n) = src[0, n) bypassing the caches when dst is 64-byte aligned: for data written long before it
-// is read again (the backward's per-block states), which would otherwise be read from memory first.
-inline void store_streaming(float* dst, const float* src, size_t n) {
-#if defined(__AVX512F__)
-  if (reinterpret_cast<uintptr_t>(dst) % 64 == 0 && n % 16 == 0) {
-    for (size_t i = 0; i < n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
-    return;
-  }
-#endif
-  std::memcpy(dst, src, sizeof(float) * n);
-}
-
 struct BlockIo {
   long at;
   int ld, L, heads, d;
@@ -146,7 +134,6 @@ struct BlockIo {
 struct Scratch {
   float *pw, *rev;              // (heads, blk + 1) decay powers of each head of the group
   float* state;                 // (heads, d, d) running S (forward) or dS (backward) of each head
-  float* states;                // backward: (nb + 1, heads, d, d) S_b^T entering every block
   float *q, *k, *v, *o;         // (heads, blk, d) gathered block; o holds dO in backward
   float *kt, *vt;               // (d, blk) one head's K, V transposed
   float *qs, *ks, *vs, *douts;  // (blk, d) one head's rows scaled by the decay factors
@@ -174,7 +161,6 @@ Scratch carve(Carver& c, const LinearAttentionShape& s, int heads, bool backward
   for (float** part : {&w.kt, &w.qs, &w.ks}) *part = c.take(bd);
   w.a = c.take(blk * blk);
   if (backward) {
-    w.states = c.take(heads * (size_t(num_blocks(s)) + 1) * dd);
     for (float** part : {&w.vt, &w.vs, &w.douts}) *part = c.take(bd);
     w.da = c.take(blk * blk);
     w.dstate_t = c.take(dd);
@@ -293,46 +279,55 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
     const int h0 = groups.begin(g, H), heads = groups.begin(g + 1, H) - h0;
     Scratch w = thread_scratch(ws, s, groups.max_heads, true);
     PrefetchStream pf;  // the next block, fetched during this one's products
-    auto states_of = [&](int j, int blkno) { return w.states + (size_t(blkno) * heads + j) * dd; };
-    // Queues block `blkno` of the tensors, and the states entering block `states_blkno`, for the products.
-    auto prefetch_block = [&](int blkno, std::initializer_list<const float*> tensors, int states_blkno) {
+    // Queues block `blkno` of the tensors for the products.
+    auto prefetch_block = [&](int blkno, std::initializer_list<const float*> tensors) {
       pf.clear();
       if (blkno < 0 || blkno >= nb) return;
       const long at = (long(b) * N + long(blkno) * blk) * ld + long(h0) * d;
       for (const float* x : tensors) pf.add(x + at, std::min(blk, N - blkno * blk), heads * d, ld);
-      if (states_blkno <= nb) pf.add(states_of(0, states_blkno), 1, heads * dd, 0);
     };
     auto block_io = [&](int blkno) {
       return BlockIo{(long(b) * N + long(blkno) * blk) * ld + long(h0) * d, ld, std::min(blk, N - blkno * blk),
                      heads, d};
     };
+    // The gradients accumulate straight into the (N, H, d) tensors: each is read and written once per pass.
+    auto rows_of = [&](float* x, const BlockIo& io, int j) { return x + io.at + long(j) * d; };
 
-    // Pass 1, forward order: S_b^T, the transposed state entering block b, for every block and head:
-    // S^T_{b+1} = lambda^L S^T_b + V_b^T diag(lambda^(L-j)) K_b, run in w.state and streamed out.
+    // Pass 1, forward order, for dQ; S (kept as S^T) is the state entering the current block:
+    //   dQ_b += (dA_b K_b) + diag(l^i) dO_b S_b^T, dA = (dO V^T) .* psi;  S^T = l^L S^T + V_b^T diag(l^(L-j)) K_b
     for (int j = 0; j < heads; ++j) {
       fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
       float* S = w.state + j * dd;
       if (state_in) transpose(S, d, state_in + (size_t(b) * H + h0 + j) * dd, d, d, d);
       else std::fill(S, S + dd, 0.f);
-      store_streaming(states_of(j, 0), S, dd);
     }
-    for (int blkno = 0; blkno + 1 < nb; ++blkno) {
+    for (int blkno = 0; blkno < nb; ++blkno) {
       const BlockIo io = block_io(blkno);
       const int L = io.L;
-      io.gather({{w.k, k}, {w.v, v}});
-      prefetch_block(blkno + 1, {k, v}, nb + 1);
+      io.gather({{w.k, k}, {w.v, v}, {w.o, dout}});
+      prefetch_block(blkno + 1, {k, v, dout, dq});
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
-        const float *kb = w.k + long(j) * L * d, *vb = w.v + long(j) * L * d;
-        float* S = w.state + j * dd;
-        if (pw[1] != 1.f) scale_rows(w.ks, kb, rev + blk - L, L, d), kb = w.ks;
-        gemm(true, false, d, d, L, 1.f, vb, d, kb, d, pw[L], S, d, &pf);
-        store_streaming(states_of(j, blkno + 1), S, dd);
+        const long hb = long(j) * L * d;
+        const float *kb = w.k + hb, *vb = w.v + hb, *dob = w.o + hb;
+        float *dqb = rows_of(dq, io, j), *S = w.state + j * dd;
+        transpose(w.vt, L, vb, d, L, d);
+        gemm(false, false, L, L, d, 1.f, dob, d, w.vt, L, 0.f, w.da, L, &pf, Skip::c_upper);
+        mask_decay(w.da, rev, blk, L);
+        gemm(false, false, L, d, L, 1.f, w.da, L, kb, d, 1.f, dqb, ld, &pf, Skip::a_upper);  // dQ += dA K
+        const float* douts = dob;
+        if (pw[1] != 1.f) scale_rows(w.douts, dob, pw, L, d), douts = w.douts;
+        gemm(false, false, L, d, d, 1.f, douts, d, S, d, 1.f, dqb, ld, &pf);  // dQ += diag(l^i) dO S_b^T
+        if (blkno + 1 == nb) continue;
+        const float* ks = kb;
+        if (pw[1] != 1.f) scale_rows(w.ks, kb, rev + blk - L, L, d), ks = w.ks;
+        gemm(true, false, d, d, L, 1.f, vb, d, ks, d, pw[L], S, d, &pf);  // S^T = l^L S^T + V^T diag(l^(L-j)) K
       }
     }
-    _mm_sfence();  // the streamed states are visible before pass 2 reads them
 
-    // Pass 2, reverse order; dS is the gradient of the state leaving the current block.
+    // Pass 2, reverse order, for dK and dV; dS is the gradient of the state leaving the current block:
+    //   dK_b += dA^T Q + diag(l^(L-j)) V dS^T,  dV_b += A^T dO + diag(l^(L-j)) K dS,  A = (Q K^T) .* psi;
+    //   dS = l^L dS + Q_b^T diag(l^i) dO_b
     for (int j = 0; j < heads; ++j) {
       float* dS = w.state + j * dd;
       if (dstate_out) std::memcpy(dS, dstate_out + (size_t(b) * H + h0 + j) * dd, sizeof(float) * dd);
@@ -342,15 +337,12 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
       const BlockIo io = block_io(blkno);
       const int L = io.L;
       io.gather({{w.q, q}, {w.k, k}, {w.v, v}, {w.o, dout}});
-      prefetch_block(blkno - 1, {q, k, v, dout, dq, dk, dv}, blkno - 1);
+      prefetch_block(blkno - 1, {q, k, v, dout, dk, dv});
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
         const long hb = long(j) * L * d;
         const float *qb = w.q + hb, *kb = w.k + hb, *vb = w.v + hb, *dob = w.o + hb;
-        // The gradients accumulate straight into the (N, H, d) tensors: each is read and written once per block.
-        const long out = io.at + long(j) * d;
-        float *dqb = dq + out, *dkb = dk + out, *dvb = dv + out;
-        float* dS = w.state + j * dd;
+        float *dkb = rows_of(dk, io, j), *dvb = rows_of(dv, io, j), *dS = w.state + j * dd;
         transpose(w.kt, L, kb, d, L, d);
         transpose(w.vt, L, vb, d, L, d);
         const float *ks = kb, *vs = vb, *douts = dob;
@@ -360,23 +352,17 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
           scale_rows(w.vs, vb, tail, L, d), vs = w.vs;
           scale_rows(w.douts, dob, pw, L, d), douts = w.douts;
         }
-
-        // intra-block terms: A = (Q K^T) .* psi, dA = (dO V^T) .* psi
         // (A and dA are lower triangular: the products skip the zero halves.)
         gemm(false, false, L, L, d, 1.f, qb, d, w.kt, L, 0.f, w.a, L, &pf, Skip::c_upper);
         mask_decay(w.a, rev, blk, L);
         gemm(false, false, L, L, d, 1.f, dob, d, w.vt, L, 0.f, w.da, L, &pf, Skip::c_upper);
         mask_decay(w.da, rev, blk, L);
-        gemm(false, false, L, d, L, 1.f, w.da, L, kb, d, 1.f, dqb, ld, &pf, Skip::a_upper);  // dQ += dA K
-        gemm(true, false, L, d, L, 1.f, w.da, L, qb, d, 1.f, dkb, ld, &pf, Skip::a_lower);   // dK += dA^T Q
+        gemm(true, false, L, d, L, 1.f, w.da, L, qb, d, 1.f, dkb, ld, &pf, Skip::a_lower);  // dK += dA^T Q
         gemm(true, false, L, d, L, 1.f, w.a, L, dob, d, 1.f, dvb, ld, &pf, Skip::a_lower);   // dV += A^T dO
-
-        // inter-block terms
         transpose(w.dstate_t, d, dS, d, d, d);
-        gemm(false, false, L, d, d, 1.f, vs, d, w.dstate_t, d, 1.f, dkb, ld, &pf);              // dK += diag(l^(L-j)) V dS^T
-        gemm(false, false, L, d, d, 1.f, ks, d, dS, d, 1.f, dvb, ld, &pf);                     // dV += diag(l^(L-j)) K dS
-        gemm(false, false, L, d, d, 1.f, douts, d, states_of(j, blkno), d, 1.f, dqb, ld, &pf);  // dQ += diag(l^i) dO S_b^T
-        gemm(true, false, d, d, L, 1.f, qb, d, douts, d, pw[L], dS, d, &pf);                  // dS_b = l^L dS + Q^T diag(l^i) dO
+        gemm(false, false, L, d, d, 1.f, vs, d, w.dstate_t, d, 1.f, dkb, ld, &pf);  // dK += diag(l^(L-j)) V dS^T
+        gemm(false, false, L, d, d, 1.f, ks, d, dS, d, 1.f, dvb, ld, &pf);          // dV += diag(l^(L-j)) K dS
+        gemm(true, false, d, d, L, 1.f, qb, d, douts, d, pw[L], dS, d, &pf);        // dS = l^L dS + Q^T diag(l^i) dO
       }
     }
     if (dstate_in)

@@ -33,6 +33,8 @@ struct LinearAttentionShape {
 // Floats of workspace the kernels need when run with `threads` OpenMP threads.
 size_t linear_attention_forward_workspace_floats(const LinearAttentionShape& s, int threads);
 size_t linear_attention_backward_workspace_floats(const LinearAttentionShape& s, int threads);
+// (Both are independent of N: the backward recomputes the running state in a forward pass instead of
+// storing one per block.)
 
 void linear_attention_forward(float* o, float* state_out, const float* q, const float* k, const float* v,
                               const float* state_in, const float* lambda, const LinearAttentionShape& s,

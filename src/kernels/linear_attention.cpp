@@ -75,12 +75,29 @@ void fill_powers(float* pw, float* rev, double lambda, int blk) {
 
 // a (L x L) .*= psi with psi[i][j] = lambda^(i-j) = rev[blk - i + j] for j <= i, else 0.
 void mask_decay(float* a, const float* rev, int blk, int L) {
+#if defined(__AVX512F__)
+  // Rows in vectors of 16: keep (and scale) columns j <= i, zero the rest; no decay: only zero.
+  const bool decay = rev[blk - 1] != 1.f;
+  for (int i = 0; i < L; ++i) {
+    float* row = a + long(i) * L;
+    const float* f = rev + blk - i;
+    for (int j = 0; j < L; j += 16) {
+      const int n = L - j < 16 ? L - j : 16, keep = i - j + 1;  // columns of this vector to keep
+      const __mmask16 in = __mmask16((1u << n) - 1);
+      const __mmask16 kept = keep <= 0 ? 0 : keep >= 16 ? in : __mmask16(((1u << keep) - 1) & in);
+      __m512 x = _mm512_maskz_loadu_ps(kept, row + j);
+      if (decay) x = _mm512_mul_ps(x, _mm512_maskz_loadu_ps(kept, f + j));
+      _mm512_mask_storeu_ps(row + j, in, x);
+    }
+  }
+#else
   for (int i = 0; i < L; ++i) {
     float* row = a + long(i) * L;
     const float* f = rev + blk - i;
     for (int j = 0; j <= i; ++j) row[j] *= f[j];
     for (int j = i + 1; j < L; ++j) row[j] = 0.f;
   }
+#endif
 }
 
 // dst (L x d) = diag(scale) src, all dense.

@@ -24,16 +24,16 @@
 
 #include "core/check.h"
 #include "kernels/gemm.h"
+#include "kernels/transpose.h"
 
 namespace lasp {
 namespace {
 
-// 256 x 256 tiles: the per-call packing of OpenBLAS is ~25% of the time at these shapes and shrinks with
-// the tile (measured, N = 8192, H = 8, d = 64, one thread, counted GFLOP/s: 128x128 83, 256x256 92, larger no
-// better; N = 16384: 97). Per thread
-// this is 2 x 256 KiB of scores plus 64 KiB of output accumulator: it stays in L2.
-constexpr int kTileQ = 256;  // queries per tile
-constexpr int kTileK = 256;  // keys per tile
+// 256 x 256 tiles: per thread 2 x 256 KiB of scores, 64 KiB of output accumulator and 5 x 64 KiB of packed
+// operands, in L2. With the operands packed once per tile, 128 to 256 on either side measure the same
+// (N = 4096, H = 8, d = 64, one thread: 124-134 counted GFLOP/s; OpenBLAS on the strided tiles gave 100).
+constexpr int kTileQ = 256;  // queries per tile  // queries per tile  // queries per tile  // queries per tile  // queries per tile  // queries per tile
+constexpr int kTileK = 256;  // keys per tile  // keys per tile  // keys per tile  // keys per tile  // keys per tile  // keys per tile
 constexpr float kLog2e = 1.44269504088896340736f;
 constexpr float kLn2 = 0.69314718055994530942f;
 
@@ -44,9 +44,21 @@ struct Tiles {
 };
 Tiles tiles_for(int Nq, int Nk) { return {std::min(kTileQ, Nq), std::min(kTileK, Nk)}; }
 
-// Per-thread scratch: S (tq x tk), P/dP (tq x tk), O accumulator (tq x d), four row vectors (tq).
+// Per-thread scratch: S (tq x tk), P/dP (tq x tk), O accumulator (tq x d), four row vectors (tq), and the
+// packed operands: three key-tile buffers (tk x d) and two query-tile buffers (tq x d).
 size_t per_thread_floats(Tiles t, int d) {
-  return 2 * round16(size_t(t.tq) * t.tk) + round16(size_t(t.tq) * d) + 4 * round16(t.tq);
+  return 2 * round16(size_t(t.tq) * t.tk) + round16(size_t(t.tq) * d) + 4 * round16(t.tq) +
+         3 * round16(size_t(t.tk) * d) + 2 * round16(size_t(t.tq) * d);
+}
+
+// Operands as the register-blocked products want them (row-major, dense, B not transposed): a tile of
+// `rows` rows of a (N, heads, d) tensor, copied dense or transposed. Packing once per tile costs ~1% of the
+// products it feeds; OpenBLAS packing the strided tiles on every call cost ~25%.
+void pack_rows(float* dst, const float* src, size_t ld, int rows, int d) {
+  for (int r = 0; r < rows; ++r) std::copy_n(src + r * ld, d, dst + size_t(r) * d);
+}
+void pack_transposed(float* dst, const float* src, size_t ld, int rows, int d) {
+  transpose(dst, rows, src, int(ld), rows, d);  // dst (d x rows)
 }
 
 std::string shape_str(const SoftmaxAttentionShape& s) {
@@ -241,6 +253,8 @@ void softmax_attention_forward(float* o, float* lse, const float* q, const float
     float* O = S + 2 * round16(size_t(t.tq) * t.tk);
     float* m = O + round16(size_t(t.tq) * d);
     float* l = m + round16(t.tq);
+    float* Kt = l + 2 * round16(t.tq);                // (d x tk) the key tile transposed
+    float* Vp = Kt + round16(size_t(t.tk) * d);      // (tk x d) the value tile
 #pragma omp for schedule(dynamic, 1)
     for (long item = 0; item < items; ++item) {
       // Later query tiles first: with causal positions they see the most keys (better load balance).
@@ -259,7 +273,8 @@ void softmax_attention_forward(float* o, float* lse, const float* q, const float
         pos_range(k_pos + k0, nk, &klo, &khi);
         if (klo > qhi) continue;  // every key after every query
         const size_t kv_off = (size_t(b) * Nk + k0) * ldk + size_t(hk) * d;
-        gemm(false, true, nq, nk, d, c, qt_ptr, int(ldq), k + kv_off, int(ldk), 0.f, S, nk);
+        pack_transposed(Kt, k + kv_off, ldk, nk, d);
+        gemm(false, false, nq, nk, d, c, qt_ptr, int(ldq), Kt, nk, 0.f, S, nk);
         if (khi > qlo) apply_mask(S, nq, nk, q_pos + q0, k_pos + k0);
         for (int i = 0; i < nq; ++i) {
           float* row = S + size_t(i) * nk;
@@ -273,7 +288,8 @@ void softmax_attention_forward(float* o, float* lse, const float* q, const float
           }
           m[i] = m_new;
         }
-        gemm(false, false, nq, d, nk, 1.f, S, nk, v + kv_off, int(ldk), 1.f, O, d);
+        pack_rows(Vp, v + kv_off, ldk, nk, d);
+        gemm(false, false, nq, d, nk, 1.f, S, nk, Vp, d, 1.f, O, d);
       }
       for (int i = 0; i < nq; ++i) {
         float* orow = o + ((size_t(b) * Nq + q0 + i) * H + h) * d;
@@ -320,6 +336,11 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
     float* dP = P + round16(size_t(t.tq) * t.tk);
     float* Dv = dP + round16(size_t(t.tq) * t.tk) + round16(size_t(t.tq) * d);
     float* L2 = Dv + round16(t.tq);
+    float* Kt = L2 + 2 * round16(t.tq);              // (d x tk) key tile transposed
+    float* Vt = Kt + round16(size_t(t.tk) * d);      // (d x tk) value tile transposed
+    float* Kp = Vt + round16(size_t(t.tk) * d);      // (tk x d) key tile
+    float* Qp = Kp + round16(size_t(t.tk) * d);      // (tq x d) query tile
+    float* dOp = Qp + round16(size_t(t.tq) * d);     // (tq x d) output-gradient tile
 #pragma omp for schedule(dynamic, 1)
     for (long item = 0; item < items; ++item) {
       const int hk = int(item % H_kv), b = int(item / H_kv);
@@ -329,6 +350,8 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
           int qlo, qhi;
           pos_range(q_pos + q0, nq, &qlo, &qhi);
           const size_t q_off = (size_t(b) * Nq + q0) * ldq + size_t(h) * d;
+          pack_rows(Qp, q + q_off, ldq, nq, d);
+          pack_rows(dOp, dout + q_off, ldq, nq, d);
           for (int i = 0; i < nq; ++i) {
             const float* dor = dout + q_off + i * ldq;
             const float* orow = o + q_off + i * ldq;
@@ -343,7 +366,10 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
             pos_range(k_pos + k0, nk, &klo, &khi);
             if (klo > qhi) continue;
             const size_t kv_off = (size_t(b) * Nk + k0) * ldk + size_t(hk) * d;
-            gemm(false, true, nq, nk, d, c, q + q_off, int(ldq), k + kv_off, int(ldk), 0.f, P, nk);
+            pack_transposed(Kt, k + kv_off, ldk, nk, d);
+            pack_transposed(Vt, v + kv_off, ldk, nk, d);
+            pack_rows(Kp, k + kv_off, ldk, nk, d);
+            gemm(false, false, nq, nk, d, c, Qp, d, Kt, nk, 0.f, P, nk);
             if (khi > qlo) apply_mask(P, nq, nk, q_pos + q0, k_pos + k0);
             for (int i = 0; i < nq; ++i) {
               float* row = P + size_t(i) * nk;
@@ -352,11 +378,11 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
               else
                 exp2_row(row, nk, L2[i]);
             }
-            gemm(false, true, nq, nk, d, 1.f, dout + q_off, int(ldq), v + kv_off, int(ldk), 0.f, dP, nk);
+            gemm(false, false, nq, nk, d, 1.f, dOp, d, Vt, nk, 0.f, dP, nk);
             for (int i = 0; i < nq; ++i) ds_row(dP + size_t(i) * nk, P + size_t(i) * nk, nk, Dv[i]);
-            gemm(true, false, nk, d, nq, 1.f, P, nk, dout + q_off, int(ldq), 1.f, dv + kv_off, int(ldk));
-            gemm(true, false, nk, d, nq, s.scale, dP, nk, q + q_off, int(ldq), 1.f, dk + kv_off, int(ldk));
-            gemm(false, false, nq, d, nk, s.scale, dP, nk, k + kv_off, int(ldk), 1.f, dq + q_off, int(ldq));
+            gemm(true, false, nk, d, nq, 1.f, P, nk, dOp, d, 1.f, dv + kv_off, int(ldk));
+            gemm(true, false, nk, d, nq, s.scale, dP, nk, Qp, d, 1.f, dk + kv_off, int(ldk));
+            gemm(false, false, nq, d, nk, s.scale, dP, nk, Kp, d, 1.f, dq + q_off, int(ldq));
           }
         }
       }

@@ -1,6 +1,6 @@
 // The gemm seam against a naive double product: every transpose combination, beta 0 and 1, shapes that go to
-// the register-blocked kernel (small, dense B) and to OpenBLAS, and every Skip hint with the triangular
-// operands it promises.
+// the register-blocked kernel (small, dense B) and to OpenBLAS, every Skip hint with the triangular
+// operands it promises, and sums of two products.
 #include <gtest/gtest.h>
 
 #include "kernels/gemm.h"
@@ -53,6 +53,41 @@ TEST(Gemm, MatchesNaiveProductForEveryFormAndHint) {
         for (auto [M, N, K] : {std::tuple{1, 1, 1}, {7, 5, 3}, {32, 32, 64}, {32, 64, 32}, {31, 64, 31},
                                {33, 70, 40}, {64, 64, 64}, {65, 17, 129}, {300, 257, 300}})
           for (float beta : {0.f, 1.f}) check({ta, tb, M, N, K, skip}, beta);
+}
+
+// gemm_sum: two products into one C, each with its own transpose flag, depth and triangle hint.
+TEST(Gemm, SumOfTwoProductsMatchesNaive) {
+  for (bool ta1 : {false, true})
+    for (bool ta2 : {false, true})
+      for (auto [M, N, K1, K2] : {std::tuple{32, 64, 32, 64}, {7, 5, 7, 3}, {31, 64, 31, 64}, {300, 70, 300, 20}})
+        for (Skip skip1 : {Skip::none, Skip::a_upper, Skip::a_lower})
+          for (float beta : {0.f, 1.f}) {
+            const int lda1 = ta1 ? M : K1, lda2 = ta2 ? M : K2, ldc = N + 1;
+            auto A1 = random_vector(size_t(ta1 ? K1 : M) * lda1, 1), A2 = random_vector(size_t(ta2 ? K2 : M) * lda2, 2);
+            auto B1 = random_vector(size_t(K1) * N, 3), B2 = random_vector(size_t(K2) * N, 4);
+            auto C = random_vector(size_t(M) * ldc, 5);
+            auto a1 = [&](int i, int k) -> float& { return ta1 ? A1[size_t(k) * lda1 + i] : A1[size_t(i) * lda1 + k]; };
+            auto a2 = [&](int i, int k) { return ta2 ? A2[size_t(k) * lda2 + i] : A2[size_t(i) * lda2 + k]; };
+            for (int i = 0; i < M; ++i)
+              for (int k = 0; k < K1; ++k)
+                if ((skip1 == Skip::a_upper && k > i) || (skip1 == Skip::a_lower && k < i)) a1(i, k) = 0.f;
+            std::vector<double> want(C.size());
+            for (int i = 0; i < M; ++i)
+              for (int j = 0; j < ldc; ++j) {
+                double s = 0;
+                if (j < N) {
+                  for (int k = 0; k < K1; ++k) s += double(a1(i, k)) * B1[size_t(k) * N + j];
+                  for (int k = 0; k < K2; ++k) s += double(a2(i, k)) * B2[size_t(k) * N + j];
+                }
+                const double before = C[size_t(i) * ldc + j];
+                want[size_t(i) * ldc + j] = j < N ? 0.5 * s + beta * before : before;
+              }
+            gemm_sum(M, N, {ta1, K1, A1.data(), lda1, B1.data(), N, skip1}, {ta2, K2, A2.data(), lda2, B2.data(), N},
+                     0.5f, beta, C.data(), ldc);
+            EXPECT_LE(normalized_error(want, C), testing::kFp32Tolerance)
+                << "ta1=" << ta1 << " ta2=" << ta2 << " M=" << M << " N=" << N << " K1=" << K1 << " K2=" << K2
+                << " skip1=" << int(skip1) << " beta=" << beta;
+          }
 }
 
 TEST(Gemm, ZeroDepthScalesC) {

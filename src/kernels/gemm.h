@@ -48,6 +48,22 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
           const float* B, int ldb, float beta, float* C, int ldc, PrefetchStream* prefetch = nullptr,
           Skip skip = Skip::none);
 
+// One term op(A) B of a sum of products: op(A) M x K, B row-major K x N (not transposed).
+struct Product {
+  bool trans_a;
+  int K;
+  const float* A;
+  int lda;
+  const float* B;
+  int ldb;
+  Skip skip = Skip::none;  // a_upper or a_lower (c_upper is for single products)
+};
+
+// C (M x N) = alpha * (op(A1) B1 + op(A2) B2) + beta * C, in one pass over C where it can: when C is a large
+// strided tensor (the attention gradients), its rows are then read and written once instead of twice.
+void gemm_sum(int M, int N, const Product& t1, const Product& t2, float alpha, float beta, float* C, int ldc,
+              PrefetchStream* prefetch = nullptr);
+
 // Threads the BLAS may use for a product called outside a parallel region.
 void blas_set_threads(int threads);
 const char* blas_config();

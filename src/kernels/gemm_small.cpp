@@ -10,29 +10,51 @@ bool gemm_small_available() { return true; }
 
 namespace {
 
-// One micro-tile: rows i0..i0+MR-1 of C, NV vectors of 16 columns from j0; the last vector is masked.
+// One term op(A) B of a product, seen from one tile: A at the tile's first row and first k, B at the
+// tile's first column and first k.
+struct Term {
+  const float* A;
+  int lda;
+  const float* B;
+  int ldb, K;
+};
+
+// acc (MR rows x NV vectors) += op(A) B over the term's K; the last vector of B is masked.
 template <int MR, int NV, bool TransA>
-void micro_tile(int K, float alpha, const float* A, int lda, const float* B, int ldb, float beta, float* C,
-                int ldc, __mmask16 last, PrefetchStream* pf) {
-  __m512 acc[MR][NV];
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+__attribute__((always_inline)) inline void accumulate(__m512 (&acc)[MR][NV], Term t, __mmask16 last,
+                                                      PrefetchStream* pf) {
+  // Locals, not t's fields: pf->next() writes memory, which would make the compiler reload them every step.
+  const float *const A = t.A, *const B = t.B;
+  const long lda = t.lda, ldb = t.ldb;
+  const int K = t.K;
   for (int k = 0; k < K; ++k) {
     if (pf && (k & 1)) pf->next();
-    const float* brow = B + long(k) * ldb;
+    const float* brow = B + k * ldb;
     __m512 b[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
       b[v] = v == NV - 1 ? _mm512_maskz_loadu_ps(last, brow + 16 * v) : _mm512_loadu_ps(brow + 16 * v);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const __m512 a = _mm512_set1_ps(TransA ? A[long(k) * lda + r] : A[long(r) * lda + k]);
+      const __m512 a = _mm512_set1_ps(TransA ? A[k * lda + r] : A[r * lda + k]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
     }
   }
+}
+
+// One micro-tile: MR rows of C, NV vectors of 16 columns, = alpha (term 1 + term 2) + beta C, with a
+// single pass over C (term 2 may be empty: K = 0).
+template <int MR, int NV, bool TransA1, bool TransA2>
+void micro_tile(const Term& t1, const Term& t2, float alpha, float beta, float* C, int ldc, __mmask16 last,
+                PrefetchStream* pf) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  accumulate<MR, NV, TransA1>(acc, t1, last, pf);
+  if (t2.K) accumulate<MR, NV, TransA2>(acc, t2, last, pf);
   const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
@@ -47,71 +69,83 @@ void micro_tile(int K, float alpha, const float* A, int lda, const float* B, int
   }
 }
 
-template <int MR, bool TransA>
-void tile_cols(int nv, int K, float alpha, const float* A, int lda, const float* B, int ldb, float beta, float* C,
-               int ldc, __mmask16 last, PrefetchStream* pf) {
-  switch (nv) {
-    case 4: if constexpr (MR <= 6) micro_tile<MR, 4, TransA>(K, alpha, A, lda, B, ldb, beta, C, ldc, last, pf); break;
-    case 3: if constexpr (MR <= 6) micro_tile<MR, 3, TransA>(K, alpha, A, lda, B, ldb, beta, C, ldc, last, pf); break;
-    case 2: micro_tile<MR, 2, TransA>(K, alpha, A, lda, B, ldb, beta, C, ldc, last, pf); break;
-    default: micro_tile<MR, 1, TransA>(K, alpha, A, lda, B, ldb, beta, C, ldc, last, pf); break;
+template <int MR, bool TA1, bool TA2>
+void tile_cols(int nv, const Term& t1, const Term& t2, float alpha, float beta, float* C, int ldc, __mmask16 last,
+               PrefetchStream* pf) {
+  switch (nv) {  // 8-row tiles only come with nv <= 2 (column_panel), so 3 and 4 vectors stop at 6 rows
+    case 4: if constexpr (MR <= 6) micro_tile<MR, 4, TA1, TA2>(t1, t2, alpha, beta, C, ldc, last, pf); break;
+    case 3: if constexpr (MR <= 6) micro_tile<MR, 3, TA1, TA2>(t1, t2, alpha, beta, C, ldc, last, pf); break;
+    case 2: micro_tile<MR, 2, TA1, TA2>(t1, t2, alpha, beta, C, ldc, last, pf); break;
+    default: micro_tile<MR, 1, TA1, TA2>(t1, t2, alpha, beta, C, ldc, last, pf); break;
   }
 }
 
-// One tile of `rows` (<= MR) rows from row i of C, nv vectors of columns.
-template <int MR, bool TransA>
-void tile(int rows, int nv, int K, float alpha, const float* A, int lda, const float* B, int ldb, float beta,
-          float* C, int ldc, __mmask16 last, PrefetchStream* pf) {
+template <int MR, bool TA1, bool TA2>
+void tile(int rows, int nv, const Term& t1, const Term& t2, float alpha, float beta, float* C, int ldc,
+          __mmask16 last, PrefetchStream* pf) {
   if constexpr (MR > 0) {
-    if (rows == MR) tile_cols<MR, TransA>(nv, K, alpha, A, lda, B, ldb, beta, C, ldc, last, pf);
-    else tile<MR - 1, TransA>(rows, nv, K, alpha, A, lda, B, ldb, beta, C, ldc, last, pf);
+    if (rows == MR) tile_cols<MR, TA1, TA2>(nv, t1, t2, alpha, beta, C, ldc, last, pf);
+    else tile<MR - 1, TA1, TA2>(rows, nv, t1, t2, alpha, beta, C, ldc, last, pf);
   }
 }
 
-// Columns j0..j0+cols-1 (at most 64) of C, all rows, in tiles of main_rows(nv) rows. The Skip hints shrink
-// each tile: c_upper drops the column vectors right of the tile's last row, a_upper ends k at the tile's
-// last row, a_lower starts k at its first row.
-template <bool TransA>
-void column_panel(int M, int K, int j0, int cols, float alpha, const float* A, int lda, const float* B, int ldb,
-                  float beta, float* C, int ldc, PrefetchStream* pf, Skip skip) {
+// The term op(A) B for the tile of rows i.. (rows of them) and columns j0..: a_upper ends k at the
+// tile's last row, a_lower starts it at the tile's first row.
+Term term_at(const Product& f, int i, int rows, int j0) {
+  int k0 = 0, k1 = f.K;
+  if (f.skip == Skip::a_upper) k1 = i + rows < f.K ? i + rows : f.K;
+  if (f.skip == Skip::a_lower) k0 = i < f.K ? i : f.K;
+  return {f.trans_a ? f.A + long(k0) * f.lda + i : f.A + long(i) * f.lda + k0, f.lda, f.B + long(k0) * f.ldb + j0,
+          f.ldb, k1 - k0};
+}
+
+// Columns j0..j0+cols-1 (at most 64) of C, all rows. c_upper (single products only) drops each tile's column
+// vectors right of its last row.
+template <bool TA1, bool TA2>
+void column_panel(int M, int j0, int cols, const Product& f1, const Product& f2, float alpha, float beta,
+                  float* C, int ldc, PrefetchStream* pf) {
   const int nv = (cols + 15) / 16;
   // Rows per tile: 16 to 24 accumulators hide the FMA latency, and 8 rows make the narrow panels (the
-  // L x L scores of 16- and 32-token blocks) tile exactly. (tile_cols relies on 8-row tiles having nv <= 2.)
+  // L x L scores of 16- and 32-token blocks) tile exactly.
   const int mr = nv >= 3 ? 6 : 8;
   for (int i = 0; i < M; i += mr) {
     const int rows = M - i < mr ? M - i : mr;
-    int tile_nv = nv, k0 = 0, k1 = K;
-    if (skip == Skip::c_upper) {
+    int tile_nv = nv;
+    if (f1.skip == Skip::c_upper) {
       const int needed = i + rows - j0;  // columns of this panel up to the tile's last row
       if (needed <= 0) continue;
       if (needed < cols) tile_nv = (needed + 15) / 16;
-    } else if (skip == Skip::a_upper) {
-      k1 = i + rows < K ? i + rows : K;
-    } else if (skip == Skip::a_lower) {
-      k0 = i < K ? i : K;
     }
     const __mmask16 last = tile_nv < nv ? __mmask16(0xffff) : __mmask16((1u << (cols - 16 * (nv - 1))) - 1);
-    const float* Ai = TransA ? A + long(k0) * lda + i : A + long(i) * lda + k0;
+    const Term t1 = term_at(f1, i, rows, j0), t2 = term_at(f2, i, rows, j0);
     float* Ci = C + long(i) * ldc + j0;
-    const float* Bk = B + long(k0) * ldb + j0;
-    if (mr == 6) tile<6, TransA>(rows, tile_nv, k1 - k0, alpha, Ai, lda, Bk, ldb, beta, Ci, ldc, last, pf);
-    else tile<8, TransA>(rows, tile_nv, k1 - k0, alpha, Ai, lda, Bk, ldb, beta, Ci, ldc, last, pf);
+    if (mr == 6) tile<6, TA1, TA2>(rows, tile_nv, t1, t2, alpha, beta, Ci, ldc, last, pf);
+    else tile<8, TA1, TA2>(rows, tile_nv, t1, t2, alpha, beta, Ci, ldc, last, pf);
   }
 }
 
-template <bool TransA>
-void gemm_small_impl(int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
-                     float beta, float* C, int ldc, PrefetchStream* pf, Skip skip) {
+template <bool TA1, bool TA2>
+void panels(int M, int N, const Product& f1, const Product& f2, float alpha, float beta, float* C, int ldc,
+            PrefetchStream* pf) {
   for (int j = 0; j < N; j += 64)
-    column_panel<TransA>(M, K, j, N - j < 64 ? N - j : 64, alpha, A, lda, B, ldb, beta, C, ldc, pf, skip);
+    column_panel<TA1, TA2>(M, j, N - j < 64 ? N - j : 64, f1, f2, alpha, beta, C, ldc, pf);
 }
 
 }  // namespace
 
 void gemm_small(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
                 float beta, float* C, int ldc, PrefetchStream* pf, Skip skip) {
-  if (trans_a) gemm_small_impl<true>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pf, skip);
-  else gemm_small_impl<false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pf, skip);
+  const Product f{trans_a, K, A, lda, B, ldb, skip}, none{false, 0, A, lda, B, ldb};
+  if (trans_a) panels<true, false>(M, N, f, none, alpha, beta, C, ldc, pf);
+  else panels<false, false>(M, N, f, none, alpha, beta, C, ldc, pf);
+}
+
+void gemm_small_sum(int M, int N, const Product& p1, const Product& p2, float alpha, float beta, float* C, int ldc,
+                    PrefetchStream* pf) {
+  if (p1.trans_a && p2.trans_a) panels<true, true>(M, N, p1, p2, alpha, beta, C, ldc, pf);
+  else if (p1.trans_a) panels<true, false>(M, N, p1, p2, alpha, beta, C, ldc, pf);
+  else if (p2.trans_a) panels<false, true>(M, N, p1, p2, alpha, beta, C, ldc, pf);
+  else panels<false, false>(M, N, p1, p2, alpha, beta, C, ldc, pf);
 }
 
 #else
@@ -119,6 +153,7 @@ void gemm_small(bool trans_a, int M, int N, int K, float alpha, const float* A, 
 bool gemm_small_available() { return false; }
 void gemm_small(bool, int, int, int, float, const float*, int, const float*, int, float, float*, int,
                 PrefetchStream*, Skip) {}
+void gemm_small_sum(int, int, const Product&, const Product&, float, float, float*, int, PrefetchStream*) {}
 
 #endif
 

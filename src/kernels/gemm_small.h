@@ -12,4 +12,8 @@ bool gemm_small_available();
 void gemm_small(bool trans_a, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
                 float beta, float* C, int ldc, PrefetchStream* prefetch = nullptr, Skip skip = Skip::none);
 
+// gemm_sum for dense B operands (ldb close to N).
+void gemm_small_sum(int M, int N, const Product& t1, const Product& t2, float alpha, float beta, float* C, int ldc,
+                    PrefetchStream* prefetch = nullptr);
+
 }  // namespace lasp

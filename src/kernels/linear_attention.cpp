@@ -254,15 +254,15 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
         // intra: O_b = ((Q_b K_b^T) .* psi) V_b
         gemm(false, false, L, L, d, 1.f, qb, d, w.kt, L, 0.f, w.a, L, &pf, Skip::c_upper);
         mask_decay(w.a, rev, blk, L);
-        gemm(false, false, L, d, L, 1.f, w.a, L, vb, d, 0.f, ob, d, &pf, Skip::a_upper);
+        // inter, in the same pass: O_b += diag(lambda^i) Q_b S_b
+        const float* qs = qb;
+        if (pw[1] != 1.f) scale_rows(w.qs, qb, pw, L, d), qs = w.qs;
+        gemm_sum(L, d, {false, L, w.a, L, vb, d, Skip::a_upper}, {false, d, qs, d, S, d}, 1.f, 0.f, ob, d, &pf);
+        // S = lambda^L S + K_b^T diag(lambda^(L-j)) V_b
         if (pw[1] != 1.f) {
-          // inter: O_b += diag(lambda^i) Q_b S_b;  S = lambda^L S + K_b^T diag(lambda^(L-j)) V_b
-          scale_rows(w.qs, qb, pw, L, d);
-          gemm(false, false, L, d, d, 1.f, w.qs, d, S, d, 1.f, ob, d, &pf);
           scale_rows(w.ks, kb, rev + blk - L, L, d);
           gemm(true, false, d, d, L, 1.f, w.ks, d, vb, d, pw[L], S, d, &pf);
         } else {
-          gemm(false, false, L, d, d, 1.f, qb, d, S, d, 1.f, ob, d, &pf);
           gemm(false, false, d, d, L, 1.f, w.kt, L, vb, d, 1.f, S, d, &pf);
         }
       }
@@ -331,10 +331,10 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
         transpose(w.vt, L, vb, d, L, d);
         gemm(false, false, L, L, d, 1.f, dob, d, w.vt, L, 0.f, w.da, L, &pf, Skip::c_upper);
         mask_decay(w.da, rev, blk, L);
-        gemm(false, false, L, d, L, 1.f, w.da, L, kb, d, 1.f, dqb, ld, &pf, Skip::a_upper);  // dQ += dA K
         const float* douts = dob;
         if (pw[1] != 1.f) scale_rows(w.douts, dob, pw, L, d), douts = w.douts;
-        gemm(false, false, L, d, d, 1.f, douts, d, S, d, 1.f, dqb, ld, &pf);  // dQ += diag(l^i) dO S_b^T
+        gemm_sum(L, d, {false, L, w.da, L, kb, d, Skip::a_upper}, {false, d, douts, d, S, d}, 1.f, 1.f, dqb, ld,
+                 &pf);  // dQ += dA K + diag(l^i) dO S_b^T, one pass over dQ's rows
         if (blkno + 1 == nb) continue;
         const float* ks = kb;
         if (pw[1] != 1.f) scale_rows(w.ks, kb, rev + blk - L, L, d), ks = w.ks;
@@ -374,11 +374,11 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
         mask_decay(w.a, rev, blk, L);
         gemm(false, false, L, L, d, 1.f, dob, d, w.vt, L, 0.f, w.da, L, &pf, Skip::c_upper);
         mask_decay(w.da, rev, blk, L);
-        gemm(true, false, L, d, L, 1.f, w.da, L, qb, d, 1.f, dkb, ld, &pf, Skip::a_lower);  // dK += dA^T Q
-        gemm(true, false, L, d, L, 1.f, w.a, L, dob, d, 1.f, dvb, ld, &pf, Skip::a_lower);   // dV += A^T dO
         transpose(w.dstate_t, d, dS, d, d, d);
-        gemm(false, false, L, d, d, 1.f, vs, d, w.dstate_t, d, 1.f, dkb, ld, &pf);  // dK += diag(l^(L-j)) V dS^T
-        gemm(false, false, L, d, d, 1.f, ks, d, dS, d, 1.f, dvb, ld, &pf);          // dV += diag(l^(L-j)) K dS
+        gemm_sum(L, d, {true, L, w.da, L, qb, d, Skip::a_lower}, {false, d, vs, d, w.dstate_t, d}, 1.f, 1.f, dkb,
+                 ld, &pf);  // dK += dA^T Q + diag(l^(L-j)) V dS^T
+        gemm_sum(L, d, {true, L, w.a, L, dob, d, Skip::a_lower}, {false, d, ks, d, dS, d}, 1.f, 1.f, dvb, ld,
+                 &pf);  // dV += A^T dO + diag(l^(L-j)) K dS
         gemm(true, false, d, d, L, 1.f, qb, d, douts, d, pw[L], dS, d, &pf);        // dS = l^L dS + Q^T diag(l^i) dO
       }
     }

@@ -85,6 +85,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS
 mpi=(mpirun --oversubscribe --bind-to none -np "$ranks" --mca pml ob1 --mca btl self,tcp)
 if [[ "$topology" == shared ]]; then
   add_ns "$ns"
+  ip netns exec "$ns" ip link set lo mtu 1500  # Ethernet frames: a 64 KB loopback frame would never fit the bucket
   ip netns exec "$ns" tc qdisc add dev lo root $tbf
   echo "network namespace $ns: loopback shaped to $rate, shared by all $ranks ranks"
   launcher_ns="$ns" rank_ns=""

@@ -252,6 +252,19 @@ TEST(SoftmaxAttention, LongerSequencesAndMiddleGqa) {
   }
 }
 
+TEST(SoftmaxAttention, EveryThreadCountGivesTheSameResults) {
+  // 1 thread and B * H_kv >= threads: one pass per KV head; more threads than (b, KV head) items: the split
+  // passes over key tiles and query tiles. Zigzag-like offsets make some tile pairs empty.
+  const int saved = omp_get_max_threads();
+  for (int threads : {1, 2, 3, 8})
+    for (auto [B, N, H, H_kv, d] : {std::array<int, 5>{1, 1000, 4, 1, 16}, {2, 600, 4, 2, 64}, {1, 513, 2, 2, 8}}) {
+      omp_set_num_threads(threads);
+      const Problem p = make_problem(B, H, H_kv, d, iota(N), iota(N), 5 + N + threads);
+      check_problem(p, name(p) + " threads=" + std::to_string(threads));
+    }
+  omp_set_num_threads(saved);
+}
+
 TEST(SoftmaxAttention, QueriesAgainstMoreKeysWithOffsetPositions) {
   // A later chunk's queries against all keys gathered so far (and some beyond, which nothing sees).
   for (auto [Nq, Nk, d] : {std::array<int, 3>{50, 300, 16}, {150, 400, 64}, {1, 129, 5}}) {

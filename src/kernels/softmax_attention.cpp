@@ -9,6 +9,8 @@
 // for each visible key tile, exactly 5 products:
 //     S = c Q K^T; P = exp2(S - lse log2 e); dP = dO V^T; dS = P (dP - D);
 //     dV += P^T dO; dK += scale dS^T Q; dQ += scale dS K.
+// With fewer (b, kv head) pairs than threads, two passes instead (per key tile: dV, dK; per query tile: dQ),
+// each recomputing P and dS: 7 products per tile pair, but every thread busy.
 #include "kernels/softmax_attention.h"
 
 #include <omp.h>
@@ -326,9 +328,13 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
   const Tiles t = tiles_for(s.Nq, s.Nk);
   const int B = s.B, Nq = s.Nq, Nk = s.Nk, H = s.H, H_kv = s.H_kv, d = s.d, group = H / H_kv;
   const int nqt = (Nq + t.tq - 1) / t.tq, nkt = (Nk + t.tk - 1) / t.tk;
-  const long items = long(B) * H_kv;
   const float c = s.scale * kLog2e;
   const size_t ldq = size_t(H) * d, ldk = size_t(H_kv) * d;
+  // One work item per (b, KV head) accumulates its dK, dV over the query heads of its group and dQ, in one
+  // pass. With fewer such items than threads (B H_kv < threads: GQA on a many-core node) the work is split
+  // into two passes that use every thread: over key tiles (dK, dV) and over query tiles (dQ); each computes
+  // the probabilities itself, 7 products per tile pair instead of 5.
+  const bool split = long(B) * H_kv < threads;
 
 #pragma omp parallel num_threads(threads)
   {
@@ -341,49 +347,103 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
     float* Kp = Vt + round16(size_t(t.tk) * d);      // (tk x d) key tile
     float* Qp = Kp + round16(size_t(t.tk) * d);      // (tq x d) query tile
     float* dOp = Qp + round16(size_t(t.tq) * d);     // (tq x d) output-gradient tile
+
+    struct QTile { size_t off; int q0, nq, lo, hi; };
+    struct KTile { size_t off; int k0, nk, lo, hi; };
+    // Packs query tile qt of head h (Q, dO) with D_i = dout_i . o_i and lse in the log2 domain.
+    auto load_q = [&](int b, int h, int qt) {
+      QTile x{0, qt * t.tq, std::min(t.tq, Nq - qt * t.tq), 0, 0};
+      pos_range(q_pos + x.q0, x.nq, &x.lo, &x.hi);
+      x.off = (size_t(b) * Nq + x.q0) * ldq + size_t(h) * d;
+      pack_rows(Qp, q + x.off, ldq, x.nq, d);
+      pack_rows(dOp, dout + x.off, ldq, x.nq, d);
+      for (int i = 0; i < x.nq; ++i) {
+        const float* dor = dout + x.off + i * ldq;
+        const float* orow = o + x.off + i * ldq;
+        float acc = 0.f;
+        for (int e = 0; e < d; ++e) acc += dor[e] * orow[e];
+        Dv[i] = acc;
+        L2[i] = lse[(size_t(b) * H + h) * Nq + x.q0 + i] * kLog2e;
+      }
+      return x;
+    };
+    // Packs key tile kt of KV head hk (K^T, V^T, K).
+    auto load_k = [&](int b, int hk, int kt) {
+      KTile x{0, kt * t.tk, std::min(t.tk, Nk - kt * t.tk), 0, 0};
+      pos_range(k_pos + x.k0, x.nk, &x.lo, &x.hi);
+      x.off = (size_t(b) * Nk + x.k0) * ldk + size_t(hk) * d;
+      pack_transposed(Kt, k + x.off, ldk, x.nk, d);
+      pack_transposed(Vt, v + x.off, ldk, x.nk, d);
+      pack_rows(Kp, k + x.off, ldk, x.nk, d);
+      return x;
+    };
+    // P = exp2(S - lse) and dP <- dS = P (dO V^T - D) for the loaded pair.
+    auto probabilities = [&](const QTile& qx, const KTile& kx) {
+      const int nq = qx.nq, nk = kx.nk;
+      gemm(false, false, nq, nk, d, c, Qp, d, Kt, nk, 0.f, P, nk);
+      if (kx.hi > qx.lo) apply_mask(P, nq, nk, q_pos + qx.q0, k_pos + kx.k0);
+      for (int i = 0; i < nq; ++i) {
+        float* row = P + size_t(i) * nk;
+        if (L2[i] == -INFINITY)  // the query sees no key at all
+          std::fill(row, row + nk, 0.f);
+        else
+          exp2_row(row, nk, L2[i]);
+      }
+      gemm(false, false, nq, nk, d, 1.f, dOp, d, Vt, nk, 0.f, dP, nk);
+      for (int i = 0; i < nq; ++i) ds_row(dP + size_t(i) * nk, P + size_t(i) * nk, nk, Dv[i]);
+    };
+    auto add_dkdv = [&](const QTile& qx, const KTile& kx) {
+      gemm(true, false, kx.nk, d, qx.nq, 1.f, P, kx.nk, dOp, d, 1.f, dv + kx.off, int(ldk));
+      gemm(true, false, kx.nk, d, qx.nq, s.scale, dP, kx.nk, Qp, d, 1.f, dk + kx.off, int(ldk));
+    };
+    auto add_dq = [&](const QTile& qx, const KTile& kx) {
+      gemm(false, false, qx.nq, d, kx.nk, s.scale, dP, kx.nk, Kp, d, 1.f, dq + qx.off, int(ldq));
+    };
+
+    if (!split) {
 #pragma omp for schedule(dynamic, 1)
-    for (long item = 0; item < items; ++item) {
-      const int hk = int(item % H_kv), b = int(item / H_kv);
-      for (int h = hk * group; h < (hk + 1) * group; ++h) {
-        for (int qt = 0; qt < nqt; ++qt) {
-          const int q0 = qt * t.tq, nq = std::min(t.tq, Nq - q0);
-          int qlo, qhi;
-          pos_range(q_pos + q0, nq, &qlo, &qhi);
-          const size_t q_off = (size_t(b) * Nq + q0) * ldq + size_t(h) * d;
-          pack_rows(Qp, q + q_off, ldq, nq, d);
-          pack_rows(dOp, dout + q_off, ldq, nq, d);
-          for (int i = 0; i < nq; ++i) {
-            const float* dor = dout + q_off + i * ldq;
-            const float* orow = o + q_off + i * ldq;
-            float acc = 0.f;
-            for (int x = 0; x < d; ++x) acc += dor[x] * orow[x];
-            Dv[i] = acc;
-            L2[i] = lse[(size_t(b) * H + h) * Nq + q0 + i] * kLog2e;
-          }
-          for (int kt = 0; kt < nkt; ++kt) {
-            const int k0 = kt * t.tk, nk = std::min(t.tk, Nk - k0);
-            int klo, khi;
-            pos_range(k_pos + k0, nk, &klo, &khi);
-            if (klo > qhi) continue;
-            const size_t kv_off = (size_t(b) * Nk + k0) * ldk + size_t(hk) * d;
-            pack_transposed(Kt, k + kv_off, ldk, nk, d);
-            pack_transposed(Vt, v + kv_off, ldk, nk, d);
-            pack_rows(Kp, k + kv_off, ldk, nk, d);
-            gemm(false, false, nq, nk, d, c, Qp, d, Kt, nk, 0.f, P, nk);
-            if (khi > qlo) apply_mask(P, nq, nk, q_pos + q0, k_pos + k0);
-            for (int i = 0; i < nq; ++i) {
-              float* row = P + size_t(i) * nk;
-              if (L2[i] == -INFINITY)  // the query sees no key at all
-                std::fill(row, row + nk, 0.f);
-              else
-                exp2_row(row, nk, L2[i]);
+      for (long item = 0; item < long(B) * H_kv; ++item) {
+        const int hk = int(item % H_kv), b = int(item / H_kv);
+        for (int h = hk * group; h < (hk + 1) * group; ++h)
+          for (int qt = 0; qt < nqt; ++qt) {
+            const QTile qx = load_q(b, h, qt);
+            for (int kt = 0; kt < nkt; ++kt) {
+              int lo, hi;
+              pos_range(k_pos + kt * t.tk, std::min(t.tk, Nk - kt * t.tk), &lo, &hi);
+              if (lo > qx.hi) continue;  // every key after every query
+              const KTile kx = load_k(b, hk, kt);
+              probabilities(qx, kx);
+              add_dkdv(qx, kx);
+              add_dq(qx, kx);
             }
-            gemm(false, false, nq, nk, d, 1.f, dOp, d, Vt, nk, 0.f, dP, nk);
-            for (int i = 0; i < nq; ++i) ds_row(dP + size_t(i) * nk, P + size_t(i) * nk, nk, Dv[i]);
-            gemm(true, false, nk, d, nq, 1.f, P, nk, dOp, d, 1.f, dv + kv_off, int(ldk));
-            gemm(true, false, nk, d, nq, s.scale, dP, nk, Qp, d, 1.f, dk + kv_off, int(ldk));
-            gemm(false, false, nq, d, nk, s.scale, dP, nk, Kp, d, 1.f, dq + q_off, int(ldq));
           }
+      }
+    } else {
+#pragma omp for schedule(dynamic, 1)
+      for (long item = 0; item < long(B) * H_kv * nkt; ++item) {  // dK, dV: one key tile each
+        const int kt = int(item % nkt), hk = int(item / nkt % H_kv), b = int(item / nkt / H_kv);
+        const KTile kx = load_k(b, hk, kt);
+        for (int h = hk * group; h < (hk + 1) * group; ++h)
+          for (int qt = 0; qt < nqt; ++qt) {
+            int lo, hi;
+            pos_range(q_pos + qt * t.tq, std::min(t.tq, Nq - qt * t.tq), &lo, &hi);
+            if (kx.lo > hi) continue;
+            const QTile qx = load_q(b, h, qt);
+            probabilities(qx, kx);
+            add_dkdv(qx, kx);
+          }
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (long item = 0; item < long(B) * H * nqt; ++item) {  // dQ: one query tile each
+        const int qt = int(item % nqt), h = int(item / nqt % H), b = int(item / nqt / H);
+        const QTile qx = load_q(b, h, qt);
+        for (int kt = 0; kt < nkt; ++kt) {
+          int lo, hi;
+          pos_range(k_pos + kt * t.tk, std::min(t.tk, Nk - kt * t.tk), &lo, &hi);
+          if (lo > qx.hi) continue;
+          const KTile kx = load_k(b, h / group, kt);
+          probabilities(qx, kx);
+          add_dq(qx, kx);
         }
       }
     }

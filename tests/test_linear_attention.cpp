@@ -205,6 +205,31 @@ std::vector<Case> sweep() {
 INSTANTIATE_TEST_SUITE_P(Sizes, LinearAttentionSweep, ::testing::ValuesIn(sweep()),
                          [](const auto& info) { return name(info.param); });
 
+// More threads than (batch row, head group) items: the sequence is also cut into pieces chained by their
+// states (and state gradients); results must not change with the thread count.
+TEST(LinearAttention, PiecesAcrossThreadsMatchDoubleReference) {
+  const int saved = omp_get_max_threads();
+  for (int threads : {3, 5, 8})
+    for (Decay decay : {Decay::none, Decay::lightning, Decay::retention})
+      for (bool st : {false, true})
+        for (Case c : {Case{1, 1000, 2, 16, 32, decay, st}, Case{2, 300, 1, 8, 16, decay, st}, Case{1, 65, 1, 3, 16, decay, st}}) {
+          omp_set_num_threads(threads);
+          const Inputs in = make_inputs(c, 31u * c.N + threads);
+          std::vector<double> o, S;
+          reference_forward(c, in, o, S);
+          const Grads ref = reference_backward(c, in);
+          const KernelResult got = run_kernel(c, in, 0.5f);  // the backward accumulates onto 0.5
+          const std::string what = name(c) + " threads=" + std::to_string(threads);
+          EXPECT_LE(normalized_error(o, got.o), kFp32Tolerance) << what << " o";
+          EXPECT_LE(normalized_error(S, got.S), kFp32Tolerance) << what << " state_out";
+          EXPECT_LE(normalized_error(ref.dq, minus(got.dq, 0.5f)), kFp32Tolerance) << what << " dq";
+          EXPECT_LE(normalized_error(ref.dk, minus(got.dk, 0.5f)), kFp32Tolerance) << what << " dk";
+          EXPECT_LE(normalized_error(ref.dv, minus(got.dv, 0.5f)), kFp32Tolerance) << what << " dv";
+          if (st) EXPECT_LE(normalized_error(ref.dP, minus(got.dP, 0.5f)), kFp32Tolerance) << what << " dstate_in";
+        }
+  omp_set_num_threads(saved);
+}
+
 // The double reference's analytic backward equals finite differences of its forward.
 TEST(LinearAttentionReference, BackwardMatchesFiniteDifferences) {
   for (Decay decay : {Decay::none, Decay::retention, Decay::lightning}) {

@@ -66,6 +66,55 @@ struct HeadGroups {
   int begin(int g, int H) const { return int(long(g) * H / count); }
 };
 
+// With more threads than (batch row, head group) items, each sequence is also cut into `pieces` runs of
+// blocks, chained by their states as the ranks of LASP-2 are: every piece's local state (and, backward, its
+// local state gradient) first, in parallel; then the short serial carry across pieces; then every piece with
+// its incoming state, in parallel. The extra state pass costs ~10-25%; it pays when threads would idle.
+struct Plan {
+  HeadGroups groups;
+  int pieces;
+  Plan(const LinearAttentionShape& s, int threads) : groups(s, threads) {
+    const int items = s.B * groups.count;
+    pieces = items < threads ? std::max(1, std::min(num_blocks(s), threads / items)) : 1;
+  }
+  int first_block(int piece, int nb) const { return int(long(piece) * nb / pieces); }
+};
+
+// lambda^n, 0 below 1e-30 (no denormals), as fill_powers.
+float decay_power(double lambda, long n) {
+  const double x = std::pow(lambda, double(n));
+  return x < 1e-30 ? 0.f : float(x);
+}
+
+// The serial carry across pieces, per (batch row, head): states (pieces, B, H, d, d).
+//   forward:  slot 0 = `first` (or 0); slot p holds piece p-1's local state on entry, the state entering
+//             piece p on exit: slot p = lambda^len(p-1) slot p-1 + slot p.
+//   backward: slot P-1 = `last` (or 0); slot p holds piece p+1's local gradient on entry, the gradient of
+//             the state leaving piece p on exit: slot p = lambda^len(p+1) slot p+1 + slot p.
+void carry_states(float* slots, const float* edge, bool forward, const LinearAttentionShape& s, const Plan& plan,
+                  const float* lambda) {
+  const int P = plan.pieces, nb = num_blocks(s);
+  const size_t dd = size_t(s.d) * s.d, per_piece = size_t(s.B) * s.H * dd;
+  auto tokens = [&](int piece) {
+    return std::min<long>(s.N, long(plan.first_block(piece + 1, nb)) * s.block) - long(plan.first_block(piece, nb)) * s.block;
+  };
+  for (int b = 0; b < s.B; ++b)
+    for (int h = 0; h < s.H; ++h) {
+      const size_t at = (size_t(b) * s.H + h) * dd;
+      float* end = slots + (forward ? 0 : size_t(P - 1) * per_piece) + at;
+      if (edge) std::memcpy(end, edge + at, sizeof(float) * dd);
+      else std::fill(end, end + dd, 0.f);
+      for (int i = 1; i < P; ++i) {
+        const int piece = forward ? i : P - 1 - i;        // the slot written
+        const int from = forward ? piece - 1 : piece + 1;  // the slot carried, whose piece's length decays it
+        const float f = decay_power(lambda ? lambda[h] : 1.0, tokens(from));
+        float* dst = slots + size_t(piece) * per_piece + at;
+        const float* src = slots + size_t(from) * per_piece + at;
+        for (size_t e = 0; e < dd; ++e) dst[e] += f * src[e];
+      }
+    }
+}
+
 // Decay powers of one head: pw[k] = lambda^k and rev[m] = lambda^(blk - m), k, m = 0..blk. Powers
 // below 1e-30 become 0 so that no denormals appear.
 void fill_powers(float* pw, float* rev, double lambda, int blk) {
@@ -197,7 +246,14 @@ Scratch thread_scratch(Workspace ws, const LinearAttentionShape& s, int heads, b
 }
 
 size_t workspace_floats(const LinearAttentionShape& s, int threads, bool backward) {
-  return scratch_stride(s, HeadGroups(s, threads).max_heads, backward) * size_t(threads);
+  const Plan plan(s, threads);
+  const size_t slots = plan.pieces > 1 ? (backward ? 2 : 1) * size_t(plan.pieces) * s.B * s.H * s.d * s.d : 0;
+  return scratch_stride(s, plan.groups.max_heads, backward) * size_t(threads) + slots;
+}
+
+// The (pieces, B, H, d, d) state slots after the per-thread scratch.
+float* state_slots(Workspace ws, const LinearAttentionShape& s, int threads, bool backward) {
+  return ws.data + scratch_stride(s, Plan(s, threads).groups.max_heads, backward) * size_t(threads);
 }
 
 }  // namespace
@@ -222,34 +278,45 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
   const int N = s.N, H = s.H, d = s.d, blk = s.block, nb = num_blocks(s);
   const int ld = H * d;  // row stride of q, k, v, o
   const size_t dd = size_t(d) * d, p = blk + 1;
-  const HeadGroups groups(s, threads);
+  const Plan plan(s, threads);
+  const HeadGroups& groups = plan.groups;
 
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int item = 0; item < s.B * groups.count; ++item) {
-    const int b = item / groups.count, g = item % groups.count;
+  // Blocks [begin, end) of batch row b, heads of group g: o, and the state after `end` into out (B, H, d, d)
+  // when not null; `in` (B, H, d, d) is the state entering `begin`, or null for none. local_only: no o, just
+  // the state (a piece's local state: in = null).
+  auto run = [&](int b, int g, int begin, int end, const float* in, float* out, bool local_only) {
     const int h0 = groups.begin(g, H), heads = groups.begin(g + 1, H) - h0;
     Scratch w = thread_scratch(ws, s, groups.max_heads, false);
     PrefetchStream pf;  // the next block, fetched during this one's products
     for (int j = 0; j < heads; ++j) {
       fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
       float* S = w.state + j * dd;
-      if (state_in) std::memcpy(S, state_in + (size_t(b) * H + h0 + j) * dd, sizeof(float) * dd);
+      if (in) std::memcpy(S, in + (size_t(b) * H + h0 + j) * dd, sizeof(float) * dd);
       else std::fill(S, S + dd, 0.f);
     }
-    for (int blkno = 0; blkno < nb; ++blkno) {
+    for (int blkno = begin; blkno < end; ++blkno) {
       const int L = std::min(blk, N - blkno * blk);
       const BlockIo io{(long(b) * N + long(blkno) * blk) * ld + long(h0) * d, ld, L, heads, d};
-      io.gather({{w.q, q}, {w.k, k}, {w.v, v}});
+      if (local_only) io.gather({{w.k, k}, {w.v, v}});
+      else io.gather({{w.q, q}, {w.k, k}, {w.v, v}});
       pf.clear();
-      if (blkno + 1 < nb)
-        for (const float* x : {q, k, v, (const float*)o})
+      if (blkno + 1 < end)
+        for (const float* x : {q, k, v, (const float*)o}) {
+          if (local_only && (x == q || x == o)) continue;
           pf.add(x + io.at + long(blk) * ld, std::min(blk, N - (blkno + 1) * blk), heads * d, ld);
+        }
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
         const long hb = long(j) * L * d;
         const float *qb = w.q + hb, *kb = w.k + hb, *vb = w.v + hb;
         float* ob = w.o + hb;
         float* S = w.state + j * dd;  // the state entering this block
+        if (local_only) {  // S = lambda^L S + K_b^T diag(lambda^(L-j)) V_b
+          const float* ks = kb;
+          if (pw[1] != 1.f) scale_rows(w.ks, kb, rev + blk - L, L, d), ks = w.ks;
+          gemm(true, false, d, d, L, 1.f, ks, d, vb, d, pw[L], S, d, &pf);
+          continue;
+        }
         transpose(w.kt, L, kb, d, L, d);
         // intra: O_b = ((Q_b K_b^T) .* psi) V_b
         gemm(false, false, L, L, d, 1.f, qb, d, w.kt, L, 0.f, w.a, L, &pf, Skip::c_upper);
@@ -266,11 +333,34 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
           gemm(false, false, d, d, L, 1.f, w.kt, L, vb, d, 1.f, S, d, &pf);
         }
       }
-      io.scatter({{o, w.o}});
+      if (!local_only) io.scatter({{o, w.o}});
     }
-    if (state_out)
+    if (out)
       for (int j = 0; j < heads; ++j)
-        std::memcpy(state_out + (size_t(b) * H + h0 + j) * dd, w.state + j * dd, sizeof(float) * dd);
+        std::memcpy(out + (size_t(b) * H + h0 + j) * dd, w.state + j * dd, sizeof(float) * dd);
+  };
+
+  const int P = plan.pieces, items = s.B * groups.count;
+  if (P == 1) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int item = 0; item < items; ++item)
+      run(item / groups.count, item % groups.count, 0, nb, state_in, state_out, false);
+    return;
+  }
+  float* slots = state_slots(ws, s, threads, false);  // (P, B, H, d, d)
+  const size_t per_piece = size_t(s.B) * H * dd;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int item = 0; item < items * (P - 1); ++item) {  // local states of pieces 0..P-2 into slots 1..P-1
+    const int piece = item / items, bg = item % items;
+    run(bg / groups.count, bg % groups.count, plan.first_block(piece, nb), plan.first_block(piece + 1, nb), nullptr,
+        slots + size_t(piece + 1) * per_piece, true);
+  }
+  carry_states(slots, state_in, true, s, plan, lambda);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int item = 0; item < items * P; ++item) {
+    const int piece = item / items, bg = item % items;
+    run(bg / groups.count, bg % groups.count, plan.first_block(piece, nb), plan.first_block(piece + 1, nb),
+        slots + size_t(piece) * per_piece, piece == P - 1 ? state_out : nullptr, false);
   }
 }
 
@@ -288,18 +378,70 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
   const int N = s.N, H = s.H, d = s.d, blk = s.block, nb = num_blocks(s);
   const int ld = H * d;
   const size_t dd = size_t(d) * d, p = blk + 1;
-  const HeadGroups groups(s, threads);
+  const Plan plan(s, threads);
+  const HeadGroups& groups = plan.groups;
 
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int item = 0; item < s.B * groups.count; ++item) {
-    const int b = item / groups.count, g = item % groups.count;
+  // A piece's local state, after blocks [begin, end) from none (S = l^L S + K_b^T diag(l^(L-j)) V_b), into
+  // out (B, H, d, d), as the forward computes it.
+  auto local_state = [&](int b, int g, int begin, int end, float* out) {
+    const int h0 = groups.begin(g, H), heads = groups.begin(g + 1, H) - h0;
+    Scratch w = thread_scratch(ws, s, groups.max_heads, true);
+    for (int j = 0; j < heads; ++j) {
+      fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
+      std::fill(w.state + j * dd, w.state + (j + 1) * dd, 0.f);
+    }
+    for (int blkno = begin; blkno < end; ++blkno) {
+      const BlockIo io{(long(b) * N + long(blkno) * blk) * ld + long(h0) * d, ld, std::min(blk, N - blkno * blk),
+                       heads, d};
+      io.gather({{w.k, k}, {w.v, v}});
+      for (int j = 0; j < heads; ++j) {
+        const float *pw = w.pw + j * p, *rev = w.rev + j * p;
+        const long hb = long(j) * io.L * d;
+        const float* ks = w.k + hb;
+        if (pw[1] != 1.f) scale_rows(w.ks, ks, rev + blk - io.L, io.L, d), ks = w.ks;
+        gemm(true, false, d, d, io.L, 1.f, ks, d, w.v + hb, d, pw[io.L], w.state + j * dd, d);
+      }
+    }
+    for (int j = 0; j < heads; ++j)
+      std::memcpy(out + (size_t(b) * H + h0 + j) * dd, w.state + j * dd, sizeof(float) * dd);
+  };
+
+  // A piece's local state gradient: the gradient of the state entering block `begin` from blocks
+  // [begin, end) alone (dS from zero, walked backwards: dS = l^L dS + Q_b^T diag(l^i) dO_b), into out.
+  auto local_dstate = [&](int b, int g, int begin, int end, float* out) {
+    const int h0 = groups.begin(g, H), heads = groups.begin(g + 1, H) - h0;
+    Scratch w = thread_scratch(ws, s, groups.max_heads, true);
+    for (int j = 0; j < heads; ++j) {
+      fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
+      std::fill(w.state + j * dd, w.state + (j + 1) * dd, 0.f);
+    }
+    for (int blkno = end - 1; blkno >= begin; --blkno) {
+      const BlockIo io{(long(b) * N + long(blkno) * blk) * ld + long(h0) * d, ld, std::min(blk, N - blkno * blk),
+                       heads, d};
+      io.gather({{w.q, q}, {w.o, dout}});
+      for (int j = 0; j < heads; ++j) {
+        const float* pw = w.pw + j * p;
+        const long hb = long(j) * io.L * d;
+        const float* douts = w.o + hb;
+        if (pw[1] != 1.f) scale_rows(w.douts, douts, pw, io.L, d), douts = w.douts;
+        gemm(true, false, d, d, io.L, 1.f, w.q + hb, d, douts, d, pw[io.L], w.state + j * dd, d);
+      }
+    }
+    for (int j = 0; j < heads; ++j)
+      std::memcpy(out + (size_t(b) * H + h0 + j) * dd, w.state + j * dd, sizeof(float) * dd);
+  };
+
+  // Blocks [begin, end) of batch row b, heads of group g, with `in` the state entering `begin` and `dout_state`
+  // the gradient of the state leaving `end - 1` ((B, H, d, d) or null for none); the gradient of `in` is
+  // added to `din` when not null.
+  auto run = [&](int b, int g, int begin, int end, const float* in, const float* dout_state, float* din) {
     const int h0 = groups.begin(g, H), heads = groups.begin(g + 1, H) - h0;
     Scratch w = thread_scratch(ws, s, groups.max_heads, true);
     PrefetchStream pf;  // the next block, fetched during this one's products
     // Queues block `blkno` of the tensors for the products.
     auto prefetch_block = [&](int blkno, std::initializer_list<const float*> tensors) {
       pf.clear();
-      if (blkno < 0 || blkno >= nb) return;
+      if (blkno < begin || blkno >= end) return;
       const long at = (long(b) * N + long(blkno) * blk) * ld + long(h0) * d;
       for (const float* x : tensors) pf.add(x + at, std::min(blk, N - blkno * blk), heads * d, ld);
     };
@@ -315,10 +457,10 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
     for (int j = 0; j < heads; ++j) {
       fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
       float* S = w.state + j * dd;
-      if (state_in) transpose(S, d, state_in + (size_t(b) * H + h0 + j) * dd, d, d, d);
+      if (in) transpose(S, d, in + (size_t(b) * H + h0 + j) * dd, d, d, d);
       else std::fill(S, S + dd, 0.f);
     }
-    for (int blkno = 0; blkno < nb; ++blkno) {
+    for (int blkno = begin; blkno < end; ++blkno) {
       const BlockIo io = block_io(blkno);
       const int L = io.L;
       io.gather({{w.k, k}, {w.v, v}, {w.o, dout}});
@@ -335,7 +477,7 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
         if (pw[1] != 1.f) scale_rows(w.douts, dob, pw, L, d), douts = w.douts;
         gemm_sum(L, d, {false, L, w.da, L, kb, d, Skip::a_upper}, {false, d, douts, d, S, d}, 1.f, 1.f, dqb, ld,
                  &pf);  // dQ += dA K + diag(l^i) dO S_b^T, one pass over dQ's rows
-        if (blkno + 1 == nb) continue;
+        if (blkno + 1 == end) continue;
         const float* ks = kb;
         if (pw[1] != 1.f) scale_rows(w.ks, kb, rev + blk - L, L, d), ks = w.ks;
         gemm(true, false, d, d, L, 1.f, vb, d, ks, d, pw[L], S, d, &pf);  // S^T = l^L S^T + V^T diag(l^(L-j)) K
@@ -347,10 +489,10 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
     //   dS = l^L dS + Q_b^T diag(l^i) dO_b
     for (int j = 0; j < heads; ++j) {
       float* dS = w.state + j * dd;
-      if (dstate_out) std::memcpy(dS, dstate_out + (size_t(b) * H + h0 + j) * dd, sizeof(float) * dd);
+      if (dout_state) std::memcpy(dS, dout_state + (size_t(b) * H + h0 + j) * dd, sizeof(float) * dd);
       else std::fill(dS, dS + dd, 0.f);
     }
-    for (int blkno = nb - 1; blkno >= 0; --blkno) {
+    for (int blkno = end - 1; blkno >= begin; --blkno) {
       const BlockIo io = block_io(blkno);
       const int L = io.L;
       io.gather({{w.q, q}, {w.k, k}, {w.v, v}, {w.o, dout}});
@@ -382,12 +524,40 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
         gemm(true, false, d, d, L, 1.f, qb, d, douts, d, pw[L], dS, d, &pf);        // dS = l^L dS + Q^T diag(l^i) dO
       }
     }
-    if (dstate_in)
+    if (din)
       for (int j = 0; j < heads; ++j) {
-        float* out = dstate_in + (size_t(b) * H + h0 + j) * dd;
+        float* out = din + (size_t(b) * H + h0 + j) * dd;
         const float* dS = w.state + j * dd;
         for (size_t i = 0; i < dd; ++i) out[i] += dS[i];
       }
+  };
+
+  const int P = plan.pieces, items = s.B * groups.count;
+  if (P == 1) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int item = 0; item < items; ++item)
+      run(item / groups.count, item % groups.count, 0, nb, state_in, dstate_out, dstate_in);
+    return;
+  }
+  // Slots (P, B, H, d, d): the states entering each piece, then the gradients of the states leaving each.
+  const size_t per_piece = size_t(s.B) * H * dd;
+  float* const states = state_slots(ws, s, threads, true);
+  float* const dstates = states + size_t(P) * per_piece;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int item = 0; item < items * (P - 1); ++item) {
+    const int piece = item / items, bg = item % items, b = bg / groups.count, g = bg % groups.count;
+    const int begin = plan.first_block(piece, nb), end = plan.first_block(piece + 1, nb);
+    local_state(b, g, begin, end, states + size_t(piece + 1) * per_piece);       // piece's local state
+    const int later = piece + 1;                                                  // and piece+1's local gradient
+    local_dstate(b, g, plan.first_block(later, nb), plan.first_block(later + 1, nb), dstates + size_t(piece) * per_piece);
+  }
+  carry_states(states, state_in, true, s, plan, lambda);
+  carry_states(dstates, dstate_out, false, s, plan, lambda);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int item = 0; item < items * P; ++item) {
+    const int piece = item / items, bg = item % items;
+    run(bg / groups.count, bg % groups.count, plan.first_block(piece, nb), plan.first_block(piece + 1, nb),
+        states + size_t(piece) * per_piece, dstates + size_t(piece) * per_piece, piece == 0 ? dstate_in : nullptr);
   }
 }
 

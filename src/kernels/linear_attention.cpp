@@ -150,9 +150,10 @@ void mask_decay(float* a, const float* rev, int blk, int L) {
 }
 
 // dst (L x d) = diag(scale) src, all dense.
-void scale_rows(float* dst, const float* src, const float* scale, int L, int d) {
+void scale_rows(float* dst, const float* src, const float* scale, int L, int d, long lds = -1) {
+  if (lds < 0) lds = d;  // src rows lds apart
   for (int r = 0; r < L; ++r)
-    for (int i = 0; i < d; ++i) dst[long(r) * d + i] = scale[r] * src[long(r) * d + i];
+    for (int i = 0; i < d; ++i) dst[long(r) * d + i] = scale[r] * src[r * lds + i];
 }
 
 // Moves one block (rows [0, L)) of `heads` consecutive heads between the (N, H, d) layout (rows ld apart,
@@ -308,28 +309,31 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
         const BlockIo one{io.at + long(j) * d, ld, L, 1, d};  // this head's rows, gathered into L1
-        if (local_only) one.gather({{w.k, k}, {w.v, v}});
-        else one.gather({{w.q, q}, {w.k, k}, {w.v, v}});
-        const float *qb = w.q, *kb = w.k, *vb = w.v;
+        // V is a B operand and is packed; Q and K are read as A operands or transposed, from their rows.
+        one.gather({{w.v, v}});
+        const long row0 = io.at + long(j) * d;
+        const float *qb = q + row0, *kb = k + row0, *vb = w.v;
         float* ob = w.o;
         float* S = w.state + j * dd;  // the state entering this block
         if (local_only) {  // S = lambda^L S + K_b^T diag(lambda^(L-j)) V_b
           const float* ks = kb;
-          if (pw[1] != 1.f) scale_rows(w.ks, kb, rev + blk - L, L, d), ks = w.ks;
-          gemm(true, false, d, d, L, 1.f, ks, d, vb, d, pw[L], S, d, &pf);
+          int ksld = ld;
+          if (pw[1] != 1.f) scale_rows(w.ks, kb, rev + blk - L, L, d, ld), ks = w.ks, ksld = d;
+          gemm(true, false, d, d, L, 1.f, ks, ksld, vb, d, pw[L], S, d, &pf);
           continue;
         }
-        transpose(w.kt, L, kb, d, L, d);
+        transpose(w.kt, L, kb, ld, L, d);
         // intra: O_b = ((Q_b K_b^T) .* psi) V_b
-        gemm(false, false, L, L, d, 1.f, qb, d, w.kt, L, 0.f, w.a, L, &pf, Skip::c_upper);
+        gemm(false, false, L, L, d, 1.f, qb, ld, w.kt, L, 0.f, w.a, L, &pf, Skip::c_upper);
         mask_decay(w.a, rev, blk, L);
         // inter, in the same pass: O_b += diag(lambda^i) Q_b S_b
         const float* qs = qb;
-        if (pw[1] != 1.f) scale_rows(w.qs, qb, pw, L, d), qs = w.qs;
-        gemm_sum(L, d, {false, L, w.a, L, vb, d, Skip::a_upper}, {false, d, qs, d, S, d}, 1.f, 0.f, ob, d, &pf);
+        int qsld = ld;
+        if (pw[1] != 1.f) scale_rows(w.qs, qb, pw, L, d, ld), qs = w.qs, qsld = d;
+        gemm_sum(L, d, {false, L, w.a, L, vb, d, Skip::a_upper}, {false, d, qs, qsld, S, d}, 1.f, 0.f, ob, d, &pf);
         // S = lambda^L S + K_b^T diag(lambda^(L-j)) V_b
         if (pw[1] != 1.f) {
-          scale_rows(w.ks, kb, rev + blk - L, L, d);
+          scale_rows(w.ks, kb, rev + blk - L, L, d, ld);
           gemm(true, false, d, d, L, 1.f, w.ks, d, vb, d, pw[L], S, d, &pf);
         } else {
           gemm(false, false, d, d, L, 1.f, w.kt, L, vb, d, 1.f, S, d, &pf);
@@ -452,7 +456,7 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
                      heads, d};
     };
     // The gradients accumulate straight into the (N, H, d) tensors: each is read and written once per pass.
-    auto rows_of = [&](float* x, const BlockIo& io, int j) { return x + io.at + long(j) * d; };
+    auto rows_of = [&](auto* x, const BlockIo& io, int j) { return x + io.at + long(j) * d; };
 
     // Pass 1, forward order, for dQ; S (kept as S^T) is the state entering the current block:
     //   dQ_b += (dA_b K_b) + diag(l^i) dO_b S_b^T, dA = (dO V^T) .* psi;  S^T = l^L S^T + V_b^T diag(l^(L-j)) K_b
@@ -469,20 +473,22 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
         const BlockIo one{io.at + long(j) * d, ld, L, 1, d};  // this head's rows, gathered into L1
-        one.gather({{w.k, k}, {w.v, v}, {w.o, dout}});
-        const float *kb = w.k, *vb = w.v, *dob = w.o;
+        // K is a B operand and is packed; V and dO are read transposed or as A operands, from their rows.
+        one.gather({{w.k, k}});
+        const float *kb = w.k, *vb = rows_of(v, io, j), *dob = rows_of(dout, io, j);
         float *dqb = rows_of(dq, io, j), *S = w.state + j * dd;
-        transpose(w.vt, L, vb, d, L, d);
-        gemm(false, false, L, L, d, 1.f, dob, d, w.vt, L, 0.f, w.da, L, &pf, Skip::c_upper);
+        transpose(w.vt, L, vb, ld, L, d);
+        gemm(false, false, L, L, d, 1.f, dob, ld, w.vt, L, 0.f, w.da, L, &pf, Skip::c_upper);
         mask_decay(w.da, rev, blk, L);
         const float* douts = dob;
-        if (pw[1] != 1.f) scale_rows(w.douts, dob, pw, L, d), douts = w.douts;
-        gemm_sum(L, d, {false, L, w.da, L, kb, d, Skip::a_upper}, {false, d, douts, d, S, d}, 1.f, 1.f, dqb, ld,
+        int dold = ld;
+        if (pw[1] != 1.f) scale_rows(w.douts, dob, pw, L, d, ld), douts = w.douts, dold = d;
+        gemm_sum(L, d, {false, L, w.da, L, kb, d, Skip::a_upper}, {false, d, douts, dold, S, d}, 1.f, 1.f, dqb, ld,
                  &pf);  // dQ += dA K + diag(l^i) dO S_b^T, one pass over dQ's rows
         if (blkno + 1 == end) continue;
         const float* ks = kb;
         if (pw[1] != 1.f) scale_rows(w.ks, kb, rev + blk - L, L, d), ks = w.ks;
-        gemm(true, false, d, d, L, 1.f, vb, d, ks, d, pw[L], S, d, &pf);  // S^T = l^L S^T + V^T diag(l^(L-j)) K
+        gemm(true, false, d, d, L, 1.f, vb, ld, ks, d, pw[L], S, d, &pf);  // S^T = l^L S^T + V^T diag(l^(L-j)) K
       }
     }
 
@@ -501,17 +507,21 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
         const BlockIo one{io.at + long(j) * d, ld, L, 1, d};  // this head's rows, gathered into L1
-        one.gather({{w.q, q}, {w.k, k}, {w.v, v}, {w.o, dout}});
-        const float *qb = w.q, *kb = w.k, *vb = w.v, *dob = w.o;
+        // Q and dO are B operands somewhere below and are packed; K and V are only read transposed or as A
+        // operands (broadcast rows), which strided rows serve as well.
+        one.gather({{w.q, q}, {w.o, dout}});
+        const float *qb = w.q, *dob = w.o, *kb = rows_of(k, io, j), *vb = rows_of(v, io, j);
         float *dkb = rows_of(dk, io, j), *dvb = rows_of(dv, io, j), *dS = w.state + j * dd;
-        transpose(w.kt, L, kb, d, L, d);
-        transpose(w.vt, L, vb, d, L, d);
+        transpose(w.kt, L, kb, ld, L, d);
+        transpose(w.vt, L, vb, ld, L, d);
         const float *ks = kb, *vs = vb, *douts = dob;
+        int kvld = ld;  // row stride of ks and vs
         if (pw[1] != 1.f) {
           const float* tail = rev + blk - L;  // lambda^(L-j)
-          scale_rows(w.ks, kb, tail, L, d), ks = w.ks;
-          scale_rows(w.vs, vb, tail, L, d), vs = w.vs;
+          scale_rows(w.ks, kb, tail, L, d, ld), ks = w.ks;
+          scale_rows(w.vs, vb, tail, L, d, ld), vs = w.vs;
           scale_rows(w.douts, dob, pw, L, d), douts = w.douts;
+          kvld = d;
         }
         // (A and dA are lower triangular: the products skip the zero halves.)
         gemm(false, false, L, L, d, 1.f, qb, d, w.kt, L, 0.f, w.a, L, &pf, Skip::c_upper);
@@ -519,9 +529,9 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
         gemm(false, false, L, L, d, 1.f, dob, d, w.vt, L, 0.f, w.da, L, &pf, Skip::c_upper);
         mask_decay(w.da, rev, blk, L);
         transpose(w.dstate_t, d, dS, d, d, d);
-        gemm_sum(L, d, {true, L, w.da, L, qb, d, Skip::a_lower}, {false, d, vs, d, w.dstate_t, d}, 1.f, 1.f, dkb,
+        gemm_sum(L, d, {true, L, w.da, L, qb, d, Skip::a_lower}, {false, d, vs, kvld, w.dstate_t, d}, 1.f, 1.f, dkb,
                  ld, &pf);  // dK += dA^T Q + diag(l^(L-j)) V dS^T
-        gemm_sum(L, d, {true, L, w.a, L, dob, d, Skip::a_lower}, {false, d, ks, d, dS, d}, 1.f, 1.f, dvb, ld,
+        gemm_sum(L, d, {true, L, w.a, L, dob, d, Skip::a_lower}, {false, d, ks, kvld, dS, d}, 1.f, 1.f, dvb, ld,
                  &pf);  // dV += A^T dO + diag(l^(L-j)) K dS
         gemm(true, false, d, d, L, 1.f, qb, d, douts, d, pw[L], dS, d, &pf);        // dS = l^L dS + Q^T diag(l^i) dO
       }

@@ -203,7 +203,8 @@ struct BlockIo {
 struct Scratch {
   float *pw, *rev;              // (heads, blk + 1) decay powers of each head of the group
   float* state;                 // (heads, d, d) running S (forward) or dS (backward) of each head
-  float *q, *k, *v, *o;         // (heads, blk, d) gathered block; o holds dO in backward
+  float *q, *k, *v, *o;         // (heads, blk, d) gathered rows: one head's in the main loops, every head's
+                                // in the pieces' local passes; o holds dO in backward
   float *kt, *vt;               // (d, blk) one head's K, V transposed
   float *qs, *ks, *vs, *douts;  // (blk, d) one head's rows scaled by the decay factors
   float *a, *da;                // (blk, blk) intra-block scores and their gradient

@@ -11,6 +11,7 @@
 #include "core/check.h"
 #include "core/file.h"
 #include "model/config.h"
+#include "testing.h"
 
 namespace {
 
@@ -23,17 +24,7 @@ const char* kModelMdExample = R"({"model_type": "linear_llama3", "vocab_size": 2
      "linear_attention": {"feature_map": "silu", "decay": "none", "output_norm": true, "output_gate": true},
      "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "tie_word_embeddings": false})";
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/lasp_test_config_XXXXXX";
-    const char* p = mkdtemp(tmpl);
-    if (!p) throw std::runtime_error("mkdtemp failed");
-    path = p;
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-  std::string file(const std::string& name) const { return path + "/" + name; }
-};
+using lasp::testing::TempDir;
 
 // The message of the lasp::Error that from_json throws on j, or "" if none is thrown.
 std::string error_of(const json& j) {

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <set>
 #include <string>
@@ -18,34 +19,21 @@
 #include "core/file.h"
 #include "train/data.h"
 #include "train/schedule.h"
+#include "testing.h"
 
 using namespace lasp;
 
 namespace {
 
-// A temporary file holding `bytes`, removed when the object goes.
+// A temporary file holding `bytes`, removed (with its folder) when the object goes.
 struct TempFile {
-  std::string path;
+  lasp::testing::TempDir dir{"lasp_test_data"};
+  std::string path = dir.file("data.bin");
   explicit TempFile(const std::vector<uint8_t>& bytes) {
-    const char* dir = std::getenv("TMPDIR");
-    std::string templ = std::string(dir && *dir ? dir : "/tmp") + "/lasp_test_data_XXXXXX";
-    std::vector<char> name(templ.begin(), templ.end());
-    name.push_back('\0');
-    int fd = mkstemp(name.data());
-    if (fd < 0) throw std::runtime_error("mkstemp failed");
-    path = name.data();
-    size_t done = 0;
-    while (done < bytes.size()) {
-      ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-      if (n <= 0) {
-        ::close(fd);
-        throw std::runtime_error("write failed");
-      }
-      done += size_t(n);
-    }
-    ::close(fd);
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+    if (!out) throw std::runtime_error("cannot write " + path);
   }
-  ~TempFile() { std::remove(path.c_str()); }
 };
 
 // Bytes 0, 1, ..., n-1 (mod 256).
@@ -364,22 +352,10 @@ TEST(LearningRate, BadArguments) {
 // ------------------------------------------------------------------------------------------- token shards
 namespace {
 
-// A temporary folder, removed with its contents when the object goes.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    const char* dir = std::getenv("TMPDIR");
-    std::string templ = std::string(dir && *dir ? dir : "/tmp") + "/lasp_test_shards_XXXXXX";
-    std::vector<char> name(templ.begin(), templ.end());
-    name.push_back('\0');
-    if (!mkdtemp(name.data())) throw std::runtime_error("mkdtemp failed");
-    path = name.data();
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return path + "/" + name; }
+// A temporary folder; d / "name" is a path in it.
+struct TempDir : lasp::testing::TempDir {
+  TempDir() : lasp::testing::TempDir("lasp_test_shards") {}
+  std::string operator/(const std::string& name) const { return file(name); }
 };
 
 // A shard's bytes with the given header fields (little-endian) followed by `token_bytes` raw bytes.

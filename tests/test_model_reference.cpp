@@ -45,12 +45,6 @@ ModelConfig make_config(const Case& c) {
   return m;
 }
 
-std::string temp_dir() {
-  char tmpl[] = "/tmp/lasp_model_test_XXXXXX";
-  const char* dir = mkdtemp(tmpl);
-  EXPECT_NE(dir, nullptr);
-  return dir;
-}
 
 std::string run(const std::string& command) {
   FILE* pipe = popen((command + " 2>&1").c_str(), "r");
@@ -69,9 +63,10 @@ constexpr int kB = 2, kN = 37, kBlock = 16;  // N is not a multiple of the block
 // A checkpoint with random weights (norm weights around 1, so that they matter) and a token file.
 struct Fixture {
   ModelConfig config;
-  std::string dir;
+  lasp::testing::TempDir tmp{"lasp_model_test"};
+  std::string dir = tmp.path;
   std::vector<int> tokens;  // (B, N + 1)
-  Fixture(const Case& c) : config(make_config(c)), dir(temp_dir()) {
+  Fixture(const Case& c) : config(make_config(c)) {
     ParamLayout layout(config);
     std::vector<float> params(layout.total());
     init_weights(layout, params, 42, 0.2f);
@@ -87,7 +82,6 @@ struct Fixture {
     std::ofstream(dir + "/tokens.bin", std::ios::binary)
         .write(reinterpret_cast<const char*>(tokens.data()), std::streamsize(tokens.size() * sizeof(int)));
   }
-  ~Fixture() { std::system(("rm -rf " + dir).c_str()); }
   void split(std::vector<int>& inputs, std::vector<int>& targets) const {
     for (int b = 0; b < kB; ++b)
       for (int n = 0; n < kN; ++n) {

@@ -26,26 +26,7 @@ namespace {
 using lasp::SafetensorsFile;
 using nlohmann::json;
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/lasp_test_safetensors_XXXXXX";
-    const char* p = mkdtemp(tmpl);
-    if (!p) throw std::runtime_error("mkdtemp failed");
-    path = p;
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-  std::string file(const std::string& name) const { return path + "/" + name; }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> names;
-    if (DIR* d = opendir(path.c_str())) {
-      while (dirent* e = readdir(d))
-        if (std::strcmp(e->d_name, ".") && std::strcmp(e->d_name, "..")) names.push_back(e->d_name);
-      closedir(d);
-    }
-    return names;
-  }
-};
+using lasp::testing::TempDir;
 
 // The repository root, from this file's path (absolute under CMake, relative to the cwd in a manual build).
 std::string repo_root() {

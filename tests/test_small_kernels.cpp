@@ -567,10 +567,8 @@ TEST(AdamWKernel, MatchesPyTorch) {
   for (int s = 0; s < steps; ++s) grads.push_back(random_vector(n, 102 + s, -2.f, 2.f));
   grads[1][5] = 0.f;
 
-  char path[] = "/tmp/lasp_adamw_XXXXXX";
-  const int fd = mkstemp(path);
-  ASSERT_GE(fd, 0);
-  close(fd);
+  const TempDir tmp("lasp_adamw");
+  const std::string path = tmp.file("adamw.txt");
   {
     std::ofstream f(path);
     f.precision(17);
@@ -599,7 +597,7 @@ st = opt.state[p]
 for t in (p.detach(), st['exp_avg'], st['exp_avg_sq']):
     print(' '.join(repr(x) for x in t.tolist()))
 )";
-  const std::string script_path = std::string(path) + ".py";
+  const std::string script_path = tmp.file("adamw.py");
   std::ofstream(script_path) << script;
   const std::string cmd = "/usr/bin/python3 " + script_path + " " + path + " 2>&1";
   FILE* pipe = popen(cmd.c_str(), "r");
@@ -608,8 +606,6 @@ for t in (p.detach(), st['exp_avg'], st['exp_avg_sq']):
   char buf[4096];
   while (size_t k = fread(buf, 1, sizeof buf, pipe)) output.append(buf, k);
   const int status = pclose(pipe);
-  std::remove(path);
-  std::remove(script_path.c_str());
   ASSERT_EQ(status, 0) << "python failed: " << cmd << "\n" << output;
 
   std::istringstream in(output);

@@ -5,9 +5,12 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+
+#include "testing.h"
 
 namespace {
 
@@ -31,10 +34,11 @@ const std::string kReference = std::string("/usr/bin/python3 ") + LASP_SOURCE_DI
 // A few KB of text with structure (so a model can learn something), written once per test binary.
 class TrainCli : public ::testing::Test {
  protected:
+  static lasp::testing::TempDir* tmp;
   static std::string dir, data, ckpt;
   static void SetUpTestSuite() {
-    char tmpl[] = "/tmp/lasp_cli_test_XXXXXX";
-    dir = mkdtemp(tmpl);
+    tmp = new lasp::testing::TempDir("lasp_cli_test");
+    dir = tmp->path;
     data = dir + "/text.txt";
     std::ofstream out(data);
     for (int i = 0; i < 300; ++i)
@@ -45,12 +49,13 @@ class TrainCli : public ::testing::Test {
                          " --kv-heads 2 --ffn 128 --layer-types LLLN --decay lightning --save " + ckpt);
     ASSERT_EQ(r.status, 0) << r.output;
   }
-  static void TearDownTestSuite() { std::system(("rm -rf " + dir).c_str()); }
+  static void TearDownTestSuite() { delete tmp; }
 
   // Copies the checkpoint to a new folder the test may damage.
   std::string copy_checkpoint(const std::string& name) {
     const std::string to = dir + "/" + name;
-    std::system(("rm -rf " + to + " && cp -r " + ckpt + " " + to).c_str());
+    std::filesystem::remove_all(to);
+    std::filesystem::copy(ckpt, to, std::filesystem::copy_options::recursive);
     return to;
   }
   void expect_error(const std::string& command, const std::string& message_part) {
@@ -60,6 +65,7 @@ class TrainCli : public ::testing::Test {
     EXPECT_NE(r.output.find(message_part), std::string::npos) << "expected '" << message_part << "' in:\n" << r.output;
   }
 };
+lasp::testing::TempDir* TrainCli::tmp = nullptr;
 std::string TrainCli::dir, TrainCli::data, TrainCli::ckpt;
 
 TEST_F(TrainCli, EvalEqualsPyTorchReference) {
@@ -171,8 +177,8 @@ namespace {
 
 // The synthetic recall task trains and evaluates end to end, and eval reports its accuracy.
 TEST(TrainCliSynthetic, TrainsAndReportsRecallAccuracy) {
-  char tmpl[] = "/tmp/lasp_synthetic_XXXXXX";
-  const std::string dir = mkdtemp(tmpl);
+  const lasp::testing::TempDir tmp("lasp_synthetic");
+  const std::string& dir = tmp.path;
   const Result t = run(kLasp + " train --data synthetic:pairs=4 --seq-len 64 --batch 2 --steps 3 --hidden 64 --heads 4" +
                        " --ffn 128 --eval-every 3 --metrics " + dir + "/m.jsonl --save " + dir + "/ckpt");
   ASSERT_EQ(t.status, 0) << t.output;
@@ -186,7 +192,6 @@ TEST(TrainCliSynthetic, TrainsAndReportsRecallAccuracy) {
   const Result bad = run(kLasp + " train --data synthetic:pairs=40 --seq-len 64 --steps 1");
   EXPECT_NE(bad.status, 0);
   EXPECT_NE(bad.output.find("4 * pairs + 1"), std::string::npos) << bad.output;
-  std::system(("rm -rf " + dir).c_str());
 }
 
 }  // namespace

@@ -249,6 +249,32 @@ Scratch thread_scratch(Workspace ws, const LinearAttentionShape& s, int heads, b
   return carve(c, s, heads, backward);
 }
 
+// A piece's local state, for the pieces across threads: the state after blocks [begin, end) of batch row b,
+// heads h0.., from none (S = lambda^L S + K_b^T diag(lambda^(L-j)) V_b), into out (B, H, d, d).
+void piece_state(float* out, const float* k, const float* v, const float* lambda, const LinearAttentionShape& s,
+                 const Scratch& w, int b, int h0, int heads, int begin, int end) {
+  const int N = s.N, d = s.d, blk = s.block, ld = s.H * d;
+  const size_t dd = size_t(d) * d, p = blk + 1;
+  for (int j = 0; j < heads; ++j) {
+    fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
+    std::fill(w.state + j * dd, w.state + (j + 1) * dd, 0.f);
+  }
+  for (int blkno = begin; blkno < end; ++blkno) {
+    const int L = std::min(blk, N - blkno * blk);
+    for (int j = 0; j < heads; ++j) {
+      const float *pw = w.pw + j * p, *rev = w.rev + j * p;
+      const BlockIo one{(long(b) * N + long(blkno) * blk) * ld + long(h0 + j) * d, ld, L, 1, d};
+      one.gather({{w.v, v}});  // V is the B operand; K is read in place
+      const float* ks = k + one.at;
+      int ksld = ld;
+      if (pw[1] != 1.f) scale_rows(w.ks, ks, rev + blk - L, L, d, ld), ks = w.ks, ksld = d;
+      gemm(true, false, d, d, L, 1.f, ks, ksld, w.v, d, pw[L], w.state + j * dd, d);
+    }
+  }
+  for (int j = 0; j < heads; ++j)
+    std::memcpy(out + (size_t(b) * s.H + h0 + j) * dd, w.state + j * dd, sizeof(float) * dd);
+}
+
 size_t workspace_floats(const LinearAttentionShape& s, int threads, bool backward) {
   const Plan plan(s, threads);
   const size_t slots = plan.pieces > 1 ? (backward ? 2 : 1) * size_t(plan.pieces) * s.B * s.H * s.d * s.d : 0;
@@ -286,9 +312,8 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
   const HeadGroups& groups = plan.groups;
 
   // Blocks [begin, end) of batch row b, heads of group g: o, and the state after `end` into out (B, H, d, d)
-  // when not null; `in` (B, H, d, d) is the state entering `begin`, or null for none. local_only: no o, just
-  // the state (a piece's local state: in = null).
-  auto run = [&](int b, int g, int begin, int end, const float* in, float* out, bool local_only) {
+  // when not null; `in` (B, H, d, d) is the state entering `begin`, or null for none.
+  auto run = [&](int b, int g, int begin, int end, const float* in, float* out) {
     const int h0 = groups.begin(g, H), heads = groups.begin(g + 1, H) - h0;
     Scratch w = thread_scratch(ws, s, groups.max_heads, false);
     PrefetchStream pf;  // the next block, fetched during this one's products
@@ -303,10 +328,8 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
       const BlockIo io{(long(b) * N + long(blkno) * blk) * ld + long(h0) * d, ld, L, heads, d};
       pf.clear();
       if (blkno + 1 < end)
-        for (const float* x : {q, k, v, (const float*)o}) {
-          if (local_only && (x == q || x == o)) continue;
+        for (const float* x : {q, k, v, (const float*)o})
           pf.add(x + io.at + long(blk) * ld, std::min(blk, N - (blkno + 1) * blk), heads * d, ld);
-        }
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
         const BlockIo one{io.at + long(j) * d, ld, L, 1, d};  // this head's rows, gathered into L1
@@ -316,13 +339,6 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
         const float *qb = q + row0, *kb = k + row0, *vb = w.v;
         float* ob = w.o;
         float* S = w.state + j * dd;  // the state entering this block
-        if (local_only) {  // S = lambda^L S + K_b^T diag(lambda^(L-j)) V_b
-          const float* ks = kb;
-          int ksld = ld;
-          if (pw[1] != 1.f) scale_rows(w.ks, kb, rev + blk - L, L, d, ld), ks = w.ks, ksld = d;
-          gemm(true, false, d, d, L, 1.f, ks, ksld, vb, d, pw[L], S, d, &pf);
-          continue;
-        }
         transpose(w.kt, L, kb, ld, L, d);
         // intra: O_b = ((Q_b K_b^T) .* psi) V_b
         gemm(false, false, L, L, d, 1.f, qb, ld, w.kt, L, 0.f, w.a, L, &pf, Skip::c_upper);
@@ -351,23 +367,24 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
   if (P == 1) {
 #pragma omp parallel for schedule(dynamic, 1)
     for (int item = 0; item < items; ++item)
-      run(item / groups.count, item % groups.count, 0, nb, state_in, state_out, false);
+      run(item / groups.count, item % groups.count, 0, nb, state_in, state_out);
     return;
   }
   float* slots = state_slots(ws, s, threads, false);  // (P, B, H, d, d)
   const size_t per_piece = size_t(s.B) * H * dd;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int item = 0; item < items * (P - 1); ++item) {  // local states of pieces 0..P-2 into slots 1..P-1
-    const int piece = item / items, bg = item % items;
-    run(bg / groups.count, bg % groups.count, plan.first_block(piece, nb), plan.first_block(piece + 1, nb), nullptr,
-        slots + size_t(piece + 1) * per_piece, true);
+    const int piece = item / items, bg = item % items, g = bg % groups.count, h0 = groups.begin(g, H);
+    piece_state(slots + size_t(piece + 1) * per_piece, k, v, lambda, s, thread_scratch(ws, s, groups.max_heads, false),
+                bg / groups.count, h0, groups.begin(g + 1, H) - h0, plan.first_block(piece, nb),
+                plan.first_block(piece + 1, nb));
   }
   carry_states(slots, state_in, true, s, plan, lambda);
 #pragma omp parallel for schedule(dynamic, 1)
   for (int item = 0; item < items * P; ++item) {
     const int piece = item / items, bg = item % items;
     run(bg / groups.count, bg % groups.count, plan.first_block(piece, nb), plan.first_block(piece + 1, nb),
-        slots + size_t(piece) * per_piece, piece == P - 1 ? state_out : nullptr, false);
+        slots + size_t(piece) * per_piece, piece == P - 1 ? state_out : nullptr);
   }
 }
 
@@ -387,31 +404,6 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
   const size_t dd = size_t(d) * d, p = blk + 1;
   const Plan plan(s, threads);
   const HeadGroups& groups = plan.groups;
-
-  // A piece's local state, after blocks [begin, end) from none (S = l^L S + K_b^T diag(l^(L-j)) V_b), into
-  // out (B, H, d, d), as the forward computes it.
-  auto local_state = [&](int b, int g, int begin, int end, float* out) {
-    const int h0 = groups.begin(g, H), heads = groups.begin(g + 1, H) - h0;
-    Scratch w = thread_scratch(ws, s, groups.max_heads, true);
-    for (int j = 0; j < heads; ++j) {
-      fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
-      std::fill(w.state + j * dd, w.state + (j + 1) * dd, 0.f);
-    }
-    for (int blkno = begin; blkno < end; ++blkno) {
-      const BlockIo io{(long(b) * N + long(blkno) * blk) * ld + long(h0) * d, ld, std::min(blk, N - blkno * blk),
-                       heads, d};
-      io.gather({{w.k, k}, {w.v, v}});
-      for (int j = 0; j < heads; ++j) {
-        const float *pw = w.pw + j * p, *rev = w.rev + j * p;
-        const long hb = long(j) * io.L * d;
-        const float* ks = w.k + hb;
-        if (pw[1] != 1.f) scale_rows(w.ks, ks, rev + blk - io.L, io.L, d), ks = w.ks;
-        gemm(true, false, d, d, io.L, 1.f, ks, d, w.v + hb, d, pw[io.L], w.state + j * dd, d);
-      }
-    }
-    for (int j = 0; j < heads; ++j)
-      std::memcpy(out + (size_t(b) * H + h0 + j) * dd, w.state + j * dd, sizeof(float) * dd);
-  };
 
   // A piece's local state gradient: the gradient of the state entering block `begin` from blocks
   // [begin, end) alone (dS from zero, walked backwards: dS = l^L dS + Q_b^T diag(l^i) dO_b), into out.
@@ -560,7 +552,9 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
   for (int item = 0; item < items * (P - 1); ++item) {
     const int piece = item / items, bg = item % items, b = bg / groups.count, g = bg % groups.count;
     const int begin = plan.first_block(piece, nb), end = plan.first_block(piece + 1, nb);
-    local_state(b, g, begin, end, states + size_t(piece + 1) * per_piece);       // piece's local state
+    const int h0 = groups.begin(g, H), heads = groups.begin(g + 1, H) - h0;
+    piece_state(states + size_t(piece + 1) * per_piece, k, v, lambda, s,  // piece's local state
+                thread_scratch(ws, s, groups.max_heads, true), b, h0, heads, begin, end);
     const int later = piece + 1;                                                  // and piece+1's local gradient
     local_dstate(b, g, plan.first_block(later, nb), plan.first_block(later + 1, nb), dstates + size_t(piece) * per_piece);
   }

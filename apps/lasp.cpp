@@ -230,7 +230,7 @@ int main(int argc, char** argv) {
 #if defined(__AVX512F__)
                   "AVX-512 (small-block GEMM kernel on)",
 #elif defined(__AVX2__)
-                  "AVX2 (small blocks use OpenBLAS)",
+                  "AVX2 (small blocks use oneDNN)",
 #else
                   "generic x86-64",
 #endif

@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build pkg-config
-  libopenblas-openmp-dev            # BLAS behind the gemm seam (OpenMP build: single-threaded inside parallel regions)
+  libdnnl-dev                       # oneDNN: sgemm behind the gemm seam (OpenMP runtime: one thread inside parallel regions)
   openmpi-bin libopenmpi-dev        # the distributed engine
   nlohmann-json3-dev libcli11-dev libfmt-dev
   libgtest-dev googletest

@@ -1,5 +1,5 @@
 // The gemm seam against a naive double product: every transpose combination, beta 0 and 1, shapes that go to
-// the register-blocked kernel (small, dense B) and to OpenBLAS, every Skip hint with the triangular
+// the register-blocked kernel (small, dense B) and to oneDNN, every Skip hint with the triangular
 // operands it promises, and sums of two products.
 #include <gtest/gtest.h>
 

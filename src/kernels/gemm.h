@@ -1,7 +1,8 @@
 // The BLAS seam: every matrix product in lasp goes through gemm(). Row-major, like the tensors.
 // C (M x N) = alpha * op(A) (M x K) * op(B) (K x N) + beta * C, op = transpose when trans_* is true.
-// Called inside an OpenMP parallel region it runs on one thread (the OpenMP build of OpenBLAS detects
-// the region); called outside, it uses the BLAS threads (blas_set_threads).
+// Small cache-resident products go to our register-blocked kernel (gemm_small.h), the rest to oneDNN's sgemm.
+// Called inside an OpenMP parallel region it runs on one thread (oneDNN detects the region); called outside,
+// it uses the OpenMP threads.
 #pragma once
 #include <initializer_list>
 
@@ -64,8 +65,7 @@ struct Product {
 void gemm_sum(int M, int N, const Product& t1, const Product& t2, float alpha, float beta, float* C, int ldc,
               PrefetchStream* prefetch = nullptr);
 
-// Threads the BLAS may use for a product called outside a parallel region.
-void blas_set_threads(int threads);
+// The library behind the seam and its version, for `lasp info`.
 const char* blas_config();
 
 }  // namespace lasp

@@ -1,5 +1,5 @@
 // Register-blocked AVX-512 product for the small, cache-resident blocks of the attention kernels, where
-// OpenBLAS's per-call overhead and head-strided operands cost half its speed.
+// a BLAS library's per-call overhead and head-strided operands cost half its speed.
 // C (M x N) = alpha * op(A) * B + beta * C, op(A) = A (M x K) or A^T (A stored K x M); B row-major K x N.
 // Fast when B is dense (ldb close to N): it is re-read for every 6 rows of C.
 #pragma once

@@ -415,7 +415,7 @@ TEST_P(SpModel, LogitsLossAndGradientsEqualSingleProcess) {
   LocalAttention local({B, N, 4, 2, 8, 16});
   Model ref(config, B, N, local);
   // Weights at std 0.05: at 0.2 the NLNL model is so ill-conditioned that splitting the batch over two DP
-  // ranks without any SP (only OpenBLAS's blocking changes) already moves its gradients by 1e-9.
+  // ranks without any SP (only the BLAS's blocking changes) already moves its gradients by 1e-9.
   init_weights(ref.layout(), ref.params(), 5, 0.05f);
   const double count = double(B) * N;
   const double ref_loss = ref.forward(inputs.data(), targets.data()) / count;

@@ -82,6 +82,28 @@ void check_backward(const std::vector<std::vector<double>>& fd,
   }
 }
 
+// check_backward for a kernel with a GradStore argument, then GradStore::overwrite into pre-filled buffers:
+// the first `overwritten` gradients must equal the zero-run result whatever they held, the rest accumulate.
+void check_backward_stores(const std::vector<std::vector<double>>& fd,
+                           const std::function<void(std::vector<std::vector<float>>&, GradStore)>& backward,
+                           size_t overwritten, const std::string& label) {
+  check_backward(fd, [&](std::vector<std::vector<float>>& g) { backward(g, GradStore::add); }, label);
+  std::vector<std::vector<float>> zero, filled;
+  for (size_t k = 0; k < fd.size(); ++k) {
+    zero.emplace_back(fd[k].size(), 0.f);
+    filled.push_back(random_vector(fd[k].size(), 2000 + (uint32_t)k));
+  }
+  const auto prefill = filled;
+  backward(zero, GradStore::add);
+  backward(filled, GradStore::overwrite);
+  for (size_t k = 0; k < fd.size(); ++k) {
+    std::vector<double> expected(fd[k].size());
+    for (size_t i = 0; i < expected.size(); ++i) expected[i] = (k < overwritten ? 0.0 : prefill[k][i]) + zero[k][i];
+    EXPECT_LE(normalized_error(expected, filled[k]), kFp32Tolerance)
+        << label << ", gradient " << k << (k < overwritten ? " overwritten" : " accumulates under overwrite");
+  }
+}
+
 double dot(const double* a, const std::vector<double>& w, long offset, long n) {
   double s = 0;
   for (long i = 0; i < n; ++i) s += a[i] * w[offset + i];
@@ -135,14 +157,35 @@ TEST(RmsNormKernel, ForwardBackwardMatchReference) {
             return L;
           },
           wd);
-      check_backward(
+      check_backward_stores(
           {fd_x, fd_w},
-          [&](std::vector<std::vector<float>>& g) {
-            rmsnorm_backward(g[0].data(), g[1].data(), wp.data(), x.data(), w.data(), rstd.data(), T, D);
+          [&](std::vector<std::vector<float>>& g, GradStore store) {
+            rmsnorm_backward(g[0].data(), g[1].data(), wp.data(), x.data(), w.data(), rstd.data(), T, D, store);
           },
-          label);
+          1, label);
     }
   }
+}
+
+// residual_rmsnorm_forward == (h += residual; rmsnorm_forward), exactly (the same float operations).
+TEST(RmsNormKernel, ResidualForwardEqualsAddThenNorm) {
+  for (int T : {1, 7, 300}) {
+    const int D = T == 300 ? 128 : 3;
+    auto h = random_vector((size_t)T * D, 21 + T), residual = random_vector((size_t)T * D, 22 + T);
+    auto w = random_vector(D, 23, 0.5f, 1.5f);
+    std::vector<float> sum(h.size()), out(h.size()), rstd(T), out2(h.size()), rstd2(T);
+    for (size_t i = 0; i < h.size(); ++i) sum[i] = h[i] + residual[i];
+    rmsnorm_forward(out.data(), rstd.data(), sum.data(), w.data(), T, D, 1e-5f);
+    residual_rmsnorm_forward(h.data(), out2.data(), rstd2.data(), residual.data(), w.data(), T, D, 1e-5f);
+    EXPECT_EQ(h, sum) << "T=" << T;
+    EXPECT_EQ(out, out2) << "T=" << T;
+    EXPECT_EQ(rstd, rstd2) << "T=" << T;
+  }
+  std::vector<float> a(8), b(8), c(8), d(8);
+  expect_error([&] { residual_rmsnorm_forward(a.data(), a.data(), b.data(), c.data(), d.data(), 2, 4, 1e-5f); },
+               "residual_rmsnorm_forward: out must differ");
+  expect_error([&] { residual_rmsnorm_forward(a.data(), b.data(), c.data(), nullptr, d.data(), 2, 4, 1e-5f); },
+               "residual_rmsnorm_forward: residual is null");
 }
 
 TEST(RmsNormKernel, InPlaceForward) {
@@ -232,12 +275,12 @@ TEST(RopeKernel, ForwardBackwardMatchReference) {
                 return dot(tmp.data(), wpd, r * d, d);
               },
               xd, rows, d);
-          check_backward(
+          check_backward_stores(
               {fd},
-              [&](std::vector<std::vector<float>>& g) {
-                rope_backward(g[0].data(), wp.data(), pos.data(), B, N, H, d, theta);
+              [&](std::vector<std::vector<float>>& g, GradStore store) {
+                rope_backward(g[0].data(), wp.data(), pos.data(), B, N, H, d, theta, store);
               },
-              label);
+              1, label);
         }
       }
     }
@@ -294,12 +337,12 @@ TEST(SwigluKernel, ForwardBackwardMatchReference) {
 
     auto fd_gate = rowwise_fd([&](long i, const double* g) { return ref_silu(*g) * ud[i] * wpd[i]; }, gd, n, 1);
     auto fd_up = rowwise_fd([&](long i, const double* u) { return ref_silu(gd[i]) * *u * wpd[i]; }, ud, n, 1);
-    check_backward(
+    check_backward_stores(
         {fd_gate, fd_up},
-        [&](std::vector<std::vector<float>>& g) {
-          swiglu_backward(g[0].data(), g[1].data(), wp.data(), gate.data(), up.data(), n);
+        [&](std::vector<std::vector<float>>& g, GradStore store) {
+          swiglu_backward(g[0].data(), g[1].data(), wp.data(), gate.data(), up.data(), n, store);
         },
-        label);
+        2, label);
   }
 }
 
@@ -339,9 +382,12 @@ TEST(FeatureMapKernel, ForwardBackwardMatchReference) {
       EXPECT_LE(normalized_error(ref, out), kFp32Tolerance) << label;
 
       auto fd = rowwise_fd([&](long i, const double* v) { return ref_phi(*v, f) * wpd[i]; }, xd, n, 1);
-      check_backward(
-          {fd}, [&](std::vector<std::vector<float>>& g) { feature_map_backward(g[0].data(), wp.data(), x.data(), n, f); },
-          label);
+      check_backward_stores(
+          {fd},
+          [&](std::vector<std::vector<float>>& g, GradStore store) {
+            feature_map_backward(g[0].data(), wp.data(), x.data(), n, f, store);
+          },
+          1, label);
     }
   }
 }

@@ -13,6 +13,31 @@ bool valid(FeatureMap f) {
   return f == FeatureMap::silu || f == FeatureMap::elu1 || f == FeatureMap::relu || f == FeatureMap::identity;
 }
 
+template <GradStore S>
+void feature_map_backward_loop(float* dx, const float* dout, const float* x, long n, FeatureMap f) {
+  switch (f) {
+    case FeatureMap::silu:
+#pragma omp parallel for simd if (n > 32768)
+      for (long i = 0; i < n; ++i) {
+        const float s = vec_sigmoid(x[i]);
+        store_grad<S>(dx[i], dout[i] * s * (1.f + x[i] * (1.f - s)));
+      }
+      break;
+    case FeatureMap::elu1:
+#pragma omp parallel for simd if (n > 32768)
+      for (long i = 0; i < n; ++i) store_grad<S>(dx[i], x[i] > 0.f ? dout[i] : dout[i] * vec_exp(x[i]));
+      break;
+    case FeatureMap::relu:
+#pragma omp parallel for simd if (n > 32768)
+      for (long i = 0; i < n; ++i) store_grad<S>(dx[i], x[i] > 0.f ? dout[i] : 0.f);
+      break;
+    case FeatureMap::identity:
+#pragma omp parallel for simd if (n > 32768)
+      for (long i = 0; i < n; ++i) store_grad<S>(dx[i], dout[i]);
+      break;
+  }
+}
+
 }  // namespace
 
 FeatureMap feature_map_from_string(const std::string& name) {
@@ -63,34 +88,15 @@ void feature_map_forward(float* out, const float* x, long n, FeatureMap f) {
   }
 }
 
-void feature_map_backward(float* dx, const float* dout, const float* x, long n, FeatureMap f) {
+void feature_map_backward(float* dx, const float* dout, const float* x, long n, FeatureMap f, GradStore store) {
   LASP_CHECK(valid(f), "feature_map_backward: invalid FeatureMap value {}", (int)f);
   LASP_CHECK(n >= 0, "feature_map_backward: n must be >= 0, got {}", n);
   if (n == 0) return;
   LASP_CHECK(dx && dout && x, "feature_map_backward: null pointer (dx={}, dout={}, x={})", (const void*)dx,
              (const void*)dout, (const void*)x);
-  LASP_CHECK(dx != dout && dx != x, "feature_map_backward: dx must not alias dout or x (it accumulates)");
-  switch (f) {
-    case FeatureMap::silu:
-#pragma omp parallel for simd if (n > 32768)
-      for (long i = 0; i < n; ++i) {
-        const float s = vec_sigmoid(x[i]);
-        dx[i] += dout[i] * s * (1.f + x[i] * (1.f - s));
-      }
-      break;
-    case FeatureMap::elu1:
-#pragma omp parallel for simd if (n > 32768)
-      for (long i = 0; i < n; ++i) dx[i] += x[i] > 0.f ? dout[i] : dout[i] * vec_exp(x[i]);
-      break;
-    case FeatureMap::relu:
-#pragma omp parallel for simd if (n > 32768)
-      for (long i = 0; i < n; ++i) dx[i] += x[i] > 0.f ? dout[i] : 0.f;
-      break;
-    case FeatureMap::identity:
-#pragma omp parallel for simd if (n > 32768)
-      for (long i = 0; i < n; ++i) dx[i] += dout[i];
-      break;
-  }
+  LASP_CHECK(dx != dout && dx != x, "feature_map_backward: dx must not alias dout or x");
+  if (store == GradStore::add) feature_map_backward_loop<GradStore::add>(dx, dout, x, n, f);
+  else feature_map_backward_loop<GradStore::overwrite>(dx, dout, x, n, f);
 }
 
 }  // namespace lasp

@@ -6,27 +6,50 @@
 
 namespace lasp {
 
-void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int T, int D, float eps) {
-  LASP_CHECK(T >= 0, "rmsnorm_forward: T must be >= 0, got {}", T);
-  LASP_CHECK(D > 0, "rmsnorm_forward: D must be > 0, got {}", D);
-  LASP_CHECK(eps >= 0.f && std::isfinite(eps), "rmsnorm_forward: eps must be finite and >= 0, got {}", eps);
-  if (T == 0) return;
-  LASP_CHECK(out && rstd && x && weight, "rmsnorm_forward: null pointer (out={}, rstd={}, x={}, weight={})",
+namespace {
+
+void check_forward(const char* kernel, const float* out, const float* rstd, const float* x, const float* weight,
+                   int T, int D, float eps) {
+  LASP_CHECK(T >= 0, "{}: T must be >= 0, got {}", kernel, T);
+  LASP_CHECK(D > 0, "{}: D must be > 0, got {}", kernel, D);
+  LASP_CHECK(eps >= 0.f && std::isfinite(eps), "{}: eps must be finite and >= 0, got {}", kernel, eps);
+  LASP_CHECK(T == 0 || (out && rstd && x && weight), "{}: null pointer (out={}, rstd={}, x={}, weight={})", kernel,
              (const void*)out, (const void*)rstd, (const void*)x, (const void*)weight);
+}
+
+// One row: o = x r w, returns r = 1 / sqrt(mean(x^2) + eps) (sum of squares in double).
+inline float norm_row(float* o, const float* x, const float* weight, int D, float eps) {
+  double ss = 0;
+  for (int i = 0; i < D; ++i) ss += (double)x[i] * x[i];
+  const float r = (float)(1.0 / std::sqrt(ss / D + (double)eps));
+  for (int i = 0; i < D; ++i) o[i] = x[i] * r * weight[i];
+  return r;
+}
+
+}  // namespace
+
+void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int T, int D, float eps) {
+  check_forward("rmsnorm_forward", out, rstd, x, weight, T, D, eps);
+#pragma omp parallel for if ((long)T * D > 16384)
+  for (int t = 0; t < T; ++t) rstd[t] = norm_row(out + (long)t * D, x + (long)t * D, weight, D, eps);
+}
+
+void residual_rmsnorm_forward(float* h, float* out, float* rstd, const float* residual, const float* weight, int T,
+                              int D, float eps) {
+  check_forward("residual_rmsnorm_forward", out, rstd, h, weight, T, D, eps);
+  LASP_CHECK(T == 0 || residual, "residual_rmsnorm_forward: residual is null");
+  LASP_CHECK(out != h && out != residual, "residual_rmsnorm_forward: out must differ from h and residual");
 #pragma omp parallel for if ((long)T * D > 16384)
   for (int t = 0; t < T; ++t) {
-    const float* xr = x + (long)t * D;
-    float* o = out + (long)t * D;
-    double ss = 0;
-    for (int i = 0; i < D; ++i) ss += (double)xr[i] * xr[i];
-    const float r = (float)(1.0 / std::sqrt(ss / D + (double)eps));
-    rstd[t] = r;
-    for (int i = 0; i < D; ++i) o[i] = xr[i] * r * weight[i];
+    float* hr = h + (long)t * D;
+    const float* rr = residual + (long)t * D;
+    for (int i = 0; i < D; ++i) hr[i] += rr[i];
+    rstd[t] = norm_row(out + (long)t * D, hr, weight, D, eps);
   }
 }
 
 void rmsnorm_backward(float* dx, float* dweight, const float* dout, const float* x, const float* weight,
-                      const float* rstd, int T, int D) {
+                      const float* rstd, int T, int D, GradStore store) {
   LASP_CHECK(T >= 0, "rmsnorm_backward: T must be >= 0, got {}", T);
   LASP_CHECK(D > 0, "rmsnorm_backward: D must be > 0, got {}", D);
   if (T == 0) return;
@@ -46,7 +69,10 @@ void rmsnorm_backward(float* dx, float* dweight, const float* dout, const float*
     double dot = 0;
     for (int i = 0; i < D; ++i) dot += (double)g[i] * weight[i] * xr[i];
     const float c = (float)(dot * r * r * r / D);
-    for (int i = 0; i < D; ++i) d[i] += r * weight[i] * g[i] - c * xr[i];
+    if (store == GradStore::add)
+      for (int i = 0; i < D; ++i) d[i] += r * weight[i] * g[i] - c * xr[i];
+    else
+      for (int i = 0; i < D; ++i) d[i] = r * weight[i] * g[i] - c * xr[i];
   }
   // dweight_i += sum_t g_ti x_ti r_t: race-free, each thread owns a block of columns.
   constexpr int kBlock = 64;

@@ -68,11 +68,13 @@ void rope_forward(float* out, const float* x, const int* pos, int B, int N, int 
   rope_apply<false>(out, x, pos, B, N, H, d, theta, 1.f);
 }
 
-void rope_backward(float* dx, const float* dout, const int* pos, int B, int N, int H, int d, float theta) {
+void rope_backward(float* dx, const float* dout, const int* pos, int B, int N, int H, int d, float theta,
+                   GradStore store) {
   rope_check("rope_backward", dx, dout, pos, B, N, H, d, theta);
   if ((long)B * N * H == 0) return;
-  LASP_CHECK(dx != dout, "rope_backward: dx must not alias dout (backward accumulates into dx)");
-  rope_apply<true>(dx, dout, pos, B, N, H, d, theta, -1.f);
+  LASP_CHECK(dx != dout, "rope_backward: dx must not alias dout");
+  if (store == GradStore::add) rope_apply<true>(dx, dout, pos, B, N, H, d, theta, -1.f);
+  else rope_apply<false>(dx, dout, pos, B, N, H, d, theta, -1.f);
 }
 
 }  // namespace lasp

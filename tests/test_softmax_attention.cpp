@@ -141,8 +141,12 @@ RefGrad ref_backward(const Problem& p, const std::vector<double>& q, const std::
 }
 
 // ---- kernel runners ----
+// Filled with NaN: a kernel that read scratch it had not written (the upper triangles the diagonal blocks
+// skip) would spread it into the results.
 WorkspaceBuffer workspace_for(const SoftmaxAttentionShape& s) {
-  return WorkspaceBuffer(softmax_attention_workspace_floats(s.Nq, s.Nk, s.d, omp_get_max_threads()));
+  WorkspaceBuffer ws(softmax_attention_workspace_floats(s.Nq, s.Nk, s.d, omp_get_max_threads()));
+  std::fill(ws.storage.begin(), ws.storage.end(), NAN);
+  return ws;
 }
 
 struct KernelOut {

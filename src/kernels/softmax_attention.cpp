@@ -5,12 +5,13 @@
 //     S = c Q K^T (gemm NT); mask; m' = max(m, rowmax S); P = exp2(S - m'); l = l 2^(m-m') + rowsum P;
 //     O = O 2^(m-m') + P V (gemm NN)
 //   then o = O / l, lse = (m + log2 l) ln 2.
-// Backward, per (b, kv head), for each query head of the group and query tile (D_i = dout_i . o_i once),
-// for each visible key tile, exactly 5 products:
+// Backward, per (b, kv head), for each key tile, for each query head of the group and visible query tile
+// (D_i = dout_i . o_i as the tile is packed), exactly 5 products:
 //     S = c Q K^T; P = exp2(S - lse log2 e); dP = dO V^T; dS = P (dP - D);
 //     dV += P^T dO; dK += scale dS^T Q; dQ += scale dS K.
 // With fewer (b, kv head) pairs than threads, two passes instead (per key tile: dV, dK; per query tile: dQ),
 // each recomputing P and dS: 7 products per tile pair, but every thread busy.
+// Diagonal blocks (the same positions on both sides) skip their upper triangle in every product.
 #include "kernels/softmax_attention.h"
 
 #include <omp.h>
@@ -112,6 +113,15 @@ void apply_mask(float* S, int nq, int nk, const int* qp, const int* kp) {
     for (int j = 0; j < nk; ++j)
       if (kp[j] > p) row[j] = -INFINITY;
   }
+}
+
+// True for a causal diagonal block: both sides hold the same strictly increasing positions, so entry (i, j)
+// is visible exactly when j <= i and the products may skip the upper triangle (Skip hints of gemm.h).
+bool diagonal_pair(const int* qp, int nq, const int* kp, int nk) {
+  if (nq != nk) return false;
+  for (int i = 0; i < nq; ++i)
+    if (qp[i] != kp[i] || (i > 0 && qp[i] <= qp[i - 1])) return false;
+  return true;
 }
 
 // ---- row primitives: max, exp2 (with and without the sum), dS = P (dP - D) ----
@@ -275,8 +285,10 @@ void softmax_attention_forward(float* o, float* lse, const float* q, const float
         pos_range(k_pos + k0, nk, &klo, &khi);
         if (klo > qhi) continue;  // every key after every query
         const size_t kv_off = (size_t(b) * Nk + k0) * ldk + size_t(hk) * d;
+        // On a diagonal block the products skip the upper triangle: S's is left unset, then masked to -inf.
+        const bool diag = khi > qlo && diagonal_pair(q_pos + q0, nq, k_pos + k0, nk);
         pack_transposed(Kt, k + kv_off, ldk, nk, d);
-        gemm(false, false, nq, nk, d, c, qt_ptr, int(ldq), Kt, nk, 0.f, S, nk);
+        gemm(false, false, nq, nk, d, c, qt_ptr, int(ldq), Kt, nk, 0.f, S, nk, nullptr, diag ? Skip::c_upper : Skip::none);
         if (khi > qlo) apply_mask(S, nq, nk, q_pos + q0, k_pos + k0);
         for (int i = 0; i < nq; ++i) {
           float* row = S + size_t(i) * nk;
@@ -291,7 +303,7 @@ void softmax_attention_forward(float* o, float* lse, const float* q, const float
           m[i] = m_new;
         }
         pack_rows(Vp, v + kv_off, ldk, nk, d);
-        gemm(false, false, nq, d, nk, 1.f, S, nk, Vp, d, 1.f, O, d);
+        gemm(false, false, nq, d, nk, 1.f, S, nk, Vp, d, 1.f, O, d, nullptr, diag ? Skip::a_upper : Skip::none);
       }
       for (int i = 0; i < nq; ++i) {
         float* orow = o + ((size_t(b) * Nq + q0 + i) * H + h) * d;
@@ -361,6 +373,7 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
         const float* dor = dout + x.off + i * ldq;
         const float* orow = o + x.off + i * ldq;
         float acc = 0.f;
+#pragma omp simd reduction(+ : acc)  // vectorized: this runs for every tile pair
         for (int e = 0; e < d; ++e) acc += dor[e] * orow[e];
         Dv[i] = acc;
         L2[i] = lse[(size_t(b) * H + h) * Nq + x.q0 + i] * kLog2e;
@@ -377,10 +390,13 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
       pack_rows(Kp, k + x.off, ldk, x.nk, d);
       return x;
     };
-    // P = exp2(S - lse) and dP <- dS = P (dO V^T - D) for the loaded pair.
+    // P = exp2(S - lse) and dP <- dS = P (dO V^T - D) for the loaded pair; returns whether it is a diagonal
+    // block, whose products skip the upper triangle (P's is masked to 0, dS's set to 0).
     auto probabilities = [&](const QTile& qx, const KTile& kx) {
       const int nq = qx.nq, nk = kx.nk;
-      gemm(false, false, nq, nk, d, c, Qp, d, Kt, nk, 0.f, P, nk);
+      const bool diag = kx.hi > qx.lo && diagonal_pair(q_pos + qx.q0, nq, k_pos + kx.k0, nk);
+      const Skip upper = diag ? Skip::c_upper : Skip::none;
+      gemm(false, false, nq, nk, d, c, Qp, d, Kt, nk, 0.f, P, nk, nullptr, upper);
       if (kx.hi > qx.lo) apply_mask(P, nq, nk, q_pos + qx.q0, k_pos + kx.k0);
       for (int i = 0; i < nq; ++i) {
         float* row = P + size_t(i) * nk;
@@ -389,34 +405,44 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
         else
           exp2_row(row, nk, L2[i]);
       }
-      gemm(false, false, nq, nk, d, 1.f, dOp, d, Vt, nk, 0.f, dP, nk);
-      for (int i = 0; i < nq; ++i) ds_row(dP + size_t(i) * nk, P + size_t(i) * nk, nk, Dv[i]);
+      gemm(false, false, nq, nk, d, 1.f, dOp, d, Vt, nk, 0.f, dP, nk, nullptr, upper);
+      for (int i = 0; i < nq; ++i) {
+        const int visible = diag ? i + 1 : nk;
+        float* row = dP + size_t(i) * nk;
+        ds_row(row, P + size_t(i) * nk, visible, Dv[i]);
+        std::fill(row + visible, row + nk, 0.f);
+      }
+      return diag;
     };
-    auto add_dkdv = [&](const QTile& qx, const KTile& kx) {
-      gemm(true, false, kx.nk, d, qx.nq, 1.f, P, kx.nk, dOp, d, 1.f, dv + kx.off, int(ldk));
-      gemm(true, false, kx.nk, d, qx.nq, s.scale, dP, kx.nk, Qp, d, 1.f, dk + kx.off, int(ldk));
+    // P^T and dS^T are upper triangular on a diagonal block, dS lower triangular.
+    auto add_dkdv = [&](const QTile& qx, const KTile& kx, bool diag) {
+      const Skip skip = diag ? Skip::a_lower : Skip::none;
+      gemm(true, false, kx.nk, d, qx.nq, 1.f, P, kx.nk, dOp, d, 1.f, dv + kx.off, int(ldk), nullptr, skip);
+      gemm(true, false, kx.nk, d, qx.nq, s.scale, dP, kx.nk, Qp, d, 1.f, dk + kx.off, int(ldk), nullptr, skip);
     };
-    auto add_dq = [&](const QTile& qx, const KTile& kx) {
-      gemm(false, false, qx.nq, d, kx.nk, s.scale, dP, kx.nk, Kp, d, 1.f, dq + qx.off, int(ldq));
+    auto add_dq = [&](const QTile& qx, const KTile& kx, bool diag) {
+      gemm(false, false, qx.nq, d, kx.nk, s.scale, dP, kx.nk, Kp, d, 1.f, dq + qx.off, int(ldq), nullptr,
+           diag ? Skip::a_upper : Skip::none);
     };
 
     if (!split) {
 #pragma omp for schedule(dynamic, 1)
       for (long item = 0; item < long(B) * H_kv; ++item) {
+        // Key tiles outside: each is packed (two transposes) once, query tiles (plain copies) per pair.
         const int hk = int(item % H_kv), b = int(item / H_kv);
-        for (int h = hk * group; h < (hk + 1) * group; ++h)
-          for (int qt = 0; qt < nqt; ++qt) {
-            const QTile qx = load_q(b, h, qt);
-            for (int kt = 0; kt < nkt; ++kt) {
+        for (int kt = 0; kt < nkt; ++kt) {
+          const KTile kx = load_k(b, hk, kt);
+          for (int h = hk * group; h < (hk + 1) * group; ++h)
+            for (int qt = 0; qt < nqt; ++qt) {
               int lo, hi;
-              pos_range(k_pos + kt * t.tk, std::min(t.tk, Nk - kt * t.tk), &lo, &hi);
-              if (lo > qx.hi) continue;  // every key after every query
-              const KTile kx = load_k(b, hk, kt);
-              probabilities(qx, kx);
-              add_dkdv(qx, kx);
-              add_dq(qx, kx);
+              pos_range(q_pos + qt * t.tq, std::min(t.tq, Nq - qt * t.tq), &lo, &hi);
+              if (kx.lo > hi) continue;  // every key after every query
+              const QTile qx = load_q(b, h, qt);
+              const bool diag = probabilities(qx, kx);
+              add_dkdv(qx, kx, diag);
+              add_dq(qx, kx, diag);
             }
-          }
+        }
       }
     } else {
 #pragma omp for schedule(dynamic, 1)
@@ -429,8 +455,7 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
             pos_range(q_pos + qt * t.tq, std::min(t.tq, Nq - qt * t.tq), &lo, &hi);
             if (kx.lo > hi) continue;
             const QTile qx = load_q(b, h, qt);
-            probabilities(qx, kx);
-            add_dkdv(qx, kx);
+            add_dkdv(qx, kx, probabilities(qx, kx));
           }
       }
 #pragma omp for schedule(dynamic, 1)
@@ -442,8 +467,7 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
           pos_range(k_pos + kt * t.tk, std::min(t.tk, Nk - kt * t.tk), &lo, &hi);
           if (lo > qx.hi) continue;
           const KTile kx = load_k(b, h / group, kt);
-          probabilities(qx, kx);
-          add_dq(qx, kx);
+          add_dq(qx, kx, probabilities(qx, kx));
         }
       }
     }

@@ -5,6 +5,7 @@
 #pragma once
 #include <vector>
 
+#include "core/huge_pages.h"
 #include "model/attention.h"
 #include "model/config.h"
 #include "model/params.h"
@@ -53,7 +54,8 @@ class Model {
   int B_, N_, T_;
   Attention& attention_;
   bool recompute_;
-  std::vector<float> params_, grads_, arena_;
+  std::vector<float> params_, grads_;
+  std::vector<float, HugePageAllocator<float>> arena_;  // activations and scratch
   std::vector<std::vector<float>> lambdas_;  // per layer: decay of each head (linear layers)
   std::vector<float*> x_;                    // (L + 1) residual stream entering each layer, (T, D)
   std::vector<LayerActs> acts_;              // per layer, or one shared set when recomputing

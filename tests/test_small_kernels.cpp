@@ -4,6 +4,7 @@
 // and once into pre-filled ones (backward must accumulate). AdamW is also compared with torch.optim.AdamW.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -283,6 +284,27 @@ TEST(RopeKernel, ForwardBackwardMatchReference) {
               1, label);
         }
       }
+    }
+  }
+}
+
+// The table-driven calls give exactly what the position-driven ones compute (same float angles).
+TEST(RopeKernel, TableEqualsPositions) {
+  for (auto [B, N, H, d] : {std::array<int, 4>{1, 1, 1, 2}, {2, 70, 3, 6}, {1, 300, 4, 130}}) {
+    std::vector<int> pos(N);
+    for (int n = 0; n < N; ++n) pos[n] = 3 * n + (n % 5);  // increasing, with gaps
+    const float theta = 500000.f;
+    const RopeTable table = rope_table(pos.data(), N, d, theta);
+    const auto x = random_vector(size_t(B) * N * H * d, 40 + N);
+    std::vector<float> a(x.size()), b(x.size());
+    rope_forward(a.data(), x.data(), pos.data(), B, N, H, d, theta);
+    rope_forward(b.data(), x.data(), table, B, H);
+    EXPECT_EQ(a, b) << "forward N=" << N;
+    for (GradStore store : {GradStore::add, GradStore::overwrite}) {
+      auto da = random_vector(x.size(), 41), db = da;
+      rope_backward(da.data(), x.data(), pos.data(), B, N, H, d, theta, store);
+      rope_backward(db.data(), x.data(), table, B, H, store);
+      EXPECT_EQ(da, db) << "backward N=" << N;
     }
   }
 }

@@ -19,6 +19,7 @@ double grad_norm_squared(const float* g, long n) {
     const int nt = omp_get_num_threads(), id = omp_get_thread_num();
     const long i0 = n * id / nt, i1 = n * (id + 1) / nt;
     double part = 0;
+#pragma omp simd reduction(+ : part)  // fixed lane order: still deterministic
     for (long i = i0; i < i1; ++i) part += (double)g[i] * g[i];
 #pragma omp for ordered schedule(static, 1)
     for (int k = 0; k < nt; ++k) {
@@ -56,7 +57,7 @@ void adamw_update(float* param, float* m, float* v, const float* grad, long n, f
   const double bc2 = 1.0 - std::pow((double)beta2, step);
   const float neg_step_size = (float)(-(double)lr / bc1);
   const float bc2_sqrt = (float)std::sqrt(bc2);
-#pragma omp parallel for if (n > 65536)
+#pragma omp parallel for simd if (n > 65536)
   for (long i = 0; i < n; ++i) {
     const float g = grad[i] * grad_scale;
     const float p = param[i] * decay;

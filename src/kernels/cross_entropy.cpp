@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include "core/check.h"
+#include "kernels/vec_math.h"
 
 namespace lasp {
 
@@ -21,12 +22,14 @@ void cross_entropy_check(const char* name, const float* logits, const int* targe
                "{}: target at position {} must be -1 (ignore) or in [0, {}), got {}", name, t, V, targets[t]);
 }
 
-// max and log(sum(exp(l - max))) of one row.
+// max and log(sum(exp(l - max))) of one row: exponentials in float (vectorized, l - max is exact enough:
+// both are floats of the same row), their sum in double.
 inline void row_lse(const float* l, int V, float& mx, double& log_sum) {
   float m = l[0];
   for (int i = 1; i < V; ++i) m = l[i] > m ? l[i] : m;
   double s = 0;
-  for (int i = 0; i < V; ++i) s += std::exp((double)l[i] - (double)m);
+#pragma omp simd reduction(+ : s)
+  for (int i = 0; i < V; ++i) s += (double)vec_exp(l[i] - m);
   mx = m;
   log_sum = std::log(s);
 }
@@ -77,8 +80,9 @@ void cross_entropy_backward(float* dlogits, const float* logits, const int* targ
     float mx;
     double log_sum;
     row_lse(l, V, mx, log_sum);
-    const double shift = (double)mx + log_sum;  // p_i = exp(l_i - shift)
-    for (int i = 0; i < V; ++i) d[i] += dloss * (float)std::exp((double)l[i] - shift);
+    const float ls = (float)log_sum;  // p_i = exp((l_i - max) - log_sum)
+#pragma omp simd
+    for (int i = 0; i < V; ++i) d[i] += dloss * vec_exp((l[i] - mx) - ls);
     d[targets[t]] -= dloss;
   }
 }

@@ -64,6 +64,7 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, bool
   const int L = c.num_hidden_layers, D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
   const int H = c.num_attention_heads, d = c.head_dim(), E = H * d, Ekv = c.num_key_value_heads * d;
   const size_t T = T_;
+  if (c.has_softmax_layer()) rope_ = rope_table(attention_.positions(), N, d, c.rope_theta);
   lambdas_.resize(L);
   for (int l = 0; l < L; ++l) {
     lambdas_[l].resize(H);
@@ -176,9 +177,8 @@ void Model::forward_layer(int l, bool write_output) {
     linear_forward(a.q, a.xn, w.wq, T_, D, E);
     linear_forward(a.k, a.xn, w.wk, T_, D, Ekv);
     linear_forward(a.v, a.xn, w.wv, T_, D, Ekv);
-    const int* pos = attention_.positions();
-    rope_forward(a.q, a.q, pos, B_, N_, H, d, c.rope_theta);
-    rope_forward(a.k, a.k, pos, B_, N_, Hkv, d, c.rope_theta);
+    rope_forward(a.q, a.q, rope_, B_, H);
+    rope_forward(a.k, a.k, rope_, B_, Hkv);
     attention_.softmax_forward(l, a.o, a.lse, a.q, a.k, a.v);
     attn_out = a.o;
   }
@@ -263,9 +263,8 @@ void Model::backward_layer(int l) {
     zero(s_.dk, T * Ekv);
     zero(s_.dv, T * Ekv);
     attention_.softmax_backward(l, s_.dq, s_.dk, s_.dv, s_.da, a.o, a.lse, a.q, a.k, a.v);
-    const int* pos = attention_.positions();
-    rope_backward(s_.dqp, s_.dq, pos, B_, N_, H, d, c.rope_theta, GradStore::overwrite);
-    rope_backward(s_.dkp, s_.dk, pos, B_, N_, Hkv, d, c.rope_theta, GradStore::overwrite);
+    rope_backward(s_.dqp, s_.dq, rope_, B_, H, GradStore::overwrite);
+    rope_backward(s_.dkp, s_.dk, rope_, B_, Hkv, GradStore::overwrite);
     linear_backward(s_.dxn, g.wq, s_.dqp, a.xn, w.wq, T_, D, E, true);
     linear_backward(s_.dxn, g.wk, s_.dkp, a.xn, w.wk, T_, D, Ekv);
     linear_backward(s_.dxn, g.wv, s_.dv, a.xn, w.wv, T_, D, Ekv);

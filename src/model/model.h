@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/huge_pages.h"
+#include "kernels/rope.h"
 #include "model/attention.h"
 #include "model/config.h"
 #include "model/params.h"
@@ -54,6 +55,7 @@ class Model {
   int B_, N_, T_;
   Attention& attention_;
   bool recompute_;
+  RopeTable rope_;  // the softmax layers' angles at attention_.positions()
   std::vector<float> params_, grads_;
   std::vector<float, HugePageAllocator<float>> arena_;  // activations and scratch
   std::vector<std::vector<float>> lambdas_;  // per layer: decay of each head (linear layers)

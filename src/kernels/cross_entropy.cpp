@@ -26,6 +26,7 @@ void cross_entropy_check(const char* name, const float* logits, const int* targe
 // both are floats of the same row), their sum in double.
 inline void row_lse(const float* l, int V, float& mx, double& log_sum) {
   float m = l[0];
+#pragma omp simd reduction(max : m)
   for (int i = 1; i < V; ++i) m = l[i] > m ? l[i] : m;
   double s = 0;
 #pragma omp simd reduction(+ : s)

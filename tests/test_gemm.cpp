@@ -51,7 +51,8 @@ TEST(Gemm, MatchesNaiveProductForEveryFormAndHint) {
     for (bool ta : {false, true})
       for (bool tb : {false, true})
         for (auto [M, N, K] : {std::tuple{1, 1, 1}, {7, 5, 3}, {32, 32, 64}, {32, 64, 32}, {31, 64, 31},
-                               {33, 70, 40}, {64, 64, 64}, {65, 17, 129}, {300, 257, 300}})
+                               {33, 70, 40}, {64, 64, 64}, {65, 17, 129}, {300, 257, 300},
+                               {70, 64, 200}, {37, 130, 256}})  // the last two: K in blocks (panels past L1)
           for (float beta : {0.f, 1.f}) check({ta, tb, M, N, K, skip}, beta);
 }
 

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "core/check.h"
 #include "kernels/cross_entropy.h"
@@ -27,9 +26,9 @@ struct Carver {
   }
 };
 
-// Y (T x out) = X (T x in) W^T + beta Y, W in the nn.Linear layout (out x in).
-void linear_forward(float* Y, const float* X, const float* W, int T, int in, int out, float beta = 0.f) {
-  gemm(false, true, T, out, in, 1.f, X, in, W, in, beta, Y, out);
+// Y (T x out) = X (T x in) W^T, W in the nn.Linear layout (out x in).
+void linear_forward(float* Y, const float* X, const float* W, int T, int in, int out) {
+  gemm(false, true, T, out, in, 1.f, X, in, W, in, 0.f, Y, out);
 }
 
 // dX += dY W (dX = dY W when dx_fresh), dW += dY^T X.
@@ -128,7 +127,7 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, bool
   carve(assign);
 }
 
-void Model::zero_grads() { std::fill(grads_.begin(), grads_.end(), 0.f); }
+void Model::zero_grads() { zero(grads_.data(), grads_.size()); }
 
 double Model::forward(const int* inputs, const int* targets) {
   const ModelConfig& c = config_;

@@ -6,12 +6,11 @@
 #include <array>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
-#include <filesystem>
 #include <memory>
 #include <random>
 
 #include "core/check.h"
+#include "core/file.h"
 #include "model/attention.h"
 #include "model/model.h"
 #include "train/optimizer.h"
@@ -64,21 +63,12 @@ nlohmann::ordered_json bench_train(const ModelConfig& config, const TrainBenchOp
                               {"tokens_per_s", B * N / median}};
   if (o.compare_pytorch) {
     // The config for reference.py, in a folder of its own (concurrent runs must not share a file).
-    const char* tmp = std::getenv("TMPDIR");
-    std::string folder = std::string(tmp && *tmp ? tmp : "/tmp") + "/lasp_bench_train_XXXXXX";
-    LASP_CHECK(mkdtemp(folder.data()), "bench train: cannot create a temporary folder {}", folder);
-    const std::string config_path = folder + "/config.json";
-    std::string out;
-    try {
-      config.save(config_path);
-      out = run_command("/usr/bin/python3 " + o.reference_script + " time-step --config " + config_path +
-                        " --seq-len " + std::to_string(N) + " --batch " + std::to_string(B) + " --repeats " +
-                        std::to_string(o.steps));
-    } catch (...) {
-      std::filesystem::remove_all(folder);
-      throw;
-    }
-    std::filesystem::remove_all(folder);
+    const TempDir folder("lasp_bench_train");
+    const std::string config_path = folder.file("config.json");
+    config.save(config_path);
+    const std::string out = run_command("/usr/bin/python3 " + o.reference_script + " time-step --config " +
+                                        config_path + " --seq-len " + std::to_string(N) + " --batch " +
+                                        std::to_string(B) + " --repeats " + std::to_string(o.steps));
     const size_t json_at = out.find('{');
     LASP_CHECK(json_at != std::string::npos, "bench train: reference.py printed no JSON:\n{}", out);
     const nlohmann::json torch = nlohmann::json::parse(out.substr(json_at));

@@ -353,8 +353,8 @@ TEST(LearningRate, BadArguments) {
 namespace {
 
 // A temporary folder; d / "name" is a path in it.
-struct TempDir : lasp::testing::TempDir {
-  TempDir() : lasp::testing::TempDir("lasp_test_shards") {}
+struct ShardDir : lasp::testing::TempDir {
+  ShardDir() : lasp::testing::TempDir("lasp_test_shards") {}
   std::string operator/(const std::string& name) const { return file(name); }
 };
 
@@ -376,7 +376,7 @@ std::vector<int> read_all(const TokenSource& src) {
 }  // namespace
 
 TEST(TokenShards, RoundTripByGlobInNameOrder) {
-  TempDir d;
+  ShardDir d;
   const std::vector<uint16_t> a = {0, 1, 2, 50256, 7}, b = {65535, 256, 255}, c = {9, 8, 7, 6, 5, 4, 3};
   // Written out of name order; an empty shard in the middle and a file that the pattern does not match.
   write_token_shard(d / "train_002.bin", c);
@@ -407,7 +407,7 @@ TEST(TokenShards, RoundTripByGlobInNameOrder) {
 }
 
 TEST(TokenShards, OnePathAndTheVocabularyIsTheLargestTokenPlusOne) {
-  TempDir d;
+  ShardDir d;
   write_token_shard(d / "one.bin", {3, 50256, 17, 0});
   auto src = open_token_shards(d / "one.bin");
   EXPECT_EQ(src->size(), 4);
@@ -419,7 +419,7 @@ TEST(TokenShards, OnePathAndTheVocabularyIsTheLargestTokenPlusOne) {
 }
 
 TEST(TokenShards, FileFormatIsLittleEndianLlmC) {
-  TempDir d;
+  ShardDir d;
   write_token_shard(d / "s.bin", {0x0102, 0xFFFE, 20});
   const std::string bytes = read_file(d / "s.bin");
   ASSERT_EQ(bytes.size(), 1024u + 6u);
@@ -438,7 +438,7 @@ TEST(TokenShards, FileFormatIsLittleEndianLlmC) {
 }
 
 TEST(TokenShards, BadFilesAreClearErrors) {
-  TempDir d;
+  ShardDir d;
   auto error_for = [&](const std::string& name, const std::string& bytes) {
     write_file_atomic(d / name, bytes);
     std::string msg = error_of([&] { open_token_shards(d / name); });
@@ -483,7 +483,7 @@ TEST(TokenShards, BadFilesAreClearErrors) {
 }
 
 TEST(OpenTokens, AutoDetectsShardsGlobsAndText) {
-  TempDir d;
+  ShardDir d;
   write_token_shard(d / "a.bin", {500, 1, 2});
   write_token_shard(d / "b.bin", {3});
   write_file_atomic(d / "text.txt", "hello world");
@@ -522,7 +522,7 @@ TEST(OpenTokens, AutoDetectsShardsGlobsAndText) {
 }
 
 TEST(OpenTokens, ShardsFeedTheSamplerAndEvalWindows) {
-  TempDir d;
+  ShardDir d;
   std::vector<uint16_t> a(300), b(200);
   for (size_t i = 0; i < a.size(); ++i) a[i] = uint16_t(1000 + i);
   for (size_t i = 0; i < b.size(); ++i) b[i] = uint16_t(1300 + i);

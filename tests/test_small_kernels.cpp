@@ -327,6 +327,11 @@ TEST(RopeKernel, BadArguments) {
   expect_error([&] { rope_forward(a.data(), b.data(), pos, 1, 2, 1, 4, 0.f); }, "rope_forward: theta");
   expect_error([&] { rope_backward(a.data(), b.data(), pos, 1, 2, 1, 5, 1e4f); }, "rope_backward: head dim d must be even");
   expect_error([&] { rope_backward(a.data(), a.data(), pos, 1, 2, 1, 4, 1e4f); }, "rope_backward: dx must not alias dout");
+  expect_error([&] { rope_table(pos, 2, 5, 1e4f); }, "rope_table: head dim d must be even");
+  expect_error([&] { rope_table(neg, 2, 4, 1e4f); }, "rope_table: pos[1] must be >= 0, got -3");
+  expect_error([&] { rope_table(pos, 2, 4, -1.f); }, "rope_table: theta");
+  const RopeTable t = rope_table(pos, 2, 4, 1e4f);
+  expect_error([&] { rope_backward(a.data(), a.data(), t, 1, 1); }, "rope_backward: dx must not alias dout");
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "core/file.h"
+
 namespace lasp::testing {
 
 inline std::vector<float> random_vector(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
@@ -53,32 +55,8 @@ inline std::vector<double> finite_difference(const std::function<double(const st
   return g;
 }
 
-// A fresh folder under $TMPDIR (or /tmp), removed with its contents when the object goes.
-class TempDir {
- public:
-  explicit TempDir(const std::string& prefix = "lasp_test") {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string templ = std::string(tmp && *tmp ? tmp : "/tmp") + "/" + prefix + "_XXXXXX";
-    if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed for " + templ);
-    path = templ;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  std::string file(const std::string& name) const { return path + "/" + name; }
-  std::vector<std::string> entries() const {  // names in the folder, sorted
-    std::vector<std::string> names;
-    for (const auto& e : std::filesystem::directory_iterator(path)) names.push_back(e.path().filename().string());
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-
-  std::string path;
-};
+// The tests' temporary folders are core/file.h's.
+using lasp::TempDir;
 
 // fp32 results against a double reference: mse(a,b)/mse(a,0) must stay within this.
 constexpr double kFp32Tolerance = 1e-10;

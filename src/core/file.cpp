@@ -1,6 +1,9 @@
 #include "core/file.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
+#include <filesystem>
 #include <cstring>
 
 #include <fcntl.h>
@@ -87,6 +90,25 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
     ::fsync(dir);
     ::close(dir);
   }
+}
+
+TempDir::TempDir(const std::string& prefix) {
+  const char* tmp = std::getenv("TMPDIR");
+  std::string templ = std::string(tmp && *tmp ? tmp : "/tmp") + "/" + prefix + "_XXXXXX";
+  LASP_CHECK(mkdtemp(templ.data()), "cannot create a temporary folder {}: {}", templ, errno_text(errno));
+  path = templ;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path, ec);
+}
+
+std::vector<std::string> TempDir::entries() const {
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(path)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 }  // namespace lasp

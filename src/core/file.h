@@ -1,6 +1,7 @@
 // Whole-file I/O with errors that name the path. Writes are atomic: a crash never leaves a half-written file.
 #pragma once
 #include <string>
+#include <vector>
 
 namespace lasp {
 
@@ -10,5 +11,20 @@ std::string read_file(const std::string& path);
 // Writes bytes to path + ".tmp.<pid>", fsyncs it, then renames it over path (and fsyncs the folder, best
 // effort). On failure the temporary file is removed and lasp::Error names the path and strerror.
 void write_file_atomic(const std::string& path, const std::string& bytes);
+
+// A fresh folder under $TMPDIR (or /tmp), named prefix_XXXXXX, removed with its contents when the object
+// goes. Throws lasp::Error naming the template and strerror if it cannot be created.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& prefix = "lasp");
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  std::string file(const std::string& name) const { return path + "/" + name; }
+  std::vector<std::string> entries() const;  // names in the folder, sorted
+
+  std::string path;
+};
 
 }  // namespace lasp

@@ -96,7 +96,11 @@ void rope_backward(float* dx, const float* dout, const int* pos, int B, int N, i
 }
 
 RopeTable rope_table(const int* pos, int N, int d, float theta) {
-  rope_check("rope_table", &theta, &theta, pos, 1, N, 1, d, theta);
+  LASP_CHECK(N >= 0, "rope_table: N must be >= 0, got {}", N);
+  LASP_CHECK(d > 0 && d % 2 == 0, "rope_table: head dim d must be even and > 0, got {}", d);
+  LASP_CHECK(theta > 0.f && std::isfinite(theta), "rope_table: theta must be finite and > 0, got {}", theta);
+  LASP_CHECK(N == 0 || pos, "rope_table: pos is null");
+  for (int n = 0; n < N; ++n) LASP_CHECK(pos[n] >= 0, "rope_table: pos[{}] must be >= 0, got {}", n, pos[n]);
   RopeTable t;
   t.N = N;
   t.d = d;

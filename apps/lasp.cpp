@@ -3,6 +3,8 @@
 
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <climits>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <optional>
@@ -13,6 +15,7 @@
 #include "bench_train.h"
 #include "comm/comm.h"
 #include "core/check.h"
+#include "core/memory.h"
 #include "kernels/gemm.h"
 #include "model/config.h"
 #include "model/decoder.h"
@@ -24,9 +27,28 @@
 
 namespace {
 
+// Range checks whose errors read "--seq-len: must be >= 1, got 0" (CLI11's own print the double range in
+// full) and that refuse NaN and infinities.
+CLI::Validator number_check(double lo, bool open, double hi = INFINITY) {
+  const std::string range = fmt::format("{} {}", open ? ">" : ">=", lo) +
+                            (hi < INFINITY ? fmt::format(" and <= {}", hi) : std::string());
+  return CLI::Validator(
+      [lo, open, hi, range](std::string& text) -> std::string {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(text, v)) return "expected a number, got '" + text + "'";
+        if (!std::isfinite(v) || (open ? !(v > lo) : !(v >= lo)) || v > hi)
+          return fmt::format("must be a finite number {}, got {}", range, text);
+        return {};
+      },
+      range);
+}
+const CLI::Validator kPositive = number_check(0, true), kNonNegative = number_check(0, false);
+const CLI::Validator kAtLeastOne = number_check(1, false);
+
 // Model flags: each overrides the config file (or the default small hybrid) when given.
 struct ModelFlags {
-  std::string config_path, layer_types, feature_map, decay;
+  std::string config_path, feature_map, decay;
+  std::optional<std::string> layer_types;
   std::optional<int> layers, hidden, heads, kv_heads, ffn, vocab;
   bool no_output_norm = false, no_output_gate = false, tie = false;
 
@@ -46,9 +68,31 @@ struct ModelFlags {
     app->add_flag("--tie-embeddings", tie, "lm_head shares the embedding");
   }
 
+  // The config file (or the default small hybrid) with the flags applied.
   lasp::ModelConfig build() const {
-    lasp::ModelConfig c = config_path.empty() ? lasp::ModelConfig{} : lasp::ModelConfig::load(config_path);
-    if (!layer_types.empty()) c.layer_types = layer_types, c.num_hidden_layers = int(layer_types.size());
+    return apply(config_path.empty() ? lasp::ModelConfig{} : lasp::ModelConfig::load(config_path));
+  }
+
+  // A resumed run's model is its checkpoint's: flags may repeat it, but one that contradicts it is an error
+  // naming both values (it used to be ignored silently).
+  lasp::ModelConfig for_resume(const std::string& checkpoint) const {
+    LASP_CHECK(config_path.empty(), "--resume {}: the model is the checkpoint's; --config {} cannot change it",
+               checkpoint, config_path);
+    const lasp::ModelConfig saved = lasp::load_checkpoint_config(checkpoint);
+    const nlohmann::json a = saved.to_json(), b = apply(saved).to_json();
+    for (const auto& [key, value] : b.items())
+      LASP_CHECK(a.at(key) == value, "--resume {}: the model flags give {} = {}, but the checkpoint has {} = {}; "
+                 "leave the model flags out to continue the saved model", checkpoint, key, value.dump(), key,
+                 a.at(key).dump());
+    return saved;
+  }
+
+  lasp::ModelConfig apply(lasp::ModelConfig c) const {
+    if (layer_types) {
+      LASP_CHECK(!layer_types->empty(), "--layer-types must hold one letter per layer (L linear, N softmax), got an "
+                 "empty string");
+      c.layer_types = *layer_types, c.num_hidden_layers = int(layer_types->size());
+    }
     if (layers) c.num_hidden_layers = *layers;
     if (hidden) c.hidden_size = *hidden;
     if (heads) c.num_attention_heads = *heads;
@@ -82,7 +126,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.get_formatter()->column_width(34);
   int threads = 0;
-  app.add_option("--threads", threads, "OpenMP threads (0 = every core)")->default_val(0)->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads, "OpenMP threads (0 = every core)")->default_val(0)->check(kNonNegative);
+  bool verbose = false;
+  app.add_flag("--verbose", verbose, "errors also say where in lasp's source they were raised");
 
   auto* info = app.add_subcommand("info", "version, BLAS, threads");
 
@@ -91,36 +137,41 @@ int main(int argc, char** argv) {
   ModelFlags train_model;
   train_model.add(train_cmd);
   lasp::TrainOptions topt;
+  std::string on_save_error = "stop";
   train_cmd->add_option("--data", topt.data_path,
                         "byte-level text file, llm.c token shards (a path or a glob), or synthetic[:pairs=P,tokens=T,seed=S]")
       ->required();
-  train_cmd->add_option("--seq-len", topt.seq_len, "tokens per sequence")->default_val(topt.seq_len)->check(CLI::PositiveNumber);
-  train_cmd->add_option("--batch", topt.batch, "sequences per step")->default_val(topt.batch)->check(CLI::PositiveNumber);
-  train_cmd->add_option("--steps", topt.steps, "optimizer steps")->default_val(topt.steps)->check(CLI::PositiveNumber);
-  train_cmd->add_option("--lr", topt.lr, "peak learning rate")->default_val(topt.lr)->check(CLI::PositiveNumber);
-  train_cmd->add_option("--min-lr", topt.min_lr, "learning rate at the end of the cosine (default lr/10)");
-  train_cmd->add_option("--warmup", topt.warmup, "warmup steps (default steps/10)");
+  train_cmd->add_option("--seq-len", topt.seq_len, "tokens per sequence")->default_val(topt.seq_len)->check(kAtLeastOne);
+  train_cmd->add_option("--batch", topt.batch, "sequences per step")->default_val(topt.batch)->check(kAtLeastOne);
+  train_cmd->add_option("--steps", topt.steps, "optimizer steps")->default_val(topt.steps)->check(kAtLeastOne);
+  train_cmd->add_option("--lr", topt.lr, "peak learning rate")->default_val(topt.lr)->check(kPositive);
+  train_cmd->add_option("--min-lr", topt.min_lr, "learning rate at the end of the cosine (default lr/10)")->check(kNonNegative);
+  train_cmd->add_option("--warmup", topt.warmup, "warmup steps (default steps/10)")->check(kNonNegative);
   train_cmd->add_option("--seed", topt.seed, "seed of the weights and the data order")->default_val(topt.seed);
-  train_cmd->add_option("--save", topt.save_dir, "write a checkpoint folder at the end");
+  train_cmd->add_option("--save", topt.save_dir, "write a checkpoint folder at the end (replaces only a previous checkpoint)");
+  train_cmd->add_option("--on-save-error", on_save_error, "a periodic save that fails: stop (the previous checkpoint stays) "
+                        "or continue training")->default_val(on_save_error)->check(CLI::IsMember({"stop", "continue"}));
+  train_cmd->add_option("--data-format", topt.data_format, "auto | text | shards (auto: shards when the file starts with "
+                        "the shard magic)")->default_val(topt.data_format)->check(CLI::IsMember({"auto", "text", "shards"}));
   train_cmd->add_option("--metrics", topt.metrics_path, "append one JSON object per step to this file");
   train_cmd->add_option("--save-every", topt.save_every, "also save the checkpoint every so many steps (0: at the end only)")
-      ->default_val(topt.save_every)->check(CLI::NonNegativeNumber);
+      ->default_val(topt.save_every)->check(kNonNegative);
   train_cmd->add_option("--stop-at", topt.stop_at, "stop and save after this step (the schedule still spans --steps)")
-      ->default_val(topt.stop_at)->check(CLI::NonNegativeNumber);
+      ->default_val(topt.stop_at)->check(kNonNegative);
   train_cmd->add_option("--resume", topt.resume_dir, "continue the run saved in this checkpoint (--steps is the total)");
   train_cmd->add_option("--val-fraction", topt.val_fraction, "the end of the data held out for validation")
-      ->default_val(topt.val_fraction)->check(CLI::Range(0.0, 0.9));
+      ->default_val(topt.val_fraction)->check(number_check(0, false, 0.9));
   train_cmd->add_option("--eval-every", topt.eval_every, "validation loss every so many steps and at the end (0: off)")
-      ->default_val(topt.eval_every)->check(CLI::NonNegativeNumber);
+      ->default_val(topt.eval_every)->check(kNonNegative);
   train_cmd->add_option("--eval-batches", topt.eval_batches, "validation windows per DP rank")
-      ->default_val(topt.eval_batches)->check(CLI::PositiveNumber);
-  train_cmd->add_option("--weight-decay", topt.adamw.weight_decay, "AdamW weight decay (matrices)")->default_val(topt.adamw.weight_decay);
-  train_cmd->add_option("--grad-clip", topt.adamw.grad_clip, "max gradient norm (0: off)")->default_val(topt.adamw.grad_clip);
-  train_cmd->add_option("--block", topt.block, "linear attention block size")->default_val(topt.block)->check(CLI::PositiveNumber);
+      ->default_val(topt.eval_batches)->check(kAtLeastOne);
+  train_cmd->add_option("--weight-decay", topt.adamw.weight_decay, "AdamW weight decay (matrices)")->default_val(topt.adamw.weight_decay)->check(kNonNegative);
+  train_cmd->add_option("--grad-clip", topt.adamw.grad_clip, "max gradient norm (0: off)")->default_val(topt.adamw.grad_clip)->check(kNonNegative);
+  train_cmd->add_option("--block", topt.block, "linear attention block size")->default_val(topt.block)->check(kAtLeastOne);
   train_cmd->add_flag("--recompute", topt.recompute, "recompute each layer in the backward (less memory)");
   auto add_parallel = [](CLI::App* cmd, lasp::ParallelOptions& p) {
-    cmd->add_option("--sp-size", p.sp_size, "sequence-parallel ranks per sequence")->default_val(1)->check(CLI::PositiveNumber);
-    cmd->add_option("--dp-size", p.dp_size, "data-parallel groups")->default_val(1)->check(CLI::PositiveNumber);
+    cmd->add_option("--sp-size", p.sp_size, "sequence-parallel ranks per sequence")->default_val(1)->check(kAtLeastOne);
+    cmd->add_option("--dp-size", p.dp_size, "data-parallel groups")->default_val(1)->check(kAtLeastOne);
     cmd->add_option("--sp-layout", p.sp_layout, "contiguous | zigzag (default: zigzag when the model has a softmax layer)");
     cmd->add_option("--sp-method", p.sp_method, "lasp2 (LASP-2 + LASP-2H) | lasp1 (serial state chain) | ring | ring-zigzag | ulysses | allgather")
         ->default_val(p.sp_method);
@@ -134,9 +185,12 @@ int main(int argc, char** argv) {
   bool eval_json = false;
   eval_cmd->add_option("--checkpoint", eval_ckpt, "checkpoint folder")->required();
   eval_cmd->add_option("--data", eval_data, "text, token shards or synthetic[:...] (as for train)")->required();
-  eval_cmd->add_option("--seq-len", eval_seq, "tokens per window")->default_val(eval_seq)->check(CLI::PositiveNumber);
-  eval_cmd->add_option("--batches", eval_batches, "windows to evaluate")->default_val(eval_batches)->check(CLI::PositiveNumber);
+  eval_cmd->add_option("--seq-len", eval_seq, "tokens per window")->default_val(eval_seq)->check(kAtLeastOne);
+  eval_cmd->add_option("--batches", eval_batches, "windows to evaluate")->default_val(eval_batches)->check(kAtLeastOne);
   eval_cmd->add_flag("--json", eval_json, "print one JSON object");
+  std::string eval_format = "auto";
+  eval_cmd->add_option("--data-format", eval_format, "auto | text | shards")->default_val(eval_format)
+      ->check(CLI::IsMember({"auto", "text", "shards"}));
   lasp::ParallelOptions eval_parallel;
   add_parallel(eval_cmd, eval_parallel);
 
@@ -148,13 +202,13 @@ int main(int argc, char** argv) {
   uint64_t gen_seed = 1;
   gen_cmd->add_option("--checkpoint", gen_ckpt, "checkpoint folder")->required();
   gen_cmd->add_option("--prompt", gen_prompt, "text to continue")->required();
-  gen_cmd->add_option("--max-new-tokens", gen_tokens, "tokens to generate")->default_val(gen_tokens)->check(CLI::PositiveNumber);
-  gen_cmd->add_option("--temperature", gen_temperature, "sampling temperature (0: greedy)")->default_val(gen_temperature)->check(CLI::NonNegativeNumber);
-  gen_cmd->add_option("--top-k", gen_top_k, "sample among the k most likely tokens (0: all)")->default_val(gen_top_k)->check(CLI::NonNegativeNumber);
+  gen_cmd->add_option("--max-new-tokens", gen_tokens, "tokens to generate")->default_val(gen_tokens)->check(kAtLeastOne);
+  gen_cmd->add_option("--temperature", gen_temperature, "sampling temperature (0: greedy)")->default_val(gen_temperature)->check(kNonNegative);
+  gen_cmd->add_option("--top-k", gen_top_k, "sample among the k most likely tokens (0: all)")->default_val(gen_top_k)->check(kNonNegative);
   gen_cmd->add_option("--seed", gen_seed, "seed of the sampling")->default_val(gen_seed);
   lasp::ParallelOptions gen_parallel;
   gen_cmd->add_option("--sp-size", gen_parallel.sp_size, "ranks that prefill the prompt sequence-parallel (under mpirun)")
-      ->default_val(1)->check(CLI::PositiveNumber);
+      ->default_val(1)->check(kAtLeastOne);
   gen_cmd->add_option("--sp-layout", gen_parallel.sp_layout, "contiguous | zigzag (default: zigzag when the model has a softmax layer)");
 
   // plot
@@ -171,40 +225,40 @@ int main(int argc, char** argv) {
   bool json = false, quick = false;
   bench_kernels_cmd->add_flag("--json", json, "print one JSON object");
   bench_kernels_cmd->add_flag("--quick", quick, "small sizes (N=1024, 1 repeat): a smoke test");
-  bench_kernels_cmd->add_option("--seq-len", kopt.N, "sequence length N")->default_val(kopt.N)->check(CLI::PositiveNumber);
-  bench_kernels_cmd->add_option("--heads", kopt.H, "heads H")->default_val(kopt.H)->check(CLI::PositiveNumber);
-  bench_kernels_cmd->add_option("--head-dim", kopt.d, "head dim d")->default_val(kopt.d)->check(CLI::PositiveNumber);
+  bench_kernels_cmd->add_option("--seq-len", kopt.N, "sequence length N")->default_val(kopt.N)->check(kAtLeastOne);
+  bench_kernels_cmd->add_option("--heads", kopt.H, "heads H")->default_val(kopt.H)->check(kAtLeastOne);
+  bench_kernels_cmd->add_option("--head-dim", kopt.d, "head dim d")->default_val(kopt.d)->check(kAtLeastOne);
   bench_kernels_cmd->add_option("--block", kopt.linear_block, "linear attention block size")
-      ->default_val(kopt.linear_block)->check(CLI::PositiveNumber);
+      ->default_val(kopt.linear_block)->check(kAtLeastOne);
   bench_kernels_cmd->add_option("--repeats", kopt.repeats, "runs per measurement (median)")
-      ->default_val(kopt.repeats)->check(CLI::PositiveNumber);
+      ->default_val(kopt.repeats)->check(kAtLeastOne);
 
   auto* bench_sp_cmd = bench->add_subcommand("sp", "every sequence-parallel method side by side, under the current mpirun");
   lasp::SpBenchOptions sopt;
   bench_sp_cmd->add_option("--methods", sopt.methods, "methods to run")->default_str("lasp2 lasp1 ring ring-zigzag ulysses allgather");
   bench_sp_cmd->add_option("--seq-lens", sopt.seq_lens, "sequence lengths")->default_str("4096 16384");
   bench_sp_cmd->add_option("--models", sopt.models, "layer patterns (pure linear, hybrid)")->default_str("LLLL LLLN");
-  bench_sp_cmd->add_option("--repeats", sopt.repeats, "timed steps per case (median)")->default_val(sopt.repeats)->check(CLI::PositiveNumber);
+  bench_sp_cmd->add_option("--repeats", sopt.repeats, "timed steps per case (median)")->default_val(sopt.repeats)->check(kAtLeastOne);
   bench_sp_cmd->add_option("--out", sopt.out_prefix, "prefix of the CSV, JSON and PNG files")->default_val(sopt.out_prefix);
 
   auto* bench_project_cmd = bench->add_subcommand("project", "alpha-beta projection of every SP method to 16-128 ranks");
   lasp::ProjectOptions popt;
-  bench_project_cmd->add_option("--link-gbit", popt.link_gbit, "bandwidth between nodes per rank")->default_val(popt.link_gbit);
-  bench_project_cmd->add_option("--intra-gbit", popt.intra_gbit, "bandwidth inside a node")->default_val(popt.intra_gbit);
-  bench_project_cmd->add_option("--latency-us", popt.latency_us, "latency per message between nodes")->default_val(popt.latency_us);
-  bench_project_cmd->add_option("--ranks-per-node", popt.ranks_per_node, "ranks per node")->default_val(popt.ranks_per_node);
+  bench_project_cmd->add_option("--link-gbit", popt.link_gbit, "bandwidth between nodes per rank")->default_val(popt.link_gbit)->check(kPositive);
+  bench_project_cmd->add_option("--intra-gbit", popt.intra_gbit, "bandwidth inside a node")->default_val(popt.intra_gbit)->check(kPositive);
+  bench_project_cmd->add_option("--latency-us", popt.latency_us, "latency per message between nodes")->default_val(popt.latency_us)->check(kNonNegative);
+  bench_project_cmd->add_option("--ranks-per-node", popt.ranks_per_node, "ranks per node")->default_val(popt.ranks_per_node)->check(kAtLeastOne);
   bench_project_cmd->add_option("--accelerator-speedup", popt.accelerator_speedup,
                                 "second projection with compute this much faster than measured here")
-      ->default_val(popt.accelerator_speedup)->check(CLI::PositiveNumber);
+      ->default_val(popt.accelerator_speedup)->check(kPositive);
 
   auto* bench_train_cmd = bench->add_subcommand("train", "training tokens/s of a model (default: the small hybrid)");
   ModelFlags bench_model;
   bench_model.add(bench_train_cmd);
   lasp::TrainBenchOptions bopt;
   bool bench_train_json = false;
-  bench_train_cmd->add_option("--seq-len", bopt.seq_len, "tokens per sequence")->default_val(bopt.seq_len)->check(CLI::PositiveNumber);
-  bench_train_cmd->add_option("--batch", bopt.batch, "sequences per step")->default_val(bopt.batch)->check(CLI::PositiveNumber);
-  bench_train_cmd->add_option("--steps", bopt.steps, "timed steps (median)")->default_val(bopt.steps)->check(CLI::PositiveNumber);
+  bench_train_cmd->add_option("--seq-len", bopt.seq_len, "tokens per sequence")->default_val(bopt.seq_len)->check(kAtLeastOne);
+  bench_train_cmd->add_option("--batch", bopt.batch, "sequences per step")->default_val(bopt.batch)->check(kAtLeastOne);
+  bench_train_cmd->add_option("--steps", bopt.steps, "timed steps (median)")->default_val(bopt.steps)->check(kAtLeastOne);
   bench_train_cmd->add_flag("--compare-pytorch", bopt.compare_pytorch, "also time the same step in PyTorch (tools/reference.py)");
   bench_train_cmd->add_option("--reference", bopt.reference_script, "path of tools/reference.py")->default_val(bopt.reference_script);
   bench_train_cmd->add_flag("--json", bench_train_json, "print one JSON object");
@@ -237,11 +291,12 @@ int main(int argc, char** argv) {
                   omp_get_max_threads(), omp_get_num_procs());
     } else if (*train_cmd) {
       world = &lasp::comm_world();
-      lasp::train(train_model.build(), topt, *world);
+      topt.continue_on_save_error = on_save_error == "continue";
+      lasp::train(topt.resume_dir.empty() ? train_model.build() : train_model.for_resume(topt.resume_dir), topt, *world);
     } else if (*eval_cmd) {
       world = &lasp::comm_world();
       const lasp::EvalResult r =
-          lasp::evaluate_checkpoint(eval_ckpt, eval_data, eval_seq, eval_batches, *world, eval_parallel);
+          lasp::evaluate_checkpoint(eval_ckpt, eval_data, eval_seq, eval_batches, *world, eval_parallel, 32, eval_format);
       if (world->rank() == 0) {
         nlohmann::ordered_json j{{"loss", r.loss}, {"tokens", r.tokens}, {"attention_bytes", r.attention_bytes}};
         if (r.recall_accuracy >= 0) j["recall_accuracy"] = r.recall_accuracy;
@@ -255,6 +310,7 @@ int main(int argc, char** argv) {
       if (gen_parallel.sp_size > 1) world = &lasp::comm_world();  // before anything can fail on one rank only
       const lasp::ModelConfig config = lasp::load_checkpoint_config(gen_ckpt);
       const lasp::ParamLayout layout(config);
+      lasp::check_fits_in_memory(4.0 * double(layout.total()), "the checkpoint's weights");
       std::vector<float> params(layout.total());
       lasp::load_checkpoint_weights(gen_ckpt, layout, params);
       std::vector<int> prompt;
@@ -272,6 +328,8 @@ int main(int argc, char** argv) {
       const lasp::SpLayout sp_layout = !gen_parallel.sp_layout.empty() ? lasp::sp_layout_from_string(gen_parallel.sp_layout)
                                     : config.has_softmax_layer()   ? lasp::SpLayout::zigzag
                                                                    : lasp::SpLayout::contiguous;
+      LASP_CHECK(int64_t(prompt.size()) + gen_tokens <= INT_MAX, "generate: the prompt ({} tokens) + --max-new-tokens "
+                 "{} must be at most {} tokens", prompt.size(), gen_tokens, INT_MAX);
       lasp::Decoder decoder(config, params, int(prompt.size()) + gen_tokens, sp, sp_layout);
       std::vector<float> logits = decoder.prefill(prompt);
       const bool print = !sp || sp->rank() == 0;  // every rank decodes the same tokens; rank 0 prints them
@@ -303,9 +361,13 @@ int main(int argc, char** argv) {
       std::cout << (bench_train_json ? r.dump() : r.dump(2)) << std::endl;
     }
   } catch (const std::exception& e) {
+    std::string message = e.what();
+    if (dynamic_cast<const std::bad_alloc*>(&e)) message = "out of memory (std::bad_alloc): the sizes asked for need more memory than this machine can give";
+    const auto* error = dynamic_cast<const lasp::Error*>(&e);
+    if (verbose && error && !error->where.empty()) message += " [raised at " + error->where + "]";
     // Under mpirun one failing rank ends every rank (MPI_Abort), so that none waits forever.
-    if (world && world->size() > 1) world->abort(std::string("error: ") + e.what());
-    std::fprintf(stderr, "lasp: error: %s\n", e.what());
+    if (world && world->size() > 1) world->abort("error: " + message);
+    std::fprintf(stderr, "lasp: error: %s\n", message.c_str());
     return 1;
   }
   return 0;

@@ -6,16 +6,17 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 
 #include "core/check.h"
+#include "core/file.h"
 #include "model/model.h"
 #include "sp/grid.h"
 #include "sp/methods.h"
 #include "train/optimizer.h"
+#include "train/plot.h"
 
 namespace lasp {
 
@@ -34,18 +35,12 @@ long peak_rss_kb() {
   return u.ru_maxrss;
 }
 
-void gnuplot(const std::string& script) {
-  FILE* gp = popen("gnuplot 2>/dev/null", "w");
-  if (!gp) return;
-  std::fwrite(script.data(), 1, script.size(), gp);
-  pclose(gp);
-}
-
 }  // namespace
 
 void bench_sp(const SpBenchOptions& o, Comm& world) {
   const int W = world.size();
   const bool rank0 = world.rank() == 0;
+  if (rank0) check_can_create(o.out_prefix + ".csv");  // before the runs, not after them
   nlohmann::ordered_json results = nlohmann::ordered_json::array();
   const int total = int(o.models.size() * o.seq_lens.size() * o.methods.size());
   int done = 0;
@@ -119,19 +114,18 @@ void bench_sp(const SpBenchOptions& o, Comm& world) {
       }
   if (!rank0) return;
   if (isatty(fileno(stderr))) std::fprintf(stderr, "\r[%d/%d] done\033[K\n", total, total);
-  std::ofstream(o.out_prefix + ".json") << results.dump(2) << "\n";
-  std::ofstream csv(o.out_prefix + ".csv");
-  csv << "model,method,N,ranks,layout,tokens_per_s,forward_s,backward_s,communication_s,compute_s,"
-         "bytes_sent_per_rank_per_layer,bytes_received_per_rank_per_layer,peak_rss_mb,skipped\n";
+  write_file_atomic(o.out_prefix + ".json", results.dump(2) + "\n");
+  std::string csv = "model,method,N,ranks,layout,tokens_per_s,forward_s,backward_s,communication_s,compute_s,"
+                    "bytes_sent_per_rank_per_layer,bytes_received_per_rank_per_layer,peak_rss_mb,skipped\n";
   for (const auto& r : results) {
-    csv << r["model"].get<std::string>() << ',' << r["method"].get<std::string>() << ',' << r["N"] << ',' << r["ranks"]
-        << ',' << r["layout"].get<std::string>();
+    csv += r["model"].get<std::string>() + ',' + r["method"].get<std::string>() + ',' + r["N"].dump() + ',' +
+           r["ranks"].dump() + ',' + r["layout"].get<std::string>();
     for (const char* k : {"tokens_per_s", "forward_s", "backward_s", "communication_s", "compute_s",
                           "bytes_sent_per_rank_per_layer", "bytes_received_per_rank_per_layer", "peak_rss_mb"})
-      csv << ',' << (r.contains(k) ? r[k].dump() : "");
-    csv << ',' << (r.contains("skipped") ? r["skipped"].get<std::string>() : "") << '\n';
+      csv += ',' + (r.contains(k) ? r[k].dump() : "");
+    csv += ',' + (r.contains("skipped") ? r["skipped"].get<std::string>() : "") + '\n';
   }
-  csv.close();
+  write_file_atomic(o.out_prefix + ".csv", csv);
   std::printf("%-6s %-12s %8s %12s %10s %10s %10s %14s %10s\n", "model", "method", "N", "tokens/s", "fwd s", "bwd s",
               "comm s", "recv MB/layer", "RSS MB");
   for (const auto& r : results) {
@@ -147,16 +141,15 @@ void bench_sp(const SpBenchOptions& o, Comm& world) {
   }
   // Charts: one data block per (model, method), columns N, tokens/s, received bytes.
   const std::string data = o.out_prefix + ".dat";
-  std::ofstream dat(data);
-  std::string tokens_plot, bytes_plot;
+  std::string dat, tokens_plot, bytes_plot;
   int index = 0;
   for (const std::string& types : o.models)
     for (const std::string& method : o.methods) {
       for (const auto& r : results)
         if (r["model"] == types && r["method"] == method && !r.contains("skipped"))
-          dat << r["N"] << ' ' << r["tokens_per_s"] << ' ' << std::max(1.0, r["bytes_received_per_rank_per_layer"].get<double>())
-              << '\n';
-      dat << "\n\n";
+          dat += r["N"].dump() + ' ' + r["tokens_per_s"].dump() + ' ' +
+                 std::to_string(std::max(1.0, r["bytes_received_per_rank_per_layer"].get<double>())) + '\n';
+      dat += "\n\n";
       const std::string title = types + " " + method;
       tokens_plot += std::string(tokens_plot.empty() ? "plot " : ", ") + "'" + data + "' index " + std::to_string(index) +
                      " using 1:2 with linespoints lw 2 title '" + title + "'";
@@ -164,13 +157,20 @@ void bench_sp(const SpBenchOptions& o, Comm& world) {
                     " using 1:3 with linespoints lw 2 title '" + title + "'";
       ++index;
     }
-  dat.close();
+  write_file_atomic(data, dat);
   const std::string common = "set terminal png size 1000,600\nset grid\nset logscale x 2\nset xlabel 'sequence length N'\n"
                              "set key outside right\n";
-  gnuplot(common + "set output '" + o.out_prefix + "_tokens.png'\nset ylabel 'tokens/s'\nset title 'lasp bench sp, " +
-          std::to_string(W) + " ranks'\n" + tokens_plot + "\n");
-  gnuplot(common + "set output '" + o.out_prefix + "_bytes.png'\nset logscale y\nset ylabel 'bytes received per rank per layer'\n"
-          "set title 'communication per rank, " + std::to_string(W) + " ranks'\n" + bytes_plot + "\n");
+  try {
+    gnuplot_png(common + "set output '" + o.out_prefix + "_tokens.png'\nset ylabel 'tokens/s'\nset title 'lasp bench sp, " +
+                    std::to_string(W) + " ranks'\n" + tokens_plot + "\n",
+                o.out_prefix + "_tokens.png");
+    gnuplot_png(common + "set output '" + o.out_prefix + "_bytes.png'\nset logscale y\nset ylabel 'bytes received per "
+                    "rank per layer'\nset title 'communication per rank, " + std::to_string(W) + " ranks'\n" + bytes_plot + "\n",
+                o.out_prefix + "_bytes.png");
+  } catch (...) {
+    std::remove(data.c_str());
+    throw;
+  }
   std::remove(data.c_str());
   std::printf("wrote %s.csv, %s.json, %s_tokens.png, %s_bytes.png\n", o.out_prefix.c_str(), o.out_prefix.c_str(),
               o.out_prefix.c_str(), o.out_prefix.c_str());

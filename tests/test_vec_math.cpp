@@ -29,3 +29,17 @@ TEST(VecMath, SigmoidMatchesAndSaturates) {
   EXPECT_EQ(lasp::vec_sigmoid(1e30f), 1.f);
   EXPECT_EQ(lasp::vec_sigmoid(-1e30f), 0.f);
 }
+
+// NaN in, NaN out, without undefined behaviour on the way (the float -> int conversion of a NaN was UB:
+// scripts/sanitize.sh's UBSan build reported it at vec_math.h before the fix).
+TEST(VecMath, NanStaysNan) {
+  volatile float nan = NAN;  // volatile: evaluated at run time, where UBSan watches
+  EXPECT_TRUE(std::isnan(lasp::vec_exp(nan)));
+  EXPECT_TRUE(std::isnan(lasp::vec_exp(-nan)));
+  EXPECT_TRUE(std::isnan(lasp::vec_sigmoid(nan)));
+  float xs[64];
+  for (int i = 0; i < 64; ++i) xs[i] = i % 3 == 0 ? float(nan) : float(i) - 32.f;
+  for (int i = 0; i < 64; ++i) xs[i] = lasp::vec_exp(xs[i]);  // the vectorized form
+  for (int i = 0; i < 64; ++i)
+    EXPECT_EQ(std::isnan(xs[i]), i % 3 == 0) << i;
+}

@@ -92,6 +92,34 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   }
 }
 
+void check_can_create(const std::string& path) {
+  const std::string probe = fmt::format("{}.probe.{}", path, long(::getpid()));
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) throw Error(fmt::format("cannot write '{}': {}", path, errno_text(errno)));
+  ::close(fd);
+  ::unlink(probe.c_str());
+}
+
+AppendFile::AppendFile(const std::string& path) : path_(path) {
+  do fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  while (fd_ < 0 && errno == EINTR);
+  if (fd_ < 0) throw Error(fmt::format("cannot open '{}' for appending: {}", path, errno_text(errno)));
+}
+
+AppendFile::~AppendFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void AppendFile::append(const std::string& bytes) {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd_, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) throw Error(fmt::format("cannot write to '{}': {}", path_, errno_text(n < 0 ? errno : EIO)));
+    done += size_t(n);
+  }
+}
+
 TempDir::TempDir(const std::string& prefix) {
   const char* tmp = std::getenv("TMPDIR");
   std::string templ = std::string(tmp && *tmp ? tmp : "/tmp") + "/" + prefix + "_XXXXXX";

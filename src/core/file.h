@@ -12,6 +12,25 @@ std::string read_file(const std::string& path);
 // effort). On failure the temporary file is removed and lasp::Error names the path and strerror.
 void write_file_atomic(const std::string& path, const std::string& bytes);
 
+// Checks, before long work, that a file can be created at path: creates and removes a probe file beside it.
+// Throws lasp::Error naming the path and strerror (a missing folder, a read-only mount, no permission).
+void check_can_create(const std::string& path);
+
+// A file that lines are appended to (metrics), every write checked: a full disk or a failing device is a
+// lasp::Error naming the path and strerror, never a silently short or empty file.
+class AppendFile {
+ public:
+  explicit AppendFile(const std::string& path);  // creates the file if absent; throws if it cannot be opened
+  ~AppendFile();
+  AppendFile(const AppendFile&) = delete;
+  AppendFile& operator=(const AppendFile&) = delete;
+  void append(const std::string& bytes);  // all bytes, or a lasp::Error
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
 // A fresh folder under $TMPDIR (or /tmp), named prefix_XXXXXX, removed with its contents when the object
 // goes. Throws lasp::Error naming the template and strerror if it cannot be created.
 class TempDir {

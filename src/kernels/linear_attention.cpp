@@ -4,12 +4,14 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
 #include <utility>
 
 #include "core/check.h"
+#include "core/parse.h"
 #include "kernels/gemm.h"
 #include "kernels/transpose.h"
 
@@ -45,6 +47,9 @@ void check_shape(const char* kernel, const LinearAttentionShape& s) {
   LASP_CHECK(s.B > 0 && s.N > 0 && s.H > 0 && s.d > 0 && s.block > 0,
              "{}: sizes must be positive, got B={} N={} H={} d={} block={}", kernel, s.B, s.N, s.H, s.d,
              s.block);
+  checked_product({s.B, s.N, s.H, s.d}, kernel);  // B N H d elements are addressed with 64-bit offsets
+  LASP_CHECK(int64_t(s.B) * s.H <= INT_MAX, "{}: B x H = {} x {} (batch rows x heads) must fit an int", kernel, s.B,
+             s.H);
 }
 
 void check_workspace(const char* kernel, Workspace ws, size_t need, const LinearAttentionShape& s) {
@@ -60,7 +65,7 @@ int num_blocks(const LinearAttentionShape& s) { return (s.N + s.block - 1) / s.b
 struct HeadGroups {
   int count, max_heads;
   HeadGroups(const LinearAttentionShape& s, int threads) {
-    count = std::clamp((threads + s.B - 1) / s.B, 1, s.H);
+    count = int(std::clamp((long(threads) + s.B - 1) / s.B, 1L, long(s.H)));
     max_heads = (s.H + count - 1) / count;
   }
   int begin(int g, int H) const { return int(long(g) * H / count); }

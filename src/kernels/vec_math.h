@@ -1,6 +1,6 @@
 // exp and sigmoid written so that loops over arrays vectorize (std::exp stays a scalar libm call unless
 // fast-math is on, which lasp never enables). Accuracy: within 3 ulp of std::exp where the result is a
-// normal float; 0 below that range (no denormals), inf above it.
+// normal float; 0 below that range (no denormals), inf above it; NaN for NaN.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -9,7 +9,9 @@ namespace lasp {
 
 inline float vec_exp(float x_in) {
   // Computed on the range where the result is a normal float; outside it 0 (no denormals) or inf.
-  float x = x_in < -87.33654f ? -87.33654f : x_in;
+  // A NaN is replaced by 0 here so that it never reaches the float -> int conversion (undefined for NaN).
+  float x = x_in != x_in ? 0.f : x_in;
+  x = x < -87.33654f ? -87.33654f : x;
   x = x > 88.72283f ? 88.72283f : x;
   // x = n ln2 + r, |r| <= ln2 / 2, with ln2 split in two so that r is exact (Cody-Waite).
   const float n = __builtin_rintf(x * 1.44269504088896341f);
@@ -30,7 +32,7 @@ inline float vec_exp(float x_in) {
   std::memcpy(&s1, &b1, 4);
   std::memcpy(&s2, &b2, 4);
   const float y = p * s1 * s2;
-  return x_in < -87.33654f ? 0.f : x_in > 88.72283f ? __builtin_inff() : y;
+  return x_in < -87.33654f ? 0.f : x_in > 88.72283f ? __builtin_inff() : x_in != x_in ? x_in : y;
 }
 
 // 1 / (1 + exp(-x)) without overflow.

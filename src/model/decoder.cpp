@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "core/check.h"
+#include "core/memory.h"
 #include "kernels/feature_map.h"
 #include "kernels/gemm.h"
 #include "kernels/rmsnorm.h"
@@ -42,6 +43,9 @@ Decoder::Decoder(const ModelConfig& config, const std::vector<float>& params, in
              layout_.total());
   LASP_CHECK(max_tokens > 0, "decoder: max_tokens must be positive, got {}", max_tokens);
   const int L = config.num_hidden_layers, H = config.num_attention_heads;
+  const double softmax_layers = double(std::count(config.layer_types.begin(), config.layer_types.end(), 'N'));
+  check_fits_in_memory(softmax_layers * 2 * 4.0 * max_tokens * config.num_key_value_heads * config.head_dim(),
+                       fmt::format("generation of up to {} tokens (the keys and values of the softmax layers)", max_tokens));
   state_.resize(L);
   k_cache_.resize(L);
   v_cache_.resize(L);

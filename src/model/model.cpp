@@ -1,9 +1,11 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 
 #include "core/check.h"
+#include "core/memory.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
 #include "kernels/feature_map.h"
@@ -21,10 +23,18 @@ struct Carver {
   size_t used = 0;
   float* take(size_t n) {
     float* p = base ? base + used : nullptr;
-    used += (n + 15) / 16 * 16;
+    used = std::min(used + (n + 15) / 16 * 16, SIZE_MAX / 8);  // saturates: check_fits_in_memory refuses it
     return p;
   }
 };
+
+// B x N tokens in this process, refused (not wrapped) when the product does not fit an int.
+int token_count(int B, int N) {
+  LASP_CHECK(B > 0 && N > 0, "model: batch and sequence length must be positive, got B={} N={}", B, N);
+  LASP_CHECK(int64_t(B) * N <= INT_MAX, "model: batch x sequence length = {} x {} = {} tokens per process; at most "
+             "{} are supported", B, N, int64_t(B) * N, INT_MAX);
+  return B * N;
+}
 
 // Y (T x out) = X (T x in) W^T, W in the nn.Linear layout (out x in).
 void linear_forward(float* Y, const float* X, const float* W, int T, int in, int out) {
@@ -53,11 +63,8 @@ void add_into(float* dst, const float* src, size_t n) {
 }  // namespace
 
 Model::Model(const ModelConfig& config, int B, int N, Attention& attention, bool recompute)
-    : config_(config), layout_(config), B_(B), N_(N), T_(B * N), attention_(attention), recompute_(recompute) {
+    : config_(config), layout_(config), B_(B), N_(N), T_(token_count(B, N)), attention_(attention), recompute_(recompute) {
   config_.validate();
-  LASP_CHECK(B > 0 && N > 0, "model: batch and sequence length must be positive, got B={} N={}", B, N);
-  params_.assign(layout_.total(), 0.f);
-  grads_.assign(layout_.total(), 0.f);
 
   const ModelConfig& c = config_;
   const int L = c.num_hidden_layers, D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
@@ -122,6 +129,11 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, bool
   };
   Carver counter{nullptr};
   carve(counter);
+  check_fits_in_memory(4.0 * (2.0 * double(layout_.total()) + double(counter.used)),
+                       fmt::format("the model's weights, gradients and activations for B={} N={} ({} parameters)", B,
+                                   N, layout_.total()));
+  params_.assign(layout_.total(), 0.f);
+  grads_.assign(layout_.total(), 0.f);
   arena_.assign(counter.used, 0.f);
   Carver assign{arena_.data()};
   carve(assign);

@@ -1,6 +1,9 @@
 #include "model/params.h"
 
+#include <fmt/ranges.h>
+
 #include "core/check.h"
+#include "core/parse.h"
 
 namespace lasp {
 
@@ -31,12 +34,14 @@ ParamLayout::ParamLayout(const ModelConfig& c) : config_(c) {
 void ParamLayout::add(const std::string& name, std::vector<int64_t> shape) {
   TensorSpec s;
   s.name = name;
-  s.size = 1;
-  for (int64_t x : shape) s.size *= size_t(x);
+  s.size = size_t(checked_product(shape, "parameter " + name));
   s.matrix = shape.size() == 2;
   s.shape = std::move(shape);
   s.offset = total_;
-  total_ += (s.size + 15) / 16 * 16;  // each tensor starts on a cache line
+  // Each tensor starts on a cache line. Sizes that wrap 64 bits are refused (a config can ask for them).
+  LASP_CHECK(!__builtin_add_overflow(total_, (s.size + 15) / 16 * 16, &total_),
+             "the model's parameter count does not fit in 64 bits (at {} of shape [{}])", name,
+             fmt::join(s.shape, ", "));
   specs_.push_back(std::move(s));
 }
 

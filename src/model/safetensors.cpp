@@ -164,17 +164,26 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     f.tensors_.emplace(name, std::move(info));
   }
 
-  // Overlaps: sort the non-empty spans by begin; each must end before the next begins.
+  // The non-empty spans, sorted, must tile the data section exactly: no overlap, no gap, nothing after the
+  // last one. (A header length one short still parses, as JSON ignores the padding spaces, but shifts every
+  // tensor by a byte; the end check catches it.)
   std::vector<size_t> order(spans.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return spans[a] < spans[b]; });
-  for (size_t i = 1; i < order.size(); ++i) {
-    const auto& prev = spans[order[i - 1]];
+  size_t covered = 0;  // the data section is tiled up to here
+  for (size_t i = 0; i < order.size(); ++i) {
     const auto& cur = spans[order[i]];
-    if (cur.first < prev.second)
-      throw bad(fmt::format("tensors '{}' [{}, {}] and '{}' [{}, {}] overlap", *span_names[order[i - 1]], prev.first,
-                            prev.second, *span_names[order[i]], cur.first, cur.second));
+    if (cur.first < covered)
+      throw bad(fmt::format("tensors '{}' and '{}' [{}, {}] overlap", *span_names[order[i - 1]], *span_names[order[i]],
+                            cur.first, cur.second));
+    if (cur.first > covered)
+      throw bad(fmt::format("bytes [{}, {}) of the data section belong to no tensor (before '{}'): the tensors must "
+                            "fill it exactly", covered, cur.first, *span_names[order[i]]));
+    covered = cur.second;
   }
+  if (covered != data_size)
+    throw bad(fmt::format("the tensors end at byte {} of the data section but the file holds {} bytes after the "
+                          "header: a wrong header length, or bytes that belong to no tensor", covered, data_size));
   return f;
 }
 

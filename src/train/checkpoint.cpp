@@ -1,17 +1,21 @@
 #include "train/checkpoint.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
+#include <cmath>
 #include <cstring>
-
 #include <filesystem>
-#include <fstream>
 
 #include "core/check.h"
 #include "core/file.h"
+#include "core/parse.h"
 #include "model/safetensors.h"
 
 namespace lasp {
@@ -20,6 +24,96 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// The files a lasp checkpoint folder holds: a save replaces a folder of nothing else.
+const char* const kCheckpointFiles[] = {"config.json", "model.safetensors", "optimizer.safetensors",
+                                        "trainer_state.json"};
+
+bool is_checkpoint_file(const std::string& name) {
+  for (const char* f : kCheckpointFiles)
+    if (name == f) return true;
+  return false;
+}
+
+// "ckpt/" and "ckpt" name the same folder; the temporary name must sit beside it, not inside.
+std::string without_trailing_slashes(std::string dir) {
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  return dir;
+}
+
+std::string parent_of(const std::string& dir) {
+  const fs::path parent = fs::path(dir).parent_path();
+  return parent.empty() ? "." : parent.string();
+}
+
+std::string host_name() {
+  char name[HOST_NAME_MAX + 1] = {};
+  if (gethostname(name, sizeof name - 1) != 0 || !*name) return "localhost";
+  for (char* c = name; *c; ++c)
+    if (*c == '/') *c = '_';
+  return name;
+}
+
+// NAME.tmp.HOST.PID: the host keeps ranks of a cluster that share a filesystem from judging each other's PIDs.
+std::string temporary_name(const std::string& dir) {
+  return fmt::format("{}.tmp.{}.{}", dir, host_name(), long(getpid()));
+}
+
+// Removes NAME.tmp.HOST.PID folders (and NAME.tmp.PID of earlier lasp versions) left by saves on this host
+// whose process is gone: a killed save leaves one behind, and nothing else would ever remove it.
+void remove_stale_temporaries(const std::string& dir) {
+  const std::string prefix = fs::path(dir).filename().string() + ".tmp.", host = host_name();
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(parent_of(dir), ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) != 0) continue;
+    const std::string rest = name.substr(prefix.size());
+    const size_t dot = rest.rfind('.');
+    const std::string owner_host = dot == std::string::npos ? host : rest.substr(0, dot);
+    const std::string pid_text = dot == std::string::npos ? rest : rest.substr(dot + 1);
+    long pid = 0;
+    try {
+      pid = long(parse_int(pid_text, "pid", 1, INT_MAX));
+    } catch (const Error&) {
+      continue;  // not one of ours
+    }
+    if (owner_host != host || pid == long(getpid()) || kill(pid_t(pid), 0) == 0 || errno != ESRCH) continue;
+    std::error_code rm;
+    fs::remove_all(entry.path(), rm);
+    if (!rm) std::fprintf(stderr, "lasp: removed %s, left by an interrupted save (process %ld is gone)\n",
+                          entry.path().c_str(), pid);
+  }
+}
+
+// dir may be replaced: it is absent, an empty folder or a lasp checkpoint. Otherwise the error says why not.
+void check_replaceable(const std::string& dir) {
+  std::error_code ec;
+  const fs::file_status st = fs::symlink_status(dir, ec);
+  if (!fs::exists(st)) return;
+  LASP_CHECK(fs::is_directory(st), "--save {}: it exists and is not a folder; a checkpoint is a folder, and lasp "
+             "replaces only a previous checkpoint. Choose another path", dir);
+  bool has_config = false, has_model = false;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    LASP_CHECK(is_checkpoint_file(name) && entry.is_regular_file(),
+               "--save {}: the folder exists and is not a lasp checkpoint (it holds '{}'; a checkpoint holds only "
+               "config.json, model.safetensors, optimizer.safetensors and trainer_state.json). lasp does not replace "
+               "it: choose another path, or move it away", dir, name);
+    has_config = has_config || name == "config.json";
+    has_model = has_model || name == "model.safetensors";
+  }
+  LASP_CHECK(has_config == has_model, "--save {}: the folder holds {} without {}: it is not a complete lasp "
+             "checkpoint, and lasp does not replace it", dir, has_config ? "config.json" : "model.safetensors",
+             has_config ? "model.safetensors" : "config.json");
+}
+
+void check_finite(const std::string& what, const ParamLayout& layout, const std::vector<float>& values,
+                  const std::string& prefix) {
+  for (const TensorSpec& t : layout.specs())
+    for (size_t i = 0; i < t.size; ++i)
+      LASP_CHECK(std::isfinite(values[t.offset + i]), "{}: tensor '{}{}' holds {} at element {}: refusing non-finite "
+                 "values", what, prefix, t.name, values[t.offset + i], i);
+}
+
 void write_tensors(const std::string& path, const ParamLayout& layout, const std::vector<float>& values,
                    const std::string& prefix) {
   std::vector<NamedTensor> tensors;
@@ -27,70 +121,157 @@ void write_tensors(const std::string& path, const ParamLayout& layout, const std
   safetensors_write(path, tensors, {{"format", "pt"}, {"writer", "lasp"}});
 }
 
-void read_tensors(const std::string& path, const ParamLayout& layout, std::vector<float>& values,
+void read_tensors(const SafetensorsFile& file, const ParamLayout& layout, std::vector<float>& values,
                   const std::string& prefix) {
-  const SafetensorsFile file = SafetensorsFile::open(path);
   for (const TensorSpec& t : layout.specs()) file.read(prefix + t.name, t.shape, values.data() + t.offset);
-  for (const auto& [name, info] : file.tensors()) {
-    bool known = false;
-    for (const TensorSpec& t : layout.specs()) known = known || prefix + t.name == name;
-    LASP_CHECK(known, "{}: tensor '{}' is not part of the model that config.json describes", path, name);
-  }
+  check_finite(file.path(), layout, values, prefix);
+}
+
+// An integer in [lo, hi], stored as a JSON integer (1.5, or 2^40 for an int, is an error: not 1, not a wrap).
+int64_t state_int(const nlohmann::json& j, const char* key, int64_t lo, int64_t hi, const std::string& path) {
+  const auto it = j.find(key);
+  LASP_CHECK(it != j.end(), "{}: no \"{}\" (expected an integer in [{}, {}])", path, key, lo, hi);
+  const bool in_range = it->is_number_unsigned() ? it->get<uint64_t>() <= uint64_t(hi) && int64_t(it->get<uint64_t>()) >= lo
+                        : it->is_number_integer() && it->get<int64_t>() >= lo && it->get<int64_t>() <= hi;
+  LASP_CHECK(in_range, "{}: \"{}\" must be an integer in [{}, {}], found {}", path, key, lo, hi, it->dump());
+  return it->get<int64_t>();
+}
+
+uint64_t state_uint(const nlohmann::json& j, const char* key, const std::string& path) {
+  const auto it = j.find(key);
+  const bool ok = it != j.end() && (it->is_number_unsigned() || (it->is_number_integer() && it->get<int64_t>() >= 0));
+  LASP_CHECK(ok, "{}: \"{}\" must be an integer in [0, {}], found {}", path, key, UINT64_MAX,
+             it == j.end() ? std::string("nothing") : it->dump());
+  return it->get<uint64_t>();
+}
+
+std::string state_string(const nlohmann::json& j, const char* key, const std::string& path) {
+  const auto it = j.find(key);
+  LASP_CHECK(it != j.end() && it->is_string(), "{}: \"{}\" must be a string, found {}", path, key,
+             it == j.end() ? std::string("nothing") : it->dump());
+  return it->get<std::string>();
 }
 
 }  // namespace
 
-void save_checkpoint(const std::string& dir, const ModelConfig& config, const ParamLayout& layout,
+nlohmann::json TrainerState::to_json() const {
+  return {{"step", step},       {"sampler", sampler}, {"sp_size", sp_size},   {"dp_size", dp_size},
+          {"sp_layout", sp_layout}, {"batch", batch}, {"seq_len", seq_len},   {"seed", seed},
+          {"data", data}};
+}
+
+TrainerState parse_trainer_state(const std::string& text, const std::string& path) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path + ": not valid JSON: " + e.what());
+  }
+  LASP_CHECK(j.is_object(), "{}: expected a JSON object, found a {}", path, j.type_name());
+  TrainerState s;
+  s.step = int(state_int(j, "step", 0, INT_MAX - 1, path));  // the next step, step + 1, must be an int
+  s.sampler = state_string(j, "sampler", path);
+  s.sp_size = int(state_int(j, "sp_size", 1, INT_MAX, path));
+  s.dp_size = int(state_int(j, "dp_size", 1, INT_MAX, path));
+  s.batch = int(state_int(j, "batch", 1, INT_MAX, path));
+  s.seq_len = int(state_int(j, "seq_len", 1, INT_MAX, path));
+  s.seed = state_uint(j, "seed", path);
+  s.sp_layout = state_string(j, "sp_layout", path);
+  s.data = state_string(j, "data", path);
+  return s;
+}
+
+uint64_t checkpoint_bytes(const ParamLayout& layout, bool with_optimizer) {
+  uint64_t floats = 0;
+  for (const TensorSpec& t : layout.specs()) floats += t.size;
+  const uint64_t per_tensor_header = 160;  // JSON header entry per tensor, generously
+  const uint64_t one = 4 * floats + per_tensor_header * layout.specs().size();
+  return (with_optimizer ? 3 * one : one) + 64 * 1024;  // config.json, trainer_state.json
+}
+
+void check_checkpoint_target(const std::string& dir_in, uint64_t bytes) {
+  const std::string dir = without_trailing_slashes(dir_in), parent = parent_of(dir);
+  check_replaceable(dir);
+  std::error_code ec;
+  LASP_CHECK(fs::is_directory(parent, ec), "--save {}: the folder {} it goes in does not exist", dir, parent);
+  remove_stale_temporaries(dir);
+  // Writable: create the temporary folder a save would create, and remove it.
+  const std::string tmp = temporary_name(dir);
+  fs::remove_all(tmp, ec);
+  LASP_CHECK(::mkdir(tmp.c_str(), 0755) == 0, "--save {}: cannot create a folder in {}: {}", dir, parent,
+             std::strerror(errno));
+  ::rmdir(tmp.c_str());
+  struct statvfs fsinfo {};
+  LASP_CHECK(::statvfs(parent.c_str(), &fsinfo) == 0, "--save {}: cannot read the free space of {}: {}", dir, parent,
+             std::strerror(errno));
+  const uint64_t free_bytes = uint64_t(fsinfo.f_bavail) * fsinfo.f_frsize;
+  LASP_CHECK(free_bytes >= bytes, "--save {}: a checkpoint needs {} ({} bytes) but the filesystem of {} has only {} "
+             "free", dir, human_bytes(double(bytes)), bytes, parent, human_bytes(double(free_bytes)));
+}
+
+void save_checkpoint(const std::string& dir_in, const ModelConfig& config, const ParamLayout& layout,
                      const std::vector<float>& params, const OptimizerState* optimizer) {
-  const std::string tmp = dir + ".tmp." + std::to_string(getpid());
+  const std::string dir = without_trailing_slashes(dir_in);
+  check_finite("checkpoint " + dir, layout, params, "");
+  if (optimizer) {
+    check_finite("checkpoint " + dir + " (AdamW moments)", layout, *optimizer->m, "m.");
+    check_finite("checkpoint " + dir + " (AdamW moments)", layout, *optimizer->v, "v.");
+  }
+  check_replaceable(dir);  // again: the folder may have changed since training began
+  remove_stale_temporaries(dir);
+  const std::string tmp = temporary_name(dir);
   std::error_code ec;
   fs::remove_all(tmp, ec);
-  LASP_CHECK(fs::create_directories(tmp, ec) || fs::is_directory(tmp), "cannot create checkpoint folder {}: {}", tmp,
-             ec.message());
-  write_tensors(tmp + "/model.safetensors", layout, params, "");
-  config.save(tmp + "/config.json");
-  if (optimizer) {
-    std::vector<NamedTensor> tensors;
-    for (const TensorSpec& t : layout.specs()) {
-      tensors.push_back({"m." + t.name, t.shape, optimizer->m->data() + t.offset});
-      tensors.push_back({"v." + t.name, t.shape, optimizer->v->data() + t.offset});
+  LASP_CHECK(::mkdir(tmp.c_str(), 0755) == 0, "cannot create checkpoint folder {}: {}", tmp, std::strerror(errno));
+  try {
+    write_tensors(tmp + "/model.safetensors", layout, params, "");
+    config.save(tmp + "/config.json");
+    if (optimizer) {
+      std::vector<NamedTensor> tensors;
+      for (const TensorSpec& t : layout.specs()) {
+        tensors.push_back({"m." + t.name, t.shape, optimizer->m->data() + t.offset});
+        tensors.push_back({"v." + t.name, t.shape, optimizer->v->data() + t.offset});
+      }
+      safetensors_write(tmp + "/optimizer.safetensors", tensors, {{"writer", "lasp"}});
+      write_file_atomic(tmp + "/trainer_state.json", optimizer->trainer.to_json().dump(2) + "\n");
     }
-    safetensors_write(tmp + "/optimizer.safetensors", tensors, {{"writer", "lasp"}});
-    write_file_atomic(tmp + "/trainer_state.json", optimizer->trainer.dump(2) + "\n");
+    // Swap the complete folder in with one atomic exchange (the old checkpoint then sits at tmp and is
+    // removed), or one rename when there was none: at every instant dir is a whole checkpoint.
+    if (fs::exists(fs::symlink_status(dir))) {
+      LASP_CHECK(renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0,
+                 "cannot swap the new checkpoint {} into {}: {}", tmp, dir, std::strerror(errno));
+    } else {
+      LASP_CHECK(::rename(tmp.c_str(), dir.c_str()) == 0, "cannot rename {} to {}: {}", tmp, dir, std::strerror(errno));
+    }
+  } catch (...) {
+    fs::remove_all(tmp, ec);  // the new, incomplete checkpoint; dir is untouched
+    throw;
   }
-  // Swap the complete folder in with one atomic exchange (the old checkpoint then sits at tmp and is
-  // removed), or one rename when there was none: at every instant dir is a whole checkpoint.
-  if (fs::exists(dir)) {
-    LASP_CHECK(renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0,
-               "cannot swap the new checkpoint {} into {}: {}", tmp, dir, std::strerror(errno));
-    fs::remove_all(tmp, ec);
-  } else {
-    fs::rename(tmp, dir, ec);
-    LASP_CHECK(!ec, "cannot rename {} to {}: {}", tmp, dir, ec.message());
-  }
+  fs::remove_all(tmp, ec);  // the old checkpoint, after the exchange
 }
 
 ModelConfig load_checkpoint_config(const std::string& dir) { return ModelConfig::load(dir + "/config.json"); }
 
 void load_checkpoint_weights(const std::string& dir, const ParamLayout& layout, std::vector<float>& params) {
-  read_tensors(dir + "/model.safetensors", layout, params, "");
+  const SafetensorsFile file = SafetensorsFile::open(dir + "/model.safetensors");
+  read_tensors(file, layout, params, "");
+  for (const auto& [name, info] : file.tensors()) {
+    bool known = false;
+    for (const TensorSpec& t : layout.specs()) known = known || t.name == name;
+    LASP_CHECK(known, "{}: tensor '{}' is not part of the model that config.json describes", file.path(), name);
+  }
 }
 
-nlohmann::json load_optimizer_state(const std::string& dir, const ParamLayout& layout, std::vector<float>& m,
-                                    std::vector<float>& v) {
+TrainerState load_optimizer_state(const std::string& dir, const ParamLayout& layout, std::vector<float>& m,
+                                  std::vector<float>& v) {
   const std::string state_path = dir + "/trainer_state.json";
   LASP_CHECK(fs::exists(state_path) && fs::exists(dir + "/optimizer.safetensors"),
              "--resume {}: no optimizer.safetensors / trainer_state.json there (a checkpoint saved by lasp train)", dir);
+  const TrainerState state = parse_trainer_state(read_file(state_path), state_path);
   const SafetensorsFile file = SafetensorsFile::open(dir + "/optimizer.safetensors");
-  for (const TensorSpec& t : layout.specs()) {
-    file.read("m." + t.name, t.shape, m.data() + t.offset);
-    file.read("v." + t.name, t.shape, v.data() + t.offset);
-  }
-  try {
-    return nlohmann::json::parse(read_file(state_path));
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(state_path + ": not valid JSON: " + e.what());
-  }
+  read_tensors(file, layout, m, "m.");
+  read_tensors(file, layout, v, "v.");
+  return state;
 }
 
 }  // namespace lasp

@@ -1,8 +1,10 @@
 // A checkpoint is a folder (MODEL.md): config.json + model.safetensors (fp32, Hugging Face names), and
 // for a resumable training run optimizer.safetensors (the AdamW moments, "m.<name>" and "v.<name>") and
-// trainer_state.json (step, data position, run layout). The folder is written under a temporary name and
-// renamed over the old one, so a crash leaves either the old checkpoint or the new one, never a mix.
+// trainer_state.json (step, data position, run layout). The folder is written under a temporary name
+// (NAME.tmp.HOST.PID) and swapped in, so a crash leaves either the old checkpoint or the new one, never a
+// mix; a save only ever replaces a previous lasp checkpoint (or an empty folder), never anything else.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -13,20 +15,46 @@
 
 namespace lasp {
 
+// trainer_state.json: where a training run stands.
+struct TrainerState {
+  int step = 0;              // the last completed optimizer step, in [0, INT_MAX - 1]
+  std::string sampler;       // the window sampler's state (train/data.h)
+  int sp_size = 1, dp_size = 1, batch = 1, seq_len = 1;
+  std::string sp_layout, data;
+  uint64_t seed = 0;
+  nlohmann::json to_json() const;
+};
+// Parses trainer_state.json strictly: every key present with the right JSON type and in range (integers
+// must be JSON integers, no fractions, no wrap); throws lasp::Error naming `path`, the key, what was expected
+// and what was found.
+TrainerState parse_trainer_state(const std::string& text, const std::string& path);
+
 struct OptimizerState {
   const std::vector<float>* m = nullptr;  // AdamW moments in the layout of the parameters
   const std::vector<float>* v = nullptr;
-  nlohmann::json trainer;                 // trainer_state.json
+  TrainerState trainer;
 };
 
+// Bytes a checkpoint of this layout takes on disk (with the optimizer: weights + two moments).
+uint64_t checkpoint_bytes(const ParamLayout& layout, bool with_optimizer);
+
+// Before training: checks that `dir` can take a checkpoint of `bytes` (throws lasp::Error saying what is
+// wrong otherwise): dir is absent, an empty folder or a previous lasp checkpoint (nothing but its files);
+// its parent folder exists and is writable; that filesystem has room for a whole new checkpoint beside the
+// old one. Removes stale temporary folders of earlier saves whose process is gone.
+void check_checkpoint_target(const std::string& dir, uint64_t bytes);
+
+// Refuses non-finite values (names the tensor), then writes the folder as described above. On failure the
+// temporary folder is removed, dir is untouched and lasp::Error says why.
 void save_checkpoint(const std::string& dir, const ModelConfig& config, const ParamLayout& layout,
                      const std::vector<float>& params, const OptimizerState* optimizer = nullptr);
 ModelConfig load_checkpoint_config(const std::string& dir);
 // Reads every tensor of the layout into params; a missing or mis-shaped tensor (a config that contradicts
-// the weights) is an error naming the file, the tensor and both shapes. Extra tensors are an error too.
+// the weights) is an error naming the file, the tensor and both shapes. Extra tensors are an error too, and
+// so is a non-finite value (naming the tensor).
 void load_checkpoint_weights(const std::string& dir, const ParamLayout& layout, std::vector<float>& params);
-// Reads the AdamW moments and returns trainer_state.json; throws if the checkpoint has none.
-nlohmann::json load_optimizer_state(const std::string& dir, const ParamLayout& layout, std::vector<float>& m,
-                                    std::vector<float>& v);
+// Reads the AdamW moments and trainer_state.json; throws if the checkpoint has none.
+TrainerState load_optimizer_state(const std::string& dir, const ParamLayout& layout, std::vector<float>& m,
+                                  std::vector<float>& v);
 
 }  // namespace lasp

@@ -53,6 +53,7 @@ class TextTokens final : public TokenSource {
 
   int64_t size() const override { return size_; }
   int vocab_size() const override { return 256; }
+  std::string describe() const override { return "byte-level text (" + fmt_tokens(size_) + ", vocabulary 256)"; }
   void read(int64_t begin, int64_t count, int* out) const override {
     LASP_CHECK(begin >= 0 && count >= 0 && begin <= size_ && count <= size_ - begin,
                "read of tokens [{}, {}) from {}: expected a range within [0, {})", begin, begin + count, path_,
@@ -220,6 +221,10 @@ class ShardTokens final : public TokenSource {
   }
 
   int64_t size() const override { return size_; }
+  std::string describe() const override {
+    return fmt::format("llm.c token shards ({} file{}, {})", shards_.size(), shards_.size() == 1 ? "" : "s",
+                       fmt_tokens(size_));
+  }
 
   int vocab_size() const override {
     std::call_once(vocab_once_, [this] {
@@ -306,6 +311,11 @@ std::unique_ptr<TokenSource> open_tokens(const std::string& path, const std::str
     }
     // An unreadable file falls through to text, whose open reports the error.
     if (got == ssize_t(sizeof head) && load_le32(head) == kShardMagic) return open_token_shards(path);
+    const bool named_like_shard = path.size() > 4 && path.compare(path.size() - 4, 4, ".bin") == 0;
+    LASP_CHECK(!named_like_shard || fd < 0,
+               "{} is named like an llm.c token shard (.bin) but does not begin with the shard magic {} (its first "
+               "4 bytes read {}): a damaged shard? To train on its raw bytes as text, pass --data-format text",
+               path, kShardMagic, got == ssize_t(sizeof head) ? std::to_string(load_le32(head)) : "short file");
     return open_text_tokens(path);
   }
   if (has_glob_chars(path)) return open_token_shards(path);

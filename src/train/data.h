@@ -19,6 +19,9 @@ class TokenSource {
   virtual int vocab_size() const = 0;
   // Copies tokens [begin, begin + count) into out (as int32); throws lasp::Error if out of range.
   virtual void read(int64_t begin, int64_t count, int* out) const = 0;
+  // What the data is, for the line that says which format was detected ("byte-level text ...").
+  virtual std::string describe() const { return fmt_tokens(size()); }
+  static std::string fmt_tokens(int64_t n) { return std::to_string(n) + " tokens"; }
 };
 
 // Byte-level text: token = byte, vocab 256. Memory-maps the file (read-only, for the source's lifetime).
@@ -40,9 +43,11 @@ constexpr int64_t kShardHeaderBytes = 256 * 4;
 std::unique_ptr<TokenSource> open_token_shards(const std::string& pattern);
 
 // Opens token data in `format`: "text" (open_text_tokens), "shards" (open_token_shards), or "auto": an existing
-// regular file whose first 4 bytes are the shard magic (little-endian) -> shards, another existing file -> text,
-// a path that is not an existing file but holds a glob character (* ? [) -> shards, else text (which reports
-// the missing file). Any other format throws lasp::Error listing the formats.
+// regular file whose first 4 bytes are the shard magic (little-endian) -> shards; a file named *.bin without
+// the magic -> an error (it looks like a shard: a damaged one must not be trained on as bytes; "text" forces
+// that); another existing file -> text; a path that is not an existing file but holds a glob character
+// (* ? [) -> shards, else text (which reports the missing file). Any other format throws lasp::Error listing
+// the formats.
 std::unique_ptr<TokenSource> open_tokens(const std::string& path, const std::string& format = "auto");
 
 // Writes one shard in the format above, atomically (a temporary file renamed over path: core/file.h).

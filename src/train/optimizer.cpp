@@ -11,8 +11,9 @@ AdamW::AdamW(const ParamLayout& layout, const AdamWConfig& config)
     : layout_(layout), config_(config), m_(layout.total(), 0.f), v_(layout.total(), 0.f) {}
 
 double AdamW::step(std::vector<float>& params, const std::vector<float>& grads, float lr) {
-  ++step_;
   const double norm = std::sqrt(grad_norm_squared(grads.data(), long(grads.size())));
+  if (!std::isfinite(norm)) return norm;  // a diverged step: the caller stops; the weights stay as they were
+  ++step_;
   const float scale = config_.grad_clip > 0 ? grad_clip_scale(norm, config_.grad_clip) : 1.f;
   for (const TensorSpec& t : layout_.specs()) {
     const size_t o = t.offset;

@@ -16,7 +16,8 @@ struct AdamWConfig {
 class AdamW {
  public:
   AdamW(const ParamLayout& layout, const AdamWConfig& config);
-  // One update of params from grads at learning rate lr; returns the gradient norm before clipping.
+  // One update of params from grads at learning rate lr; returns the gradient norm before clipping. A
+  // non-finite norm (a diverged step) returns at once, with params and moments untouched.
   double step(std::vector<float>& params, const std::vector<float>& grads, float lr);
   int steps() const { return step_; }
   std::vector<float>& m() { return m_; }

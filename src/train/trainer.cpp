@@ -2,12 +2,16 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
+#include <cmath>
 #include <cstdio>
 #include <unistd.h>
 #include <fstream>
 #include <memory>
 
 #include "core/check.h"
+#include "core/file.h"
+#include "core/parse.h"
 #include <nlohmann/json.hpp>
 #include "model/attention.h"
 #include "model/model.h"
@@ -50,8 +54,9 @@ struct TrainingData {
   bool synthetic = false;
 };
 
-TrainingData open_training_data(const std::string& spec, int seq_len, uint64_t seed) {
-  if (spec.rfind("synthetic", 0) != 0) return {open_tokens(spec, "auto"), false};
+TrainingData open_training_data(const std::string& spec, const std::string& format, int seq_len, uint64_t seed) {
+  if (spec.rfind("synthetic", 0) != 0) return {open_tokens(spec, format), false};
+  LASP_CHECK(format == "auto", "--data {}: the synthetic task has no --data-format (got {})", spec, format);
   int64_t pairs = 8, tokens = int64_t(seq_len) * 4096;
   uint64_t data_seed = seed;
   std::string rest = spec.size() > 9 && spec[9] == ':' ? spec.substr(10) : "";
@@ -60,16 +65,10 @@ TrainingData open_training_data(const std::string& spec, int seq_len, uint64_t s
     const size_t comma = rest.find(','), eq = rest.find('=');
     const std::string item = rest.substr(0, comma);
     LASP_CHECK(eq != std::string::npos && eq < item.size(), "--data {}: expected key=value in '{}'", spec, item);
-    const std::string key = item.substr(0, eq);
-    int64_t value = 0;
-    try {
-      value = std::stoll(item.substr(eq + 1));
-    } catch (const std::exception&) {
-      throw Error("--data " + spec + ": '" + item + "' is not key=integer");
-    }
-    if (key == "pairs") pairs = value;
-    else if (key == "tokens") tokens = value;
-    else if (key == "seed") data_seed = uint64_t(value);
+    const std::string key = item.substr(0, eq), value = item.substr(eq + 1), what = "--data " + spec + ": " + key;
+    if (key == "pairs") pairs = parse_int(value, what, 1, INT_MAX);
+    else if (key == "tokens") tokens = parse_int(value, what, 1, INT64_MAX);
+    else if (key == "seed") data_seed = parse_uint(value, what);
     else throw Error("--data " + spec + ": unknown key '" + key + "' (pairs, tokens, seed)");
     rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
   }
@@ -117,9 +116,94 @@ Validation validate(Model& model, const TokenSource& data, bool synthetic, int64
 
 }  // namespace
 
+void check_train_options(const TrainOptions& o) {
+  auto positive = [](const char* flag, int64_t v) { LASP_CHECK(v > 0, "{} must be >= 1, got {}", flag, v); };
+  auto non_negative = [](const char* flag, int64_t v) { LASP_CHECK(v >= 0, "{} must be >= 0, got {}", flag, v); };
+  auto finite_at_least = [](const char* flag, double v, double lo, bool open) {
+    LASP_CHECK(std::isfinite(v) && (open ? v > lo : v >= lo), "{} must be a finite number {} {}, got {}", flag,
+               open ? ">" : ">=", lo, v);
+  };
+  positive("--steps", o.steps);
+  positive("--batch", o.batch);
+  positive("--seq-len", o.seq_len);
+  positive("--eval-batches", o.eval_batches);
+  positive("--block", o.block);
+  non_negative("--save-every", o.save_every);
+  non_negative("--stop-at", o.stop_at);
+  non_negative("--eval-every", o.eval_every);
+  finite_at_least("--lr", o.lr, 0, true);
+  if (o.min_lr) {
+    finite_at_least("--min-lr", *o.min_lr, 0, false);
+    LASP_CHECK(*o.min_lr <= o.lr, "--min-lr {} must be <= --lr {} (the cosine decays from --lr to --min-lr)", *o.min_lr,
+               o.lr);
+  }
+  if (o.warmup) non_negative("--warmup", *o.warmup);
+  finite_at_least("--grad-clip", o.adamw.grad_clip, 0, false);
+  finite_at_least("--weight-decay", o.adamw.weight_decay, 0, false);
+  LASP_CHECK(std::isfinite(o.val_fraction) && o.val_fraction >= 0 && o.val_fraction < 1,
+             "--val-fraction must be in [0, 1), got {}", o.val_fraction);
+}
+
+namespace {
+
+// Saving: at the end, and every save_every steps. Rank 0 writes; every rank waits for it, so that the
+// checkpoint exists when any rank goes on. A failed periodic save stops training (the previous checkpoint
+// stays intact) unless the user asked to train on; a failed final save is always an error.
+class Saver {
+ public:
+  Saver(const TrainOptions& o, const ModelConfig& config, Model& model, AdamW& optimizer, Comm& world)
+      : o_(o), config_(config), model_(model), optimizer_(optimizer), world_(world) {
+    // Before any training: a folder that is not a checkpoint, or no room, is found now, not after hours.
+    if (enabled() && world.rank() == 0) check_checkpoint_target(o.save_dir, checkpoint_bytes(model.layout(), true));
+  }
+  bool enabled() const { return !o_.save_dir.empty(); }
+  int last_saved() const { return last_saved_; }
+
+  void save(int step, const TrainerState& state, bool final_save) {
+    if (!enabled()) return;
+    if (world_.rank() == 0) {
+      try {
+        OptimizerState opt{&optimizer_.m(), &optimizer_.v(), state};
+        save_checkpoint(o_.save_dir, config_, model_.layout(), model_.params(), &opt);
+        last_saved_ = step;
+      } catch (const Error& e) {
+        if (final_save || !o_.continue_on_save_error)
+          throw Error(fmt::format("step {}: saving the checkpoint failed: {}{}", step, e.what(),
+                                  last_saved_ > 0 ? fmt::format(" (the checkpoint of step {} stays intact)", last_saved_)
+                                                  : std::string()));
+        std::fprintf(stderr, "\nlasp: warning: step %d: saving the checkpoint failed, training goes on "
+                     "(--on-save-error continue): %s\n", step, e.what());
+      }
+    }
+    world_.barrier();
+  }
+
+ private:
+  const TrainOptions& o_;
+  const ModelConfig& config_;
+  Model& model_;
+  AdamW& optimizer_;
+  Comm& world_;
+  int last_saved_ = 0;
+};
+
+// A diverged run must not go on nor be saved: the step's update is not applied (AdamW::step skips a non-finite
+// gradient) and the error says where it happened and what to try.
+void check_finite_step(int step, double loss, double norm, const TrainOptions& o, int last_saved) {
+  if (std::isfinite(loss) && std::isfinite(norm)) return;
+  std::string saved = !o.save_dir.empty() && last_saved > 0
+                          ? fmt::format(" The checkpoint {} of step {} stays as it was.", o.save_dir, last_saved)
+                          : std::string();
+  throw Error(fmt::format(
+      "training diverged at step {}: the loss is {} and the gradient norm {}; the update was not applied and nothing "
+      "more is saved.{} Try a lower --lr (now {}){}, or a longer --warmup.", step, loss, norm, saved, o.lr,
+      o.adamw.grad_clip > 0 ? "" : ", gradient clipping (--grad-clip 1; now off)"));
+}
+
+}  // namespace
+
 TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& world) {
-  LASP_CHECK(o.steps > 0 && o.batch > 0 && o.seq_len > 0,
-             "train: --steps, --batch and --seq-len must be positive, got {}, {}, {}", o.steps, o.batch, o.seq_len);
+  check_train_options(o);
   const bool resuming = !o.resume_dir.empty();
   const ModelConfig config = resuming ? load_checkpoint_config(o.resume_dir) : flags_config;
   Grid grid = make_grid(world, o.parallel.sp_size, o.parallel.dp_size);
@@ -128,8 +212,9 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
   const int Nl = int(positions.size()), B = o.batch;
   const bool rank0 = world.rank() == 0;
 
-  const TrainingData training_data = open_training_data(o.data_path, o.seq_len, o.seed);
+  const TrainingData training_data = open_training_data(o.data_path, o.data_format, o.seq_len, o.seed);
   const TokenSource* data = training_data.source.get();
+  if (rank0) std::fprintf(stderr, "lasp: data %s: %s\n", o.data_path.c_str(), data->describe().c_str());
   LASP_CHECK(data->vocab_size() <= config.vocab_size, "train: {} holds tokens up to {} but the model's vocab_size is {}",
              o.data_path, data->vocab_size() - 1, config.vocab_size);
   Split split = split_tokens(data->size(), o.val_fraction);
@@ -149,14 +234,14 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
   int first_step = 1;
   if (resuming) {
     load_checkpoint_weights(o.resume_dir, model.layout(), model.params());
-    const nlohmann::json state = load_optimizer_state(o.resume_dir, model.layout(), optimizer.m(), optimizer.v());
-    first_step = state.at("step").get<int>() + 1;
+    const TrainerState state = load_optimizer_state(o.resume_dir, model.layout(), optimizer.m(), optimizer.v());
+    first_step = state.step + 1;
     LASP_CHECK(first_step <= o.steps, "--resume {}: the checkpoint is at step {} already; --steps {} is the total, so "
-               "there is nothing left to train", o.resume_dir, first_step - 1, o.steps);
-    optimizer.set_steps(state.at("step").get<int>());
-    const bool same_world = state.at("sp_size") == grid.sp_size && state.at("dp_size") == grid.dp_size &&
-                            state.at("batch") == B && state.at("seq_len") == o.seq_len;
-    sampler.restore(state.at("sampler").get<std::string>());
+               "there is nothing left to train", o.resume_dir, state.step, o.steps);
+    optimizer.set_steps(state.step);
+    const bool same_world = state.sp_size == grid.sp_size && state.dp_size == grid.dp_size && state.batch == B &&
+                            state.seq_len == o.seq_len;
+    sampler.restore(state.sampler);
     if (rank0)
       std::fprintf(stderr, "lasp: resuming %s at step %d of %d%s\n", o.resume_dir.c_str(), first_step, o.steps,
                    same_world ? "" : " (the sp/dp/batch/seq-len layout differs from the saved run: the weights and "
@@ -164,31 +249,25 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
   } else {
     init_weights(model.layout(), model.params(), o.seed);
   }
-  const float min_lr = o.min_lr >= 0 ? o.min_lr : o.lr / 10;
-  const int warmup = o.warmup >= 0 ? std::min(o.warmup, o.steps) : o.steps / 10;
+  Saver saver(o, config, model, optimizer, world);
+  const float min_lr = o.min_lr ? *o.min_lr : o.lr / 10;
+  const int warmup = o.warmup ? std::min(*o.warmup, o.steps) : o.steps / 10;
   const double global_tokens = double(B) * grid.dp_size * o.seq_len;
   if (rank0 && world.size() > 1)
     std::fprintf(stderr, "lasp: %d ranks = dp %d x sp %d, %s layout, %d tokens per rank per sequence\n", world.size(),
                  grid.dp_size, grid.sp_size, to_string(layout), Nl);
-
-  auto save = [&](int step) {
-    if (o.save_dir.empty()) return;
-    if (rank0) {
-      OptimizerState state{&optimizer.m(), &optimizer.v(),
-                           {{"step", step}, {"sampler", sampler.state()}, {"sp_size", grid.sp_size},
-                            {"dp_size", grid.dp_size}, {"sp_layout", to_string(layout)}, {"batch", B},
-                            {"seq_len", o.seq_len}, {"seed", o.seed}, {"data", o.data_path}}};
-      save_checkpoint(o.save_dir, config, model.layout(), model.params(), &state);
-    }
-    world.barrier();  // the checkpoint exists when any rank goes on
+  auto trainer_state = [&](int step) {
+    TrainerState t;
+    t.step = step;
+    t.sampler = sampler.state();
+    t.sp_size = grid.sp_size, t.dp_size = grid.dp_size, t.batch = B, t.seq_len = o.seq_len;
+    t.sp_layout = to_string(layout), t.seed = o.seed, t.data = o.data_path;
+    return t;
   };
 
   std::vector<int> inputs(size_t(B) * Nl), targets(inputs.size());
-  std::ofstream metrics;
-  if (rank0 && !o.metrics_path.empty()) {
-    metrics.open(o.metrics_path, std::ios::app);
-    LASP_CHECK(metrics.good(), "train: cannot open --metrics file {}", o.metrics_path);
-  }
+  std::unique_ptr<AppendFile> metrics;
+  if (rank0 && !o.metrics_path.empty()) metrics = std::make_unique<AppendFile>(o.metrics_path);
   TrainResult result;
   auto t_start = std::chrono::steady_clock::now();
   const auto run_start = t_start;
@@ -209,7 +288,8 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
     world.all_reduce(model.grads().data(), model.grads().size());
     loss /= global_tokens;
     const float lr = learning_rate(step, o.steps, o.lr, min_lr, warmup);
-    const double norm = optimizer.step(model.params(), model.grads(), lr);
+    const double norm = std::isfinite(loss) ? optimizer.step(model.params(), model.grads(), lr) : NAN;
+    check_finite_step(step, loss, norm, o, saver.last_saved());
     result.losses.push_back(loss);
     result.attention_bytes_per_step = traffic(*grid.sp) - attn0;
     result.gradient_bytes_per_step = traffic(world) - grad0;
@@ -241,16 +321,16 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
                      val.loss, val_windows,
                      val.recall_accuracy >= 0 ? fmt::format(", recall accuracy {:.3f}", val.recall_accuracy).c_str() : "");
     }
-    if (metrics.is_open()) metrics << record.dump() << std::endl;
-    if (o.save_every > 0 && step % o.save_every == 0 && step < last_step) save(step);
+    if (metrics) metrics->append(record.dump() + "\n");
+    if (o.save_every > 0 && step % o.save_every == 0 && step < last_step) saver.save(step, trainer_state(step), false);
   }
   if (last_step - first_step >= 1) result.tokens_per_s = global_tokens * (last_step - first_step) / seconds_since(t_start);
-  if (last_step >= first_step) save(last_step);
+  if (last_step >= first_step) saver.save(last_step, trainer_state(last_step), true);
   return result;
 }
 
 EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_path, int N, int batches, Comm& world,
-                               const ParallelOptions& parallel, int block) {
+                               const ParallelOptions& parallel, int block, const std::string& data_format) {
   LASP_CHECK(N > 0 && batches > 0, "eval: --seq-len and --batches must be positive, got {} and {}", N, batches);
   Grid grid = make_grid(world, parallel.sp_size, parallel.dp_size);
   const ModelConfig config = load_checkpoint_config(dir);
@@ -258,7 +338,7 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_p
   const std::vector<int> positions = sp_positions(N, grid.sp_size, grid.sp_rank, layout);
   const int Nl = int(positions.size());
   // Synthetic data: other episodes than training's (whose default seed is 1234), unless the spec names a seed.
-  const TrainingData eval_data = open_training_data(data_path, N, 0x5eed0e7a1ull);
+  const TrainingData eval_data = open_training_data(data_path, data_format, N, 0x5eed0e7a1ull);
   const TokenSource* data = eval_data.source.get();
   eval_batch(*data, N, 0, batches);  // checks that the file holds every window (clear error otherwise)
 

@@ -3,6 +3,7 @@
 // SP group, and the gradients are summed over the world (the loss is the mean over the global batch).
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,13 +21,15 @@ struct ParallelOptions {
 
 struct TrainOptions {
   std::string data_path;       // text, llm.c token shards (path or glob), or synthetic[:pairs=P,tokens=T,seed=S]
+  std::string data_format = "auto";  // auto | text | shards (train/data.h open_tokens)
   int seq_len = 1024, batch = 1, steps = 100;  // batch: sequences per DP rank
   float lr = 1e-3f;            // peak learning rate
-  float min_lr = -1.f;         // end of the cosine; < 0: lr / 10
-  int warmup = -1;             // warmup steps; < 0: steps / 10
+  std::optional<float> min_lr; // end of the cosine; absent: lr / 10
+  std::optional<int> warmup;   // warmup steps; absent: steps / 10
   uint64_t seed = 1234;
   std::string save_dir;        // empty: no checkpoint; else written every save_every steps and at the end
   int save_every = 0;          // 0: only at the end
+  bool continue_on_save_error = false;  // a failed periodic save: warn and train on (default: stop with the error)
   int stop_at = 0;             // > 0: stop (and save) after this step, as an interrupted run would
   std::string resume_dir;      // continue a run from its checkpoint (weights, AdamW moments, step, data position)
   double val_fraction = 0.1;   // the last part of the data file, held out for validation (0: none)
@@ -46,7 +49,11 @@ struct TrainResult {
   uint64_t attention_bytes_per_step = 0, gradient_bytes_per_step = 0;  // sent + received by rank 0
 };
 
-// Progress goes to stderr from rank 0, one line per step. With resume_dir the model is the checkpoint's
+// Throws lasp::Error naming the flag when an option is out of range (NaN included): "--min-lr must be ...".
+void check_train_options(const TrainOptions& options);
+
+// Progress goes to stderr from rank 0, one line per step. A non-finite loss or gradient norm stops training
+// with an error (the update of that step is not applied, nothing is saved after it). With resume_dir the model is the checkpoint's
 // (config is ignored) and the run continues at the step after the checkpoint's, up to options.steps:
 // with the same world layout the losses are bit-identical to an uninterrupted run.
 TrainResult train(const ModelConfig& config, const TrainOptions& options, Comm& world);
@@ -59,6 +66,7 @@ struct EvalResult {
 };
 // Windows k = 0..batches-1 of the file: tokens [k N, k N + N], the last N as targets.
 EvalResult evaluate_checkpoint(const std::string& checkpoint_dir, const std::string& data_path, int seq_len,
-                               int batches, Comm& world, const ParallelOptions& parallel = {}, int block = 32);
+                               int batches, Comm& world, const ParallelOptions& parallel = {}, int block = 32,
+                               const std::string& data_format = "auto");
 
 }  // namespace lasp

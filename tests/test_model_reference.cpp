@@ -47,14 +47,9 @@ ModelConfig make_config(const Case& c) {
 
 
 std::string run(const std::string& command) {
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  EXPECT_NE(pipe, nullptr);
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
-  const int status = pclose(pipe);
-  EXPECT_EQ(status, 0) << command << "\n" << out;
-  return out;
+  const lasp::testing::CommandResult r = lasp::testing::run_command(command);
+  EXPECT_EQ(r.status, 0) << command << "\n" << r.output;
+  return r.output;
 }
 
 const std::string kReference = std::string("/usr/bin/python3 ") + LASP_SOURCE_DIR + "/tools/reference.py";

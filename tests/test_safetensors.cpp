@@ -442,3 +442,40 @@ TEST(FileIo, ReadAndAtomicWrite) {
 }
 
 }  // namespace
+
+// The tensors must fill the data section exactly, as the reference implementation requires: a gap between
+// tensors, bytes after the last one, or a header length one short (JSON ignores the padding spaces, so it
+// still parses, and every tensor moves by a byte) are refused.
+TEST(Safetensors, TensorsMustTileTheDataSection) {
+  TempDir dir;
+  const std::string path = dir.file("t.safetensors");
+  const std::string data(64, '\0');
+  auto error_of = [&](const std::string& bytes) -> std::string {
+    put(path, bytes);
+    try {
+      SafetensorsFile::open(path);
+    } catch (const lasp::Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  json gap = json::parse(tensor_header("a", "F32", {4}, 0, 16));
+  gap.update(json::parse(tensor_header("b", "F32", {8}, 32, 64)));
+  EXPECT_NE(error_of(raw_file(gap.dump(), data)).find("bytes [16, 32) of the data section belong to no tensor"),
+            std::string::npos);
+  EXPECT_NE(error_of(raw_file(tensor_header("a", "F32", {8}, 0, 32), data)).find("the tensors end at byte 32"),
+            std::string::npos);
+  EXPECT_NE(error_of(raw_file(tensor_header("e", "F32", {0}, 0, 0), data)).find("the tensors end at byte 0"),
+            std::string::npos);
+  // A valid file, then its header length one short.
+  Sample s;
+  s.write(path);
+  std::string bytes = lasp::read_file(path);
+  ASSERT_EQ(error_of(bytes), "");
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  ASSERT_EQ(bytes[8 + n - 1], ' ') << "the writer pads the header with spaces";
+  --n;
+  std::memcpy(&bytes[0], &n, 8);
+  EXPECT_NE(error_of(bytes).find("the tensors end at byte"), std::string::npos) << error_of(bytes);
+}

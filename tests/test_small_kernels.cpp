@@ -672,14 +672,10 @@ for t in (p.detach(), st['exp_avg'], st['exp_avg_sq']):
 )";
   const std::string script_path = tmp.file("adamw.py");
   std::ofstream(script_path) << script;
-  const std::string cmd = "/usr/bin/python3 " + script_path + " " + path + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  ASSERT_NE(pipe, nullptr) << "popen failed: " << cmd;
-  std::string output;
-  char buf[4096];
-  while (size_t k = fread(buf, 1, sizeof buf, pipe)) output.append(buf, k);
-  const int status = pclose(pipe);
-  ASSERT_EQ(status, 0) << "python failed: " << cmd << "\n" << output;
+  const std::string cmd = "/usr/bin/python3 " + script_path + " " + path;
+  const lasp::testing::CommandResult python = lasp::testing::run_command(cmd);
+  ASSERT_EQ(python.status, 0) << "python failed: " << cmd << "\n" << python.output;
+  const std::string& output = python.output;
 
   std::istringstream in(output);
   std::vector<std::vector<float>> torch_out(3, std::vector<float>(n));

@@ -14,19 +14,8 @@
 
 namespace {
 
-struct Result {
-  int status;
-  std::string output;
-};
-
-Result run(const std::string& command) {
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
-}
+using Result = lasp::testing::CommandResult;
+Result run(const std::string& command) { return lasp::testing::run_command(command); }
 
 const std::string kLasp = LASP_BINARY;
 const std::string kReference = std::string("/usr/bin/python3 ") + LASP_SOURCE_DIR + "/tools/reference.py";

@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <functional>
 #include <random>
+#include <sys/wait.h>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -53,6 +55,21 @@ inline std::vector<double> finite_difference(const std::function<double(const st
     g[i] = (fp - fm) / (2 * h);
   }
   return g;
+}
+
+// Runs a shell command; its exit status (128 + signal if killed) and its stdout and stderr together.
+struct CommandResult {
+  int status;
+  std::string output;
+};
+inline CommandResult run_command(const std::string& command) {
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) throw std::runtime_error("popen failed: " + command);
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, pipe)) out.append(buf, n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
 }
 
 // The tests' temporary folders are core/file.h's.

@@ -74,8 +74,8 @@ class Comm {
   void count(CommKind kind, uint64_t sent, uint64_t received);
 };
 
-// The world of this process: MPI's COMM_WORLD (MPI_Init on first call; MPI_Finalize at exit), or a single
-// process Comm when lasp was built without MPI.
+// The world of this process: MPI's COMM_WORLD when an MPI launcher started it (MPI_Init on first call;
+// MPI_Finalize at exit), else a single-process Comm (MPI is not started at all).
 // Under MPI a rank that fails must call abort(), never just return or exit non-zero: at exit it runs
 // MPI_Finalize, which waits for every other rank, and if they wait in a collective for it the job hangs
 // (tests/mpi/abort_helper.cpp, mode exit). Errors inside MPI calls end the job (MPI_ERRORS_ARE_FATAL).

@@ -276,7 +276,20 @@ void finalize_mpi() {
 
 }  // namespace
 
+// Started by mpirun, srun or another PMI launcher? Without one, lasp is a single process and does not start
+// MPI at all (a singleton MPI_Init costs ~100 ms and writes PMIx session files, which fail under a file-size
+// limit and are left behind when the process is killed).
+bool launched_by_mpi() {
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"})
+    if (std::getenv(var)) return true;
+  return false;
+}
+
 Comm& comm_world() {
+  if (!launched_by_mpi()) {
+    static const std::unique_ptr<Comm> single = make_single_comm();
+    return *single;
+  }
   // Function-local statics: initialised once, thread-safe. MPI_Finalize is registered before the
   // MpiComm is constructed, so at exit the MpiComm goes first and MPI_Finalize after it.
   static const bool initialised = [] {

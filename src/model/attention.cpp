@@ -1,5 +1,8 @@
 #include "model/attention.h"
 
+#include "core/check.h"
+#include "core/memory.h"
+
 #include <omp.h>
 
 #include <algorithm>
@@ -24,6 +27,8 @@ LocalAttention::LocalAttention(const AttentionShape& shape)
                                 linear_attention_backward_workspace_floats(linear_shape(), threads),
                                 softmax_attention_workspace_floats(shape.N, shape.N, shape.d, threads),
                                 linear_attention_bidirectional_workspace_floats(linear_shape(), threads)});
+  check_fits_in_memory(4.0 * double(need), fmt::format("the attention workspace for N={} H={} d={} on {} threads",
+                                                      shape.N, shape.H, shape.d, threads));
   workspace_.storage.resize(need);
 }
 

@@ -5,12 +5,14 @@
 #include <climits>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <unistd.h>
 #include <fstream>
 #include <memory>
 
 #include "core/check.h"
 #include "core/file.h"
+#include "core/memory.h"
 #include "core/parse.h"
 #include <nlohmann/json.hpp>
 #include "model/attention.h"
@@ -39,6 +41,13 @@ std::unique_ptr<Attention> make_attention(const ModelConfig& c, const Grid& g, i
                                           int block, const std::string& method) {
   const AttentionShape shape{B, N / g.sp_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), block};
   return make_sp_attention(method, *g.sp, shape, N, layout, c.num_hidden_layers);
+}
+
+// Refuses, before anything is allocated, a model whose parameters alone do not fit this machine.
+void check_model_fits(const ModelConfig& c, size_t bytes_per_parameter) {
+  const ParamLayout layout(c);  // throws when the parameter count does not fit in 64 bits
+  check_fits_in_memory(double(bytes_per_parameter) * double(layout.total()),
+                       fmt::format("the model's {} parameters ({} bytes each)", layout.total(), bytes_per_parameter));
 }
 
 uint64_t traffic(const Comm& c) { return c.stats().total_sent() + c.stats().total_received(); }
@@ -158,6 +167,11 @@ class Saver {
   }
   bool enabled() const { return !o_.save_dir.empty(); }
   int last_saved() const { return last_saved_; }
+  // A run resumed from the folder it saves into: that checkpoint is the one a failure leaves intact.
+  void resumed_from(const std::string& dir, int step) {
+    std::error_code ec;
+    if (enabled() && std::filesystem::equivalent(dir, o_.save_dir, ec)) last_saved_ = step;
+  }
 
   void save(int step, const TrainerState& state, bool final_save) {
     if (!enabled()) return;
@@ -206,6 +220,7 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
   check_train_options(o);
   const bool resuming = !o.resume_dir.empty();
   const ModelConfig config = resuming ? load_checkpoint_config(o.resume_dir) : flags_config;
+  check_model_fits(config, 4 * sizeof(float));  // weights, gradients, two AdamW moments
   Grid grid = make_grid(world, o.parallel.sp_size, o.parallel.dp_size);
   const SpLayout layout = layout_for(config, o.parallel);
   const std::vector<int> positions = sp_positions(o.seq_len, grid.sp_size, grid.sp_rank, layout);
@@ -250,6 +265,7 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
     init_weights(model.layout(), model.params(), o.seed);
   }
   Saver saver(o, config, model, optimizer, world);
+  if (resuming) saver.resumed_from(o.resume_dir, first_step - 1);
   const float min_lr = o.min_lr ? *o.min_lr : o.lr / 10;
   const int warmup = o.warmup ? std::min(*o.warmup, o.steps) : o.steps / 10;
   const double global_tokens = double(B) * grid.dp_size * o.seq_len;
@@ -334,6 +350,7 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_p
   LASP_CHECK(N > 0 && batches > 0, "eval: --seq-len and --batches must be positive, got {} and {}", N, batches);
   Grid grid = make_grid(world, parallel.sp_size, parallel.dp_size);
   const ModelConfig config = load_checkpoint_config(dir);
+  check_model_fits(config, 2 * sizeof(float));  // weights, gradients
   const SpLayout layout = layout_for(config, parallel);
   const std::vector<int> positions = sp_positions(N, grid.sp_size, grid.sp_rank, layout);
   const int Nl = int(positions.size());

@@ -1,0 +1,385 @@
+// Issue 15: nothing lost, nothing silently wrong. Each test reproduces one case that the reliability run found
+// (data loss, silent acceptance, undefined behaviour) and checks the error that replaced it: a non-zero exit,
+// a message that says what was expected and what was found, and untouched data.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "core/check.h"
+#include "core/file.h"
+#include "model/params.h"
+#include "model/safetensors.h"
+#include "testing.h"
+#include "train/checkpoint.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using lasp::TempDir;
+using lasp::testing::CommandResult;
+using lasp::testing::run_command;
+
+const std::string kLasp = LASP_BINARY;
+const std::string kTinyModel = " --seq-len 32 --hidden 32 --heads 2 --kv-heads 1 --ffn 64";
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+std::string host_name() {
+  char name[256] = {};
+  gethostname(name, sizeof name - 1);
+  return name;
+}
+
+// A PID that belonged to a process that has exited.
+pid_t dead_pid() {
+  const pid_t pid = fork();
+  if (pid == 0) _exit(0);
+  waitpid(pid, nullptr, 0);
+  return pid;
+}
+
+// A text file, a folder to work in, and helpers to run lasp and check its failures.
+class Reliability : public ::testing::Test {
+ protected:
+  TempDir tmp{"lasp_reliability"};
+  std::string data = tmp.file("text.txt");
+
+  void SetUp() override {
+    std::ofstream out(data);
+    for (int i = 0; i < 200; ++i) out << "line " << i % 11 << " of the text, word " << (i * 7) % 5 << ".\n";
+  }
+  std::string train(const std::string& args, const std::string& model = kTinyModel) const {
+    return kLasp + " train --data " + data + model + " " + args;
+  }
+
+  // The command fails cleanly (exit 1, not a crash) with a message holding every part.
+  static std::string expect_error(const std::string& command, std::initializer_list<std::string> parts) {
+    const CommandResult r = run_command(command);
+    EXPECT_EQ(r.status, 1) << command << "\n" << r.output;
+    EXPECT_TRUE(contains(r.output, "lasp: error: ")) << command << "\n" << r.output;
+    for (const std::string& part : parts) EXPECT_TRUE(contains(r.output, part)) << "expected '" << part << "' in:\n" << r.output;
+    return r.output;
+  }
+  static void expect_ok(const std::string& command) {
+    const CommandResult r = run_command(command);
+    EXPECT_EQ(r.status, 0) << command << "\n" << r.output;
+  }
+  std::vector<std::string> leftovers(const std::string& name) const {
+    std::vector<std::string> found;
+    for (const std::string& e : tmp.entries())
+      if (e.rfind(name + ".tmp.", 0) == 0) found.push_back(e);
+    return found;
+  }
+};
+
+// ---- Data loss ----
+
+// Old: the folder's contents were deleted (mkdir d; echo x > d/notes; lasp train ... --save d).
+TEST_F(Reliability, SaveRefusesAFolderThatIsNotACheckpoint) {
+  const std::string dir = tmp.file("d");
+  fs::create_directory(dir);
+  std::ofstream(dir + "/notes") << "x";
+  expect_error(train("--steps 1 --save " + dir), {"not a lasp checkpoint", "notes"});
+  EXPECT_EQ(lasp::read_file(dir + "/notes"), "x");
+  // Also a half checkpoint: config.json without the weights.
+  fs::remove(dir + "/notes");
+  std::ofstream(dir + "/config.json") << "{}";
+  expect_error(train("--steps 1 --save " + dir), {"not a complete lasp checkpoint"});
+  EXPECT_TRUE(fs::exists(dir + "/config.json"));
+}
+
+// Old: a regular file was replaced by the checkpoint folder.
+TEST_F(Reliability, SaveRefusesARegularFile) {
+  const std::string file = tmp.file("f");
+  std::ofstream(file) << "precious";
+  expect_error(train("--steps 1 --save " + file), {"not a folder"});
+  EXPECT_EQ(lasp::read_file(file), "precious");
+}
+
+// What a save may replace: nothing, an empty folder, a previous checkpoint (also named with a trailing slash).
+TEST_F(Reliability, SaveReplacesOnlyCheckpointsAndEmptyFolders) {
+  const std::string dir = tmp.file("ckpt");
+  fs::create_directory(dir);
+  expect_ok(train("--steps 1 --save " + dir));
+  EXPECT_TRUE(fs::exists(dir + "/model.safetensors"));
+  expect_ok(train("--steps 2 --save " + dir + "/"));
+  const lasp::TrainerState s = lasp::parse_trainer_state(lasp::read_file(dir + "/trainer_state.json"), "state");
+  EXPECT_EQ(s.step, 2);
+  EXPECT_TRUE(leftovers("ckpt").empty());
+  EXPECT_FALSE(fs::exists(dir + "/.tmp"));
+}
+
+// Old: NAME.tmp.PID folders of killed saves stayed forever (613 MB after 40 kills).
+TEST_F(Reliability, StaleTemporaryFoldersOfDeadProcessesAreRemoved) {
+  const std::string dir = tmp.file("ckpt"), host = host_name();
+  const std::string dead = fmt::format("{}.tmp.{}.{}", dir, host, dead_pid());
+  const std::string legacy = fmt::format("{}.tmp.{}", dir, dead_pid());  // the old naming
+  const std::string alive = fmt::format("{}.tmp.{}.{}", dir, host, getppid());  // a live process's save: kept
+  const std::string other_host = fmt::format("{}.tmp.{}.{}", dir, "another-host", dead_pid());  // not ours to judge
+  for (const std::string& d : {dead, legacy, alive, other_host}) fs::create_directories(d + "/inside");
+  const CommandResult r = run_command(train("--steps 1 --save " + dir));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "left by an interrupted save")) << r.output;
+  EXPECT_FALSE(fs::exists(dead));
+  EXPECT_FALSE(fs::exists(legacy));
+  EXPECT_TRUE(fs::exists(alive));
+  EXPECT_TRUE(fs::exists(other_host));
+}
+
+// A save that fails (here: a file-size limit, as a full disk would) removes its own temporary folder and
+// says so; the run exits non-zero. Old: exit 1 but the NAME.tmp.PID folder stayed.
+TEST_F(Reliability, AFailedSaveLeavesNothingBehind) {
+  const std::string dir = tmp.file("ckpt");
+  // SIGXFSZ ignored, so that writing past the limit fails with EFBIG instead of killing the process.
+  expect_error("bash -c \"trap '' XFSZ; ulimit -f 64; " + train("--steps 1 --save " + dir) + "\"",
+               {"saving the checkpoint failed", "File too large"});
+  EXPECT_FALSE(fs::exists(dir));
+  EXPECT_TRUE(leftovers("ckpt").empty()) << leftovers("ckpt").front();
+}
+
+// A periodic save that fails stops the run and leaves the previous checkpoint intact; --on-save-error
+// continue trains on with a warning (the final save must still succeed, so the run still fails here).
+TEST_F(Reliability, AFailedPeriodicSaveStopsUnlessAskedToContinue) {
+  const std::string dir = tmp.file("ckpt");
+  expect_ok(train("--steps 6 --stop-at 2 --save " + dir));
+  const std::string limited = "bash -c \"trap '' XFSZ; ulimit -f 64; ";
+  const std::string out = expect_error(limited + train("--steps 6 --save-every 1 --resume " + dir + " --save " + dir) + "\"",
+                                       {"step 3: saving the checkpoint failed", "the checkpoint of step"});
+  EXPECT_FALSE(contains(out, "step 4/6")) << out;
+  EXPECT_EQ(lasp::parse_trainer_state(lasp::read_file(dir + "/trainer_state.json"), "state").step, 2);
+  const std::string cont = expect_error(
+      limited + train("--steps 6 --save-every 1 --on-save-error continue --resume " + dir + " --save " + dir) + "\"",
+      {"training goes on", "step 6: saving the checkpoint failed"});
+  EXPECT_TRUE(contains(cont, "step 5/6")) << cont;
+  EXPECT_EQ(lasp::parse_trainer_state(lasp::read_file(dir + "/trainer_state.json"), "state").step, 2);
+  EXPECT_TRUE(leftovers("ckpt").empty());
+}
+
+// No room for a checkpoint is found before training, with how much is needed. (The free space of a real
+// filesystem is never 1 EiB, so this exercises the same statvfs check a full disk trips.)
+TEST_F(Reliability, NoRoomForACheckpointIsFoundBeforeTraining) {
+  try {
+    lasp::check_checkpoint_target(tmp.file("ckpt"), uint64_t(1) << 60);
+    ADD_FAILURE() << "expected an error";
+  } catch (const lasp::Error& e) {
+    EXPECT_TRUE(contains(e.what(), "a checkpoint needs 1.0 EiB")) << e.what();
+    EXPECT_TRUE(contains(e.what(), "free")) << e.what();
+  }
+  EXPECT_TRUE(leftovers("ckpt").empty());
+  // A folder that cannot be created in.
+  expect_error(train("--steps 1 --save " + tmp.file("no/such/folder/ckpt")), {"does not exist"});
+}
+
+// Old: --metrics on a full filesystem left an empty file and exited 0. /dev/full fails every write with ENOSPC.
+TEST_F(Reliability, MetricsWriteFailureIsAnError) {
+  expect_error(train("--steps 1 --metrics /dev/full"), {"cannot write to '/dev/full'", "No space left"});
+  expect_error(train("--steps 1 --metrics " + tmp.file("no/such/folder/m.jsonl")), {"m.jsonl"});
+}
+
+// Old: bench sp --out into a folder that cannot be written printed "wrote" and wrote nothing.
+TEST_F(Reliability, BenchSpOutputFailureIsAnError) {
+  const std::string out = expect_error(kLasp + " bench sp --seq-lens 64 --repeats 1 --methods lasp2 --models LL --out " +
+                                           tmp.file("no/such/folder/x"),
+                                       {"cannot write", "No such file"});
+  EXPECT_FALSE(contains(out, "wrote")) << out;
+  EXPECT_FALSE(contains(out, "[1/1]")) << out;  // refused before running anything
+}
+
+// The plot command checks what gnuplot did: an unwritable PNG path is an error, not a silent success.
+TEST_F(Reliability, PlotOutputFailureIsAnError) {
+  const std::string metrics = tmp.file("m.jsonl");
+  std::ofstream(metrics) << "{\"step\": 1, \"loss\": 2.5}\n{\"step\": 2, \"loss\": 2.0}\n";
+  expect_ok(kLasp + " plot " + metrics + " --out " + tmp.file("m.png"));
+  EXPECT_GT(fs::file_size(tmp.file("m.png")), 0u);
+  expect_error(kLasp + " plot " + metrics + " --out " + tmp.file("no/such/folder/m.png"), {"m.png"});
+}
+
+// ---- Silently wrong results ----
+
+// Old: --lr 1e3 --grad-clip 0 printed NaN losses, saved a checkpoint of NaN weights and exited 0; with
+// clipping it stopped with "grad_clip_scale: norm must be >= 0, got -nan".
+TEST_F(Reliability, DivergenceStopsWithAClearMessageAndSavesNothing) {
+  const std::string dir = tmp.file("ckpt");
+  const std::string out = expect_error(train("--steps 12 --lr 1e3 --grad-clip 0 --save-every 1 --save " + dir),
+                                       {"training diverged at step", "the update was not applied", "--grad-clip 1"});
+  // The checkpoint holds the last finite step, and the message says which: eval loads it (it refuses
+  // non-finite weights).
+  const int saved = lasp::parse_trainer_state(lasp::read_file(dir + "/trainer_state.json"), "state").step;
+  EXPECT_TRUE(contains(out, fmt::format("The checkpoint {} of step {} stays as it was", dir, saved))) << out;
+  EXPECT_TRUE(contains(out, fmt::format("training diverged at step {}:", saved + 1))) << out;
+  expect_ok(kLasp + " eval --checkpoint " + dir + " --data " + data + " --seq-len 32");
+  // With clipping (the default) the same: a message that says so, not grad_clip_scale's internal check.
+  const std::string clipped = expect_error(train("--steps 12 --lr 1e3"), {"training diverged at step", "Try a lower --lr (now 1000)"});
+  EXPECT_FALSE(contains(clipped, "grad_clip_scale")) << clipped;
+}
+
+// The weights lasp writes are finite, and a checkpoint with a non-finite weight is refused by eval, generate
+// and resume, naming the tensor.
+TEST_F(Reliability, NonFiniteWeightsAreRefused) {
+  const std::string dir = tmp.file("ckpt");
+  expect_ok(train("--steps 1 --save " + dir));
+  // Put a NaN into the first element of model.norm.weight.
+  const std::string path = dir + "/model.safetensors";
+  std::string bytes = lasp::read_file(path);
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  const auto header = nlohmann::json::parse(bytes.substr(8, n));
+  const size_t at = 8 + n + header["model.norm.weight"]["data_offsets"][0].get<size_t>();
+  const float nan = NAN;
+  std::memcpy(&bytes[at], &nan, 4);
+  lasp::write_file_atomic(path, bytes);
+  for (const std::string& command :
+       {kLasp + " eval --checkpoint " + dir + " --data " + data + " --seq-len 32",
+        kLasp + " generate --checkpoint " + dir + " --prompt hi --max-new-tokens 2",
+        train("--steps 3 --resume " + dir)})
+    expect_error(command, {"model.norm.weight", "non-finite"});
+  // The writer refuses too.
+  lasp::ModelConfig c;
+  const lasp::ParamLayout layout(c);
+  std::vector<float> params(layout.total(), 0.5f);
+  params[layout.find("lm_head.weight").offset + 3] = INFINITY;
+  try {
+    lasp::save_checkpoint(tmp.file("bad"), c, layout, params);
+    ADD_FAILURE() << "expected an error";
+  } catch (const lasp::Error& e) {
+    EXPECT_TRUE(contains(e.what(), "lm_head.weight") && contains(e.what(), "inf")) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(tmp.file("bad")));
+}
+
+// Old: a header length one byte short still parsed (JSON ignores the padding) and shifted every weight by a
+// byte: eval printed "loss nan".
+TEST_F(Reliability, ASafetensorsHeaderOneByteShortIsRefused) {
+  const std::string dir = tmp.file("ckpt");
+  expect_ok(train("--steps 1 --save " + dir));
+  const std::string path = dir + "/model.safetensors";
+  std::string bytes = lasp::read_file(path);
+  bytes[0] = char(bytes[0] - 1);  // header lengths here are far above 256: no borrow
+  lasp::write_file_atomic(path, bytes);
+  expect_error(kLasp + " eval --checkpoint " + dir + " --data " + data + " --seq-len 32",
+               {"model.safetensors", "the tensors end at byte"});
+}
+
+// Old: a *.bin without the shard magic was trained on as byte text, silently.
+TEST_F(Reliability, ABinFileWithoutTheShardMagicIsAnError) {
+  const std::string bin = tmp.file("train_000.bin");
+  std::ofstream(bin) << lasp::read_file(data);
+  expect_error(kLasp + " train --data " + bin + kTinyModel + " --steps 1",
+               {"named like an llm.c token shard", "--data-format text"});
+  const CommandResult r = run_command(kLasp + " train --data " + bin + kTinyModel + " --steps 1 --data-format text");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "byte-level text")) << r.output;  // says which format it used
+  const CommandResult t = run_command(train("--steps 1"));
+  EXPECT_TRUE(contains(t.output, "lasp: data " + data + ": byte-level text")) << t.output;
+}
+
+// Old: pairs=4294967297 became 1, pairs=1e3 became 1, pairs=4x became 4.
+TEST_F(Reliability, SyntheticSpecIntegersAreStrict) {
+  for (const std::string value : {"4294967297", "1e3", "4x", "-2", "0", ""})
+    expect_error(kLasp + " train --data synthetic:pairs=" + value + kTinyModel + " --steps 1",
+                 {"pairs must be an integer in [1, 2147483647], got '" + value + "'"});
+  expect_error(kLasp + " train --data synthetic:seed=-1" + kTinyModel + " --steps 1", {"seed must be an integer"});
+}
+
+// Old: "step": 2^40 resumed at step 1, 1.5 at step 2, INT_MAX overflowed step + 1.
+TEST_F(Reliability, TrainerStateIsParsedStrictly) {
+  const std::string dir = tmp.file("ckpt");
+  expect_ok(train("--steps 4 --stop-at 1 --save " + dir));
+  const std::string state_path = dir + "/trainer_state.json";
+  const nlohmann::json good = nlohmann::json::parse(lasp::read_file(state_path));
+  for (const std::string step : {"1099511627776", "1.5", "-1", "2147483647", "\"1\"", "null"}) {
+    nlohmann::json bad = good;
+    bad["step"] = nlohmann::json::parse(step);
+    lasp::write_file_atomic(state_path, bad.dump());
+    expect_error(train("--steps 4 --resume " + dir), {"\"step\" must be an integer in [0, 2147483646], found " + step});
+  }
+  nlohmann::json missing = good;
+  missing.erase("sampler");
+  lasp::write_file_atomic(state_path, missing.dump());
+  expect_error(train("--steps 4 --resume " + dir), {"\"sampler\" must be a string"});
+  // The parser alone: every key typed and in range.
+  EXPECT_EQ(lasp::parse_trainer_state(good.dump(), "s").step, 1);
+  EXPECT_THROW(lasp::parse_trainer_state("[]", "s"), lasp::Error);
+  EXPECT_THROW(lasp::parse_trainer_state("{", "s"), lasp::Error);
+  nlohmann::json zero_sp = good;
+  zero_sp["sp_size"] = 0;
+  EXPECT_THROW(lasp::parse_trainer_state(zero_sp.dump(), "s"), lasp::Error);
+}
+
+// Old: negative or NaN --min-lr/--warmup fell back to defaults; negative or NaN --grad-clip turned clipping off.
+TEST_F(Reliability, OptionRangesAreChecked) {
+  for (const std::string flag : {"--min-lr -1", "--min-lr nan", "--warmup -1", "--grad-clip -1", "--grad-clip nan",
+                                  "--lr nan", "--lr inf", "--weight-decay -0.1"}) {
+    const CommandResult r = run_command(train("--steps 1 " + flag));
+    EXPECT_NE(r.status, 0) << flag << "\n" << r.output;
+    EXPECT_LT(r.status, 128) << flag << "\n" << r.output;
+    EXPECT_TRUE(contains(r.output, flag.substr(0, flag.find(' ')) + ": must be a finite number")) << flag << "\n" << r.output;
+  }
+  expect_error(train("--steps 1 --lr 1e-3 --min-lr 1e-2"), {"--min-lr 0.01 must be <= --lr 0.001"});
+  // Range messages read like sentences, not like CLI11's "not in range 0.000000 to 1797693...".
+  const CommandResult r = run_command(train("--steps 1 --seq-len 0"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_TRUE(contains(r.output, "--seq-len: must be a finite number >= 1, got 0")) << r.output;
+  EXPECT_FALSE(contains(r.output, "179769")) << r.output;
+}
+
+// Old: --layer-types '' gave the default model.
+TEST_F(Reliability, EmptyLayerTypesIsAnError) {
+  expect_error(train("--steps 1 --layer-types ''"), {"--layer-types must hold one letter per layer"});
+}
+
+// Old: --resume silently ignored --hidden/--heads that contradicted the checkpoint.
+TEST_F(Reliability, ResumeRefusesModelFlagsThatContradictTheCheckpoint) {
+  const std::string dir = tmp.file("ckpt");
+  expect_ok(train("--steps 4 --stop-at 1 --save " + dir));
+  expect_error(kLasp + " train --data " + data + " --seq-len 32 --batch 2 --hidden 64 --steps 4 --resume " + dir,
+               {"the model flags give hidden_size = 64, but the checkpoint has hidden_size = 32"});
+  expect_ok(train("--steps 4 --stop-at 2 --resume " + dir + " --save " + dir));  // the same flags again: fine
+}
+
+// Old: bench project with a link speed of 0, -1 or NaN printed "-nan%".
+TEST_F(Reliability, BenchProjectRefusesImpossibleLinks) {
+  for (const std::string v : {"0", "-1", "nan"}) {
+    const CommandResult r = run_command(kLasp + " bench project --link-gbit " + v);
+    EXPECT_NE(r.status, 0) << v << "\n" << r.output;
+    EXPECT_TRUE(contains(r.output, "--link-gbit: must be a finite number > 0")) << r.output;
+    EXPECT_FALSE(contains(r.output, "nan%")) << r.output;
+  }
+}
+
+// ---- Undefined behaviour: sizes in 64 bits, absurd ones refused with what they would need ----
+
+TEST_F(Reliability, AbsurdSizesAreRefusedWithTheMemoryTheyNeed) {
+  // Old: B*N wrapped (UBSan: linear_attention.cpp, model.cpp).
+  expect_error(train("--steps 1 --batch 2147483647"), {"tokens per process"});
+  // Old: prompt + --max-new-tokens 2147483647 wrapped.
+  const std::string dir = tmp.file("ckpt");
+  expect_ok(train("--steps 1 --save " + dir));
+  expect_error(kLasp + " generate --checkpoint " + dir + " --prompt hi --max-new-tokens 2147483647",
+               {"--max-new-tokens 2147483647"});
+  // Old: ParamLayout::total() wrapped for hidden 2^30, ffn 2^30 (a config that passes validation).
+  expect_error(train("--steps 1", " --seq-len 32 --hidden 1073741824 --heads 2 --ffn 1073741824"), {"does not fit in 64 bits"});
+  const std::string big = expect_error(train("--steps 1", " --seq-len 32 --hidden 65536 --heads 2 --ffn 65536"),
+                                       {"more than this machine's"});
+  EXPECT_TRUE(contains(big, "GiB") || contains(big, "TiB")) << big;
+}
+
+// ---- Messages: no build paths unless asked ----
+
+TEST_F(Reliability, ErrorsCarryNoSourcePathsUnlessVerbose) {
+  const std::string plain = expect_error(train("--steps 1 --batch 2147483647"), {"tokens per process"});
+  EXPECT_FALSE(contains(plain, ".cpp:")) << plain;
+  expect_error(kLasp + " --verbose train --data " + data + kTinyModel + " --steps 1 --batch 2147483647",
+                                           {"[raised at ", ".cpp:"});
+}
+
+}  // namespace

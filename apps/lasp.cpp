@@ -18,11 +18,12 @@
 #include "core/memory.h"
 #include "kernels/gemm.h"
 #include "model/config.h"
-#include "model/decoder.h"
+#include "generate/decoder.h"
 #include "model/params.h"
 #include "train/checkpoint.h"
 #include "train/plot.h"
 #include "sp/grid.h"
+#include "sp/methods.h"
 #include "train/trainer.h"
 
 namespace {
@@ -44,6 +45,20 @@ CLI::Validator number_check(double lo, bool open, double hi = INFINITY) {
 }
 const CLI::Validator kPositive = number_check(0, true), kNonNegative = number_check(0, false);
 const CLI::Validator kAtLeastOne = number_check(1, false);
+
+std::vector<std::string> sp_method_list() {
+  std::vector<std::string> names;
+  for (const lasp::SpMethod& m : lasp::sp_methods()) names.push_back(m.name);
+  return names;
+}
+
+// --sp-method's help: every method with what its linear and softmax layers do.
+std::string sp_method_help() {
+  std::string help = "sequence-parallel method:";
+  for (const lasp::SpMethod& m : lasp::sp_methods())
+    help += "\n  " + m.name + ": linear layers " + m.linear + "; softmax layers " + m.softmax;
+  return help;
+}
 
 // Model flags: each overrides the config file (or the default small hybrid) when given.
 struct ModelFlags {
@@ -173,8 +188,8 @@ int main(int argc, char** argv) {
     cmd->add_option("--sp-size", p.sp_size, "sequence-parallel ranks per sequence")->default_val(1)->check(kAtLeastOne);
     cmd->add_option("--dp-size", p.dp_size, "data-parallel groups")->default_val(1)->check(kAtLeastOne);
     cmd->add_option("--sp-layout", p.sp_layout, "contiguous | zigzag (default: zigzag when the model has a softmax layer)");
-    cmd->add_option("--sp-method", p.sp_method, "lasp2 (LASP-2 + LASP-2H) | lasp1 (serial state chain) | ring | ring-zigzag | ulysses | allgather")
-        ->default_val(p.sp_method);
+    cmd->add_option("--sp-method", p.sp_method, sp_method_help())->default_val(lasp::sp_methods().front().name)
+        ->check(CLI::IsMember(sp_method_list()));
   };
   add_parallel(train_cmd, topt.parallel);
 
@@ -235,7 +250,8 @@ int main(int argc, char** argv) {
 
   auto* bench_sp_cmd = bench->add_subcommand("sp", "every sequence-parallel method side by side, under the current mpirun");
   lasp::SpBenchOptions sopt;
-  bench_sp_cmd->add_option("--methods", sopt.methods, "methods to run")->default_str("lasp2 lasp1 ring ring-zigzag ulysses allgather");
+  bench_sp_cmd->add_option("--methods", sopt.methods, "methods to run")->default_str(lasp::sp_method_names(" "))
+      ->check(CLI::IsMember(sp_method_list()));
   bench_sp_cmd->add_option("--seq-lens", sopt.seq_lens, "sequence lengths")->default_str("4096 16384");
   bench_sp_cmd->add_option("--models", sopt.models, "layer patterns (pure linear, hybrid)")->default_str("LLLL LLLN");
   bench_sp_cmd->add_option("--repeats", sopt.repeats, "timed steps per case (median)")->default_val(sopt.repeats)->check(kAtLeastOne);
@@ -289,6 +305,10 @@ int main(int argc, char** argv) {
                   "generic x86-64",
 #endif
                   omp_get_max_threads(), omp_get_num_procs());
+      std::printf("sequence-parallel methods (--sp-method):\n");
+      for (const lasp::SpMethod& m : lasp::sp_methods())
+        std::printf("  %-12s linear layers: %s\n  %-12s softmax layers: %s\n", m.name.c_str(), m.linear.c_str(), "",
+                    m.softmax.c_str());
     } else if (*train_cmd) {
       world = &lasp::comm_world();
       topt.continue_on_save_error = on_save_error == "continue";
@@ -325,13 +345,12 @@ int main(int argc, char** argv) {
                    gen_parallel.sp_size, world->size());
         sp = world;
       }
-      const lasp::SpLayout sp_layout = !gen_parallel.sp_layout.empty() ? lasp::sp_layout_from_string(gen_parallel.sp_layout)
-                                    : config.has_softmax_layer()   ? lasp::SpLayout::zigzag
-                                                                   : lasp::SpLayout::contiguous;
+      const lasp::SpLayout sp_layout = lasp::sp_method_layout("", gen_parallel.sp_layout, config, gen_parallel.sp_size);
       LASP_CHECK(int64_t(prompt.size()) + gen_tokens <= INT_MAX, "generate: the prompt ({} tokens) + --max-new-tokens "
                  "{} must be at most {} tokens", prompt.size(), gen_tokens, INT_MAX);
-      lasp::Decoder decoder(config, params, int(prompt.size()) + gen_tokens, sp, sp_layout);
-      std::vector<float> logits = decoder.prefill(prompt);
+      lasp::Decoder decoder(config, params, int(prompt.size()) + gen_tokens);
+      std::vector<float> logits = sp ? lasp::prefill_sequence_parallel(decoder, config, prompt, *sp, sp_layout)
+                                     : decoder.prefill(prompt);
       const bool print = !sp || sp->rank() == 0;  // every rank decodes the same tokens; rank 0 prints them
       if (print) std::fwrite(gen_prompt.data(), 1, gen_prompt.size(), stdout);
       uint64_t rng = gen_seed;

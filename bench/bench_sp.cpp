@@ -37,7 +37,11 @@ long peak_rss_kb() {
 
 }  // namespace
 
-void bench_sp(const SpBenchOptions& o, Comm& world) {
+void bench_sp(const SpBenchOptions& options, Comm& world) {
+  SpBenchOptions o = options;
+  if (o.methods.empty())
+    for (const SpMethod& m : sp_methods()) o.methods.push_back(m.name);
+  for (const std::string& m : o.methods) find_sp_method(m);  // an unknown name fails now, not after the others ran
   const int W = world.size();
   const bool rank0 = world.rank() == 0;
   if (rank0) check_can_create(o.out_prefix + ".csv");  // before the runs, not after them
@@ -56,7 +60,7 @@ void bench_sp(const SpBenchOptions& o, Comm& world) {
         const int unit = layout == SpLayout::zigzag ? 2 * W : W;
         std::string skip;
         if (N % unit) skip = "N not divisible by " + std::to_string(unit);
-        if (method == "ulysses" && c.num_attention_heads % W) skip = "heads not divisible by W";
+        if (find_sp_method(method).heads_over_ranks && c.num_attention_heads % W) skip = "heads not divisible by W";
         if (rank0)  // progress: redrawn in place on a terminal, a line each otherwise
           std::fprintf(stderr, isatty(fileno(stderr)) ? "\r[%d/%d] %s N=%d %s ...\033[K" : "[%d/%d] %s N=%d %s ...\n", done,
                        total, types.c_str(), N, method.c_str());

@@ -12,7 +12,7 @@
 namespace lasp {
 
 struct SpBenchOptions {
-  std::vector<std::string> methods = {"lasp2", "lasp1", "ring", "ring-zigzag", "ulysses", "allgather"};
+  std::vector<std::string> methods;  // names of sp/methods.h; empty: every method
   std::vector<int> seq_lens = {4096, 16384};
   std::vector<std::string> models = {"LLLL", "LLLN"};  // pure linear and the 1/4 hybrid
   int repeats = 3;

@@ -7,7 +7,7 @@
 
 #include "model/attention.h"
 #include "core/check.h"
-#include "model/decoder.h"
+#include "generate/decoder.h"
 #include "model/model.h"
 #include "testing.h"
 #include "train/optimizer.h"

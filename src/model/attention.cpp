@@ -19,6 +19,12 @@ SoftmaxAttentionShape LocalAttention::softmax_shape() const {
   return {shape_.B, shape_.N, shape_.N, shape_.H, shape_.H_kv, shape_.d, 1.f / std::sqrt(float(shape_.d))};
 }
 
+void Attention::keep_decode_state(bool keep) {
+  if (keep) throw Error("this sequence-parallel method does not keep the state generation continues from");
+}
+std::vector<float> Attention::final_state(int) const { throw Error("final_state: no decode state kept"); }
+std::vector<float> Attention::keys_in_order(int, bool) const { throw Error("keys_in_order: no decode state kept"); }
+
 LocalAttention::LocalAttention(const AttentionShape& shape)
     : shape_(shape), positions_(shape.N), workspace_(0) {
   std::iota(positions_.begin(), positions_.end(), 0);

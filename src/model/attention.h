@@ -44,6 +44,14 @@ class Attention {
   // Accumulates into dq, dk, dv.
   virtual void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                                 const float* lse, const float* q, const float* k, const float* v) = 0;
+
+  // For generation (src/generate): with keep_decode_state(true), a forward keeps what decoding continues
+  // from, whatever rank computed it: each linear layer's state after the WHOLE sequence (B, H, d, d), each
+  // softmax layer's keys or values of the whole sequence in position order (B, N, H_kv, d). A method that
+  // does not keep them refuses (throws) at keep_decode_state.
+  virtual void keep_decode_state(bool keep);
+  virtual std::vector<float> final_state(int layer) const;
+  virtual std::vector<float> keys_in_order(int layer, bool values) const;
 };
 
 // One process holds the whole sequence.
@@ -62,12 +70,11 @@ class LocalAttention : public Attention {
   void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                         const float* lse, const float* q, const float* k, const float* v) override;
 
-  // For generation: keep each linear layer's final state (B, H, d, d) and each softmax layer's keys and
-  // values (B, N, H_kv, d), so that decoding can continue where the forward ended.
-  void keep_decode_state(bool keep) { keep_ = keep; }
-  const std::vector<float>& final_state(int layer) const { return final_states_.at(layer); }
-  const std::vector<float>& keys(int layer) const { return keys_.at(layer); }
-  const std::vector<float>& values(int layer) const { return values_.at(layer); }
+  void keep_decode_state(bool keep) override { keep_ = keep; }
+  std::vector<float> final_state(int layer) const override { return final_states_.at(layer); }
+  std::vector<float> keys_in_order(int layer, bool values) const override {
+    return (values ? values_ : keys_).at(layer);
+  }
 
  private:
   AttentionShape shape_;

@@ -17,6 +17,8 @@ class AllGatherAttention : public Lasp2Attention {
                       const float* lambda) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                        const float* k, const float* v, const float* lambda) override;
+  // Its linear layers keep no decode state (generation prefills with the default method).
+  void keep_decode_state(bool keep) override { Attention::keep_decode_state(keep); }
 
  private:
   AttentionShape s_;

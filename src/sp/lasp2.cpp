@@ -303,7 +303,7 @@ void Lasp2Attention::linear_bidirectional_backward(int layer, float* dq, float* 
 
 void Lasp2Attention::keep_decode_state(bool keep) { impl_->keep = keep; }
 
-const std::vector<float>& Lasp2Attention::final_state(int layer) const { return impl_->final_states.at(layer); }
+std::vector<float> Lasp2Attention::final_state(int layer) const { return impl_->final_states.at(layer); }
 
 std::vector<float> Lasp2Attention::keys_in_order(int layer, bool values) const {
   const Impl& m = *impl_;

@@ -41,11 +41,11 @@ class Lasp2Attention : public Attention {
   void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                         const float* lse, const float* q, const float* k, const float* v) override;
 
-  // For a sequence-parallel prefill: keep each linear layer's state after the WHOLE sequence (every rank
-  // computes it from the gathered piece states) and each softmax layer's keys and values in position order.
-  void keep_decode_state(bool keep);
-  const std::vector<float>& final_state(int layer) const;                 // (B, H, d, d)
-  std::vector<float> keys_in_order(int layer, bool values = false) const;  // (B, N, H_kv, d)
+  // For a sequence-parallel prefill: every rank computes each linear layer's state after the WHOLE sequence
+  // from the gathered piece states; the softmax layers' keys and values are the gathered ones.
+  void keep_decode_state(bool keep) override;
+  std::vector<float> final_state(int layer) const override;
+  std::vector<float> keys_in_order(int layer, bool values) const override;
 
  protected:
   // The pieces other methods build on. gather_kv: ONE all-gather of this rank's K and V ((B, N_local,

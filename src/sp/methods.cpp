@@ -9,25 +9,61 @@
 
 namespace lasp {
 
+namespace {
+
+template <class Method>
+std::unique_ptr<Attention> make(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers) {
+  return std::make_unique<Method>(sp, shape, global_N, layout, layers);
+}
+
+}  // namespace
+
+const std::vector<SpMethod>& sp_methods() {
+  static const std::vector<SpMethod> methods = {
+      {"lasp2", "LASP-2: one AllGather of the d x d piece states", "LASP-2H: one AllGather of K, V", LayoutRule::balanced,
+       false, make<Lasp2Attention>},
+      {"lasp1", "LASP-1: the states travel a serial chain of point-to-point hops", "LASP-2H: one AllGather of K, V",
+       LayoutRule::balanced, false, make<Lasp1Attention>},
+      {"ring", "Ring Attention: K, V blocks around the ring, masked left product",
+       "Ring Attention: K, V blocks around the ring, online softmax", LayoutRule::contiguous, false, make<RingAttention>},
+      {"ring-zigzag", "Ring Attention on the zigzag layout", "Ring Attention on the zigzag layout", LayoutRule::zigzag,
+       false, make<RingAttention>},
+      {"ulysses", "Ulysses: all-to-all to whole sequences of H/W heads, the local kernel",
+       "Ulysses: all-to-all to whole sequences of H/W heads, the local kernel", LayoutRule::balanced, true,
+       make<UlyssesAttention>},
+      {"allgather", "AllGather: one AllGather of K, V, masked left product (O(N^2))", "LASP-2H: one AllGather of K, V",
+       LayoutRule::balanced, false, make<AllGatherAttention>},
+  };
+  return methods;
+}
+
+std::string sp_method_names(const std::string& separator) {
+  std::string names;
+  for (const SpMethod& m : sp_methods()) names += (names.empty() ? "" : separator) + m.name;
+  return names;
+}
+
+const SpMethod& find_sp_method(const std::string& name) {
+  if (name.empty()) return sp_methods().front();
+  for (const SpMethod& m : sp_methods())
+    if (m.name == name) return m;
+  throw Error(fmt::format("unknown --sp-method '{}': expected one of {}", name, sp_method_names(", ")));
+}
+
 SpLayout sp_method_layout(const std::string& method, const std::string& requested, const ModelConfig& config,
                           int sp_size) {
-  if (method == "ring-zigzag") return SpLayout::zigzag;
+  const SpMethod& m = find_sp_method(method);
+  if (m.layout == LayoutRule::zigzag) return SpLayout::zigzag;
   if (!requested.empty()) return sp_layout_from_string(requested);
-  if (method == "ring" || sp_size == 1) return SpLayout::contiguous;  // one rank: any length works
+  if (m.layout == LayoutRule::contiguous || sp_size == 1) return SpLayout::contiguous;  // one rank: any length works
   return config.has_softmax_layer() ? SpLayout::zigzag : SpLayout::contiguous;
 }
 
 std::unique_ptr<Attention> make_sp_attention(const std::string& method, Comm& sp, const AttentionShape& shape,
                                              int global_N, SpLayout layout, int layers) {
-  LASP_CHECK(method == "lasp2" || method == "lasp1" || method == "allgather" || method == "ulysses" ||
-                 method == "ring" || method == "ring-zigzag",
-             "unknown --sp-method '{}': expected lasp2, lasp1, ring, ring-zigzag, ulysses or allgather", method);
+  const SpMethod& m = find_sp_method(method);
   if (sp.size() == 1) return std::make_unique<LocalAttention>(shape);
-  if (method == "lasp1") return std::make_unique<Lasp1Attention>(sp, shape, global_N, layout, layers);
-  if (method == "ring" || method == "ring-zigzag") return std::make_unique<RingAttention>(sp, shape, global_N, layout, layers);
-  if (method == "ulysses") return std::make_unique<UlyssesAttention>(sp, shape, global_N, layout, layers);
-  if (method == "allgather") return std::make_unique<AllGatherAttention>(sp, shape, global_N, layout, layers);
-  return std::make_unique<Lasp2Attention>(sp, shape, global_N, layout, layers);
+  return m.make(sp, shape, global_N, layout, layers);
 }
 
 }  // namespace lasp

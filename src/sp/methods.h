@@ -1,8 +1,11 @@
-// One place that turns a method name into its Attention: lasp2 (LASP-2 + LASP-2H), lasp1, ring,
-// ring-zigzag, ulysses, allgather. On a single SP rank every method is the local kernels.
+// The registry of sequence-parallel methods: each method's name is written here once, with what its linear
+// and its softmax layers do, the layout it runs on by default, what it needs, and how to build it. The
+// trainer, the CLI (choices, help, `lasp info`), `lasp bench sp` and the tests all read this table.
+// On a single SP rank every method is the local kernels.
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "comm/comm.h"
 #include "model/attention.h"
@@ -11,12 +14,35 @@
 
 namespace lasp {
 
-// The layout a method runs on: ring-zigzag always zigzag, ring contiguous unless `requested` says
-// otherwise; the others `requested`, else zigzag when the model has a softmax layer and several ranks.
+// The layout a method runs on when --sp-layout does not say.
+enum class LayoutRule {
+  balanced,    // zigzag when the model has a softmax layer (its causal work is then even), else contiguous
+  contiguous,  // always contiguous unless asked otherwise
+  zigzag,      // always zigzag (the method is defined on it)
+};
+
+struct SpMethod {
+  std::string name;     // --sp-method
+  std::string linear;   // what its linear-attention layers do
+  std::string softmax;  // what its softmax-attention layers do
+  LayoutRule layout;
+  bool heads_over_ranks;  // the attention heads must divide evenly over the SP ranks (head sharding)
+  std::unique_ptr<Attention> (*make)(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout,
+                                     int layers);
+};
+
+// Every method, the default (lasp2) first.
+const std::vector<SpMethod>& sp_methods();
+// The method of that name (the default, the first, for an empty name); throws naming the ones there are.
+const SpMethod& find_sp_method(const std::string& name);
+// The names joined by `separator` ("lasp2 | lasp1 | ...").
+std::string sp_method_names(const std::string& separator);
+
+// The layout a method runs on: `requested` if given (and the method allows it), else its rule.
 SpLayout sp_method_layout(const std::string& method, const std::string& requested, const ModelConfig& config,
                           int sp_size);
 
-// Throws naming the method and the ones there are.
+// The method's Attention for this rank (LocalAttention on one rank). Throws naming the method and the ones there are.
 std::unique_ptr<Attention> make_sp_attention(const std::string& method, Comm& sp, const AttentionShape& shape,
                                              int global_N, SpLayout layout, int layers);
 

@@ -16,7 +16,7 @@ namespace lasp {
 struct ParallelOptions {
   int sp_size = 1, dp_size = 1;
   std::string sp_layout;  // contiguous | zigzag; empty: zigzag when the model has a softmax layer
-  std::string sp_method = "lasp2";  // lasp2 (LASP-2 + LASP-2H) | lasp1 | ring | ring-zigzag | ulysses | allgather
+  std::string sp_method;  // a method of sp/methods.h; empty: the default (LASP-2 + LASP-2H)
 };
 
 struct TrainOptions {

@@ -12,7 +12,7 @@
 #include "comm/comm.h"
 #include "core/check.h"
 #include "model/attention.h"
-#include "model/decoder.h"
+#include "generate/decoder.h"
 #include "model/model.h"
 #include "sp/grid.h"
 #include "sp/allgather.h"
@@ -312,8 +312,8 @@ TEST(SpGenerate, PrefillAndDecodeEqualSingleProcess) {
       init_weights(layout_table, params, 3, 0.2f);
       std::vector<int> prompt(37);
       for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int(i * 7 % 64);
-      Decoder single(c, params, 64), parallel(c, params, 64, &world(), layout);
-      std::vector<float> a = single.prefill(prompt), b = parallel.prefill(prompt);
+      Decoder single(c, params, 64), parallel(c, params, 64);
+      std::vector<float> a = single.prefill(prompt), b = prefill_sequence_parallel(parallel, c, prompt, world(), layout);
       expect_close(a, b, types + " prefill logits");
       uint64_t state = 0;
       for (int i = 0; i < 5; ++i) {

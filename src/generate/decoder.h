@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "comm/comm.h"
+#include "model/attention.h"
 #include "model/config.h"
 #include "model/params.h"
 #include "sp/grid.h"
@@ -15,13 +16,14 @@ namespace lasp {
 class Decoder {
  public:
   // params: the model's weights in ParamLayout(config) order; max_tokens bounds prompt + generated tokens.
-  // With an SP group of several ranks the prompt is prefilled sequence-parallel (LASP-2 / LASP-2H): the
-  // longest prefix that the layout divides evenly (and leaves at least one token), the rest token by token;
-  // then every rank holds the same decode state and decodes the same tokens.
-  Decoder(const ModelConfig& config, const std::vector<float>& params, int max_tokens, Comm* sp = nullptr,
-          SpLayout layout = SpLayout::contiguous);
-  // Runs the prompt (at least one token); returns the logits (V) at its last position.
+  Decoder(const ModelConfig& config, const std::vector<float>& params, int max_tokens);
+  // Runs the prompt (at least one token) in this process; returns the logits (V) at its last position.
   std::vector<float> prefill(const std::vector<int>& prompt);
+  // Runs the first `prefix` prompt tokens through `attention`, an SP method's Attention over those tokens
+  // that keeps the decode state (positions: this rank's global positions among them), then the rest of the
+  // prompt token by token. Every rank ends with the same decode state and logits.
+  std::vector<float> prefill(const std::vector<int>& prompt, Attention& attention, const std::vector<int>& positions,
+                             int prefix);
   // Feeds one token at the next position; returns the logits (V) after it.
   std::vector<float> step(int token);
   int position() const { return pos_; }
@@ -31,12 +33,16 @@ class Decoder {
   ParamLayout layout_;
   const std::vector<float>& params_;
   int max_tokens_, pos_ = 0;
-  Comm* sp_;
-  SpLayout layout_kind_;
   std::vector<std::vector<float>> state_;   // linear layers: (H, d, d) S = sum_{j<pos} lambda^(pos-j) k_j^T v_j
   std::vector<std::vector<float>> k_cache_, v_cache_;  // softmax layers: (max_tokens, H_kv, d)
   std::vector<std::vector<float>> lambda_;  // per layer, per head
 };
+
+// The prompt prefilled sequence-parallel over sp with the default SP method (LASP-2 / LASP-2H): the longest
+// prefix that the layout divides evenly (and leaves at least one token), the rest token by token; with one
+// rank, decoder.prefill(prompt). Every rank then holds the same decode state and decodes the same tokens.
+std::vector<float> prefill_sequence_parallel(Decoder& decoder, const ModelConfig& config, const std::vector<int>& prompt,
+                                             Comm& sp, SpLayout layout);
 
 // Picks a token from logits: argmax when temperature <= 0, else a sample from softmax(logits / T)
 // restricted to the top_k largest (top_k <= 0: all), with the given generator state.

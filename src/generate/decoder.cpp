@@ -1,4 +1,4 @@
-#include "model/decoder.h"
+#include "generate/decoder.h"
 
 #include <algorithm>
 #include <cmath>
@@ -14,7 +14,7 @@
 #include "kernels/swiglu.h"
 #include "model/attention.h"
 #include "model/model.h"
-#include "sp/lasp2.h"
+#include "sp/methods.h"
 
 namespace lasp {
 
@@ -35,9 +35,8 @@ std::vector<float> rmsnorm(const std::vector<float>& x, const float* weight, int
 
 }  // namespace
 
-Decoder::Decoder(const ModelConfig& config, const std::vector<float>& params, int max_tokens, Comm* sp,
-                 SpLayout layout)
-    : config_(config), layout_(config), params_(params), max_tokens_(max_tokens), sp_(sp), layout_kind_(layout) {
+Decoder::Decoder(const ModelConfig& config, const std::vector<float>& params, int max_tokens)
+    : config_(config), layout_(config), params_(params), max_tokens_(max_tokens) {
   config_.validate();
   LASP_CHECK(params.size() >= layout_.total(), "decoder: {} parameters given, the model has {}", params.size(),
              layout_.total());
@@ -60,54 +59,60 @@ std::vector<float> Decoder::prefill(const std::vector<int>& prompt) {
   const int n = int(prompt.size());
   LASP_CHECK(n > 0 && n <= max_tokens_, "decoder: the prompt must hold 1 to {} tokens, got {}", max_tokens_, n);
   const ModelConfig& c = config_;
-  const int H = c.num_attention_heads, Hkv = c.num_key_value_heads, d = c.head_dim(), V = c.vocab_size;
-  const int W = sp_ ? sp_->size() : 1, unit = layout_kind_ == SpLayout::zigzag ? 2 * W : W;
-  const int m = (n - 1) / unit * unit;  // the sequence-parallel prefix
-  if (W > 1 && m > 0) {
-    const std::vector<int> positions = sp_positions(m, W, sp_->rank(), layout_kind_);
-    const int Nl = int(positions.size());
-    Lasp2Attention attention(*sp_, {1, Nl, H, Hkv, d, 32}, m, layout_kind_, c.num_hidden_layers);
-    attention.keep_decode_state(true);
-    Model model(c, 1, Nl, attention);
-    std::copy(params_.begin(), params_.begin() + long(layout_.total()), model.params().begin());
-    std::vector<int> inputs;
-    for (int p : positions) inputs.push_back(prompt[p]);
-    model.forward(inputs.data(), nullptr);
-    const size_t row = size_t(Hkv) * d;
-    for (int l = 0; l < c.num_hidden_layers; ++l) {
-      if (c.layer_types[l] == 'L') {
-        state_[l] = attention.final_state(l);
-      } else {
-        const std::vector<float> keys = attention.keys_in_order(l), values = attention.keys_in_order(l, true);
-        k_cache_[l].assign(size_t(max_tokens_) * row, 0.f);
-        v_cache_[l].assign(size_t(max_tokens_) * row, 0.f);
-        std::copy(keys.begin(), keys.end(), k_cache_[l].begin());
-        std::copy(values.begin(), values.end(), v_cache_[l].begin());
-      }
-    }
-    pos_ = m;
-    std::vector<float> logits;
-    for (int i = m; i < n; ++i) logits = step(prompt[i]);  // the rest of the prompt, on every rank alike
-    return logits;
-  }
-  LocalAttention attention({1, n, H, Hkv, d, 32});
+  LocalAttention attention({1, n, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), 32});
+  std::vector<int> positions(n);
+  std::iota(positions.begin(), positions.end(), 0);
+  return prefill(prompt, attention, positions, n);
+}
+
+std::vector<float> Decoder::prefill(const std::vector<int>& prompt, Attention& attention,
+                                    const std::vector<int>& positions, int prefix) {
+  const int n = int(prompt.size());
+  LASP_CHECK(n > 0 && n <= max_tokens_, "decoder: the prompt must hold 1 to {} tokens, got {}", max_tokens_, n);
+  LASP_CHECK(prefix > 0 && prefix <= n && !positions.empty(),
+             "decoder: the parallel prefix must hold 1 to {} tokens and this rank some of them, got {} and {}", n,
+             prefix, positions.size());
+  const ModelConfig& c = config_;
+  const int V = c.vocab_size;
+  const int Nl = int(positions.size());
   attention.keep_decode_state(true);
-  Model model(c, 1, n, attention);
+  Model model(c, 1, Nl, attention);
   std::copy(params_.begin(), params_.begin() + long(layout_.total()), model.params().begin());
-  model.forward(prompt.data(), nullptr);
+  std::vector<int> inputs;
+  for (int p : positions) {
+    LASP_CHECK(p >= 0 && p < prefix, "decoder: position {} outside the prefix of {} tokens", p, prefix);
+    inputs.push_back(prompt[p]);
+  }
+  model.forward(inputs.data(), nullptr);
+  const size_t row = size_t(c.num_key_value_heads) * c.head_dim();
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     if (c.layer_types[l] == 'L') {
       state_[l] = attention.final_state(l);
     } else {
-      const size_t row = size_t(Hkv) * d;
+      const std::vector<float> keys = attention.keys_in_order(l, false), values = attention.keys_in_order(l, true);
       k_cache_[l].assign(size_t(max_tokens_) * row, 0.f);
       v_cache_[l].assign(size_t(max_tokens_) * row, 0.f);
-      std::copy(attention.keys(l).begin(), attention.keys(l).end(), k_cache_[l].begin());
-      std::copy(attention.values(l).begin(), attention.values(l).end(), v_cache_[l].begin());
+      std::copy(keys.begin(), keys.end(), k_cache_[l].begin());
+      std::copy(values.begin(), values.end(), v_cache_[l].begin());
     }
   }
-  pos_ = n;
-  return std::vector<float>(model.logits() + size_t(n - 1) * V, model.logits() + size_t(n) * V);
+  pos_ = prefix;
+  if (prefix == n && positions.back() == n - 1)  // this rank ran the last token: its logits are the answer
+    return std::vector<float>(model.logits() + size_t(Nl - 1) * V, model.logits() + size_t(Nl) * V);
+  std::vector<float> logits;
+  for (int i = prefix; i < n; ++i) logits = step(prompt[i]);  // the rest of the prompt, on every rank alike
+  return logits;
+}
+
+std::vector<float> prefill_sequence_parallel(Decoder& decoder, const ModelConfig& c, const std::vector<int>& prompt,
+                                             Comm& sp, SpLayout layout) {
+  const int n = int(prompt.size()), W = sp.size(), unit = layout == SpLayout::zigzag ? 2 * W : W;
+  const int m = n > 0 ? (n - 1) / unit * unit : 0;  // the sequence-parallel prefix; at least the last token stays
+  if (W == 1 || m == 0) return decoder.prefill(prompt);
+  const std::vector<int> positions = sp_positions(m, W, sp.rank(), layout);
+  const AttentionShape shape{1, int(positions.size()), c.num_attention_heads, c.num_key_value_heads, c.head_dim(), 32};
+  const std::unique_ptr<Attention> attention = make_sp_attention("", sp, shape, m, layout, c.num_hidden_layers);
+  return decoder.prefill(prompt, *attention, positions, m);
 }
 
 std::vector<float> Decoder::step(int token) {

@@ -12,6 +12,7 @@ packages=(
   python3-torch python3-numpy       # PyTorch reference (run with /usr/bin/python3)
   gnuplot-nox                       # `lasp plot`: loss curves as PNG
   procps iproute2                   # pgrep in the failure tests; ip and tc for scripts/bench_shaped.sh
+  clang-16 libclang-rt-16-dev libomp-16-dev  # scripts/fuzz.sh: clang 16 (14 rejects C++20 lambda captures of bindings), libFuzzer, ASan/UBSan, OpenMP
 )
 
 missing=()

@@ -316,7 +316,7 @@ int main(int argc, char** argv) {
     } else if (*eval_cmd) {
       world = &lasp::comm_world();
       const lasp::EvalResult r =
-          lasp::evaluate_checkpoint(eval_ckpt, eval_data, eval_seq, eval_batches, *world, eval_parallel, 32, eval_format);
+          lasp::evaluate_checkpoint(eval_ckpt, eval_data, eval_seq, eval_batches, *world, eval_parallel, lasp::kLinearBlock, eval_format);
       if (world->rank() == 0) {
         nlohmann::ordered_json j{{"loss", r.loss}, {"tokens", r.tokens}, {"attention_bytes", r.attention_bytes}};
         if (r.recall_accuracy >= 0) j["recall_accuracy"] = r.recall_accuracy;

@@ -77,7 +77,7 @@ nlohmann::ordered_json bench_softmax(const KernelBenchOptions& o, int threads) {
   std::vector<float> out(n), dq(n), dk(n), dv(n), lse(size_t(o.B) * o.H * o.N);
   std::vector<int> pos(o.N);
   std::iota(pos.begin(), pos.end(), 0);
-  const SoftmaxAttentionShape s{o.B, o.N, o.N, o.H, o.H, o.d, 1.f / std::sqrt(float(o.d))};
+  const SoftmaxAttentionShape s = softmax_shape(o.B, o.N, o.N, o.H, o.H, o.d);
   WorkspaceBuffer w(softmax_attention_workspace_floats(o.N, o.N, o.d, threads));
   const double sec = time_median(o.repeats, [&] {
     softmax_attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), pos.data(), pos.data(), s,

@@ -6,11 +6,13 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include "kernels/linear_attention.h"
+
 namespace lasp {
 
 struct KernelBenchOptions {
   int B = 1, H = 8, d = 64, N = 16384;
-  int linear_block = 32;  // block size of the chunkwise linear attention
+  int linear_block = kLinearBlock;  // block size of the chunkwise linear attention
   int repeats = 3;        // runs per measurement; the median is reported
   int threads = 0;        // "all": 0 means every core
 };

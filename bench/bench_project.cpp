@@ -11,7 +11,7 @@
 
 #include "kernels/gemm.h"
 #include "kernels/linear_attention.h"
-#include "sp/masked_product.h"
+#include "kernels/masked_product.h"
 
 namespace lasp {
 
@@ -49,7 +49,7 @@ Rates measure() {
   std::vector<float> q(size_t(C) * H * d, 0.01f), k(q.size(), 0.02f), v(q.size(), 0.1f), o(q.size()), g(q.size(), 0.1f),
       dq(q.size()), dk(q.size()), dv(q.size());
   {
-    const LinearAttentionShape s{1, C, H, d, 32};
+    const LinearAttentionShape s{1, C, H, d, kLinearBlock};
     const int threads = omp_get_max_threads();
     WorkspaceBuffer wf(linear_attention_forward_workspace_floats(s, threads)),
         wb(linear_attention_backward_workspace_floats(s, threads));
@@ -61,11 +61,12 @@ Rates measure() {
   }
   {  // all keys visible (positions 0 for the keys, C for the queries): the full (C x C) product, fwd + bwd
     std::vector<int> qp(C, C), kp(C, 0);
-    std::vector<float> scratch;
+    WorkspaceBuffer ws(masked_product_workspace_floats(C, C + 1, omp_get_max_threads()));
     r.masked = rate(7 * 2.0 * C * C * d * H, [&] {
-      masked_product_forward(o.data(), q.data(), k.data(), v.data(), qp.data(), kp.data(), 1, C, C, H, d, nullptr, scratch);
+      masked_product_forward(o.data(), q.data(), k.data(), v.data(), qp.data(), kp.data(), 1, C, C, H, d, C + 1, nullptr,
+                             ws.view());
       masked_product_backward(dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data(), qp.data(),
-                              kp.data(), 1, C, C, H, d, nullptr, scratch);
+                              kp.data(), 1, C, C, H, d, C + 1, nullptr, ws.view());
     });
   }
   return r;

@@ -73,7 +73,7 @@ void bench_sp(const SpBenchOptions& options, Comm& world) {
         }
         const int Nl = N / W;
         const std::vector<int> pos = sp_positions(N, W, world.rank(), layout);
-        auto attention = make_sp_attention(method, world, {1, Nl, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), 32},
+        auto attention = make_sp_attention(method, world, {1, Nl, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), kLinearBlock},
                                      N, layout, c.num_hidden_layers);
         Model model(c, 1, Nl, *attention);
         init_weights(model.layout(), model.params(), 1);

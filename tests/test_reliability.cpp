@@ -16,6 +16,7 @@
 
 #include "core/check.h"
 #include "core/file.h"
+#include "model/config.h"
 #include "model/params.h"
 #include "model/safetensors.h"
 #include "testing.h"
@@ -380,6 +381,34 @@ TEST_F(Reliability, ErrorsCarryNoSourcePathsUnlessVerbose) {
   EXPECT_FALSE(contains(plain, ".cpp:")) << plain;
   expect_error(kLasp + " --verbose train --data " + data + kTinyModel + " --steps 1 --batch 2147483647",
                                            {"[raised at ", ".cpp:"});
+}
+
+}  // namespace
+
+namespace {
+
+// Found by tests/fuzz (fuzz_config): a config holding FLT_MAX was accepted, but its own to_json output
+// (3.4028235e+38, the shortest form, a little above FLT_MAX as a double) was refused.
+TEST(ReliabilityFuzzFindings, ConfigRoundTripsAtFloatMax) {
+  const lasp::ModelConfig c = lasp::ModelConfig::from_json({{"rms_norm_eps", 3.4028234663852886e38}});
+  const lasp::ModelConfig back = lasp::ModelConfig::from_json(c.to_json());
+  EXPECT_EQ(back.rms_norm_eps, c.rms_norm_eps);
+  EXPECT_THROW(lasp::ModelConfig::from_json({{"rms_norm_eps", 3.5e38}}), lasp::Error);
+}
+
+// Found by hand for the fuzz harnesses: a deeply nested value where a number belongs overflowed the stack
+// while the error message dumped it (config and trainer_state.json alike).
+TEST(ReliabilityFuzzFindings, DeepNestingIsRefusedNotACrash) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  EXPECT_THROW(lasp::ModelConfig::from_json(nlohmann::json::parse("{\"vocab_size\": " + deep + "}")), lasp::Error);
+  const std::string state = "{\"step\": " + deep + ", \"sampler\": \"x\", \"sp_size\": 1, \"dp_size\": 1, \"batch\": 1, "
+                            "\"seq_len\": 8, \"seed\": 1, \"sp_layout\": \"contiguous\", \"data\": \"d\"}";
+  try {
+    lasp::parse_trainer_state(state, "trainer_state.json");
+    ADD_FAILURE() << "expected an error";
+  } catch (const lasp::Error& e) {
+    EXPECT_TRUE(contains(e.what(), "a JSON array of 1 items")) << e.what();
+  }
 }
 
 }  // namespace

@@ -59,7 +59,7 @@ std::vector<float> Decoder::prefill(const std::vector<int>& prompt) {
   const int n = int(prompt.size());
   LASP_CHECK(n > 0 && n <= max_tokens_, "decoder: the prompt must hold 1 to {} tokens, got {}", max_tokens_, n);
   const ModelConfig& c = config_;
-  LocalAttention attention({1, n, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), 32});
+  LocalAttention attention({1, n, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), kLinearBlock});
   std::vector<int> positions(n);
   std::iota(positions.begin(), positions.end(), 0);
   return prefill(prompt, attention, positions, n);
@@ -110,7 +110,8 @@ std::vector<float> prefill_sequence_parallel(Decoder& decoder, const ModelConfig
   const int m = n > 0 ? (n - 1) / unit * unit : 0;  // the sequence-parallel prefix; at least the last token stays
   if (W == 1 || m == 0) return decoder.prefill(prompt);
   const std::vector<int> positions = sp_positions(m, W, sp.rank(), layout);
-  const AttentionShape shape{1, int(positions.size()), c.num_attention_heads, c.num_key_value_heads, c.head_dim(), 32};
+  const AttentionShape shape{1, int(positions.size()), c.num_attention_heads, c.num_key_value_heads, c.head_dim(),
+                             kLinearBlock};
   const std::unique_ptr<Attention> attention = make_sp_attention("", sp, shape, m, layout, c.num_hidden_layers);
   return decoder.prefill(prompt, *attention, positions, m);
 }
@@ -165,7 +166,7 @@ std::vector<float> Decoder::step(int token) {
       rope_forward(k.data(), k.data(), &pos, 1, 1, Hkv, d, c.rope_theta);
       std::copy(k.begin(), k.end(), k_cache_[l].begin() + size_t(pos) * Ekv);
       std::copy(v.begin(), v.end(), v_cache_[l].begin() + size_t(pos) * Ekv);
-      const float scale = 1.f / std::sqrt(float(d));
+      const float scale = softmax_scale(d);
       std::vector<double> p(pos + 1);
       for (int h = 0; h < H; ++h) {
         const int kv = h / (H / Hkv);

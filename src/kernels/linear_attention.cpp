@@ -41,6 +41,16 @@ void linear_attention_decays(float* lambda, int H, Decay decay) {
     lambda[h] = float(l);
   }
 }
+float decay_power(double lambda, long n) {
+  const double x = std::pow(lambda, double(n));
+  return x < 1e-30 ? 0.f : float(x);
+}
+
+void decay_powers(float* pw, double lambda, int n) {
+  double p = 1.0;
+  for (int k = 0; k <= n; ++k, p *= lambda) pw[k] = p < 1e-30 ? 0.f : float(p);
+}
+
 namespace {
 
 void check_shape(const char* kernel, const LinearAttentionShape& s) {
@@ -85,12 +95,6 @@ struct Plan {
   int first_block(int piece, int nb) const { return int(long(piece) * nb / pieces); }
 };
 
-// lambda^n, 0 below 1e-30 (no denormals), as fill_powers.
-float decay_power(double lambda, long n) {
-  const double x = std::pow(lambda, double(n));
-  return x < 1e-30 ? 0.f : float(x);
-}
-
 // The serial carry across pieces, per (batch row, head): states (pieces, B, H, d, d).
 //   forward:  slot 0 = `first` (or 0); slot p holds piece p-1's local state on entry, the state entering
 //             piece p on exit: slot p = lambda^len(p-1) slot p-1 + slot p.
@@ -120,11 +124,10 @@ void carry_states(float* slots, const float* edge, bool forward, const LinearAtt
     }
 }
 
-// Decay powers of one head: pw[k] = lambda^k and rev[m] = lambda^(blk - m), k, m = 0..blk. Powers
-// below 1e-30 become 0 so that no denormals appear.
+// Decay powers of one head: pw[k] = lambda^k and rev[m] = lambda^(blk - m), k, m = 0..blk.
 void fill_powers(float* pw, float* rev, double lambda, int blk) {
-  double p = 1.0;
-  for (int k = 0; k <= blk; ++k, p *= lambda) pw[k] = rev[blk - k] = p < 1e-30 ? 0.f : float(p);
+  decay_powers(pw, lambda, blk);
+  for (int k = 0; k <= blk; ++k) rev[blk - k] = pw[k];
 }
 
 // a (L x L) .*= psi with psi[i][j] = lambda^(i-j) = rev[blk - i + j] for j <= i, else 0.

@@ -25,9 +25,18 @@ const char* to_string(Decay decay);
 // lambda_h of MODEL.md for h = 0..H-1 (all 1 for Decay::none).
 void linear_attention_decays(float* lambda, int H, Decay decay);
 
+// The decay powers of every part of lasp, with one cut-off: lambda^n, and 0 where that is below 1e-30 (no
+// denormals anywhere). decay_power uses pow; decay_powers fills pw[k] = lambda^k, k = 0..n, by repeated
+// multiplication in double.
+float decay_power(double lambda, long n);
+void decay_powers(float* pw, double lambda, int n);
+
+// The block size of the chunkwise kernel wherever lasp does not ask for another (--block).
+constexpr int kLinearBlock = 32;
+
 struct LinearAttentionShape {
   int B = 1, N = 0, H = 1, d = 0;
-  int block = 64;
+  int block = kLinearBlock;
 };
 
 // Floats of workspace the kernels need when run with `threads` OpenMP threads.

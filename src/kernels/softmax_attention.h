@@ -15,6 +15,7 @@
 // deterministic (each work item owns dk/dv of its kv head and dq of the query heads of its group), so it
 // uses at most B * H_kv threads.
 #pragma once
+#include <cmath>
 #include <cstddef>
 
 #include "core/workspace.h"
@@ -23,8 +24,14 @@ namespace lasp {
 
 struct SoftmaxAttentionShape {
   int B, Nq, Nk, H, H_kv, d;
-  float scale;  // multiplies q.k before the softmax; the model passes 1/sqrt(d)
+  float scale;  // multiplies q.k before the softmax; the model passes softmax_scale(d)
 };
+
+// The model's scale, 1/sqrt(d), and its shape with it: the one place this rule is written.
+inline float softmax_scale(int d) { return 1.f / std::sqrt(float(d)); }
+inline SoftmaxAttentionShape softmax_shape(int B, int Nq, int Nk, int H, int H_kv, int d) {
+  return {B, Nq, Nk, H, H_kv, d, softmax_scale(d)};
+}
 
 // Floats of workspace for `threads` threads (forward and backward need the same amount). A kernel runs on
 // min(omp_get_max_threads(), threads the workspace holds) threads; it throws if it holds less than one.

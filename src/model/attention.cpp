@@ -16,7 +16,7 @@ LinearAttentionShape LocalAttention::linear_shape() const {
 }
 
 SoftmaxAttentionShape LocalAttention::softmax_shape() const {
-  return {shape_.B, shape_.N, shape_.N, shape_.H, shape_.H_kv, shape_.d, 1.f / std::sqrt(float(shape_.d))};
+  return lasp::softmax_shape(shape_.B, shape_.N, shape_.N, shape_.H, shape_.H_kv, shape_.d);
 }
 
 void Attention::keep_decode_state(bool keep) {

@@ -8,20 +8,22 @@
 
 namespace lasp {
 
-namespace {
-
 using nlohmann::json;
+
+std::string json_shown(const nlohmann::json& v) {
+  if (v.is_structured()) return v.empty() ? v.dump() : fmt::format("(a JSON {} of {} items)", v.type_name(), v.size());
+  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (s.size() > 80) s = s.substr(0, 77) + "...";
+  return s;
+}
+
+namespace {
 
 [[noreturn]] void config_error(const std::string& key, const std::string& value, const std::string& allowed) {
   throw Error(fmt::format("config: {} = {}: {}", key, value, allowed));
 }
 
-// The value as it appeared in the JSON (compact, truncated if huge).
-std::string shown(const json& v) {
-  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (s.size() > 80) s = s.substr(0, 77) + "...";
-  return s;
-}
+std::string shown(const json& v) { return json_shown(v); }
 
 std::string json_quoted(const std::string& s) { return shown(json(s)); }
 
@@ -51,10 +53,11 @@ void get_float(const json& j, const char* key, const std::string& full_key, floa
   auto it = j.find(key);
   if (it == j.end()) return;
   if (!it->is_number()) config_error(full_key, shown(*it), "expected a number");
-  double v = it->get<double>();
-  if (!std::isfinite(v) || std::fabs(v) > double(std::numeric_limits<float>::max()))
-    config_error(full_key, shown(*it), "number out of the float range");
-  out = float(v);
+  const double v = it->get<double>(), max = std::numeric_limits<float>::max();
+  // What rounds to a finite float is in range: to_json writes FLT_MAX as 3.4028235e+38, a little above it.
+  const double limit = max + std::ldexp(1.0, 103);  // FLT_MAX plus half its ulp: rounds to infinity
+  if (!std::isfinite(v) || std::fabs(v) >= limit) config_error(full_key, shown(*it), "number out of the float range");
+  out = std::fabs(v) > max ? float(std::copysign(max, v)) : float(v);
 }
 
 void get_bool(const json& j, const char* key, const std::string& full_key, bool& out) {

@@ -10,6 +10,10 @@
 
 namespace lasp {
 
+// A JSON value for an error message: compact, cut at 80 characters; an array or object by its kind and size
+// only (dumping a hostile nesting would recurse until the stack runs out).
+std::string json_shown(const nlohmann::json& value);
+
 struct LinearAttentionConfig {
   FeatureMap feature_map = FeatureMap::silu;
   Decay decay = Decay::none;

@@ -22,7 +22,7 @@ class AllGatherAttention : public Lasp2Attention {
 
  private:
   AttentionShape s_;
-  std::vector<float> scratch_;  // score tiles of the masked product
+  WorkspaceBuffer ws_;  // the masked product's
 };
 
 }  // namespace lasp

@@ -13,11 +13,10 @@ namespace lasp {
 
 namespace {
 
-// pw[k] = lambda^k for k = 0..L (0 below 1e-30: no denormals).
+// pw[k] = lambda^k for k = 0..L.
 void powers(std::vector<float>& pw, double lambda, int L) {
   pw.resize(size_t(L) + 1);
-  double p = 1.0;
-  for (int k = 0; k <= L; ++k, p *= lambda) pw[k] = p < 1e-30 ? 0.f : float(p);
+  decay_powers(pw.data(), lambda, L);
 }
 
 // dst (L x d, dense) = diag(f) src (rows ld apart), with f[i] = pw[i] (inter) or pw[L - i] (tail).
@@ -118,14 +117,14 @@ struct Lasp2Attention::Impl {
     std::vector<float> acc(dd);
     for (int b = 0; b < s.B; ++b)
       for (int h = 0; h < s.H; ++h) {
-        const float decay = float(std::pow(lambda ? double(lambda[h]) : 1.0, L));
+        const float decay = decay_power(lambda ? double(lambda[h]) : 1.0, L);
         std::fill(acc.begin(), acc.end(), 0.f);
         for (int step = 0; step < pieces; ++step) {
           const int p = forward ? step : pieces - 1 - step;
           const auto [r, i] = owner[p];
           if (r == rank) std::memcpy(out.data() + state_at(i, b, h), acc.data(), sizeof(float) * dd);
           const float* m = recv.data() + size_t(r) * state_floats() + state_at(i, b, h);
-          for (size_t x = 0; x < dd; ++x) acc[x] = (decay < 1e-30f ? 0.f : decay * acc[x]) + m[x];
+          for (size_t x = 0; x < dd; ++x) acc[x] = decay * acc[x] + m[x];
         }
       }
   }
@@ -190,12 +189,12 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
     const int pieces = int(m.owner.size());
     for (int b = 0; b < m.s.B; ++b)
       for (int h = 0; h < H; ++h) {
-        const float decay = float(std::pow(lambda ? double(lambda[h]) : 1.0, L));
+        const float decay = decay_power(lambda ? double(lambda[h]) : 1.0, L);
         float* acc = final.data() + (size_t(b) * H + h) * dd;
         for (int p = 0; p < pieces; ++p) {
           const auto [r, i] = m.owner[p];
           const float* piece_state = m.recv.data() + size_t(r) * m.state_floats() + m.state_at(i, b, h);
-          for (size_t x = 0; x < dd; ++x) acc[x] = (decay < 1e-30f ? 0.f : decay * acc[x]) + piece_state[x];
+          for (size_t x = 0; x < dd; ++x) acc[x] = decay * acc[x] + piece_state[x];
         }
       }
   }
@@ -372,7 +371,7 @@ void Lasp2Attention::softmax_forward(int layer, float* o, float* lse, const floa
   Impl& m = *impl_;
   const float* kv = gather_kv(layer, k, v, m.s.H_kv);
   const size_t all = size_t(m.s.B) * m.N * m.s.H_kv * m.s.d;
-  const SoftmaxAttentionShape shape{m.s.B, m.s.N, m.N, m.s.H, m.s.H_kv, m.s.d, 1.f / std::sqrt(float(m.s.d))};
+  const SoftmaxAttentionShape shape = softmax_shape(m.s.B, m.s.N, m.N, m.s.H, m.s.H_kv, m.s.d);
   softmax_attention_forward(o, lse, q, kv, kv + all, positions_.data(), m.k_pos.data(), shape, m.kernel_ws.view());
 }
 

@@ -7,14 +7,16 @@
 #include <cstring>
 
 #include "core/check.h"
-#include "sp/masked_product.h"
+#include "kernels/masked_product.h"
 
 namespace lasp {
 
 RingAttention::RingAttention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int)
-    : sp_(sp), s_(shape), W_(sp.size()) {
+    : sp_(sp), s_(shape), W_(sp.size()), N_(global_N) {
   for (int r = 0; r < W_; ++r) rank_positions_.push_back(sp_positions(global_N, W_, r, layout));
-  ws_.storage.resize(softmax_attention_workspace_floats(shape.N, shape.N, shape.d, omp_get_max_threads()));
+  const int threads = omp_get_max_threads();
+  ws_.storage.resize(std::max(softmax_attention_workspace_floats(shape.N, shape.N, shape.d, threads),
+                              masked_product_workspace_floats(shape.N, global_N, threads)));
 }
 
 template <class Step>
@@ -43,7 +45,7 @@ void RingAttention::softmax_forward(int, float* o, float* lse, const float* q, c
   std::fill(lse, lse + size_t(B) * H * Nl, -INFINITY);
   o_part_.resize(size_t(B) * Nl * H * d);
   lse_part_.resize(size_t(B) * H * Nl);
-  const SoftmaxAttentionShape shape{B, Nl, Nl, H, Hkv, d, 1.f / std::sqrt(float(d))};
+  const SoftmaxAttentionShape shape = softmax_shape(B, Nl, Nl, H, Hkv, d);
   ring(cur_, 2 * kv, false, [&](int owner, const float* block) {
     softmax_attention_forward(o_part_.data(), lse_part_.data(), q, block, block + kv, positions(),
                               rank_positions_[owner].data(), shape, ws_.view());
@@ -76,8 +78,8 @@ void RingAttention::linear_forward(int, float* o, const float* q, const float* k
   cur_.insert(cur_.end(), v, v + kv);
   std::fill(o, o + kv, 0.f);
   ring(cur_, 2 * kv, false, [&](int owner, const float* block) {
-    masked_product_forward(o, q, block, block + kv, positions(), rank_positions_[owner].data(), B, Nl, Nl, H, d,
-                           lambda, scratch_);
+    masked_product_forward(o, q, block, block + kv, positions(), rank_positions_[owner].data(), B, Nl, Nl, H, d, N_,
+                           lambda, ws_.view());
   });
 }
 
@@ -90,7 +92,7 @@ void RingAttention::linear_backward(int, float* dq, float* dk, float* dv, const 
   cur_.resize(4 * kv, 0.f);
   ring(cur_, 4 * kv, true, [&](int owner, float* block) {
     masked_product_backward(dq, block + 2 * kv, block + 3 * kv, dout, q, block, block + kv, positions(),
-                            rank_positions_[owner].data(), B, Nl, Nl, H, d, lambda, scratch_);
+                            rank_positions_[owner].data(), B, Nl, Nl, H, d, N_, lambda, ws_.view());
   });
   for (size_t i = 0; i < kv; ++i) {
     dk[i] += cur_[2 * kv + i];

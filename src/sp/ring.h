@@ -31,10 +31,10 @@ class RingAttention : public Attention {
  private:
   Comm& sp_;
   AttentionShape s_;
-  int W_;
+  int W_, N_;  // ranks, global sequence length
   std::vector<std::vector<int>> rank_positions_;
-  WorkspaceBuffer ws_{0};
-  std::vector<float> cur_, next_, o_part_, lse_part_, scratch_;
+  WorkspaceBuffer ws_{0};  // the softmax kernel's or the masked product's
+  std::vector<float> cur_, next_, o_part_, lse_part_;
 
   // Runs step(block_owner, block) for the blocks of all ranks in ring order, starting with the local one
   // (`parts` tensors of `count` floats each), passing them on while computing; with `home`, one more hop

@@ -134,7 +134,7 @@ void UlyssesAttention::softmax_forward(int layer, float* o, float*, const float*
   to_heads(expand_kv(v).data(), s_.H, sv.v);
   sv.o.assign(sv.q.size(), 0.f);
   sv.lse.assign(size_t(s_.B) * hg_ * N_, 0.f);
-  const SoftmaxAttentionShape shape{s_.B, N_, N_, hg_, hg_, s_.d, 1.f / std::sqrt(float(s_.d))};
+  const SoftmaxAttentionShape shape = softmax_shape(s_.B, N_, N_, hg_, hg_, s_.d);
   softmax_attention_forward(sv.o.data(), sv.lse.data(), sv.q.data(), sv.k.data(), sv.v.data(), all_positions_.data(),
                             all_positions_.data(), shape, ws_.view());
   to_sequence(sv.o, s_.H, o, false);

@@ -133,7 +133,7 @@ int64_t state_int(const nlohmann::json& j, const char* key, int64_t lo, int64_t 
   LASP_CHECK(it != j.end(), "{}: no \"{}\" (expected an integer in [{}, {}])", path, key, lo, hi);
   const bool in_range = it->is_number_unsigned() ? it->get<uint64_t>() <= uint64_t(hi) && int64_t(it->get<uint64_t>()) >= lo
                         : it->is_number_integer() && it->get<int64_t>() >= lo && it->get<int64_t>() <= hi;
-  LASP_CHECK(in_range, "{}: \"{}\" must be an integer in [{}, {}], found {}", path, key, lo, hi, it->dump());
+  LASP_CHECK(in_range, "{}: \"{}\" must be an integer in [{}, {}], found {}", path, key, lo, hi, json_shown(*it));
   return it->get<int64_t>();
 }
 
@@ -141,14 +141,14 @@ uint64_t state_uint(const nlohmann::json& j, const char* key, const std::string&
   const auto it = j.find(key);
   const bool ok = it != j.end() && (it->is_number_unsigned() || (it->is_number_integer() && it->get<int64_t>() >= 0));
   LASP_CHECK(ok, "{}: \"{}\" must be an integer in [0, {}], found {}", path, key, UINT64_MAX,
-             it == j.end() ? std::string("nothing") : it->dump());
+             it == j.end() ? std::string("nothing") : json_shown(*it));
   return it->get<uint64_t>();
 }
 
 std::string state_string(const nlohmann::json& j, const char* key, const std::string& path) {
   const auto it = j.find(key);
   LASP_CHECK(it != j.end() && it->is_string(), "{}: \"{}\" must be a string, found {}", path, key,
-             it == j.end() ? std::string("nothing") : it->dump());
+             it == j.end() ? std::string("nothing") : json_shown(*it));
   return it->get<std::string>();
 }
 

@@ -37,7 +37,7 @@ struct TrainOptions {
   int eval_batches = 4;        // windows per DP rank in each validation
   std::string metrics_path;    // empty: none; else one JSON object per step appended (rank 0)
   bool recompute = false;      // keep only each layer's input; recompute the layer in backward
-  int block = 32;              // linear attention block size
+  int block = kLinearBlock;    // linear attention block size
   AdamWConfig adamw;
   ParallelOptions parallel;
 };
@@ -66,7 +66,7 @@ struct EvalResult {
 };
 // Windows k = 0..batches-1 of the file: tokens [k N, k N + N], the last N as targets.
 EvalResult evaluate_checkpoint(const std::string& checkpoint_dir, const std::string& data_path, int seq_len,
-                               int batches, Comm& world, const ParallelOptions& parallel = {}, int block = 32,
+                               int batches, Comm& world, const ParallelOptions& parallel = {}, int block = kLinearBlock,
                                const std::string& data_format = "auto");
 
 }  // namespace lasp

@@ -1,21 +1,24 @@
 // The masked "left product" of linear attention, o_i = sum_j Psi_ij (q_i . k_j) v_j with
 // Psi_ij = lambda^(pos_i - pos_j) for keys not after the query, else 0: O(Nq Nk) work, no state. The
 // baselines without the right-product trick use it (AllGather over all keys, Ring over one block at a time).
-// Layouts: q, o (B, Nq, H, d); k, v (B, Nk, H, d); positions give the mask. Accumulates (+=) into o and
-// into every gradient. Parallel over (b, h); scratch: masked_product_scratch_floats(Nq) per thread.
+// Layouts: q, o (B, Nq, H, d); k, v (B, Nk, H, d); positions (all < span) give the mask. Accumulates (+=)
+// into o and into every gradient. Parallel over (b, h) on min(omp_get_max_threads(), the threads the
+// workspace holds) threads; it throws if the workspace holds less than one.
 #pragma once
 #include <cstddef>
-#include <vector>
+
+#include "core/workspace.h"
 
 namespace lasp {
 
-size_t masked_product_scratch_floats(int Nq);
+// Floats of workspace for `threads` threads, queries Nq, positions in [0, span).
+size_t masked_product_workspace_floats(int Nq, int span, int threads);
 
 void masked_product_forward(float* o, const float* q, const float* k, const float* v, const int* q_pos,
-                            const int* k_pos, int B, int Nq, int Nk, int H, int d, const float* lambda,
-                            std::vector<float>& scratch);
+                            const int* k_pos, int B, int Nq, int Nk, int H, int d, int span, const float* lambda,
+                            Workspace ws);
 void masked_product_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                              const float* v, const int* q_pos, const int* k_pos, int B, int Nq, int Nk, int H, int d,
-                             const float* lambda, std::vector<float>& scratch);
+                             int span, const float* lambda, Workspace ws);
 
 }  // namespace lasp

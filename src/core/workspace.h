@@ -3,6 +3,7 @@
 // thread count; the kernel checks the size it receives.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 namespace lasp {
@@ -10,6 +11,20 @@ namespace lasp {
 struct Workspace {
   float* data = nullptr;
   size_t floats = 0;
+};
+
+// Hands out pieces of one buffer in whole cache lines (16 floats): a first pass with base == null counts
+// what a layout needs, a second with the buffer assigns the same pieces. Saturates instead of wrapping, so
+// that an absurd count reads as "too big" to the caller's memory check.
+struct Carver {
+  float* base = nullptr;
+  size_t used = 0;
+  float* take(size_t n) {
+    float* part = base ? base + used : nullptr;
+    const size_t lines = (n + 15) / 16 * 16;
+    used = lines > SIZE_MAX / 8 - used ? SIZE_MAX / 8 : used + lines;
+    return part;
+  }
 };
 
 // Owns a workspace buffer (for tests, benchmarks and callers without an arena).

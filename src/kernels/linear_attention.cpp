@@ -219,16 +219,6 @@ struct Scratch {
   float* dstate_t;              // (d, d)
 };
 
-struct Carver {
-  float* base;  // null: only count
-  size_t used = 0;
-  float* take(size_t n) {
-    float* part = base ? base + used : nullptr;
-    used += (n + 15) / 16 * 16;
-    return part;
-  }
-};
-
 Scratch carve(Carver& c, const LinearAttentionShape& s, int heads, bool backward) {
   const size_t blk = s.block, d = s.d, bd = blk * d, dd = d * d, p = blk + 1;
   Scratch w{};

@@ -17,17 +17,6 @@
 namespace lasp {
 namespace {
 
-// Hands out pieces of one buffer: a first pass with base == null counts, a second assigns.
-struct Carver {
-  float* base;
-  size_t used = 0;
-  float* take(size_t n) {
-    float* p = base ? base + used : nullptr;
-    used = std::min(used + (n + 15) / 16 * 16, SIZE_MAX / 8);  // saturates: check_fits_in_memory refuses it
-    return p;
-  }
-};
-
 // B x N tokens in this process, refused (not wrapped) when the product does not fit an int.
 int token_count(int B, int N) {
   LASP_CHECK(B > 0 && N > 0, "model: batch and sequence length must be positive, got B={} N={}", B, N);

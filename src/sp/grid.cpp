@@ -46,4 +46,14 @@ std::vector<int> sp_positions(int N, int W, int rank, SpLayout layout) {
   return pos;
 }
 
+std::vector<std::pair<int, int>> sp_piece_owners(int N, int W, SpLayout layout) {
+  std::vector<std::pair<int, int>> owners;
+  for (int r = 0; r < W; ++r) {
+    const std::vector<Piece> pieces = sp_pieces(N, W, r, layout);
+    owners.resize(size_t(W) * pieces.size());
+    for (size_t i = 0; i < pieces.size(); ++i) owners[pieces[i].index] = {r, int(i)};
+  }
+  return owners;
+}
+
 }  // namespace lasp

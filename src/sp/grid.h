@@ -4,6 +4,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "comm/comm.h"
@@ -35,6 +36,8 @@ struct Piece {
 // The pieces rank `rank` of W holds of a sequence of N tokens. Throws unless N divides evenly (by W, or by
 // 2W for zigzag), naming N, W and the layout.
 std::vector<Piece> sp_pieces(int N, int W, int rank, SpLayout layout);
+// Who holds each piece: owners[p] = (rank, index among that rank's pieces) for every global piece p.
+std::vector<std::pair<int, int>> sp_piece_owners(int N, int W, SpLayout layout);
 // Global positions of the rank's tokens, in local order.
 std::vector<int> sp_positions(int N, int W, int rank, SpLayout layout);
 

@@ -12,12 +12,8 @@ Lasp1Attention::Lasp1Attention(Comm& sp, const AttentionShape& shape, int global
       sp_(sp),
       s_(shape),
       mine_(sp_pieces(global_N, sp.size(), sp.rank(), layout)),
-      owner_(size_t(sp.size()) * mine_.size()),
+      owner_(sp_piece_owners(global_N, sp.size(), layout)),
       incoming_(layers) {
-  for (int r = 0; r < sp.size(); ++r) {
-    const auto pieces = sp_pieces(global_N, sp.size(), r, layout);
-    for (size_t i = 0; i < pieces.size(); ++i) owner_[pieces[i].index] = {r, int(i)};
-  }
   const LinearAttentionShape piece{1, mine_[0].length, s_.H, s_.d, s_.block};
   const int threads = omp_get_max_threads();
   ws_.storage.resize(std::max(linear_attention_forward_workspace_floats(piece, threads),

@@ -56,12 +56,9 @@ struct Lasp2Attention::Impl {
                global_N);
     mine = sp_pieces(N, W, rank, layout);
     L = mine[0].length;
-    owner.resize(size_t(W) * mine.size());
-    for (int r = 0; r < W; ++r) {
-      const auto pieces = sp_pieces(N, W, r, layout);
-      for (size_t i = 0; i < pieces.size(); ++i) owner[pieces[i].index] = {r, int(i)};
+    owner = sp_piece_owners(N, W, layout);
+    for (int r = 0; r < W; ++r)
       for (int p : sp_positions(N, W, r, layout)) k_pos.push_back(p);
-    }
     const int threads = omp_get_max_threads();
     const LinearAttentionShape piece{1, L, s.H, s.d, s.block};
     kernel_ws.storage.resize(std::max({linear_attention_forward_workspace_floats(piece, threads),

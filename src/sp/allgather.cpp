@@ -4,34 +4,44 @@
 
 #include <omp.h>
 
+#include "core/check.h"
 #include "kernels/masked_product.h"
 
 namespace lasp {
 
 AllGatherAttention::AllGatherAttention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout,
                                        int layers)
-    : Lasp2Attention(sp, shape, global_N, layout, layers),
-      s_(shape),
+    : s_(shape),
+      kv_(sp, shape, global_N, layout, layers),
       ws_(masked_product_workspace_floats(shape.N, global_N, omp_get_max_threads())) {}
 
 void AllGatherAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                         const float* lambda) {
-  const int B = s_.B, Nl = s_.N, H = s_.H, d = s_.d, N = global_length();
-  const float* kv = gather_kv(layer, k, v, H);
+  const int B = s_.B, Nl = s_.N, H = s_.H, d = s_.d, N = kv_.global_length();
+  const float* kv = kv_.gather_kv(layer, k, v, H);
   std::fill(o, o + size_t(B) * Nl * H * d, 0.f);
-  masked_product_forward(o, q, kv, kv + size_t(B) * N * H * d, positions(), gathered_positions(), B, Nl, N, H, d, N,
+  masked_product_forward(o, q, kv, kv + size_t(B) * N * H * d, positions(), kv_.gathered_positions(), B, Nl, N, H, d, N,
                          lambda, ws_.view());
 }
 
 void AllGatherAttention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout,
                                          const float* q, const float*, const float*, const float* lambda) {
-  const int B = s_.B, Nl = s_.N, H = s_.H, d = s_.d, N = global_length();
-  const float* kv = gathered_kv(layer);
-  float* dkv = zeroed_dkv(H);
+  const int B = s_.B, Nl = s_.N, H = s_.H, d = s_.d, N = kv_.global_length();
+  const float* kv = kv_.gathered_kv(layer);
+  float* dkv = kv_.zeroed_dkv(H);
   const size_t all = size_t(B) * N * H * d;
-  masked_product_backward(dq, dkv, dkv + all, dout, q, kv, kv + all, positions(), gathered_positions(), B, Nl, N, H,
+  masked_product_backward(dq, dkv, dkv + all, dout, q, kv, kv + all, positions(), kv_.gathered_positions(), B, Nl, N, H,
                           d, N, lambda, ws_.view());
-  scatter_dkv(dk, dv, H);
+  kv_.scatter_dkv(dk, dv, H);
+}
+
+void AllGatherAttention::linear_bidirectional_forward(int, float*, const float*, const float*, const float*) {
+  throw Error("allgather: bidirectional linear layers are not supported by the AllGather baseline; use lasp2 or ulysses");
+}
+
+void AllGatherAttention::linear_bidirectional_backward(int, float*, float*, float*, const float*, const float*,
+                                                       const float*, const float*) {
+  throw Error("allgather: bidirectional linear layers are not supported by the AllGather baseline; use lasp2 or ulysses");
 }
 
 }  // namespace lasp

@@ -2,26 +2,40 @@
 // V of the whole sequence (ONE all-gather), then compute this rank's queries by the masked left product
 // (Q K^T .* Psi) V over all earlier keys: O(N^2) work and O(N) communication, no right-product trick.
 // Backward: the gradients of all K and V from the local queries, ONE reduce-scatter back to the owners.
-// Softmax layers run LASP-2H (inherited), which is the same AllGather-KV scheme.
+// Softmax layers run LASP-2H (sp/lasp2h.h), the same AllGather-KV exchange, which both layer kinds share
+// here. No bidirectional linear layers.
 #pragma once
 #include <vector>
 
-#include "sp/lasp2.h"
+#include "comm/comm.h"
+#include "model/attention.h"
+#include "sp/grid.h"
+#include "sp/lasp2h.h"
 
 namespace lasp {
 
-class AllGatherAttention : public Lasp2Attention {
+class AllGatherAttention : public Attention {
  public:
   AllGatherAttention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers);
+  const int* positions() const override { return kv_.positions(); }
   void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                       const float* lambda) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                        const float* k, const float* v, const float* lambda) override;
-  // Its linear layers keep no decode state (generation prefills with the default method).
-  void keep_decode_state(bool keep) override { Attention::keep_decode_state(keep); }
+  void linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) override;
+  void linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
+                                     const float* k, const float* v) override;
+  void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override {
+    kv_.forward(layer, o, lse, q, k, v);
+  }
+  void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
+                        const float* lse, const float* q, const float* k, const float* v) override {
+    kv_.backward(layer, dq, dk, dv, dout, o, lse, q);
+  }
 
  private:
   AttentionShape s_;
+  Lasp2H kv_;           // the exchange of K, V (and LASP-2H for the softmax layers)
   WorkspaceBuffer ws_;  // the masked product's
 };
 

@@ -5,15 +5,17 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/check.h"
+
 namespace lasp {
 
 Lasp1Attention::Lasp1Attention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers)
-    : Lasp2Attention(sp, shape, global_N, layout, layers),
-      sp_(sp),
+    : sp_(sp),
       s_(shape),
       mine_(sp_pieces(global_N, sp.size(), sp.rank(), layout)),
       owner_(sp_piece_owners(global_N, sp.size(), layout)),
-      incoming_(layers) {
+      incoming_(layers),
+      softmax_(sp, shape, global_N, layout, layers) {
   const LinearAttentionShape piece{1, mine_[0].length, s_.H, s_.d, s_.block};
   const int threads = omp_get_max_threads();
   ws_.storage.resize(std::max(linear_attention_forward_workspace_floats(piece, threads),
@@ -73,6 +75,15 @@ void Lasp1Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
     }
     if (p > 0 && owner_[p - 1].first != me) sp_.send_recv(dstate_in.data(), S, owner_[p - 1].first, nullptr, 0, -1);
   }
+}
+
+void Lasp1Attention::linear_bidirectional_forward(int, float*, const float*, const float*, const float*) {
+  throw Error("lasp1: bidirectional linear layers are not supported by the LASP-1 chain; use lasp2 or ulysses");
+}
+
+void Lasp1Attention::linear_bidirectional_backward(int, float*, float*, float*, const float*, const float*,
+                                                   const float*, const float*) {
+  throw Error("lasp1: bidirectional linear layers are not supported by the LASP-1 chain; use lasp2 or ulysses");
 }
 
 }  // namespace lasp

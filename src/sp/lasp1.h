@@ -2,23 +2,35 @@
 // travel along a serial chain of blocking point-to-point hops, piece by piece in global order; the rank
 // holding piece p waits for the state from the holder of piece p-1, runs its piece from that state and
 // sends its state on. The backward sends the state gradients back along the chain. Softmax layers run
-// LASP-2H (inherited), as a hybrid model needs something there.
+// LASP-2H (sp/lasp2h.h), a component of this method. No bidirectional linear layers.
 #pragma once
 #include <vector>
 
-#include "sp/lasp2.h"
+#include "comm/comm.h"
+#include "model/attention.h"
+#include "sp/grid.h"
+#include "sp/lasp2h.h"
 
 namespace lasp {
 
-class Lasp1Attention : public Lasp2Attention {
+class Lasp1Attention : public Attention {
  public:
   Lasp1Attention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers);
+  const int* positions() const override { return softmax_.positions(); }
   void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                       const float* lambda) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                        const float* k, const float* v, const float* lambda) override;
-  // Its linear layers keep no decode state (generation prefills with the default method).
-  void keep_decode_state(bool keep) override { Attention::keep_decode_state(keep); }
+  void linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) override;
+  void linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
+                                     const float* k, const float* v) override;
+  void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override {
+    softmax_.forward(layer, o, lse, q, k, v);
+  }
+  void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
+                        const float* lse, const float* q, const float* k, const float* v) override {
+    softmax_.backward(layer, dq, dk, dv, dout, o, lse, q);
+  }
 
  private:
   Comm& sp_;
@@ -28,6 +40,7 @@ class Lasp1Attention : public Lasp2Attention {
   WorkspaceBuffer ws_{0};
   std::vector<std::vector<float>> incoming_;  // per layer: the state entering each local piece, (pieces, B, H, d, d)
   size_t state_floats() const { return size_t(s_.B) * s_.H * s_.d * s_.d; }
+  Lasp2H softmax_;
 };
 
 }  // namespace lasp

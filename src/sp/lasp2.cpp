@@ -36,7 +36,6 @@ struct Lasp2Attention::Impl {
   std::vector<Piece> mine;                  // this rank's pieces
   std::vector<std::pair<int, int>> owner;   // global piece -> (rank, index among that rank's pieces)
   int L;                                    // tokens per piece
-  std::vector<int> k_pos;                   // global positions of the gathered keys (rank-major)
   WorkspaceBuffer kernel_ws{0};
   std::vector<float> scratch;               // per thread: (L, d)
   std::vector<float> send, recv, suffix;    // states: (pieces, B, H, d, d) per rank
@@ -45,10 +44,8 @@ struct Lasp2Attention::Impl {
   // each segment: (B, pieces, segments, H, d, d).
   int segments = 1, segment_len = 0;
   std::vector<std::vector<float>> segment_states;
-  std::vector<std::vector<float>> kv_all;   // per softmax layer: gathered K and V, (2, B, N, H_kv, d)
   bool keep = false;                        // keep the decode state (final linear states)
   std::vector<std::vector<float>> final_states;
-  std::vector<float> kv_send, kv_recv, dkv_all, dkv_send, dkv_recv;
 
   Impl(Comm& c, const AttentionShape& shape, int global_N, SpLayout layout, int layers)
       : sp(c), s(shape), N(global_N), W(c.size()), rank(c.rank()) {
@@ -57,20 +54,18 @@ struct Lasp2Attention::Impl {
     mine = sp_pieces(N, W, rank, layout);
     L = mine[0].length;
     owner = sp_piece_owners(N, W, layout);
-    for (int r = 0; r < W; ++r)
-      for (int p : sp_positions(N, W, r, layout)) k_pos.push_back(p);
     const int threads = omp_get_max_threads();
     const LinearAttentionShape piece{1, L, s.H, s.d, s.block};
     kernel_ws.storage.resize(std::max({linear_attention_forward_workspace_floats(piece, threads),
                                        linear_attention_backward_workspace_floats(piece, threads),
-                                       softmax_attention_workspace_floats(s.N, N, s.d, threads)}));
+                                       linear_attention_bidirectional_workspace_floats({s.B, s.N, s.H, s.d, s.block},
+                                                                                       threads)}));
     scratch.resize(size_t(threads) * L * s.d);
     const size_t states = state_floats();
     send.resize(states);
     recv.resize(states * W);
     suffix.resize(states);
     incoming.resize(layers);
-    kv_all.resize(layers);
     final_states.resize(layers);
     // Up to 4 segments of whole blocks.
     const int blocks = (L + s.block - 1) / s.block;
@@ -138,7 +133,7 @@ struct Lasp2Attention::Impl {
 
 Lasp2Attention::Lasp2Attention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers)
     : impl_(std::make_unique<Impl>(sp, shape, global_N, layout, layers)),
-      positions_(sp_positions(global_N, sp.size(), sp.rank(), layout)) {}
+      softmax_(sp, shape, global_N, layout, layers) {}
 
 Lasp2Attention::~Lasp2Attention() = default;
 
@@ -302,86 +297,16 @@ void Lasp2Attention::keep_decode_state(bool keep) { impl_->keep = keep; }
 std::vector<float> Lasp2Attention::final_state(int layer) const { return impl_->final_states.at(layer); }
 
 std::vector<float> Lasp2Attention::keys_in_order(int layer, bool values) const {
-  const Impl& m = *impl_;
-  const int B = m.s.B, N = m.N;
-  const size_t row = size_t(m.s.H_kv) * m.s.d;
-  const auto& kv = m.kv_all.at(layer);
-  const float* src = kv.data() + (values ? size_t(B) * N * row : 0);
-  std::vector<float> out(size_t(B) * N * row);
-  for (int b = 0; b < B; ++b)
-    for (int i = 0; i < N; ++i)  // gathered key i sits at global position k_pos[i]
-      std::memcpy(out.data() + (size_t(b) * N + m.k_pos[i]) * row, src + (size_t(b) * N + i) * row, sizeof(float) * row);
-  return out;
-}
-
-const float* Lasp2Attention::gather_kv(int layer, const float* k, const float* v, int heads) {
-  Impl& m = *impl_;
-  const int B = m.s.B, Nl = m.s.N, W = m.W, N = m.N;
-  const size_t row = size_t(heads) * m.s.d, local = size_t(B) * Nl * row;
-  // ONE all-gather of [K | V]
-  m.kv_send.resize(2 * local);
-  std::memcpy(m.kv_send.data(), k, sizeof(float) * local);
-  std::memcpy(m.kv_send.data() + local, v, sizeof(float) * local);
-  m.kv_recv.resize(2 * local * W);
-  m.sp.all_gather(m.kv_send.data(), m.kv_recv.data(), 2 * local);
-  // (W, 2, B, Nl, heads, d) -> (2, B, N, heads, d) with the keys in rank order (k_pos says where they sit)
-  auto& kv = m.kv_all[layer];
-  kv.resize(2 * size_t(B) * N * row);
-  for (int r = 0; r < W; ++r)
-    for (int part = 0; part < 2; ++part)
-      for (int b = 0; b < B; ++b)
-        std::memcpy(kv.data() + ((size_t(part) * B + b) * N + size_t(r) * Nl) * row,
-                    m.kv_recv.data() + ((size_t(r) * 2 + part) * B + b) * Nl * row, sizeof(float) * Nl * row);
-  return kv.data();
-}
-
-const float* Lasp2Attention::gathered_kv(int layer) const { return impl_->kv_all.at(layer).data(); }
-const int* Lasp2Attention::gathered_positions() const { return impl_->k_pos.data(); }
-int Lasp2Attention::global_length() const { return impl_->N; }
-
-float* Lasp2Attention::zeroed_dkv(int heads) {
-  Impl& m = *impl_;
-  m.dkv_all.assign(2 * size_t(m.s.B) * m.N * heads * m.s.d, 0.f);
-  return m.dkv_all.data();
-}
-
-void Lasp2Attention::scatter_dkv(float* dk, float* dv, int heads) {
-  Impl& m = *impl_;
-  const int B = m.s.B, Nl = m.s.N, W = m.W, N = m.N;
-  const size_t row = size_t(heads) * m.s.d, local = size_t(B) * Nl * row;
-  // (2, B, N, heads, d) -> (W, 2, B, Nl, heads, d), then ONE reduce-scatter to the owners
-  m.dkv_send.resize(2 * local * W);
-  for (int r = 0; r < W; ++r)
-    for (int part = 0; part < 2; ++part)
-      for (int b = 0; b < B; ++b)
-        std::memcpy(m.dkv_send.data() + ((size_t(r) * 2 + part) * B + b) * Nl * row,
-                    m.dkv_all.data() + ((size_t(part) * B + b) * N + size_t(r) * Nl) * row, sizeof(float) * Nl * row);
-  m.dkv_recv.resize(2 * local);
-  m.sp.reduce_scatter(m.dkv_send.data(), m.dkv_recv.data(), 2 * local);
-  for (size_t i = 0; i < local; ++i) {
-    dk[i] += m.dkv_recv[i];
-    dv[i] += m.dkv_recv[local + i];
-  }
+  return softmax_.keys_in_order(layer, values);
 }
 
 void Lasp2Attention::softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) {
-  Impl& m = *impl_;
-  const float* kv = gather_kv(layer, k, v, m.s.H_kv);
-  const size_t all = size_t(m.s.B) * m.N * m.s.H_kv * m.s.d;
-  const SoftmaxAttentionShape shape = softmax_shape(m.s.B, m.s.N, m.N, m.s.H, m.s.H_kv, m.s.d);
-  softmax_attention_forward(o, lse, q, kv, kv + all, positions_.data(), m.k_pos.data(), shape, m.kernel_ws.view());
+  softmax_.forward(layer, o, lse, q, k, v);
 }
 
 void Lasp2Attention::softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                                       const float* lse, const float* q, const float*, const float*) {
-  Impl& m = *impl_;
-  const size_t all = size_t(m.s.B) * m.N * m.s.H_kv * m.s.d;
-  const float* kv = m.kv_all[layer].data();
-  float* dkv = zeroed_dkv(m.s.H_kv);
-  const SoftmaxAttentionShape shape{m.s.B, m.s.N, m.N, m.s.H, m.s.H_kv, m.s.d, 1.f / std::sqrt(float(m.s.d))};
-  softmax_attention_backward(dq, dkv, dkv + all, dout, o, lse, q, kv, kv + all, positions_.data(), m.k_pos.data(),
-                             shape, m.kernel_ws.view());
-  scatter_dkv(dk, dv, m.s.H_kv);
+  softmax_.backward(layer, dq, dk, dv, dout, o, lse, q);
 }
 
 }  // namespace lasp

@@ -11,9 +11,7 @@
 //   dQ += diag(lambda^i) dO P_p^T, dK += diag(lambda^(L-j)) V G_p^T, dV += diag(lambda^(L-j)) K G_p.
 // Bidirectional linear layer: the local K^T V, ONE AllGather, o = Q (total); backward: the local Q^T dO,
 //   ONE AllGather, the kernel's backward with the other ranks' sum as the gradient of the local state.
-// Softmax layer: ONE AllGather of [K | V] (H_kv heads, RoPE applied with global positions), the local
-//   queries against all keys (positions decide the causal mask, so any layout works); backward: dK, dV of
-//   all positions from the local queries, ONE ReduceScatter back to the owners.
+// Softmax layer: LASP-2H (sp/lasp2h.h), a component of this method.
 #pragma once
 #include <memory>
 #include <vector>
@@ -21,6 +19,7 @@
 #include "comm/comm.h"
 #include "model/attention.h"
 #include "sp/grid.h"
+#include "sp/lasp2h.h"
 
 namespace lasp {
 
@@ -29,7 +28,7 @@ class Lasp2Attention : public Attention {
   // shape.N is this rank's token count per row (N_global / W); layers: the model's layer count.
   Lasp2Attention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers);
   ~Lasp2Attention() override;
-  const int* positions() const override { return positions_.data(); }
+  const int* positions() const override { return softmax_.positions(); }
   void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                       const float* lambda) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
@@ -47,22 +46,10 @@ class Lasp2Attention : public Attention {
   std::vector<float> final_state(int layer) const override;
   std::vector<float> keys_in_order(int layer, bool values) const override;
 
- protected:
-  // The pieces other methods build on. gather_kv: ONE all-gather of this rank's K and V ((B, N_local,
-  // heads, d) each), kept for the layer's backward and returned as (2, B, N, heads, d) with the keys in rank
-  // order; gathered_positions() gives their global positions. zeroed_dkv / scatter_dkv: gradients of the
-  // gathered K and V, summed back to their owners by ONE reduce-scatter and added into dk, dv.
-  const float* gather_kv(int layer, const float* k, const float* v, int heads);
-  const float* gathered_kv(int layer) const;
-  const int* gathered_positions() const;
-  int global_length() const;
-  float* zeroed_dkv(int heads);
-  void scatter_dkv(float* dk, float* dv, int heads);
-
  private:
   struct Impl;
-  std::unique_ptr<Impl> impl_;
-  std::vector<int> positions_;
+  std::unique_ptr<Impl> impl_;  // LASP-2 for the linear layers
+  Lasp2H softmax_;
 };
 
 }  // namespace lasp

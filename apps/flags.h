@@ -1,0 +1,124 @@
+// The command line's shared parts: range checks with readable messages, the model flags (which override a
+// config file or the default model, and must not contradict a checkpoint being resumed) and the SP flags.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/check.h"
+#include "model/config.h"
+#include "sp/methods.h"
+#include "train/checkpoint.h"
+#include "train/trainer.h"
+
+namespace lasp_cli {
+
+// Range checks whose errors read "--seq-len: must be >= 1, got 0" (CLI11's own print the double range in
+// full) and that refuse NaN and infinities.
+inline CLI::Validator number_check(double lo, bool open, double hi = INFINITY) {
+  const std::string range = fmt::format("{} {}", open ? ">" : ">=", lo) +
+                            (hi < INFINITY ? fmt::format(" and <= {}", hi) : std::string());
+  return CLI::Validator(
+      [lo, open, hi, range](std::string& text) -> std::string {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(text, v)) return "expected a number, got '" + text + "'";
+        if (!std::isfinite(v) || (open ? !(v > lo) : !(v >= lo)) || v > hi)
+          return fmt::format("must be a finite number {}, got {}", range, text);
+        return {};
+      },
+      range);
+}
+inline const CLI::Validator kPositive = number_check(0, true), kNonNegative = number_check(0, false);
+inline const CLI::Validator kAtLeastOne = number_check(1, false);
+
+inline std::vector<std::string> sp_method_list() {
+  std::vector<std::string> names;
+  for (const lasp::SpMethod& m : lasp::sp_methods()) names.push_back(m.name);
+  return names;
+}
+
+// --sp-method's help: every method with what its linear and softmax layers do.
+inline std::string sp_method_help() {
+  std::string help = "sequence-parallel method:";
+  for (const lasp::SpMethod& m : lasp::sp_methods())
+    help += "\n  " + m.name + ": linear layers " + m.linear + "; softmax layers " + m.softmax;
+  return help;
+}
+
+// Model flags: each overrides the config file (or the default small hybrid) when given.
+struct ModelFlags {
+  std::string config_path, feature_map, decay;
+  std::optional<std::string> layer_types;
+  std::optional<int> layers, hidden, heads, kv_heads, ffn, vocab;
+  bool no_output_norm = false, no_output_gate = false, tie = false;
+
+  void add(CLI::App* app) {
+    app->add_option("--config", config_path, "config.json to start from (default: the small hybrid of MODEL.md)");
+    app->add_option("--layer-types", layer_types, "one letter per layer: L linear, N softmax (default LLLN)");
+    app->add_option("--layers", layers, "num_hidden_layers (default: the length of --layer-types)");
+    app->add_option("--hidden", hidden, "hidden_size (default 256)");
+    app->add_option("--heads", heads, "num_attention_heads (default 4)");
+    app->add_option("--kv-heads", kv_heads, "num_key_value_heads (default 2)");
+    app->add_option("--ffn", ffn, "intermediate_size (default 768)");
+    app->add_option("--vocab", vocab, "vocab_size (default 256)");
+    app->add_option("--feature-map", feature_map, "silu | elu1 | relu | identity (default silu)");
+    app->add_option("--decay", decay, "none | lightning | retention (default none)");
+    app->add_flag("--no-output-norm", no_output_norm, "linear layers without the per-head output RMSNorm");
+    app->add_flag("--no-output-gate", no_output_gate, "linear layers without the output gate");
+    app->add_flag("--tie-embeddings", tie, "lm_head shares the embedding");
+  }
+
+  // The config file (or the default small hybrid) with the flags applied.
+  lasp::ModelConfig build() const {
+    return apply(config_path.empty() ? lasp::ModelConfig{} : lasp::ModelConfig::load(config_path));
+  }
+
+  // A resumed run's model is its checkpoint's: flags may repeat it, but one that contradicts it is an error
+  // naming both values (it used to be ignored silently).
+  lasp::ModelConfig for_resume(const std::string& checkpoint) const {
+    LASP_CHECK(config_path.empty(), "--resume {}: the model is the checkpoint's; --config {} cannot change it",
+               checkpoint, config_path);
+    const lasp::ModelConfig saved = lasp::load_checkpoint_config(checkpoint);
+    const nlohmann::json a = saved.to_json(), b = apply(saved).to_json();
+    for (const auto& [key, value] : b.items())
+      LASP_CHECK(a.at(key) == value, "--resume {}: the model flags give {} = {}, but the checkpoint has {} = {}; "
+                 "leave the model flags out to continue the saved model", checkpoint, key, value.dump(), key,
+                 a.at(key).dump());
+    return saved;
+  }
+
+  lasp::ModelConfig apply(lasp::ModelConfig c) const {
+    if (layer_types) {
+      LASP_CHECK(!layer_types->empty(), "--layer-types must hold one letter per layer (L linear, N softmax), got an "
+                 "empty string");
+      c.layer_types = *layer_types, c.num_hidden_layers = int(layer_types->size());
+    }
+    if (layers) c.num_hidden_layers = *layers;
+    if (hidden) c.hidden_size = *hidden;
+    if (heads) c.num_attention_heads = *heads;
+    if (kv_heads) c.num_key_value_heads = *kv_heads;
+    if (ffn) c.intermediate_size = *ffn;
+    if (vocab) c.vocab_size = *vocab;
+    if (!feature_map.empty()) c.linear.feature_map = lasp::feature_map_from_string(feature_map);
+    if (!decay.empty()) c.linear.decay = lasp::decay_from_string(decay);
+    if (no_output_norm) c.linear.output_norm = false;
+    if (no_output_gate) c.linear.output_gate = false;
+    if (tie) c.tie_word_embeddings = true;
+    c.validate();
+    return c;
+  }
+};
+
+// --sp-size, --dp-size, --sp-layout, --sp-method.
+inline void add_parallel_flags(CLI::App* cmd, lasp::ParallelOptions& p) {
+  cmd->add_option("--sp-size", p.sp_size, "sequence-parallel ranks per sequence")->default_val(1)->check(kAtLeastOne);
+  cmd->add_option("--dp-size", p.dp_size, "data-parallel groups")->default_val(1)->check(kAtLeastOne);
+  cmd->add_option("--sp-layout", p.sp_layout, "contiguous | zigzag (default: the method's; zigzag when the model has a "
+                  "softmax layer)")->check(CLI::IsMember({"contiguous", "zigzag"}));
+  cmd->add_option("--sp-method", p.sp_method, sp_method_help())->default_val(lasp::sp_methods().front().name)
+      ->check(CLI::IsMember(sp_method_list()));
+}
+
+}  // namespace lasp_cli

@@ -40,6 +40,7 @@ Decoder::Decoder(const ModelConfig& config, const std::vector<float>& params, in
   config_.validate();
   LASP_CHECK(params.size() >= layout_.total(), "decoder: {} parameters given, the model has {}", params.size(),
              layout_.total());
+  weights_ = layout_.bind(const_cast<float*>(params_.data()));  // bound once; only read
   LASP_CHECK(max_tokens > 0, "decoder: max_tokens must be positive, got {}", max_tokens);
   const int L = config.num_hidden_layers, H = config.num_attention_heads;
   const double softmax_layers = double(std::count(config.layer_types.begin(), config.layer_types.end(), 'N'));
@@ -124,7 +125,7 @@ std::vector<float> Decoder::step(int token) {
   const int D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, d = c.head_dim();
   const int E = H * d, Hkv = c.num_key_value_heads, Ekv = Hkv * d, V = c.vocab_size;
   const float eps = c.rms_norm_eps;
-  const Weights w = layout_.bind(const_cast<float*>(params_.data()));
+  const Weights& w = weights_;
   const int pos = pos_;
 
   std::vector<float> x(w.embed + size_t(token) * D, w.embed + size_t(token + 1) * D);

@@ -32,6 +32,7 @@ class Decoder {
   ModelConfig config_;
   ParamLayout layout_;
   const std::vector<float>& params_;
+  Weights weights_;  // named pointers into params_
   int max_tokens_, pos_ = 0;
   std::vector<std::vector<float>> state_;   // linear layers: (H, d, d) S = sum_{j<pos} lambda^(pos-j) k_j^T v_j
   std::vector<std::vector<float>> k_cache_, v_cache_;  // softmax layers: (max_tokens, H_kv, d)

@@ -130,16 +130,16 @@ void fill_powers(float* pw, float* rev, double lambda, int blk) {
   for (int k = 0; k <= blk; ++k) rev[blk - k] = pw[k];
 }
 
-// a (L x L) .*= psi with psi[i][j] = lambda^(i-j) = rev[blk - i + j] for j <= i, else 0.
-void mask_decay(float* a, const float* rev, int blk, int L) {
+// a (rows x rows) .*= psi with psi[i][j] = lambda^(i-j) = rev[blk - i + j] for j <= i, else 0.
+void mask_decay(float* a, const float* rev, int blk, int rows) {
 #if defined(__AVX512F__)
   // Rows in vectors of 16: keep (and scale) columns j <= i, zero the rest; no decay: only zero.
   const bool decay = rev[blk - 1] != 1.f;
-  for (int i = 0; i < L; ++i) {
-    float* row = a + long(i) * L;
+  for (int i = 0; i < rows; ++i) {
+    float* row = a + long(i) * rows;
     const float* f = rev + blk - i;
-    for (int j = 0; j < L; j += 16) {
-      const int n = L - j < 16 ? L - j : 16, keep = i - j + 1;  // columns of this vector to keep
+    for (int j = 0; j < rows; j += 16) {
+      const int n = rows - j < 16 ? rows - j : 16, keep = i - j + 1;  // columns of this vector to keep
       const __mmask16 in = __mmask16((1u << n) - 1);
       const __mmask16 kept = keep <= 0 ? 0 : keep >= 16 ? in : __mmask16(((1u << keep) - 1) & in);
       __m512 x = _mm512_maskz_loadu_ps(kept, row + j);
@@ -148,24 +148,24 @@ void mask_decay(float* a, const float* rev, int blk, int L) {
     }
   }
 #else
-  for (int i = 0; i < L; ++i) {
-    float* row = a + long(i) * L;
+  for (int i = 0; i < rows; ++i) {
+    float* row = a + long(i) * rows;
     const float* f = rev + blk - i;
     for (int j = 0; j <= i; ++j) row[j] *= f[j];
-    for (int j = i + 1; j < L; ++j) row[j] = 0.f;
+    for (int j = i + 1; j < rows; ++j) row[j] = 0.f;
   }
 #endif
 }
 
-// dst (L x d) = diag(scale) src, all dense.
-void scale_rows(float* dst, const float* src, const float* scale, int L, int d, long lds = -1) {
+// dst (rows x d) = diag(scale) src, all dense.
+void scale_rows(float* dst, const float* src, const float* scale, int rows, int d, long lds = -1) {
   if (lds < 0) lds = d;  // src rows lds apart
-  for (int r = 0; r < L; ++r)
+  for (int r = 0; r < rows; ++r)
     for (int i = 0; i < d; ++i) dst[long(r) * d + i] = scale[r] * src[r * lds + i];
 }
 
-// Moves one block (rows [0, L)) of `heads` consecutive heads between the (N, H, d) layout (rows ld apart,
-// `at` = offset of the block's first head) and packed buffers (heads, L, d), for several tensors at once.
+// Moves one block (rows [0, rows)) of `heads` consecutive heads between the (N, H, d) layout (rows ld apart,
+// `at` = offset of the block's first head) and packed buffers (heads, rows, d), for several tensors at once.
 // Packed operands matter: one head's rows are 256 B every 2 KB, which read in place by the products
 // thrash L1. The causal kernels walk the blocks with all heads of their group, prefetching the whole next
 // block (whole 2 KB rows, the pattern memory serves best) during the current one, and gather each head
@@ -187,21 +187,21 @@ inline void copy_row(float* dst, const float* src, int n) {
 
 struct BlockIo {
   long at;
-  int ld, L, heads, d;
+  int ld, rows, heads, d;
 
   void gather(std::initializer_list<std::pair<float*, const float*>> parts) const {
-    for (int r = 0; r < L; ++r)
+    for (int r = 0; r < rows; ++r)
       for (auto [packed, x] : parts)
         for (int j = 0; j < heads; ++j)
-          copy_row(packed + (long(j) * L + r) * d, x + at + long(r) * ld + long(j) * d, d);
+          copy_row(packed + (long(j) * rows + r) * d, x + at + long(r) * ld + long(j) * d, d);
   }
 
   // x = packed
   void scatter(std::initializer_list<std::pair<float*, const float*>> parts) const {
-    for (int r = 0; r < L; ++r)
+    for (int r = 0; r < rows; ++r)
       for (auto [x, packed] : parts)
         for (int j = 0; j < heads; ++j)
-          copy_row(x + at + long(r) * ld + long(j) * d, packed + (long(j) * L + r) * d, d);
+          copy_row(x + at + long(r) * ld + long(j) * d, packed + (long(j) * rows + r) * d, d);
   }
 };
 
@@ -248,7 +248,7 @@ Scratch thread_scratch(Workspace ws, const LinearAttentionShape& s, int heads, b
 }
 
 // A piece's local state, for the pieces across threads: the state after blocks [begin, end) of batch row b,
-// heads h0.., from none (S = lambda^L S + K_b^T diag(lambda^(L-j)) V_b), into out (B, H, d, d).
+// heads h0.., from none (S = lambda^rows S + K_b^T diag(lambda^(rows-j)) V_b), into out (B, H, d, d).
 void piece_state(float* out, const float* k, const float* v, const float* lambda, const LinearAttentionShape& s,
                  const Scratch& w, int b, int h0, int heads, int begin, int end) {
   const int N = s.N, d = s.d, blk = s.block, ld = s.H * d;
@@ -258,15 +258,15 @@ void piece_state(float* out, const float* k, const float* v, const float* lambda
     std::fill(w.state + j * dd, w.state + (j + 1) * dd, 0.f);
   }
   for (int blkno = begin; blkno < end; ++blkno) {
-    const int L = std::min(blk, N - blkno * blk);
+    const int rows = std::min(blk, N - blkno * blk);
     for (int j = 0; j < heads; ++j) {
       const float *pw = w.pw + j * p, *rev = w.rev + j * p;
-      const BlockIo one{(long(b) * N + long(blkno) * blk) * ld + long(h0 + j) * d, ld, L, 1, d};
+      const BlockIo one{(long(b) * N + long(blkno) * blk) * ld + long(h0 + j) * d, ld, rows, 1, d};
       one.gather({{w.v, v}});  // V is the B operand; K is read in place
       const float* ks = k + one.at;
       int ksld = ld;
-      if (pw[1] != 1.f) scale_rows(w.ks, ks, rev + blk - L, L, d, ld), ks = w.ks, ksld = d;
-      gemm(true, false, d, d, L, 1.f, ks, ksld, w.v, d, pw[L], w.state + j * dd, d);
+      if (pw[1] != 1.f) scale_rows(w.ks, ks, rev + blk - rows, rows, d, ld), ks = w.ks, ksld = d;
+      gemm(true, false, d, d, rows, 1.f, ks, ksld, w.v, d, pw[rows], w.state + j * dd, d);
     }
   }
   for (int j = 0; j < heads; ++j)
@@ -322,36 +322,36 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
       else std::fill(S, S + dd, 0.f);
     }
     for (int blkno = begin; blkno < end; ++blkno) {
-      const int L = std::min(blk, N - blkno * blk);
-      const BlockIo io{(long(b) * N + long(blkno) * blk) * ld + long(h0) * d, ld, L, heads, d};
+      const int rows = std::min(blk, N - blkno * blk);
+      const BlockIo io{(long(b) * N + long(blkno) * blk) * ld + long(h0) * d, ld, rows, heads, d};
       pf.clear();
       if (blkno + 1 < end)
         for (const float* x : {q, k, v, (const float*)o})
           pf.add(x + io.at + long(blk) * ld, std::min(blk, N - (blkno + 1) * blk), heads * d, ld);
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
-        const BlockIo one{io.at + long(j) * d, ld, L, 1, d};  // this head's rows, gathered into L1
+        const BlockIo one{io.at + long(j) * d, ld, rows, 1, d};  // this head's rows, gathered into L1
         // V is a B operand and is packed; Q and K are read as A operands or transposed, from their rows.
         one.gather({{w.v, v}});
         const long row0 = io.at + long(j) * d;
         const float *qb = q + row0, *kb = k + row0, *vb = w.v;
         float* ob = w.o;
         float* S = w.state + j * dd;  // the state entering this block
-        transpose(w.kt, L, kb, ld, L, d);
+        transpose(w.kt, rows, kb, ld, rows, d);
         // intra: O_b = ((Q_b K_b^T) .* psi) V_b
-        gemm(false, false, L, L, d, 1.f, qb, ld, w.kt, L, 0.f, w.a, L, &pf, Skip::c_upper);
-        mask_decay(w.a, rev, blk, L);
+        gemm(false, false, rows, rows, d, 1.f, qb, ld, w.kt, rows, 0.f, w.a, rows, &pf, Skip::c_upper);
+        mask_decay(w.a, rev, blk, rows);
         // inter, in the same pass: O_b += diag(lambda^i) Q_b S_b
         const float* qs = qb;
         int qsld = ld;
-        if (pw[1] != 1.f) scale_rows(w.qs, qb, pw, L, d, ld), qs = w.qs, qsld = d;
-        gemm_sum(L, d, {false, L, w.a, L, vb, d, Skip::a_upper}, {false, d, qs, qsld, S, d}, 1.f, 0.f, ob, d, &pf);
-        // S = lambda^L S + K_b^T diag(lambda^(L-j)) V_b
+        if (pw[1] != 1.f) scale_rows(w.qs, qb, pw, rows, d, ld), qs = w.qs, qsld = d;
+        gemm_sum(rows, d, {false, rows, w.a, rows, vb, d, Skip::a_upper}, {false, d, qs, qsld, S, d}, 1.f, 0.f, ob, d, &pf);
+        // S = lambda^rows S + K_b^T diag(lambda^(rows-j)) V_b
         if (pw[1] != 1.f) {
-          scale_rows(w.ks, kb, rev + blk - L, L, d, ld);
-          gemm(true, false, d, d, L, 1.f, w.ks, d, vb, d, pw[L], S, d, &pf);
+          scale_rows(w.ks, kb, rev + blk - rows, rows, d, ld);
+          gemm(true, false, d, d, rows, 1.f, w.ks, d, vb, d, pw[rows], S, d, &pf);
         } else {
-          gemm(false, false, d, d, L, 1.f, w.kt, L, vb, d, 1.f, S, d, &pf);
+          gemm(false, false, d, d, rows, 1.f, w.kt, rows, vb, d, 1.f, S, d, &pf);
         }
         one.scatter({{o, w.o}});
       }
@@ -404,7 +404,7 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
   const HeadGroups& groups = plan.groups;
 
   // A piece's local state gradient: the gradient of the state entering block `begin` from blocks
-  // [begin, end) alone (dS from zero, walked backwards: dS = l^L dS + Q_b^T diag(l^i) dO_b), into out.
+  // [begin, end) alone (dS from zero, walked backwards: dS = l^rows dS + Q_b^T diag(l^i) dO_b), into out.
   auto local_dstate = [&](int b, int g, int begin, int end, float* out) {
     const int h0 = groups.begin(g, H), heads = groups.begin(g + 1, H) - h0;
     Scratch w = thread_scratch(ws, s, groups.max_heads, true);
@@ -418,10 +418,10 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
       io.gather({{w.q, q}, {w.o, dout}});
       for (int j = 0; j < heads; ++j) {
         const float* pw = w.pw + j * p;
-        const long hb = long(j) * io.L * d;
+        const long hb = long(j) * io.rows * d;
         const float* douts = w.o + hb;
-        if (pw[1] != 1.f) scale_rows(w.douts, douts, pw, io.L, d), douts = w.douts;
-        gemm(true, false, d, d, io.L, 1.f, w.q + hb, d, douts, d, pw[io.L], w.state + j * dd, d);
+        if (pw[1] != 1.f) scale_rows(w.douts, douts, pw, io.rows, d), douts = w.douts;
+        gemm(true, false, d, d, io.rows, 1.f, w.q + hb, d, douts, d, pw[io.rows], w.state + j * dd, d);
       }
     }
     for (int j = 0; j < heads; ++j)
@@ -450,7 +450,7 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
     auto rows_of = [&](auto* x, const BlockIo& io, int j) { return x + io.at + long(j) * d; };
 
     // Pass 1, forward order, for dQ; S (kept as S^T) is the state entering the current block:
-    //   dQ_b += (dA_b K_b) + diag(l^i) dO_b S_b^T, dA = (dO V^T) .* psi;  S^T = l^L S^T + V_b^T diag(l^(L-j)) K_b
+    //   dQ_b += (dA_b K_b) + diag(l^i) dO_b S_b^T, dA = (dO V^T) .* psi;  S^T = l^rows S^T + V_b^T diag(l^(rows-j)) K_b
     for (int j = 0; j < heads; ++j) {
       fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
       float* S = w.state + j * dd;
@@ -459,33 +459,33 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
     }
     for (int blkno = begin; blkno < end; ++blkno) {
       const BlockIo io = block_io(blkno);
-      const int L = io.L;
+      const int rows = io.rows;
       prefetch_block(blkno + 1, {k, v, dout, dq});
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
-        const BlockIo one{io.at + long(j) * d, ld, L, 1, d};  // this head's rows, gathered into L1
+        const BlockIo one{io.at + long(j) * d, ld, rows, 1, d};  // this head's rows, gathered into L1
         // K is a B operand and is packed; V and dO are read transposed or as A operands, from their rows.
         one.gather({{w.k, k}});
         const float *kb = w.k, *vb = rows_of(v, io, j), *dob = rows_of(dout, io, j);
         float *dqb = rows_of(dq, io, j), *S = w.state + j * dd;
-        transpose(w.vt, L, vb, ld, L, d);
-        gemm(false, false, L, L, d, 1.f, dob, ld, w.vt, L, 0.f, w.da, L, &pf, Skip::c_upper);
-        mask_decay(w.da, rev, blk, L);
+        transpose(w.vt, rows, vb, ld, rows, d);
+        gemm(false, false, rows, rows, d, 1.f, dob, ld, w.vt, rows, 0.f, w.da, rows, &pf, Skip::c_upper);
+        mask_decay(w.da, rev, blk, rows);
         const float* douts = dob;
         int dold = ld;
-        if (pw[1] != 1.f) scale_rows(w.douts, dob, pw, L, d, ld), douts = w.douts, dold = d;
-        gemm_sum(L, d, {false, L, w.da, L, kb, d, Skip::a_upper}, {false, d, douts, dold, S, d}, 1.f, 1.f, dqb, ld,
+        if (pw[1] != 1.f) scale_rows(w.douts, dob, pw, rows, d, ld), douts = w.douts, dold = d;
+        gemm_sum(rows, d, {false, rows, w.da, rows, kb, d, Skip::a_upper}, {false, d, douts, dold, S, d}, 1.f, 1.f, dqb, ld,
                  &pf);  // dQ += dA K + diag(l^i) dO S_b^T, one pass over dQ's rows
         if (blkno + 1 == end) continue;
         const float* ks = kb;
-        if (pw[1] != 1.f) scale_rows(w.ks, kb, rev + blk - L, L, d), ks = w.ks;
-        gemm(true, false, d, d, L, 1.f, vb, ld, ks, d, pw[L], S, d, &pf);  // S^T = l^L S^T + V^T diag(l^(L-j)) K
+        if (pw[1] != 1.f) scale_rows(w.ks, kb, rev + blk - rows, rows, d), ks = w.ks;
+        gemm(true, false, d, d, rows, 1.f, vb, ld, ks, d, pw[rows], S, d, &pf);  // S^T = l^rows S^T + V^T diag(l^(rows-j)) K
       }
     }
 
     // Pass 2, reverse order, for dK and dV; dS is the gradient of the state leaving the current block:
-    //   dK_b += dA^T Q + diag(l^(L-j)) V dS^T,  dV_b += A^T dO + diag(l^(L-j)) K dS,  A = (Q K^T) .* psi;
-    //   dS = l^L dS + Q_b^T diag(l^i) dO_b
+    //   dK_b += dA^T Q + diag(l^(rows-j)) V dS^T,  dV_b += A^T dO + diag(l^(rows-j)) K dS,  A = (Q K^T) .* psi;
+    //   dS = l^rows dS + Q_b^T diag(l^i) dO_b
     for (int j = 0; j < heads; ++j) {
       float* dS = w.state + j * dd;
       if (dout_state) std::memcpy(dS, dout_state + (size_t(b) * H + h0 + j) * dd, sizeof(float) * dd);
@@ -493,38 +493,38 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
     }
     for (int blkno = end - 1; blkno >= begin; --blkno) {
       const BlockIo io = block_io(blkno);
-      const int L = io.L;
+      const int rows = io.rows;
       prefetch_block(blkno - 1, {q, k, v, dout, dk, dv});
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
-        const BlockIo one{io.at + long(j) * d, ld, L, 1, d};  // this head's rows, gathered into L1
+        const BlockIo one{io.at + long(j) * d, ld, rows, 1, d};  // this head's rows, gathered into L1
         // Q and dO are B operands somewhere below and are packed; K and V are only read transposed or as A
         // operands (broadcast rows), which strided rows serve as well.
         one.gather({{w.q, q}, {w.o, dout}});
         const float *qb = w.q, *dob = w.o, *kb = rows_of(k, io, j), *vb = rows_of(v, io, j);
         float *dkb = rows_of(dk, io, j), *dvb = rows_of(dv, io, j), *dS = w.state + j * dd;
-        transpose(w.kt, L, kb, ld, L, d);
-        transpose(w.vt, L, vb, ld, L, d);
+        transpose(w.kt, rows, kb, ld, rows, d);
+        transpose(w.vt, rows, vb, ld, rows, d);
         const float *ks = kb, *vs = vb, *douts = dob;
         int kvld = ld;  // row stride of ks and vs
         if (pw[1] != 1.f) {
-          const float* tail = rev + blk - L;  // lambda^(L-j)
-          scale_rows(w.ks, kb, tail, L, d, ld), ks = w.ks;
-          scale_rows(w.vs, vb, tail, L, d, ld), vs = w.vs;
-          scale_rows(w.douts, dob, pw, L, d), douts = w.douts;
+          const float* tail = rev + blk - rows;  // lambda^(rows-j)
+          scale_rows(w.ks, kb, tail, rows, d, ld), ks = w.ks;
+          scale_rows(w.vs, vb, tail, rows, d, ld), vs = w.vs;
+          scale_rows(w.douts, dob, pw, rows, d), douts = w.douts;
           kvld = d;
         }
         // (A and dA are lower triangular: the products skip the zero halves.)
-        gemm(false, false, L, L, d, 1.f, qb, d, w.kt, L, 0.f, w.a, L, &pf, Skip::c_upper);
-        mask_decay(w.a, rev, blk, L);
-        gemm(false, false, L, L, d, 1.f, dob, d, w.vt, L, 0.f, w.da, L, &pf, Skip::c_upper);
-        mask_decay(w.da, rev, blk, L);
+        gemm(false, false, rows, rows, d, 1.f, qb, d, w.kt, rows, 0.f, w.a, rows, &pf, Skip::c_upper);
+        mask_decay(w.a, rev, blk, rows);
+        gemm(false, false, rows, rows, d, 1.f, dob, d, w.vt, rows, 0.f, w.da, rows, &pf, Skip::c_upper);
+        mask_decay(w.da, rev, blk, rows);
         transpose(w.dstate_t, d, dS, d, d, d);
-        gemm_sum(L, d, {true, L, w.da, L, qb, d, Skip::a_lower}, {false, d, vs, kvld, w.dstate_t, d}, 1.f, 1.f, dkb,
-                 ld, &pf);  // dK += dA^T Q + diag(l^(L-j)) V dS^T
-        gemm_sum(L, d, {true, L, w.a, L, dob, d, Skip::a_lower}, {false, d, ks, kvld, dS, d}, 1.f, 1.f, dvb, ld,
-                 &pf);  // dV += A^T dO + diag(l^(L-j)) K dS
-        gemm(true, false, d, d, L, 1.f, qb, d, douts, d, pw[L], dS, d, &pf);        // dS = l^L dS + Q^T diag(l^i) dO
+        gemm_sum(rows, d, {true, rows, w.da, rows, qb, d, Skip::a_lower}, {false, d, vs, kvld, w.dstate_t, d}, 1.f, 1.f, dkb,
+                 ld, &pf);  // dK += dA^T Q + diag(l^(rows-j)) V dS^T
+        gemm_sum(rows, d, {true, rows, w.a, rows, dob, d, Skip::a_lower}, {false, d, ks, kvld, dS, d}, 1.f, 1.f, dvb, ld,
+                 &pf);  // dV += A^T dO + diag(l^(rows-j)) K dS
+        gemm(true, false, d, d, rows, 1.f, qb, d, douts, d, pw[rows], dS, d, &pf);        // dS = l^rows dS + Q^T diag(l^i) dO
       }
     }
     if (din)

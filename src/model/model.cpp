@@ -26,12 +26,12 @@ int token_count(int B, int N) {
 }
 
 // Y (T x out) = X (T x in) W^T, W in the nn.Linear layout (out x in).
-void linear_forward(float* Y, const float* X, const float* W, int T, int in, int out) {
+void projection_forward(float* Y, const float* X, const float* W, int T, int in, int out) {
   gemm(false, true, T, out, in, 1.f, X, in, W, in, 0.f, Y, out);
 }
 
 // dX += dY W (dX = dY W when dx_fresh), dW += dY^T X.
-void linear_backward(float* dX, float* dW, const float* dY, const float* X, const float* W, int T, int in,
+void projection_backward(float* dX, float* dW, const float* dY, const float* X, const float* W, int T, int in,
                      int out, bool dx_fresh = false) {
   gemm(false, false, T, in, out, 1.f, dY, out, W, in, dx_fresh ? 0.f : 1.f, dX, in);
   gemm(true, false, out, in, T, 1.f, dY, out, X, in, 1.f, dW, in);
@@ -123,6 +123,8 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, bool
                                    N, layout_.total()));
   params_.assign(layout_.total(), 0.f);
   grads_.assign(layout_.total(), 0.f);
+  w_ = layout_.bind(params_.data());  // bound once: the buffers are never resized
+  g_ = layout_.bind(grads_.data());
   arena_.assign(counter.used, 0.f);
   Carver assign{arena_.data()};
   carve(assign);
@@ -133,7 +135,7 @@ void Model::zero_grads() { zero(grads_.data(), grads_.size()); }
 double Model::forward(const int* inputs, const int* targets) {
   const ModelConfig& c = config_;
   const int D = c.hidden_size, V = c.vocab_size;
-  const Weights w = layout_.bind(params_.data());
+  const Weights& w = w_;
   inputs_.assign(inputs, inputs + T_);
   has_targets_ = targets != nullptr;
   if (targets) targets_.assign(targets, targets + T_);
@@ -141,7 +143,7 @@ double Model::forward(const int* inputs, const int* targets) {
   embedding_forward(x_[0], inputs, w.embed, T_, D, V);
   for (int l = 0; l < c.num_hidden_layers; ++l) forward_layer(l, true);
   rmsnorm_forward(xf_, rstd_f_, x_[c.num_hidden_layers], w.final_norm, T_, D, c.rms_norm_eps);
-  linear_forward(logits_, xf_, w.lm_head, T_, D, V);
+  projection_forward(logits_, xf_, w.lm_head, T_, D, V);
   return targets ? cross_entropy_forward(nullptr, logits_, targets, T_, V) : 0.0;
 }
 
@@ -150,16 +152,16 @@ void Model::forward_layer(int l, bool write_output) {
   const int D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, d = c.head_dim();
   const int E = H * d, Hkv = c.num_key_value_heads, Ekv = Hkv * d;
   const float eps = c.rms_norm_eps;
-  const LayerWeights w = layout_.bind(params_.data()).layers[l];
+  const LayerWeights& w = w_.layers[l];
   LayerActs& a = acts(l);
   const size_t T = T_;
 
   rmsnorm_forward(a.xn, a.rstd_in, x_[l], w.input_norm, T_, D, eps);
   const float* attn_out;  // what o_proj reads
   if (c.layer_types[l] == 'L') {
-    linear_forward(a.qp, a.xn, w.wq, T_, D, E);
-    linear_forward(a.kp, a.xn, w.wk, T_, D, E);
-    linear_forward(a.v, a.xn, w.wv, T_, D, E);
+    projection_forward(a.qp, a.xn, w.wq, T_, D, E);
+    projection_forward(a.kp, a.xn, w.wk, T_, D, E);
+    projection_forward(a.v, a.xn, w.wv, T_, D, E);
     feature_map_forward(a.q, a.qp, long(T * E), c.linear.feature_map);
     feature_map_forward(a.k, a.kp, long(T * E), c.linear.feature_map);
     attention_.linear_forward(l, a.o, a.q, a.k, a.v, lambdas_[l].data());
@@ -169,27 +171,27 @@ void Model::forward_layer(int l, bool write_output) {
       attn_out = a.on;
     }
     if (c.linear.output_gate) {  // o * silu(W_g x)
-      linear_forward(a.gp, a.xn, w.wg, T_, D, E);
+      projection_forward(a.gp, a.xn, w.wg, T_, D, E);
       swiglu_forward(a.og, a.gp, attn_out, long(T * E));
       attn_out = a.og;
     }
   } else {
-    linear_forward(a.q, a.xn, w.wq, T_, D, E);
-    linear_forward(a.k, a.xn, w.wk, T_, D, Ekv);
-    linear_forward(a.v, a.xn, w.wv, T_, D, Ekv);
+    projection_forward(a.q, a.xn, w.wq, T_, D, E);
+    projection_forward(a.k, a.xn, w.wk, T_, D, Ekv);
+    projection_forward(a.v, a.xn, w.wv, T_, D, Ekv);
     rope_forward(a.q, a.q, rope_, B_, H);
     rope_forward(a.k, a.k, rope_, B_, Hkv);
     attention_.softmax_forward(l, a.o, a.lse, a.q, a.k, a.v);
     attn_out = a.o;
   }
   // h = x + o_proj(attention); out = h + down(silu(gate(hn)) * up(hn)), hn = RMSNorm(h)
-  linear_forward(a.h, attn_out, w.wo, T_, E, D);
+  projection_forward(a.h, attn_out, w.wo, T_, E, D);
   residual_rmsnorm_forward(a.h, a.hn, a.rstd_post, x_[l], w.post_norm, T_, D, eps);
-  linear_forward(a.g, a.hn, w.w_gate, T_, D, F);
-  linear_forward(a.u, a.hn, w.w_up, T_, D, F);
+  projection_forward(a.g, a.hn, w.w_gate, T_, D, F);
+  projection_forward(a.u, a.hn, w.w_up, T_, D, F);
   swiglu_forward(a.m, a.g, a.u, long(T * F));
   if (write_output) {
-    linear_forward(x_[l + 1], a.m, w.w_down, T_, F, D);
+    projection_forward(x_[l + 1], a.m, w.w_down, T_, F, D);
     add_into(x_[l + 1], a.h, T * D);
   }
 }
@@ -198,13 +200,13 @@ void Model::backward(float dloss) {
   LASP_CHECK(has_targets_, "model: backward needs a forward with targets");
   const ModelConfig& c = config_;
   const int D = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers;
-  const Weights w = layout_.bind(params_.data());
-  const Weights g = layout_.bind(grads_.data());
+  const Weights& w = w_;
+  const Weights& g = g_;
   const size_t T = T_;
 
   zero(s_.dlogits, T * V);
   cross_entropy_backward(s_.dlogits, logits_, targets_.data(), T_, V, dloss);
-  linear_backward(s_.dxn, g.lm_head, s_.dlogits, xf_, w.lm_head, T_, D, V, true);
+  projection_backward(s_.dxn, g.lm_head, s_.dlogits, xf_, w.lm_head, T_, D, V, true);
   rmsnorm_backward(s_.dres, g.final_norm, s_.dxn, x_[L], w.final_norm, rstd_f_, T_, D, GradStore::overwrite);
   for (int l = L - 1; l >= 0; --l) {
     if (recompute_) forward_layer(l, false);
@@ -217,16 +219,16 @@ void Model::backward_layer(int l) {
   const ModelConfig& c = config_;
   const int D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, d = c.head_dim();
   const int E = H * d, Hkv = c.num_key_value_heads, Ekv = Hkv * d;
-  const LayerWeights w = layout_.bind(params_.data()).layers[l];
-  const LayerWeights g = layout_.bind(grads_.data()).layers[l];
+  const LayerWeights& w = w_.layers[l];
+  const LayerWeights& g = g_.layers[l];
   LayerActs& a = acts(l);
   const size_t T = T_;
 
   // MLP: out = h + down(m); s_.dres holds dL/dout, and becomes dL/dh.
-  linear_backward(s_.dm, g.w_down, s_.dres, a.m, w.w_down, T_, F, D, true);
+  projection_backward(s_.dm, g.w_down, s_.dres, a.m, w.w_down, T_, F, D, true);
   swiglu_backward(s_.dg, s_.du, s_.dm, a.g, a.u, long(T * F), GradStore::overwrite);
-  linear_backward(s_.dhn, g.w_gate, s_.dg, a.hn, w.w_gate, T_, D, F, true);
-  linear_backward(s_.dhn, g.w_up, s_.du, a.hn, w.w_up, T_, D, F);
+  projection_backward(s_.dhn, g.w_gate, s_.dg, a.hn, w.w_gate, T_, D, F, true);
+  projection_backward(s_.dhn, g.w_up, s_.du, a.hn, w.w_up, T_, D, F);
   rmsnorm_backward(s_.dres, g.post_norm, s_.dhn, a.h, w.post_norm, a.rstd_post, T_, D);
 
   // Attention: h = x + o_proj(attn_out); s_.dres = dL/dh is also dL/d(o_proj output).
@@ -235,11 +237,11 @@ void Model::backward_layer(int l) {
   if (c.layer_types[l] == 'L') {
     const float* normed = c.linear.output_norm ? a.on : a.o;
     const float* attn_out = c.linear.output_gate ? a.og : normed;
-    linear_backward(s_.da, g.wo, s_.dres, attn_out, w.wo, T_, E, D, true);
+    projection_backward(s_.da, g.wo, s_.dres, attn_out, w.wo, T_, E, D, true);
     float* d_normed = s_.da;  // gradient w.r.t. the (normed) attention output
     if (c.linear.output_gate) {
       swiglu_backward(s_.dgp, s_.dqp, s_.da, a.gp, normed, long(T * E), GradStore::overwrite);  // dqp: d(normed)
-      linear_backward(s_.dxn, g.wg, s_.dgp, a.xn, w.wg, T_, D, E, true);
+      projection_backward(s_.dxn, g.wg, s_.dgp, a.xn, w.wg, T_, D, E, true);
       d_normed = s_.dqp;
     }
     float* d_o = d_normed;
@@ -254,20 +256,20 @@ void Model::backward_layer(int l) {
     attention_.linear_backward(l, s_.dq, s_.dk, s_.dv, d_o, a.q, a.k, a.v, lambdas_[l].data());
     feature_map_backward(s_.dqp, s_.dq, a.qp, long(T * E), c.linear.feature_map, GradStore::overwrite);
     feature_map_backward(s_.dkp, s_.dk, a.kp, long(T * E), c.linear.feature_map, GradStore::overwrite);
-    linear_backward(s_.dxn, g.wq, s_.dqp, a.xn, w.wq, T_, D, E, !gated);
-    linear_backward(s_.dxn, g.wk, s_.dkp, a.xn, w.wk, T_, D, E);
-    linear_backward(s_.dxn, g.wv, s_.dv, a.xn, w.wv, T_, D, E);
+    projection_backward(s_.dxn, g.wq, s_.dqp, a.xn, w.wq, T_, D, E, !gated);
+    projection_backward(s_.dxn, g.wk, s_.dkp, a.xn, w.wk, T_, D, E);
+    projection_backward(s_.dxn, g.wv, s_.dv, a.xn, w.wv, T_, D, E);
   } else {
-    linear_backward(s_.da, g.wo, s_.dres, a.o, w.wo, T_, E, D, true);
+    projection_backward(s_.da, g.wo, s_.dres, a.o, w.wo, T_, E, D, true);
     zero(s_.dq, T * E);
     zero(s_.dk, T * Ekv);
     zero(s_.dv, T * Ekv);
     attention_.softmax_backward(l, s_.dq, s_.dk, s_.dv, s_.da, a.o, a.lse, a.q, a.k, a.v);
     rope_backward(s_.dqp, s_.dq, rope_, B_, H, GradStore::overwrite);
     rope_backward(s_.dkp, s_.dk, rope_, B_, Hkv, GradStore::overwrite);
-    linear_backward(s_.dxn, g.wq, s_.dqp, a.xn, w.wq, T_, D, E, true);
-    linear_backward(s_.dxn, g.wk, s_.dkp, a.xn, w.wk, T_, D, Ekv);
-    linear_backward(s_.dxn, g.wv, s_.dv, a.xn, w.wv, T_, D, Ekv);
+    projection_backward(s_.dxn, g.wq, s_.dqp, a.xn, w.wq, T_, D, E, true);
+    projection_backward(s_.dxn, g.wk, s_.dkp, a.xn, w.wk, T_, D, Ekv);
+    projection_backward(s_.dxn, g.wv, s_.dv, a.xn, w.wv, T_, D, Ekv);
   }
   rmsnorm_backward(s_.dres, g.input_norm, s_.dxn, x_[l], w.input_norm, a.rstd_in, T_, D);
 }

@@ -22,6 +22,7 @@ class Model {
   const ParamLayout& layout() const { return layout_; }
   int batch() const { return B_; }
   int seq_len() const { return N_; }
+  // The flat buffers (ParamLayout order). Write their elements; never resize them.
   std::vector<float>& params() { return params_; }
   std::vector<float>& grads() { return grads_; }
   const std::vector<float>& params() const { return params_; }
@@ -56,7 +57,8 @@ class Model {
   Attention& attention_;
   bool recompute_;
   RopeTable rope_;  // the softmax layers' angles at attention_.positions()
-  std::vector<float> params_, grads_;
+  std::vector<float> params_, grads_;  // never resized after construction: w_ and g_ point into them
+  Weights w_, g_;
   std::vector<float, HugePageAllocator<float>> arena_;  // activations and scratch
   std::vector<std::vector<float>> lambdas_;  // per layer: decay of each head (linear layers)
   std::vector<float*> x_;                    // (L + 1) residual stream entering each layer, (T, D)

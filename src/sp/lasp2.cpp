@@ -13,16 +13,16 @@ namespace lasp {
 
 namespace {
 
-// pw[k] = lambda^k for k = 0..L.
-void powers(std::vector<float>& pw, double lambda, int L) {
-  pw.resize(size_t(L) + 1);
-  decay_powers(pw.data(), lambda, L);
+// pw[k] = lambda^k for k = 0..piece_len.
+void powers(std::vector<float>& pw, double lambda, int piece_len) {
+  pw.resize(size_t(piece_len) + 1);
+  decay_powers(pw.data(), lambda, piece_len);
 }
 
-// dst (L x d, dense) = diag(f) src (rows ld apart), with f[i] = pw[i] (inter) or pw[L - i] (tail).
-void scaled_rows(float* dst, const float* src, int ld, const std::vector<float>& pw, bool tail, int L, int d) {
-  for (int i = 0; i < L; ++i) {
-    const float f = pw[tail ? L - i : i];
+// dst (piece_len x d, dense) = diag(f) src (rows ld apart), with f[i] = pw[i] (inter) or pw[piece_len - i] (tail).
+void scaled_rows(float* dst, const float* src, int ld, const std::vector<float>& pw, bool tail, int piece_len, int d) {
+  for (int i = 0; i < piece_len; ++i) {
+    const float f = pw[tail ? piece_len - i : i];
     for (int x = 0; x < d; ++x) dst[long(i) * d + x] = f * src[long(i) * ld + x];
   }
 }
@@ -32,12 +32,12 @@ void scaled_rows(float* dst, const float* src, int ld, const std::vector<float>&
 struct Lasp2Attention::Impl {
   Comm& sp;
   AttentionShape s;
-  int N, W, rank;
+  int W, rank;
   std::vector<Piece> mine;                  // this rank's pieces
   std::vector<std::pair<int, int>> owner;   // global piece -> (rank, index among that rank's pieces)
-  int L;                                    // tokens per piece
+  int piece_len;                                    // tokens per piece
   WorkspaceBuffer kernel_ws{0};
-  std::vector<float> scratch;               // per thread: (L, d)
+  std::vector<float> scratch;               // per thread: (piece_len, d)
   std::vector<float> send, recv, suffix;    // states: (pieces, B, H, d, d) per rank
   std::vector<std::vector<float>> incoming; // per layer: P of each local piece
   // Each piece runs the local kernel in segments (progress points for MPI); per layer, the state entering
@@ -48,19 +48,19 @@ struct Lasp2Attention::Impl {
   std::vector<std::vector<float>> final_states;
 
   Impl(Comm& c, const AttentionShape& shape, int global_N, SpLayout layout, int layers)
-      : sp(c), s(shape), N(global_N), W(c.size()), rank(c.rank()) {
+      : sp(c), s(shape), W(c.size()), rank(c.rank()) {
     LASP_CHECK(shape.N * W == global_N, "LASP-2: {} tokens per rank x {} ranks != sequence length {}", shape.N, W,
                global_N);
-    mine = sp_pieces(N, W, rank, layout);
-    L = mine[0].length;
-    owner = sp_piece_owners(N, W, layout);
+    mine = sp_pieces(global_N, W, rank, layout);
+    piece_len = mine[0].length;
+    owner = sp_piece_owners(global_N, W, layout);
     const int threads = omp_get_max_threads();
-    const LinearAttentionShape piece{1, L, s.H, s.d, s.block};
+    const LinearAttentionShape piece{1, piece_len, s.H, s.d, s.block};
     kernel_ws.storage.resize(std::max({linear_attention_forward_workspace_floats(piece, threads),
                                        linear_attention_backward_workspace_floats(piece, threads),
                                        linear_attention_bidirectional_workspace_floats({s.B, s.N, s.H, s.d, s.block},
                                                                                        threads)}));
-    scratch.resize(size_t(threads) * L * s.d);
+    scratch.resize(size_t(threads) * piece_len * s.d);
     const size_t states = state_floats();
     send.resize(states);
     recv.resize(states * W);
@@ -68,16 +68,16 @@ struct Lasp2Attention::Impl {
     incoming.resize(layers);
     final_states.resize(layers);
     // Up to 4 segments of whole blocks.
-    const int blocks = (L + s.block - 1) / s.block;
+    const int blocks = (piece_len + s.block - 1) / s.block;
     segments = std::min(4, blocks);
     segment_len = (blocks + segments - 1) / segments * s.block;
-    segments = (L + segment_len - 1) / segment_len;
+    segments = (piece_len + segment_len - 1) / segment_len;
     segment_states.resize(layers);
   }
 
   std::pair<int, int> segment(int sg) const {
     const int begin = sg * segment_len;
-    return {begin, std::min(segment_len, L - begin)};
+    return {begin, std::min(segment_len, piece_len - begin)};
   }
   size_t segment_stride() const { return size_t(s.H) * s.d * s.d; }
   size_t segment_at(int b, int piece, int sg) const {
@@ -97,7 +97,7 @@ struct Lasp2Attention::Impl {
 #pragma omp parallel for schedule(dynamic, 1)
     for (int it = 0; it < items; ++it) {
       const int h = it % s.H, i = it / s.H % int(mine.size()), b = it / (s.H * int(mine.size()));
-      f(b, i, h, scratch.data() + size_t(omp_get_thread_num()) * L * s.d);
+      f(b, i, h, scratch.data() + size_t(omp_get_thread_num()) * piece_len * s.d);
     }
   }
 
@@ -109,7 +109,7 @@ struct Lasp2Attention::Impl {
     std::vector<float> acc(dd);
     for (int b = 0; b < s.B; ++b)
       for (int h = 0; h < s.H; ++h) {
-        const float decay = decay_power(lambda ? double(lambda[h]) : 1.0, L);
+        const float decay = decay_power(lambda ? double(lambda[h]) : 1.0, piece_len);
         std::fill(acc.begin(), acc.end(), 0.f);
         for (int step = 0; step < pieces; ++step) {
           const int p = forward ? step : pieces - 1 - step;
@@ -123,7 +123,7 @@ struct Lasp2Attention::Impl {
 
   std::vector<std::vector<float>> head_powers(const float* lambda) const {
     std::vector<std::vector<float>> pw(s.H);
-    for (int h = 0; h < s.H; ++h) powers(pw[h], lambda ? lambda[h] : 1.0, L);
+    for (int h = 0; h < s.H; ++h) powers(pw[h], lambda ? lambda[h] : 1.0, piece_len);
     return pw;
   }
 
@@ -140,14 +140,14 @@ Lasp2Attention::~Lasp2Attention() = default;
 void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                     const float* lambda) {
   Impl& m = *impl_;
-  const int H = m.s.H, d = m.s.d, L = m.L, ld = H * d;
-  const auto decay = m.head_powers(lambda);  // lambda_h^k, k = 0..L, for every head
-  // 1. the local state of every piece: M = K^T diag(lambda^(L-j)) V
+  const int H = m.s.H, d = m.s.d, piece_len = m.piece_len, ld = H * d;
+  const auto decay = m.head_powers(lambda);  // lambda_h^k, k = 0..piece_len, for every head
+  // 1. the local state of every piece: M = K^T diag(lambda^(piece_len-j)) V
   m.for_each_head([&](int b, int i, int h, float* tmp) {
     const std::vector<float>& pw = decay[h];
     const long at = m.rows(b, m.mine[i]) + long(h) * d;
-    scaled_rows(tmp, k + at, ld, pw, true, L, d);
-    gemm(true, false, d, d, L, 1.f, tmp, d, v + at, ld, 0.f, m.send.data() + m.state_at(i, b, h), d);
+    scaled_rows(tmp, k + at, ld, pw, true, piece_len, d);
+    gemm(true, false, d, d, piece_len, 1.f, tmp, d, v + at, ld, 0.f, m.send.data() + m.state_at(i, b, h), d);
   });
   // 2. ONE all-gather of the states, in flight during 3.
   auto gather = m.sp.all_gather_start(m.send.data(), m.recv.data(), m.state_floats());
@@ -174,14 +174,14 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
   auto& P = m.incoming[layer];
   P.resize(m.state_floats());
   m.scan(lambda, true, P);
-  if (m.keep) {  // the state after the last piece: lambda^L P_last + M_last, by the same scan one step further
+  if (m.keep) {  // the state after the last piece: lambda^piece_len P_last + M_last, by the same scan one step further
     const size_t dd = size_t(d) * d;
     auto& final = m.final_states[layer];
     final.assign(size_t(m.s.B) * H * dd, 0.f);
     const int pieces = int(m.owner.size());
     for (int b = 0; b < m.s.B; ++b)
       for (int h = 0; h < H; ++h) {
-        const float decay = decay_power(lambda ? double(lambda[h]) : 1.0, L);
+        const float decay = decay_power(lambda ? double(lambda[h]) : 1.0, piece_len);
         float* acc = final.data() + (size_t(b) * H + h) * dd;
         for (int p = 0; p < pieces; ++p) {
           const auto [r, i] = m.owner[p];
@@ -194,22 +194,22 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
     if (m.first_piece(i)) return;
     const std::vector<float>& pw = decay[h];
     const long at = m.rows(b, m.mine[i]) + long(h) * d;
-    scaled_rows(tmp, q + at, ld, pw, false, L, d);
-    gemm(false, false, L, d, d, 1.f, tmp, d, P.data() + m.state_at(i, b, h), d, 1.f, o + at, ld);
+    scaled_rows(tmp, q + at, ld, pw, false, piece_len, d);
+    gemm(false, false, piece_len, d, d, 1.f, tmp, d, P.data() + m.state_at(i, b, h), d, 1.f, o + at, ld);
   });
 }
 
 void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                                      const float* k, const float* v, const float* lambda) {
   Impl& m = *impl_;
-  const int H = m.s.H, d = m.s.d, L = m.L, ld = H * d;
-  const auto decay = m.head_powers(lambda);  // lambda_h^k, k = 0..L, for every head
+  const int H = m.s.H, d = m.s.d, piece_len = m.piece_len, ld = H * d;
+  const auto decay = m.head_powers(lambda);  // lambda_h^k, k = 0..piece_len, for every head
   // 1. dM = Q^T diag(lambda^i) dO: the gradient each piece sends to the state entering it
   m.for_each_head([&](int b, int i, int h, float* tmp) {
     const std::vector<float>& pw = decay[h];
     const long at = m.rows(b, m.mine[i]) + long(h) * d;
-    scaled_rows(tmp, q + at, ld, pw, false, L, d);
-    gemm(true, false, d, d, L, 1.f, tmp, d, dout + at, ld, 0.f, m.send.data() + m.state_at(i, b, h), d);
+    scaled_rows(tmp, q + at, ld, pw, false, piece_len, d);
+    gemm(true, false, d, d, piece_len, 1.f, tmp, d, dout + at, ld, 0.f, m.send.data() + m.state_at(i, b, h), d);
   });
   // 2. ONE all-gather, in flight during 3.
   auto gather = m.sp.all_gather_start(m.send.data(), m.recv.data(), m.state_floats());
@@ -240,15 +240,15 @@ void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
     const std::vector<float>& pw = decay[h];
     const long at = m.rows(b, m.mine[i]) + long(h) * d;
     if (!m.first_piece(i)) {  // dQ += diag(lambda^i) dO P^T
-      scaled_rows(tmp, dout + at, ld, pw, false, L, d);
-      gemm(false, true, L, d, d, 1.f, tmp, d, P.data() + m.state_at(i, b, h), d, 1.f, dq + at, ld);
+      scaled_rows(tmp, dout + at, ld, pw, false, piece_len, d);
+      gemm(false, true, piece_len, d, d, 1.f, tmp, d, P.data() + m.state_at(i, b, h), d, 1.f, dq + at, ld);
     }
     if (!m.last_piece(i)) {
       const float* G = m.suffix.data() + m.state_at(i, b, h);
-      scaled_rows(tmp, v + at, ld, pw, true, L, d);  // dK += diag(lambda^(L-j)) V G^T
-      gemm(false, true, L, d, d, 1.f, tmp, d, G, d, 1.f, dk + at, ld);
-      scaled_rows(tmp, k + at, ld, pw, true, L, d);  // dV += diag(lambda^(L-j)) K G
-      gemm(false, false, L, d, d, 1.f, tmp, d, G, d, 1.f, dv + at, ld);
+      scaled_rows(tmp, v + at, ld, pw, true, piece_len, d);  // dK += diag(lambda^(piece_len-j)) V G^T
+      gemm(false, true, piece_len, d, d, 1.f, tmp, d, G, d, 1.f, dk + at, ld);
+      scaled_rows(tmp, k + at, ld, pw, true, piece_len, d);  // dV += diag(lambda^(piece_len-j)) K G
+      gemm(false, false, piece_len, d, d, 1.f, tmp, d, G, d, 1.f, dv + at, ld);
     }
   });
 }

@@ -2,6 +2,7 @@
 // the model's Attention seam. Each rank holds its pieces of the sequence (one piece: contiguous layout;
 // pieces r and 2W-1-r: zigzag).
 //
+// L below is the number of tokens per piece (piece_len in the code).
 // Linear layer, forward: the local state M of every piece (d x d per head), ONE non-blocking AllGather of
 //   the states started before the intra-rank chunkwise kernel and waited for after it, the prefix
 //   P_p = sum_{s<p} lambda^(L(p-1-s)) M_s over global piece order, then o += diag(lambda^i) Q P_p. P_p is

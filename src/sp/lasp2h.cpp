@@ -9,7 +9,7 @@
 namespace lasp {
 
 Lasp2H::Lasp2H(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers)
-    : sp_(sp), s_(shape), N_(global_N), W_(sp.size()), positions_(sp_positions(global_N, W_, sp.rank(), layout)),
+    : sp_(sp), s_(shape), global_N_(global_N), W_(sp.size()), positions_(sp_positions(global_N, W_, sp.rank(), layout)),
       kv_all_(layers) {
   LASP_CHECK(shape.N * W_ == global_N, "LASP-2H: {} tokens per rank x {} ranks != sequence length {}", shape.N, W_,
              global_N);
@@ -20,29 +20,29 @@ Lasp2H::Lasp2H(Comm& sp, const AttentionShape& shape, int global_N, SpLayout lay
 
 void Lasp2H::forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) {
   const float* kv = gather_kv(layer, k, v, s_.H_kv);
-  const size_t all = size_t(s_.B) * N_ * s_.H_kv * s_.d;
+  const size_t all = size_t(s_.B) * global_N_ * s_.H_kv * s_.d;
   softmax_attention_forward(o, lse, q, kv, kv + all, positions_.data(), k_pos_.data(),
-                            softmax_shape(s_.B, s_.N, N_, s_.H, s_.H_kv, s_.d), ws_.view());
+                            softmax_shape(s_.B, s_.N, global_N_, s_.H, s_.H_kv, s_.d), ws_.view());
 }
 
 void Lasp2H::backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o, const float* lse,
                       const float* q) {
-  const size_t all = size_t(s_.B) * N_ * s_.H_kv * s_.d;
+  const size_t all = size_t(s_.B) * global_N_ * s_.H_kv * s_.d;
   const float* kv = gathered_kv(layer);
   float* dkv = zeroed_dkv(s_.H_kv);
   softmax_attention_backward(dq, dkv, dkv + all, dout, o, lse, q, kv, kv + all, positions_.data(), k_pos_.data(),
-                             softmax_shape(s_.B, s_.N, N_, s_.H, s_.H_kv, s_.d), ws_.view());
+                             softmax_shape(s_.B, s_.N, global_N_, s_.H, s_.H_kv, s_.d), ws_.view());
   scatter_dkv(dk, dv, s_.H_kv);
 }
 
 std::vector<float> Lasp2H::keys_in_order(int layer, bool values) const {
   const int B = s_.B;
   const size_t row = size_t(s_.H_kv) * s_.d;
-  const float* src = kv_all_.at(layer).data() + (values ? size_t(B) * N_ * row : 0);
-  std::vector<float> out(size_t(B) * N_ * row);
+  const float* src = kv_all_.at(layer).data() + (values ? size_t(B) * global_N_ * row : 0);
+  std::vector<float> out(size_t(B) * global_N_ * row);
   for (int b = 0; b < B; ++b)
-    for (int i = 0; i < N_; ++i)  // gathered key i sits at global position k_pos_[i]
-      std::memcpy(out.data() + (size_t(b) * N_ + k_pos_[i]) * row, src + (size_t(b) * N_ + i) * row, sizeof(float) * row);
+    for (int i = 0; i < global_N_; ++i)  // gathered key i sits at global position k_pos_[i]
+      std::memcpy(out.data() + (size_t(b) * global_N_ + k_pos_[i]) * row, src + (size_t(b) * global_N_ + i) * row, sizeof(float) * row);
   return out;
 }
 
@@ -57,17 +57,17 @@ const float* Lasp2H::gather_kv(int layer, const float* k, const float* v, int he
   sp_.all_gather(kv_send_.data(), kv_recv_.data(), 2 * local);
   // (W, 2, B, Nl, heads, d) -> (2, B, N, heads, d) with the keys in rank order (k_pos_ says where they sit)
   auto& kv = kv_all_.at(layer);
-  kv.resize(2 * size_t(B) * N_ * row);
+  kv.resize(2 * size_t(B) * global_N_ * row);
   for (int r = 0; r < W_; ++r)
     for (int part = 0; part < 2; ++part)
       for (int b = 0; b < B; ++b)
-        std::memcpy(kv.data() + ((size_t(part) * B + b) * N_ + size_t(r) * Nl) * row,
+        std::memcpy(kv.data() + ((size_t(part) * B + b) * global_N_ + size_t(r) * Nl) * row,
                     kv_recv_.data() + ((size_t(r) * 2 + part) * B + b) * Nl * row, sizeof(float) * Nl * row);
   return kv.data();
 }
 
 float* Lasp2H::zeroed_dkv(int heads) {
-  dkv_all_.assign(2 * size_t(s_.B) * N_ * heads * s_.d, 0.f);
+  dkv_all_.assign(2 * size_t(s_.B) * global_N_ * heads * s_.d, 0.f);
   return dkv_all_.data();
 }
 
@@ -80,7 +80,7 @@ void Lasp2H::scatter_dkv(float* dk, float* dv, int heads) {
     for (int part = 0; part < 2; ++part)
       for (int b = 0; b < B; ++b)
         std::memcpy(dkv_send_.data() + ((size_t(r) * 2 + part) * B + b) * Nl * row,
-                    dkv_all_.data() + ((size_t(part) * B + b) * N_ + size_t(r) * Nl) * row, sizeof(float) * Nl * row);
+                    dkv_all_.data() + ((size_t(part) * B + b) * global_N_ + size_t(r) * Nl) * row, sizeof(float) * Nl * row);
   dkv_recv_.resize(2 * local);
   sp_.reduce_scatter(dkv_send_.data(), dkv_recv_.data(), 2 * local);
   for (size_t i = 0; i < local; ++i) {

@@ -33,14 +33,14 @@ class Lasp2H {
   const float* gather_kv(int layer, const float* k, const float* v, int heads);
   const float* gathered_kv(int layer) const { return kv_all_.at(layer).data(); }
   const int* gathered_positions() const { return k_pos_.data(); }
-  int global_length() const { return N_; }
+  int global_length() const { return global_N_; }
   float* zeroed_dkv(int heads);
   void scatter_dkv(float* dk, float* dv, int heads);
 
  private:
   Comm& sp_;
   AttentionShape s_;
-  int N_, W_;
+  int global_N_, W_;
   std::vector<int> positions_, k_pos_;      // this rank's positions; the gathered keys' (rank-major)
   WorkspaceBuffer ws_{0};                   // the softmax kernel's
   std::vector<std::vector<float>> kv_all_;  // per layer: gathered K and V, (2, B, N, heads, d)

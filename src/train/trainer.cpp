@@ -214,6 +214,33 @@ void check_finite_step(int step, double loss, double norm, const TrainOptions& o
       o.adamw.grad_clip > 0 ? "" : ", gradient clipping (--grad-clip 1; now off)"));
 }
 
+// Loads the weights, the AdamW moments and the data position of o.resume_dir; returns the first step to run.
+int resume(const TrainOptions& o, const Grid& grid, Model& model, AdamW& optimizer, WindowSampler& sampler) {
+  load_checkpoint_weights(o.resume_dir, model.layout(), model.params());
+  const TrainerState state = load_optimizer_state(o.resume_dir, model.layout(), optimizer.m(), optimizer.v());
+  LASP_CHECK(state.step < o.steps, "--resume {}: the checkpoint is at step {} already; --steps {} is the total, so "
+             "there is nothing left to train", o.resume_dir, state.step, o.steps);
+  optimizer.set_steps(state.step);
+  sampler.restore(state.sampler);
+  const bool same_world = state.sp_size == grid.sp_size && state.dp_size == grid.dp_size && state.batch == o.batch &&
+                          state.seq_len == o.seq_len;
+  if (grid.world->rank() == 0)
+    std::fprintf(stderr, "lasp: resuming %s at step %d of %d%s\n", o.resume_dir.c_str(), state.step + 1, o.steps,
+                 same_world ? "" : " (the sp/dp/batch/seq-len layout differs from the saved run: the weights and "
+                                   "optimizer continue, but the data order may differ)");
+  return state.step + 1;
+}
+
+// One line per step on stderr (rank 0); on a terminal the line is redrawn in place.
+void print_progress(const nlohmann::ordered_json& r, int steps, double eta, bool tty, bool last) {
+  std::fprintf(stderr, "%sstep %d/%d  loss %.4f  lr %.2e  grad-norm %.3f  %.0f tokens/s  comm %.2f MB attention, "
+               "%.2f MB gradients  ETA %.0f s%s", tty ? "\r" : "", r["step"].get<int>(), steps, r["loss"].get<double>(),
+               r["lr"].get<double>(), r["grad_norm"].get<double>(), r["tokens_per_s"].get<double>(),
+               r["attention_bytes"].get<double>() / 1e6, r["gradient_bytes"].get<double>() / 1e6, eta,
+               tty ? "\033[K" : "\n");
+  if (tty && last) std::fputc('\n', stderr);
+}
+
 }  // namespace
 
 TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& world) {
@@ -247,23 +274,8 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
   Model model(config, B, Nl, *attention, o.recompute);
   AdamW optimizer(model.layout(), o.adamw);
   int first_step = 1;
-  if (resuming) {
-    load_checkpoint_weights(o.resume_dir, model.layout(), model.params());
-    const TrainerState state = load_optimizer_state(o.resume_dir, model.layout(), optimizer.m(), optimizer.v());
-    first_step = state.step + 1;
-    LASP_CHECK(first_step <= o.steps, "--resume {}: the checkpoint is at step {} already; --steps {} is the total, so "
-               "there is nothing left to train", o.resume_dir, state.step, o.steps);
-    optimizer.set_steps(state.step);
-    const bool same_world = state.sp_size == grid.sp_size && state.dp_size == grid.dp_size && state.batch == B &&
-                            state.seq_len == o.seq_len;
-    sampler.restore(state.sampler);
-    if (rank0)
-      std::fprintf(stderr, "lasp: resuming %s at step %d of %d%s\n", o.resume_dir.c_str(), first_step, o.steps,
-                   same_world ? "" : " (the sp/dp/batch/seq-len layout differs from the saved run: the weights and "
-                                     "optimizer continue, but the data order may differ)");
-  } else {
-    init_weights(model.layout(), model.params(), o.seed);
-  }
+  if (resuming) first_step = resume(o, grid, model, optimizer, sampler);
+  else init_weights(model.layout(), model.params(), o.seed);
   Saver saver(o, config, model, optimizer, world);
   if (resuming) saver.resumed_from(o.resume_dir, first_step - 1);
   const float min_lr = o.min_lr ? *o.min_lr : o.lr / 10;
@@ -317,15 +329,9 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
                                   {"tokens_per_s", global_tokens / step_seconds},
                                   {"attention_bytes", result.attention_bytes_per_step},
                                   {"gradient_bytes", result.gradient_bytes_per_step}};
-    if (rank0) {
-      const double eta = seconds_since(run_start) / (step - first_step + 1) * (last_step - step);
-      // On a terminal the line is redrawn in place; into a file or pipe every step is a line of its own.
-      std::fprintf(stderr, "%sstep %d/%d  loss %.4f  lr %.2e  grad-norm %.3f  %.0f tokens/s  comm %.2f MB attention, "
-                   "%.2f MB gradients  ETA %.0f s%s", tty ? "\r" : "", step, o.steps, loss, lr, norm,
-                   global_tokens / step_seconds, result.attention_bytes_per_step / 1e6,
-                   result.gradient_bytes_per_step / 1e6, eta, tty ? "\033[K" : "\n");
-      if (tty && step == last_step) std::fputc('\n', stderr);
-    }
+    if (rank0)
+      print_progress(record, o.steps, seconds_since(run_start) / (step - first_step + 1) * (last_step - step), tty,
+                     step == last_step);
     if (o.eval_every > 0 && (step == 1 || step % o.eval_every == 0 || step == o.steps)) {
       const Validation val =
           validate(model, *data, training_data.synthetic, split.val_begin, val_windows, o.seq_len, positions, grid, world);

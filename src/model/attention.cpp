@@ -19,6 +19,14 @@ SoftmaxAttentionShape LocalAttention::softmax_shape() const {
   return lasp::softmax_shape(shape_.B, shape_.N, shape_.N, shape_.H, shape_.H_kv, shape_.d);
 }
 
+void Attention::linear_bidirectional_forward(int, float*, const float*, const float*, const float*) {
+  throw Error("this sequence-parallel method has no bidirectional linear layers; lasp2 and ulysses have them");
+}
+void Attention::linear_bidirectional_backward(int, float*, float*, float*, const float*, const float*, const float*,
+                                              const float*) {
+  throw Error("this sequence-parallel method has no bidirectional linear layers; lasp2 and ulysses have them");
+}
+
 void Attention::keep_decode_state(bool keep) {
   if (keep) throw Error("this sequence-parallel method does not keep the state generation continues from");
 }

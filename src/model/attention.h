@@ -33,10 +33,11 @@ class Attention {
                                const float* k, const float* v, const float* lambda) = 0;
 
   // Non-causal linear attention (o_i = q_i sum_j k_j^T v_j over the whole sequence, every rank's tokens);
-  // no decay. Not used by the causal language model; for encoders and tests.
-  virtual void linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) = 0;
+  // no decay. Not used by the causal language model; for encoders and tests. A method without it refuses
+  // (the default throws).
+  virtual void linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v);
   virtual void linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout,
-                                             const float* q, const float* k, const float* v) = 0;
+                                             const float* q, const float* k, const float* v);
 
   // Causal softmax attention: q (B, N, H, d) against k, v (B, N, H_kv, d) with RoPE applied; lse (B, H, N).
   virtual void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k,

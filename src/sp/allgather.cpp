@@ -35,13 +35,4 @@ void AllGatherAttention::linear_backward(int layer, float* dq, float* dk, float*
   kv_.scatter_dkv(dk, dv, H);
 }
 
-void AllGatherAttention::linear_bidirectional_forward(int, float*, const float*, const float*, const float*) {
-  throw Error("allgather: bidirectional linear layers are not supported by the AllGather baseline; use lasp2 or ulysses");
-}
-
-void AllGatherAttention::linear_bidirectional_backward(int, float*, float*, float*, const float*, const float*,
-                                                       const float*, const float*) {
-  throw Error("allgather: bidirectional linear layers are not supported by the AllGather baseline; use lasp2 or ulysses");
-}
-
 }  // namespace lasp

@@ -77,13 +77,4 @@ void Lasp1Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
   }
 }
 
-void Lasp1Attention::linear_bidirectional_forward(int, float*, const float*, const float*, const float*) {
-  throw Error("lasp1: bidirectional linear layers are not supported by the LASP-1 chain; use lasp2 or ulysses");
-}
-
-void Lasp1Attention::linear_bidirectional_backward(int, float*, float*, float*, const float*, const float*,
-                                                   const float*, const float*) {
-  throw Error("lasp1: bidirectional linear layers are not supported by the LASP-1 chain; use lasp2 or ulysses");
-}
-
 }  // namespace lasp

@@ -100,13 +100,4 @@ void RingAttention::linear_backward(int, float* dq, float* dk, float* dv, const 
   }
 }
 
-void RingAttention::linear_bidirectional_forward(int, float*, const float*, const float*, const float*) {
-  throw Error("ring: bidirectional linear layers are not supported by the ring method; use lasp2 or ulysses");
-}
-
-void RingAttention::linear_bidirectional_backward(int, float*, float*, float*, const float*, const float*,
-                                                  const float*, const float*) {
-  throw Error("ring: bidirectional linear layers are not supported by the ring method; use lasp2 or ulysses");
-}
-
 }  // namespace lasp

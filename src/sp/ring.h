@@ -21,9 +21,6 @@ class RingAttention : public Attention {
                       const float* lambda) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                        const float* k, const float* v, const float* lambda) override;
-  void linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) override;
-  void linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
-                                     const float* k, const float* v) override;
   void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override;
   void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                         const float* lse, const float* q, const float* k, const float* v) override;

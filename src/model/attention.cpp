@@ -20,11 +20,11 @@ SoftmaxAttentionShape LocalAttention::softmax_shape() const {
 }
 
 void Attention::linear_bidirectional_forward(int, float*, const float*, const float*, const float*) {
-  throw Error("this sequence-parallel method has no bidirectional linear layers; lasp2 and ulysses have them");
+  throw Error("this sequence-parallel method has no bidirectional linear layers (lasp info lists the methods)");
 }
 void Attention::linear_bidirectional_backward(int, float*, float*, float*, const float*, const float*, const float*,
                                               const float*) {
-  throw Error("this sequence-parallel method has no bidirectional linear layers; lasp2 and ulysses have them");
+  throw Error("this sequence-parallel method has no bidirectional linear layers (lasp info lists the methods)");
 }
 
 void Attention::keep_decode_state(bool keep) {

@@ -1,5 +1,5 @@
 // LASP-2H for softmax layers (LASP2.md section 3), a component that each SP method using it names
-// explicitly (lasp2, lasp1, allgather; see sp/methods.h). Forward: ONE all-gather of [K | V] (H_kv heads,
+// explicitly (sp/methods.h says which). Forward: ONE all-gather of [K | V] (H_kv heads,
 // RoPE applied with global positions), then the local queries against all keys (positions decide the causal
 // mask, so any layout works). Backward: dK, dV of all positions from the local queries, ONE reduce-scatter
 // back to their owners. The exchange itself (gather_kv / scatter_dkv) also serves the AllGather baseline's

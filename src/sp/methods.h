@@ -31,11 +31,11 @@ struct SpMethod {
                                      int layers);
 };
 
-// Every method, the default (lasp2) first.
+// Every method, the default first.
 const std::vector<SpMethod>& sp_methods();
 // The method of that name (the default, the first, for an empty name); throws naming the ones there are.
 const SpMethod& find_sp_method(const std::string& name);
-// The names joined by `separator` ("lasp2 | lasp1 | ...").
+// The names joined by `separator`, in registry order.
 std::string sp_method_names(const std::string& separator);
 
 // The layout a method runs on: `requested` if given (and the method allows it), else its rule.

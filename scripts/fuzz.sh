@@ -22,7 +22,7 @@ for h in "${harnesses[@]}"; do
   [[ " ${all[*]} " == *" $h "* ]] || { echo "fuzz.sh: unknown harness '$h' (one of: ${all[*]})" >&2; exit 2; }
 done
 
-scripts/setup.sh
+scripts/setup.sh --fuzz
 cmake -S tests/fuzz -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++-16 >/dev/null
 ninja -C build-fuzz "${harnesses[@]}"
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs every Debian package that lasp's build, tests and benchmarks need.
+# Installs every Debian package that lasp's build, tests and benchmarks need; with --fuzz also clang for
+# scripts/fuzz.sh (CI does not fuzz, so it does not install them).
 # Idempotent: when everything is present it only checks, which takes well under a second.
 set -euo pipefail
 
@@ -12,8 +13,9 @@ packages=(
   python3-torch python3-numpy       # PyTorch reference (run with /usr/bin/python3)
   gnuplot-nox                       # `lasp plot`: loss curves as PNG
   procps iproute2                   # pgrep in the failure tests; ip and tc for scripts/bench_shaped.sh
-  clang-16 libclang-rt-16-dev libomp-16-dev  # scripts/fuzz.sh: clang 16 (14 rejects C++20 lambda captures of bindings), libFuzzer, ASan/UBSan, OpenMP
 )
+# scripts/fuzz.sh: clang 16 (14 rejects C++20 lambda captures of bindings), libFuzzer, ASan/UBSan, OpenMP
+if [ "${1:-}" = --fuzz ]; then packages+=(clang-16 libclang-rt-16-dev libomp-16-dev); fi
 
 missing=()
 for p in "${packages[@]}"; do

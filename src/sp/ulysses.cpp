@@ -13,7 +13,7 @@ namespace lasp {
 
 UlyssesAttention::UlyssesAttention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers)
     : sp_(sp), s_(shape), N_(global_N), W_(sp.size()), hg_(0), saved_(layers) {
-  LASP_CHECK(shape.H % W_ == 0, "Ulysses: the {} attention heads must divide evenly over the {} sp ranks", shape.H, W_);
+  LASP_CHECK(shape.H % W_ == 0, "ulysses: the {} attention heads must divide evenly over the {} sp ranks", shape.H, W_);
   hg_ = shape.H / W_;
   positions_ = sp_positions(global_N, W_, sp.rank(), layout);
   for (int r = 0; r < W_; ++r) rank_positions_.push_back(sp_positions(global_N, W_, r, layout));

@@ -1,0 +1,31 @@
+#!/bin/bash
+# The hostile command lines of issue 15, one line of result each: run it against an old and a new lasp binary to
+# compare (exit status and last output line per case). Runs in the current folder, which it fills with scratch
+# files; needs a text file text.txt there. usage: tests/reliability_cases.sh path/to/lasp
+L=$1; M="--seq-len 32 --hidden 32 --heads 2 --kv-heads 1 --ffn 64"
+t() { name=$1; shift; out=$("$@" 2>&1); rc=$?; echo "[$name] rc=$rc :: $(echo "$out" | tail -1 | cut -c1-150)"; }
+rm -rf d f ck* *.bin m.jsonl
+mkdir d; echo x > d/notes; t save_onto_folder $L train --data text.txt $M --steps 1 --save d; echo "   notes: $(cat d/notes 2>&1)"
+echo precious > f; t save_onto_file $L train --data text.txt $M --steps 1 --save f; echo "   f: $(cat f 2>&1 | head -c 40)"
+t metrics_full_disk $L train --data text.txt $M --steps 1 --metrics /dev/full
+t bench_sp_unwritable $L bench sp --seq-lens 64 --repeats 1 --methods lasp2 --models LL --out /nonexistent/x
+t diverge_noclip $L train --data text.txt $M --steps 12 --lr 1e3 --grad-clip 0 --save ckd
+t diverge_clip $L train --data text.txt $M --steps 12 --lr 1e3
+t ok_ckpt $L train --data text.txt $M --steps 1 --save ck
+python3 - <<'PY'
+import struct
+b=bytearray(open('ck/model.safetensors','rb').read()); n=struct.unpack('<Q',b[:8])[0]; b[:8]=struct.pack('<Q',n-1); open('ck_short.safetensors','wb').write(b)
+PY
+mkdir ck2; cp ck/config.json ck2/; cp ck_short.safetensors ck2/model.safetensors
+t header_one_short $L eval --checkpoint ck2 --data text.txt --seq-len 32
+cp text.txt train_000.bin; t bin_without_magic $L train --data train_000.bin $M --steps 1
+for v in 4294967297 1e3 4x; do t synthetic_pairs_$v $L train --data synthetic:pairs=$v --seq-len 64 --hidden 32 --heads 2 --steps 1; done
+t ok_resume_ckpt $L train --data text.txt $M --steps 4 --stop-at 1 --save ck3
+for v in 1099511627776 1.5 2147483647; do python3 -c "import json;s=json.load(open('ck3/trainer_state.json'));s['step']=$v;json.dump(s,open('ck3/trainer_state.json','w'))"; t state_step_$v $L train --data text.txt $M --steps 4 --resume ck3; done
+for v in "--min-lr -1" "--min-lr nan" "--warmup -1" "--grad-clip -1" "--grad-clip nan"; do t "flag $v" $L train --data text.txt $M --steps 1 $v; done
+t empty_layer_types $L train --data text.txt $M --steps 1 --layer-types ''
+t resume_contradicts $L train --data text.txt --seq-len 32 --hidden 64 --steps 4 --resume ck
+for v in 0 -1 nan; do t project_link_$v $L bench project --link-gbit $v; done
+t batch_intmax $L train --data text.txt $M --steps 1 --batch 2147483647
+t max_new_tokens $L generate --checkpoint ck --prompt hi --max-new-tokens 2147483647
+t params_wrap timeout 60 $L train --data text.txt --seq-len 32 --hidden 1073741824 --heads 2 --ffn 1073741824 --steps 1

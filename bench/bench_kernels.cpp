@@ -57,9 +57,9 @@ nlohmann::ordered_json bench_linear(const KernelBenchOptions& o, int threads) {
   auto q = random_values(n, 1, 0.1f), k = random_values(n, 2, 0.1f), v = random_values(n, 3, 1.f),
        g = random_values(n, 4, 1.f);
   std::vector<float> out(n), dq(n), dk(n), dv(n);
-  const LinearAttentionShape s{o.B, o.N, o.H, o.d, o.linear_block};
-  WorkspaceBuffer wf(linear_attention_forward_workspace_floats(s, threads));
-  WorkspaceBuffer wb(linear_attention_backward_workspace_floats(s, threads));
+  const LinearAttentionShape s{o.B, o.N, o.H, o.d, o.linear_block, threads};
+  WorkspaceBuffer wf(linear_attention_forward_workspace_floats(s));
+  WorkspaceBuffer wb(linear_attention_backward_workspace_floats(s));
   const double sec = time_median(o.repeats, [&] {
     linear_attention_forward(out.data(), nullptr, q.data(), k.data(), v.data(), nullptr, nullptr, s, wf.view());
     linear_attention_backward(dq.data(), dk.data(), dv.data(), nullptr, g.data(), nullptr, q.data(), k.data(),
@@ -77,7 +77,7 @@ nlohmann::ordered_json bench_softmax(const KernelBenchOptions& o, int threads) {
   std::vector<float> out(n), dq(n), dk(n), dv(n), lse(size_t(o.B) * o.H * o.N);
   std::vector<int> pos(o.N);
   std::iota(pos.begin(), pos.end(), 0);
-  const SoftmaxAttentionShape s = softmax_shape(o.B, o.N, o.N, o.H, o.H, o.d);
+  const SoftmaxAttentionShape s = softmax_shape(o.B, o.N, o.N, o.H, o.H, o.d, threads);
   WorkspaceBuffer w(softmax_attention_workspace_floats(o.N, o.N, o.d, threads));
   const double sec = time_median(o.repeats, [&] {
     softmax_attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), pos.data(), pos.data(), s,

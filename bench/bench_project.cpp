@@ -45,14 +45,12 @@ Rates measure() {
     std::vector<float> a(size_t(T) * D, 0.01f), b(size_t(D) * D, 0.02f), c(size_t(T) * D);
     r.gemm = rate(2.0 * T * D * D, [&] { gemm(false, true, T, D, D, 1.f, a.data(), D, b.data(), D, 0.f, c.data(), D); });
   }
-  const int H = 16, d = 128, C = 2048;
+  const int H = 16, d = 128, C = 2048, threads = omp_get_max_threads();
   std::vector<float> q(size_t(C) * H * d, 0.01f), k(q.size(), 0.02f), v(q.size(), 0.1f), o(q.size()), g(q.size(), 0.1f),
       dq(q.size()), dk(q.size()), dv(q.size());
   {
-    const LinearAttentionShape s{1, C, H, d, kLinearBlock};
-    const int threads = omp_get_max_threads();
-    WorkspaceBuffer wf(linear_attention_forward_workspace_floats(s, threads)),
-        wb(linear_attention_backward_workspace_floats(s, threads));
+    const LinearAttentionShape s{1, C, H, d, kLinearBlock, threads};
+    WorkspaceBuffer wf(linear_attention_forward_workspace_floats(s)), wb(linear_attention_backward_workspace_floats(s));
     r.linear = rate(3 * 4.0 * C * d * (64 + d) * H, [&] {
       linear_attention_forward(o.data(), nullptr, q.data(), k.data(), v.data(), nullptr, nullptr, s, wf.view());
       linear_attention_backward(dq.data(), dk.data(), dv.data(), nullptr, g.data(), nullptr, q.data(), k.data(),
@@ -61,12 +59,12 @@ Rates measure() {
   }
   {  // all keys visible (positions 0 for the keys, C for the queries): the full (C x C) product, fwd + bwd
     std::vector<int> qp(C, C), kp(C, 0);
-    WorkspaceBuffer ws(masked_product_workspace_floats(C, C + 1, omp_get_max_threads()));
+    WorkspaceBuffer ws(masked_product_workspace_floats(C, C + 1, threads));
     r.masked = rate(7 * 2.0 * C * C * d * H, [&] {
       masked_product_forward(o.data(), q.data(), k.data(), v.data(), qp.data(), kp.data(), 1, C, C, H, d, C + 1, nullptr,
-                             ws.view());
+                             threads, ws.view());
       masked_product_backward(dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data(), qp.data(),
-                              kp.data(), 1, C, C, H, d, C + 1, nullptr, ws.view());
+                              kp.data(), 1, C, C, H, d, C + 1, nullptr, threads, ws.view());
     });
   }
   return r;

@@ -1,6 +1,7 @@
 #include "bench_sp.h"
 
 #include <sys/resource.h>
+#include <omp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -73,8 +74,9 @@ void bench_sp(const SpBenchOptions& options, Comm& world) {
         }
         const int Nl = N / W;
         const std::vector<int> pos = sp_positions(N, W, world.rank(), layout);
-        auto attention = make_sp_attention(method, world, {1, Nl, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), kLinearBlock},
-                                     N, layout, c.num_hidden_layers);
+        const AttentionShape shape{1, Nl, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), kLinearBlock,
+                                   omp_get_max_threads()};
+        auto attention = make_sp_attention(method, world, shape, N, layout, c.num_hidden_layers);
         Model model(c, 1, Nl, *attention);
         init_weights(model.layout(), model.params(), 1);
         std::mt19937 rng(3);

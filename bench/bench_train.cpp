@@ -34,7 +34,8 @@ std::string run_command(const std::string& command) {
 
 nlohmann::ordered_json bench_train(const ModelConfig& config, const TrainBenchOptions& o) {
   const int B = o.batch, N = o.seq_len;
-  LocalAttention attention({B, N, config.num_attention_heads, config.num_key_value_heads, config.head_dim(), kLinearBlock});
+  LocalAttention attention({B, N, config.num_attention_heads, config.num_key_value_heads, config.head_dim(), kLinearBlock,
+                            omp_get_max_threads()});
   Model model(config, B, N, attention);
   init_weights(model.layout(), model.params(), 1);
   AdamW optimizer(model.layout(), AdamWConfig{});

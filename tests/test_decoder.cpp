@@ -19,7 +19,7 @@ namespace {
 std::vector<float> last_logits_of_full_forward(const ModelConfig& c, const std::vector<float>& params,
                                                const std::vector<int>& tokens) {
   const int n = int(tokens.size());
-  LocalAttention attention({1, n, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), 16});
+  LocalAttention attention({1, n, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), 16, 2});
   Model model(c, 1, n, attention);
   model.params() = params;
   model.forward(tokens.data(), nullptr);

@@ -1,7 +1,6 @@
 // Linear attention kernels against a naive O(N^2) double-precision reference (forward and an analytic
 // backward), the reference's backward against finite differences, and bad arguments.
 #include <gtest/gtest.h>
-#include <omp.h>
 
 #include <cmath>
 #include <vector>
@@ -139,22 +138,21 @@ struct KernelResult {
 };
 
 // Runs the fp32 kernels; gradients start from `prefill` to check that the backward accumulates.
-KernelResult run_kernel(const Case& c, const Inputs& in, float prefill = 0.f) {
-  LinearAttentionShape s{c.B, c.N, c.H, c.d, c.block};
-  const int threads = omp_get_max_threads();
+KernelResult run_kernel(const Case& c, const Inputs& in, float prefill = 0.f, int threads = 2) {
+  const LinearAttentionShape s{c.B, c.N, c.H, c.d, c.block, threads};
   auto q = to_float(in.q), k = to_float(in.k), v = to_float(in.v), P = to_float(in.P), g = to_float(in.g),
        gs = to_float(in.gs);
   KernelResult r;
   r.o.assign(q.size(), 0.f);
   r.S.assign(P.size(), 0.f);
-  WorkspaceBuffer wf(linear_attention_forward_workspace_floats(s, threads));
+  WorkspaceBuffer wf(linear_attention_forward_workspace_floats(s));
   linear_attention_forward(r.o.data(), r.S.data(), q.data(), k.data(), v.data(),
                            c.with_state ? P.data() : nullptr, in.lambda.data(), s, wf.view());
   r.dq.assign(q.size(), prefill);
   r.dk.assign(q.size(), prefill);
   r.dv.assign(q.size(), prefill);
   r.dP.assign(P.size(), prefill);
-  WorkspaceBuffer wb(linear_attention_backward_workspace_floats(s, threads));
+  WorkspaceBuffer wb(linear_attention_backward_workspace_floats(s));
   linear_attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), r.dP.data(), g.data(),
                             c.with_state ? gs.data() : nullptr, q.data(), k.data(), v.data(),
                             c.with_state ? P.data() : nullptr, in.lambda.data(), s, wb.view());
@@ -206,28 +204,28 @@ INSTANTIATE_TEST_SUITE_P(Sizes, LinearAttentionSweep, ::testing::ValuesIn(sweep(
                          [](const auto& info) { return name(info.param); });
 
 // More threads than (batch row, head group) items: the sequence is also cut into pieces chained by their
-// states (and state gradients); results must not change with the thread count.
+// states (and state gradients); results must not change with the thread count (the shape's, whatever
+// OMP_NUM_THREADS says).
 TEST(LinearAttention, PiecesAcrossThreadsMatchDoubleReference) {
-  const int saved = omp_get_max_threads();
-  for (int threads : {3, 5, 8})
+  for (int threads : {1, 3, 5, 8})
     for (Decay decay : {Decay::none, Decay::lightning, Decay::retention})
       for (bool st : {false, true})
         for (Case c : {Case{1, 1000, 2, 16, 32, decay, st}, Case{2, 300, 1, 8, 16, decay, st}, Case{1, 65, 1, 3, 16, decay, st}}) {
-          omp_set_num_threads(threads);
           const Inputs in = make_inputs(c, 31u * c.N + threads);
           std::vector<double> o, S;
           reference_forward(c, in, o, S);
           const Grads ref = reference_backward(c, in);
-          const KernelResult got = run_kernel(c, in, 0.5f);  // the backward accumulates onto 0.5
+          const KernelResult got = run_kernel(c, in, 0.5f, threads);  // the backward accumulates onto 0.5
           const std::string what = name(c) + " threads=" + std::to_string(threads);
           EXPECT_LE(normalized_error(o, got.o), kFp32Tolerance) << what << " o";
           EXPECT_LE(normalized_error(S, got.S), kFp32Tolerance) << what << " state_out";
           EXPECT_LE(normalized_error(ref.dq, minus(got.dq, 0.5f)), kFp32Tolerance) << what << " dq";
           EXPECT_LE(normalized_error(ref.dk, minus(got.dk, 0.5f)), kFp32Tolerance) << what << " dk";
           EXPECT_LE(normalized_error(ref.dv, minus(got.dv, 0.5f)), kFp32Tolerance) << what << " dv";
-          if (st) EXPECT_LE(normalized_error(ref.dP, minus(got.dP, 0.5f)), kFp32Tolerance) << what << " dstate_in";
+          if (st) {
+            EXPECT_LE(normalized_error(ref.dP, minus(got.dP, 0.5f)), kFp32Tolerance) << what << " dstate_in";
+          }
         }
-  omp_set_num_threads(saved);
 }
 
 // The double reference's analytic backward equals finite differences of its forward.
@@ -272,12 +270,11 @@ TEST(LinearAttention, StateHandOverEqualsOneCall) {
   std::vector<float> lambda(H);
   linear_attention_decays(lambda.data(), H, Decay::lightning);
   auto q = random_vector(size_t(B) * N * H * d, 1), k = random_vector(q.size(), 2), v = random_vector(q.size(), 3);
-  LinearAttentionShape whole{B, N, H, d, 32}, first{B, split, H, d, 64}, second{B, N - split, H, d, 16};
-  const int T = omp_get_max_threads();
+  const int T = 2;
+  LinearAttentionShape whole{B, N, H, d, 32, T}, first{B, split, H, d, 64, T}, second{B, N - split, H, d, 16, T};
   std::vector<float> o(q.size()), o2(q.size()), S(size_t(H) * d * d), S1(S.size()), S2(S.size());
-  WorkspaceBuffer w(linear_attention_forward_workspace_floats(whole, T) +
-                    linear_attention_forward_workspace_floats(first, T) +
-                    linear_attention_forward_workspace_floats(second, T));
+  WorkspaceBuffer w(linear_attention_forward_workspace_floats(whole) + linear_attention_forward_workspace_floats(first) +
+                    linear_attention_forward_workspace_floats(second));
   linear_attention_forward(o.data(), S.data(), q.data(), k.data(), v.data(), nullptr, lambda.data(), whole, w.view());
   linear_attention_forward(o2.data(), S1.data(), q.data(), k.data(), v.data(), nullptr, lambda.data(), first, w.view());
   const size_t off = size_t(split) * H * d;
@@ -324,8 +321,8 @@ TEST(LinearAttentionBidirectional, MatchesDoubleReferenceAndFiniteDifferences) {
                 dv[idx(b, t, h, c)] += k[idx(b, t, h, r)] * dm;
               }
         }
-      LinearAttentionShape s{B, N, H, d, 64};
-      WorkspaceBuffer w(linear_attention_bidirectional_workspace_floats(s, omp_get_max_threads()));
+      LinearAttentionShape s{B, N, H, d, 64, 2};
+      WorkspaceBuffer w(linear_attention_bidirectional_workspace_floats(s));
       std::vector<float> go(n), gM(st), gdq(n), gdk(n), gdv(n), gdP(st);
       linear_attention_bidirectional_forward(go.data(), gM.data(), q.data(), k.data(), v.data(), P.data(), s, w.view());
       linear_attention_bidirectional_backward(gdq.data(), gdk.data(), gdv.data(), gdP.data(), g.data(), gs.data(),
@@ -357,16 +354,16 @@ TEST(LinearAttentionBidirectional, MatchesDoubleReferenceAndFiniteDifferences) {
 // Million-token pieces must not need memory per block: the workspace depends on the block, not on N.
 TEST(LinearAttention, WorkspaceIsIndependentOfSequenceLength) {
   for (int threads : {1, 2, 8}) {
-    const LinearAttentionShape short_piece{1, 64, 8, 64, 32}, long_piece{1, 1 << 20, 8, 64, 32};
-    EXPECT_EQ(linear_attention_forward_workspace_floats(short_piece, threads),
-              linear_attention_forward_workspace_floats(long_piece, threads));
-    EXPECT_EQ(linear_attention_backward_workspace_floats(short_piece, threads),
-              linear_attention_backward_workspace_floats(long_piece, threads));
+    const LinearAttentionShape short_piece{1, 64, 8, 64, 32, threads}, long_piece{1, 1 << 20, 8, 64, 32, threads};
+    EXPECT_EQ(linear_attention_forward_workspace_floats(short_piece),
+              linear_attention_forward_workspace_floats(long_piece));
+    EXPECT_EQ(linear_attention_backward_workspace_floats(short_piece),
+              linear_attention_backward_workspace_floats(long_piece));
   }
 }
 
 TEST(LinearAttention, BadArgumentsNameTheKernelAndShapes) {
-  LinearAttentionShape s{1, 8, 2, 4, 0};
+  LinearAttentionShape s{1, 8, 2, 4, 0, 1};
   std::vector<float> x(64), big(100000);
   Workspace ws{big.data(), big.size()};
   try {
@@ -386,6 +383,18 @@ TEST(LinearAttention, BadArgumentsNameTheKernelAndShapes) {
     EXPECT_NE(std::string(e.what()).find("linear_attention_backward: workspace"), std::string::npos) << e.what();
   }
   EXPECT_THROW(linear_attention_forward(nullptr, nullptr, x.data(), x.data(), x.data(), nullptr, nullptr, s, ws), Error);
+  LinearAttentionShape no_threads{1, 8, 2, 4, 4};  // a shape that does not say its threads is refused
+  try {
+    linear_attention_forward(x.data(), nullptr, x.data(), x.data(), x.data(), nullptr, nullptr, no_threads, ws);
+    FAIL() << "no error for threads 0";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("threads=0"), std::string::npos) << e.what();
+  }
+  s.threads = 4;  // a workspace sized for fewer threads than the shape asks for
+  Workspace for_one{big.data(), linear_attention_backward_workspace_floats({1, 8, 2, 4, 4, 1})};
+  EXPECT_THROW(linear_attention_backward(x.data(), x.data(), x.data(), nullptr, x.data(), nullptr, x.data(), x.data(),
+                                         x.data(), nullptr, nullptr, s, for_one),
+               Error);
   EXPECT_THROW(decay_from_string("exponential"), Error);
 }
 

@@ -95,7 +95,7 @@ TEST_P(ModelVsPyTorch, LogitsLossAndEveryGradient) {
   const SafetensorsFile ref = SafetensorsFile::open(f.dir + "/ref.safetensors");
 
   LocalAttention attention({kB, kN, f.config.num_attention_heads, f.config.num_key_value_heads,
-                            f.config.head_dim(), kBlock});
+                            f.config.head_dim(), kBlock, 2});
   Model model(f.config, kB, kN, attention);
   load_checkpoint_weights(f.dir, model.layout(), model.params());
   std::vector<int> inputs, targets;
@@ -129,7 +129,7 @@ TEST_P(ModelVsPyTorch, TenAdamWSteps) {
   const nlohmann::json ref = nlohmann::json::parse(out.substr(out.rfind("{\"losses\"")));
 
   LocalAttention attention({kB, kN, f.config.num_attention_heads, f.config.num_key_value_heads,
-                            f.config.head_dim(), kBlock});
+                            f.config.head_dim(), kBlock, 2});
   Model model(f.config, kB, kN, attention);
   load_checkpoint_weights(f.dir, model.layout(), model.params());
   AdamW optimizer(model.layout(), AdamWConfig{});
@@ -181,7 +181,7 @@ TEST(Model, RecomputeGivesIdenticalGradients) {
   double losses[2];
   for (int recompute = 0; recompute < 2; ++recompute) {
     LocalAttention attention({kB, kN, f.config.num_attention_heads, f.config.num_key_value_heads,
-                              f.config.head_dim(), kBlock});
+                              f.config.head_dim(), kBlock, 2});
     Model model(f.config, kB, kN, attention, recompute == 1);
     load_checkpoint_weights(f.dir, model.layout(), model.params());
     losses[recompute] = model.forward(inputs.data(), targets.data());

@@ -41,7 +41,8 @@ Problem make_problem(int B, int H, int H_kv, int d, std::vector<int> qpos, std::
                      uint32_t seed) {
   Problem p;
   const int Nq = int(qpos.size()), Nk = int(kpos.size());
-  p.s = {B, Nq, Nk, H, H_kv, d, 1.f / std::sqrt(float(d))};
+  // The scale is written out here (not softmax_scale) so that the test states it independently.
+  p.s = {B, Nq, Nk, H, H_kv, d, 1.f / std::sqrt(float(d)), omp_get_max_threads()};
   p.qpos = std::move(qpos);
   p.kpos = std::move(kpos);
   p.q = random_vector(size_t(B) * Nq * H * d, seed + 1);
@@ -144,7 +145,7 @@ RefGrad ref_backward(const Problem& p, const std::vector<double>& q, const std::
 // Filled with NaN: a kernel that read scratch it had not written (the upper triangles the diagonal blocks
 // skip) would spread it into the results.
 WorkspaceBuffer workspace_for(const SoftmaxAttentionShape& s) {
-  WorkspaceBuffer ws(softmax_attention_workspace_floats(s.Nq, s.Nk, s.d, omp_get_max_threads()));
+  WorkspaceBuffer ws(softmax_attention_workspace_floats(s.Nq, s.Nk, s.d, s.threads));
   std::fill(ws.storage.begin(), ws.storage.end(), NAN);
   return ws;
 }
@@ -391,6 +392,11 @@ TEST(SoftmaxAttention, BadArgumentsThrow) {
   s = p.s;
   s.Nq = -1;
   expect_error([&] { bwd(s, ws.view(), lse.data()); }, "Nq < 0");
+  s = p.s;
+  s.threads = 0;
+  expect_error([&] { fwd(s, ws.view(), p.q.data()); }, "threads = 0");
+  s.threads = p.s.threads + 1;  // more threads than the workspace holds
+  expect_error([&] { fwd(s, ws.view(), p.q.data()); }, "a workspace for fewer threads");
   expect_error([&] { fwd(p.s, ws.view(), nullptr); }, "null q");
   expect_error([&] { bwd(p.s, ws.view(), nullptr); }, "null lse");
   Workspace small = ws.view();
@@ -404,14 +410,16 @@ TEST(SoftmaxAttention, BadArgumentsThrow) {
                "merge Nq = 0");
 }
 
-TEST(SoftmaxAttention, WorkspaceForOneThreadIsEnough) {
-  // A workspace sized for one thread runs (on one thread) whatever OMP_NUM_THREADS says.
+TEST(SoftmaxAttention, OneThreadWithAOneThreadWorkspace) {
+  // The shape's thread count, not OMP_NUM_THREADS, decides: one thread runs in a workspace for one.
   const Problem p = make_problem(1, 2, 1, 8, iota(300), iota(300), 9);
   std::vector<float> o1(p.q.size()), lse1(2 * 300), o2(p.q.size()), lse2(2 * 300);
   WorkspaceBuffer one(softmax_attention_workspace_floats(300, 300, 8, 1));
   auto all = workspace_for(p.s);
+  SoftmaxAttentionShape single = p.s;
+  single.threads = 1;
   softmax_attention_forward(o1.data(), lse1.data(), p.q.data(), p.k.data(), p.v.data(), p.qpos.data(),
-                            p.kpos.data(), p.s, one.view());
+                            p.kpos.data(), single, one.view());
   softmax_attention_forward(o2.data(), lse2.data(), p.q.data(), p.k.data(), p.v.data(), p.qpos.data(),
                             p.kpos.data(), p.s, all.view());
   EXPECT_EQ(o1, o2);

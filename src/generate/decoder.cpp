@@ -1,5 +1,7 @@
 #include "generate/decoder.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -42,6 +44,7 @@ Decoder::Decoder(const ModelConfig& config, const std::vector<float>& params, in
              layout_.total());
   weights_ = layout_.bind(const_cast<float*>(params_.data()));  // bound once; only read
   LASP_CHECK(max_tokens > 0, "decoder: max_tokens must be positive, got {}", max_tokens);
+  threads_ = omp_get_max_threads();
   const int L = config.num_hidden_layers, H = config.num_attention_heads;
   const double softmax_layers = double(std::count(config.layer_types.begin(), config.layer_types.end(), 'N'));
   check_fits_in_memory(softmax_layers * 2 * 4.0 * max_tokens * config.num_key_value_heads * config.head_dim(),
@@ -60,7 +63,7 @@ std::vector<float> Decoder::prefill(const std::vector<int>& prompt) {
   const int n = int(prompt.size());
   LASP_CHECK(n > 0 && n <= max_tokens_, "decoder: the prompt must hold 1 to {} tokens, got {}", max_tokens_, n);
   const ModelConfig& c = config_;
-  LocalAttention attention({1, n, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), kLinearBlock});
+  LocalAttention attention({1, n, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), kLinearBlock, threads_});
   std::vector<int> positions(n);
   std::iota(positions.begin(), positions.end(), 0);
   return prefill(prompt, attention, positions, n);
@@ -112,7 +115,7 @@ std::vector<float> prefill_sequence_parallel(Decoder& decoder, const ModelConfig
   if (W == 1 || m == 0) return decoder.prefill(prompt);
   const std::vector<int> positions = sp_positions(m, W, sp.rank(), layout);
   const AttentionShape shape{1, int(positions.size()), c.num_attention_heads, c.num_key_value_heads, c.head_dim(),
-                             kLinearBlock};
+                             kLinearBlock, decoder.threads()};
   const std::unique_ptr<Attention> attention = make_sp_attention("", sp, shape, m, layout, c.num_hidden_layers);
   return decoder.prefill(prompt, *attention, positions, m);
 }

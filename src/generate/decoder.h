@@ -27,13 +27,15 @@ class Decoder {
   // Feeds one token at the next position; returns the logits (V) after it.
   std::vector<float> step(int token);
   int position() const { return pos_; }
+  // The OpenMP threads of the prefill's attention kernels: those of the process when the decoder was made.
+  int threads() const { return threads_; }
 
  private:
   ModelConfig config_;
   ParamLayout layout_;
   const std::vector<float>& params_;
   Weights weights_;  // named pointers into params_
-  int max_tokens_, pos_ = 0;
+  int max_tokens_, pos_ = 0, threads_;
   std::vector<std::vector<float>> state_;   // linear layers: (H, d, d) S = sum_{j<pos} lambda^(pos-j) k_j^T v_j
   std::vector<std::vector<float>> k_cache_, v_cache_;  // softmax layers: (max_tokens, H_kv, d)
   std::vector<std::vector<float>> lambda_;  // per layer, per head

@@ -54,9 +54,9 @@ void decay_powers(float* pw, double lambda, int n) {
 namespace {
 
 void check_shape(const char* kernel, const LinearAttentionShape& s) {
-  LASP_CHECK(s.B > 0 && s.N > 0 && s.H > 0 && s.d > 0 && s.block > 0,
-             "{}: sizes must be positive, got B={} N={} H={} d={} block={}", kernel, s.B, s.N, s.H, s.d,
-             s.block);
+  LASP_CHECK(s.B > 0 && s.N > 0 && s.H > 0 && s.d > 0 && s.block > 0 && s.threads > 0,
+             "{}: sizes must be positive, got B={} N={} H={} d={} block={} threads={}", kernel, s.B, s.N, s.H, s.d,
+             s.block, s.threads);
   checked_product({s.B, s.N, s.H, s.d}, kernel);  // B N H d elements are addressed with 64-bit offsets
   LASP_CHECK(int64_t(s.B) * s.H <= INT_MAX, "{}: B x H = {} x {} (batch rows x heads) must fit an int", kernel, s.B,
              s.H);
@@ -65,7 +65,7 @@ void check_shape(const char* kernel, const LinearAttentionShape& s) {
 void check_workspace(const char* kernel, Workspace ws, size_t need, const LinearAttentionShape& s) {
   LASP_CHECK(ws.floats >= need && (need == 0 || ws.data != nullptr),
              "{}: workspace of {} floats needed for B={} N={} H={} d={} block={} on {} threads, got {}",
-             kernel, need, s.B, s.N, s.H, s.d, s.block, omp_get_max_threads(), ws.floats);
+             kernel, need, s.B, s.N, s.H, s.d, s.block, s.threads, ws.floats);
 }
 
 int num_blocks(const LinearAttentionShape& s) { return (s.N + s.block - 1) / s.block; }
@@ -286,12 +286,12 @@ float* state_slots(Workspace ws, const LinearAttentionShape& s, int threads, boo
 
 }  // namespace
 
-size_t linear_attention_forward_workspace_floats(const LinearAttentionShape& s, int threads) {
-  return workspace_floats(s, threads, false);
+size_t linear_attention_forward_workspace_floats(const LinearAttentionShape& s) {
+  return workspace_floats(s, s.threads, false);
 }
 
-size_t linear_attention_backward_workspace_floats(const LinearAttentionShape& s, int threads) {
-  return workspace_floats(s, threads, true);
+size_t linear_attention_backward_workspace_floats(const LinearAttentionShape& s) {
+  return workspace_floats(s, s.threads, true);
 }
 
 void linear_attention_forward(float* o, float* state_out, const float* q, const float* k, const float* v,
@@ -300,7 +300,7 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
   const char* kernel = "linear_attention_forward";
   check_shape(kernel, s);
   LASP_CHECK(o && q && k && v, "{}: o, q, k and v must not be null", kernel);
-  const int threads = omp_get_max_threads();
+  const int threads = s.threads;
   check_workspace(kernel, ws, workspace_floats(s, threads, false), s);
 
   const int N = s.N, H = s.H, d = s.d, blk = s.block, nb = num_blocks(s);
@@ -363,14 +363,14 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
 
   const int P = plan.pieces, items = s.B * groups.count;
   if (P == 1) {
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
     for (int item = 0; item < items; ++item)
       run(item / groups.count, item % groups.count, 0, nb, state_in, state_out);
     return;
   }
   float* slots = state_slots(ws, s, threads, false);  // (P, B, H, d, d)
   const size_t per_piece = size_t(s.B) * H * dd;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
   for (int item = 0; item < items * (P - 1); ++item) {  // local states of pieces 0..P-2 into slots 1..P-1
     const int piece = item / items, bg = item % items, g = bg % groups.count, h0 = groups.begin(g, H);
     piece_state(slots + size_t(piece + 1) * per_piece, k, v, lambda, s, thread_scratch(ws, s, groups.max_heads, false),
@@ -378,7 +378,7 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
                 plan.first_block(piece + 1, nb));
   }
   carry_states(slots, state_in, true, s, plan, lambda);
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
   for (int item = 0; item < items * P; ++item) {
     const int piece = item / items, bg = item % items;
     run(bg / groups.count, bg % groups.count, plan.first_block(piece, nb), plan.first_block(piece + 1, nb),
@@ -394,7 +394,7 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
   check_shape(kernel, s);
   LASP_CHECK(dq && dk && dv && dout && q && k && v, "{}: dq, dk, dv, dout, q, k and v must not be null",
              kernel);
-  const int threads = omp_get_max_threads();
+  const int threads = s.threads;
   check_workspace(kernel, ws, workspace_floats(s, threads, true), s);
 
   const int N = s.N, H = s.H, d = s.d, blk = s.block, nb = num_blocks(s);
@@ -537,7 +537,7 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
 
   const int P = plan.pieces, items = s.B * groups.count;
   if (P == 1) {
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
     for (int item = 0; item < items; ++item)
       run(item / groups.count, item % groups.count, 0, nb, state_in, dstate_out, dstate_in);
     return;
@@ -546,7 +546,7 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
   const size_t per_piece = size_t(s.B) * H * dd;
   float* const states = state_slots(ws, s, threads, true);
   float* const dstates = states + size_t(P) * per_piece;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
   for (int item = 0; item < items * (P - 1); ++item) {
     const int piece = item / items, bg = item % items, b = bg / groups.count, g = bg % groups.count;
     const int begin = plan.first_block(piece, nb), end = plan.first_block(piece + 1, nb);
@@ -558,7 +558,7 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
   }
   carry_states(states, state_in, true, s, plan, lambda);
   carry_states(dstates, dstate_out, false, s, plan, lambda);
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
   for (int item = 0; item < items * P; ++item) {
     const int piece = item / items, bg = item % items;
     run(bg / groups.count, bg % groups.count, plan.first_block(piece, nb), plan.first_block(piece + 1, nb),
@@ -566,8 +566,8 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
   }
 }
 
-size_t linear_attention_bidirectional_workspace_floats(const LinearAttentionShape& s, int threads) {
-  return 2 * size_t(s.d) * s.d * size_t(threads);
+size_t linear_attention_bidirectional_workspace_floats(const LinearAttentionShape& s) {
+  return 2 * size_t(s.d) * s.d * size_t(s.threads);
 }
 
 void linear_attention_bidirectional_forward(float* o, float* state_out, const float* q, const float* k,
@@ -576,10 +576,10 @@ void linear_attention_bidirectional_forward(float* o, float* state_out, const fl
   const char* kernel = "linear_attention_bidirectional_forward";
   check_shape(kernel, s);
   LASP_CHECK(o && q && k && v, "{}: o, q, k and v must not be null", kernel);
-  check_workspace(kernel, ws, linear_attention_bidirectional_workspace_floats(s, omp_get_max_threads()), s);
+  check_workspace(kernel, ws, linear_attention_bidirectional_workspace_floats(s), s);
   const int N = s.N, H = s.H, d = s.d, ld = H * d;
   const size_t dd = size_t(d) * d;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
   for (int bh = 0; bh < s.B * H; ++bh) {
     const int b = bh / H, h = bh % H;
     const long base = (long(b) * N * H + h) * d;
@@ -600,10 +600,10 @@ void linear_attention_bidirectional_backward(float* dq, float* dk, float* dv, fl
   check_shape(kernel, s);
   LASP_CHECK(dq && dk && dv && dout && q && k && v, "{}: dq, dk, dv, dout, q, k and v must not be null",
              kernel);
-  check_workspace(kernel, ws, linear_attention_bidirectional_workspace_floats(s, omp_get_max_threads()), s);
+  check_workspace(kernel, ws, linear_attention_bidirectional_workspace_floats(s), s);
   const int N = s.N, H = s.H, d = s.d, ld = H * d;
   const size_t dd = size_t(d) * d;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
   for (int bh = 0; bh < s.B * H; ++bh) {
     const int b = bh / H, h = bh % H;
     const long base = (long(b) * N * H + h) * d;

@@ -34,14 +34,17 @@ void decay_powers(float* pw, double lambda, int n);
 // The block size of the chunkwise kernel wherever lasp does not ask for another (--block).
 constexpr int kLinearBlock = 32;
 
+// `threads`: the OpenMP threads a kernel runs on, chosen by the caller (the kernels never ask the OpenMP
+// runtime); the workspace is sized for them. There is no default: a shape without it is refused.
 struct LinearAttentionShape {
   int B = 1, N = 0, H = 1, d = 0;
   int block = kLinearBlock;
+  int threads = 0;
 };
 
-// Floats of workspace the kernels need when run with `threads` OpenMP threads.
-size_t linear_attention_forward_workspace_floats(const LinearAttentionShape& s, int threads);
-size_t linear_attention_backward_workspace_floats(const LinearAttentionShape& s, int threads);
+// Floats of workspace the kernels need for s (on s.threads threads).
+size_t linear_attention_forward_workspace_floats(const LinearAttentionShape& s);
+size_t linear_attention_backward_workspace_floats(const LinearAttentionShape& s);
 // (Both are independent of N: the backward recomputes the running state in a forward pass instead of
 // storing one per block.)
 
@@ -54,7 +57,7 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
                                Workspace ws);
 
 // Non-causal form. Workspace: linear_attention_bidirectional_workspace_floats.
-size_t linear_attention_bidirectional_workspace_floats(const LinearAttentionShape& s, int threads);
+size_t linear_attention_bidirectional_workspace_floats(const LinearAttentionShape& s);
 void linear_attention_bidirectional_forward(float* o, float* state_out, const float* q, const float* k,
                                             const float* v, const float* state_in,
                                             const LinearAttentionShape& s, Workspace ws);

@@ -26,11 +26,11 @@ void mask_tile(float* a, int rows, int T, const int* q_pos, const int* k_pos, co
     }
 }
 
-int threads_for(Workspace ws, int Nq, int span, const char* kernel) {
+void check_workspace(Workspace ws, int Nq, int span, int threads, const char* kernel) {
+  LASP_CHECK(threads > 0, "{}: threads must be positive, got {}", kernel, threads);
   const size_t held = ws.data ? ws.floats / per_thread(Nq, span) : 0;
-  LASP_CHECK(held >= 1, "{}: workspace of {} floats holds no thread's {} (Nq={} span={})", kernel, ws.floats,
-             per_thread(Nq, span), Nq, span);
-  return int(std::min<size_t>(held, size_t(omp_get_max_threads())));
+  LASP_CHECK(held >= size_t(threads), "{}: workspace of {} floats holds {} of the {} threads' {} floats each (Nq={} span={})",
+             kernel, ws.floats, held, threads, per_thread(Nq, span), Nq, span);
 }
 
 void check_positions(const int* pos, int n, int span, const char* kernel) {
@@ -44,8 +44,8 @@ size_t masked_product_workspace_floats(int Nq, int span, int threads) { return s
 
 void masked_product_forward(float* o, const float* q, const float* k, const float* v, const int* q_pos,
                             const int* k_pos, int B, int Nq, int Nk, int H, int d, int span, const float* lambda,
-                            Workspace ws) {
-  const int threads = threads_for(ws, Nq, span, "masked_product_forward");
+                            int threads, Workspace ws) {
+  check_workspace(ws, Nq, span, threads, "masked_product_forward");
   check_positions(q_pos, Nq, span, "masked_product_forward");
   check_positions(k_pos, Nk, span, "masked_product_forward");
   const int ld = H * d, q_max = *std::max_element(q_pos, q_pos + Nq);
@@ -69,8 +69,8 @@ void masked_product_forward(float* o, const float* q, const float* k, const floa
 
 void masked_product_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                              const float* v, const int* q_pos, const int* k_pos, int B, int Nq, int Nk, int H, int d,
-                             int span, const float* lambda, Workspace ws) {
-  const int threads = threads_for(ws, Nq, span, "masked_product_backward");
+                             int span, const float* lambda, int threads, Workspace ws) {
+  check_workspace(ws, Nq, span, threads, "masked_product_backward");
   check_positions(q_pos, Nq, span, "masked_product_backward");
   check_positions(k_pos, Nk, span, "masked_product_backward");
   const int ld = H * d, q_max = *std::max_element(q_pos, q_pos + Nq);

@@ -65,11 +65,12 @@ void pack_transposed(float* dst, const float* src, size_t ld, int rows, int d) {
 }
 
 std::string shape_str(const SoftmaxAttentionShape& s) {
-  return fmt::format("B={} Nq={} Nk={} H={} H_kv={} d={} scale={}", s.B, s.Nq, s.Nk, s.H, s.H_kv, s.d, s.scale);
+  return fmt::format("B={} Nq={} Nk={} H={} H_kv={} d={} scale={} threads={}", s.B, s.Nq, s.Nk, s.H, s.H_kv, s.d,
+                     s.scale, s.threads);
 }
 
 void check_shape(const char* kernel, const SoftmaxAttentionShape& s) {
-  LASP_CHECK(s.B > 0 && s.Nq > 0 && s.Nk > 0 && s.H > 0 && s.H_kv > 0 && s.d > 0,
+  LASP_CHECK(s.B > 0 && s.Nq > 0 && s.Nk > 0 && s.H > 0 && s.H_kv > 0 && s.d > 0 && s.threads > 0,
              "{}: expected positive sizes, got {}", kernel, shape_str(s));
   LASP_CHECK(s.H % s.H_kv == 0, "{}: expected H_kv to divide H, got {}", kernel, shape_str(s));
   LASP_CHECK(std::isfinite(s.scale), "{}: expected a finite scale, got {}", kernel, shape_str(s));
@@ -79,7 +80,7 @@ void check_ptr(const char* kernel, const void* p, const char* name, const Softma
   LASP_CHECK(p != nullptr, "{}: {} is null ({})", kernel, name, shape_str(s));
 }
 
-// Splits the workspace into per-thread slices (64-byte aligned); returns the number of threads to run.
+// Splits the workspace into per-thread slices (64-byte aligned), one for each of s.threads threads.
 int plan_threads(const char* kernel, const SoftmaxAttentionShape& s, Workspace ws, float** base, size_t* per) {
   const Tiles t = tiles_for(s.Nq, s.Nk);
   *per = per_thread_floats(t, s.d);
@@ -87,12 +88,12 @@ int plan_threads(const char* kernel, const SoftmaxAttentionShape& s, Workspace w
   const size_t skew = ws.data ? (64 - reinterpret_cast<uintptr_t>(ws.data) % 64) % 64 / sizeof(float) : 0;
   const size_t usable = ws.floats > skew ? ws.floats - skew : 0;
   const size_t fits = usable / *per;
-  LASP_CHECK(ws.data != nullptr && fits >= 1,
-             "{}: workspace too small: got {} floats, need softmax_attention_workspace_floats(Nq, Nk, d, 1) = {} "
-             "at least ({})",
-             kernel, ws.floats, softmax_attention_workspace_floats(s.Nq, s.Nk, s.d, 1), shape_str(s));
+  LASP_CHECK(ws.data != nullptr && fits >= size_t(s.threads),
+             "{}: workspace too small: got {} floats, need softmax_attention_workspace_floats(Nq, Nk, d, threads) = "
+             "{} ({})",
+             kernel, ws.floats, softmax_attention_workspace_floats(s.Nq, s.Nk, s.d, s.threads), shape_str(s));
   *base = ws.data + skew;
-  return int(std::min<size_t>(size_t(omp_get_max_threads()), fits));
+  return s.threads;
 }
 
 void pos_range(const int* pos, int n, int* lo, int* hi) {

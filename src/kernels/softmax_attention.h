@@ -25,16 +25,17 @@ namespace lasp {
 struct SoftmaxAttentionShape {
   int B, Nq, Nk, H, H_kv, d;
   float scale;  // multiplies q.k before the softmax; the model passes softmax_scale(d)
+  int threads;  // the OpenMP threads the kernels run on, chosen by the caller; the workspace holds them
 };
 
 // The model's scale, 1/sqrt(d), and its shape with it: the one place this rule is written.
 inline float softmax_scale(int d) { return 1.f / std::sqrt(float(d)); }
-inline SoftmaxAttentionShape softmax_shape(int B, int Nq, int Nk, int H, int H_kv, int d) {
-  return {B, Nq, Nk, H, H_kv, d, softmax_scale(d)};
+inline SoftmaxAttentionShape softmax_shape(int B, int Nq, int Nk, int H, int H_kv, int d, int threads) {
+  return {B, Nq, Nk, H, H_kv, d, softmax_scale(d), threads};
 }
 
-// Floats of workspace for `threads` threads (forward and backward need the same amount). A kernel runs on
-// min(omp_get_max_threads(), threads the workspace holds) threads; it throws if it holds less than one.
+// Floats of workspace for `threads` threads (forward and backward need the same amount). A kernel throws
+// if its workspace holds fewer than s.threads threads' slices.
 size_t softmax_attention_workspace_floats(int Nq, int Nk, int d, int threads);
 
 // o = softmax(scale * q k^T, causal by position) v ; lse saved for backward.

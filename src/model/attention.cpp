@@ -3,8 +3,6 @@
 #include "core/check.h"
 #include "core/memory.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -12,11 +10,11 @@
 namespace lasp {
 
 LinearAttentionShape LocalAttention::linear_shape() const {
-  return {shape_.B, shape_.N, shape_.H, shape_.d, shape_.block};
+  return {shape_.B, shape_.N, shape_.H, shape_.d, shape_.block, shape_.threads};
 }
 
 SoftmaxAttentionShape LocalAttention::softmax_shape() const {
-  return lasp::softmax_shape(shape_.B, shape_.N, shape_.N, shape_.H, shape_.H_kv, shape_.d);
+  return lasp::softmax_shape(shape_.B, shape_.N, shape_.N, shape_.H, shape_.H_kv, shape_.d, shape_.threads);
 }
 
 void Attention::linear_bidirectional_forward(int, float*, const float*, const float*, const float*) {
@@ -36,11 +34,12 @@ std::vector<float> Attention::keys_in_order(int, bool) const { throw Error("keys
 LocalAttention::LocalAttention(const AttentionShape& shape)
     : shape_(shape), positions_(shape.N), workspace_(0) {
   std::iota(positions_.begin(), positions_.end(), 0);
-  const int threads = omp_get_max_threads();
-  const size_t need = std::max({linear_attention_forward_workspace_floats(linear_shape(), threads),
-                                linear_attention_backward_workspace_floats(linear_shape(), threads),
+  const int threads = shape.threads;
+  LASP_CHECK(threads > 0, "attention: the kernels' thread count must be positive, got {}", threads);
+  const size_t need = std::max({linear_attention_forward_workspace_floats(linear_shape()),
+                                linear_attention_backward_workspace_floats(linear_shape()),
                                 softmax_attention_workspace_floats(shape.N, shape.N, shape.d, threads),
-                                linear_attention_bidirectional_workspace_floats(linear_shape(), threads)});
+                                linear_attention_bidirectional_workspace_floats(linear_shape())});
   check_fits_in_memory(4.0 * double(need), fmt::format("the attention workspace for N={} H={} d={} on {} threads",
                                                       shape.N, shape.H, shape.d, threads));
   workspace_.storage.resize(need);

@@ -17,6 +17,8 @@ struct AttentionShape {
   int H, H_kv;   // query heads, key/value heads of the softmax layers
   int d;         // head dim
   int block;     // linear attention block size
+  int threads;   // OpenMP threads of the attention kernels, set once by whoever builds the model (trainer,
+                 // decoder, bench); every workspace is sized for them
 };
 
 class Attention {

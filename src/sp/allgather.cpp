@@ -2,8 +2,6 @@
 
 #include <algorithm>
 
-#include <omp.h>
-
 #include "core/check.h"
 #include "kernels/masked_product.h"
 
@@ -13,7 +11,7 @@ AllGatherAttention::AllGatherAttention(Comm& sp, const AttentionShape& shape, in
                                        int layers)
     : s_(shape),
       kv_(sp, shape, global_N, layout, layers),
-      ws_(masked_product_workspace_floats(shape.N, global_N, omp_get_max_threads())) {}
+      ws_(masked_product_workspace_floats(shape.N, global_N, shape.threads)) {}
 
 void AllGatherAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                         const float* lambda) {
@@ -21,7 +19,7 @@ void AllGatherAttention::linear_forward(int layer, float* o, const float* q, con
   const float* kv = kv_.gather_kv(layer, k, v, H);
   std::fill(o, o + size_t(B) * Nl * H * d, 0.f);
   masked_product_forward(o, q, kv, kv + size_t(B) * N * H * d, positions(), kv_.gathered_positions(), B, Nl, N, H, d, N,
-                         lambda, ws_.view());
+                         lambda, s_.threads, ws_.view());
 }
 
 void AllGatherAttention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout,
@@ -31,7 +29,7 @@ void AllGatherAttention::linear_backward(int layer, float* dq, float* dk, float*
   float* dkv = kv_.zeroed_dkv(H);
   const size_t all = size_t(B) * N * H * d;
   masked_product_backward(dq, dkv, dkv + all, dout, q, kv, kv + all, positions(), kv_.gathered_positions(), B, Nl, N, H,
-                          d, N, lambda, ws_.view());
+                          d, N, lambda, s_.threads, ws_.view());
   kv_.scatter_dkv(dk, dv, H);
 }
 

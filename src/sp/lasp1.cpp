@@ -1,7 +1,5 @@
 #include "sp/lasp1.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cstring>
 
@@ -16,10 +14,9 @@ Lasp1Attention::Lasp1Attention(Comm& sp, const AttentionShape& shape, int global
       owner_(sp_piece_owners(global_N, sp.size(), layout)),
       incoming_(layers),
       softmax_(sp, shape, global_N, layout, layers) {
-  const LinearAttentionShape piece{1, mine_[0].length, s_.H, s_.d, s_.block};
-  const int threads = omp_get_max_threads();
-  ws_.storage.resize(std::max(linear_attention_forward_workspace_floats(piece, threads),
-                              linear_attention_backward_workspace_floats(piece, threads)));
+  const LinearAttentionShape piece{1, mine_[0].length, s_.H, s_.d, s_.block, s_.threads};
+  ws_.storage.resize(std::max(linear_attention_forward_workspace_floats(piece),
+                              linear_attention_backward_workspace_floats(piece)));
 }
 
 void Lasp1Attention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
@@ -42,7 +39,7 @@ void Lasp1Attention::linear_forward(int layer, float* o, const float* q, const f
     for (int b = 0; b < s_.B; ++b) {
       const long at = (long(b) * s_.N + piece.offset) * H * d;
       linear_attention_forward(o + at, out.data() + size_t(b) * H * dd, q + at, k + at, v + at,
-                               p > 0 ? P + size_t(b) * H * dd : nullptr, lambda, {1, piece.length, H, d, s_.block},
+                               p > 0 ? P + size_t(b) * H * dd : nullptr, lambda, {1, piece.length, H, d, s_.block, s_.threads},
                                ws_.view());
     }
     if (p + 1 < pieces && owner_[p + 1].first != me) sp_.send_recv(out.data(), S, owner_[p + 1].first, nullptr, 0, -1);
@@ -71,7 +68,7 @@ void Lasp1Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
       linear_attention_backward(dq + at, dk + at, dv + at, p > 0 ? dstate_in.data() + size_t(b) * H * dd : nullptr,
                                 dout + at, p + 1 < pieces ? dstate_out.data() + size_t(b) * H * dd : nullptr, q + at,
                                 k + at, v + at, p > 0 ? P + size_t(b) * H * dd : nullptr, lambda,
-                                {1, piece.length, H, d, s_.block}, ws_.view());
+                                {1, piece.length, H, d, s_.block, s_.threads}, ws_.view());
     }
     if (p > 0 && owner_[p - 1].first != me) sp_.send_recv(dstate_in.data(), S, owner_[p - 1].first, nullptr, 0, -1);
   }

@@ -54,13 +54,12 @@ struct Lasp2Attention::Impl {
     mine = sp_pieces(global_N, W, rank, layout);
     piece_len = mine[0].length;
     owner = sp_piece_owners(global_N, W, layout);
-    const int threads = omp_get_max_threads();
-    const LinearAttentionShape piece{1, piece_len, s.H, s.d, s.block};
-    kernel_ws.storage.resize(std::max({linear_attention_forward_workspace_floats(piece, threads),
-                                       linear_attention_backward_workspace_floats(piece, threads),
-                                       linear_attention_bidirectional_workspace_floats({s.B, s.N, s.H, s.d, s.block},
-                                                                                       threads)}));
-    scratch.resize(size_t(threads) * piece_len * s.d);
+    const LinearAttentionShape piece{1, piece_len, s.H, s.d, s.block, s.threads};
+    kernel_ws.storage.resize(std::max({linear_attention_forward_workspace_floats(piece),
+                                       linear_attention_backward_workspace_floats(piece),
+                                       linear_attention_bidirectional_workspace_floats(
+                                           {s.B, s.N, s.H, s.d, s.block, s.threads})}));
+    scratch.resize(size_t(s.threads) * piece_len * s.d);
     const size_t states = state_floats();
     send.resize(states);
     recv.resize(states * W);
@@ -94,7 +93,7 @@ struct Lasp2Attention::Impl {
   template <class F>
   void for_each_head(F f) {
     const int items = s.B * int(mine.size()) * s.H;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
     for (int it = 0; it < items; ++it) {
       const int h = it % s.H, i = it / s.H % int(mine.size()), b = it / (s.H * int(mine.size()));
       f(b, i, h, scratch.data() + size_t(omp_get_thread_num()) * piece_len * s.d);
@@ -164,7 +163,7 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
         float* state = entering.data() + m.segment_at(b, i, sg);
         const long row = at + long(begin) * ld;
         linear_attention_forward(o + row, sg + 1 < m.segments ? state + m.segment_stride() : nullptr, q + row, k + row,
-                                 v + row, sg > 0 ? state : nullptr, lambda, {1, len, H, d, m.s.block},
+                                 v + row, sg > 0 ? state : nullptr, lambda, {1, len, H, d, m.s.block, m.s.threads},
                                  m.kernel_ws.view());
         gather->test();  // lets MPI progress
       }
@@ -227,7 +226,7 @@ void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
         linear_attention_backward(dq + row, dk + row, dv + row, sg > 0 ? dstate.data() : nullptr, dout + row,
                                   sg + 1 < m.segments ? dstate_next.data() : nullptr, q + row, k + row, v + row,
                                   sg > 0 ? entering.data() + m.segment_at(b, i, sg) : nullptr, lambda,
-                                  {1, len, H, d, m.s.block}, m.kernel_ws.view());
+                                  {1, len, H, d, m.s.block, m.s.threads}, m.kernel_ws.view());
         std::swap(dstate, dstate_next);
         gather->test();
       }
@@ -259,7 +258,7 @@ void Lasp2Attention::linear_bidirectional_forward(int layer, float* o, const flo
   const int B = m.s.B, H = m.s.H, d = m.s.d, Nl = m.s.N, ld = H * d;
   const size_t dd = size_t(d) * d, states = size_t(B) * H * dd;
   std::vector<float> local(states), all(states * m.W), others(states, 0.f);
-#pragma omp parallel for
+#pragma omp parallel for num_threads(m.s.threads)
   for (int bh = 0; bh < B * H; ++bh) {  // local K^T V
     const long at = long(bh / H) * Nl * ld + long(bh % H) * d;
     gemm(true, false, d, d, Nl, 1.f, k + at, ld, v + at, ld, 0.f, local.data() + size_t(bh) * dd, d);
@@ -268,7 +267,7 @@ void Lasp2Attention::linear_bidirectional_forward(int layer, float* o, const flo
   for (int r = 0; r < m.W; ++r)
     if (r != m.rank)
       for (size_t i = 0; i < states; ++i) others[i] += all[size_t(r) * states + i];
-  linear_attention_bidirectional_forward(o, nullptr, q, k, v, others.data(), {B, Nl, H, d, m.s.block},
+  linear_attention_bidirectional_forward(o, nullptr, q, k, v, others.data(), {B, Nl, H, d, m.s.block, m.s.threads},
                                          m.kernel_ws.view());
   m.incoming[layer] = std::move(others);  // the other ranks' K^T V, for the backward
 }
@@ -279,7 +278,7 @@ void Lasp2Attention::linear_bidirectional_backward(int layer, float* dq, float* 
   const int B = m.s.B, H = m.s.H, d = m.s.d, Nl = m.s.N, ld = H * d;
   const size_t dd = size_t(d) * d, states = size_t(B) * H * dd;
   std::vector<float> local(states), all(states * m.W), others(states, 0.f);
-#pragma omp parallel for
+#pragma omp parallel for num_threads(m.s.threads)
   for (int bh = 0; bh < B * H; ++bh) {  // local Q^T dO: this rank's gradient of the total state
     const long at = long(bh / H) * Nl * ld + long(bh % H) * d;
     gemm(true, false, d, d, Nl, 1.f, q + at, ld, dout + at, ld, 0.f, local.data() + size_t(bh) * dd, d);
@@ -289,7 +288,7 @@ void Lasp2Attention::linear_bidirectional_backward(int layer, float* dq, float* 
     if (r != m.rank)
       for (size_t i = 0; i < states; ++i) others[i] += all[size_t(r) * states + i];
   linear_attention_bidirectional_backward(dq, dk, dv, nullptr, dout, others.data(), q, k, v,
-                                          m.incoming[layer].data(), {B, Nl, H, d, m.s.block}, m.kernel_ws.view());
+                                          m.incoming[layer].data(), {B, Nl, H, d, m.s.block, m.s.threads}, m.kernel_ws.view());
 }
 
 void Lasp2Attention::keep_decode_state(bool keep) { impl_->keep = keep; }

@@ -1,7 +1,5 @@
 #include "sp/lasp2h.h"
 
-#include <omp.h>
-
 #include <cstring>
 
 #include "core/check.h"
@@ -15,14 +13,14 @@ Lasp2H::Lasp2H(Comm& sp, const AttentionShape& shape, int global_N, SpLayout lay
              global_N);
   for (int r = 0; r < W_; ++r)
     for (int p : sp_positions(global_N, W_, r, layout)) k_pos_.push_back(p);
-  ws_.storage.resize(softmax_attention_workspace_floats(shape.N, global_N, shape.d, omp_get_max_threads()));
+  ws_.storage.resize(softmax_attention_workspace_floats(shape.N, global_N, shape.d, shape.threads));
 }
 
 void Lasp2H::forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) {
   const float* kv = gather_kv(layer, k, v, s_.H_kv);
   const size_t all = size_t(s_.B) * global_N_ * s_.H_kv * s_.d;
   softmax_attention_forward(o, lse, q, kv, kv + all, positions_.data(), k_pos_.data(),
-                            softmax_shape(s_.B, s_.N, global_N_, s_.H, s_.H_kv, s_.d), ws_.view());
+                            softmax_shape(s_.B, s_.N, global_N_, s_.H, s_.H_kv, s_.d, s_.threads), ws_.view());
 }
 
 void Lasp2H::backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o, const float* lse,
@@ -31,7 +29,7 @@ void Lasp2H::backward(int layer, float* dq, float* dk, float* dv, const float* d
   const float* kv = gathered_kv(layer);
   float* dkv = zeroed_dkv(s_.H_kv);
   softmax_attention_backward(dq, dkv, dkv + all, dout, o, lse, q, kv, kv + all, positions_.data(), k_pos_.data(),
-                             softmax_shape(s_.B, s_.N, global_N_, s_.H, s_.H_kv, s_.d), ws_.view());
+                             softmax_shape(s_.B, s_.N, global_N_, s_.H, s_.H_kv, s_.d, s_.threads), ws_.view());
   scatter_dkv(dk, dv, s_.H_kv);
 }
 

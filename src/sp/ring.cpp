@@ -1,7 +1,5 @@
 #include "sp/ring.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -14,7 +12,7 @@ namespace lasp {
 RingAttention::RingAttention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int)
     : sp_(sp), s_(shape), W_(sp.size()), N_(global_N) {
   for (int r = 0; r < W_; ++r) rank_positions_.push_back(sp_positions(global_N, W_, r, layout));
-  const int threads = omp_get_max_threads();
+  const int threads = shape.threads;
   ws_.storage.resize(std::max(softmax_attention_workspace_floats(shape.N, shape.N, shape.d, threads),
                               masked_product_workspace_floats(shape.N, global_N, threads)));
 }
@@ -45,7 +43,7 @@ void RingAttention::softmax_forward(int, float* o, float* lse, const float* q, c
   std::fill(lse, lse + size_t(B) * H * Nl, -INFINITY);
   o_part_.resize(size_t(B) * Nl * H * d);
   lse_part_.resize(size_t(B) * H * Nl);
-  const SoftmaxAttentionShape shape = softmax_shape(B, Nl, Nl, H, Hkv, d);
+  const SoftmaxAttentionShape shape = softmax_shape(B, Nl, Nl, H, Hkv, d, s_.threads);
   ring(cur_, 2 * kv, false, [&](int owner, const float* block) {
     softmax_attention_forward(o_part_.data(), lse_part_.data(), q, block, block + kv, positions(),
                               rank_positions_[owner].data(), shape, ws_.view());
@@ -60,7 +58,7 @@ void RingAttention::softmax_backward(int, float* dq, float* dk, float* dv, const
   cur_.assign(k, k + kv);  // [K | V | dK | dV] travel together
   cur_.insert(cur_.end(), v, v + kv);
   cur_.resize(4 * kv, 0.f);
-  const SoftmaxAttentionShape shape{B, Nl, Nl, H, Hkv, d, 1.f / std::sqrt(float(d))};
+  const SoftmaxAttentionShape shape = softmax_shape(B, Nl, Nl, H, Hkv, d, s_.threads);
   ring(cur_, 4 * kv, true, [&](int owner, float* block) {
     softmax_attention_backward(dq, block + 2 * kv, block + 3 * kv, dout, o, lse, q, block, block + kv, positions(),
                                rank_positions_[owner].data(), shape, ws_.view());
@@ -79,7 +77,7 @@ void RingAttention::linear_forward(int, float* o, const float* q, const float* k
   std::fill(o, o + kv, 0.f);
   ring(cur_, 2 * kv, false, [&](int owner, const float* block) {
     masked_product_forward(o, q, block, block + kv, positions(), rank_positions_[owner].data(), B, Nl, Nl, H, d, N_,
-                           lambda, ws_.view());
+                           lambda, s_.threads, ws_.view());
   });
 }
 
@@ -92,7 +90,7 @@ void RingAttention::linear_backward(int, float* dq, float* dk, float* dv, const 
   cur_.resize(4 * kv, 0.f);
   ring(cur_, 4 * kv, true, [&](int owner, float* block) {
     masked_product_backward(dq, block + 2 * kv, block + 3 * kv, dout, q, block, block + kv, positions(),
-                            rank_positions_[owner].data(), B, Nl, Nl, H, d, N_, lambda, ws_.view());
+                            rank_positions_[owner].data(), B, Nl, Nl, H, d, N_, lambda, s_.threads, ws_.view());
   });
   for (size_t i = 0; i < kv; ++i) {
     dk[i] += cur_[2 * kv + i];

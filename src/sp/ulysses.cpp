@@ -1,7 +1,5 @@
 #include "sp/ulysses.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -19,12 +17,11 @@ UlyssesAttention::UlyssesAttention(Comm& sp, const AttentionShape& shape, int gl
   for (int r = 0; r < W_; ++r) rank_positions_.push_back(sp_positions(global_N, W_, r, layout));
   all_positions_.resize(global_N);
   std::iota(all_positions_.begin(), all_positions_.end(), 0);
-  const int threads = omp_get_max_threads();
-  const LinearAttentionShape full{shape.B, global_N, hg_, shape.d, shape.block};
-  ws_.storage.resize(std::max({linear_attention_forward_workspace_floats(full, threads),
-                               linear_attention_backward_workspace_floats(full, threads),
-                               linear_attention_bidirectional_workspace_floats(full, threads),
-                               softmax_attention_workspace_floats(global_N, global_N, shape.d, threads)}));
+  const LinearAttentionShape full = linear_shape();
+  ws_.storage.resize(std::max({linear_attention_forward_workspace_floats(full),
+                               linear_attention_backward_workspace_floats(full),
+                               linear_attention_bidirectional_workspace_floats(full),
+                               softmax_attention_workspace_floats(global_N, global_N, shape.d, shape.threads)}));
 }
 
 void UlyssesAttention::to_heads(const float* x, int heads, std::vector<float>& full) {
@@ -86,7 +83,7 @@ void UlyssesAttention::linear_forward(int layer, float* o, const float* q, const
   to_heads(v, s_.H, sv.v);
   std::vector<float> of(sv.q.size());
   linear_attention_forward(of.data(), nullptr, sv.q.data(), sv.k.data(), sv.v.data(), nullptr,
-                           lambda ? lambda + sp_.rank() * hg_ : nullptr, {s_.B, N_, hg_, s_.d, s_.block}, ws_.view());
+                           lambda ? lambda + sp_.rank() * hg_ : nullptr, linear_shape(), ws_.view());
   to_sequence(of, s_.H, o, false);
 }
 
@@ -97,7 +94,7 @@ void UlyssesAttention::linear_backward(int layer, float* dq, float* dk, float* d
   to_heads(dout, s_.H, dof);
   linear_attention_backward(dqf.data(), dkf.data(), dvf.data(), nullptr, dof.data(), nullptr, sv.q.data(), sv.k.data(),
                             sv.v.data(), nullptr, lambda ? lambda + sp_.rank() * hg_ : nullptr,
-                            {s_.B, N_, hg_, s_.d, s_.block}, ws_.view());
+                            linear_shape(), ws_.view());
   to_sequence(dqf, s_.H, dq, true);
   to_sequence(dkf, s_.H, dk, true);
   to_sequence(dvf, s_.H, dv, true);
@@ -110,7 +107,7 @@ void UlyssesAttention::linear_bidirectional_forward(int layer, float* o, const f
   to_heads(v, s_.H, sv.v);
   std::vector<float> of(sv.q.size());
   linear_attention_bidirectional_forward(of.data(), nullptr, sv.q.data(), sv.k.data(), sv.v.data(), nullptr,
-                                         {s_.B, N_, hg_, s_.d, s_.block}, ws_.view());
+                                         linear_shape(), ws_.view());
   to_sequence(of, s_.H, o, false);
 }
 
@@ -121,7 +118,7 @@ void UlyssesAttention::linear_bidirectional_backward(int layer, float* dq, float
   to_heads(dout, s_.H, dof);
   linear_attention_bidirectional_backward(dqf.data(), dkf.data(), dvf.data(), nullptr, dof.data(), nullptr,
                                           sv.q.data(), sv.k.data(), sv.v.data(), nullptr,
-                                          {s_.B, N_, hg_, s_.d, s_.block}, ws_.view());
+                                          linear_shape(), ws_.view());
   to_sequence(dqf, s_.H, dq, true);
   to_sequence(dkf, s_.H, dk, true);
   to_sequence(dvf, s_.H, dv, true);
@@ -134,7 +131,7 @@ void UlyssesAttention::softmax_forward(int layer, float* o, float*, const float*
   to_heads(expand_kv(v).data(), s_.H, sv.v);
   sv.o.assign(sv.q.size(), 0.f);
   sv.lse.assign(size_t(s_.B) * hg_ * N_, 0.f);
-  const SoftmaxAttentionShape shape = softmax_shape(s_.B, N_, N_, hg_, hg_, s_.d);
+  const SoftmaxAttentionShape shape = softmax_shape();
   softmax_attention_forward(sv.o.data(), sv.lse.data(), sv.q.data(), sv.k.data(), sv.v.data(), all_positions_.data(),
                             all_positions_.data(), shape, ws_.view());
   to_sequence(sv.o, s_.H, o, false);
@@ -145,7 +142,7 @@ void UlyssesAttention::softmax_backward(int layer, float* dq, float* dk, float* 
   const Saved& sv = saved_[layer];
   std::vector<float> dof, dqf(sv.q.size(), 0.f), dkf(sv.q.size(), 0.f), dvf(sv.q.size(), 0.f);
   to_heads(dout, s_.H, dof);
-  const SoftmaxAttentionShape shape{s_.B, N_, N_, hg_, hg_, s_.d, 1.f / std::sqrt(float(s_.d))};
+  const SoftmaxAttentionShape shape = softmax_shape();
   softmax_attention_backward(dqf.data(), dkf.data(), dvf.data(), dof.data(), sv.o.data(), sv.lse.data(), sv.q.data(),
                              sv.k.data(), sv.v.data(), all_positions_.data(), all_positions_.data(), shape, ws_.view());
   to_sequence(dqf, s_.H, dq, true);

@@ -48,6 +48,9 @@ class UlyssesAttention : public Attention {
   void to_sequence(const std::vector<float>& full, int heads, float* x, bool accumulate);
   // k or v (B, N_local, H_kv, d) -> (B, N_local, H, d), each query head with its key/value head.
   std::vector<float> expand_kv(const float* x) const;
+  // The kernels' shapes after the exchange: this rank's hg_ heads over the whole sequence.
+  LinearAttentionShape linear_shape() const { return {s_.B, N_, hg_, s_.d, s_.block, s_.threads}; }
+  SoftmaxAttentionShape softmax_shape() const { return lasp::softmax_shape(s_.B, N_, N_, hg_, hg_, s_.d, s_.threads); }
 };
 
 }  // namespace lasp

@@ -6,15 +6,17 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <unistd.h>
 #include <fstream>
 #include <memory>
+
+#include <nlohmann/json.hpp>
+#include <omp.h>
+#include <unistd.h>
 
 #include "core/check.h"
 #include "core/file.h"
 #include "core/memory.h"
 #include "core/parse.h"
-#include <nlohmann/json.hpp>
 #include "model/attention.h"
 #include "model/model.h"
 #include "sp/grid.h"
@@ -39,7 +41,9 @@ SpLayout layout_for(const ModelConfig& c, const ParallelOptions& p) {
 // The attention of this rank: the local kernels on one SP rank, the chosen method across several.
 std::unique_ptr<Attention> make_attention(const ModelConfig& c, const Grid& g, int B, int N, SpLayout layout,
                                           int block, const std::string& method) {
-  const AttentionShape shape{B, N / g.sp_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), block};
+  // The kernels' threads are those lasp runs with (--threads), fixed here for the run.
+  const AttentionShape shape{B, N / g.sp_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), block,
+                             omp_get_max_threads()};
   return make_sp_attention(method, *g.sp, shape, N, layout, c.num_hidden_layers);
 }
 

@@ -30,6 +30,9 @@ namespace {
 
 Comm& world() { return comm_world(); }
 
+// The attention kernels' threads: more than one, so that every parallel path runs, whatever the ranks share.
+constexpr int kThreads = 2;
+
 std::vector<float> random_values(size_t n, uint32_t seed) { return lasp::testing::random_vector(n, seed, -1.f, 1.f); }
 
 // Rows of a (B, N, width) tensor at the given positions -> (B, positions, width).
@@ -70,7 +73,7 @@ TEST_P(SpAttention, EqualsSingleProcessOnEveryRank) {
   linear_attention_decays(lambda.data(), H, c.decay);
 
   // single process on the whole sequence
-  LocalAttention local({B, c.N, H, Hkv, d, block});
+  LocalAttention local({B, c.N, H, Hkv, d, block, kThreads});
   std::vector<float> o(q.size()), lse(size_t(B) * H * c.N), dq(q.size(), 0.f), dk(k.size(), 0.f), dv(v.size(), 0.f);
   if (c.linear) {
     local.linear_forward(0, o.data(), q.data(), k.data(), v.data(), lambda.data());
@@ -84,7 +87,7 @@ TEST_P(SpAttention, EqualsSingleProcessOnEveryRank) {
   // this rank's slice under LASP-2 / LASP-2H
   const std::vector<int> pos = sp_positions(c.N, W, world().rank(), c.layout);
   const int Nl = int(pos.size());
-  Lasp2Attention sp(world(), {B, Nl, H, Hkv, d, block}, c.N, c.layout, 1);
+  Lasp2Attention sp(world(), {B, Nl, H, Hkv, d, block, kThreads}, c.N, c.layout, 1);
   auto ql = take_rows(q, B, c.N, width, pos), kl = take_rows(k, B, c.N, kvw, pos),
        vl = take_rows(v, B, c.N, kvw, pos), gl = take_rows(g, B, c.N, width, pos);
   std::vector<float> ol(ql.size()), lsel(size_t(B) * H * Nl), dql(ql.size(), 0.f), dkl(kl.size(), 0.f),
@@ -133,7 +136,7 @@ TEST(SpBaselines, EqualsSingleProcessOnEveryRank) {
           for (float& e : *x) e = 0.5f * (e + 1.1f);
         std::vector<float> lambda(H);
         linear_attention_decays(lambda.data(), H, decay);
-        LocalAttention local({B, N, H, H, d, 16});
+        LocalAttention local({B, N, H, H, d, 16, kThreads});
         std::vector<float> o(q.size()), dq(q.size(), 0.f), dk(q.size(), 0.f), dv(q.size(), 0.f);
         local.linear_forward(0, o.data(), q.data(), k.data(), v.data(), lambda.data());
         local.linear_backward(0, dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data(),
@@ -141,7 +144,7 @@ TEST(SpBaselines, EqualsSingleProcessOnEveryRank) {
         const std::vector<Piece> mine = sp_pieces(N, W, world().rank(), layout);
         const std::vector<int> pos = sp_positions(N, W, world().rank(), layout);
         const int Nl = int(pos.size());
-        const AttentionShape shape{B, Nl, H, H, d, 16};
+        const AttentionShape shape{B, Nl, H, H, d, 16, kThreads};
         std::unique_ptr<Attention> sp;
         if (method == "lasp1") sp = std::make_unique<Lasp1Attention>(world(), shape, N, layout, 1);
         else if (method == "ring") sp = std::make_unique<RingAttention>(world(), shape, N, layout, 1);
@@ -183,14 +186,14 @@ TEST(SpRingSoftmax, EqualsSingleProcessOnEveryRank) {
   for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag}) {
     auto q = random_values(size_t(B) * N * width, 1), k = random_values(size_t(B) * N * kvw, 2),
          v = random_values(size_t(B) * N * kvw, 3), g = random_values(size_t(B) * N * width, 4);
-    LocalAttention local({B, N, H, Hkv, d, 16});
+    LocalAttention local({B, N, H, Hkv, d, 16, kThreads});
     std::vector<float> o(q.size()), lse(size_t(B) * H * N), dq(q.size(), 0.f), dk(k.size(), 0.f), dv(v.size(), 0.f);
     local.softmax_forward(0, o.data(), lse.data(), q.data(), k.data(), v.data());
     local.softmax_backward(0, dq.data(), dk.data(), dv.data(), g.data(), o.data(), lse.data(), q.data(), k.data(),
                            v.data());
     const std::vector<int> pos = sp_positions(N, W, world().rank(), layout);
     const int Nl = int(pos.size());
-    RingAttention sp(world(), {B, Nl, H, Hkv, d, 16}, N, layout, 1);
+    RingAttention sp(world(), {B, Nl, H, Hkv, d, 16, kThreads}, N, layout, 1);
     auto ql = take_rows(q, B, N, width, pos), kl = take_rows(k, B, N, kvw, pos), vl = take_rows(v, B, N, kvw, pos),
          gl = take_rows(g, B, N, width, pos);
     std::vector<float> ol(ql.size()), lsel(size_t(B) * H * Nl), dql(ql.size(), 0.f), dkl(kl.size(), 0.f),
@@ -212,7 +215,7 @@ TEST(SpUlysses, EqualsSingleProcessOnEveryRankOrRefusesClearly) {
   const int W = world().size(), B = 2, H = 4, Hkv = 2, d = 8, N = 24 * W;
   if (H % W != 0) {
     try {
-      UlyssesAttention sp(world(), {B, N / W, H, Hkv, d, 16}, N, SpLayout::contiguous, 1);
+      UlyssesAttention sp(world(), {B, N / W, H, Hkv, d, 16, kThreads}, N, SpLayout::contiguous, 1);
       ADD_FAILURE() << "no error for H = " << H << " over " << W << " ranks";
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("ulysses"), std::string::npos) << e.what();
@@ -230,11 +233,11 @@ TEST(SpUlysses, EqualsSingleProcessOnEveryRankOrRefusesClearly) {
             for (float& e : *x) e = 0.5f * (e + 1.1f);
         std::vector<float> lambda(H);
         linear_attention_decays(lambda.data(), H, decay);
-        LocalAttention local({B, N, H, Hkv, d, 16});
+        LocalAttention local({B, N, H, Hkv, d, 16, kThreads});
         std::vector<float> o(q.size()), lse(size_t(B) * H * N), dq(q.size(), 0.f), dk(k.size(), 0.f), dv(v.size(), 0.f);
         const std::vector<int> pos = sp_positions(N, W, world().rank(), layout);
         const int Nl = int(pos.size());
-        UlyssesAttention sp(world(), {B, Nl, H, Hkv, d, 16}, N, layout, 1);
+        UlyssesAttention sp(world(), {B, Nl, H, Hkv, d, 16, kThreads}, N, layout, 1);
         auto ql = take_rows(q, B, N, width, pos), kl = take_rows(k, B, N, kvw, pos), vl = take_rows(v, B, N, kvw, pos),
              gl = take_rows(g, B, N, width, pos);
         std::vector<float> ol(ql.size()), lsel(size_t(B) * H * Nl), dql(ql.size(), 0.f), dkl(kl.size(), 0.f),
@@ -273,14 +276,14 @@ TEST(SpBidirectional, EqualsSingleProcessOnEveryRank) {
   const int W = world().size(), B = 2, H = 3, d = 8, N = 12 * W, width = H * d;
   auto q = random_values(size_t(B) * N * width, 1), k = random_values(q.size(), 2), v = random_values(q.size(), 3),
        g = random_values(q.size(), 4);
-  LocalAttention local({B, N, H, H, d, 16});
+  LocalAttention local({B, N, H, H, d, 16, kThreads});
   std::vector<float> o(q.size()), dq(q.size(), 0.f), dk(q.size(), 0.f), dv(q.size(), 0.f);
   local.linear_bidirectional_forward(0, o.data(), q.data(), k.data(), v.data());
   local.linear_bidirectional_backward(0, dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data());
   for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag}) {
     const std::vector<int> pos = sp_positions(N, W, world().rank(), layout);
     const int Nl = int(pos.size());
-    Lasp2Attention sp(world(), {B, Nl, H, H, d, 16}, N, layout, 1);
+    Lasp2Attention sp(world(), {B, Nl, H, H, d, 16, kThreads}, N, layout, 1);
     auto ql = take_rows(q, B, N, width, pos), kl = take_rows(k, B, N, width, pos), vl = take_rows(v, B, N, width, pos),
          gl = take_rows(g, B, N, width, pos);
     std::vector<float> ol(ql.size()), dql(ql.size(), 0.f), dkl(ql.size(), 0.f), dvl(ql.size(), 0.f);
@@ -337,7 +340,7 @@ TEST(SpCommunication, OneCollectiveEachWayAndBytesIndependentOfN) {
       const int N = (twice + 1) * 48 * W;
       const std::vector<int> pos = sp_positions(N, W, world().rank(), layout);
       const int Nl = int(pos.size());
-      Lasp2Attention sp(world(), {B, Nl, H, Hkv, d, 16}, N, layout, 2);
+      Lasp2Attention sp(world(), {B, Nl, H, Hkv, d, 16, kThreads}, N, layout, 2);
       auto q = random_values(size_t(B) * Nl * H * d, 1), k = random_values(q.size(), 2), v = random_values(q.size(), 3);
       std::vector<float> o(q.size()), dq(q.size()), dk(q.size()), dv(q.size());
       world().reset_stats();
@@ -412,7 +415,7 @@ TEST_P(SpModel, LogitsLossAndGradientsEqualSingleProcess) {
   for (auto& t : targets) t = tok(rng);
 
   // single process, all rows
-  LocalAttention local({B, N, 4, 2, 8, 16});
+  LocalAttention local({B, N, 4, 2, 8, 16, kThreads});
   Model ref(config, B, N, local);
   // Weights at std 0.05: at 0.2 the NLNL model is so ill-conditioned that splitting the batch over two DP
   // ranks without any SP (only the BLAS's blocking changes) already moves its gradients by 1e-9.
@@ -428,7 +431,7 @@ TEST_P(SpModel, LogitsLossAndGradientsEqualSingleProcess) {
   std::vector<int> in_l, tg_l;
   for (int b = grid.dp_rank * Bl; b < (grid.dp_rank + 1) * Bl; ++b)
     for (int p : pos) in_l.push_back(inputs[size_t(b) * N + p]), tg_l.push_back(targets[size_t(b) * N + p]);
-  const AttentionShape shape{Bl, Nl, 4, 2, 8, 16};
+  const AttentionShape shape{Bl, Nl, 4, 2, 8, 16, kThreads};
   if (c.method == "ulysses" && 4 % sp_size != 0) {  // 4 heads over 3 ranks: a clear error (also in SpUlysses)
     EXPECT_THROW(make_sp_attention(c.method, *grid.sp, shape, N, c.layout, config.num_hidden_layers), Error);
     return;

@@ -182,7 +182,7 @@ TEST(Model, RecomputeGivesIdenticalGradients) {
   for (int recompute = 0; recompute < 2; ++recompute) {
     LocalAttention attention({kB, kN, f.config.num_attention_heads, f.config.num_key_value_heads,
                               f.config.head_dim(), kBlock, 2});
-    Model model(f.config, kB, kN, attention, recompute == 1);
+    Model model(f.config, kB, kN, attention, ModelPlan{recompute == 1});
     load_checkpoint_weights(f.dir, model.layout(), model.params());
     losses[recompute] = model.forward(inputs.data(), targets.data());
     model.backward(0.01f);

@@ -25,6 +25,11 @@ void Attention::linear_bidirectional_backward(int, float*, float*, float*, const
   throw Error("this sequence-parallel method has no bidirectional linear layers (lasp info lists the methods)");
 }
 
+void Attention::begin_chunk(int, int, Pass) {
+  throw Error("this attention runs its whole sequence piece at once; the chunked memory plan needs one sequence-parallel "
+              "rank (--sp-size 1)");
+}
+
 void Attention::keep_decode_state(bool keep) {
   if (keep) throw Error("this sequence-parallel method does not keep the state generation continues from");
 }

@@ -48,6 +48,14 @@ class Attention {
   virtual void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                                 const float* lse, const float* q, const float* k, const float* v) = 0;
 
+  // Chunked runs (model/chunked_attention.h): the model takes its sequence as consecutive chunks, each
+  // through every layer, in order for the forward pass and in reverse order for the backward pass (where
+  // each chunk's forward is run again right before its backward). Before a chunk, the model announces its
+  // tokens [begin, begin + length) of each row and the pass; the attention carries what crosses chunk
+  // boundaries. A method that runs its whole piece at once refuses (the default throws).
+  enum class Pass { forward, backward };
+  virtual void begin_chunk(int begin, int length, Pass pass);
+
   // For generation (src/generate): with keep_decode_state(true), a forward keeps what decoding continues
   // from, whatever rank computed it: each linear layer's state after the WHOLE sequence (B, H, d, d), each
   // softmax layer's keys or values of the whole sequence in position order (B, N, H_kv, d). A method that

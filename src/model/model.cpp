@@ -51,15 +51,82 @@ void add_into(float* dst, const float* src, size_t n) {
 
 }  // namespace
 
-Model::Model(const ModelConfig& config, int B, int N, Attention& attention, bool recompute)
-    : config_(config), layout_(config), B_(B), N_(N), T_(token_count(B, N)), attention_(attention), recompute_(recompute) {
-  config_.validate();
-
-  const ModelConfig& c = config_;
+void Model::carve(Carver& cv, const ModelConfig& c, int B, int chunk, bool recompute, std::vector<float*>& x,
+                  std::vector<LayerActs>& acts, Scratch& s, float*& xf, float*& rstd_f, float*& logits) {
   const int L = c.num_hidden_layers, D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
   const int H = c.num_attention_heads, d = c.head_dim(), E = H * d, Ekv = c.num_key_value_heads * d;
-  const size_t T = T_;
-  if (c.has_softmax_layer()) rope_ = rope_table(attention_.positions(), N, d, c.rope_theta);
+  const size_t T = size_t(B) * chunk;
+  x.assign(L + 1, nullptr);
+  for (int l = 0; l <= L; ++l) x[l] = cv.take(T * D);
+  acts.assign(recompute ? 1 : L, LayerActs{});
+  for (size_t i = 0; i < acts.size(); ++i) {
+    // With recompute the shared set must fit either kind of layer.
+    const bool any_linear = recompute ? c.layer_types.find('L') != std::string::npos : c.layer_types[i] == 'L';
+    const bool any_softmax = recompute ? c.has_softmax_layer() : c.layer_types[i] == 'N';
+    LayerActs& a = acts[i];
+    a.xn = cv.take(T * D);
+    a.rstd_in = cv.take(T);
+    a.q = cv.take(T * E);
+    a.k = cv.take(T * std::max(E, Ekv));
+    a.v = cv.take(T * std::max(E, Ekv));
+    a.o = cv.take(T * E);
+    if (any_linear) {
+      a.qp = cv.take(T * E);
+      a.kp = cv.take(T * E);
+      if (c.linear.output_norm) a.on = cv.take(T * E), a.rstd_o = cv.take(T * H);
+      if (c.linear.output_gate) a.gp = cv.take(T * E), a.og = cv.take(T * E);
+    }
+    if (any_softmax) a.lse = cv.take(T * H);
+    a.h = cv.take(T * D);
+    a.hn = cv.take(T * D);
+    a.rstd_post = cv.take(T);
+    a.g = cv.take(T * F);
+    a.u = cv.take(T * F);
+    a.m = cv.take(T * F);
+  }
+  const size_t wide = T * std::max(E, Ekv);
+  s.dres = cv.take(T * D);
+  s.dxn = cv.take(T * D);
+  s.dhn = cv.take(T * D);
+  s.da = cv.take(T * E);
+  s.dq = cv.take(T * E);
+  s.dk = cv.take(wide);
+  s.dv = cv.take(wide);
+  s.dqp = cv.take(T * E);
+  s.dkp = cv.take(wide);
+  s.dgp = cv.take(T * E);
+  s.dg = cv.take(T * F);
+  s.du = cv.take(T * F);
+  s.dm = cv.take(T * F);
+  s.dlogits = cv.take(T * V);
+  xf = cv.take(T * D);
+  rstd_f = cv.take(T);
+  logits = cv.take(T * V);
+}
+
+double Model::activation_floats(const ModelConfig& config, int B, int N, ModelPlan plan) {
+  Carver counter{nullptr};
+  std::vector<float*> x;
+  std::vector<LayerActs> acts;
+  Scratch s{};
+  float *xf, *rstd_f, *logits;
+  const int chunk = plan.chunk > 0 ? std::min(plan.chunk, N) : N;
+  carve(counter, config, B, chunk, plan.recompute, x, acts, s, xf, rstd_f, logits);
+  return double(counter.used);
+}
+
+Model::Model(const ModelConfig& config, int B, int N, Attention& attention, ModelPlan plan)
+    : config_(config), layout_(config), B_(B), seq_len_(N), attention_(attention), recompute_(plan.recompute) {
+  config_.validate();
+  token_count(B, N);
+  LASP_CHECK(plan.chunk >= 0, "model: the chunk must be >= 0 tokens, got {}", plan.chunk);
+  chunk_ = plan.chunk > 0 ? std::min(plan.chunk, N) : N;
+  chunks_ = (N + chunk_ - 1) / chunk_;
+  N_ = chunk_, T_ = token_count(B, chunk_);
+
+  const ModelConfig& c = config_;
+  const int L = c.num_hidden_layers, H = c.num_attention_heads;
+  if (c.has_softmax_layer()) rope_ = rope_table(attention_.positions(), N_, c.head_dim(), c.rope_theta);
   lambdas_.resize(L);
   for (int l = 0; l < L; ++l) {
     lambdas_[l].resize(H);
@@ -67,84 +134,70 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, bool
   }
 
   // Two passes over the same carving: count, then assign.
-  auto carve = [&](Carver& cv) {
-    x_.assign(L + 1, nullptr);
-    for (int l = 0; l <= L; ++l) x_[l] = cv.take(T * D);
-    acts_.assign(recompute ? 1 : L, LayerActs{});
-    for (size_t i = 0; i < acts_.size(); ++i) {
-      // With recompute the shared set must fit either kind of layer.
-      const bool any_linear = recompute ? c.layer_types.find('L') != std::string::npos : c.layer_types[i] == 'L';
-      const bool any_softmax = recompute ? c.has_softmax_layer() : c.layer_types[i] == 'N';
-      LayerActs& a = acts_[i];
-      a = LayerActs{};
-      a.xn = cv.take(T * D);
-      a.rstd_in = cv.take(T);
-      a.q = cv.take(T * E);
-      a.k = cv.take(T * std::max(E, Ekv));
-      a.v = cv.take(T * std::max(E, Ekv));
-      a.o = cv.take(T * E);
-      if (any_linear) {
-        a.qp = cv.take(T * E);
-        a.kp = cv.take(T * E);
-        if (c.linear.output_norm) a.on = cv.take(T * E), a.rstd_o = cv.take(T * H);
-        if (c.linear.output_gate) a.gp = cv.take(T * E), a.og = cv.take(T * E);
-      }
-      if (any_softmax) a.lse = cv.take(size_t(B) * H * N);
-      a.h = cv.take(T * D);
-      a.hn = cv.take(T * D);
-      a.rstd_post = cv.take(T);
-      a.g = cv.take(T * F);
-      a.u = cv.take(T * F);
-      a.m = cv.take(T * F);
-    }
-    const size_t wide = T * std::max(E, Ekv);
-    s_.dres = cv.take(T * D);
-    s_.dxn = cv.take(T * D);
-    s_.dhn = cv.take(T * D);
-    s_.da = cv.take(T * E);
-    s_.dq = cv.take(T * E);
-    s_.dk = cv.take(wide);
-    s_.dv = cv.take(wide);
-    s_.dqp = cv.take(T * E);
-    s_.dkp = cv.take(wide);
-    s_.dgp = cv.take(T * E);
-    s_.dg = cv.take(T * F);
-    s_.du = cv.take(T * F);
-    s_.dm = cv.take(T * F);
-    s_.dlogits = cv.take(T * V);
-    xf_ = cv.take(T * D);
-    rstd_f_ = cv.take(T);
-    logits_ = cv.take(T * V);
-  };
   Carver counter{nullptr};
-  carve(counter);
+  carve(counter, c, B, chunk_, recompute_, x_, acts_, s_, xf_, rstd_f_, logits_);
   check_fits_in_memory(4.0 * (2.0 * double(layout_.total()) + double(counter.used)),
                        fmt::format("the model's weights, gradients and activations for B={} N={} ({} parameters)", B,
-                                   N, layout_.total()));
+                                   chunk_, layout_.total()));
   params_.assign(layout_.total(), 0.f);
   grads_.assign(layout_.total(), 0.f);
   w_ = layout_.bind(params_.data());  // bound once: the buffers are never resized
   g_ = layout_.bind(grads_.data());
   arena_.assign(counter.used, 0.f);
   Carver assign{arena_.data()};
-  carve(assign);
+  carve(assign, c, B, chunk_, recompute_, x_, acts_, s_, xf_, rstd_f_, logits_);
 }
 
 void Model::zero_grads() { zero(grads_.data(), grads_.size()); }
 
-double Model::forward(const int* inputs, const int* targets) {
+void Model::start_chunk(int index, Attention::Pass pass) {
+  begin_ = index * chunk_;
+  N_ = std::min(chunk_, seq_len_ - begin_), T_ = B_ * N_;
+  if (chunks_ == 1) {  // the whole sequence: nothing to copy or announce
+    in_ = inputs_.data(), tg_ = has_targets_ ? targets_.data() : nullptr;
+    return;
+  }
+  attention_.begin_chunk(begin_, N_, pass);
+  chunk_inputs_.resize(size_t(T_));
+  chunk_targets_.resize(size_t(T_));
+  for (int b = 0; b < B_; ++b) {
+    const size_t from = size_t(b) * seq_len_ + begin_, to = size_t(b) * N_;
+    std::copy_n(inputs_.begin() + from, N_, chunk_inputs_.begin() + to);
+    if (has_targets_) std::copy_n(targets_.begin() + from, N_, chunk_targets_.begin() + to);
+  }
+  in_ = chunk_inputs_.data(), tg_ = has_targets_ ? chunk_targets_.data() : nullptr;
+  if (config_.has_softmax_layer()) rope_ = rope_table(attention_.positions(), N_, config_.head_dim(), config_.rope_theta);
+}
+
+double Model::forward(const int* inputs, const int* targets, int* predictions) {
+  const size_t n = size_t(B_) * seq_len_;
+  inputs_.assign(inputs, inputs + n);
+  has_targets_ = targets != nullptr;
+  if (targets) targets_.assign(targets, targets + n);
+  double loss = 0;
+  for (int c = 0; c < chunks_; ++c) {
+    start_chunk(c, Attention::Pass::forward);
+    loss += forward_chunk(predictions);
+    live_chunk_ = c;
+  }
+  return loss;
+}
+
+double Model::forward_chunk(int* predictions) {
   const ModelConfig& c = config_;
   const int D = c.hidden_size, V = c.vocab_size;
   const Weights& w = w_;
-  inputs_.assign(inputs, inputs + T_);
-  has_targets_ = targets != nullptr;
-  if (targets) targets_.assign(targets, targets + T_);
-
-  embedding_forward(x_[0], inputs, w.embed, T_, D, V);
+  embedding_forward(x_[0], in_, w.embed, T_, D, V);
   for (int l = 0; l < c.num_hidden_layers; ++l) forward_layer(l, true);
   rmsnorm_forward(xf_, rstd_f_, x_[c.num_hidden_layers], w.final_norm, T_, D, c.rms_norm_eps);
   projection_forward(logits_, xf_, w.lm_head, T_, D, V);
-  return targets ? cross_entropy_forward(nullptr, logits_, targets, T_, V) : 0.0;
+  if (predictions)
+    for (int b = 0; b < B_; ++b)
+      for (int i = 0; i < N_; ++i) {
+        const float* row = logits_ + (size_t(b) * N_ + i) * V;
+        predictions[size_t(b) * seq_len_ + begin_ + i] = int(std::max_element(row, row + V) - row);
+      }
+  return tg_ ? cross_entropy_forward(nullptr, logits_, tg_, T_, V) : 0.0;
 }
 
 void Model::forward_layer(int l, bool write_output) {
@@ -198,6 +251,15 @@ void Model::forward_layer(int l, bool write_output) {
 
 void Model::backward(float dloss) {
   LASP_CHECK(has_targets_, "model: backward needs a forward with targets");
+  for (int c = chunks_ - 1; c >= 0; --c) {
+    start_chunk(c, Attention::Pass::backward);
+    if (c != live_chunk_) forward_chunk(nullptr);  // the activations hold the last chunk only
+    live_chunk_ = c;
+    backward_chunk(dloss);
+  }
+}
+
+void Model::backward_chunk(float dloss) {
   const ModelConfig& c = config_;
   const int D = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers;
   const Weights& w = w_;
@@ -205,14 +267,14 @@ void Model::backward(float dloss) {
   const size_t T = T_;
 
   zero(s_.dlogits, T * V);
-  cross_entropy_backward(s_.dlogits, logits_, targets_.data(), T_, V, dloss);
+  cross_entropy_backward(s_.dlogits, logits_, tg_, T_, V, dloss);
   projection_backward(s_.dxn, g.lm_head, s_.dlogits, xf_, w.lm_head, T_, D, V, true);
   rmsnorm_backward(s_.dres, g.final_norm, s_.dxn, x_[L], w.final_norm, rstd_f_, T_, D, GradStore::overwrite);
   for (int l = L - 1; l >= 0; --l) {
     if (recompute_) forward_layer(l, false);
     backward_layer(l);
   }
-  embedding_backward(g.embed, s_.dres, inputs_.data(), T_, D, V);
+  embedding_backward(g.embed, s_.dres, in_, T_, D, V);
 }
 
 void Model::backward_layer(int l) {

@@ -1,7 +1,10 @@
 // The Linear-Llama3 / hybrid model of MODEL.md on this rank's tokens. The forward is the list of layers,
 // the backward the same list reversed; token mixing goes through the Attention seam (model/attention.h).
-// Parameters, gradients and activations each live in one buffer laid out by a table; with `recompute`
-// only each layer's input is kept and the layer is recomputed during the backward.
+// Parameters, gradients and activations each live in one buffer laid out by a table. The memory plan
+// (ModelPlan) says how much of the activations to keep: with `recompute` only each layer's input, the layer
+// being recomputed during the backward; with a `chunk` the sequence runs as chunks of that many tokens per
+// row through every layer, so that activations scale with the chunk, not with N (the attention must be a
+// ChunkedAttention of that chunk; the backward recomputes each chunk's forward, the last one excepted).
 #pragma once
 #include <vector>
 
@@ -13,15 +16,24 @@
 
 namespace lasp {
 
+struct ModelPlan {
+  bool recompute = false;
+  int chunk = 0;  // tokens per row in one chunk; 0 (or >= N): the whole sequence at once
+};
+
 class Model {
  public:
   // B rows of N tokens per call (this rank's slice under sequence parallelism).
-  Model(const ModelConfig& config, int B, int N, Attention& attention, bool recompute = false);
+  Model(const ModelConfig& config, int B, int N, Attention& attention, ModelPlan plan = {});
+
+  // The floats of activations and scratch a model of this shape and plan allocates (the plan's estimate).
+  static double activation_floats(const ModelConfig& config, int B, int N, ModelPlan plan);
 
   const ModelConfig& config() const { return config_; }
   const ParamLayout& layout() const { return layout_; }
   int batch() const { return B_; }
-  int seq_len() const { return N_; }
+  int seq_len() const { return seq_len_; }
+  int chunk() const { return chunk_; }  // tokens per row in one chunk (seq_len() when unchunked)
   // The flat buffers (ParamLayout order). Write their elements; never resize them.
   std::vector<float>& params() { return params_; }
   std::vector<float>& grads() { return grads_; }
@@ -30,11 +42,12 @@ class Model {
   void zero_grads();
 
   // Forward on inputs (B, N). With targets (B, N; -1 = no target) it returns the SUM of the next-token
-  // cross-entropies and keeps what the backward needs; without, it only computes the logits.
-  double forward(const int* inputs, const int* targets);
+  // cross-entropies and keeps what the backward needs; without, it only computes the logits. predictions,
+  // if not null, receives the argmax token of each position (B, N).
+  double forward(const int* inputs, const int* targets, int* predictions = nullptr);
   // Gradients of (sum of losses) * dloss, accumulated into grads(); dloss = 1 / (targets in the global batch).
   void backward(float dloss);
-  const float* logits() const { return logits_; }  // (B*N, V) of the last forward
+  const float* logits() const { return logits_; }  // (B, N, V) of the last forward; the last chunk's when chunked
 
  private:
   struct LayerActs {
@@ -53,7 +66,8 @@ class Model {
 
   ModelConfig config_;
   ParamLayout layout_;
-  int B_, N_, T_;
+  int B_, seq_len_, chunk_, chunks_;  // rows; tokens per row; per chunk; chunks per row
+  int N_, T_;                         // the running chunk: tokens per row, B x N_
   Attention& attention_;
   bool recompute_;
   RopeTable rope_;  // the softmax layers' angles at attention_.positions()
@@ -65,10 +79,21 @@ class Model {
   std::vector<LayerActs> acts_;              // per layer, or one shared set when recomputing
   Scratch s_{};
   float *xf_, *rstd_f_, *logits_;            // final norm output, its rstd, logits (T, V)
-  std::vector<int> inputs_, targets_;
+  std::vector<int> inputs_, targets_;            // (B, seq_len) of the last forward
+  std::vector<int> chunk_inputs_, chunk_targets_;  // (B, N_) of the running chunk, when chunked
+  const int *in_ = nullptr, *tg_ = nullptr;       // the running chunk's inputs and targets
+  int begin_ = 0, live_chunk_ = -1;               // the running chunk's first token; the chunk the activations hold
   bool has_targets_ = false;
 
+  // Lays out the activations of B x chunk tokens: counts them when the carver has no base.
+  static void carve(Carver& cv, const ModelConfig& c, int B, int chunk, bool recompute, std::vector<float*>& x,
+                    std::vector<LayerActs>& acts, Scratch& s, float*& xf, float*& rstd_f, float*& logits);
   LayerActs& acts(int layer) { return acts_[recompute_ ? 0 : layer]; }
+  // Makes chunk `index` the running one: its tokens, positions (RoPE) and inputs; announces it when chunked.
+  void start_chunk(int index, Attention::Pass pass);
+  // The running chunk through every layer and the head; the sum of its losses.
+  double forward_chunk(int* predictions);
+  void backward_chunk(float dloss);
   // Computes layer l from x_[l]; writes x_[l + 1] when write_output.
   void forward_layer(int l, bool write_output);
   // From s_.dres = dL/dx_[l + 1] to s_.dres = dL/dx_[l], accumulating the layer's weight gradients.

@@ -275,7 +275,7 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
   WindowSampler sampler(*data, o.seq_len, B * grid.dp_size, o.seed, split.train_begin, split.train_end, align);
 
   auto attention = make_attention(config, grid, B, o.seq_len, layout, o.block, o.parallel.sp_method);
-  Model model(config, B, Nl, *attention, o.recompute);
+  Model model(config, B, Nl, *attention, ModelPlan{o.recompute});
   AdamW optimizer(model.layout(), o.adamw);
   int first_step = 1;
   if (resuming) first_step = resume(o, grid, model, optimizer, sampler);

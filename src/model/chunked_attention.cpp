@@ -1,0 +1,129 @@
+#include "model/chunked_attention.h"
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+
+#include "core/check.h"
+#include "core/memory.h"
+
+namespace lasp {
+
+namespace {
+
+size_t workspace_floats(const AttentionShape& s, int sequence_length) {
+  const LinearAttentionShape linear{s.B, s.N, s.H, s.d, s.block, s.threads};
+  return std::max({linear_attention_forward_workspace_floats(linear), linear_attention_backward_workspace_floats(linear),
+                   softmax_attention_workspace_floats(s.N, sequence_length, s.d, s.threads)});
+}
+
+std::vector<float>& sized(std::vector<float>& v, size_t n) {
+  if (v.size() != n) v.assign(n, 0.f);
+  return v;
+}
+
+}  // namespace
+
+ChunkedAttention::ChunkedAttention(const AttentionShape& shape, int sequence_length, int layers)
+    : s_(shape), N_(sequence_length), chunks_(0), all_positions_(sequence_length) {
+  LASP_CHECK(shape.B > 0 && shape.N > 0 && sequence_length >= shape.N && shape.threads > 0,
+             "chunked attention: expected 0 < chunk <= sequence length and positive B and threads, got chunk={} N={} "
+             "B={} threads={}",
+             shape.N, sequence_length, shape.B, shape.threads);
+  chunks_ = (sequence_length + shape.N - 1) / shape.N;
+  std::iota(all_positions_.begin(), all_positions_.end(), 0);
+  positions_.reserve(shape.N);
+  for (auto* by_layer : {&entering_, &dleaving_, &keys_, &values_, &dkeys_, &dvalues_}) by_layer->resize(layers);
+  const size_t need = workspace_floats(shape, sequence_length);
+  check_fits_in_memory(4.0 * double(need), fmt::format("the attention workspace for a chunk of {} tokens", shape.N));
+  workspace_.storage.resize(need);
+  begin_chunk(0, shape.N, Pass::forward);
+}
+
+double ChunkedAttention::floats_needed(const AttentionShape& s, int sequence_length, int linear_layers,
+                                       int softmax_layers) {
+  const double chunks = (double(sequence_length) + s.N - 1) / s.N, state = double(s.B) * s.H * s.d * s.d;
+  const double kv = 2.0 * s.B * double(sequence_length) * s.H_kv * s.d;  // keys and values of one layer
+  return double(workspace_floats(s, sequence_length)) + linear_layers * (chunks + 1) * state + state +
+         softmax_layers * 2 * kv;  // kept keys and values, and their gradients
+}
+
+void ChunkedAttention::begin_chunk(int begin, int length, Pass pass) {
+  LASP_CHECK(begin % s_.N == 0 && length > 0 && length <= s_.N && begin + length <= N_ &&
+                 (begin + length == N_ || length == s_.N),
+             "chunked attention: chunk [{}, {}) does not follow chunks of {} tokens over {}", begin, begin + length,
+             s_.N, N_);
+  begin_ = begin, length_ = length, index_ = begin / s_.N, pass_ = pass;
+  positions_.assign(all_positions_.begin() + begin, all_positions_.begin() + begin + length);
+  if (pass == Pass::backward && index_ == chunks_ - 1) {  // the backward pass starts: nothing has flowed back yet
+    for (auto& g : dkeys_) std::fill(g.begin(), g.end(), 0.f);
+    for (auto& g : dvalues_) std::fill(g.begin(), g.end(), 0.f);
+  }
+}
+
+float* ChunkedAttention::entering(int layer, int chunk) {
+  if (chunk == 0) return nullptr;
+  return sized(entering_[layer], size_t(chunks_ - 1) * state_floats()).data() + size_t(chunk - 1) * state_floats();
+}
+
+void ChunkedAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
+                                      const float* lambda) {
+  // The state leaving this chunk is written once, by the forward pass; a recomputed forward only reads.
+  float* leaving = pass_ == Pass::forward && index_ + 1 < chunks_ ? entering(layer, index_ + 1) : nullptr;
+  linear_attention_forward(o, leaving, q, k, v, entering(layer, index_), lambda, linear_shape(), workspace_.view());
+}
+
+void ChunkedAttention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
+                                       const float* k, const float* v, const float* lambda) {
+  const size_t n = state_floats();
+  float* dstate_in = nullptr;
+  if (index_ > 0) dstate_in = sized(dentering_, n).data(), std::fill(dentering_.begin(), dentering_.end(), 0.f);
+  const float* dstate_out = index_ + 1 < chunks_ ? sized(dleaving_[layer], n).data() : nullptr;
+  linear_attention_backward(dq, dk, dv, dstate_in, dout, dstate_out, q, k, v, entering(layer, index_), lambda,
+                            linear_shape(), workspace_.view());
+  if (dstate_in) std::swap(dleaving_[layer], dentering_);  // the chunk before receives it as its leaving gradient
+}
+
+SoftmaxAttentionShape ChunkedAttention::softmax_row_shape() const {
+  return softmax_shape(1, length_, begin_ + length_, s_.H, s_.H_kv, s_.d, s_.threads);
+}
+
+// One batch row at a time: the kept keys of a row are (N, H_kv, d), of which the kernel reads the first
+// begin + length (every key up to this chunk's last query).
+void ChunkedAttention::softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) {
+  const size_t row = size_t(s_.H_kv) * s_.d, all = size_t(N_) * row, mine = size_t(length_) * row;
+  const size_t qrow = size_t(length_) * s_.H * s_.d;
+  float* keys = sized(keys_[layer], s_.B * all).data();
+  float* values = sized(values_[layer], s_.B * all).data();
+  for (int b = 0; b < s_.B; ++b) {
+    if (pass_ == Pass::forward) {
+      std::memcpy(keys + b * all + begin_ * row, k + b * mine, sizeof(float) * mine);
+      std::memcpy(values + b * all + begin_ * row, v + b * mine, sizeof(float) * mine);
+    }
+    softmax_attention_forward(o + b * qrow, lse + size_t(b) * s_.H * length_, q + b * qrow, keys + b * all,
+                              values + b * all, positions_.data(), all_positions_.data(), softmax_row_shape(),
+                              workspace_.view());
+  }
+}
+
+void ChunkedAttention::softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
+                                        const float* lse, const float* q, const float*, const float*) {
+  const size_t row = size_t(s_.H_kv) * s_.d, all = size_t(N_) * row, mine = size_t(length_) * row;
+  const size_t qrow = size_t(length_) * s_.H * s_.d;
+  LASP_CHECK(keys_[layer].size() == s_.B * all, "chunked attention: softmax backward of layer {} before its forward",
+             layer);
+  float* dkeys = sized(dkeys_[layer], s_.B * all).data();
+  float* dvalues = sized(dvalues_[layer], s_.B * all).data();
+  for (int b = 0; b < s_.B; ++b) {
+    softmax_attention_backward(dq + b * qrow, dkeys + b * all, dvalues + b * all, dout + b * qrow, o + b * qrow,
+                               lse + size_t(b) * s_.H * length_, q + b * qrow, keys_[layer].data() + b * all,
+                               values_[layer].data() + b * all, positions_.data(), all_positions_.data(),
+                               softmax_row_shape(), workspace_.view());
+    // Every later chunk has been through already: this chunk's keys have their whole gradient.
+    const float* from_k = dkeys + b * all + begin_ * row;
+    const float* from_v = dvalues + b * all + begin_ * row;
+    for (size_t i = 0; i < mine; ++i) dk[b * mine + i] += from_k[i], dv[b * mine + i] += from_v[i];
+  }
+}
+
+}  // namespace lasp

@@ -1,0 +1,53 @@
+// One process, the sequence in chunks: the attention of a model that runs its N tokens per row as
+// consecutive chunks of at most `chunk` tokens, each through every layer (Attention::begin_chunk). Memory
+// then scales with the chunk, not with N, except for what attention itself must keep:
+//   linear layers: the d x d state entering each chunk (B, H, d, d per chunk and layer), so that a chunk's
+//     forward can be run again before its backward; backward, the gradient of the state leaving the chunk
+//     is handed to the chunk before, as LASP-2 hands states between ranks (LASP2.md section 2);
+//   softmax layers: the keys and values of every token (B, N, H_kv, d each), and their gradients during the
+//     backward pass (a chunk's queries reach every earlier key).
+// The forward pass stores states and keys; the backward pass's recomputed forwards only read them.
+#pragma once
+#include <vector>
+
+#include "model/attention.h"
+
+namespace lasp {
+
+class ChunkedAttention : public Attention {
+ public:
+  // shape.N: the chunk (tokens per row in one chunk); sequence_length: N, tokens per row in all.
+  ChunkedAttention(const AttentionShape& shape, int sequence_length, int layers);
+
+  // The floats a run keeps beside the model for this shape and layer mix (the plan's estimate).
+  static double floats_needed(const AttentionShape& shape, int sequence_length, int linear_layers, int softmax_layers);
+
+  void begin_chunk(int begin, int length, Pass pass) override;
+  const int* positions() const override { return positions_.data(); }
+  void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
+                      const float* lambda) override;
+  void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
+                       const float* k, const float* v, const float* lambda) override;
+  void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override;
+  void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
+                        const float* lse, const float* q, const float* k, const float* v) override;
+
+ private:
+  AttentionShape s_;   // s_.N: the chunk
+  int N_, chunks_;     // tokens per row; chunks per row
+  int begin_ = 0, length_ = 0, index_ = 0;
+  Pass pass_ = Pass::forward;
+  std::vector<int> positions_, all_positions_;  // this chunk's; 0 .. N-1
+  WorkspaceBuffer workspace_{0};
+  // Per layer, allocated on first use: the states entering chunks 1.. (chunks - 1, B, H, d, d); the gradient
+  // of the state leaving the current chunk; keys, values (B, N, H_kv, d) and their gradients.
+  std::vector<std::vector<float>> entering_, dleaving_, keys_, values_, dkeys_, dvalues_;
+  std::vector<float> dentering_;  // the gradient of the state entering the current chunk, then handed back
+
+  size_t state_floats() const { return size_t(s_.B) * s_.H * s_.d * s_.d; }
+  float* entering(int layer, int chunk);  // null for chunk 0 (no state)
+  LinearAttentionShape linear_shape() const { return {s_.B, length_, s_.H, s_.d, s_.block, s_.threads}; }
+  SoftmaxAttentionShape softmax_row_shape() const;
+};
+
+}  // namespace lasp

@@ -121,4 +121,14 @@ inline void add_parallel_flags(CLI::App* cmd, lasp::ParallelOptions& p) {
       ->check(CLI::IsMember(sp_method_list()));
 }
 
+// --memory-limit, --recompute, --chunk (train/memory_plan.h).
+inline void add_memory_flags(CLI::App* cmd, lasp::MemoryRequest& m) {
+  cmd->add_option("--memory-limit", m.limit_gib, "GiB per rank that the memory plan must fit (default: 90% of this "
+                  "node's available memory, shared by its ranks)")->check(kPositive);
+  cmd->add_flag("--recompute", m.recompute, "keep each layer's input only and recompute the layer in the backward, "
+                "whatever the plan would choose");
+  cmd->add_option("--chunk", m.chunk, "run the sequence in chunks of this many tokens through every layer (one SP rank), "
+                  "whatever the plan would choose")->check(kAtLeastOne);
+}
+
 }  // namespace lasp_cli

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <climits>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 
@@ -114,7 +115,7 @@ struct TrainCommand : Command {
     cmd->add_option("--grad-clip", o.adamw.grad_clip, "max gradient norm (0: off)")
         ->default_val(o.adamw.grad_clip)->check(kNonNegative);
     cmd->add_option("--block", o.block, "linear attention block size")->default_val(o.block)->check(kAtLeastOne);
-    cmd->add_flag("--recompute", o.recompute, "recompute each layer in the backward (less memory)");
+    add_memory_flags(cmd, o.memory);
     add_parallel_flags(cmd, o.parallel);
   }
   void run(Session& session) override {
@@ -129,6 +130,7 @@ struct EvalCommand : Command {
   int seq_len = 1024, batches = 1;
   bool json = false;
   lasp::ParallelOptions parallel;
+  lasp::MemoryRequest memory;
 
   explicit EvalCommand(CLI::App& app) {
     cmd = app.add_subcommand("eval", "mean next-token loss of a checkpoint on the start of a file");
@@ -139,12 +141,13 @@ struct EvalCommand : Command {
     cmd->add_option("--seq-len", seq_len, "tokens per window")->default_val(seq_len)->check(kAtLeastOne);
     cmd->add_option("--batches", batches, "windows to evaluate")->default_val(batches)->check(kAtLeastOne);
     cmd->add_flag("--json", json, "print one JSON object");
+    add_memory_flags(cmd, memory);
     add_parallel_flags(cmd, parallel);
   }
   void run(Session& session) override {
     lasp::Comm& world = session.start_world();
-    const lasp::EvalResult r =
-        lasp::evaluate_checkpoint(checkpoint, data, seq_len, batches, world, parallel, lasp::kLinearBlock, format);
+    const lasp::EvalResult r = lasp::evaluate_checkpoint(checkpoint, data, seq_len, batches, world, parallel,
+                                                         lasp::kLinearBlock, format, memory);
     if (world.rank() != 0) return;
     nlohmann::ordered_json j{{"loss", r.loss}, {"tokens", r.tokens}, {"attention_bytes", r.attention_bytes}};
     if (r.recall_accuracy >= 0) j["recall_accuracy"] = r.recall_accuracy;
@@ -297,18 +300,30 @@ struct BenchTrainCommand : Command {
   lasp::TrainBenchOptions o;
   bool json = false;
   explicit BenchTrainCommand(CLI::App& bench) {
-    cmd = bench.add_subcommand("train", "training tokens/s of a model (default: the small hybrid)");
+    cmd = bench.add_subcommand("train", "training tokens/s and peak memory of a model (default: the small hybrid)");
     model.add(cmd);
-    cmd->add_option("--seq-len", o.seq_len, "tokens per sequence")->default_val(o.seq_len)->check(kAtLeastOne);
+    cmd->add_option("--seq-lens,--seq-len", o.seq_lens, "tokens per sequence; several lengths run one process each "
+                    "and write --out.json and --out.png")->default_str("4096")->check(kAtLeastOne)->delimiter(',');
     cmd->add_option("--batch", o.batch, "sequences per step")->default_val(o.batch)->check(kAtLeastOne);
     cmd->add_option("--steps", o.steps, "timed steps (median)")->default_val(o.steps)->check(kAtLeastOne);
+    cmd->add_option("--warmup", o.warmup, "untimed steps first")->default_val(o.warmup)->check(kNonNegative);
+    add_memory_flags(cmd, o.memory);
     cmd->add_flag("--compare-pytorch", o.compare_pytorch, "also time the same step in PyTorch (tools/reference.py)");
     cmd->add_option("--reference", o.reference_script, "path of tools/reference.py")->default_val(o.reference_script);
-    cmd->add_flag("--json", json, "print one JSON object");
+    cmd->add_option("--out", o.out_prefix, "with several lengths: prefix of the JSON and PNG files")
+        ->default_val(o.out_prefix);
+    cmd->add_flag("--json", json, "print one JSON object (a list with several lengths)");
   }
-  void run(Session&) override {
-    const nlohmann::ordered_json r = lasp::bench_train(model.build(), o);
-    std::cout << (json ? r.dump() : r.dump(2)) << std::endl;
+  void run(Session& session) override {
+    const lasp::ModelConfig config = model.build();
+    nlohmann::ordered_json r;
+    if (o.seq_lens.size() == 1) {
+      r = lasp::bench_train(config, o);
+    } else {
+      const std::string self = std::filesystem::read_symlink("/proc/self/exe");  // this binary, for the children
+      r = lasp::bench_train_lengths(config, o, self, omp_get_max_threads());
+    }
+    if (json || o.seq_lens.size() == 1) std::cout << (json ? r.dump() : r.dump(2)) << std::endl;
   }
 };
 

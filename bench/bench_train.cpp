@@ -6,14 +6,17 @@
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <iostream>
 #include <memory>
 #include <random>
 
 #include "core/check.h"
 #include "core/file.h"
+#include "core/memory.h"
 #include "model/attention.h"
 #include "model/model.h"
 #include "train/optimizer.h"
+#include "train/plot.h"
 
 namespace lasp {
 namespace {
@@ -30,13 +33,24 @@ std::string run_command(const std::string& command) {
   return out;
 }
 
+// A path or value for the shell: in single quotes.
+std::string quoted(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
 }  // namespace
 
 nlohmann::ordered_json bench_train(const ModelConfig& config, const TrainBenchOptions& o) {
-  const int B = o.batch, N = o.seq_len;
-  LocalAttention attention({B, N, config.num_attention_heads, config.num_key_value_heads, config.head_dim(), kLinearBlock,
-                            omp_get_max_threads()});
-  Model model(config, B, N, attention);
+  LASP_CHECK(o.seq_lens.size() == 1, "bench train: one length per process, got {}", o.seq_lens.size());
+  const int B = o.batch, N = o.seq_lens[0];
+  const AttentionShape shape{B, N, config.num_attention_heads, config.num_key_value_heads, config.head_dim(),
+                             kLinearBlock, omp_get_max_threads()};
+  const MemoryPlan plan = plan_memory(config, shape, nullptr, o.memory, true);
+  std::fprintf(stderr, "lasp: N=%d: %s\n", N, plan.describe().c_str());
+  const std::unique_ptr<Attention> attention = planned_attention(plan, config, shape, nullptr);
+  Model model(config, B, N, *attention, plan.model);
   init_weights(model.layout(), model.params(), 1);
   AdamW optimizer(model.layout(), AdamWConfig{});
   std::mt19937 rng(7);
@@ -46,7 +60,7 @@ nlohmann::ordered_json bench_train(const ModelConfig& config, const TrainBenchOp
   for (auto& t : targets) t = token(rng);
 
   std::vector<double> seconds;
-  for (int step = 0; step <= o.steps; ++step) {  // step 0 warms up
+  for (int step = 1 - o.warmup; step <= o.steps; ++step) {  // steps up to 0 warm up
     const auto t0 = std::chrono::steady_clock::now();
     model.zero_grads();
     model.forward(inputs.data(), targets.data());
@@ -61,7 +75,13 @@ nlohmann::ordered_json bench_train(const ModelConfig& config, const TrainBenchOp
                               {"batch", B},
                               {"threads", omp_get_max_threads()},
                               {"seconds_per_step", median},
-                              {"tokens_per_s", B * N / median}};
+                              {"tokens_per_s", B * N / median},
+                              {"memory_plan", plan.kept()},
+                              {"chunk", plan.model.chunk},
+                              {"recompute", plan.model.recompute},
+                              {"memory_limit_bytes", plan.limit},
+                              {"estimated_peak_bytes", plan.bytes},
+                              {"peak_rss_bytes", peak_rss_bytes()}};
   if (o.compare_pytorch) {
     // The config for reference.py, in a folder of its own (concurrent runs must not share a file).
     const TempDir folder("lasp_bench_train");
@@ -77,6 +97,52 @@ nlohmann::ordered_json bench_train(const ModelConfig& config, const TrainBenchOp
     r["speedup_vs_pytorch"] = r["tokens_per_s"].get<double>() / torch["tokens_per_s"].get<double>();
   }
   return r;
+}
+
+nlohmann::ordered_json bench_train_lengths(const ModelConfig& config, const TrainBenchOptions& o, const std::string& self,
+                                           int threads) {
+  // Checked before the first child runs, so that a bad path costs no benchmark.
+  const std::string json_path = o.out_prefix + ".json", png_path = o.out_prefix + ".png";
+  check_can_create(json_path);
+  const TempDir folder("lasp_bench_train");
+  const std::string config_path = folder.file("config.json");
+  config.save(config_path);
+  std::string flags = " --config " + quoted(config_path) + " --batch " + std::to_string(o.batch) + " --steps " +
+                      std::to_string(o.steps) + " --warmup " + std::to_string(o.warmup) + " --json";
+  if (o.memory.limit_gib > 0) flags += " --memory-limit " + fmt::format("{}", o.memory.limit_gib);
+  if (o.memory.recompute) flags += " --recompute";
+  if (o.memory.chunk > 0) flags += " --chunk " + std::to_string(o.memory.chunk);
+  if (o.compare_pytorch) flags += " --compare-pytorch --reference " + quoted(o.reference_script);
+
+  nlohmann::ordered_json rows = nlohmann::ordered_json::array();
+  std::printf("%10s %12s %10s %12s %12s  %s\n", "N", "tokens/s", "peak GiB", "KiB/token", "est. GiB", "plan");
+  std::string dat;
+  for (int N : o.seq_lens) {
+    const std::string out = run_command(quoted(self) + " --threads " + std::to_string(threads) + " bench train" + flags +
+                                        " --seq-lens " + std::to_string(N));
+    const size_t at = out.find('{');
+    LASP_CHECK(at != std::string::npos, "bench train: the run of N={} printed no JSON:\n{}", N, out);
+    nlohmann::ordered_json r = nlohmann::ordered_json::parse(out.substr(at));
+    const double rss = r["peak_rss_bytes"].get<double>(), per_token = rss / (double(N) * o.batch) / 1024;
+    r["peak_rss_kib_per_token"] = per_token;
+    std::printf("%10d %12.0f %10.2f %12.2f %12.2f  %s\n", N, r["tokens_per_s"].get<double>(), rss / (1 << 30),
+                per_token, r["estimated_peak_bytes"].get<double>() / (1 << 30), r["memory_plan"].get<std::string>().c_str());
+    std::fflush(stdout);
+    dat += std::to_string(N) + ' ' + r["tokens_per_s"].dump() + ' ' + std::to_string(per_token) + '\n';
+    rows.push_back(r);
+  }
+  write_file_atomic(json_path, rows.dump(2) + "\n");
+  const std::string data = folder.file("lengths.dat");
+  write_file_atomic(data, dat);
+  gnuplot_png("set terminal png size 1000,600\nset grid\nset logscale x 2\nset xlabel 'sequence length N (tokens)'\n"
+              "set ylabel 'tokens/s'\nset y2label 'peak RSS per token (KiB)'\nset ytics nomirror\nset y2tics\n"
+              "set yrange [0:*]\nset y2range [0:*]\nset key top center\nset output '" + png_path + "'\n"
+              "set title 'lasp bench train, " + config.layer_types + ", " + std::to_string(threads) + " threads'\n"
+              "plot '" + data + "' using 1:2 axes x1y1 with linespoints lw 2 title 'tokens/s', '" + data +
+              "' using 1:3 axes x1y2 with linespoints lw 2 title 'KiB per token (peak RSS / N)'\n",
+              png_path);
+  std::printf("wrote %s, %s\n", json_path.c_str(), png_path.c_str());
+  return rows;
 }
 
 }  // namespace lasp

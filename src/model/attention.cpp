@@ -36,15 +36,20 @@ void Attention::keep_decode_state(bool keep) {
 std::vector<float> Attention::final_state(int) const { throw Error("final_state: no decode state kept"); }
 std::vector<float> Attention::keys_in_order(int, bool) const { throw Error("keys_in_order: no decode state kept"); }
 
+double LocalAttention::floats_needed(const AttentionShape& s) {
+  const LinearAttentionShape linear{s.B, s.N, s.H, s.d, s.block, s.threads};
+  return double(std::max({linear_attention_forward_workspace_floats(linear),
+                          linear_attention_backward_workspace_floats(linear),
+                          softmax_attention_workspace_floats(s.N, s.N, s.d, s.threads),
+                          linear_attention_bidirectional_workspace_floats(linear)}));
+}
+
 LocalAttention::LocalAttention(const AttentionShape& shape)
     : shape_(shape), positions_(shape.N), workspace_(0) {
   std::iota(positions_.begin(), positions_.end(), 0);
   const int threads = shape.threads;
   LASP_CHECK(threads > 0, "attention: the kernels' thread count must be positive, got {}", threads);
-  const size_t need = std::max({linear_attention_forward_workspace_floats(linear_shape()),
-                                linear_attention_backward_workspace_floats(linear_shape()),
-                                softmax_attention_workspace_floats(shape.N, shape.N, shape.d, threads),
-                                linear_attention_bidirectional_workspace_floats(linear_shape())});
+  const size_t need = size_t(floats_needed(shape));
   check_fits_in_memory(4.0 * double(need), fmt::format("the attention workspace for N={} H={} d={} on {} threads",
                                                       shape.N, shape.H, shape.d, threads));
   workspace_.storage.resize(need);

@@ -4,6 +4,7 @@
 // single-process implementation; the sequence-parallel methods (LASP-2, LASP-2H, Ring, Ulysses...)
 // implement the same interface.
 #pragma once
+#include <string>
 #include <vector>
 
 #include "core/workspace.h"
@@ -26,6 +27,11 @@ class Attention {
   virtual ~Attention() = default;
   // Global positions of this rank's N tokens (RoPE and the causal mask use them).
   virtual const int* positions() const = 0;
+
+  // The floats this attention holds at its peak during a training step of a model with these layers ('L'
+  // linear, 'N' softmax): workspaces, exchange buffers, and what it keeps from the forward for the backward.
+  // The memory plan counts them (an estimate: within a few percent, never far below).
+  virtual double memory_floats(const std::string& layer_types) const = 0;
 
   // Causal linear attention of this rank's tokens: o (B, N, H, d) from q, k, v; lambda (H) or null.
   virtual void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
@@ -69,7 +75,9 @@ class Attention {
 class LocalAttention : public Attention {
  public:
   explicit LocalAttention(const AttentionShape& shape);
+  static double floats_needed(const AttentionShape& shape);  // memory_floats before constructing one
   const int* positions() const override { return positions_.data(); }
+  double memory_floats(const std::string&) const override { return floats_needed(shape_); }
   void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                       const float* lambda) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,

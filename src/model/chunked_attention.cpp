@@ -40,8 +40,9 @@ ChunkedAttention::ChunkedAttention(const AttentionShape& shape, int sequence_len
   begin_chunk(0, shape.N, Pass::forward);
 }
 
-double ChunkedAttention::floats_needed(const AttentionShape& s, int sequence_length, int linear_layers,
-                                       int softmax_layers) {
+double ChunkedAttention::floats_needed(const AttentionShape& s, int sequence_length, const std::string& layer_types) {
+  const double linear_layers = double(std::count(layer_types.begin(), layer_types.end(), 'L'));
+  const double softmax_layers = double(layer_types.size()) - linear_layers;
   const double chunks = (double(sequence_length) + s.N - 1) / s.N, state = double(s.B) * s.H * s.d * s.d;
   const double kv = 2.0 * s.B * double(sequence_length) * s.H_kv * s.d;  // keys and values of one layer
   return double(workspace_floats(s, sequence_length)) + linear_layers * (chunks + 1) * state + state +

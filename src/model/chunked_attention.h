@@ -19,8 +19,11 @@ class ChunkedAttention : public Attention {
   // shape.N: the chunk (tokens per row in one chunk); sequence_length: N, tokens per row in all.
   ChunkedAttention(const AttentionShape& shape, int sequence_length, int layers);
 
-  // The floats a run keeps beside the model for this shape and layer mix (the plan's estimate).
-  static double floats_needed(const AttentionShape& shape, int sequence_length, int linear_layers, int softmax_layers);
+  // memory_floats before constructing one (the plan compares chunks with it).
+  static double floats_needed(const AttentionShape& shape, int sequence_length, const std::string& layer_types);
+  double memory_floats(const std::string& layer_types) const override {
+    return floats_needed(s_, N_, layer_types);
+  }
 
   void begin_chunk(int begin, int length, Pass pass) override;
   const int* positions() const override { return positions_.data(); }

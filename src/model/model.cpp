@@ -17,14 +17,6 @@
 namespace lasp {
 namespace {
 
-// B x N tokens in this process, refused (not wrapped) when the product does not fit an int.
-int token_count(int B, int N) {
-  LASP_CHECK(B > 0 && N > 0, "model: batch and sequence length must be positive, got B={} N={}", B, N);
-  LASP_CHECK(int64_t(B) * N <= INT_MAX, "model: batch x sequence length = {} x {} = {} tokens per process; at most "
-             "{} are supported", B, N, int64_t(B) * N, INT_MAX);
-  return B * N;
-}
-
 // Y (T x out) = X (T x in) W^T, W in the nn.Linear layout (out x in).
 void projection_forward(float* Y, const float* X, const float* W, int T, int in, int out) {
   gemm(false, true, T, out, in, 1.f, X, in, W, in, 0.f, Y, out);
@@ -104,6 +96,13 @@ void Model::carve(Carver& cv, const ModelConfig& c, int B, int chunk, bool recom
   logits = cv.take(T * V);
 }
 
+int Model::token_count(int B, int N) {
+  LASP_CHECK(B > 0 && N > 0, "model: batch and sequence length must be positive, got B={} N={}", B, N);
+  LASP_CHECK(int64_t(B) * N <= INT_MAX, "model: batch x sequence length = {} x {} = {} tokens per process; at most "
+             "{} are supported", B, N, int64_t(B) * N, INT_MAX);
+  return B * N;
+}
+
 double Model::activation_floats(const ModelConfig& config, int B, int N, ModelPlan plan) {
   Carver counter{nullptr};
   std::vector<float*> x;
@@ -154,7 +153,7 @@ void Model::start_chunk(int index, Attention::Pass pass) {
   begin_ = index * chunk_;
   N_ = std::min(chunk_, seq_len_ - begin_), T_ = B_ * N_;
   if (chunks_ == 1) {  // the whole sequence: nothing to copy or announce
-    in_ = inputs_.data(), tg_ = has_targets_ ? targets_.data() : nullptr;
+    in_ = inputs_, tg_ = targets_;
     return;
   }
   attention_.begin_chunk(begin_, N_, pass);
@@ -162,18 +161,16 @@ void Model::start_chunk(int index, Attention::Pass pass) {
   chunk_targets_.resize(size_t(T_));
   for (int b = 0; b < B_; ++b) {
     const size_t from = size_t(b) * seq_len_ + begin_, to = size_t(b) * N_;
-    std::copy_n(inputs_.begin() + from, N_, chunk_inputs_.begin() + to);
-    if (has_targets_) std::copy_n(targets_.begin() + from, N_, chunk_targets_.begin() + to);
+    std::copy_n(inputs_ + from, N_, chunk_inputs_.begin() + to);
+    if (targets_) std::copy_n(targets_ + from, N_, chunk_targets_.begin() + to);
   }
   in_ = chunk_inputs_.data(), tg_ = has_targets_ ? chunk_targets_.data() : nullptr;
   if (config_.has_softmax_layer()) rope_ = rope_table(attention_.positions(), N_, config_.head_dim(), config_.rope_theta);
 }
 
 double Model::forward(const int* inputs, const int* targets, int* predictions) {
-  const size_t n = size_t(B_) * seq_len_;
-  inputs_.assign(inputs, inputs + n);
+  inputs_ = inputs, targets_ = targets;
   has_targets_ = targets != nullptr;
-  if (targets) targets_.assign(targets, targets + n);
   double loss = 0;
   for (int c = 0; c < chunks_; ++c) {
     start_chunk(c, Attention::Pass::forward);

@@ -26,6 +26,8 @@ class Model {
   // B rows of N tokens per call (this rank's slice under sequence parallelism).
   Model(const ModelConfig& config, int B, int N, Attention& attention, ModelPlan plan = {});
 
+  // B x N tokens in this process; throws when the product does not fit an int (the kernels index with ints).
+  static int token_count(int B, int N);
   // The floats of activations and scratch a model of this shape and plan allocates (the plan's estimate).
   static double activation_floats(const ModelConfig& config, int B, int N, ModelPlan plan);
 
@@ -43,7 +45,8 @@ class Model {
 
   // Forward on inputs (B, N). With targets (B, N; -1 = no target) it returns the SUM of the next-token
   // cross-entropies and keeps what the backward needs; without, it only computes the logits. predictions,
-  // if not null, receives the argmax token of each position (B, N).
+  // if not null, receives the argmax token of each position (B, N). The model reads inputs and targets in
+  // place (no copy of a long window): they must stay as they are until the backward.
   double forward(const int* inputs, const int* targets, int* predictions = nullptr);
   // Gradients of (sum of losses) * dloss, accumulated into grads(); dloss = 1 / (targets in the global batch).
   void backward(float dloss);
@@ -79,7 +82,7 @@ class Model {
   std::vector<LayerActs> acts_;              // per layer, or one shared set when recomputing
   Scratch s_{};
   float *xf_, *rstd_f_, *logits_;            // final norm output, its rstd, logits (T, V)
-  std::vector<int> inputs_, targets_;            // (B, seq_len) of the last forward
+  const int *inputs_ = nullptr, *targets_ = nullptr;  // (B, seq_len) of the last forward, the caller's
   std::vector<int> chunk_inputs_, chunk_targets_;  // (B, N_) of the running chunk, when chunked
   const int *in_ = nullptr, *tg_ = nullptr;       // the running chunk's inputs and targets
   int begin_ = 0, live_chunk_ = -1;               // the running chunk's first token; the chunk the activations hold

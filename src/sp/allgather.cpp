@@ -13,6 +13,12 @@ AllGatherAttention::AllGatherAttention(Comm& sp, const AttentionShape& shape, in
       kv_(sp, shape, global_N, layout, layers),
       ws_(masked_product_workspace_floats(shape.N, global_N, shape.threads)) {}
 
+double AllGatherAttention::memory_floats(const std::string& layer_types) const {
+  const double linear = double(std::count(layer_types.begin(), layer_types.end(), 'L'));
+  const double softmax = double(layer_types.size()) - linear;
+  return double(ws_.storage.size()) + kv_.memory_floats(int(linear), s_.H) + kv_.memory_floats(int(softmax), s_.H_kv);
+}
+
 void AllGatherAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                         const float* lambda) {
   const int B = s_.B, Nl = s_.N, H = s_.H, d = s_.d, N = kv_.global_length();

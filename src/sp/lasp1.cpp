@@ -46,6 +46,14 @@ void Lasp1Attention::linear_forward(int layer, float* o, const float* q, const f
   }
 }
 
+double Lasp1Attention::memory_floats(const std::string& layer_types) const {
+  const double linear = double(std::count(layer_types.begin(), layer_types.end(), 'L'));
+  const double softmax = double(layer_types.size()) - linear;
+  const double states = double(state_floats());
+  return double(ws_.storage.size()) + 4 * states + linear * double(mine_.size()) * states +
+         softmax_.memory_floats(int(softmax), s_.H_kv);
+}
+
 void Lasp1Attention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                                      const float* k, const float* v, const float* lambda) {
   const int H = s_.H, d = s_.d, pieces = int(owner_.size()), me = sp_.rank();

@@ -17,6 +17,7 @@ class Lasp1Attention : public Attention {
  public:
   Lasp1Attention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers);
   const int* positions() const override { return softmax_.positions(); }
+  double memory_floats(const std::string& layer_types) const override;
   void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                       const float* lambda) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,

@@ -291,6 +291,16 @@ void Lasp2Attention::linear_bidirectional_backward(int layer, float* dq, float* 
                                           m.incoming[layer].data(), {B, Nl, H, d, m.s.block, m.s.threads}, m.kernel_ws.view());
 }
 
+double Lasp2Attention::memory_floats(const std::string& layer_types) const {
+  const Impl& m = *impl_;
+  const double linear = double(std::count(layer_types.begin(), layer_types.end(), 'L'));
+  const double softmax = double(layer_types.size()) - linear;
+  const double states = double(m.state_floats());
+  const double per_layer = states + double(m.segment_state_floats());  // incoming P, segment states
+  return double(m.kernel_ws.storage.size() + m.scratch.size()) + (3 + m.W) * states + linear * per_layer +
+         softmax_.memory_floats(int(softmax), m.s.H_kv);
+}
+
 void Lasp2Attention::keep_decode_state(bool keep) { impl_->keep = keep; }
 
 std::vector<float> Lasp2Attention::final_state(int layer) const { return impl_->final_states.at(layer); }

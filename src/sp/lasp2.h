@@ -30,6 +30,7 @@ class Lasp2Attention : public Attention {
   Lasp2Attention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers);
   ~Lasp2Attention() override;
   const int* positions() const override { return softmax_.positions(); }
+  double memory_floats(const std::string& layer_types) const override;
   void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                       const float* lambda) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,

@@ -33,6 +33,12 @@ void Lasp2H::backward(int layer, float* dq, float* dk, float* dv, const float* d
   scatter_dkv(dk, dv, s_.H_kv);
 }
 
+double Lasp2H::memory_floats(int layers, int heads) const {
+  if (layers == 0) return 0;
+  const double global = double(s_.B) * global_N_ * heads * s_.d, local = double(s_.B) * s_.N * heads * s_.d;
+  return double(ws_.storage.size()) + layers * 2 * global + 6 * global + 4 * local;
+}
+
 std::vector<float> Lasp2H::keys_in_order(int layer, bool values) const {
   const int B = s_.B;
   const size_t row = size_t(s_.H_kv) * s_.d;

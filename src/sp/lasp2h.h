@@ -37,6 +37,10 @@ class Lasp2H {
   float* zeroed_dkv(int heads);
   void scatter_dkv(float* dk, float* dv, int heads);
 
+  // Attention::memory_floats of `layers` layers exchanging `heads` heads: the kept K, V of each, the exchange
+  // buffers and the softmax kernel's workspace.
+  double memory_floats(int layers, int heads) const;
+
  private:
   Comm& sp_;
   AttentionShape s_;

@@ -17,6 +17,12 @@ RingAttention::RingAttention(Comm& sp, const AttentionShape& shape, int global_N
                               masked_product_workspace_floats(shape.N, global_N, threads)));
 }
 
+// No layer keeps anything: the travelling blocks ([K | V | dK | dV] and the next one) and partial results.
+double RingAttention::memory_floats(const std::string&) const {
+  const double block = double(s_.B) * s_.N * std::max(s_.H, s_.H_kv) * s_.d;
+  return double(ws_.storage.size()) + 8 * block + 2 * double(s_.B) * s_.N * s_.H * s_.d + double(s_.B) * s_.H * s_.N;
+}
+
 template <class Step>
 void RingAttention::ring(std::vector<float>& block, size_t count, bool home, Step step) {
   const int me = sp_.rank(), to = (me + 1) % W_, from = (me + W_ - 1) % W_;

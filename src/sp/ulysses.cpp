@@ -24,6 +24,14 @@ UlyssesAttention::UlyssesAttention(Comm& sp, const AttentionShape& shape, int gl
                                softmax_attention_workspace_floats(global_N, global_N, shape.d, shape.threads)}));
 }
 
+// Each layer keeps its head-sharded q, k, v, o (and lse) over the whole sequence; the backward's
+// whole-sequence gradients and the exchange buffers come on top.
+double UlyssesAttention::memory_floats(const std::string& layer_types) const {
+  const double sharded = double(s_.B) * N_ * hg_ * s_.d, local = double(s_.B) * s_.N * s_.H * s_.d;
+  const double per_layer = 4 * sharded + double(s_.B) * hg_ * N_;
+  return double(ws_.storage.size()) + double(layer_types.size()) * per_layer + 5 * sharded + 4 * local;
+}
+
 void UlyssesAttention::to_heads(const float* x, int heads, std::vector<float>& full) {
   const int B = s_.B, Nl = s_.N, d = s_.d, g = heads / W_;
   const size_t piece = size_t(B) * Nl * g * d;  // what goes to one rank

@@ -16,6 +16,7 @@ class UlyssesAttention : public Attention {
  public:
   UlyssesAttention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers);
   const int* positions() const override { return positions_.data(); }
+  double memory_floats(const std::string& layer_types) const override;
   void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                       const float* lambda) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,

@@ -112,17 +112,25 @@ std::vector<int> recall_answer_positions(const TokenSource& src, int64_t window_
   return out;
 }
 
-RecallScore score_recall(const float* logits, const int* targets, const std::vector<int>& answer_positions, int V) {
-  LASP_CHECK(V > 0, "score_recall: expected a vocabulary V > 0, got {}", V);
+RecallScore score_predictions(const int* predictions, const int* targets, const std::vector<int>& answer_positions) {
   RecallScore r;
   for (int p : answer_positions) {
     LASP_CHECK(p >= 0, "score_recall: expected answer positions >= 0, got {}", p);
-    const float* row = logits + size_t(p) * size_t(V);
-    const int best = int(std::max_element(row, row + V) - row);  // the first maximum
-    r.correct += best == targets[p];
+    r.correct += predictions[p] == targets[p];
     ++r.total;
   }
   return r;
+}
+
+RecallScore score_recall(const float* logits, const int* targets, const std::vector<int>& answer_positions, int V) {
+  LASP_CHECK(V > 0, "score_recall: expected a vocabulary V > 0, got {}", V);
+  std::vector<int> best(answer_positions.empty() ? 0 : *std::max_element(answer_positions.begin(), answer_positions.end()) + 1);
+  for (int p : answer_positions) {
+    LASP_CHECK(p >= 0, "score_recall: expected answer positions >= 0, got {}", p);
+    const float* row = logits + size_t(p) * size_t(V);
+    best[p] = int(std::max_element(row, row + V) - row);  // the first maximum
+  }
+  return score_predictions(best.data(), targets, answer_positions);
 }
 
 }  // namespace lasp

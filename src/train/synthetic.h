@@ -90,5 +90,7 @@ std::vector<int> recall_answer_positions(const TokenSource& src, int64_t window_
 // Counts, over answer_positions, how often the argmax of logits row p (the first maximum on ties) equals
 // targets[p]. logits is (N, V) row-major with N > every position; targets holds N ids.
 RecallScore score_recall(const float* logits, const int* targets, const std::vector<int>& answer_positions, int V);
+// The same from the argmax tokens (predictions, N ids, as Model::forward gives them).
+RecallScore score_predictions(const int* predictions, const int* targets, const std::vector<int>& answer_positions);
 
 }  // namespace lasp

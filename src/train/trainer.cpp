@@ -22,6 +22,7 @@
 #include "sp/grid.h"
 #include "sp/methods.h"
 #include "train/checkpoint.h"
+#include "train/memory_plan.h"
 #include "train/data.h"
 #include "train/schedule.h"
 #include "train/synthetic.h"
@@ -38,13 +39,23 @@ SpLayout layout_for(const ModelConfig& c, const ParallelOptions& p) {
   return sp_method_layout(p.sp_method, p.sp_layout, c, p.sp_size);
 }
 
-// The attention of this rank: the local kernels on one SP rank, the chosen method across several.
-std::unique_ptr<Attention> make_attention(const ModelConfig& c, const Grid& g, int B, int N, SpLayout layout,
-                                          int block, const std::string& method) {
+struct PlannedRank {
+  MemoryPlan plan;
+  std::unique_ptr<Attention> attention;
+};
+
+// This rank's memory plan and attention: the chosen method across several SP ranks, the local or the
+// chunked kernels on one. Rank 0 prints the plan.
+PlannedRank plan_rank(const ModelConfig& c, const Grid& g, int B, int N, SpLayout layout, int block,
+                      const std::string& method, const MemoryRequest& memory, bool training) {
   // The kernels' threads are those lasp runs with (--threads), fixed here for the run.
   const AttentionShape shape{B, N / g.sp_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), block,
                              omp_get_max_threads()};
-  return make_sp_attention(method, *g.sp, shape, N, layout, c.num_hidden_layers);
+  std::unique_ptr<Attention> sp;
+  if (g.sp_size > 1) sp = make_sp_attention(method, *g.sp, shape, N, layout, c.num_hidden_layers);
+  const MemoryPlan plan = plan_memory(c, shape, sp.get(), memory, training);
+  if (g.world->rank() == 0) std::fprintf(stderr, "lasp: %s\n", plan.describe().c_str());
+  return {plan, planned_attention(plan, c, shape, std::move(sp))};
 }
 
 // Refuses, before anything is allocated, a model whose parameters alone do not fit this machine.
@@ -97,8 +108,8 @@ struct Validation {
 // DP ranks sharing them; every rank returns the same value.
 Validation validate(Model& model, const TokenSource& data, bool synthetic, int64_t begin, int windows, int N,
                     const std::vector<int>& positions, const Grid& grid, Comm& world) {
-  const int B = model.batch(), Nl = int(positions.size()), V = model.config().vocab_size;
-  std::vector<int> inputs(size_t(B) * Nl), targets(inputs.size());
+  const int B = model.batch(), Nl = int(positions.size());
+  std::vector<int> inputs(size_t(B) * Nl), targets(inputs.size()), predictions(synthetic ? inputs.size() : 0);
   double sum = 0, score[2] = {0, 0};  // recall: correct, total
   // DP rank g takes windows g, g + dp, ...; its SP group runs them B at a time, padding the last batch.
   std::vector<int> mine;
@@ -109,7 +120,7 @@ Validation validate(Model& model, const TokenSource& data, bool synthetic, int64
     for (int b = 0; b < B && first + b < mine.size(); ++b)
       read_window_slice(data, begin + int64_t(mine[first + b]) * N, positions, inputs.data() + size_t(b) * Nl,
                         targets.data() + size_t(b) * Nl);
-    sum += model.forward(inputs.data(), targets.data());
+    sum += model.forward(inputs.data(), targets.data(), synthetic ? predictions.data() : nullptr);
     if (!synthetic) continue;
     for (int b = 0; b < B && first + b < mine.size(); ++b) {  // the answers among this rank's positions
       std::vector<int> answers = recall_answer_positions(data, begin + int64_t(mine[first + b]) * N, N);
@@ -117,7 +128,8 @@ Validation validate(Model& model, const TokenSource& data, bool synthetic, int64
       std::vector<int> local;
       for (int i = 0; i < Nl; ++i)
         if (std::binary_search(answers.begin(), answers.end(), positions[i])) local.push_back(i);
-      const RecallScore r = score_recall(model.logits() + size_t(b) * Nl * V, targets.data() + size_t(b) * Nl, local, V);
+      const RecallScore r =
+          score_predictions(predictions.data() + size_t(b) * Nl, targets.data() + size_t(b) * Nl, local);
       score[0] += double(r.correct);
       score[1] += double(r.total);
     }
@@ -274,8 +286,8 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
   // Every rank draws the same windows (same seed); DP rank g trains on rows [g B, g B + B).
   WindowSampler sampler(*data, o.seq_len, B * grid.dp_size, o.seed, split.train_begin, split.train_end, align);
 
-  auto attention = make_attention(config, grid, B, o.seq_len, layout, o.block, o.parallel.sp_method);
-  Model model(config, B, Nl, *attention, ModelPlan{o.recompute});
+  const PlannedRank planned = plan_rank(config, grid, B, o.seq_len, layout, o.block, o.parallel.sp_method, o.memory, true);
+  Model model(config, B, Nl, *planned.attention, planned.plan.model);
   AdamW optimizer(model.layout(), o.adamw);
   int first_step = 1;
   if (resuming) first_step = resume(o, grid, model, optimizer, sampler);
@@ -356,7 +368,8 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
 }
 
 EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_path, int N, int batches, Comm& world,
-                               const ParallelOptions& parallel, int block, const std::string& data_format) {
+                               const ParallelOptions& parallel, int block, const std::string& data_format,
+                               const MemoryRequest& memory) {
   LASP_CHECK(N > 0 && batches > 0, "eval: --seq-len and --batches must be positive, got {} and {}", N, batches);
   Grid grid = make_grid(world, parallel.sp_size, parallel.dp_size);
   const ModelConfig config = load_checkpoint_config(dir);
@@ -369,8 +382,8 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_p
   const TokenSource* data = eval_data.source.get();
   eval_batch(*data, N, 0, batches);  // checks that the file holds every window (clear error otherwise)
 
-  auto attention = make_attention(config, grid, 1, N, layout, block, parallel.sp_method);
-  Model model(config, 1, Nl, *attention);
+  const PlannedRank planned = plan_rank(config, grid, 1, N, layout, block, parallel.sp_method, memory, false);
+  Model model(config, 1, Nl, *planned.attention, planned.plan.model);
   load_checkpoint_weights(dir, model.layout(), model.params());
   // Windows k = 0..batches-1 from the start of the data, shared by the DP ranks.
   const Validation v = validate(model, *data, eval_data.synthetic, 0, batches, N, positions, grid, world);

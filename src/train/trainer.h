@@ -9,6 +9,7 @@
 
 #include "comm/comm.h"
 #include "model/config.h"
+#include "train/memory_plan.h"
 #include "train/optimizer.h"
 
 namespace lasp {
@@ -36,7 +37,7 @@ struct TrainOptions {
   int eval_every = 0;          // validation every so many steps and at the end (0: never)
   int eval_batches = 4;        // windows per DP rank in each validation
   std::string metrics_path;    // empty: none; else one JSON object per step appended (rank 0)
-  bool recompute = false;      // keep only each layer's input; recompute the layer in backward
+  MemoryRequest memory;        // --memory-limit, --recompute, --chunk (train/memory_plan.h)
   int block = kLinearBlock;    // linear attention block size
   AdamWConfig adamw;
   ParallelOptions parallel;
@@ -67,6 +68,6 @@ struct EvalResult {
 // Windows k = 0..batches-1 of the file: tokens [k N, k N + N], the last N as targets.
 EvalResult evaluate_checkpoint(const std::string& checkpoint_dir, const std::string& data_path, int seq_len,
                                int batches, Comm& world, const ParallelOptions& parallel = {}, int block = kLinearBlock,
-                               const std::string& data_format = "auto");
+                               const std::string& data_format = "auto", const MemoryRequest& memory = {});
 
 }  // namespace lasp

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Memory plans through `lasp train` and `lasp eval`: every plan gives the losses of the default plan (5 steps,
+# relative 1e-5): chunks (that do not divide the sequence) on one process and on each of 2 DP ranks,
+# per-layer recompute on 1, 2 and 3 SP ranks in both layouts, chunks with recompute inside; the plan line
+# is printed; a limit that nothing fits, and --chunk across SP ranks, are refused with a clear message.
+# usage: memory_plan_test.sh MPIEXEC LASP
+set -euo pipefail
+mpiexec=$1 lasp=$2
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+for i in $(seq 1 400); do echo "line $i: the quick brown fox $((i % 7)) jumps over the lazy dog $((i % 11))"; done > "$dir/text.txt"
+
+run() {  # run NAME RANKS ARGS...
+  local name=$1 ranks=$2
+  shift 2
+  timeout 120 "$mpiexec" --oversubscribe -np "$ranks" "$lasp" train --data "$dir/text.txt" --seq-len 96 --steps 5 \
+    --metrics "$dir/$name.jsonl" "$@" > "$dir/$name.log" 2>&1 || { cat "$dir/$name.log"; exit 1; }
+}
+expect_plan() {  # expect_plan NAME TEXT: the run printed this plan
+  grep -q "memory plan: $2" "$dir/$1.log" || { echo "$1: no 'memory plan: $2' in:"; cat "$dir/$1.log"; exit 1; }
+}
+compare() {  # compare REFERENCE OTHER
+  /usr/bin/python3 - "$dir/$1.jsonl" "$dir/$2.jsonl" <<'PY'
+import json, sys
+a = [json.loads(l)["loss"] for l in open(sys.argv[1])]
+b = [json.loads(l)["loss"] for l in open(sys.argv[2])]
+assert len(a) == len(b) == 5, (a, b)
+worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+print(f"{sys.argv[2].split('/')[-1]}: losses {['%.6f' % x for x in b]}, worst relative difference {worst:.1e}")
+sys.exit(0 if worst <= 1e-5 else 1)
+PY
+}
+refused() {  # refused TEXT RANKS ARGS...: the command fails, saying TEXT
+  local text=$1 ranks=$2
+  shift 2
+  if timeout 120 "$mpiexec" --oversubscribe -np "$ranks" "$lasp" "$@" > "$dir/refused.log" 2>&1; then
+    echo "expected a refusal: $*"; exit 1
+  fi
+  grep -q -- "$text" "$dir/refused.log" || { echo "expected '$text' from: $*"; cat "$dir/refused.log"; exit 1; }
+  echo "refused: $text"
+}
+
+for model in "--layer-types LLLL --decay lightning" "--layer-types LLLN"; do
+  name=${model//[^A-Za-z]/}
+  run "${name}_keep" 1 --batch 2 $model
+  expect_plan "${name}_keep" "every activation kept"
+  run "${name}_chunk" 1 --batch 2 $model --chunk 40
+  expect_plan "${name}_chunk" "chunks of 40 tokens"
+  run "${name}_chunk_recompute" 1 --batch 2 $model --chunk 17 --recompute
+  run "${name}_dp2_chunk" 2 --batch 1 --dp-size 2 $model --chunk 32
+  run "${name}_recompute" 1 --batch 2 $model --recompute
+  expect_plan "${name}_recompute" "each layer's input kept"
+  run "${name}_sp2_recompute" 2 --batch 2 --sp-size 2 $model --recompute
+  run "${name}_sp3_recompute_contiguous" 3 --batch 2 --sp-size 3 --sp-layout contiguous $model --recompute
+  run "${name}_sp3_recompute_zigzag" 3 --batch 2 --sp-size 3 --sp-layout zigzag $model --recompute
+  for other in chunk chunk_recompute dp2_chunk recompute sp2_recompute sp3_recompute_contiguous sp3_recompute_zigzag; do
+    compare "${name}_keep" "${name}_$other"
+  done
+done
+
+# eval: a chunked evaluation gives the loss of the whole one
+run saved 1 --batch 2 --save "$dir/ckpt"
+evaluate() {
+  timeout 120 "$lasp" eval --checkpoint "$dir/ckpt" --data "$dir/text.txt" --seq-len 96 --batches 3 --json "$@" \
+    2> "$dir/eval.err" | tail -n 1 || { cat "$dir/eval.err"; exit 1; }
+}
+/usr/bin/python3 - "$(evaluate)" "$(evaluate --chunk 25)" <<'PY'
+import json, sys
+a, b = (json.loads(x) for x in sys.argv[1:])
+print("eval whole / chunked:", a["loss"], b["loss"])
+assert a["tokens"] == b["tokens"] == 288 and abs(a["loss"] - b["loss"]) <= 1e-6 * a["loss"], (a, b)
+PY
+
+refused "raise --memory-limit to at least" 1 train --data "$dir/text.txt" --seq-len 96 --steps 1 --memory-limit 0.01
+refused "raise --memory-limit to at least" 1 bench train --seq-len 4096 --steps 1 --memory-limit 0.01
+refused "chunks on one sequence-parallel rank" 2 train --data "$dir/text.txt" --seq-len 96 --steps 1 --sp-size 2 --chunk 16
+echo "every memory plan agrees"

@@ -121,7 +121,7 @@ inline void add_parallel_flags(CLI::App* cmd, lasp::ParallelOptions& p) {
       ->check(CLI::IsMember(sp_method_list()));
 }
 
-// --memory-limit, --recompute, --chunk (train/memory_plan.h).
+// --memory-limit, --recompute, --chunk (model/memory_plan.h).
 inline void add_memory_flags(CLI::App* cmd, lasp::MemoryRequest& m) {
   cmd->add_option("--memory-limit", m.limit_gib, "GiB per rank that the memory plan must fit (default: 90% of this "
                   "node's available memory, shared by its ranks)")->check(kPositive);

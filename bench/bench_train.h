@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/config.h"
-#include "train/memory_plan.h"
+#include "model/memory_plan.h"
 
 namespace lasp {
 

@@ -3,11 +3,13 @@
 // decoding picks the same tokens as repeated full forwards.
 #include <gtest/gtest.h>
 
+#include <numeric>
 #include <random>
 
-#include "model/attention.h"
 #include "core/check.h"
 #include "generate/decoder.h"
+#include "model/attention.h"
+#include "model/chunked_attention.h"
 #include "model/model.h"
 #include "testing.h"
 #include "train/optimizer.h"
@@ -59,6 +61,32 @@ TEST_P(DecoderVsForward, GreedyDecodingMatchesRepeatedFullForwards) {
     const double err = lasp::testing::normalized_error(full, logits);
     EXPECT_LE(err, 1e-10) << "token " << i;
     EXPECT_EQ(sample_token(full, 0.f, 0, rng_state), sample_token(logits, 0.f, 0, rng_state)) << "token " << i;
+  }
+}
+
+// A long prompt is prefilled in chunks (the memory plan's chunked attention): decoding continues from the
+// same state and keys as after a whole prefill.
+TEST_P(DecoderVsForward, ChunkedPrefillContinuesLikeAWholeOne) {
+  ModelConfig c;
+  c.vocab_size = 64, c.hidden_size = 32, c.intermediate_size = 64, c.num_attention_heads = 4;
+  c.num_key_value_heads = 2, c.layer_types = GetParam().first, c.num_hidden_layers = int(c.layer_types.size());
+  c.linear.decay = GetParam().second;
+  ParamLayout layout(c);
+  std::vector<float> params(layout.total());
+  init_weights(layout, params, 5, 0.3f);
+  std::vector<int> tokens(23);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int(i * 7 % c.vocab_size);
+  std::vector<int> positions(tokens.size());
+  std::iota(positions.begin(), positions.end(), 0);
+  Decoder whole(c, params, 40), chunked(c, params, 40);
+  std::vector<float> a = whole.prefill(tokens);
+  ChunkedAttention attention({1, 6, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), 16, 2},
+                             int(tokens.size()), c.num_hidden_layers);
+  std::vector<float> b = chunked.prefill(tokens, attention, positions, int(tokens.size()), {false, 6});
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_LE(lasp::testing::normalized_error(a, b), 1e-5) << "token " << i;
+    a = whole.step(i + 1);
+    b = chunked.step(i + 1);
   }
 }
 

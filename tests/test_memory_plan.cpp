@@ -1,4 +1,4 @@
-// The memory plan (train/memory_plan.h): the fastest plan that fits the limit, the largest chunk that fits,
+// The memory plan (model/memory_plan.h): the fastest plan that fits the limit, the largest chunk that fits,
 // a clear refusal naming the smallest limit that would do, and the estimates against what is allocated.
 #include <gtest/gtest.h>
 
@@ -7,7 +7,7 @@
 #include "core/check.h"
 #include "model/chunked_attention.h"
 #include "model/model.h"
-#include "train/memory_plan.h"
+#include "model/memory_plan.h"
 
 using namespace lasp;
 

@@ -15,6 +15,7 @@
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
 #include "model/attention.h"
+#include "model/memory_plan.h"
 #include "model/model.h"
 #include "sp/methods.h"
 
@@ -63,14 +64,16 @@ std::vector<float> Decoder::prefill(const std::vector<int>& prompt) {
   const int n = int(prompt.size());
   LASP_CHECK(n > 0 && n <= max_tokens_, "decoder: the prompt must hold 1 to {} tokens, got {}", max_tokens_, n);
   const ModelConfig& c = config_;
-  LocalAttention attention({1, n, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), kLinearBlock, threads_});
+  const AttentionShape shape{1, n, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), kLinearBlock, threads_};
+  const MemoryPlan plan = plan_memory(c, shape, nullptr, {}, false);
+  const std::unique_ptr<Attention> attention = planned_attention(plan, c, shape, nullptr);
   std::vector<int> positions(n);
   std::iota(positions.begin(), positions.end(), 0);
-  return prefill(prompt, attention, positions, n);
+  return prefill(prompt, *attention, positions, n, plan.model);
 }
 
 std::vector<float> Decoder::prefill(const std::vector<int>& prompt, Attention& attention,
-                                    const std::vector<int>& positions, int prefix) {
+                                    const std::vector<int>& positions, int prefix, ModelPlan plan) {
   const int n = int(prompt.size());
   LASP_CHECK(n > 0 && n <= max_tokens_, "decoder: the prompt must hold 1 to {} tokens, got {}", max_tokens_, n);
   LASP_CHECK(prefix > 0 && prefix <= n && !positions.empty(),
@@ -80,7 +83,7 @@ std::vector<float> Decoder::prefill(const std::vector<int>& prompt, Attention& a
   const int V = c.vocab_size;
   const int Nl = int(positions.size());
   attention.keep_decode_state(true);
-  Model model(c, 1, Nl, attention);
+  Model model(c, 1, Nl, attention, plan);
   std::copy(params_.begin(), params_.begin() + long(layout_.total()), model.params().begin());
   std::vector<int> inputs;
   for (int p : positions) {
@@ -102,7 +105,8 @@ std::vector<float> Decoder::prefill(const std::vector<int>& prompt, Attention& a
   }
   pos_ = prefix;
   if (prefix == n && positions.back() == n - 1)  // this rank ran the last token: its logits are the answer
-    return std::vector<float>(model.logits() + size_t(Nl - 1) * V, model.logits() + size_t(Nl) * V);
+    return std::vector<float>(model.logits() + size_t(model.logits_rows() - 1) * V,
+                              model.logits() + size_t(model.logits_rows()) * V);
   std::vector<float> logits;
   for (int i = prefix; i < n; ++i) logits = step(prompt[i]);  // the rest of the prompt, on every rank alike
   return logits;

@@ -8,6 +8,7 @@
 #include "comm/comm.h"
 #include "model/attention.h"
 #include "model/config.h"
+#include "model/model.h"
 #include "model/params.h"
 #include "sp/grid.h"
 
@@ -17,13 +18,15 @@ class Decoder {
  public:
   // params: the model's weights in ParamLayout(config) order; max_tokens bounds prompt + generated tokens.
   Decoder(const ModelConfig& config, const std::vector<float>& params, int max_tokens);
-  // Runs the prompt (at least one token) in this process; returns the logits (V) at its last position.
+  // Runs the prompt (at least one token) in this process, in chunks when the memory plan says so (a long
+  // prompt); returns the logits (V) at its last position.
   std::vector<float> prefill(const std::vector<int>& prompt);
   // Runs the first `prefix` prompt tokens through `attention`, an SP method's Attention over those tokens
   // that keeps the decode state (positions: this rank's global positions among them), then the rest of the
   // prompt token by token. Every rank ends with the same decode state and logits.
+  // plan: how the model runs them (a chunked plan needs a ChunkedAttention of that chunk).
   std::vector<float> prefill(const std::vector<int>& prompt, Attention& attention, const std::vector<int>& positions,
-                             int prefix);
+                             int prefix, ModelPlan plan = {});
   // Feeds one token at the next position; returns the logits (V) after it.
   std::vector<float> step(int token);
   int position() const { return pos_; }

@@ -33,7 +33,8 @@ ChunkedAttention::ChunkedAttention(const AttentionShape& shape, int sequence_len
   chunks_ = (sequence_length + shape.N - 1) / shape.N;
   std::iota(all_positions_.begin(), all_positions_.end(), 0);
   positions_.reserve(shape.N);
-  for (auto* by_layer : {&entering_, &dleaving_, &keys_, &values_, &dkeys_, &dvalues_}) by_layer->resize(layers);
+  for (auto* by_layer : {&entering_, &dleaving_, &keys_, &values_, &dkeys_, &dvalues_, &final_states_})
+    by_layer->resize(layers);
   const size_t need = workspace_floats(shape, sequence_length);
   check_fits_in_memory(4.0 * double(need), fmt::format("the attention workspace for a chunk of {} tokens", shape.N));
   workspace_.storage.resize(need);
@@ -70,7 +71,9 @@ float* ChunkedAttention::entering(int layer, int chunk) {
 void ChunkedAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                       const float* lambda) {
   // The state leaving this chunk is written once, by the forward pass; a recomputed forward only reads.
-  float* leaving = pass_ == Pass::forward && index_ + 1 < chunks_ ? entering(layer, index_ + 1) : nullptr;
+  float* leaving = nullptr;
+  if (pass_ == Pass::forward && index_ + 1 < chunks_) leaving = entering(layer, index_ + 1);
+  if (pass_ == Pass::forward && index_ + 1 == chunks_ && keep_) leaving = sized(final_states_[layer], state_floats()).data();
   linear_attention_forward(o, leaving, q, k, v, entering(layer, index_), lambda, linear_shape(), workspace_.view());
 }
 

@@ -35,16 +35,22 @@ class ChunkedAttention : public Attention {
   void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                         const float* lse, const float* q, const float* k, const float* v) override;
 
+  // Generation from a long prompt: the state after the last chunk, the kept keys and values.
+  void keep_decode_state(bool keep) override { keep_ = keep; }
+  std::vector<float> final_state(int layer) const override { return final_states_.at(layer); }
+  std::vector<float> keys_in_order(int layer, bool values) const override { return (values ? values_ : keys_).at(layer); }
+
  private:
   AttentionShape s_;   // s_.N: the chunk
   int N_, chunks_;     // tokens per row; chunks per row
   int begin_ = 0, length_ = 0, index_ = 0;
   Pass pass_ = Pass::forward;
+  bool keep_ = false;
   std::vector<int> positions_, all_positions_;  // this chunk's; 0 .. N-1
   WorkspaceBuffer workspace_{0};
   // Per layer, allocated on first use: the states entering chunks 1.. (chunks - 1, B, H, d, d); the gradient
   // of the state leaving the current chunk; keys, values (B, N, H_kv, d) and their gradients.
-  std::vector<std::vector<float>> entering_, dleaving_, keys_, values_, dkeys_, dvalues_;
+  std::vector<std::vector<float>> entering_, dleaving_, keys_, values_, dkeys_, dvalues_, final_states_;
   std::vector<float> dentering_;  // the gradient of the state entering the current chunk, then handed back
 
   size_t state_floats() const { return size_t(s_.B) * s_.H * s_.d * s_.d; }

@@ -50,7 +50,8 @@ class Model {
   double forward(const int* inputs, const int* targets, int* predictions = nullptr);
   // Gradients of (sum of losses) * dloss, accumulated into grads(); dloss = 1 / (targets in the global batch).
   void backward(float dloss);
-  const float* logits() const { return logits_; }  // (B, N, V) of the last forward; the last chunk's when chunked
+  const float* logits() const { return logits_; }  // (B, logits_rows(), V) of the last forward
+  int logits_rows() const { return N_; }            // N, or the last chunk's tokens per row when chunked
 
  private:
   struct LayerActs {

@@ -22,7 +22,7 @@
 #include "sp/grid.h"
 #include "sp/methods.h"
 #include "train/checkpoint.h"
-#include "train/memory_plan.h"
+#include "model/memory_plan.h"
 #include "train/data.h"
 #include "train/schedule.h"
 #include "train/synthetic.h"

@@ -9,7 +9,7 @@
 
 #include "comm/comm.h"
 #include "model/config.h"
-#include "train/memory_plan.h"
+#include "model/memory_plan.h"
 #include "train/optimizer.h"
 
 namespace lasp {
@@ -37,7 +37,7 @@ struct TrainOptions {
   int eval_every = 0;          // validation every so many steps and at the end (0: never)
   int eval_batches = 4;        // windows per DP rank in each validation
   std::string metrics_path;    // empty: none; else one JSON object per step appended (rank 0)
-  MemoryRequest memory;        // --memory-limit, --recompute, --chunk (train/memory_plan.h)
+  MemoryRequest memory;        // --memory-limit, --recompute, --chunk (model/memory_plan.h)
   int block = kLinearBlock;    // linear attention block size
   AdamWConfig adamw;
   ParallelOptions parallel;

@@ -14,7 +14,6 @@
 #include "model/attention.h"
 #include "model/config.h"
 #include "model/model.h"
-#include "sp/grid.h"
 
 namespace lasp {
 

@@ -1,4 +1,4 @@
-#include "train/memory_plan.h"
+#include "model/memory_plan.h"
 
 #include <algorithm>
 #include <cmath>

@@ -18,6 +18,7 @@
 #include "core/memory.h"
 #include "flags.h"
 #include "generate/decoder.h"
+#include "kernels/bf16.h"
 #include "kernels/gemm.h"
 #include "model/params.h"
 #include "train/checkpoint.h"
@@ -58,8 +59,8 @@ struct InfoCommand : Command {
     feature(__builtin_cpu_supports("avx512bw"), "avx512bw");
     feature(__builtin_cpu_supports("avx512vl"), "avx512vl");
     feature(__builtin_cpu_supports("avx512bf16"), "avx512bf16");
-    std::printf("lasp %s\nBLAS: %s\nMPI: %s\nCPU features: %s\nbuilt for: %s\nthreads: %d of %d cores\n", LASP_VERSION,
-                lasp::blas_config(), lasp::mpi_library_version().c_str(), features.c_str(),
+    std::printf("lasp %s\nBLAS: %s\nbf16 products: %s\nMPI: %s\nCPU features: %s\nbuilt for: %s\nthreads: %d of %d cores\n",
+                LASP_VERSION, lasp::blas_config(), lasp::bf16_path(), lasp::mpi_library_version().c_str(), features.c_str(),
 #if defined(__AVX512F__)
                 "AVX-512 (small-block GEMM kernel on)",
 #elif defined(__AVX2__)

@@ -134,7 +134,7 @@ nlohmann::ordered_json bench_train_lengths(const ModelConfig& config, const Trai
   write_file_atomic(json_path, rows.dump(2) + "\n");
   const std::string data = folder.file("lengths.dat");
   write_file_atomic(data, dat);
-  gnuplot_png("set terminal png size 1000,600\nset grid\nset logscale x 2\nset xlabel 'sequence length N (tokens)'\n"
+  gnuplot_png("set terminal png size 1000,600\nset grid\nset logscale x 2\nset format x '%.0s%c'\nset xlabel 'sequence length N (tokens)'\n"
               "set ylabel 'tokens/s'\nset y2label 'peak RSS per token (KiB)'\nset ytics nomirror\nset y2tics\n"
               "set yrange [0:*]\nset y2range [0:*]\nset key top center\nset output '" + png_path + "'\n"
               "set title 'lasp bench train, " + config.layer_types + ", " + std::to_string(threads) + " threads'\n"

@@ -7,8 +7,11 @@
 #include <functional>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "kernels/bf16.h"
+#include "kernels/gemm.h"
 #include "kernels/linear_attention.h"
 #include "kernels/softmax_attention.h"
 #include "peak.h"
@@ -89,6 +92,33 @@ nlohmann::ordered_json bench_softmax(const KernelBenchOptions& o, int threads) {
   return rate(3.5 * fwd, double(o.B) * o.N, sec);
 }
 
+// A projection of the model (tokens x 256 -> 768, as the MLP's gate and up), fp32 and bf16 operands.
+nlohmann::ordered_json bench_projection(const KernelBenchOptions& o, int threads) {
+  omp_set_num_threads(threads);
+  const int T = 4096, in = 256, out = 768;
+  const auto x = random_values(size_t(T) * in, 1, 1.f), w = random_values(size_t(out) * in, 2, 0.1f);
+  std::vector<float> y(size_t(T) * out);
+  const double flops = 2.0 * T * in * out;
+  nlohmann::ordered_json r;
+  r["fp32_gflops"] = flops / time_median(o.repeats, [&] {
+    gemm(false, true, T, out, in, 1.f, x.data(), in, w.data(), in, 0.f, y.data(), out);
+  }) / 1e9;
+  if (std::string(bf16_path()) != "none") {
+    std::vector<bf16> xb(x.size()), wb(w.size());
+    to_bf16(xb.data(), x.data(), x.size());
+    to_bf16(wb.data(), w.data(), w.size());
+    r["bf16_gflops"] = flops / time_median(o.repeats, [&] {
+      gemm_bf16(false, true, T, out, in, 1.f, xb.data(), in, wb.data(), in, 0.f, y.data(), out);
+    }) / 1e9;
+    // With the activation converted first, as a step that keeps fp32 activations would.
+    r["bf16_with_conversion_gflops"] = flops / time_median(o.repeats, [&] {
+      to_bf16(xb.data(), x.data(), x.size());
+      gemm_bf16(false, true, T, out, in, 1.f, xb.data(), in, wb.data(), in, 0.f, y.data(), out);
+    }) / 1e9;
+  }
+  return r;
+}
+
 }  // namespace
 
 nlohmann::ordered_json bench_kernels(const KernelBenchOptions& o) {
@@ -100,7 +130,9 @@ nlohmann::ordered_json bench_kernels(const KernelBenchOptions& o) {
     result["peak_fp32_gflops"][key] = fma_peak_gflops(t);
     result["linear_attention"][key] = bench_linear(o, t);
     result["softmax_attention"][key] = bench_softmax(o, t);
+    result["projection_4096x256x768"][key] = bench_projection(o, t);
   }
+  result["bf16_path"] = bf16_path();
   for (const char* kernel : {"linear_attention", "softmax_attention"})
     result[kernel]["fraction_of_peak_1_thread"] =
         result[kernel]["1"]["gflops"].get<double>() / result["peak_fp32_gflops"]["1"].get<double>();

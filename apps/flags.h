@@ -3,6 +3,7 @@
 #pragma once
 #include <CLI/CLI.hpp>
 #include <cmath>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -127,6 +128,11 @@ inline void add_memory_flags(CLI::App* cmd, lasp::MemoryRequest& m) {
                   "node's available memory, shared by its ranks)")->check(kPositive);
   cmd->add_flag("--recompute", m.recompute, "keep each layer's input only and recompute the layer in the backward, "
                 "whatever the plan would choose");
+  cmd->add_option("--precision", m.precision, "fp32 | bf16: bf16 multiplies the projections' bf16 operands with fp32 "
+                  "accumulation (AMX or AVX-512-BF16); weights, gradients, norms, attention and the loss stay fp32")
+      ->transform(CLI::CheckedTransformer(std::map<std::string, lasp::Precision>{{"fp32", lasp::Precision::fp32},
+                                                                              {"bf16", lasp::Precision::bf16}}))
+      ->default_str("fp32");
   cmd->add_option("--chunk", m.chunk, "run the sequence in chunks of this many tokens through every layer (one SP rank), "
                   "whatever the plan would choose")->check(kAtLeastOne);
 }

@@ -50,7 +50,8 @@ std::string MemoryPlan::kept() const {
 }
 
 std::string MemoryPlan::describe() const {
-  return fmt::format("memory plan: {}; estimated peak {} of the {} limit", kept(), human_bytes(bytes), human_bytes(limit));
+  return fmt::format("memory plan: {}{}; estimated peak {} of the {} limit", kept(),
+                     model.precision == Precision::bf16 ? ", bf16 projections" : "", human_bytes(bytes), human_bytes(limit));
 }
 
 double default_memory_limit() {
@@ -67,7 +68,10 @@ MemoryPlan plan_memory(const ModelConfig& c, const AttentionShape& shape, const 
   const double limit = request.limit_gib > 0 ? request.limit_gib * double(1ull << 30) : default_memory_limit();
   const int N = shape.N;
   Model::token_count(shape.B, N);
-  auto plan = [&](ModelPlan p) { return MemoryPlan{p, estimate(c, shape, sp_attention, p, training), limit}; };
+  auto plan = [&](ModelPlan p) {
+    p.precision = request.precision;
+    return MemoryPlan{p, estimate(c, shape, sp_attention, p, training), limit};
+  };
 
   // The candidates, fastest first.
   std::vector<ModelPlan> candidates;

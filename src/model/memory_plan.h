@@ -21,6 +21,7 @@ struct MemoryRequest {
   double limit_gib = 0;  // 0: default_memory_limit()
   bool recompute = false;  // --recompute: this plan, whatever fits
   int chunk = 0;           // --chunk: chunks of this many tokens, whatever fits
+  Precision precision = Precision::fp32;  // --precision: every candidate plan computes so (its memory counts)
 };
 
 struct MemoryPlan {

@@ -17,16 +17,10 @@
 namespace lasp {
 namespace {
 
-// Y (T x out) = X (T x in) W^T, W in the nn.Linear layout (out x in).
-void projection_forward(float* Y, const float* X, const float* W, int T, int in, int out) {
-  gemm(false, true, T, out, in, 1.f, X, in, W, in, 0.f, Y, out);
-}
-
-// dX += dY W (dX = dY W when dx_fresh), dW += dY^T X.
-void projection_backward(float* dX, float* dW, const float* dY, const float* X, const float* W, int T, int in,
-                     int out, bool dx_fresh = false) {
-  gemm(false, false, T, in, out, 1.f, dY, out, W, in, dx_fresh ? 0.f : 1.f, dX, in);
-  gemm(true, false, out, in, T, 1.f, dY, out, X, in, 1.f, dW, in);
+// The widest side of any projection (hidden, MLP, vocabulary, attention width): the bf16 scratch per token.
+size_t widest_projection(const ModelConfig& c) {
+  return size_t(std::max({c.hidden_size, c.intermediate_size, c.vocab_size, c.head_dim() * c.num_attention_heads,
+                          c.head_dim() * c.num_key_value_heads}));
 }
 
 // Parallel: a serial pass here would leave the other cores idle (measured: ~4% of a training step).
@@ -42,6 +36,36 @@ void add_into(float* dst, const float* src, size_t n) {
 }
 
 }  // namespace
+
+Precision precision_from_string(const std::string& name) {
+  if (name == "fp32") return Precision::fp32;
+  if (name == "bf16") return Precision::bf16;
+  throw Error("unknown precision '" + name + "': expected fp32 or bf16");
+}
+
+const char* to_string(Precision precision) { return precision == Precision::bf16 ? "bf16" : "fp32"; }
+
+void Model::project(float* Y, const float* X, const float* W, int in, int out) {
+  if (precision_ == Precision::fp32) {
+    gemm(false, true, T_, out, in, 1.f, X, in, W, in, 0.f, Y, out);
+    return;
+  }
+  to_bf16(x_bf16_.data(), X, size_t(T_) * in);
+  gemm_bf16(false, true, T_, out, in, 1.f, x_bf16_.data(), in, bf16_weight(W), in, 0.f, Y, out);
+}
+
+void Model::project_backward(float* dX, float* dW, const float* dY, const float* X, const float* W, int in, int out,
+                             bool dx_fresh) {
+  if (precision_ == Precision::fp32) {
+    gemm(false, false, T_, in, out, 1.f, dY, out, W, in, dx_fresh ? 0.f : 1.f, dX, in);
+    gemm(true, false, out, in, T_, 1.f, dY, out, X, in, 1.f, dW, in);
+    return;
+  }
+  to_bf16(dy_bf16_.data(), dY, size_t(T_) * out);
+  to_bf16(x_bf16_.data(), X, size_t(T_) * in);
+  gemm_bf16(false, false, T_, in, out, 1.f, dy_bf16_.data(), out, bf16_weight(W), in, dx_fresh ? 0.f : 1.f, dX, in);
+  gemm_bf16(true, false, out, in, T_, 1.f, dy_bf16_.data(), out, x_bf16_.data(), in, 1.f, dW, in);
+}
 
 void Model::carve(Carver& cv, const ModelConfig& c, int B, int chunk, bool recompute, std::vector<float*>& x,
                   std::vector<LayerActs>& acts, Scratch& s, float*& xf, float*& rstd_f, float*& logits) {
@@ -111,11 +135,15 @@ double Model::activation_floats(const ModelConfig& config, int B, int N, ModelPl
   float *xf, *rstd_f, *logits;
   const int chunk = plan.chunk > 0 ? std::min(plan.chunk, N) : N;
   carve(counter, config, B, chunk, plan.recompute, x, acts, s, xf, rstd_f, logits);
-  return double(counter.used);
+  double bf16_values = 0;  // the weights' bf16 copy, a projection's input and output gradient
+  if (plan.precision == Precision::bf16)
+    bf16_values = double(ParamLayout(config).total()) + 2.0 * B * chunk * widest_projection(config);
+  return double(counter.used) + bf16_values / 2;
 }
 
 Model::Model(const ModelConfig& config, int B, int N, Attention& attention, ModelPlan plan)
-    : config_(config), layout_(config), B_(B), seq_len_(N), attention_(attention), recompute_(plan.recompute) {
+    : config_(config), layout_(config), B_(B), seq_len_(N), attention_(attention), recompute_(plan.recompute),
+      precision_(plan.precision) {
   config_.validate();
   token_count(B, N);
   LASP_CHECK(plan.chunk >= 0, "model: the chunk must be >= 0 tokens, got {}", plan.chunk);
@@ -142,6 +170,12 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, Mode
   grads_.assign(layout_.total(), 0.f);
   w_ = layout_.bind(params_.data());  // bound once: the buffers are never resized
   g_ = layout_.bind(grads_.data());
+  if (precision_ == Precision::bf16) {
+    const size_t widest = widest_projection(c);
+    weights_bf16_.resize(layout_.total());
+    x_bf16_.resize(size_t(T_) * widest);
+    dy_bf16_.resize(size_t(T_) * widest);
+  }
   arena_.assign(counter.used, 0.f);
   Carver assign{arena_.data()};
   carve(assign, c, B, chunk_, recompute_, x_, acts_, s_, xf_, rstd_f_, logits_);
@@ -171,6 +205,7 @@ void Model::start_chunk(int index, Attention::Pass pass) {
 double Model::forward(const int* inputs, const int* targets, int* predictions) {
   inputs_ = inputs, targets_ = targets;
   has_targets_ = targets != nullptr;
+  if (precision_ == Precision::bf16) to_bf16(weights_bf16_.data(), params_.data(), params_.size());  // once per step
   double loss = 0;
   for (int c = 0; c < chunks_; ++c) {
     start_chunk(c, Attention::Pass::forward);
@@ -187,7 +222,7 @@ double Model::forward_chunk(int* predictions) {
   embedding_forward(x_[0], in_, w.embed, T_, D, V);
   for (int l = 0; l < c.num_hidden_layers; ++l) forward_layer(l, true);
   rmsnorm_forward(xf_, rstd_f_, x_[c.num_hidden_layers], w.final_norm, T_, D, c.rms_norm_eps);
-  projection_forward(logits_, xf_, w.lm_head, T_, D, V);
+  project(logits_, xf_, w.lm_head, D, V);
   if (predictions)
     for (int b = 0; b < B_; ++b)
       for (int i = 0; i < N_; ++i) {
@@ -209,9 +244,9 @@ void Model::forward_layer(int l, bool write_output) {
   rmsnorm_forward(a.xn, a.rstd_in, x_[l], w.input_norm, T_, D, eps);
   const float* attn_out;  // what o_proj reads
   if (c.layer_types[l] == 'L') {
-    projection_forward(a.qp, a.xn, w.wq, T_, D, E);
-    projection_forward(a.kp, a.xn, w.wk, T_, D, E);
-    projection_forward(a.v, a.xn, w.wv, T_, D, E);
+    project(a.qp, a.xn, w.wq, D, E);
+    project(a.kp, a.xn, w.wk, D, E);
+    project(a.v, a.xn, w.wv, D, E);
     feature_map_forward(a.q, a.qp, long(T * E), c.linear.feature_map);
     feature_map_forward(a.k, a.kp, long(T * E), c.linear.feature_map);
     attention_.linear_forward(l, a.o, a.q, a.k, a.v, lambdas_[l].data());
@@ -221,27 +256,27 @@ void Model::forward_layer(int l, bool write_output) {
       attn_out = a.on;
     }
     if (c.linear.output_gate) {  // o * silu(W_g x)
-      projection_forward(a.gp, a.xn, w.wg, T_, D, E);
+      project(a.gp, a.xn, w.wg, D, E);
       swiglu_forward(a.og, a.gp, attn_out, long(T * E));
       attn_out = a.og;
     }
   } else {
-    projection_forward(a.q, a.xn, w.wq, T_, D, E);
-    projection_forward(a.k, a.xn, w.wk, T_, D, Ekv);
-    projection_forward(a.v, a.xn, w.wv, T_, D, Ekv);
+    project(a.q, a.xn, w.wq, D, E);
+    project(a.k, a.xn, w.wk, D, Ekv);
+    project(a.v, a.xn, w.wv, D, Ekv);
     rope_forward(a.q, a.q, rope_, B_, H);
     rope_forward(a.k, a.k, rope_, B_, Hkv);
     attention_.softmax_forward(l, a.o, a.lse, a.q, a.k, a.v);
     attn_out = a.o;
   }
   // h = x + o_proj(attention); out = h + down(silu(gate(hn)) * up(hn)), hn = RMSNorm(h)
-  projection_forward(a.h, attn_out, w.wo, T_, E, D);
+  project(a.h, attn_out, w.wo, E, D);
   residual_rmsnorm_forward(a.h, a.hn, a.rstd_post, x_[l], w.post_norm, T_, D, eps);
-  projection_forward(a.g, a.hn, w.w_gate, T_, D, F);
-  projection_forward(a.u, a.hn, w.w_up, T_, D, F);
+  project(a.g, a.hn, w.w_gate, D, F);
+  project(a.u, a.hn, w.w_up, D, F);
   swiglu_forward(a.m, a.g, a.u, long(T * F));
   if (write_output) {
-    projection_forward(x_[l + 1], a.m, w.w_down, T_, F, D);
+    project(x_[l + 1], a.m, w.w_down, F, D);
     add_into(x_[l + 1], a.h, T * D);
   }
 }
@@ -265,7 +300,7 @@ void Model::backward_chunk(float dloss) {
 
   zero(s_.dlogits, T * V);
   cross_entropy_backward(s_.dlogits, logits_, tg_, T_, V, dloss);
-  projection_backward(s_.dxn, g.lm_head, s_.dlogits, xf_, w.lm_head, T_, D, V, true);
+  project_backward(s_.dxn, g.lm_head, s_.dlogits, xf_, w.lm_head, D, V, true);
   rmsnorm_backward(s_.dres, g.final_norm, s_.dxn, x_[L], w.final_norm, rstd_f_, T_, D, GradStore::overwrite);
   for (int l = L - 1; l >= 0; --l) {
     if (recompute_) forward_layer(l, false);
@@ -284,10 +319,10 @@ void Model::backward_layer(int l) {
   const size_t T = T_;
 
   // MLP: out = h + down(m); s_.dres holds dL/dout, and becomes dL/dh.
-  projection_backward(s_.dm, g.w_down, s_.dres, a.m, w.w_down, T_, F, D, true);
+  project_backward(s_.dm, g.w_down, s_.dres, a.m, w.w_down, F, D, true);
   swiglu_backward(s_.dg, s_.du, s_.dm, a.g, a.u, long(T * F), GradStore::overwrite);
-  projection_backward(s_.dhn, g.w_gate, s_.dg, a.hn, w.w_gate, T_, D, F, true);
-  projection_backward(s_.dhn, g.w_up, s_.du, a.hn, w.w_up, T_, D, F);
+  project_backward(s_.dhn, g.w_gate, s_.dg, a.hn, w.w_gate, D, F, true);
+  project_backward(s_.dhn, g.w_up, s_.du, a.hn, w.w_up, D, F);
   rmsnorm_backward(s_.dres, g.post_norm, s_.dhn, a.h, w.post_norm, a.rstd_post, T_, D);
 
   // Attention: h = x + o_proj(attn_out); s_.dres = dL/dh is also dL/d(o_proj output).
@@ -296,11 +331,11 @@ void Model::backward_layer(int l) {
   if (c.layer_types[l] == 'L') {
     const float* normed = c.linear.output_norm ? a.on : a.o;
     const float* attn_out = c.linear.output_gate ? a.og : normed;
-    projection_backward(s_.da, g.wo, s_.dres, attn_out, w.wo, T_, E, D, true);
+    project_backward(s_.da, g.wo, s_.dres, attn_out, w.wo, E, D, true);
     float* d_normed = s_.da;  // gradient w.r.t. the (normed) attention output
     if (c.linear.output_gate) {
       swiglu_backward(s_.dgp, s_.dqp, s_.da, a.gp, normed, long(T * E), GradStore::overwrite);  // dqp: d(normed)
-      projection_backward(s_.dxn, g.wg, s_.dgp, a.xn, w.wg, T_, D, E, true);
+      project_backward(s_.dxn, g.wg, s_.dgp, a.xn, w.wg, D, E, true);
       d_normed = s_.dqp;
     }
     float* d_o = d_normed;
@@ -315,20 +350,20 @@ void Model::backward_layer(int l) {
     attention_.linear_backward(l, s_.dq, s_.dk, s_.dv, d_o, a.q, a.k, a.v, lambdas_[l].data());
     feature_map_backward(s_.dqp, s_.dq, a.qp, long(T * E), c.linear.feature_map, GradStore::overwrite);
     feature_map_backward(s_.dkp, s_.dk, a.kp, long(T * E), c.linear.feature_map, GradStore::overwrite);
-    projection_backward(s_.dxn, g.wq, s_.dqp, a.xn, w.wq, T_, D, E, !gated);
-    projection_backward(s_.dxn, g.wk, s_.dkp, a.xn, w.wk, T_, D, E);
-    projection_backward(s_.dxn, g.wv, s_.dv, a.xn, w.wv, T_, D, E);
+    project_backward(s_.dxn, g.wq, s_.dqp, a.xn, w.wq, D, E, !gated);
+    project_backward(s_.dxn, g.wk, s_.dkp, a.xn, w.wk, D, E);
+    project_backward(s_.dxn, g.wv, s_.dv, a.xn, w.wv, D, E);
   } else {
-    projection_backward(s_.da, g.wo, s_.dres, a.o, w.wo, T_, E, D, true);
+    project_backward(s_.da, g.wo, s_.dres, a.o, w.wo, E, D, true);
     zero(s_.dq, T * E);
     zero(s_.dk, T * Ekv);
     zero(s_.dv, T * Ekv);
     attention_.softmax_backward(l, s_.dq, s_.dk, s_.dv, s_.da, a.o, a.lse, a.q, a.k, a.v);
     rope_backward(s_.dqp, s_.dq, rope_, B_, H, GradStore::overwrite);
     rope_backward(s_.dkp, s_.dk, rope_, B_, Hkv, GradStore::overwrite);
-    projection_backward(s_.dxn, g.wq, s_.dqp, a.xn, w.wq, T_, D, E, true);
-    projection_backward(s_.dxn, g.wk, s_.dkp, a.xn, w.wk, T_, D, Ekv);
-    projection_backward(s_.dxn, g.wv, s_.dv, a.xn, w.wv, T_, D, Ekv);
+    project_backward(s_.dxn, g.wq, s_.dqp, a.xn, w.wq, D, E, true);
+    project_backward(s_.dxn, g.wk, s_.dkp, a.xn, w.wk, D, Ekv);
+    project_backward(s_.dxn, g.wv, s_.dv, a.xn, w.wv, D, Ekv);
   }
   rmsnorm_backward(s_.dres, g.input_norm, s_.dxn, x_[l], w.input_norm, a.rstd_in, T_, D);
 }

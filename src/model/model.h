@@ -6,9 +6,11 @@
 // row through every layer, so that activations scale with the chunk, not with N (the attention must be a
 // ChunkedAttention of that chunk; the backward recomputes each chunk's forward, the last one excepted).
 #pragma once
+#include <string>
 #include <vector>
 
 #include "core/huge_pages.h"
+#include "kernels/bf16.h"
 #include "kernels/rope.h"
 #include "model/attention.h"
 #include "model/config.h"
@@ -16,9 +18,17 @@
 
 namespace lasp {
 
+enum class Precision { fp32, bf16 };
+Precision precision_from_string(const std::string& name);  // "fp32" | "bf16"
+const char* to_string(Precision precision);
+
 struct ModelPlan {
   bool recompute = false;
   int chunk = 0;  // tokens per row in one chunk; 0 (or >= N): the whole sequence at once
+  // bf16: every projection (and the LM head) multiplies bf16 operands with fp32 accumulation (kernels/bf16.h)
+  // against a bf16 copy of the weights made once per forward; weights, gradients, norms, attention and the
+  // loss stay fp32.
+  Precision precision = Precision::fp32;
 };
 
 class Model {
@@ -83,6 +93,9 @@ class Model {
   std::vector<LayerActs> acts_;              // per layer, or one shared set when recomputing
   Scratch s_{};
   float *xf_, *rstd_f_, *logits_;            // final norm output, its rstd, logits (T, V)
+  Precision precision_;
+  std::vector<bf16> weights_bf16_;           // precision bf16: the weights of the last forward, ParamLayout order
+  std::vector<bf16> x_bf16_, dy_bf16_;       // precision bf16: a projection's input and output gradient
   const int *inputs_ = nullptr, *targets_ = nullptr;  // (B, seq_len) of the last forward, the caller's
   std::vector<int> chunk_inputs_, chunk_targets_;  // (B, N_) of the running chunk, when chunked
   const int *in_ = nullptr, *tg_ = nullptr;       // the running chunk's inputs and targets
@@ -93,6 +106,12 @@ class Model {
   static void carve(Carver& cv, const ModelConfig& c, int B, int chunk, bool recompute, std::vector<float*>& x,
                     std::vector<LayerActs>& acts, Scratch& s, float*& xf, float*& rstd_f, float*& logits);
   LayerActs& acts(int layer) { return acts_[recompute_ ? 0 : layer]; }
+  // Y (T x out) = X (T x in) W^T, W in the nn.Linear layout (out x in), W one of the model's weights.
+  void project(float* Y, const float* X, const float* W, int in, int out);
+  // dX += dY W (dX = dY W when dx_fresh), dW += dY^T X.
+  void project_backward(float* dX, float* dW, const float* dY, const float* X, const float* W, int in, int out,
+                        bool dx_fresh = false);
+  const bf16* bf16_weight(const float* W) const { return weights_bf16_.data() + (W - params_.data()); }
   // Makes chunk `index` the running one: its tokens, positions (RoPE) and inputs; announces it when chunked.
   void start_chunk(int index, Attention::Pass pass);
   // The running chunk through every layer and the head; the sum of its losses.

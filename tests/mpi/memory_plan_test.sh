@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Memory plans through `lasp train` and `lasp eval`: every plan gives the losses of the default plan (5 steps,
-# relative 1e-5): chunks (that do not divide the sequence) on one process and on each of 2 DP ranks,
+# relative 1e-5), in fp32 (bf16 below): chunks (that do not divide the sequence) on one process and on each of 2 DP ranks,
 # per-layer recompute on 1, 2 and 3 SP ranks in both layouts, chunks with recompute inside; the plan line
 # is printed; a limit that nothing fits, and --chunk across SP ranks, are refused with a clear message.
 # usage: memory_plan_test.sh MPIEXEC LASP
@@ -19,15 +19,16 @@ run() {  # run NAME RANKS ARGS...
 expect_plan() {  # expect_plan NAME TEXT: the run printed this plan
   grep -q "memory plan: $2" "$dir/$1.log" || { echo "$1: no 'memory plan: $2' in:"; cat "$dir/$1.log"; exit 1; }
 }
-compare() {  # compare REFERENCE OTHER
-  /usr/bin/python3 - "$dir/$1.jsonl" "$dir/$2.jsonl" <<'PY'
+compare() {  # compare REFERENCE OTHER [FIRST_STEP_TOLERANCE ALL_STEPS_TOLERANCE] (relative; default 1e-5 both)
+  /usr/bin/python3 - "$dir/$1.jsonl" "$dir/$2.jsonl" "${3:-1e-5}" "${4:-1e-5}" <<'PY'
 import json, sys
 a = [json.loads(l)["loss"] for l in open(sys.argv[1])]
 b = [json.loads(l)["loss"] for l in open(sys.argv[2])]
+first_tol, all_tol = float(sys.argv[3]), float(sys.argv[4])
 assert len(a) == len(b) == 5, (a, b)
-worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
-print(f"{sys.argv[2].split('/')[-1]}: losses {['%.6f' % x for x in b]}, worst relative difference {worst:.1e}")
-sys.exit(0 if worst <= 1e-5 else 1)
+diffs = [abs(x - y) / abs(x) for x, y in zip(a, b)]
+print(f"{sys.argv[2].split('/')[-1]}: losses {['%.6f' % x for x in b]}, first step {diffs[0]:.1e}, worst {max(diffs):.1e}")
+sys.exit(0 if diffs[0] <= first_tol and max(diffs) <= all_tol else 1)
 PY
 }
 refused() {  # refused TEXT RANKS ARGS...: the command fails, saying TEXT
@@ -57,6 +58,18 @@ for model in "--layer-types LLLL --decay lightning" "--layer-types LLLN"; do
     compare "${name}_keep" "${name}_$other"
   done
 done
+
+# bf16 (issue 16): sequence-parallel and chunked runs give the single process's bf16 losses. The exchanged
+# states stay fp32, so the first step agrees as fp32 does (measured 1.4e-6 and 2.4e-6). After it, the
+# products' summation order (it changes with the row count) moves an fp32 result by an ulp, which now and
+# then flips a bf16 rounding of the next product's operand; AdamW's early, sign-like updates amplify that at the
+# default lr (5 steps at lr 1e-3: 1e-3 for sp 2, 1.4e-2 for chunks of 40, also on one process), so these runs
+# use lr 1e-4, where 5 steps agree within 3e-5 (measured).
+run bf16_sp1 1 --batch 2 --precision bf16 --lr 1e-4
+run bf16_sp2 2 --batch 2 --sp-size 2 --precision bf16 --lr 1e-4
+run bf16_chunk 1 --batch 2 --precision bf16 --chunk 40 --lr 1e-4
+compare bf16_sp1 bf16_sp2 2e-5 1e-4
+compare bf16_sp1 bf16_chunk 2e-5 1e-4
 
 # eval: a chunked evaluation gives the loss of the whole one
 run saved 1 --batch 2 --save "$dir/ckpt"

@@ -23,6 +23,9 @@ size_t widest_projection(const ModelConfig& c) {
                           c.head_dim() * c.num_key_value_heads}));
 }
 
+// Tokens per row in one chunk of a plan (N: the whole sequence at once).
+int chunk_length(const ModelPlan& plan, int N) { return plan.chunk > 0 ? std::min(plan.chunk, N) : N; }
+
 // Parallel: a serial pass here would leave the other cores idle (measured: ~4% of a training step).
 void zero(float* p, size_t n) {
 #pragma omp parallel for simd if (n > 32768)
@@ -133,7 +136,7 @@ double Model::activation_floats(const ModelConfig& config, int B, int N, ModelPl
   std::vector<LayerActs> acts;
   Scratch s{};
   float *xf, *rstd_f, *logits;
-  const int chunk = plan.chunk > 0 ? std::min(plan.chunk, N) : N;
+  const int chunk = chunk_length(plan, N);
   carve(counter, config, B, chunk, plan.recompute, x, acts, s, xf, rstd_f, logits);
   double bf16_values = 0;  // the weights' bf16 copy, a projection's input and output gradient
   if (plan.precision == Precision::bf16)
@@ -147,7 +150,7 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, Mode
   config_.validate();
   token_count(B, N);
   LASP_CHECK(plan.chunk >= 0, "model: the chunk must be >= 0 tokens, got {}", plan.chunk);
-  chunk_ = plan.chunk > 0 ? std::min(plan.chunk, N) : N;
+  chunk_ = chunk_length(plan, N);
   chunks_ = (N + chunk_ - 1) / chunk_;
   N_ = chunk_, T_ = token_count(B, chunk_);
 

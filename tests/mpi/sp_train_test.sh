@@ -4,27 +4,7 @@
 # usage: sp_train_test.sh MPIEXEC LASP
 set -euo pipefail
 mpiexec=$1 lasp=$2
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-for i in $(seq 1 400); do echo "line $i: the quick brown fox $((i % 7)) jumps over the lazy dog $((i % 11))"; done > "$dir/text.txt"
-
-run() {  # run NAME RANKS ARGS...
-  local name=$1 ranks=$2
-  shift 2
-  timeout 120 "$mpiexec" --oversubscribe -np "$ranks" "$lasp" train --data "$dir/text.txt" --seq-len 96 --steps 5 \
-    --metrics "$dir/$name.jsonl" "$@" > "$dir/$name.log" 2>&1 || { cat "$dir/$name.log"; exit 1; }
-}
-compare() {  # compare REFERENCE OTHER
-  /usr/bin/python3 - "$dir/$1.jsonl" "$dir/$2.jsonl" <<'PY'
-import json, sys
-a = [json.loads(l)["loss"] for l in open(sys.argv[1])]
-b = [json.loads(l)["loss"] for l in open(sys.argv[2])]
-assert len(a) == len(b) == 5, (a, b)
-worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
-print(f"{sys.argv[2].split('/')[-1]}: losses {['%.6f' % x for x in b]}, worst relative difference {worst:.1e}")
-sys.exit(0 if worst <= 1e-5 else 1)
-PY
-}
+source "$(dirname "$0")/train_runs.sh"
 
 run hybrid_sp1 1 --batch 2
 run hybrid_sp2 2 --batch 2 --sp-size 2

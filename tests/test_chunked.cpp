@@ -1,6 +1,7 @@
 // The chunked memory plan: the sequence run as chunks through every layer (model/chunked_attention.h) gives
 // the loss, the predictions and every gradient of the whole-sequence run, for pure and hybrid models, every
-// decay, chunks that do not divide N or the linear block, batch rows, and with per-layer recompute inside.
+// decay, chunks that do not divide N or the linear block, batch rows, and with per-layer recompute inside
+// (whose MLP runs in passes of a few rows).
 #include <gtest/gtest.h>
 
 #include <random>
@@ -86,6 +87,9 @@ TEST(Chunked, EqualsTheWholeSequence) {
           expect_same(c, whole, run(c, B, N, {false, chunk}), what);
         }
         expect_same(c, whole, run(c, B, N, {true, 40}), types + " chunk=40 with recompute");
+        // Recompute runs the MLP in passes of mlp_tokens rows (here not dividing B x N or the chunk).
+        expect_same(c, whole, run(c, B, N, {true, 0, Precision::fp32, 7}), types + " recompute, MLP passes of 7");
+        expect_same(c, whole, run(c, B, N, {true, 40, Precision::fp32, 13}), types + " chunk=40, MLP passes of 13");
       }
 }
 

@@ -48,33 +48,50 @@ Precision precision_from_string(const std::string& name) {
 
 const char* to_string(Precision precision) { return precision == Precision::bf16 ? "bf16" : "fp32"; }
 
-void Model::project(float* Y, const float* X, const float* W, int in, int out) {
+void Model::project(float* Y, const float* X, const float* W, int in, int out, int rows) {
+  const int T = rows < 0 ? T_ : rows;
   if (precision_ == Precision::fp32) {
-    gemm(false, true, T_, out, in, 1.f, X, in, W, in, 0.f, Y, out);
+    gemm(false, true, T, out, in, 1.f, X, in, W, in, 0.f, Y, out);
     return;
   }
-  to_bf16(x_bf16_.data(), X, size_t(T_) * in);
-  gemm_bf16(false, true, T_, out, in, 1.f, x_bf16_.data(), in, bf16_weight(W), in, 0.f, Y, out);
+  to_bf16(x_bf16_.data(), X, size_t(T) * in);
+  gemm_bf16(false, true, T, out, in, 1.f, x_bf16_.data(), in, bf16_weight(W), in, 0.f, Y, out);
 }
 
 void Model::project_backward(float* dX, float* dW, const float* dY, const float* X, const float* W, int in, int out,
-                             bool dx_fresh) {
+                             bool dx_fresh, int rows) {
+  const int T = rows < 0 ? T_ : rows;
   if (precision_ == Precision::fp32) {
-    gemm(false, false, T_, in, out, 1.f, dY, out, W, in, dx_fresh ? 0.f : 1.f, dX, in);
-    gemm(true, false, out, in, T_, 1.f, dY, out, X, in, 1.f, dW, in);
+    gemm(false, false, T, in, out, 1.f, dY, out, W, in, dx_fresh ? 0.f : 1.f, dX, in);
+    gemm(true, false, out, in, T, 1.f, dY, out, X, in, 1.f, dW, in);
     return;
   }
-  to_bf16(dy_bf16_.data(), dY, size_t(T_) * out);
-  to_bf16(x_bf16_.data(), X, size_t(T_) * in);
-  gemm_bf16(false, false, T_, in, out, 1.f, dy_bf16_.data(), out, bf16_weight(W), in, dx_fresh ? 0.f : 1.f, dX, in);
-  gemm_bf16(true, false, out, in, T_, 1.f, dy_bf16_.data(), out, x_bf16_.data(), in, 1.f, dW, in);
+  to_bf16(dy_bf16_.data(), dY, size_t(T) * out);
+  to_bf16(x_bf16_.data(), X, size_t(T) * in);
+  gemm_bf16(false, false, T, in, out, 1.f, dy_bf16_.data(), out, bf16_weight(W), in, dx_fresh ? 0.f : 1.f, dX, in);
+  gemm_bf16(true, false, out, in, T, 1.f, dy_bf16_.data(), out, x_bf16_.data(), in, 1.f, dW, in);
 }
 
-void Model::carve(Carver& cv, const ModelConfig& c, int B, int chunk, bool recompute, std::vector<float*>& x,
+size_t Model::mlp_rows(const ModelPlan& plan, size_t T) {
+  return plan.recompute ? std::min(T, size_t(std::max(1, plan.mlp_tokens))) : T;
+}
+
+void Model::mlp_forward(int l, int r, int rows) {
+  const int D = config_.hidden_size, F = config_.intermediate_size;
+  const LayerWeights& w = w_.layers[l];
+  LayerActs& a = acts(l);
+  const float* hn = a.hn + size_t(r) * D;
+  project(a.g, hn, w.w_gate, D, F, rows);
+  project(a.u, hn, w.w_up, D, F, rows);
+  swiglu_forward(a.m, a.g, a.u, long(rows) * F);
+}
+
+void Model::carve(Carver& cv, const ModelConfig& c, int B, int chunk, const ModelPlan& plan, std::vector<float*>& x,
                   std::vector<LayerActs>& acts, Scratch& s, float*& xf, float*& rstd_f, float*& logits) {
+  const bool recompute = plan.recompute;
   const int L = c.num_hidden_layers, D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
   const int H = c.num_attention_heads, d = c.head_dim(), E = H * d, Ekv = c.num_key_value_heads * d;
-  const size_t T = size_t(B) * chunk;
+  const size_t T = size_t(B) * chunk, TF = mlp_rows(plan, T) * F;  // TF: the MLP's values per pass
   x.assign(L + 1, nullptr);
   for (int l = 0; l <= L; ++l) x[l] = cv.take(T * D);
   acts.assign(recompute ? 1 : L, LayerActs{});
@@ -99,9 +116,9 @@ void Model::carve(Carver& cv, const ModelConfig& c, int B, int chunk, bool recom
     a.h = cv.take(T * D);
     a.hn = cv.take(T * D);
     a.rstd_post = cv.take(T);
-    a.g = cv.take(T * F);
-    a.u = cv.take(T * F);
-    a.m = cv.take(T * F);
+    a.g = cv.take(TF);
+    a.u = cv.take(TF);
+    a.m = cv.take(TF);
   }
   const size_t wide = T * std::max(E, Ekv);
   s.dres = cv.take(T * D);
@@ -114,9 +131,9 @@ void Model::carve(Carver& cv, const ModelConfig& c, int B, int chunk, bool recom
   s.dqp = cv.take(T * E);
   s.dkp = cv.take(wide);
   s.dgp = cv.take(T * E);
-  s.dg = cv.take(T * F);
-  s.du = cv.take(T * F);
-  s.dm = cv.take(T * F);
+  s.dg = cv.take(TF);
+  s.du = cv.take(TF);
+  s.dm = cv.take(TF);
   s.dlogits = cv.take(T * V);
   xf = cv.take(T * D);
   rstd_f = cv.take(T);
@@ -137,7 +154,7 @@ double Model::activation_floats(const ModelConfig& config, int B, int N, ModelPl
   Scratch s{};
   float *xf, *rstd_f, *logits;
   const int chunk = chunk_length(plan, N);
-  carve(counter, config, B, chunk, plan.recompute, x, acts, s, xf, rstd_f, logits);
+  carve(counter, config, B, chunk, plan, x, acts, s, xf, rstd_f, logits);
   double bf16_values = 0;  // the weights' bf16 copy, a projection's input and output gradient
   if (plan.precision == Precision::bf16)
     bf16_values = double(ParamLayout(config).total()) + 2.0 * B * chunk * widest_projection(config);
@@ -153,6 +170,7 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, Mode
   chunk_ = chunk_length(plan, N);
   chunks_ = (N + chunk_ - 1) / chunk_;
   N_ = chunk_, T_ = token_count(B, chunk_);
+  mlp_rows_ = int(mlp_rows(plan, size_t(T_)));
 
   const ModelConfig& c = config_;
   const int L = c.num_hidden_layers, H = c.num_attention_heads;
@@ -165,7 +183,7 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, Mode
 
   // Two passes over the same carving: count, then assign.
   Carver counter{nullptr};
-  carve(counter, c, B, chunk_, recompute_, x_, acts_, s_, xf_, rstd_f_, logits_);
+  carve(counter, c, B, chunk_, plan, x_, acts_, s_, xf_, rstd_f_, logits_);
   check_fits_in_memory(4.0 * (2.0 * double(layout_.total()) + double(counter.used)),
                        fmt::format("the model's weights, gradients and activations for B={} N={} ({} parameters)", B,
                                    chunk_, layout_.total()));
@@ -181,7 +199,7 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, Mode
   }
   arena_.assign(counter.used, 0.f);
   Carver assign{arena_.data()};
-  carve(assign, c, B, chunk_, recompute_, x_, acts_, s_, xf_, rstd_f_, logits_);
+  carve(assign, c, B, chunk_, plan, x_, acts_, s_, xf_, rstd_f_, logits_);
 }
 
 void Model::zero_grads() { zero(grads_.data(), grads_.size()); }
@@ -275,13 +293,13 @@ void Model::forward_layer(int l, bool write_output) {
   // h = x + o_proj(attention); out = h + down(silu(gate(hn)) * up(hn)), hn = RMSNorm(h)
   project(a.h, attn_out, w.wo, E, D);
   residual_rmsnorm_forward(a.h, a.hn, a.rstd_post, x_[l], w.post_norm, T_, D, eps);
-  project(a.g, a.hn, w.w_gate, D, F);
-  project(a.u, a.hn, w.w_up, D, F);
-  swiglu_forward(a.m, a.g, a.u, long(T * F));
-  if (write_output) {
-    project(x_[l + 1], a.m, w.w_down, F, D);
-    add_into(x_[l + 1], a.h, T * D);
+  if (!write_output && recompute_) return;  // the backward runs the MLP again, pass by pass
+  for (int r = 0; r < T_; r += mlp_rows_) {  // one pass unless recompute
+    const int rows = std::min(mlp_rows_, T_ - r);
+    mlp_forward(l, r, rows);
+    if (write_output) project(x_[l + 1] + size_t(r) * D, a.m, w.w_down, F, D, rows);
   }
+  if (write_output) add_into(x_[l + 1], a.h, T * D);
 }
 
 void Model::backward(float dloss) {
@@ -321,11 +339,17 @@ void Model::backward_layer(int l) {
   LayerActs& a = acts(l);
   const size_t T = T_;
 
-  // MLP: out = h + down(m); s_.dres holds dL/dout, and becomes dL/dh.
-  project_backward(s_.dm, g.w_down, s_.dres, a.m, w.w_down, F, D, true);
-  swiglu_backward(s_.dg, s_.du, s_.dm, a.g, a.u, long(T * F), GradStore::overwrite);
-  project_backward(s_.dhn, g.w_gate, s_.dg, a.hn, w.w_gate, D, F, true);
-  project_backward(s_.dhn, g.w_up, s_.du, a.hn, w.w_up, D, F);
+  // MLP: out = h + down(m); s_.dres holds dL/dout, and becomes dL/dh. With recompute, pass by pass, each
+  // pass's g, u, m computed again first.
+  for (int r = 0; r < T_; r += mlp_rows_) {
+    const int rows = std::min(mlp_rows_, T_ - r);
+    if (recompute_) mlp_forward(l, r, rows);
+    const size_t at = size_t(r) * D;
+    project_backward(s_.dm, g.w_down, s_.dres + at, a.m, w.w_down, F, D, true, rows);
+    swiglu_backward(s_.dg, s_.du, s_.dm, a.g, a.u, long(rows) * F, GradStore::overwrite);
+    project_backward(s_.dhn + at, g.w_gate, s_.dg, a.hn + at, w.w_gate, D, F, true, rows);
+    project_backward(s_.dhn + at, g.w_up, s_.du, a.hn + at, w.w_up, D, F, false, rows);
+  }
   rmsnorm_backward(s_.dres, g.post_norm, s_.dhn, a.h, w.post_norm, a.rstd_post, T_, D);
 
   // Attention: h = x + o_proj(attn_out); s_.dres = dL/dh is also dL/d(o_proj output).

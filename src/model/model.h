@@ -29,6 +29,9 @@ struct ModelPlan {
   // against a bf16 copy of the weights made once per forward; weights, gradients, norms, attention and the
   // loss stay fp32.
   Precision precision = Precision::fp32;
+  // With recompute, the MLP runs over this many tokens at a time, in the forward and again in the backward,
+  // so that none of its buffers holds N x intermediate_size values.
+  int mlp_tokens = 4096;
 };
 
 class Model {
@@ -84,6 +87,7 @@ class Model {
   int N_, T_;                         // the running chunk: tokens per row, B x N_
   Attention& attention_;
   bool recompute_;
+  int mlp_rows_;  // the MLP's rows per pass (mlp_rows)
   RopeTable rope_;  // the softmax layers' angles at attention_.positions()
   std::vector<float> params_, grads_;  // never resized after construction: w_ and g_ point into them
   Weights w_, g_;
@@ -103,14 +107,19 @@ class Model {
   bool has_targets_ = false;
 
   // Lays out the activations of B x chunk tokens: counts them when the carver has no base.
-  static void carve(Carver& cv, const ModelConfig& c, int B, int chunk, bool recompute, std::vector<float*>& x,
+  static void carve(Carver& cv, const ModelConfig& c, int B, int chunk, const ModelPlan& plan, std::vector<float*>& x,
                     std::vector<LayerActs>& acts, Scratch& s, float*& xf, float*& rstd_f, float*& logits);
+  // The MLP's rows per pass: all of them, or plan.mlp_tokens with recompute.
+  static size_t mlp_rows(const ModelPlan& plan, size_t T);
   LayerActs& acts(int layer) { return acts_[recompute_ ? 0 : layer]; }
   // Y (T x out) = X (T x in) W^T, W in the nn.Linear layout (out x in), W one of the model's weights.
-  void project(float* Y, const float* X, const float* W, int in, int out);
+  // rows: of X and Y (default: every token of the running chunk).
+  void project(float* Y, const float* X, const float* W, int in, int out, int rows = -1);
   // dX += dY W (dX = dY W when dx_fresh), dW += dY^T X.
   void project_backward(float* dX, float* dW, const float* dY, const float* X, const float* W, int in, int out,
-                        bool dx_fresh = false);
+                        bool dx_fresh = false, int rows = -1);
+  // The MLP of layer l over rows [r, r + rows): g, u, m of the pass from hn.
+  void mlp_forward(int l, int r, int rows);
   const bf16* bf16_weight(const float* W) const { return weights_bf16_.data() + (W - params_.data()); }
   // Makes chunk `index` the running one: its tokens, positions (RoPE) and inputs; announces it when chunked.
   void start_chunk(int index, Attention::Pass pass);

@@ -40,10 +40,25 @@ std::string quoted(const std::string& s) {
   return q + "'";
 }
 
+// The JSON that reference.py printed (after whatever torch wrote before it).
+nlohmann::json reference_json(const std::string& out) {
+  const size_t at = out.find('{');
+  LASP_CHECK(at != std::string::npos, "bench train: reference.py printed no JSON:\n{}", out);
+  return nlohmann::json::parse(out.substr(at));
+}
+
 }  // namespace
 
 nlohmann::ordered_json bench_train(const ModelConfig& config, const TrainBenchOptions& o) {
   LASP_CHECK(o.seq_lens.size() == 1, "bench train: one length per process, got {}", o.seq_lens.size());
+  if (o.compare_pytorch) {  // before anything is timed: a comparison against the reference BLAS says nothing
+    const nlohmann::json blas = reference_json(run_command("/usr/bin/python3 " + o.reference_script + " blas"));
+    LASP_CHECK(!blas["reference"].get<bool>(),
+               "bench train --compare-pytorch: PyTorch would run on the reference BLAS ({}), about 25x slower than an "
+               "optimized one, which makes the comparison meaningless; scripts/setup.sh installs OpenBLAS "
+               "(libopenblas0-pthread), or point libblas.so.3 at another optimized BLAS with update-alternatives",
+               blas["blas"].get<std::string>());
+  }
   const int B = o.batch, N = o.seq_lens[0];
   const AttentionShape shape{B, N, config.num_attention_heads, config.num_key_value_heads, config.head_dim(),
                              kLinearBlock, omp_get_max_threads()};
@@ -90,9 +105,7 @@ nlohmann::ordered_json bench_train(const ModelConfig& config, const TrainBenchOp
     const std::string out = run_command("/usr/bin/python3 " + o.reference_script + " time-step --config " +
                                         config_path + " --seq-len " + std::to_string(N) + " --batch " +
                                         std::to_string(B) + " --repeats " + std::to_string(o.steps));
-    const size_t json_at = out.find('{');
-    LASP_CHECK(json_at != std::string::npos, "bench train: reference.py printed no JSON:\n{}", out);
-    const nlohmann::json torch = nlohmann::json::parse(out.substr(json_at));
+    const nlohmann::json torch = reference_json(out);
     r["pytorch"] = torch;
     r["speedup_vs_pytorch"] = r["tokens_per_s"].get<double>() / torch["tokens_per_s"].get<double>();
   }

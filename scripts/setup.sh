@@ -11,6 +11,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev libfmt-dev
   libgtest-dev googletest
   python3-torch python3-numpy       # PyTorch reference (run with /usr/bin/python3)
+  libopenblas0-pthread              # an optimized BLAS for PyTorch, which otherwise runs on the reference BLAS (~25x slower)
   gnuplot-nox                       # `lasp plot`: loss curves as PNG
   procps iproute2                   # pgrep in the failure tests; ip and tc for scripts/bench_shaped.sh
 )

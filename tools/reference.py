@@ -20,6 +20,8 @@ Run with /usr/bin/python3 (needs torch and numpy; nothing else). Subcommands:
   time-step --config config.json --seq-len N --batch B --repeats R [--threads T]
             fp32 forward+backward+AdamW with an efficient chunkwise (block 64) linear attention;
             prints {"tokens_per_s": ..., "seconds_per_step": median}.
+  blas      prints {"blas": the BLAS library PyTorch loaded, "reference": whether it is the slow reference BLAS}
+            (Debian's torch takes whatever libblas.so.3 points to; time-step prints the same keys).
   selftest  naive vs chunkwise linear attention, gradcheck of the whole model, causality,
             init -> grads -> read-back round trip. Exit status 1 on failure.
 
@@ -376,6 +378,22 @@ def cmd_init(a):
     save_checkpoint(a.out, a.config, init_params(c, a.seed, a.std))
 
 
+def blas_library():
+    """The BLAS library this process mapped (torch links libblas.so.3, an alternative Debian resolves)."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1] if "/" in line else ""
+            if any(k in os.path.basename(path) for k in ("blas", "mkl", "blis")):
+                real = os.path.realpath(path)
+                # Debian's netlib reference BLAS lives in .../blas/; OpenBLAS in .../openblas-*/, BLIS in .../blis-*/
+                return {"blas": real, "reference": "/blas/libblas.so" in real}
+    return {"blas": "none found", "reference": False}
+
+
+def cmd_blas(a):
+    print(json.dumps(blas_library()))
+
+
 def cmd_time_step(a):
     torch.set_num_threads(a.threads or os.cpu_count())
     c = load_config(a.config)
@@ -394,7 +412,7 @@ def cmd_time_step(a):
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     print(json.dumps({"tokens_per_s": a.batch * a.seq_len / med, "seconds_per_step": med,
-                      "threads": torch.get_num_threads()}))
+                      "threads": torch.get_num_threads(), **blas_library()}))
 
 
 def cmd_selftest(a):
@@ -499,6 +517,7 @@ def parse_args(argv):
     s.add_argument("--config", required=True); s.add_argument("--seq-len", type=int, required=True)
     s.add_argument("--batch", type=int, default=1); s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--threads", type=int, default=0)
+    s = sub.add_parser("blas"); s.set_defaults(fn=cmd_blas)
     s = sub.add_parser("selftest"); s.set_defaults(fn=cmd_selftest)
     return ap.parse_args(argv)
 

@@ -52,9 +52,9 @@ TEST(Bf16, VectorConversionEqualsTheScalarOne) {
 }
 
 TEST(Bf16, ProductsEqualTheDoubleProductOfTheRoundedOperands) {
-  if (std::string(bf16_path()) == "none") {
+  if (std::string(bf16_path()) == "none") {  // then what must hold is the refusal
     EXPECT_THROW(gemm_bf16(false, false, 1, 1, 1, 1.f, nullptr, 1, nullptr, 1, 0.f, nullptr, 1), Error);
-    GTEST_SKIP() << "no bf16 products on this CPU (checked: gemm_bf16 refuses)";
+    return;
   }
   for (bool ta : {false, true})
     for (bool tb : {false, true})

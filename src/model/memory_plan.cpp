@@ -20,12 +20,14 @@ constexpr double kOverheadBytes = 160.0 * (1 << 20);
 // Chunks below this spend more on per-chunk overhead and states than they save.
 constexpr int kMinChunk = 64;
 
-double estimate(const ModelConfig& c, const AttentionShape& shape, const Attention* sp_attention, ModelPlan plan,
-                bool training) {
+double estimate(const ModelConfig& c, const AttentionShape& shape, const Attention* sp_attention,
+                const LayerMajorAttention& layer_major, ModelPlan plan, bool training) {
   const int B = shape.B, N = shape.N;
   const double params = double(ParamLayout(c).total()) * (training ? 4 : 2);  // weights, grads (AdamW m, v)
   double attention = 0;
-  if (sp_attention) {
+  if (plan.layer_major) {
+    attention = layer_major(plan.chunk)->memory_floats(c.layer_types);
+  } else if (sp_attention) {
     attention = sp_attention->memory_floats(c.layer_types);
   } else if (plan.chunk > 0 && plan.chunk < N) {
     AttentionShape chunk = shape;
@@ -41,6 +43,10 @@ double estimate(const ModelConfig& c, const AttentionShape& shape, const Attenti
 }  // namespace
 
 std::string MemoryPlan::kept() const {
+  if (model.layer_major)
+    return fmt::format("chunks of {} tokens, layer by layer (each layer's input kept for the whole piece, each "
+                       "layer run again for its backward)",
+                       model.chunk);
   if (model.chunk > 0)
     return fmt::format("chunks of {} tokens through every layer (the d x d states at chunk boundaries kept, each "
                        "chunk's forward run again for its backward{})",
@@ -61,7 +67,7 @@ double default_memory_limit() {
 }
 
 MemoryPlan plan_memory(const ModelConfig& c, const AttentionShape& shape, const Attention* sp_attention,
-                       const MemoryRequest& request, bool training) {
+                       const MemoryRequest& request, bool training, const LayerMajorAttention& layer_major) {
   LASP_CHECK(request.limit_gib >= 0 && std::isfinite(request.limit_gib),
              "--memory-limit must be a non-negative number of GiB, got {}", request.limit_gib);
   LASP_CHECK(request.chunk >= 0, "--chunk must be >= 0 tokens, got {}", request.chunk);
@@ -70,24 +76,33 @@ MemoryPlan plan_memory(const ModelConfig& c, const AttentionShape& shape, const 
   Model::token_count(shape.B, N);
   auto plan = [&](ModelPlan p) {
     p.precision = request.precision;
-    return MemoryPlan{p, estimate(c, shape, sp_attention, p, training), limit};
+    return MemoryPlan{p, estimate(c, shape, sp_attention, layer_major, p, training), limit};
   };
+  std::vector<int> chunks;  // powers of two below N, largest first
+  for (int chunk = 1 << 30; chunk >= kMinChunk; chunk /= 2)
+    if (chunk < N) chunks.push_back(chunk);
 
   // The candidates, fastest first.
   std::vector<ModelPlan> candidates;
   if (request.chunk > 0 || request.recompute) {
-    LASP_CHECK(request.chunk == 0 || !sp_attention,
-               "--chunk runs the sequence in chunks on one sequence-parallel rank; with --sp-size > 1 use --recompute "
-               "or let --memory-limit choose");
-    candidates.push_back({request.recompute, request.chunk < N ? request.chunk : 0});
+    LASP_CHECK(request.chunk == 0 || !sp_attention || layer_major,
+               "--chunk across sequence-parallel ranks needs a method with a chunked form (lasp2); with this one use "
+               "--recompute or let --memory-limit choose");
+    const int chunk = request.chunk < N ? request.chunk : 0;
+    ModelPlan p{request.recompute, chunk};
+    p.layer_major = sp_attention && chunk > 0;
+    candidates.push_back(p);
   } else {
     candidates.push_back({});
     if (sp_attention) {
       candidates.push_back({true, 0});
+      if (layer_major)
+        for (int chunk : chunks) {
+          ModelPlan p{true, chunk};
+          p.layer_major = true;
+          candidates.push_back(p);
+        }
     } else {
-      std::vector<int> chunks;  // powers of two below N, largest first
-      for (int chunk = 1 << 30; chunk >= kMinChunk; chunk /= 2)
-        if (chunk < N) chunks.push_back(chunk);
       for (bool recompute : {false, true})
         for (int chunk : chunks) candidates.push_back({recompute, chunk});
     }
@@ -107,7 +122,9 @@ MemoryPlan plan_memory(const ModelConfig& c, const AttentionShape& shape, const 
 }
 
 std::unique_ptr<Attention> planned_attention(const MemoryPlan& plan, const ModelConfig& config,
-                                             const AttentionShape& shape, std::unique_ptr<Attention> sp_attention) {
+                                             const AttentionShape& shape, std::unique_ptr<Attention> sp_attention,
+                                             const LayerMajorAttention& layer_major) {
+  if (plan.model.layer_major) return layer_major(plan.model.chunk);
   if (sp_attention) return sp_attention;
   if (plan.model.chunk > 0 && plan.model.chunk < shape.N) {
     AttentionShape chunk = shape;

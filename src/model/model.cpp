@@ -26,6 +26,13 @@ size_t widest_projection(const ModelConfig& c) {
 // Tokens per row in one chunk of a plan (N: the whole sequence at once).
 int chunk_length(const ModelPlan& plan, int N) { return plan.chunk > 0 ? std::min(plan.chunk, N) : N; }
 
+// The plan as it runs: layer-major only with more than one chunk, and then with recompute.
+ModelPlan as_run(ModelPlan plan, int N) {
+  plan.layer_major = plan.layer_major && chunk_length(plan, N) < N;
+  plan.recompute = plan.recompute || plan.layer_major;
+  return plan;
+}
+
 // Parallel: a serial pass here would leave the other cores idle (measured: ~4% of a training step).
 void zero(float* p, size_t n) {
 #pragma omp parallel for simd if (n > 32768)
@@ -86,14 +93,18 @@ void Model::mlp_forward(int l, int r, int rows) {
   swiglu_forward(a.m, a.g, a.u, long(rows) * F);
 }
 
-void Model::carve(Carver& cv, const ModelConfig& c, int B, int chunk, const ModelPlan& plan, std::vector<float*>& x,
-                  std::vector<LayerActs>& acts, Scratch& s, float*& xf, float*& rstd_f, float*& logits) {
+void Model::carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPlan& plan, std::vector<float*>& x,
+                  std::vector<float*>& stream, std::vector<LayerActs>& acts, Scratch& s, float*& xf, float*& rstd_f,
+                  float*& logits) {
   const bool recompute = plan.recompute;
+  const int chunk = chunk_length(plan, N);
   const int L = c.num_hidden_layers, D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
   const int H = c.num_attention_heads, d = c.head_dim(), E = H * d, Ekv = c.num_key_value_heads * d;
   const size_t T = size_t(B) * chunk, TF = mlp_rows(plan, T) * F;  // TF: the MLP's values per pass
   x.assign(L + 1, nullptr);
   for (int l = 0; l <= L; ++l) x[l] = cv.take(T * D);
+  stream.assign(plan.layer_major ? L + 1 : 0, nullptr);
+  for (float*& p : stream) p = cv.take(size_t(B) * N * D);
   acts.assign(recompute ? 1 : L, LayerActs{});
   for (size_t i = 0; i < acts.size(); ++i) {
     // With recompute the shared set must fit either kind of layer.
@@ -149,12 +160,13 @@ int Model::token_count(int B, int N) {
 
 double Model::activation_floats(const ModelConfig& config, int B, int N, ModelPlan plan) {
   Carver counter{nullptr};
-  std::vector<float*> x;
+  std::vector<float*> x, stream;
   std::vector<LayerActs> acts;
   Scratch s{};
   float *xf, *rstd_f, *logits;
+  plan = as_run(plan, N);
   const int chunk = chunk_length(plan, N);
-  carve(counter, config, B, chunk, plan, x, acts, s, xf, rstd_f, logits);
+  carve(counter, config, B, N, plan, x, stream, acts, s, xf, rstd_f, logits);
   double bf16_values = 0;  // the weights' bf16 copy, a projection's input and output gradient
   if (plan.precision == Precision::bf16)
     bf16_values = double(ParamLayout(config).total()) + 2.0 * B * chunk * widest_projection(config);
@@ -162,11 +174,14 @@ double Model::activation_floats(const ModelConfig& config, int B, int N, ModelPl
 }
 
 Model::Model(const ModelConfig& config, int B, int N, Attention& attention, ModelPlan plan)
-    : config_(config), layout_(config), B_(B), seq_len_(N), attention_(attention), recompute_(plan.recompute),
-      precision_(plan.precision) {
+    : config_(config), layout_(config), B_(B), seq_len_(N), attention_(attention), precision_(plan.precision) {
   config_.validate();
   token_count(B, N);
   LASP_CHECK(plan.chunk >= 0, "model: the chunk must be >= 0 tokens, got {}", plan.chunk);
+  plan = as_run(plan, N);
+  recompute_ = plan.recompute, layer_major_ = plan.layer_major;
+  LASP_CHECK(!layer_major_ || attention.layer_major(),
+             "model: a layer-major plan needs an attention with a layer-major mode (lasp2 across SP ranks)");
   chunk_ = chunk_length(plan, N);
   chunks_ = (N + chunk_ - 1) / chunk_;
   N_ = chunk_, T_ = token_count(B, chunk_);
@@ -174,7 +189,6 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, Mode
 
   const ModelConfig& c = config_;
   const int L = c.num_hidden_layers, H = c.num_attention_heads;
-  if (c.has_softmax_layer()) rope_ = rope_table(attention_.positions(), N_, c.head_dim(), c.rope_theta);
   lambdas_.resize(L);
   for (int l = 0; l < L; ++l) {
     lambdas_[l].resize(H);
@@ -183,7 +197,7 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, Mode
 
   // Two passes over the same carving: count, then assign.
   Carver counter{nullptr};
-  carve(counter, c, B, chunk_, plan, x_, acts_, s_, xf_, rstd_f_, logits_);
+  carve(counter, c, B, N, plan, x_, stream_, acts_, s_, xf_, rstd_f_, logits_);
   check_fits_in_memory(4.0 * (2.0 * double(layout_.total()) + double(counter.used)),
                        fmt::format("the model's weights, gradients and activations for B={} N={} ({} parameters)", B,
                                    chunk_, layout_.total()));
@@ -199,7 +213,7 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, Mode
   }
   arena_.assign(counter.used, 0.f);
   Carver assign{arena_.data()};
-  carve(assign, c, B, chunk_, plan, x_, acts_, s_, xf_, rstd_f_, logits_);
+  carve(assign, c, B, N, plan, x_, stream_, acts_, s_, xf_, rstd_f_, logits_);
 }
 
 void Model::zero_grads() { zero(grads_.data(), grads_.size()); }
@@ -211,6 +225,7 @@ void Model::start_chunk(int index, Attention::Pass pass) {
     in_ = inputs_, tg_ = targets_;
     return;
   }
+  rope_stale_ = true;
   attention_.begin_chunk(begin_, N_, pass);
   chunk_inputs_.resize(size_t(T_));
   chunk_targets_.resize(size_t(T_));
@@ -220,13 +235,19 @@ void Model::start_chunk(int index, Attention::Pass pass) {
     if (targets_) std::copy_n(targets_ + from, N_, chunk_targets_.begin() + to);
   }
   in_ = chunk_inputs_.data(), tg_ = has_targets_ ? chunk_targets_.data() : nullptr;
-  if (config_.has_softmax_layer()) rope_ = rope_table(attention_.positions(), N_, config_.head_dim(), config_.rope_theta);
+}
+
+const RopeTable& Model::rope() {
+  if (rope_stale_) rope_ = rope_table(attention_.positions(), N_, config_.head_dim(), config_.rope_theta);
+  rope_stale_ = false;
+  return rope_;
 }
 
 double Model::forward(const int* inputs, const int* targets, int* predictions) {
   inputs_ = inputs, targets_ = targets;
   has_targets_ = targets != nullptr;
   if (precision_ == Precision::bf16) to_bf16(weights_bf16_.data(), params_.data(), params_.size());  // once per step
+  if (layer_major_) return forward_layer_major(predictions);
   double loss = 0;
   for (int c = 0; c < chunks_; ++c) {
     start_chunk(c, Attention::Pass::forward);
@@ -242,8 +263,14 @@ double Model::forward_chunk(int* predictions) {
   const Weights& w = w_;
   embedding_forward(x_[0], in_, w.embed, T_, D, V);
   for (int l = 0; l < c.num_hidden_layers; ++l) forward_layer(l, true);
-  rmsnorm_forward(xf_, rstd_f_, x_[c.num_hidden_layers], w.final_norm, T_, D, c.rms_norm_eps);
-  project(logits_, xf_, w.lm_head, D, V);
+  return head_forward(predictions);
+}
+
+double Model::head_forward(int* predictions) {
+  const ModelConfig& c = config_;
+  const int D = c.hidden_size, V = c.vocab_size;
+  rmsnorm_forward(xf_, rstd_f_, x_[c.num_hidden_layers], w_.final_norm, T_, D, c.rms_norm_eps);
+  project(logits_, xf_, w_.lm_head, D, V);
   if (predictions)
     for (int b = 0; b < B_; ++b)
       for (int i = 0; i < N_; ++i) {
@@ -285,8 +312,8 @@ void Model::forward_layer(int l, bool write_output) {
     project(a.q, a.xn, w.wq, D, E);
     project(a.k, a.xn, w.wk, D, Ekv);
     project(a.v, a.xn, w.wv, D, Ekv);
-    rope_forward(a.q, a.q, rope_, B_, H);
-    rope_forward(a.k, a.k, rope_, B_, Hkv);
+    rope_forward(a.q, a.q, rope(), B_, H);
+    rope_forward(a.k, a.k, rope(), B_, Hkv);
     attention_.softmax_forward(l, a.o, a.lse, a.q, a.k, a.v);
     attn_out = a.o;
   }
@@ -304,6 +331,7 @@ void Model::forward_layer(int l, bool write_output) {
 
 void Model::backward(float dloss) {
   LASP_CHECK(has_targets_, "model: backward needs a forward with targets");
+  if (layer_major_) return backward_layer_major(dloss);
   for (int c = chunks_ - 1; c >= 0; --c) {
     start_chunk(c, Attention::Pass::backward);
     if (c != live_chunk_) forward_chunk(nullptr);  // the activations hold the last chunk only
@@ -312,22 +340,23 @@ void Model::backward(float dloss) {
   }
 }
 
-void Model::backward_chunk(float dloss) {
+void Model::head_backward(float dloss) {
   const ModelConfig& c = config_;
   const int D = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers;
-  const Weights& w = w_;
-  const Weights& g = g_;
-  const size_t T = T_;
-
-  zero(s_.dlogits, T * V);
+  zero(s_.dlogits, size_t(T_) * V);
   cross_entropy_backward(s_.dlogits, logits_, tg_, T_, V, dloss);
-  project_backward(s_.dxn, g.lm_head, s_.dlogits, xf_, w.lm_head, D, V, true);
-  rmsnorm_backward(s_.dres, g.final_norm, s_.dxn, x_[L], w.final_norm, rstd_f_, T_, D, GradStore::overwrite);
-  for (int l = L - 1; l >= 0; --l) {
+  project_backward(s_.dxn, g_.lm_head, s_.dlogits, xf_, w_.lm_head, D, V, true);
+  rmsnorm_backward(s_.dres, g_.final_norm, s_.dxn, x_[L], w_.final_norm, rstd_f_, T_, D, GradStore::overwrite);
+}
+
+void Model::backward_chunk(float dloss) {
+  const ModelConfig& c = config_;
+  head_backward(dloss);
+  for (int l = c.num_hidden_layers - 1; l >= 0; --l) {
     if (recompute_) forward_layer(l, false);
     backward_layer(l);
   }
-  embedding_backward(g.embed, s_.dres, in_, T_, D, V);
+  embedding_backward(g_.embed, s_.dres, in_, T_, c.hidden_size, c.vocab_size);
 }
 
 void Model::backward_layer(int l) {
@@ -386,8 +415,8 @@ void Model::backward_layer(int l) {
     zero(s_.dk, T * Ekv);
     zero(s_.dv, T * Ekv);
     attention_.softmax_backward(l, s_.dq, s_.dk, s_.dv, s_.da, a.o, a.lse, a.q, a.k, a.v);
-    rope_backward(s_.dqp, s_.dq, rope_, B_, H, GradStore::overwrite);
-    rope_backward(s_.dkp, s_.dk, rope_, B_, Hkv, GradStore::overwrite);
+    rope_backward(s_.dqp, s_.dq, rope(), B_, H, GradStore::overwrite);
+    rope_backward(s_.dkp, s_.dk, rope(), B_, Hkv, GradStore::overwrite);
     project_backward(s_.dxn, g.wq, s_.dqp, a.xn, w.wq, D, E, true);
     project_backward(s_.dxn, g.wk, s_.dkp, a.xn, w.wk, D, Ekv);
     project_backward(s_.dxn, g.wv, s_.dv, a.xn, w.wv, D, Ekv);

@@ -5,6 +5,9 @@
 // being recomputed during the backward; with a `chunk` the sequence runs as chunks of that many tokens per
 // row through every layer, so that activations scale with the chunk, not with N (the attention must be a
 // ChunkedAttention of that chunk; the backward recomputes each chunk's forward, the last one excepted).
+// With `layer_major` too (several SP ranks), each layer runs over every chunk before the next layer, in two
+// passes around the attention's exchange (Attention::layer_major): only the residual stream entering each
+// layer is kept for the whole piece, everything else for one chunk.
 #pragma once
 #include <string>
 #include <vector>
@@ -32,6 +35,9 @@ struct ModelPlan {
   // With recompute, the MLP runs over this many tokens at a time, in the forward and again in the backward,
   // so that none of its buffers holds N x intermediate_size values.
   int mlp_tokens = 4096;
+  // With a chunk: layer by layer rather than chunk by chunk (implies recompute; the attention must have
+  // Attention::layer_major).
+  bool layer_major = false;
 };
 
 class Model {
@@ -86,14 +92,17 @@ class Model {
   int B_, seq_len_, chunk_, chunks_;  // rows; tokens per row; per chunk; chunks per row
   int N_, T_;                         // the running chunk: tokens per row, B x N_
   Attention& attention_;
-  bool recompute_;
+  bool recompute_, layer_major_;
   int mlp_rows_;  // the MLP's rows per pass (mlp_rows)
-  RopeTable rope_;  // the softmax layers' angles at attention_.positions()
+  RopeTable rope_;  // the softmax layers' angles at attention_.positions(), made by rope() when stale
+  bool rope_stale_ = true;
   std::vector<float> params_, grads_;  // never resized after construction: w_ and g_ point into them
   Weights w_, g_;
   std::vector<float, HugePageAllocator<float>> arena_;  // activations and scratch
   std::vector<std::vector<float>> lambdas_;  // per layer: decay of each head (linear layers)
   std::vector<float*> x_;                    // (L + 1) residual stream entering each layer, (T, D)
+  std::vector<float*> stream_;               // layer_major: (L + 1) x_ of the whole piece, (B, seq_len, D); the
+                                             // last one becomes dL/dx of the layer being run backward
   std::vector<LayerActs> acts_;              // per layer, or one shared set when recomputing
   Scratch s_{};
   float *xf_, *rstd_f_, *logits_;            // final norm output, its rstd, logits (T, V)
@@ -107,8 +116,9 @@ class Model {
   bool has_targets_ = false;
 
   // Lays out the activations of B x chunk tokens: counts them when the carver has no base.
-  static void carve(Carver& cv, const ModelConfig& c, int B, int chunk, const ModelPlan& plan, std::vector<float*>& x,
-                    std::vector<LayerActs>& acts, Scratch& s, float*& xf, float*& rstd_f, float*& logits);
+  static void carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPlan& plan, std::vector<float*>& x,
+                    std::vector<float*>& stream, std::vector<LayerActs>& acts, Scratch& s, float*& xf,
+                    float*& rstd_f, float*& logits);
   // The MLP's rows per pass: all of them, or plan.mlp_tokens with recompute.
   static size_t mlp_rows(const ModelPlan& plan, size_t T);
   LayerActs& acts(int layer) { return acts_[recompute_ ? 0 : layer]; }
@@ -123,9 +133,25 @@ class Model {
   const bf16* bf16_weight(const float* W) const { return weights_bf16_.data() + (W - params_.data()); }
   // Makes chunk `index` the running one: its tokens, positions (RoPE) and inputs; announces it when chunked.
   void start_chunk(int index, Attention::Pass pass);
+  const RopeTable& rope();
   // The running chunk through every layer and the head; the sum of its losses.
   double forward_chunk(int* predictions);
   void backward_chunk(float dloss);
+  // Final norm, logits, predictions and the sum of the losses from x_[L]; backward: s_.dres = dL/dx_[L].
+  double head_forward(int* predictions);
+  void head_backward(float dloss);
+  // Layer-major runs (model/model_layer_major.cpp): every chunk through one layer before the next.
+  double forward_layer_major(int* predictions);
+  void backward_layer_major(float dloss);
+  // The running chunk's rows of a (B, seq_len, D) stream: into a (T, D) chunk buffer, or back.
+  void load(float* chunk, const float* stream) const;
+  void store(float* stream, const float* chunk) const;
+  // Layer l's keys and values of the running chunk from x_[l] (the input norm, k and v projections, the
+  // feature map or RoPE), into acts(l).
+  void layer_keys(int l);
+  // The keys' and values' gradients from other ranks (Attention::key_gradients) back to s_.dres += dL/dx_[l].
+  void key_gradients_backward(int l);
+  void exchange(int l, Attention::Pass pass);  // the attention's, for layer l's kind
   // Computes layer l from x_[l]; writes x_[l + 1] when write_output.
   void forward_layer(int l, bool write_output);
   // From s_.dres = dL/dx_[l + 1] to s_.dres = dL/dx_[l], accumulating the layer's weight gradients.

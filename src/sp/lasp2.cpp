@@ -8,6 +8,7 @@
 
 #include "core/check.h"
 #include "kernels/gemm.h"
+#include "sp/piece_states.h"
 
 namespace lasp {
 
@@ -19,12 +20,8 @@ void powers(std::vector<float>& pw, double lambda, int piece_len) {
   decay_powers(pw.data(), lambda, piece_len);
 }
 
-// dst (piece_len x d, dense) = diag(f) src (rows ld apart), with f[i] = pw[i] (inter) or pw[piece_len - i] (tail).
 void scaled_rows(float* dst, const float* src, int ld, const std::vector<float>& pw, bool tail, int piece_len, int d) {
-  for (int i = 0; i < piece_len; ++i) {
-    const float f = pw[tail ? piece_len - i : i];
-    for (int x = 0; x < d; ++x) dst[long(i) * d + x] = f * src[long(i) * ld + x];
-  }
+  decayed_rows(dst, src, ld, pw.data(), tail, piece_len, d);
 }
 
 }  // namespace
@@ -103,21 +100,7 @@ struct Lasp2Attention::Impl {
   // The prefix (forward) or suffix (backward) over global piece order of the gathered per-piece states,
   // for each batch row and head; writes the value for each of this rank's pieces into out.
   void scan(const float* lambda, bool forward, std::vector<float>& out) {
-    const size_t dd = size_t(s.d) * s.d;
-    const int pieces = int(owner.size());
-    std::vector<float> acc(dd);
-    for (int b = 0; b < s.B; ++b)
-      for (int h = 0; h < s.H; ++h) {
-        const float decay = decay_power(lambda ? double(lambda[h]) : 1.0, piece_len);
-        std::fill(acc.begin(), acc.end(), 0.f);
-        for (int step = 0; step < pieces; ++step) {
-          const int p = forward ? step : pieces - 1 - step;
-          const auto [r, i] = owner[p];
-          if (r == rank) std::memcpy(out.data() + state_at(i, b, h), acc.data(), sizeof(float) * dd);
-          const float* m = recv.data() + size_t(r) * state_floats() + state_at(i, b, h);
-          for (size_t x = 0; x < dd; ++x) acc[x] = decay * acc[x] + m[x];
-        }
-      }
+    scan_piece_states(out.data(), recv.data(), owner, rank, s.B, s.H, s.d, lambda, piece_len, forward);
   }
 
   std::vector<std::vector<float>> head_powers(const float* lambda) const {

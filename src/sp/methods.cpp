@@ -4,6 +4,7 @@
 #include "sp/allgather.h"
 #include "sp/lasp1.h"
 #include "sp/lasp2.h"
+#include "sp/lasp2_chunked.h"
 #include "sp/ring.h"
 #include "sp/ulysses.h"
 
@@ -16,12 +17,18 @@ std::unique_ptr<Attention> make(Comm& sp, const AttentionShape& shape, int globa
   return std::make_unique<Method>(sp, shape, global_N, layout, layers);
 }
 
+template <class Method>
+std::unique_ptr<Attention> make_chunked(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout,
+                                        int layers, int chunk) {
+  return std::make_unique<Method>(sp, shape, global_N, layout, layers, chunk);
+}
+
 }  // namespace
 
 const std::vector<SpMethod>& sp_methods() {
   static const std::vector<SpMethod> methods = {
       {"lasp2", "LASP-2: one AllGather of the d x d piece states", "LASP-2H: one AllGather of K, V", LayoutRule::balanced,
-       false, make<Lasp2Attention>},
+       false, make<Lasp2Attention>, make_chunked<Lasp2ChunkedAttention>},
       {"lasp1", "LASP-1: the states travel a serial chain of point-to-point hops", "LASP-2H: one AllGather of K, V",
        LayoutRule::balanced, false, make<Lasp1Attention>},
       {"ring", "Ring Attention: K, V blocks around the ring, masked left product",
@@ -64,6 +71,13 @@ std::unique_ptr<Attention> make_sp_attention(const std::string& method, Comm& sp
   const SpMethod& m = find_sp_method(method);
   if (sp.size() == 1) return std::make_unique<LocalAttention>(shape);
   return m.make(sp, shape, global_N, layout, layers);
+}
+
+std::unique_ptr<Attention> make_layer_major_attention(const std::string& method, Comm& sp, const AttentionShape& shape,
+                                                      int global_N, SpLayout layout, int layers, int chunk) {
+  const SpMethod& m = find_sp_method(method);
+  if (sp.size() == 1 || !m.make_layer_major) return nullptr;
+  return m.make_layer_major(sp, shape, global_N, layout, layers, chunk);
 }
 
 }  // namespace lasp

@@ -29,6 +29,9 @@ struct SpMethod {
   bool heads_over_ranks;  // the attention heads must divide evenly over the SP ranks (head sharding)
   std::unique_ptr<Attention> (*make)(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout,
                                      int layers);
+  // The same method in chunks for the layer-major memory plan (Attention::layer_major); null: none.
+  std::unique_ptr<Attention> (*make_layer_major)(Comm& sp, const AttentionShape& shape, int global_N,
+                                                 SpLayout layout, int layers, int chunk) = nullptr;
 };
 
 // Every method, the default first.
@@ -41,6 +44,11 @@ std::string sp_method_names(const std::string& separator);
 // The layout a method runs on: `requested` if given (and the method allows it), else its rule.
 SpLayout sp_method_layout(const std::string& method, const std::string& requested, const ModelConfig& config,
                           int sp_size);
+
+// The method's attention in chunks of `chunk` tokens per row for the layer-major plan, or null where the
+// method has no such form (or on one SP rank, where model/chunked_attention.h serves).
+std::unique_ptr<Attention> make_layer_major_attention(const std::string& method, Comm& sp, const AttentionShape& shape,
+                                                      int global_N, SpLayout layout, int layers, int chunk);
 
 // The method's Attention for this rank (LocalAttention on one rank). Throws naming the method and the ones there are.
 std::unique_ptr<Attention> make_sp_attention(const std::string& method, Comm& sp, const AttentionShape& shape,

@@ -52,10 +52,17 @@ PlannedRank plan_rank(const ModelConfig& c, const Grid& g, int B, int N, SpLayou
   const AttentionShape shape{B, N / g.sp_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), block,
                              omp_get_max_threads()};
   std::unique_ptr<Attention> sp;
-  if (g.sp_size > 1) sp = make_sp_attention(method, *g.sp, shape, N, layout, c.num_hidden_layers);
-  const MemoryPlan plan = plan_memory(c, shape, sp.get(), memory, training);
+  LayerMajorAttention layer_major;
+  if (g.sp_size > 1) {
+    sp = make_sp_attention(method, *g.sp, shape, N, layout, c.num_hidden_layers);
+    if (find_sp_method(method).make_layer_major)
+      layer_major = [&, shape](int chunk) {
+        return make_layer_major_attention(method, *g.sp, shape, N, layout, c.num_hidden_layers, chunk);
+      };
+  }
+  const MemoryPlan plan = plan_memory(c, shape, sp.get(), memory, training, layer_major);
   if (g.world->rank() == 0) std::fprintf(stderr, "lasp: %s\n", plan.describe().c_str());
-  return {plan, planned_attention(plan, c, shape, std::move(sp))};
+  return {plan, planned_attention(plan, c, shape, std::move(sp), layer_major)};
 }
 
 // Refuses, before anything is allocated, a model whose parameters alone do not fit this machine.

@@ -383,6 +383,7 @@ struct ModelCase {
   SpLayout layout;
   int dp;  // dp x sp = world
   std::string method = "lasp2";
+  int chunk = 0;  // > 0: the layer-major plan in chunks of this many tokens per row (one SP rank: none)
 };
 
 class SpModel : public ::testing::TestWithParam<ModelCase> {};
@@ -436,22 +437,30 @@ TEST_P(SpModel, LogitsLossAndGradientsEqualSingleProcess) {
     EXPECT_THROW(make_sp_attention(c.method, *grid.sp, shape, N, c.layout, config.num_hidden_layers), Error);
     return;
   }
+  ModelPlan plan;
   std::unique_ptr<Attention> attention =
-      make_sp_attention(c.method, *grid.sp, shape, N, c.layout, config.num_hidden_layers);
-  Model model(config, Bl, Nl, *attention);
+      c.chunk > 0 ? make_layer_major_attention(c.method, *grid.sp, shape, N, c.layout, config.num_hidden_layers, c.chunk)
+                  : nullptr;
+  if (attention) plan.recompute = plan.layer_major = true, plan.chunk = c.chunk;
+  else attention = make_sp_attention(c.method, *grid.sp, shape, N, c.layout, config.num_hidden_layers);
+  Model model(config, Bl, Nl, *attention, plan);
   model.params() = ref.params();
   double loss = model.forward(in_l.data(), tg_l.data());
+  const int rows = model.logits_rows();  // in chunks: the last chunk's, until the backward runs chunks again
+  const std::vector<float> logits(model.logits(), model.logits() + size_t(Bl) * rows * V);
   model.backward(float(1.0 / count));
   world().all_reduce(&loss, 1);
   world().all_reduce(model.grads().data(), model.grads().size());
   EXPECT_NEAR(loss / count, ref_loss, 1e-6 * ref_loss);
 
-  // logits of this rank's rows and positions
+  // logits of this rank's rows and positions (in chunks: of the last chunk)
   std::vector<float> ref_logits;
   for (int b = grid.dp_rank * Bl; b < (grid.dp_rank + 1) * Bl; ++b)
-    for (int p : pos)
+    for (int i = Nl - rows; i < Nl; ++i) {
+      const int p = pos[i];
       ref_logits.insert(ref_logits.end(), ref.logits() + (size_t(b) * N + p) * V, ref.logits() + (size_t(b) * N + p + 1) * V);
-  expect_close(ref_logits, std::vector<float>(model.logits(), model.logits() + size_t(Bl) * Nl * V), "logits");
+    }
+  expect_close(ref_logits, logits, "logits");
   for (const TensorSpec& t : model.layout().specs())
     expect_close(std::vector<float>(ref.grads().begin() + t.offset, ref.grads().begin() + t.offset + t.size),
                  std::vector<float>(model.grads().begin() + t.offset, model.grads().begin() + t.offset + t.size),
@@ -465,6 +474,11 @@ std::vector<ModelCase> model_cases() {
       for (Decay decay : {Decay::none, Decay::lightning, Decay::retention}) cases.push_back({"LLLL", decay, layout, dp});
       cases.push_back({"LLLN", Decay::retention, layout, dp});
       cases.push_back({"NLNL", Decay::lightning, layout, dp});
+      // LASP-2 in chunks (layer-major): 5 tokens straddle the zigzag pieces (6, 8 or 12 tokens) and divide none
+      for (Decay decay : {Decay::none, Decay::lightning, Decay::retention})
+        cases.push_back({"LLLL", decay, layout, dp, "lasp2", 5});
+      cases.push_back({"LLLN", Decay::retention, layout, dp, "lasp2", 5});
+      cases.push_back({"NLNL", Decay::lightning, layout, dp, "lasp2", 7});
       for (const char* method : {"lasp1", "ring", "ulysses", "allgather"}) {
         cases.push_back({"LLLL", Decay::lightning, layout, dp, method});
         cases.push_back({"LLLN", Decay::retention, layout, dp, method});
@@ -475,7 +489,7 @@ std::vector<ModelCase> model_cases() {
 
 INSTANTIATE_TEST_SUITE_P(Cases, SpModel, ::testing::ValuesIn(model_cases()), [](const auto& info) {
   const ModelCase& c = info.param;
-  return c.method + "_" + c.layer_types + "_" + to_string(c.decay) + "_" + to_string(c.layout) + "_dp" +
+  return c.method + (c.chunk ? "_chunk" + std::to_string(c.chunk) : "") + "_" + c.layer_types + "_" + to_string(c.decay) + "_" + to_string(c.layout) + "_dp" +
          std::to_string(c.dp);
 });
 

@@ -1,0 +1,150 @@
+// Layer-major chunked runs (ModelPlan::layer_major): the memory plan of several SP ranks. What ranks
+// exchange for a layer (LASP-2's d x d piece states, LASP-2H's keys and values) depends on the whole piece,
+// so every chunk goes through one layer before the next layer starts, in two passes around the attention's
+// exchange (Attention::layer_major says what each pass hands it). Kept for the whole piece: the residual
+// stream entering each layer, (L + 1) x B x N x D floats, the last of which turns into the gradient stream
+// of the backward. Everything else is the size of one chunk: the backward runs each layer's forward again,
+// chunk by chunk.
+#include <cstring>
+
+#include "core/check.h"
+#include "kernels/embedding.h"
+#include "kernels/feature_map.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "model/model.h"
+
+namespace lasp {
+
+void Model::load(float* chunk, const float* stream) const {
+  const size_t D = config_.hidden_size, row = size_t(N_) * D;
+  for (int b = 0; b < B_; ++b)
+    std::memcpy(chunk + b * row, stream + (size_t(b) * seq_len_ + begin_) * D, sizeof(float) * row);
+}
+
+void Model::store(float* stream, const float* chunk) const {
+  const size_t D = config_.hidden_size, row = size_t(N_) * D;
+  for (int b = 0; b < B_; ++b)
+    std::memcpy(stream + (size_t(b) * seq_len_ + begin_) * D, chunk + b * row, sizeof(float) * row);
+}
+
+void Model::layer_keys(int l) {
+  const ModelConfig& c = config_;
+  const int D = c.hidden_size, E = c.num_attention_heads * c.head_dim(), Ekv = c.num_key_value_heads * c.head_dim();
+  const LayerWeights& w = w_.layers[l];
+  LayerActs& a = acts(l);
+  rmsnorm_forward(a.xn, a.rstd_in, x_[l], w.input_norm, T_, D, c.rms_norm_eps);
+  if (c.layer_types[l] == 'L') {
+    project(a.kp, a.xn, w.wk, D, E);
+    feature_map_forward(a.k, a.kp, long(T_) * E, c.linear.feature_map);
+    project(a.v, a.xn, w.wv, D, E);
+  } else {
+    project(a.k, a.xn, w.wk, D, Ekv);
+    rope_forward(a.k, a.k, rope(), B_, c.num_key_value_heads);
+    project(a.v, a.xn, w.wv, D, Ekv);
+  }
+}
+
+void Model::key_gradients_backward(int l) {
+  const ModelConfig& c = config_;
+  const int D = c.hidden_size, E = c.num_attention_heads * c.head_dim(), Ekv = c.num_key_value_heads * c.head_dim();
+  const int width = c.layer_types[l] == 'L' ? E : Ekv;
+  const LayerWeights& w = w_.layers[l];
+  const LayerWeights& g = g_.layers[l];
+  LayerActs& a = acts(l);
+  layer_keys(l);
+  std::fill_n(s_.dk, size_t(T_) * width, 0.f);
+  std::fill_n(s_.dv, size_t(T_) * width, 0.f);
+  const bool linear = c.layer_types[l] == 'L';
+  if (linear ? !attention_.linear_key_gradients(l, s_.dk, s_.dv, a.k, a.v, lambdas_[l].data())
+             : !attention_.softmax_key_gradients(l, s_.dk, s_.dv))
+    return;
+  if (linear)
+    feature_map_backward(s_.dkp, s_.dk, a.kp, long(T_) * E, c.linear.feature_map, GradStore::overwrite);
+  else
+    rope_backward(s_.dkp, s_.dk, rope(), B_, c.num_key_value_heads, GradStore::overwrite);
+  project_backward(s_.dxn, g.wk, s_.dkp, a.xn, w.wk, D, width, true);
+  project_backward(s_.dxn, g.wv, s_.dv, a.xn, w.wv, D, width);
+  float* grad = stream_[c.num_hidden_layers];
+  load(s_.dres, grad);
+  rmsnorm_backward(s_.dres, g.input_norm, s_.dxn, x_[l], w.input_norm, a.rstd_in, T_, D);
+  store(grad, s_.dres);
+}
+
+void Model::exchange(int l, Attention::Pass pass) {
+  if (config_.layer_types[l] == 'L') attention_.linear_exchange(l, pass, lambdas_[l].data());
+  else attention_.softmax_exchange(l, pass);
+}
+
+double Model::forward_layer_major(int* predictions) {
+  const ModelConfig& c = config_;
+  const int L = c.num_hidden_layers;
+  using Pass = Attention::Pass;
+  for (int k = 0; k < chunks_; ++k) {
+    start_chunk(k, Pass::forward);
+    embedding_forward(x_[0], in_, w_.embed, T_, c.hidden_size, c.vocab_size);
+    store(stream_[0], x_[0]);
+  }
+  for (int l = 0; l < L; ++l) {
+    for (int k = 0; k < chunks_; ++k) {  // 1. the keys and values that the exchange needs
+      start_chunk(k, Pass::forward);
+      load(x_[l], stream_[l]);
+      layer_keys(l);
+      if (c.layer_types[l] == 'L') attention_.linear_collect(l, acts(l).k, acts(l).v, lambdas_[l].data());
+      else attention_.softmax_collect(l, acts(l).k, acts(l).v);
+    }
+    exchange(l, Pass::forward);
+    for (int k = 0; k < chunks_; ++k) {  // 2. the layer
+      start_chunk(k, Pass::forward);
+      load(x_[l], stream_[l]);
+      forward_layer(l, true);
+      store(stream_[l + 1], x_[l + 1]);
+    }
+  }
+  double loss = 0;
+  for (int k = 0; k < chunks_; ++k) {
+    start_chunk(k, Pass::forward);
+    load(x_[L], stream_[L]);
+    loss += head_forward(predictions);
+  }
+  return loss;
+}
+
+void Model::backward_layer_major(float dloss) {
+  const ModelConfig& c = config_;
+  const int L = c.num_hidden_layers;
+  using Pass = Attention::Pass;
+  // dL/dx of the layer being run backward, over the whole piece: it takes the place of x_[L], which only the
+  // head reads, chunk by chunk, before its gradient is written there.
+  float* grad = stream_[L];
+  for (int k = chunks_ - 1; k >= 0; --k) {
+    start_chunk(k, Pass::backward);
+    load(x_[L], stream_[L]);
+    head_forward(nullptr);
+    head_backward(dloss);
+    store(grad, s_.dres);
+  }
+  for (int l = L - 1; l >= 0; --l) {
+    for (int k = chunks_ - 1; k >= 0; --k) {  // 1. the layer again, and its backward without the exchange
+      start_chunk(k, Pass::backward);
+      load(x_[l], stream_[l]);
+      forward_layer(l, false);
+      load(s_.dres, grad);
+      backward_layer(l);
+      store(grad, s_.dres);
+    }
+    exchange(l, Pass::backward);
+    for (int k = 0; k < chunks_; ++k) {  // 2. what the exchange brought to the keys and values
+      start_chunk(k, Pass::backward);
+      load(x_[l], stream_[l]);
+      key_gradients_backward(l);
+    }
+  }
+  for (int k = 0; k < chunks_; ++k) {
+    start_chunk(k, Pass::backward);
+    load(s_.dres, grad);
+    embedding_backward(g_.embed, s_.dres, in_, T_, c.hidden_size, c.vocab_size);
+  }
+}
+
+}  // namespace lasp

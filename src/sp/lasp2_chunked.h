@@ -1,0 +1,92 @@
+// LASP-2 and LASP-2H in chunks, for the layer-major memory plan of several SP ranks (Attention::layer_major,
+// ModelPlan::layer_major): the model hands this rank's piece(s) over as chunks of at most `chunk` tokens per
+// row, each layer in two passes; the exchange is the same ONE collective each way as sp/lasp2.h's.
+// Linear layer:
+//   forward  pass 1: the chunks' keys and values fold into each piece's state M (chunk by chunk:
+//            M <- lambda^n M + K^T diag(lambda^(n-j)) V); ONE AllGather of M; the prefix P of every piece.
+//            pass 2: the chunkwise kernel on each chunk from the state entering it: P at a piece's start,
+//            else the state the previous chunk left, which is kept for the backward.
+//   backward pass 1 (chunks in reverse): the kernel's backward from the kept entering state; the gradient
+//            of the state leaving a chunk comes from the next chunk of the piece (none at the piece's end),
+//            and at the piece's start that of the state entering it, dM = Q^T diag(lambda^i) dO over the
+//            piece, is what the piece sends. ONE AllGather of dM; the suffix G of every piece.
+//            pass 2: dK += diag(lambda^(L-j)) V G^T, dV += diag(lambda^(L-j)) K G (j: position in the piece).
+// Softmax layer: pass 1 keeps the chunks' keys and values, ONE AllGather of them (sp/lasp2h.h), pass 2 the
+//   chunk's queries against every key. Backward: pass 1 accumulates the gradient of every gathered key,
+//   ONE ReduceScatter back to the owners, pass 2 adds each chunk's share to its dk, dv.
+// A chunk may straddle the two pieces of a zigzag rank: it runs as one segment per piece.
+#pragma once
+#include <vector>
+
+#include "comm/comm.h"
+#include "model/attention.h"
+#include "sp/grid.h"
+#include "sp/lasp2h.h"
+
+namespace lasp {
+
+class Lasp2ChunkedAttention : public Attention {
+ public:
+  // shape.N: this rank's tokens per row (global_N / W); chunk: tokens per row in one chunk of the model.
+  Lasp2ChunkedAttention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers, int chunk);
+  const int* positions() const override { return positions_.data(); }  // the running chunk's
+  double memory_floats(const std::string& layer_types) const override;
+
+  bool layer_major() const override { return true; }
+  void begin_chunk(int begin, int length, Pass pass) override;
+  void linear_collect(int layer, const float* k, const float* v, const float* lambda) override;
+  void softmax_collect(int layer, const float* k, const float* v) override;
+  void linear_exchange(int layer, Pass pass, const float* lambda) override;
+  void softmax_exchange(int layer, Pass pass) override;
+  bool linear_key_gradients(int layer, float* dk, float* dv, const float* k, const float* v,
+                            const float* lambda) override;
+  bool softmax_key_gradients(int layer, float* dk, float* dv) override;
+
+  void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
+                      const float* lambda) override;
+  void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
+                       const float* k, const float* v, const float* lambda) override;
+  void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override;
+  void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
+                        const float* lse, const float* q, const float* k, const float* v) override;
+
+ private:
+  // The running chunk cut at piece boundaries: local piece index, first token's position in the piece, its
+  // row in the chunk, tokens.
+  struct Segment {
+    int piece, at, row, length;
+  };
+  Comm& sp_;
+  AttentionShape s_;  // s_.N: this rank's tokens per row
+  int global_N_, chunk_, chunks_, piece_len_;
+  std::vector<Piece> mine_;
+  std::vector<std::pair<int, int>> owner_;  // global piece -> (rank, index among its pieces)
+  std::vector<int> all_positions_, positions_;  // this rank's global positions; the running chunk's
+  int begin_ = 0, length_ = 0, index_ = 0;
+  Pass pass_ = Pass::forward;
+  std::vector<Segment> segments_;
+  WorkspaceBuffer ws_{0};       // the kernels' (a chunk of queries)
+  std::vector<float> scratch_;  // per thread: (chunk, d)
+  // Linear layers. Per layer: P of each local piece (pieces, B, H, d, d); the state entering each chunk
+  // (chunks, B, H, d, d; written where a chunk starts inside a piece). For the pass under way: the piece
+  // states or their gradients to send (pieces, B, H, d, d), those of every rank, the suffix G, the state or
+  // state gradient carried between chunks (B, H, d, d) and the next one.
+  std::vector<std::vector<float>> incoming_, entering_;
+  std::vector<float> send_, recv_, suffix_, carry_, carry_next_;
+  // Softmax layers: this rank's keys and values (2, B, N, H_kv, d) collected in pass 1, then in the backward
+  // their gradients from the reduce-scatter; the gathered keys' gradients of the layer under way.
+  Lasp2H softmax_;
+  std::vector<float> local_kv_;
+  float* dkv_ = nullptr;
+  int dkv_layer_ = -1;
+
+  size_t state_floats() const { return size_t(s_.B) * s_.H * s_.d * s_.d; }  // one piece's, (B, H, d, d)
+  size_t kv_floats() const { return size_t(s_.B) * s_.N * s_.H_kv * s_.d; }  // this rank's keys
+  bool first_piece(int i) const { return mine_[i].index == 0; }
+  bool last_piece(int i) const { return mine_[i].index == int(owner_.size()) - 1; }
+  // Runs f(segment, b, h, thread scratch) over every segment of the running chunk, row and head, in parallel.
+  template <class F>
+  void for_each_head(F f);
+};
+
+}  // namespace lasp

@@ -1,0 +1,38 @@
+#include "sp/piece_states.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/linear_attention.h"
+
+namespace lasp {
+
+void decayed_rows(float* dst, const float* src, int ld, const float* pw, bool tail, int n, int d, float scale) {
+  for (int i = 0; i < n; ++i) {
+    const float f = scale * pw[tail ? n - i : i];
+    for (int x = 0; x < d; ++x) dst[long(i) * d + x] = f * src[long(i) * ld + x];
+  }
+}
+
+void scan_piece_states(float* out, const float* gathered, const std::vector<std::pair<int, int>>& owner, int rank,
+                       int B, int H, int d, const float* lambda, int piece_len, bool forward) {
+  const size_t dd = size_t(d) * d;
+  const int pieces = int(owner.size()), W = std::max_element(owner.begin(), owner.end())->first + 1;
+  const size_t per_rank = size_t(pieces / W) * B * H * dd;
+  auto at = [&](int piece, int b, int h) { return ((size_t(piece) * B + b) * H + h) * dd; };
+  std::vector<float> acc(dd);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h) {
+      const float decay = decay_power(lambda ? double(lambda[h]) : 1.0, piece_len);
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int step = 0; step < pieces; ++step) {
+        const int p = forward ? step : pieces - 1 - step;
+        const auto [r, i] = owner[p];
+        if (r == rank) std::memcpy(out + at(i, b, h), acc.data(), sizeof(float) * dd);
+        const float* m = gathered + size_t(r) * per_rank + at(i, b, h);
+        for (size_t x = 0; x < dd; ++x) acc[x] = decay * acc[x] + m[x];
+      }
+    }
+}
+
+}  // namespace lasp

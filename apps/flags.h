@@ -133,8 +133,8 @@ inline void add_memory_flags(CLI::App* cmd, lasp::MemoryRequest& m) {
       ->transform(CLI::CheckedTransformer(std::map<std::string, lasp::Precision>{{"fp32", lasp::Precision::fp32},
                                                                               {"bf16", lasp::Precision::bf16}}))
       ->default_str("fp32");
-  cmd->add_option("--chunk", m.chunk, "run the sequence in chunks of this many tokens through every layer (one SP rank), "
-                  "whatever the plan would choose")->check(kAtLeastOne);
+  cmd->add_option("--chunk", m.chunk, "run the sequence in chunks of this many tokens, whatever the plan would choose: "
+                  "through every layer on one SP rank, layer by layer across SP ranks (lasp2)")->check(kAtLeastOne);
 }
 
 }  // namespace lasp_cli

@@ -75,7 +75,8 @@ TEST(MemoryPlan, ForcedPlansAndSeveralRanks) {
   // A forced plan that does not fit is refused, not run.
   EXPECT_THROW(plan_memory(c, s, nullptr, {0.01, false, 1000}, true), Error);
 
-  // Several SP ranks (any attention stands in for the method's): keep, else recompute, never chunks.
+  // Several SP ranks (any attention stands in for the method's): keep, else recompute; chunks only with the
+  // method's layer-major form.
   LocalAttention method(s);
   const double keep = estimate(c, s, false, 0, &method), recompute = estimate(c, s, true, 0, &method);
   ASSERT_LT(recompute, keep);
@@ -86,7 +87,7 @@ TEST(MemoryPlan, ForcedPlansAndSeveralRanks) {
     plan_memory(c, s, &method, {1000, false, 512}, true);
     FAIL() << "no error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("--chunk runs the sequence in chunks on one sequence-parallel rank"),
+    EXPECT_NE(std::string(e.what()).find("--chunk across sequence-parallel ranks needs a method with a chunked form"),
               std::string::npos)
         << e.what();
   }
@@ -97,6 +98,28 @@ TEST(MemoryPlan, ForcedPlansAndSeveralRanks) {
     EXPECT_NE(std::string(e.what()).find("or spread the sequence over more --sp-size ranks"), std::string::npos)
         << e.what();
   }
+
+  // With a layer-major form (a chunked attention stands in for its memory): below recompute's estimate, the
+  // largest chunk that fits, layer by layer; --chunk forces one.
+  const LayerMajorAttention layer_major = [&](int chunk) -> std::unique_ptr<Attention> {
+    AttentionShape cs = s;
+    cs.N = chunk;
+    return std::make_unique<ChunkedAttention>(cs, s.N, c.num_hidden_layers);
+  };
+  const MemoryPlan lm = plan_memory(c, s, &method, {recompute * 0.9 / kGiB, false, 0}, true, layer_major);
+  EXPECT_TRUE(lm.model.layer_major && lm.model.recompute);
+  EXPECT_EQ(lm.model.chunk, 2048);
+  EXPECT_LE(lm.bytes, recompute * 0.9);
+  EXPECT_NE(lm.describe().find("chunks of 2048 tokens, layer by layer"), std::string::npos) << lm.describe();
+  const MemoryPlan forced = plan_memory(c, s, &method, {1000, false, 512}, true, layer_major);
+  EXPECT_TRUE(forced.model.layer_major);
+  EXPECT_EQ(forced.model.chunk, 512);
+  // What a layer-major plan keeps beyond one chunk's recompute plan: the residual stream entering each layer
+  // and the last one's output, for the whole piece.
+  ModelPlan by_layer{true, 512};
+  by_layer.layer_major = true;
+  EXPECT_EQ(Model::activation_floats(c, 1, 4096, by_layer) - Model::activation_floats(c, 1, 512, {true}),
+            double(c.num_hidden_layers + 1) * 4096 * c.hidden_size);
 }
 
 // The estimates count what is allocated: the chunked attention after a forward and backward holds what

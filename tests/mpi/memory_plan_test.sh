@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Memory plans through `lasp train` and `lasp eval`: every plan gives the losses of the default plan (5 steps,
 # relative 1e-5) in fp32 (bf16 below): chunks that do not divide the sequence, on one process and on each of
-# 2 DP ranks; per-layer recompute on 1, 2 and 3 SP ranks in both layouts; chunks with recompute inside. The
-# plan line is printed; a limit that nothing fits, and --chunk across SP ranks, are refused clearly.
+# 2 DP ranks; per-layer recompute on 1, 2 and 3 SP ranks in both layouts; chunks with recompute inside;
+# layer-major chunks on 2 and 3 SP ranks in both layouts and on 2 SP x 2 DP ranks. The plan line is printed; a
+# limit that nothing fits, and --chunk across SP ranks with a method that has no chunks, are refused clearly.
 # usage: memory_plan_test.sh MPIEXEC LASP
 set -euo pipefail
 mpiexec=$1 lasp=$2
@@ -34,7 +35,15 @@ for model in "--layer-types LLLL --decay lightning" "--layer-types LLLN"; do
   run "${name}_sp2_recompute" 2 --batch 2 --sp-size 2 $model --recompute
   run "${name}_sp3_recompute_contiguous" 3 --batch 2 --sp-size 3 --sp-layout contiguous $model --recompute
   run "${name}_sp3_recompute_zigzag" 3 --batch 2 --sp-size 3 --sp-layout zigzag $model --recompute
-  for other in chunk chunk_recompute dp2_chunk recompute sp2_recompute sp3_recompute_contiguous sp3_recompute_zigzag; do
+  # layer-major chunks across SP ranks (lasp2): 13 tokens divide no piece (48, 32, 16 tokens) and straddle
+  # the zigzag pieces
+  run "${name}_sp2_chunk" 2 --batch 2 --sp-size 2 $model --chunk 13
+  expect_plan "${name}_sp2_chunk" "chunks of 13 tokens, layer by layer"
+  run "${name}_sp3_chunk_contiguous" 3 --batch 2 --sp-size 3 --sp-layout contiguous $model --chunk 13
+  run "${name}_sp3_chunk_zigzag" 3 --batch 2 --sp-size 3 --sp-layout zigzag $model --chunk 13
+  run "${name}_sp2_dp2_chunk" 4 --batch 1 --sp-size 2 --dp-size 2 $model --chunk 16
+  for other in chunk chunk_recompute dp2_chunk recompute sp2_recompute sp3_recompute_contiguous sp3_recompute_zigzag \
+      sp2_chunk sp3_chunk_contiguous sp3_chunk_zigzag sp2_dp2_chunk; do
     compare "${name}_keep" "${name}_$other"
   done
 done
@@ -66,5 +75,6 @@ PY
 
 refused "raise --memory-limit to at least" 1 train --data "$dir/text.txt" --seq-len 96 --steps 1 --memory-limit 0.01
 refused "raise --memory-limit to at least" 1 bench train --seq-len 4096 --steps 1 --memory-limit 0.01
-refused "chunks on one sequence-parallel rank" 2 train --data "$dir/text.txt" --seq-len 96 --steps 1 --sp-size 2 --chunk 16
+refused "needs a method with a chunked form (lasp2)" 2 train --data "$dir/text.txt" --seq-len 96 --steps 1 --sp-size 2 \
+  --sp-method ring --chunk 16
 echo "every memory plan agrees"

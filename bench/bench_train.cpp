@@ -104,7 +104,8 @@ nlohmann::ordered_json bench_train(const ModelConfig& config, const TrainBenchOp
     config.save(config_path);
     const std::string out = run_command("/usr/bin/python3 " + o.reference_script + " time-step --config " +
                                         config_path + " --seq-len " + std::to_string(N) + " --batch " +
-                                        std::to_string(B) + " --repeats " + std::to_string(o.steps));
+                                        std::to_string(B) + " --repeats " + std::to_string(o.steps) +
+                                        " --precision " + to_string(o.memory.precision));
     const nlohmann::json torch = reference_json(out);
     r["pytorch"] = torch;
     r["speedup_vs_pytorch"] = r["tokens_per_s"].get<double>() / torch["tokens_per_s"].get<double>();

@@ -17,9 +17,10 @@ Run with /usr/bin/python3 (needs torch and numpy; nothing else). Subcommands:
             same batch every step; prints {"losses": [loss before each update]}; --out saves the result.
   init      --config config.json --out DIR --seed S [--std 0.02]   random fp32 checkpoint
             (matrices ~ N(0, std^2); every norm weight ~ 1 + 0.1 N(0, 1)).
-  time-step --config config.json --seq-len N --batch B --repeats R [--threads T]
-            fp32 forward+backward+AdamW with an efficient chunkwise (block 64) linear attention;
-            prints {"tokens_per_s": ..., "seconds_per_step": median}.
+  time-step --config config.json --seq-len N --batch B --repeats R [--threads T] [--precision fp32|bf16]
+            forward+backward+AdamW with an efficient chunkwise (block 64) linear attention, fp32 or under
+            torch.autocast(bfloat16) (fp32 weights and optimizer; autocast's bf16 matmuls);
+            prints {"tokens_per_s": ..., "seconds_per_step": median, "precision": ...}.
   blas      prints {"blas": the BLAS library PyTorch loaded, "reference": whether it is the slow reference BLAS}
             (Debian's torch takes whatever libblas.so.3 points to; time-step prints the same keys).
   selftest  naive vs chunkwise linear attention, gradcheck of the whole model, causality,
@@ -405,14 +406,16 @@ def cmd_time_step(a):
     for r in range(a.repeats + 1):                                       # first step is a warm-up
         t0 = time.perf_counter()
         opt.zero_grad()
-        loss_of(forward(c, p, t[:, :-1], fast=True), t[:, 1:]).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            loss = loss_of(forward(c, p, t[:, :-1], fast=True), t[:, 1:])
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(list(p.values()), 1.0)
         opt.step()
         if r:
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     print(json.dumps({"tokens_per_s": a.batch * a.seq_len / med, "seconds_per_step": med,
-                      "threads": torch.get_num_threads(), **blas_library()}))
+                      "threads": torch.get_num_threads(), "precision": a.precision, **blas_library()}))
 
 
 def cmd_selftest(a):
@@ -517,6 +520,7 @@ def parse_args(argv):
     s.add_argument("--config", required=True); s.add_argument("--seq-len", type=int, required=True)
     s.add_argument("--batch", type=int, default=1); s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     s = sub.add_parser("blas"); s.set_defaults(fn=cmd_blas)
     s = sub.add_parser("selftest"); s.set_defaults(fn=cmd_selftest)
     return ap.parse_args(argv)

@@ -79,7 +79,7 @@ struct InfoCommand : Command {
 struct TrainCommand : Command {
   ModelFlags model;
   lasp::TrainOptions o;
-  std::string on_save_error = "stop";
+  std::string on_save_error = "stop", save_dtype = "fp32";
 
   explicit TrainCommand(CLI::App& app) {
     cmd = app.add_subcommand("train", "train a model on text, llm.c token shards or the synthetic recall task");
@@ -97,6 +97,9 @@ struct TrainCommand : Command {
     cmd->add_option("--warmup", o.warmup, "warmup steps (default steps/10)")->check(kNonNegative);
     cmd->add_option("--seed", o.seed, "seed of the weights and the data order")->default_val(o.seed);
     cmd->add_option("--save", o.save_dir, "write a checkpoint folder at the end (replaces only a previous checkpoint)");
+    cmd->add_option("--save-dtype", save_dtype, "fp32 | bf16: the dtype of model.safetensors (bf16: half the size, "
+                    "rounded to nearest even; a resume stays exact, the optimizer file keeps the fp32 weights)")
+        ->check(CLI::IsMember({"fp32", "bf16"}));
     cmd->add_option("--save-every", o.save_every, "also save the checkpoint every so many steps (0: at the end only)")
         ->default_val(o.save_every)->check(kNonNegative);
     cmd->add_option("--on-save-error", on_save_error, "a periodic save that fails: stop (the previous checkpoint stays) "
@@ -121,6 +124,7 @@ struct TrainCommand : Command {
   }
   void run(Session& session) override {
     o.continue_on_save_error = on_save_error == "continue";
+    o.save_bf16 = save_dtype == "bf16";
     lasp::Comm& world = session.start_world();
     lasp::train(o.resume_dir.empty() ? model.build() : model.for_resume(o.resume_dir), o, world);
   }

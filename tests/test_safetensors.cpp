@@ -86,6 +86,27 @@ struct Sample {
   void write(const std::string& path) const { lasp::safetensors_write(path, tensors(), {{"format", "pt"}, {"step", "12"}}); }
 };
 
+// --save-dtype bf16: BF16 tensors hold each value rounded to nearest even (ties to the even mantissa), 2 bytes
+// each, and read back as those values; F32 tensors beside them are untouched.
+TEST(Safetensors, Bf16TensorsRoundToNearestEven) {
+  TempDir dir;
+  const std::string path = dir.file("model.safetensors");
+  // 1 + 2^-8 lies halfway between bf16 1 and 1 + 2^-7: to the even 1. 1 + 3 * 2^-8 lies halfway between
+  // 1 + 2^-7 and 1 + 2^-6: to the even 1 + 2^-6. 1 + 2^-8 + 2^-20 is past halfway: up.
+  const std::vector<float> values = {1.f + 0x1p-8f, 1.f + 3 * 0x1p-8f, 1.f + 0x1p-8f + 0x1p-20f, -3.14159f, 0.f,
+                                     0x1p-130f, 65504.f};
+  const std::vector<float> expected = {1.f, 1.f + 0x1p-6f, 1.f + 0x1p-7f, -3.140625f, 0.f, 0x1p-130f, 65536.f};
+  const std::vector<float> exact = {0.5f, 0.25f};
+  lasp::safetensors_write(path, {{"rounded", {7}, values.data(), true}, {"exact", {2}, exact.data()}});
+  SafetensorsFile f = SafetensorsFile::open(path);
+  EXPECT_EQ(f.tensors().at("rounded").dtype, "BF16");
+  EXPECT_EQ(f.tensors().at("rounded").end - f.tensors().at("rounded").begin, 14u);
+  EXPECT_EQ(f.tensors().at("exact").dtype, "F32");
+  const std::vector<float> got = f.read("rounded", {7});
+  for (size_t i = 0; i < values.size(); ++i) EXPECT_EQ(got[i], expected[i]) << "value " << values[i];
+  EXPECT_EQ(f.read("exact", {2}), exact);
+}
+
 TEST(Safetensors, RoundTrip) {
   TempDir dir;
   Sample s;

@@ -9,6 +9,7 @@
 
 #include "core/check.h"
 #include "core/file.h"
+#include "kernels/bf16.h"
 
 namespace lasp {
 
@@ -263,8 +264,9 @@ void safetensors_write(const std::string& path, const std::vector<NamedTensor>& 
       n *= size_t(d);
     }
     LASP_CHECK(n == 0 || t.data != nullptr, "safetensors_write {}: tensor '{}' has no data", path, t.name);
-    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + 4 * n}}};
-    offset += 4 * n;
+    const size_t bytes = (t.bf16 ? 2 : 4) * n;
+    header[t.name] = {{"dtype", t.bf16 ? "BF16" : "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
   }
   std::string h = header.dump();
   h.append((8 - h.size() % 8) % 8, ' ');
@@ -275,7 +277,13 @@ void safetensors_write(const std::string& path, const std::vector<NamedTensor>& 
   for (const auto& t : tensors) {
     size_t n = 1;
     for (int64_t d : t.shape) n *= size_t(d);
-    if (n) bytes.append(reinterpret_cast<const char*>(t.data), 4 * n);  // little-endian host
+    if (n && t.bf16) {
+      std::vector<bf16> rounded(n);
+      to_bf16(rounded.data(), t.data, n);
+      bytes.append(reinterpret_cast<const char*>(rounded.data()), 2 * n);  // little-endian host
+    } else if (n) {
+      bytes.append(reinterpret_cast<const char*>(t.data), 4 * n);
+    }
   }
   write_file_atomic(path, bytes);
 }

@@ -45,9 +45,10 @@ struct NamedTensor {
   std::string name;
   std::vector<int64_t> shape;
   const float* data;  // product(shape) floats
+  bool bf16 = false;  // stored as BF16 (rounded to nearest even), else F32
 };
 
-// Writes F32 tensors, in the given order and contiguous, after a header JSON padded with spaces to a multiple
+// Writes F32 (or BF16) tensors, in the given order and contiguous, after a header JSON padded with spaces to a multiple
 // of 8 bytes (so the data section is 8-byte aligned), atomically (write_file_atomic). metadata: null or an
 // object whose values are strings (the safetensors format requires string values), stored as "__metadata__".
 void safetensors_write(const std::string& path, const std::vector<NamedTensor>& tensors,

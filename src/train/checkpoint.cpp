@@ -115,9 +115,10 @@ void check_finite(const std::string& what, const ParamLayout& layout, const std:
 }
 
 void write_tensors(const std::string& path, const ParamLayout& layout, const std::vector<float>& values,
-                   const std::string& prefix) {
+                   const std::string& prefix, bool bf16) {
   std::vector<NamedTensor> tensors;
-  for (const TensorSpec& t : layout.specs()) tensors.push_back({prefix + t.name, t.shape, values.data() + t.offset});
+  for (const TensorSpec& t : layout.specs())
+    tensors.push_back({prefix + t.name, t.shape, values.data() + t.offset, bf16});
   safetensors_write(path, tensors, {{"format", "pt"}, {"writer", "lasp"}});
 }
 
@@ -181,12 +182,13 @@ TrainerState parse_trainer_state(const std::string& text, const std::string& pat
   return s;
 }
 
-uint64_t checkpoint_bytes(const ParamLayout& layout, bool with_optimizer) {
+uint64_t checkpoint_bytes(const ParamLayout& layout, bool with_optimizer, bool bf16_weights) {
   uint64_t floats = 0;
   for (const TensorSpec& t : layout.specs()) floats += t.size;
-  const uint64_t per_tensor_header = 160;  // JSON header entry per tensor, generously
-  const uint64_t one = 4 * floats + per_tensor_header * layout.specs().size();
-  return (with_optimizer ? 3 * one : one) + 64 * 1024;  // config.json, trainer_state.json
+  const uint64_t headers = 160 * layout.specs().size();  // JSON header entry per tensor, generously
+  const uint64_t weights = (bf16_weights ? 2 : 4) * floats + headers, fp32 = 4 * floats + headers;
+  const uint64_t optimizer = with_optimizer ? (bf16_weights ? 3 : 2) * fp32 : 0;  // m, v (and the masters)
+  return weights + optimizer + 64 * 1024;  // config.json, trainer_state.json
 }
 
 void check_checkpoint_target(const std::string& dir_in, uint64_t bytes) {
@@ -210,7 +212,7 @@ void check_checkpoint_target(const std::string& dir_in, uint64_t bytes) {
 }
 
 void save_checkpoint(const std::string& dir_in, const ModelConfig& config, const ParamLayout& layout,
-                     const std::vector<float>& params, const OptimizerState* optimizer) {
+                     const std::vector<float>& params, const OptimizerState* optimizer, bool bf16_weights) {
   const std::string dir = without_trailing_slashes(dir_in);
   check_finite("checkpoint " + dir, layout, params, "");
   if (optimizer) {
@@ -224,13 +226,14 @@ void save_checkpoint(const std::string& dir_in, const ModelConfig& config, const
   fs::remove_all(tmp, ec);
   LASP_CHECK(::mkdir(tmp.c_str(), 0755) == 0, "cannot create checkpoint folder {}: {}", tmp, std::strerror(errno));
   try {
-    write_tensors(tmp + "/model.safetensors", layout, params, "");
+    write_tensors(tmp + "/model.safetensors", layout, params, "", bf16_weights);
     config.save(tmp + "/config.json");
     if (optimizer) {
       std::vector<NamedTensor> tensors;
       for (const TensorSpec& t : layout.specs()) {
         tensors.push_back({"m." + t.name, t.shape, optimizer->m->data() + t.offset});
         tensors.push_back({"v." + t.name, t.shape, optimizer->v->data() + t.offset});
+        if (bf16_weights) tensors.push_back({"w." + t.name, t.shape, params.data() + t.offset});
       }
       safetensors_write(tmp + "/optimizer.safetensors", tensors, {{"writer", "lasp"}});
       write_file_atomic(tmp + "/trainer_state.json", optimizer->trainer.to_json().dump(2) + "\n");
@@ -263,7 +266,7 @@ void load_checkpoint_weights(const std::string& dir, const ParamLayout& layout, 
 }
 
 TrainerState load_optimizer_state(const std::string& dir, const ParamLayout& layout, std::vector<float>& m,
-                                  std::vector<float>& v) {
+                                  std::vector<float>& v, std::vector<float>& params) {
   const std::string state_path = dir + "/trainer_state.json";
   LASP_CHECK(fs::exists(state_path) && fs::exists(dir + "/optimizer.safetensors"),
              "--resume {}: no optimizer.safetensors / trainer_state.json there (a checkpoint saved by lasp train)", dir);
@@ -271,6 +274,7 @@ TrainerState load_optimizer_state(const std::string& dir, const ParamLayout& lay
   const SafetensorsFile file = SafetensorsFile::open(dir + "/optimizer.safetensors");
   read_tensors(file, layout, m, "m.");
   read_tensors(file, layout, v, "v.");
+  if (file.has("w." + layout.specs().front().name)) read_tensors(file, layout, params, "w.");  // bf16 weights' masters
   return state;
 }
 

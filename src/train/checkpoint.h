@@ -1,5 +1,6 @@
-// A checkpoint is a folder (MODEL.md): config.json + model.safetensors (fp32, Hugging Face names), and
-// for a resumable training run optimizer.safetensors (the AdamW moments, "m.<name>" and "v.<name>") and
+// A checkpoint is a folder (MODEL.md): config.json + model.safetensors (fp32, or bf16 with --save-dtype bf16;
+// Hugging Face names), and for a resumable training run optimizer.safetensors (the AdamW moments, "m.<name>"
+// and "v.<name>"; with bf16 weights also the fp32 master weights "w.<name>", so that a resume is exact) and
 // trainer_state.json (step, data position, run layout). The folder is written under a temporary name
 // (NAME.tmp.HOST.PID) and swapped in, so a crash leaves either the old checkpoint or the new one, never a
 // mix; a save only ever replaces a previous lasp checkpoint (or an empty folder), never anything else.
@@ -35,8 +36,9 @@ struct OptimizerState {
   TrainerState trainer;
 };
 
-// Bytes a checkpoint of this layout takes on disk (with the optimizer: weights + two moments).
-uint64_t checkpoint_bytes(const ParamLayout& layout, bool with_optimizer);
+// Bytes a checkpoint of this layout takes on disk (with the optimizer: weights + two moments, + the fp32
+// master weights when the weights are bf16).
+uint64_t checkpoint_bytes(const ParamLayout& layout, bool with_optimizer, bool bf16_weights = false);
 
 // Before training: checks that `dir` can take a checkpoint of `bytes` (throws lasp::Error saying what is
 // wrong otherwise): dir is absent, an empty folder or a previous lasp checkpoint (nothing but its files);
@@ -45,16 +47,19 @@ uint64_t checkpoint_bytes(const ParamLayout& layout, bool with_optimizer);
 void check_checkpoint_target(const std::string& dir, uint64_t bytes);
 
 // Refuses non-finite values (names the tensor), then writes the folder as described above. On failure the
-// temporary folder is removed, dir is untouched and lasp::Error says why.
+// temporary folder is removed, dir is untouched and lasp::Error says why. bf16_weights: model.safetensors
+// in BF16, rounded to nearest even (half the size; for eval, generate and export).
 void save_checkpoint(const std::string& dir, const ModelConfig& config, const ParamLayout& layout,
-                     const std::vector<float>& params, const OptimizerState* optimizer = nullptr);
+                     const std::vector<float>& params, const OptimizerState* optimizer = nullptr,
+                     bool bf16_weights = false);
 ModelConfig load_checkpoint_config(const std::string& dir);
 // Reads every tensor of the layout into params; a missing or mis-shaped tensor (a config that contradicts
 // the weights) is an error naming the file, the tensor and both shapes. Extra tensors are an error too, and
 // so is a non-finite value (naming the tensor).
 void load_checkpoint_weights(const std::string& dir, const ParamLayout& layout, std::vector<float>& params);
-// Reads the AdamW moments and trainer_state.json; throws if the checkpoint has none.
+// Reads the AdamW moments and trainer_state.json; throws if the checkpoint has none. A checkpoint with bf16
+// weights also holds their fp32 masters: they replace params (read by load_checkpoint_weights, rounded).
 TrainerState load_optimizer_state(const std::string& dir, const ParamLayout& layout, std::vector<float>& m,
-                                  std::vector<float>& v);
+                                  std::vector<float>& v, std::vector<float>& params);
 
 }  // namespace lasp

@@ -186,7 +186,7 @@ class Saver {
   Saver(const TrainOptions& o, const ModelConfig& config, Model& model, AdamW& optimizer, Comm& world)
       : o_(o), config_(config), model_(model), optimizer_(optimizer), world_(world) {
     // Before any training: a folder that is not a checkpoint, or no room, is found now, not after hours.
-    if (enabled() && world.rank() == 0) check_checkpoint_target(o.save_dir, checkpoint_bytes(model.layout(), true));
+    if (enabled() && world.rank() == 0) check_checkpoint_target(o.save_dir, checkpoint_bytes(model.layout(), true, o.save_bf16));
   }
   bool enabled() const { return !o_.save_dir.empty(); }
   int last_saved() const { return last_saved_; }
@@ -201,7 +201,7 @@ class Saver {
     if (world_.rank() == 0) {
       try {
         OptimizerState opt{&optimizer_.m(), &optimizer_.v(), state};
-        save_checkpoint(o_.save_dir, config_, model_.layout(), model_.params(), &opt);
+        save_checkpoint(o_.save_dir, config_, model_.layout(), model_.params(), &opt, o_.save_bf16);
         last_saved_ = step;
       } catch (const Error& e) {
         if (final_save || !o_.continue_on_save_error)
@@ -240,7 +240,8 @@ void check_finite_step(int step, double loss, double norm, const TrainOptions& o
 // Loads the weights, the AdamW moments and the data position of o.resume_dir; returns the first step to run.
 int resume(const TrainOptions& o, const Grid& grid, Model& model, AdamW& optimizer, WindowSampler& sampler) {
   load_checkpoint_weights(o.resume_dir, model.layout(), model.params());
-  const TrainerState state = load_optimizer_state(o.resume_dir, model.layout(), optimizer.m(), optimizer.v());
+  const TrainerState state =
+      load_optimizer_state(o.resume_dir, model.layout(), optimizer.m(), optimizer.v(), model.params());
   LASP_CHECK(state.step < o.steps, "--resume {}: the checkpoint is at step {} already; --steps {} is the total, so "
              "there is nothing left to train", o.resume_dir, state.step, o.steps);
   optimizer.set_steps(state.step);

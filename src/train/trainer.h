@@ -29,6 +29,7 @@ struct TrainOptions {
   std::optional<int> warmup;   // warmup steps; absent: steps / 10
   uint64_t seed = 1234;
   std::string save_dir;        // empty: no checkpoint; else written every save_every steps and at the end
+  bool save_bf16 = false;      // --save-dtype bf16: model.safetensors in BF16 (the optimizer file keeps fp32 masters)
   int save_every = 0;          // 0: only at the end
   bool continue_on_save_error = false;  // a failed periodic save: warn and train on (default: stop with the error)
   int stop_at = 0;             // > 0: stop (and save) after this step, as an interrupted run would

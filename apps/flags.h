@@ -122,17 +122,22 @@ inline void add_parallel_flags(CLI::App* cmd, lasp::ParallelOptions& p) {
       ->check(CLI::IsMember(sp_method_list()));
 }
 
+// --precision fp32|bf16 (train, eval, bench train, generate).
+inline void add_precision_flag(CLI::App* cmd, lasp::Precision& precision) {
+  cmd->add_option("--precision", precision, "fp32 | bf16: bf16 multiplies the projections' bf16 operands with fp32 "
+                  "accumulation (AMX or AVX-512-BF16); weights, gradients, norms, attention and the loss stay fp32")
+      ->transform(CLI::CheckedTransformer(std::map<std::string, lasp::Precision>{{"fp32", lasp::Precision::fp32},
+                                                                              {"bf16", lasp::Precision::bf16}}))
+      ->default_str("fp32");
+}
+
 // --memory-limit, --recompute, --chunk (model/memory_plan.h).
 inline void add_memory_flags(CLI::App* cmd, lasp::MemoryRequest& m) {
   cmd->add_option("--memory-limit", m.limit_gib, "GiB per rank that the memory plan must fit (default: 90% of this "
                   "node's available memory, shared by its ranks)")->check(kPositive);
   cmd->add_flag("--recompute", m.recompute, "keep each layer's input only and recompute the layer in the backward, "
                 "whatever the plan would choose");
-  cmd->add_option("--precision", m.precision, "fp32 | bf16: bf16 multiplies the projections' bf16 operands with fp32 "
-                  "accumulation (AMX or AVX-512-BF16); weights, gradients, norms, attention and the loss stay fp32")
-      ->transform(CLI::CheckedTransformer(std::map<std::string, lasp::Precision>{{"fp32", lasp::Precision::fp32},
-                                                                              {"bf16", lasp::Precision::bf16}}))
-      ->default_str("fp32");
+  add_precision_flag(cmd, m.precision);
   cmd->add_option("--chunk", m.chunk, "run the sequence in chunks of this many tokens, whatever the plan would choose: "
                   "through every layer on one SP rank, layer by layer across SP ranks (lasp2)")->check(kAtLeastOne);
 }

@@ -170,6 +170,7 @@ struct GenerateCommand : Command {
   float temperature = 0.8f;
   uint64_t seed = 1;
   lasp::ParallelOptions parallel;
+  lasp::Precision precision = lasp::Precision::fp32;
 
   explicit GenerateCommand(CLI::App& app) {
     cmd = app.add_subcommand("generate", "continue a prompt with a trained checkpoint (byte-level text)");
@@ -181,6 +182,7 @@ struct GenerateCommand : Command {
     cmd->add_option("--top-k", top_k, "sample among the k most likely tokens (0: all)")->default_val(top_k)
         ->check(kNonNegative);
     cmd->add_option("--seed", seed, "seed of the sampling")->default_val(seed);
+    add_precision_flag(cmd, precision);
     cmd->add_option("--sp-size", parallel.sp_size, "ranks that prefill the prompt sequence-parallel (under mpirun)")
         ->default_val(1)->check(kAtLeastOne);
     cmd->add_option("--sp-layout", parallel.sp_layout, "contiguous | zigzag (default: zigzag when the model has a "
@@ -206,7 +208,7 @@ struct GenerateCommand : Command {
     }
     LASP_CHECK(int64_t(prompt.size()) + max_new_tokens <= INT_MAX, "generate: the prompt ({} tokens) + "
                "--max-new-tokens {} must be at most {} tokens", prompt.size(), max_new_tokens, INT_MAX);
-    lasp::Decoder decoder(config, params, int(prompt.size()) + max_new_tokens);
+    lasp::Decoder decoder(config, params, int(prompt.size()) + max_new_tokens, precision);
     const lasp::SpLayout sp_layout = lasp::sp_method_layout("", parallel.sp_layout, config, parallel.sp_size);
     std::vector<float> logits =
         sp ? lasp::prefill_sequence_parallel(decoder, config, prompt, *sp, sp_layout) : decoder.prefill(prompt);

@@ -23,13 +23,6 @@ namespace lasp {
 
 namespace {
 
-// y (out) = W (out x in) x (in), W in the nn.Linear layout.
-std::vector<float> project(const float* W, const std::vector<float>& x, int out) {
-  std::vector<float> y(out);
-  gemm(false, true, 1, out, int(x.size()), 1.f, x.data(), int(x.size()), W, int(x.size()), 0.f, y.data(), out);
-  return y;
-}
-
 std::vector<float> rmsnorm(const std::vector<float>& x, const float* weight, int rows, int width, float eps) {
   std::vector<float> out(x.size()), rstd(rows);
   rmsnorm_forward(out.data(), rstd.data(), x.data(), weight, rows, width, eps);
@@ -38,8 +31,22 @@ std::vector<float> rmsnorm(const std::vector<float>& x, const float* weight, int
 
 }  // namespace
 
-Decoder::Decoder(const ModelConfig& config, const std::vector<float>& params, int max_tokens)
-    : config_(config), layout_(config), params_(params), max_tokens_(max_tokens) {
+std::vector<float> Decoder::project(const float* W, const std::vector<float>& x, int out) const {
+  const int in = int(x.size());
+  std::vector<float> y(out);
+  if (precision_ == Precision::fp32) {
+    gemm(false, true, 1, out, in, 1.f, x.data(), in, W, in, 0.f, y.data(), out);
+    return y;
+  }
+  std::vector<bf16> xb(x.size());
+  to_bf16(xb.data(), x.data(), x.size());
+  gemm_bf16(false, true, 1, out, in, 1.f, xb.data(), in, params_bf16_.data() + (W - params_.data()), in, 0.f, y.data(),
+            out);
+  return y;
+}
+
+Decoder::Decoder(const ModelConfig& config, const std::vector<float>& params, int max_tokens, Precision precision)
+    : config_(config), layout_(config), params_(params), max_tokens_(max_tokens), precision_(precision) {
   config_.validate();
   LASP_CHECK(params.size() >= layout_.total(), "decoder: {} parameters given, the model has {}", params.size(),
              layout_.total());
@@ -58,6 +65,10 @@ Decoder::Decoder(const ModelConfig& config, const std::vector<float>& params, in
     lambda_[l].resize(H);
     linear_attention_decays(lambda_[l].data(), H, config.linear.decay);
   }
+  if (precision_ == Precision::bf16) {
+    params_bf16_.resize(layout_.total());
+    to_bf16(params_bf16_.data(), params_.data(), layout_.total());
+  }
 }
 
 std::vector<float> Decoder::prefill(const std::vector<int>& prompt) {
@@ -65,7 +76,9 @@ std::vector<float> Decoder::prefill(const std::vector<int>& prompt) {
   LASP_CHECK(n > 0 && n <= max_tokens_, "decoder: the prompt must hold 1 to {} tokens, got {}", max_tokens_, n);
   const ModelConfig& c = config_;
   const AttentionShape shape{1, n, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), kLinearBlock, threads_};
-  const MemoryPlan plan = plan_memory(c, shape, nullptr, {}, false);
+  MemoryRequest request;
+  request.precision = precision_;
+  const MemoryPlan plan = plan_memory(c, shape, nullptr, request, false);
   const std::unique_ptr<Attention> attention = planned_attention(plan, c, shape, nullptr);
   std::vector<int> positions(n);
   std::iota(positions.begin(), positions.end(), 0);
@@ -83,6 +96,7 @@ std::vector<float> Decoder::prefill(const std::vector<int>& prompt, Attention& a
   const int V = c.vocab_size;
   const int Nl = int(positions.size());
   attention.keep_decode_state(true);
+  plan.precision = precision_;
   Model model(c, 1, Nl, attention, plan);
   std::copy(params_.begin(), params_.begin() + long(layout_.total()), model.params().begin());
   std::vector<int> inputs;

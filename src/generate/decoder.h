@@ -17,14 +17,18 @@ namespace lasp {
 class Decoder {
  public:
   // params: the model's weights in ParamLayout(config) order; max_tokens bounds prompt + generated tokens.
-  Decoder(const ModelConfig& config, const std::vector<float>& params, int max_tokens);
+  // precision bf16: every projection, in the prefill and in each step, multiplies bf16 operands (a bf16 copy
+  // of the weights made here) with fp32 accumulation, as the bf16 forward of training does.
+  Decoder(const ModelConfig& config, const std::vector<float>& params, int max_tokens,
+          Precision precision = Precision::fp32);
   // Runs the prompt (at least one token) in this process, in chunks when the memory plan says so (a long
   // prompt); returns the logits (V) at its last position.
   std::vector<float> prefill(const std::vector<int>& prompt);
   // Runs the first `prefix` prompt tokens through `attention`, an SP method's Attention over those tokens
   // that keeps the decode state (positions: this rank's global positions among them), then the rest of the
   // prompt token by token. Every rank ends with the same decode state and logits.
-  // plan: how the model runs them (a chunked plan needs a ChunkedAttention of that chunk).
+  // plan: how the model runs them (a chunked plan needs a ChunkedAttention of that chunk); its precision is
+  // the decoder's.
   std::vector<float> prefill(const std::vector<int>& prompt, Attention& attention, const std::vector<int>& positions,
                              int prefix, ModelPlan plan = {});
   // Feeds one token at the next position; returns the logits (V) after it.
@@ -42,6 +46,11 @@ class Decoder {
   std::vector<std::vector<float>> state_;   // linear layers: (H, d, d) S = sum_{j<pos} lambda^(pos-j) k_j^T v_j
   std::vector<std::vector<float>> k_cache_, v_cache_;  // softmax layers: (max_tokens, H_kv, d)
   std::vector<std::vector<float>> lambda_;  // per layer, per head
+  Precision precision_;
+  std::vector<bf16> params_bf16_;  // precision bf16: the weights, ParamLayout order
+
+  // y (out) = W (out x in) x (in), W one of the weights in the nn.Linear layout.
+  std::vector<float> project(const float* W, const std::vector<float>& x, int out) const;
 };
 
 // The prompt prefilled sequence-parallel over sp with the default SP method (LASP-2 / LASP-2H): the longest

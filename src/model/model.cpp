@@ -55,28 +55,34 @@ Precision precision_from_string(const std::string& name) {
 
 const char* to_string(Precision precision) { return precision == Precision::bf16 ? "bf16" : "fp32"; }
 
-void Model::project(float* Y, const float* X, const float* W, int in, int out, int rows) {
-  const int T = rows < 0 ? T_ : rows;
-  if (precision_ == Precision::fp32) {
-    gemm(false, true, T, out, in, 1.f, X, in, W, in, 0.f, Y, out);
-    return;
-  }
-  to_bf16(x_bf16_.data(), X, size_t(T) * in);
-  gemm_bf16(false, true, T, out, in, 1.f, x_bf16_.data(), in, bf16_weight(W), in, 0.f, Y, out);
+Model::Input Model::keep(const float* x, bf16* copy, size_t n) {
+  if (precision_ == Precision::fp32) return {x};
+  to_bf16(copy, x, n);
+  return {x, copy};
 }
 
-void Model::project_backward(float* dX, float* dW, const float* dY, const float* X, const float* W, int in, int out,
+void Model::project(float* Y, Input X, const float* W, int in, int out, int rows) {
+  const int T = rows < 0 ? T_ : rows;
+  if (precision_ == Precision::fp32) {
+    gemm(false, true, T, out, in, 1.f, X.f32, in, W, in, 0.f, Y, out);
+    return;
+  }
+  if (!X.b16) X = keep(X.f32, x_bf16_.data(), size_t(T) * in);
+  gemm_bf16(false, true, T, out, in, 1.f, X.b16, in, bf16_weight(W), in, 0.f, Y, out);
+}
+
+void Model::project_backward(float* dX, float* dW, const float* dY, Input X, const float* W, int in, int out,
                              bool dx_fresh, int rows) {
   const int T = rows < 0 ? T_ : rows;
   if (precision_ == Precision::fp32) {
     gemm(false, false, T, in, out, 1.f, dY, out, W, in, dx_fresh ? 0.f : 1.f, dX, in);
-    gemm(true, false, out, in, T, 1.f, dY, out, X, in, 1.f, dW, in);
+    gemm(true, false, out, in, T, 1.f, dY, out, X.f32, in, 1.f, dW, in);
     return;
   }
   to_bf16(dy_bf16_.data(), dY, size_t(T) * out);
-  to_bf16(x_bf16_.data(), X, size_t(T) * in);
+  if (!X.b16) X = keep(X.f32, x_bf16_.data(), size_t(T) * in);
   gemm_bf16(false, false, T, in, out, 1.f, dy_bf16_.data(), out, bf16_weight(W), in, dx_fresh ? 0.f : 1.f, dX, in);
-  gemm_bf16(true, false, out, in, T, 1.f, dy_bf16_.data(), out, x_bf16_.data(), in, 1.f, dW, in);
+  gemm_bf16(true, false, out, in, T, 1.f, dy_bf16_.data(), out, X.b16, in, 1.f, dW, in);
 }
 
 size_t Model::mlp_rows(const ModelPlan& plan, size_t T) {
@@ -87,10 +93,11 @@ void Model::mlp_forward(int l, int r, int rows) {
   const int D = config_.hidden_size, F = config_.intermediate_size;
   const LayerWeights& w = w_.layers[l];
   LayerActs& a = acts(l);
-  const float* hn = a.hn + size_t(r) * D;
+  const Input hn = kept(a.hn, a.hn16).rows_from(size_t(r) * D);
   project(a.g, hn, w.w_gate, D, F, rows);
   project(a.u, hn, w.w_up, D, F, rows);
   swiglu_forward(a.m, a.g, a.u, long(rows) * F);
+  keep(a.m, a.m16, size_t(rows) * F);
 }
 
 void Model::carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPlan& plan, std::vector<float*>& x,
@@ -101,17 +108,23 @@ void Model::carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPla
   const int L = c.num_hidden_layers, D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
   const int H = c.num_attention_heads, d = c.head_dim(), E = H * d, Ekv = c.num_key_value_heads * d;
   const size_t T = size_t(B) * chunk, TF = mlp_rows(plan, T) * F;  // TF: the MLP's values per pass
+  const bool b16 = plan.precision == Precision::bf16;
+  auto take_bf16 = [&](size_t n) { return reinterpret_cast<bf16*>(cv.take((n + 1) / 2)); };
   x.assign(L + 1, nullptr);
   for (int l = 0; l <= L; ++l) x[l] = cv.take(T * D);
   stream.assign(plan.layer_major ? L + 1 : 0, nullptr);
   for (float*& p : stream) p = cv.take(size_t(B) * N * D);
   acts.assign(recompute ? 1 : L, LayerActs{});
+  // Under bf16 the layers keep bf16 copies of xn, hn, m and the gated output: their fp32 forms are shared.
+  const bool shared = b16 && acts.size() > 1, gated = c.linear.output_gate && c.layer_types.find('L') != std::string::npos;
+  float *xn = nullptr, *hn = nullptr, *m = nullptr, *og = nullptr;  // null also while the carver only counts
+  if (shared) xn = cv.take(T * D), hn = cv.take(T * D), m = cv.take(TF), og = gated ? cv.take(T * E) : nullptr;
   for (size_t i = 0; i < acts.size(); ++i) {
     // With recompute the shared set must fit either kind of layer.
     const bool any_linear = recompute ? c.layer_types.find('L') != std::string::npos : c.layer_types[i] == 'L';
     const bool any_softmax = recompute ? c.has_softmax_layer() : c.layer_types[i] == 'N';
     LayerActs& a = acts[i];
-    a.xn = cv.take(T * D);
+    a.xn = shared ? xn : cv.take(T * D);
     a.rstd_in = cv.take(T);
     a.q = cv.take(T * E);
     a.k = cv.take(T * std::max(E, Ekv));
@@ -121,15 +134,16 @@ void Model::carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPla
       a.qp = cv.take(T * E);
       a.kp = cv.take(T * E);
       if (c.linear.output_norm) a.on = cv.take(T * E), a.rstd_o = cv.take(T * H);
-      if (c.linear.output_gate) a.gp = cv.take(T * E), a.og = cv.take(T * E);
+      if (c.linear.output_gate) a.gp = cv.take(T * E), a.og = shared ? og : cv.take(T * E);
     }
     if (any_softmax) a.lse = cv.take(T * H);
     a.h = cv.take(T * D);
-    a.hn = cv.take(T * D);
+    a.hn = shared ? hn : cv.take(T * D);
     a.rstd_post = cv.take(T);
     a.g = cv.take(TF);
     a.u = cv.take(TF);
-    a.m = cv.take(TF);
+    a.m = shared ? m : cv.take(TF);
+    if (b16) a.xn16 = take_bf16(T * D), a.hn16 = take_bf16(T * D), a.m16 = take_bf16(TF), a.ao16 = take_bf16(T * E);
   }
   const size_t wide = T * std::max(E, Ekv);
   s.dres = cv.take(T * D);
@@ -270,7 +284,7 @@ double Model::head_forward(int* predictions) {
   const ModelConfig& c = config_;
   const int D = c.hidden_size, V = c.vocab_size;
   rmsnorm_forward(xf_, rstd_f_, x_[c.num_hidden_layers], w_.final_norm, T_, D, c.rms_norm_eps);
-  project(logits_, xf_, w_.lm_head, D, V);
+  project(logits_, {xf_}, w_.lm_head, D, V);
   if (predictions)
     for (int b = 0; b < B_; ++b)
       for (int i = 0; i < N_; ++i) {
@@ -290,11 +304,12 @@ void Model::forward_layer(int l, bool write_output) {
   const size_t T = T_;
 
   rmsnorm_forward(a.xn, a.rstd_in, x_[l], w.input_norm, T_, D, eps);
+  const Input xn = keep(a.xn, a.xn16, T * D);
   const float* attn_out;  // what o_proj reads
   if (c.layer_types[l] == 'L') {
-    project(a.qp, a.xn, w.wq, D, E);
-    project(a.kp, a.xn, w.wk, D, E);
-    project(a.v, a.xn, w.wv, D, E);
+    project(a.qp, xn, w.wq, D, E);
+    project(a.kp, xn, w.wk, D, E);
+    project(a.v, xn, w.wv, D, E);
     feature_map_forward(a.q, a.qp, long(T * E), c.linear.feature_map);
     feature_map_forward(a.k, a.kp, long(T * E), c.linear.feature_map);
     attention_.linear_forward(l, a.o, a.q, a.k, a.v, lambdas_[l].data());
@@ -304,27 +319,28 @@ void Model::forward_layer(int l, bool write_output) {
       attn_out = a.on;
     }
     if (c.linear.output_gate) {  // o * silu(W_g x)
-      project(a.gp, a.xn, w.wg, D, E);
+      project(a.gp, xn, w.wg, D, E);
       swiglu_forward(a.og, a.gp, attn_out, long(T * E));
       attn_out = a.og;
     }
   } else {
-    project(a.q, a.xn, w.wq, D, E);
-    project(a.k, a.xn, w.wk, D, Ekv);
-    project(a.v, a.xn, w.wv, D, Ekv);
+    project(a.q, xn, w.wq, D, E);
+    project(a.k, xn, w.wk, D, Ekv);
+    project(a.v, xn, w.wv, D, Ekv);
     rope_forward(a.q, a.q, rope(), B_, H);
     rope_forward(a.k, a.k, rope(), B_, Hkv);
     attention_.softmax_forward(l, a.o, a.lse, a.q, a.k, a.v);
     attn_out = a.o;
   }
   // h = x + o_proj(attention); out = h + down(silu(gate(hn)) * up(hn)), hn = RMSNorm(h)
-  project(a.h, attn_out, w.wo, E, D);
+  project(a.h, keep(attn_out, a.ao16, T * E), w.wo, E, D);
   residual_rmsnorm_forward(a.h, a.hn, a.rstd_post, x_[l], w.post_norm, T_, D, eps);
+  keep(a.hn, a.hn16, T * D);
   if (!write_output && recompute_) return;  // the backward runs the MLP again, pass by pass
   for (int r = 0; r < T_; r += mlp_rows_) {  // one pass unless recompute
     const int rows = std::min(mlp_rows_, T_ - r);
     mlp_forward(l, r, rows);
-    if (write_output) project(x_[l + 1] + size_t(r) * D, a.m, w.w_down, F, D, rows);
+    if (write_output) project(x_[l + 1] + size_t(r) * D, kept(a.m, a.m16), w.w_down, F, D, rows);
   }
   if (write_output) add_into(x_[l + 1], a.h, T * D);
 }
@@ -345,7 +361,7 @@ void Model::head_backward(float dloss) {
   const int D = c.hidden_size, V = c.vocab_size, L = c.num_hidden_layers;
   zero(s_.dlogits, size_t(T_) * V);
   cross_entropy_backward(s_.dlogits, logits_, tg_, T_, V, dloss);
-  project_backward(s_.dxn, g_.lm_head, s_.dlogits, xf_, w_.lm_head, D, V, true);
+  project_backward(s_.dxn, g_.lm_head, s_.dlogits, {xf_}, w_.lm_head, D, V, true);
   rmsnorm_backward(s_.dres, g_.final_norm, s_.dxn, x_[L], w_.final_norm, rstd_f_, T_, D, GradStore::overwrite);
 }
 
@@ -374,10 +390,11 @@ void Model::backward_layer(int l) {
     const int rows = std::min(mlp_rows_, T_ - r);
     if (recompute_) mlp_forward(l, r, rows);
     const size_t at = size_t(r) * D;
-    project_backward(s_.dm, g.w_down, s_.dres + at, a.m, w.w_down, F, D, true, rows);
+    project_backward(s_.dm, g.w_down, s_.dres + at, kept(a.m, a.m16), w.w_down, F, D, true, rows);
     swiglu_backward(s_.dg, s_.du, s_.dm, a.g, a.u, long(rows) * F, GradStore::overwrite);
-    project_backward(s_.dhn + at, g.w_gate, s_.dg, a.hn + at, w.w_gate, D, F, true, rows);
-    project_backward(s_.dhn + at, g.w_up, s_.du, a.hn + at, w.w_up, D, F, false, rows);
+    const Input hn = kept(a.hn, a.hn16).rows_from(at);
+    project_backward(s_.dhn + at, g.w_gate, s_.dg, hn, w.w_gate, D, F, true, rows);
+    project_backward(s_.dhn + at, g.w_up, s_.du, hn, w.w_up, D, F, false, rows);
   }
   rmsnorm_backward(s_.dres, g.post_norm, s_.dhn, a.h, w.post_norm, a.rstd_post, T_, D);
 
@@ -387,11 +404,11 @@ void Model::backward_layer(int l) {
   if (c.layer_types[l] == 'L') {
     const float* normed = c.linear.output_norm ? a.on : a.o;
     const float* attn_out = c.linear.output_gate ? a.og : normed;
-    project_backward(s_.da, g.wo, s_.dres, attn_out, w.wo, E, D, true);
+    project_backward(s_.da, g.wo, s_.dres, kept(attn_out, a.ao16), w.wo, E, D, true);
     float* d_normed = s_.da;  // gradient w.r.t. the (normed) attention output
     if (c.linear.output_gate) {
       swiglu_backward(s_.dgp, s_.dqp, s_.da, a.gp, normed, long(T * E), GradStore::overwrite);  // dqp: d(normed)
-      project_backward(s_.dxn, g.wg, s_.dgp, a.xn, w.wg, D, E, true);
+      project_backward(s_.dxn, g.wg, s_.dgp, kept(a.xn, a.xn16), w.wg, D, E, true);
       d_normed = s_.dqp;
     }
     float* d_o = d_normed;
@@ -406,20 +423,22 @@ void Model::backward_layer(int l) {
     attention_.linear_backward(l, s_.dq, s_.dk, s_.dv, d_o, a.q, a.k, a.v, lambdas_[l].data());
     feature_map_backward(s_.dqp, s_.dq, a.qp, long(T * E), c.linear.feature_map, GradStore::overwrite);
     feature_map_backward(s_.dkp, s_.dk, a.kp, long(T * E), c.linear.feature_map, GradStore::overwrite);
-    project_backward(s_.dxn, g.wq, s_.dqp, a.xn, w.wq, D, E, !gated);
-    project_backward(s_.dxn, g.wk, s_.dkp, a.xn, w.wk, D, E);
-    project_backward(s_.dxn, g.wv, s_.dv, a.xn, w.wv, D, E);
+    const Input xn = kept(a.xn, a.xn16);
+    project_backward(s_.dxn, g.wq, s_.dqp, xn, w.wq, D, E, !gated);
+    project_backward(s_.dxn, g.wk, s_.dkp, xn, w.wk, D, E);
+    project_backward(s_.dxn, g.wv, s_.dv, xn, w.wv, D, E);
   } else {
-    project_backward(s_.da, g.wo, s_.dres, a.o, w.wo, E, D, true);
+    project_backward(s_.da, g.wo, s_.dres, kept(a.o, a.ao16), w.wo, E, D, true);
     zero(s_.dq, T * E);
     zero(s_.dk, T * Ekv);
     zero(s_.dv, T * Ekv);
     attention_.softmax_backward(l, s_.dq, s_.dk, s_.dv, s_.da, a.o, a.lse, a.q, a.k, a.v);
     rope_backward(s_.dqp, s_.dq, rope(), B_, H, GradStore::overwrite);
     rope_backward(s_.dkp, s_.dk, rope(), B_, Hkv, GradStore::overwrite);
-    project_backward(s_.dxn, g.wq, s_.dqp, a.xn, w.wq, D, E, true);
-    project_backward(s_.dxn, g.wk, s_.dkp, a.xn, w.wk, D, Ekv);
-    project_backward(s_.dxn, g.wv, s_.dv, a.xn, w.wv, D, Ekv);
+    const Input xn = kept(a.xn, a.xn16);
+    project_backward(s_.dxn, g.wq, s_.dqp, xn, w.wq, D, E, true);
+    project_backward(s_.dxn, g.wk, s_.dkp, xn, w.wk, D, Ekv);
+    project_backward(s_.dxn, g.wv, s_.dv, xn, w.wv, D, Ekv);
   }
   rmsnorm_backward(s_.dres, g.input_norm, s_.dxn, x_[l], w.input_norm, a.rstd_in, T_, D);
 }

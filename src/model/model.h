@@ -82,6 +82,16 @@ class Model {
     float *gp, *og;               // output_gate: (T, E) gate projection, (T, E) gated output
     float *h, *hn, *rstd_post;    // (T, D), (T, D), (T)
     float *g, *u, *m;             // (T, F) gate, up, silu(gate) * up
+    // precision bf16: the projections' inputs as they were multiplied, kept for the weights' gradients in
+    // place of xn, hn, m and the output gate's product (whose fp32 buffers all layers then share):
+    bf16 *xn16, *hn16, *m16, *ao16;  // (T, D), (T, D), (T, F), (T, E): ao16 what o_proj read
+  };
+  // A projection's input: fp32, and under precision bf16 its bf16 copy when one is kept (else a
+  // projection converts it on the spot).
+  struct Input {
+    const float* f32;
+    const bf16* b16 = nullptr;
+    Input rows_from(size_t offset) const { return {f32 ? f32 + offset : nullptr, b16 ? b16 + offset : nullptr}; }
   };
   struct Scratch {  // backward buffers shared by all layers
     float *dres, *dxn, *dhn, *da, *dq, *dk, *dv, *dqp, *dkp, *dgp, *dg, *du, *dm, *dlogits;
@@ -124,10 +134,14 @@ class Model {
   LayerActs& acts(int layer) { return acts_[recompute_ ? 0 : layer]; }
   // Y (T x out) = X (T x in) W^T, W in the nn.Linear layout (out x in), W one of the model's weights.
   // rows: of X and Y (default: every token of the running chunk).
-  void project(float* Y, const float* X, const float* W, int in, int out, int rows = -1);
+  void project(float* Y, Input X, const float* W, int in, int out, int rows = -1);
   // dX += dY W (dX = dY W when dx_fresh), dW += dY^T X.
-  void project_backward(float* dX, float* dW, const float* dY, const float* X, const float* W, int in, int out,
+  void project_backward(float* dX, float* dW, const float* dY, Input X, const float* W, int in, int out,
                         bool dx_fresh = false, int rows = -1);
+  // The input x (n values) with, under precision bf16, its bf16 copy made now into `copy`; kept(): the same
+  // input later, from the copy made then.
+  Input keep(const float* x, bf16* copy, size_t n);
+  Input kept(const float* x, const bf16* copy) const { return {x, precision_ == Precision::bf16 ? copy : nullptr}; }
   // The MLP of layer l over rows [r, r + rows): g, u, m of the pass from hn.
   void mlp_forward(int l, int r, int rows);
   const bf16* bf16_weight(const float* W) const { return weights_bf16_.data() + (W - params_.data()); }

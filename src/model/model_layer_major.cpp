@@ -34,14 +34,15 @@ void Model::layer_keys(int l) {
   const LayerWeights& w = w_.layers[l];
   LayerActs& a = acts(l);
   rmsnorm_forward(a.xn, a.rstd_in, x_[l], w.input_norm, T_, D, c.rms_norm_eps);
+  const Input xn = keep(a.xn, a.xn16, size_t(T_) * D);
   if (c.layer_types[l] == 'L') {
-    project(a.kp, a.xn, w.wk, D, E);
+    project(a.kp, xn, w.wk, D, E);
     feature_map_forward(a.k, a.kp, long(T_) * E, c.linear.feature_map);
-    project(a.v, a.xn, w.wv, D, E);
+    project(a.v, xn, w.wv, D, E);
   } else {
-    project(a.k, a.xn, w.wk, D, Ekv);
+    project(a.k, xn, w.wk, D, Ekv);
     rope_forward(a.k, a.k, rope(), B_, c.num_key_value_heads);
-    project(a.v, a.xn, w.wv, D, Ekv);
+    project(a.v, xn, w.wv, D, Ekv);
   }
 }
 
@@ -63,8 +64,8 @@ void Model::key_gradients_backward(int l) {
     feature_map_backward(s_.dkp, s_.dk, a.kp, long(T_) * E, c.linear.feature_map, GradStore::overwrite);
   else
     rope_backward(s_.dkp, s_.dk, rope(), B_, c.num_key_value_heads, GradStore::overwrite);
-  project_backward(s_.dxn, g.wk, s_.dkp, a.xn, w.wk, D, width, true);
-  project_backward(s_.dxn, g.wv, s_.dv, a.xn, w.wv, D, width);
+  project_backward(s_.dxn, g.wk, s_.dkp, kept(a.xn, a.xn16), w.wk, D, width, true);
+  project_backward(s_.dxn, g.wv, s_.dv, kept(a.xn, a.xn16), w.wv, D, width);
   float* grad = stream_[c.num_hidden_layers];
   load(s_.dres, grad);
   rmsnorm_backward(s_.dres, g.input_norm, s_.dxn, x_[l], w.input_norm, a.rstd_in, T_, D);

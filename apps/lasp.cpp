@@ -23,6 +23,7 @@
 #include "model/params.h"
 #include "train/checkpoint.h"
 #include "train/plot.h"
+#include "train/tokenizer.h"
 #include "train/trainer.h"
 
 namespace {
@@ -80,6 +81,7 @@ struct TrainCommand : Command {
   ModelFlags model;
   lasp::TrainOptions o;
   std::string on_save_error = "stop", save_dtype = "fp32";
+  void follow_tokenizer();
 
   explicit TrainCommand(CLI::App& app) {
     cmd = app.add_subcommand("train", "train a model on text, llm.c token shards or the synthetic recall task");
@@ -125,10 +127,26 @@ struct TrainCommand : Command {
   void run(Session& session) override {
     o.continue_on_save_error = on_save_error == "continue";
     o.save_bf16 = save_dtype == "bf16";
+    follow_tokenizer();
     lasp::Comm& world = session.start_world();
     lasp::train(o.resume_dir.empty() ? model.build() : model.for_resume(o.resume_dir), o, world);
   }
 };
+
+// Token shards written by `lasp tokenize` sit beside their tokenizer.model: a new model takes its vocabulary.
+void TrainCommand::follow_tokenizer() {
+  const std::string path = (std::filesystem::path(o.data_path).parent_path() / "tokenizer.model").string();
+  if (!o.resume_dir.empty() || !std::filesystem::exists(path)) return;
+  const int vocab = lasp::Tokenizer::load(path).vocab_size();
+  if (model.vocab || !model.config_path.empty()) {
+    const int given = model.vocab ? *model.vocab : lasp::ModelConfig::load(model.config_path).vocab_size;
+    LASP_CHECK(given >= vocab, "train: the model's vocabulary of {} is smaller than that of the data's tokenizer {} "
+               "({} pieces)", given, path, vocab);
+    return;
+  }
+  model.vocab = vocab;
+  std::fprintf(stderr, "lasp: vocabulary %d from %s\n", vocab, path.c_str());
+}
 
 struct EvalCommand : Command {
   std::string checkpoint, data, format = "auto";
@@ -235,6 +253,41 @@ struct PlotCommand : Command {
     if (out.empty()) out = metrics.substr(0, metrics.rfind('.')) + ".png";
     lasp::plot_metrics(metrics, out);
     std::printf("wrote %s\n", out.c_str());
+  }
+};
+
+struct TokenizeCommand : Command {
+  lasp::TokenizeOptions o;
+  explicit TokenizeCommand(CLI::App& app) {
+    cmd = app.add_subcommand("tokenize", "text files -> a SentencePiece tokenizer and llm.c token shards (subword text)");
+    cmd->add_option("--input", o.inputs, "text files; each is one document unless --separator says otherwise")
+        ->required()->expected(1, -1);
+    cmd->add_option("--out", o.out_dir, "folder for tokenizer.model and tokens_NNNNNN.bin (new, empty, or an earlier "
+                    "tokenize's)")->required();
+    cmd->add_option("--vocab-size", o.vocab_size, "pieces of the tokenizer to train (at most 65536: uint16 shards)")
+        ->check(kAtLeastOne);
+    cmd->add_option("--model-type", o.model_type, "bpe | unigram")->default_val(o.model_type)
+        ->check(CLI::IsMember({"bpe", "unigram"}));
+    cmd->add_option("--model", o.model, "a SentencePiece .model to use instead of training one");
+    cmd->add_option("--separator", o.separator, "a string that separates documents inside the files (default: one "
+                    "document per file)");
+    cmd->add_option("--shard-tokens", o.shard_tokens, "tokens per shard")->default_val(o.shard_tokens)->check(kAtLeastOne);
+  }
+  void run(Session&) override {
+    LASP_CHECK(!o.model.empty() || o.vocab_size > 0, "tokenize: give --vocab-size to train a tokenizer, or --model");
+    o.threads = omp_get_max_threads();
+    double shown = -1;
+    const lasp::TokenizeReport r = lasp::tokenize(o, [&](int64_t done, int64_t all) {
+      const double fraction = all > 0 ? double(done) / double(all) : 1.0;
+      if (all > (64 << 20) && fraction - shown >= 0.01) {  // a progress line on long inputs
+        std::fprintf(stderr, "\rtokenize: %.0f%% of %.1f MB", 100 * fraction, double(all) / 1e6);
+        shown = fraction;
+      }
+    });
+    if (shown >= 0) std::fprintf(stderr, "\n");
+    std::printf("tokenize: %lld documents, %lld bytes -> %lld tokens (%.2f bytes per token), vocabulary %d, %zu "
+                "shard(s) in %s\n", (long long)r.documents, (long long)r.bytes, (long long)r.tokens,
+                r.tokens ? double(r.bytes) / double(r.tokens) : 0.0, r.vocab_size, r.shards.size(), o.out_dir.c_str());
   }
 };
 
@@ -351,6 +404,7 @@ int main(int argc, char** argv) {
   commands.push_back(std::make_unique<EvalCommand>(app));
   commands.push_back(std::make_unique<GenerateCommand>(app));
   commands.push_back(std::make_unique<PlotCommand>(app));
+  commands.push_back(std::make_unique<TokenizeCommand>(app));
   CLI::App* bench = app.add_subcommand("bench", "benchmarks");
   bench->require_subcommand(1);
   commands.push_back(std::make_unique<BenchKernelsCommand>(*bench));

@@ -13,6 +13,7 @@ packages=(
   python3-torch python3-numpy       # PyTorch reference (run with /usr/bin/python3)
   libopenblas0-pthread              # an optimized BLAS for PyTorch, which otherwise runs on the reference BLAS (~25x slower)
   gnuplot-nox                       # `lasp plot`: loss curves as PNG
+  libsentencepiece-dev python3-sentencepiece  # `lasp tokenize` (subword text); Python's, to check its encodings
   procps iproute2                   # pgrep in the failure tests; ip and tc for scripts/bench_shaped.sh
 )
 # scripts/fuzz.sh: clang 16 (14 rejects C++20 lambda captures of bindings), libFuzzer, ASan/UBSan, OpenMP

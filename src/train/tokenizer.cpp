@@ -1,0 +1,211 @@
+#include "train/tokenizer.h"
+
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <unordered_map>
+
+#include "core/check.h"
+#include "core/file.h"
+#include "train/data.h"
+
+namespace lasp {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int kMaxUint16Vocab = 65536;
+
+// SentencePiece's training reads sentences: here, the lines of the input files, one file after another.
+class FileLines : public sentencepiece::SentenceIterator {
+ public:
+  explicit FileLines(const std::vector<std::string>& paths) : paths_(paths) { Next(); }
+  bool done() const override { return done_; }
+  const std::string& value() const override { return line_; }
+  sentencepiece::util::Status status() const override { return {}; }
+  void Next() override {
+    while (true) {
+      if (in_.is_open() && std::getline(in_, line_)) return;
+      if (next_ == paths_.size()) {
+        done_ = true;
+        return;
+      }
+      in_ = std::ifstream(paths_[next_++], std::ios::binary);
+    }
+  }
+
+ private:
+  std::vector<std::string> paths_;
+  size_t next_ = 0;
+  std::ifstream in_;
+  std::string line_;
+  bool done_ = false;
+};
+
+std::string train_model(const TokenizeOptions& o) {
+  LASP_CHECK(o.vocab_size > 0 && o.vocab_size <= kMaxUint16Vocab,
+             "tokenize: --vocab-size must be 1 to {} (token shards hold uint16 ids), got {}", kMaxUint16Vocab,
+             o.vocab_size);
+  LASP_CHECK(o.model_type == "bpe" || o.model_type == "unigram", "tokenize: --model-type must be bpe or unigram, got '{}'",
+             o.model_type);
+  const std::unordered_map<std::string, std::string> args = {
+      {"vocab_size", std::to_string(o.vocab_size)},
+      {"model_type", o.model_type},
+      // every byte kept: decode(encode(text)) == text, newlines and indentation included
+      {"normalization_rule_name", "identity"},
+      {"remove_extra_whitespaces", "false"},
+      {"add_dummy_prefix", "false"},
+      {"allow_whitespace_only_pieces", "true"},
+      {"byte_fallback", "true"},
+      {"character_coverage", "1.0"},
+      {"split_digits", "true"},
+      {"unk_id", "0"}, {"bos_id", "1"}, {"eos_id", "2"}, {"pad_id", "-1"},
+      // a sample of the lines of a large corpus, as SentencePiece recommends
+      {"input_sentence_size", "2000000"},
+      {"shuffle_input_sentence", "true"},
+      {"num_threads", std::to_string(std::max(1, o.threads))},
+      {"minloglevel", "2"},
+  };
+  FileLines lines(o.inputs);
+  std::string model;
+  const auto status = sentencepiece::SentencePieceTrainer::Train(args, &lines, &model);
+  LASP_CHECK(status.ok(), "tokenize: training a {} tokenizer of {} pieces failed: {}", o.model_type, o.vocab_size,
+             status.ToString());
+  return model;
+}
+
+// The output folder: absent (created), empty, or an earlier tokenize's (its shards are removed).
+void prepare_out_dir(const std::string& dir) {
+  LASP_CHECK(!dir.empty(), "tokenize: --out is required");
+  if (!fs::exists(dir)) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    LASP_CHECK(!ec, "tokenize: cannot create --out {}: {}", dir, ec.message());
+    return;
+  }
+  LASP_CHECK(fs::is_directory(dir), "tokenize: --out {} exists and is not a folder", dir);
+  std::vector<fs::path> old;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    const bool ours = name == "tokenizer.model" || (name.rfind("tokens_", 0) == 0 && entry.path().extension() == ".bin");
+    LASP_CHECK(ours, "tokenize: --out {} holds '{}', which tokenize did not write; give an empty or new folder", dir,
+               name);
+    old.push_back(entry.path());
+  }
+  for (const fs::path& p : old) fs::remove(p);
+}
+
+// The documents of the inputs, one at a time: each file whole, or the pieces between separators.
+template <class F>
+void for_each_document(const TokenizeOptions& o, F f) {
+  for (const std::string& path : o.inputs) {
+    const std::string text = read_file(path);
+    if (o.separator.empty()) {
+      f(text, path);
+      continue;
+    }
+    size_t begin = 0, index = 0;
+    while (true) {
+      const size_t end = text.find(o.separator, begin);
+      const std::string where = fmt::format("{} (document {} between separators)", path, index++);
+      if (end == std::string::npos) {
+        if (begin < text.size() || begin == 0) f(text.substr(begin), where);  // a trailing separator ends the last
+        break;
+      }
+      f(text.substr(begin, end - begin), where);
+      begin = end + o.separator.size();
+    }
+  }
+}
+
+}  // namespace
+
+Tokenizer Tokenizer::load(const std::string& path) {
+  Tokenizer t;
+  t.sp_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
+  t.path_ = path;
+  const auto status = t.sp_->LoadFromSerializedProto(read_file(path));
+  LASP_CHECK(status.ok(), "{}: not a SentencePiece model: {}", path, status.ToString());
+  return t;
+}
+
+Tokenizer::~Tokenizer() = default;
+Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
+Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
+
+int Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
+int Tokenizer::bos() const { return sp_->bos_id(); }
+
+std::vector<int> Tokenizer::encode(const std::string& text) const {
+  std::vector<int> ids;
+  const auto status = sp_->Encode(text, &ids);
+  LASP_CHECK(status.ok(), "{}: encoding failed: {}", path_, status.ToString());
+  return ids;
+}
+
+std::string Tokenizer::decode(const std::vector<int>& ids) const {
+  for (int id : ids)
+    LASP_CHECK(id >= 0 && id < vocab_size(), "{}: token id {} is outside the vocabulary of {}", path_, id, vocab_size());
+  std::string text;
+  const auto status = sp_->Decode(ids, &text);
+  LASP_CHECK(status.ok(), "{}: decoding failed: {}", path_, status.ToString());
+  return text;
+}
+
+TokenizeReport tokenize(const TokenizeOptions& o, const std::function<void(int64_t, int64_t)>& progress) {
+  LASP_CHECK(!o.inputs.empty(), "tokenize: no --input files");
+  LASP_CHECK(o.shard_tokens > 0 && o.shard_tokens <= INT32_MAX, "tokenize: --shard-tokens must be 1 to {}, got {}",
+             INT32_MAX, o.shard_tokens);
+  int64_t total_bytes = 0;
+  for (const std::string& path : o.inputs) {
+    std::error_code ec;
+    const auto size = fs::file_size(path, ec);
+    LASP_CHECK(!ec && fs::is_regular_file(path), "tokenize: cannot read --input {}: {}", path,
+               ec ? ec.message() : "not a regular file");
+    total_bytes += int64_t(size);
+  }
+  prepare_out_dir(o.out_dir);
+  const std::string model_path = o.out_dir + "/tokenizer.model";
+  if (o.model.empty()) {
+    write_file_atomic(model_path, train_model(o));
+  } else {
+    const std::string bytes = read_file(o.model);
+    write_file_atomic(model_path, bytes);
+  }
+  const Tokenizer tok = Tokenizer::load(model_path);
+  TokenizeReport r;
+  r.vocab_size = tok.vocab_size();
+  LASP_CHECK(r.vocab_size <= kMaxUint16Vocab, "tokenize: {} has {} pieces; token shards hold uint16 ids, at most {}",
+             o.model.empty() ? model_path : o.model, r.vocab_size, kMaxUint16Vocab);
+  LASP_CHECK(o.vocab_size == 0 || o.model.empty() || o.vocab_size == r.vocab_size,
+             "tokenize: --vocab-size {} contradicts --model {}, which has {} pieces", o.vocab_size, o.model, r.vocab_size);
+  LASP_CHECK(tok.bos() >= 0, "tokenize: {} has no BOS piece, which starts every document", o.model);
+
+  std::vector<uint16_t> shard;
+  auto flush = [&] {
+    if (shard.empty()) return;
+    const std::string path = fmt::format("{}/tokens_{:06d}.bin", o.out_dir, r.shards.size());
+    write_token_shard(path, shard);
+    r.shards.push_back(path);
+    shard.clear();
+  };
+  for_each_document(o, [&](const std::string& text, const std::string& where) {
+    LASP_CHECK(!text.empty(), "tokenize: empty document in {}", where);
+    std::vector<int> ids = tok.encode(text);
+    ids.insert(ids.begin(), tok.bos());
+    for (int id : ids) {
+      shard.push_back(uint16_t(id));
+      if (int64_t(shard.size()) == o.shard_tokens) flush();
+    }
+    r.documents += 1, r.tokens += int64_t(ids.size()), r.bytes += int64_t(text.size());
+    if (progress) progress(r.bytes, total_bytes);
+  });
+  flush();
+  return r;
+}
+
+}  // namespace lasp

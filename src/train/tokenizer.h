@@ -1,0 +1,63 @@
+// Subword text: a SentencePiece tokenizer (Debian's libsentencepiece) and `lasp tokenize`, which turns text
+// files into llm.c token shards (train/data.h) beside the tokenizer's model. A document is the tokenizer's
+// BOS id followed by SentencePiece's encoding of the document's whole text as one string; documents follow
+// one another in the shards. Models that lasp trains keep every byte: identity normalization, no extra
+// whitespace removed, no dummy prefix, byte fallback (a newline or any rare character is a byte piece), so
+// that decode(encode(text)) == text and generated text keeps its lines.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace sentencepiece {
+class SentencePieceProcessor;
+}
+
+namespace lasp {
+
+class Tokenizer {
+ public:
+  // A SentencePiece .model file; throws naming the file when it is not one.
+  static Tokenizer load(const std::string& path);
+  ~Tokenizer();
+  Tokenizer(Tokenizer&&) noexcept;
+  Tokenizer& operator=(Tokenizer&&) noexcept;
+
+  int vocab_size() const;
+  int bos() const;  // -1 when the model has none
+  std::vector<int> encode(const std::string& text) const;
+  std::string decode(const std::vector<int>& ids) const;
+  const std::string& path() const { return path_; }
+
+ private:
+  Tokenizer() = default;
+  std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  std::string path_;
+};
+
+struct TokenizeOptions {
+  std::vector<std::string> inputs;  // text files
+  std::string out_dir;              // gets tokenizer.model and tokens_NNNNNN.bin
+  std::string model;                // a .model to use; empty: train one on the inputs
+  int vocab_size = 0;               // training: the vocabulary (at most 65,536, what uint16 shards hold)
+  std::string model_type = "bpe";   // training: bpe | unigram
+  std::string separator;            // empty: each input file is one document; else this string separates them
+  int64_t shard_tokens = 100'000'000;
+  int threads = 1;                  // SentencePiece's training threads
+};
+
+struct TokenizeReport {
+  int vocab_size = 0;
+  int64_t documents = 0, tokens = 0, bytes = 0;
+  std::vector<std::string> shards;
+};
+
+// Trains (or loads) the tokenizer, then encodes every document into shards. progress(bytes done, bytes in
+// all) is called now and then. Throws lasp::Error on bad input: a vocabulary beyond uint16, an empty
+// document, a model without BOS, an output folder holding anything but an earlier tokenize's output.
+TokenizeReport tokenize(const TokenizeOptions& options,
+                        const std::function<void(int64_t, int64_t)>& progress = {});
+
+}  // namespace lasp

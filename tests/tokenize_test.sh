@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# lasp tokenize against Debian's python3-sentencepiece: the shards hold, document after document, BOS followed
+# by Python's encoding of the whole text, for a tokenizer lasp trains (bpe and unigram) and for a .model Python
+# trained; decode(encode(text)) == text (newlines kept); --separator splits documents; a new model trains on
+# the shards with the tokenizer's vocabulary; bad input is a clear error.
+# usage: tokenize_test.sh LASP
+set -euo pipefail
+lasp=$1
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+licences=(/usr/share/common-licenses/GPL-3 /usr/share/common-licenses/Apache-2.0 /usr/share/common-licenses/Artistic)
+
+check() {  # check OUT_DIR SEPARATOR FILES...: the shards equal Python's encoding of the documents
+  local out=$1 separator=$2
+  shift 2
+  /usr/bin/python3 - "$out" "$separator" "$@" <<'PY'
+import glob, sys
+import numpy as np, sentencepiece as spm
+out, separator, files = sys.argv[1], sys.argv[2], sys.argv[3:]
+sp = spm.SentencePieceProcessor(model_file=out + "/tokenizer.model")
+tokens = np.concatenate([np.fromfile(p, dtype="<u2")[512:] for p in sorted(glob.glob(out + "/tokens_*.bin"))])
+expected, documents = [], 0
+for f in files:
+    text = open(f, encoding="utf-8").read()
+    for doc in (text.split(separator) if separator else [text]):
+        if separator and doc == "" and documents > 0:
+            continue  # a trailing separator
+        ids = sp.encode(doc)
+        assert sp.decode(ids) == doc, f"{f}: decode(encode(text)) != text"
+        expected += [sp.bos_id()] + ids
+        documents += 1
+assert len(tokens) == len(expected) and (tokens == np.array(expected)).all(), (len(tokens), len(expected))
+print(f"{out}: {documents} documents, {len(tokens)} tokens equal python3-sentencepiece's, round trips exact")
+PY
+}
+
+"$lasp" tokenize --input "${licences[@]}" --vocab-size 1000 --out "$dir/bpe" --shard-tokens 5000
+check "$dir/bpe" "" "${licences[@]}"
+"$lasp" tokenize --input "${licences[@]}" --vocab-size 800 --model-type unigram --out "$dir/unigram"
+check "$dir/unigram" "" "${licences[@]}"
+"$lasp" tokenize --input "${licences[0]}" --model "$dir/bpe/tokenizer.model" --separator $'\n\n' --out "$dir/split"
+check "$dir/split" $'\n\n' "${licences[0]}"
+"$lasp" tokenize --input "${licences[@]}" --vocab-size 900 --out "$dir/bpe"  # an earlier output is replaced
+check "$dir/bpe" "" "${licences[@]}"
+
+# A model trained by Python with SentencePiece's defaults (unigram, NFKC, dummy prefix)
+/usr/bin/python3 -c "
+import sentencepiece as spm, sys
+spm.SentencePieceTrainer.train(input=sys.argv[1], model_prefix=sys.argv[2], vocab_size=600, minloglevel=2)
+spm.SentencePieceTrainer.train(input=sys.argv[1], model_prefix=sys.argv[3], vocab_size=600, bos_id=-1, minloglevel=2)
+" "${licences[1]}" "$dir/python" "$dir/nobos"
+"$lasp" tokenize --input "${licences[@]}" --model "$dir/python.model" --out "$dir/given"
+/usr/bin/python3 - "$dir/given" "${licences[@]}" <<'PY'
+import glob, sys
+import numpy as np, sentencepiece as spm
+out, files = sys.argv[1], sys.argv[2:]
+sp = spm.SentencePieceProcessor(model_file=out + "/tokenizer.model")
+tokens = np.fromfile(out + "/tokens_000000.bin", dtype="<u2")[512:]
+expected = sum(([sp.bos_id()] + sp.encode(open(f, encoding="utf-8").read()) for f in files), [])
+assert (tokens == np.array(expected)).all()
+print(f"given .model: {len(tokens)} tokens equal python3-sentencepiece's")
+PY
+
+# Training follows the tokenizer's vocabulary
+"$lasp" train --data "$dir/bpe/tokens_*.bin" --seq-len 128 --steps 2 2> "$dir/train.log" > /dev/null
+grep -q "vocabulary 900 from" "$dir/train.log" || { cat "$dir/train.log"; exit 1; }
+
+refused() {  # refused TEXT ARGS...: lasp fails, saying TEXT
+  local text=$1
+  shift
+  if "$lasp" "$@" > "$dir/refused.log" 2>&1; then echo "expected a refusal: $*"; exit 1; fi
+  grep -qF -- "$text" "$dir/refused.log" || { echo "expected '$text' from: $*"; cat "$dir/refused.log"; exit 1; }
+  echo "refused: $text"
+}
+: > "$dir/empty.txt"
+mkdir "$dir/foreign" && echo keep > "$dir/foreign/notes.txt"
+refused "token shards hold uint16 ids" tokenize --input "${licences[0]}" --vocab-size 70000 --out "$dir/x1"
+refused "empty document in $dir/empty.txt" tokenize --input "${licences[0]}" "$dir/empty.txt" --model "$dir/python.model" --out "$dir/x2"
+refused "which tokenize did not write" tokenize --input "${licences[0]}" --vocab-size 500 --out "$dir/foreign"
+refused "not a SentencePiece model" tokenize --input "${licences[0]}" --model "${licences[1]}" --out "$dir/x3"
+refused "has no BOS piece" tokenize --input "${licences[0]}" --model "$dir/nobos.model" --out "$dir/x4"
+refused "contradicts --model" tokenize --input "${licences[0]}" --model "$dir/python.model" --vocab-size 5 --out "$dir/x5"
+refused "smaller than that of the data's tokenizer" train --data "$dir/bpe/tokens_*.bin" --seq-len 64 --steps 1 --vocab 256
+test -e "$dir/foreign/notes.txt"
+echo "tokenize agrees with python3-sentencepiece"

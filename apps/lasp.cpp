@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include "bench_kernels.h"
 #include "bench_project.h"
@@ -135,8 +136,8 @@ struct TrainCommand : Command {
 
 // Token shards written by `lasp tokenize` sit beside their tokenizer.model: a new model takes its vocabulary.
 void TrainCommand::follow_tokenizer() {
-  const std::string path = (std::filesystem::path(o.data_path).parent_path() / "tokenizer.model").string();
-  if (!o.resume_dir.empty() || !std::filesystem::exists(path)) return;
+  const std::string path = lasp::tokenizer_beside(o.data_path);
+  if (!o.resume_dir.empty() || path.empty()) return;
   const int vocab = lasp::Tokenizer::load(path).vocab_size();
   if (model.vocab || !model.config_path.empty()) {
     const int given = model.vocab ? *model.vocab : lasp::ModelConfig::load(model.config_path).vocab_size;
@@ -174,10 +175,13 @@ struct EvalCommand : Command {
     if (world.rank() != 0) return;
     nlohmann::ordered_json j{{"loss", r.loss}, {"tokens", r.tokens}, {"attention_bytes", r.attention_bytes}};
     if (r.recall_accuracy >= 0) j["recall_accuracy"] = r.recall_accuracy;
+    if (r.bits_per_byte >= 0) j["bits_per_byte"] = r.bits_per_byte, j["bytes"] = r.bytes;
     if (json)
       std::cout << j.dump() << std::endl;
     else
-      std::printf("loss %.6f over %lld tokens (%.2f MB of attention traffic on rank 0)\n", r.loss, (long long)r.tokens,
+      std::printf("loss %.6f over %lld tokens%s (%.2f MB of attention traffic on rank 0)\n", r.loss, (long long)r.tokens,
+                  r.bits_per_byte >= 0 ? fmt::format(", {:.4f} bits per byte of {} bytes", r.bits_per_byte, r.bytes).c_str()
+                                       : "",
                   r.attention_bytes / 1e6);
   }
 };
@@ -218,11 +222,23 @@ struct GenerateCommand : Command {
     lasp::check_fits_in_memory(4.0 * double(layout.total()), "the checkpoint's weights");
     std::vector<float> params(layout.total());
     lasp::load_checkpoint_weights(checkpoint, layout, params);
+    // With the checkpoint's tokenizer (trained on `lasp tokenize` shards): a new document, BOS + the prompt's
+    // encoding, and text out; else bytes in and out.
+    std::optional<lasp::Tokenizer> tokenizer;
+    if (std::filesystem::exists(checkpoint + "/tokenizer.model"))
+      tokenizer = lasp::Tokenizer::load(checkpoint + "/tokenizer.model");
     std::vector<int> prompt;
-    for (unsigned char ch : prompt_text) {
-      LASP_CHECK(ch < config.vocab_size, "generate: prompt byte {} is outside the model's vocabulary of {}", int(ch),
-                 config.vocab_size);
-      prompt.push_back(ch);
+    if (tokenizer) {
+      LASP_CHECK(tokenizer->vocab_size() <= config.vocab_size, "generate: {} has {} pieces, more than the model's "
+                 "vocabulary of {}", tokenizer->path(), tokenizer->vocab_size(), config.vocab_size);
+      prompt = tokenizer->encode(prompt_text);
+      prompt.insert(prompt.begin(), tokenizer->bos());
+    } else {
+      for (unsigned char ch : prompt_text) {
+        LASP_CHECK(ch < config.vocab_size, "generate: prompt byte {} is outside the model's vocabulary of {}", int(ch),
+                   config.vocab_size);
+        prompt.push_back(ch);
+      }
     }
     LASP_CHECK(int64_t(prompt.size()) + max_new_tokens <= INT_MAX, "generate: the prompt ({} tokens) + "
                "--max-new-tokens {} must be at most {} tokens", prompt.size(), max_new_tokens, INT_MAX);
@@ -233,9 +249,20 @@ struct GenerateCommand : Command {
     const bool print = !sp || sp->rank() == 0;  // every rank decodes the same tokens; rank 0 prints them
     if (print) std::fwrite(prompt_text.data(), 1, prompt_text.size(), stdout);
     uint64_t rng = seed;
+    std::vector<int> generated;
+    size_t printed = 0;  // bytes of the decoded continuation already written
     for (int i = 0; i < max_new_tokens; ++i) {
       const int next = lasp::sample_token(logits, temperature, top_k, rng);
-      if (print) std::fputc(next < 256 ? next : '?', stdout), std::fflush(stdout);
+      if (print && tokenizer && next < tokenizer->vocab_size()) {
+        // The continuation decoded whole (a character may span byte pieces); what is new gets written.
+        generated.push_back(next);
+        const std::string text = tokenizer->decode(generated);
+        if (text.size() > printed) std::fwrite(text.data() + printed, 1, text.size() - printed, stdout);
+        printed = std::max(printed, text.size());
+      } else if (print) {
+        std::fputc(next < 256 ? next : '?', stdout);
+      }
+      if (print) std::fflush(stdout);
       if (i + 1 < max_new_tokens) logits = decoder.step(next);
     }
     if (print) std::fputc('\n', stdout);

@@ -61,9 +61,29 @@ assert (tokens == np.array(expected)).all()
 print(f"given .model: {len(tokens)} tokens equal python3-sentencepiece's")
 PY
 
-# Training follows the tokenizer's vocabulary
-"$lasp" train --data "$dir/bpe/tokens_*.bin" --seq-len 128 --steps 2 2> "$dir/train.log" > /dev/null
+# Training follows the tokenizer's vocabulary, and the checkpoint keeps the tokenizer: eval reports bits per
+# byte of the text the targets decode to, generate reads and writes text
+"$lasp" train --data "$dir/bpe/tokens_*.bin" --seq-len 128 --steps 3 --save "$dir/ckpt" 2> "$dir/train.log" > /dev/null
 grep -q "vocabulary 900 from" "$dir/train.log" || { cat "$dir/train.log"; exit 1; }
+cmp "$dir/ckpt/tokenizer.model" "$dir/bpe/tokenizer.model"
+"$lasp" eval --checkpoint "$dir/ckpt" --data "$dir/bpe/tokens_*.bin" --seq-len 128 --batches 5 --json 2> /dev/null \
+  | tail -n 1 > "$dir/eval.json"
+/usr/bin/python3 - "$dir/eval.json" "$dir/bpe" <<'PY'
+import glob, json, math, sys
+import numpy as np, sentencepiece as spm
+r, out = json.load(open(sys.argv[1])), sys.argv[2]
+sp = spm.SentencePieceProcessor(model_file=out + "/tokenizer.model")
+tokens = np.concatenate([np.fromfile(p, dtype="<u2")[512:] for p in sorted(glob.glob(out + "/tokens_*.bin"))])
+N, K = 128, 5
+# the targets of window k are tokens k N + 1 .. k N + N; the licences are ASCII, so bytes are characters
+nbytes = sum(len(sp.decode([int(t) for t in tokens[k * N + 1:k * N + N + 1] if t != sp.bos_id()]).encode()) for k in range(K))
+assert r["bytes"] == nbytes, (r["bytes"], nbytes)
+assert abs(r["bits_per_byte"] - r["loss"] * r["tokens"] / math.log(2) / nbytes) < 1e-9, r
+print(f"eval: {r['bits_per_byte']:.4f} bits per byte over {nbytes} bytes (loss {r['loss']:.4f} over {r['tokens']} tokens)")
+PY
+"$lasp" generate --checkpoint "$dir/ckpt" --prompt $'GNU GENERAL\nPUBLIC' --max-new-tokens 20 > "$dir/generated.txt"
+head -c 18 "$dir/generated.txt" | cmp - <(printf 'GNU GENERAL\nPUBLIC')
+/usr/bin/python3 -c "open('$dir/generated.txt', encoding='utf-8').read()"  # valid UTF-8 text
 
 refused() {  # refused TEXT ARGS...: lasp fails, saying TEXT
   local text=$1

@@ -26,7 +26,7 @@ namespace {
 
 // The files a lasp checkpoint folder holds: a save replaces a folder of nothing else.
 const char* const kCheckpointFiles[] = {"config.json", "model.safetensors", "optimizer.safetensors",
-                                        "trainer_state.json"};
+                                        "trainer_state.json", "tokenizer.model"};
 
 bool is_checkpoint_file(const std::string& name) {
   for (const char* f : kCheckpointFiles)
@@ -212,7 +212,8 @@ void check_checkpoint_target(const std::string& dir_in, uint64_t bytes) {
 }
 
 void save_checkpoint(const std::string& dir_in, const ModelConfig& config, const ParamLayout& layout,
-                     const std::vector<float>& params, const OptimizerState* optimizer, bool bf16_weights) {
+                     const std::vector<float>& params, const OptimizerState* optimizer, bool bf16_weights,
+                     const std::string& tokenizer) {
   const std::string dir = without_trailing_slashes(dir_in);
   check_finite("checkpoint " + dir, layout, params, "");
   if (optimizer) {
@@ -228,6 +229,7 @@ void save_checkpoint(const std::string& dir_in, const ModelConfig& config, const
   try {
     write_tensors(tmp + "/model.safetensors", layout, params, "", bf16_weights);
     config.save(tmp + "/config.json");
+    if (!tokenizer.empty()) write_file_atomic(tmp + "/tokenizer.model", read_file(tokenizer));
     if (optimizer) {
       std::vector<NamedTensor> tensors;
       for (const TensorSpec& t : layout.specs()) {

@@ -48,10 +48,11 @@ void check_checkpoint_target(const std::string& dir, uint64_t bytes);
 
 // Refuses non-finite values (names the tensor), then writes the folder as described above. On failure the
 // temporary folder is removed, dir is untouched and lasp::Error says why. bf16_weights: model.safetensors
-// in BF16, rounded to nearest even (half the size; for eval, generate and export).
+// in BF16, rounded to nearest even (half the size; for eval, generate and export). tokenizer: a SentencePiece
+// model copied in as tokenizer.model (the data's, so that generate and eval speak text).
 void save_checkpoint(const std::string& dir, const ModelConfig& config, const ParamLayout& layout,
                      const std::vector<float>& params, const OptimizerState* optimizer = nullptr,
-                     bool bf16_weights = false);
+                     bool bf16_weights = false, const std::string& tokenizer = "");
 ModelConfig load_checkpoint_config(const std::string& dir);
 // Reads every tensor of the layout into params; a missing or mis-shaped tensor (a config that contradicts
 // the weights) is an error naming the file, the tensor and both shapes. Extra tensors are an error too, and

@@ -23,6 +23,7 @@ namespace {
 // Byte-level text over a read-only memory map of the whole file.
 class TextTokens final : public TokenSource {
  public:
+  bool is_bytes() const override { return true; }
   explicit TextTokens(const std::string& path) : path_(path) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     LASP_CHECK(fd >= 0, "cannot open data file {}: {}", path, std::strerror(errno));

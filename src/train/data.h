@@ -21,6 +21,7 @@ class TokenSource {
   virtual void read(int64_t begin, int64_t count, int* out) const = 0;
   // What the data is, for the line that says which format was detected ("byte-level text ...").
   virtual std::string describe() const { return fmt_tokens(size()); }
+  virtual bool is_bytes() const { return false; }  // every token one byte of text (bits per byte = nats / ln 2)
   static std::string fmt_tokens(int64_t n) { return std::to_string(n) + " tokens"; }
 };
 

@@ -130,7 +130,25 @@ Tokenizer Tokenizer::load(const std::string& path) {
   t.path_ = path;
   const auto status = t.sp_->LoadFromSerializedProto(read_file(path));
   LASP_CHECK(status.ok(), "{}: not a SentencePiece model: {}", path, status.ToString());
+  const std::string space = "\xe2\x96\x81";  // U+2581, SentencePiece's escaped space: one byte when decoded
+  for (int id = 0; id < t.vocab_size(); ++id) {
+    int bytes = 0;
+    if (t.sp_->IsByte(id)) {
+      bytes = 1;
+    } else if (!t.sp_->IsControl(id) && !t.sp_->IsUnknown(id)) {
+      const std::string piece = t.sp_->IdToPiece(id);
+      bytes = int(piece.size());
+      for (size_t at = piece.find(space); at != std::string::npos; at = piece.find(space, at + 3)) bytes -= 2;
+    }
+    t.piece_bytes_.push_back(bytes);
+  }
   return t;
+}
+
+std::string tokenizer_beside(const std::string& data_path) {
+  if (fs::path(data_path).extension() != ".bin") return "";  // text, synthetic data
+  const fs::path path = fs::path(data_path).parent_path() / "tokenizer.model";
+  return fs::exists(path) ? path.string() : std::string();
 }
 
 Tokenizer::~Tokenizer() = default;

@@ -29,13 +29,21 @@ class Tokenizer {
   int bos() const;  // -1 when the model has none
   std::vector<int> encode(const std::string& text) const;
   std::string decode(const std::vector<int>& ids) const;
+  // The bytes that token id stands for in decoded text (0 for BOS, EOS and other control pieces; 1 for a byte
+  // piece); sums of them count the bytes of any stretch of tokens (bits per byte).
+  int bytes_of(int id) const { return piece_bytes_.at(size_t(id)); }
   const std::string& path() const { return path_; }
 
  private:
   Tokenizer() = default;
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
   std::string path_;
+  std::vector<int> piece_bytes_;
 };
+
+// The tokenizer.model beside token shards written by `lasp tokenize` (data_path: a .bin shard or a glob of
+// them), or "" when there is none.
+std::string tokenizer_beside(const std::string& data_path);
 
 struct TokenizeOptions {
   std::vector<std::string> inputs;  // text files

@@ -26,6 +26,7 @@
 #include "train/data.h"
 #include "train/schedule.h"
 #include "train/synthetic.h"
+#include "train/tokenizer.h"
 
 namespace lasp {
 
@@ -201,7 +202,8 @@ class Saver {
     if (world_.rank() == 0) {
       try {
         OptimizerState opt{&optimizer_.m(), &optimizer_.v(), state};
-        save_checkpoint(o_.save_dir, config_, model_.layout(), model_.params(), &opt, o_.save_bf16);
+        save_checkpoint(o_.save_dir, config_, model_.layout(), model_.params(), &opt, o_.save_bf16,
+                        tokenizer_beside(o_.data_path));
         last_saved_ = step;
       } catch (const Error& e) {
         if (final_save || !o_.continue_on_save_error)
@@ -395,7 +397,24 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_p
   load_checkpoint_weights(dir, model.layout(), model.params());
   // Windows k = 0..batches-1 from the start of the data, shared by the DP ranks.
   const Validation v = validate(model, *data, eval_data.synthetic, 0, batches, N, positions, grid, world);
-  return {v.loss, int64_t(batches) * N, traffic(*grid.sp), v.recall_accuracy};
+  EvalResult r{v.loss, int64_t(batches) * N, traffic(*grid.sp), v.recall_accuracy};
+  const double nats = v.loss * double(r.tokens);
+  if (data->is_bytes()) {
+    r.bytes = r.tokens;
+  } else if (!eval_data.synthetic) {
+    std::string tokenizer = dir + "/tokenizer.model";
+    if (!std::filesystem::exists(tokenizer)) tokenizer = tokenizer_beside(data_path);
+    if (!tokenizer.empty()) {
+      const Tokenizer tok = Tokenizer::load(tokenizer);
+      for (int target : eval_batch(*data, N, 0, batches).targets) {
+        LASP_CHECK(target >= 0 && target < tok.vocab_size(), "eval: token {} of {} is outside the vocabulary of {} "
+                   "({} pieces)", target, data_path, tokenizer, tok.vocab_size());
+        r.bytes += tok.bytes_of(target);
+      }
+    }
+  }
+  if (r.bytes > 0) r.bits_per_byte = nats / std::log(2.0) / double(r.bytes);
+  return r;
 }
 
 }  // namespace lasp

@@ -65,6 +65,10 @@ struct EvalResult {
   int64_t tokens = 0;
   uint64_t attention_bytes = 0;  // sent + received by rank 0 for attention over the whole evaluation
   double recall_accuracy = -1;   // synthetic recall data: the fraction of answers predicted (argmax)
+  // Bits per byte of the text the targets stand for, comparable across tokenizers: byte-level text, or token
+  // shards with a tokenizer (the checkpoint's tokenizer.model, else the one beside the shards); -1 otherwise.
+  double bits_per_byte = -1;
+  int64_t bytes = 0;
 };
 // Windows k = 0..batches-1 of the file: tokens [k N, k N + N], the last N as targets.
 EvalResult evaluate_checkpoint(const std::string& checkpoint_dir, const std::string& data_path, int seq_len,

@@ -92,21 +92,46 @@ struct Fixture {
 
 class ModelVsPyTorch : public ::testing::TestWithParam<Case> {};
 
-TEST_P(ModelVsPyTorch, LogitsLossAndEveryGradient) {
-  const Fixture f(GetParam());
+// PyTorch float64's logits, loss and gradients for the fixture.
+SafetensorsFile reference_step(const Fixture& f) {
   run(kReference + " grads --checkpoint " + f.dir + " --tokens " + f.dir + "/tokens.bin --batch " +
       std::to_string(kB) + " --out " + f.dir + "/ref.safetensors --dtype float64 --out-dtype F64");
-  const SafetensorsFile ref = SafetensorsFile::open(f.dir + "/ref.safetensors");
+  return SafetensorsFile::open(f.dir + "/ref.safetensors");
+}
 
-  LocalAttention attention({kB, kN, f.config.num_attention_heads, f.config.num_key_value_heads,
-                            f.config.head_dim(), kBlock, 2});
-  Model model(f.config, kB, kN, attention);
+// The model's step on the fixture's weights and tokens: the mean loss; the gradients in model.grads().
+double model_step(const Fixture& f, Model& model) {
   load_checkpoint_weights(f.dir, model.layout(), model.params());
   std::vector<int> inputs, targets;
   f.split(inputs, targets);
   const double count = double(kB) * kN;
   const double loss = model.forward(inputs.data(), targets.data()) / count;
   model.backward(float(1.0 / count));
+  return loss;
+}
+
+// Every gradient against the reference's, each error printed; the worst.
+double expect_gradients(const Model& model, const SafetensorsFile& ref, double bound, const std::string& label) {
+  double worst = 0;
+  for (const TensorSpec& t : model.layout().specs()) {
+    const auto expected = ref.read("grad." + t.name, t.shape);
+    std::vector<float> got(model.grads().begin() + t.offset, model.grads().begin() + t.offset + t.size);
+    const double err = lasp::testing::normalized_error(expected, got);
+    std::printf("  %sgrad.%-43s normalized error %.2e\n", label.c_str(), t.name.c_str(), err);
+    EXPECT_LE(err, bound) << t.name;
+    worst = std::max(worst, err);
+  }
+  return worst;
+}
+
+TEST_P(ModelVsPyTorch, LogitsLossAndEveryGradient) {
+  const Fixture f(GetParam());
+  const SafetensorsFile ref = reference_step(f);
+
+  LocalAttention attention({kB, kN, f.config.num_attention_heads, f.config.num_key_value_heads,
+                            f.config.head_dim(), kBlock, 2});
+  Model model(f.config, kB, kN, attention);
+  const double loss = model_step(f, model);
 
   const double ref_loss = ref.read("loss", {1})[0];
   EXPECT_NEAR(loss, ref_loss, 1e-5 * std::abs(ref_loss)) << "loss";
@@ -116,13 +141,7 @@ TEST_P(ModelVsPyTorch, LogitsLossAndEveryGradient) {
   const double logit_err = lasp::testing::normalized_error(ref_logits, logits);
   std::printf("  %-48s normalized error %.2e\n", "logits", logit_err);
   EXPECT_LE(logit_err, 1e-8);
-  for (const TensorSpec& t : model.layout().specs()) {
-    const auto expected = ref.read("grad." + t.name, t.shape);
-    std::vector<float> got(model.grads().begin() + t.offset, model.grads().begin() + t.offset + t.size);
-    const double err = lasp::testing::normalized_error(expected, got);
-    std::printf("  grad.%-43s normalized error %.2e\n", t.name.c_str(), err);
-    EXPECT_LE(err, 1e-8) << t.name;
-  }
+  expect_gradients(model, ref, 1e-8, "");
 }
 
 // --precision bf16 against the same float64 reference: every gradient within what bf16 operands allow (each
@@ -134,31 +153,17 @@ TEST_P(ModelVsPyTorch, Bf16GradientsWithinBf16Rounding) {
     return;
   }
   const Fixture f(GetParam(), 0.05f);
-  run(kReference + " grads --checkpoint " + f.dir + " --tokens " + f.dir + "/tokens.bin --batch " +
-      std::to_string(kB) + " --out " + f.dir + "/ref.safetensors --dtype float64 --out-dtype F64");
-  const SafetensorsFile ref = SafetensorsFile::open(f.dir + "/ref.safetensors");
+  const SafetensorsFile ref = reference_step(f);
   LocalAttention attention({kB, kN, f.config.num_attention_heads, f.config.num_key_value_heads,
                             f.config.head_dim(), kBlock, 2});
   ModelPlan plan;
   plan.precision = Precision::bf16;
   Model model(f.config, kB, kN, attention, plan);
-  load_checkpoint_weights(f.dir, model.layout(), model.params());
-  std::vector<int> inputs, targets;
-  f.split(inputs, targets);
-  const double count = double(kB) * kN;
-  const double loss = model.forward(inputs.data(), targets.data()) / count;
-  model.backward(float(1.0 / count));
+  const double loss = model_step(f, model);
   const double ref_loss = ref.read("loss", {1})[0];
   EXPECT_NEAR(loss, ref_loss, 5e-4 * std::abs(ref_loss)) << "loss";
-  double worst = 0;
-  for (const TensorSpec& t : model.layout().specs()) {
-    const auto expected = ref.read("grad." + t.name, t.shape);
-    std::vector<float> got(model.grads().begin() + t.offset, model.grads().begin() + t.offset + t.size);
-    const double err = lasp::testing::normalized_error(expected, got);
-    std::printf("  bf16 grad.%-38s normalized error %.2e\n", t.name.c_str(), err);
-    worst = std::max(worst, err);
-    EXPECT_LE(err, 1e-2) << t.name;  // measured at most 4.7e-3 over these 8 models (weights at std 0.05)
-  }
+  // measured at most 4.7e-3 over these 8 models (weights at std 0.05)
+  const double worst = expect_gradients(model, ref, 1e-2, "bf16 ");
   std::printf("  bf16: loss %.6f vs float64 %.6f, worst gradient error %.2e\n", loss, ref_loss, worst);
   EXPECT_GT(worst, 1e-8);  // bf16 did run: far from the fp32 model's 1e-8
 }

@@ -249,22 +249,17 @@ struct GenerateCommand : Command {
     const bool print = !sp || sp->rank() == 0;  // every rank decodes the same tokens; rank 0 prints them
     if (print) std::fwrite(prompt_text.data(), 1, prompt_text.size(), stdout);
     uint64_t rng = seed;
-    std::vector<int> generated;
-    size_t printed = 0;  // bytes of the decoded continuation already written
+    std::optional<lasp::DecodeStream> text;
+    if (tokenizer) text.emplace(*tokenizer);
+    auto put = [](const std::string& s) { std::fwrite(s.data(), 1, s.size(), stdout); };
     for (int i = 0; i < max_new_tokens; ++i) {
       const int next = lasp::sample_token(logits, temperature, top_k, rng);
-      if (print && tokenizer && next < tokenizer->vocab_size()) {
-        // The continuation decoded whole (a character may span byte pieces); what is new gets written.
-        generated.push_back(next);
-        const std::string text = tokenizer->decode(generated);
-        if (text.size() > printed) std::fwrite(text.data() + printed, 1, text.size() - printed, stdout);
-        printed = std::max(printed, text.size());
-      } else if (print) {
-        std::fputc(next < 256 ? next : '?', stdout);
-      }
+      if (print && text && next < tokenizer->vocab_size()) put(text->push(next));
+      else if (print) std::fputc(next < 256 ? next : '?', stdout);
       if (print) std::fflush(stdout);
       if (i + 1 < max_new_tokens) logits = decoder.step(next);
     }
+    if (print && text) put(text->finish());
     if (print) std::fputc('\n', stdout);
   }
 };

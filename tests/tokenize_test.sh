@@ -43,6 +43,10 @@ check "$dir/split" $'\n\n' "${licences[0]}"
 "$lasp" tokenize --input "${licences[@]}" --vocab-size 900 --out "$dir/bpe"  # an earlier output is replaced
 check "$dir/bpe" "" "${licences[@]}"
 
+# More text encoded with the tokenizer already in --out (it is read before the folder is emptied)
+"$lasp" tokenize --input "${licences[0]}" --model "$dir/split/tokenizer.model" --out "$dir/split"
+check "$dir/split" "" "${licences[0]}"
+
 # A model trained by Python with SentencePiece's defaults (unigram, NFKC, dummy prefix)
 /usr/bin/python3 -c "
 import sentencepiece as spm, sys

@@ -213,6 +213,7 @@ void Lasp2ChunkedAttention::softmax_exchange(int layer, Pass pass) {
   LASP_CHECK(dkv_layer_ == layer, "LASP-2 in chunks: the backward exchange of layer {} before its first pass", layer);
   std::fill(local_kv_.begin(), local_kv_.end(), 0.f);
   softmax_.scatter_dkv(local_kv_.data(), local_kv_.data() + kv_floats(), s_.H_kv);
+  dkv_layer_ = -1;  // the layer's key gradients are handed on: a next backward starts from zero
 }
 
 bool Lasp2ChunkedAttention::softmax_key_gradients(int, float* dk, float* dv) {

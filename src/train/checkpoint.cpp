@@ -96,8 +96,8 @@ void check_replaceable(const std::string& dir) {
     const std::string name = entry.path().filename().string();
     LASP_CHECK(is_checkpoint_file(name) && entry.is_regular_file(),
                "--save {}: the folder exists and is not a lasp checkpoint (it holds '{}'; a checkpoint holds only "
-               "config.json, model.safetensors, optimizer.safetensors and trainer_state.json). lasp does not replace "
-               "it: choose another path, or move it away", dir, name);
+               "config.json, model.safetensors, optimizer.safetensors, trainer_state.json and tokenizer.model). lasp "
+               "does not replace it: choose another path, or move it away", dir, name);
     has_config = has_config || name == "config.json";
     has_model = has_model || name == "model.safetensors";
   }
@@ -188,7 +188,7 @@ uint64_t checkpoint_bytes(const ParamLayout& layout, bool with_optimizer, bool b
   const uint64_t headers = 160 * layout.specs().size();  // JSON header entry per tensor, generously
   const uint64_t weights = (bf16_weights ? 2 : 4) * floats + headers, fp32 = 4 * floats + headers;
   const uint64_t optimizer = with_optimizer ? (bf16_weights ? 3 : 2) * fp32 : 0;  // m, v (and the masters)
-  return weights + optimizer + 64 * 1024;  // config.json, trainer_state.json
+  return weights + optimizer + (4 << 20);  // config.json, trainer_state.json, tokenizer.model (~1 MB at 64K pieces)
 }
 
 void check_checkpoint_target(const std::string& dir_in, uint64_t bytes) {

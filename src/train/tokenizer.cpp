@@ -145,6 +145,24 @@ Tokenizer Tokenizer::load(const std::string& path) {
   return t;
 }
 
+std::string DecodeStream::push(int id) {
+  ids_.push_back(id);
+  const std::string text = tokenizer_.decode(ids_);
+  size_t end = text.size();
+  while (end >= given_ + 3 && text.compare(end - 3, 3, "\xEF\xBF\xBD") == 0) end -= 3;
+  if (end <= given_) return "";
+  const std::string out = text.substr(given_, end - given_);
+  given_ = end;
+  return out;
+}
+
+std::string DecodeStream::finish() {
+  const std::string text = tokenizer_.decode(ids_);
+  const std::string out = text.size() > given_ ? text.substr(given_) : "";
+  given_ = text.size();
+  return out;
+}
+
 std::string tokenizer_beside(const std::string& data_path) {
   if (fs::path(data_path).extension() != ".bin") return "";  // text, synthetic data
   const fs::path path = fs::path(data_path).parent_path() / "tokenizer.model";
@@ -186,14 +204,10 @@ TokenizeReport tokenize(const TokenizeOptions& o, const std::function<void(int64
                ec ? ec.message() : "not a regular file");
     total_bytes += int64_t(size);
   }
+  const std::string given = o.model.empty() ? "" : read_file(o.model);  // before --out is emptied: it may be there
   prepare_out_dir(o.out_dir);
   const std::string model_path = o.out_dir + "/tokenizer.model";
-  if (o.model.empty()) {
-    write_file_atomic(model_path, train_model(o));
-  } else {
-    const std::string bytes = read_file(o.model);
-    write_file_atomic(model_path, bytes);
-  }
+  write_file_atomic(model_path, o.model.empty() ? train_model(o) : given);
   const Tokenizer tok = Tokenizer::load(model_path);
   TokenizeReport r;
   r.vocab_size = tok.vocab_size();

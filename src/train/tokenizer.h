@@ -41,6 +41,20 @@ class Tokenizer {
   std::vector<int> piece_bytes_;
 };
 
+// The decoded text of a growing token sequence, handed out as it becomes final: a character whose byte
+// pieces have not all come yet (decoded meanwhile as U+FFFD) is held back.
+class DecodeStream {
+ public:
+  explicit DecodeStream(const Tokenizer& tokenizer) : tokenizer_(tokenizer) {}
+  std::string push(int id);  // the text that became final with this token
+  std::string finish();      // whatever is left, incomplete characters included
+
+ private:
+  const Tokenizer& tokenizer_;
+  std::vector<int> ids_;
+  size_t given_ = 0;  // bytes of the decoded text handed out
+};
+
 // The tokenizer.model beside token shards written by `lasp tokenize` (data_path: a .bin shard or a glob of
 // them), or "" when there is none.
 std::string tokenizer_beside(const std::string& data_path);

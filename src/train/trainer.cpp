@@ -402,8 +402,9 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_p
   if (data->is_bytes()) {
     r.bytes = r.tokens;
   } else if (!eval_data.synthetic) {
-    std::string tokenizer = dir + "/tokenizer.model";
-    if (!std::filesystem::exists(tokenizer)) tokenizer = tokenizer_beside(data_path);
+    // The data's own tokenizer says what its tokens are; else the checkpoint's.
+    std::string tokenizer = tokenizer_beside(data_path);
+    if (tokenizer.empty() && std::filesystem::exists(dir + "/tokenizer.model")) tokenizer = dir + "/tokenizer.model";
     if (!tokenizer.empty()) {
       const Tokenizer tok = Tokenizer::load(tokenizer);
       for (int target : eval_batch(*data, N, 0, batches).targets) {

@@ -12,20 +12,6 @@
 
 namespace lasp {
 
-namespace {
-
-// pw[k] = lambda^k for k = 0..piece_len.
-void powers(std::vector<float>& pw, double lambda, int piece_len) {
-  pw.resize(size_t(piece_len) + 1);
-  decay_powers(pw.data(), lambda, piece_len);
-}
-
-void scaled_rows(float* dst, const float* src, int ld, const std::vector<float>& pw, bool tail, int piece_len, int d) {
-  decayed_rows(dst, src, ld, pw.data(), tail, piece_len, d);
-}
-
-}  // namespace
-
 struct Lasp2Attention::Impl {
   Comm& sp;
   AttentionShape s;
@@ -103,12 +89,6 @@ struct Lasp2Attention::Impl {
     scan_piece_states(out.data(), recv.data(), owner, rank, s.B, s.H, s.d, lambda, piece_len, forward);
   }
 
-  std::vector<std::vector<float>> head_powers(const float* lambda) const {
-    std::vector<std::vector<float>> pw(s.H);
-    for (int h = 0; h < s.H; ++h) powers(pw[h], lambda ? lambda[h] : 1.0, piece_len);
-    return pw;
-  }
-
   bool first_piece(int i) const { return mine[i].index == 0; }
   bool last_piece(int i) const { return mine[i].index == int(owner.size()) - 1; }
 };
@@ -123,12 +103,12 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
                                     const float* lambda) {
   Impl& m = *impl_;
   const int H = m.s.H, d = m.s.d, piece_len = m.piece_len, ld = H * d;
-  const auto decay = m.head_powers(lambda);  // lambda_h^k, k = 0..piece_len, for every head
+  const auto decay = head_powers(lambda, m.s.H, m.piece_len);  // lambda_h^k, k = 0..piece_len, for every head
   // 1. the local state of every piece: M = K^T diag(lambda^(piece_len-j)) V
   m.for_each_head([&](int b, int i, int h, float* tmp) {
     const std::vector<float>& pw = decay[h];
     const long at = m.rows(b, m.mine[i]) + long(h) * d;
-    scaled_rows(tmp, k + at, ld, pw, true, piece_len, d);
+    decayed_rows(tmp, k + at, ld, pw.data(), true, piece_len, d);
     gemm(true, false, d, d, piece_len, 1.f, tmp, d, v + at, ld, 0.f, m.send.data() + m.state_at(i, b, h), d);
   });
   // 2. ONE all-gather of the states, in flight during 3.
@@ -176,7 +156,7 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
     if (m.first_piece(i)) return;
     const std::vector<float>& pw = decay[h];
     const long at = m.rows(b, m.mine[i]) + long(h) * d;
-    scaled_rows(tmp, q + at, ld, pw, false, piece_len, d);
+    decayed_rows(tmp, q + at, ld, pw.data(), false, piece_len, d);
     gemm(false, false, piece_len, d, d, 1.f, tmp, d, P.data() + m.state_at(i, b, h), d, 1.f, o + at, ld);
   });
 }
@@ -185,12 +165,12 @@ void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
                                      const float* k, const float* v, const float* lambda) {
   Impl& m = *impl_;
   const int H = m.s.H, d = m.s.d, piece_len = m.piece_len, ld = H * d;
-  const auto decay = m.head_powers(lambda);  // lambda_h^k, k = 0..piece_len, for every head
+  const auto decay = head_powers(lambda, m.s.H, m.piece_len);  // lambda_h^k, k = 0..piece_len, for every head
   // 1. dM = Q^T diag(lambda^i) dO: the gradient each piece sends to the state entering it
   m.for_each_head([&](int b, int i, int h, float* tmp) {
     const std::vector<float>& pw = decay[h];
     const long at = m.rows(b, m.mine[i]) + long(h) * d;
-    scaled_rows(tmp, q + at, ld, pw, false, piece_len, d);
+    decayed_rows(tmp, q + at, ld, pw.data(), false, piece_len, d);
     gemm(true, false, d, d, piece_len, 1.f, tmp, d, dout + at, ld, 0.f, m.send.data() + m.state_at(i, b, h), d);
   });
   // 2. ONE all-gather, in flight during 3.
@@ -222,14 +202,14 @@ void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
     const std::vector<float>& pw = decay[h];
     const long at = m.rows(b, m.mine[i]) + long(h) * d;
     if (!m.first_piece(i)) {  // dQ += diag(lambda^i) dO P^T
-      scaled_rows(tmp, dout + at, ld, pw, false, piece_len, d);
+      decayed_rows(tmp, dout + at, ld, pw.data(), false, piece_len, d);
       gemm(false, true, piece_len, d, d, 1.f, tmp, d, P.data() + m.state_at(i, b, h), d, 1.f, dq + at, ld);
     }
     if (!m.last_piece(i)) {
       const float* G = m.suffix.data() + m.state_at(i, b, h);
-      scaled_rows(tmp, v + at, ld, pw, true, piece_len, d);  // dK += diag(lambda^(piece_len-j)) V G^T
+      decayed_rows(tmp, v + at, ld, pw.data(), true, piece_len, d);  // dK += diag(lambda^(piece_len-j)) V G^T
       gemm(false, true, piece_len, d, d, 1.f, tmp, d, G, d, 1.f, dk + at, ld);
-      scaled_rows(tmp, k + at, ld, pw, true, piece_len, d);  // dV += diag(lambda^(piece_len-j)) K G
+      decayed_rows(tmp, k + at, ld, pw.data(), true, piece_len, d);  // dV += diag(lambda^(piece_len-j)) K G
       gemm(false, false, piece_len, d, d, 1.f, tmp, d, G, d, 1.f, dv + at, ld);
     }
   });

@@ -13,13 +13,6 @@ namespace lasp {
 
 namespace {
 
-// pw[h][k] = lambda_h^k, k = 0..n, for every head.
-std::vector<std::vector<float>> head_powers(const float* lambda, int H, int n) {
-  std::vector<std::vector<float>> pw(H, std::vector<float>(size_t(n) + 1));
-  for (int h = 0; h < H; ++h) decay_powers(pw[h].data(), lambda ? double(lambda[h]) : 1.0, n);
-  return pw;
-}
-
 size_t kernel_workspace_floats(const AttentionShape& s, int global_N, int chunk) {
   const LinearAttentionShape linear{1, chunk, s.H, s.d, s.block, s.threads};
   return std::max({linear_attention_forward_workspace_floats(linear), linear_attention_backward_workspace_floats(linear),

@@ -14,6 +14,12 @@ void decayed_rows(float* dst, const float* src, int ld, const float* pw, bool ta
   }
 }
 
+std::vector<std::vector<float>> head_powers(const float* lambda, int H, int n) {
+  std::vector<std::vector<float>> pw(H, std::vector<float>(size_t(n) + 1));
+  for (int h = 0; h < H; ++h) decay_powers(pw[h].data(), lambda ? double(lambda[h]) : 1.0, n);
+  return pw;
+}
+
 void scan_piece_states(float* out, const float* gathered, const std::vector<std::pair<int, int>>& owner, int rank,
                        int B, int H, int d, const float* lambda, int piece_len, bool forward) {
   const size_t dd = size_t(d) * d;

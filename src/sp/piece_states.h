@@ -13,6 +13,9 @@ namespace lasp {
 // pw[k] = lambda^k, k = 0..n.
 void decayed_rows(float* dst, const float* src, int ld, const float* pw, bool tail, int n, int d, float scale = 1.f);
 
+// pw[h][k] = lambda_h^k, k = 0..n, for every head (lambda (H) or null: 1).
+std::vector<std::vector<float>> head_powers(const float* lambda, int H, int n);
+
 // Per-piece states gathered from every rank, (W, pieces per rank, B, H, d, d) in rank order, scanned over
 // global piece order: the prefix P (forward) or the suffix G (backward) of each of this rank's pieces into
 // out (pieces per rank, B, H, d, d). owner[p] = (rank, index among its pieces); lambda (H) or null.

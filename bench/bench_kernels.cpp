@@ -64,9 +64,9 @@ nlohmann::ordered_json bench_linear(const KernelBenchOptions& o, int threads) {
   WorkspaceBuffer wf(linear_attention_forward_workspace_floats(s));
   WorkspaceBuffer wb(linear_attention_backward_workspace_floats(s));
   const double sec = time_median(o.repeats, [&] {
-    linear_attention_forward(out.data(), nullptr, q.data(), k.data(), v.data(), nullptr, nullptr, s, wf.view());
+    linear_attention_forward(out.data(), nullptr, q.data(), k.data(), v.data(), nullptr, nullptr, nullptr, s, wf.view());
     linear_attention_backward(dq.data(), dk.data(), dv.data(), nullptr, g.data(), nullptr, q.data(), k.data(),
-                              v.data(), nullptr, nullptr, s, wb.view());
+                              v.data(), nullptr, nullptr, nullptr, s, wb.view());
   });
   const double fwd = 4.0 * o.N * o.d * (64.0 + o.d) * o.H * o.B;
   return rate(3 * fwd, double(o.B) * o.N, sec);
@@ -83,10 +83,10 @@ nlohmann::ordered_json bench_softmax(const KernelBenchOptions& o, int threads) {
   const SoftmaxAttentionShape s = softmax_shape(o.B, o.N, o.N, o.H, o.H, o.d, threads);
   WorkspaceBuffer w(softmax_attention_workspace_floats(o.N, o.N, o.d, threads));
   const double sec = time_median(o.repeats, [&] {
-    softmax_attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), pos.data(), pos.data(), s,
+    softmax_attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), pos.data(), pos.data(), nullptr, s,
                               w.view());
     softmax_attention_backward(dq.data(), dk.data(), dv.data(), g.data(), out.data(), lse.data(), q.data(),
-                               k.data(), v.data(), pos.data(), pos.data(), s, w.view());
+                               k.data(), v.data(), pos.data(), pos.data(), nullptr, s, w.view());
   });
   const double fwd = 2.0 * o.N * o.N * o.d * o.H * o.B;
   return rate(3.5 * fwd, double(o.B) * o.N, sec);

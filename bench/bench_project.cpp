@@ -52,19 +52,19 @@ Rates measure() {
     const LinearAttentionShape s{1, C, H, d, kLinearBlock, threads};
     WorkspaceBuffer wf(linear_attention_forward_workspace_floats(s)), wb(linear_attention_backward_workspace_floats(s));
     r.linear = rate(3 * 4.0 * C * d * (64 + d) * H, [&] {
-      linear_attention_forward(o.data(), nullptr, q.data(), k.data(), v.data(), nullptr, nullptr, s, wf.view());
+      linear_attention_forward(o.data(), nullptr, q.data(), k.data(), v.data(), nullptr, nullptr, nullptr, s, wf.view());
       linear_attention_backward(dq.data(), dk.data(), dv.data(), nullptr, g.data(), nullptr, q.data(), k.data(),
-                                v.data(), nullptr, nullptr, s, wb.view());
+                                v.data(), nullptr, nullptr, nullptr, s, wb.view());
     });
   }
   {  // all keys visible (positions 0 for the keys, C for the queries): the full (C x C) product, fwd + bwd
     std::vector<int> qp(C, C), kp(C, 0);
     WorkspaceBuffer ws(masked_product_workspace_floats(C, C + 1, threads));
     r.masked = rate(7 * 2.0 * C * C * d * H, [&] {
-      masked_product_forward(o.data(), q.data(), k.data(), v.data(), qp.data(), kp.data(), 1, C, C, H, d, C + 1, nullptr,
+      masked_product_forward(o.data(), q.data(), k.data(), v.data(), qp.data(), kp.data(), nullptr, 1, C, C, H, d, C + 1, nullptr,
                              threads, ws.view());
       masked_product_backward(dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data(), qp.data(),
-                              kp.data(), 1, C, C, H, d, C + 1, nullptr, threads, ws.view());
+                              kp.data(), nullptr, 1, C, C, H, d, C + 1, nullptr, threads, ws.view());
     });
   }
   return r;

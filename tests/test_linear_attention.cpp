@@ -18,18 +18,26 @@ struct Case {
   int B, N, H, d, block;
   Decay decay;
   bool with_state;  // incoming state P and a gradient on the outgoing state
+  int docs = 0;     // documents: a start every ~docs tokens (and at both ends of row 1); 0: none
 };
 
 std::string name(const Case& c) {
   return "B" + std::to_string(c.B) + "_N" + std::to_string(c.N) + "_H" + std::to_string(c.H) + "_d" +
          std::to_string(c.d) + "_blk" + std::to_string(c.block) + "_" + to_string(c.decay) +
-         (c.with_state ? "_state" : "");
+         (c.with_state ? "_state" : "") + (c.docs ? "_docs" + std::to_string(c.docs) : "");
 }
 
 // The inputs of one case, in double; lambda as the kernel sees it (fp32 values).
 struct Inputs {
   std::vector<double> q, k, v, P, g, gs;  // g = dL/do, gs = dL/dstate_out
   std::vector<float> lambda;
+  std::vector<uint8_t> starts;            // (B, N) document starts, empty for none
+  // The document of token t of row b: its last start at or before t, -1 for the one entering the row.
+  int doc(const Case& c, int b, int t) const {
+    if (starts.empty()) return -1;
+    while (t >= 0 && !starts[size_t(b) * c.N + t]) --t;
+    return t;
+  }
 };
 
 Inputs make_inputs(const Case& c, uint32_t seed) {
@@ -43,6 +51,12 @@ Inputs make_inputs(const Case& c, uint32_t seed) {
   in.gs = c.with_state ? to_double(random_vector(st, seed + 6)) : std::vector<double>(st, 0.0);
   in.lambda.resize(c.H);
   linear_attention_decays(in.lambda.data(), c.H, c.decay);
+  if (c.docs) {
+    in.starts.resize(size_t(c.B) * c.N);
+    uint32_t x = seed * 2654435761u + 1;
+    for (auto& st : in.starts) st = (x = x * 1664525u + 1013904223u) >> 8 < (1u << 24) / c.docs;
+    if (c.B > 1) in.starts[c.N] = in.starts[2 * size_t(c.N) - 1] = 1;  // row 1: starts at its first and last token
+  }
   return in;
 }
 
@@ -56,8 +70,10 @@ void reference_forward(const Case& c, const Inputs& in, std::vector<double>& o, 
   for (int b = 0; b < c.B; ++b)
     for (int h = 0; h < c.H; ++h) {
       const double l = in.lambda[h];
+      const int last = in.doc(c, b, c.N - 1);  // the document the outgoing state belongs to
       for (int i = 0; i < c.N; ++i) {
         for (int j = 0; j <= i; ++j) {
+          if (in.doc(c, b, j) != in.doc(c, b, i)) continue;
           double qk = 0;
           for (int x = 0; x < c.d; ++x) qk += in.q[at(c, b, i, h, x)] * in.k[at(c, b, j, h, x)];
           const double w = std::pow(l, i - j) * qk;
@@ -66,14 +82,15 @@ void reference_forward(const Case& c, const Inputs& in, std::vector<double>& o, 
         for (int col = 0; col < c.d; ++col) {
           double acc = 0;
           for (int r = 0; r < c.d; ++r) acc += in.q[at(c, b, i, h, r)] * in.P[st_at(c, b, h, r, col)];
-          o[at(c, b, i, h, col)] += std::pow(l, i) * acc;
+          if (in.doc(c, b, i) == -1) o[at(c, b, i, h, col)] += std::pow(l, i) * acc;
         }
       }
       for (int r = 0; r < c.d; ++r)
         for (int col = 0; col < c.d; ++col) {
-          double acc = std::pow(l, c.N) * in.P[st_at(c, b, h, r, col)];
+          double acc = last == -1 ? std::pow(l, c.N) * in.P[st_at(c, b, h, r, col)] : 0.0;
           for (int j = 0; j < c.N; ++j)
-            acc += std::pow(l, c.N - j) * in.k[at(c, b, j, h, r)] * in.v[at(c, b, j, h, col)];
+            if (in.doc(c, b, j) == last)
+              acc += std::pow(l, c.N - j) * in.k[at(c, b, j, h, r)] * in.v[at(c, b, j, h, col)];
           S[st_at(c, b, h, r, col)] = acc;
         }
     }
@@ -100,8 +117,10 @@ Grads reference_backward(const Case& c, const Inputs& in) {
   for (int b = 0; b < c.B; ++b)
     for (int h = 0; h < c.H; ++h) {
       const double l = in.lambda[h];
+      const int last = in.doc(c, b, c.N - 1);
       for (int i = 0; i < c.N; ++i)
         for (int j = 0; j <= i; ++j) {
+          if (in.doc(c, b, j) != in.doc(c, b, i)) continue;
           const double w = std::pow(l, i - j);
           double gv = 0, qk = 0;
           for (int x = 0; x < c.d; ++x) {
@@ -118,7 +137,8 @@ Grads reference_backward(const Case& c, const Inputs& in) {
         for (int r = 0; r < c.d; ++r)
           for (int col = 0; col < c.d; ++col) {
             const double P = in.P[st_at(c, b, h, r, col)], gs = in.gs[st_at(c, b, h, r, col)];
-            const double li = std::pow(l, i), lt = std::pow(l, c.N - i);
+            const double li = in.doc(c, b, i) == -1 ? std::pow(l, i) : 0.0;
+            const double lt = in.doc(c, b, i) == last ? std::pow(l, c.N - i) : 0.0;
             gr.dq[at(c, b, i, h, r)] += li * P * in.g[at(c, b, i, h, col)];
             gr.dP[st_at(c, b, h, r, col)] += li * in.q[at(c, b, i, h, r)] * in.g[at(c, b, i, h, col)];
             gr.dk[at(c, b, i, h, r)] += lt * gs * in.v[at(c, b, i, h, col)];
@@ -126,7 +146,7 @@ Grads reference_backward(const Case& c, const Inputs& in) {
           }
       for (int r = 0; r < c.d; ++r)
         for (int col = 0; col < c.d; ++col)
-          gr.dP[st_at(c, b, h, r, col)] += std::pow(l, c.N) * in.gs[st_at(c, b, h, r, col)];
+          if (last == -1) gr.dP[st_at(c, b, h, r, col)] += std::pow(l, c.N) * in.gs[st_at(c, b, h, r, col)];
     }
   return gr;
 }
@@ -142,12 +162,13 @@ KernelResult run_kernel(const Case& c, const Inputs& in, float prefill = 0.f, in
   const LinearAttentionShape s{c.B, c.N, c.H, c.d, c.block, threads};
   auto q = to_float(in.q), k = to_float(in.k), v = to_float(in.v), P = to_float(in.P), g = to_float(in.g),
        gs = to_float(in.gs);
+  const uint8_t* starts = in.starts.empty() ? nullptr : in.starts.data();
   KernelResult r;
   r.o.assign(q.size(), 0.f);
   r.S.assign(P.size(), 0.f);
   WorkspaceBuffer wf(linear_attention_forward_workspace_floats(s));
   linear_attention_forward(r.o.data(), r.S.data(), q.data(), k.data(), v.data(),
-                           c.with_state ? P.data() : nullptr, in.lambda.data(), s, wf.view());
+                           c.with_state ? P.data() : nullptr, in.lambda.data(), starts, s, wf.view());
   r.dq.assign(q.size(), prefill);
   r.dk.assign(q.size(), prefill);
   r.dv.assign(q.size(), prefill);
@@ -155,7 +176,7 @@ KernelResult run_kernel(const Case& c, const Inputs& in, float prefill = 0.f, in
   WorkspaceBuffer wb(linear_attention_backward_workspace_floats(s));
   linear_attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), r.dP.data(), g.data(),
                             c.with_state ? gs.data() : nullptr, q.data(), k.data(), v.data(),
-                            c.with_state ? P.data() : nullptr, in.lambda.data(), s, wb.view());
+                            c.with_state ? P.data() : nullptr, in.lambda.data(), starts, s, wb.view());
   return r;
 }
 
@@ -195,6 +216,11 @@ std::vector<Case> sweep() {
       cases.push_back({1, 1000, 2, 3, 64, decay, st});
       cases.push_back({1, 1000, 2, 64, 48, decay, st});
     }
+  // Documents: starts inside blocks, on block boundaries (block 16, ~every 5 or 40 tokens), at both ends.
+  for (Decay decay : {Decay::none, Decay::lightning, Decay::retention})
+    for (bool st : {false, true})
+      for (int docs : {3, 40})
+        for (int N : {7, 64, 65, 300}) cases.push_back({2, N, 2, 8, 16, decay, st, docs});
   cases.push_back({1, 1000, 1, 128, 64, Decay::lightning, true});
   cases.push_back({1, 1000, 8, 64, 128, Decay::lightning, true});  // lightning decays to 0 across a block
   return cases;
@@ -210,7 +236,8 @@ TEST(LinearAttention, PiecesAcrossThreadsMatchDoubleReference) {
   for (int threads : {1, 3, 5, 8})
     for (Decay decay : {Decay::none, Decay::lightning, Decay::retention})
       for (bool st : {false, true})
-        for (Case c : {Case{1, 1000, 2, 16, 32, decay, st}, Case{2, 300, 1, 8, 16, decay, st}, Case{1, 65, 1, 3, 16, decay, st}}) {
+        for (Case c : {Case{1, 1000, 2, 16, 32, decay, st}, Case{2, 300, 1, 8, 16, decay, st}, Case{1, 65, 1, 3, 16, decay, st},
+                       Case{2, 300, 1, 8, 16, decay, st, 30}, Case{2, 400, 2, 4, 16, decay, st, 150}}) {
           const Inputs in = make_inputs(c, 31u * c.N + threads);
           std::vector<double> o, S;
           reference_forward(c, in, o, S);
@@ -230,8 +257,9 @@ TEST(LinearAttention, PiecesAcrossThreadsMatchDoubleReference) {
 
 // The double reference's analytic backward equals finite differences of its forward.
 TEST(LinearAttentionReference, BackwardMatchesFiniteDifferences) {
-  for (Decay decay : {Decay::none, Decay::retention, Decay::lightning}) {
-    const Case c{1, 7, 2, 3, 3, decay, true};
+  for (Decay decay : {Decay::none, Decay::retention, Decay::lightning})
+  for (int docs : {0, 3}) {
+    const Case c{2, 7, 2, 3, 3, decay, true, docs};
     Inputs in = make_inputs(c, 5);
     const Grads gr = reference_backward(c, in);
     auto fd = [&](std::vector<double> Inputs::*field) {
@@ -275,11 +303,11 @@ TEST(LinearAttention, StateHandOverEqualsOneCall) {
   std::vector<float> o(q.size()), o2(q.size()), S(size_t(H) * d * d), S1(S.size()), S2(S.size());
   WorkspaceBuffer w(linear_attention_forward_workspace_floats(whole) + linear_attention_forward_workspace_floats(first) +
                     linear_attention_forward_workspace_floats(second));
-  linear_attention_forward(o.data(), S.data(), q.data(), k.data(), v.data(), nullptr, lambda.data(), whole, w.view());
-  linear_attention_forward(o2.data(), S1.data(), q.data(), k.data(), v.data(), nullptr, lambda.data(), first, w.view());
+  linear_attention_forward(o.data(), S.data(), q.data(), k.data(), v.data(), nullptr, lambda.data(), nullptr, whole, w.view());
+  linear_attention_forward(o2.data(), S1.data(), q.data(), k.data(), v.data(), nullptr, lambda.data(), nullptr, first, w.view());
   const size_t off = size_t(split) * H * d;
   linear_attention_forward(o2.data() + off, S2.data(), q.data() + off, k.data() + off, v.data() + off, S1.data(),
-                           lambda.data(), second, w.view());
+                           lambda.data(), nullptr, second, w.view());
   EXPECT_LE(normalized_error(o, o2), 1e-12);
   EXPECT_LE(normalized_error(S, S2), 1e-12);
 }
@@ -367,7 +395,7 @@ TEST(LinearAttention, BadArgumentsNameTheKernelAndShapes) {
   std::vector<float> x(64), big(100000);
   Workspace ws{big.data(), big.size()};
   try {
-    linear_attention_forward(x.data(), nullptr, x.data(), x.data(), x.data(), nullptr, nullptr, s, ws);
+    linear_attention_forward(x.data(), nullptr, x.data(), x.data(), x.data(), nullptr, nullptr, nullptr, s, ws);
     FAIL() << "no error for block 0";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("linear_attention_forward"), std::string::npos) << e.what();
@@ -377,15 +405,15 @@ TEST(LinearAttention, BadArgumentsNameTheKernelAndShapes) {
   Workspace tiny{big.data(), 3};
   try {
     linear_attention_backward(x.data(), x.data(), x.data(), nullptr, x.data(), nullptr, x.data(), x.data(),
-                              x.data(), nullptr, nullptr, s, tiny);
+                              x.data(), nullptr, nullptr, nullptr, s, tiny);
     FAIL() << "no error for a small workspace";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("linear_attention_backward: workspace"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(linear_attention_forward(nullptr, nullptr, x.data(), x.data(), x.data(), nullptr, nullptr, s, ws), Error);
+  EXPECT_THROW(linear_attention_forward(nullptr, nullptr, x.data(), x.data(), x.data(), nullptr, nullptr, nullptr, s, ws), Error);
   LinearAttentionShape no_threads{1, 8, 2, 4, 4};  // a shape that does not say its threads is refused
   try {
-    linear_attention_forward(x.data(), nullptr, x.data(), x.data(), x.data(), nullptr, nullptr, no_threads, ws);
+    linear_attention_forward(x.data(), nullptr, x.data(), x.data(), x.data(), nullptr, nullptr, nullptr, no_threads, ws);
     FAIL() << "no error for threads 0";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("threads=0"), std::string::npos) << e.what();
@@ -393,7 +421,7 @@ TEST(LinearAttention, BadArgumentsNameTheKernelAndShapes) {
   s.threads = 4;  // a workspace sized for fewer threads than the shape asks for
   Workspace for_one{big.data(), linear_attention_backward_workspace_floats({1, 8, 2, 4, 4, 1})};
   EXPECT_THROW(linear_attention_backward(x.data(), x.data(), x.data(), nullptr, x.data(), nullptr, x.data(), x.data(),
-                                         x.data(), nullptr, nullptr, s, for_one),
+                                         x.data(), nullptr, nullptr, nullptr, s, for_one),
                Error);
   EXPECT_THROW(decay_from_string("exponential"), Error);
 }

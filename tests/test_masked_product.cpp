@@ -44,26 +44,26 @@ TEST(MaskedProduct, MatchesNaiveDoubleForwardAndBackward) {
     const int threads = 3;  // the caller's choice, whatever OMP_NUM_THREADS says
     lasp::WorkspaceBuffer ws(lasp::masked_product_workspace_floats(Nq, span, threads));
     std::vector<float> got_o(q.size(), 0.f), got_dq(q.size(), 0.f), got_dk(k.size(), 0.f), got_dv(k.size(), 0.f);
-    lasp::masked_product_forward(got_o.data(), q.data(), k.data(), v.data(), qp.data(), kp.data(), B, Nq, Nk, H, d, span,
+    lasp::masked_product_forward(got_o.data(), q.data(), k.data(), v.data(), qp.data(), kp.data(), nullptr, B, Nq, Nk, H, d, span,
                                  lambda.data(), threads, ws.view());
     lasp::masked_product_backward(got_dq.data(), got_dk.data(), got_dv.data(), dout.data(), q.data(), k.data(), v.data(),
-                                  qp.data(), kp.data(), B, Nq, Nk, H, d, span, lambda.data(), threads, ws.view());
+                                  qp.data(), kp.data(), nullptr, B, Nq, Nk, H, d, span, lambda.data(), threads, ws.view());
     EXPECT_LE(normalized_error(o, got_o), lasp::testing::kFp32Tolerance);
     EXPECT_LE(normalized_error(dq, got_dq), lasp::testing::kFp32Tolerance);
     EXPECT_LE(normalized_error(dk, got_dk), lasp::testing::kFp32Tolerance);
     EXPECT_LE(normalized_error(dv, got_dv), lasp::testing::kFp32Tolerance);
     // A workspace too small for the threads, no threads, and positions outside [0, span), are refused.
     lasp::WorkspaceBuffer small(10);
-    EXPECT_THROW(lasp::masked_product_forward(got_o.data(), q.data(), k.data(), v.data(), qp.data(), kp.data(), B, Nq,
+    EXPECT_THROW(lasp::masked_product_forward(got_o.data(), q.data(), k.data(), v.data(), qp.data(), kp.data(), nullptr, B, Nq,
                                               Nk, H, d, span, lambda.data(), 1, small.view()),
                  lasp::Error);
-    EXPECT_THROW(lasp::masked_product_forward(got_o.data(), q.data(), k.data(), v.data(), qp.data(), kp.data(), B, Nq,
+    EXPECT_THROW(lasp::masked_product_forward(got_o.data(), q.data(), k.data(), v.data(), qp.data(), kp.data(), nullptr, B, Nq,
                                               Nk, H, d, span, lambda.data(), threads + 1, ws.view()),
                  lasp::Error);
-    EXPECT_THROW(lasp::masked_product_forward(got_o.data(), q.data(), k.data(), v.data(), qp.data(), kp.data(), B, Nq,
+    EXPECT_THROW(lasp::masked_product_forward(got_o.data(), q.data(), k.data(), v.data(), qp.data(), kp.data(), nullptr, B, Nq,
                                               Nk, H, d, span, lambda.data(), 0, ws.view()),
                  lasp::Error);
-    EXPECT_THROW(lasp::masked_product_forward(got_o.data(), q.data(), k.data(), v.data(), qp.data(), kp.data(), B, Nq,
+    EXPECT_THROW(lasp::masked_product_forward(got_o.data(), q.data(), k.data(), v.data(), qp.data(), kp.data(), nullptr, B, Nq,
                                               Nk, H, d, 2, lambda.data(), threads, ws.view()),
                  lasp::Error);
   }

@@ -28,7 +28,9 @@ using testing::to_double;
 struct Problem {
   SoftmaxAttentionShape s;
   std::vector<int> qpos, kpos;
+  std::vector<int> qdoc;  // (B, Nq) where each query's document starts; empty: no documents
   std::vector<float> q, k, v, dout;
+  const int* doc() const { return qdoc.empty() ? nullptr : qdoc.data(); }
 };
 
 std::vector<int> iota(int n, int start = 0) {
@@ -73,6 +75,7 @@ std::vector<double> ref_scores(const Problem& p, const std::vector<double>& q, c
   std::vector<double> sc(s.Nk, -INFINITY);
   for (int j = 0; j < s.Nk; ++j) {
     if (p.kpos[j] > p.qpos[i]) continue;
+    if (!p.qdoc.empty() && p.kpos[j] < p.qdoc[size_t(b) * s.Nq + i]) continue;  // another document's key
     double acc = 0;
     for (int x = 0; x < s.d; ++x) acc += q[qi(s, b, i, h) + x] * k[ki(s, b, j, hk) + x];
     sc[j] = acc * double(s.scale);
@@ -161,9 +164,9 @@ KernelOut run_kernel(const Problem& p, float grad_fill = 0.f) {
               std::vector<float>(p.v.size(), grad_fill)};
   auto ws = workspace_for(s);
   softmax_attention_forward(r.o.data(), r.lse.data(), p.q.data(), p.k.data(), p.v.data(), p.qpos.data(),
-                            p.kpos.data(), s, ws.view());
+                            p.kpos.data(), p.doc(), s, ws.view());
   softmax_attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), p.dout.data(), r.o.data(), r.lse.data(),
-                             p.q.data(), p.k.data(), p.v.data(), p.qpos.data(), p.kpos.data(), s, ws.view());
+                             p.q.data(), p.k.data(), p.v.data(), p.qpos.data(), p.kpos.data(), p.doc(), s, ws.view());
   return r;
 }
 
@@ -234,6 +237,36 @@ TEST(SoftmaxAttention, ReferenceBackwardMatchesFiniteDifferences) {
   EXPECT_LE(normalized_error(fq, g.dq), 1e-12);
   EXPECT_LE(normalized_error(fk, g.dk), 1e-12);
   EXPECT_LE(normalized_error(fv, g.dv), 1e-12);
+}
+
+// Documents: each query sees only the keys of its own document. Every batch row has its own starts; on
+// contiguous positions (diagonal tiles, starts inside and on tile edges) and on zigzag-ordered keys, with
+// queries against a suffix of the keys (the first query's document began before them).
+TEST(SoftmaxAttention, DocumentsMaskOtherDocuments) {
+  auto documents = [](const std::vector<int>& qpos, int B, int N, int every, uint32_t seed) {
+    std::vector<int> starts_at(size_t(B) * N, 0), qdoc;  // the document start of each global position
+    uint32_t x = seed;
+    for (int b = 0; b < B; ++b)
+      for (int t = 1; t < N; ++t) {
+        const bool start = (x = x * 1664525u + 1013904223u) >> 8 < (1u << 24) / every || t == 256 || t == N - 1;
+        starts_at[size_t(b) * N + t] = start ? t : starts_at[size_t(b) * N + t - 1];
+      }
+    for (int b = 0; b < B; ++b)
+      for (int p : qpos) qdoc.push_back(starts_at[size_t(b) * N + p]);
+    return qdoc;
+  };
+  for (int every : {5, 70, 400})
+    for (int N : {7, 300, 600}) {
+      Problem p = make_problem(2, 4, 2, 16, iota(N), iota(N), 3 + N + every);
+      p.qdoc = documents(p.qpos, 2, N, every, N + every);
+      check_problem(p, name(p) + " every=" + std::to_string(every));
+      // later queries against every key, and zigzag-ordered keys
+      std::vector<int> zig = iota(N);
+      std::reverse(zig.begin() + N / 2, zig.end());
+      Problem z = make_problem(2, 4, 1, 8, iota(N - N / 3, N / 3), zig, 9 + N + every);
+      z.qdoc = documents(z.qpos, 2, N, every, 2 * N + every);
+      check_problem(z, name(z) + " zigzag every=" + std::to_string(every));
+    }
 }
 
 // ---- kernel vs reference ----
@@ -344,7 +377,7 @@ TEST(SoftmaxAttention, MergeOfDisjointKeySetsEqualsAllKeys) {
     lse[side].assign(size_t(B) * H * Nq, NAN);
     auto ws = workspace_for(s);
     softmax_attention_forward(o[side].data(), lse[side].data(), p.q.data(), part[side].k.data(),
-                              part[side].v.data(), p.qpos.data(), part[side].kpos.data(), s, ws.view());
+                              part[side].v.data(), p.qpos.data(), part[side].kpos.data(), nullptr, s, ws.view());
   }
   // odd into even, and a third part that saw nothing (all -inf) changes nothing.
   softmax_attention_merge(o[0].data(), lse[0].data(), o[1].data(), lse[1].data(), B, Nq, H, d);
@@ -375,12 +408,12 @@ TEST(SoftmaxAttention, BadArgumentsThrow) {
   std::vector<float> o(p.q.size()), lse(4 * 10), dq(p.q.size()), dk(p.k.size()), dv(p.v.size());
   auto ws = workspace_for(p.s);
   auto fwd = [&](SoftmaxAttentionShape s, Workspace w, const float* q) {
-    softmax_attention_forward(o.data(), lse.data(), q, p.k.data(), p.v.data(), p.qpos.data(), p.kpos.data(), s,
-                              w);
+    softmax_attention_forward(o.data(), lse.data(), q, p.k.data(), p.v.data(), p.qpos.data(), p.kpos.data(), nullptr,
+                              s, w);
   };
   auto bwd = [&](SoftmaxAttentionShape s, Workspace w, const float* lse_in) {
     softmax_attention_backward(dq.data(), dk.data(), dv.data(), p.dout.data(), o.data(), lse_in, p.q.data(),
-                               p.k.data(), p.v.data(), p.qpos.data(), p.kpos.data(), s, w);
+                               p.k.data(), p.v.data(), p.qpos.data(), p.kpos.data(), nullptr, s, w);
   };
   SoftmaxAttentionShape s = p.s;
   s.H_kv = 3;
@@ -419,9 +452,9 @@ TEST(SoftmaxAttention, OneThreadWithAOneThreadWorkspace) {
   SoftmaxAttentionShape single = p.s;
   single.threads = 1;
   softmax_attention_forward(o1.data(), lse1.data(), p.q.data(), p.k.data(), p.v.data(), p.qpos.data(),
-                            p.kpos.data(), single, one.view());
+                            p.kpos.data(), nullptr, single, one.view());
   softmax_attention_forward(o2.data(), lse2.data(), p.q.data(), p.k.data(), p.v.data(), p.qpos.data(),
-                            p.kpos.data(), p.s, all.view());
+                            p.kpos.data(), nullptr, p.s, all.view());
   EXPECT_EQ(o1, o2);
   EXPECT_EQ(lse1, lse2);
 }

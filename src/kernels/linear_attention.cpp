@@ -70,6 +70,11 @@ void check_workspace(const char* kernel, Workspace ws, size_t need, const Linear
 
 int num_blocks(const LinearAttentionShape& s) { return (s.N + s.block - 1) / s.block; }
 
+// The flags of block `blkno` of batch row b, or null without documents.
+const uint8_t* block_starts(const uint8_t* starts, const LinearAttentionShape& s, int b, int blkno) {
+  return starts ? starts + long(b) * s.N + long(blkno) * s.block : nullptr;
+}
+
 // Each thread takes one batch row and a contiguous group of heads and walks the blocks in order, all its
 // heads per block, so that it reads long contiguous runs of the (N, H, d) rows.
 struct HeadGroups {
@@ -101,11 +106,15 @@ struct Plan {
 //   backward: slot P-1 = `last` (or 0); slot p holds piece p+1's local gradient on entry, the gradient of
 //             the state leaving piece p on exit: slot p = lambda^len(p+1) slot p+1 + slot p.
 void carry_states(float* slots, const float* edge, bool forward, const LinearAttentionShape& s, const Plan& plan,
-                  const float* lambda) {
+                  const float* lambda, const uint8_t* starts) {
   const int P = plan.pieces, nb = num_blocks(s);
   const size_t dd = size_t(s.d) * s.d, per_piece = size_t(s.B) * s.H * dd;
-  auto tokens = [&](int piece) {
-    return std::min<long>(s.N, long(plan.first_block(piece + 1, nb)) * s.block) - long(plan.first_block(piece, nb)) * s.block;
+  auto first_token = [&](int piece) { return std::min<long>(s.N, long(plan.first_block(piece, nb)) * s.block); };
+  auto tokens = [&](int piece) { return first_token(piece + 1) - first_token(piece); };
+  // A piece holding a document start passes on nothing from before it.
+  auto cut = [&](int b, int piece) {
+    return starts && std::any_of(starts + long(b) * s.N + first_token(piece), starts + long(b) * s.N + first_token(piece + 1),
+                                 [](uint8_t x) { return x != 0; });
   };
   for (int b = 0; b < s.B; ++b)
     for (int h = 0; h < s.H; ++h) {
@@ -116,7 +125,7 @@ void carry_states(float* slots, const float* edge, bool forward, const LinearAtt
       for (int i = 1; i < P; ++i) {
         const int piece = forward ? i : P - 1 - i;        // the slot written
         const int from = forward ? piece - 1 : piece + 1;  // the slot carried, whose piece's length decays it
-        const float f = decay_power(lambda ? lambda[h] : 1.0, tokens(from));
+        const float f = cut(b, from) ? 0.f : decay_power(lambda ? lambda[h] : 1.0, tokens(from));
         float* dst = slots + size_t(piece) * per_piece + at;
         const float* src = slots + size_t(from) * per_piece + at;
         for (size_t e = 0; e < dd; ++e) dst[e] += f * src[e];
@@ -128,6 +137,41 @@ void carry_states(float* slots, const float* edge, bool forward, const LinearAtt
 void fill_powers(float* pw, float* rev, double lambda, int blk) {
   decay_powers(pw, lambda, blk);
   for (int k = 0; k <= blk; ++k) rev[blk - k] = pw[k];
+}
+
+// The factors of one block (rows [0, rows)) of one head: q[i] weighs query i against the state entering the
+// block (lambda^i), k[j] key j in the state leaving it (lambda^(rows-j)), `decay` the entering state in the
+// leaving one (lambda^rows). A document start at row t (GLA's gate of 0) cuts what lies before it:
+// q[i] = 0 from the block's first start on, k[j] = 0 before its last start, decay = 0. `plain`: every factor
+// is 1 (no decay, no start), so the products may read Q and K unscaled. `starts`: the block's rows of the
+// kernel's flags, or null; qf and kf (blk floats) hold the factors when a start cuts them.
+struct Factors {
+  const float *q, *k;
+  float decay;
+  bool plain;
+  const uint8_t* starts;  // the block's flags when it holds a start (the scores need mask_documents), else null
+};
+Factors block_factors(const float* pw, const float* rev, int blk, int rows, const uint8_t* starts, float* qf,
+                      float* kf) {
+  Factors f{pw, rev + blk - rows, pw[rows], pw[1] == 1.f, nullptr};
+  int first = -1, last = -1;
+  for (int i = 0; starts && i < rows; ++i)
+    if (starts[i]) last = i, first = first < 0 ? i : first;
+  if (first < 0) return f;
+  for (int i = 0; i < rows; ++i) {
+    qf[i] = i < first ? pw[i] : 0.f;
+    kf[i] = i >= last ? f.k[i] : 0.f;
+  }
+  return {qf, kf, 0.f, false, starts};
+}
+
+// Scores a (rows x rows) of a block holding document starts: a[i][j] = 0 where a start lies in (j, i].
+void mask_documents(float* a, const uint8_t* starts, int rows) {
+  int opened = 0;  // the last start at or before row i
+  for (int i = 0; i < rows; ++i) {
+    if (starts[i]) opened = i;
+    std::fill(a + long(i) * rows, a + long(i) * rows + opened, 0.f);
+  }
 }
 
 // a (rows x rows) .*= psi with psi[i][j] = lambda^(i-j) = rev[blk - i + j] for j <= i, else 0.
@@ -216,6 +260,7 @@ struct Scratch {
   float *kt, *vt;               // (d, blk) one head's K, V transposed
   float *qs, *ks, *vs, *douts;  // (blk, d) one head's rows scaled by the decay factors
   float *a, *da;                // (blk, blk) intra-block scores and their gradient
+  float *qf, *kf;               // (blk) one head's block factors where a document start cuts them
   float* dstate_t;              // (d, d)
 };
 
@@ -228,6 +273,8 @@ Scratch carve(Carver& c, const LinearAttentionShape& s, int heads, bool backward
   for (float** part : {&w.q, &w.k, &w.v, &w.o}) *part = c.take(heads * bd);
   for (float** part : {&w.kt, &w.qs, &w.ks}) *part = c.take(bd);
   w.a = c.take(blk * blk);
+  w.qf = c.take(blk);
+  w.kf = c.take(blk);
   if (backward) {
     for (float** part : {&w.vt, &w.vs, &w.douts}) *part = c.take(bd);
     w.da = c.take(blk * blk);
@@ -249,8 +296,8 @@ Scratch thread_scratch(Workspace ws, const LinearAttentionShape& s, int heads, b
 
 // A piece's local state, for the pieces across threads: the state after blocks [begin, end) of batch row b,
 // heads h0.., from none (S = lambda^rows S + K_b^T diag(lambda^(rows-j)) V_b), into out (B, H, d, d).
-void piece_state(float* out, const float* k, const float* v, const float* lambda, const LinearAttentionShape& s,
-                 const Scratch& w, int b, int h0, int heads, int begin, int end) {
+void piece_state(float* out, const float* k, const float* v, const float* lambda, const uint8_t* starts,
+                 const LinearAttentionShape& s, const Scratch& w, int b, int h0, int heads, int begin, int end) {
   const int N = s.N, d = s.d, blk = s.block, ld = s.H * d;
   const size_t dd = size_t(d) * d, p = blk + 1;
   for (int j = 0; j < heads; ++j) {
@@ -263,10 +310,11 @@ void piece_state(float* out, const float* k, const float* v, const float* lambda
       const float *pw = w.pw + j * p, *rev = w.rev + j * p;
       const BlockIo one{(long(b) * N + long(blkno) * blk) * ld + long(h0 + j) * d, ld, rows, 1, d};
       one.gather({{w.v, v}});  // V is the B operand; K is read in place
+      const Factors f = block_factors(pw, rev, blk, rows, block_starts(starts, s, b, blkno), w.qf, w.kf);
       const float* ks = k + one.at;
       int ksld = ld;
-      if (pw[1] != 1.f) scale_rows(w.ks, ks, rev + blk - rows, rows, d, ld), ks = w.ks, ksld = d;
-      gemm(true, false, d, d, rows, 1.f, ks, ksld, w.v, d, pw[rows], w.state + j * dd, d);
+      if (!f.plain) scale_rows(w.ks, ks, f.k, rows, d, ld), ks = w.ks, ksld = d;
+      gemm(true, false, d, d, rows, 1.f, ks, ksld, w.v, d, f.decay, w.state + j * dd, d);
     }
   }
   for (int j = 0; j < heads; ++j)
@@ -295,8 +343,8 @@ size_t linear_attention_backward_workspace_floats(const LinearAttentionShape& s)
 }
 
 void linear_attention_forward(float* o, float* state_out, const float* q, const float* k, const float* v,
-                              const float* state_in, const float* lambda, const LinearAttentionShape& s,
-                              Workspace ws) {
+                              const float* state_in, const float* lambda, const uint8_t* starts,
+                              const LinearAttentionShape& s, Workspace ws) {
   const char* kernel = "linear_attention_forward";
   check_shape(kernel, s);
   LASP_CHECK(o && q && k && v, "{}: o, q, k and v must not be null", kernel);
@@ -337,19 +385,21 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
         const float *qb = q + row0, *kb = k + row0, *vb = w.v;
         float* ob = w.o;
         float* S = w.state + j * dd;  // the state entering this block
+        const Factors f = block_factors(pw, rev, blk, rows, block_starts(starts, s, b, blkno), w.qf, w.kf);
         transpose(w.kt, rows, kb, ld, rows, d);
         // intra: O_b = ((Q_b K_b^T) .* psi) V_b
         gemm(false, false, rows, rows, d, 1.f, qb, ld, w.kt, rows, 0.f, w.a, rows, &pf, Skip::c_upper);
         mask_decay(w.a, rev, blk, rows);
+        if (f.starts) mask_documents(w.a, f.starts, rows);
         // inter, in the same pass: O_b += diag(lambda^i) Q_b S_b
         const float* qs = qb;
         int qsld = ld;
-        if (pw[1] != 1.f) scale_rows(w.qs, qb, pw, rows, d, ld), qs = w.qs, qsld = d;
+        if (!f.plain) scale_rows(w.qs, qb, f.q, rows, d, ld), qs = w.qs, qsld = d;
         gemm_sum(rows, d, {false, rows, w.a, rows, vb, d, Skip::a_upper}, {false, d, qs, qsld, S, d}, 1.f, 0.f, ob, d, &pf);
         // S = lambda^rows S + K_b^T diag(lambda^(rows-j)) V_b
-        if (pw[1] != 1.f) {
-          scale_rows(w.ks, kb, rev + blk - rows, rows, d, ld);
-          gemm(true, false, d, d, rows, 1.f, w.ks, d, vb, d, pw[rows], S, d, &pf);
+        if (!f.plain) {
+          scale_rows(w.ks, kb, f.k, rows, d, ld);
+          gemm(true, false, d, d, rows, 1.f, w.ks, d, vb, d, f.decay, S, d, &pf);
         } else {
           gemm(false, false, d, d, rows, 1.f, w.kt, rows, vb, d, 1.f, S, d, &pf);
         }
@@ -373,11 +423,11 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
   for (int item = 0; item < items * (P - 1); ++item) {  // local states of pieces 0..P-2 into slots 1..P-1
     const int piece = item / items, bg = item % items, g = bg % groups.count, h0 = groups.begin(g, H);
-    piece_state(slots + size_t(piece + 1) * per_piece, k, v, lambda, s, thread_scratch(ws, s, groups.max_heads, false),
+    piece_state(slots + size_t(piece + 1) * per_piece, k, v, lambda, starts, s, thread_scratch(ws, s, groups.max_heads, false),
                 bg / groups.count, h0, groups.begin(g + 1, H) - h0, plan.first_block(piece, nb),
                 plan.first_block(piece + 1, nb));
   }
-  carry_states(slots, state_in, true, s, plan, lambda);
+  carry_states(slots, state_in, true, s, plan, lambda, starts);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
   for (int item = 0; item < items * P; ++item) {
     const int piece = item / items, bg = item % items;
@@ -388,8 +438,8 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
 
 void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in, const float* dout,
                                const float* dstate_out, const float* q, const float* k, const float* v,
-                               const float* state_in, const float* lambda, const LinearAttentionShape& s,
-                               Workspace ws) {
+                               const float* state_in, const float* lambda, const uint8_t* starts,
+                               const LinearAttentionShape& s, Workspace ws) {
   const char* kernel = "linear_attention_backward";
   check_shape(kernel, s);
   LASP_CHECK(dq && dk && dv && dout && q && k && v, "{}: dq, dk, dv, dout, q, k and v must not be null",
@@ -417,11 +467,12 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
                        heads, d};
       io.gather({{w.q, q}, {w.o, dout}});
       for (int j = 0; j < heads; ++j) {
-        const float* pw = w.pw + j * p;
+        const float *pw = w.pw + j * p, *rev = w.rev + j * p;
+        const Factors f = block_factors(pw, rev, blk, io.rows, block_starts(starts, s, b, blkno), w.qf, w.kf);
         const long hb = long(j) * io.rows * d;
         const float* douts = w.o + hb;
-        if (pw[1] != 1.f) scale_rows(w.douts, douts, pw, io.rows, d), douts = w.douts;
-        gemm(true, false, d, d, io.rows, 1.f, w.q + hb, d, douts, d, pw[io.rows], w.state + j * dd, d);
+        if (!f.plain) scale_rows(w.douts, douts, f.q, io.rows, d), douts = w.douts;
+        gemm(true, false, d, d, io.rows, 1.f, w.q + hb, d, douts, d, f.decay, w.state + j * dd, d);
       }
     }
     for (int j = 0; j < heads; ++j)
@@ -468,18 +519,20 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
         one.gather({{w.k, k}});
         const float *kb = w.k, *vb = rows_of(v, io, j), *dob = rows_of(dout, io, j);
         float *dqb = rows_of(dq, io, j), *S = w.state + j * dd;
+        const Factors f = block_factors(pw, rev, blk, rows, block_starts(starts, s, b, blkno), w.qf, w.kf);
         transpose(w.vt, rows, vb, ld, rows, d);
         gemm(false, false, rows, rows, d, 1.f, dob, ld, w.vt, rows, 0.f, w.da, rows, &pf, Skip::c_upper);
         mask_decay(w.da, rev, blk, rows);
+        if (f.starts) mask_documents(w.da, f.starts, rows);
         const float* douts = dob;
         int dold = ld;
-        if (pw[1] != 1.f) scale_rows(w.douts, dob, pw, rows, d, ld), douts = w.douts, dold = d;
+        if (!f.plain) scale_rows(w.douts, dob, f.q, rows, d, ld), douts = w.douts, dold = d;
         gemm_sum(rows, d, {false, rows, w.da, rows, kb, d, Skip::a_upper}, {false, d, douts, dold, S, d}, 1.f, 1.f, dqb, ld,
                  &pf);  // dQ += dA K + diag(l^i) dO S_b^T, one pass over dQ's rows
         if (blkno + 1 == end) continue;
         const float* ks = kb;
-        if (pw[1] != 1.f) scale_rows(w.ks, kb, rev + blk - rows, rows, d), ks = w.ks;
-        gemm(true, false, d, d, rows, 1.f, vb, ld, ks, d, pw[rows], S, d, &pf);  // S^T = l^rows S^T + V^T diag(l^(rows-j)) K
+        if (!f.plain) scale_rows(w.ks, kb, f.k, rows, d), ks = w.ks;
+        gemm(true, false, d, d, rows, 1.f, vb, ld, ks, d, f.decay, S, d, &pf);  // S^T = l^rows S^T + V^T diag(l^(rows-j)) K
       }
     }
 
@@ -503,15 +556,15 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
         one.gather({{w.q, q}, {w.o, dout}});
         const float *qb = w.q, *dob = w.o, *kb = rows_of(k, io, j), *vb = rows_of(v, io, j);
         float *dkb = rows_of(dk, io, j), *dvb = rows_of(dv, io, j), *dS = w.state + j * dd;
+        const Factors f = block_factors(pw, rev, blk, rows, block_starts(starts, s, b, blkno), w.qf, w.kf);
         transpose(w.kt, rows, kb, ld, rows, d);
         transpose(w.vt, rows, vb, ld, rows, d);
         const float *ks = kb, *vs = vb, *douts = dob;
         int kvld = ld;  // row stride of ks and vs
-        if (pw[1] != 1.f) {
-          const float* tail = rev + blk - rows;  // lambda^(rows-j)
-          scale_rows(w.ks, kb, tail, rows, d, ld), ks = w.ks;
-          scale_rows(w.vs, vb, tail, rows, d, ld), vs = w.vs;
-          scale_rows(w.douts, dob, pw, rows, d), douts = w.douts;
+        if (!f.plain) {
+          scale_rows(w.ks, kb, f.k, rows, d, ld), ks = w.ks;  // lambda^(rows-j)
+          scale_rows(w.vs, vb, f.k, rows, d, ld), vs = w.vs;
+          scale_rows(w.douts, dob, f.q, rows, d), douts = w.douts;
           kvld = d;
         }
         // (A and dA are lower triangular: the products skip the zero halves.)
@@ -519,12 +572,13 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
         mask_decay(w.a, rev, blk, rows);
         gemm(false, false, rows, rows, d, 1.f, dob, d, w.vt, rows, 0.f, w.da, rows, &pf, Skip::c_upper);
         mask_decay(w.da, rev, blk, rows);
+        if (f.starts) mask_documents(w.a, f.starts, rows), mask_documents(w.da, f.starts, rows);
         transpose(w.dstate_t, d, dS, d, d, d);
         gemm_sum(rows, d, {true, rows, w.da, rows, qb, d, Skip::a_lower}, {false, d, vs, kvld, w.dstate_t, d}, 1.f, 1.f, dkb,
                  ld, &pf);  // dK += dA^T Q + diag(l^(rows-j)) V dS^T
         gemm_sum(rows, d, {true, rows, w.a, rows, dob, d, Skip::a_lower}, {false, d, ks, kvld, dS, d}, 1.f, 1.f, dvb, ld,
                  &pf);  // dV += A^T dO + diag(l^(rows-j)) K dS
-        gemm(true, false, d, d, rows, 1.f, qb, d, douts, d, pw[rows], dS, d, &pf);        // dS = l^rows dS + Q^T diag(l^i) dO
+        gemm(true, false, d, d, rows, 1.f, qb, d, douts, d, f.decay, dS, d, &pf);        // dS = l^rows dS + Q^T diag(l^i) dO
       }
     }
     if (din)
@@ -551,13 +605,13 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
     const int piece = item / items, bg = item % items, b = bg / groups.count, g = bg % groups.count;
     const int begin = plan.first_block(piece, nb), end = plan.first_block(piece + 1, nb);
     const int h0 = groups.begin(g, H), heads = groups.begin(g + 1, H) - h0;
-    piece_state(states + size_t(piece + 1) * per_piece, k, v, lambda, s,  // piece's local state
+    piece_state(states + size_t(piece + 1) * per_piece, k, v, lambda, starts, s,  // piece's local state
                 thread_scratch(ws, s, groups.max_heads, true), b, h0, heads, begin, end);
     const int later = piece + 1;                                                  // and piece+1's local gradient
     local_dstate(b, g, plan.first_block(later, nb), plan.first_block(later + 1, nb), dstates + size_t(piece) * per_piece);
   }
-  carry_states(states, state_in, true, s, plan, lambda);
-  carry_states(dstates, dstate_out, false, s, plan, lambda);
+  carry_states(states, state_in, true, s, plan, lambda, starts);
+  carry_states(dstates, dstate_out, false, s, plan, lambda, starts);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
   for (int item = 0; item < items * P; ++item) {
     const int piece = item / items, bg = item % items;

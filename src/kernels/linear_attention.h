@@ -8,11 +8,17 @@
 // the same quantity at the end, lambda^N P + sum_j lambda^(N-j) k_j^T v_j: the sequence-parallel methods
 // hand it from rank to rank. The bidirectional outgoing state is the local sum K^T V only.
 //
+// Documents: starts (B, N), or null for one stream per row. starts[b][t] != 0 opens a new document at token t:
+// every state before t is cut there (GLA's gate of 0), so a token sees only the tokens of its own document
+// (from the last start at or before it), and the incoming state only before the row's first start. The
+// outgoing state then holds only what follows the row's last start.
+//
 // Layouts: q, k, v, o and their gradients (B, N, H, d); states (B, H, d, d); lambda (H), or null for no
 // decay. Inside, the sequence is cut into blocks of `block` tokens (the last one may be shorter).
 // Every backward ACCUMULATES (+=) into dq, dk, dv and dstate_in. Optional pointers may be null.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "core/workspace.h"
@@ -49,12 +55,12 @@ size_t linear_attention_backward_workspace_floats(const LinearAttentionShape& s)
 // storing one per block.)
 
 void linear_attention_forward(float* o, float* state_out, const float* q, const float* k, const float* v,
-                              const float* state_in, const float* lambda, const LinearAttentionShape& s,
-                              Workspace ws);
+                              const float* state_in, const float* lambda, const uint8_t* starts,
+                              const LinearAttentionShape& s, Workspace ws);
 void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in, const float* dout,
                                const float* dstate_out, const float* q, const float* k, const float* v,
-                               const float* state_in, const float* lambda, const LinearAttentionShape& s,
-                               Workspace ws);
+                               const float* state_in, const float* lambda, const uint8_t* starts,
+                               const LinearAttentionShape& s, Workspace ws);
 
 // Non-causal form. Workspace: linear_attention_bidirectional_workspace_floats.
 size_t linear_attention_bidirectional_workspace_floats(const LinearAttentionShape& s);

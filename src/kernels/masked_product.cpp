@@ -17,12 +17,13 @@ constexpr int kTile = 64;  // keys per score tile
 // Per thread: two score tiles (Nq x kTile) and the decay powers lambda^0 .. lambda^span.
 size_t per_thread(int Nq, int span) { return 2 * size_t(Nq) * kTile + size_t(span) + 1; }
 
-// a (rows x T) .*= Psi; pw holds lambda^0 .. lambda^span (positions lie in [0, span)).
-void mask_tile(float* a, int rows, int T, const int* q_pos, const int* k_pos, const float* pw) {
+// a (rows x T) .*= Psi; pw holds lambda^0 .. lambda^span (positions lie in [0, span)); q_doc: the queries'
+// documents (null: none).
+void mask_tile(float* a, int rows, int T, const int* q_pos, const int* k_pos, const int* q_doc, const float* pw) {
   for (int i = 0; i < rows; ++i)
     for (int j = 0; j < T; ++j) {
       const int delta = q_pos[i] - k_pos[j];
-      a[long(i) * T + j] *= delta >= 0 ? pw[delta] : 0.f;
+      a[long(i) * T + j] *= delta >= 0 && (!q_doc || k_pos[j] >= q_doc[i]) ? pw[delta] : 0.f;
     }
 }
 
@@ -43,7 +44,7 @@ void check_positions(const int* pos, int n, int span, const char* kernel) {
 size_t masked_product_workspace_floats(int Nq, int span, int threads) { return size_t(threads) * per_thread(Nq, span); }
 
 void masked_product_forward(float* o, const float* q, const float* k, const float* v, const int* q_pos,
-                            const int* k_pos, int B, int Nq, int Nk, int H, int d, int span, const float* lambda,
+                            const int* k_pos, const int* q_doc, int B, int Nq, int Nk, int H, int d, int span, const float* lambda,
                             int threads, Workspace ws) {
   check_workspace(ws, Nq, span, threads, "masked_product_forward");
   check_positions(q_pos, Nq, span, "masked_product_forward");
@@ -61,14 +62,14 @@ void masked_product_forward(float* o, const float* q, const float* k, const floa
       if (*std::min_element(k_pos + j0, k_pos + j0 + T) > q_max) continue;  // every key after every query
       const long ko = (long(b) * Nk + j0) * ld + long(h) * d;
       gemm(false, true, Nq, T, d, 1.f, q + qo, ld, k + ko, ld, 0.f, A, T);
-      mask_tile(A, Nq, T, q_pos, k_pos + j0, pw);
+      mask_tile(A, Nq, T, q_pos, k_pos + j0, q_doc ? q_doc + long(b) * Nq : nullptr, pw);
       gemm(false, false, Nq, d, T, 1.f, A, T, v + ko, ld, 1.f, o + qo, ld);
     }
   }
 }
 
 void masked_product_backward(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                             const float* v, const int* q_pos, const int* k_pos, int B, int Nq, int Nk, int H, int d,
+                             const float* v, const int* q_pos, const int* k_pos, const int* q_doc, int B, int Nq, int Nk, int H, int d,
                              int span, const float* lambda, int threads, Workspace ws) {
   check_workspace(ws, Nq, span, threads, "masked_product_backward");
   check_positions(q_pos, Nq, span, "masked_product_backward");
@@ -87,9 +88,10 @@ void masked_product_backward(float* dq, float* dk, float* dv, const float* dout,
       if (*std::min_element(k_pos + j0, k_pos + j0 + T) > q_max) continue;
       const long ko = (long(b) * Nk + j0) * ld + long(h) * d;
       gemm(false, true, Nq, T, d, 1.f, q + qo, ld, k + ko, ld, 0.f, A, T);        // A = (Q K^T) .* Psi
-      mask_tile(A, Nq, T, q_pos, k_pos + j0, pw);
+      const int* qd = q_doc ? q_doc + long(b) * Nq : nullptr;
+      mask_tile(A, Nq, T, q_pos, k_pos + j0, qd, pw);
       gemm(false, true, Nq, T, d, 1.f, dout + qo, ld, v + ko, ld, 0.f, dA, T);    // dA = (dO V^T) .* Psi
-      mask_tile(dA, Nq, T, q_pos, k_pos + j0, pw);
+      mask_tile(dA, Nq, T, q_pos, k_pos + j0, qd, pw);
       gemm(false, false, Nq, d, T, 1.f, dA, T, k + ko, ld, 1.f, dq + qo, ld);     // dQ += dA K
       gemm(true, false, T, d, Nq, 1.f, dA, T, q + qo, ld, 1.f, dk + ko, ld);      // dK += dA^T Q
       gemm(true, false, T, d, Nq, 1.f, A, T, dout + qo, ld, 1.f, dv + ko, ld);    // dV += A^T dO

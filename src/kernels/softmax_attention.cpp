@@ -17,6 +17,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -106,14 +107,23 @@ void pos_range(const int* pos, int n, int* lo, int* hi) {
   *hi = b;
 }
 
-// S[i][j] = -inf where key j is not visible to query i.
-void apply_mask(float* S, int nq, int nk, const int* qp, const int* kp) {
+// S[i][j] = -inf where key j is not visible to query i: after it, or (qd: the queries' documents, or null)
+// before its document's start.
+void apply_mask(float* S, int nq, int nk, const int* qp, const int* kp, const int* qd) {
   for (int i = 0; i < nq; ++i) {
     float* row = S + size_t(i) * nk;
-    const int p = qp[i];
+    const int p = qp[i], first = qd ? qd[i] : INT_MIN;
     for (int j = 0; j < nk; ++j)
-      if (kp[j] > p) row[j] = -INFINITY;
+      if (kp[j] > p || kp[j] < first) row[j] = -INFINITY;
   }
+}
+
+// What a (query tile, key tile) pair needs: nothing (every key after every query, or before every query's
+// document), the mask, or neither. lo/hi: the tiles' position ranges; dlo/dhi: the queries' documents.
+enum class Visibility { none, masked, all };
+Visibility visibility(int qlo, int qhi, int dlo, int dhi, int klo, int khi) {
+  if (klo > qhi || khi < dlo) return Visibility::none;
+  return khi > qlo || klo < dhi ? Visibility::masked : Visibility::all;
 }
 
 // True for a causal diagonal block: both sides hold the same strictly increasing positions, so entry (i, j)
@@ -238,7 +248,7 @@ size_t softmax_attention_workspace_floats(int Nq, int Nk, int d, int threads) {
 }
 
 void softmax_attention_forward(float* o, float* lse, const float* q, const float* k, const float* v,
-                               const int* q_pos, const int* k_pos, const SoftmaxAttentionShape& s,
+                               const int* q_pos, const int* k_pos, const int* q_doc, const SoftmaxAttentionShape& s,
                                Workspace ws) {
   const char* kernel = "softmax_attention_forward";
   check_shape(kernel, s);
@@ -274,8 +284,10 @@ void softmax_attention_forward(float* o, float* lse, const float* q, const float
       const int qt = nqt - 1 - int(item % nqt);
       const int h = int(item / nqt % H), b = int(item / nqt / H), hk = h / group;
       const int q0 = qt * t.tq, nq = std::min(t.tq, Nq - q0);
-      int qlo, qhi;
+      int qlo, qhi, dlo = INT_MIN, dhi = INT_MIN;
       pos_range(q_pos + q0, nq, &qlo, &qhi);
+      const int* qd = q_doc ? q_doc + size_t(b) * Nq + q0 : nullptr;
+      if (qd) pos_range(qd, nq, &dlo, &dhi);
       const float* qt_ptr = q + (size_t(b) * Nq + q0) * ldq + size_t(h) * d;
       std::fill(O, O + size_t(nq) * d, 0.f);
       std::fill(m, m + nq, -INFINITY);
@@ -284,13 +296,14 @@ void softmax_attention_forward(float* o, float* lse, const float* q, const float
         const int k0 = kt * t.tk, nk = std::min(t.tk, Nk - k0);
         int klo, khi;
         pos_range(k_pos + k0, nk, &klo, &khi);
-        if (klo > qhi) continue;  // every key after every query
+        const Visibility seen = visibility(qlo, qhi, dlo, dhi, klo, khi);
+        if (seen == Visibility::none) continue;
         const size_t kv_off = (size_t(b) * Nk + k0) * ldk + size_t(hk) * d;
         // On a diagonal block the products skip the upper triangle: S's is left unset, then masked to -inf.
         const bool diag = khi > qlo && diagonal_pair(q_pos + q0, nq, k_pos + k0, nk);
         pack_transposed(Kt, k + kv_off, ldk, nk, d);
         gemm(false, false, nq, nk, d, c, qt_ptr, int(ldq), Kt, nk, 0.f, S, nk, nullptr, diag ? Skip::c_upper : Skip::none);
-        if (khi > qlo) apply_mask(S, nq, nk, q_pos + q0, k_pos + k0);
+        if (seen == Visibility::masked) apply_mask(S, nq, nk, q_pos + q0, k_pos + k0, qd);
         for (int i = 0; i < nq; ++i) {
           float* row = S + size_t(i) * nk;
           const float m_new = std::max(m[i], row_max(row, nk));
@@ -319,8 +332,8 @@ void softmax_attention_forward(float* o, float* lse, const float* q, const float
 
 void softmax_attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* o,
                                 const float* lse, const float* q, const float* k, const float* v,
-                                const int* q_pos, const int* k_pos, const SoftmaxAttentionShape& s,
-                                Workspace ws) {
+                                const int* q_pos, const int* k_pos, const int* q_doc,
+                                const SoftmaxAttentionShape& s, Workspace ws) {
   const char* kernel = "softmax_attention_backward";
   check_shape(kernel, s);
   check_ptr(kernel, dq, "dq", s);
@@ -361,12 +374,13 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
     float* Qp = Kp + round16(size_t(t.tk) * d);      // (tq x d) query tile
     float* dOp = Qp + round16(size_t(t.tq) * d);     // (tq x d) output-gradient tile
 
-    struct QTile { size_t off; int q0, nq, lo, hi; };
+    struct QTile { size_t off; int q0, nq, lo, hi, dlo = INT_MIN, dhi = INT_MIN; const int* doc = nullptr; };
     struct KTile { size_t off; int k0, nk, lo, hi; };
     // Packs query tile qt of head h (Q, dO) with D_i = dout_i . o_i and lse in the log2 domain.
     auto load_q = [&](int b, int h, int qt) {
       QTile x{0, qt * t.tq, std::min(t.tq, Nq - qt * t.tq), 0, 0};
       pos_range(q_pos + x.q0, x.nq, &x.lo, &x.hi);
+      if (q_doc) x.doc = q_doc + size_t(b) * Nq + x.q0, pos_range(x.doc, x.nq, &x.dlo, &x.dhi);
       x.off = (size_t(b) * Nq + x.q0) * ldq + size_t(h) * d;
       pack_rows(Qp, q + x.off, ldq, x.nq, d);
       pack_rows(dOp, dout + x.off, ldq, x.nq, d);
@@ -391,6 +405,9 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
       pack_rows(Kp, k + x.off, ldk, x.nk, d);
       return x;
     };
+    auto visible = [&](const QTile& qx, const KTile& kx) {
+      return visibility(qx.lo, qx.hi, qx.dlo, qx.dhi, kx.lo, kx.hi) != Visibility::none;
+    };
     // P = exp2(S - lse) and dP <- dS = P (dO V^T - D) for the loaded pair; returns whether it is a diagonal
     // block, whose products skip the upper triangle (P's is masked to 0, dS's set to 0).
     auto probabilities = [&](const QTile& qx, const KTile& kx) {
@@ -398,7 +415,8 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
       const bool diag = kx.hi > qx.lo && diagonal_pair(q_pos + qx.q0, nq, k_pos + kx.k0, nk);
       const Skip upper = diag ? Skip::c_upper : Skip::none;
       gemm(false, false, nq, nk, d, c, Qp, d, Kt, nk, 0.f, P, nk, nullptr, upper);
-      if (kx.hi > qx.lo) apply_mask(P, nq, nk, q_pos + qx.q0, k_pos + kx.k0);
+      if (visibility(qx.lo, qx.hi, qx.dlo, qx.dhi, kx.lo, kx.hi) == Visibility::masked)
+        apply_mask(P, nq, nk, q_pos + qx.q0, k_pos + kx.k0, qx.doc);
       for (int i = 0; i < nq; ++i) {
         float* row = P + size_t(i) * nk;
         if (L2[i] == -INFINITY)  // the query sees no key at all
@@ -439,6 +457,7 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
               pos_range(q_pos + qt * t.tq, std::min(t.tq, Nq - qt * t.tq), &lo, &hi);
               if (kx.lo > hi) continue;  // every key after every query
               const QTile qx = load_q(b, h, qt);
+              if (!visible(qx, kx)) continue;  // before every query's document
               const bool diag = probabilities(qx, kx);
               add_dkdv(qx, kx, diag);
               add_dq(qx, kx, diag);
@@ -456,6 +475,7 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
             pos_range(q_pos + qt * t.tq, std::min(t.tq, Nq - qt * t.tq), &lo, &hi);
             if (kx.lo > hi) continue;
             const QTile qx = load_q(b, h, qt);
+            if (!visible(qx, kx)) continue;
             add_dkdv(qx, kx, probabilities(qx, kx));
           }
       }
@@ -466,7 +486,7 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
         for (int kt = 0; kt < nkt; ++kt) {
           int lo, hi;
           pos_range(k_pos + kt * t.tk, std::min(t.tk, Nk - kt * t.tk), &lo, &hi);
-          if (lo > qx.hi) continue;
+          if (lo > qx.hi || hi < qx.dlo) continue;
           const KTile kx = load_k(b, h / group, kt);
           add_dq(qx, kx, probabilities(qx, kx));
         }

@@ -9,6 +9,8 @@
 //   q_pos (Nq), k_pos (Nk): global positions, the same for every batch row. Key j is visible to query i iff
 //   k_pos[j] <= q_pos[i]. Positions need not be contiguous or monotone (zigzag layouts); tiles whose keys
 //   all lie after all their queries are skipped, tiles whose keys all lie before are computed unmasked.
+//   q_doc (B, Nq), or null: documents. The global position where each query's document starts; key j is
+//   then visible to query i only if also k_pos[j] >= q_doc[b][i] (tiles wholly before are skipped).
 // Query head h reads key/value head h / (H / H_kv). A query that sees no key gets o = 0, lse = -inf.
 // Kernels never allocate: the caller passes a Workspace of softmax_attention_workspace_floats() floats.
 // Parallel with OpenMP: forward over (b, h, query tile); backward over (b, kv head), which is race-free and
@@ -40,14 +42,14 @@ size_t softmax_attention_workspace_floats(int Nq, int Nk, int d, int threads);
 
 // o = softmax(scale * q k^T, causal by position) v ; lse saved for backward.
 void softmax_attention_forward(float* o, float* lse, const float* q, const float* k, const float* v,
-                               const int* q_pos, const int* k_pos, const SoftmaxAttentionShape& s,
+                               const int* q_pos, const int* k_pos, const int* q_doc, const SoftmaxAttentionShape& s,
                                Workspace ws);
 
 // ACCUMULATES (+=) into dq, dk, dv. o and lse are the forward's outputs.
 void softmax_attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* o,
                                 const float* lse, const float* q, const float* k, const float* v,
-                                const int* q_pos, const int* k_pos, const SoftmaxAttentionShape& s,
-                                Workspace ws);
+                                const int* q_pos, const int* k_pos, const int* q_doc,
+                                const SoftmaxAttentionShape& s, Workspace ws);
 
 // Combines a partial result over a disjoint key set into the accumulator (both normalized, as the forward
 // writes them): lse_acc = logaddexp(lse_acc, lse_part), o_acc = weighted sum. -inf (no key seen) is handled.

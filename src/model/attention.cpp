@@ -25,6 +25,12 @@ void Attention::linear_bidirectional_backward(int, float*, float*, float*, const
   throw Error("this sequence-parallel method has no bidirectional linear layers (lasp info lists the methods)");
 }
 
+void Attention::set_documents(const uint8_t* starts) {
+  if (starts)
+    throw Error("this sequence-parallel method does not support documents (--doc-start); lasp info lists the methods "
+                "that do");
+}
+
 void Attention::begin_chunk(int, int, Pass) {
   throw Error("this attention runs its whole sequence piece at once; the chunked memory plan needs one sequence-parallel "
               "rank (--sp-size 1)");
@@ -83,13 +89,14 @@ void LocalAttention::linear_forward(int layer, float* o, const float* q, const f
     s.resize(size_t(shape_.B) * shape_.H * shape_.d * shape_.d);
     state_out = s.data();
   }
-  linear_attention_forward(o, state_out, q, k, v, nullptr, lambda, linear_shape(), workspace_.view());
+  linear_attention_forward(o, state_out, q, k, v, nullptr, lambda, docs_.start_flags(), linear_shape(),
+                           workspace_.view());
 }
 
 void LocalAttention::linear_backward(int, float* dq, float* dk, float* dv, const float* dout, const float* q,
                                      const float* k, const float* v, const float* lambda) {
-  linear_attention_backward(dq, dk, dv, nullptr, dout, nullptr, q, k, v, nullptr, lambda, linear_shape(),
-                            workspace_.view());
+  linear_attention_backward(dq, dk, dv, nullptr, dout, nullptr, q, k, v, nullptr, lambda, docs_.start_flags(),
+                            linear_shape(), workspace_.view());
 }
 
 void LocalAttention::linear_bidirectional_forward(int, float* o, const float* q, const float* k, const float* v) {
@@ -108,14 +115,18 @@ void LocalAttention::softmax_forward(int layer, float* o, float* lse, const floa
     slot(keys_, layer).assign(k, k + n);
     slot(values_, layer).assign(v, v + n);
   }
-  softmax_attention_forward(o, lse, q, k, v, positions_.data(), positions_.data(), softmax_shape(),
-                            workspace_.view());
+  softmax_attention_forward(o, lse, q, k, v, positions_.data(), positions_.data(), docs_.first_positions(),
+                            softmax_shape(), workspace_.view());
 }
 
 void LocalAttention::softmax_backward(int, float* dq, float* dk, float* dv, const float* dout, const float* o,
                                       const float* lse, const float* q, const float* k, const float* v) {
   softmax_attention_backward(dq, dk, dv, dout, o, lse, q, k, v, positions_.data(), positions_.data(),
-                             softmax_shape(), workspace_.view());
+                             docs_.first_positions(), softmax_shape(), workspace_.view());
+}
+
+void LocalAttention::set_documents(const uint8_t* starts) {
+  docs_ = starts ? documents_at(starts, shape_.B, shape_.N, positions_.data(), shape_.N) : Documents{};
 }
 
 }  // namespace lasp

@@ -10,6 +10,7 @@
 #include "core/workspace.h"
 #include "kernels/linear_attention.h"
 #include "kernels/softmax_attention.h"
+#include "model/documents.h"
 
 namespace lasp {
 
@@ -32,6 +33,12 @@ class Attention {
   // linear, 'N' softmax): workspaces, exchange buffers, and what it keeps from the forward for the backward.
   // The memory plan counts them (an estimate: within a few percent, never far below).
   virtual double memory_floats(const std::string& layer_types) const = 0;
+
+  // Documents (MODEL.md) for the forwards and backwards that follow: starts (B, N), non-zero where a document
+  // begins among this rank's tokens (in its local order), or null: every row one stream. Linear layers then
+  // cut their states at each start, softmax layers mask keys of other documents, on every rank. The
+  // attention copies what it needs. A method without documents refuses (the default throws).
+  virtual void set_documents(const uint8_t* starts);
 
   // Causal linear attention of this rank's tokens: o (B, N, H, d) from q, k, v; lambda (H) or null.
   virtual void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
@@ -107,6 +114,8 @@ class LocalAttention : public Attention {
   void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                         const float* lse, const float* q, const float* k, const float* v) override;
 
+  void set_documents(const uint8_t* starts) override;
+
   void keep_decode_state(bool keep) override { keep_ = keep; }
   std::vector<float> final_state(int layer) const override { return final_states_.at(layer); }
   std::vector<float> keys_in_order(int layer, bool values) const override {
@@ -115,6 +124,7 @@ class LocalAttention : public Attention {
 
  private:
   AttentionShape shape_;
+  Documents docs_;
   bool keep_ = false;
   std::vector<std::vector<float>> final_states_, keys_, values_;  // by layer, when keep_
   std::vector<int> positions_;

@@ -57,10 +57,16 @@ void ChunkedAttention::begin_chunk(int begin, int length, Pass pass) {
              s_.N, N_);
   begin_ = begin, length_ = length, index_ = begin / s_.N, pass_ = pass;
   positions_.assign(all_positions_.begin() + begin, all_positions_.begin() + begin + length);
+  docs_ = documents_slice(all_docs_, N_, begin, length);
   if (pass == Pass::backward && index_ == chunks_ - 1) {  // the backward pass starts: nothing has flowed back yet
     for (auto& g : dkeys_) std::fill(g.begin(), g.end(), 0.f);
     for (auto& g : dvalues_) std::fill(g.begin(), g.end(), 0.f);
   }
+}
+
+void ChunkedAttention::set_documents(const uint8_t* starts) {
+  all_docs_ = starts ? documents_at(starts, s_.B, N_, all_positions_.data(), N_) : Documents{};
+  docs_ = documents_slice(all_docs_, N_, begin_, length_);
 }
 
 float* ChunkedAttention::entering(int layer, int chunk) {
@@ -74,7 +80,8 @@ void ChunkedAttention::linear_forward(int layer, float* o, const float* q, const
   float* leaving = nullptr;
   if (pass_ == Pass::forward && index_ + 1 < chunks_) leaving = entering(layer, index_ + 1);
   if (pass_ == Pass::forward && index_ + 1 == chunks_ && keep_) leaving = sized(final_states_[layer], state_floats()).data();
-  linear_attention_forward(o, leaving, q, k, v, entering(layer, index_), lambda, linear_shape(), workspace_.view());
+  linear_attention_forward(o, leaving, q, k, v, entering(layer, index_), lambda, docs_.start_flags(), linear_shape(),
+                           workspace_.view());
 }
 
 void ChunkedAttention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
@@ -84,7 +91,7 @@ void ChunkedAttention::linear_backward(int layer, float* dq, float* dk, float* d
   if (index_ > 0) dstate_in = sized(dentering_, n).data(), std::fill(dentering_.begin(), dentering_.end(), 0.f);
   const float* dstate_out = index_ + 1 < chunks_ ? sized(dleaving_[layer], n).data() : nullptr;
   linear_attention_backward(dq, dk, dv, dstate_in, dout, dstate_out, q, k, v, entering(layer, index_), lambda,
-                            linear_shape(), workspace_.view());
+                            docs_.start_flags(), linear_shape(), workspace_.view());
   if (dstate_in) std::swap(dleaving_[layer], dentering_);  // the chunk before receives it as its leaving gradient
 }
 
@@ -105,8 +112,8 @@ void ChunkedAttention::softmax_forward(int layer, float* o, float* lse, const fl
       std::memcpy(values + b * all + begin_ * row, v + b * mine, sizeof(float) * mine);
     }
     softmax_attention_forward(o + b * qrow, lse + size_t(b) * s_.H * length_, q + b * qrow, keys + b * all,
-                              values + b * all, positions_.data(), all_positions_.data(), softmax_row_shape(),
-                              workspace_.view());
+                              values + b * all, positions_.data(), all_positions_.data(), row_documents(b),
+                              softmax_row_shape(), workspace_.view());
   }
 }
 
@@ -122,7 +129,7 @@ void ChunkedAttention::softmax_backward(int layer, float* dq, float* dk, float* 
     softmax_attention_backward(dq + b * qrow, dkeys + b * all, dvalues + b * all, dout + b * qrow, o + b * qrow,
                                lse + size_t(b) * s_.H * length_, q + b * qrow, keys_[layer].data() + b * all,
                                values_[layer].data() + b * all, positions_.data(), all_positions_.data(),
-                               softmax_row_shape(), workspace_.view());
+                               row_documents(b), softmax_row_shape(), workspace_.view());
     // Every later chunk has been through already: this chunk's keys have their whole gradient.
     const float* from_k = dkeys + b * all + begin_ * row;
     const float* from_v = dvalues + b * all + begin_ * row;

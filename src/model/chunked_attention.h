@@ -26,6 +26,7 @@ class ChunkedAttention : public Attention {
   }
 
   void begin_chunk(int begin, int length, Pass pass) override;
+  void set_documents(const uint8_t* starts) override;
   const int* positions() const override { return positions_.data(); }
   void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                       const float* lambda) override;
@@ -47,6 +48,7 @@ class ChunkedAttention : public Attention {
   Pass pass_ = Pass::forward;
   bool keep_ = false;
   std::vector<int> positions_, all_positions_;  // this chunk's; 0 .. N-1
+  Documents all_docs_, docs_;                   // of the whole sequence; of this chunk
   WorkspaceBuffer workspace_{0};
   // Per layer, allocated on first use: the states entering chunks 1.. (chunks - 1, B, H, d, d); the gradient
   // of the state leaving the current chunk; keys, values (B, N, H_kv, d) and their gradients.
@@ -57,6 +59,9 @@ class ChunkedAttention : public Attention {
   float* entering(int layer, int chunk);  // null for chunk 0 (no state)
   LinearAttentionShape linear_shape() const { return {s_.B, length_, s_.H, s_.d, s_.block, s_.threads}; }
   SoftmaxAttentionShape softmax_row_shape() const;
+  const int* row_documents(int b) const {  // where the documents of row b's queries begin, or null
+    return docs_.empty() ? nullptr : docs_.first.data() + size_t(b) * length_;
+  }
 };
 
 }  // namespace lasp

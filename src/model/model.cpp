@@ -232,6 +232,14 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, Mode
 
 void Model::zero_grads() { zero(grads_.data(), grads_.size()); }
 
+void Model::set_document_start(int token) {
+  LASP_CHECK(token >= -1 && token < config_.vocab_size,
+             "the document-start token must be in the vocabulary [0, {}) (or -1 for no documents), got {}",
+             config_.vocab_size, token);
+  if (token < 0 && doc_start_ >= 0) attention_.set_documents(nullptr);
+  doc_start_ = token;
+}
+
 void Model::start_chunk(int index, Attention::Pass pass) {
   begin_ = index * chunk_;
   N_ = std::min(chunk_, seq_len_ - begin_), T_ = B_ * N_;
@@ -260,6 +268,11 @@ const RopeTable& Model::rope() {
 double Model::forward(const int* inputs, const int* targets, int* predictions) {
   inputs_ = inputs, targets_ = targets;
   has_targets_ = targets != nullptr;
+  if (doc_start_ >= 0) {  // the documents of this window, before any layer runs
+    doc_flags_.resize(size_t(B_) * seq_len_);
+    document_starts(doc_flags_.data(), inputs, long(doc_flags_.size()), doc_start_);
+    attention_.set_documents(doc_flags_.data());
+  }
   if (precision_ == Precision::bf16) to_bf16(weights_bf16_.data(), params_.data(), params_.size());  // once per step
   if (layer_major_) return forward_layer_major(predictions);
   double loss = 0;

@@ -69,6 +69,10 @@ class Model {
   double forward(const int* inputs, const int* targets, int* predictions = nullptr);
   // Gradients of (sum of losses) * dloss, accumulated into grads(); dloss = 1 / (targets in the global batch).
   void backward(float dloss);
+  // Documents (MODEL.md): from the next forward on, `token` in the inputs opens a new document, which
+  // attention never crosses (Attention::set_documents); -1: none, every row one stream.
+  void set_document_start(int token);
+  int document_start() const { return doc_start_; }
   const float* logits() const { return logits_; }  // (B, logits_rows(), V) of the last forward
   int logits_rows() const { return N_; }            // N, or the last chunk's tokens per row when chunked
 
@@ -124,6 +128,8 @@ class Model {
   const int *in_ = nullptr, *tg_ = nullptr;       // the running chunk's inputs and targets
   int begin_ = 0, live_chunk_ = -1;               // the running chunk's first token; the chunk the activations hold
   bool has_targets_ = false;
+  int doc_start_ = -1;                            // set_document_start
+  std::vector<uint8_t> doc_flags_;                // (B, seq_len) of the last forward, when doc_start_ >= 0
 
   // Lays out the activations of B x chunk tokens: counts them when the carver has no base.
   static void carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPlan& plan, std::vector<float*>& x,

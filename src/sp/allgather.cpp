@@ -24,7 +24,8 @@ void AllGatherAttention::linear_forward(int layer, float* o, const float* q, con
   const int B = s_.B, Nl = s_.N, H = s_.H, d = s_.d, N = kv_.global_length();
   const float* kv = kv_.gather_kv(layer, k, v, H);
   std::fill(o, o + size_t(B) * Nl * H * d, 0.f);
-  masked_product_forward(o, q, kv, kv + size_t(B) * N * H * d, positions(), kv_.gathered_positions(), B, Nl, N, H, d, N,
+  masked_product_forward(o, q, kv, kv + size_t(B) * N * H * d, positions(), kv_.gathered_positions(),
+                         kv_.documents().local.first_positions(), B, Nl, N, H, d, N,
                          lambda, s_.threads, ws_.view());
 }
 
@@ -34,7 +35,8 @@ void AllGatherAttention::linear_backward(int layer, float* dq, float* dk, float*
   const float* kv = kv_.gathered_kv(layer);
   float* dkv = kv_.zeroed_dkv(H);
   const size_t all = size_t(B) * N * H * d;
-  masked_product_backward(dq, dkv, dkv + all, dout, q, kv, kv + all, positions(), kv_.gathered_positions(), B, Nl, N, H,
+  masked_product_backward(dq, dkv, dkv + all, dout, q, kv, kv + all, positions(), kv_.gathered_positions(),
+                          kv_.documents().local.first_positions(), B, Nl, N, H,
                           d, N, lambda, s_.threads, ws_.view());
   kv_.scatter_dkv(dk, dv, H);
 }

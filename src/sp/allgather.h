@@ -18,6 +18,7 @@ class AllGatherAttention : public Attention {
  public:
   AllGatherAttention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers);
   const int* positions() const override { return kv_.positions(); }
+  void set_documents(const uint8_t* starts) override { kv_.set_documents(starts); }
   double memory_floats(const std::string& layer_types) const override;
   void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                       const float* lambda) override;

@@ -39,7 +39,8 @@ void Lasp1Attention::linear_forward(int layer, float* o, const float* q, const f
     for (int b = 0; b < s_.B; ++b) {
       const long at = (long(b) * s_.N + piece.offset) * H * d;
       linear_attention_forward(o + at, out.data() + size_t(b) * H * dd, q + at, k + at, v + at,
-                               p > 0 ? P + size_t(b) * H * dd : nullptr, lambda, {1, piece.length, H, d, s_.block, s_.threads},
+                               p > 0 ? P + size_t(b) * H * dd : nullptr, lambda,
+                               softmax_.documents().flags(b, piece.offset), {1, piece.length, H, d, s_.block, s_.threads},
                                ws_.view());
     }
     if (p + 1 < pieces && owner_[p + 1].first != me) sp_.send_recv(out.data(), S, owner_[p + 1].first, nullptr, 0, -1);
@@ -76,7 +77,8 @@ void Lasp1Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
       linear_attention_backward(dq + at, dk + at, dv + at, p > 0 ? dstate_in.data() + size_t(b) * H * dd : nullptr,
                                 dout + at, p + 1 < pieces ? dstate_out.data() + size_t(b) * H * dd : nullptr, q + at,
                                 k + at, v + at, p > 0 ? P + size_t(b) * H * dd : nullptr, lambda,
-                                {1, piece.length, H, d, s_.block, s_.threads}, ws_.view());
+                                softmax_.documents().flags(b, piece.offset), {1, piece.length, H, d, s_.block, s_.threads},
+                                ws_.view());
     }
     if (p > 0 && owner_[p - 1].first != me) sp_.send_recv(dstate_in.data(), S, owner_[p - 1].first, nullptr, 0, -1);
   }

@@ -17,6 +17,7 @@ class Lasp1Attention : public Attention {
  public:
   Lasp1Attention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers);
   const int* positions() const override { return softmax_.positions(); }
+  void set_documents(const uint8_t* starts) override { softmax_.set_documents(starts); }
   double memory_floats(const std::string& layer_types) const override;
   void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                       const float* lambda) override;

@@ -85,8 +85,27 @@ struct Lasp2Attention::Impl {
 
   // The prefix (forward) or suffix (backward) over global piece order of the gathered per-piece states,
   // for each batch row and head; writes the value for each of this rank's pieces into out.
-  void scan(const float* lambda, bool forward, std::vector<float>& out) {
-    scan_piece_states(out.data(), recv.data(), owner, rank, s.B, s.H, s.d, lambda, piece_len, forward);
+  void scan(const float* lambda, bool forward, std::vector<float>& out, const std::vector<uint8_t>& cut) {
+    scan_piece_states(out.data(), recv.data(), owner, rank, s.B, s.H, s.d, lambda, piece_len, forward,
+                      cut.empty() ? nullptr : cut.data());
+  }
+
+  // Documents: (pieces, B) whether each global piece of each row holds a start (empty without documents).
+  std::vector<uint8_t> cuts(const SpDocuments& docs) const {
+    std::vector<uint8_t> cut;
+    if (docs.empty()) return cut;
+    const int pieces = int(owner.size());
+    cut.resize(size_t(pieces) * s.B);
+    for (int p = 0; p < pieces; ++p)
+      for (int b = 0; b < s.B; ++b) cut[size_t(p) * s.B + b] = docs.any_start(b, p * piece_len, piece_len);
+    return cut;
+  }
+  // The rows of a piece's (piece_len, d) scratch that a document start cuts off from the states: the queries
+  // from its first start on (`after`), or the keys before its last start.
+  void cut_rows(float* tmp, const SpDocuments& docs, int b, int i, bool after) const {
+    const auto [first, last] = docs.starts_in(b, mine[i].offset, piece_len);
+    if (after) std::fill(tmp + size_t(first) * s.d, tmp + size_t(piece_len) * s.d, 0.f);
+    else std::fill(tmp, tmp + size_t(last) * s.d, 0.f);
   }
 
   bool first_piece(int i) const { return mine[i].index == 0; }
@@ -104,11 +123,14 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
   Impl& m = *impl_;
   const int H = m.s.H, d = m.s.d, piece_len = m.piece_len, ld = H * d;
   const auto decay = head_powers(lambda, m.s.H, m.piece_len);  // lambda_h^k, k = 0..piece_len, for every head
-  // 1. the local state of every piece: M = K^T diag(lambda^(piece_len-j)) V
+  const SpDocuments& docs = softmax_.documents();
+  const std::vector<uint8_t> cut = m.cuts(docs);
+  // 1. the local state of every piece: M = K^T diag(lambda^(piece_len-j)) V (after the piece's last start)
   m.for_each_head([&](int b, int i, int h, float* tmp) {
     const std::vector<float>& pw = decay[h];
     const long at = m.rows(b, m.mine[i]) + long(h) * d;
     decayed_rows(tmp, k + at, ld, pw.data(), true, piece_len, d);
+    m.cut_rows(tmp, docs, b, i, false);
     gemm(true, false, d, d, piece_len, 1.f, tmp, d, v + at, ld, 0.f, m.send.data() + m.state_at(i, b, h), d);
   });
   // 2. ONE all-gather of the states, in flight during 3.
@@ -126,8 +148,8 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
         float* state = entering.data() + m.segment_at(b, i, sg);
         const long row = at + long(begin) * ld;
         linear_attention_forward(o + row, sg + 1 < m.segments ? state + m.segment_stride() : nullptr, q + row, k + row,
-                                 v + row, sg > 0 ? state : nullptr, lambda, {1, len, H, d, m.s.block, m.s.threads},
-                                 m.kernel_ws.view());
+                                 v + row, sg > 0 ? state : nullptr, lambda, docs.flags(b, m.mine[i].offset + begin),
+                                 {1, len, H, d, m.s.block, m.s.threads}, m.kernel_ws.view());
         gather->test();  // lets MPI progress
       }
     }
@@ -135,7 +157,7 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
   // 4. prefix over global piece order; 5. o += diag(lambda^i) Q P
   auto& P = m.incoming[layer];
   P.resize(m.state_floats());
-  m.scan(lambda, true, P);
+  m.scan(lambda, true, P, cut);
   if (m.keep) {  // the state after the last piece: lambda^piece_len P_last + M_last, by the same scan one step further
     const size_t dd = size_t(d) * d;
     auto& final = m.final_states[layer];
@@ -148,7 +170,8 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
         for (int p = 0; p < pieces; ++p) {
           const auto [r, i] = m.owner[p];
           const float* piece_state = m.recv.data() + size_t(r) * m.state_floats() + m.state_at(i, b, h);
-          for (size_t x = 0; x < dd; ++x) acc[x] = decay * acc[x] + piece_state[x];
+          const float f = !cut.empty() && cut[size_t(p) * m.s.B + b] ? 0.f : decay;
+          for (size_t x = 0; x < dd; ++x) acc[x] = f * acc[x] + piece_state[x];
         }
       }
   }
@@ -157,6 +180,7 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
     const std::vector<float>& pw = decay[h];
     const long at = m.rows(b, m.mine[i]) + long(h) * d;
     decayed_rows(tmp, q + at, ld, pw.data(), false, piece_len, d);
+    m.cut_rows(tmp, docs, b, i, true);
     gemm(false, false, piece_len, d, d, 1.f, tmp, d, P.data() + m.state_at(i, b, h), d, 1.f, o + at, ld);
   });
 }
@@ -166,11 +190,14 @@ void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
   Impl& m = *impl_;
   const int H = m.s.H, d = m.s.d, piece_len = m.piece_len, ld = H * d;
   const auto decay = head_powers(lambda, m.s.H, m.piece_len);  // lambda_h^k, k = 0..piece_len, for every head
+  const SpDocuments& docs = softmax_.documents();
+  const std::vector<uint8_t> cut = m.cuts(docs);
   // 1. dM = Q^T diag(lambda^i) dO: the gradient each piece sends to the state entering it
   m.for_each_head([&](int b, int i, int h, float* tmp) {
     const std::vector<float>& pw = decay[h];
     const long at = m.rows(b, m.mine[i]) + long(h) * d;
     decayed_rows(tmp, q + at, ld, pw.data(), false, piece_len, d);
+    m.cut_rows(tmp, docs, b, i, true);
     gemm(true, false, d, d, piece_len, 1.f, tmp, d, dout + at, ld, 0.f, m.send.data() + m.state_at(i, b, h), d);
   });
   // 2. ONE all-gather, in flight during 3.
@@ -189,27 +216,31 @@ void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
         linear_attention_backward(dq + row, dk + row, dv + row, sg > 0 ? dstate.data() : nullptr, dout + row,
                                   sg + 1 < m.segments ? dstate_next.data() : nullptr, q + row, k + row, v + row,
                                   sg > 0 ? entering.data() + m.segment_at(b, i, sg) : nullptr, lambda,
-                                  {1, len, H, d, m.s.block, m.s.threads}, m.kernel_ws.view());
+                                  docs.flags(b, m.mine[i].offset + begin), {1, len, H, d, m.s.block, m.s.threads},
+                                  m.kernel_ws.view());
         std::swap(dstate, dstate_next);
         gather->test();
       }
     }
   gather->wait();
   // 4. suffix G (gradient of the state leaving each piece); 5. the cross-piece terms
-  m.scan(lambda, false, m.suffix);
+  m.scan(lambda, false, m.suffix, cut);
   const auto& P = m.incoming[layer];
   m.for_each_head([&](int b, int i, int h, float* tmp) {
     const std::vector<float>& pw = decay[h];
     const long at = m.rows(b, m.mine[i]) + long(h) * d;
     if (!m.first_piece(i)) {  // dQ += diag(lambda^i) dO P^T
       decayed_rows(tmp, dout + at, ld, pw.data(), false, piece_len, d);
+      m.cut_rows(tmp, docs, b, i, true);
       gemm(false, true, piece_len, d, d, 1.f, tmp, d, P.data() + m.state_at(i, b, h), d, 1.f, dq + at, ld);
     }
     if (!m.last_piece(i)) {
       const float* G = m.suffix.data() + m.state_at(i, b, h);
       decayed_rows(tmp, v + at, ld, pw.data(), true, piece_len, d);  // dK += diag(lambda^(piece_len-j)) V G^T
+      m.cut_rows(tmp, docs, b, i, false);
       gemm(false, true, piece_len, d, d, 1.f, tmp, d, G, d, 1.f, dk + at, ld);
       decayed_rows(tmp, k + at, ld, pw.data(), true, piece_len, d);  // dV += diag(lambda^(piece_len-j)) K G
+      m.cut_rows(tmp, docs, b, i, false);
       gemm(false, false, piece_len, d, d, 1.f, tmp, d, G, d, 1.f, dv + at, ld);
     }
   });

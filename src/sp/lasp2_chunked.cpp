@@ -124,7 +124,7 @@ void Lasp2ChunkedAttention::linear_forward(int layer, float* o, const float* q, 
     for (int b = 0; b < s_.B; ++b) {
       const long at = (long(b) * length_ + sg.row) * ld;
       linear_attention_forward(o + at, pass_on ? carry_next_.data() + b * row_state : nullptr, q + at, k + at, v + at,
-                               in ? in + b * row_state : nullptr, lambda, {1, sg.length, H, d, s_.block, s_.threads},
+                               in ? in + b * row_state : nullptr, lambda, nullptr, {1, sg.length, H, d, s_.block, s_.threads},
                                ws_.view());
     }
     if (pass_on) std::swap(carry_, carry_next_);
@@ -152,7 +152,7 @@ void Lasp2ChunkedAttention::linear_backward(int layer, float* dq, float* dk, flo
       const long at = (long(b) * length_ + sg->row) * ld;
       linear_attention_backward(dq + at, dk + at, dv + at, gives ? carry_next_.data() + b * row_state : nullptr,
                                 dout + at, from_next ? carry_.data() + b * row_state : nullptr, q + at, k + at, v + at,
-                                in ? in + b * row_state : nullptr, lambda, {1, sg->length, H, d, s_.block, s_.threads},
+                                in ? in + b * row_state : nullptr, lambda, nullptr, {1, sg->length, H, d, s_.block, s_.threads},
                                 ws_.view());
     }
     if (sg->at == 0)  // the piece's dM: what it sends (zero for the first piece, which has no state entering)
@@ -222,7 +222,7 @@ void Lasp2ChunkedAttention::softmax_forward(int layer, float* o, float* lse, con
                                             const float*) {
   const float* kv = softmax_.gathered_kv(layer);
   const size_t all = size_t(s_.B) * global_N_ * s_.H_kv * s_.d;
-  softmax_attention_forward(o, lse, q, kv, kv + all, positions_.data(), softmax_.gathered_positions(),
+  softmax_attention_forward(o, lse, q, kv, kv + all, positions_.data(), softmax_.gathered_positions(), nullptr,
                             softmax_shape(s_.B, length_, global_N_, s_.H, s_.H_kv, s_.d, s_.threads), ws_.view());
 }
 
@@ -232,7 +232,7 @@ void Lasp2ChunkedAttention::softmax_backward(int layer, float* dq, float*, float
   const size_t all = size_t(s_.B) * global_N_ * s_.H_kv * s_.d;
   if (dkv_layer_ != layer) dkv_ = softmax_.zeroed_dkv(s_.H_kv), dkv_layer_ = layer;  // the layer's first chunk
   softmax_attention_backward(dq, dkv_, dkv_ + all, dout, o, lse, q, kv, kv + all, positions_.data(),
-                             softmax_.gathered_positions(),
+                             softmax_.gathered_positions(), nullptr,
                              softmax_shape(s_.B, length_, global_N_, s_.H, s_.H_kv, s_.d, s_.threads), ws_.view());
 }
 

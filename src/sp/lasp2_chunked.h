@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "comm/comm.h"
+#include "core/check.h"
 #include "model/attention.h"
 #include "sp/grid.h"
 #include "sp/lasp2h.h"
@@ -33,6 +34,11 @@ class Lasp2ChunkedAttention : public Attention {
   double memory_floats(const std::string& layer_types) const override;
 
   bool layer_major() const override { return true; }
+  void set_documents(const uint8_t* starts) override {
+    if (starts)
+      throw Error("documents (--doc-start) are not supported by the layer-major chunked plan yet: give the sequence "
+                  "more --sp-size ranks or a higher --memory-limit so that the plan keeps or recomputes whole pieces");
+  }
   void begin_chunk(int begin, int length, Pass pass) override;
   void linear_collect(int layer, const float* k, const float* v, const float* lambda) override;
   void softmax_collect(int layer, const float* k, const float* v) override;

@@ -7,7 +7,7 @@
 namespace lasp {
 
 Lasp2H::Lasp2H(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers)
-    : sp_(sp), s_(shape), global_N_(global_N), W_(sp.size()), positions_(sp_positions(global_N, W_, sp.rank(), layout)),
+    : sp_(sp), s_(shape), global_N_(global_N), W_(sp.size()), layout_(layout), positions_(sp_positions(global_N, W_, sp.rank(), layout)),
       kv_all_(layers) {
   LASP_CHECK(shape.N * W_ == global_N, "LASP-2H: {} tokens per rank x {} ranks != sequence length {}", shape.N, W_,
              global_N);
@@ -19,7 +19,7 @@ Lasp2H::Lasp2H(Comm& sp, const AttentionShape& shape, int global_N, SpLayout lay
 void Lasp2H::forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) {
   const float* kv = gather_kv(layer, k, v, s_.H_kv);
   const size_t all = size_t(s_.B) * global_N_ * s_.H_kv * s_.d;
-  softmax_attention_forward(o, lse, q, kv, kv + all, positions_.data(), k_pos_.data(),
+  softmax_attention_forward(o, lse, q, kv, kv + all, positions_.data(), k_pos_.data(), docs_.local.first_positions(),
                             softmax_shape(s_.B, s_.N, global_N_, s_.H, s_.H_kv, s_.d, s_.threads), ws_.view());
 }
 
@@ -29,6 +29,7 @@ void Lasp2H::backward(int layer, float* dq, float* dk, float* dv, const float* d
   const float* kv = gathered_kv(layer);
   float* dkv = zeroed_dkv(s_.H_kv);
   softmax_attention_backward(dq, dkv, dkv + all, dout, o, lse, q, kv, kv + all, positions_.data(), k_pos_.data(),
+                             docs_.local.first_positions(),
                              softmax_shape(s_.B, s_.N, global_N_, s_.H, s_.H_kv, s_.d, s_.threads), ws_.view());
   scatter_dkv(dk, dv, s_.H_kv);
 }

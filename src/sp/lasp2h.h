@@ -9,6 +9,7 @@
 
 #include "comm/comm.h"
 #include "model/attention.h"
+#include "sp/documents.h"
 #include "sp/grid.h"
 
 namespace lasp {
@@ -18,6 +19,9 @@ class Lasp2H {
   // shape.N is this rank's token count per row (global_N / W); layers: the model's layer count.
   Lasp2H(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers);
   const int* positions() const { return positions_.data(); }  // this rank's global positions
+  // Documents (Attention::set_documents), gathered from every rank; the method's linear layers read them too.
+  void set_documents(const uint8_t* starts) { docs_ = gather_documents(sp_, starts, s_.B, s_.N, global_N_, layout_); }
+  const SpDocuments& documents() const { return docs_; }
 
   void forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v);
   // Accumulates into dq, dk, dv; uses the keys and values gathered by forward.
@@ -45,6 +49,8 @@ class Lasp2H {
   Comm& sp_;
   AttentionShape s_;
   int global_N_, W_;
+  SpLayout layout_;
+  SpDocuments docs_;
   std::vector<int> positions_, k_pos_;      // this rank's positions; the gathered keys' (rank-major)
   WorkspaceBuffer ws_{0};                   // the softmax kernel's
   std::vector<std::vector<float>> kv_all_;  // per layer: gathered K and V, (2, B, N, heads, d)

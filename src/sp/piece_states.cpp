@@ -21,7 +21,7 @@ std::vector<std::vector<float>> head_powers(const float* lambda, int H, int n) {
 }
 
 void scan_piece_states(float* out, const float* gathered, const std::vector<std::pair<int, int>>& owner, int rank,
-                       int B, int H, int d, const float* lambda, int piece_len, bool forward) {
+                       int B, int H, int d, const float* lambda, int piece_len, bool forward, const uint8_t* cut) {
   const size_t dd = size_t(d) * d;
   const int pieces = int(owner.size()), W = std::max_element(owner.begin(), owner.end())->first + 1;
   const size_t per_rank = size_t(pieces / W) * B * H * dd;
@@ -36,7 +36,8 @@ void scan_piece_states(float* out, const float* gathered, const std::vector<std:
         const auto [r, i] = owner[p];
         if (r == rank) std::memcpy(out + at(i, b, h), acc.data(), sizeof(float) * dd);
         const float* m = gathered + size_t(r) * per_rank + at(i, b, h);
-        for (size_t x = 0; x < dd; ++x) acc[x] = decay * acc[x] + m[x];
+        const float f = cut && cut[size_t(p) * B + b] ? 0.f : decay;
+        for (size_t x = 0; x < dd; ++x) acc[x] = f * acc[x] + m[x];
       }
     }
 }

@@ -4,6 +4,7 @@
 // prefix P_p = sum_{s<p} lambda^(L(p-1-s)) M_s over global piece order, and the gradient of the state
 // leaving it the suffix G_p = sum_{s>p} lambda^(L(s-p-1)) dM_s.
 #pragma once
+#include <cstdint>
 #include <utility>
 #include <vector>
 
@@ -18,8 +19,11 @@ std::vector<std::vector<float>> head_powers(const float* lambda, int H, int n);
 
 // Per-piece states gathered from every rank, (W, pieces per rank, B, H, d, d) in rank order, scanned over
 // global piece order: the prefix P (forward) or the suffix G (backward) of each of this rank's pieces into
-// out (pieces per rank, B, H, d, d). owner[p] = (rank, index among its pieces); lambda (H) or null.
+// out (pieces per rank, B, H, d, d). owner[p] = (rank, index among its pieces); lambda (H) or null. cut
+// (pieces, B) or null: documents, non-zero where global piece p of row b holds a document start, which then
+// passes on nothing from before it (forward: P_{p+1} = M_p; backward: G_{p-1} = dM_p).
 void scan_piece_states(float* out, const float* gathered, const std::vector<std::pair<int, int>>& owner, int rank,
-                       int B, int H, int d, const float* lambda, int piece_len, bool forward);
+                       int B, int H, int d, const float* lambda, int piece_len, bool forward,
+                       const uint8_t* cut = nullptr);
 
 }  // namespace lasp

@@ -10,7 +10,7 @@
 namespace lasp {
 
 RingAttention::RingAttention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int)
-    : sp_(sp), s_(shape), W_(sp.size()), N_(global_N) {
+    : sp_(sp), s_(shape), W_(sp.size()), N_(global_N), layout_(layout) {
   for (int r = 0; r < W_; ++r) rank_positions_.push_back(sp_positions(global_N, W_, r, layout));
   const int threads = shape.threads;
   ws_.storage.resize(std::max(softmax_attention_workspace_floats(shape.N, shape.N, shape.d, threads),
@@ -52,7 +52,7 @@ void RingAttention::softmax_forward(int, float* o, float* lse, const float* q, c
   const SoftmaxAttentionShape shape = softmax_shape(B, Nl, Nl, H, Hkv, d, s_.threads);
   ring(cur_, 2 * kv, false, [&](int owner, const float* block) {
     softmax_attention_forward(o_part_.data(), lse_part_.data(), q, block, block + kv, positions(),
-                              rank_positions_[owner].data(), shape, ws_.view());
+                              rank_positions_[owner].data(), docs_.local.first_positions(), shape, ws_.view());
     softmax_attention_merge(o, lse, o_part_.data(), lse_part_.data(), B, Nl, H, d);  // fp32 log-sum-exp merge
   });
 }
@@ -67,7 +67,7 @@ void RingAttention::softmax_backward(int, float* dq, float* dk, float* dv, const
   const SoftmaxAttentionShape shape = softmax_shape(B, Nl, Nl, H, Hkv, d, s_.threads);
   ring(cur_, 4 * kv, true, [&](int owner, float* block) {
     softmax_attention_backward(dq, block + 2 * kv, block + 3 * kv, dout, o, lse, q, block, block + kv, positions(),
-                               rank_positions_[owner].data(), shape, ws_.view());
+                               rank_positions_[owner].data(), docs_.local.first_positions(), shape, ws_.view());
   });
   for (size_t i = 0; i < kv; ++i) {  // the local block is home, with every rank's contribution
     dk[i] += cur_[2 * kv + i];
@@ -82,7 +82,8 @@ void RingAttention::linear_forward(int, float* o, const float* q, const float* k
   cur_.insert(cur_.end(), v, v + kv);
   std::fill(o, o + kv, 0.f);
   ring(cur_, 2 * kv, false, [&](int owner, const float* block) {
-    masked_product_forward(o, q, block, block + kv, positions(), rank_positions_[owner].data(), B, Nl, Nl, H, d, N_,
+    masked_product_forward(o, q, block, block + kv, positions(), rank_positions_[owner].data(),
+                           docs_.local.first_positions(), B, Nl, Nl, H, d, N_,
                            lambda, s_.threads, ws_.view());
   });
 }
@@ -96,7 +97,8 @@ void RingAttention::linear_backward(int, float* dq, float* dk, float* dv, const 
   cur_.resize(4 * kv, 0.f);
   ring(cur_, 4 * kv, true, [&](int owner, float* block) {
     masked_product_backward(dq, block + 2 * kv, block + 3 * kv, dout, q, block, block + kv, positions(),
-                            rank_positions_[owner].data(), B, Nl, Nl, H, d, N_, lambda, s_.threads, ws_.view());
+                            rank_positions_[owner].data(), docs_.local.first_positions(), B, Nl, Nl, H, d, N_, lambda,
+                            s_.threads, ws_.view());
   });
   for (size_t i = 0; i < kv; ++i) {
     dk[i] += cur_[2 * kv + i];

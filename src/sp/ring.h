@@ -9,6 +9,7 @@
 
 #include "comm/comm.h"
 #include "model/attention.h"
+#include "sp/documents.h"
 #include "sp/grid.h"
 
 namespace lasp {
@@ -17,6 +18,9 @@ class RingAttention : public Attention {
  public:
   RingAttention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers);
   const int* positions() const override { return rank_positions_[sp_.rank()].data(); }
+  void set_documents(const uint8_t* starts) override {
+    docs_ = gather_documents(sp_, starts, s_.B, s_.N, N_, layout_);
+  }
   double memory_floats(const std::string& layer_types) const override;
   void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                       const float* lambda) override;
@@ -30,6 +34,8 @@ class RingAttention : public Attention {
   Comm& sp_;
   AttentionShape s_;
   int W_, N_;  // ranks, global sequence length
+  SpLayout layout_;
+  SpDocuments docs_;
   std::vector<std::vector<int>> rank_positions_;
   WorkspaceBuffer ws_{0};  // the softmax kernel's or the masked product's
   std::vector<float> cur_, next_, o_part_, lse_part_;

@@ -10,7 +10,7 @@
 namespace lasp {
 
 UlyssesAttention::UlyssesAttention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers)
-    : sp_(sp), s_(shape), N_(global_N), W_(sp.size()), hg_(0), saved_(layers) {
+    : sp_(sp), s_(shape), N_(global_N), W_(sp.size()), hg_(0), layout_(layout), saved_(layers) {
   LASP_CHECK(shape.H % W_ == 0, "ulysses: the {} attention heads must divide evenly over the {} sp ranks", shape.H, W_);
   hg_ = shape.H / W_;
   positions_ = sp_positions(global_N, W_, sp.rank(), layout);
@@ -83,6 +83,11 @@ std::vector<float> UlyssesAttention::expand_kv(const float* x) const {
   return out;
 }
 
+void UlyssesAttention::set_documents(const uint8_t* starts) {
+  const SpDocuments gathered = gather_documents(sp_, starts, s_.B, s_.N, N_, layout_);
+  docs_ = gathered.empty() ? Documents{} : documents_at(gathered.all.data(), s_.B, N_, all_positions_.data(), N_);
+}
+
 void UlyssesAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                       const float* lambda) {
   Saved& sv = saved_[layer];
@@ -91,7 +96,7 @@ void UlyssesAttention::linear_forward(int layer, float* o, const float* q, const
   to_heads(v, s_.H, sv.v);
   std::vector<float> of(sv.q.size());
   linear_attention_forward(of.data(), nullptr, sv.q.data(), sv.k.data(), sv.v.data(), nullptr,
-                           lambda ? lambda + sp_.rank() * hg_ : nullptr, linear_shape(), ws_.view());
+                           lambda ? lambda + sp_.rank() * hg_ : nullptr, docs_.start_flags(), linear_shape(), ws_.view());
   to_sequence(of, s_.H, o, false);
 }
 
@@ -101,7 +106,7 @@ void UlyssesAttention::linear_backward(int layer, float* dq, float* dk, float* d
   std::vector<float> dof, dqf(sv.q.size(), 0.f), dkf(sv.q.size(), 0.f), dvf(sv.q.size(), 0.f);
   to_heads(dout, s_.H, dof);
   linear_attention_backward(dqf.data(), dkf.data(), dvf.data(), nullptr, dof.data(), nullptr, sv.q.data(), sv.k.data(),
-                            sv.v.data(), nullptr, lambda ? lambda + sp_.rank() * hg_ : nullptr,
+                            sv.v.data(), nullptr, lambda ? lambda + sp_.rank() * hg_ : nullptr, docs_.start_flags(),
                             linear_shape(), ws_.view());
   to_sequence(dqf, s_.H, dq, true);
   to_sequence(dkf, s_.H, dk, true);
@@ -141,7 +146,7 @@ void UlyssesAttention::softmax_forward(int layer, float* o, float*, const float*
   sv.lse.assign(size_t(s_.B) * hg_ * N_, 0.f);
   const SoftmaxAttentionShape shape = softmax_shape();
   softmax_attention_forward(sv.o.data(), sv.lse.data(), sv.q.data(), sv.k.data(), sv.v.data(), all_positions_.data(),
-                            all_positions_.data(), shape, ws_.view());
+                            all_positions_.data(), docs_.first_positions(), shape, ws_.view());
   to_sequence(sv.o, s_.H, o, false);
 }
 
@@ -152,7 +157,8 @@ void UlyssesAttention::softmax_backward(int layer, float* dq, float* dk, float* 
   to_heads(dout, s_.H, dof);
   const SoftmaxAttentionShape shape = softmax_shape();
   softmax_attention_backward(dqf.data(), dkf.data(), dvf.data(), dof.data(), sv.o.data(), sv.lse.data(), sv.q.data(),
-                             sv.k.data(), sv.v.data(), all_positions_.data(), all_positions_.data(), shape, ws_.view());
+                             sv.k.data(), sv.v.data(), all_positions_.data(), all_positions_.data(),
+                             docs_.first_positions(), shape, ws_.view());
   to_sequence(dqf, s_.H, dq, true);
   // the replicated key/value heads: their gradients sum back onto the H_kv heads
   const int B = s_.B, Nl = s_.N, H = s_.H, Hkv = s_.H_kv, d = s_.d, group = H / Hkv;

@@ -8,6 +8,7 @@
 
 #include "comm/comm.h"
 #include "model/attention.h"
+#include "sp/documents.h"
 #include "sp/grid.h"
 
 namespace lasp {
@@ -16,6 +17,8 @@ class UlyssesAttention : public Attention {
  public:
   UlyssesAttention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers);
   const int* positions() const override { return positions_.data(); }
+  // After the exchange every rank holds whole sequences (of its heads): their documents are those of all N.
+  void set_documents(const uint8_t* starts) override;
   double memory_floats(const std::string& layer_types) const override;
   void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                       const float* lambda) override;
@@ -36,6 +39,8 @@ class UlyssesAttention : public Attention {
   std::vector<int> positions_;                     // this rank's global positions
   std::vector<std::vector<int>> rank_positions_;   // every rank's
   std::vector<int> all_positions_;                 // 0 .. N-1
+  SpLayout layout_;
+  Documents docs_;                                 // of the whole sequence, (B, N)
   WorkspaceBuffer ws_{0};
   std::vector<float> send_, recv_;
   struct Saved {

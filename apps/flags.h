@@ -123,6 +123,12 @@ inline void add_parallel_flags(CLI::App* cmd, lasp::ParallelOptions& p) {
 }
 
 // --precision fp32|bf16 (train, eval, bench train, generate).
+// --doc-start on train and eval (trainer.h document_start).
+inline void add_doc_start_flag(CLI::App* cmd, std::optional<int>& doc_start) {
+  cmd->add_option("--doc-start", doc_start, "the token that opens a document: attention never crosses documents "
+                  "(default: the BOS of the tokenizer beside token shards; -1: one stream)");
+}
+
 inline void add_precision_flag(CLI::App* cmd, lasp::Precision& precision) {
   cmd->add_option("--precision", precision, "fp32 | bf16: bf16 multiplies the projections' bf16 operands with fp32 "
                   "accumulation (AMX or AVX-512-BF16); weights, gradients, norms, attention and the loss stay fp32")

@@ -122,6 +122,7 @@ struct TrainCommand : Command {
     cmd->add_option("--grad-clip", o.adamw.grad_clip, "max gradient norm (0: off)")
         ->default_val(o.adamw.grad_clip)->check(kNonNegative);
     cmd->add_option("--block", o.block, "linear attention block size")->default_val(o.block)->check(kAtLeastOne);
+    add_doc_start_flag(cmd, o.doc_start);
     add_memory_flags(cmd, o.memory);
     add_parallel_flags(cmd, o.parallel);
   }
@@ -155,6 +156,7 @@ struct EvalCommand : Command {
   bool json = false;
   lasp::ParallelOptions parallel;
   lasp::MemoryRequest memory;
+  std::optional<int> doc_start;
 
   explicit EvalCommand(CLI::App& app) {
     cmd = app.add_subcommand("eval", "mean next-token loss of a checkpoint on the start of a file");
@@ -165,13 +167,14 @@ struct EvalCommand : Command {
     cmd->add_option("--seq-len", seq_len, "tokens per window")->default_val(seq_len)->check(kAtLeastOne);
     cmd->add_option("--batches", batches, "windows to evaluate")->default_val(batches)->check(kAtLeastOne);
     cmd->add_flag("--json", json, "print one JSON object");
+    add_doc_start_flag(cmd, doc_start);
     add_memory_flags(cmd, memory);
     add_parallel_flags(cmd, parallel);
   }
   void run(Session& session) override {
     lasp::Comm& world = session.start_world();
     const lasp::EvalResult r = lasp::evaluate_checkpoint(checkpoint, data, seq_len, batches, world, parallel,
-                                                         lasp::kLinearBlock, format, memory);
+                                                         lasp::kLinearBlock, format, memory, doc_start);
     if (world.rank() != 0) return;
     nlohmann::ordered_json j{{"loss", r.loss}, {"tokens", r.tokens}, {"attention_bytes", r.attention_bytes}};
     if (r.recall_accuracy >= 0) j["recall_accuracy"] = r.recall_accuracy;
@@ -390,6 +393,8 @@ struct BenchTrainCommand : Command {
     cmd->add_option("--steps", o.steps, "timed steps (median)")->default_val(o.steps)->check(kAtLeastOne);
     cmd->add_option("--warmup", o.warmup, "untimed steps first")->default_val(o.warmup)->check(kNonNegative);
     add_memory_flags(cmd, o.memory);
+    cmd->add_option("--doc-every", o.doc_every, "packed documents of about this many tokens (0: one stream), to "
+                    "measure what documents cost")->default_val(o.doc_every)->check(kNonNegative);
     cmd->add_flag("--compare-pytorch", o.compare_pytorch, "also time the same step in PyTorch (tools/reference.py)");
     cmd->add_option("--reference", o.reference_script, "path of tools/reference.py")->default_val(o.reference_script);
     cmd->add_option("--out", o.out_prefix, "with several lengths: prefix of the JSON and PNG files")

@@ -73,6 +73,12 @@ nlohmann::ordered_json bench_train(const ModelConfig& config, const TrainBenchOp
   std::vector<int> inputs(size_t(B) * N), targets(inputs.size());
   for (auto& t : inputs) t = token(rng);
   for (auto& t : targets) t = token(rng);
+  if (o.doc_every > 0) {  // token 0 opens a document, at random with probability 1 / doc_every
+    LASP_CHECK(config.vocab_size > 1, "bench train --doc-every needs a vocabulary of at least 2 tokens");
+    std::bernoulli_distribution opens(1.0 / o.doc_every);
+    for (auto& t : inputs) t = opens(rng) ? 0 : std::max(t, 1);
+    model.set_document_start(0);
+  }
 
   std::vector<double> seconds;
   for (int step = 1 - o.warmup; step <= o.steps; ++step) {  // steps up to 0 warm up
@@ -89,6 +95,7 @@ nlohmann::ordered_json bench_train(const ModelConfig& config, const TrainBenchOp
                               {"seq_len", N},
                               {"batch", B},
                               {"threads", omp_get_max_threads()},
+                              {"doc_every", o.doc_every},
                               {"seconds_per_step", median},
                               {"tokens_per_s", B * N / median},
                               {"memory_plan", plan.kept()},
@@ -126,6 +133,7 @@ nlohmann::ordered_json bench_train_lengths(const ModelConfig& config, const Trai
   if (o.memory.limit_gib > 0) flags += " --memory-limit " + fmt::format("{}", o.memory.limit_gib);
   if (o.memory.recompute) flags += " --recompute";
   if (o.memory.chunk > 0) flags += " --chunk " + std::to_string(o.memory.chunk);
+  if (o.doc_every > 0) flags += " --doc-every " + std::to_string(o.doc_every);
   if (o.compare_pytorch) flags += " --compare-pytorch --reference " + quoted(o.reference_script);
 
   nlohmann::ordered_json rows = nlohmann::ordered_json::array();

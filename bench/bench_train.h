@@ -17,6 +17,7 @@ struct TrainBenchOptions {
   std::vector<int> seq_lens = {4096};
   int batch = 1, steps = 5, warmup = 1;  // timed steps (median) after untimed warm-up steps
   MemoryRequest memory;
+  int doc_every = 0;  // > 0: packed documents of about this many tokens (token 0 opens one); 0: one stream
   bool compare_pytorch = false;
   std::string reference_script = "tools/reference.py";
   std::string out_prefix = "bench_train";  // several lengths: PREFIX.json and PREFIX.png

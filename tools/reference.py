@@ -189,13 +189,25 @@ def decays(c, H):
     return torch.ones(H, dtype=torch.float64)
 
 
-def linear_attention_naive(q, k, v, lam):
-    """q, k, v [B, H, N, d]; lam [H]. o_i = sum_{j<=i} lam^(i-j) (q_i . k_j) v_j, as one masked product."""
+def same_document(tokens, start):
+    """[B, N, N] bool: tokens i and j lie in the same document (MODEL.md: a document runs from a start token to
+    the token before the next one; the row's first document begins at 0). None when start is None or < 0."""
+    if start is None or start < 0:
+        return None
+    doc = torch.cumsum((tokens == start).long(), dim=1)                  # [B, N]: the document's index
+    return doc[:, :, None] == doc[:, None, :]
+
+
+def linear_attention_naive(q, k, v, lam, same=None):
+    """q, k, v [B, H, N, d]; lam [H]. o_i = sum_{j<=i} lam^(i-j) (q_i . k_j) v_j, as one masked product; with
+    same [B, N, N] (documents) only over the j of i's document."""
     N = q.shape[2]
     i = torch.arange(N, dtype=torch.float64)
     dist = i[:, None] - i[None, :]                                        # i - j
-    psi = torch.where(dist >= 0, lam[:, None, None] ** dist.clamp(min=0), torch.zeros(()).double())
-    return ((q @ k.transpose(-1, -2)) * psi.to(q.dtype)) @ v
+    psi = torch.where(dist >= 0, lam[:, None, None] ** dist.clamp(min=0), torch.zeros(()).double()).to(q.dtype)
+    if same is not None:
+        psi = psi * same[:, None].to(q.dtype)                             # [B, H, N, N]
+    return ((q @ k.transpose(-1, -2)) * psi) @ v
 
 
 def linear_attention_chunkwise(q, k, v, lam, block=64):
@@ -231,17 +243,23 @@ def rope(x, theta):
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
-def softmax_attention(q, k, v):
-    """Causal, scale 1/sqrt(d); k, v already expanded to the query heads."""
+def softmax_attention(q, k, v, same=None):
+    """Causal, scale 1/sqrt(d); k, v already expanded to the query heads; same [B, N, N]: documents."""
     N, d = q.shape[2], q.shape[3]
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(d)
     mask = torch.ones(N, N, dtype=torch.bool).triu(1)
+    if same is not None:
+        mask = (mask | ~same)[:, None]                                   # [B, 1, N, N]
     return torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1) @ v
 
 
-def forward(c, p, tokens, fast=False):
-    """tokens [B, N] int64 -> logits [B, N, V]. fast=True uses the chunkwise linear attention."""
+def forward(c, p, tokens, fast=False, doc_start=None):
+    """tokens [B, N] int64 -> logits [B, N, V]. fast=True uses the chunkwise linear attention. doc_start: the
+    token that opens a document (attention never crosses documents), or None."""
     B, N = tokens.shape
+    same = same_document(tokens, doc_start)
+    if same is not None and fast:
+        raise UserError("documents run on the naive linear attention only (fast=False)")
     D, H, Hkv, eps = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["rms_norm_eps"]
     d, la = D // H, c["linear_attention"]
     phi, lam = FEATURE_MAPS[la["feature_map"]], decays(c, H)
@@ -255,7 +273,7 @@ def forward(c, p, tokens, fast=False):
         if kind == "L":
             q, k, v = heads(phi(h @ W("self_attn.q_proj").T), H), heads(phi(h @ W("self_attn.k_proj").T), H), \
                 heads(h @ W("self_attn.v_proj").T, H)
-            o = (linear_attention_chunkwise if fast else linear_attention_naive)(q, k, v, lam)
+            o = linear_attention_chunkwise(q, k, v, lam) if fast else linear_attention_naive(q, k, v, lam, same)
             if la["output_norm"]:
                 o = rms_norm(o, W("self_attn.o_norm"), eps)
             o = merge(o)
@@ -266,7 +284,7 @@ def forward(c, p, tokens, fast=False):
             k = rope(heads(h @ W("self_attn.k_proj").T, Hkv), c["rope_theta"])
             v = heads(h @ W("self_attn.v_proj").T, Hkv)
             k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
-            o = merge(softmax_attention(q, k, v))
+            o = merge(softmax_attention(q, k, v, same))
         x = x + o @ W("self_attn.o_proj").T
         h = rms_norm(x, W("post_attention_layernorm"), eps)
         x = x + (F.silu(h @ W("mlp.gate_proj").T) * (h @ W("mlp.up_proj").T)) @ W("mlp.down_proj").T
@@ -320,7 +338,7 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 def cmd_grads(a):
     c, p = load_checkpoint(a.checkpoint, DTYPES[a.dtype])
     x, y = read_token_batch(a.tokens, a.batch, c["vocab_size"])
-    logits = forward(c, p, x)
+    logits = forward(c, p, x, doc_start=a.doc_start)
     loss = loss_of(logits, y)
     loss.backward()
     out = {"logits": logits, "loss": loss.reshape(1)}
@@ -461,7 +479,20 @@ def cmd_selftest(a):
                   f"causality, config {n}")
             check(torch.allclose(l1, forward(c, p, tok[:, :-1], fast=True), rtol=1e-10, atol=1e-12),
                   f"model naive == model chunkwise, config {n}")
-    # 3. round trip through files: init -> grads -> read back; and the CLI's error path.
+    # 3. documents: each document's logits in a packed sequence equal its logits run alone (the mask is
+    #    relative: RoPE and the decays depend on distances only), and without the mask they do not.
+    c = validate_config(dict(tiny[0], layer_types="LNLN", num_hidden_layers=4))
+    p = init_params(c, 5, std=0.3, dtype=torch.float64)
+    with torch.no_grad():
+        tok = torch.randint(1, c["vocab_size"], (1, 15))
+        for at in (0, 4, 5, 11):
+            tok[0, at] = 0
+        packed = forward(c, p, tok, doc_start=0)
+        ok = all(torch.allclose(packed[:, s:e], forward(c, p, tok[:, s:e]), rtol=1e-10, atol=1e-12)
+                 for s, e in ((0, 4), (4, 5), (5, 11), (11, 15)))
+        check(ok and not torch.allclose(forward(c, p, tok)[:, 5:11], forward(c, p, tok[:, 5:11])),
+              "packed documents == each document alone")
+    # 4. round trip through files: init -> grads -> read back; and the CLI's error path.
     with tempfile.TemporaryDirectory() as tmp:
         cfg = os.path.join(tmp, "config.json")
         with open(cfg, "w") as f:
@@ -502,6 +533,7 @@ def parse_args(argv):
     s = model_cmd("grads", cmd_grads)
     s.add_argument("--tokens", required=True); s.add_argument("--batch", type=int, default=1)
     s.add_argument("--out", required=True); s.add_argument("--out-dtype", choices=["F32", "F64"], default="F32")
+    s.add_argument("--doc-start", type=int, default=-1, help="the token that opens a document (-1: none)")
     s = model_cmd("eval", cmd_eval)
     s.add_argument("--data", required=True); s.add_argument("--seq-len", type=int, required=True)
     s.add_argument("--batches", type=int, required=True)

@@ -40,6 +40,14 @@ SpLayout layout_for(const ModelConfig& c, const ParallelOptions& p) {
   return sp_method_layout(p.sp_method, p.sp_layout, c, p.sp_size);
 }
 
+// Documents for the model: --doc-start or the data's default (document_start); rank 0 says which.
+void use_documents(Model& model, std::optional<int> requested, const std::string& data_path, bool rank0) {
+  std::string why;
+  const int start = document_start(requested, data_path, model.config().vocab_size, &why);
+  model.set_document_start(start);
+  if (rank0 && start >= 0) std::fprintf(stderr, "lasp: documents open at token %d (%s)\n", start, why.c_str());
+}
+
 struct PlannedRank {
   MemoryPlan plan;
   std::unique_ptr<Attention> attention;
@@ -298,6 +306,7 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
 
   const PlannedRank planned = plan_rank(config, grid, B, o.seq_len, layout, o.block, o.parallel.sp_method, o.memory, true);
   Model model(config, B, Nl, *planned.attention, planned.plan.model);
+  use_documents(model, o.doc_start, o.data_path, rank0);
   AdamW optimizer(model.layout(), o.adamw);
   int first_step = 1;
   if (resuming) first_step = resume(o, grid, model, optimizer, sampler);
@@ -379,7 +388,7 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
 
 EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_path, int N, int batches, Comm& world,
                                const ParallelOptions& parallel, int block, const std::string& data_format,
-                               const MemoryRequest& memory) {
+                               const MemoryRequest& memory, std::optional<int> doc_start) {
   LASP_CHECK(N > 0 && batches > 0, "eval: --seq-len and --batches must be positive, got {} and {}", N, batches);
   Grid grid = make_grid(world, parallel.sp_size, parallel.dp_size);
   const ModelConfig config = load_checkpoint_config(dir);
@@ -394,6 +403,7 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_p
 
   const PlannedRank planned = plan_rank(config, grid, 1, N, layout, block, parallel.sp_method, memory, false);
   Model model(config, 1, Nl, *planned.attention, planned.plan.model);
+  use_documents(model, doc_start, data_path, world.rank() == 0);
   load_checkpoint_weights(dir, model.layout(), model.params());
   // Windows k = 0..batches-1 from the start of the data, shared by the DP ranks.
   const Validation v = validate(model, *data, eval_data.synthetic, 0, batches, N, positions, grid, world);
@@ -416,6 +426,21 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_p
   }
   if (r.bytes > 0) r.bits_per_byte = nats / std::log(2.0) / double(r.bytes);
   return r;
+}
+
+int document_start(std::optional<int> requested, const std::string& data_path, int vocab_size, std::string* why) {
+  if (requested) {
+    LASP_CHECK(*requested >= -1 && *requested < vocab_size,
+               "--doc-start must be a token of the model's vocabulary [0, {}) or -1 for none, got {}", vocab_size,
+               *requested);
+    if (why) *why = "--doc-start";
+    return *requested;
+  }
+  const std::string tokenizer = tokenizer_beside(data_path);
+  if (tokenizer.empty()) return -1;
+  const int bos = Tokenizer::load(tokenizer).bos();
+  if (why) *why = "the BOS of " + tokenizer + "; --doc-start -1 for one stream";
+  return bos < vocab_size ? bos : -1;
 }
 
 }  // namespace lasp

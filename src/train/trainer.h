@@ -40,6 +40,7 @@ struct TrainOptions {
   std::string metrics_path;    // empty: none; else one JSON object per step appended (rank 0)
   MemoryRequest memory;        // --memory-limit, --recompute, --chunk (model/memory_plan.h)
   int block = kLinearBlock;    // linear attention block size
+  std::optional<int> doc_start;  // --doc-start: the token that opens a document (-1: none); absent: document_start
   AdamWConfig adamw;
   ParallelOptions parallel;
 };
@@ -73,6 +74,12 @@ struct EvalResult {
 // Windows k = 0..batches-1 of the file: tokens [k N, k N + N], the last N as targets.
 EvalResult evaluate_checkpoint(const std::string& checkpoint_dir, const std::string& data_path, int seq_len,
                                int batches, Comm& world, const ParallelOptions& parallel = {}, int block = kLinearBlock,
-                               const std::string& data_format = "auto", const MemoryRequest& memory = {});
+                               const std::string& data_format = "auto", const MemoryRequest& memory = {},
+                               std::optional<int> doc_start = {});
+
+// The token that opens a document in this data (MODEL.md, Model::set_document_start), or -1 for none:
+// `requested` (--doc-start) when given, checked against the vocabulary; else the BOS of the tokenizer beside
+// token shards; else none (raw bytes, shards without a tokenizer, synthetic data). `why` says which.
+int document_start(std::optional<int> requested, const std::string& data_path, int vocab_size, std::string* why);
 
 }  // namespace lasp

@@ -384,6 +384,7 @@ struct ModelCase {
   int dp;  // dp x sp = world
   std::string method = "lasp2";
   int chunk = 0;  // > 0: the layer-major plan in chunks of this many tokens per row (one SP rank: none)
+  bool documents = false;  // token 0 opens documents, placed on piece boundaries, inside pieces and at both ends
 };
 
 class SpModel : public ::testing::TestWithParam<ModelCase> {};
@@ -414,10 +415,17 @@ TEST_P(SpModel, LogitsLossAndGradientsEqualSingleProcess) {
   std::vector<int> inputs(size_t(B) * N), targets(inputs.size());
   for (auto& t : inputs) t = tok(rng);
   for (auto& t : targets) t = tok(rng);
+  if (c.documents) {
+    // Pieces of 48 tokens over 1-4 ranks, contiguous or zigzag, begin at multiples of 6, 8, 12, 16 or 24.
+    for (auto& t : inputs) t = std::max(t, 1);
+    for (int p : {0, 8, 12, 17, 24, 30, 47}) inputs[p] = 0;
+    for (int p : {6, 16, 23, 36, 41}) inputs[N + p] = 0;
+  }
 
   // single process, all rows
   LocalAttention local({B, N, 4, 2, 8, 16, kThreads});
   Model ref(config, B, N, local);
+  if (c.documents) ref.set_document_start(0);
   // Weights at std 0.05: at 0.2 the NLNL model is so ill-conditioned that splitting the batch over two DP
   // ranks without any SP (only the BLAS's blocking changes) already moves its gradients by 1e-9.
   init_weights(ref.layout(), ref.params(), 5, 0.05f);
@@ -449,6 +457,7 @@ TEST_P(SpModel, LogitsLossAndGradientsEqualSingleProcess) {
   if (attention) plan.recompute = plan.layer_major = true, plan.chunk = c.chunk;
   else attention = make_sp_attention(c.method, *grid.sp, shape, N, c.layout, config.num_hidden_layers);
   Model model(config, Bl, Nl, *attention, plan);
+  if (c.documents) model.set_document_start(0);
   model.params() = ref.params();
   double loss = model.forward(in_l.data(), tg_l.data());
   const int rows = model.logits_rows();  // in chunks: the last chunk's, until the backward runs chunks again
@@ -491,13 +500,19 @@ std::vector<ModelCase> model_cases() {
         cases.push_back({"LLLL", Decay::lightning, layout, dp, method});
         cases.push_back({"LLLN", Decay::retention, layout, dp, method});
       }
+      // documents, under every method
+      for (const char* method : {"lasp2", "lasp1", "ring", "ulysses", "allgather"}) {
+        cases.push_back({"LLLL", Decay::retention, layout, dp, method, 0, true});
+        cases.push_back({"NLNL", Decay::lightning, layout, dp, method, 0, true});
+      }
+      cases.push_back({"LLLN", Decay::none, layout, dp, "lasp2", 0, true});
     }
   return cases;
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, SpModel, ::testing::ValuesIn(model_cases()), [](const auto& info) {
   const ModelCase& c = info.param;
-  return c.method + (c.chunk ? "_chunk" + std::to_string(c.chunk) : "") + "_" + c.layer_types + "_" + to_string(c.decay) + "_" + to_string(c.layout) + "_dp" +
+  return c.method + (c.chunk ? "_chunk" + std::to_string(c.chunk) : "") + (c.documents ? "_docs" : "") + "_" + c.layer_types + "_" + to_string(c.decay) + "_" + to_string(c.layout) + "_dp" +
          std::to_string(c.dp);
 });
 

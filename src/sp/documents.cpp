@@ -10,6 +10,15 @@ bool SpDocuments::any_start(int b, int begin, int length) const {
   return std::any_of(row + begin, row + begin + length, [](uint8_t x) { return x != 0; });
 }
 
+std::vector<uint8_t> SpDocuments::piece_cuts(int pieces, int piece_len) const {
+  std::vector<uint8_t> cut;
+  if (empty()) return cut;
+  cut.resize(size_t(pieces) * B);
+  for (int p = 0; p < pieces; ++p)
+    for (int b = 0; b < B; ++b) cut[size_t(p) * B + b] = any_start(b, p * piece_len, piece_len);
+  return cut;
+}
+
 std::pair<int, int> SpDocuments::starts_in(int b, int offset, int length) const {
   int first = length, last = 0;
   if (const uint8_t* row = flags(b, offset))

@@ -25,6 +25,9 @@ struct SpDocuments {
   // to offset: (length, 0) when there is none (or no documents), so that rows [first, length) are the ones
   // after a start and rows [0, last) the ones before the last start.
   std::pair<int, int> starts_in(int b, int offset, int length) const;
+  // LASP-2's piece scan (sp/piece_states.h): (pieces, B) whether global piece p ([p L, p L + L)) of row b holds
+  // a start; empty without documents.
+  std::vector<uint8_t> piece_cuts(int pieces, int piece_len) const;
   // The local flags of row b from token `offset` on, or null without documents.
   const uint8_t* flags(int b, int offset) const {
     return empty() ? nullptr : local.starts.data() + size_t(b) * (local.starts.size() / B) + offset;

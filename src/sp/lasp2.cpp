@@ -90,16 +90,6 @@ struct Lasp2Attention::Impl {
                       cut.empty() ? nullptr : cut.data());
   }
 
-  // Documents: (pieces, B) whether each global piece of each row holds a start (empty without documents).
-  std::vector<uint8_t> cuts(const SpDocuments& docs) const {
-    std::vector<uint8_t> cut;
-    if (docs.empty()) return cut;
-    const int pieces = int(owner.size());
-    cut.resize(size_t(pieces) * s.B);
-    for (int p = 0; p < pieces; ++p)
-      for (int b = 0; b < s.B; ++b) cut[size_t(p) * s.B + b] = docs.any_start(b, p * piece_len, piece_len);
-    return cut;
-  }
   // The rows of a piece's (piece_len, d) scratch that a document start cuts off from the states: the queries
   // from its first start on (`after`), or the keys before its last start.
   void cut_rows(float* tmp, const SpDocuments& docs, int b, int i, bool after) const {
@@ -124,7 +114,7 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
   const int H = m.s.H, d = m.s.d, piece_len = m.piece_len, ld = H * d;
   const auto decay = head_powers(lambda, m.s.H, m.piece_len);  // lambda_h^k, k = 0..piece_len, for every head
   const SpDocuments& docs = softmax_.documents();
-  const std::vector<uint8_t> cut = m.cuts(docs);
+  const std::vector<uint8_t> cut = docs.piece_cuts(int(m.owner.size()), m.piece_len);
   // 1. the local state of every piece: M = K^T diag(lambda^(piece_len-j)) V (after the piece's last start)
   m.for_each_head([&](int b, int i, int h, float* tmp) {
     const std::vector<float>& pw = decay[h];
@@ -191,7 +181,7 @@ void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
   const int H = m.s.H, d = m.s.d, piece_len = m.piece_len, ld = H * d;
   const auto decay = head_powers(lambda, m.s.H, m.piece_len);  // lambda_h^k, k = 0..piece_len, for every head
   const SpDocuments& docs = softmax_.documents();
-  const std::vector<uint8_t> cut = m.cuts(docs);
+  const std::vector<uint8_t> cut = docs.piece_cuts(int(m.owner.size()), m.piece_len);
   // 1. dM = Q^T diag(lambda^i) dO: the gradient each piece sends to the state entering it
   m.for_each_head([&](int b, int i, int h, float* tmp) {
     const std::vector<float>& pw = decay[h];

@@ -87,9 +87,11 @@ void Lasp2ChunkedAttention::linear_collect(int, const float* k, const float* v, 
   for_each_head([&](const Segment& sg, int b, int h, float* tmp) {
     float* M = send_.data() + sg.piece * S + (size_t(b) * H + h) * d * d;
     const long at = (long(b) * length_ + sg.row) * ld + long(h) * d;
-    const float decay = pw[h][sg.length];
+    const auto [first, last] = docs().starts_in(b, local_row(sg), sg.length);  // a start keeps nothing before it
+    const float decay = first < sg.length ? 0.f : pw[h][sg.length];
     for (size_t x = 0; x < size_t(d) * d; ++x) M[x] = sg.at == 0 ? 0.f : decay * M[x];  // a piece starts from nothing
     decayed_rows(tmp, k + at, ld, pw[h].data(), true, sg.length, d);  // M += K^T diag(lambda^(n-j)) V
+    std::fill(tmp, tmp + size_t(last) * d, 0.f);
     gemm(true, false, d, d, sg.length, 1.f, tmp, d, v + at, ld, 1.f, M, d);
   });
 }
@@ -101,8 +103,9 @@ void Lasp2ChunkedAttention::linear_exchange(int layer, Pass pass, const float* l
   sp_.all_gather(send_.data(), recv_.data(), pieces * S);  // ONE all-gather each way
   auto& out = pass == Pass::forward ? incoming_[layer] : suffix_;
   out.resize(pieces * S);
+  const std::vector<uint8_t> cut = docs().piece_cuts(int(owner_.size()), piece_len_);
   scan_piece_states(out.data(), recv_.data(), owner_, sp_.rank(), s_.B, s_.H, s_.d, lambda, piece_len_,
-                    pass == Pass::forward);
+                    pass == Pass::forward, cut.empty() ? nullptr : cut.data());
 }
 
 void Lasp2ChunkedAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
@@ -124,7 +127,8 @@ void Lasp2ChunkedAttention::linear_forward(int layer, float* o, const float* q, 
     for (int b = 0; b < s_.B; ++b) {
       const long at = (long(b) * length_ + sg.row) * ld;
       linear_attention_forward(o + at, pass_on ? carry_next_.data() + b * row_state : nullptr, q + at, k + at, v + at,
-                               in ? in + b * row_state : nullptr, lambda, nullptr, {1, sg.length, H, d, s_.block, s_.threads},
+                               in ? in + b * row_state : nullptr, lambda, docs().flags(b, local_row(sg)),
+                               {1, sg.length, H, d, s_.block, s_.threads},
                                ws_.view());
     }
     if (pass_on) std::swap(carry_, carry_next_);
@@ -152,7 +156,8 @@ void Lasp2ChunkedAttention::linear_backward(int layer, float* dq, float* dk, flo
       const long at = (long(b) * length_ + sg->row) * ld;
       linear_attention_backward(dq + at, dk + at, dv + at, gives ? carry_next_.data() + b * row_state : nullptr,
                                 dout + at, from_next ? carry_.data() + b * row_state : nullptr, q + at, k + at, v + at,
-                                in ? in + b * row_state : nullptr, lambda, nullptr, {1, sg->length, H, d, s_.block, s_.threads},
+                                in ? in + b * row_state : nullptr, lambda, docs().flags(b, local_row(*sg)),
+                                {1, sg->length, H, d, s_.block, s_.threads},
                                 ws_.view());
     }
     if (sg->at == 0)  // the piece's dM: what it sends (zero for the first piece, which has no state entering)
@@ -178,9 +183,14 @@ bool Lasp2ChunkedAttention::linear_key_gradients(int layer, float* dk, float* dv
     const long at = (long(b) * length_ + sg.row) * ld + long(h) * d;
     // lambda^(L - j) for the piece position j = sg.at + i: lambda^(L - sg.at - n) lambda^(n - i)
     const float scale = decay_power(lambda ? double(lambda[h]) : 1.0, piece_len_ - sg.at - sg.length);
+    // Only keys from the piece's last document start on reach the state it passes on.
+    const int last = docs().starts_in(b, mine_[sg.piece].offset, piece_len_).second;
+    const size_t cut = size_t(std::clamp(last - sg.at, 0, sg.length)) * d;
     decayed_rows(tmp, v + at, ld, pw[h].data(), true, sg.length, d, scale);  // dK += diag(.) V G^T
+    std::fill(tmp, tmp + cut, 0.f);
     gemm(false, true, sg.length, d, d, 1.f, tmp, d, G, d, 1.f, dk + at, ld);
     decayed_rows(tmp, k + at, ld, pw[h].data(), true, sg.length, d, scale);  // dV += diag(.) K G
+    std::fill(tmp, tmp + cut, 0.f);
     gemm(false, false, sg.length, d, d, 1.f, tmp, d, G, d, 1.f, dv + at, ld);
   });
   return true;
@@ -218,11 +228,17 @@ bool Lasp2ChunkedAttention::softmax_key_gradients(int, float* dk, float* dv) {
   return true;
 }
 
+const int* Lasp2ChunkedAttention::chunk_documents() {
+  if (docs().empty()) return nullptr;
+  chunk_docs_ = documents_slice(docs().local, s_.N, begin_, length_);
+  return chunk_docs_.first_positions();
+}
+
 void Lasp2ChunkedAttention::softmax_forward(int layer, float* o, float* lse, const float* q, const float*,
                                             const float*) {
   const float* kv = softmax_.gathered_kv(layer);
   const size_t all = size_t(s_.B) * global_N_ * s_.H_kv * s_.d;
-  softmax_attention_forward(o, lse, q, kv, kv + all, positions_.data(), softmax_.gathered_positions(), nullptr,
+  softmax_attention_forward(o, lse, q, kv, kv + all, positions_.data(), softmax_.gathered_positions(), chunk_documents(),
                             softmax_shape(s_.B, length_, global_N_, s_.H, s_.H_kv, s_.d, s_.threads), ws_.view());
 }
 
@@ -232,7 +248,7 @@ void Lasp2ChunkedAttention::softmax_backward(int layer, float* dq, float*, float
   const size_t all = size_t(s_.B) * global_N_ * s_.H_kv * s_.d;
   if (dkv_layer_ != layer) dkv_ = softmax_.zeroed_dkv(s_.H_kv), dkv_layer_ = layer;  // the layer's first chunk
   softmax_attention_backward(dq, dkv_, dkv_ + all, dout, o, lse, q, kv, kv + all, positions_.data(),
-                             softmax_.gathered_positions(), nullptr,
+                             softmax_.gathered_positions(), chunk_documents(),
                              softmax_shape(s_.B, length_, global_N_, s_.H, s_.H_kv, s_.d, s_.threads), ws_.view());
 }
 

@@ -34,11 +34,7 @@ class Lasp2ChunkedAttention : public Attention {
   double memory_floats(const std::string& layer_types) const override;
 
   bool layer_major() const override { return true; }
-  void set_documents(const uint8_t* starts) override {
-    if (starts)
-      throw Error("documents (--doc-start) are not supported by the layer-major chunked plan yet: give the sequence "
-                  "more --sp-size ranks or a higher --memory-limit so that the plan keeps or recomputes whole pieces");
-  }
+  void set_documents(const uint8_t* starts) override { softmax_.set_documents(starts); }
   void begin_chunk(int begin, int length, Pass pass) override;
   void linear_collect(int layer, const float* k, const float* v, const float* lambda) override;
   void softmax_collect(int layer, const float* k, const float* v) override;
@@ -83,9 +79,13 @@ class Lasp2ChunkedAttention : public Attention {
   // their gradients from the reduce-scatter; the gathered keys' gradients of the layer under way.
   Lasp2H softmax_;
   std::vector<float> local_kv_;
+  Documents chunk_docs_;  // the running chunk's queries' documents (softmax), when there are documents
   float* dkv_ = nullptr;
   int dkv_layer_ = -1;
 
+  const SpDocuments& docs() const { return softmax_.documents(); }
+  int local_row(const Segment& sg) const { return mine_[sg.piece].offset + sg.at; }  // in this rank's tokens
+  const int* chunk_documents();  // the running chunk's queries' documents (B, length), or null
   size_t state_floats() const { return size_t(s_.B) * s_.H * s_.d * s_.d; }  // one piece's, (B, H, d, d)
   size_t kv_floats() const { return size_t(s_.B) * s_.N * s_.H_kv * s_.d; }  // this rank's keys
   bool first_piece(int i) const { return mine_[i].index == 0; }

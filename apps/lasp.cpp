@@ -246,6 +246,7 @@ struct GenerateCommand : Command {
     LASP_CHECK(int64_t(prompt.size()) + max_new_tokens <= INT_MAX, "generate: the prompt ({} tokens) + "
                "--max-new-tokens {} must be at most {} tokens", prompt.size(), max_new_tokens, INT_MAX);
     lasp::Decoder decoder(config, params, int(prompt.size()) + max_new_tokens, precision);
+    if (tokenizer) decoder.set_document_start(tokenizer->bos());  // as training on its shards had them
     const lasp::SpLayout sp_layout = lasp::sp_method_layout("", parallel.sp_layout, config, parallel.sp_size);
     std::vector<float> logits =
         sp ? lasp::prefill_sequence_parallel(decoder, config, prompt, *sp, sp_layout) : decoder.prefill(prompt);

@@ -19,13 +19,15 @@ using namespace lasp;
 namespace {
 
 std::vector<float> last_logits_of_full_forward(const ModelConfig& c, const std::vector<float>& params,
-                                               const std::vector<int>& tokens, Precision precision = Precision::fp32) {
+                                               const std::vector<int>& tokens, Precision precision = Precision::fp32,
+                                               int doc_start = -1) {
   const int n = int(tokens.size());
   LocalAttention attention({1, n, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), 16, 2});
   ModelPlan plan;
   plan.precision = precision;
   Model model(c, 1, n, attention, plan);
   model.params() = params;
+  model.set_document_start(doc_start);
   model.forward(tokens.data(), nullptr);
   return {model.logits() + size_t(n - 1) * c.vocab_size, model.logits() + size_t(n) * c.vocab_size};
 }
@@ -90,6 +92,35 @@ TEST_P(DecoderVsForward, ChunkedPrefillContinuesLikeAWholeOne) {
     a = whole.step(i + 1);
     b = chunked.step(i + 1);
   }
+}
+
+// Documents: with starts in the prompt and among the decoded tokens, each step's logits equal a full forward
+// with documents, and after a start they equal those of the new document alone.
+TEST_P(DecoderVsForward, DocumentsAreNotCrossed) {
+  ModelConfig c;
+  c.vocab_size = 64, c.hidden_size = 32, c.intermediate_size = 64, c.num_attention_heads = 4;
+  c.num_key_value_heads = 2, c.layer_types = GetParam().first, c.num_hidden_layers = int(c.layer_types.size());
+  c.linear.decay = GetParam().second;
+  ParamLayout layout(c);
+  std::vector<float> params(layout.total());
+  init_weights(layout, params, 7, 0.3f);
+  constexpr int kStart = 1;
+  std::vector<int> tokens(19);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = 2 + int(i * 5 % (c.vocab_size - 2));
+  tokens[6] = tokens[13] = kStart;  // the prompt's last document begins at 13
+  Decoder decoder(c, params, 40);
+  decoder.set_document_start(kStart);
+  std::vector<float> logits = decoder.prefill(tokens);
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_LE(lasp::testing::normalized_error(last_logits_of_full_forward(c, params, tokens, Precision::fp32, kStart),
+                                              logits), 1e-10) << "token " << i;
+    const int next = i == 3 ? kStart : 2 + i;  // a document also begins among the decoded tokens
+    tokens.push_back(next);
+    logits = decoder.step(next);
+  }
+  // the last document (from the decoded start on) alone
+  const std::vector<int> alone(tokens.end() - 5, tokens.end());
+  EXPECT_LE(lasp::testing::normalized_error(last_logits_of_full_forward(c, params, alone), logits), 1e-9);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, DecoderVsForward,

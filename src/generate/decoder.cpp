@@ -99,6 +99,7 @@ std::vector<float> Decoder::prefill(const std::vector<int>& prompt, Attention& a
   plan.precision = precision_;
   Model model(c, 1, Nl, attention, plan);
   std::copy(params_.begin(), params_.begin() + long(layout_.total()), model.params().begin());
+  if (doc_start_ >= 0) model.set_document_start(doc_start_);
   std::vector<int> inputs;
   for (int p : positions) {
     LASP_CHECK(p >= 0 && p < prefix, "decoder: position {} outside the prefix of {} tokens", p, prefix);
@@ -118,6 +119,9 @@ std::vector<float> Decoder::prefill(const std::vector<int>& prompt, Attention& a
     }
   }
   pos_ = prefix;
+  doc_begin_ = 0;  // the softmax layers' keys from the last document start on (the linear states hold no more)
+  for (int p = 0; p < prefix; ++p)
+    if (prompt[p] == doc_start_) doc_begin_ = p;
   if (prefix == n && positions.back() == n - 1)  // this rank ran the last token: its logits are the answer
     return std::vector<float>(model.logits() + size_t(model.logits_rows() - 1) * V,
                               model.logits() + size_t(model.logits_rows()) * V);
@@ -148,6 +152,10 @@ std::vector<float> Decoder::step(int token) {
   const float eps = c.rms_norm_eps;
   const Weights& w = weights_;
   const int pos = pos_;
+  if (token == doc_start_) {  // a new document: nothing before it is seen again
+    doc_begin_ = pos;
+    for (auto& S : state_) std::fill(S.begin(), S.end(), 0.f);
+  }
 
   std::vector<float> x(w.embed + size_t(token) * D, w.embed + size_t(token + 1) * D);
   for (int l = 0; l < c.num_hidden_layers; ++l) {
@@ -193,15 +201,15 @@ std::vector<float> Decoder::step(int token) {
       for (int h = 0; h < H; ++h) {
         const int kv = h / (H / Hkv);
         double m = -INFINITY, sum = 0;
-        for (int j = 0; j <= pos; ++j) {
+        for (int j = doc_begin_; j <= pos; ++j) {
           const float* kj = k_cache_[l].data() + size_t(j) * Ekv + kv * d;
           double s = 0;
           for (int i = 0; i < d; ++i) s += double(q[h * d + i]) * kj[i];
           p[j] = s * scale;
           m = std::max(m, p[j]);
         }
-        for (int j = 0; j <= pos; ++j) sum += p[j] = std::exp(p[j] - m);
-        for (int j = 0; j <= pos; ++j) {
+        for (int j = doc_begin_; j <= pos; ++j) sum += p[j] = std::exp(p[j] - m);
+        for (int j = doc_begin_; j <= pos; ++j) {
           const float* vj = v_cache_[l].data() + size_t(j) * Ekv + kv * d;
           for (int i = 0; i < d; ++i) attn[h * d + i] += float(p[j] / sum * vj[i]);
         }

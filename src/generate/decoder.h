@@ -33,6 +33,9 @@ class Decoder {
                              int prefix, ModelPlan plan = {});
   // Feeds one token at the next position; returns the logits (V) after it.
   std::vector<float> step(int token);
+  // Documents (MODEL.md), before the prefill: `token` opens a new document, in the prompt and when decoded,
+  // and what follows never sees what came before it; -1: none.
+  void set_document_start(int token) { doc_start_ = token; }
   int position() const { return pos_; }
   // The OpenMP threads of the prefill's attention kernels: those of the process when the decoder was made.
   int threads() const { return threads_; }
@@ -43,6 +46,7 @@ class Decoder {
   const std::vector<float>& params_;
   Weights weights_;  // named pointers into params_
   int max_tokens_, pos_ = 0, threads_;
+  int doc_start_ = -1, doc_begin_ = 0;  // the document-start token; where the running document began
   std::vector<std::vector<float>> state_;   // linear layers: (H, d, d) S = sum_{j<pos} lambda^(pos-j) k_j^T v_j
   std::vector<std::vector<float>> k_cache_, v_cache_;  // softmax layers: (max_tokens, H_kv, d)
   std::vector<std::vector<float>> lambda_;  // per layer, per head

@@ -300,7 +300,8 @@ TEST(SpBidirectional, EqualsSingleProcessOnEveryRank) {
 // their keys and values) decodes exactly like the single-process decoder, on every rank.
 TEST(SpGenerate, PrefillAndDecodeEqualSingleProcess) {
   for (const std::string types : {"LLLN", "NLNL"})
-    for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag}) {
+    for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag})
+    for (bool documents : {false, true}) {
       ModelConfig c;
       c.vocab_size = 64;
       c.hidden_size = 32;
@@ -314,8 +315,12 @@ TEST(SpGenerate, PrefillAndDecodeEqualSingleProcess) {
       std::vector<float> params(layout_table.total());
       init_weights(layout_table, params, 3, 0.2f);
       std::vector<int> prompt(37);
-      for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int(i * 7 % 64);
+      for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int(i * 7 % 64);  // token 5 at 19
       Decoder single(c, params, 64), parallel(c, params, 64);
+      if (documents) {  // token 5 opens documents: the prompt's last one begins at 30
+        prompt[9] = prompt[30] = 5;
+        single.set_document_start(5), parallel.set_document_start(5);
+      }
       std::vector<float> a = single.prefill(prompt), b = prefill_sequence_parallel(parallel, c, prompt, world(), layout);
       expect_close(a, b, types + " prefill logits");
       uint64_t state = 0;

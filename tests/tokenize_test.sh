@@ -69,6 +69,7 @@ PY
 # byte of the text the targets decode to, generate reads and writes text
 "$lasp" train --data "$dir/bpe/tokens_*.bin" --seq-len 128 --steps 3 --save "$dir/ckpt" 2> "$dir/train.log" > /dev/null
 grep -q "vocabulary 900 from" "$dir/train.log" || { cat "$dir/train.log"; exit 1; }
+grep -q "documents open at token 1 (the BOS of $dir/bpe/tokenizer.model" "$dir/train.log" || { cat "$dir/train.log"; exit 1; }
 cmp "$dir/ckpt/tokenizer.model" "$dir/bpe/tokenizer.model"
 "$lasp" eval --checkpoint "$dir/ckpt" --data "$dir/bpe/tokens_*.bin" --seq-len 128 --batches 5 --json 2> /dev/null \
   | tail -n 1 > "$dir/eval.json"
@@ -105,5 +106,13 @@ refused "not a SentencePiece model" tokenize --input "${licences[0]}" --model "$
 refused "has no BOS piece" tokenize --input "${licences[0]}" --model "$dir/nobos.model" --out "$dir/x4"
 refused "contradicts --model" tokenize --input "${licences[0]}" --model "$dir/python.model" --vocab-size 5 --out "$dir/x5"
 refused "smaller than that of the data's tokenizer" train --data "$dir/bpe/tokens_*.bin" --seq-len 64 --steps 1 --vocab 256
+refused "--doc-start must be a token of the model's vocabulary [0, 900) or -1 for none, got 900" \
+  train --data "$dir/bpe/tokens_*.bin" --seq-len 64 --steps 1 --doc-start 900
+refused "--doc-start must be a token of the model's vocabulary [0, 900) or -1 for none, got -2" \
+  eval --checkpoint "$dir/ckpt" --data "$dir/bpe/tokens_*.bin" --seq-len 64 --doc-start -2
+# a byte-level checkpoint with a tokenizer of more pieces than its vocabulary
+"$lasp" train --data "${licences[0]}" --seq-len 32 --steps 1 --layer-types LN --hidden 32 --save "$dir/bytes" 2> /dev/null
+cp "$dir/bpe/tokenizer.model" "$dir/bytes/tokenizer.model"
+refused "has 900 pieces, more than the model's vocabulary of 256" generate --checkpoint "$dir/bytes" --prompt hi
 test -e "$dir/foreign/notes.txt"
 echo "tokenize agrees with python3-sentencepiece"

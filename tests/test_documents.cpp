@@ -146,6 +146,16 @@ TEST(Documents, Helpers) {
   EXPECT_EQ(part.first, (std::vector<int>{0, 2}));
 }
 
+TEST(Documents, BidirectionalLayersRefuseThem) {
+  LocalAttention attention({1, 8, 2, 2, 4, 16, kThreads});
+  const uint8_t flags[8] = {1, 0, 0, 1, 0, 0, 0, 0};
+  std::vector<float> x(8 * 2 * 4, 0.5f), o(x.size());
+  attention.set_documents(flags);
+  EXPECT_THROW(attention.linear_bidirectional_forward(0, o.data(), x.data(), x.data(), x.data()), Error);
+  attention.set_documents(nullptr);
+  EXPECT_NO_THROW(attention.linear_bidirectional_forward(0, o.data(), x.data(), x.data(), x.data()));
+}
+
 TEST(Documents, StartOutsideTheVocabularyIsRefused) {
   const ModelConfig c = small_config("LN", Decay::none);
   LocalAttention attention({1, 8, 4, 2, 8, 16, kThreads});

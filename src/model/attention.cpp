@@ -100,11 +100,13 @@ void LocalAttention::linear_backward(int, float* dq, float* dk, float* dv, const
 }
 
 void LocalAttention::linear_bidirectional_forward(int, float* o, const float* q, const float* k, const float* v) {
+  refuse_documents_bidirectional(!docs_.empty());
   linear_attention_bidirectional_forward(o, nullptr, q, k, v, nullptr, linear_shape(), workspace_.view());
 }
 
 void LocalAttention::linear_bidirectional_backward(int, float* dq, float* dk, float* dv, const float* dout,
                                                    const float* q, const float* k, const float* v) {
+  refuse_documents_bidirectional(!docs_.empty());
   linear_attention_bidirectional_backward(dq, dk, dv, nullptr, dout, nullptr, q, k, v, nullptr, linear_shape(),
                                           workspace_.view());
 }

@@ -28,6 +28,10 @@ Documents documents_at(const uint8_t* all_starts, int B, int N, const int* posit
   return docs;
 }
 
+void refuse_documents_bidirectional(bool documents) {
+  LASP_CHECK(!documents, "bidirectional linear attention knows no documents: set none (Attention::set_documents(nullptr))");
+}
+
 Documents documents_slice(const Documents& docs, int n, int begin, int length) {
   Documents part;
   if (docs.empty()) return part;

@@ -23,6 +23,9 @@ void document_starts(uint8_t* flags, const int* tokens, long n, int start_id);
 // start flags of the whole sequence (B, N) in position order. A row's first document begins at 0.
 Documents documents_at(const uint8_t* all_starts, int B, int N, const int* positions, int n);
 
+// Bidirectional (non-causal) linear attention knows no documents: throws when there are some.
+void refuse_documents_bidirectional(bool documents);
+
 // Tokens [begin, begin + length) of every row of `docs` (n tokens per row), as Documents of their own.
 Documents documents_slice(const Documents& docs, int n, int begin, int length);
 

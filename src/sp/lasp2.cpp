@@ -238,6 +238,7 @@ void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
 
 // The bidirectional form has one state per batch row and head: the sum over every rank's tokens.
 void Lasp2Attention::linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) {
+  refuse_documents_bidirectional(!softmax_.documents().empty());
   Impl& m = *impl_;
   const int B = m.s.B, H = m.s.H, d = m.s.d, Nl = m.s.N, ld = H * d;
   const size_t dd = size_t(d) * d, states = size_t(B) * H * dd;
@@ -258,6 +259,7 @@ void Lasp2Attention::linear_bidirectional_forward(int layer, float* o, const flo
 
 void Lasp2Attention::linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout,
                                                    const float* q, const float* k, const float* v) {
+  refuse_documents_bidirectional(!softmax_.documents().empty());
   Impl& m = *impl_;
   const int B = m.s.B, H = m.s.H, d = m.s.d, Nl = m.s.N, ld = H * d;
   const size_t dd = size_t(d) * d, states = size_t(B) * H * dd;

@@ -114,6 +114,7 @@ void UlyssesAttention::linear_backward(int layer, float* dq, float* dk, float* d
 }
 
 void UlyssesAttention::linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) {
+  refuse_documents_bidirectional(!docs_.empty());
   Saved& sv = saved_[layer];
   to_heads(q, s_.H, sv.q);
   to_heads(k, s_.H, sv.k);
@@ -126,6 +127,7 @@ void UlyssesAttention::linear_bidirectional_forward(int layer, float* o, const f
 
 void UlyssesAttention::linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout,
                                                      const float*, const float*, const float*) {
+  refuse_documents_bidirectional(!docs_.empty());
   const Saved& sv = saved_[layer];
   std::vector<float> dof, dqf(sv.q.size(), 0.f), dkf(sv.q.size(), 0.f), dvf(sv.q.size(), 0.f);
   to_heads(dout, s_.H, dof);

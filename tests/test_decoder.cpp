@@ -32,22 +32,28 @@ std::vector<float> last_logits_of_full_forward(const ModelConfig& c, const std::
   return {model.logits() + size_t(n - 1) * c.vocab_size, model.logits() + size_t(n) * c.vocab_size};
 }
 
-class DecoderVsForward : public ::testing::TestWithParam<std::pair<std::string, Decay>> {};
+class DecoderVsForward : public ::testing::TestWithParam<std::pair<std::string, Decay>> {
+ protected:
+  // A small model of the case's layers and decay, and its weights (std 0.3) from a seed.
+  ModelConfig config() const {
+    ModelConfig c;
+    c.vocab_size = 64, c.hidden_size = 32, c.intermediate_size = 64, c.num_attention_heads = 4;
+    c.num_key_value_heads = 2, c.layer_types = GetParam().first, c.num_hidden_layers = int(c.layer_types.size());
+    c.linear.decay = GetParam().second;
+    c.validate();
+    return c;
+  }
+  static std::vector<float> weights(const ModelConfig& c, uint64_t seed) {
+    const ParamLayout layout(c);
+    std::vector<float> params(layout.total());
+    init_weights(layout, params, seed, 0.3f);
+    return params;
+  }
+};
 
 TEST_P(DecoderVsForward, GreedyDecodingMatchesRepeatedFullForwards) {
-  ModelConfig c;
-  c.vocab_size = 64;
-  c.hidden_size = 32;
-  c.intermediate_size = 64;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.layer_types = GetParam().first;
-  c.num_hidden_layers = int(c.layer_types.size());
-  c.linear.decay = GetParam().second;
-  c.validate();
-  ParamLayout layout(c);
-  std::vector<float> params(layout.total());
-  init_weights(layout, params, 3, 0.3f);
+  const ModelConfig c = config();
+  const std::vector<float> params = weights(c, 3);
   std::mt19937 rng(4);
   std::uniform_int_distribution<int> tok(0, c.vocab_size - 1);
   std::vector<int> tokens(21);  // a prompt that is not a multiple of the block size
@@ -71,13 +77,8 @@ TEST_P(DecoderVsForward, GreedyDecodingMatchesRepeatedFullForwards) {
 // A long prompt is prefilled in chunks (the memory plan's chunked attention): decoding continues from the
 // same state and keys as after a whole prefill.
 TEST_P(DecoderVsForward, ChunkedPrefillContinuesLikeAWholeOne) {
-  ModelConfig c;
-  c.vocab_size = 64, c.hidden_size = 32, c.intermediate_size = 64, c.num_attention_heads = 4;
-  c.num_key_value_heads = 2, c.layer_types = GetParam().first, c.num_hidden_layers = int(c.layer_types.size());
-  c.linear.decay = GetParam().second;
-  ParamLayout layout(c);
-  std::vector<float> params(layout.total());
-  init_weights(layout, params, 5, 0.3f);
+  const ModelConfig c = config();
+  const std::vector<float> params = weights(c, 5);
   std::vector<int> tokens(23);
   for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int(i * 7 % c.vocab_size);
   std::vector<int> positions(tokens.size());
@@ -97,13 +98,8 @@ TEST_P(DecoderVsForward, ChunkedPrefillContinuesLikeAWholeOne) {
 // Documents: with starts in the prompt and among the decoded tokens, each step's logits equal a full forward
 // with documents, and after a start they equal those of the new document alone.
 TEST_P(DecoderVsForward, DocumentsAreNotCrossed) {
-  ModelConfig c;
-  c.vocab_size = 64, c.hidden_size = 32, c.intermediate_size = 64, c.num_attention_heads = 4;
-  c.num_key_value_heads = 2, c.layer_types = GetParam().first, c.num_hidden_layers = int(c.layer_types.size());
-  c.linear.decay = GetParam().second;
-  ParamLayout layout(c);
-  std::vector<float> params(layout.total());
-  init_weights(layout, params, 7, 0.3f);
+  const ModelConfig c = config();
+  const std::vector<float> params = weights(c, 7);
   constexpr int kStart = 1;
   std::vector<int> tokens(19);
   for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = 2 + int(i * 5 % (c.vocab_size - 2));

@@ -7,6 +7,8 @@
 //   all_reduce(count)      sent 2(W-1)/W*count, received the same        (a ring reduce-scatter + all-gather)
 //   send_recv              the counts given
 //   all_to_all(count)      sent (W-1)*count, received (W-1)*count        (count = floats per destination)
+//   exscan_affine(rows, w) sent rows*(1+w), received the same (ranks 0 and W-1: one way only): the fold of
+//                          the ranks below arrives once, this rank's fold leaves once, whatever W
 // times sizeof(element). A non-blocking call is counted when it starts.
 #pragma once
 #include <cstddef>
@@ -16,8 +18,8 @@
 
 namespace lasp {
 
-enum class CommKind { all_gather, reduce_scatter, all_reduce, send_recv, all_to_all };
-constexpr int kCommKinds = 5;
+enum class CommKind { all_gather, reduce_scatter, all_reduce, send_recv, all_to_all, scan };
+constexpr int kCommKinds = 6;
 const char* to_string(CommKind kind);
 
 struct CommStats {
@@ -59,6 +61,14 @@ class Comm {
   // recv[r * count ..] = what rank r sent to this rank from its send[rank() * count ..].
   virtual void all_to_all(const float* send, float* recv, size_t count) = 0;
   virtual std::unique_ptr<CommRequest> all_to_all_start(const float* send, float* recv, size_t count) = 0;
+  // Exclusive scan, in rank order, of affine maps kept row by row: each of `rows` rows is (g, s[width]), 1 + width
+  // floats, and maps compose as (g_a, s_a) then (g_b, s_b) = (g_a g_b, g_b s_a + s_b) (associative, not
+  // commutative: GATES.md's fold of (Gamma, S) pairs, a state's rows with their gates). recv on rank r = the
+  // composition of ranks 0 .. r-1's send; on rank 0 the identity (1, 0). send and recv must not overlap.
+  virtual std::unique_ptr<CommRequest> exscan_affine_start(const float* send, float* recv, size_t rows, int width) = 0;
+  void exscan_affine(const float* send, float* recv, size_t rows, int width) {
+    exscan_affine_start(send, recv, rows, width)->wait();
+  }
   virtual void barrier() = 0;
 
   // Ranks with the same color form a new Comm, ordered by key (then by rank here).
@@ -73,6 +83,10 @@ class Comm {
   CommStats stats_;
   void count(CommKind kind, uint64_t sent, uint64_t received);
 };
+
+// The rows of exscan_affine: rows x (1 + width) identities (1, 0...); b = a then b, row by row.
+void fill_affine_identity(float* rows_out, size_t rows, int width);
+void compose_affine(const float* a, float* b, size_t rows, int width);
 
 // The world of this process: MPI's COMM_WORLD when an MPI launcher started it (MPI_Init on first call;
 // MPI_Finalize at exit), else a single-process Comm (MPI is not started at all).

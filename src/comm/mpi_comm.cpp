@@ -15,6 +15,7 @@
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <iostream>
 #include <vector>
 
@@ -57,7 +58,8 @@ struct ScopedTimer {
 
 class MpiRequest final : public CommRequest {
  public:
-  explicit MpiRequest(double& seconds) : seconds_(seconds) {}
+  // done: runs once when the operation has completed (the request's own clean-up and finishing touches).
+  explicit MpiRequest(double& seconds, std::function<void()> done = {}) : seconds_(seconds), on_done_(std::move(done)) {}
   MpiRequest(const MpiRequest&) = delete;
   MpiRequest& operator=(const MpiRequest&) = delete;
   ~MpiRequest() override {
@@ -75,7 +77,7 @@ class MpiRequest final : public CommRequest {
     if (done_) return;
     const ScopedTimer timer{seconds_};
     MPI_Waitall(n_, requests_, MPI_STATUSES_IGNORE);
-    done_ = true;
+    finish();
   }
 
   bool test() override {
@@ -83,16 +85,39 @@ class MpiRequest final : public CommRequest {
     int flag = 0;
     const ScopedTimer timer{seconds_};
     MPI_Testall(n_, requests_, &flag, MPI_STATUSES_IGNORE);
-    done_ = flag != 0;
+    if (flag) finish();
     return done_;
   }
 
  private:
+  void finish() {
+    done_ = true;
+    if (on_done_) on_done_();
+  }
   MPI_Request requests_[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
   int n_ = 0;
   bool done_ = false;
   double& seconds_;
+  std::function<void()> on_done_;
 };
+
+// MPI's reduction function for exscan_affine: inout = in then inout, row by row; the row width comes from the
+// datatype (a contiguous run of 1 + width floats).
+void compose_affine_rows(void* in, void* inout, int* len, MPI_Datatype* type) {
+  int bytes = 0;
+  MPI_Type_size(*type, &bytes);
+  compose_affine(static_cast<const float*>(in), static_cast<float*>(inout), size_t(*len),
+                 bytes / int(sizeof(float)) - 1);
+}
+
+MPI_Op affine_op() {
+  static MPI_Op op = [] {
+    MPI_Op made;
+    MPI_Op_create(compose_affine_rows, /*commute=*/0, &made);
+    return made;
+  }();
+  return op;
+}
 
 class MpiComm final : public Comm {
  public:
@@ -189,6 +214,28 @@ class MpiComm final : public Comm {
     // Post the receive first so a matching send finds it waiting.
     MPI_Irecv(recv, nr, MPI_FLOAT, s, kTag, comm_, request->add());
     MPI_Isend(send, ns, MPI_FLOAT, d, kTag, comm_, request->add());
+    return request;
+  }
+
+  // ---- exscan_affine: recv on rank r = the composition of ranks 0 .. r-1's rows; rank 0 the identity.
+  std::unique_ptr<CommRequest> exscan_affine_start(const float* send, float* recv, size_t rows, int width) override {
+    const ScopedTimer timer{stats_.seconds};
+    const int n = to_mpi_count(rows, "exscan_affine_start");
+    LASP_CHECK(width >= 0, "exscan_affine_start: width must be >= 0, got {}", width);
+    const size_t floats = rows * (1 + size_t(width));
+    LASP_CHECK(floats == 0 || send + floats <= recv || recv + floats <= send,
+               "exscan_affine_start: send and recv buffers must not overlap ({} floats each)", floats);
+    const uint64_t bytes = rows * (1 + uint64_t(width)) * sizeof(float);
+    count(CommKind::scan, rank_ + 1 < size_ ? bytes : 0, rank_ > 0 ? bytes : 0);
+    MPI_Datatype row;
+    MPI_Type_contiguous(1 + width, MPI_FLOAT, &row);
+    MPI_Type_commit(&row);
+    const bool first = rank_ == 0;
+    auto request = std::make_unique<MpiRequest>(stats_.seconds, [row, recv, rows, width, first]() mutable {
+      MPI_Type_free(&row);
+      if (first) fill_affine_identity(recv, rows, width);  // MPI leaves rank 0's result undefined
+    });
+    MPI_Iexscan(send, recv, n, row, affine_op(), comm_, request->add());
     return request;
   }
 

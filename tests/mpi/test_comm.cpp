@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <cstdio>
 #include <numeric>
 #include <string>
@@ -58,11 +59,12 @@ TEST(CommStats, NamesAndTotals) {
   EXPECT_STREQ(to_string(CommKind::all_reduce), "all_reduce");
   EXPECT_STREQ(to_string(CommKind::send_recv), "send_recv");
   EXPECT_STREQ(to_string(CommKind::all_to_all), "all_to_all");
+  EXPECT_STREQ(to_string(CommKind::scan), "scan");
   CommStats s;
   EXPECT_EQ(s.total_sent(), 0u);
   for (int k = 0; k < kCommKinds; ++k) s.bytes_sent[k] = 1u << k, s.bytes_received[k] = 10u * k;
-  EXPECT_EQ(s.total_sent(), 31u);
-  EXPECT_EQ(s.total_received(), 100u);
+  EXPECT_EQ(s.total_sent(), 63u);
+  EXPECT_EQ(s.total_received(), 150u);
 }
 
 // ---------------------------------------------------------------- all_gather
@@ -297,6 +299,45 @@ TEST(CommMpi, AllToAll) {
 }
 
 // ---------------------------------------------------------------- contracts, barrier
+// ---------------------------------------------------------------- exscan_affine
+// Rank r receives the composition of ranks 0 .. r-1's maps in rank order, checked against a plain double
+// fold of every rank's rows (which each rank can make: they come from the rank's seed); rank 0 the identity.
+// Bytes: one composition in (ranks > 0) and one out (ranks < W-1).
+TEST(CommMpi, ExscanAffineComposesInRankOrder) {
+  Comm& c = comm_world();
+  const int w = c.size(), r = c.rank();
+  for (int width : {0, 1, 5, 64})
+    for (size_t rows : {size_t(1), size_t(7), size_t(130)}) {
+      auto rows_of = [&](int rank) {
+        std::vector<float> x(rows * (1 + width));
+        uint32_t state = uint32_t(100 * rank + width + rows) * 2654435761u + 1;
+        for (float& v : x) v = float((state = state * 1664525u + 1013904223u) >> 8) / float(1 << 24) * 2.f - 1.f;
+        for (size_t i = 0; i < rows; ++i) x[i * (1 + width)] = 0.5f + 0.5f * std::abs(x[i * (1 + width)]);  // gates
+        return x;
+      };
+      std::vector<double> expect(rows * (1 + width), 0.0);
+      for (size_t i = 0; i < rows; ++i) expect[i * (1 + width)] = 1.0;
+      for (int s = 0; s < r; ++s) {  // (g_a, s_a) then (g_b, s_b) = (g_a g_b, g_b s_a + s_b)
+        const std::vector<float> b = rows_of(s);
+        for (size_t i = 0; i < rows; ++i) {
+          double* a = expect.data() + i * (1 + width);
+          const float* y = b.data() + i * (1 + width);
+          for (int x = 1; x <= width; ++x) a[x] = y[0] * a[x] + y[x];
+          a[0] *= y[0];
+        }
+      }
+      const std::vector<float> mine = rows_of(r);
+      std::vector<float> got(mine.size(), NAN);
+      c.reset_stats();
+      auto request = c.exscan_affine_start(mine.data(), got.data(), rows, width);
+      busy_work();
+      request->wait();
+      for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], expect[i], 1e-5 * (1 + std::abs(expect[i]))) << i;
+      const uint64_t bytes = rows * (1 + width) * sizeof(float);
+      expect_only_kind(c.stats(), int(CommKind::scan), r + 1 < w ? bytes : 0, r > 0 ? bytes : 0, 1);
+    }
+}
+
 TEST(CommMpi, CountsBeyondIntThrowBeforeSending) {
   Comm& c = comm_world();
   const size_t huge = size_t(INT_MAX) + 1;
@@ -416,6 +457,9 @@ TEST(CommSingle, Behaviour) {
   c->all_to_all(a.data(), b.data(), 3);
   EXPECT_EQ(b, a);
   c->barrier();
+  std::vector<float> scanned(6, -1.f);
+  c->exscan_affine(a.data(), scanned.data(), 2, 2);  // one rank: the identity (1, 0, 0) per row
+  EXPECT_EQ(scanned, (std::vector<float>{1, 0, 0, 1, 0, 0}));
 
   std::fill(b.begin(), b.end(), -1.f);
   for (auto& req : {c->all_gather_start(a.data(), b.data(), 3), c->reduce_scatter_start(a.data(), b.data(), 3),

@@ -27,8 +27,7 @@ void Attention::linear_bidirectional_backward(int, float*, float*, float*, const
 
 void Attention::set_documents(const uint8_t* starts) {
   if (starts)
-    throw Error("this sequence-parallel method does not support documents (--doc-start); lasp info lists the methods "
-                "that do");
+    throw Error("this attention does not support documents (--doc-start -1 runs one stream)");
 }
 
 void Attention::begin_chunk(int, int, Pass) {

@@ -36,6 +36,16 @@ uint64_t CommStats::total_received() const {
   return total;
 }
 
+void Comm::take_stats(Comm& helper) {
+  for (int k = 0; k < kCommKinds; ++k) {
+    stats_.bytes_sent[k] += helper.stats_.bytes_sent[k];
+    stats_.bytes_received[k] += helper.stats_.bytes_received[k];
+    stats_.calls[k] += helper.stats_.calls[k];
+  }
+  stats_.seconds += helper.stats_.seconds;
+  helper.reset_stats();
+}
+
 void fill_affine_identity(float* rows_out, size_t rows, int width) {
   for (size_t r = 0; r < rows; ++r, rows_out += 1 + width) {
     rows_out[0] = 1.f;

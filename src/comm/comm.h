@@ -78,6 +78,9 @@ class Comm {
 
   const CommStats& stats() const { return stats_; }
   void reset_stats() { stats_ = CommStats{}; }
+  // Adds a communicator's counts to this one's and resets them there: for a group split off to serve this one
+  // (a reversed order for a scan), whose traffic belongs to this one's.
+  void take_stats(Comm& helper);
 
  protected:
   CommStats stats_;

@@ -9,6 +9,7 @@
 #include "core/check.h"
 #include "kernels/gemm.h"
 #include "sp/piece_states.h"
+#include "sp/state_passing.h"
 
 namespace lasp {
 
@@ -21,7 +22,8 @@ struct Lasp2Attention::Impl {
   int piece_len;                                    // tokens per piece
   WorkspaceBuffer kernel_ws{0};
   std::vector<float> scratch;               // per thread: (piece_len, d)
-  std::vector<float> send, recv, suffix;    // states: (pieces, B, H, d, d) per rank
+  std::vector<float> send, suffix;          // states: (pieces, B, H, d, d)
+  std::unique_ptr<StatePassing> passing;    // how the states reach the pieces that need them
   std::vector<std::vector<float>> incoming; // per layer: P of each local piece
   // Each piece runs the local kernel in segments (progress points for MPI); per layer, the state entering
   // each segment: (B, pieces, segments, H, d, d).
@@ -30,7 +32,8 @@ struct Lasp2Attention::Impl {
   bool keep = false;                        // keep the decode state (final linear states)
   std::vector<std::vector<float>> final_states;
 
-  Impl(Comm& c, const AttentionShape& shape, int global_N, SpLayout layout, int layers)
+  Impl(Comm& c, const AttentionShape& shape, int global_N, SpLayout layout, int layers, StatePassingKind kind,
+       int slices)
       : sp(c), s(shape), W(c.size()), rank(c.rank()) {
     LASP_CHECK(shape.N * W == global_N, "LASP-2: {} tokens per rank x {} ranks != sequence length {}", shape.N, W,
                global_N);
@@ -45,8 +48,8 @@ struct Lasp2Attention::Impl {
     scratch.resize(size_t(s.threads) * piece_len * s.d);
     const size_t states = state_floats();
     send.resize(states);
-    recv.resize(states * W);
     suffix.resize(states);
+    passing = make_state_passing(kind, c, {s.B, s.H, s.d, mine, owner}, slices);
     incoming.resize(layers);
     final_states.resize(layers);
     // Up to 4 segments of whole blocks.
@@ -83,11 +86,8 @@ struct Lasp2Attention::Impl {
     }
   }
 
-  // The prefix (forward) or suffix (backward) over global piece order of the gathered per-piece states,
-  // for each batch row and head; writes the value for each of this rank's pieces into out.
-  void scan(const float* lambda, bool forward, std::vector<float>& out, const std::vector<uint8_t>& cut) {
-    scan_piece_states(out.data(), recv.data(), owner, rank, s.B, s.H, s.d, lambda, piece_len, forward,
-                      cut.empty() ? nullptr : cut.data());
+  PieceGates gates(const float* lambda, const std::vector<uint8_t>& cut) const {
+    return {lambda, piece_len, cut.empty() ? nullptr : cut.data(), s.B};
   }
 
   // The rows of a piece's (piece_len, d) scratch that a document start cuts off from the states: the queries
@@ -102,8 +102,9 @@ struct Lasp2Attention::Impl {
   bool last_piece(int i) const { return mine[i].index == int(owner.size()) - 1; }
 };
 
-Lasp2Attention::Lasp2Attention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers)
-    : impl_(std::make_unique<Impl>(sp, shape, global_N, layout, layers)),
+Lasp2Attention::Lasp2Attention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers,
+                               StatePassingKind passing, int slices)
+    : impl_(std::make_unique<Impl>(sp, shape, global_N, layout, layers, passing, slices)),
       softmax_(sp, shape, global_N, layout, layers) {}
 
 Lasp2Attention::~Lasp2Attention() = default;
@@ -123,8 +124,8 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
     m.cut_rows(tmp, docs, b, i, false);
     gemm(true, false, d, d, piece_len, 1.f, tmp, d, v + at, ld, 0.f, m.send.data() + m.state_at(i, b, h), d);
   });
-  // 2. ONE all-gather of the states, in flight during 3.
-  auto gather = m.sp.all_gather_start(m.send.data(), m.recv.data(), m.state_floats());
+  // 2. the states on their way (sp/state_passing.h), in flight during 3.
+  auto exchange = m.passing->start(m.send.data(), m.gates(lambda, cut), true);
   // 3. the chunkwise kernel on each piece on its own (intra-block and intra-piece terms), in segments that
   //    hand their state over, so that MPI progresses the gather between them. The state entering each
   //    segment is kept for the backward.
@@ -140,30 +141,17 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
         linear_attention_forward(o + row, sg + 1 < m.segments ? state + m.segment_stride() : nullptr, q + row, k + row,
                                  v + row, sg > 0 ? state : nullptr, lambda, docs.flags(b, m.mine[i].offset + begin),
                                  {1, len, H, d, m.s.block, m.s.threads}, m.kernel_ws.view());
-        gather->test();  // lets MPI progress
+        exchange->test();  // lets MPI progress
       }
     }
-  gather->wait();
-  // 4. prefix over global piece order; 5. o += diag(lambda^i) Q P
+  exchange->wait();
+  // 4. the state entering each piece, P; 5. o += diag(lambda^i) Q P
   auto& P = m.incoming[layer];
   P.resize(m.state_floats());
-  m.scan(lambda, true, P, cut);
-  if (m.keep) {  // the state after the last piece: lambda^piece_len P_last + M_last, by the same scan one step further
-    const size_t dd = size_t(d) * d;
-    auto& final = m.final_states[layer];
-    final.assign(size_t(m.s.B) * H * dd, 0.f);
-    const int pieces = int(m.owner.size());
-    for (int b = 0; b < m.s.B; ++b)
-      for (int h = 0; h < H; ++h) {
-        const float decay = decay_power(lambda ? double(lambda[h]) : 1.0, piece_len);
-        float* acc = final.data() + (size_t(b) * H + h) * dd;
-        for (int p = 0; p < pieces; ++p) {
-          const auto [r, i] = m.owner[p];
-          const float* piece_state = m.recv.data() + size_t(r) * m.state_floats() + m.state_at(i, b, h);
-          const float f = !cut.empty() && cut[size_t(p) * m.s.B + b] ? 0.f : decay;
-          for (size_t x = 0; x < dd; ++x) acc[x] = f * acc[x] + piece_state[x];
-        }
-      }
+  m.passing->finish(P.data());
+  if (m.keep) {  // the state after the last piece, for decoding
+    m.final_states[layer].resize(size_t(m.s.B) * H * d * d);
+    m.passing->final_state(m.final_states[layer].data());
   }
   m.for_each_head([&](int b, int i, int h, float* tmp) {
     if (m.first_piece(i)) return;
@@ -190,8 +178,8 @@ void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
     m.cut_rows(tmp, docs, b, i, true);
     gemm(true, false, d, d, piece_len, 1.f, tmp, d, dout + at, ld, 0.f, m.send.data() + m.state_at(i, b, h), d);
   });
-  // 2. ONE all-gather, in flight during 3.
-  auto gather = m.sp.all_gather_start(m.send.data(), m.recv.data(), m.state_floats());
+  // 2. on their way, in flight during 3.
+  auto exchange = m.passing->start(m.send.data(), m.gates(lambda, cut), false);
   // 3. the local backward of each piece, segment by segment in reverse, handing the state gradient back
   const auto& entering = m.segment_states[layer];
   const size_t dstate_floats = size_t(H) * d * d;
@@ -209,12 +197,12 @@ void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
                                   docs.flags(b, m.mine[i].offset + begin), {1, len, H, d, m.s.block, m.s.threads},
                                   m.kernel_ws.view());
         std::swap(dstate, dstate_next);
-        gather->test();
+        exchange->test();
       }
     }
-  gather->wait();
-  // 4. suffix G (gradient of the state leaving each piece); 5. the cross-piece terms
-  m.scan(lambda, false, m.suffix, cut);
+  exchange->wait();
+  // 4. the gradient of the state leaving each piece, G; 5. the cross-piece terms
+  m.passing->finish(m.suffix.data());
   const auto& P = m.incoming[layer];
   m.for_each_head([&](int b, int i, int h, float* tmp) {
     const std::vector<float>& pw = decay[h];
@@ -283,7 +271,8 @@ double Lasp2Attention::memory_floats(const std::string& layer_types) const {
   const double softmax = double(layer_types.size()) - linear;
   const double states = double(m.state_floats());
   const double per_layer = states + double(m.segment_state_floats());  // incoming P, segment states
-  return double(m.kernel_ws.storage.size() + m.scratch.size()) + (3 + m.W) * states + linear * per_layer +
+  return double(m.kernel_ws.storage.size() + m.scratch.size() + m.passing->memory_floats()) + 3 * states +
+         linear * per_layer +
          softmax_.memory_floats(int(softmax), m.s.H_kv);
 }
 

@@ -13,6 +13,8 @@
 // Bidirectional linear layer: the local K^T V, ONE AllGather, o = Q (total); backward: the local Q^T dO,
 //   ONE AllGather, the kernel's backward with the other ranks' sum as the gradient of the local state.
 // Softmax layer: LASP-2H (sp/lasp2h.h), a component of this method.
+// The exchange of the piece states is the paper's AllGather, or a scan (sp/state_passing.h: the methods exscan
+// and allscan), with the same local work around it.
 #pragma once
 #include <memory>
 #include <vector>
@@ -21,13 +23,16 @@
 #include "model/attention.h"
 #include "sp/grid.h"
 #include "sp/lasp2h.h"
+#include "sp/state_passing.h"
 
 namespace lasp {
 
 class Lasp2Attention : public Attention {
  public:
-  // shape.N is this rank's token count per row (N_global / W); layers: the model's layer count.
-  Lasp2Attention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers);
+  // shape.N is this rank's token count per row (N_global / W); layers: the model's layer count; passing: how
+  // the piece states travel (the paper's AllGather, or a scan); slices: All-Scan's K.
+  Lasp2Attention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers,
+                 StatePassingKind passing = StatePassingKind::gather, int slices = 1);
   ~Lasp2Attention() override;
   const int* positions() const override { return softmax_.positions(); }
   void set_documents(const uint8_t* starts) override { softmax_.set_documents(starts); }

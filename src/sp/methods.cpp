@@ -23,12 +23,27 @@ std::unique_ptr<Attention> make_chunked(Comm& sp, const AttentionShape& shape, i
   return std::make_unique<Method>(sp, shape, global_N, layout, layers, chunk);
 }
 
+// LASP-2 with its states passed by a scan instead of the AllGather (sp/state_passing.h).
+std::unique_ptr<Attention> make_exscan(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout,
+                                       int layers) {
+  return std::make_unique<Lasp2Attention>(sp, shape, global_N, layout, layers, StatePassingKind::exscan);
+}
+std::unique_ptr<Attention> make_allscan(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout,
+                                        int layers) {
+  return std::make_unique<Lasp2Attention>(sp, shape, global_N, layout, layers, StatePassingKind::allscan,
+                                          kAllScanSlices);
+}
+
 }  // namespace
 
 const std::vector<SpMethod>& sp_methods() {
   static const std::vector<SpMethod> methods = {
       {"lasp2", "LASP-2: one AllGather of the d x d piece states", "LASP-2H: one AllGather of K, V", LayoutRule::balanced,
        false, make<Lasp2Attention>, make_chunked<Lasp2ChunkedAttention>},
+      {"exscan", "LASP-2 with the states folded by ONE exclusive scan (MPI_Iexscan) of (gate, state) pairs",
+       "LASP-2H: one AllGather of K, V", LayoutRule::balanced, false, make_exscan},
+      {"allscan", "LASP-2 with ZeCO's All-Scan: the state passes rank to rank in K slices, each folded and sent on",
+       "LASP-2H: one AllGather of K, V", LayoutRule::balanced, false, make_allscan},
       {"lasp1", "LASP-1: the states travel a serial chain of point-to-point hops", "LASP-2H: one AllGather of K, V",
        LayoutRule::balanced, false, make<Lasp1Attention>},
       {"ring", "Ring Attention: K, V blocks around the ring, masked left product",

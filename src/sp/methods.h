@@ -34,6 +34,9 @@ struct SpMethod {
                                                  SpLayout layout, int layers, int chunk) = nullptr;
 };
 
+// All-Scan's K: the slices a state is cut into on its way from rank to rank.
+constexpr int kAllScanSlices = 4;
+
 // Every method, the default first.
 const std::vector<SpMethod>& sp_methods();
 // The method of that name (the default, the first, for an empty name); throws naming the ones there are.

@@ -55,6 +55,8 @@ struct AttnCase {
   Decay decay;
   SpLayout layout;
   int N;
+  StatePassingKind passing = StatePassingKind::gather;  // how LASP-2 passes its linear layers' states
+  int slices = 1;                                       // All-Scan's K
 };
 
 class SpAttention : public ::testing::TestWithParam<AttnCase> {};
@@ -87,7 +89,7 @@ TEST_P(SpAttention, EqualsSingleProcessOnEveryRank) {
   // this rank's slice under LASP-2 / LASP-2H
   const std::vector<int> pos = sp_positions(c.N, W, world().rank(), c.layout);
   const int Nl = int(pos.size());
-  Lasp2Attention sp(world(), {B, Nl, H, Hkv, d, block, kThreads}, c.N, c.layout, 1);
+  Lasp2Attention sp(world(), {B, Nl, H, Hkv, d, block, kThreads}, c.N, c.layout, 1, c.passing, c.slices);
   auto ql = take_rows(q, B, c.N, width, pos), kl = take_rows(k, B, c.N, kvw, pos),
        vl = take_rows(v, B, c.N, kvw, pos), gl = take_rows(g, B, c.N, width, pos);
   std::vector<float> ol(ql.size()), lsel(size_t(B) * H * Nl), dql(ql.size(), 0.f), dkl(kl.size(), 0.f),
@@ -111,16 +113,28 @@ std::vector<AttnCase> attention_cases() {
   std::vector<AttnCase> cases;
   for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag})
     for (int N : {24, 72, 120}) {
-      for (Decay decay : {Decay::none, Decay::lightning, Decay::retention}) cases.push_back({true, decay, layout, N});
+      for (Decay decay : {Decay::none, Decay::lightning, Decay::retention}) {
+        cases.push_back({true, decay, layout, N});
+        cases.push_back({true, decay, layout, N, StatePassingKind::exscan});
+        // K: slices of unequal rows; one slice, and more slices than rows (B H d = 128: clamped)
+        cases.push_back({true, decay, layout, N, StatePassingKind::allscan, 3});
+        if (N == 24)
+          for (int slices : {1, 500}) cases.push_back({true, decay, layout, N, StatePassingKind::allscan, slices});
+      }
       cases.push_back({false, Decay::none, layout, N});
     }
   return cases;
 }
 
+const char* to_string(StatePassingKind kind) {
+  return kind == StatePassingKind::gather ? "gather" : kind == StatePassingKind::exscan ? "exscan" : "allscan";
+}
+
 INSTANTIATE_TEST_SUITE_P(Cases, SpAttention, ::testing::ValuesIn(attention_cases()), [](const auto& info) {
   const AttnCase& c = info.param;
   return std::string(c.linear ? "linear_" : "softmax_") + (c.linear ? to_string(c.decay) : "gqa") + "_" +
-         to_string(c.layout) + "_N" + std::to_string(c.N);
+         to_string(c.layout) + "_N" + std::to_string(c.N) + "_" + to_string(c.passing) +
+         (c.passing == StatePassingKind::allscan ? std::to_string(c.slices) : "");
 });
 
 // The baselines give the same results for linear layers, both layouts, every decay: LASP-1 (the serial
@@ -381,6 +395,66 @@ TEST(SpCommunication, OneCollectiveEachWayAndBytesIndependentOfN) {
   }
 }
 
+// The scans pass one state per piece in and one out whatever W (exscan: (gate, state) rows, one scan per leg
+// of the fold; allscan: the state alone, in K slices), nothing else; and the state after the whole sequence
+// (kept for decoding) equals the AllGather's on every rank.
+TEST(SpCommunication, ScansPassOneStatePerPieceWhateverW) {
+  const int W = world().size(), me = world().rank(), B = 2, H = 4, d = 16, Hkv = 4, slices = 3;
+  const uint64_t state = uint64_t(B) * H * d * d * sizeof(float), pair = uint64_t(B) * H * d * (1 + d) * sizeof(float);
+  std::vector<float> lambda(H);
+  linear_attention_decays(lambda.data(), H, Decay::retention);
+  for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag}) {
+    const int N = 48 * W;
+    const std::vector<int> pos = sp_positions(N, W, me, layout);
+    const int Nl = int(pos.size());
+    auto q = random_values(size_t(B) * Nl * H * d, 1), k = random_values(q.size(), 2), v = random_values(q.size(), 3);
+    for (auto* x : {&q, &k})
+      for (float& e : *x) e = 0.5f * (e + 1.1f);
+    std::vector<float> o(q.size()), dq(q.size()), dk(q.size()), dv(q.size());
+    Lasp2Attention gather(world(), {B, Nl, H, Hkv, d, 16, kThreads}, N, layout, 1);
+    gather.keep_decode_state(true);
+    gather.linear_forward(0, o.data(), q.data(), k.data(), v.data(), lambda.data());
+    // Pieces whose neighbour in the fold sits on another rank: forward the previous piece, backward the next.
+    const std::vector<Piece> mine = sp_pieces(N, W, me, layout);
+    const auto owner = sp_piece_owners(N, W, layout);
+    int from_before = 0, from_after = 0;
+    for (const Piece& p : mine) {
+      from_before += p.index > 0 && owner[p.index - 1].first != me;
+      from_after += p.index + 1 < int(owner.size()) && owner[p.index + 1].first != me;
+    }
+    for (StatePassingKind kind : {StatePassingKind::exscan, StatePassingKind::allscan}) {
+      const std::string what = std::string(to_string(kind)) + " " + to_string(layout);
+      Lasp2Attention sp(world(), {B, Nl, H, Hkv, d, 16, kThreads}, N, layout, 1, kind, slices);
+      sp.keep_decode_state(true);
+      for (bool forward : {true, false}) {
+        world().reset_stats();
+        if (forward) sp.linear_forward(0, o.data(), q.data(), k.data(), v.data(), lambda.data());
+        else sp.linear_backward(0, dq.data(), dk.data(), dv.data(), o.data(), q.data(), k.data(), v.data(), lambda.data());
+        CommStats st = world().stats();
+        if (forward) {  // the final state is shared by one all-reduce, for decoding only: not part of the pass
+          const int ar = int(CommKind::all_reduce);
+          EXPECT_EQ(st.calls[ar], 1u) << what;
+          st.bytes_sent[ar] = st.bytes_received[ar] = 0;
+        }
+        const int received_from = forward ? from_before : from_after, sent_to = forward ? from_after : from_before;
+        if (kind == StatePassingKind::exscan) {  // one scan per leg (the zigzag fold visits the ranks twice)
+          const int sc = int(CommKind::scan);
+          EXPECT_EQ(st.calls[sc], uint64_t(mine.size())) << what;
+          EXPECT_EQ(st.bytes_received[sc], uint64_t(received_from) * pair) << what;
+          EXPECT_EQ(st.bytes_sent[sc], uint64_t(sent_to) * pair) << what;
+        } else {
+          const int sr = int(CommKind::send_recv);
+          EXPECT_EQ(st.calls[sr], uint64_t(received_from + sent_to) * slices) << what;
+          EXPECT_EQ(st.bytes_received[sr], uint64_t(received_from) * state) << what;
+          EXPECT_EQ(st.bytes_sent[sr], uint64_t(sent_to) * state) << what;
+        }
+        EXPECT_LE(st.total_received(), 2 * pair) << what << ": at most two pieces' pairs, whatever W";
+      }
+      expect_close(gather.final_state(0), sp.final_state(0), what + " final state");
+    }
+  }
+}
+
 // ---- whole models ----
 struct ModelCase {
   std::string layer_types;
@@ -504,12 +578,13 @@ std::vector<ModelCase> model_cases() {
         cases.push_back({"LLLN", Decay::retention, layout, dp, "lasp2", 5});
         cases.push_back({"NLNL", Decay::lightning, layout, dp, "lasp2", 7});
       }
-      for (const char* method : {"lasp1", "ring", "ulysses", "allgather"}) {
+      for (const char* method : {"exscan", "allscan", "lasp1", "ring", "ulysses", "allgather"}) {
+        if (dp > 1 && std::string(method).find("scan") != std::string::npos) continue;  // DP does not touch them
         cases.push_back({"LLLL", Decay::lightning, layout, dp, method});
         cases.push_back({"LLLN", Decay::retention, layout, dp, method});
       }
       // documents: under every method (with DP too for lasp2), and in LASP-2's layer-major chunks
-      for (const char* method : {"lasp2", "lasp1", "ring", "ulysses", "allgather"}) {
+      for (const char* method : {"lasp2", "exscan", "allscan", "lasp1", "ring", "ulysses", "allgather"}) {
         if (dp > 1 && std::string(method) != "lasp2") continue;
         cases.push_back({"LLLL", Decay::retention, layout, dp, method, 0, true});
         cases.push_back({"NLNL", Decay::lightning, layout, dp, method, 0, true});

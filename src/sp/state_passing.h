@@ -1,0 +1,66 @@
+// How LASP-2's piece states reach the pieces that need them (LASP2.md section 2, GATES.md). Forward: each of
+// this rank's pieces needs the state entering it, P_{p+1} = gate_p P_p + M_p folded over global piece order;
+// backward: the gradient of the state leaving it, G_{p-1} = gate_p G_p + dM_p folded the other way. Three
+// ways, each started before the local kernel and finished after it (test() between its segments):
+//   gather   ONE AllGather of every piece's state, then each rank folds them itself: the paper's LASP-2; the
+//            volume into a rank grows with W.
+//   exscan   an exclusive scan (MPI_Iexscan, a user-defined non-commutative op) of (gate, state) rows: log-depth,
+//            one pair in and one out per rank whatever W. The zigzag layout runs two scans, rank order then
+//            reversed, the pivot (rank W-1 forward) handing the first leg's total to the second.
+//   allscan  ZeCO's All-Scan: the state arrives from the previous piece's rank in K slices of rows; each slice
+//            is folded with this piece's own and sent on at once: one state in and one out per piece, whatever
+//            W, in (W-1+K) slice hops. Any layout: the chain follows global piece order.
+// Every way folds in fp32 in the same order as a single process would, up to rounding.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "comm/comm.h"
+#include "sp/grid.h"
+
+namespace lasp {
+
+enum class StatePassingKind { gather, exscan, allscan };
+
+// What piece p of batch row b does to the state passing through it, head h: gate lambda_h^piece_len (1 without
+// decay), 0 where a document starts inside the piece (it passes on only what follows the start).
+struct PieceGates {
+  const float* lambda = nullptr;  // (H) or null
+  int piece_len = 0;
+  const uint8_t* cut = nullptr;   // (pieces, B) or null
+  int B = 0;
+  float at(int piece, int b, int h) const;
+};
+
+// This rank's part of the sequence: its pieces and who holds every piece; states are (B, H, d, d) per piece.
+struct PassingShape {
+  int B, H, d;
+  std::vector<Piece> mine;
+  std::vector<std::pair<int, int>> owner;  // global piece -> (rank, index among that rank's pieces)
+  size_t piece_floats() const { return size_t(B) * H * d * d; }
+};
+
+class StatePassing {
+ public:
+  virtual ~StatePassing() = default;
+  // Starts passing `own` (this rank's pieces, B, H, d, d): each piece's own state M (forward) or its
+  // contribution to the gradient of the state entering it, dM (backward). own and the gates' arrays must stay
+  // valid until finish (and final_state).
+  virtual std::unique_ptr<CommRequest> start(const float* own, const PieceGates& gates, bool forward) = 0;
+  // Once the request is done: out (this rank's pieces, B, H, d, d) = P (forward) or G (backward) of each piece.
+  virtual void finish(float* out) = 0;
+  // After a forward's finish, on every rank (a collective): out (B, H, d, d) = the state after the last piece.
+  virtual void final_state(float* out) = 0;
+  virtual size_t memory_floats() const = 0;
+};
+
+// slices: allscan's K (clamped to the rows B*H*d); ignored by the others. Needs the whole SP group.
+std::unique_ptr<StatePassing> make_state_passing(StatePassingKind kind, Comm& sp, const PassingShape& shape,
+                                                 int slices);
+// The two scans, each in its own file (sp/exscan_passing.cpp, sp/allscan_passing.cpp).
+std::unique_ptr<StatePassing> make_exscan_passing(Comm& sp, const PassingShape& shape);
+std::unique_ptr<StatePassing> make_allscan_passing(Comm& sp, const PassingShape& shape, int slices);
+
+}  // namespace lasp

@@ -120,6 +120,8 @@ inline void add_parallel_flags(CLI::App* cmd, lasp::ParallelOptions& p) {
                   "softmax layer)")->check(CLI::IsMember({"contiguous", "zigzag"}));
   cmd->add_option("--sp-method", p.sp_method, sp_method_help())->default_val(lasp::sp_methods().front().name)
       ->check(CLI::IsMember(sp_method_list()));
+  cmd->add_option("--scan-slices", p.scan_slices, "allscan: the slices (K) each state is cut into on its way from "
+                  "rank to rank")->default_val(lasp::kAllScanSlices)->check(kAtLeastOne);
 }
 
 // --precision fp32|bf16 (train, eval, bench train, generate).

@@ -358,6 +358,7 @@ struct BenchSpCommand : Command {
     cmd->add_option("--seq-lens", o.seq_lens, "sequence lengths")->default_str("4096 16384");
     cmd->add_option("--models", o.models, "layer patterns (pure linear, hybrid)")->default_str("LLLL LLLN");
     cmd->add_option("--repeats", o.repeats, "timed steps per case (median)")->default_val(o.repeats)->check(kAtLeastOne);
+    cmd->add_option("--scan-slices", o.scan_slices, "allscan's K")->default_val(o.scan_slices)->check(kAtLeastOne);
     cmd->add_option("--out", o.out_prefix, "prefix of the CSV, JSON and PNG files")->default_val(o.out_prefix);
   }
   void run(Session& session) override { lasp::bench_sp(o, session.start_world()); }
@@ -366,7 +367,7 @@ struct BenchSpCommand : Command {
 struct BenchProjectCommand : Command {
   lasp::ProjectOptions o;
   explicit BenchProjectCommand(CLI::App& bench) {
-    cmd = bench.add_subcommand("project", "alpha-beta projection of every SP method to 16-128 ranks");
+    cmd = bench.add_subcommand("project", "alpha-beta projection of every SP method to 16-256 ranks");
     cmd->add_option("--link-gbit", o.link_gbit, "bandwidth between nodes per rank")->default_val(o.link_gbit)
         ->check(kPositive);
     cmd->add_option("--intra-gbit", o.intra_gbit, "bandwidth inside a node")->default_val(o.intra_gbit)->check(kPositive);

@@ -1,6 +1,6 @@
 // `lasp bench project`: an alpha-beta model of a cluster, fed with compute rates measured on this machine,
-// projecting the training tokens/s of each sequence-parallel method for 16-128 ranks and sequences up to
-// 2048K tokens on the paper's Linear-Llama3-1B (16 layers, hidden 2048, 16 heads of 128, MLP 8192, pure
+// projecting the training tokens/s of each sequence-parallel method for 16-256 ranks and sequences up to
+// 8M tokens on the paper's Linear-Llama3-1B (16 layers, hidden 2048, 16 heads of 128, MLP 8192, pure
 // linear attention without decay), next to the paper's published LASP-2 ratios. A model, not a measurement:
 // it shows how the methods' communication scales once it crosses a real network.
 #pragma once

@@ -76,7 +76,7 @@ void bench_sp(const SpBenchOptions& options, Comm& world) {
         const std::vector<int> pos = sp_positions(N, W, world.rank(), layout);
         const AttentionShape shape{1, Nl, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), kLinearBlock,
                                    omp_get_max_threads()};
-        auto attention = make_sp_attention(method, world, shape, N, layout, c.num_hidden_layers);
+        auto attention = make_sp_attention(method, world, shape, N, layout, c.num_hidden_layers, o.scan_slices);
         Model model(c, 1, Nl, *attention);
         init_weights(model.layout(), model.params(), 1);
         std::mt19937 rng(3);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "comm/comm.h"
+#include "sp/methods.h"
 
 namespace lasp {
 
@@ -16,6 +17,7 @@ struct SpBenchOptions {
   std::vector<int> seq_lens = {4096, 16384};
   std::vector<std::string> models = {"LLLL", "LLLN"};  // pure linear and the 1/4 hybrid
   int repeats = 3;
+  int scan_slices = kAllScanSlices;  // allscan's K
   std::string out_prefix = "bench_sp";
 };
 

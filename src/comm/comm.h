@@ -8,7 +8,9 @@
 //   send_recv              the counts given
 //   all_to_all(count)      sent (W-1)*count, received (W-1)*count        (count = floats per destination)
 //   exscan_affine(rows, w) sent rows*(1+w), received the same (ranks 0 and W-1: one way only): the fold of
-//                          the ranks below arrives once, this rank's fold leaves once, whatever W
+//                          the ranks below arrives once, this rank's fold leaves once, whatever W (a chain
+//                          moves exactly that; the recursive doubling lasp asks Open MPI for moves up to
+//                          ceil(log2 W) pairs each way, in log2 W steps instead of W-1)
 // times sizeof(element). A non-blocking call is counted when it starts.
 #pragma once
 #include <cstddef>

@@ -343,6 +343,9 @@ Comm& comm_world() {
     int already = 0;
     MPI_Initialized(&already);
     if (!already) {
+      // exscan_affine in log depth: Open MPI's non-blocking exscan is otherwise a chain of W-1 dependent hops
+      // (libnbc's default, "linear"). A value set by the user is kept.
+      setenv("OMPI_MCA_coll_libnbc_iexscan_algorithm", "recursive_doubling", 0);
       int provided = 0;
       MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
       LASP_CHECK(provided >= MPI_THREAD_FUNNELED, "MPI_Init_thread: needed MPI_THREAD_FUNNELED, got level {}",

@@ -13,7 +13,8 @@ namespace lasp {
 namespace {
 
 template <class Method>
-std::unique_ptr<Attention> make(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers) {
+std::unique_ptr<Attention> make(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers,
+                                int /*scan_slices*/) {
   return std::make_unique<Method>(sp, shape, global_N, layout, layers);
 }
 
@@ -25,13 +26,13 @@ std::unique_ptr<Attention> make_chunked(Comm& sp, const AttentionShape& shape, i
 
 // LASP-2 with its states passed by a scan instead of the AllGather (sp/state_passing.h).
 std::unique_ptr<Attention> make_exscan(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout,
-                                       int layers) {
+                                       int layers, int /*scan_slices*/) {
   return std::make_unique<Lasp2Attention>(sp, shape, global_N, layout, layers, StatePassingKind::exscan);
 }
 std::unique_ptr<Attention> make_allscan(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout,
-                                        int layers) {
+                                        int layers, int scan_slices) {
   return std::make_unique<Lasp2Attention>(sp, shape, global_N, layout, layers, StatePassingKind::allscan,
-                                          kAllScanSlices);
+                                          scan_slices);
 }
 
 }  // namespace
@@ -82,10 +83,11 @@ SpLayout sp_method_layout(const std::string& method, const std::string& requeste
 }
 
 std::unique_ptr<Attention> make_sp_attention(const std::string& method, Comm& sp, const AttentionShape& shape,
-                                             int global_N, SpLayout layout, int layers) {
+                                             int global_N, SpLayout layout, int layers, int scan_slices) {
   const SpMethod& m = find_sp_method(method);
+  LASP_CHECK(scan_slices >= 1, "--scan-slices must be at least 1, got {}", scan_slices);
   if (sp.size() == 1) return std::make_unique<LocalAttention>(shape);
-  return m.make(sp, shape, global_N, layout, layers);
+  return m.make(sp, shape, global_N, layout, layers, scan_slices);
 }
 
 std::unique_ptr<Attention> make_layer_major_attention(const std::string& method, Comm& sp, const AttentionShape& shape,

@@ -28,13 +28,13 @@ struct SpMethod {
   LayoutRule layout;
   bool heads_over_ranks;  // the attention heads must divide evenly over the SP ranks (head sharding)
   std::unique_ptr<Attention> (*make)(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout,
-                                     int layers);
+                                     int layers, int scan_slices);
   // The same method in chunks for the layer-major memory plan (Attention::layer_major); null: none.
   std::unique_ptr<Attention> (*make_layer_major)(Comm& sp, const AttentionShape& shape, int global_N,
                                                  SpLayout layout, int layers, int chunk) = nullptr;
 };
 
-// All-Scan's K: the slices a state is cut into on its way from rank to rank.
+// All-Scan's K (--scan-slices): the slices a state is cut into on its way from rank to rank.
 constexpr int kAllScanSlices = 4;
 
 // Every method, the default first.
@@ -54,7 +54,9 @@ std::unique_ptr<Attention> make_layer_major_attention(const std::string& method,
                                                       int global_N, SpLayout layout, int layers, int chunk);
 
 // The method's Attention for this rank (LocalAttention on one rank). Throws naming the method and the ones there are.
+// scan_slices: All-Scan's K (the other methods ignore it).
 std::unique_ptr<Attention> make_sp_attention(const std::string& method, Comm& sp, const AttentionShape& shape,
-                                             int global_N, SpLayout layout, int layers);
+                                             int global_N, SpLayout layout, int layers,
+                                             int scan_slices = kAllScanSlices);
 
 }  // namespace lasp

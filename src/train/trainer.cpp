@@ -56,14 +56,15 @@ struct PlannedRank {
 // This rank's memory plan and attention: the chosen method across several SP ranks, the local or the
 // chunked kernels on one. Rank 0 prints the plan.
 PlannedRank plan_rank(const ModelConfig& c, const Grid& g, int B, int N, SpLayout layout, int block,
-                      const std::string& method, const MemoryRequest& memory, bool training) {
+                      const ParallelOptions& parallel, const MemoryRequest& memory, bool training) {
+  const std::string& method = parallel.sp_method;
   // The kernels' threads are those lasp runs with (--threads), fixed here for the run.
   const AttentionShape shape{B, N / g.sp_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), block,
                              omp_get_max_threads()};
   std::unique_ptr<Attention> sp;
   LayerMajorAttention layer_major;
   if (g.sp_size > 1) {
-    sp = make_sp_attention(method, *g.sp, shape, N, layout, c.num_hidden_layers);
+    sp = make_sp_attention(method, *g.sp, shape, N, layout, c.num_hidden_layers, parallel.scan_slices);
     if (find_sp_method(method).make_layer_major)
       layer_major = [&, shape](int chunk) {
         return make_layer_major_attention(method, *g.sp, shape, N, layout, c.num_hidden_layers, chunk);
@@ -304,7 +305,7 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
   // Every rank draws the same windows (same seed); DP rank g trains on rows [g B, g B + B).
   WindowSampler sampler(*data, o.seq_len, B * grid.dp_size, o.seed, split.train_begin, split.train_end, align);
 
-  const PlannedRank planned = plan_rank(config, grid, B, o.seq_len, layout, o.block, o.parallel.sp_method, o.memory, true);
+  const PlannedRank planned = plan_rank(config, grid, B, o.seq_len, layout, o.block, o.parallel, o.memory, true);
   Model model(config, B, Nl, *planned.attention, planned.plan.model);
   use_documents(model, o.doc_start, o.data_path, rank0);
   AdamW optimizer(model.layout(), o.adamw);
@@ -401,7 +402,7 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_p
   const TokenSource* data = eval_data.source.get();
   eval_batch(*data, N, 0, batches);  // checks that the file holds every window (clear error otherwise)
 
-  const PlannedRank planned = plan_rank(config, grid, 1, N, layout, block, parallel.sp_method, memory, false);
+  const PlannedRank planned = plan_rank(config, grid, 1, N, layout, block, parallel, memory, false);
   Model model(config, 1, Nl, *planned.attention, planned.plan.model);
   use_documents(model, doc_start, data_path, world.rank() == 0);
   load_checkpoint_weights(dir, model.layout(), model.params());

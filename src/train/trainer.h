@@ -10,6 +10,7 @@
 #include "comm/comm.h"
 #include "model/config.h"
 #include "model/memory_plan.h"
+#include "sp/methods.h"
 #include "train/optimizer.h"
 
 namespace lasp {
@@ -18,6 +19,7 @@ struct ParallelOptions {
   int sp_size = 1, dp_size = 1;
   std::string sp_layout;  // contiguous | zigzag; empty: zigzag when the model has a softmax layer
   std::string sp_method;  // a method of sp/methods.h; empty: the default (LASP-2 + LASP-2H)
+  int scan_slices = kAllScanSlices;  // allscan's K
 };
 
 struct TrainOptions {

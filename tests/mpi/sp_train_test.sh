@@ -23,6 +23,8 @@ run hybrid_ulysses_sp4 4 --batch 2 --sp-size 4 --sp-method ulysses
 run hybrid_ring_sp2 2 --batch 2 --sp-size 2 --sp-method ring
 run hybrid_ringzz_sp4 4 --batch 2 --sp-size 4 --sp-method ring-zigzag
 run linear_allgather_sp3 3 --batch 2 --layer-types LLLL --decay lightning --sp-size 3 --sp-method allgather
+run linear_exscan_sp4 4 --batch 2 --layer-types LLLL --decay lightning --sp-size 4 --sp-method exscan
+run hybrid_allscan_sp3 3 --batch 2 --sp-size 3 --sp-method allscan --scan-slices 5
 compare linear_sp1 linear_sp4
 compare linear_sp1 linear_sp3
 compare linear_sp1 linear_lasp1_sp4
@@ -31,6 +33,8 @@ compare linear_sp1 linear_allgather_sp3
 compare hybrid_sp1 hybrid_ulysses_sp4
 compare hybrid_sp1 hybrid_ring_sp2
 compare hybrid_sp1 hybrid_ringzz_sp4
+compare linear_sp1 linear_exscan_sp4
+compare hybrid_sp1 hybrid_allscan_sp3
 # eval of a checkpoint: the same loss on 1 rank, on sp 2 and on dp 2 x sp 2
 run saved 1 --batch 2 --save "$dir/ckpt"
 evaluate() {  # evaluate RANKS ARGS...

@@ -100,21 +100,22 @@ void bench_sp(const SpBenchOptions& options, Comm& world) {
           sent = world.stats().total_sent();
           received = world.stats().total_received();
         }
-        // the slowest rank sets the pace: take the max over ranks of each median
-        double m[3] = {median(fwd), median(bwd), median(comm)};
-        std::vector<double> all(3 * size_t(W), 0.0);
-        std::copy(m, m + 3, all.begin() + 3 * world.rank());
+        // the slowest rank sets the pace: take the max over ranks of each median; bytes: the busiest rank's
+        constexpr int kStats = 5;
+        double m[kStats] = {median(fwd), median(bwd), median(comm), double(sent), double(received)};
+        std::vector<double> all(kStats * size_t(W), 0.0);
+        std::copy(m, m + kStats, all.begin() + kStats * world.rank());
         world.all_reduce(all.data(), all.size());
-        for (int k = 0; k < 3; ++k)
-          for (int r = 0; r < W; ++r) m[k] = std::max(m[k], all[3 * size_t(r) + k]);
+        for (int k = 0; k < kStats; ++k)
+          for (int r = 0; r < W; ++r) m[k] = std::max(m[k], all[kStats * size_t(r) + k]);
         const double step = m[0] + m[1];
         row["tokens_per_s"] = N / step;
         row["forward_s"] = m[0];
         row["backward_s"] = m[1];
         row["communication_s"] = m[2];
         row["compute_s"] = std::max(0.0, step - m[2]);
-        row["bytes_sent_per_rank_per_layer"] = double(sent) / c.num_hidden_layers;
-        row["bytes_received_per_rank_per_layer"] = double(received) / c.num_hidden_layers;
+        row["bytes_sent_per_rank_per_layer"] = m[3] / c.num_hidden_layers;
+        row["bytes_received_per_rank_per_layer"] = m[4] / c.num_hidden_layers;
         row["peak_rss_mb"] = peak_rss_kb() / 1024.0;
         results.push_back(row);
       }

@@ -1,7 +1,7 @@
 // `lasp bench sp`: every sequence-parallel method on the same models, sequence lengths and world (the
 // ranks of the current mpirun), several repeats each: tokens/s (median), forward and backward time, time in
-// communication vs compute, bytes sent/received per rank per attention layer, peak resident memory per
-// rank. Rank 0 writes PREFIX.csv and PREFIX.json and draws PREFIX_tokens.png (tokens/s vs N per method)
+// communication vs compute, bytes sent/received per rank per attention layer (the busiest rank), peak
+// resident memory per rank. Rank 0 writes PREFIX.csv and PREFIX.json and draws PREFIX_tokens.png (tokens/s vs N per method)
 // and PREFIX_bytes.png (bytes per rank vs N, log axis) with gnuplot.
 #pragma once
 #include <string>

@@ -1,0 +1,37 @@
+// Gated linear attention (GLA, ../shared/design/GATES.md), fp32, for H heads of dim d: the decay is a
+// log-gate per token, head and key dim, g <= 0.
+//
+//   S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t        o_t = q_t S_t        (S_{-1} = state_in, or 0)
+//
+// state_out = S_{N-1}. Chunkwise: the sequence is cut into blocks of `block` tokens; inside a block every
+// factor is exp of the log-gates summed over an interval, <= 0 (never a ratio of two small products), so no
+// gate strength overflows: the intra-block scores are computed pair by pair in log space, the state terms with
+// the gates summed from the block's start to a query and from a key to the block's end. Each sum is taken
+// directly, never as the difference of two long ones.
+//
+// Layouts: q, k, v, g, o and their gradients (B, N, H, d); states (B, H, d, d). The backward ACCUMULATES (+=)
+// into dq, dk, dv and dstate_in, and WRITES dg (it is its scratch on the way); optional pointers may be null.
+// The gate gradient uses the identity dL/dc_t = q_t dq_t - k_t dk_t (elementwise; this kernel's own dq, dk)
+// for c the cumulative log-gate, so dg_t = sum_{t' >= t} (q_t' dq_t' - k_t' dk_t') + rowsum(S_{N-1} .* dstate_out).
+#pragma once
+#include <cstddef>
+
+#include "core/workspace.h"
+#include "kernels/linear_attention.h"
+
+namespace lasp {
+
+// The block size of the GLA kernel wherever lasp does not ask for another: the intra-block scores cost
+// block / 2 exponentials per token and key dim.
+constexpr int kGlaBlock = 16;
+
+size_t gla_forward_workspace_floats(const LinearAttentionShape& s);
+size_t gla_backward_workspace_floats(const LinearAttentionShape& s);
+
+void gla_forward(float* o, float* state_out, const float* q, const float* k, const float* v, const float* g,
+                 const float* state_in, const LinearAttentionShape& s, Workspace ws);
+void gla_backward(float* dq, float* dk, float* dv, float* dg, float* dstate_in, const float* dout,
+                  const float* dstate_out, const float* q, const float* k, const float* v, const float* g,
+                  const float* state_in, const LinearAttentionShape& s, Workspace ws);
+
+}  // namespace lasp

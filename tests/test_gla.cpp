@@ -1,0 +1,226 @@
+// The GLA kernel (kernels/gla.h) against the naive recurrence in double precision, whose own gradients are
+// checked against finite differences: forward, every gradient (the log-gates' too), with and without incoming
+// state and outgoing-state gradient, awkward sizes, gates from ~1 (g ~ 0) to ~0 (forgetting at once).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "kernels/gla.h"
+#include "testing.h"
+
+namespace lasp {
+namespace {
+
+using Vec = std::vector<double>;
+
+struct Problem {
+  int B, N, H, d;
+  Vec q, k, v, g, state_in;  // state_in empty: none
+};
+
+struct Result {
+  Vec o, state_out, dq, dk, dv, dg, dstate_in;
+};
+
+// The recurrence S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t, o_t = q_t S_t, and its reverse-mode gradients
+// given dO and the gradient of the final state (empty: none).
+Result reference(const Problem& p, const Vec& dout, const Vec& dstate_out) {
+  const int B = p.B, N = p.N, H = p.H, d = p.d;
+  const size_t dd = size_t(d) * d;
+  Result r;
+  r.o.assign(size_t(B) * N * H * d, 0.0);
+  r.dq = r.dk = r.dv = r.dg = r.o;
+  r.state_out.assign(size_t(B) * H * dd, 0.0);
+  r.dstate_in = r.state_out;
+  auto at = [&](int b, int t, int h) { return ((size_t(b) * N + t) * H + h) * d; };
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h) {
+      const size_t sh = (size_t(b) * H + h) * dd;
+      std::vector<Vec> S(N + 1, Vec(dd, 0.0));  // S[t + 1] = S_t; S[0] = the incoming state
+      if (!p.state_in.empty()) S[0].assign(p.state_in.begin() + sh, p.state_in.begin() + sh + dd);
+      for (int t = 0; t < N; ++t) {
+        const size_t x = at(b, t, h);
+        for (int i = 0; i < d; ++i)
+          for (int j = 0; j < d; ++j)
+            S[t + 1][i * d + j] = std::exp(p.g[x + i]) * S[t][i * d + j] + p.k[x + i] * p.v[x + j];
+        for (int j = 0; j < d; ++j)
+          for (int i = 0; i < d; ++i) r.o[x + j] += p.q[x + i] * S[t + 1][i * d + j];
+      }
+      std::copy(S[N].begin(), S[N].end(), r.state_out.begin() + sh);
+      Vec dS(dd, 0.0);
+      if (!dstate_out.empty()) dS.assign(dstate_out.begin() + sh, dstate_out.begin() + sh + dd);
+      for (int t = N - 1; t >= 0; --t) {
+        const size_t x = at(b, t, h);
+        for (int i = 0; i < d; ++i)
+          for (int j = 0; j < d; ++j) dS[i * d + j] += p.q[x + i] * dout[x + j];
+        for (int i = 0; i < d; ++i)
+          for (int j = 0; j < d; ++j) {
+            r.dq[x + i] += S[t + 1][i * d + j] * dout[x + j];
+            r.dk[x + i] += dS[i * d + j] * p.v[x + j];
+            r.dv[x + j] += p.k[x + i] * dS[i * d + j];
+            r.dg[x + i] += std::exp(p.g[x + i]) * S[t][i * d + j] * dS[i * d + j];
+          }
+        for (int i = 0; i < d; ++i)
+          for (int j = 0; j < d; ++j) dS[i * d + j] *= std::exp(p.g[x + i]);
+      }
+      std::copy(dS.begin(), dS.end(), r.dstate_in.begin() + sh);
+    }
+  return r;
+}
+
+// Normalized error, or where the reference is exactly zero (a gate gradient with nothing before it) the
+// largest value found, which must then be rounding.
+void expect_close(const Vec& ref, const std::vector<float>& got, double tolerance, const std::string& what) {
+  double den = 0, largest = 0;
+  for (size_t i = 0; i < ref.size(); ++i) den += ref[i] * ref[i], largest = std::max(largest, double(std::fabs(got[i])));
+  if (den == 0) EXPECT_LE(largest, 1e-6) << what;
+  else EXPECT_LE(testing::normalized_error(ref, got), tolerance) << what;
+}
+
+Vec doubles(const std::vector<float>& x) { return Vec(x.begin(), x.end()); }
+std::vector<float> floats(const Vec& x) { return std::vector<float>(x.begin(), x.end()); }
+
+// Log-gates of one strength: g = -strength * u, u uniform in (0.05, 1]; strength < 0: a mix over many
+// orders of magnitude per element (as logsigmoid(x) / 16 gives), from ~0 to forgetting at once.
+Vec log_gates(size_t n, double strength, uint32_t seed) {
+  const std::vector<float> u = testing::random_vector(n, seed, 0.05f, 1.f);
+  Vec g(n);
+  for (size_t i = 0; i < n; ++i) g[i] = strength >= 0 ? -strength * u[i] : -std::pow(10.0, 8.0 * u[i] - 5.0);
+  return g;
+}
+
+Problem make_problem(int B, int N, int H, int d, double strength, bool with_state, uint32_t seed) {
+  const size_t n = size_t(B) * N * H * d;
+  Problem p{B, N, H, d};
+  p.q = doubles(testing::random_vector(n, seed, 0.f, 1.f));  // non-negative, as a feature map gives
+  p.k = doubles(testing::random_vector(n, seed + 1, 0.f, 1.f));
+  p.v = doubles(testing::random_vector(n, seed + 2));
+  p.g = log_gates(n, strength, seed + 3);
+  if (with_state) p.state_in = doubles(testing::random_vector(size_t(B) * H * d * d, seed + 4));
+  for (Vec* x : {&p.q, &p.k, &p.v, &p.g, &p.state_in})  // the values the float kernel sees
+    for (double& e : *x) e = double(float(e));
+  return p;
+}
+
+TEST(GlaReference, GradientsMatchFiniteDifferences) {
+  for (bool with_state : {false, true}) {
+    Problem p = make_problem(1, 5, 2, 3, -1, with_state, 7);
+    const size_t n = p.q.size(), states = size_t(p.B) * p.H * p.d * p.d;
+    const Vec w_o = doubles(testing::random_vector(n, 20)), w_s = doubles(testing::random_vector(states, 21));
+    // loss = sum(o .* w_o) + sum(S_last .* w_s): dO = w_o, dstate_out = w_s
+    auto loss = [&](const Problem& x) {
+      const Result r = reference(x, w_o, w_s);
+      double l = 0;
+      for (size_t i = 0; i < n; ++i) l += r.o[i] * w_o[i];
+      for (size_t i = 0; i < states; ++i) l += r.state_out[i] * w_s[i];
+      return l;
+    };
+    const Result r = reference(p, w_o, w_s);
+    const std::pair<Vec Problem::*, const Vec*> inputs[] = {
+        {&Problem::q, &r.dq}, {&Problem::k, &r.dk}, {&Problem::v, &r.dv}, {&Problem::g, &r.dg}};
+    for (const auto& [member, grad] : inputs) {
+      const Vec fd = testing::finite_difference(
+          [&](const Vec& x) {
+            Problem moved = p;
+            moved.*member = x;
+            return loss(moved);
+          },
+          p.*member);
+      EXPECT_LE(testing::normalized_error(fd, *grad), 1e-14);
+    }
+    if (with_state) {
+      const Vec fd = testing::finite_difference(
+          [&](const Vec& x) {
+            Problem moved = p;
+            moved.state_in = x;
+            return loss(moved);
+          },
+          p.state_in);
+      EXPECT_LE(testing::normalized_error(fd, r.dstate_in), 1e-14);
+    }
+  }
+}
+
+struct GlaCase {
+  int B, N, H, d, block;
+  double strength;  // < 0: mixed
+};
+
+class GlaKernel : public ::testing::TestWithParam<GlaCase> {};
+
+TEST_P(GlaKernel, MatchesDoubleRecurrence) {
+  const GlaCase c = GetParam();
+  for (bool with_state : {false, true})
+    for (bool with_dstate : {false, true}) {
+      const Problem p = make_problem(c.B, c.N, c.H, c.d, c.strength, with_state, 3);
+      const size_t n = p.q.size(), states = size_t(c.B) * c.H * c.d * c.d;
+      const Vec dout = doubles(testing::random_vector(n, 11));
+      const Vec dstate = with_dstate ? doubles(testing::random_vector(states, 12)) : Vec{};
+      const Result ref = reference(p, dout, dstate);
+
+      const LinearAttentionShape s{c.B, c.N, c.H, c.d, c.block, 2};
+      const auto q = floats(p.q), k = floats(p.k), v = floats(p.v), g = floats(p.g), sin = floats(p.state_in),
+                 dof = floats(dout), dsf = floats(dstate);
+      std::vector<float> o(n), sout(states);
+      WorkspaceBuffer wf(gla_forward_workspace_floats(s)), wb(gla_backward_workspace_floats(s));
+      gla_forward(o.data(), sout.data(), q.data(), k.data(), v.data(), g.data(), with_state ? sin.data() : nullptr,
+                  s, wf.view());
+      // dq, dk, dv, dstate_in accumulate onto what they hold (a second call doubles them); dg is written over
+      std::vector<float> dq(n, 0.f), dk(n, 0.f), dv(n, 0.f), dg(n, 1e9f), dsin(states, 0.f);
+      auto backward = [&] {
+        gla_backward(dq.data(), dk.data(), dv.data(), dg.data(), dsin.data(), dof.data(),
+                     with_dstate ? dsf.data() : nullptr, q.data(), k.data(), v.data(), g.data(),
+                     with_state ? sin.data() : nullptr, s, wb.view());
+      };
+      backward();
+      const std::string what = "state " + std::to_string(with_state) + " dstate " + std::to_string(with_dstate);
+      expect_close(ref.o, o, 1e-10, what + " o");
+      expect_close(ref.state_out, sout, 1e-10, what + " state_out");
+      expect_close(ref.dq, dq, 1e-10, what + " dq");
+      expect_close(ref.dk, dk, 1e-10, what + " dk");
+      expect_close(ref.dv, dv, 1e-10, what + " dv");
+      expect_close(ref.dstate_in, dsin, 1e-10, what + " dstate_in");
+      // The gate gradient is summed from q dq - k dk (gla.h), so its rounding is that of those terms: where the
+      // gates forget (exp(g) ~ 0) its true value is tiny and the error is measured against their scale.
+      double scale = 0, err = 0;
+      for (size_t i = 0; i < n; ++i) {
+        const double qdq = p.q[i] * ref.dq[i], kdk = p.k[i] * ref.dk[i];
+        scale += ref.dg[i] * ref.dg[i] + qdq * qdq + kdk * kdk;
+        err += (ref.dg[i] - dg[i]) * (ref.dg[i] - dg[i]);
+      }
+      EXPECT_LE(err, 1e-10 * scale) << what << " dg";
+      const auto once = std::vector<std::vector<float>>{dq, dk, dv, dsin};
+      backward();
+      const auto twice = std::vector<std::vector<float>>{dq, dk, dv, dsin};
+      for (size_t x = 0; x < once.size(); ++x) {
+        std::vector<float> doubled(once[x]);
+        for (float& e : doubled) e *= 2;
+        EXPECT_LE(testing::normalized_error(doubled, twice[x]), 1e-12) << what << " accumulates";
+      }
+    }
+}
+
+std::vector<GlaCase> gla_cases() {
+  std::vector<GlaCase> cases;
+  for (double strength : {1e-4, 0.1, 1.0, 60.0, -1.0}) {
+    cases.push_back({1, 1, 1, 8, 16, strength});
+    cases.push_back({2, 17, 3, 16, 16, strength});
+    cases.push_back({1, 50, 2, 13, 7, strength});
+    cases.push_back({1, 100, 2, 64, 16, strength});
+    cases.push_back({2, 33, 1, 32, 32, strength});
+  }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, GlaKernel, ::testing::ValuesIn(gla_cases()), [](const auto& info) {
+  const GlaCase& c = info.param;
+  const std::string strength = c.strength < 0 ? "mixed" : c.strength < 1e-3 ? "weak" : c.strength < 1 ? "mild"
+                               : c.strength < 10 ? "strong" : "forgetting";
+  return "B" + std::to_string(c.B) + "_N" + std::to_string(c.N) + "_H" + std::to_string(c.H) + "_d" +
+         std::to_string(c.d) + "_blk" + std::to_string(c.block) + "_" + strength;
+});
+
+}  // namespace
+}  // namespace lasp

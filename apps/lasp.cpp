@@ -342,10 +342,12 @@ struct BenchKernelsCommand : Command {
     std::printf("FP32 FMA peak: %.1f GFLOP/s (1 thread), %.1f GFLOP/s (%d threads)\n",
                 r["peak_fp32_gflops"]["1"].get<double>(), r["peak_fp32_gflops"]["all"].get<double>(),
                 r["config"]["threads_all"].get<int>());
-    for (const char* kernel : {"linear_attention", "softmax_attention"})
+    for (const char* kernel : {"linear_attention", "linear_attention_lightning", "gla", "softmax_attention"})
       for (const char* t : {"1", "all"})
-        std::printf("%-18s %-3s threads: %8.1f GFLOP/s  %10.0f tokens/s\n", kernel, t,
+        std::printf("%-26s %-3s threads: %8.1f GFLOP/s  %10.0f tokens/s\n", kernel, t,
                     r[kernel][t]["gflops"].get<double>(), r[kernel][t]["tokens_per_s"].get<double>());
+    std::printf("GLA tokens/s vs the lightning kernel: %.2f (1 thread), %.2f (all)\n",
+                r["gla"]["tokens_vs_lightning_1"].get<double>(), r["gla"]["tokens_vs_lightning_all"].get<double>());
   }
 };
 

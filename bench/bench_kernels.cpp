@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <functional>
 #include <numeric>
 #include <random>
@@ -12,6 +13,7 @@
 
 #include "kernels/bf16.h"
 #include "kernels/gemm.h"
+#include "kernels/gla.h"
 #include "kernels/linear_attention.h"
 #include "kernels/softmax_attention.h"
 #include "peak.h"
@@ -53,7 +55,8 @@ nlohmann::ordered_json rate(double flops, double tokens, double seconds) {
   return {{"gflops", flops / seconds / 1e9}, {"tokens_per_s", tokens / seconds}, {"seconds", seconds}};
 }
 
-nlohmann::ordered_json bench_linear(const KernelBenchOptions& o, int threads) {
+// decay: none (the kernel's plainest form) or lightning (issue 13's yardstick for GLA).
+nlohmann::ordered_json bench_linear(const KernelBenchOptions& o, int threads, Decay decay = Decay::none) {
   omp_set_num_threads(threads);
   const size_t n = size_t(o.B) * o.N * o.H * o.d;
   // Inputs as a feature map would give them: small and mostly positive, so nothing overflows.
@@ -63,12 +66,34 @@ nlohmann::ordered_json bench_linear(const KernelBenchOptions& o, int threads) {
   const LinearAttentionShape s{o.B, o.N, o.H, o.d, o.linear_block, threads};
   WorkspaceBuffer wf(linear_attention_forward_workspace_floats(s));
   WorkspaceBuffer wb(linear_attention_backward_workspace_floats(s));
+  std::vector<float> lambda(o.H);
+  linear_attention_decays(lambda.data(), o.H, decay);
+  const float* l = decay == Decay::none ? nullptr : lambda.data();
   const double sec = time_median(o.repeats, [&] {
-    linear_attention_forward(out.data(), nullptr, q.data(), k.data(), v.data(), nullptr, nullptr, nullptr, s, wf.view());
+    linear_attention_forward(out.data(), nullptr, q.data(), k.data(), v.data(), nullptr, l, nullptr, s, wf.view());
     linear_attention_backward(dq.data(), dk.data(), dv.data(), nullptr, g.data(), nullptr, q.data(), k.data(),
-                              v.data(), nullptr, nullptr, nullptr, s, wb.view());
+                              v.data(), nullptr, l, nullptr, s, wb.view());
   });
   const double fwd = 4.0 * o.N * o.d * (64.0 + o.d) * o.H * o.B;
+  return rate(3 * fwd, double(o.B) * o.N, sec);
+}
+
+// GLA on the same shape, log-gates as logsigmoid(x) / 16 gives them for x ~ N(0, 1) (kGlaBlock).
+nlohmann::ordered_json bench_gla(const KernelBenchOptions& o, int threads) {
+  omp_set_num_threads(threads);
+  const size_t n = size_t(o.B) * o.N * o.H * o.d;
+  auto q = random_values(n, 1, 0.1f), k = random_values(n, 2, 0.1f), v = random_values(n, 3, 1.f),
+       dout = random_values(n, 4, 1.f), x = random_values(n, 5, 1.f);
+  std::vector<float> gates(n), out(n), dq(n), dk(n), dv(n), dg(n);
+  for (size_t i = 0; i < n; ++i) gates[i] = -std::log1p(std::exp(-x[i])) / 16;
+  const LinearAttentionShape s{o.B, o.N, o.H, o.d, kGlaBlock, threads};
+  WorkspaceBuffer wf(gla_forward_workspace_floats(s)), wb(gla_backward_workspace_floats(s));
+  const double sec = time_median(o.repeats, [&] {
+    gla_forward(out.data(), nullptr, q.data(), k.data(), v.data(), gates.data(), nullptr, s, wf.view());
+    gla_backward(dq.data(), dk.data(), dv.data(), dg.data(), nullptr, dout.data(), nullptr, q.data(), k.data(),
+                 v.data(), gates.data(), nullptr, s, wb.view());
+  });
+  const double fwd = 4.0 * o.N * o.d * (64.0 + o.d) * o.H * o.B;  // counted as the linear kernel's, for the ratio
   return rate(3 * fwd, double(o.B) * o.N, sec);
 }
 
@@ -129,6 +154,10 @@ nlohmann::ordered_json bench_kernels(const KernelBenchOptions& o) {
     const std::string key = t == 1 ? "1" : "all";
     result["peak_fp32_gflops"][key] = fma_peak_gflops(t);
     result["linear_attention"][key] = bench_linear(o, t);
+    result["linear_attention_lightning"][key] = bench_linear(o, t, Decay::lightning);
+    result["gla"][key] = bench_gla(o, t);
+    result["gla"]["tokens_vs_lightning_" + key] =
+        result["gla"][key]["tokens_per_s"].get<double>() / result["linear_attention_lightning"][key]["tokens_per_s"].get<double>();
     result["softmax_attention"][key] = bench_softmax(o, t);
     result["projection_4096x256x768"][key] = bench_projection(o, t);
   }

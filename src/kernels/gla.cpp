@@ -8,6 +8,7 @@
 
 #include "core/check.h"
 #include "kernels/gemm.h"
+#include "kernels/transpose.h"
 #include "kernels/vec_math.h"
 
 namespace lasp {
@@ -23,13 +24,30 @@ void check(const char* kernel, const LinearAttentionShape& s, Workspace ws, size
              s.threads, ws.floats);
 }
 
+#if defined(__AVX512F__)
+// The sum of a vector's lanes, folded by shuffles (GCC 12's _mm512_reduce_add_ps warns of an uninitialized value).
+inline float horizontal_sum(__m512 x) {
+  x = _mm512_add_ps(x, _mm512_shuffle_f32x4(x, x, _MM_SHUFFLE(1, 0, 3, 2)));
+  x = _mm512_add_ps(x, _mm512_shuffle_f32x4(x, x, _MM_SHUFFLE(2, 3, 0, 1)));
+  x = _mm512_add_ps(x, _mm512_permute_ps(x, _MM_SHUFFLE(1, 0, 3, 2)));
+  x = _mm512_add_ps(x, _mm512_permute_ps(x, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_cvtss_f32(x);
+}
+#endif
+
+// a . b, vectorized (a serial chain of scalar adds here cost 3/4 of the forward).
 float dot(const float* a, const float* b, int n) {
   int i = 0;
   float sum = 0.f;
 #if defined(__AVX512F__)
   __m512 acc = _mm512_setzero_ps();
   for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
-  sum = _mm512_reduce_add_ps(acc);
+  if (i < n) {
+    const __mmask16 m = __mmask16((1u << (n - i)) - 1);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
+    i = n;
+  }
+  sum = horizontal_sum(acc);
 #endif
   for (; i < n; ++i) sum += a[i] * b[i];
   return sum;
@@ -38,27 +56,29 @@ float dot(const float* a, const float* b, int n) {
 // One thread's scratch: one block of one (batch row, head).
 struct Scratch {
   float *state, *dstate;         // (d, d): the running S (forward) or dS (backward)
+  float *st, *vt;                // (d, d) S or dS transposed; (d, blk) V transposed: every product NN or TN
   float *q, *k, *v, *g, *o;      // (blk, d) the block's rows; o: dO in the backward
   float *c, *cr;                 // (blk, d) the gates summed from the block start to t, and after u to its end
+  float* eg;                     // (blk, d) exp(g): each token's gate
   float *qg, *kg;                // (blk, d) q_t exp(c_t), k_u exp(cr_u)
   float *dq, *dk, *dv;           // (blk, d) the block's contributions (backward)
   float *a, *da;                 // (blk, blk) intra-block scores and their gradient
-  float *run, *e, *ke, *qe;      // (d) one query's gates summed back to a key, exp of that, k_u e, q_t e
+  float *run, *e, *ke, *qe;      // (d) a running sum; one pair's gate product, k_u e, q_t e
 };
 
 Scratch carve(Carver& c, const LinearAttentionShape& s, bool backward) {
   const size_t bd = size_t(s.block) * s.d, dd = size_t(s.d) * s.d;
   Scratch w{};
   w.state = c.take(dd);
-  for (float** part : {&w.q, &w.k, &w.v, &w.g, &w.o, &w.c, &w.cr, &w.qg, &w.kg}) *part = c.take(bd);
+  for (float** part : {&w.q, &w.k, &w.v, &w.g, &w.o, &w.c, &w.cr, &w.eg, &w.qg, &w.kg}) *part = c.take(bd);
   w.a = c.take(size_t(s.block) * s.block);
-  w.run = c.take(s.d);
-  w.e = c.take(s.d);
+  for (float** part : {&w.run, &w.e, &w.ke}) *part = c.take(s.d);
   if (backward) {
     w.dstate = c.take(dd);
+    w.st = c.take(dd);
+    w.vt = c.take(bd);
     for (float** part : {&w.dq, &w.dk, &w.dv}) *part = c.take(bd);
     w.da = c.take(size_t(s.block) * s.block);
-    w.ke = c.take(s.d);
     w.qe = c.take(s.d);
   }
   return w;
@@ -78,13 +98,22 @@ struct Rows {
   int b, h, t0, rows;
   long at(int r) const { return ((long(b) * s.N + t0 + r) * s.H + h) * s.d; }
   void load(float* dst, const float* x) const {
-    for (int r = 0; r < rows; ++r) std::memcpy(dst + long(r) * s.d, x + at(r), sizeof(float) * s.d);
+    for (int r = 0; r < rows; ++r) {
+      const float* src = x + at(r);
+#pragma omp simd
+      for (int i = 0; i < s.d; ++i) dst[long(r) * s.d + i] = src[i];
+    }
   }
   void store(float* x, const float* src) const {
-    for (int r = 0; r < rows; ++r) std::memcpy(x + at(r), src + long(r) * s.d, sizeof(float) * s.d);
+    for (int r = 0; r < rows; ++r) {
+      float* dst = x + at(r);
+#pragma omp simd
+      for (int i = 0; i < s.d; ++i) dst[i] = src[long(r) * s.d + i];
+    }
   }
   void add(float* x, const float* src) const {
     for (int r = 0; r < rows; ++r)
+#pragma omp simd
       for (int i = 0; i < s.d; ++i) x[at(r) + i] += src[long(r) * s.d + i];
   }
 };
@@ -98,26 +127,36 @@ void load_block(Scratch& w, const Rows& rows, const float* q, const float* k, co
   rows.load(w.k, k);
   rows.load(w.v, v);
   rows.load(w.g, g);
+#pragma omp simd
   for (int i = 0; i < d; ++i) w.c[i] = w.g[i], w.cr[(n - 1) * d + i] = 0.f;
   for (int t = 1; t < n; ++t)
+#pragma omp simd
     for (int i = 0; i < d; ++i) w.c[t * d + i] = w.c[(t - 1) * d + i] + w.g[t * d + i];
   for (int t = n - 2; t >= 0; --t)
+#pragma omp simd
     for (int i = 0; i < d; ++i) w.cr[t * d + i] = w.cr[(t + 1) * d + i] + w.g[(t + 1) * d + i];
   for (int t = 0; t < n; ++t)
+#pragma omp simd
     for (int i = 0; i < d; ++i) {
       w.qg[t * d + i] = w.q[t * d + i] * vec_exp(w.c[t * d + i]);
       w.kg[t * d + i] = w.k[t * d + i] * vec_exp(w.cr[t * d + i]);
+      w.eg[t * d + i] = vec_exp(w.g[t * d + i]);
     }
 }
 
-// Walks the keys u = t, t-1, ..., 0 of query t: e = exp(sum of the gates over (u, t]) (<= 1), summed as it goes.
+// Walks the keys u = t, t-1, ..., 0 of query t with e = the product of the gates over (u, t] (<= 1), one factor
+// more at each step (at most block - 1 of them: a few ulp), flushed to 0 below 1e-30 (no denormals).
 template <class F>
 void for_each_key(Scratch& w, int t, int d, F f) {
-  std::fill(w.run, w.run + d, 0.f);
+  std::fill(w.e, w.e + d, 1.f);
   for (int u = t; u >= 0; --u) {
-    for (int i = 0; i < d; ++i) w.e[i] = vec_exp(w.run[i]);
     f(u);
-    for (int i = 0; i < d; ++i) w.run[i] += w.g[u * d + i];
+    const float* eg = w.eg + u * d;
+#pragma omp simd
+    for (int i = 0; i < d; ++i) {
+      const float x = w.e[i] * eg[i];
+      w.e[i] = x < 1e-30f ? 0.f : x;
+    }
   }
 }
 
@@ -163,8 +202,9 @@ void gla_forward(float* o, float* state_out, const float* q, const float* k, con
       for (int t = 0; t < n; ++t) {  // a[t][u] = sum_i q_t,i k_u,i exp(gates over (u, t]), u <= t
         std::fill(w.a + t * n + t + 1, w.a + (t + 1) * n, 0.f);
         for_each_key(w, t, d, [&](int u) {
-          for (int i = 0; i < d; ++i) w.e[i] *= w.k[u * d + i];
-          w.a[t * n + u] = dot(w.q + t * d, w.e, d);
+#pragma omp simd
+          for (int i = 0; i < d; ++i) w.ke[i] = w.k[u * d + i] * w.e[i];
+          w.a[t * n + u] = dot(w.q + t * d, w.ke, d);
         });
       }
       gemm(false, false, n, d, d, 1.f, w.qg, d, w.state, d, 0.f, w.o, d);  // o = qg S + a v
@@ -193,10 +233,13 @@ void gla_backward(float* dq, float* dk, float* dv, float* dg, float* dstate_in, 
       const Rows rows{s, b, h, t0, n};
       load_block(w, rows, q, k, v, g);
       rows.load(w.o, dout);
-      gemm(false, true, n, d, d, 1.f, w.o, d, w.state, d, 0.f, w.dq, d);  // dq = (dO S^T) exp(c)
+      transpose(w.st, d, w.state, d, d, d);
+      gemm(false, false, n, d, d, 1.f, w.o, d, w.st, d, 0.f, w.dq, d);  // dq = (dO S^T) exp(c)
       for (int t = 0; t < n; ++t)
+#pragma omp simd
         for (int i = 0; i < d; ++i) w.dq[t * d + i] *= vec_exp(w.c[t * d + i]);
-      gemm(false, true, n, n, d, 1.f, w.o, d, w.v, d, 0.f, w.da, n);  // dA = dO V^T
+      transpose(w.vt, n, w.v, d, n, d);
+      gemm(false, false, n, n, d, 1.f, w.o, d, w.vt, n, 0.f, w.da, n);  // dA = dO V^T
       std::fill(w.dk, w.dk + size_t(n) * d, 0.f);
       for (int t = 0; t < n; ++t) {  // the pairs u <= t: a, and dq, dk through exp(gates over (u, t])
         std::fill(w.a + t * n + t + 1, w.a + (t + 1) * n, 0.f);
@@ -204,10 +247,12 @@ void gla_backward(float* dq, float* dk, float* dv, float* dg, float* dstate_in, 
         float* dqt = w.dq + t * d;
         for_each_key(w, t, d, [&](int u) {
           const float* ku = w.k + u * d;
+#pragma omp simd
           for (int i = 0; i < d; ++i) w.ke[i] = ku[i] * w.e[i], w.qe[i] = qt[i] * w.e[i];
           w.a[t * n + u] = dot(qt, w.ke, d);
           const float da = w.da[t * n + u];
           float* dku = w.dk + u * d;
+#pragma omp simd
           for (int i = 0; i < d; ++i) dqt[i] += da * w.ke[i], dku[i] += da * w.qe[i];
         });
       }
@@ -217,6 +262,7 @@ void gla_backward(float* dq, float* dk, float* dv, float* dg, float* dstate_in, 
       rows.add(dv, w.dv);
       if (dg) {
         for (int t = 0; t < n; ++t)
+#pragma omp simd
           for (int i = 0; i < d; ++i)
             w.dq[t * d + i] = w.q[t * d + i] * w.dq[t * d + i] - w.k[t * d + i] * w.dk[t * d + i];
         rows.store(dg, w.dq);
@@ -241,8 +287,10 @@ void gla_backward(float* dq, float* dk, float* dv, float* dg, float* dstate_in, 
       load_block(w, rows, q, k, v, g);
       rows.load(w.o, dout);
       const float* last = w.c + (n - 1) * d;
-      gemm(false, true, n, d, d, 1.f, w.v, d, w.dstate, d, 0.f, w.dk, d);  // dk = (V dS^T) exp(cr)
+      transpose(w.st, d, w.dstate, d, d, d);
+      gemm(false, false, n, d, d, 1.f, w.v, d, w.st, d, 0.f, w.dk, d);  // dk = (V dS^T) exp(cr)
       for (int t = 0; t < n; ++t)
+#pragma omp simd
         for (int i = 0; i < d; ++i) w.dk[t * d + i] *= vec_exp(w.cr[t * d + i]);
       gemm(false, false, n, d, d, 1.f, w.kg, d, w.dstate, d, 0.f, w.dv, d);  // dv = kg dS
       rows.add(dk, w.dk);
@@ -255,6 +303,7 @@ void gla_backward(float* dq, float* dk, float* dv, float* dg, float* dstate_in, 
       if (dg) {
         rows.load(w.dq, dg);  // pass 1's q dq - k dk
         for (int t = n - 1; t >= 0; --t)
+#pragma omp simd
           for (int i = 0; i < d; ++i) {
             r[i] += w.dq[t * d + i] - w.k[t * d + i] * w.dk[t * d + i];
             w.dq[t * d + i] = r[i];

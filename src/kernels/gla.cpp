@@ -25,13 +25,13 @@ void check(const char* kernel, const LinearAttentionShape& s, Workspace ws, size
 }
 
 #if defined(__AVX512F__)
-// The sum of a vector's lanes, folded by shuffles (GCC 12's _mm512_reduce_add_ps warns of an uninitialized value).
+// The sum of a vector's lanes, as a tree (GCC 12's headers warn of an uninitialized value in the shuffles).
 inline float horizontal_sum(__m512 x) {
-  x = _mm512_add_ps(x, _mm512_shuffle_f32x4(x, x, _MM_SHUFFLE(1, 0, 3, 2)));
-  x = _mm512_add_ps(x, _mm512_shuffle_f32x4(x, x, _MM_SHUFFLE(2, 3, 0, 1)));
-  x = _mm512_add_ps(x, _mm512_permute_ps(x, _MM_SHUFFLE(1, 0, 3, 2)));
-  x = _mm512_add_ps(x, _mm512_permute_ps(x, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm512_cvtss_f32(x);
+  alignas(64) float l[16];
+  _mm512_store_ps(l, x);
+  for (int w = 8; w > 0; w /= 2)
+    for (int i = 0; i < w; ++i) l[i] += l[i + w];
+  return l[0];
 }
 #endif
 

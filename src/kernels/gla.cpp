@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
 
 #include "core/check.h"
 #include "kernels/gemm.h"
@@ -25,13 +26,14 @@ void check(const char* kernel, const LinearAttentionShape& s, Workspace ws, size
 }
 
 #if defined(__AVX512F__)
-// The sum of a vector's lanes, as a tree (GCC 12's headers warn of an uninitialized value in the shuffles).
+// The sum of a vector's lanes. Masked forms with an explicit pass-through: GCC 12's unmasked shuffles pass an
+// undefined vector and warn.
 inline float horizontal_sum(__m512 x) {
-  alignas(64) float l[16];
-  _mm512_store_ps(l, x);
-  for (int w = 8; w > 0; w /= 2)
-    for (int i = 0; i < w; ++i) l[i] += l[i + w];
-  return l[0];
+  x = _mm512_add_ps(x, _mm512_mask_shuffle_f32x4(x, 0xFFFF, x, x, _MM_SHUFFLE(1, 0, 3, 2)));
+  x = _mm512_add_ps(x, _mm512_mask_shuffle_f32x4(x, 0xFFFF, x, x, _MM_SHUFFLE(2, 3, 0, 1)));
+  x = _mm512_add_ps(x, _mm512_mask_permute_ps(x, 0xFFFF, x, _MM_SHUFFLE(1, 0, 3, 2)));
+  x = _mm512_add_ps(x, _mm512_mask_permute_ps(x, 0xFFFF, x, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_cvtss_f32(x);
 }
 #endif
 
@@ -53,28 +55,40 @@ float dot(const float* a, const float* b, int n) {
   return sum;
 }
 
-// One thread's scratch: one block of one (batch row, head).
+// One thread's scratch: a group of heads of one batch row, one block of one head at a time.
 struct Scratch {
-  float *state, *dstate;         // (d, d): the running S (forward) or dS (backward)
+  float *state, *dstate;         // (heads, d, d): each head's running S, and dS (backward)
+  float* run;                    // (heads, d): each head's running sum of dg (backward)
   float *st, *vt;                // (d, d) S or dS transposed; (d, blk) V transposed: every product NN or TN
   float *q, *k, *v, *g, *o;      // (blk, d) the block's rows; o: dO in the backward
-  float *c, *cr;                 // (blk, d) the gates summed from the block start to t, and after u to its end
-  float* eg;                     // (blk, d) exp(g): each token's gate
-  float *qg, *kg;                // (blk, d) q_t exp(c_t), k_u exp(cr_u)
+  float *eg, *qf, *kf;           // (blk, d) each token's gate exp(g); their products over [0, t] and (u, last]
+  float *qg, *kg;                // (blk, d) q_t qf_t, k_u kf_u
   float *dq, *dk, *dv;           // (blk, d) the block's contributions (backward)
   float *a, *da;                 // (blk, blk) intra-block scores and their gradient
-  float *run, *e, *ke, *qe;      // (d) a running sum; one pair's gate product, k_u e, q_t e
+  float *e, *ke, *qe;            // (d) one pair's gate product, k_u e, q_t e
+};
+
+// Each thread takes one batch row and a contiguous group of heads and walks the blocks, all its heads per block,
+// so that it reads the (N, H, d) rows in runs of heads x d floats rather than d floats 2 KB apart.
+struct HeadGroups {
+  int count, max_heads;
+  HeadGroups(const LinearAttentionShape& s) {
+    count = int(std::clamp((long(s.threads) + s.B - 1) / s.B, 1L, long(s.H)));
+    max_heads = (s.H + count - 1) / count;
+  }
+  int begin(int g, int H) const { return int(long(g) * H / count); }
 };
 
 Scratch carve(Carver& c, const LinearAttentionShape& s, bool backward) {
-  const size_t bd = size_t(s.block) * s.d, dd = size_t(s.d) * s.d;
+  const size_t bd = size_t(s.block) * s.d, dd = size_t(s.d) * s.d, heads = HeadGroups(s).max_heads;
   Scratch w{};
-  w.state = c.take(dd);
-  for (float** part : {&w.q, &w.k, &w.v, &w.g, &w.o, &w.c, &w.cr, &w.eg, &w.qg, &w.kg}) *part = c.take(bd);
+  w.state = c.take(heads * dd);
+  for (float** part : {&w.q, &w.k, &w.v, &w.g, &w.o, &w.eg, &w.qf, &w.kf, &w.qg, &w.kg}) *part = c.take(bd);
   w.a = c.take(size_t(s.block) * s.block);
-  for (float** part : {&w.run, &w.e, &w.ke}) *part = c.take(s.d);
+  for (float** part : {&w.e, &w.ke}) *part = c.take(s.d);
   if (backward) {
-    w.dstate = c.take(dd);
+    w.dstate = c.take(heads * dd);
+    w.run = c.take(heads * s.d);
     w.st = c.take(dd);
     w.vt = c.take(bd);
     for (float** part : {&w.dq, &w.dk, &w.dv}) *part = c.take(bd);
@@ -111,6 +125,12 @@ struct Rows {
       for (int i = 0; i < s.d; ++i) dst[i] = src[long(r) * s.d + i];
     }
   }
+  // Asks for these rows of each tensor ahead of their use (d floats every H d: too far apart for the hardware).
+  void prefetch(std::initializer_list<const float*> tensors) const {
+    for (const float* x : tensors)
+      for (int r = 0; r < rows; ++r)
+        for (int i = 0; i < s.d; i += 16) __builtin_prefetch(x + at(r) + i, 0, 2);
+  }
   void add(float* x, const float* src) const {
     for (int r = 0; r < rows; ++r)
 #pragma omp simd
@@ -118,34 +138,38 @@ struct Rows {
   }
 };
 
-// Loads a block's q, k, v and log-gates; c_t = the gates' sum over [0, t], cr_u = over (u, last]; qg = q exp(c),
-// kg = k exp(cr). Each sum is taken directly (never as the difference of two long sums, which would lose its
-// precision to theirs), and every exponent is <= 0.
+// x * y flushed to 0 below 1e-30: the gate products never reach denormals.
+inline float gate_product(float x, float y) {
+  const float p = x * y;
+  return p < 1e-30f ? 0.f : p;
+}
+
+// Loads a block's q, k, v and log-gates; eg = exp(g), qf_t = the gates' product over [0, t], kf_u = over (u, last]
+// (each at most `block` factors: a few ulp, where a difference of cumulative log-gates would lose the precision
+// of its larger terms); qg = q qf, kg = k kf. Every factor is <= 1.
 void load_block(Scratch& w, const Rows& rows, const float* q, const float* k, const float* v, const float* g) {
   const int d = rows.s.d, n = rows.rows;
   rows.load(w.q, q);
   rows.load(w.k, k);
   rows.load(w.v, v);
   rows.load(w.g, g);
+  const long nd = long(n) * d;
 #pragma omp simd
-  for (int i = 0; i < d; ++i) w.c[i] = w.g[i], w.cr[(n - 1) * d + i] = 0.f;
+  for (long x = 0; x < nd; ++x) w.eg[x] = vec_exp(w.g[x]);
+#pragma omp simd
+  for (int i = 0; i < d; ++i) w.qf[i] = w.eg[i], w.kf[(n - 1) * d + i] = 1.f;
   for (int t = 1; t < n; ++t)
 #pragma omp simd
-    for (int i = 0; i < d; ++i) w.c[t * d + i] = w.c[(t - 1) * d + i] + w.g[t * d + i];
+    for (int i = 0; i < d; ++i) w.qf[t * d + i] = gate_product(w.qf[(t - 1) * d + i], w.eg[t * d + i]);
   for (int t = n - 2; t >= 0; --t)
 #pragma omp simd
-    for (int i = 0; i < d; ++i) w.cr[t * d + i] = w.cr[(t + 1) * d + i] + w.g[(t + 1) * d + i];
-  for (int t = 0; t < n; ++t)
+    for (int i = 0; i < d; ++i) w.kf[t * d + i] = gate_product(w.kf[(t + 1) * d + i], w.eg[(t + 1) * d + i]);
 #pragma omp simd
-    for (int i = 0; i < d; ++i) {
-      w.qg[t * d + i] = w.q[t * d + i] * vec_exp(w.c[t * d + i]);
-      w.kg[t * d + i] = w.k[t * d + i] * vec_exp(w.cr[t * d + i]);
-      w.eg[t * d + i] = vec_exp(w.g[t * d + i]);
-    }
+  for (long x = 0; x < nd; ++x) w.qg[x] = w.q[x] * w.qf[x], w.kg[x] = w.k[x] * w.kf[x];
 }
 
 // Walks the keys u = t, t-1, ..., 0 of query t with e = the product of the gates over (u, t] (<= 1), one factor
-// more at each step (at most block - 1 of them: a few ulp), flushed to 0 below 1e-30 (no denormals).
+// more at each step. The generic form (any d); pairs_forward / pairs_backward below are the fast ones.
 template <class F>
 void for_each_key(Scratch& w, int t, int d, F f) {
   std::fill(w.e, w.e + d, 1.f);
@@ -153,31 +177,99 @@ void for_each_key(Scratch& w, int t, int d, F f) {
     f(u);
     const float* eg = w.eg + u * d;
 #pragma omp simd
-    for (int i = 0; i < d; ++i) {
-      const float x = w.e[i] * eg[i];
-      w.e[i] = x < 1e-30f ? 0.f : x;
-    }
+    for (int i = 0; i < d; ++i) w.e[i] = gate_product(w.e[i], eg[i]);
   }
 }
 
-// S = diag(exp(c_last)) S + kg^T v: the state after the block.
-void advance_state(float* S, const Scratch& w, int n, int d) {
-  const float* last = w.c + (n - 1) * d;
-  for (int i = 0; i < d; ++i) {
-    const float f = vec_exp(last[i]);
-    for (int j = 0; j < d; ++j) S[i * d + j] *= f;
+#if defined(__AVX512F__)
+inline __m512 gate_product(__m512 x, __m512 y) {
+  const __m512 p = _mm512_mul_ps(x, y);
+  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(p, _mm512_set1_ps(1e-30f), _CMP_GE_OQ), p);
+}
+
+// The intra-block pairs u <= t with d = 16 V, in registers: a[t][u] = sum_i q_t,i k_u,i e_i (forward).
+template <int V>
+void pairs_forward(float* a, const Scratch& w, int n) {
+  constexpr int d = 16 * V;
+  for (int t = 0; t < n; ++t) {
+    __m512 qt[V], e[V];
+    for (int x = 0; x < V; ++x) qt[x] = _mm512_loadu_ps(w.q + t * d + 16 * x), e[x] = _mm512_set1_ps(1.f);
+    for (int u = t; u >= 0; --u) {
+      __m512 acc = _mm512_setzero_ps();
+      for (int x = 0; x < V; ++x) {
+        acc = _mm512_fmadd_ps(qt[x], _mm512_mul_ps(_mm512_loadu_ps(w.k + u * d + 16 * x), e[x]), acc);
+        e[x] = gate_product(e[x], _mm512_loadu_ps(w.eg + u * d + 16 * x));
+      }
+      a[t * n + u] = horizontal_sum(acc);
+    }
+    std::fill(a + t * n + t + 1, a + (t + 1) * n, 0.f);
   }
+}
+
+// Backward: also dq_t += sum_u da[t][u] k_u e and dk_u += da[t][u] q_t e (into w.dq, w.dk).
+template <int V>
+void pairs_backward(float* a, const Scratch& w, int n) {
+  constexpr int d = 16 * V;
+  for (int t = 0; t < n; ++t) {
+    __m512 qt[V], e[V], dqt[V];
+    for (int x = 0; x < V; ++x)
+      qt[x] = _mm512_loadu_ps(w.q + t * d + 16 * x), e[x] = _mm512_set1_ps(1.f), dqt[x] = _mm512_setzero_ps();
+    for (int u = t; u >= 0; --u) {
+      const __m512 da = _mm512_set1_ps(w.da[t * n + u]);
+      __m512 acc = _mm512_setzero_ps();
+      for (int x = 0; x < V; ++x) {
+        const __m512 ke = _mm512_mul_ps(_mm512_loadu_ps(w.k + u * d + 16 * x), e[x]);
+        acc = _mm512_fmadd_ps(qt[x], ke, acc);
+        dqt[x] = _mm512_fmadd_ps(da, ke, dqt[x]);
+        float* dku = w.dk + u * d + 16 * x;
+        _mm512_storeu_ps(dku, _mm512_fmadd_ps(da, _mm512_mul_ps(qt[x], e[x]), _mm512_loadu_ps(dku)));
+        e[x] = gate_product(e[x], _mm512_loadu_ps(w.eg + u * d + 16 * x));
+      }
+      a[t * n + u] = horizontal_sum(acc);
+    }
+    for (int x = 0; x < V; ++x) {
+      float* dq = w.dq + t * d + 16 * x;
+      _mm512_storeu_ps(dq, _mm512_add_ps(_mm512_loadu_ps(dq), dqt[x]));
+    }
+    std::fill(a + t * n + t + 1, a + (t + 1) * n, 0.f);
+  }
+}
+
+// The fast form for d = 16, 32, ..., 128, or false.
+bool fast_pairs(float* a, const Scratch& w, int n, int d, bool backward) {
+  switch (d) {
+#define LASP_GLA_PAIRS(V) \
+  case 16 * V: backward ? pairs_backward<V>(a, w, n) : pairs_forward<V>(a, w, n); return true;
+    LASP_GLA_PAIRS(1) LASP_GLA_PAIRS(2) LASP_GLA_PAIRS(3) LASP_GLA_PAIRS(4)
+    LASP_GLA_PAIRS(5) LASP_GLA_PAIRS(6) LASP_GLA_PAIRS(7) LASP_GLA_PAIRS(8)
+#undef LASP_GLA_PAIRS
+  }
+  return false;
+}
+#else
+bool fast_pairs(float*, const Scratch&, int, int, bool) { return false; }
+#endif
+
+// S = diag(f) S + kg^T v with f = qf_last, the block's whole gate product: the state after the block.
+void advance_state(float* S, const Scratch& w, int n, int d) {
+  const float* f = w.qf + (n - 1) * d;
+  for (int i = 0; i < d; ++i)
+#pragma omp simd
+    for (int j = 0; j < d; ++j) S[i * d + j] *= f[i];
   gemm(true, false, d, d, n, 1.f, w.kg, d, w.v, d, 1.f, S, d);
 }
 
+// f(scratch, b, first head, heads) for every (batch row, head group), in parallel.
 template <class F>
-void for_each_head(const LinearAttentionShape& s, Workspace ws, bool backward, F f) {
+void for_each_group(const LinearAttentionShape& s, Workspace ws, bool backward, F f) {
   const size_t per_thread = stride(s, backward);
+  const HeadGroups groups(s);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
-  for (int bh = 0; bh < s.B * s.H; ++bh) {
+  for (int item = 0; item < s.B * groups.count; ++item) {
     Carver c{ws.data + per_thread * size_t(omp_get_thread_num())};
     Scratch w = carve(c, s, backward);
-    f(w, bh / s.H, bh % s.H);
+    const int b = item / groups.count, g = item % groups.count, h0 = groups.begin(g, s.H);
+    f(w, b, h0, groups.begin(g + 1, s.H) - h0);
   }
 }
 
@@ -191,28 +283,38 @@ void gla_forward(float* o, float* state_out, const float* q, const float* k, con
   check("gla_forward", s, ws, gla_forward_workspace_floats(s));
   const int d = s.d, blk = s.block;
   const size_t dd = size_t(d) * d;
-  for_each_head(s, ws, false, [&](Scratch& w, int b, int h) {
-    const size_t at = (size_t(b) * s.H + h) * dd;
-    if (state_in) std::memcpy(w.state, state_in + at, sizeof(float) * dd);
-    else std::fill(w.state, w.state + dd, 0.f);
+  for_each_group(s, ws, false, [&](Scratch& w, int b, int h0, int heads) {
+    for (int j = 0; j < heads; ++j) {
+      float* S = w.state + j * dd;
+      if (state_in) std::memcpy(S, state_in + (size_t(b) * s.H + h0 + j) * dd, sizeof(float) * dd);
+      else std::fill(S, S + dd, 0.f);
+    }
     for (int t0 = 0; t0 < s.N; t0 += blk) {
       const int n = std::min(blk, s.N - t0);
-      const Rows rows{s, b, h, t0, n};
-      load_block(w, rows, q, k, v, g);
-      for (int t = 0; t < n; ++t) {  // a[t][u] = sum_i q_t,i k_u,i exp(gates over (u, t]), u <= t
-        std::fill(w.a + t * n + t + 1, w.a + (t + 1) * n, 0.f);
-        for_each_key(w, t, d, [&](int u) {
+      for (int j = 0; j < heads; ++j) {
+        float* S = w.state + j * dd;
+        const Rows rows{s, b, h0 + j, t0, n};
+        if (t0 + blk < s.N) Rows{s, b, h0 + j, t0 + blk, std::min(blk, s.N - t0 - blk)}.prefetch({q, k, v, g});
+        load_block(w, rows, q, k, v, g);
+        // a[t][u] = sum_i q_t,i k_u,i (the gates' product over (u, t]), u <= t
+        if (!fast_pairs(w.a, w, n, d, false))
+          for (int t = 0; t < n; ++t) {
+            std::fill(w.a + t * n + t + 1, w.a + (t + 1) * n, 0.f);
+            for_each_key(w, t, d, [&](int u) {
 #pragma omp simd
-          for (int i = 0; i < d; ++i) w.ke[i] = w.k[u * d + i] * w.e[i];
-          w.a[t * n + u] = dot(w.q + t * d, w.ke, d);
-        });
+              for (int i = 0; i < d; ++i) w.ke[i] = w.k[u * d + i] * w.e[i];
+              w.a[t * n + u] = dot(w.q + t * d, w.ke, d);
+            });
+          }
+        gemm(false, false, n, d, d, 1.f, w.qg, d, S, d, 0.f, w.o, d);  // o = qg S + a v
+        gemm(false, false, n, d, n, 1.f, w.a, n, w.v, d, 1.f, w.o, d);
+        rows.store(o, w.o);
+        advance_state(S, w, n, d);
       }
-      gemm(false, false, n, d, d, 1.f, w.qg, d, w.state, d, 0.f, w.o, d);  // o = qg S + a v
-      gemm(false, false, n, d, n, 1.f, w.a, n, w.v, d, 1.f, w.o, d);
-      rows.store(o, w.o);
-      advance_state(w.state, w, n, d);
     }
-    if (state_out) std::memcpy(state_out + at, w.state, sizeof(float) * dd);
+    if (state_out)
+      for (int j = 0; j < heads; ++j)
+        std::memcpy(state_out + (size_t(b) * s.H + h0 + j) * dd, w.state + j * dd, sizeof(float) * dd);
   });
 }
 
@@ -222,97 +324,109 @@ void gla_backward(float* dq, float* dk, float* dv, float* dg, float* dstate_in, 
   check("gla_backward", s, ws, gla_backward_workspace_floats(s));
   const int d = s.d, blk = s.block;
   const size_t dd = size_t(d) * d;
-  for_each_head(s, ws, true, [&](Scratch& w, int b, int h) {
-    const size_t at = (size_t(b) * s.H + h) * dd;
+  for_each_group(s, ws, true, [&](Scratch& w, int b, int h0, int heads) {
+    auto at = [&](int j) { return (size_t(b) * s.H + h0 + j) * dd; };
     // Pass 1, forward: the terms that need the running state S (dq) or only the block (the intra-block ones).
     // dg holds q dq - k dk of these terms until pass 2 sums it from the end.
-    if (state_in) std::memcpy(w.state, state_in + at, sizeof(float) * dd);
-    else std::fill(w.state, w.state + dd, 0.f);
+    for (int j = 0; j < heads; ++j) {
+      float* S = w.state + j * dd;
+      if (state_in) std::memcpy(S, state_in + at(j), sizeof(float) * dd);
+      else std::fill(S, S + dd, 0.f);
+    }
     for (int t0 = 0; t0 < s.N; t0 += blk) {
       const int n = std::min(blk, s.N - t0);
-      const Rows rows{s, b, h, t0, n};
-      load_block(w, rows, q, k, v, g);
-      rows.load(w.o, dout);
-      transpose(w.st, d, w.state, d, d, d);
-      gemm(false, false, n, d, d, 1.f, w.o, d, w.st, d, 0.f, w.dq, d);  // dq = (dO S^T) exp(c)
-      for (int t = 0; t < n; ++t)
+      for (int j = 0; j < heads; ++j) {
+        float* S = w.state + j * dd;
+        const Rows rows{s, b, h0 + j, t0, n};
+        if (t0 + blk < s.N)
+          Rows{s, b, h0 + j, t0 + blk, std::min(blk, s.N - t0 - blk)}.prefetch({q, k, v, g, dout, dq, dk, dv});
+        load_block(w, rows, q, k, v, g);
+        rows.load(w.o, dout);
+        transpose(w.st, d, S, d, d, d);
+        gemm(false, false, n, d, d, 1.f, w.o, d, w.st, d, 0.f, w.dq, d);  // dq = (dO S^T) qf
 #pragma omp simd
-        for (int i = 0; i < d; ++i) w.dq[t * d + i] *= vec_exp(w.c[t * d + i]);
-      transpose(w.vt, n, w.v, d, n, d);
-      gemm(false, false, n, n, d, 1.f, w.o, d, w.vt, n, 0.f, w.da, n);  // dA = dO V^T
-      std::fill(w.dk, w.dk + size_t(n) * d, 0.f);
-      for (int t = 0; t < n; ++t) {  // the pairs u <= t: a, and dq, dk through exp(gates over (u, t])
-        std::fill(w.a + t * n + t + 1, w.a + (t + 1) * n, 0.f);
-        const float* qt = w.q + t * d;
-        float* dqt = w.dq + t * d;
-        for_each_key(w, t, d, [&](int u) {
-          const float* ku = w.k + u * d;
+        for (long x = 0; x < long(n) * d; ++x) w.dq[x] *= w.qf[x];
+        transpose(w.vt, n, w.v, d, n, d);
+        gemm(false, false, n, n, d, 1.f, w.o, d, w.vt, n, 0.f, w.da, n);  // dA = dO V^T
+        std::fill(w.dk, w.dk + size_t(n) * d, 0.f);
+        // the pairs u <= t: a, and dq, dk through the gates' product over (u, t]
+        if (!fast_pairs(w.a, w, n, d, true))
+          for (int t = 0; t < n; ++t) {
+            std::fill(w.a + t * n + t + 1, w.a + (t + 1) * n, 0.f);
+            const float* qt = w.q + t * d;
+            float* dqt = w.dq + t * d;
+            for_each_key(w, t, d, [&](int u) {
+              const float* ku = w.k + u * d;
 #pragma omp simd
-          for (int i = 0; i < d; ++i) w.ke[i] = ku[i] * w.e[i], w.qe[i] = qt[i] * w.e[i];
-          w.a[t * n + u] = dot(qt, w.ke, d);
-          const float da = w.da[t * n + u];
-          float* dku = w.dk + u * d;
+              for (int i = 0; i < d; ++i) w.ke[i] = ku[i] * w.e[i], w.qe[i] = qt[i] * w.e[i];
+              w.a[t * n + u] = dot(qt, w.ke, d);
+              const float da = w.da[t * n + u];
+              float* dku = w.dk + u * d;
 #pragma omp simd
-          for (int i = 0; i < d; ++i) dqt[i] += da * w.ke[i], dku[i] += da * w.qe[i];
-        });
+              for (int i = 0; i < d; ++i) dqt[i] += da * w.ke[i], dku[i] += da * w.qe[i];
+            });
+          }
+        gemm(true, false, n, d, n, 1.f, w.a, n, w.o, d, 0.f, w.dv, d);  // dv = A^T dO
+        rows.add(dq, w.dq);
+        rows.add(dk, w.dk);
+        rows.add(dv, w.dv);
+        if (dg) {
+#pragma omp simd
+          for (long x = 0; x < long(n) * d; ++x) w.dq[x] = w.q[x] * w.dq[x] - w.k[x] * w.dk[x];
+          rows.store(dg, w.dq);
+        }
+        advance_state(S, w, n, d);
       }
-      gemm(true, false, n, d, n, 1.f, w.a, n, w.o, d, 0.f, w.dv, d);  // dv = A^T dO
-      rows.add(dq, w.dq);
-      rows.add(dk, w.dk);
-      rows.add(dv, w.dv);
-      if (dg) {
-        for (int t = 0; t < n; ++t)
-#pragma omp simd
-          for (int i = 0; i < d; ++i)
-            w.dq[t * d + i] = w.q[t * d + i] * w.dq[t * d + i] - w.k[t * d + i] * w.dk[t * d + i];
-        rows.store(dg, w.dq);
-      }
-      advance_state(w.state, w, n, d);
     }
     // Pass 2, backward: the state gradient dS from the end, the terms that need it (dk, dv), and dg's sum.
-    // r = the running sum of q dq - k dk from the end, plus rowsum(S_last .* dstate_out): the final state
+    // run = the running sum of q dq - k dk from the end, plus rowsum(S_last .* dstate_out): the final state
     // depends on every gate.
-    float* r = w.run;
-    std::fill(r, r + d, 0.f);
-    if (dstate_out) {
-      std::memcpy(w.dstate, dstate_out + at, sizeof(float) * dd);
-      for (int i = 0; i < d; ++i) r[i] = dot(w.state + i * d, w.dstate + i * d, d);
-    } else {
-      std::fill(w.dstate, w.dstate + dd, 0.f);
+    for (int j = 0; j < heads; ++j) {
+      float *dS = w.dstate + j * dd, *r = w.run + j * d;
+      std::fill(r, r + d, 0.f);
+      if (dstate_out) {
+        std::memcpy(dS, dstate_out + at(j), sizeof(float) * dd);
+        for (int i = 0; i < d; ++i) r[i] = dot(w.state + j * dd + i * d, dS + i * d, d);
+      } else {
+        std::fill(dS, dS + dd, 0.f);
+      }
     }
     const int blocks = (s.N + blk - 1) / blk;
     for (int blkno = blocks - 1; blkno >= 0; --blkno) {
       const int t0 = blkno * blk, n = std::min(blk, s.N - t0);
-      const Rows rows{s, b, h, t0, n};
-      load_block(w, rows, q, k, v, g);
-      rows.load(w.o, dout);
-      const float* last = w.c + (n - 1) * d;
-      transpose(w.st, d, w.dstate, d, d, d);
-      gemm(false, false, n, d, d, 1.f, w.v, d, w.st, d, 0.f, w.dk, d);  // dk = (V dS^T) exp(cr)
-      for (int t = 0; t < n; ++t)
+      for (int j = 0; j < heads; ++j) {
+        float *dS = w.dstate + j * dd, *r = w.run + j * d;
+        const Rows rows{s, b, h0 + j, t0, n};
+        if (blkno > 0) Rows{s, b, h0 + j, t0 - blk, blk}.prefetch({q, k, v, g, dout, dk, dv, dg});
+        load_block(w, rows, q, k, v, g);
+        rows.load(w.o, dout);
+        const float* last = w.qf + (n - 1) * d;
+        transpose(w.st, d, dS, d, d, d);
+        gemm(false, false, n, d, d, 1.f, w.v, d, w.st, d, 0.f, w.dk, d);  // dk = (V dS^T) kf
 #pragma omp simd
-        for (int i = 0; i < d; ++i) w.dk[t * d + i] *= vec_exp(w.cr[t * d + i]);
-      gemm(false, false, n, d, d, 1.f, w.kg, d, w.dstate, d, 0.f, w.dv, d);  // dv = kg dS
-      rows.add(dk, w.dk);
-      rows.add(dv, w.dv);
-      for (int i = 0; i < d; ++i) {  // dS = diag(exp(c_last)) dS + qg^T dO
-        const float f = vec_exp(last[i]);
-        for (int j = 0; j < d; ++j) w.dstate[i * d + j] *= f;
-      }
-      gemm(true, false, d, d, n, 1.f, w.qg, d, w.o, d, 1.f, w.dstate, d);
-      if (dg) {
-        rows.load(w.dq, dg);  // pass 1's q dq - k dk
-        for (int t = n - 1; t >= 0; --t)
+        for (long x = 0; x < long(n) * d; ++x) w.dk[x] *= w.kf[x];
+        gemm(false, false, n, d, d, 1.f, w.kg, d, dS, d, 0.f, w.dv, d);  // dv = kg dS
+        rows.add(dk, w.dk);
+        rows.add(dv, w.dv);
+        for (int i = 0; i < d; ++i)  // dS = diag(qf_last) dS + qg^T dO
 #pragma omp simd
-          for (int i = 0; i < d; ++i) {
-            r[i] += w.dq[t * d + i] - w.k[t * d + i] * w.dk[t * d + i];
-            w.dq[t * d + i] = r[i];
-          }
-        rows.store(dg, w.dq);
+          for (int c = 0; c < d; ++c) dS[i * d + c] *= last[i];
+        gemm(true, false, d, d, n, 1.f, w.qg, d, w.o, d, 1.f, dS, d);
+        if (dg) {
+          rows.load(w.dq, dg);  // pass 1's q dq - k dk
+          for (int t = n - 1; t >= 0; --t)
+#pragma omp simd
+            for (int i = 0; i < d; ++i) {
+              r[i] += w.dq[t * d + i] - w.k[t * d + i] * w.dk[t * d + i];
+              w.dq[t * d + i] = r[i];
+            }
+          rows.store(dg, w.dq);
+        }
       }
     }
     if (dstate_in)
-      for (size_t x = 0; x < dd; ++x) dstate_in[at + x] += w.dstate[x];
+      for (int j = 0; j < heads; ++j)
+        for (size_t x = 0; x < dd; ++x) dstate_in[at(j) + x] += w.dstate[j * dd + x];
   });
 }
 

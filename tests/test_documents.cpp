@@ -77,7 +77,8 @@ TEST(Documents, PackedEqualsSeparate) {
   for (int& t : targets) t = tok(rng);
   for (int& t : inputs) t = tok(rng);
   std::vector<int> begin;
-  for (int at = 0; int n : lengths) begin.push_back(at), inputs[at] = kStart, at += n;
+  int offset = 0;
+  for (int n : lengths) begin.push_back(offset), inputs[offset] = kStart, offset += n;
 
   for (const auto& [layers, decay] : std::vector<std::pair<std::string, Decay>>{
            {"LLLL", Decay::none}, {"LLLL", Decay::lightning}, {"LLLN", Decay::retention}, {"NLNL", Decay::lightning}}) {

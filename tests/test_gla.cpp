@@ -7,7 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "core/check.h"
 #include "kernels/gla.h"
+#include "model/attention.h"
 #include "testing.h"
 
 namespace lasp {
@@ -93,7 +95,7 @@ Vec log_gates(size_t n, double strength, uint32_t seed) {
 
 Problem make_problem(int B, int N, int H, int d, double strength, bool with_state, uint32_t seed) {
   const size_t n = size_t(B) * N * H * d;
-  Problem p{B, N, H, d};
+  Problem p{B, N, H, d, {}, {}, {}, {}, {}};
   p.q = doubles(testing::random_vector(n, seed, 0.f, 1.f));  // non-negative, as a feature map gives
   p.k = doubles(testing::random_vector(n, seed + 1, 0.f, 1.f));
   p.v = doubles(testing::random_vector(n, seed + 2));
@@ -221,6 +223,48 @@ INSTANTIATE_TEST_SUITE_P(Sizes, GlaKernel, ::testing::ValuesIn(gla_cases()), [](
   return "B" + std::to_string(c.B) + "_N" + std::to_string(c.N) + "_H" + std::to_string(c.H) + "_d" +
          std::to_string(c.d) + "_blk" + std::to_string(c.block) + "_" + strength;
 });
+
+}  // namespace
+}  // namespace lasp
+
+namespace lasp {
+namespace {
+
+// The single-process attention runs GLA through the kernel (kGlaBlock), keeps the final state for decoding,
+// writes the gates' gradient, and refuses documents (not supported with GLA yet).
+TEST(GlaAttention, LocalAttentionRunsTheKernel) {
+  const int B = 2, N = 37, H = 3, d = 16;
+  const Problem p = make_problem(B, N, H, d, -1, false, 5);
+  const size_t n = p.q.size();
+  const auto q = floats(p.q), k = floats(p.k), v = floats(p.v), g = floats(p.g);
+  const auto dout = testing::random_vector(n, 9);
+  const LinearAttentionShape s{B, N, H, d, kGlaBlock, 2};
+  std::vector<float> o(n), state(size_t(B) * H * d * d), dq(n), dk(n), dv(n), dg(n);
+  WorkspaceBuffer wf(gla_forward_workspace_floats(s)), wb(gla_backward_workspace_floats(s));
+  gla_forward(o.data(), state.data(), q.data(), k.data(), v.data(), g.data(), nullptr, s, wf.view());
+  gla_backward(dq.data(), dk.data(), dv.data(), dg.data(), nullptr, dout.data(), nullptr, q.data(), k.data(), v.data(),
+               g.data(), nullptr, s, wb.view());
+
+  LocalAttention local({B, N, H, H, d, 32, 2});
+  local.keep_decode_state(true);
+  LinearGates gates;
+  gates.log_gates = g.data();
+  std::vector<float> o2(n), dq2(n), dk2(n), dv2(n), dg2(n, 7.f);
+  gates.d_log_gates = dg2.data();
+  local.linear_forward(0, o2.data(), q.data(), k.data(), v.data(), gates);
+  local.linear_backward(0, dq2.data(), dk2.data(), dv2.data(), dout.data(), q.data(), k.data(), v.data(), gates);
+  EXPECT_EQ(o, o2);
+  EXPECT_EQ(state, local.final_state(0));
+  EXPECT_EQ(dq, dq2);
+  EXPECT_EQ(dk, dk2);
+  EXPECT_EQ(dv, dv2);
+  EXPECT_EQ(dg, dg2);
+
+  std::vector<uint8_t> starts(size_t(B) * N, 0);
+  starts[5] = 1;
+  local.set_documents(starts.data());
+  EXPECT_THROW(local.linear_forward(0, o2.data(), q.data(), k.data(), v.data(), gates), Error);
+}
 
 }  // namespace
 }  // namespace lasp

@@ -4,10 +4,10 @@
 //   S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t        o_t = q_t S_t        (S_{-1} = state_in, or 0)
 //
 // state_out = S_{N-1}. Chunkwise: the sequence is cut into blocks of `block` tokens; inside a block every
-// factor is exp of the log-gates summed over an interval, <= 0 (never a ratio of two small products), so no
-// gate strength overflows: the intra-block scores are computed pair by pair in log space, the state terms with
-// the gates summed from the block's start to a query and from a key to the block's end. Each sum is taken
-// directly, never as the difference of two long ones.
+// factor is a product of gates exp(g) <= 1 over an interval of at most `block` tokens (never a ratio of two
+// small products, never the exponential of a difference of two long sums), flushed to 0 below 1e-30, so no
+// gate strength overflows or loses precision: the intra-block scores pair by pair, the state terms with the
+// products from the block's start to a query and from a key to the block's end.
 //
 // Layouts: q, k, v, g, o and their gradients (B, N, H, d); states (B, H, d, d). The backward ACCUMULATES (+=)
 // into dq, dk, dv and dstate_in, and WRITES dg (it is its scratch on the way); optional pointers may be null.

@@ -17,6 +17,12 @@ SoftmaxAttentionShape LocalAttention::softmax_shape() const {
   return lasp::softmax_shape(shape_.B, shape_.N, shape_.N, shape_.H, shape_.H_kv, shape_.d, shape_.threads);
 }
 
+const float* fixed_decay(const LinearGates& gates, const char* method) {
+  LASP_CHECK(!gates.gla(), "GLA's gates (decay gla) are not supported by {} yet; use one SP rank (--sp-size 1)",
+             method);
+  return gates.lambda;
+}
+
 void Attention::linear_bidirectional_forward(int, float*, const float*, const float*, const float*) {
   throw Error("this sequence-parallel method has no bidirectional linear layers (lasp info lists the methods)");
 }
@@ -41,11 +47,13 @@ namespace {
 }
 }  // namespace
 
-void Attention::linear_collect(int, const float*, const float*, const float*) { no_layer_major(); }
+void Attention::linear_collect(int, const float*, const float*, const LinearGates&) { no_layer_major(); }
 void Attention::softmax_collect(int, const float*, const float*) { no_layer_major(); }
-void Attention::linear_exchange(int, Pass, const float*) { no_layer_major(); }
+void Attention::linear_exchange(int, Pass, const LinearGates&) { no_layer_major(); }
 void Attention::softmax_exchange(int, Pass) { no_layer_major(); }
-bool Attention::linear_key_gradients(int, float*, float*, const float*, const float*, const float*) { no_layer_major(); }
+bool Attention::linear_key_gradients(int, float*, float*, const float*, const float*, const LinearGates&) {
+  no_layer_major();
+}
 bool Attention::softmax_key_gradients(int, float*, float*) { no_layer_major(); }
 
 void Attention::keep_decode_state(bool keep) {
@@ -56,8 +64,10 @@ std::vector<float> Attention::keys_in_order(int, bool) const { throw Error("keys
 
 double LocalAttention::floats_needed(const AttentionShape& s) {
   const LinearAttentionShape linear{s.B, s.N, s.H, s.d, s.block, s.threads};
+  const LinearAttentionShape gla{s.B, s.N, s.H, s.d, kGlaBlock, s.threads};
   return double(std::max({linear_attention_forward_workspace_floats(linear),
-                          linear_attention_backward_workspace_floats(linear),
+                          linear_attention_backward_workspace_floats(linear), gla_forward_workspace_floats(gla),
+                          gla_backward_workspace_floats(gla),
                           softmax_attention_workspace_floats(s.N, s.N, s.d, s.threads),
                           linear_attention_bidirectional_workspace_floats(linear)}));
 }
@@ -80,22 +90,34 @@ std::vector<float>& slot(std::vector<std::vector<float>>& by_layer, int layer) {
 }
 }  // namespace
 
+LinearAttentionShape LocalAttention::gla_shape() const {
+  LASP_CHECK(docs_.empty(), "GLA's gates (decay gla) do not support documents yet (--doc-start -1 runs one stream)");
+  return {shape_.B, shape_.N, shape_.H, shape_.d, kGlaBlock, shape_.threads};
+}
+
 void LocalAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
-                                    const float* lambda) {
+                                    const LinearGates& gates) {
   float* state_out = nullptr;
   if (keep_) {
     auto& s = slot(final_states_, layer);
     s.resize(size_t(shape_.B) * shape_.H * shape_.d * shape_.d);
     state_out = s.data();
   }
-  linear_attention_forward(o, state_out, q, k, v, nullptr, lambda, docs_.start_flags(), linear_shape(),
-                           workspace_.view());
+  if (gates.gla())
+    gla_forward(o, state_out, q, k, v, gates.log_gates, nullptr, gla_shape(), workspace_.view());
+  else
+    linear_attention_forward(o, state_out, q, k, v, nullptr, gates.lambda, docs_.start_flags(), linear_shape(),
+                             workspace_.view());
 }
 
 void LocalAttention::linear_backward(int, float* dq, float* dk, float* dv, const float* dout, const float* q,
-                                     const float* k, const float* v, const float* lambda) {
-  linear_attention_backward(dq, dk, dv, nullptr, dout, nullptr, q, k, v, nullptr, lambda, docs_.start_flags(),
-                            linear_shape(), workspace_.view());
+                                     const float* k, const float* v, const LinearGates& gates) {
+  if (gates.gla())
+    gla_backward(dq, dk, dv, gates.d_log_gates, nullptr, dout, nullptr, q, k, v, gates.log_gates, nullptr,
+                 gla_shape(), workspace_.view());
+  else
+    linear_attention_backward(dq, dk, dv, nullptr, dout, nullptr, q, k, v, nullptr, gates.lambda,
+                              docs_.start_flags(), linear_shape(), workspace_.view());
 }
 
 void LocalAttention::linear_bidirectional_forward(int, float* o, const float* q, const float* k, const float* v) {

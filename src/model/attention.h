@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/workspace.h"
+#include "kernels/gla.h"
 #include "kernels/linear_attention.h"
 #include "kernels/softmax_attention.h"
 #include "model/documents.h"
@@ -22,6 +23,19 @@ struct AttentionShape {
   int threads;   // OpenMP threads of the attention kernels, set once by whoever builds the model (trainer,
                  // decoder, bench); every workspace is sized for them
 };
+
+// What decays a causal linear layer's state: a fixed decay per head (MODEL.md), or GLA's log-gates per token,
+// head and key dim (GATES.md). A bare lambda pointer converts to it.
+struct LinearGates {
+  LinearGates(const float* lambda = nullptr) : lambda(lambda) {}
+  const float* lambda = nullptr;     // (H), or null: no decay
+  const float* log_gates = nullptr;  // GLA: (B, N, H, d) of this rank's tokens, each <= 0; lambda is then unused
+  float* d_log_gates = nullptr;      // GLA, backward: their gradient, written (not accumulated)
+  bool gla() const { return log_gates != nullptr; }
+};
+
+// The fixed decay of gates for a method without GLA; throws naming the method when the gates are GLA's.
+const float* fixed_decay(const LinearGates& gates, const char* method);
 
 class Attention {
  public:
@@ -40,12 +54,12 @@ class Attention {
   // attention copies what it needs. A method without documents refuses (the default throws).
   virtual void set_documents(const uint8_t* starts);
 
-  // Causal linear attention of this rank's tokens: o (B, N, H, d) from q, k, v; lambda (H) or null.
+  // Causal linear attention of this rank's tokens: o (B, N, H, d) from q, k, v, decayed by the gates.
   virtual void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
-                              const float* lambda) = 0;
-  // Accumulates into dq, dk, dv.
+                              const LinearGates& gates) = 0;
+  // Accumulates into dq, dk, dv (and writes the GLA gates' gradient).
   virtual void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
-                               const float* k, const float* v, const float* lambda) = 0;
+                               const float* k, const float* v, const LinearGates& gates) = 0;
 
   // Non-causal linear attention (o_i = q_i sum_j k_j^T v_j over the whole sequence, every rank's tokens);
   // no decay. Not used by the causal language model; for encoders and tests. A method without it refuses
@@ -79,12 +93,12 @@ class Attention {
   //             2. per chunk, *_key_gradients adds that part to the chunk's dk and dv (false: nothing to add).
   // Chunks are announced by begin_chunk. A method without this mode says false; the others then throw.
   virtual bool layer_major() const { return false; }
-  virtual void linear_collect(int layer, const float* k, const float* v, const float* lambda);
+  virtual void linear_collect(int layer, const float* k, const float* v, const LinearGates& gates);
   virtual void softmax_collect(int layer, const float* k, const float* v);
-  virtual void linear_exchange(int layer, Pass pass, const float* lambda);
+  virtual void linear_exchange(int layer, Pass pass, const LinearGates& gates);
   virtual void softmax_exchange(int layer, Pass pass);
   virtual bool linear_key_gradients(int layer, float* dk, float* dv, const float* k, const float* v,
-                                    const float* lambda);
+                                    const LinearGates& gates);
   virtual bool softmax_key_gradients(int layer, float* dk, float* dv);
 
   // For generation (src/generate): with keep_decode_state(true), a forward keeps what decoding continues
@@ -104,9 +118,9 @@ class LocalAttention : public Attention {
   const int* positions() const override { return positions_.data(); }
   double memory_floats(const std::string&) const override { return floats_needed(shape_); }
   void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
-                      const float* lambda) override;
+                      const LinearGates& gates) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
-                       const float* k, const float* v, const float* lambda) override;
+                       const float* k, const float* v, const LinearGates& gates) override;
   void linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) override;
   void linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                                      const float* k, const float* v) override;
@@ -130,6 +144,7 @@ class LocalAttention : public Attention {
   std::vector<int> positions_;
   WorkspaceBuffer workspace_;
   LinearAttentionShape linear_shape() const;
+  LinearAttentionShape gla_shape() const;  // refuses documents (not yet supported with GLA)
   SoftmaxAttentionShape softmax_shape() const;
 };
 

@@ -75,7 +75,8 @@ float* ChunkedAttention::entering(int layer, int chunk) {
 }
 
 void ChunkedAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
-                                      const float* lambda) {
+                                      const LinearGates& gates) {
+  const float* lambda = fixed_decay(gates, "the chunked memory plan");
   // The state leaving this chunk is written once, by the forward pass; a recomputed forward only reads.
   float* leaving = nullptr;
   if (pass_ == Pass::forward && index_ + 1 < chunks_) leaving = entering(layer, index_ + 1);
@@ -85,7 +86,8 @@ void ChunkedAttention::linear_forward(int layer, float* o, const float* q, const
 }
 
 void ChunkedAttention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
-                                       const float* k, const float* v, const float* lambda) {
+                                       const float* k, const float* v, const LinearGates& gates) {
+  const float* lambda = fixed_decay(gates, "the chunked memory plan");
   const size_t n = state_floats();
   float* dstate_in = nullptr;
   if (index_ > 0) dstate_in = sized(dentering_, n).data(), std::fill(dentering_.begin(), dentering_.end(), 0.f);

@@ -29,9 +29,9 @@ class ChunkedAttention : public Attention {
   void set_documents(const uint8_t* starts) override;
   const int* positions() const override { return positions_.data(); }
   void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
-                      const float* lambda) override;
+                      const LinearGates& gates) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
-                       const float* k, const float* v, const float* lambda) override;
+                       const float* k, const float* v, const LinearGates& gates) override;
   void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override;
   void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                         const float* lse, const float* q, const float* k, const float* v) override;

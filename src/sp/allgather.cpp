@@ -20,7 +20,8 @@ double AllGatherAttention::memory_floats(const std::string& layer_types) const {
 }
 
 void AllGatherAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
-                                        const float* lambda) {
+                                        const LinearGates& gates) {
+  const float* lambda = fixed_decay(gates, "allgather");
   const int B = s_.B, Nl = s_.N, H = s_.H, d = s_.d, N = kv_.global_length();
   const float* kv = kv_.gather_kv(layer, k, v, H);
   std::fill(o, o + size_t(B) * Nl * H * d, 0.f);
@@ -30,7 +31,8 @@ void AllGatherAttention::linear_forward(int layer, float* o, const float* q, con
 }
 
 void AllGatherAttention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout,
-                                         const float* q, const float*, const float*, const float* lambda) {
+                                         const float* q, const float*, const float*, const LinearGates& gates) {
+  const float* lambda = fixed_decay(gates, "allgather");
   const int B = s_.B, Nl = s_.N, H = s_.H, d = s_.d, N = kv_.global_length();
   const float* kv = kv_.gathered_kv(layer);
   float* dkv = kv_.zeroed_dkv(H);

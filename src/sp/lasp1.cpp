@@ -20,7 +20,8 @@ Lasp1Attention::Lasp1Attention(Comm& sp, const AttentionShape& shape, int global
 }
 
 void Lasp1Attention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
-                                    const float* lambda) {
+                                    const LinearGates& gates) {
+  const float* lambda = fixed_decay(gates, "lasp1");
   const int H = s_.H, d = s_.d, pieces = int(owner_.size()), me = sp_.rank();
   const size_t S = state_floats(), dd = size_t(d) * d;
   auto& incoming = incoming_[layer];
@@ -56,7 +57,8 @@ double Lasp1Attention::memory_floats(const std::string& layer_types) const {
 }
 
 void Lasp1Attention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
-                                     const float* k, const float* v, const float* lambda) {
+                                     const float* k, const float* v, const LinearGates& gates) {
+  const float* lambda = fixed_decay(gates, "lasp1");
   const int H = s_.H, d = s_.d, pieces = int(owner_.size()), me = sp_.rank();
   const size_t S = state_floats(), dd = size_t(d) * d;
   const auto& incoming = incoming_[layer];

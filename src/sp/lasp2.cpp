@@ -110,7 +110,8 @@ Lasp2Attention::Lasp2Attention(Comm& sp, const AttentionShape& shape, int global
 Lasp2Attention::~Lasp2Attention() = default;
 
 void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
-                                    const float* lambda) {
+                                    const LinearGates& gates) {
+  const float* lambda = fixed_decay(gates, "lasp2 (and exscan, allscan)");
   Impl& m = *impl_;
   const int H = m.s.H, d = m.s.d, piece_len = m.piece_len, ld = H * d;
   const auto decay = head_powers(lambda, m.s.H, m.piece_len);  // lambda_h^k, k = 0..piece_len, for every head
@@ -164,7 +165,8 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
 }
 
 void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
-                                     const float* k, const float* v, const float* lambda) {
+                                     const float* k, const float* v, const LinearGates& gates) {
+  const float* lambda = fixed_decay(gates, "lasp2 (and exscan, allscan)");
   Impl& m = *impl_;
   const int H = m.s.H, d = m.s.d, piece_len = m.piece_len, ld = H * d;
   const auto decay = head_powers(lambda, m.s.H, m.piece_len);  // lambda_h^k, k = 0..piece_len, for every head

@@ -79,7 +79,8 @@ void Lasp2ChunkedAttention::for_each_head(F f) {
   }
 }
 
-void Lasp2ChunkedAttention::linear_collect(int, const float* k, const float* v, const float* lambda) {
+void Lasp2ChunkedAttention::linear_collect(int, const float* k, const float* v, const LinearGates& gates) {
+  const float* lambda = fixed_decay(gates, "LASP-2 in layer-major chunks");
   const int H = s_.H, d = s_.d, ld = H * d;
   const size_t S = state_floats();
   send_.resize(mine_.size() * S);
@@ -96,7 +97,8 @@ void Lasp2ChunkedAttention::linear_collect(int, const float* k, const float* v, 
   });
 }
 
-void Lasp2ChunkedAttention::linear_exchange(int layer, Pass pass, const float* lambda) {
+void Lasp2ChunkedAttention::linear_exchange(int layer, Pass pass, const LinearGates& gates) {
+  const float* lambda = fixed_decay(gates, "LASP-2 in layer-major chunks");
   const size_t S = state_floats(), pieces = mine_.size();
   LASP_CHECK(send_.size() == pieces * S, "LASP-2 in chunks: the exchange of layer {} before its first pass", layer);
   recv_.resize(sp_.size() * pieces * S);
@@ -109,7 +111,8 @@ void Lasp2ChunkedAttention::linear_exchange(int layer, Pass pass, const float* l
 }
 
 void Lasp2ChunkedAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
-                                           const float* lambda) {
+                                           const LinearGates& gates) {
+  const float* lambda = fixed_decay(gates, "LASP-2 in layer-major chunks");
   const int H = s_.H, d = s_.d, ld = H * d;
   const size_t S = state_floats(), row_state = size_t(H) * d * d;
   const auto& P = incoming_[layer];
@@ -136,7 +139,8 @@ void Lasp2ChunkedAttention::linear_forward(int layer, float* o, const float* q, 
 }
 
 void Lasp2ChunkedAttention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout,
-                                            const float* q, const float* k, const float* v, const float* lambda) {
+                                            const float* q, const float* k, const float* v, const LinearGates& gates) {
+  const float* lambda = fixed_decay(gates, "LASP-2 in layer-major chunks");
   const int H = s_.H, d = s_.d, ld = H * d;
   const size_t S = state_floats(), row_state = size_t(H) * d * d;
   const auto& P = incoming_[layer];
@@ -168,7 +172,8 @@ void Lasp2ChunkedAttention::linear_backward(int layer, float* dq, float* dk, flo
 }
 
 bool Lasp2ChunkedAttention::linear_key_gradients(int layer, float* dk, float* dv, const float* k, const float* v,
-                                                 const float* lambda) {
+                                                 const LinearGates& gates) {
+  const float* lambda = fixed_decay(gates, "LASP-2 in layer-major chunks");
   const int H = s_.H, d = s_.d, ld = H * d;
   const size_t S = state_floats();
   LASP_CHECK(suffix_.size() == mine_.size() * S, "LASP-2 in chunks: key gradients of layer {} before its exchange",

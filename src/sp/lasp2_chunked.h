@@ -36,18 +36,18 @@ class Lasp2ChunkedAttention : public Attention {
   bool layer_major() const override { return true; }
   void set_documents(const uint8_t* starts) override { softmax_.set_documents(starts); }
   void begin_chunk(int begin, int length, Pass pass) override;
-  void linear_collect(int layer, const float* k, const float* v, const float* lambda) override;
+  void linear_collect(int layer, const float* k, const float* v, const LinearGates& gates) override;
   void softmax_collect(int layer, const float* k, const float* v) override;
-  void linear_exchange(int layer, Pass pass, const float* lambda) override;
+  void linear_exchange(int layer, Pass pass, const LinearGates& gates) override;
   void softmax_exchange(int layer, Pass pass) override;
   bool linear_key_gradients(int layer, float* dk, float* dv, const float* k, const float* v,
-                            const float* lambda) override;
+                            const LinearGates& gates) override;
   bool softmax_key_gradients(int layer, float* dk, float* dv) override;
 
   void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
-                      const float* lambda) override;
+                      const LinearGates& gates) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
-                       const float* k, const float* v, const float* lambda) override;
+                       const float* k, const float* v, const LinearGates& gates) override;
   void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override;
   void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                         const float* lse, const float* q, const float* k, const float* v) override;

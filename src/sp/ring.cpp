@@ -75,7 +75,8 @@ void RingAttention::softmax_backward(int, float* dq, float* dk, float* dv, const
   }
 }
 
-void RingAttention::linear_forward(int, float* o, const float* q, const float* k, const float* v, const float* lambda) {
+void RingAttention::linear_forward(int, float* o, const float* q, const float* k, const float* v, const LinearGates& gates) {
+  const float* lambda = fixed_decay(gates, "ring");
   const int B = s_.B, Nl = s_.N, H = s_.H, d = s_.d;
   const size_t kv = size_t(B) * Nl * H * d;
   cur_.assign(k, k + kv);
@@ -89,7 +90,8 @@ void RingAttention::linear_forward(int, float* o, const float* q, const float* k
 }
 
 void RingAttention::linear_backward(int, float* dq, float* dk, float* dv, const float* dout, const float* q,
-                                    const float* k, const float* v, const float* lambda) {
+                                    const float* k, const float* v, const LinearGates& gates) {
+  const float* lambda = fixed_decay(gates, "ring");
   const int B = s_.B, Nl = s_.N, H = s_.H, d = s_.d;
   const size_t kv = size_t(B) * Nl * H * d;
   cur_.assign(k, k + kv);

@@ -23,9 +23,9 @@ class RingAttention : public Attention {
   }
   double memory_floats(const std::string& layer_types) const override;
   void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
-                      const float* lambda) override;
+                      const LinearGates& gates) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
-                       const float* k, const float* v, const float* lambda) override;
+                       const float* k, const float* v, const LinearGates& gates) override;
   void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override;
   void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                         const float* lse, const float* q, const float* k, const float* v) override;

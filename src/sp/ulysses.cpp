@@ -89,7 +89,8 @@ void UlyssesAttention::set_documents(const uint8_t* starts) {
 }
 
 void UlyssesAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
-                                      const float* lambda) {
+                                      const LinearGates& gates) {
+  const float* lambda = fixed_decay(gates, "ulysses");
   Saved& sv = saved_[layer];
   to_heads(q, s_.H, sv.q);
   to_heads(k, s_.H, sv.k);
@@ -101,7 +102,8 @@ void UlyssesAttention::linear_forward(int layer, float* o, const float* q, const
 }
 
 void UlyssesAttention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float*,
-                                       const float*, const float*, const float* lambda) {
+                                       const float*, const float*, const LinearGates& gates) {
+  const float* lambda = fixed_decay(gates, "ulysses");
   const Saved& sv = saved_[layer];
   std::vector<float> dof, dqf(sv.q.size(), 0.f), dkf(sv.q.size(), 0.f), dvf(sv.q.size(), 0.f);
   to_heads(dout, s_.H, dof);

@@ -21,9 +21,9 @@ class UlyssesAttention : public Attention {
   void set_documents(const uint8_t* starts) override;
   double memory_floats(const std::string& layer_types) const override;
   void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
-                      const float* lambda) override;
+                      const LinearGates& gates) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
-                       const float* k, const float* v, const float* lambda) override;
+                       const float* k, const float* v, const LinearGates& gates) override;
   void linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) override;
   void linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                                      const float* k, const float* v) override;

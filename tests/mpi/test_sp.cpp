@@ -455,6 +455,23 @@ TEST(SpCommunication, ScansPassOneStatePerPieceWhateverW) {
   }
 }
 
+// GLA's gates under the SP methods that do not support them yet: a clear error on every rank, before any
+// communication (so no rank waits for another).
+TEST(SpGla, MethodsWithoutGlaRefuseItOnEveryRank) {
+  const int W = world().size(), B = 1, H = 4, d = 8, N = 16 * W;
+  if (W == 1) GTEST_SKIP() << "one rank runs the local kernels, which support GLA";
+  const std::vector<float> x(size_t(B) * (N / W) * H * d, 0.5f), g(x.size(), -0.1f);
+  std::vector<float> o(x.size());
+  LinearGates gates;
+  gates.log_gates = g.data();
+  for (const SpMethod& m : sp_methods()) {
+    if (m.heads_over_ranks && H % W) continue;
+    const SpLayout layout = m.layout == LayoutRule::zigzag ? SpLayout::zigzag : SpLayout::contiguous;
+    auto attention = make_sp_attention(m.name, world(), {B, N / W, H, H, d, 16, kThreads}, N, layout, 1);
+    EXPECT_THROW(attention->linear_forward(0, o.data(), x.data(), x.data(), x.data(), gates), Error) << m.name;
+  }
+}
+
 // ---- whole models ----
 struct ModelCase {
   std::string layer_types;

@@ -65,7 +65,7 @@ struct ModelFlags {
     app->add_option("--ffn", ffn, "intermediate_size (default 768)");
     app->add_option("--vocab", vocab, "vocab_size (default 256)");
     app->add_option("--feature-map", feature_map, "silu | elu1 | relu | identity (default silu)");
-    app->add_option("--decay", decay, "none | lightning | retention (default none)");
+    app->add_option("--decay", decay, "none | lightning | retention | gla (GLA's per-token gates; default none)");
     app->add_flag("--no-output-norm", no_output_norm, "linear layers without the per-head output RMSNorm");
     app->add_flag("--no-output-gate", no_output_gate, "linear layers without the output gate");
     app->add_flag("--tie-embeddings", tie, "lm_head shares the embedding");

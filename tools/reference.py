@@ -42,7 +42,7 @@ class UserError(Exception):
 
 # ----------------------------------------------------------------------------------------- config
 FEATURE_MAPS = {"silu": F.silu, "elu1": lambda x: F.elu(x) + 1.0, "relu": F.relu, "identity": lambda x: x}
-DECAYS = ("none", "lightning", "retention")
+DECAYS = ("none", "lightning", "retention", "gla")
 
 
 def validate_config(c):
@@ -62,6 +62,7 @@ def validate_config(c):
     la = c.setdefault("linear_attention", {})
     la.setdefault("feature_map", "silu"); la.setdefault("decay", "none")
     la.setdefault("output_norm", True); la.setdefault("output_gate", True)
+    la.setdefault("gate_low_rank", 16); la.setdefault("gate_normalizer", 16.0)
     D, H, Hkv, lt = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["layer_types"]
     if not isinstance(lt, str) or any(ch not in "LN" for ch in lt):
         raise UserError(f"config: layer_types must be a string of 'L'/'N' letters, got {lt!r}")
@@ -108,6 +109,11 @@ def param_shapes(c):
             s[p + "self_attn.g_proj.weight"] = [H * d, D]
         if t == "L" and la["output_norm"]:
             s[p + "self_attn.o_norm.weight"] = [d]
+        if t == "L" and la["decay"] == "gla":
+            r = la["gate_low_rank"]
+            s[p + "self_attn.gk_proj.0.weight"] = [r, D]
+            s[p + "self_attn.gk_proj.1.weight"] = [H * d, r]
+            s[p + "self_attn.gk_proj.1.bias"] = [H * d]
         s[p + "post_attention_layernorm.weight"] = [D]
         s[p + "mlp.gate_proj.weight"] = [Fw, D]
         s[p + "mlp.up_proj.weight"] = [Fw, D]
@@ -228,6 +234,17 @@ def linear_attention_chunkwise(q, k, v, lam, block=64):
     return torch.cat(out, dim=2)
 
 
+def gla_naive(q, k, v, g):
+    """GATES.md's recurrence: q, k, v, g [B, H, N, d] (g the log-gates); S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t,
+    o_t = q_t S_t."""
+    B, H, N, d = q.shape
+    S, out = q.new_zeros(B, H, d, d), []
+    for t in range(N):
+        S = torch.exp(g[:, :, t])[..., None] * S + k[:, :, t, :, None] * v[:, :, t, None, :]
+        out.append((q[:, :, t, :, None] * S).sum(-2))
+    return torch.stack(out, dim=2)
+
+
 def rms_norm(x, w, eps):
     return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * w
 
@@ -273,7 +290,13 @@ def forward(c, p, tokens, fast=False, doc_start=None):
         if kind == "L":
             q, k, v = heads(phi(h @ W("self_attn.q_proj").T), H), heads(phi(h @ W("self_attn.k_proj").T), H), \
                 heads(h @ W("self_attn.v_proj").T, H)
-            o = linear_attention_chunkwise(q, k, v, lam) if fast else linear_attention_naive(q, k, v, lam, same)
+            if la["decay"] == "gla":
+                if same is not None:
+                    raise UserError("documents with decay gla are not supported yet")
+                z = (h @ W("self_attn.gk_proj.0").T) @ W("self_attn.gk_proj.1").T + p[pre + "self_attn.gk_proj.1.bias"]
+                o = gla_naive(q, k, v, heads(F.logsigmoid(z) / la["gate_normalizer"], H))
+            else:
+                o = linear_attention_chunkwise(q, k, v, lam) if fast else linear_attention_naive(q, k, v, lam, same)
             if la["output_norm"]:
                 o = rms_norm(o, W("self_attn.o_norm"), eps)
             o = merge(o)

@@ -48,6 +48,8 @@ std::vector<float> Decoder::project(const float* W, const std::vector<float>& x,
 Decoder::Decoder(const ModelConfig& config, const std::vector<float>& params, int max_tokens, Precision precision)
     : config_(config), layout_(config), params_(params), max_tokens_(max_tokens), precision_(precision) {
   config_.validate();
+  LASP_CHECK(config_.linear.decay != Decay::gla || config_.layer_types.find('L') == std::string::npos,
+             "generate: models with GLA's gates (decay gla) cannot be decoded yet");
   LASP_CHECK(params.size() >= layout_.total(), "decoder: {} parameters given, the model has {}", params.size(),
              layout_.total());
   weights_ = layout_.bind(const_cast<float*>(params_.data()));  // bound once; only read

@@ -21,7 +21,8 @@ Decay decay_from_string(const std::string& name) {
   if (name == "none") return Decay::none;
   if (name == "lightning") return Decay::lightning;
   if (name == "retention") return Decay::retention;
-  throw Error("unknown decay '" + name + "': expected one of none, lightning, retention");
+  if (name == "gla") return Decay::gla;
+  throw Error("unknown decay '" + name + "': expected one of none, lightning, retention, gla");
 }
 
 const char* to_string(Decay decay) {
@@ -29,6 +30,7 @@ const char* to_string(Decay decay) {
     case Decay::none: return "none";
     case Decay::lightning: return "lightning";
     case Decay::retention: return "retention";
+    case Decay::gla: return "gla";
   }
   return "?";
 }

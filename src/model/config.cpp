@@ -116,8 +116,13 @@ void ModelConfig::validate() const {
   if (fm < int(FeatureMap::silu) || fm > int(FeatureMap::identity))
     config_error("linear_attention.feature_map", std::to_string(fm), "invalid FeatureMap value");
   auto dc = int(linear.decay);
-  if (dc < int(Decay::none) || dc > int(Decay::retention))
+  if (dc < int(Decay::none) || dc > int(Decay::gla))
     config_error("linear_attention.decay", std::to_string(dc), "invalid Decay value");
+  if (linear.gate_low_rank <= 0)
+    config_error("linear_attention.gate_low_rank", std::to_string(linear.gate_low_rank), "must be a positive integer");
+  if (!(linear.gate_normalizer > 0.f) || !std::isfinite(linear.gate_normalizer))
+    config_error("linear_attention.gate_normalizer", fmt::format("{}", linear.gate_normalizer),
+                 "must be a finite number > 0");
 }
 
 nlohmann::json ModelConfig::to_json() const {
@@ -134,6 +139,10 @@ nlohmann::json ModelConfig::to_json() const {
                            {"decay", to_string(linear.decay)},
                            {"output_norm", linear.output_norm},
                            {"output_gate", linear.output_gate}};
+  if (linear.decay == Decay::gla) {
+    j["linear_attention"]["gate_low_rank"] = linear.gate_low_rank;
+    j["linear_attention"]["gate_normalizer"] = float_json(linear.gate_normalizer);
+  }
   j["rms_norm_eps"] = float_json(rms_norm_eps);
   j["rope_theta"] = float_json(rope_theta);
   j["tie_word_embeddings"] = tie_word_embeddings;
@@ -170,10 +179,13 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
       if (s == "none") c.linear.decay = Decay::none;
       else if (s == "lightning") c.linear.decay = Decay::lightning;
       else if (s == "retention") c.linear.decay = Decay::retention;
-      else config_error("linear_attention.decay", json_quoted(s), "one of \"none\", \"lightning\", \"retention\"");
+      else if (s == "gla") c.linear.decay = Decay::gla;
+      else config_error("linear_attention.decay", json_quoted(s), "one of \"none\", \"lightning\", \"retention\", \"gla\"");
     }
     get_bool(*it, "output_norm", "linear_attention.output_norm", c.linear.output_norm);
     get_bool(*it, "output_gate", "linear_attention.output_gate", c.linear.output_gate);
+    get_int(*it, "gate_low_rank", "linear_attention.gate_low_rank", c.linear.gate_low_rank);
+    get_float(*it, "gate_normalizer", "linear_attention.gate_normalizer", c.linear.gate_normalizer);
   }
   c.validate();
   if (auto it = j.find("head_dim"); it != j.end() && !it->is_null()) {

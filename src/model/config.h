@@ -19,6 +19,10 @@ struct LinearAttentionConfig {
   Decay decay = Decay::none;
   bool output_norm = true;  // per-head RMSNorm over d (o_norm)
   bool output_gate = true;  // o * silu(W_g x) (g_proj)
+  // decay gla (GATES.md): log-gates g = logsigmoid(W_gk2 (W_gk1 x) + b_gk) / gate_normalizer, W_gk1 of rank
+  // gate_low_rank (gk_proj.0, gk_proj.1)
+  int gate_low_rank = 16;
+  float gate_normalizer = 16.f;
 };
 
 struct ModelConfig {

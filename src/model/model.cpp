@@ -135,6 +135,8 @@ void Model::carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPla
       a.kp = cv.take(T * E);
       if (c.linear.output_norm) a.on = cv.take(T * E), a.rstd_o = cv.take(T * H);
       if (c.linear.output_gate) a.gp = cv.take(T * E), a.og = shared ? og : cv.take(T * E);
+      if (c.linear.decay == Decay::gla)
+        a.gk1 = cv.take(T * c.linear.gate_low_rank), a.gz = cv.take(T * E), a.glog = cv.take(T * E);
     }
     if (any_softmax) a.lse = cv.take(T * H);
     a.h = cv.take(T * D);
@@ -160,6 +162,7 @@ void Model::carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPla
   s.du = cv.take(TF);
   s.dm = cv.take(TF);
   s.dlogits = cv.take(T * V);
+  if (c.linear.decay == Decay::gla && c.layer_types.find('L') != std::string::npos) s.dglog = cv.take(T * E), s.dgk1 = cv.take(T * c.linear.gate_low_rank);
   xf = cv.take(T * D);
   rstd_f = cv.take(T);
   logits = cv.take(T * V);
@@ -325,7 +328,9 @@ void Model::forward_layer(int l, bool write_output) {
     project(a.v, xn, w.wv, D, E);
     feature_map_forward(a.q, a.qp, long(T * E), c.linear.feature_map);
     feature_map_forward(a.k, a.kp, long(T * E), c.linear.feature_map);
-    attention_.linear_forward(l, a.o, a.q, a.k, a.v, lambdas_[l].data());
+    LinearGates gates(lambdas_[l].data());
+    if (c.linear.decay == Decay::gla) gates.log_gates = gate_forward(l, xn);
+    attention_.linear_forward(l, a.o, a.q, a.k, a.v, gates);
     attn_out = a.o;
     if (c.linear.output_norm) {  // per-head RMSNorm: T*H rows of d, one weight shared by the heads
       rmsnorm_forward(a.on, a.rstd_o, a.o, w.o_norm, T_ * H, d, eps);
@@ -356,6 +361,45 @@ void Model::forward_layer(int l, bool write_output) {
     if (write_output) project(x_[l + 1] + size_t(r) * D, kept(a.m, a.m16), w.w_down, F, D, rows);
   }
   if (write_output) add_into(x_[l + 1], a.h, T * D);
+}
+
+// GLA's log-gates of layer l (GATES.md): g = logsigmoid(W_gk2 (W_gk1 xn) + b_gk) / gate_normalizer, into a.glog.
+const float* Model::gate_forward(int l, Input xn) {
+  const ModelConfig& c = config_;
+  const int D = c.hidden_size, E = c.num_attention_heads * c.head_dim(), r = c.linear.gate_low_rank;
+  const LayerWeights& w = w_.layers[l];
+  LayerActs& a = acts(l);
+  project(a.gk1, xn, w.wgk1, D, r);
+  project(a.gz, {a.gk1}, w.wgk2, r, E);
+  const float scale = 1.f / c.linear.gate_normalizer;
+  for (size_t t = 0; t < size_t(T_); ++t)
+    for (int j = 0; j < E; ++j) {
+      float& z = a.gz[t * E + j];
+      z += w.bgk[j];
+      // logsigmoid(z) = min(z, 0) - log1p(exp(-|z|)): no overflow either way
+      a.glog[t * E + j] = scale * (std::min(z, 0.f) - std::log1p(std::exp(-std::fabs(z))));
+    }
+  return a.glog;
+}
+
+// The gate projection's gradients from the log-gates' (s_.dglog): dz = dg sigmoid(-z) / gate_normalizer; adds
+// the input's gradient into s_.dxn.
+void Model::gate_backward(int l, Input xn) {
+  const ModelConfig& c = config_;
+  const int D = c.hidden_size, E = c.num_attention_heads * c.head_dim(), r = c.linear.gate_low_rank;
+  const LayerWeights& w = w_.layers[l];
+  const LayerWeights& g = g_.layers[l];
+  const LayerActs& a = acts(l);
+  const float scale = 1.f / c.linear.gate_normalizer;
+  float* dz = s_.dglog;
+  for (size_t t = 0; t < size_t(T_); ++t)
+    for (int j = 0; j < E; ++j) {
+      const float z = a.gz[t * E + j];
+      dz[t * E + j] *= scale / (1.f + std::exp(std::min(z, 80.f)));  // sigmoid(-z), without overflow
+      g.bgk[j] += dz[t * E + j];
+    }
+  project_backward(s_.dgk1, g.wgk2, dz, {a.gk1}, w.wgk2, r, E, true);
+  project_backward(s_.dxn, g.wgk1, s_.dgk1, xn, w.wgk1, D, r);
 }
 
 void Model::backward(float dloss) {
@@ -433,13 +477,16 @@ void Model::backward_layer(int l) {
     zero(s_.dq, T * E);
     zero(s_.dk, T * E);
     zero(s_.dv, T * E);
-    attention_.linear_backward(l, s_.dq, s_.dk, s_.dv, d_o, a.q, a.k, a.v, lambdas_[l].data());
+    LinearGates gates(lambdas_[l].data());
+    if (c.linear.decay == Decay::gla) gates.log_gates = a.glog, gates.d_log_gates = s_.dglog;
+    attention_.linear_backward(l, s_.dq, s_.dk, s_.dv, d_o, a.q, a.k, a.v, gates);
     feature_map_backward(s_.dqp, s_.dq, a.qp, long(T * E), c.linear.feature_map, GradStore::overwrite);
     feature_map_backward(s_.dkp, s_.dk, a.kp, long(T * E), c.linear.feature_map, GradStore::overwrite);
     const Input xn = kept(a.xn, a.xn16);
     project_backward(s_.dxn, g.wq, s_.dqp, xn, w.wq, D, E, !gated);
     project_backward(s_.dxn, g.wk, s_.dkp, xn, w.wk, D, E);
     project_backward(s_.dxn, g.wv, s_.dv, xn, w.wv, D, E);
+    if (c.linear.decay == Decay::gla) gate_backward(l, xn);
   } else {
     project_backward(s_.da, g.wo, s_.dres, kept(a.o, a.ao16), w.wo, E, D, true);
     zero(s_.dq, T * E);

@@ -84,6 +84,7 @@ class Model {
     float *o, *lse;               // (T, E) attention output; softmax layers: (B, H, N)
     float *on, *rstd_o;           // output_norm: (T, E), (T * H)
     float *gp, *og;               // output_gate: (T, E) gate projection, (T, E) gated output
+    float *gk1, *gz, *glog;       // decay gla: (T, r) low-rank gate input, (T, E) its projection, the log-gates
     float *h, *hn, *rstd_post;    // (T, D), (T, D), (T)
     float *g, *u, *m;             // (T, F) gate, up, silu(gate) * up
     // precision bf16: the projections' inputs as they were multiplied, kept for the weights' gradients in
@@ -99,6 +100,7 @@ class Model {
   };
   struct Scratch {  // backward buffers shared by all layers
     float *dres, *dxn, *dhn, *da, *dq, *dk, *dv, *dqp, *dkp, *dgp, *dg, *du, *dm, *dlogits;
+    float *dglog, *dgk1;  // decay gla: (T, E) the log-gates' gradient, (T, r)
   };
 
   ModelConfig config_;
@@ -141,6 +143,8 @@ class Model {
   // Y (T x out) = X (T x in) W^T, W in the nn.Linear layout (out x in), W one of the model's weights.
   // rows: of X and Y (default: every token of the running chunk).
   void project(float* Y, Input X, const float* W, int in, int out, int rows = -1);
+  const float* gate_forward(int l, Input xn);  // decay gla: the log-gates of layer l
+  void gate_backward(int l, Input xn);
   // dX += dY W (dX = dY W when dx_fresh), dW += dY^T X.
   void project_backward(float* dX, float* dW, const float* dY, Input X, const float* W, int in, int out,
                         bool dx_fresh = false, int rows = -1);

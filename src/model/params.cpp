@@ -22,6 +22,11 @@ ParamLayout::ParamLayout(const ModelConfig& c) : config_(c) {
     add(p + "self_attn.o_proj.weight", {D, E});
     if (linear && c.linear.output_gate) add(p + "self_attn.g_proj.weight", {E, D});
     if (linear && c.linear.output_norm) add(p + "self_attn.o_norm.weight", {d});
+    if (linear && c.linear.decay == Decay::gla) {  // GATES.md: the low-rank gate projection
+      add(p + "self_attn.gk_proj.0.weight", {c.linear.gate_low_rank, D});
+      add(p + "self_attn.gk_proj.1.weight", {E, c.linear.gate_low_rank});
+      add(p + "self_attn.gk_proj.1.bias", {E});
+    }
     add(p + "post_attention_layernorm.weight", {D});
     add(p + "mlp.gate_proj.weight", {F, D});
     add(p + "mlp.up_proj.weight", {F, D});
@@ -70,6 +75,9 @@ Weights ParamLayout::bind(float* base) const {
     l.wo = at(p + "self_attn.o_proj.weight");
     l.wg = maybe(p + "self_attn.g_proj.weight");
     l.o_norm = maybe(p + "self_attn.o_norm.weight");
+    l.wgk1 = maybe(p + "self_attn.gk_proj.0.weight");
+    l.wgk2 = maybe(p + "self_attn.gk_proj.1.weight");
+    l.bgk = maybe(p + "self_attn.gk_proj.1.bias");
     l.post_norm = at(p + "post_attention_layernorm.weight");
     l.w_gate = at(p + "mlp.gate_proj.weight");
     l.w_up = at(p + "mlp.up_proj.weight");

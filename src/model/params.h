@@ -26,6 +26,7 @@ struct LayerWeights {
   float* wo;          // (D, H*d)
   float* wg;          // (H*d, D) linear layers with output_gate, else null
   float* o_norm;      // (d) linear layers with output_norm, else null
+  float *wgk1, *wgk2, *bgk;  // decay gla: (r, D), (H*d, r), (H*d) the gate projection, else null
   float* post_norm;   // (D)
   float* w_gate;      // (F, D)
   float* w_up;        // (F, D)

@@ -89,9 +89,9 @@ nlohmann::ordered_json bench_gla(const KernelBenchOptions& o, int threads) {
   const LinearAttentionShape s{o.B, o.N, o.H, o.d, kGlaBlock, threads};
   WorkspaceBuffer wf(gla_forward_workspace_floats(s)), wb(gla_backward_workspace_floats(s));
   const double sec = time_median(o.repeats, [&] {
-    gla_forward(out.data(), nullptr, q.data(), k.data(), v.data(), gates.data(), nullptr, s, wf.view());
+    gla_forward(out.data(), nullptr, q.data(), k.data(), v.data(), gates.data(), nullptr, nullptr, s, wf.view());
     gla_backward(dq.data(), dk.data(), dv.data(), dg.data(), nullptr, dout.data(), nullptr, q.data(), k.data(),
-                 v.data(), gates.data(), nullptr, s, wb.view());
+                 v.data(), gates.data(), nullptr, nullptr, s, wb.view());
   });
   const double fwd = 4.0 * o.N * o.d * (64.0 + o.d) * o.H * o.B;  // counted as the linear kernel's, for the ratio
   return rate(3 * fwd, double(o.B) * o.N, sec);

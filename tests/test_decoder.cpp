@@ -32,9 +32,12 @@ std::vector<float> last_logits_of_full_forward(const ModelConfig& c, const std::
   return {model.logits() + size_t(n - 1) * c.vocab_size, model.logits() + size_t(n) * c.vocab_size};
 }
 
+
 class DecoderVsForward : public ::testing::TestWithParam<std::pair<std::string, Decay>> {
  protected:
-  // A small model of the case's layers and decay, and its weights (std 0.3) from a seed.
+  // A small model of the case's layers and decay, and its weights (std 0.3; GLA 0.1) from a seed. GLA's gates
+  // at 0.3 make the model ill-conditioned: two fp32 orders (decoder and forward) then differ by 1.6e-10 in the
+  // documents case, measured, against 2e-12 at 0.1.
   ModelConfig config() const {
     ModelConfig c;
     c.vocab_size = 64, c.hidden_size = 32, c.intermediate_size = 64, c.num_attention_heads = 4;
@@ -46,7 +49,7 @@ class DecoderVsForward : public ::testing::TestWithParam<std::pair<std::string, 
   static std::vector<float> weights(const ModelConfig& c, uint64_t seed) {
     const ParamLayout layout(c);
     std::vector<float> params(layout.total());
-    init_weights(layout, params, seed, 0.3f);
+    init_weights(layout, params, seed, c.linear.decay == Decay::gla ? 0.1f : 0.3f);
     return params;
   }
 };
@@ -122,7 +125,8 @@ TEST_P(DecoderVsForward, DocumentsAreNotCrossed) {
 INSTANTIATE_TEST_SUITE_P(Models, DecoderVsForward,
                          ::testing::Values(std::make_pair(std::string("LLLN"), Decay::none),
                                            std::make_pair(std::string("NLNL"), Decay::lightning),
-                                           std::make_pair(std::string("LLLL"), Decay::retention)),
+                                           std::make_pair(std::string("LLLL"), Decay::retention),
+                                           std::make_pair(std::string("LLNL"), Decay::gla)),
                          [](const auto& info) { return info.param.first + "_" + to_string(info.param.second); });
 
 // generate --precision bf16: the decoder's projections round their operands to bf16 as the bf16 forward's do,

@@ -20,14 +20,17 @@ using Vec = std::vector<double>;
 struct Problem {
   int B, N, H, d;
   Vec q, k, v, g, state_in;  // state_in empty: none
+  std::vector<uint8_t> starts;  // (B, N) document starts, or empty: none
+  bool start(int b, int t) const { return !starts.empty() && starts[size_t(b) * N + t]; }
 };
 
 struct Result {
   Vec o, state_out, dq, dk, dv, dg, dstate_in;
 };
 
-// The recurrence S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t, o_t = q_t S_t, and its reverse-mode gradients
-// given dO and the gradient of the final state (empty: none).
+// The recurrence S_t = diag(f_t) S_{t-1} + k_t^T v_t, o_t = q_t S_t with f_t = exp(g_t), or 0 at a document
+// start (which then depends on no gate), and its reverse-mode gradients given dO and the gradient of the final
+// state (empty: none).
 Result reference(const Problem& p, const Vec& dout, const Vec& dstate_out) {
   const int B = p.B, N = p.N, H = p.H, d = p.d;
   const size_t dd = size_t(d) * d;
@@ -42,11 +45,12 @@ Result reference(const Problem& p, const Vec& dout, const Vec& dstate_out) {
       const size_t sh = (size_t(b) * H + h) * dd;
       std::vector<Vec> S(N + 1, Vec(dd, 0.0));  // S[t + 1] = S_t; S[0] = the incoming state
       if (!p.state_in.empty()) S[0].assign(p.state_in.begin() + sh, p.state_in.begin() + sh + dd);
+      auto f = [&](int t, size_t x) { return p.start(b, t) ? 0.0 : std::exp(p.g[x]); };
       for (int t = 0; t < N; ++t) {
         const size_t x = at(b, t, h);
         for (int i = 0; i < d; ++i)
           for (int j = 0; j < d; ++j)
-            S[t + 1][i * d + j] = std::exp(p.g[x + i]) * S[t][i * d + j] + p.k[x + i] * p.v[x + j];
+            S[t + 1][i * d + j] = f(t, x + i) * S[t][i * d + j] + p.k[x + i] * p.v[x + j];
         for (int j = 0; j < d; ++j)
           for (int i = 0; i < d; ++i) r.o[x + j] += p.q[x + i] * S[t + 1][i * d + j];
       }
@@ -62,10 +66,10 @@ Result reference(const Problem& p, const Vec& dout, const Vec& dstate_out) {
             r.dq[x + i] += S[t + 1][i * d + j] * dout[x + j];
             r.dk[x + i] += dS[i * d + j] * p.v[x + j];
             r.dv[x + j] += p.k[x + i] * dS[i * d + j];
-            r.dg[x + i] += std::exp(p.g[x + i]) * S[t][i * d + j] * dS[i * d + j];
+            r.dg[x + i] += f(t, x + i) * S[t][i * d + j] * dS[i * d + j];
           }
         for (int i = 0; i < d; ++i)
-          for (int j = 0; j < d; ++j) dS[i * d + j] *= std::exp(p.g[x + i]);
+          for (int j = 0; j < d; ++j) dS[i * d + j] *= f(t, x + i);
       }
       std::copy(dS.begin(), dS.end(), r.dstate_in.begin() + sh);
     }
@@ -95,7 +99,7 @@ Vec log_gates(size_t n, double strength, uint32_t seed) {
 
 Problem make_problem(int B, int N, int H, int d, double strength, bool with_state, uint32_t seed) {
   const size_t n = size_t(B) * N * H * d;
-  Problem p{B, N, H, d, {}, {}, {}, {}, {}};
+  Problem p{B, N, H, d, {}, {}, {}, {}, {}, {}};
   p.q = doubles(testing::random_vector(n, seed, 0.f, 1.f));  // non-negative, as a feature map gives
   p.k = doubles(testing::random_vector(n, seed + 1, 0.f, 1.f));
   p.v = doubles(testing::random_vector(n, seed + 2));
@@ -108,7 +112,8 @@ Problem make_problem(int B, int N, int H, int d, double strength, bool with_stat
 
 TEST(GlaReference, GradientsMatchFiniteDifferences) {
   for (bool with_state : {false, true}) {
-    Problem p = make_problem(1, 5, 2, 3, -1, with_state, 7);
+    Problem p = make_problem(1, 6, 2, 3, -1, with_state, 7);
+    if (with_state) p.starts = {0, 0, 1, 0, 0, 1};  // documents: the gradients stop at their starts
     const size_t n = p.q.size(), states = size_t(p.B) * p.H * p.d * p.d;
     const Vec w_o = doubles(testing::random_vector(n, 20)), w_s = doubles(testing::random_vector(states, 21));
     // loss = sum(o .* w_o) + sum(S_last .* w_s): dO = w_o, dstate_out = w_s
@@ -152,11 +157,24 @@ struct GlaCase {
 
 class GlaKernel : public ::testing::TestWithParam<GlaCase> {};
 
+// Documents: starts at the first token, on block edges, inside blocks and at the last token of row 0; row 1
+// (when there is one) has one inside.
+std::vector<uint8_t> document_starts(int B, int N, int block) {
+  std::vector<uint8_t> starts(size_t(B) * N, 0);
+  for (int t : {0, block, block + 3, 2 * block - 1, N / 2, N - 1})
+    if (t < N) starts[t] = 1;
+  if (B > 1) starts[N + N / 3] = 1;
+  return starts;
+}
+
 TEST_P(GlaKernel, MatchesDoubleRecurrence) {
   const GlaCase c = GetParam();
+  for (bool documents : {false, true})
   for (bool with_state : {false, true})
     for (bool with_dstate : {false, true}) {
-      const Problem p = make_problem(c.B, c.N, c.H, c.d, c.strength, with_state, 3);
+      Problem p = make_problem(c.B, c.N, c.H, c.d, c.strength, with_state, 3);
+      if (documents) p.starts = document_starts(c.B, c.N, c.block);
+      const uint8_t* starts = documents ? p.starts.data() : nullptr;
       const size_t n = p.q.size(), states = size_t(c.B) * c.H * c.d * c.d;
       const Vec dout = doubles(testing::random_vector(n, 11));
       const Vec dstate = with_dstate ? doubles(testing::random_vector(states, 12)) : Vec{};
@@ -168,16 +186,17 @@ TEST_P(GlaKernel, MatchesDoubleRecurrence) {
       std::vector<float> o(n), sout(states);
       WorkspaceBuffer wf(gla_forward_workspace_floats(s)), wb(gla_backward_workspace_floats(s));
       gla_forward(o.data(), sout.data(), q.data(), k.data(), v.data(), g.data(), with_state ? sin.data() : nullptr,
-                  s, wf.view());
+                  starts, s, wf.view());
       // dq, dk, dv, dstate_in accumulate onto what they hold (a second call doubles them); dg is written over
       std::vector<float> dq(n, 0.f), dk(n, 0.f), dv(n, 0.f), dg(n, 1e9f), dsin(states, 0.f);
       auto backward = [&] {
         gla_backward(dq.data(), dk.data(), dv.data(), dg.data(), dsin.data(), dof.data(),
                      with_dstate ? dsf.data() : nullptr, q.data(), k.data(), v.data(), g.data(),
-                     with_state ? sin.data() : nullptr, s, wb.view());
+                     with_state ? sin.data() : nullptr, starts, s, wb.view());
       };
       backward();
-      const std::string what = "state " + std::to_string(with_state) + " dstate " + std::to_string(with_dstate);
+      const std::string what = "documents " + std::to_string(documents) + " state " + std::to_string(with_state) +
+                               " dstate " + std::to_string(with_dstate);
       expect_close(ref.o, o, 1e-10, what + " o");
       expect_close(ref.state_out, sout, 1e-10, what + " state_out");
       expect_close(ref.dq, dq, 1e-10, what + " dq");
@@ -212,6 +231,7 @@ std::vector<GlaCase> gla_cases() {
     cases.push_back({1, 50, 2, 13, 7, strength});
     cases.push_back({1, 100, 2, 64, 16, strength});
     cases.push_back({2, 33, 1, 32, 32, strength});
+    cases.push_back({1, 25, 4, 8, 16, strength});
   }
   return cases;
 }
@@ -230,8 +250,8 @@ INSTANTIATE_TEST_SUITE_P(Sizes, GlaKernel, ::testing::ValuesIn(gla_cases()), [](
 namespace lasp {
 namespace {
 
-// The single-process attention runs GLA through the kernel (kGlaBlock), keeps the final state for decoding,
-// writes the gates' gradient, and refuses documents (not supported with GLA yet).
+// The single-process attention runs GLA through the kernel (kGlaBlock), with its documents, keeps the final
+// state for decoding and writes the gates' gradient.
 TEST(GlaAttention, LocalAttentionRunsTheKernel) {
   const int B = 2, N = 37, H = 3, d = 16;
   const Problem p = make_problem(B, N, H, d, -1, false, 5);
@@ -241,12 +261,15 @@ TEST(GlaAttention, LocalAttentionRunsTheKernel) {
   const LinearAttentionShape s{B, N, H, d, kGlaBlock, 2};
   std::vector<float> o(n), state(size_t(B) * H * d * d), dq(n), dk(n), dv(n), dg(n);
   WorkspaceBuffer wf(gla_forward_workspace_floats(s)), wb(gla_backward_workspace_floats(s));
-  gla_forward(o.data(), state.data(), q.data(), k.data(), v.data(), g.data(), nullptr, s, wf.view());
+  std::vector<uint8_t> starts(size_t(B) * N, 0);
+  starts[5] = starts[N + 20] = 1;
+  gla_forward(o.data(), state.data(), q.data(), k.data(), v.data(), g.data(), nullptr, starts.data(), s, wf.view());
   gla_backward(dq.data(), dk.data(), dv.data(), dg.data(), nullptr, dout.data(), nullptr, q.data(), k.data(), v.data(),
-               g.data(), nullptr, s, wb.view());
+               g.data(), nullptr, starts.data(), s, wb.view());
 
   LocalAttention local({B, N, H, H, d, 32, 2});
   local.keep_decode_state(true);
+  local.set_documents(starts.data());
   LinearGates gates;
   gates.log_gates = g.data();
   std::vector<float> o2(n), dq2(n), dk2(n), dv2(n), dg2(n, 7.f);
@@ -259,11 +282,6 @@ TEST(GlaAttention, LocalAttentionRunsTheKernel) {
   EXPECT_EQ(dk, dk2);
   EXPECT_EQ(dv, dv2);
   EXPECT_EQ(dg, dg2);
-
-  std::vector<uint8_t> starts(size_t(B) * N, 0);
-  starts[5] = 1;
-  local.set_documents(starts.data());
-  EXPECT_THROW(local.linear_forward(0, o2.data(), q.data(), k.data(), v.data(), gates), Error);
 }
 
 }  // namespace

@@ -168,14 +168,6 @@ TEST_P(ModelVsPyTorch, LogitsLossAndEveryGradient) {
 TEST_P(ModelVsPyTorch, DocumentsLogitsLossAndEveryGradient) {
   Fixture f(GetParam(), 0.1f);
   f.add_documents();
-  if (f.config.linear.decay == Decay::gla) {  // not supported yet: a clear refusal
-    LocalAttention attention({kB, kN, f.config.num_attention_heads, f.config.num_key_value_heads,
-                              f.config.head_dim(), kBlock, 2});
-    Model model(f.config, kB, kN, attention);
-    model.set_document_start(0);
-    EXPECT_THROW(model_step(f, model), Error);
-    return;
-  }
   expect_equal_to_pytorch(f, 0);
 }
 

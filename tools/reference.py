@@ -234,13 +234,16 @@ def linear_attention_chunkwise(q, k, v, lam, block=64):
     return torch.cat(out, dim=2)
 
 
-def gla_naive(q, k, v, g):
+def gla_naive(q, k, v, g, starts=None):
     """GATES.md's recurrence: q, k, v, g [B, H, N, d] (g the log-gates); S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t,
-    o_t = q_t S_t."""
+    o_t = q_t S_t. starts [B, N] bool (documents): the gate of a start token is 0."""
     B, H, N, d = q.shape
     S, out = q.new_zeros(B, H, d, d), []
     for t in range(N):
-        S = torch.exp(g[:, :, t])[..., None] * S + k[:, :, t, :, None] * v[:, :, t, None, :]
+        gate = torch.exp(g[:, :, t])
+        if starts is not None:
+            gate = torch.where(starts[:, t, None, None], torch.zeros_like(gate), gate)
+        S = gate[..., None] * S + k[:, :, t, :, None] * v[:, :, t, None, :]
         out.append((q[:, :, t, :, None] * S).sum(-2))
     return torch.stack(out, dim=2)
 
@@ -291,10 +294,9 @@ def forward(c, p, tokens, fast=False, doc_start=None):
             q, k, v = heads(phi(h @ W("self_attn.q_proj").T), H), heads(phi(h @ W("self_attn.k_proj").T), H), \
                 heads(h @ W("self_attn.v_proj").T, H)
             if la["decay"] == "gla":
-                if same is not None:
-                    raise UserError("documents with decay gla are not supported yet")
                 z = (h @ W("self_attn.gk_proj.0").T) @ W("self_attn.gk_proj.1").T + p[pre + "self_attn.gk_proj.1.bias"]
-                o = gla_naive(q, k, v, heads(F.logsigmoid(z) / la["gate_normalizer"], H))
+                starts = (tokens == doc_start) if same is not None else None
+                o = gla_naive(q, k, v, heads(F.logsigmoid(z) / la["gate_normalizer"], H), starts)
             else:
                 o = linear_attention_chunkwise(q, k, v, lam) if fast else linear_attention_naive(q, k, v, lam, same)
             if la["output_norm"]:

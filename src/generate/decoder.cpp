@@ -48,8 +48,6 @@ std::vector<float> Decoder::project(const float* W, const std::vector<float>& x,
 Decoder::Decoder(const ModelConfig& config, const std::vector<float>& params, int max_tokens, Precision precision)
     : config_(config), layout_(config), params_(params), max_tokens_(max_tokens), precision_(precision) {
   config_.validate();
-  LASP_CHECK(config_.linear.decay != Decay::gla || config_.layer_types.find('L') == std::string::npos,
-             "generate: models with GLA's gates (decay gla) cannot be decoded yet");
   LASP_CHECK(params.size() >= layout_.total(), "decoder: {} parameters given, the model has {}", params.size(),
              layout_.total());
   weights_ = layout_.bind(const_cast<float*>(params_.data()));  // bound once; only read
@@ -170,11 +168,20 @@ std::vector<float> Decoder::step(int token) {
       feature_map_forward(q.data(), qp.data(), E, c.linear.feature_map);
       feature_map_forward(k.data(), kp.data(), E, c.linear.feature_map);
       // o = q (S + k^T v); then S = lambda (S + k^T v): the state keeps d x d per head, whatever the length.
+      // GLA: S = diag(exp(g)) S + k^T v first, with this token's gates g (GATES.md); then o = q S.
+      std::vector<float> gate;
+      if (c.linear.decay == Decay::gla) {
+        const std::vector<float> z = project(lw.wgk2, project(lw.wgk1, xn, c.linear.gate_low_rank), E);
+        gate.resize(E);
+        for (int j = 0; j < E; ++j) gate[j] = std::exp(gla_log_gate(z[j] + lw.bgk[j], c.linear.gate_normalizer));
+      }
       for (int h = 0; h < H; ++h) {
         float* S = state_[l].data() + size_t(h) * d * d;
         const float *qh = q.data() + h * d, *kh = k.data() + h * d, *vh = v.data() + h * d;
-        for (int r = 0; r < d; ++r)
-          for (int col = 0; col < d; ++col) S[r * d + col] += kh[r] * vh[col];
+        for (int r = 0; r < d; ++r) {
+          const float f = gate.empty() ? 1.f : gate[h * d + r];
+          for (int col = 0; col < d; ++col) S[r * d + col] = f * S[r * d + col] + kh[r] * vh[col];
+        }
         for (int col = 0; col < d; ++col) {
           float acc = 0.f;
           for (int r = 0; r < d; ++r) acc += qh[r] * S[r * d + col];

@@ -110,6 +110,8 @@ size_t workspace(const LinearAttentionShape& s, bool backward) { return stride(s
 struct Rows {
   const LinearAttentionShape& s;
   int b, h, t0, rows;
+  // The block's document-start flags (kernel's starts), or null.
+  const uint8_t* flags(const uint8_t* starts) const { return starts ? starts + long(b) * s.N + t0 : nullptr; }
   long at(int r) const { return ((long(b) * s.N + t0 + r) * s.H + h) * s.d; }
   void load(float* dst, const float* x) const {
     for (int r = 0; r < rows; ++r) {
@@ -147,7 +149,9 @@ inline float gate_product(float x, float y) {
 // Loads a block's q, k, v and log-gates; eg = exp(g), qf_t = the gates' product over [0, t], kf_u = over (u, last]
 // (each at most `block` factors: a few ulp, where a difference of cumulative log-gates would lose the precision
 // of its larger terms); qg = q qf, kg = k kf. Every factor is <= 1.
-void load_block(Scratch& w, const Rows& rows, const float* q, const float* k, const float* v, const float* g) {
+// A document start is a gate of 0: nothing before it reaches it or what follows.
+void load_block(Scratch& w, const Rows& rows, const float* q, const float* k, const float* v, const float* g,
+                const uint8_t* starts) {
   const int d = rows.s.d, n = rows.rows;
   rows.load(w.q, q);
   rows.load(w.k, k);
@@ -156,6 +160,9 @@ void load_block(Scratch& w, const Rows& rows, const float* q, const float* k, co
   const long nd = long(n) * d;
 #pragma omp simd
   for (long x = 0; x < nd; ++x) w.eg[x] = vec_exp(w.g[x]);
+  if (const uint8_t* flags = rows.flags(starts))
+    for (int t = 0; t < n; ++t)
+      if (flags[t]) std::fill(w.eg + t * d, w.eg + (t + 1) * d, 0.f);
 #pragma omp simd
   for (int i = 0; i < d; ++i) w.qf[i] = w.eg[i], w.kf[(n - 1) * d + i] = 1.f;
   for (int t = 1; t < n; ++t)
@@ -279,7 +286,7 @@ size_t gla_forward_workspace_floats(const LinearAttentionShape& s) { return work
 size_t gla_backward_workspace_floats(const LinearAttentionShape& s) { return workspace(s, true); }
 
 void gla_forward(float* o, float* state_out, const float* q, const float* k, const float* v, const float* g,
-                 const float* state_in, const LinearAttentionShape& s, Workspace ws) {
+                 const float* state_in, const uint8_t* starts, const LinearAttentionShape& s, Workspace ws) {
   check("gla_forward", s, ws, gla_forward_workspace_floats(s));
   const int d = s.d, blk = s.block;
   const size_t dd = size_t(d) * d;
@@ -295,7 +302,7 @@ void gla_forward(float* o, float* state_out, const float* q, const float* k, con
         float* S = w.state + j * dd;
         const Rows rows{s, b, h0 + j, t0, n};
         if (t0 + blk < s.N) Rows{s, b, h0 + j, t0 + blk, std::min(blk, s.N - t0 - blk)}.prefetch({q, k, v, g});
-        load_block(w, rows, q, k, v, g);
+        load_block(w, rows, q, k, v, g, starts);
         // a[t][u] = sum_i q_t,i k_u,i (the gates' product over (u, t]), u <= t
         if (!fast_pairs(w.a, w, n, d, false))
           for (int t = 0; t < n; ++t) {
@@ -320,7 +327,7 @@ void gla_forward(float* o, float* state_out, const float* q, const float* k, con
 
 void gla_backward(float* dq, float* dk, float* dv, float* dg, float* dstate_in, const float* dout,
                   const float* dstate_out, const float* q, const float* k, const float* v, const float* g,
-                  const float* state_in, const LinearAttentionShape& s, Workspace ws) {
+                  const float* state_in, const uint8_t* starts, const LinearAttentionShape& s, Workspace ws) {
   check("gla_backward", s, ws, gla_backward_workspace_floats(s));
   const int d = s.d, blk = s.block;
   const size_t dd = size_t(d) * d;
@@ -340,7 +347,7 @@ void gla_backward(float* dq, float* dk, float* dv, float* dg, float* dstate_in, 
         const Rows rows{s, b, h0 + j, t0, n};
         if (t0 + blk < s.N)
           Rows{s, b, h0 + j, t0 + blk, std::min(blk, s.N - t0 - blk)}.prefetch({q, k, v, g, dout, dq, dk, dv});
-        load_block(w, rows, q, k, v, g);
+        load_block(w, rows, q, k, v, g, starts);
         rows.load(w.o, dout);
         transpose(w.st, d, S, d, d, d);
         gemm(false, false, n, d, d, 1.f, w.o, d, w.st, d, 0.f, w.dq, d);  // dq = (dO S^T) qf
@@ -398,7 +405,7 @@ void gla_backward(float* dq, float* dk, float* dv, float* dg, float* dstate_in, 
         float *dS = w.dstate + j * dd, *r = w.run + j * d;
         const Rows rows{s, b, h0 + j, t0, n};
         if (blkno > 0) Rows{s, b, h0 + j, t0 - blk, blk}.prefetch({q, k, v, g, dout, dk, dv, dg});
-        load_block(w, rows, q, k, v, g);
+        load_block(w, rows, q, k, v, g, starts);
         rows.load(w.o, dout);
         const float* last = w.qf + (n - 1) * d;
         transpose(w.st, d, dS, d, d, d);
@@ -414,12 +421,18 @@ void gla_backward(float* dq, float* dk, float* dv, float* dg, float* dstate_in, 
         gemm(true, false, d, d, n, 1.f, w.qg, d, w.o, d, 1.f, dS, d);
         if (dg) {
           rows.load(w.dq, dg);  // pass 1's q dq - k dk
-          for (int t = n - 1; t >= 0; --t)
+          const uint8_t* flags = rows.flags(starts);
+          for (int t = n - 1; t >= 0; --t) {
 #pragma omp simd
             for (int i = 0; i < d; ++i) {
               r[i] += w.dq[t * d + i] - w.k[t * d + i] * w.dk[t * d + i];
               w.dq[t * d + i] = r[i];
             }
+            if (flags && flags[t]) {  // a start's gate is 0 whatever g: no gradient; before it, none of the sums
+              std::fill(w.dq + t * d, w.dq + (t + 1) * d, 0.f);
+              std::fill(r, r + d, 0.f);
+            }
+          }
           rows.store(dg, w.dq);
         }
       }

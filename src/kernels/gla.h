@@ -14,7 +14,10 @@
 // The gate gradient uses the identity dL/dc_t = q_t dq_t - k_t dk_t (elementwise; this kernel's own dq, dk)
 // for c the cumulative log-gate, so dg_t = sum_{t' >= t} (q_t' dq_t' - k_t' dk_t') + rowsum(S_{N-1} .* dstate_out).
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
+#include <cstdint>
 
 #include "core/workspace.h"
 #include "kernels/linear_attention.h"
@@ -25,13 +28,23 @@ namespace lasp {
 // block / 2 exponentials per token and key dim.
 constexpr int kGlaBlock = 16;
 
+// GATES.md's log-gate of the gate projection's output z: logsigmoid(z) / normalizer, as
+// min(z, 0) - log1p(exp(-|z|)) (no overflow either way); and its derivative in z, sigmoid(-z) / normalizer.
+inline float gla_log_gate(float z, float normalizer) {
+  return (std::min(z, 0.f) - std::log1p(std::exp(-std::fabs(z)))) / normalizer;
+}
+inline float gla_log_gate_derivative(float z, float normalizer) {
+  return 1.f / ((1.f + std::exp(std::min(z, 80.f))) * normalizer);
+}
+
 size_t gla_forward_workspace_floats(const LinearAttentionShape& s);
 size_t gla_backward_workspace_floats(const LinearAttentionShape& s);
 
+// starts (B, N) or null: documents as in linear_attention.h; a start's gate is 0 (and so is its gradient).
 void gla_forward(float* o, float* state_out, const float* q, const float* k, const float* v, const float* g,
-                 const float* state_in, const LinearAttentionShape& s, Workspace ws);
+                 const float* state_in, const uint8_t* starts, const LinearAttentionShape& s, Workspace ws);
 void gla_backward(float* dq, float* dk, float* dv, float* dg, float* dstate_in, const float* dout,
                   const float* dstate_out, const float* q, const float* k, const float* v, const float* g,
-                  const float* state_in, const LinearAttentionShape& s, Workspace ws);
+                  const float* state_in, const uint8_t* starts, const LinearAttentionShape& s, Workspace ws);
 
 }  // namespace lasp

@@ -91,7 +91,6 @@ std::vector<float>& slot(std::vector<std::vector<float>>& by_layer, int layer) {
 }  // namespace
 
 LinearAttentionShape LocalAttention::gla_shape() const {
-  LASP_CHECK(docs_.empty(), "GLA's gates (decay gla) do not support documents yet (--doc-start -1 runs one stream)");
   return {shape_.B, shape_.N, shape_.H, shape_.d, kGlaBlock, shape_.threads};
 }
 
@@ -104,7 +103,7 @@ void LocalAttention::linear_forward(int layer, float* o, const float* q, const f
     state_out = s.data();
   }
   if (gates.gla())
-    gla_forward(o, state_out, q, k, v, gates.log_gates, nullptr, gla_shape(), workspace_.view());
+    gla_forward(o, state_out, q, k, v, gates.log_gates, nullptr, docs_.start_flags(), gla_shape(), workspace_.view());
   else
     linear_attention_forward(o, state_out, q, k, v, nullptr, gates.lambda, docs_.start_flags(), linear_shape(),
                              workspace_.view());
@@ -114,7 +113,7 @@ void LocalAttention::linear_backward(int, float* dq, float* dk, float* dv, const
                                      const float* k, const float* v, const LinearGates& gates) {
   if (gates.gla())
     gla_backward(dq, dk, dv, gates.d_log_gates, nullptr, dout, nullptr, q, k, v, gates.log_gates, nullptr,
-                 gla_shape(), workspace_.view());
+                 docs_.start_flags(), gla_shape(), workspace_.view());
   else
     linear_attention_backward(dq, dk, dv, nullptr, dout, nullptr, q, k, v, nullptr, gates.lambda,
                               docs_.start_flags(), linear_shape(), workspace_.view());

@@ -144,7 +144,7 @@ class LocalAttention : public Attention {
   std::vector<int> positions_;
   WorkspaceBuffer workspace_;
   LinearAttentionShape linear_shape() const;
-  LinearAttentionShape gla_shape() const;  // refuses documents (not yet supported with GLA)
+  LinearAttentionShape gla_shape() const;
   SoftmaxAttentionShape softmax_shape() const;
 };
 

@@ -13,7 +13,9 @@ namespace {
 
 size_t workspace_floats(const AttentionShape& s, int sequence_length) {
   const LinearAttentionShape linear{s.B, s.N, s.H, s.d, s.block, s.threads};
+  const LinearAttentionShape gla{s.B, s.N, s.H, s.d, kGlaBlock, s.threads};
   return std::max({linear_attention_forward_workspace_floats(linear), linear_attention_backward_workspace_floats(linear),
+                   gla_forward_workspace_floats(gla), gla_backward_workspace_floats(gla),
                    softmax_attention_workspace_floats(s.N, sequence_length, s.d, s.threads)});
 }
 
@@ -76,24 +78,30 @@ float* ChunkedAttention::entering(int layer, int chunk) {
 
 void ChunkedAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                       const LinearGates& gates) {
-  const float* lambda = fixed_decay(gates, "the chunked memory plan");
   // The state leaving this chunk is written once, by the forward pass; a recomputed forward only reads.
   float* leaving = nullptr;
   if (pass_ == Pass::forward && index_ + 1 < chunks_) leaving = entering(layer, index_ + 1);
   if (pass_ == Pass::forward && index_ + 1 == chunks_ && keep_) leaving = sized(final_states_[layer], state_floats()).data();
-  linear_attention_forward(o, leaving, q, k, v, entering(layer, index_), lambda, docs_.start_flags(), linear_shape(),
-                           workspace_.view());
+  if (gates.gla())
+    gla_forward(o, leaving, q, k, v, gates.log_gates, entering(layer, index_), docs_.start_flags(), gla_shape(),
+                workspace_.view());
+  else
+    linear_attention_forward(o, leaving, q, k, v, entering(layer, index_), gates.lambda, docs_.start_flags(),
+                             linear_shape(), workspace_.view());
 }
 
 void ChunkedAttention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                                        const float* k, const float* v, const LinearGates& gates) {
-  const float* lambda = fixed_decay(gates, "the chunked memory plan");
   const size_t n = state_floats();
   float* dstate_in = nullptr;
   if (index_ > 0) dstate_in = sized(dentering_, n).data(), std::fill(dentering_.begin(), dentering_.end(), 0.f);
   const float* dstate_out = index_ + 1 < chunks_ ? sized(dleaving_[layer], n).data() : nullptr;
-  linear_attention_backward(dq, dk, dv, dstate_in, dout, dstate_out, q, k, v, entering(layer, index_), lambda,
-                            docs_.start_flags(), linear_shape(), workspace_.view());
+  if (gates.gla())  // the chunk's gate gradient is whole: later chunks reach it through dstate_out
+    gla_backward(dq, dk, dv, gates.d_log_gates, dstate_in, dout, dstate_out, q, k, v, gates.log_gates,
+                 entering(layer, index_), docs_.start_flags(), gla_shape(), workspace_.view());
+  else
+    linear_attention_backward(dq, dk, dv, dstate_in, dout, dstate_out, q, k, v, entering(layer, index_), gates.lambda,
+                              docs_.start_flags(), linear_shape(), workspace_.view());
   if (dstate_in) std::swap(dleaving_[layer], dentering_);  // the chunk before receives it as its leaving gradient
 }
 

@@ -58,6 +58,7 @@ class ChunkedAttention : public Attention {
   size_t state_floats() const { return size_t(s_.B) * s_.H * s_.d * s_.d; }
   float* entering(int layer, int chunk);  // null for chunk 0 (no state)
   LinearAttentionShape linear_shape() const { return {s_.B, length_, s_.H, s_.d, s_.block, s_.threads}; }
+  LinearAttentionShape gla_shape() const { return {s_.B, length_, s_.H, s_.d, kGlaBlock, s_.threads}; }
   SoftmaxAttentionShape softmax_row_shape() const;
   const int* row_documents(int b) const {  // where the documents of row b's queries begin, or null
     return docs_.empty() ? nullptr : docs_.first.data() + size_t(b) * length_;

@@ -78,11 +78,8 @@ MemoryPlan plan_memory(const ModelConfig& c, const AttentionShape& shape, const 
     p.precision = request.precision;
     return MemoryPlan{p, estimate(c, shape, sp_attention, layer_major, p, training), limit};
   };
-  // GLA's gates have no chunked form yet: whole-sequence plans only (with or without recompute).
-  const bool gla = c.linear.decay == Decay::gla && c.layer_types.find('L') != std::string::npos;
-  LASP_CHECK(!gla || request.chunk == 0, "--chunk: GLA's gates (decay gla) have no chunked form yet; use --recompute");
   std::vector<int> chunks;  // powers of two below N, largest first
-  for (int chunk = 1 << 30; chunk >= kMinChunk && !gla; chunk /= 2)
+  for (int chunk = 1 << 30; chunk >= kMinChunk; chunk /= 2)
     if (chunk < N) chunks.push_back(chunk);
 
   // The candidates, fastest first.

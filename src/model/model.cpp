@@ -371,13 +371,11 @@ const float* Model::gate_forward(int l, Input xn) {
   LayerActs& a = acts(l);
   project(a.gk1, xn, w.wgk1, D, r);
   project(a.gz, {a.gk1}, w.wgk2, r, E);
-  const float scale = 1.f / c.linear.gate_normalizer;
   for (size_t t = 0; t < size_t(T_); ++t)
     for (int j = 0; j < E; ++j) {
       float& z = a.gz[t * E + j];
       z += w.bgk[j];
-      // logsigmoid(z) = min(z, 0) - log1p(exp(-|z|)): no overflow either way
-      a.glog[t * E + j] = scale * (std::min(z, 0.f) - std::log1p(std::exp(-std::fabs(z))));
+      a.glog[t * E + j] = gla_log_gate(z, c.linear.gate_normalizer);
     }
   return a.glog;
 }
@@ -390,12 +388,10 @@ void Model::gate_backward(int l, Input xn) {
   const LayerWeights& w = w_.layers[l];
   const LayerWeights& g = g_.layers[l];
   const LayerActs& a = acts(l);
-  const float scale = 1.f / c.linear.gate_normalizer;
   float* dz = s_.dglog;
   for (size_t t = 0; t < size_t(T_); ++t)
     for (int j = 0; j < E; ++j) {
-      const float z = a.gz[t * E + j];
-      dz[t * E + j] *= scale / (1.f + std::exp(std::min(z, 80.f)));  // sigmoid(-z), without overflow
+      dz[t * E + j] *= gla_log_gate_derivative(a.gz[t * E + j], c.linear.gate_normalizer);
       g.bgk[j] += dz[t * E + j];
     }
   project_backward(s_.dgk1, g.wgk2, dz, {a.gk1}, w.wgk2, r, E, true);

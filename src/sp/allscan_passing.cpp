@@ -34,8 +34,7 @@ class AllscanPassing final : public StatePassing {
       step.piece = i;
       step.prev = t > 0 ? s_.owner[order(t - 1)].first : -1;
       step.next = t + 1 < pieces ? s_.owner[order(t + 1)].first : -1;
-      for (int b = 0; b < s_.B; ++b)
-        for (int h = 0; h < s_.H; ++h) step.gate.push_back(gates.at(order(t), b, h));
+      for (size_t x = 0; x < rows_; ++x) step.gate.push_back(gates.row(i, order(t), x));
       float* in = in_.data() + size_t(i) * s_.piece_floats();
       if (step.prev < 0) std::fill(in, in + s_.piece_floats(), 0.f);
       else if (step.prev != me)
@@ -66,7 +65,7 @@ class AllscanPassing final : public StatePassing {
  private:
   struct Step {
     int piece = 0, prev = -1, next = -1;  // local piece; ranks before and after it in folding order (-1: none)
-    std::vector<float> gate;              // (B, H)
+    std::vector<float> gate;              // (B, H, d): each row's gate
     std::vector<std::unique_ptr<CommRequest>> arrivals;  // one per slice, from prev when it is another rank
     int folded = 0;                       // slices folded and sent on so far
   };
@@ -105,7 +104,7 @@ class AllscanPassing final : public StatePassing {
         }
         const float* own = own_ + size_t(step.piece) * s_.piece_floats();
         for (size_t x = begin; x < end; ++x) {
-          const float g = step.gate[x / d];
+          const float g = step.gate[x];
           for (int j = 0; j < d; ++j) out[x * d + j] = g * in[x * d + j] + own[x * d + j];
         }
         if (step.next >= 0 && step.next != me)

@@ -31,9 +31,8 @@ class ExscanPassing final : public StatePassing {
     first_.reset(), second_.reset();
     for (int i = 0; i < int(s_.mine.size()); ++i)  // rows (gate, state row) of every piece
       for (size_t x = 0; x < rows_; ++x) {
-        const int bh = int(x / d);
         float* row = pair(i) + x * (1 + d);
-        row[0] = gates.at(s_.mine[i].index, bh / s_.H, bh % s_.H);
+        row[0] = gates.row(i, s_.mine[i].index, x);
         std::memcpy(row + 1, own + size_t(i) * s_.piece_floats() + x * d, sizeof(float) * d);
       }
     // The pieces in folding order, W at a time: each leg visits every rank once, in rank order (the SP group)

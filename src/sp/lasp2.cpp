@@ -8,6 +8,8 @@
 
 #include "core/check.h"
 #include "kernels/gemm.h"
+#include "kernels/gla.h"
+#include "kernels/vec_math.h"
 #include "sp/piece_states.h"
 #include "sp/state_passing.h"
 
@@ -41,8 +43,10 @@ struct Lasp2Attention::Impl {
     piece_len = mine[0].length;
     owner = sp_piece_owners(global_N, W, layout);
     const LinearAttentionShape piece{1, piece_len, s.H, s.d, s.block, s.threads};
+    const LinearAttentionShape gla{1, piece_len, s.H, s.d, kGlaBlock, s.threads};
     kernel_ws.storage.resize(std::max({linear_attention_forward_workspace_floats(piece),
                                        linear_attention_backward_workspace_floats(piece),
+                                       gla_forward_workspace_floats(gla), gla_backward_workspace_floats(gla),
                                        linear_attention_bidirectional_workspace_floats(
                                            {s.B, s.N, s.H, s.d, s.block, s.threads})}));
     scratch.resize(size_t(s.threads) * piece_len * s.d);
@@ -87,7 +91,7 @@ struct Lasp2Attention::Impl {
   }
 
   PieceGates gates(const float* lambda, const std::vector<uint8_t>& cut) const {
-    return {lambda, piece_len, cut.empty() ? nullptr : cut.data(), s.B};
+    return {lambda, piece_len, cut.empty() ? nullptr : cut.data(), s.B, s.H, s.d};
   }
 
   // The rows of a piece's (piece_len, d) scratch that a document start cuts off from the states: the queries
@@ -100,7 +104,175 @@ struct Lasp2Attention::Impl {
 
   bool first_piece(int i) const { return mine[i].index == 0; }
   bool last_piece(int i) const { return mine[i].index == int(owner.size()) - 1; }
+
+  // ---- GLA (GATES.md): the same exchange with per-row gates, Gamma = each row's gate product over the piece.
+  std::vector<float> gla_scratch;  // per thread: bq, bk, dqx, dkx (piece_len, d) and one (d, d) state
+  std::vector<float> gamma;        // (pieces, B, H, d)
+  struct GlaScratch {
+    float *bq, *bk, *dqx, *dkx, *state;
+  };
+  size_t gla_thread_floats() const { return 4 * size_t(piece_len) * s.d + size_t(s.d) * s.d; }
+  void gla_prepare() {  // before the parallel loops: sized once, on the first GLA layer
+    gla_scratch.resize(gla_thread_floats() * s.threads);
+    gamma.resize(mine.size() * size_t(s.B) * s.H * s.d);
+  }
+  GlaScratch gla_thread() {
+    const size_t nd = size_t(piece_len) * s.d, per = gla_thread_floats();
+    float* base = gla_scratch.data() + per * size_t(omp_get_thread_num());
+    return {base, base + nd, base + 2 * nd, base + 3 * nd, base + 4 * nd};
+  }
+  // One head of one piece: bq[t] = the gates' product over [0, t], bk[t] = over (t, last] (0 through a document
+  // start); gamma of the piece's rows = bq[last]. Products of at most piece_len factors <= 1, flushed below 1e-30.
+  void piece_gates(GlaScratch& w, const float* g, const SpDocuments& docs, int b, int i, int h) {
+    const int d = s.d, n = piece_len, ld = s.H * d;
+    const uint8_t* flags = docs.flags(b, mine[i].offset);
+    const float* gh = g + rows(b, mine[i]) + long(h) * d;
+    auto gate = [&](int t, int x) { return flags && flags[t] ? 0.f : vec_exp(gh[long(t) * ld + x]); };
+    auto flush = [](float p) { return p < 1e-30f ? 0.f : p; };
+    for (int x = 0; x < d; ++x) w.bq[x] = gate(0, x), w.bk[(n - 1) * d + x] = 1.f;
+    for (int t = 1; t < n; ++t)
+      for (int x = 0; x < d; ++x) w.bq[t * d + x] = flush(w.bq[(t - 1) * d + x] * gate(t, x));
+    for (int t = n - 2; t >= 0; --t)
+      for (int x = 0; x < d; ++x) w.bk[t * d + x] = flush(w.bk[(t + 1) * d + x] * gate(t + 1, x));
+    std::memcpy(gamma.data() + ((size_t(i) * s.B + b) * s.H + h) * d, w.bq + (n - 1) * d, sizeof(float) * d);
+  }
+  // dst (n, d) = src (rows ld apart) .* f (n, d)
+  void gated_rows(float* dst, const float* src, const float* f) const {
+    const int d = s.d, ld = s.H * d;
+    for (int t = 0; t < piece_len; ++t)
+      for (int x = 0; x < d; ++x) dst[t * d + x] = src[long(t) * ld + x] * f[t * d + x];
+  }
+  PieceGates gla_gates() const { return {nullptr, piece_len, nullptr, s.B, s.H, s.d, gamma.data()}; }
+
+  void gla_forward(int layer, float* o, const float* q, const float* k, const float* v, const float* g,
+                   const SpDocuments& docs);
+  void gla_backward(int layer, float* dq, float* dk, float* dv, float* dg, const float* dout, const float* q,
+                    const float* k, const float* v, const float* g, const SpDocuments& docs);
 };
+
+// GLA's forward: the local state M = (K .* bk)^T V of each piece with its rows' gates Gamma, exchanged as pairs;
+// the local kernel piece by piece in segments; then o += (Q .* bq) P.
+void Lasp2Attention::Impl::gla_forward(int layer, float* o, const float* q, const float* k, const float* v,
+                                       const float* g, const SpDocuments& docs) {
+  const int H = s.H, d = s.d, ld = H * d;
+  gla_prepare();
+  for_each_head([&](int b, int i, int h, float* tmp) {
+    GlaScratch w = gla_thread();
+    piece_gates(w, g, docs, b, i, h);
+    const long at = rows(b, mine[i]) + long(h) * d;
+    gated_rows(tmp, k + at, w.bk);
+    gemm(true, false, d, d, piece_len, 1.f, tmp, d, v + at, ld, 0.f, send.data() + state_at(i, b, h), d);
+  });
+  auto exchange = passing->start(send.data(), gla_gates(), true);
+  auto& entering = segment_states[layer];
+  entering.resize(segment_state_floats());
+  for (int b = 0; b < s.B; ++b)
+    for (int i = 0; i < int(mine.size()); ++i)
+      for (int sg = 0; sg < segments; ++sg) {
+        const auto [begin, len] = segment(sg);
+        float* state = entering.data() + segment_at(b, i, sg);
+        const long row = rows(b, mine[i]) + long(begin) * ld;
+        lasp::gla_forward(o + row, sg + 1 < segments ? state + segment_stride() : nullptr, q + row, k + row, v + row,
+                          g + row, sg > 0 ? state : nullptr, docs.flags(b, mine[i].offset + begin),
+                          {1, len, H, d, kGlaBlock, s.threads}, kernel_ws.view());
+        exchange->test();
+      }
+  exchange->wait();
+  auto& P = incoming[layer];
+  P.resize(state_floats());
+  passing->finish(P.data());
+  if (keep) {
+    final_states[layer].resize(size_t(s.B) * H * d * d);
+    passing->final_state(final_states[layer].data());
+  }
+  for_each_head([&](int b, int i, int h, float* tmp) {
+    if (first_piece(i)) return;
+    GlaScratch w = gla_thread();
+    piece_gates(w, g, docs, b, i, h);
+    const long at = rows(b, mine[i]) + long(h) * d;
+    gated_rows(tmp, q + at, w.bq);
+    gemm(false, false, piece_len, d, d, 1.f, tmp, d, P.data() + state_at(i, b, h), d, 1.f, o + at, ld);
+  });
+}
+
+// GLA's backward: dM = (Q .* bq)^T dO exchanged with the gates; the local kernel (its own gate gradient, written);
+// then the cross-piece terms dq += (dO P^T) .* bq, dk += (V G^T) .* bk, dv += (K .* bk) G, and their share of
+// the gate gradient by gla.h's identity: the sum from the end of q dq - k dk, plus rowsum(S_out .* G), S_out =
+// diag(Gamma) P + M the state leaving the piece, restarting at document starts.
+void Lasp2Attention::Impl::gla_backward(int layer, float* dq, float* dk, float* dv, float* dg, const float* dout,
+                                        const float* q, const float* k, const float* v, const float* g,
+                                        const SpDocuments& docs) {
+  const int H = s.H, d = s.d, ld = H * d;
+  gla_prepare();
+  for_each_head([&](int b, int i, int h, float* tmp) {
+    GlaScratch w = gla_thread();
+    piece_gates(w, g, docs, b, i, h);
+    const long at = rows(b, mine[i]) + long(h) * d;
+    gated_rows(tmp, q + at, w.bq);
+    gemm(true, false, d, d, piece_len, 1.f, tmp, d, dout + at, ld, 0.f, send.data() + state_at(i, b, h), d);
+  });
+  auto exchange = passing->start(send.data(), gla_gates(), false);
+  const auto& entering = segment_states[layer];
+  const size_t dstate_floats = size_t(H) * d * d;
+  std::vector<float> dstate(dstate_floats), dstate_next(dstate_floats);
+  for (int b = 0; b < s.B; ++b)
+    for (int i = 0; i < int(mine.size()); ++i)
+      for (int sg = segments - 1; sg >= 0; --sg) {
+        const auto [begin, len] = segment(sg);
+        const long row = rows(b, mine[i]) + long(begin) * ld;
+        std::fill(dstate.begin(), dstate.end(), 0.f);
+        lasp::gla_backward(dq + row, dk + row, dv + row, dg + row, sg > 0 ? dstate.data() : nullptr, dout + row,
+                           sg + 1 < segments ? dstate_next.data() : nullptr, q + row, k + row, v + row, g + row,
+                           sg > 0 ? entering.data() + segment_at(b, i, sg) : nullptr,
+                           docs.flags(b, mine[i].offset + begin), {1, len, H, d, kGlaBlock, s.threads},
+                           kernel_ws.view());
+        std::swap(dstate, dstate_next);
+        exchange->test();
+      }
+  exchange->wait();
+  passing->finish(suffix.data());
+  const auto& P = incoming[layer];
+  for_each_head([&](int b, int i, int h, float* tmp) {
+    GlaScratch w = gla_thread();
+    piece_gates(w, g, docs, b, i, h);
+    const long at = rows(b, mine[i]) + long(h) * d;
+    const size_t n = size_t(piece_len) * d;
+    std::fill(w.dqx, w.dqx + n, 0.f);
+    std::fill(w.dkx, w.dkx + n, 0.f);
+    std::vector<float> r(d, 0.f);
+    if (!first_piece(i)) {  // dqx = (dO P^T) .* bq
+      gemm(false, true, piece_len, d, d, 1.f, dout + at, ld, P.data() + state_at(i, b, h), d, 0.f, w.dqx, d);
+      for (size_t x = 0; x < n; ++x) w.dqx[x] *= w.bq[x];
+    }
+    if (!last_piece(i)) {
+      const float* G = suffix.data() + state_at(i, b, h);
+      gemm(false, true, piece_len, d, d, 1.f, v + at, ld, G, d, 0.f, w.dkx, d);  // dkx = (V G^T) .* bk
+      for (size_t x = 0; x < n; ++x) w.dkx[x] *= w.bk[x];
+      gated_rows(tmp, k + at, w.bk);  // dv += (K .* bk) G
+      gemm(false, false, piece_len, d, d, 1.f, tmp, d, G, d, 1.f, dv + at, ld);
+      // S_out = diag(Gamma) P + (K .* bk)^T V; r = rowsum(S_out .* G)
+      gemm(true, false, d, d, piece_len, 1.f, tmp, d, v + at, ld, 0.f, w.state, d);
+      const float* Gm = gamma.data() + ((size_t(i) * s.B + b) * H + h) * d;
+      for (int x = 0; x < d; ++x)
+        for (int y = 0; y < d; ++y) {
+          const float sout = w.state[x * d + y] + (first_piece(i) ? 0.f : Gm[x] * P[state_at(i, b, h) + x * d + y]);
+          r[x] += sout * G[x * d + y];
+        }
+    }
+    const uint8_t* flags = docs.flags(b, mine[i].offset);
+    for (int t = piece_len - 1; t >= 0; --t) {
+      const long row = at + long(t) * ld;
+      for (int x = 0; x < d; ++x) {
+        const float dqx = w.dqx[t * d + x], dkx = w.dkx[t * d + x];
+        dq[row + x] += dqx;
+        dk[row + x] += dkx;
+        r[x] += q[row + x] * dqx - k[row + x] * dkx;
+        if (!(flags && flags[t])) dg[row + x] += r[x];
+      }
+      if (flags && flags[t]) std::fill(r.begin(), r.end(), 0.f);
+    }
+  });
+}
 
 Lasp2Attention::Lasp2Attention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers,
                                StatePassingKind passing, int slices)
@@ -111,8 +283,9 @@ Lasp2Attention::~Lasp2Attention() = default;
 
 void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                     const LinearGates& gates) {
-  const float* lambda = fixed_decay(gates, "lasp2 (and exscan, allscan)");
   Impl& m = *impl_;
+  if (gates.gla()) return m.gla_forward(layer, o, q, k, v, gates.log_gates, softmax_.documents());
+  const float* lambda = gates.lambda;
   const int H = m.s.H, d = m.s.d, piece_len = m.piece_len, ld = H * d;
   const auto decay = head_powers(lambda, m.s.H, m.piece_len);  // lambda_h^k, k = 0..piece_len, for every head
   const SpDocuments& docs = softmax_.documents();
@@ -166,8 +339,10 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
 
 void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                                      const float* k, const float* v, const LinearGates& gates) {
-  const float* lambda = fixed_decay(gates, "lasp2 (and exscan, allscan)");
   Impl& m = *impl_;
+  if (gates.gla())
+    return m.gla_backward(layer, dq, dk, dv, gates.d_log_gates, dout, q, k, v, gates.log_gates, softmax_.documents());
+  const float* lambda = gates.lambda;
   const int H = m.s.H, d = m.s.d, piece_len = m.piece_len, ld = H * d;
   const auto decay = head_powers(lambda, m.s.H, m.piece_len);  // lambda_h^k, k = 0..piece_len, for every head
   const SpDocuments& docs = softmax_.documents();

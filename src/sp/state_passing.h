@@ -24,14 +24,22 @@ namespace lasp {
 
 enum class StatePassingKind { gather, exscan, allscan };
 
-// What piece p of batch row b does to the state passing through it, head h: gate lambda_h^piece_len (1 without
-// decay), 0 where a document starts inside the piece (it passes on only what follows the start).
+// What piece p of batch row b does to the state passing through it, row by row (head h, key dim i): gate
+// lambda_h^piece_len (1 without decay), 0 where a document starts inside the piece (it passes on only what
+// follows the start); or, for GLA, each row's own gate product over the piece (GATES.md's Gamma).
 struct PieceGates {
   const float* lambda = nullptr;  // (H) or null
   int piece_len = 0;
   const uint8_t* cut = nullptr;   // (pieces, B) or null
-  int B = 0;
+  int B = 0, H = 0, d = 0;
+  const float* rows = nullptr;    // GLA: (this rank's pieces, B, H, d), or null
   float at(int piece, int b, int h) const;
+  // The gate of row x of (B, H, d) of this rank's piece `local`, global index `piece`.
+  float row(int local, int piece, size_t x) const {
+    if (rows) return rows[size_t(local) * B * H * d + x];
+    const int bh = int(x / d);
+    return at(piece, bh / H, bh % H);
+  }
 };
 
 // This rank's part of the sequence: its pieces and who holds every piece; states are (B, H, d, d) per piece.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `lasp train` under mpirun: 5 steps with --sp-size 2 and 4 (and dp 2 x sp 2) give the losses of
-# --sp-size 1 (relative 1e-5), for the default hybrid (zigzag) and a pure linear model (contiguous).
+# --sp-size 1 (relative 1e-5), for the default hybrid (zigzag) and a pure linear model (contiguous), every
+# method, and a GLA hybrid under the LASP-2 family.
 # usage: sp_train_test.sh MPIEXEC LASP
 set -euo pipefail
 mpiexec=$1 lasp=$2
@@ -25,6 +26,14 @@ run hybrid_ringzz_sp4 4 --batch 2 --sp-size 4 --sp-method ring-zigzag
 run linear_allgather_sp3 3 --batch 2 --layer-types LLLL --decay lightning --sp-size 3 --sp-method allgather
 run linear_exscan_sp4 4 --batch 2 --layer-types LLLL --decay lightning --sp-size 4 --sp-method exscan
 run hybrid_allscan_sp3 3 --batch 2 --sp-size 3 --sp-method allscan --scan-slices 5
+# GLA at lr 2e-4: at the default 1e-3 this hybrid turns chaotic by step 4 (Adam magnifies rounding: one process
+# in --chunk 32 drifts from its own whole-sequence run by 2e-3 by step 5, measured), while every gradient of one
+# step equals one process's to 1e-10 (test_sp's SpModel gla cases)
+gla=(--batch 2 --layer-types LLLN --decay gla --lr 2e-4)
+run gla_sp1 1 "${gla[@]}"
+run gla_lasp2_sp2 2 "${gla[@]}" --sp-size 2
+run gla_exscan_sp4 4 "${gla[@]}" --sp-size 4 --sp-method exscan
+run gla_allscan_sp3 3 "${gla[@]}" --sp-size 3 --sp-method allscan
 compare linear_sp1 linear_sp4
 compare linear_sp1 linear_sp3
 compare linear_sp1 linear_lasp1_sp4
@@ -35,6 +44,9 @@ compare hybrid_sp1 hybrid_ring_sp2
 compare hybrid_sp1 hybrid_ringzz_sp4
 compare linear_sp1 linear_exscan_sp4
 compare hybrid_sp1 hybrid_allscan_sp3
+compare gla_sp1 gla_lasp2_sp2
+compare gla_sp1 gla_exscan_sp4
+compare gla_sp1 gla_allscan_sp3
 # eval of a checkpoint: the same loss on 1 rank, on sp 2 and on dp 2 x sp 2
 run saved 1 --batch 2 --save "$dir/ckpt"
 evaluate() {  # evaluate RANKS ARGS...

@@ -455,20 +455,52 @@ TEST(SpCommunication, ScansPassOneStatePerPieceWhateverW) {
   }
 }
 
-// GLA's gates under the SP methods that do not support them yet: a clear error on every rank, before any
-// communication (so no rank waits for another).
+// GLA's gates under the SP methods that do not support them yet (all but the LASP-2 family): a clear error on
+// every rank, before any communication (so no rank waits for another).
 TEST(SpGla, MethodsWithoutGlaRefuseItOnEveryRank) {
   const int W = world().size(), B = 1, H = 4, d = 8, N = 16 * W;
-  if (W == 1) GTEST_SKIP() << "one rank runs the local kernels, which support GLA";
   const std::vector<float> x(size_t(B) * (N / W) * H * d, 0.5f), g(x.size(), -0.1f);
   std::vector<float> o(x.size());
   LinearGates gates;
   gates.log_gates = g.data();
+  if (W == 1) {  // one rank: every method is the local kernels, which run GLA
+    for (const SpMethod& m : sp_methods())
+      make_sp_attention(m.name, world(), {B, N, H, H, d, 16, kThreads}, N, SpLayout::contiguous, 1)
+          ->linear_forward(0, o.data(), x.data(), x.data(), x.data(), gates);
+    return;
+  }
   for (const SpMethod& m : sp_methods()) {
     if (m.heads_over_ranks && H % W) continue;
+    if (m.name == "lasp2" || m.name == "exscan" || m.name == "allscan") continue;  // they pass GLA's gates
     const SpLayout layout = m.layout == LayoutRule::zigzag ? SpLayout::zigzag : SpLayout::contiguous;
     auto attention = make_sp_attention(m.name, world(), {B, N / W, H, H, d, 16, kThreads}, N, layout, 1);
     EXPECT_THROW(attention->linear_forward(0, o.data(), x.data(), x.data(), x.data(), gates), Error) << m.name;
+  }
+}
+
+// GLA's pieces carry their rows' gates: LASP-2's AllGather moves (W-1) pieces of (d^2 + d) H floats per batch
+// row (GATES.md), the scans one pair (exscan) or one state (allscan: the receiver knows its own gates) per piece.
+TEST(SpCommunication, GlaBytes) {
+  const int W = world().size(), me = world().rank(), B = 2, H = 4, d = 8, N = 24 * W;
+  const std::vector<int> pos = sp_positions(N, W, me, SpLayout::contiguous);
+  const int Nl = int(pos.size());
+  auto q = random_values(size_t(B) * Nl * H * d, 1), k = random_values(q.size(), 2), v = random_values(q.size(), 3);
+  std::vector<float> g(q.size(), -0.05f), o(q.size());
+  LinearGates gates;
+  gates.log_gates = g.data();
+  const uint64_t pair = uint64_t(B) * H * d * (d + 1) * sizeof(float), state = uint64_t(B) * H * d * d * sizeof(float);
+  for (StatePassingKind kind : {StatePassingKind::gather, StatePassingKind::exscan, StatePassingKind::allscan}) {
+    Lasp2Attention sp(world(), {B, Nl, H, H, d, 16, kThreads}, N, SpLayout::contiguous, 1, kind, 3);
+    world().reset_stats();
+    sp.linear_forward(0, o.data(), q.data(), k.data(), v.data(), gates);
+    const CommStats& st = world().stats();
+    const std::string what = to_string(kind);
+    if (kind == StatePassingKind::gather)
+      EXPECT_EQ(st.bytes_received[int(CommKind::all_gather)], uint64_t(W - 1) * pair) << what;
+    else if (kind == StatePassingKind::exscan)
+      EXPECT_EQ(st.bytes_received[int(CommKind::scan)], me > 0 ? pair : 0) << what;
+    else
+      EXPECT_EQ(st.bytes_received[int(CommKind::send_recv)], me > 0 ? state : 0) << what;
   }
 }
 
@@ -607,6 +639,12 @@ std::vector<ModelCase> model_cases() {
         cases.push_back({"NLNL", Decay::lightning, layout, dp, method, 0, true});
       }
       cases.push_back({"LLLN", Decay::none, layout, dp, "lasp2", 0, true});
+      // GLA (GATES.md): the LASP-2 family passes (Gamma, state) pairs; with documents too
+      if (dp == 1)
+        for (const char* method : {"lasp2", "exscan", "allscan"}) {
+          cases.push_back({"LLLL", Decay::gla, layout, dp, method});
+          cases.push_back({"LLLN", Decay::gla, layout, dp, method, 0, true});
+        }
       if (dp == 1) {
         cases.push_back({"LLLL", Decay::lightning, layout, dp, "lasp2", 5, true});
         cases.push_back({"LLLN", Decay::retention, layout, dp, "lasp2", 7, true});

@@ -73,8 +73,8 @@ struct InfoCommand : Command {
                 omp_get_max_threads(), omp_get_num_procs());
     std::printf("sequence-parallel methods (--sp-method):\n");
     for (const lasp::SpMethod& m : lasp::sp_methods())
-      std::printf("  %-12s linear layers: %s\n  %-12s softmax layers: %s\n", m.name.c_str(), m.linear.c_str(), "",
-                  m.softmax.c_str());
+      std::printf("  %-12s linear layers: %s\n  %-12s softmax layers: %s\n  %-12s GLA's gates (decay gla): %s\n",
+                  m.name.c_str(), m.linear.c_str(), "", m.softmax.c_str(), "", m.gla ? "yes" : "no");
   }
 };
 
@@ -361,6 +361,8 @@ struct BenchSpCommand : Command {
     cmd->add_option("--models", o.models, "layer patterns (pure linear, hybrid)")->default_str("LLLL LLLN");
     cmd->add_option("--repeats", o.repeats, "timed steps per case (median)")->default_val(o.repeats)->check(kAtLeastOne);
     cmd->add_option("--scan-slices", o.scan_slices, "allscan's K")->default_val(o.scan_slices)->check(kAtLeastOne);
+    cmd->add_option("--decay", o.decay, "the linear layers' decay")->default_val(o.decay)
+        ->check(CLI::IsMember({"none", "lightning", "retention", "gla"}));
     cmd->add_option("--out", o.out_prefix, "prefix of the CSV, JSON and PNG files")->default_val(o.out_prefix);
   }
   void run(Session& session) override { lasp::bench_sp(o, session.start_world()); }

@@ -56,12 +56,14 @@ void bench_sp(const SpBenchOptions& options, Comm& world) {
         ModelConfig c;  // the default small hybrid, with the layer pattern of this run
         c.layer_types = types;
         c.num_hidden_layers = int(types.size());
+        c.linear.decay = decay_from_string(o.decay);
         c.validate();
         const SpLayout layout = sp_method_layout(method, "", c, W);
         const int unit = layout == SpLayout::zigzag ? 2 * W : W;
         std::string skip;
         if (N % unit) skip = "N not divisible by " + std::to_string(unit);
         if (find_sp_method(method).heads_over_ranks && c.num_attention_heads % W) skip = "heads not divisible by W";
+        if (c.linear.decay == Decay::gla && !find_sp_method(method).gla && W > 1) skip = "no GLA form";
         if (rank0)  // progress: redrawn in place on a terminal, a line each otherwise
           std::fprintf(stderr, isatty(fileno(stderr)) ? "\r[%d/%d] %s N=%d %s ...\033[K" : "[%d/%d] %s N=%d %s ...\n", done,
                        total, types.c_str(), N, method.c_str());

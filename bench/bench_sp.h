@@ -18,6 +18,7 @@ struct SpBenchOptions {
   std::vector<std::string> models = {"LLLL", "LLLN"};  // pure linear and the 1/4 hybrid
   int repeats = 3;
   int scan_slices = kAllScanSlices;  // allscan's K
+  std::string decay = "none";         // the linear layers' decay (gla: GATES.md's gates)
   std::string out_prefix = "bench_sp";
 };
 

@@ -18,8 +18,7 @@ SoftmaxAttentionShape LocalAttention::softmax_shape() const {
 }
 
 const float* fixed_decay(const LinearGates& gates, const char* method) {
-  LASP_CHECK(!gates.gla(), "{} does not support GLA's gates (decay gla) yet: GLA runs on one sequence-parallel rank "
-             "(--sp-size 1) with a whole-sequence memory plan", method);
+  LASP_CHECK(!gates.gla(), "{} does not support GLA's gates (decay gla); `lasp info` lists the methods that do", method);
   return gates.lambda;
 }
 

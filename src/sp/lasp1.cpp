@@ -15,13 +15,14 @@ Lasp1Attention::Lasp1Attention(Comm& sp, const AttentionShape& shape, int global
       incoming_(layers),
       softmax_(sp, shape, global_N, layout, layers) {
   const LinearAttentionShape piece{1, mine_[0].length, s_.H, s_.d, s_.block, s_.threads};
-  ws_.storage.resize(std::max(linear_attention_forward_workspace_floats(piece),
-                              linear_attention_backward_workspace_floats(piece)));
+  const LinearAttentionShape gla{1, mine_[0].length, s_.H, s_.d, kGlaBlock, s_.threads};
+  ws_.storage.resize(std::max({linear_attention_forward_workspace_floats(piece),
+                               linear_attention_backward_workspace_floats(piece), gla_forward_workspace_floats(gla),
+                               gla_backward_workspace_floats(gla)}));
 }
 
 void Lasp1Attention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                     const LinearGates& gates) {
-  const float* lambda = fixed_decay(gates, "lasp1");
   const int H = s_.H, d = s_.d, pieces = int(owner_.size()), me = sp_.rank();
   const size_t S = state_floats(), dd = size_t(d) * d;
   auto& incoming = incoming_[layer];
@@ -39,10 +40,14 @@ void Lasp1Attention::linear_forward(int layer, float* o, const float* q, const f
     const Piece& piece = mine_[i];
     for (int b = 0; b < s_.B; ++b) {
       const long at = (long(b) * s_.N + piece.offset) * H * d;
-      linear_attention_forward(o + at, out.data() + size_t(b) * H * dd, q + at, k + at, v + at,
-                               p > 0 ? P + size_t(b) * H * dd : nullptr, lambda,
-                               softmax_.documents().flags(b, piece.offset), {1, piece.length, H, d, s_.block, s_.threads},
-                               ws_.view());
+      const uint8_t* flags = softmax_.documents().flags(b, piece.offset);
+      const float* state_in = p > 0 ? P + size_t(b) * H * dd : nullptr;
+      if (gates.gla())  // the same chain: GLA's state passes on with the piece's gates applied by the kernel
+        gla_forward(o + at, out.data() + size_t(b) * H * dd, q + at, k + at, v + at, gates.log_gates + at, state_in,
+                    flags, {1, piece.length, H, d, kGlaBlock, s_.threads}, ws_.view());
+      else
+        linear_attention_forward(o + at, out.data() + size_t(b) * H * dd, q + at, k + at, v + at, state_in,
+                                 gates.lambda, flags, {1, piece.length, H, d, s_.block, s_.threads}, ws_.view());
     }
     if (p + 1 < pieces && owner_[p + 1].first != me) sp_.send_recv(out.data(), S, owner_[p + 1].first, nullptr, 0, -1);
   }
@@ -58,7 +63,6 @@ double Lasp1Attention::memory_floats(const std::string& layer_types) const {
 
 void Lasp1Attention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                                      const float* k, const float* v, const LinearGates& gates) {
-  const float* lambda = fixed_decay(gates, "lasp1");
   const int H = s_.H, d = s_.d, pieces = int(owner_.size()), me = sp_.rank();
   const size_t S = state_floats(), dd = size_t(d) * d;
   const auto& incoming = incoming_[layer];
@@ -76,11 +80,18 @@ void Lasp1Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
     const float* P = incoming.data() + size_t(i) * S;
     for (int b = 0; b < s_.B; ++b) {
       const long at = (long(b) * s_.N + piece.offset) * H * d;
-      linear_attention_backward(dq + at, dk + at, dv + at, p > 0 ? dstate_in.data() + size_t(b) * H * dd : nullptr,
-                                dout + at, p + 1 < pieces ? dstate_out.data() + size_t(b) * H * dd : nullptr, q + at,
-                                k + at, v + at, p > 0 ? P + size_t(b) * H * dd : nullptr, lambda,
-                                softmax_.documents().flags(b, piece.offset), {1, piece.length, H, d, s_.block, s_.threads},
-                                ws_.view());
+      float* dstate = p > 0 ? dstate_in.data() + size_t(b) * H * dd : nullptr;
+      const float* dleaving = p + 1 < pieces ? dstate_out.data() + size_t(b) * H * dd : nullptr;
+      const float* state_in = p > 0 ? P + size_t(b) * H * dd : nullptr;
+      const uint8_t* flags = softmax_.documents().flags(b, piece.offset);
+      if (gates.gla())  // the piece's whole gate gradient: what follows reaches it through dleaving
+        gla_backward(dq + at, dk + at, dv + at, gates.d_log_gates + at, dstate, dout + at, dleaving, q + at, k + at,
+                     v + at, gates.log_gates + at, state_in, flags, {1, piece.length, H, d, kGlaBlock, s_.threads},
+                     ws_.view());
+      else
+        linear_attention_backward(dq + at, dk + at, dv + at, dstate, dout + at, dleaving, q + at, k + at, v + at,
+                                  state_in, gates.lambda, flags, {1, piece.length, H, d, s_.block, s_.threads},
+                                  ws_.view());
     }
     if (p > 0 && owner_[p - 1].first != me) sp_.send_recv(dstate_in.data(), S, owner_[p - 1].first, nullptr, 0, -1);
   }

@@ -40,22 +40,23 @@ std::unique_ptr<Attention> make_allscan(Comm& sp, const AttentionShape& shape, i
 const std::vector<SpMethod>& sp_methods() {
   static const std::vector<SpMethod> methods = {
       {"lasp2", "LASP-2: one AllGather of the d x d piece states", "LASP-2H: one AllGather of K, V", LayoutRule::balanced,
-       false, make<Lasp2Attention>, make_chunked<Lasp2ChunkedAttention>},
+       false, true, make<Lasp2Attention>, make_chunked<Lasp2ChunkedAttention>},
       {"exscan", "LASP-2 with the states folded by ONE exclusive scan (MPI_Iexscan) of (gate, state) pairs",
-       "LASP-2H: one AllGather of K, V", LayoutRule::balanced, false, make_exscan},
+       "LASP-2H: one AllGather of K, V", LayoutRule::balanced, false, true, make_exscan},
       {"allscan", "LASP-2 with ZeCO's All-Scan: the state passes rank to rank in K slices, each folded and sent on",
-       "LASP-2H: one AllGather of K, V", LayoutRule::balanced, false, make_allscan},
+       "LASP-2H: one AllGather of K, V", LayoutRule::balanced, false, true, make_allscan},
       {"lasp1", "LASP-1: the states travel a serial chain of point-to-point hops", "LASP-2H: one AllGather of K, V",
-       LayoutRule::balanced, false, make<Lasp1Attention>},
+       LayoutRule::balanced, false, true, make<Lasp1Attention>},
       {"ring", "Ring Attention: K, V blocks around the ring, masked left product",
-       "Ring Attention: K, V blocks around the ring, online softmax", LayoutRule::contiguous, false, make<RingAttention>},
+       "Ring Attention: K, V blocks around the ring, online softmax", LayoutRule::contiguous, false, false,
+       make<RingAttention>},
       {"ring-zigzag", "Ring Attention on the zigzag layout", "Ring Attention on the zigzag layout", LayoutRule::zigzag,
-       false, make<RingAttention>},
+       false, false, make<RingAttention>},
       {"ulysses", "Ulysses: all-to-all to whole sequences of H/W heads, the local kernel",
-       "Ulysses: all-to-all to whole sequences of H/W heads, the local kernel", LayoutRule::balanced, true,
+       "Ulysses: all-to-all to whole sequences of H/W heads, the local kernel", LayoutRule::balanced, true, true,
        make<UlyssesAttention>},
       {"allgather", "AllGather: one AllGather of K, V, masked left product (O(N^2))", "LASP-2H: one AllGather of K, V",
-       LayoutRule::balanced, false, make<AllGatherAttention>},
+       LayoutRule::balanced, false, false, make<AllGatherAttention>},
   };
   return methods;
 }

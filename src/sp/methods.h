@@ -27,6 +27,7 @@ struct SpMethod {
   std::string softmax;  // what its softmax-attention layers do
   LayoutRule layout;
   bool heads_over_ranks;  // the attention heads must divide evenly over the SP ranks (head sharding)
+  bool gla;               // runs GLA's per-token gates (decay gla); the others refuse them
   std::unique_ptr<Attention> (*make)(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout,
                                      int layers, int scan_slices);
   // The same method in chunks for the layer-major memory plan (Attention::layer_major); null: none.

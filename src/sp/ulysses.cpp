@@ -19,6 +19,7 @@ UlyssesAttention::UlyssesAttention(Comm& sp, const AttentionShape& shape, int gl
   std::iota(all_positions_.begin(), all_positions_.end(), 0);
   const LinearAttentionShape full = linear_shape();
   ws_.storage.resize(std::max({linear_attention_forward_workspace_floats(full),
+                               gla_forward_workspace_floats(gla_shape()), gla_backward_workspace_floats(gla_shape()),
                                linear_attention_backward_workspace_floats(full),
                                linear_attention_bidirectional_workspace_floats(full),
                                softmax_attention_workspace_floats(global_N, global_N, shape.d, shape.threads)}));
@@ -90,26 +91,40 @@ void UlyssesAttention::set_documents(const uint8_t* starts) {
 
 void UlyssesAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                       const LinearGates& gates) {
-  const float* lambda = fixed_decay(gates, "ulysses");
+  const float* lambda = gates.lambda;
   Saved& sv = saved_[layer];
   to_heads(q, s_.H, sv.q);
   to_heads(k, s_.H, sv.k);
   to_heads(v, s_.H, sv.v);
   std::vector<float> of(sv.q.size());
-  linear_attention_forward(of.data(), nullptr, sv.q.data(), sv.k.data(), sv.v.data(), nullptr,
-                           lambda ? lambda + sp_.rank() * hg_ : nullptr, docs_.start_flags(), linear_shape(), ws_.view());
+  if (gates.gla()) {  // GLA's log-gates travel with the queries: a fourth all-to-all
+    to_heads(gates.log_gates, s_.H, sv.g);
+    gla_forward(of.data(), nullptr, sv.q.data(), sv.k.data(), sv.v.data(), sv.g.data(), nullptr, docs_.start_flags(),
+                gla_shape(), ws_.view());
+  } else {
+    linear_attention_forward(of.data(), nullptr, sv.q.data(), sv.k.data(), sv.v.data(), nullptr,
+                             lambda ? lambda + sp_.rank() * hg_ : nullptr, docs_.start_flags(), linear_shape(),
+                             ws_.view());
+  }
   to_sequence(of, s_.H, o, false);
 }
 
 void UlyssesAttention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float*,
                                        const float*, const float*, const LinearGates& gates) {
-  const float* lambda = fixed_decay(gates, "ulysses");
+  const float* lambda = gates.lambda;
   const Saved& sv = saved_[layer];
   std::vector<float> dof, dqf(sv.q.size(), 0.f), dkf(sv.q.size(), 0.f), dvf(sv.q.size(), 0.f);
   to_heads(dout, s_.H, dof);
-  linear_attention_backward(dqf.data(), dkf.data(), dvf.data(), nullptr, dof.data(), nullptr, sv.q.data(), sv.k.data(),
-                            sv.v.data(), nullptr, lambda ? lambda + sp_.rank() * hg_ : nullptr, docs_.start_flags(),
-                            linear_shape(), ws_.view());
+  if (gates.gla()) {
+    std::vector<float> dgf(sv.q.size());
+    gla_backward(dqf.data(), dkf.data(), dvf.data(), dgf.data(), nullptr, dof.data(), nullptr, sv.q.data(),
+                 sv.k.data(), sv.v.data(), sv.g.data(), nullptr, docs_.start_flags(), gla_shape(), ws_.view());
+    to_sequence(dgf, s_.H, gates.d_log_gates, false);
+  } else {
+    linear_attention_backward(dqf.data(), dkf.data(), dvf.data(), nullptr, dof.data(), nullptr, sv.q.data(),
+                              sv.k.data(), sv.v.data(), nullptr, lambda ? lambda + sp_.rank() * hg_ : nullptr,
+                              docs_.start_flags(), linear_shape(), ws_.view());
+  }
   to_sequence(dqf, s_.H, dq, true);
   to_sequence(dkf, s_.H, dk, true);
   to_sequence(dvf, s_.H, dv, true);

@@ -45,6 +45,7 @@ class UlyssesAttention : public Attention {
   std::vector<float> send_, recv_;
   struct Saved {
     std::vector<float> q, k, v, o, lse;  // head-sharded, (B, N, hg, d); lse (B, hg, N)
+    std::vector<float> g;                // GLA's log-gates, head-sharded like q
   };
   std::vector<Saved> saved_;
 
@@ -56,6 +57,7 @@ class UlyssesAttention : public Attention {
   std::vector<float> expand_kv(const float* x) const;
   // The kernels' shapes after the exchange: this rank's hg_ heads over the whole sequence.
   LinearAttentionShape linear_shape() const { return {s_.B, N_, hg_, s_.d, s_.block, s_.threads}; }
+  LinearAttentionShape gla_shape() const { return {s_.B, N_, hg_, s_.d, kGlaBlock, s_.threads}; }
   SoftmaxAttentionShape softmax_shape() const { return lasp::softmax_shape(s_.B, N_, N_, hg_, hg_, s_.d, s_.threads); }
 };
 

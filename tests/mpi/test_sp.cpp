@@ -455,8 +455,8 @@ TEST(SpCommunication, ScansPassOneStatePerPieceWhateverW) {
   }
 }
 
-// GLA's gates under the SP methods that do not support them yet (all but the LASP-2 family): a clear error on
-// every rank, before any communication (so no rank waits for another).
+// GLA's gates under the SP methods that do not support them (SpMethod::gla false: ring, allgather): a clear
+// error on every rank, before any communication (so no rank waits for another).
 TEST(SpGla, MethodsWithoutGlaRefuseItOnEveryRank) {
   const int W = world().size(), B = 1, H = 4, d = 8, N = 16 * W;
   const std::vector<float> x(size_t(B) * (N / W) * H * d, 0.5f), g(x.size(), -0.1f);
@@ -471,7 +471,7 @@ TEST(SpGla, MethodsWithoutGlaRefuseItOnEveryRank) {
   }
   for (const SpMethod& m : sp_methods()) {
     if (m.heads_over_ranks && H % W) continue;
-    if (m.name == "lasp2" || m.name == "exscan" || m.name == "allscan") continue;  // they pass GLA's gates
+    if (m.gla) continue;
     const SpLayout layout = m.layout == LayoutRule::zigzag ? SpLayout::zigzag : SpLayout::contiguous;
     auto attention = make_sp_attention(m.name, world(), {B, N / W, H, H, d, 16, kThreads}, N, layout, 1);
     EXPECT_THROW(attention->linear_forward(0, o.data(), x.data(), x.data(), x.data(), gates), Error) << m.name;
@@ -639,9 +639,10 @@ std::vector<ModelCase> model_cases() {
         cases.push_back({"NLNL", Decay::lightning, layout, dp, method, 0, true});
       }
       cases.push_back({"LLLN", Decay::none, layout, dp, "lasp2", 0, true});
-      // GLA (GATES.md): the LASP-2 family passes (Gamma, state) pairs; with documents too
+      // GLA (GATES.md): the LASP-2 family passes (Gamma, state) pairs, LASP-1 the state, Ulysses the gates; with
+      // documents too
       if (dp == 1)
-        for (const char* method : {"lasp2", "exscan", "allscan"}) {
+        for (const char* method : {"lasp2", "exscan", "allscan", "lasp1", "ulysses"}) {
           cases.push_back({"LLLL", Decay::gla, layout, dp, method});
           cases.push_back({"LLLN", Decay::gla, layout, dp, method, 0, true});
         }

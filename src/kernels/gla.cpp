@@ -60,10 +60,12 @@ struct Scratch {
   float *state, *dstate;         // (heads, d, d): each head's running S, and dS (backward)
   float* run;                    // (heads, d): each head's running sum of dg (backward)
   float *st, *vt;                // (d, d) S or dS transposed; (d, blk) V transposed: every product NN or TN
-  float *q, *k, *v, *g, *o;      // (blk, d) the block's rows; o: dO in the backward
+  // (heads, blk, d) the group's block, every head: inputs, and what goes out (o; dq, dk, dv, dg)
+  float *in_q, *in_k, *in_v, *in_g, *in_do, *out_a, *out_b, *out_c, *out_d;
+  float *q, *k, *v, *g, *o;      // (blk, d) one head's rows in those; o: dO in the backward
   float *eg, *qf, *kf;           // (blk, d) each token's gate exp(g); their products over [0, t] and (u, last]
   float *qg, *kg;                // (blk, d) q_t qf_t, k_u kf_u
-  float *dq, *dk, *dv;           // (blk, d) the block's contributions (backward)
+  float *dq, *dk, *dv;           // (blk, d) one head's contributions (backward), in out_a, out_b, out_c
   float *a, *da;                 // (blk, blk) intra-block scores and their gradient
   float *e, *ke, *qe;            // (d) one pair's gate product, k_u e, q_t e
 };
@@ -83,7 +85,8 @@ Scratch carve(Carver& c, const LinearAttentionShape& s, bool backward) {
   const size_t bd = size_t(s.block) * s.d, dd = size_t(s.d) * s.d, heads = HeadGroups(s).max_heads;
   Scratch w{};
   w.state = c.take(heads * dd);
-  for (float** part : {&w.q, &w.k, &w.v, &w.g, &w.o, &w.eg, &w.qf, &w.kf, &w.qg, &w.kg}) *part = c.take(bd);
+  for (float** part : {&w.in_q, &w.in_k, &w.in_v, &w.in_g, &w.out_a}) *part = c.take(heads * bd);
+  for (float** part : {&w.eg, &w.qf, &w.kf, &w.qg, &w.kg}) *part = c.take(bd);
   w.a = c.take(size_t(s.block) * s.block);
   for (float** part : {&w.e, &w.ke}) *part = c.take(s.d);
   if (backward) {
@@ -91,7 +94,7 @@ Scratch carve(Carver& c, const LinearAttentionShape& s, bool backward) {
     w.run = c.take(heads * s.d);
     w.st = c.take(dd);
     w.vt = c.take(bd);
-    for (float** part : {&w.dq, &w.dk, &w.dv}) *part = c.take(bd);
+    for (float** part : {&w.in_do, &w.out_b, &w.out_c, &w.out_d}) *part = c.take(heads * bd);
     w.da = c.take(size_t(s.block) * s.block);
     w.qe = c.take(s.d);
   }
@@ -106,37 +109,38 @@ size_t stride(const LinearAttentionShape& s, bool backward) {
 
 size_t workspace(const LinearAttentionShape& s, bool backward) { return stride(s, backward) * size_t(s.threads); }
 
-// Rows [t0, t0 + rows) of head (b, h) of a (B, N, H, d) tensor.
-struct Rows {
+// Rows [t0, t0 + rows) of heads [h0, h0 + heads) of batch row b of a (B, N, H, d) tensor, moved to and from
+// packed (heads, rows, d) buffers a whole row of the group at a time: contiguous runs of heads x d floats
+// (one head's d floats every H d would alias in L1 and wait on memory).
+struct Group {
   const LinearAttentionShape& s;
-  int b, h, t0, rows;
+  int b, h0, heads, t0, rows;
   // The block's document-start flags (kernel's starts), or null.
   const uint8_t* flags(const uint8_t* starts) const { return starts ? starts + long(b) * s.N + t0 : nullptr; }
-  long at(int r) const { return ((long(b) * s.N + t0 + r) * s.H + h) * s.d; }
-  void load(float* dst, const float* x) const {
-    for (int r = 0; r < rows; ++r) {
-      const float* src = x + at(r);
-#pragma omp simd
-      for (int i = 0; i < s.d; ++i) dst[long(r) * s.d + i] = src[i];
-    }
-  }
-  void store(float* x, const float* src) const {
-    for (int r = 0; r < rows; ++r) {
-      float* dst = x + at(r);
-#pragma omp simd
-      for (int i = 0; i < s.d; ++i) dst[i] = src[long(r) * s.d + i];
-    }
-  }
-  // Asks for these rows of each tensor ahead of their use (d floats every H d: too far apart for the hardware).
-  void prefetch(std::initializer_list<const float*> tensors) const {
-    for (const float* x : tensors)
-      for (int r = 0; r < rows; ++r)
-        for (int i = 0; i < s.d; i += 16) __builtin_prefetch(x + at(r) + i, 0, 2);
-  }
-  void add(float* x, const float* src) const {
+  long at(int r) const { return ((long(b) * s.N + t0 + r) * s.H + h0) * s.d; }
+  float* head(float* packed, int j) const { return packed + long(j) * rows * s.d; }
+  template <class F>
+  void each(F f) const {
     for (int r = 0; r < rows; ++r)
+      for (int j = 0; j < heads; ++j) f(at(r) + long(j) * s.d, (long(j) * rows + r) * s.d);
+  }
+  void gather(float* packed, const float* x) const {
+    each([&](long xi, long pi) {
 #pragma omp simd
-      for (int i = 0; i < s.d; ++i) x[at(r) + i] += src[long(r) * s.d + i];
+      for (int i = 0; i < s.d; ++i) packed[pi + i] = x[xi + i];
+    });
+  }
+  void scatter(float* x, const float* packed) const {
+    each([&](long xi, long pi) {
+#pragma omp simd
+      for (int i = 0; i < s.d; ++i) x[xi + i] = packed[pi + i];
+    });
+  }
+  void scatter_add(float* x, const float* packed) const {
+    each([&](long xi, long pi) {
+#pragma omp simd
+      for (int i = 0; i < s.d; ++i) x[xi + i] += packed[pi + i];
+    });
   }
 };
 
@@ -150,17 +154,13 @@ inline float gate_product(float x, float y) {
 // (each at most `block` factors: a few ulp, where a difference of cumulative log-gates would lose the precision
 // of its larger terms); qg = q qf, kg = k kf. Every factor is <= 1.
 // A document start is a gate of 0: nothing before it reaches it or what follows.
-void load_block(Scratch& w, const Rows& rows, const float* q, const float* k, const float* v, const float* g,
-                const uint8_t* starts) {
-  const int d = rows.s.d, n = rows.rows;
-  rows.load(w.q, q);
-  rows.load(w.k, k);
-  rows.load(w.v, v);
-  rows.load(w.g, g);
+void load_block(Scratch& w, const Group& group, int j, const uint8_t* starts) {
+  const int d = group.s.d, n = group.rows;
+  w.q = group.head(w.in_q, j), w.k = group.head(w.in_k, j), w.v = group.head(w.in_v, j), w.g = group.head(w.in_g, j);
   const long nd = long(n) * d;
 #pragma omp simd
   for (long x = 0; x < nd; ++x) w.eg[x] = vec_exp(w.g[x]);
-  if (const uint8_t* flags = rows.flags(starts))
+  if (const uint8_t* flags = group.flags(starts))
     for (int t = 0; t < n; ++t)
       if (flags[t]) std::fill(w.eg + t * d, w.eg + (t + 1) * d, 0.f);
 #pragma omp simd
@@ -298,11 +298,12 @@ void gla_forward(float* o, float* state_out, const float* q, const float* k, con
     }
     for (int t0 = 0; t0 < s.N; t0 += blk) {
       const int n = std::min(blk, s.N - t0);
+      const Group group{s, b, h0, heads, t0, n};
+      group.gather(w.in_q, q), group.gather(w.in_k, k), group.gather(w.in_v, v), group.gather(w.in_g, g);
       for (int j = 0; j < heads; ++j) {
         float* S = w.state + j * dd;
-        const Rows rows{s, b, h0 + j, t0, n};
-        if (t0 + blk < s.N) Rows{s, b, h0 + j, t0 + blk, std::min(blk, s.N - t0 - blk)}.prefetch({q, k, v, g});
-        load_block(w, rows, q, k, v, g, starts);
+        load_block(w, group, j, starts);
+        w.o = group.head(w.out_a, j);
         // a[t][u] = sum_i q_t,i k_u,i (the gates' product over (u, t]), u <= t
         if (!fast_pairs(w.a, w, n, d, false))
           for (int t = 0; t < n; ++t) {
@@ -315,9 +316,9 @@ void gla_forward(float* o, float* state_out, const float* q, const float* k, con
           }
         gemm(false, false, n, d, d, 1.f, w.qg, d, S, d, 0.f, w.o, d);  // o = qg S + a v
         gemm(false, false, n, d, n, 1.f, w.a, n, w.v, d, 1.f, w.o, d);
-        rows.store(o, w.o);
         advance_state(S, w, n, d);
       }
+      group.scatter(o, w.out_a);
     }
     if (state_out)
       for (int j = 0; j < heads; ++j)
@@ -342,13 +343,14 @@ void gla_backward(float* dq, float* dk, float* dv, float* dg, float* dstate_in, 
     }
     for (int t0 = 0; t0 < s.N; t0 += blk) {
       const int n = std::min(blk, s.N - t0);
+      const Group group{s, b, h0, heads, t0, n};
+      group.gather(w.in_q, q), group.gather(w.in_k, k), group.gather(w.in_v, v), group.gather(w.in_g, g);
+      group.gather(w.in_do, dout);
       for (int j = 0; j < heads; ++j) {
         float* S = w.state + j * dd;
-        const Rows rows{s, b, h0 + j, t0, n};
-        if (t0 + blk < s.N)
-          Rows{s, b, h0 + j, t0 + blk, std::min(blk, s.N - t0 - blk)}.prefetch({q, k, v, g, dout, dq, dk, dv});
-        load_block(w, rows, q, k, v, g, starts);
-        rows.load(w.o, dout);
+        load_block(w, group, j, starts);
+        w.o = group.head(w.in_do, j);
+        w.dq = group.head(w.out_a, j), w.dk = group.head(w.out_b, j), w.dv = group.head(w.out_c, j);
         transpose(w.st, d, S, d, d, d);
         gemm(false, false, n, d, d, 1.f, w.o, d, w.st, d, 0.f, w.dq, d);  // dq = (dO S^T) qf
 #pragma omp simd
@@ -374,16 +376,15 @@ void gla_backward(float* dq, float* dk, float* dv, float* dg, float* dstate_in, 
             });
           }
         gemm(true, false, n, d, n, 1.f, w.a, n, w.o, d, 0.f, w.dv, d);  // dv = A^T dO
-        rows.add(dq, w.dq);
-        rows.add(dk, w.dk);
-        rows.add(dv, w.dv);
         if (dg) {
+          float* partial = group.head(w.out_d, j);
 #pragma omp simd
-          for (long x = 0; x < long(n) * d; ++x) w.dq[x] = w.q[x] * w.dq[x] - w.k[x] * w.dk[x];
-          rows.store(dg, w.dq);
+          for (long x = 0; x < long(n) * d; ++x) partial[x] = w.q[x] * w.dq[x] - w.k[x] * w.dk[x];
         }
         advance_state(S, w, n, d);
       }
+      group.scatter_add(dq, w.out_a), group.scatter_add(dk, w.out_b), group.scatter_add(dv, w.out_c);
+      if (dg) group.scatter(dg, w.out_d);
     }
     // Pass 2, backward: the state gradient dS from the end, the terms that need it (dk, dv), and dg's sum.
     // run = the running sum of q dq - k dk from the end, plus rowsum(S_last .* dstate_out): the final state
@@ -401,41 +402,43 @@ void gla_backward(float* dq, float* dk, float* dv, float* dg, float* dstate_in, 
     const int blocks = (s.N + blk - 1) / blk;
     for (int blkno = blocks - 1; blkno >= 0; --blkno) {
       const int t0 = blkno * blk, n = std::min(blk, s.N - t0);
+      const Group group{s, b, h0, heads, t0, n};
+      group.gather(w.in_q, q), group.gather(w.in_k, k), group.gather(w.in_v, v), group.gather(w.in_g, g);
+      group.gather(w.in_do, dout);
+      if (dg) group.gather(w.out_d, dg);  // pass 1's q dq - k dk
       for (int j = 0; j < heads; ++j) {
         float *dS = w.dstate + j * dd, *r = w.run + j * d;
-        const Rows rows{s, b, h0 + j, t0, n};
-        if (blkno > 0) Rows{s, b, h0 + j, t0 - blk, blk}.prefetch({q, k, v, g, dout, dk, dv, dg});
-        load_block(w, rows, q, k, v, g, starts);
-        rows.load(w.o, dout);
+        load_block(w, group, j, starts);
+        w.o = group.head(w.in_do, j);
+        w.dk = group.head(w.out_b, j), w.dv = group.head(w.out_c, j);
         const float* last = w.qf + (n - 1) * d;
         transpose(w.st, d, dS, d, d, d);
         gemm(false, false, n, d, d, 1.f, w.v, d, w.st, d, 0.f, w.dk, d);  // dk = (V dS^T) kf
 #pragma omp simd
         for (long x = 0; x < long(n) * d; ++x) w.dk[x] *= w.kf[x];
         gemm(false, false, n, d, d, 1.f, w.kg, d, dS, d, 0.f, w.dv, d);  // dv = kg dS
-        rows.add(dk, w.dk);
-        rows.add(dv, w.dv);
         for (int i = 0; i < d; ++i)  // dS = diag(qf_last) dS + qg^T dO
 #pragma omp simd
           for (int c = 0; c < d; ++c) dS[i * d + c] *= last[i];
         gemm(true, false, d, d, n, 1.f, w.qg, d, w.o, d, 1.f, dS, d);
         if (dg) {
-          rows.load(w.dq, dg);  // pass 1's q dq - k dk
-          const uint8_t* flags = rows.flags(starts);
+          float* sum = group.head(w.out_d, j);  // pass 1's q dq - k dk, summed from the end in place
+          const uint8_t* flags = group.flags(starts);
           for (int t = n - 1; t >= 0; --t) {
 #pragma omp simd
             for (int i = 0; i < d; ++i) {
-              r[i] += w.dq[t * d + i] - w.k[t * d + i] * w.dk[t * d + i];
-              w.dq[t * d + i] = r[i];
+              r[i] += sum[t * d + i] - w.k[t * d + i] * w.dk[t * d + i];
+              sum[t * d + i] = r[i];
             }
             if (flags && flags[t]) {  // a start's gate is 0 whatever g: no gradient; before it, none of the sums
-              std::fill(w.dq + t * d, w.dq + (t + 1) * d, 0.f);
+              std::fill(sum + t * d, sum + (t + 1) * d, 0.f);
               std::fill(r, r + d, 0.f);
             }
           }
-          rows.store(dg, w.dq);
         }
       }
+      group.scatter_add(dk, w.out_b), group.scatter_add(dv, w.out_c);
+      if (dg) group.scatter(dg, w.out_d);
     }
     if (dstate_in)
       for (int j = 0; j < heads; ++j)

@@ -143,6 +143,19 @@ struct Lasp2Attention::Impl {
       for (int x = 0; x < d; ++x) dst[t * d + x] = src[long(t) * ld + x] * f[t * d + x];
   }
   PieceGates gla_gates() const { return {nullptr, piece_len, nullptr, s.B, s.H, s.d, gamma.data()}; }
+  // What each piece sends, into send: (A .* bk)^T C (keys: the state M) or (A .* bq)^T C (the state gradient
+  // dM); gamma along the way.
+  void gated_states(const float* a, bool keys, const float* c, const float* g, const SpDocuments& docs) {
+    const int d = s.d, ld = s.H * d;
+    gla_prepare();
+    for_each_head([&](int b, int i, int h, float* tmp) {
+      GlaScratch w = gla_thread();
+      piece_gates(w, g, docs, b, i, h);
+      const long at = rows(b, mine[i]) + long(h) * d;
+      gated_rows(tmp, a + at, keys ? w.bk : w.bq);
+      gemm(true, false, d, d, piece_len, 1.f, tmp, d, c + at, ld, 0.f, send.data() + state_at(i, b, h), d);
+    });
+  }
 
   void gla_forward(int layer, float* o, const float* q, const float* k, const float* v, const float* g,
                    const SpDocuments& docs);
@@ -155,14 +168,7 @@ struct Lasp2Attention::Impl {
 void Lasp2Attention::Impl::gla_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                        const float* g, const SpDocuments& docs) {
   const int H = s.H, d = s.d, ld = H * d;
-  gla_prepare();
-  for_each_head([&](int b, int i, int h, float* tmp) {
-    GlaScratch w = gla_thread();
-    piece_gates(w, g, docs, b, i, h);
-    const long at = rows(b, mine[i]) + long(h) * d;
-    gated_rows(tmp, k + at, w.bk);
-    gemm(true, false, d, d, piece_len, 1.f, tmp, d, v + at, ld, 0.f, send.data() + state_at(i, b, h), d);
-  });
+  gated_states(k, true, v, g, docs);  // M = (K .* bk)^T V
   auto exchange = passing->start(send.data(), gla_gates(), true);
   auto& entering = segment_states[layer];
   entering.resize(segment_state_floats());
@@ -203,14 +209,7 @@ void Lasp2Attention::Impl::gla_backward(int layer, float* dq, float* dk, float* 
                                         const float* q, const float* k, const float* v, const float* g,
                                         const SpDocuments& docs) {
   const int H = s.H, d = s.d, ld = H * d;
-  gla_prepare();
-  for_each_head([&](int b, int i, int h, float* tmp) {
-    GlaScratch w = gla_thread();
-    piece_gates(w, g, docs, b, i, h);
-    const long at = rows(b, mine[i]) + long(h) * d;
-    gated_rows(tmp, q + at, w.bq);
-    gemm(true, false, d, d, piece_len, 1.f, tmp, d, dout + at, ld, 0.f, send.data() + state_at(i, b, h), d);
-  });
+  gated_states(q, false, dout, g, docs);  // dM = (Q .* bq)^T dO
   auto exchange = passing->start(send.data(), gla_gates(), false);
   const auto& entering = segment_states[layer];
   const size_t dstate_floats = size_t(H) * d * d;

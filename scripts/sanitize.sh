@@ -23,6 +23,9 @@
 #         memory_plan_test                                         ~380 (40 CLI training runs; the plans' code runs
 #                                                                        sanitized in test_chunked, test_memory_plan
 #                                                                        and sp_equivalence_np1-4)
+#         sp_train_test                                            ~280 (24 CLI training runs on 1-4 ranks; every
+#                                                                        method runs sanitized in sp_equivalence_np1-4,
+#                                                                        the trainer in resume_bit_identical, TrainCli)
 #       and, until it is fixed, Models/ModelVsPyTorch.TenAdamWSteps/linear_silu_none: not a sanitizer report
 #       but a tolerance that the Debug build's rounding exceeds (1.3e-3 relative at step 10, limit 1e-3; the
 #       same loss with any malloc fill byte, so no uninitialized read).
@@ -83,6 +86,9 @@ if [ "$mode" = ci ]; then
     # ~380 s here: 40 training runs of every memory plan through the CLI; their parts run sanitized in
     # test_chunked, test_memory_plan and the SP equivalence tests (layer-major chunks on 1-4 ranks)
     '^memory_plan_test$'
+    # ~280 s here, the last on the critical path: 24 CLI training runs under mpirun on 1-4 ranks; their parts
+    # run sanitized in the SP equivalence tests (every method, GLA too), resume_bit_identical and TrainCli
+    '^sp_train_test$'
   )
   exclude=(-E "$(IFS='|'; echo "${slow[*]}")")
 fi

@@ -232,6 +232,9 @@ std::vector<GlaCase> gla_cases() {
     cases.push_back({1, 100, 2, 64, 16, strength});
     cases.push_back({2, 33, 1, 32, 32, strength});
     cases.push_back({1, 25, 4, 8, 16, strength});
+    // the vector paths' other widths: 3 vectors of 8 (AVX2; AVX-512 takes the generic path), and the widest
+    cases.push_back({1, 21, 1, 24, 16, strength});
+    cases.push_back({1, 18, 1, 128, 16, strength});
   }
   return cases;
 }

@@ -1,6 +1,5 @@
 #include "kernels/gla.h"
 
-#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -9,6 +8,7 @@
 
 #include "core/check.h"
 #include "kernels/gemm.h"
+#include "kernels/gemm_small.h"
 #include "kernels/transpose.h"
 #include "kernels/vec_math.h"
 
@@ -25,32 +25,43 @@ void check(const char* kernel, const LinearAttentionShape& s, Workspace ws, size
              s.threads, ws.floats);
 }
 
+// Vectors of kLanes floats in GCC's vector extensions: one AVX-512 register, or one AVX2 register (and two
+// halves below that); the products contract to FMA where the target has it.
 #if defined(__AVX512F__)
-// The sum of a vector's lanes. Masked forms with an explicit pass-through: GCC 12's unmasked shuffles pass an
-// undefined vector and warn.
-inline float horizontal_sum(__m512 x) {
-  x = _mm512_add_ps(x, _mm512_mask_shuffle_f32x4(x, 0xFFFF, x, x, _MM_SHUFFLE(1, 0, 3, 2)));
-  x = _mm512_add_ps(x, _mm512_mask_shuffle_f32x4(x, 0xFFFF, x, x, _MM_SHUFFLE(2, 3, 0, 1)));
-  x = _mm512_add_ps(x, _mm512_mask_permute_ps(x, 0xFFFF, x, _MM_SHUFFLE(1, 0, 3, 2)));
-  x = _mm512_add_ps(x, _mm512_mask_permute_ps(x, 0xFFFF, x, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm512_cvtss_f32(x);
-}
+constexpr int kLanes = 16;
+#else
+constexpr int kLanes = 8;
 #endif
+using Vec = float __attribute__((vector_size(4 * kLanes)));
+using Vec8 = float __attribute__((vector_size(32)));
+using Vec4 = float __attribute__((vector_size(16)));
+
+inline Vec load(const float* p) {
+  Vec x;
+  std::memcpy(&x, p, sizeof x);
+  return x;
+}
+inline void store(float* p, Vec x) { std::memcpy(p, &x, sizeof x); }
+
+inline float horizontal_sum(Vec x) {
+#if defined(__AVX512F__)
+  const Vec8 x8 = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
+                  __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
+  const Vec8 x8 = x;
+#endif
+  Vec4 h = __builtin_shufflevector(x8, x8, 0, 1, 2, 3) + __builtin_shufflevector(x8, x8, 4, 5, 6, 7);
+  h += __builtin_shufflevector(h, h, 2, 3, 0, 1);
+  h += __builtin_shufflevector(h, h, 1, 0, 3, 2);
+  return h[0];
+}
 
 // a . b, vectorized (a serial chain of scalar adds here cost 3/4 of the forward).
 float dot(const float* a, const float* b, int n) {
+  Vec acc{};
   int i = 0;
-  float sum = 0.f;
-#if defined(__AVX512F__)
-  __m512 acc = _mm512_setzero_ps();
-  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
-  if (i < n) {
-    const __mmask16 m = __mmask16((1u << (n - i)) - 1);
-    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
-    i = n;
-  }
-  sum = horizontal_sum(acc);
-#endif
+  for (; i + kLanes <= n; i += kLanes) acc += load(a + i) * load(b + i);
+  float sum = horizontal_sum(acc);
   for (; i < n; ++i) sum += a[i] * b[i];
   return sum;
 }
@@ -59,7 +70,7 @@ float dot(const float* a, const float* b, int n) {
 struct Scratch {
   float *state, *dstate;         // (heads, d, d): each head's running S, and dS (backward)
   float* run;                    // (heads, d): each head's running sum of dg (backward)
-  float *st, *vt;                // (d, d) S or dS transposed; (d, blk) V transposed: every product NN or TN
+  float *st, *vt;                // (d, d) S or dS transposed; (d, blk) V transposed (product_bt)
   // (heads, blk, d) the group's block, every head: inputs, and what goes out (o; dq, dk, dv, dg)
   float *in_q, *in_k, *in_v, *in_g, *in_do, *out_a, *out_b, *out_c, *out_d;
   float *q, *k, *v, *g, *o;      // (blk, d) one head's rows in those; o: dO in the backward
@@ -188,24 +199,23 @@ void for_each_key(Scratch& w, int t, int d, F f) {
   }
 }
 
-#if defined(__AVX512F__)
-inline __m512 gate_product(__m512 x, __m512 y) {
-  const __m512 p = _mm512_mul_ps(x, y);
-  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(p, _mm512_set1_ps(1e-30f), _CMP_GE_OQ), p);
+inline Vec gate_product(Vec x, Vec y) {
+  const Vec p = x * y;
+  return p >= 1e-30f ? p : Vec{};
 }
 
-// The intra-block pairs u <= t with d = 16 V, in registers: a[t][u] = sum_i q_t,i k_u,i e_i (forward).
+// The intra-block pairs u <= t with d = kLanes V, in registers: a[t][u] = sum_i q_t,i k_u,i e_i (forward).
 template <int V>
 void pairs_forward(float* a, const Scratch& w, int n) {
-  constexpr int d = 16 * V;
+  constexpr int d = kLanes * V;
   for (int t = 0; t < n; ++t) {
-    __m512 qt[V], e[V];
-    for (int x = 0; x < V; ++x) qt[x] = _mm512_loadu_ps(w.q + t * d + 16 * x), e[x] = _mm512_set1_ps(1.f);
+    Vec qt[V], e[V];
+    for (int x = 0; x < V; ++x) qt[x] = load(w.q + t * d + kLanes * x), e[x] = Vec{} + 1.f;
     for (int u = t; u >= 0; --u) {
-      __m512 acc = _mm512_setzero_ps();
+      Vec acc{};
       for (int x = 0; x < V; ++x) {
-        acc = _mm512_fmadd_ps(qt[x], _mm512_mul_ps(_mm512_loadu_ps(w.k + u * d + 16 * x), e[x]), acc);
-        e[x] = gate_product(e[x], _mm512_loadu_ps(w.eg + u * d + 16 * x));
+        acc += qt[x] * (load(w.k + u * d + kLanes * x) * e[x]);
+        e[x] = gate_product(e[x], load(w.eg + u * d + kLanes * x));
       }
       a[t * n + u] = horizontal_sum(acc);
     }
@@ -216,46 +226,55 @@ void pairs_forward(float* a, const Scratch& w, int n) {
 // Backward: also dq_t += sum_u da[t][u] k_u e and dk_u += da[t][u] q_t e (into w.dq, w.dk).
 template <int V>
 void pairs_backward(float* a, const Scratch& w, int n) {
-  constexpr int d = 16 * V;
+  constexpr int d = kLanes * V;
   for (int t = 0; t < n; ++t) {
-    __m512 qt[V], e[V], dqt[V];
-    for (int x = 0; x < V; ++x)
-      qt[x] = _mm512_loadu_ps(w.q + t * d + 16 * x), e[x] = _mm512_set1_ps(1.f), dqt[x] = _mm512_setzero_ps();
+    Vec qt[V], e[V], dqt[V];
+    for (int x = 0; x < V; ++x) qt[x] = load(w.q + t * d + kLanes * x), e[x] = Vec{} + 1.f, dqt[x] = Vec{};
     for (int u = t; u >= 0; --u) {
-      const __m512 da = _mm512_set1_ps(w.da[t * n + u]);
-      __m512 acc = _mm512_setzero_ps();
+      const float da = w.da[t * n + u];
+      Vec acc{};
       for (int x = 0; x < V; ++x) {
-        const __m512 ke = _mm512_mul_ps(_mm512_loadu_ps(w.k + u * d + 16 * x), e[x]);
-        acc = _mm512_fmadd_ps(qt[x], ke, acc);
-        dqt[x] = _mm512_fmadd_ps(da, ke, dqt[x]);
-        float* dku = w.dk + u * d + 16 * x;
-        _mm512_storeu_ps(dku, _mm512_fmadd_ps(da, _mm512_mul_ps(qt[x], e[x]), _mm512_loadu_ps(dku)));
-        e[x] = gate_product(e[x], _mm512_loadu_ps(w.eg + u * d + 16 * x));
+        const Vec ke = load(w.k + u * d + kLanes * x) * e[x];
+        acc += qt[x] * ke;
+        dqt[x] += da * ke;
+        float* dku = w.dk + u * d + kLanes * x;
+        store(dku, load(dku) + da * (qt[x] * e[x]));
+        e[x] = gate_product(e[x], load(w.eg + u * d + kLanes * x));
       }
       a[t * n + u] = horizontal_sum(acc);
     }
     for (int x = 0; x < V; ++x) {
-      float* dq = w.dq + t * d + 16 * x;
-      _mm512_storeu_ps(dq, _mm512_add_ps(_mm512_loadu_ps(dq), dqt[x]));
+      float* dq = w.dq + t * d + kLanes * x;
+      store(dq, load(dq) + dqt[x]);
     }
     std::fill(a + t * n + t + 1, a + (t + 1) * n, 0.f);
   }
 }
 
-// The fast form for d = 16, 32, ..., 128, or false.
+// The fast form for d a multiple of kLanes up to 128 (beyond, the rows of q and e outgrow the registers), or false.
 bool fast_pairs(float* a, const Scratch& w, int n, int d, bool backward) {
-  switch (d) {
+  if (d % kLanes != 0 || d > 128) return false;
+  switch (d / kLanes) {
 #define LASP_GLA_PAIRS(V) \
-  case 16 * V: backward ? pairs_backward<V>(a, w, n) : pairs_forward<V>(a, w, n); return true;
+  case V: backward ? pairs_backward<V>(a, w, n) : pairs_forward<V>(a, w, n); return true;
     LASP_GLA_PAIRS(1) LASP_GLA_PAIRS(2) LASP_GLA_PAIRS(3) LASP_GLA_PAIRS(4)
     LASP_GLA_PAIRS(5) LASP_GLA_PAIRS(6) LASP_GLA_PAIRS(7) LASP_GLA_PAIRS(8)
+#if !defined(__AVX512F__)
+    LASP_GLA_PAIRS(9) LASP_GLA_PAIRS(10) LASP_GLA_PAIRS(11) LASP_GLA_PAIRS(12)
+    LASP_GLA_PAIRS(13) LASP_GLA_PAIRS(14) LASP_GLA_PAIRS(15) LASP_GLA_PAIRS(16)
+#endif
 #undef LASP_GLA_PAIRS
   }
   return false;
 }
-#else
-bool fast_pairs(float*, const Scratch&, int, int, bool) { return false; }
-#endif
+
+// C (M x N) = A B^T for A (M x K) and B (N x K), both dense. The small register-blocked kernel reads B only as
+// stored, so B goes through tmp (K x N) transposed; oneDNN (CPUs without that kernel) reads B^T in place.
+void product_bt(int M, int N, int K, const float* A, const float* B, float* tmp, float* C) {
+  if (!gemm_small_available()) return gemm(false, true, M, N, K, 1.f, A, K, B, K, 0.f, C, N);
+  transpose(tmp, N, B, K, N, K);
+  gemm(false, false, M, N, K, 1.f, A, K, tmp, N, 0.f, C, N);
+}
 
 // S = diag(f) S + kg^T v with f = qf_last, the block's whole gate product: the state after the block.
 void advance_state(float* S, const Scratch& w, int n, int d) {
@@ -351,12 +370,10 @@ void gla_backward(float* dq, float* dk, float* dv, float* dg, float* dstate_in, 
         load_block(w, group, j, starts);
         w.o = group.head(w.in_do, j);
         w.dq = group.head(w.out_a, j), w.dk = group.head(w.out_b, j), w.dv = group.head(w.out_c, j);
-        transpose(w.st, d, S, d, d, d);
-        gemm(false, false, n, d, d, 1.f, w.o, d, w.st, d, 0.f, w.dq, d);  // dq = (dO S^T) qf
+        product_bt(n, d, d, w.o, S, w.st, w.dq);  // dq = (dO S^T) qf
 #pragma omp simd
         for (long x = 0; x < long(n) * d; ++x) w.dq[x] *= w.qf[x];
-        transpose(w.vt, n, w.v, d, n, d);
-        gemm(false, false, n, n, d, 1.f, w.o, d, w.vt, n, 0.f, w.da, n);  // dA = dO V^T
+        product_bt(n, n, d, w.o, w.v, w.vt, w.da);  // dA = dO V^T
         std::fill(w.dk, w.dk + size_t(n) * d, 0.f);
         // the pairs u <= t: a, and dq, dk through the gates' product over (u, t]
         if (!fast_pairs(w.a, w, n, d, true))
@@ -412,8 +429,7 @@ void gla_backward(float* dq, float* dk, float* dv, float* dg, float* dstate_in, 
         w.o = group.head(w.in_do, j);
         w.dk = group.head(w.out_b, j), w.dv = group.head(w.out_c, j);
         const float* last = w.qf + (n - 1) * d;
-        transpose(w.st, d, dS, d, d, d);
-        gemm(false, false, n, d, d, 1.f, w.v, d, w.st, d, 0.f, w.dk, d);  // dk = (V dS^T) kf
+        product_bt(n, d, d, w.v, dS, w.st, w.dk);  // dk = (V dS^T) kf
 #pragma omp simd
         for (long x = 0; x < long(n) * d; ++x) w.dk[x] *= w.kf[x];
         gemm(false, false, n, d, d, 1.f, w.kg, d, dS, d, 0.f, w.dv, d);  // dv = kg dS

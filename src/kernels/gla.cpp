@@ -161,27 +161,14 @@ inline float gate_product(float x, float y) {
   return p < 1e-30f ? 0.f : p;
 }
 
-// Loads a block's q, k, v and log-gates; eg = exp(g), qf_t = the gates' product over [0, t], kf_u = over (u, last]
-// (each at most `block` factors: a few ulp, where a difference of cumulative log-gates would lose the precision
-// of its larger terms); qg = q qf, kg = k kf. Every factor is <= 1.
-// A document start is a gate of 0: nothing before it reaches it or what follows.
+// Points w at head j's block (q, k, v, log-gates) and computes its factors (gla_gate_products): eg, qf over
+// [0, t], kf over (u, last]; qg = q qf, kg = k kf. A product over at most `block` gates costs a few ulp, where a
+// difference of cumulative log-gates would lose the precision of its larger terms.
 void load_block(Scratch& w, const Group& group, int j, const uint8_t* starts) {
   const int d = group.s.d, n = group.rows;
   w.q = group.head(w.in_q, j), w.k = group.head(w.in_k, j), w.v = group.head(w.in_v, j), w.g = group.head(w.in_g, j);
+  gla_gate_products(w.eg, w.qf, w.kf, w.g, d, n, d, group.flags(starts));
   const long nd = long(n) * d;
-#pragma omp simd
-  for (long x = 0; x < nd; ++x) w.eg[x] = vec_exp(w.g[x]);
-  if (const uint8_t* flags = group.flags(starts))
-    for (int t = 0; t < n; ++t)
-      if (flags[t]) std::fill(w.eg + t * d, w.eg + (t + 1) * d, 0.f);
-#pragma omp simd
-  for (int i = 0; i < d; ++i) w.qf[i] = w.eg[i], w.kf[(n - 1) * d + i] = 1.f;
-  for (int t = 1; t < n; ++t)
-#pragma omp simd
-    for (int i = 0; i < d; ++i) w.qf[t * d + i] = gate_product(w.qf[(t - 1) * d + i], w.eg[t * d + i]);
-  for (int t = n - 2; t >= 0; --t)
-#pragma omp simd
-    for (int i = 0; i < d; ++i) w.kf[t * d + i] = gate_product(w.kf[(t + 1) * d + i], w.eg[(t + 1) * d + i]);
 #pragma omp simd
   for (long x = 0; x < nd; ++x) w.qg[x] = w.q[x] * w.qf[x], w.kg[x] = w.k[x] * w.kf[x];
 }
@@ -300,6 +287,25 @@ void for_each_group(const LinearAttentionShape& s, Workspace ws, bool backward, 
 }
 
 }  // namespace
+
+void gla_gate_products(float* gates, float* before, float* after, const float* g, long ld, int n, int d,
+                       const uint8_t* flags) {
+  for (int t = 0; t < n; ++t) {
+    float* e = gates + long(t) * d;
+    const float* gt = g + t * ld;
+#pragma omp simd
+    for (int i = 0; i < d; ++i) e[i] = vec_exp(gt[i]);
+    if (flags && flags[t]) std::fill(e, e + d, 0.f);
+  }
+#pragma omp simd
+  for (int i = 0; i < d; ++i) before[i] = gates[i], after[long(n - 1) * d + i] = 1.f;
+  for (long t = 1; t < n; ++t)
+#pragma omp simd
+    for (int i = 0; i < d; ++i) before[t * d + i] = gate_product(before[(t - 1) * d + i], gates[t * d + i]);
+  for (long t = n - 2; t >= 0; --t)
+#pragma omp simd
+    for (int i = 0; i < d; ++i) after[t * d + i] = gate_product(after[(t + 1) * d + i], gates[(t + 1) * d + i]);
+}
 
 size_t gla_forward_workspace_floats(const LinearAttentionShape& s) { return workspace(s, false); }
 size_t gla_backward_workspace_floats(const LinearAttentionShape& s) { return workspace(s, true); }

@@ -37,6 +37,13 @@ inline float gla_log_gate_derivative(float z, float normalizer) {
   return 1.f / ((1.f + std::exp(std::min(z, 80.f))) * normalizer);
 }
 
+// The gate products of n rows of log-gates g (d per row, rows ld apart), the one rule for GLA's factors here and
+// in sequence parallelism: gates[t] = exp(g_t), 0 at a document start (flags[t], flags may be null);
+// before[t] = the product of gates over [0, t], after[t] = over (t, n-1]. Each product has at most n factors
+// <= 1 and is flushed to 0 below 1e-30 (no denormals). Outputs (n, d), dense.
+void gla_gate_products(float* gates, float* before, float* after, const float* g, long ld, int n, int d,
+                       const uint8_t* flags);
+
 size_t gla_forward_workspace_floats(const LinearAttentionShape& s);
 size_t gla_backward_workspace_floats(const LinearAttentionShape& s);
 

@@ -9,7 +9,6 @@
 #include "core/check.h"
 #include "kernels/gemm.h"
 #include "kernels/gla.h"
-#include "kernels/vec_math.h"
 #include "sp/piece_states.h"
 #include "sp/state_passing.h"
 
@@ -106,12 +105,12 @@ struct Lasp2Attention::Impl {
   bool last_piece(int i) const { return mine[i].index == int(owner.size()) - 1; }
 
   // ---- GLA (GATES.md): the same exchange with per-row gates, Gamma = each row's gate product over the piece.
-  std::vector<float> gla_scratch;  // per thread: bq, bk, dqx, dkx (piece_len, d) and one (d, d) state
+  std::vector<float> gla_scratch;  // per thread: eg, bq, bk, dqx, dkx (piece_len, d), one (d, d) state, r (d)
   std::vector<float> gamma;        // (pieces, B, H, d)
   struct GlaScratch {
-    float *bq, *bk, *dqx, *dkx, *state;
+    float *eg, *bq, *bk, *dqx, *dkx, *state, *r;
   };
-  size_t gla_thread_floats() const { return 4 * size_t(piece_len) * s.d + size_t(s.d) * s.d; }
+  size_t gla_thread_floats() const { return 5 * size_t(piece_len) * s.d + size_t(s.d) * s.d + s.d; }
   void gla_prepare() {  // before the parallel loops: sized once, on the first GLA layer
     gla_scratch.resize(gla_thread_floats() * s.threads);
     gamma.resize(mine.size() * size_t(s.B) * s.H * s.d);
@@ -119,21 +118,15 @@ struct Lasp2Attention::Impl {
   GlaScratch gla_thread() {
     const size_t nd = size_t(piece_len) * s.d, per = gla_thread_floats();
     float* base = gla_scratch.data() + per * size_t(omp_get_thread_num());
-    return {base, base + nd, base + 2 * nd, base + 3 * nd, base + 4 * nd};
+    return {base, base + nd, base + 2 * nd, base + 3 * nd, base + 4 * nd, base + 5 * nd, base + 5 * nd + s.d * s.d};
   }
-  // One head of one piece: bq[t] = the gates' product over [0, t], bk[t] = over (t, last] (0 through a document
-  // start); gamma of the piece's rows = bq[last]. Products of at most piece_len factors <= 1, flushed below 1e-30.
+  // One head of one piece (gla_gate_products): bq[t] = the gates' product over [0, t], bk[t] = over (t, last];
+  // gamma of the piece's rows = bq[last]. Computed again after the exchange rather than kept: keeping them would
+  // hold two more (piece_len, H, d) tensors per layer.
   void piece_gates(GlaScratch& w, const float* g, const SpDocuments& docs, int b, int i, int h) {
-    const int d = s.d, n = piece_len, ld = s.H * d;
-    const uint8_t* flags = docs.flags(b, mine[i].offset);
-    const float* gh = g + rows(b, mine[i]) + long(h) * d;
-    auto gate = [&](int t, int x) { return flags && flags[t] ? 0.f : vec_exp(gh[long(t) * ld + x]); };
-    auto flush = [](float p) { return p < 1e-30f ? 0.f : p; };
-    for (int x = 0; x < d; ++x) w.bq[x] = gate(0, x), w.bk[(n - 1) * d + x] = 1.f;
-    for (int t = 1; t < n; ++t)
-      for (int x = 0; x < d; ++x) w.bq[t * d + x] = flush(w.bq[(t - 1) * d + x] * gate(t, x));
-    for (int t = n - 2; t >= 0; --t)
-      for (int x = 0; x < d; ++x) w.bk[t * d + x] = flush(w.bk[(t + 1) * d + x] * gate(t + 1, x));
+    const int d = s.d, n = piece_len;
+    gla_gate_products(w.eg, w.bq, w.bk, g + rows(b, mine[i]) + long(h) * d, long(s.H) * d, n, d,
+                      docs.flags(b, mine[i].offset));
     std::memcpy(gamma.data() + ((size_t(i) * s.B + b) * s.H + h) * d, w.bq + (n - 1) * d, sizeof(float) * d);
   }
   // dst (n, d) = src (rows ld apart) .* f (n, d)
@@ -238,7 +231,8 @@ void Lasp2Attention::Impl::gla_backward(int layer, float* dq, float* dk, float* 
     const size_t n = size_t(piece_len) * d;
     std::fill(w.dqx, w.dqx + n, 0.f);
     std::fill(w.dkx, w.dkx + n, 0.f);
-    std::vector<float> r(d, 0.f);
+    float* r = w.r;
+    std::fill(r, r + d, 0.f);
     if (!first_piece(i)) {  // dqx = (dO P^T) .* bq
       gemm(false, true, piece_len, d, d, 1.f, dout + at, ld, P.data() + state_at(i, b, h), d, 0.f, w.dqx, d);
       for (size_t x = 0; x < n; ++x) w.dqx[x] *= w.bq[x];
@@ -268,7 +262,7 @@ void Lasp2Attention::Impl::gla_backward(int layer, float* dq, float* dk, float* 
         r[x] += q[row + x] * dqx - k[row + x] * dkx;
         if (!(flags && flags[t])) dg[row + x] += r[x];
       }
-      if (flags && flags[t]) std::fill(r.begin(), r.end(), 0.f);
+      if (flags && flags[t]) std::fill(r, r + d, 0.f);
     }
   });
 }

@@ -76,8 +76,7 @@ void bench_sp(const SpBenchOptions& options, Comm& world) {
         }
         const int Nl = N / W;
         const std::vector<int> pos = sp_positions(N, W, world.rank(), layout);
-        const AttentionShape shape{1, Nl, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), kLinearBlock,
-                                   omp_get_max_threads()};
+        const AttentionShape shape = attention_shape(c, 1, Nl, kLinearBlock, omp_get_max_threads());
         auto attention = make_sp_attention(method, world, shape, N, layout, c.num_hidden_layers, o.scan_slices);
         Model model(c, 1, Nl, *attention);
         init_weights(model.layout(), model.params(), 1);

@@ -60,8 +60,7 @@ nlohmann::ordered_json bench_train(const ModelConfig& config, const TrainBenchOp
                blas["blas"].get<std::string>());
   }
   const int B = o.batch, N = o.seq_lens[0];
-  const AttentionShape shape{B, N, config.num_attention_heads, config.num_key_value_heads, config.head_dim(),
-                             kLinearBlock, omp_get_max_threads()};
+  const AttentionShape shape = attention_shape(config, B, N, kLinearBlock, omp_get_max_threads());
   const MemoryPlan plan = plan_memory(config, shape, nullptr, o.memory, true);
   std::fprintf(stderr, "lasp: N=%d: %s\n", N, plan.describe().c_str());
   const std::unique_ptr<Attention> attention = planned_attention(plan, config, shape, nullptr);

@@ -75,7 +75,7 @@ std::vector<float> Decoder::prefill(const std::vector<int>& prompt) {
   const int n = int(prompt.size());
   LASP_CHECK(n > 0 && n <= max_tokens_, "decoder: the prompt must hold 1 to {} tokens, got {}", max_tokens_, n);
   const ModelConfig& c = config_;
-  const AttentionShape shape{1, n, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), kLinearBlock, threads_};
+  const AttentionShape shape = attention_shape(c, 1, n, kLinearBlock, threads_);
   MemoryRequest request;
   request.precision = precision_;
   const MemoryPlan plan = plan_memory(c, shape, nullptr, request, false);
@@ -136,8 +136,7 @@ std::vector<float> prefill_sequence_parallel(Decoder& decoder, const ModelConfig
   const int m = n > 0 ? (n - 1) / unit * unit : 0;  // the sequence-parallel prefix; at least the last token stays
   if (W == 1 || m == 0) return decoder.prefill(prompt);
   const std::vector<int> positions = sp_positions(m, W, sp.rank(), layout);
-  const AttentionShape shape{1, int(positions.size()), c.num_attention_heads, c.num_key_value_heads, c.head_dim(),
-                             kLinearBlock, decoder.threads()};
+  const AttentionShape shape = attention_shape(c, 1, int(positions.size()), kLinearBlock, decoder.threads());
   const std::unique_ptr<Attention> attention = make_sp_attention("", sp, shape, m, layout, c.num_hidden_layers);
   return decoder.prefill(prompt, *attention, positions, m);
 }

@@ -11,6 +11,7 @@
 #include "kernels/gla.h"
 #include "kernels/linear_attention.h"
 #include "kernels/softmax_attention.h"
+#include "model/config.h"
 #include "model/documents.h"
 
 namespace lasp {
@@ -22,7 +23,13 @@ struct AttentionShape {
   int block;     // linear attention block size
   int threads;   // OpenMP threads of the attention kernels, set once by whoever builds the model (trainer,
                  // decoder, bench); every workspace is sized for them
+  bool gla = false;  // the linear layers take GLA's gates: the SP methods size their gate scratch up front
 };
+
+// The shape of config c's attention on B rows of N tokens (this rank's), blocks of `block`, on `threads`.
+inline AttentionShape attention_shape(const ModelConfig& c, int B, int N, int block, int threads) {
+  return {B, N, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), block, threads, c.linear.decay == Decay::gla};
+}
 
 // What decays a causal linear layer's state: a fixed decay per head (MODEL.md), or GLA's log-gates per token,
 // head and key dim (GATES.md). A bare lambda pointer converts to it.

@@ -53,6 +53,7 @@ struct Lasp2Attention::Impl {
     send.resize(states);
     suffix.resize(states);
     passing = make_state_passing(kind, c, {s.B, s.H, s.d, mine, owner}, slices);
+    if (s.gla) gla_prepare();
     incoming.resize(layers);
     final_states.resize(layers);
     // Up to 4 segments of whole blocks.
@@ -111,7 +112,10 @@ struct Lasp2Attention::Impl {
     float *eg, *bq, *bk, *dqx, *dkx, *state, *r;
   };
   size_t gla_thread_floats() const { return 5 * size_t(piece_len) * s.d + size_t(s.d) * s.d + s.d; }
-  void gla_prepare() {  // before the parallel loops: sized once, on the first GLA layer
+  // Sized in the constructor where the shape says GLA (memory_floats counts it), else on the first GLA layer:
+  // before the parallel loops.
+  size_t gla_floats() const { return gla_thread_floats() * s.threads + mine.size() * size_t(s.B) * s.H * s.d; }
+  void gla_prepare() {
     gla_scratch.resize(gla_thread_floats() * s.threads);
     gamma.resize(mine.size() * size_t(s.B) * s.H * s.d);
   }
@@ -441,7 +445,8 @@ double Lasp2Attention::memory_floats(const std::string& layer_types) const {
   const double softmax = double(layer_types.size()) - linear;
   const double states = double(m.state_floats());
   const double per_layer = states + double(m.segment_state_floats());  // incoming P, segment states
-  return double(m.kernel_ws.storage.size() + m.scratch.size() + m.passing->memory_floats()) + 3 * states +
+  const double gla = m.s.gla && linear > 0 ? double(m.gla_floats()) : 0.0;
+  return double(m.kernel_ws.storage.size() + m.scratch.size() + m.passing->memory_floats()) + 3 * states + gla +
          linear * per_layer +
          softmax_.memory_floats(int(softmax), m.s.H_kv);
 }

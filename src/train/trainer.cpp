@@ -59,8 +59,7 @@ PlannedRank plan_rank(const ModelConfig& c, const Grid& g, int B, int N, SpLayou
                       const ParallelOptions& parallel, const MemoryRequest& memory, bool training) {
   const std::string& method = parallel.sp_method;
   // The kernels' threads are those lasp runs with (--threads), fixed here for the run.
-  const AttentionShape shape{B, N / g.sp_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), block,
-                             omp_get_max_threads()};
+  const AttentionShape shape = attention_shape(c, B, N / g.sp_size, block, omp_get_max_threads());
   std::unique_ptr<Attention> sp;
   LayerMajorAttention layer_major;
   if (g.sp_size > 1) {

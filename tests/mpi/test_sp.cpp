@@ -478,6 +478,23 @@ TEST(SpGla, MethodsWithoutGlaRefuseItOnEveryRank) {
   }
 }
 
+// The memory plan sees LASP-2's GLA scratch: the shape that says GLA adds at least the per-thread gate products
+// and cross terms (five (piece, d) buffers per thread) to memory_floats, for every passing.
+TEST(SpGla, MemoryCountsTheGateScratch) {
+  const int W = world().size(), B = 1, H = 4, d = 8, N = 40 * W;
+  if (W == 1) return;  // one rank runs the local kernels: no pieces, no gate scratch
+  for (const char* method : {"lasp2", "exscan", "allscan"}) {
+    AttentionShape shape{B, N / W, H, H, d, 16, kThreads};
+    auto counted = [&](const char* layer_types) {
+      return make_sp_attention(method, world(), shape, N, SpLayout::contiguous, 2)->memory_floats(layer_types);
+    };
+    const double fixed = counted("LN"), softmax_only = counted("NN");
+    shape.gla = true;
+    EXPECT_GE(counted("LN") - fixed, 5.0 * (N / W) * d * kThreads) << method;
+    EXPECT_EQ(counted("NN"), softmax_only) << method;  // no linear layer, no gates
+  }
+}
+
 // GLA's pieces carry their rows' gates: LASP-2's AllGather moves (W-1) pieces of (d^2 + d) H floats per batch
 // row (GATES.md), the scans one pair (exscan) or one state (allscan: the receiver knows its own gates) per piece.
 TEST(SpCommunication, GlaBytes) {
@@ -571,7 +588,7 @@ TEST_P(SpModel, LogitsLossAndGradientsEqualSingleProcess) {
   std::vector<int> in_l, tg_l;
   for (int b = grid.dp_rank * Bl; b < (grid.dp_rank + 1) * Bl; ++b)
     for (int p : pos) in_l.push_back(inputs[size_t(b) * N + p]), tg_l.push_back(targets[size_t(b) * N + p]);
-  const AttentionShape shape{Bl, Nl, 4, 2, 8, 16, kThreads};
+  const AttentionShape shape = attention_shape(config, Bl, Nl, 16, kThreads);  // GLA's scratch sized up front
   if (c.method == "ulysses" && 4 % sp_size != 0) {  // 4 heads over 3 ranks: a clear error (also in SpUlysses)
     EXPECT_THROW(make_sp_attention(c.method, *grid.sp, shape, N, c.layout, config.num_hidden_layers), Error);
     return;

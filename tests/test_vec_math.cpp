@@ -1,4 +1,4 @@
-// vec_exp / vec_sigmoid against the C library in double precision.
+// vec_exp / vec_exp2 / vec_sigmoid against the C library in double precision.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -18,6 +18,31 @@ TEST(VecMath, ExpWithinThreeUlpOverTheNormalRange) {
   EXPECT_EQ(lasp::vec_exp(-100.f), 0.f);
   EXPECT_EQ(lasp::vec_exp(-INFINITY), 0.f);
   EXPECT_TRUE(std::isinf(lasp::vec_exp(100.f)));
+}
+
+TEST(VecMath, Exp2WithinTwoUlpAndZeroForMaskedScores) {
+  double worst = 0;
+  for (double x = -126.0; x < 127.0; x += 1.3e-4) {
+    const float f = float(x), got = lasp::vec_exp2(f);
+    const double ref = std::exp2(double(f));
+    const double ulp = std::nextafter(float(ref), INFINITY) - float(ref);
+    worst = std::max(worst, std::fabs(got - ref) / ulp);
+  }
+  EXPECT_LE(worst, 2.0);
+  EXPECT_EQ(lasp::vec_exp2(0.f), 1.f);
+  EXPECT_EQ(lasp::vec_exp2(-3.f), 0.125f);
+  EXPECT_EQ(lasp::vec_exp2(-126.5f), 0.f);
+  EXPECT_EQ(lasp::vec_exp2(-INFINITY), 0.f);
+  EXPECT_TRUE(std::isinf(lasp::vec_exp2(200.f)));
+  volatile float nan = NAN;
+  EXPECT_EQ(lasp::vec_exp2(nan), 0.f);
+  float in[64], out[64];
+  for (int i = 0; i < 64; ++i) in[i] = i % 5 == 0 ? -INFINITY : -0.37f * float(i);
+  for (int i = 0; i < 64; ++i) out[i] = lasp::vec_exp2(in[i]);  // the vectorized form
+  for (int i = 0; i < 64; ++i) {
+    const double ref = std::exp2(double(in[i]));
+    EXPECT_NEAR(out[i], ref, 2.5e-7 * ref) << i;
+  }
 }
 
 TEST(VecMath, SigmoidMatchesAndSaturates) {

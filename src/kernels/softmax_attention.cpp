@@ -29,6 +29,7 @@
 #include "core/check.h"
 #include "kernels/gemm.h"
 #include "kernels/transpose.h"
+#include "kernels/vec_math.h"
 
 namespace lasp {
 namespace {
@@ -212,27 +213,29 @@ void ds_row(float* dp, const float* p, int n, float D) {
   }
 }
 
-#else  // portable fallback (tested by building the tests with -march=x86-64-v3)
-
-inline float exp2_scalar(float x) { return x >= -126.f ? std::exp2(x) : 0.f; }
+#else  // AVX2 and below: loops the compiler vectorizes (the scalar libm exp2 here was 9% of an AVX2 step)
 
 float row_max(const float* s, int n) {
   float m = -INFINITY;
+#pragma omp simd reduction(max : m)
   for (int j = 0; j < n; ++j) m = std::max(m, s[j]);
   return m;
 }
 
 float exp2_row_sum(float* s, int n, float m) {
   float sum = 0.f;
-  for (int j = 0; j < n; ++j) sum += (s[j] = exp2_scalar(s[j] - m));
+#pragma omp simd reduction(+ : sum)
+  for (int j = 0; j < n; ++j) sum += (s[j] = vec_exp2(s[j] - m));
   return sum;
 }
 
 void exp2_row(float* s, int n, float m) {
-  for (int j = 0; j < n; ++j) s[j] = exp2_scalar(s[j] - m);
+#pragma omp simd
+  for (int j = 0; j < n; ++j) s[j] = vec_exp2(s[j] - m);
 }
 
 void ds_row(float* dp, const float* p, int n, float D) {
+#pragma omp simd
   for (int j = 0; j < n; ++j) dp[j] = p[j] * (dp[j] - D);
 }
 

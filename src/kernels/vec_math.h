@@ -35,6 +35,26 @@ inline float vec_exp(float x_in) {
   return x_in < -87.33654f ? 0.f : x_in > 88.72283f ? __builtin_inff() : x_in != x_in ? x_in : y;
 }
 
+// 2^x for x in [-126, 128] within 2 ulp (the minimax polynomial of softmax_attention.cpp's AVX-512 form, which
+// this one matches); 0 below -126, for -inf and for NaN (a masked score); inf above 128.
+inline float vec_exp2(float x_in) {
+  const bool in_range = x_in >= -126.f;  // false for NaN
+  float x = in_range ? x_in : -126.f;
+  x = x > 128.f ? 128.f : x;
+  const float r = __builtin_rintf(x), f = x - r;  // f in [-0.5, 0.5]
+  float p = 1.5345811e-04f;
+  p = __builtin_fmaf(p, f, 1.3399931e-03f);
+  p = __builtin_fmaf(p, f, 9.6184891e-03f);
+  p = __builtin_fmaf(p, f, 5.5503286e-02f);
+  p = __builtin_fmaf(p, f, 2.4022646e-01f);
+  p = __builtin_fmaf(p, f, 6.9314718e-01f);
+  p = __builtin_fmaf(p, f, 1.0f);
+  const int32_t bits = (int32_t(r) + 127) << 23;  // 2^r: r = 128 gives the bits of inf
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return in_range ? p * scale : 0.f;
+}
+
 // 1 / (1 + exp(-x)) without overflow.
 inline float vec_sigmoid(float x) {
   const float e = vec_exp(-(x < 0 ? -x : x));

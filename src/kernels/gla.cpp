@@ -155,11 +155,6 @@ struct Group {
   }
 };
 
-// x * y flushed to 0 below 1e-30: the gate products never reach denormals.
-inline float gate_product(float x, float y) {
-  const float p = x * y;
-  return p < 1e-30f ? 0.f : p;
-}
 
 // Points w at head j's block (q, k, v, log-gates) and computes its factors (gla_gate_products): eg, qf over
 // [0, t], kf over (u, last]; qg = q qf, kg = k kf. A product over at most `block` gates costs a few ulp, where a
@@ -182,7 +177,7 @@ void for_each_key(Scratch& w, int t, int d, F f) {
     f(u);
     const float* eg = w.eg + u * d;
 #pragma omp simd
-    for (int i = 0; i < d; ++i) w.e[i] = gate_product(w.e[i], eg[i]);
+    for (int i = 0; i < d; ++i) w.e[i] = gla_gate_product(w.e[i], eg[i]);
   }
 }
 
@@ -301,10 +296,10 @@ void gla_gate_products(float* gates, float* before, float* after, const float* g
   for (int i = 0; i < d; ++i) before[i] = gates[i], after[long(n - 1) * d + i] = 1.f;
   for (long t = 1; t < n; ++t)
 #pragma omp simd
-    for (int i = 0; i < d; ++i) before[t * d + i] = gate_product(before[(t - 1) * d + i], gates[t * d + i]);
+    for (int i = 0; i < d; ++i) before[t * d + i] = gla_gate_product(before[(t - 1) * d + i], gates[t * d + i]);
   for (long t = n - 2; t >= 0; --t)
 #pragma omp simd
-    for (int i = 0; i < d; ++i) after[t * d + i] = gate_product(after[(t + 1) * d + i], gates[(t + 1) * d + i]);
+    for (int i = 0; i < d; ++i) after[t * d + i] = gla_gate_product(after[(t + 1) * d + i], gates[(t + 1) * d + i]);
 }
 
 size_t gla_forward_workspace_floats(const LinearAttentionShape& s) { return workspace(s, false); }

@@ -37,6 +37,12 @@ inline float gla_log_gate_derivative(float z, float normalizer) {
   return 1.f / ((1.f + std::exp(std::min(z, 80.f))) * normalizer);
 }
 
+// x * y flushed to 0 below 1e-30: a product of gates never reaches the denormals.
+inline float gla_gate_product(float x, float y) {
+  const float p = x * y;
+  return p < 1e-30f ? 0.f : p;
+}
+
 // The gate products of n rows of log-gates g (d per row, rows ld apart), the one rule for GLA's factors here and
 // in sequence parallelism: gates[t] = exp(g_t), 0 at a document start (flags[t], flags may be null);
 // before[t] = the product of gates over [0, t], after[t] = over (t, n-1]. Each product has at most n factors

@@ -84,10 +84,6 @@ MemoryPlan plan_memory(const ModelConfig& c, const AttentionShape& shape, const 
 
   // The candidates, fastest first.
   std::vector<ModelPlan> candidates;
-  // LASP-2's layer-major chunks have no GLA form yet (sp/lasp2_chunked.h): GLA runs whole pieces across ranks.
-  const bool gla = c.linear.decay == Decay::gla && c.layer_types.find('L') != std::string::npos;
-  LASP_CHECK(!(gla && sp_attention && request.chunk > 0),
-             "--chunk across sequence-parallel ranks has no form for GLA's gates (decay gla) yet; use --recompute");
   if (request.chunk > 0 || request.recompute) {
     LASP_CHECK(request.chunk == 0 || !sp_attention || layer_major,
                "--chunk across sequence-parallel ranks needs a method with a chunked form (lasp2); with this one use "
@@ -100,7 +96,7 @@ MemoryPlan plan_memory(const ModelConfig& c, const AttentionShape& shape, const 
     candidates.push_back({});
     if (sp_attention) {
       candidates.push_back({true, 0});
-      if (layer_major && !gla)
+      if (layer_major)
         for (int chunk : chunks) {
           ModelPlan p{true, chunk};
           p.layer_major = true;

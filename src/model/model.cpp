@@ -328,9 +328,8 @@ void Model::forward_layer(int l, bool write_output) {
     project(a.v, xn, w.wv, D, E);
     feature_map_forward(a.q, a.qp, long(T * E), c.linear.feature_map);
     feature_map_forward(a.k, a.kp, long(T * E), c.linear.feature_map);
-    LinearGates gates(lambdas_[l].data());
-    if (c.linear.decay == Decay::gla) gates.log_gates = gate_forward(l, xn);
-    attention_.linear_forward(l, a.o, a.q, a.k, a.v, gates);
+    if (c.linear.decay == Decay::gla) gate_forward(l, xn);
+    attention_.linear_forward(l, a.o, a.q, a.k, a.v, linear_gates(l, false));
     attn_out = a.o;
     if (c.linear.output_norm) {  // per-head RMSNorm: T*H rows of d, one weight shared by the heads
       rmsnorm_forward(a.on, a.rstd_o, a.o, w.o_norm, T_ * H, d, eps);
@@ -361,6 +360,12 @@ void Model::forward_layer(int l, bool write_output) {
     if (write_output) project(x_[l + 1] + size_t(r) * D, kept(a.m, a.m16), w.w_down, F, D, rows);
   }
   if (write_output) add_into(x_[l + 1], a.h, T * D);
+}
+
+LinearGates Model::linear_gates(int l, bool backward) {
+  LinearGates gates(lambdas_[l].data());
+  if (config_.linear.decay == Decay::gla) gates.log_gates = acts(l).glog, gates.d_log_gates = backward ? s_.dglog : nullptr;
+  return gates;
 }
 
 // GLA's log-gates of layer l (GATES.md): g = logsigmoid(W_gk2 (W_gk1 xn) + b_gk) / gate_normalizer, into a.glog.
@@ -473,9 +478,7 @@ void Model::backward_layer(int l) {
     zero(s_.dq, T * E);
     zero(s_.dk, T * E);
     zero(s_.dv, T * E);
-    LinearGates gates(lambdas_[l].data());
-    if (c.linear.decay == Decay::gla) gates.log_gates = a.glog, gates.d_log_gates = s_.dglog;
-    attention_.linear_backward(l, s_.dq, s_.dk, s_.dv, d_o, a.q, a.k, a.v, gates);
+    attention_.linear_backward(l, s_.dq, s_.dk, s_.dv, d_o, a.q, a.k, a.v, linear_gates(l, true));
     feature_map_backward(s_.dqp, s_.dq, a.qp, long(T * E), c.linear.feature_map, GradStore::overwrite);
     feature_map_backward(s_.dkp, s_.dk, a.kp, long(T * E), c.linear.feature_map, GradStore::overwrite);
     const Input xn = kept(a.xn, a.xn16);

@@ -145,6 +145,9 @@ class Model {
   void project(float* Y, Input X, const float* W, int in, int out, int rows = -1);
   const float* gate_forward(int l, Input xn);  // decay gla: the log-gates of layer l
   void gate_backward(int l, Input xn);
+  // Layer l's gates for the attention: its fixed decay, or GLA's log-gates of the running chunk (computed by
+  // gate_forward) and, in the backward, the buffer of their gradient.
+  LinearGates linear_gates(int l, bool backward);
   // dX += dY W (dX = dY W when dx_fresh), dW += dY^T X.
   void project_backward(float* dX, float* dW, const float* dY, Input X, const float* W, int in, int out,
                         bool dx_fresh = false, int rows = -1);

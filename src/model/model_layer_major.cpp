@@ -39,6 +39,7 @@ void Model::layer_keys(int l) {
     project(a.kp, xn, w.wk, D, E);
     feature_map_forward(a.k, a.kp, long(T_) * E, c.linear.feature_map);
     project(a.v, xn, w.wv, D, E);
+    if (c.linear.decay == Decay::gla) gate_forward(l, xn);
   } else {
     project(a.k, xn, w.wk, D, Ekv);
     rope_forward(a.k, a.k, rope(), B_, c.num_key_value_heads);
@@ -56,8 +57,9 @@ void Model::key_gradients_backward(int l) {
   layer_keys(l);
   std::fill_n(s_.dk, size_t(T_) * width, 0.f);
   std::fill_n(s_.dv, size_t(T_) * width, 0.f);
-  const bool linear = c.layer_types[l] == 'L';
-  if (linear ? !attention_.linear_key_gradients(l, s_.dk, s_.dv, a.k, a.v, lambdas_[l].data())
+  const bool linear = c.layer_types[l] == 'L', gla = linear && c.linear.decay == Decay::gla;
+  if (gla) std::fill_n(s_.dglog, size_t(T_) * E, 0.f);
+  if (linear ? !attention_.linear_key_gradients(l, s_.dk, s_.dv, a.k, a.v, linear_gates(l, true))
              : !attention_.softmax_key_gradients(l, s_.dk, s_.dv))
     return;
   if (linear)
@@ -66,6 +68,7 @@ void Model::key_gradients_backward(int l) {
     rope_backward(s_.dkp, s_.dk, rope(), B_, c.num_key_value_heads, GradStore::overwrite);
   project_backward(s_.dxn, g.wk, s_.dkp, kept(a.xn, a.xn16), w.wk, D, width, true);
   project_backward(s_.dxn, g.wv, s_.dv, kept(a.xn, a.xn16), w.wv, D, width);
+  if (gla) gate_backward(l, kept(a.xn, a.xn16));  // the later pieces' share of the gates' gradient
   float* grad = stream_[c.num_hidden_layers];
   load(s_.dres, grad);
   rmsnorm_backward(s_.dres, g.input_norm, s_.dxn, x_[l], w.input_norm, a.rstd_in, T_, D);
@@ -73,7 +76,7 @@ void Model::key_gradients_backward(int l) {
 }
 
 void Model::exchange(int l, Attention::Pass pass) {
-  if (config_.layer_types[l] == 'L') attention_.linear_exchange(l, pass, lambdas_[l].data());
+  if (config_.layer_types[l] == 'L') attention_.linear_exchange(l, pass, linear_gates(l, false));
   else attention_.softmax_exchange(l, pass);
 }
 
@@ -91,7 +94,7 @@ double Model::forward_layer_major(int* predictions) {
       start_chunk(k, Pass::forward);
       load(x_[l], stream_[l]);
       layer_keys(l);
-      if (c.layer_types[l] == 'L') attention_.linear_collect(l, acts(l).k, acts(l).v, lambdas_[l].data());
+      if (c.layer_types[l] == 'L') attention_.linear_collect(l, acts(l).k, acts(l).v, linear_gates(l, false));
       else attention_.softmax_collect(l, acts(l).k, acts(l).v);
     }
     exchange(l, Pass::forward);

@@ -7,6 +7,7 @@
 
 #include "core/check.h"
 #include "kernels/gemm.h"
+#include "kernels/gla.h"
 #include "sp/piece_states.h"
 
 namespace lasp {
@@ -14,9 +15,9 @@ namespace lasp {
 namespace {
 
 size_t kernel_workspace_floats(const AttentionShape& s, int global_N, int chunk) {
-  const LinearAttentionShape linear{1, chunk, s.H, s.d, s.block, s.threads};
+  const LinearAttentionShape linear{1, chunk, s.H, s.d, s.block, s.threads}, gla{1, chunk, s.H, s.d, kGlaBlock, s.threads};
   return std::max({linear_attention_forward_workspace_floats(linear), linear_attention_backward_workspace_floats(linear),
-                   softmax_attention_workspace_floats(chunk, global_N, s.d, s.threads)});
+                   s.gla ? gla_backward_workspace_floats(gla) : 0, softmax_attention_workspace_floats(chunk, global_N, s.d, s.threads)});
 }
 
 }  // namespace
@@ -34,12 +35,15 @@ Lasp2ChunkedAttention::Lasp2ChunkedAttention(Comm& sp, const AttentionShape& sha
       all_positions_(sp_positions(global_N, sp.size(), sp.rank(), layout)),
       incoming_(layers),
       entering_(layers),
+      gamma_(layers),
+      leaving_(layers),
       softmax_(sp, shape, global_N, layout, layers) {
   LASP_CHECK(chunk > 0 && chunk <= shape.N, "LASP-2 in chunks: expected 0 < chunk <= {} tokens per rank, got {}",
              shape.N, chunk);
   chunks_ = (shape.N + chunk - 1) / chunk;
   piece_len_ = mine_[0].length;
   ws_.storage.resize(kernel_workspace_floats(shape, global_N, chunk));
+  passing_ = make_state_passing(StatePassingKind::gather, sp, {shape.B, shape.H, shape.d, mine_, owner_}, 0);
   begin_chunk(0, chunk, Pass::forward);
 }
 
@@ -47,8 +51,12 @@ double Lasp2ChunkedAttention::memory_floats(const std::string& layer_types) cons
   const double linear = double(std::count(layer_types.begin(), layer_types.end(), 'L'));
   const double softmax = double(layer_types.size()) - linear;
   const double S = double(state_floats()), pieces = double(mine_.size()), W = sp_.size();
-  double floats = double(kernel_workspace_floats(s_, global_N_, chunk_)) + double(s_.threads) * chunk_ * s_.d;
+  double floats = double(kernel_workspace_floats(s_, global_N_, chunk_)) + double(s_.threads) * scratch_floats();
   if (linear > 0) floats += linear * (pieces + chunks_) * S + (W + 2) * pieces * S + 2 * S;
+  if (linear > 0 && s_.gla) {  // the pairs sent and gathered; per layer Gamma and the leaving states; A
+    const double G = double(gate_floats());
+    floats += (W + 1) * pieces * (S + G) + linear * pieces * (G + S) + (chunks_ + 1) * pieces * G;
+  }
   if (softmax > 0) floats += softmax_.memory_floats(int(softmax), s_.H_kv) + 2.0 * kv_floats();
   return floats;
 }
@@ -70,16 +78,48 @@ void Lasp2ChunkedAttention::begin_chunk(int begin, int length, Pass pass) {
 
 template <class F>
 void Lasp2ChunkedAttention::for_each_head(F f) {
-  if (scratch_.empty()) scratch_.resize(size_t(s_.threads) * chunk_ * s_.d);
+  if (scratch_.empty()) scratch_.resize(size_t(s_.threads) * scratch_floats());
   const int items = int(segments_.size()) * s_.B * s_.H;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(s_.threads)
   for (int it = 0; it < items; ++it) {
     const int h = it % s_.H, b = it / s_.H % s_.B, sg = it / (s_.H * s_.B);
-    f(segments_[sg], b, h, scratch_.data() + size_t(omp_get_thread_num()) * chunk_ * s_.d);
+    f(segments_[sg], b, h, scratch_.data() + size_t(omp_get_thread_num()) * scratch_floats());
   }
 }
 
-void Lasp2ChunkedAttention::linear_collect(int, const float* k, const float* v, const LinearGates& gates) {
+Lasp2ChunkedAttention::SegmentGates Lasp2ChunkedAttention::segment_gates(float* scratch, const Segment& sg, int b, int h,
+                                                                        const float* log_gates) const {
+  const size_t n = size_t(chunk_) * s_.d;
+  const SegmentGates f{scratch + n, scratch + 2 * n, scratch + 3 * n, scratch + 4 * n};
+  const long ld = long(s_.H) * s_.d, at = (long(b) * length_ + sg.row) * ld + long(h) * s_.d;
+  gla_gate_products(f.gates, f.bq, f.bk, log_gates + at, ld, sg.length, s_.d, docs().flags(b, local_row(sg)));
+  return f;
+}
+
+// M <- diag(Gamma_seg) M + (K .* bk)^T V, Gamma <- Gamma .* Gamma_seg (both from nothing at a piece's start).
+void Lasp2ChunkedAttention::gla_collect(int layer, const float* k, const float* v, const float* log_gates) {
+  const int H = s_.H, d = s_.d, ld = H * d;
+  const size_t S = state_floats(), G = gate_floats();
+  send_.resize(mine_.size() * S);
+  gamma_[layer].resize(mine_.size() * G);
+  for_each_head([&](const Segment& sg, int b, int h, float* tmp) {
+    const size_t head = size_t(b) * H + h;
+    float *M = send_.data() + sg.piece * S + head * d * d, *gamma = gamma_[layer].data() + sg.piece * G + head * d;
+    const SegmentGates f = segment_gates(tmp, sg, b, h, log_gates);
+    const float* total = f.bq + size_t(sg.length - 1) * d;  // the segment's gate product
+    for (int i = 0; i < d; ++i) {
+      for (int j = 0; j < d; ++j) M[i * d + j] = sg.at == 0 ? 0.f : total[i] * M[i * d + j];
+      gamma[i] = sg.at == 0 ? total[i] : gla_gate_product(gamma[i], total[i]);
+    }
+    const long at = (long(b) * length_ + sg.row) * ld + long(h) * d;
+    for (int t = 0; t < sg.length; ++t)
+      for (int i = 0; i < d; ++i) tmp[t * d + i] = k[at + long(t) * ld + i] * f.bk[t * d + i];
+    gemm(true, false, d, d, sg.length, 1.f, tmp, d, v + at, ld, 1.f, M, d);
+  });
+}
+
+void Lasp2ChunkedAttention::linear_collect(int layer, const float* k, const float* v, const LinearGates& gates) {
+  if (gates.gla()) return gla_collect(layer, k, v, gates.log_gates);
   const float* lambda = fixed_decay(gates, "LASP-2 in layer-major chunks");
   const int H = s_.H, d = s_.d, ld = H * d;
   const size_t S = state_floats();
@@ -98,21 +138,28 @@ void Lasp2ChunkedAttention::linear_collect(int, const float* k, const float* v, 
 }
 
 void Lasp2ChunkedAttention::linear_exchange(int layer, Pass pass, const LinearGates& gates) {
-  const float* lambda = fixed_decay(gates, "LASP-2 in layer-major chunks");
   const size_t S = state_floats(), pieces = mine_.size();
   LASP_CHECK(send_.size() == pieces * S, "LASP-2 in chunks: the exchange of layer {} before its first pass", layer);
-  recv_.resize(sp_.size() * pieces * S);
-  sp_.all_gather(send_.data(), recv_.data(), pieces * S);  // ONE all-gather each way
   auto& out = pass == Pass::forward ? incoming_[layer] : suffix_;
   out.resize(pieces * S);
   const std::vector<uint8_t> cut = docs().piece_cuts(int(owner_.size()), piece_len_);
-  scan_piece_states(out.data(), recv_.data(), owner_, sp_.rank(), s_.B, s_.H, s_.d, lambda, piece_len_,
-                    pass == Pass::forward, cut.empty() ? nullptr : cut.data());
+  PieceGates piece_gates{nullptr, piece_len_, nullptr, s_.B, s_.H, s_.d, nullptr};
+  if (gates.gla()) {  // GLA: each row's gate product, from pass 1 of the forward (a start in it made it 0)
+    LASP_CHECK(gamma_[layer].size() == pieces * gate_floats(), "LASP-2 in chunks: layer {}'s gates before its pass 1",
+               layer);
+    piece_gates.rows = gamma_[layer].data();
+  } else {
+    piece_gates.lambda = fixed_decay(gates, "LASP-2 in layer-major chunks");
+    piece_gates.cut = cut.empty() ? nullptr : cut.data();
+  }
+  passing_->start(send_.data(), piece_gates, pass == Pass::forward)->wait();  // ONE all-gather each way
+  passing_->finish(out.data());
 }
 
 void Lasp2ChunkedAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                            const LinearGates& gates) {
-  const float* lambda = fixed_decay(gates, "LASP-2 in layer-major chunks");
+  const bool gla = gates.gla();
+  const float* lambda = gla ? nullptr : fixed_decay(gates, "LASP-2 in layer-major chunks");
   const int H = s_.H, d = s_.d, ld = H * d;
   const size_t S = state_floats(), row_state = size_t(H) * d * d;
   const auto& P = incoming_[layer];
@@ -120,6 +167,7 @@ void Lasp2ChunkedAttention::linear_forward(int layer, float* o, const float* q, 
   auto& entering = entering_[layer];
   entering.resize(size_t(chunks_) * S);
   carry_.resize(S), carry_next_.resize(S);
+  if (gla) leaving_[layer].resize(mine_.size() * S);
   for (const Segment& sg : segments_) {
     // The state entering the segment: P at a piece's start; else, inside a piece (only at a chunk's start),
     // what the previous chunk left, kept by the forward pass for the backward's recomputation.
@@ -127,12 +175,19 @@ void Lasp2ChunkedAttention::linear_forward(int layer, float* o, const float* q, 
     if (sg.at > 0 && pass_ == Pass::forward) std::memcpy(kept, carry_.data(), sizeof(float) * S);
     const float* in = sg.at > 0 ? kept : first_piece(sg.piece) ? nullptr : P.data() + sg.piece * S;
     const bool pass_on = pass_ == Pass::forward && sg.at + sg.length < piece_len_;
+    // GLA's gate gradient needs the state leaving each piece (gla_key_gradients): kept by the forward pass
+    const bool leaves = gla && pass_ == Pass::forward && !pass_on;
+    float* out = pass_on ? carry_next_.data() : leaves ? leaving_[layer].data() + sg.piece * S : nullptr;
     for (int b = 0; b < s_.B; ++b) {
       const long at = (long(b) * length_ + sg.row) * ld;
-      linear_attention_forward(o + at, pass_on ? carry_next_.data() + b * row_state : nullptr, q + at, k + at, v + at,
-                               in ? in + b * row_state : nullptr, lambda, docs().flags(b, local_row(sg)),
-                               {1, sg.length, H, d, s_.block, s_.threads},
-                               ws_.view());
+      const uint8_t* flags = docs().flags(b, local_row(sg));
+      if (gla)
+        gla_forward(o + at, out ? out + b * row_state : nullptr, q + at, k + at, v + at, gates.log_gates + at,
+                    in ? in + b * row_state : nullptr, flags, {1, sg.length, H, d, kGlaBlock, s_.threads}, ws_.view());
+      else
+        linear_attention_forward(o + at, out ? out + b * row_state : nullptr, q + at, k + at, v + at,
+                                 in ? in + b * row_state : nullptr, lambda, flags,
+                                 {1, sg.length, H, d, s_.block, s_.threads}, ws_.view());
     }
     if (pass_on) std::swap(carry_, carry_next_);
   }
@@ -140,7 +195,8 @@ void Lasp2ChunkedAttention::linear_forward(int layer, float* o, const float* q, 
 
 void Lasp2ChunkedAttention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout,
                                             const float* q, const float* k, const float* v, const LinearGates& gates) {
-  const float* lambda = fixed_decay(gates, "LASP-2 in layer-major chunks");
+  const bool gla = gates.gla();
+  const float* lambda = gla ? nullptr : fixed_decay(gates, "LASP-2 in layer-major chunks");
   const int H = s_.H, d = s_.d, ld = H * d;
   const size_t S = state_floats(), row_state = size_t(H) * d * d;
   const auto& P = incoming_[layer];
@@ -158,22 +214,41 @@ void Lasp2ChunkedAttention::linear_backward(int layer, float* dq, float* dk, flo
     std::fill(carry_next_.begin(), carry_next_.end(), 0.f);
     for (int b = 0; b < s_.B; ++b) {
       const long at = (long(b) * length_ + sg->row) * ld;
-      linear_attention_backward(dq + at, dk + at, dv + at, gives ? carry_next_.data() + b * row_state : nullptr,
-                                dout + at, from_next ? carry_.data() + b * row_state : nullptr, q + at, k + at, v + at,
-                                in ? in + b * row_state : nullptr, lambda, docs().flags(b, local_row(*sg)),
-                                {1, sg->length, H, d, s_.block, s_.threads},
-                                ws_.view());
+      float* dstate_in = gives ? carry_next_.data() + b * row_state : nullptr;
+      const float* dstate_out = from_next ? carry_.data() + b * row_state : nullptr;
+      const float* state_in = in ? in + b * row_state : nullptr;
+      const uint8_t* flags = docs().flags(b, local_row(*sg));
+      if (gla)
+        gla_backward(dq + at, dk + at, dv + at, gates.d_log_gates + at, dstate_in, dout + at, dstate_out, q + at,
+                     k + at, v + at, gates.log_gates + at, state_in, flags, {1, sg->length, H, d, kGlaBlock, s_.threads},
+                     ws_.view());
+      else
+        linear_attention_backward(dq + at, dk + at, dv + at, dstate_in, dout + at, dstate_out, q + at, k + at, v + at,
+                                  state_in, lambda, flags, {1, sg->length, H, d, s_.block, s_.threads}, ws_.view());
     }
     if (sg->at == 0)  // the piece's dM: what it sends (zero for the first piece, which has no state entering)
       std::memcpy(send_.data() + sg->piece * S, carry_next_.data(), sizeof(float) * S);
     else
       std::swap(carry_, carry_next_);
   }
+  if (!gla) return;
+  // A of each segment: the gates' product from its end to its piece's end, built from the piece's end as the
+  // chunks come in reverse (one row of d per piece, batch row and head).
+  const size_t G = gate_floats(), pieces = mine_.size();
+  after_.resize(size_t(chunks_) * pieces * G);
+  after_run_.resize(pieces * G);
+  for_each_head([&](const Segment& sg, int b, int h, float* tmp) {
+    const size_t x = sg.piece * G + (size_t(b) * H + h) * d;
+    float *run = after_run_.data() + x, *A = after_.data() + size_t(index_) * pieces * G + x;
+    if (sg.at + sg.length == piece_len_) std::fill(run, run + d, 1.f);  // the piece's last segment
+    std::memcpy(A, run, sizeof(float) * d);
+    const float* total = segment_gates(tmp, sg, b, h, gates.log_gates).bq + size_t(sg.length - 1) * d;
+    for (int i = 0; i < d; ++i) run[i] = gla_gate_product(run[i], total[i]);
+  });
 }
 
 bool Lasp2ChunkedAttention::linear_key_gradients(int layer, float* dk, float* dv, const float* k, const float* v,
                                                  const LinearGates& gates) {
-  const float* lambda = fixed_decay(gates, "LASP-2 in layer-major chunks");
   const int H = s_.H, d = s_.d, ld = H * d;
   const size_t S = state_floats();
   LASP_CHECK(suffix_.size() == mine_.size() * S, "LASP-2 in chunks: key gradients of layer {} before its exchange",
@@ -181,6 +256,11 @@ bool Lasp2ChunkedAttention::linear_key_gradients(int layer, float* dk, float* dv
   bool any = false;
   for (const Segment& sg : segments_) any = any || !last_piece(sg.piece);
   if (!any) return false;  // the last piece: no later piece's state reads its keys
+  if (gates.gla()) {
+    gla_key_gradients(layer, dk, dv, gates.d_log_gates, k, v, gates.log_gates);
+    return true;
+  }
+  const float* lambda = fixed_decay(gates, "LASP-2 in layer-major chunks");
   const auto pw = head_powers(lambda, H, chunk_);
   for_each_head([&](const Segment& sg, int b, int h, float* tmp) {
     if (last_piece(sg.piece)) return;
@@ -199,6 +279,53 @@ bool Lasp2ChunkedAttention::linear_key_gradients(int layer, float* dk, float* dv
     gemm(false, false, sg.length, d, d, 1.f, tmp, d, G, d, 1.f, dv + at, ld);
   });
   return true;
+}
+
+// The later pieces' share (G) for GLA, bk A the gates' product from a key to its piece's end:
+// dkx = (V G^T) .* bk A into dk, dv += (K .* bk A) G, and into dg (accumulated) from the segment's end:
+// r = rowsum(diag(A) S_end .* G) - the sum of k dkx so far (rowsum(S_out .* G) less the later chunks' share),
+// restarting at document starts.
+void Lasp2ChunkedAttention::gla_key_gradients(int layer, float* dk, float* dv, float* dg, const float* k,
+                                              const float* v, const float* log_gates) {
+  const int H = s_.H, d = s_.d, ld = H * d;
+  const size_t S = state_floats(), G = gate_floats(), pieces = mine_.size();
+  LASP_CHECK(dg && after_.size() == size_t(chunks_) * pieces * G && leaving_[layer].size() == pieces * S,
+             "LASP-2 in chunks: GLA's key gradients of layer {} before its backward's pass 1", layer);
+  for_each_head([&](const Segment& sg, int b, int h, float* tmp) {
+    if (last_piece(sg.piece)) return;
+    const size_t head = size_t(b) * H + h;
+    const float* Gm = suffix_.data() + sg.piece * S + head * d * d;
+    const float* A = after_.data() + (size_t(index_) * pieces + sg.piece) * G + head * d;
+    // the state leaving the segment: the one entering the next chunk inside the piece, or leaving the piece
+    const float* S_end = (sg.at + sg.length == piece_len_ ? leaving_[layer].data() + sg.piece * S
+                                                          : entering_[layer].data() + size_t(index_ + 1) * S) +
+                         head * d * d;
+    const SegmentGates f = segment_gates(tmp, sg, b, h, log_gates);
+    for (int x = 0; x < sg.length * d; ++x) f.bk[x] = gla_gate_product(f.bk[x], A[x % d]);
+    const long at = (long(b) * length_ + sg.row) * ld + long(h) * d;
+    gemm(false, true, sg.length, d, d, 1.f, v + at, ld, Gm, d, 0.f, tmp, d);  // dkx = (V G^T) .* bk A
+    for (int x = 0; x < sg.length * d; ++x) tmp[x] *= f.bk[x];
+    float* r = f.r;
+    for (int i = 0; i < d; ++i) {
+      r[i] = 0.f;
+      for (int j = 0; j < d; ++j) r[i] += S_end[i * d + j] * Gm[i * d + j];
+      r[i] *= A[i];
+    }
+    const uint8_t* flags = docs().flags(b, local_row(sg));
+    for (int t = sg.length - 1; t >= 0; --t) {
+      const long row = at + long(t) * ld;
+      const bool start = flags && flags[t];
+      for (int i = 0; i < d; ++i) {
+        dk[row + i] += tmp[t * d + i];
+        r[i] -= k[row + i] * tmp[t * d + i];
+        if (!start) dg[row + i] += r[i];
+      }
+      if (start) std::fill(r, r + d, 0.f);
+    }
+    for (int t = 0; t < sg.length; ++t)  // dv += (K .* bk A) G
+      for (int i = 0; i < d; ++i) tmp[t * d + i] = k[at + long(t) * ld + i] * f.bk[t * d + i];
+    gemm(false, false, sg.length, d, d, 1.f, tmp, d, Gm, d, 1.f, dv + at, ld);
+  });
 }
 
 // Softmax layers: this rank's keys and values in local order, (2, B, N, H_kv, d); a chunk's rows of each.

@@ -11,6 +11,12 @@
 //            and at the piece's start that of the state entering it, dM = Q^T diag(lambda^i) dO over the
 //            piece, is what the piece sends. ONE AllGather of dM; the suffix G of every piece.
 //            pass 2: dK += diag(lambda^(L-j)) V G^T, dV += diag(lambda^(L-j)) K G (j: position in the piece).
+// GLA (GATES.md): the same passes with per-row gates: pass 1 folds M <- diag(Gamma_seg) M + (K .* bk)^T V and
+//   each piece's gate product Gamma, exchanged as (Gamma, M) pairs (kept per layer for the backward's exchange);
+//   the kernel runs from P with the chunk's log-gates. Backward pass 1 also writes the kernel's gate gradient
+//   and keeps, for each chunk, the gates' product from its end to its piece's end (A); pass 2 adds the later
+//   pieces' share: dK += (V G^T) .* bk A, dV += (K .* bk A) G, dg += rowsum(diag(A) S_end .* G) - the sum from
+//   the end of k dk's share (gla.h's identity; S_end: the state leaving the chunk's segment).
 // Softmax layer: pass 1 keeps the chunks' keys and values, ONE AllGather of them (sp/lasp2h.h), pass 2 the
 //   chunk's queries against every key. Backward: pass 1 accumulates the gradient of every gathered key,
 //   ONE ReduceScatter back to the owners, pass 2 adds each chunk's share to its dk, dv.
@@ -23,6 +29,7 @@
 #include "model/attention.h"
 #include "sp/grid.h"
 #include "sp/lasp2h.h"
+#include "sp/state_passing.h"
 
 namespace lasp {
 
@@ -68,13 +75,18 @@ class Lasp2ChunkedAttention : public Attention {
   Pass pass_ = Pass::forward;
   std::vector<Segment> segments_;
   WorkspaceBuffer ws_{0};       // the kernels' (a chunk of queries)
-  std::vector<float> scratch_;  // per thread: (chunk, d)
+  std::vector<float> scratch_;  // per thread: (chunk, d), and for GLA three more and a row of d
+  std::unique_ptr<StatePassing> passing_;  // ONE AllGather each way (gather): the pieces' states, or GLA's pairs
   // Linear layers. Per layer: P of each local piece (pieces, B, H, d, d); the state entering each chunk
   // (chunks, B, H, d, d; written where a chunk starts inside a piece). For the pass under way: the piece
   // states or their gradients to send (pieces, B, H, d, d), those of every rank, the suffix G, the state or
   // state gradient carried between chunks (B, H, d, d) and the next one.
   std::vector<std::vector<float>> incoming_, entering_;
-  std::vector<float> send_, recv_, suffix_, carry_, carry_next_;
+  std::vector<float> send_, suffix_, carry_, carry_next_;
+  // GLA, per layer: each piece's gate product Gamma (pieces, B, H, d) and the state leaving it (pieces, B, H, d,
+  // d); in the backward, each chunk's A (chunks, pieces, B, H, d) and the running product it is taken from.
+  std::vector<std::vector<float>> gamma_, leaving_;
+  std::vector<float> after_, after_run_;
   // Softmax layers: this rank's keys and values (2, B, N, H_kv, d) collected in pass 1, then in the backward
   // their gradients from the reduce-scatter; the gathered keys' gradients of the layer under way.
   Lasp2H softmax_;
@@ -88,11 +100,22 @@ class Lasp2ChunkedAttention : public Attention {
   const int* chunk_documents();  // the running chunk's queries' documents (B, length), or null
   size_t state_floats() const { return size_t(s_.B) * s_.H * s_.d * s_.d; }  // one piece's, (B, H, d, d)
   size_t kv_floats() const { return size_t(s_.B) * s_.N * s_.H_kv * s_.d; }  // this rank's keys
+  size_t gate_floats() const { return size_t(s_.B) * s_.H * s_.d; }  // one piece's gates, (B, H, d)
+  size_t scratch_floats() const { return (s_.gla ? 4 : 1) * size_t(chunk_) * s_.d + (s_.gla ? s_.d : 0); }
   bool first_piece(int i) const { return mine_[i].index == 0; }
   bool last_piece(int i) const { return mine_[i].index == int(owner_.size()) - 1; }
   // Runs f(segment, b, h, thread scratch) over every segment of the running chunk, row and head, in parallel.
   template <class F>
   void for_each_head(F f);
+  // GLA: the gates' products of one head of a segment (gla_gate_products) into the thread's scratch, after its
+  // first (chunk, d): gates, bq (over [0, t]), bk (over (t, end]); r: a row of d.
+  struct SegmentGates {
+    float *gates, *bq, *bk, *r;
+  };
+  SegmentGates segment_gates(float* scratch, const Segment& sg, int b, int h, const float* log_gates) const;
+  void gla_collect(int layer, const float* k, const float* v, const float* log_gates);
+  void gla_key_gradients(int layer, float* dk, float* dv, float* dg, const float* k, const float* v,
+                         const float* log_gates);
 };
 
 }  // namespace lasp

@@ -2,7 +2,7 @@
 # Memory plans through `lasp train` and `lasp eval`: every plan gives the losses of the default plan (5 steps,
 # relative 1e-5) in fp32 (bf16 below): chunks that do not divide the sequence, on one process and on each of
 # 2 DP ranks; per-layer recompute on 1, 2 and 3 SP ranks in both layouts; chunks with recompute inside;
-# layer-major chunks on 2 and 3 SP ranks in both layouts and on 2 SP x 2 DP ranks. The plan line is printed; a
+# layer-major chunks on 2 and 3 SP ranks in both layouts and on 2 SP x 2 DP ranks, GLA's too. The plan line is printed; a
 # limit that nothing fits, and --chunk across SP ranks with a method that has no chunks, are refused clearly.
 # usage: memory_plan_test.sh MPIEXEC LASP
 set -euo pipefail
@@ -47,6 +47,16 @@ for model in "--layer-types LLLL --decay lightning" "--layer-types LLLN"; do
     compare "${name}_keep" "${name}_$other"
   done
 done
+
+# GLA in LASP-2's layer-major chunks, on 2 and 3 SP ranks, both layouts (lr 2e-4 as in sp_train_test.sh: at
+# 1e-3 GLA's 5 steps are chaotic)
+gla=(--batch 2 --layer-types LLLN --decay gla --lr 2e-4)
+run gla_keep 1 "${gla[@]}"
+run gla_sp2_chunk 2 "${gla[@]}" --sp-size 2 --chunk 13
+expect_plan gla_sp2_chunk "chunks of 13 tokens, layer by layer"
+run gla_sp3_chunk_zigzag 3 "${gla[@]}" --sp-size 3 --sp-layout zigzag --chunk 11
+compare gla_keep gla_sp2_chunk
+compare gla_keep gla_sp3_chunk_zigzag
 
 # bf16 (issue 16): sequence-parallel and chunked runs give the single process's bf16 losses. The exchanged
 # states stay fp32, so the first step agrees as fp32 does (measured 1.4e-6 and 2.4e-6). After it, the

@@ -658,11 +658,16 @@ std::vector<ModelCase> model_cases() {
       cases.push_back({"LLLN", Decay::none, layout, dp, "lasp2", 0, true});
       // GLA (GATES.md): the LASP-2 family passes (Gamma, state) pairs, LASP-1 the state, Ulysses the gates; with
       // documents too
-      if (dp == 1)
+      if (dp == 1) {
         for (const char* method : {"lasp2", "exscan", "allscan", "lasp1", "ulysses"}) {
           cases.push_back({"LLLL", Decay::gla, layout, dp, method});
           cases.push_back({"LLLN", Decay::gla, layout, dp, method, 0, true});
         }
+        // and in LASP-2's layer-major chunks (A, the gates after a chunk, and the state leaving it)
+        cases.push_back({"LLLL", Decay::gla, layout, dp, "lasp2", 5});
+        cases.push_back({"NLNL", Decay::gla, layout, dp, "lasp2", 7, true});
+        cases.push_back({"LLLN", Decay::gla, layout, dp, "lasp2", 5, true});
+      }
       if (dp == 1) {
         cases.push_back({"LLLL", Decay::lightning, layout, dp, "lasp2", 5, true});
         cases.push_back({"LLLN", Decay::retention, layout, dp, "lasp2", 7, true});

@@ -98,6 +98,9 @@ Lasp2ChunkedAttention::SegmentGates Lasp2ChunkedAttention::segment_gates(float* 
 
 // M <- diag(Gamma_seg) M + (K .* bk)^T V, Gamma <- Gamma .* Gamma_seg (both from nothing at a piece's start).
 void Lasp2ChunkedAttention::gla_collect(int layer, const float* k, const float* v, const float* log_gates) {
+  // (checked here, outside the parallel loops: the backward's passes follow this one)
+  LASP_CHECK(s_.gla, "LASP-2 in chunks: GLA's gates came to a layer whose shape said no GLA (the thread scratch has "
+                     "no room for them): build the shape with attention_shape()");
   const int H = s_.H, d = s_.d, ld = H * d;
   const size_t S = state_floats(), G = gate_floats();
   send_.resize(mine_.size() * S);

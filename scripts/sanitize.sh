@@ -26,9 +26,14 @@
 #         sp_train_test                                            ~280 (24 CLI training runs on 1-4 ranks; every
 #                                                                        method runs sanitized in sp_equivalence_np1-4,
 #                                                                        the trainer in resume_bit_identical, TrainCli)
-#       and, until it is fixed, Models/ModelVsPyTorch.TenAdamWSteps/linear_silu_none: not a sanitizer report
-#       but a tolerance that the Debug build's rounding exceeds (1.3e-3 relative at step 10, limit 1e-3; the
-#       same loss with any malloc fill byte, so no uninitialized read).
+#       and Models/ModelVsPyTorch.TenAdamWSteps/*: not a sanitizer report but a tolerance that the Debug build's
+#       rounding exceeds. AdamW's first, sign-like updates turn rounding-level differences in tiny gradients
+#       into whole steps of lr, and the 10 steps amplify them; -O0 fuses no FMA, so its step 2 already differs
+#       ~20x more than the Release build's. Measured: linear_silu_none 1.3e-3 at step 10 on the AVX-512
+#       machine (the same with any malloc fill byte, so no uninitialized read); hybrid_NLNL_silu_lightning_mqa
+#       7.6e-3 at step 9 on the AVX2 one, where Release stays within 3.7e-5 (limit 1e-3). The Release suite
+#       checks all 10 models; their forward and backward run sanitized in ModelVsPyTorch's other tests,
+#       AdamW in TrainCli and resume_bit_identical.
 #
 # Where reports go: ASan and LSan write each process's report to build-sanitize/sanitizer-logs/
 # (log_path), so a report from a child process is seen even when its test passes. UBSan cannot: with
@@ -82,7 +87,7 @@ if [ "$mode" = ci ]; then
     'Gemm\.MatchesNaiveProductForEveryFormAndHint( |$)'
     '^bench_project_smoke$'
     '^reference_model_selftest$'
-    'ModelVsPyTorch\.TenAdamWSteps/linear_silu_none( |$)'
+    'ModelVsPyTorch\.TenAdamWSteps/'
     # ~380 s here: 40 training runs of every memory plan through the CLI; their parts run sanitized in
     # test_chunked, test_memory_plan and the SP equivalence tests (layer-major chunks on 1-4 ranks)
     '^memory_plan_test$'

@@ -133,12 +133,6 @@ struct Lasp2Attention::Impl {
                       docs.flags(b, mine[i].offset));
     std::memcpy(gamma.data() + ((size_t(i) * s.B + b) * s.H + h) * d, w.bq + (n - 1) * d, sizeof(float) * d);
   }
-  // dst (n, d) = src (rows ld apart) .* f (n, d)
-  void gated_rows(float* dst, const float* src, const float* f) const {
-    const int d = s.d, ld = s.H * d;
-    for (int t = 0; t < piece_len; ++t)
-      for (int x = 0; x < d; ++x) dst[t * d + x] = src[long(t) * ld + x] * f[t * d + x];
-  }
   PieceGates gla_gates() const { return {nullptr, piece_len, nullptr, s.B, s.H, s.d, gamma.data()}; }
   // What each piece sends, into send: (A .* bk)^T C (keys: the state M) or (A .* bq)^T C (the state gradient
   // dM); gamma along the way.
@@ -149,7 +143,7 @@ struct Lasp2Attention::Impl {
       GlaScratch w = gla_thread();
       piece_gates(w, g, docs, b, i, h);
       const long at = rows(b, mine[i]) + long(h) * d;
-      gated_rows(tmp, a + at, keys ? w.bk : w.bq);
+      gated_rows(tmp, a + at, ld, keys ? w.bk : w.bq, piece_len, d);
       gemm(true, false, d, d, piece_len, 1.f, tmp, d, c + at, ld, 0.f, send.data() + state_at(i, b, h), d);
     });
   }
@@ -193,7 +187,7 @@ void Lasp2Attention::Impl::gla_forward(int layer, float* o, const float* q, cons
     GlaScratch w = gla_thread();
     piece_gates(w, g, docs, b, i, h);
     const long at = rows(b, mine[i]) + long(h) * d;
-    gated_rows(tmp, q + at, w.bq);
+    gated_rows(tmp, q + at, ld, w.bq, piece_len, d);
     gemm(false, false, piece_len, d, d, 1.f, tmp, d, P.data() + state_at(i, b, h), d, 1.f, o + at, ld);
   });
 }
@@ -245,7 +239,7 @@ void Lasp2Attention::Impl::gla_backward(int layer, float* dq, float* dk, float* 
       const float* G = suffix.data() + state_at(i, b, h);
       gemm(false, true, piece_len, d, d, 1.f, v + at, ld, G, d, 0.f, w.dkx, d);  // dkx = (V G^T) .* bk
       for (size_t x = 0; x < n; ++x) w.dkx[x] *= w.bk[x];
-      gated_rows(tmp, k + at, w.bk);  // dv += (K .* bk) G
+      gated_rows(tmp, k + at, ld, w.bk, piece_len, d);  // dv += (K .* bk) G
       gemm(false, false, piece_len, d, d, 1.f, tmp, d, G, d, 1.f, dv + at, ld);
       // S_out = diag(Gamma) P + (K .* bk)^T V; r = rowsum(S_out .* G)
       gemm(true, false, d, d, piece_len, 1.f, tmp, d, v + at, ld, 0.f, w.state, d);

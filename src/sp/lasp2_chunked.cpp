@@ -115,8 +115,7 @@ void Lasp2ChunkedAttention::gla_collect(int layer, const float* k, const float* 
       gamma[i] = sg.at == 0 ? total[i] : gla_gate_product(gamma[i], total[i]);
     }
     const long at = (long(b) * length_ + sg.row) * ld + long(h) * d;
-    for (int t = 0; t < sg.length; ++t)
-      for (int i = 0; i < d; ++i) tmp[t * d + i] = k[at + long(t) * ld + i] * f.bk[t * d + i];
+    gated_rows(tmp, k + at, ld, f.bk, sg.length, d);
     gemm(true, false, d, d, sg.length, 1.f, tmp, d, v + at, ld, 1.f, M, d);
   });
 }
@@ -325,8 +324,7 @@ void Lasp2ChunkedAttention::gla_key_gradients(int layer, float* dk, float* dv, f
       }
       if (start) std::fill(r, r + d, 0.f);
     }
-    for (int t = 0; t < sg.length; ++t)  // dv += (K .* bk A) G
-      for (int i = 0; i < d; ++i) tmp[t * d + i] = k[at + long(t) * ld + i] * f.bk[t * d + i];
+    gated_rows(tmp, k + at, ld, f.bk, sg.length, d);  // dv += (K .* bk A) G
     gemm(false, false, sg.length, d, d, 1.f, tmp, d, Gm, d, 1.f, dv + at, ld);
   });
 }

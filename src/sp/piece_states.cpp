@@ -42,4 +42,9 @@ void scan_piece_states(float* out, const float* gathered, const std::vector<std:
     }
 }
 
+void gated_rows(float* dst, const float* src, int ld, const float* f, int n, int d) {
+  for (int t = 0; t < n; ++t)
+    for (int x = 0; x < d; ++x) dst[t * d + x] = src[long(t) * ld + x] * f[t * d + x];
+}
+
 }  // namespace lasp

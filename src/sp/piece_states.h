@@ -14,6 +14,9 @@ namespace lasp {
 // pw[k] = lambda^k, k = 0..n.
 void decayed_rows(float* dst, const float* src, int ld, const float* pw, bool tail, int n, int d, float scale = 1.f);
 
+// dst (n x d, dense) = src (rows ld apart) .* f (n x d, dense): GLA's rows times their gate products.
+void gated_rows(float* dst, const float* src, int ld, const float* f, int n, int d);
+
 // pw[h][k] = lambda_h^k, k = 0..n, for every head (lambda (H) or null: 1).
 std::vector<std::vector<float>> head_powers(const float* lambda, int H, int n);
 

@@ -288,8 +288,8 @@ struct TokenizeCommand : Command {
     cmd = app.add_subcommand("tokenize", "text files -> a SentencePiece tokenizer and llm.c token shards (subword text)");
     cmd->add_option("--input", o.inputs, "text files; each is one document unless --separator says otherwise")
         ->required()->expected(1, -1);
-    cmd->add_option("--out", o.out_dir, "folder for tokenizer.model and tokens_NNNNNN.bin (new, empty, or an earlier "
-                    "tokenize's)")->required();
+    cmd->add_option("--out", o.out_dir, "folder for tokenizer.model, tokens_NNNNNN.bin and tokens.json (new, empty, "
+                    "or an earlier tokenize's; replaced only once the new output is complete)")->required();
     cmd->add_option("--vocab-size", o.vocab_size, "pieces of the tokenizer to train (at most 65536: uint16 shards)")
         ->check(kAtLeastOne);
     cmd->add_option("--model-type", o.model_type, "bpe | unigram")->default_val(o.model_type)

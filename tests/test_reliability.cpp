@@ -4,12 +4,14 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <climits>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -21,6 +23,7 @@
 #include "model/safetensors.h"
 #include "testing.h"
 #include "train/checkpoint.h"
+#include "train/data.h"
 
 namespace {
 
@@ -89,13 +92,39 @@ TEST_F(Reliability, SaveRefusesAFolderThatIsNotACheckpoint) {
   const std::string dir = tmp.file("d");
   fs::create_directory(dir);
   std::ofstream(dir + "/notes") << "x";
-  expect_error(train("--steps 1 --save " + dir), {"not a lasp checkpoint", "notes"});
+  expect_error(train("--steps 1 --save " + dir), {"not a lasp checkpoint", "no lasp_checkpoint.json"});
   EXPECT_EQ(lasp::read_file(dir + "/notes"), "x");
   // Also a half checkpoint: config.json without the weights.
   fs::remove(dir + "/notes");
   std::ofstream(dir + "/config.json") << "{}";
-  expect_error(train("--steps 1 --save " + dir), {"not a complete lasp checkpoint"});
+  expect_error(train("--steps 1 --save " + dir), {"not a lasp checkpoint"});
   EXPECT_TRUE(fs::exists(dir + "/config.json"));
+}
+
+// Old (issue 27): a folder holding only files with checkpoint names was replaced without a look at their
+// content: a Hugging Face export (config.json + model.safetensors), a lone tokenizer.model or
+// trainer_state.json, all gone with exit 0. Only a folder with lasp's marker is a checkpoint.
+TEST_F(Reliability, SaveRefusesFoldersThatOnlyLookLikeCheckpoints) {
+  const std::vector<std::vector<std::pair<std::string, std::string>>> folders = {
+      {{"config.json", "{\"model_type\":\"llama\"}"}, {"model.safetensors", std::string(1000, '\x7f')}},
+      {{"tokenizer.model", "mine"}},
+      {{"trainer_state.json", "{}"}},
+      {{"lasp_checkpoint.json", "{\"format\": \"something else\", \"version\": 1}"}, {"config.json", "{}"}},
+      {{"lasp_checkpoint.json", "{\"format\": \"lasp checkpoint\", \"version\": 99}"}, {"config.json", "{}"}},
+  };
+  for (size_t i = 0; i < folders.size(); ++i) {
+    const std::string dir = tmp.file("user" + std::to_string(i));
+    fs::create_directory(dir);
+    for (const auto& [name, content] : folders[i]) std::ofstream(dir + "/" + name) << content;
+    expect_error(train("--steps 1 --save " + dir), {"--save " + dir, "not a lasp checkpoint"});
+    for (const auto& [name, content] : folders[i]) EXPECT_EQ(lasp::read_file(dir + "/" + name), content) << name;
+  }
+  // A checkpoint of lasp's with a file of the user's put inside: that file is not lost either.
+  const std::string ckpt = tmp.file("ckpt");
+  expect_ok(train("--steps 1 --save " + ckpt));
+  std::ofstream(ckpt + "/notes.txt") << "mine";
+  expect_error(train("--steps 1 --save " + ckpt), {"also holds 'notes.txt'"});
+  EXPECT_EQ(lasp::read_file(ckpt + "/notes.txt"), "mine");
 }
 
 // Old: a regular file was replaced by the checkpoint folder.
@@ -202,6 +231,101 @@ TEST_F(Reliability, PlotOutputFailureIsAnError) {
   expect_ok(kLasp + " plot " + metrics + " --out " + tmp.file("m.png"));
   EXPECT_GT(fs::file_size(tmp.file("m.png")), 0u);
   expect_error(kLasp + " plot " + metrics + " --out " + tmp.file("no/such/folder/m.png"), {"m.png"});
+}
+
+// The text every Debian system has, and a tokenize of it into `out` (a small vocabulary: quick to train).
+const std::string kLicence = "/usr/share/common-licenses/GPL-3";
+std::string tokenize_into(const std::string& out, const std::string& extra = "") {
+  return kLasp + " tokenize --input " + kLicence + " --vocab-size 400 --out " + out + " " + extra;
+}
+
+// Every file of a folder with its bytes: what must survive a failed or refused run unchanged.
+std::map<std::string, std::string> snapshot(const std::string& dir) {
+  std::map<std::string, std::string> files;
+  for (const auto& e : fs::directory_iterator(dir)) files[e.path().filename().string()] = lasp::read_file(e.path());
+  return files;
+}
+
+// Old (issue 27): tokenize --out deleted any tokens_*.bin and tokenizer.model found there, whoever wrote them,
+// and its own input when that sat in --out.
+TEST_F(Reliability, TokenizeNeverDeletesFilesItDidNotWrite) {
+  const std::string out = tmp.file("o");
+  fs::create_directory(out);
+  std::ofstream(out + "/tokens_myshards.bin") << "mine";
+  std::ofstream(out + "/tokenizer.model") << "mine";
+  expect_error(tokenize_into(out), {"tokenize: --out " + out, "not a lasp tokenize output", "no tokens.json"});
+  EXPECT_EQ(snapshot(out), (std::map<std::string, std::string>{{"tokenizer.model", "mine"}, {"tokens_myshards.bin", "mine"}}));
+  // An earlier output with the input copied into it: the input is not one of its files.
+  const std::string tok = tmp.file("tok");
+  expect_ok(tokenize_into(tok));
+  fs::copy_file(kLicence, tok + "/input.txt");
+  const auto before = snapshot(tok);
+  expect_error(kLasp + " tokenize --input " + tok + "/input.txt --vocab-size 400 --out " + tok,
+               {"also holds 'input.txt'"});
+  EXPECT_EQ(snapshot(tok), before);
+}
+
+// Old (issue 27): a failed rerun emptied the earlier output before checking its arguments. The new output is
+// written beside the old one and swapped in only when complete.
+TEST_F(Reliability, AFailedTokenizeLeavesTheEarlierOutputWhole) {
+  const std::string tok = tmp.file("tok"), garbage = tmp.file("garbage.model"), empty = tmp.file("empty.txt");
+  expect_ok(tokenize_into(tok));
+  const auto before = snapshot(tok);
+  std::ofstream(garbage) << "not a model";
+  std::ofstream{empty};
+  expect_error(kLasp + " tokenize --input " + kLicence + " --vocab-size 70000 --out " + tok, {"--vocab-size must be 1 to 65536"});
+  expect_error(kLasp + " tokenize --input " + kLicence + " --vocab-size 60000 --out " + tok, {"tokenize: training"});
+  expect_error(kLasp + " tokenize --input " + kLicence + " --model " + garbage + " --out " + tok,
+               {garbage, "not a SentencePiece model"});
+  expect_error(kLasp + " tokenize --input " + empty + " --model " + tok + "/tokenizer.model --out " + tok,
+               {"empty document"});
+  EXPECT_EQ(snapshot(tok), before);
+  EXPECT_TRUE(leftovers("tok").empty());
+  // A rerun that succeeds replaces the output whole: no shard of the old set stays beside the new one.
+  expect_ok(tokenize_into(tok, "--shard-tokens 5000"));
+  expect_ok(tokenize_into(tok));
+  EXPECT_FALSE(fs::exists(tok + "/tokens_000001.bin"));
+}
+
+// Old (issue 27): a SIGTERM during tokenize left a partial shard set that train took as complete (30 of ~120
+// shards: exit 0), and a killed write left files that the next tokenize refused. Now the output is swapped in
+// only when complete, the next tokenize removes what a killed one left, and train and eval check the shard
+// set against tokens.json.
+TEST_F(Reliability, AnInterruptedTokenizeLeavesNoPartialShardSet) {
+  const std::string tok = tmp.file("tok"), big = tmp.file("big.txt");
+  expect_ok(tokenize_into(tok));
+  const auto before = snapshot(tok);
+  {
+    std::ofstream out(big);
+    const std::string text = lasp::read_file(kLicence);
+    for (int i = 0; i < 200; ++i) out << text << "\n\n";
+  }
+  const std::string model = tok + "/tokenizer.model";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int null = open("/dev/null", O_WRONLY);
+    dup2(null, 1), dup2(null, 2);
+    execl(kLasp.c_str(), kLasp.c_str(), "tokenize", "--input", big.c_str(), "--model", model.c_str(), "--separator",
+          "\n\n", "--shard-tokens", "2000", "--out", tok.c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  // Kill it once it is writing shards into its temporary folder.
+  bool writing = false;
+  for (int i = 0; i < 4000 && !writing; ++i) {
+    usleep(5000);
+    for (const std::string& t : leftovers("tok")) writing = writing || fs::exists(tmp.file(t) + "/tokens_000002.bin");
+  }
+  EXPECT_TRUE(writing) << "tokenize never wrote its third shard";
+  ASSERT_EQ(kill(pid, SIGTERM), 0);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM) << "tokenize ended before the signal came";
+  EXPECT_EQ(snapshot(tok), before);  // the earlier output, whole
+  // The next tokenize removes the killed one's folder and succeeds.
+  const CommandResult r = run_command(tokenize_into(tok));
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "left by an interrupted tokenize")) << r.output;
+  EXPECT_TRUE(leftovers("tok").empty());
 }
 
 // ---- Silently wrong results ----
@@ -355,6 +479,27 @@ TEST_F(Reliability, BenchProjectRefusesImpossibleLinks) {
     EXPECT_TRUE(contains(r.output, "--link-gbit: must be a finite number > 0")) << r.output;
     EXPECT_FALSE(contains(r.output, "nan%")) << r.output;
   }
+}
+
+// A shard set that is not the whole of what tokenize wrote is an error naming what is missing or extra.
+TEST_F(Reliability, APartialShardSetIsRefused) {
+  const std::string tok = tmp.file("tok");
+  expect_ok(tokenize_into(tok, "--shard-tokens 3000"));
+  ASSERT_TRUE(fs::exists(tok + "/tokens_000003.bin"));
+  const std::string shards = " --data '" + tok + "/tokens_*.bin' --layer-types L --hidden 32 --heads 2 --kv-heads 1 "
+                             "--ffn 64 --seq-len 64";
+  expect_ok(kLasp + " train --steps 1 --save " + tmp.file("ckpt") + shards);
+  fs::rename(tok + "/tokens_000003.bin", tmp.file("away.bin"));
+  expect_error(kLasp + " train --steps 1" + shards, {"1 of the", "tokens.json lists are missing", "tokens_000003.bin"});
+  expect_error(kLasp + " eval --checkpoint " + tmp.file("ckpt") + " --data '" + tok + "/tokens_*.bin' --seq-len 64",
+               {"tokens_000003.bin"});
+  fs::rename(tmp.file("away.bin"), tok + "/tokens_000003.bin");
+  // A shard that is not the one tokenize wrote (another token count).
+  lasp::write_token_shard(tok + "/tokens_000001.bin", std::vector<uint16_t>(17, 5));
+  expect_error(kLasp + " train --steps 1" + shards, {"tokens_000001.bin holds 17 tokens", "lists it with 3000"});
+  // Shards beside a tokenizer.model without the manifest: an interrupted (or older) tokenize.
+  fs::remove(tok + "/tokens.json");
+  expect_error(kLasp + " train --steps 1" + shards, {"no tokens.json", "Run lasp tokenize again"});
 }
 
 // ---- Undefined behaviour: sizes in 64 bits, absurd ones refused with what they would need ----

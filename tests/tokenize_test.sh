@@ -43,7 +43,7 @@ check "$dir/split" $'\n\n' "${licences[0]}"
 "$lasp" tokenize --input "${licences[@]}" --vocab-size 900 --out "$dir/bpe"  # an earlier output is replaced
 check "$dir/bpe" "" "${licences[@]}"
 
-# More text encoded with the tokenizer already in --out (it is read before the folder is emptied)
+# More text encoded with the tokenizer already in --out (it is read before the new folder is swapped in)
 "$lasp" tokenize --input "${licences[0]}" --model "$dir/split/tokenizer.model" --out "$dir/split"
 check "$dir/split" "" "${licences[0]}"
 
@@ -101,7 +101,7 @@ refused() {  # refused TEXT ARGS...: lasp fails, saying TEXT
 mkdir "$dir/foreign" && echo keep > "$dir/foreign/notes.txt"
 refused "token shards hold uint16 ids" tokenize --input "${licences[0]}" --vocab-size 70000 --out "$dir/x1"
 refused "empty document in $dir/empty.txt" tokenize --input "${licences[0]}" "$dir/empty.txt" --model "$dir/python.model" --out "$dir/x2"
-refused "which tokenize did not write" tokenize --input "${licences[0]}" --vocab-size 500 --out "$dir/foreign"
+refused "not a lasp tokenize output" tokenize --input "${licences[0]}" --vocab-size 500 --out "$dir/foreign"
 refused "not a SentencePiece model" tokenize --input "${licences[0]}" --model "${licences[1]}" --out "$dir/x3"
 refused "has no BOS piece" tokenize --input "${licences[0]}" --model "$dir/nobos.model" --out "$dir/x4"
 refused "contradicts --model" tokenize --input "${licences[0]}" --model "$dir/python.model" --vocab-size 5 --out "$dir/x5"

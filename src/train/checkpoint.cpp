@@ -1,11 +1,6 @@
 #include "train/checkpoint.h"
 
-#include <fcntl.h>
-#include <signal.h>
-#include <stdio.h>
-#include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <climits>
@@ -15,6 +10,7 @@
 
 #include "core/check.h"
 #include "core/file.h"
+#include "core/folder.h"
 #include "core/parse.h"
 #include "model/safetensors.h"
 
@@ -34,76 +30,15 @@ bool is_checkpoint_file(const std::string& name) {
   return false;
 }
 
-// "ckpt/" and "ckpt" name the same folder; the temporary name must sit beside it, not inside.
-std::string without_trailing_slashes(std::string dir) {
-  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-  return dir;
-}
+// A checkpoint folder: its marker lasp_checkpoint.json, and nothing else than the files above.
+const FolderKind kCheckpointFolder = {"--save", "lasp checkpoint", "lasp_checkpoint.json", "lasp checkpoint", "save", 1,
+                                      [](const nlohmann::json&, const std::string& name) {
+                                        return is_checkpoint_file(name);
+                                      }};
 
 std::string parent_of(const std::string& dir) {
   const fs::path parent = fs::path(dir).parent_path();
   return parent.empty() ? "." : parent.string();
-}
-
-std::string host_name() {
-  char name[HOST_NAME_MAX + 1] = {};
-  if (gethostname(name, sizeof name - 1) != 0 || !*name) return "localhost";
-  for (char* c = name; *c; ++c)
-    if (*c == '/') *c = '_';
-  return name;
-}
-
-// NAME.tmp.HOST.PID: the host keeps ranks of a cluster that share a filesystem from judging each other's PIDs.
-std::string temporary_name(const std::string& dir) {
-  return fmt::format("{}.tmp.{}.{}", dir, host_name(), long(getpid()));
-}
-
-// Removes NAME.tmp.HOST.PID folders (and NAME.tmp.PID of earlier lasp versions) left by saves on this host
-// whose process is gone: a killed save leaves one behind, and nothing else would ever remove it.
-void remove_stale_temporaries(const std::string& dir) {
-  const std::string prefix = fs::path(dir).filename().string() + ".tmp.", host = host_name();
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(parent_of(dir), ec)) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind(prefix, 0) != 0) continue;
-    const std::string rest = name.substr(prefix.size());
-    const size_t dot = rest.rfind('.');
-    const std::string owner_host = dot == std::string::npos ? host : rest.substr(0, dot);
-    const std::string pid_text = dot == std::string::npos ? rest : rest.substr(dot + 1);
-    long pid = 0;
-    try {
-      pid = long(parse_int(pid_text, "pid", 1, INT_MAX));
-    } catch (const Error&) {
-      continue;  // not one of ours
-    }
-    if (owner_host != host || pid == long(getpid()) || kill(pid_t(pid), 0) == 0 || errno != ESRCH) continue;
-    std::error_code rm;
-    fs::remove_all(entry.path(), rm);
-    if (!rm) std::fprintf(stderr, "lasp: removed %s, left by an interrupted save (process %ld is gone)\n",
-                          entry.path().c_str(), pid);
-  }
-}
-
-// dir may be replaced: it is absent, an empty folder or a lasp checkpoint. Otherwise the error says why not.
-void check_replaceable(const std::string& dir) {
-  std::error_code ec;
-  const fs::file_status st = fs::symlink_status(dir, ec);
-  if (!fs::exists(st)) return;
-  LASP_CHECK(fs::is_directory(st), "--save {}: it exists and is not a folder; a checkpoint is a folder, and lasp "
-             "replaces only a previous checkpoint. Choose another path", dir);
-  bool has_config = false, has_model = false;
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    const std::string name = entry.path().filename().string();
-    LASP_CHECK(is_checkpoint_file(name) && entry.is_regular_file(),
-               "--save {}: the folder exists and is not a lasp checkpoint (it holds '{}'; a checkpoint holds only "
-               "config.json, model.safetensors, optimizer.safetensors, trainer_state.json and tokenizer.model). lasp "
-               "does not replace it: choose another path, or move it away", dir, name);
-    has_config = has_config || name == "config.json";
-    has_model = has_model || name == "model.safetensors";
-  }
-  LASP_CHECK(has_config == has_model, "--save {}: the folder holds {} without {}: it is not a complete lasp "
-             "checkpoint, and lasp does not replace it", dir, has_config ? "config.json" : "model.safetensors",
-             has_config ? "model.safetensors" : "config.json");
 }
 
 void check_finite(const std::string& what, const ParamLayout& layout, const std::vector<float>& values,
@@ -193,16 +128,7 @@ uint64_t checkpoint_bytes(const ParamLayout& layout, bool with_optimizer, bool b
 
 void check_checkpoint_target(const std::string& dir_in, uint64_t bytes) {
   const std::string dir = without_trailing_slashes(dir_in), parent = parent_of(dir);
-  check_replaceable(dir);
-  std::error_code ec;
-  LASP_CHECK(fs::is_directory(parent, ec), "--save {}: the folder {} it goes in does not exist", dir, parent);
-  remove_stale_temporaries(dir);
-  // Writable: create the temporary folder a save would create, and remove it.
-  const std::string tmp = temporary_name(dir);
-  fs::remove_all(tmp, ec);
-  LASP_CHECK(::mkdir(tmp.c_str(), 0755) == 0, "--save {}: cannot create a folder in {}: {}", dir, parent,
-             std::strerror(errno));
-  ::rmdir(tmp.c_str());
+  check_folder_target(kCheckpointFolder, dir);
   struct statvfs fsinfo {};
   LASP_CHECK(::statvfs(parent.c_str(), &fsinfo) == 0, "--save {}: cannot read the free space of {}: {}", dir, parent,
              std::strerror(errno));
@@ -211,22 +137,15 @@ void check_checkpoint_target(const std::string& dir_in, uint64_t bytes) {
              "free", dir, human_bytes(double(bytes)), bytes, parent, human_bytes(double(free_bytes)));
 }
 
-void save_checkpoint(const std::string& dir_in, const ModelConfig& config, const ParamLayout& layout,
+void save_checkpoint(const std::string& dir, const ModelConfig& config, const ParamLayout& layout,
                      const std::vector<float>& params, const OptimizerState* optimizer, bool bf16_weights,
                      const std::string& tokenizer) {
-  const std::string dir = without_trailing_slashes(dir_in);
   check_finite("checkpoint " + dir, layout, params, "");
   if (optimizer) {
     check_finite("checkpoint " + dir + " (AdamW moments)", layout, *optimizer->m, "m.");
     check_finite("checkpoint " + dir + " (AdamW moments)", layout, *optimizer->v, "v.");
   }
-  check_replaceable(dir);  // again: the folder may have changed since training began
-  remove_stale_temporaries(dir);
-  const std::string tmp = temporary_name(dir);
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  LASP_CHECK(::mkdir(tmp.c_str(), 0755) == 0, "cannot create checkpoint folder {}: {}", tmp, std::strerror(errno));
-  try {
+  write_folder(kCheckpointFolder, dir, [&](const std::string& tmp) {
     write_tensors(tmp + "/model.safetensors", layout, params, "", bf16_weights);
     config.save(tmp + "/config.json");
     if (!tokenizer.empty()) write_file_atomic(tmp + "/tokenizer.model", read_file(tokenizer));
@@ -240,19 +159,8 @@ void save_checkpoint(const std::string& dir_in, const ModelConfig& config, const
       safetensors_write(tmp + "/optimizer.safetensors", tensors, {{"writer", "lasp"}});
       write_file_atomic(tmp + "/trainer_state.json", optimizer->trainer.to_json().dump(2) + "\n");
     }
-    // Swap the complete folder in with one atomic exchange (the old checkpoint then sits at tmp and is
-    // removed), or one rename when there was none: at every instant dir is a whole checkpoint.
-    if (fs::exists(fs::symlink_status(dir))) {
-      LASP_CHECK(renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, dir.c_str(), RENAME_EXCHANGE) == 0,
-                 "cannot swap the new checkpoint {} into {}: {}", tmp, dir, std::strerror(errno));
-    } else {
-      LASP_CHECK(::rename(tmp.c_str(), dir.c_str()) == 0, "cannot rename {} to {}: {}", tmp, dir, std::strerror(errno));
-    }
-  } catch (...) {
-    fs::remove_all(tmp, ec);  // the new, incomplete checkpoint; dir is untouched
-    throw;
-  }
-  fs::remove_all(tmp, ec);  // the old checkpoint, after the exchange
+    return nlohmann::json::object();
+  });
 }
 
 ModelConfig load_checkpoint_config(const std::string& dir) { return ModelConfig::load(dir + "/config.json"); }

@@ -1,9 +1,10 @@
 // A checkpoint is a folder (MODEL.md): config.json + model.safetensors (fp32, or bf16 with --save-dtype bf16;
 // Hugging Face names), and for a resumable training run optimizer.safetensors (the AdamW moments, "m.<name>"
 // and "v.<name>"; with bf16 weights also the fp32 master weights "w.<name>", so that a resume is exact) and
-// trainer_state.json (step, data position, run layout). The folder is written under a temporary name
-// (NAME.tmp.HOST.PID) and swapped in, so a crash leaves either the old checkpoint or the new one, never a
-// mix; a save only ever replaces a previous lasp checkpoint (or an empty folder), never anything else.
+// trainer_state.json (step, data position, run layout), and lasp_checkpoint.json, the marker that says it is
+// a lasp checkpoint (its format version). The folder is written whole (core/folder.h): under a temporary name
+// and swapped in, so a crash leaves either the old checkpoint or the new one, never a mix; a save only ever
+// replaces a previous lasp checkpoint (its marker, and nothing but its files) or an empty folder.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -41,7 +42,7 @@ struct OptimizerState {
 uint64_t checkpoint_bytes(const ParamLayout& layout, bool with_optimizer, bool bf16_weights = false);
 
 // Before training: checks that `dir` can take a checkpoint of `bytes` (throws lasp::Error saying what is
-// wrong otherwise): dir is absent, an empty folder or a previous lasp checkpoint (nothing but its files);
+// wrong otherwise): dir is absent, an empty folder or a previous lasp checkpoint (its marker, nothing but its files);
 // its parent folder exists and is writable; that filesystem has room for a whole new checkpoint beside the
 // old one. Removes stale temporary folders of earlier saves whose process is gone.
 void check_checkpoint_target(const std::string& dir, uint64_t bytes);

@@ -15,6 +15,7 @@
 
 #include "core/check.h"
 #include "core/file.h"
+#include "train/token_manifest.h"
 
 namespace lasp {
 
@@ -219,6 +220,9 @@ class ShardTokens final : public TokenSource {
     }
     LASP_CHECK(size_ > 0, "the {} shard file(s) matching {} hold 0 tokens (expected at least one)", paths.size(),
                pattern);
+    std::vector<ShardFile> files;
+    for (const Shard& s : shards_) files.push_back({s.path, s.count});
+    check_shard_set(pattern, files);
   }
 
   int64_t size() const override { return size_; }

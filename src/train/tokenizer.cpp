@@ -6,10 +6,13 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <unordered_map>
 
 #include "core/check.h"
 #include "core/file.h"
+#include "core/folder.h"
+#include "train/token_manifest.h"
 #include "train/data.h"
 
 namespace lasp {
@@ -76,27 +79,6 @@ std::string train_model(const TokenizeOptions& o) {
   LASP_CHECK(status.ok(), "tokenize: training a {} tokenizer of {} pieces failed: {}", o.model_type, o.vocab_size,
              status.ToString());
   return model;
-}
-
-// The output folder: absent (created), empty, or an earlier tokenize's (its shards are removed).
-void prepare_out_dir(const std::string& dir) {
-  LASP_CHECK(!dir.empty(), "tokenize: --out is required");
-  if (!fs::exists(dir)) {
-    std::error_code ec;
-    fs::create_directories(dir, ec);
-    LASP_CHECK(!ec, "tokenize: cannot create --out {}: {}", dir, ec.message());
-    return;
-  }
-  LASP_CHECK(fs::is_directory(dir), "tokenize: --out {} exists and is not a folder", dir);
-  std::vector<fs::path> old;
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    const std::string name = entry.path().filename().string();
-    const bool ours = name == "tokenizer.model" || (name.rfind("tokens_", 0) == 0 && entry.path().extension() == ".bin");
-    LASP_CHECK(ours, "tokenize: --out {} holds '{}', which tokenize did not write; give an empty or new folder", dir,
-               name);
-    old.push_back(entry.path());
-  }
-  for (const fs::path& p : old) fs::remove(p);
 }
 
 // The documents of the inputs, one at a time: each file whole, or the pieces between separators.
@@ -204,39 +186,49 @@ TokenizeReport tokenize(const TokenizeOptions& o, const std::function<void(int64
                ec ? ec.message() : "not a regular file");
     total_bytes += int64_t(size);
   }
-  const std::string given = o.model.empty() ? "" : read_file(o.model);  // before --out is emptied: it may be there
-  prepare_out_dir(o.out_dir);
-  const std::string model_path = o.out_dir + "/tokenizer.model";
-  write_file_atomic(model_path, o.model.empty() ? train_model(o) : given);
-  const Tokenizer tok = Tokenizer::load(model_path);
+  const std::string out = without_trailing_slashes(o.out_dir);
+  LASP_CHECK(!out.empty(), "tokenize: --out is required");
+  check_folder_target(tokens_folder(), out);  // before any work: a folder of the user's is never touched
+  if (!o.model.empty()) Tokenizer::load(o.model);  // a bad --model is named as given, before any work
+  const std::string given = o.model.empty() ? "" : read_file(o.model);
   TokenizeReport r;
-  r.vocab_size = tok.vocab_size();
-  LASP_CHECK(r.vocab_size <= kMaxUint16Vocab, "tokenize: {} has {} pieces; token shards hold uint16 ids, at most {}",
-             o.model.empty() ? model_path : o.model, r.vocab_size, kMaxUint16Vocab);
-  LASP_CHECK(o.vocab_size == 0 || o.model.empty() || o.vocab_size == r.vocab_size,
-             "tokenize: --vocab-size {} contradicts --model {}, which has {} pieces", o.vocab_size, o.model, r.vocab_size);
-  LASP_CHECK(tok.bos() >= 0, "tokenize: {} has no BOS piece, which starts every document", o.model);
+  write_folder(tokens_folder(), out, [&](const std::string& tmp) {
+    const std::string model_path = tmp + "/tokenizer.model";
+    write_file_atomic(model_path, o.model.empty() ? train_model(o) : given);
+    const Tokenizer tok = Tokenizer::load(model_path);
+    r.vocab_size = tok.vocab_size();
+    LASP_CHECK(r.vocab_size <= kMaxUint16Vocab, "tokenize: {} has {} pieces; token shards hold uint16 ids, at most {}",
+               o.model.empty() ? "the trained tokenizer" : o.model, r.vocab_size, kMaxUint16Vocab);
+    LASP_CHECK(o.vocab_size == 0 || o.model.empty() || o.vocab_size == r.vocab_size,
+               "tokenize: --vocab-size {} contradicts --model {}, which has {} pieces", o.vocab_size, o.model,
+               r.vocab_size);
+    LASP_CHECK(tok.bos() >= 0, "tokenize: {} has no BOS piece, which starts every document", o.model);
 
-  std::vector<uint16_t> shard;
-  auto flush = [&] {
-    if (shard.empty()) return;
-    const std::string path = fmt::format("{}/tokens_{:06d}.bin", o.out_dir, r.shards.size());
-    write_token_shard(path, shard);
-    r.shards.push_back(path);
-    shard.clear();
-  };
-  for_each_document(o, [&](const std::string& text, const std::string& where) {
-    LASP_CHECK(!text.empty(), "tokenize: empty document in {}", where);
-    std::vector<int> ids = tok.encode(text);
-    ids.insert(ids.begin(), tok.bos());
-    for (int id : ids) {
-      shard.push_back(uint16_t(id));
-      if (int64_t(shard.size()) == o.shard_tokens) flush();
-    }
-    r.documents += 1, r.tokens += int64_t(ids.size()), r.bytes += int64_t(text.size());
-    if (progress) progress(r.bytes, total_bytes);
+    nlohmann::json shards = nlohmann::json::array();
+    std::vector<uint16_t> shard;
+    auto flush = [&] {
+      if (shard.empty()) return;
+      const std::string name = fmt::format("tokens_{:06d}.bin", shards.size());
+      write_token_shard(tmp + "/" + name, shard);
+      shards.push_back({{"file", name}, {"tokens", shard.size()}});
+      r.shards.push_back(out + "/" + name);
+      shard.clear();
+    };
+    for_each_document(o, [&](const std::string& text, const std::string& where) {
+      LASP_CHECK(!text.empty(), "tokenize: empty document in {}", where);
+      std::vector<int> ids = tok.encode(text);
+      ids.insert(ids.begin(), tok.bos());
+      for (int id : ids) {
+        shard.push_back(uint16_t(id));
+        if (int64_t(shard.size()) == o.shard_tokens) flush();
+      }
+      r.documents += 1, r.tokens += int64_t(ids.size()), r.bytes += int64_t(text.size());
+      if (progress) progress(r.bytes, total_bytes);
+    });
+    flush();
+    return nlohmann::json{{"tokenizer", "tokenizer.model"}, {"vocab_size", r.vocab_size}, {"bos", tok.bos()},
+                          {"documents", r.documents}, {"bytes", r.bytes}, {"tokens", r.tokens}, {"shards", shards}};
   });
-  flush();
   return r;
 }
 

@@ -61,7 +61,7 @@ std::string tokenizer_beside(const std::string& data_path);
 
 struct TokenizeOptions {
   std::vector<std::string> inputs;  // text files
-  std::string out_dir;              // gets tokenizer.model and tokens_NNNNNN.bin
+  std::string out_dir;              // gets tokenizer.model, tokens_NNNNNN.bin and tokens.json (train/token_manifest.h)
   std::string model;                // a .model to use; empty: train one on the inputs
   int vocab_size = 0;               // training: the vocabulary (at most 65,536, what uint16 shards hold)
   std::string model_type = "bpe";   // training: bpe | unigram
@@ -78,7 +78,8 @@ struct TokenizeReport {
 
 // Trains (or loads) the tokenizer, then encodes every document into shards. progress(bytes done, bytes in
 // all) is called now and then. Throws lasp::Error on bad input: a vocabulary beyond uint16, an empty
-// document, a model without BOS, an output folder holding anything but an earlier tokenize's output.
+// document, a model without BOS, an output folder holding anything but an earlier tokenize's output. The
+// output is written whole (core/folder.h): beside out_dir, swapped in only when complete.
 TokenizeReport tokenize(const TokenizeOptions& options,
                         const std::function<void(int64_t, int64_t)>& progress = {});
 

@@ -427,3 +427,24 @@ TEST(LinearAttention, BadArgumentsNameTheKernelAndShapes) {
 }
 
 }  // namespace
+
+// Lightning's rates are the ALiBi slopes of the paper's code (MODEL.md), also for head counts that are not a
+// power of two (issue 27: lasp took 2^(-8(h+1)/H), ~93% off at H = 6). Exponents of 2 written out by hand.
+TEST(LinearAttention, LightningDecaysAreTheAlibiSlopes) {
+  const std::vector<std::vector<double>> exponents = {
+      {8},
+      {4, 8},
+      {4, 8, 2},
+      {2, 4, 6, 8},
+      {2, 4, 6, 8, 1, 3},
+      {1, 2, 3, 4, 5, 6, 7, 8},
+      {1, 2, 3, 4, 5, 6, 7, 8, 0.5, 1.5, 2.5, 3.5},
+  };
+  for (const std::vector<double>& e : exponents) {
+    const int H = int(e.size());
+    std::vector<float> lambda(size_t(H), 0.f);
+    lasp::linear_attention_decays(lambda.data(), H, lasp::Decay::lightning);
+    for (int h = 0; h < H; ++h)
+      EXPECT_FLOAT_EQ(lambda[size_t(h)], float(std::exp(-std::exp2(-e[size_t(h)])))) << "H = " << H << ", head " << h;
+  }
+}

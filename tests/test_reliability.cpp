@@ -502,6 +502,25 @@ TEST_F(Reliability, APartialShardSetIsRefused) {
   expect_error(kLasp + " train --steps 1" + shards, {"no tokens.json", "Run lasp tokenize again"});
 }
 
+// Old (issue 27): lightning's rates were 2^(-8(h+1)/H), not the paper's ALiBi slopes, for head counts that are
+// not a power of two. A checkpoint of that lasp (no marker) with such a head count means another model now.
+TEST_F(Reliability, LightningCheckpointsOfTheOldDecayRuleAreRefused) {
+  const std::string model = " --layer-types LN --hidden 48 --heads 6 --kv-heads 2 --ffn 64 --seq-len 32 --decay lightning";
+  const std::string ckpt = tmp.file("ckpt");
+  expect_ok(train("--steps 1 --save " + ckpt, model));
+  expect_ok(kLasp + " eval --checkpoint " + ckpt + " --data " + data + " --seq-len 32");
+  fs::remove(ckpt + "/lasp_checkpoint.json");  // as an older lasp wrote it
+  expect_error(kLasp + " eval --checkpoint " + ckpt + " --data " + data + " --seq-len 32",
+               {"lightning decay and 6 heads", "not loaded"});
+  expect_error(kLasp + " generate --checkpoint " + ckpt + " --prompt hi --max-new-tokens 2", {"6 heads"});
+  // A power of two: the rule gave the same rates, and the checkpoint still loads.
+  const std::string four = tmp.file("four");
+  expect_ok(train("--steps 1 --save " + four, " --layer-types LN --hidden 32 --heads 4 --kv-heads 2 --ffn 64 "
+                  "--seq-len 32 --decay lightning"));
+  fs::remove(four + "/lasp_checkpoint.json");
+  expect_ok(kLasp + " eval --checkpoint " + four + " --data " + data + " --seq-len 32");
+}
+
 // ---- Undefined behaviour: sizes in 64 bits, absurd ones refused with what they would need ----
 
 TEST_F(Reliability, AbsurdSizesAreRefusedWithTheMemoryTheyNeed) {

@@ -185,11 +185,19 @@ def save_checkpoint(folder, config_path, params):
 
 
 # ------------------------------------------------------------------------------------------ model
+def alibi_slopes(n):
+    """The ALiBi slopes of n heads, as the paper's code (Linear-MoE) builds them (MODEL.md)."""
+    def power_of_two(n):
+        return [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
+    c = 2 ** int(math.floor(math.log2(n)))
+    return power_of_two(n) if c == n else power_of_two(c) + alibi_slopes(2 * c)[0::2][: n - c]
+
+
 def decays(c, H):
     kind = c["linear_attention"]["decay"]
     h = torch.arange(H, dtype=torch.float64)
     if kind == "lightning":
-        return torch.exp(-torch.pow(2.0, -8.0 * (h + 1) / H))
+        return torch.exp(-torch.tensor(alibi_slopes(H), dtype=torch.float64))
     if kind == "retention":
         return 1.0 - torch.pow(2.0, -5.0 - h)
     return torch.ones(H, dtype=torch.float64)

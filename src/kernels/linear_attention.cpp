@@ -35,10 +35,22 @@ const char* to_string(Decay decay) {
   return "?";
 }
 
+namespace {
+
+// The ALiBi slope of head h of H, as the paper's code builds them (MODEL.md): with c the largest power of two
+// <= H, 2^(-8 (h+1) / c) for the first c heads; the rest take the slopes of 2c heads at even indices.
+double alibi_slope(int h, int H) {
+  int c = 1;
+  while (2 * c <= H) c *= 2;
+  return h < c ? std::exp2(-8.0 * (h + 1) / c) : alibi_slope(2 * (h - c), 2 * c);
+}
+
+}  // namespace
+
 void linear_attention_decays(float* lambda, int H, Decay decay) {
   for (int h = 0; h < H; ++h) {
     double l = 1.0;
-    if (decay == Decay::lightning) l = std::exp(-std::exp2(-8.0 * (h + 1) / H));
+    if (decay == Decay::lightning) l = std::exp(-alibi_slope(h, H));
     if (decay == Decay::retention) l = 1.0 - std::exp2(-5.0 - h);
     lambda[h] = float(l);
   }

@@ -163,7 +163,19 @@ void save_checkpoint(const std::string& dir, const ModelConfig& config, const Pa
   });
 }
 
-ModelConfig load_checkpoint_config(const std::string& dir) { return ModelConfig::load(dir + "/config.json"); }
+ModelConfig load_checkpoint_config(const std::string& dir) {
+  ModelConfig config = ModelConfig::load(dir + "/config.json");
+  // Lightning's per-head decay follows the paper's ALiBi slopes since checkpoints carry their marker; before,
+  // a head count that is not a power of two got other rates: such weights were trained for another model.
+  const int H = config.num_attention_heads;
+  const bool changed_meaning = config.linear.decay == Decay::lightning && (H & (H - 1)) != 0 &&
+                               config.layer_types.find('L') != std::string::npos;
+  LASP_CHECK(!changed_meaning || !read_marker(kCheckpointFolder, dir).is_null(), "{}: a checkpoint of an older lasp "
+             "with lightning decay and {} heads: that lasp gave head h the rate 2^(-8(h+1)/{}), where the paper's "
+             "code (and lasp now) takes the ALiBi slopes, so these weights belong to another model and are not "
+             "loaded. Train it again", dir, H, H);
+  return config;
+}
 
 void load_checkpoint_weights(const std::string& dir, const ParamLayout& layout, std::vector<float>& params) {
   const SafetensorsFile file = SafetensorsFile::open(dir + "/model.safetensors");

@@ -4,7 +4,9 @@
 
 #include <CLI/CLI.hpp>
 #include <climits>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -450,6 +452,11 @@ int main(int argc, char** argv) {
     if (session.threads > 0) omp_set_num_threads(session.threads);
     for (const auto& command : commands)
       if (*command->cmd) command->run(session);
+    // Output that did not reach its file (a full disk, a closed device) is an error, not a silent exit 0.
+    errno = 0;
+    const bool written = std::fflush(stdout) == 0 && !std::ferror(stdout);
+    LASP_CHECK(written, "writing to standard output failed{}: what lasp printed is incomplete",
+               errno ? std::string(": ") + std::strerror(errno) : std::string());
   } catch (const std::exception& e) {
     std::string message = e.what();
     if (dynamic_cast<const std::bad_alloc*>(&e))
@@ -461,5 +468,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "lasp: error: %s\n", message.c_str());
     return 1;
   }
-  return 0;
+  // Progress and step lines go to stderr: when those were lost too, the run did not say what it did.
+  return std::fflush(stderr) == 0 && !std::ferror(stderr) ? 0 : 1;
 }

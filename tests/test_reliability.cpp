@@ -521,6 +521,20 @@ TEST_F(Reliability, LightningCheckpointsOfTheOldDecayRuleAreRefused) {
   expect_ok(kLasp + " eval --checkpoint " + four + " --data " + data + " --seq-len 32");
 }
 
+// Old (issue 27): output that failed to reach stdout went unnoticed: generate, eval --json, the tokenize
+// summary and train's step lines to /dev/full all exited 0.
+TEST_F(Reliability, AFailedWriteToStdoutIsAnError) {
+  const std::string ckpt = tmp.file("ckpt"), tok = tmp.file("tok");
+  expect_ok(train("--steps 1 --save " + ckpt));
+  for (const std::string& command :
+       {kLasp + " generate --checkpoint " + ckpt + " --prompt The --max-new-tokens 4",
+        kLasp + " eval --checkpoint " + ckpt + " --data " + data + " --seq-len 32 --json",
+        kLasp + " tokenize --input " + kLicence + " --vocab-size 400 --out " + tok, kLasp + " info"})
+    expect_error("{ " + command + " > /dev/full; }", {"writing to standard output failed"});
+  // Train's step lines go to stderr: their loss cannot be reported there, but the exit status says it.
+  EXPECT_EQ(run_command("{ " + train("--steps 1") + " 2> /dev/full; }").status, 1);
+}
+
 // ---- Undefined behaviour: sizes in 64 bits, absurd ones refused with what they would need ----
 
 TEST_F(Reliability, AbsurdSizesAreRefusedWithTheMemoryTheyNeed) {

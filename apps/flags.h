@@ -128,7 +128,7 @@ inline void add_parallel_flags(CLI::App* cmd, lasp::ParallelOptions& p) {
 // --doc-start on train and eval (trainer.h document_start).
 inline void add_doc_start_flag(CLI::App* cmd, std::optional<int>& doc_start) {
   cmd->add_option("--doc-start", doc_start, "the token that opens a document: attention never crosses documents "
-                  "(default: the BOS of the tokenizer beside token shards; -1: one stream)");
+                  "(default: the checkpoint's, else the BOS of the tokenizer beside token shards; -1: one stream)");
 }
 
 inline void add_precision_flag(CLI::App* cmd, lasp::Precision& precision) {

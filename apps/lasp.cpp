@@ -198,6 +198,7 @@ struct GenerateCommand : Command {
   uint64_t seed = 1;
   lasp::ParallelOptions parallel;
   lasp::Precision precision = lasp::Precision::fp32;
+  std::optional<int> doc_start;
 
   explicit GenerateCommand(CLI::App& app) {
     cmd = app.add_subcommand("generate", "continue a prompt with a trained checkpoint (byte-level text)");
@@ -210,6 +211,7 @@ struct GenerateCommand : Command {
         ->check(kNonNegative);
     cmd->add_option("--seed", seed, "seed of the sampling")->default_val(seed);
     add_precision_flag(cmd, precision);
+    add_doc_start_flag(cmd, doc_start);
     cmd->add_option("--sp-size", parallel.sp_size, "ranks that prefill the prompt sequence-parallel (under mpirun)")
         ->default_val(1)->check(kAtLeastOne);
     cmd->add_option("--sp-layout", parallel.sp_layout, "contiguous | zigzag (default: zigzag when the model has a "
@@ -228,7 +230,11 @@ struct GenerateCommand : Command {
     std::vector<float> params(layout.total());
     lasp::load_checkpoint_weights(checkpoint, layout, params);
     // With the checkpoint's tokenizer (trained on `lasp tokenize` shards): a new document, BOS + the prompt's
-    // encoding, and text out; else bytes in and out.
+    // encoding, and text out; else bytes in and out. A checkpoint that says what its ids are must have them.
+    const std::optional<lasp::TokenMeaning> saved = lasp::load_token_meaning(checkpoint);
+    LASP_CHECK(!saved || saved->vocabulary == "bytes" || saved->vocabulary.rfind("tokenizer ", 0) == 0,
+               "generate: {} was trained on {} ids, which are not text: generate reads and writes text", checkpoint,
+               saved ? saved->vocabulary : "");
     std::optional<lasp::Tokenizer> tokenizer;
     if (std::filesystem::exists(checkpoint + "/tokenizer.model"))
       tokenizer = lasp::Tokenizer::load(checkpoint + "/tokenizer.model");
@@ -248,7 +254,12 @@ struct GenerateCommand : Command {
     LASP_CHECK(int64_t(prompt.size()) + max_new_tokens <= INT_MAX, "generate: the prompt ({} tokens) + "
                "--max-new-tokens {} must be at most {} tokens", prompt.size(), max_new_tokens, INT_MAX);
     lasp::Decoder decoder(config, params, int(prompt.size()) + max_new_tokens, precision);
-    if (tokenizer) decoder.set_document_start(tokenizer->bos());  // as training on its shards had them
+    // Documents as training had them: the checkpoint's (or the flag's) token, else the tokenizer's BOS.
+    const std::optional<int> start = lasp::doc_start_of(checkpoint, saved, doc_start);
+    const int document_token = start ? *start : tokenizer ? tokenizer->bos() : -1;
+    LASP_CHECK(document_token >= -1 && document_token < config.vocab_size, "--doc-start must be a token of the "
+               "model's vocabulary [0, {}) or -1 for none, got {}", config.vocab_size, document_token);
+    if (document_token >= 0) decoder.set_document_start(document_token);
     const lasp::SpLayout sp_layout = lasp::sp_method_layout("", parallel.sp_layout, config, parallel.sp_size);
     std::vector<float> logits =
         sp ? lasp::prefill_sequence_parallel(decoder, config, prompt, *sp, sp_layout) : decoder.prefill(prompt);

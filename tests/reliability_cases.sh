@@ -29,3 +29,18 @@ for v in 0 -1 nan; do t project_link_$v $L bench project --link-gbit $v; done
 t batch_intmax $L train --data text.txt $M --steps 1 --batch 2147483647
 t max_new_tokens $L generate --checkpoint ck --prompt hi --max-new-tokens 2147483647
 t params_wrap timeout 60 $L train --data text.txt --seq-len 32 --hidden 1073741824 --heads 2 --ffn 1073741824 --steps 1
+# Issue 27: tokenize, documents, text checkpoints, stdout
+lic=/usr/share/common-licenses/GPL-3
+rm -rf hf o tok tokbig ckd6 cks
+mkdir hf; echo '{"model_type":"llama"}' > hf/config.json; head -c1000 /dev/urandom > hf/model.safetensors
+t save_onto_hf_export $L train --data synthetic --layer-types L --hidden 64 --heads 4 --kv-heads 2 --ffn 128 --seq-len 256 --steps 1 --save hf; echo "   hf: $(ls hf | tr '\n' ' ')"
+mkdir o; echo mine > o/tokens_myshards.bin; echo mine > o/tokenizer.model
+t tokenize_onto_foreign $L tokenize --input $lic --vocab-size 400 --out o; echo "   o: $(cat o/tokens_myshards.bin o/tokenizer.model | tr '\n' ' ')"
+t tokenize_ok $L tokenize --input $lic --vocab-size 512 --out tok --shard-tokens 3000
+t tokenize_rerun_vocab_70000 $L tokenize --input $lic --vocab-size 70000 --out tok; echo "   tok: $(ls tok | wc -l) files"
+mv tok/tokens_000002.bin tokens_away.bin; t partial_shard_set $L train --data 'tok/tokens_*.bin' $M --steps 1; mv tokens_away.bin tok/tokens_000002.bin
+t doc_start_saved $L train --data text.txt $M --steps 2 --doc-start 10 --save ckd6
+t doc_start_contradicts $L eval --checkpoint ckd6 --data text.txt --seq-len 32 --doc-start -1
+t subword_ckpt $L train --data 'tok/tokens_*.bin' $M --steps 1 --save cks; mv cks/tokenizer.model cks/away.model
+t subword_without_tokenizer $L generate --checkpoint cks --prompt The; t subword_eval_on_bytes $L eval --checkpoint cks --data text.txt --seq-len 32
+t generate_to_dev_full sh -c "$L generate --checkpoint ck --prompt The --max-new-tokens 4 > /dev/full"

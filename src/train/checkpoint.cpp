@@ -139,7 +139,7 @@ void check_checkpoint_target(const std::string& dir_in, uint64_t bytes) {
 
 void save_checkpoint(const std::string& dir, const ModelConfig& config, const ParamLayout& layout,
                      const std::vector<float>& params, const OptimizerState* optimizer, bool bf16_weights,
-                     const std::string& tokenizer) {
+                     const std::string& tokenizer, const std::optional<TokenMeaning>& meaning) {
   check_finite("checkpoint " + dir, layout, params, "");
   if (optimizer) {
     check_finite("checkpoint " + dir + " (AdamW moments)", layout, *optimizer->m, "m.");
@@ -159,8 +159,66 @@ void save_checkpoint(const std::string& dir, const ModelConfig& config, const Pa
       safetensors_write(tmp + "/optimizer.safetensors", tensors, {{"writer", "lasp"}});
       write_file_atomic(tmp + "/trainer_state.json", optimizer->trainer.to_json().dump(2) + "\n");
     }
-    return nlohmann::json::object();
+    if (!meaning) return nlohmann::json::object();
+    return nlohmann::json{{"vocabulary", meaning->vocabulary}, {"doc_start", meaning->doc_start}};
   });
+}
+
+namespace {
+
+// FNV-1a, 64 bits: a stable fingerprint of a tokenizer's bytes (to tell two tokenizers apart, not a seal).
+std::string fingerprint(const std::string& bytes) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : bytes) h = (h ^ c) * 0x100000001b3ull;
+  return fmt::format("{:016x}", h);
+}
+
+std::string describe_vocabulary(const std::string& v) {
+  if (v == "bytes") return "bytes (byte-level text)";
+  if (v == "ids") return "token ids without a tokenizer (shards of another tool)";
+  if (v == "synthetic") return "the synthetic recall task's tokens";
+  return "the pieces of the tokenizer " + v.substr(v.find(' ') + 1);
+}
+
+}  // namespace
+
+std::string vocabulary_of(bool bytes, bool synthetic, const std::string& tokenizer) {
+  if (synthetic) return "synthetic";
+  if (bytes) return "bytes";
+  return tokenizer.empty() ? "ids" : "tokenizer " + fingerprint(read_file(tokenizer));
+}
+
+std::optional<TokenMeaning> load_token_meaning(const std::string& dir) {
+  const nlohmann::json marker = read_marker(kCheckpointFolder, dir);
+  if (marker.is_null() || !marker.contains("vocabulary")) return std::nullopt;
+  const std::string path = dir + "/" + kCheckpointFolder.marker;
+  TokenMeaning m;
+  m.vocabulary = state_string(marker, "vocabulary", path);
+  m.doc_start = int(state_int(marker, "doc_start", -1, INT_MAX, path));
+  if (m.vocabulary.rfind("tokenizer ", 0) == 0) {
+    const std::string model = dir + "/tokenizer.model";
+    LASP_CHECK(fs::exists(model), "{}: the checkpoint was trained on {}, but its tokenizer.model is missing: without "
+               "it its ids cannot be read as text. Put the tokenizer.model back", dir, describe_vocabulary(m.vocabulary));
+    LASP_CHECK(vocabulary_of(false, false, model) == m.vocabulary, "{}: its tokenizer.model is not the one it was "
+               "trained with ({} where the checkpoint says {})", dir, vocabulary_of(false, false, model), m.vocabulary);
+  }
+  return m;
+}
+
+void check_vocabulary(const std::string& dir, const std::optional<TokenMeaning>& saved, const std::string& vocabulary,
+                      const std::string& data) {
+  LASP_CHECK(!saved || saved->vocabulary == vocabulary, "{} was trained on {}, but {} holds {}: the same ids would "
+             "mean other tokens", dir, describe_vocabulary(saved ? saved->vocabulary : ""), data,
+             describe_vocabulary(vocabulary));
+}
+
+std::optional<int> doc_start_of(const std::string& dir, const std::optional<TokenMeaning>& saved,
+                                std::optional<int> flag) {
+  if (!saved) return flag;
+  LASP_CHECK(!flag || *flag == saved->doc_start, "--doc-start {} contradicts the checkpoint {}, trained with "
+             "documents opening at {} (drop the flag to use it)", *flag, dir,
+             saved->doc_start < 0 ? std::string("no token (one stream)") : "token " + std::to_string(saved->doc_start));
+  return saved->doc_start;
 }
 
 ModelConfig load_checkpoint_config(const std::string& dir) {

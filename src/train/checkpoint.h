@@ -7,6 +7,7 @@
 // replaces a previous lasp checkpoint (its marker, and nothing but its files) or an empty folder.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -47,13 +48,33 @@ uint64_t checkpoint_bytes(const ParamLayout& layout, bool with_optimizer, bool b
 // old one. Removes stale temporary folders of earlier saves whose process is gone.
 void check_checkpoint_target(const std::string& dir, uint64_t bytes);
 
+// What a checkpoint's token ids mean, kept in its marker (checkpoints of older lasp versions and of other
+// writers do not say): the vocabulary it was trained on and the token that opened a document.
+struct TokenMeaning {
+  std::string vocabulary;  // "bytes", "tokenizer <checksum of its tokenizer.model>", "ids" (shards of another tool)
+                           // or "synthetic"
+  int doc_start = -1;      // -1: one stream
+};
+// The vocabulary that data's ids are in (see above); tokenizer: the .model beside it, if any.
+std::string vocabulary_of(bool bytes, bool synthetic, const std::string& tokenizer);
+// The checkpoint's TokenMeaning, or nothing when it does not say.
+std::optional<TokenMeaning> load_token_meaning(const std::string& dir);
+// Throws unless a checkpoint that says its vocabulary was trained on `vocabulary` (what data holds), naming both.
+void check_vocabulary(const std::string& dir, const std::optional<TokenMeaning>& saved, const std::string& vocabulary,
+                      const std::string& data);
+// The document token of a run on checkpoint dir: --doc-start if given (an error when the checkpoint says
+// another), else the checkpoint's, else (it does not say) nothing.
+std::optional<int> doc_start_of(const std::string& dir, const std::optional<TokenMeaning>& saved,
+                                std::optional<int> flag);
+
 // Refuses non-finite values (names the tensor), then writes the folder as described above. On failure the
 // temporary folder is removed, dir is untouched and lasp::Error says why. bf16_weights: model.safetensors
 // in BF16, rounded to nearest even (half the size; for eval, generate and export). tokenizer: a SentencePiece
 // model copied in as tokenizer.model (the data's, so that generate and eval speak text).
 void save_checkpoint(const std::string& dir, const ModelConfig& config, const ParamLayout& layout,
                      const std::vector<float>& params, const OptimizerState* optimizer = nullptr,
-                     bool bf16_weights = false, const std::string& tokenizer = "");
+                     bool bf16_weights = false, const std::string& tokenizer = "",
+                     const std::optional<TokenMeaning>& meaning = {});
 ModelConfig load_checkpoint_config(const std::string& dir);
 // Reads every tensor of the layout into params; a missing or mis-shaped tensor (a config that contradicts
 // the weights) is an error naming the file, the tensor and both shapes. Extra tensors are an error too, and

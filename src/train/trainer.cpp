@@ -41,11 +41,12 @@ SpLayout layout_for(const ModelConfig& c, const ParallelOptions& p) {
 }
 
 // Documents for the model: --doc-start or the data's default (document_start); rank 0 says which.
-void use_documents(Model& model, std::optional<int> requested, const std::string& data_path, bool rank0) {
+int use_documents(Model& model, std::optional<int> requested, const std::string& data_path, bool rank0) {
   std::string why;
   const int start = document_start(requested, data_path, model.config().vocab_size, &why);
   model.set_document_start(start);
   if (rank0 && start >= 0) std::fprintf(stderr, "lasp: documents open at token %d (%s)\n", start, why.c_str());
+  return start;
 }
 
 struct PlannedRank {
@@ -192,8 +193,9 @@ namespace {
 // stays intact) unless the user asked to train on; a failed final save is always an error.
 class Saver {
  public:
-  Saver(const TrainOptions& o, const ModelConfig& config, Model& model, AdamW& optimizer, Comm& world)
-      : o_(o), config_(config), model_(model), optimizer_(optimizer), world_(world) {
+  Saver(const TrainOptions& o, const ModelConfig& config, Model& model, AdamW& optimizer, Comm& world,
+        const TokenMeaning& meaning)
+      : o_(o), config_(config), model_(model), optimizer_(optimizer), world_(world), meaning_(meaning) {
     // Before any training: a folder that is not a checkpoint, or no room, is found now, not after hours.
     if (enabled() && world.rank() == 0) check_checkpoint_target(o.save_dir, checkpoint_bytes(model.layout(), true, o.save_bf16));
   }
@@ -211,7 +213,7 @@ class Saver {
       try {
         OptimizerState opt{&optimizer_.m(), &optimizer_.v(), state};
         save_checkpoint(o_.save_dir, config_, model_.layout(), model_.params(), &opt, o_.save_bf16,
-                        tokenizer_beside(o_.data_path));
+                        tokenizer_beside(o_.data_path), meaning_);
         last_saved_ = step;
       } catch (const Error& e) {
         if (final_save || !o_.continue_on_save_error)
@@ -231,6 +233,7 @@ class Saver {
   Model& model_;
   AdamW& optimizer_;
   Comm& world_;
+  const TokenMeaning meaning_;
   int last_saved_ = 0;
 };
 
@@ -306,12 +309,17 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
 
   const PlannedRank planned = plan_rank(config, grid, B, o.seq_len, layout, o.block, o.parallel, o.memory, true);
   Model model(config, B, Nl, *planned.attention, planned.plan.model);
-  use_documents(model, o.doc_start, o.data_path, rank0);
+  // The checkpoint resumed says what its ids mean and where its documents opened: the run must agree.
+  const std::optional<TokenMeaning> saved = resuming ? load_token_meaning(o.resume_dir) : std::nullopt;
+  const std::string vocabulary = vocabulary_of(data->is_bytes(), training_data.synthetic, tokenizer_beside(o.data_path));
+  if (resuming) check_vocabulary(o.resume_dir, saved, vocabulary, o.data_path);
+  const int doc_start = use_documents(model, resuming ? doc_start_of(o.resume_dir, saved, o.doc_start) : o.doc_start,
+                                      o.data_path, rank0);
   AdamW optimizer(model.layout(), o.adamw);
   int first_step = 1;
   if (resuming) first_step = resume(o, grid, model, optimizer, sampler);
   else init_weights(model.layout(), model.params(), o.seed);
-  Saver saver(o, config, model, optimizer, world);
+  Saver saver(o, config, model, optimizer, world, TokenMeaning{vocabulary, doc_start});
   if (resuming) saver.resumed_from(o.resume_dir, first_step - 1);
   const float min_lr = o.min_lr ? *o.min_lr : o.lr / 10;
   const int warmup = o.warmup ? std::min(*o.warmup, o.steps) : o.steps / 10;
@@ -403,7 +411,10 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_p
 
   const PlannedRank planned = plan_rank(config, grid, 1, N, layout, block, parallel, memory, false);
   Model model(config, 1, Nl, *planned.attention, planned.plan.model);
-  use_documents(model, doc_start, data_path, world.rank() == 0);
+  const std::optional<TokenMeaning> saved = load_token_meaning(dir);
+  check_vocabulary(dir, saved, vocabulary_of(data->is_bytes(), eval_data.synthetic, tokenizer_beside(data_path)),
+                   data_path);
+  use_documents(model, doc_start_of(dir, saved, doc_start), data_path, world.rank() == 0);
   load_checkpoint_weights(dir, model.layout(), model.params());
   // Windows k = 0..batches-1 from the start of the data, shared by the DP ranks.
   const Validation v = validate(model, *data, eval_data.synthetic, 0, batches, N, positions, grid, world);

@@ -414,8 +414,9 @@ struct BenchTrainCommand : Command {
     add_memory_flags(cmd, o.memory);
     cmd->add_option("--doc-every", o.doc_every, "packed documents of about this many tokens (0: one stream), to "
                     "measure what documents cost")->default_val(o.doc_every)->check(kNonNegative);
-    cmd->add_flag("--compare-pytorch", o.compare_pytorch, "also time the same step in PyTorch (tools/reference.py)");
-    cmd->add_option("--reference", o.reference_script, "path of tools/reference.py")->default_val(o.reference_script);
+    cmd->add_flag("--compare-pytorch", o.compare_pytorch, "also time the same step in PyTorch at its best, eager and "
+                  "compiled (tools/peer.py; current PyTorch once scripts/setup_peer.sh made .venv-peer)");
+    cmd->add_option("--reference", o.reference_script, "path of tools/reference.py (default: the source tree's)");
     cmd->add_option("--out", o.out_prefix, "with several lengths: prefix of the JSON and PNG files")
         ->default_val(o.out_prefix);
     cmd->add_flag("--json", json, "print one JSON object (a list with several lengths)");

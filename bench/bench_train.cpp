@@ -1,11 +1,13 @@
 #include "bench_train.h"
 
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <random>
@@ -40,6 +42,27 @@ std::string quoted(const std::string& s) {
   return q + "'";
 }
 
+// tools/reference.py, from any folder: --reference if given, else the source tree's (this file's folder at compile
+// time, then ..), else the one beside the build folder of this binary (BUILD/lasp -> BUILD/../tools).
+std::string find_reference(const std::string& given) {
+  if (!given.empty()) return given;
+  namespace fs = std::filesystem;
+  const fs::path roots[] = {fs::path(__FILE__).parent_path().parent_path(),
+                            fs::read_symlink("/proc/self/exe").parent_path().parent_path()};
+  for (const fs::path& root : roots)
+    if (fs::is_regular_file(root / "tools" / "reference.py")) return (root / "tools" / "reference.py").string();
+  throw Error(fmt::format("bench train --compare-pytorch: no tools/reference.py under {} or {}; pass --reference PATH",
+                          roots[0].string(), roots[1].string()));
+}
+
+// The peer's interpreter: the project's .venv-peer (scripts/setup_peer.sh: current PyTorch) beside tools/, else
+// Debian's /usr/bin/python3 (PyTorch 1.13).
+std::string peer_python(const std::string& reference) {
+  const std::filesystem::path venv =
+      std::filesystem::absolute(reference).parent_path().parent_path() / ".venv-peer" / "bin" / "python";
+  return access(venv.c_str(), X_OK) == 0 ? venv.string() : "/usr/bin/python3";
+}
+
 // The JSON that reference.py printed (after whatever torch wrote before it).
 nlohmann::json reference_json(const std::string& out) {
   const size_t at = out.find('{');
@@ -51,8 +74,13 @@ nlohmann::json reference_json(const std::string& out) {
 
 nlohmann::ordered_json bench_train(const ModelConfig& config, const TrainBenchOptions& o) {
   LASP_CHECK(o.seq_lens.size() == 1, "bench train: one length per process, got {}", o.seq_lens.size());
+  const std::string reference = o.compare_pytorch ? find_reference(o.reference_script) : "";
+  const std::string python = o.compare_pytorch ? peer_python(reference) : "";
   if (o.compare_pytorch) {  // before anything is timed: a comparison against the reference BLAS says nothing
-    const nlohmann::json blas = reference_json(run_command("/usr/bin/python3 " + o.reference_script + " blas"));
+    if (python == "/usr/bin/python3")
+      std::fprintf(stderr, "lasp: PyTorch peer: Debian's /usr/bin/python3 (PyTorch 1.13); scripts/setup_peer.sh "
+                           "installs current PyTorch into .venv-peer, which --compare-pytorch then takes\n");
+    const nlohmann::json blas = reference_json(run_command(quoted(python) + " " + quoted(reference) + " blas"));
     LASP_CHECK(!blas["reference"].get<bool>(),
                "bench train --compare-pytorch: PyTorch would run on the reference BLAS ({}), about 25x slower than an "
                "optimized one, which makes the comparison meaningless; scripts/setup.sh installs OpenBLAS "
@@ -108,13 +136,23 @@ nlohmann::ordered_json bench_train(const ModelConfig& config, const TrainBenchOp
     const TempDir folder("lasp_bench_train");
     const std::string config_path = folder.file("config.json");
     config.save(config_path);
-    const std::string out = run_command("/usr/bin/python3 " + o.reference_script + " time-step --config " +
-                                        config_path + " --seq-len " + std::to_string(N) + " --batch " +
-                                        std::to_string(B) + " --repeats " + std::to_string(o.steps) +
-                                        " --precision " + to_string(o.memory.precision));
+    // The peer (tools/peer.py): eager, and compiled where its torch has torch.compile; its tokens_per_s is the
+    // better of the two, which the speed-up is measured against.
+    const std::string out = run_command(quoted(python) + " " + quoted(reference) + " time-step --config " +
+                                        quoted(config_path) + " --seq-len " + std::to_string(N) + " --batch " +
+                                        std::to_string(B) + " --repeats " + std::to_string(o.steps) + " --threads " +
+                                        std::to_string(omp_get_max_threads()) + " --precision " +
+                                        to_string(o.memory.precision));
     const nlohmann::json torch = reference_json(out);
     r["pytorch"] = torch;
+    r["pytorch_peer"] = python == "/usr/bin/python3"
+                            ? "Debian's PyTorch (/usr/bin/python3): no .venv-peer, see scripts/setup_peer.sh"
+                            : "current PyTorch from .venv-peer (scripts/setup_peer.sh)";
     r["speedup_vs_pytorch"] = r["tokens_per_s"].get<double>() / torch["tokens_per_s"].get<double>();
+    for (const char* mode : {"eager", "compiled"})
+      if (torch.contains(mode))
+        r[std::string("speedup_vs_pytorch_") + mode] =
+            r["tokens_per_s"].get<double>() / torch[mode]["tokens_per_s"].get<double>();
   }
   return r;
 }
@@ -133,7 +171,8 @@ nlohmann::ordered_json bench_train_lengths(const ModelConfig& config, const Trai
   if (o.memory.recompute) flags += " --recompute";
   if (o.memory.chunk > 0) flags += " --chunk " + std::to_string(o.memory.chunk);
   if (o.doc_every > 0) flags += " --doc-every " + std::to_string(o.doc_every);
-  if (o.compare_pytorch) flags += " --compare-pytorch --reference " + quoted(o.reference_script);
+  if (o.compare_pytorch) flags += " --compare-pytorch";
+  if (!o.reference_script.empty()) flags += " --reference " + quoted(o.reference_script);
 
   nlohmann::ordered_json rows = nlohmann::ordered_json::array();
   std::printf("%10s %12s %10s %12s %12s  %s\n", "N", "tokens/s", "peak GiB", "KiB/token", "est. GiB", "plan");

@@ -1,7 +1,8 @@
 // `lasp bench train`: tokens/s and peak memory of full training steps (forward, backward, AdamW) of a model
 // on random tokens under lasp's memory plan, median over steps; optionally next to the same step in PyTorch
-// (tools/reference.py time-step). Several lengths run one child process each, so that each length's peak
-// RSS is its own, and give a table, a JSON file and a PNG (tokens/s and memory per token against N).
+// (tools/reference.py time-step: the peer of tools/peer.py, under .venv-peer's current PyTorch when
+// scripts/setup_peer.sh made it, else Debian's). Several lengths run one child process each, so that each
+// length's peak RSS is its own, and give a table, a JSON file and a PNG (tokens/s and memory per token against N).
 #pragma once
 #include <string>
 #include <vector>
@@ -19,7 +20,7 @@ struct TrainBenchOptions {
   MemoryRequest memory;
   int doc_every = 0;  // > 0: packed documents of about this many tokens (token 0 opens one); 0: one stream
   bool compare_pytorch = false;
-  std::string reference_script = "tools/reference.py";
+  std::string reference_script;  // tools/reference.py; empty: the source tree's, found from any folder
   std::string out_prefix = "bench_train";  // several lengths: PREFIX.json and PREFIX.png
 };
 

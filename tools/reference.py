@@ -18,22 +18,33 @@ Run with /usr/bin/python3 (needs torch and numpy; nothing else). Subcommands:
   init      --config config.json --out DIR --seed S [--std 0.02]   random fp32 checkpoint
             (matrices ~ N(0, std^2); every norm weight ~ 1 + 0.1 N(0, 1)).
   time-step --config config.json --seq-len N --batch B --repeats R [--threads T] [--precision fp32|bf16]
-            forward+backward+AdamW with an efficient chunkwise (block 64) linear attention, fp32 or under
-            torch.autocast(bfloat16) (fp32 weights and optimizer; autocast's bf16 matmuls);
-            prints {"tokens_per_s": ..., "seconds_per_step": median, "precision": ...}.
-  blas      prints {"blas": the BLAS library PyTorch loaded, "reference": whether it is the slow reference BLAS}
+            [--block L] [--compile auto|on|off]
+            one training step (zero_grad, forward, backward, clip, AdamW) of the peer (tools/peer.py: the same
+            model as PyTorch at its best on the CPU: chunked linear attention of blocks of L tokens, SDPA,
+            torch.compile, fused AdamW), fp32 or under torch.autocast(bfloat16); median over R steps, eager and
+            (auto: where torch has it) compiled, timed in turns; prints {"tokens_per_s": the better,
+            "eager": {...}, "compiled": {...}, "compile": {"ran": ..., "first_step_seconds" or "reason"},
+            "torch": version, "python": ..., "blas_info": torch's BLAS_INFO, "precision": ..., ...}. Use
+            scripts/setup_peer.sh's .venv-peer/bin/python for current PyTorch; /usr/bin/python3 (torch 1.13)
+            runs it without SDPA and compile.
+  blas      prints {"blas": the BLAS library PyTorch uses, "reference": whether it is the slow reference BLAS}
             (Debian's torch takes whatever libblas.so.3 points to; time-step prints the same keys).
   selftest  naive vs chunkwise linear attention, gradcheck of the whole model, causality,
-            init -> grads -> read-back round trip. Exit status 1 on failure.
+            init -> grads -> read-back round trip, the peer (eager) against the model. Exit status 1 on failure.
+  peer-selftest  the peer in fp32 (eager, and compiled where torch.compile exists) and under bf16 autocast
+            against the float64 model, loss and every gradient; for .venv-peer/bin/python (slow: it compiles).
 
 User errors (bad config, missing/misshaped tensors, short data) print "error: ..." and exit with 2.
 The model is written naively (quadratic masked linear attention) so that it is obviously right.
 """
-import argparse, json, math, os, shutil, statistics, struct, sys, tempfile, time
+import argparse, json, math, os, shutil, struct, sys, tempfile, time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peer  # noqa: E402  (tools/peer.py)
 
 
 class UserError(Exception):
@@ -431,7 +442,10 @@ def cmd_init(a):
 
 
 def blas_library():
-    """The BLAS library this process mapped (torch links libblas.so.3, an alternative Debian resolves)."""
+    """The BLAS library torch uses: MKL where torch was built with it (PyPI's wheels link it in), else the one
+    this process mapped (Debian's torch links libblas.so.3, an alternative Debian resolves)."""
+    if peer.blas_info()["blas_info"] == "mkl":
+        return {"blas": "MKL (linked into torch)", "reference": False}
     with open("/proc/self/maps") as maps:
         for line in maps:
             path = line.split()[-1] if "/" in line else ""
@@ -447,26 +461,79 @@ def cmd_blas(a):
 
 
 def cmd_time_step(a):
+    if a.seq_len <= 0 or a.batch <= 0 or a.repeats <= 0 or a.block <= 0:
+        raise UserError("--seq-len, --batch, --repeats and --block must be positive")
     torch.set_num_threads(a.threads or os.cpu_count())
     c = load_config(a.config)
     p = init_params(c, 0)
     g = torch.Generator().manual_seed(1)
     t = torch.randint(0, c["vocab_size"], (a.batch, a.seq_len + 1), generator=g)
-    opt = torch.optim.AdamW(list(p.values()), lr=1e-4, weight_decay=0.1, foreach=False)
-    times = []
-    for r in range(a.repeats + 1):                                       # first step is a warm-up
-        t0 = time.perf_counter()
-        opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
-            loss = loss_of(forward(c, p, t[:, :-1], fast=True), t[:, 1:])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(p.values()), 1.0)
-        opt.step()
-        if r:
-            times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    print(json.dumps({"tokens_per_s": a.batch * a.seq_len / med, "seconds_per_step": med,
-                      "threads": torch.get_num_threads(), "precision": a.precision, **blas_library()}))
+    r = peer.time_peer(c, decays(c, c["num_attention_heads"]), p, t, a.repeats, a.precision == "bf16", a.block,
+                       a.compile)
+    print(json.dumps({**r, "threads": torch.get_num_threads(), "precision": a.precision, "torch": torch.__version__,
+                      "python": sys.executable, **peer.blas_info(), **blas_library()}))
+
+
+PEER_CONFIGS = [  # small models for the peer's checks: every decay, GQA, tied or not, every option
+    dict(vocab_size=11, hidden_size=24, intermediate_size=12, num_hidden_layers=3, num_attention_heads=6,
+         num_key_value_heads=3, layer_types="LNL", rope_theta=10000.0,
+         linear_attention=dict(feature_map="silu", decay="lightning")),
+    dict(vocab_size=9, hidden_size=16, intermediate_size=10, num_hidden_layers=2, num_attention_heads=2,
+         num_key_value_heads=1, layer_types="NL", tie_word_embeddings=True,
+         linear_attention=dict(feature_map="elu1", decay="retention", output_norm=False, output_gate=False)),
+    dict(vocab_size=13, hidden_size=16, intermediate_size=12, num_hidden_layers=2, num_attention_heads=4,
+         layer_types="LL", linear_attention=dict(feature_map="relu", decay="none", output_gate=False)),
+    dict(vocab_size=11, hidden_size=16, intermediate_size=12, num_hidden_layers=2, num_attention_heads=2,
+         num_key_value_heads=1, layer_types="LN", linear_attention=dict(decay="gla", gate_low_rank=4)),
+]
+
+
+def peer_checks(check, variants, std=0.3):
+    """The peer against the float64 model on PEER_CONFIGS (weights of this std, N = 37: a ragged last block of 8):
+    loss and every gradient, for each (label, dtype, compiled, bf16, tolerance) in variants. fp32 and float64
+    must agree in max|a-b| / max|b| per tensor; bf16 in lasp's normalized squared error (test_precision.cpp),
+    within the tolerance or twice the error of this model itself under the same autocast, if larger."""
+    for n, c in enumerate(PEER_CONFIGS):
+        c = validate_config(json.loads(json.dumps(c)))
+        p = init_params(c, 10 + n, std=std, dtype=torch.float64)
+        tok = torch.randint(0, c["vocab_size"], (2, 38), generator=torch.Generator().manual_seed(n))
+        loss = loss_of(forward(c, p, tok[:, :-1]), tok[:, 1:])
+        grads = dict(zip(p, torch.autograd.grad(loss, list(p.values()))))
+        for label, dtype, compiled, bf16, tol in variants:
+            lam = decays(c, c["num_attention_heads"])
+            by_max, by_sq = peer.check(c, lam, p, tok, loss.item(), grads, dtype, 8, compiled, bf16)
+            (err, worst), measure = (by_sq, "normalized squared error") if bf16 else (by_max, "error")
+            if bf16:
+                q = {k: v.detach().float().requires_grad_(True) for k, v in p.items()}
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    logits = forward(c, q, tok[:, :-1])
+                own = dict(zip(q, torch.autograd.grad(loss_of(logits.float(), tok[:, 1:]), list(q.values()))))
+                tol = max(tol, 2 * max(((own[k].double() - g) ** 2).sum().item() / (g * g).sum().item()
+                                       for k, g in grads.items()))
+            check(err <= tol, f"peer {label} == model (float64), config {n} ({c['layer_types']}, "
+                               f"{c['linear_attention']['decay']}): {measure} {err:.1e} at {worst} "
+                               f"(tolerance {tol:.0e})")
+
+
+def cmd_peer_selftest(a):
+    t0, failures = time.perf_counter(), []
+    def check(ok, what):
+        print(("ok    " if ok else "FAIL  ") + what, flush=True)
+        if not ok:
+            failures.append(what)
+    print(f"torch {torch.__version__} ({sys.executable}), SDPA {peer.HAS_SDPA}, torch.compile {peer.HAS_COMPILE}")
+    variants = [("float64 eager", torch.float64, False, False, 1e-10),
+                ("fp32 eager", torch.float32, False, False, 1e-4)]
+    if peer.HAS_COMPILE:
+        variants.append(("fp32 compiled", torch.float32, True, False, 1e-4))
+    peer_checks(check, variants)
+    # bf16 on weights of the size training sees (std 0.05, as test_precision.cpp; at 0.3 bf16 loses the gradients)
+    variants = [("bf16 autocast eager", torch.float32, False, True, 1e-2)]
+    if peer.HAS_COMPILE:
+        variants.append(("bf16 autocast compiled", torch.float32, True, True, 1e-2))
+    peer_checks(check, variants, std=0.05)
+    print(f"peer-selftest: {len(failures)} failure(s), {time.perf_counter() - t0:.2f} s")
+    return 1 if failures else 0
 
 
 def cmd_selftest(a):
@@ -549,6 +616,8 @@ def cmd_selftest(a):
         print("(an error message is expected next)")
         check(run("init", "--config", cfg, "--out", os.path.join(tmp, "bad"), "--seed", "0") == 2,
               "bad config exits with 2")
+    # 5. the peer of bench train --compare-pytorch (tools/peer.py, eager) computes the same model.
+    peer_checks(check, [("float64", torch.float64, False, False, 1e-10), ("fp32", torch.float32, False, False, 1e-4)])
     print(f"selftest: {len(failures)} failure(s), {time.perf_counter() - t0:.2f} s")
     return 1 if failures else 0
 
@@ -586,8 +655,12 @@ def parse_args(argv):
     s.add_argument("--batch", type=int, default=1); s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--threads", type=int, default=0)
     s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    s.add_argument("--block", type=int, default=64, help="tokens per block of the chunked linear attention")
+    s.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="also time the step through torch.compile (auto: where torch has it; on: fail if it fails)")
     s = sub.add_parser("blas"); s.set_defaults(fn=cmd_blas)
     s = sub.add_parser("selftest"); s.set_defaults(fn=cmd_selftest)
+    s = sub.add_parser("peer-selftest"); s.set_defaults(fn=cmd_peer_selftest)
     return ap.parse_args(argv)
 
 

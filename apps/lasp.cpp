@@ -242,6 +242,10 @@ struct GenerateCommand : Command {
     if (tokenizer) {
       LASP_CHECK(tokenizer->vocab_size() <= config.vocab_size, "generate: {} has {} pieces, more than the model's "
                  "vocabulary of {}", tokenizer->path(), tokenizer->vocab_size(), config.vocab_size);
+      const lasp::InvalidUtf8 bad = lasp::find_invalid_utf8(prompt_text);
+      LASP_CHECK(bad.count == 0, "generate: the prompt is not UTF-8 text (byte {} of it, 0x{:02x}): {}'s tokenizer "
+                 "would read it as U+FFFD", bad.first, bad.count ? (unsigned char)prompt_text[size_t(bad.first)] : 0,
+                 checkpoint);
       prompt = tokenizer->encode(prompt_text);
       prompt.insert(prompt.begin(), tokenizer->bos());
     } else {
@@ -297,6 +301,7 @@ struct PlotCommand : Command {
 
 struct TokenizeCommand : Command {
   lasp::TokenizeOptions o;
+  std::string invalid_utf8 = "refuse";
   explicit TokenizeCommand(CLI::App& app) {
     cmd = app.add_subcommand("tokenize", "text files -> a SentencePiece tokenizer and llm.c token shards (subword text)");
     cmd->add_option("--input", o.inputs, "text files; each is one document unless --separator says otherwise")
@@ -311,10 +316,14 @@ struct TokenizeCommand : Command {
     cmd->add_option("--separator", o.separator, "a string that separates documents inside the files (default: one "
                     "document per file)");
     cmd->add_option("--shard-tokens", o.shard_tokens, "tokens per shard")->default_val(o.shard_tokens)->check(kAtLeastOne);
+    cmd->add_option("--invalid-utf8", invalid_utf8, "bytes that are not valid UTF-8: refuse (an error naming the file "
+                    "and offset) or replace (each by U+FFFD, counted)")->default_val(invalid_utf8)
+        ->check(CLI::IsMember({"refuse", "replace"}));
   }
   void run(Session&) override {
     LASP_CHECK(!o.model.empty() || o.vocab_size > 0, "tokenize: give --vocab-size to train a tokenizer, or --model");
     o.threads = omp_get_max_threads();
+    o.replace_invalid_utf8 = invalid_utf8 == "replace";
     double shown = -1;
     const lasp::TokenizeReport r = lasp::tokenize(o, [&](int64_t done, int64_t all) {
       const double fraction = all > 0 ? double(done) / double(all) : 1.0;
@@ -327,6 +336,9 @@ struct TokenizeCommand : Command {
     std::printf("tokenize: %lld documents, %lld bytes -> %lld tokens (%.2f bytes per token), vocabulary %d, %zu "
                 "shard(s) in %s\n", (long long)r.documents, (long long)r.bytes, (long long)r.tokens,
                 r.tokens ? double(r.bytes) / double(r.tokens) : 0.0, r.vocab_size, r.shards.size(), o.out_dir.c_str());
+    if (r.replaced > 0)
+      std::printf("tokenize: %lld byte(s) that were not valid UTF-8 were replaced by U+FFFD (--invalid-utf8 replace)\n",
+                  (long long)r.replaced);
   }
 };
 

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstring>
@@ -329,6 +330,62 @@ TEST_F(Reliability, AnInterruptedTokenizeLeavesNoPartialShardSet) {
 }
 
 // ---- Silently wrong results ----
+
+// Old (issue 27): bytes that are not UTF-8 became U+FFFD without a word (the README promises that every byte
+// round-trips; eval then counted each as three bytes). Refused, naming the file and the offset, unless
+// --invalid-utf8 replace accepts it knowingly (and says how many).
+TEST_F(Reliability, TokenizeRefusesTextThatIsNotUtf8UnlessAskedToReplace) {
+  const std::string latin1 = tmp.file("latin1.txt"), tok = tmp.file("tok");
+  std::ofstream(latin1) << "first line\ncaf\xe9 ol\xe9\n" << lasp::read_file(kLicence);
+  expect_error(kLasp + " tokenize --input " + kLicence + " " + latin1 + " --vocab-size 400 --out " + tok,
+               {latin1 + " is not UTF-8 text", "offset 14 (line 2), 0xe9", "2 such bytes", "--invalid-utf8 replace"});
+  EXPECT_FALSE(fs::exists(tok));
+  // The same with --model: nothing is encoded either.
+  const std::string given = tmp.file("given");
+  expect_ok(tokenize_into(given));
+  expect_error(kLasp + " tokenize --input " + latin1 + " --model " + given + "/tokenizer.model --out " + tok,
+               {"offset 14"});
+  const CommandResult r = run_command(kLasp + " tokenize --input " + kLicence + " " + latin1 +
+                                      " --vocab-size 400 --invalid-utf8 replace --out " + tok);
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "2 byte(s) that were not valid UTF-8 were replaced by U+FFFD")) << r.output;
+  EXPECT_EQ(nlohmann::json::parse(lasp::read_file(tok + "/tokens.json"))["invalid_utf8_replaced"], 2);
+  const CommandResult keep = run_command(kLasp + " tokenize --input " + latin1 + " --vocab-size 400 --invalid-utf8 keep "
+                                         "--out " + tok);
+  EXPECT_NE(keep.status, 0);
+  EXPECT_TRUE(contains(keep.output, "--invalid-utf8: keep not in {refuse,replace}")) << keep.output;
+}
+
+// Old (issue 27): SentencePiece's own errors reached the user with its source paths and its options
+// ("./src/trainer_interface.cc(580) [...] Increase vocab_size or decrease character_coverage with
+// --character_coverage option."), never stating the smallest vocabulary; lines over 4,192 bytes were dropped
+// from training without a word, so a file of one long line failed as "[!sentences_.empty()]".
+TEST_F(Reliability, TokenizeStatesTheVocabularyTheTextAllows) {
+  const std::string tok = tmp.file("tok");
+  for (const auto& [vocab, says] : std::vector<std::pair<std::string, std::string>>{
+           {"100", "--vocab-size 100 is too small for this text: a tokenizer of it needs at least 334 pieces"},
+           {"60000", "--vocab-size 60000 is more than a bpe tokenizer can learn from this text: at most 6228 pieces"}}) {
+    const std::string out = expect_error(kLasp + " tokenize --input " + kLicence + " --vocab-size " + vocab + " --out " + tok,
+                                         {says});
+    EXPECT_FALSE(contains(out, ".cc(")) << out;
+    EXPECT_FALSE(contains(out, "character_coverage")) << out;
+  }
+  expect_ok(kLasp + " tokenize --input " + kLicence + " --vocab-size 334 --out " + tok);  // the minimum it named
+  const std::string empty = tmp.file("empty.txt");
+  std::ofstream{empty};
+  expect_error(kLasp + " tokenize --input " + empty + " --vocab-size 400 --out " + tok, {"hold no text to train"});
+  // The licence as one line of 35 KB: trained on (every part of it), not dropped.
+  const std::string line = tmp.file("line.txt");
+  std::string text = lasp::read_file(kLicence);
+  std::replace(text.begin(), text.end(), '\n', ' ');
+  std::ofstream(line) << text;
+  const std::string one = tmp.file("one");
+  const CommandResult r = run_command(kLasp + " tokenize --input " + line + " --vocab-size 1000 --out " + one);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const nlohmann::json manifest = nlohmann::json::parse(lasp::read_file(one + "/tokens.json"));
+  EXPECT_EQ(manifest["vocab_size"], 1000);
+  EXPECT_LT(manifest["tokens"].get<double>(), manifest["bytes"].get<double>() / 3) << "the pieces learned no words";
+}
 
 // Old: --lr 1e3 --grad-clip 0 printed NaN losses, saved a checkpoint of NaN weights and exited 0; with
 // clipping it stopped with "grad_clip_scale: norm must be >= 0, got -nan".

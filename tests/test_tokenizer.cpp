@@ -56,4 +56,24 @@ TEST(Tokenizer, DecodeStreamHoldsIncompleteCharacters) {
   EXPECT_EQ(cut.finish(), "\xef\xbf\xbd");
 }
 
+// The UTF-8 rule tokenize checks before encoding is SentencePiece's own: each byte it counts as invalid is
+// one U+FFFD in decode(encode(text)), and everything else comes back (overlong forms, surrogates, code points
+// past U+10FFFF, stray continuation bytes, a character cut off at the end).
+TEST(Tokenizer, InvalidUtf8IsWhatSentencePieceReplaces) {
+  lasp::testing::TempDir dir;
+  const Tokenizer tok = trained(dir);
+  const std::vector<std::pair<std::string, int>> cases = {
+      {"plain ascii", 0}, {"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 0}, {"latin1 caf\xe9", 1},
+      {"overlong \xc0\x80 \xe0\x80\xaf", 5}, {"surrogate \xed\xa0\x80", 3}, {"too big \xf4\x90\x80\x80", 4},
+      {"stray \x80\xbf", 2}, {"cut \xe2\x82", 2}, {"\xff\xfe", 2}, {"\xef\xbf\xbd is a real U+FFFD", 0}};
+  for (const auto& [text, invalid] : cases) {
+    const InvalidUtf8 found = find_invalid_utf8(text);
+    EXPECT_EQ(found.count, invalid) << text;
+    EXPECT_EQ(found.first >= 0, invalid > 0) << text;
+    EXPECT_EQ(tok.decode(tok.encode(text)), replace_invalid_utf8(text)) << text;
+    EXPECT_EQ(replace_invalid_utf8(text) == text, invalid == 0) << text;
+  }
+  EXPECT_EQ(find_invalid_utf8("ab\xe9").first, 2);
+}
+
 }  // namespace

@@ -43,6 +43,12 @@ check "$dir/split" $'\n\n' "${licences[0]}"
 "$lasp" tokenize --input "${licences[@]}" --vocab-size 900 --out "$dir/bpe"  # an earlier output is replaced
 check "$dir/bpe" "" "${licences[@]}"
 
+# One line of 35 KB: SentencePiece's trainer drops lines over 4,192 bytes (the file used to fail as "empty");
+# lasp hands it over in pieces
+tr '\n' ' ' < "${licences[0]}" > "$dir/oneline.txt"
+"$lasp" tokenize --input "$dir/oneline.txt" --vocab-size 600 --out "$dir/oneline"
+check "$dir/oneline" "" "$dir/oneline.txt"
+
 # More text encoded with the tokenizer already in --out (it is read before the new folder is swapped in)
 "$lasp" tokenize --input "${licences[0]}" --model "$dir/split/tokenizer.model" --out "$dir/split"
 check "$dir/split" "" "${licences[0]}"
@@ -103,6 +109,10 @@ refused "token shards hold uint16 ids" tokenize --input "${licences[0]}" --vocab
 refused "empty document in $dir/empty.txt" tokenize --input "${licences[0]}" "$dir/empty.txt" --model "$dir/python.model" --out "$dir/x2"
 refused "not a lasp tokenize output" tokenize --input "${licences[0]}" --vocab-size 500 --out "$dir/foreign"
 refused "not a SentencePiece model" tokenize --input "${licences[0]}" --model "${licences[1]}" --out "$dir/x3"
+printf 'caf\xe9\n' > "$dir/latin1.txt"
+refused "$dir/latin1.txt is not UTF-8 text: the byte at offset 3 (line 1), 0xe9" \
+  tokenize --input "${licences[0]}" "$dir/latin1.txt" --vocab-size 500 --out "$dir/x6"
+refused "needs at least 3" tokenize --input "${licences[0]}" --vocab-size 300 --out "$dir/x7"
 refused "has no BOS piece" tokenize --input "${licences[0]}" --model "$dir/nobos.model" --out "$dir/x4"
 refused "contradicts --model" tokenize --input "${licences[0]}" --model "$dir/python.model" --vocab-size 5 --out "$dir/x5"
 refused "smaller than that of the data's tokenizer" train --data "$dir/bpe/tokens_*.bin" --seq-len 64 --steps 1 --vocab 256

@@ -4,6 +4,8 @@
 #include <sentencepiece_trainer.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -23,31 +25,106 @@ namespace {
 
 constexpr int kMaxUint16Vocab = 65536;
 
-// SentencePiece's training reads sentences: here, the lines of the input files, one file after another.
+// SentencePiece's trainer drops every sentence over max_sentence_length bytes without a word (a file of one
+// long line then trains on nothing and fails as "empty"): lines are handed to it in pieces no longer than this.
+constexpr size_t kSentenceBytes = 4192;
+
+// Where to cut a line of more than kSentenceBytes bytes: before the last space of its first kSentenceBytes
+// (a piece then starts with the space, as words do), else at the last character boundary there.
+size_t sentence_cut(std::string_view line) {
+  const std::string_view head = line.substr(0, kSentenceBytes);
+  const size_t space = head.find_last_of(' ');
+  if (space != std::string_view::npos && space >= kSentenceBytes / 2) return space;
+  size_t cut = kSentenceBytes;
+  while (cut > kSentenceBytes - 3 && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut;
+  return cut;
+}
+
+// SentencePiece's training reads sentences: here, the lines of the input files, one file after another, each
+// cut into pieces of at most kSentenceBytes.
 class FileLines : public sentencepiece::SentenceIterator {
  public:
   explicit FileLines(const std::vector<std::string>& paths) : paths_(paths) { Next(); }
   bool done() const override { return done_; }
-  const std::string& value() const override { return line_; }
+  const std::string& value() const override { return piece_; }
   sentencepiece::util::Status status() const override { return {}; }
   void Next() override {
-    while (true) {
-      if (in_.is_open() && std::getline(in_, line_)) return;
-      if (next_ == paths_.size()) {
+    while (rest_ >= line_.size()) {
+      if (!next_line()) {
         done_ = true;
         return;
       }
-      in_ = std::ifstream(paths_[next_++], std::ios::binary);
     }
+    const std::string_view left = std::string_view(line_).substr(rest_);
+    const size_t n = left.size() <= kSentenceBytes ? left.size() : sentence_cut(left);
+    piece_.assign(left.substr(0, n));
+    rest_ += n;
   }
 
  private:
+  bool next_line() {
+    rest_ = 0;
+    while (true) {
+      if (in_.is_open() && std::getline(in_, line_)) return true;
+      if (next_ == paths_.size()) return false;
+      in_ = std::ifstream(paths_[next_++], std::ios::binary);
+    }
+  }
   std::vector<std::string> paths_;
   size_t next_ = 0;
   std::ifstream in_;
-  std::string line_;
+  std::string line_, piece_;
+  size_t rest_ = 0;
   bool done_ = false;
 };
+
+// SentencePiece's status without its source location and check ("./src/trainer_interface.cc(580) [...] "):
+// the message alone, or "" when it has none.
+std::string sentencepiece_message(const sentencepiece::util::Status& status) {
+  std::string m = status.message();
+  if (m.rfind("./", 0) == 0 || m.rfind("src/", 0) == 0) {
+    const size_t close = m.find(") ");
+    if (close != std::string::npos) m = m.substr(close + 2);
+    if (!m.empty() && m[0] == '[') {  // the failed condition, brackets nested
+      int depth = 0;
+      size_t i = 0;
+      for (; i < m.size(); ++i) {
+        depth += m[i] == '[' ? 1 : m[i] == ']' ? -1 : 0;
+        if (depth == 0) break;
+      }
+      m = i < m.size() ? m.substr(i + 1) : "";
+    }
+  }
+  while (!m.empty() && (m.front() == ' ' || m.back() == ' ' || m.back() == '\n'))
+    m = m.front() == ' ' ? m.substr(1) : m.substr(0, m.size() - 1);
+  return m;
+}
+
+// The two numbers of SentencePiece's "... X vs Y." or "... (X). Please set it to a value <= Y.".
+bool two_numbers(const std::string& m, const char* before_first, const char* before_second, long* a, long* b) {
+  const size_t i = m.find(before_first), j = i == std::string::npos ? i : m.find(before_second, i);
+  if (j == std::string::npos) return false;
+  *a = std::strtol(m.c_str() + i + std::strlen(before_first), nullptr, 10);
+  *b = std::strtol(m.c_str() + j + std::strlen(before_second), nullptr, 10);
+  return *b > 0;
+}
+
+// A failed training as a lasp message that names lasp's options, not SentencePiece's.
+[[noreturn]] void training_failed(const TokenizeOptions& o, const sentencepiece::util::Status& status) {
+  const std::string m = sentencepiece_message(status);
+  long given = 0, bound = 0;
+  if (two_numbers(m, "smaller than required_chars. ", " vs ", &given, &bound))
+    throw Error(fmt::format("tokenize: --vocab-size {} is too small for this text: a tokenizer of it needs at least {} "
+                            "pieces (3 special pieces, 256 byte pieces and one for each of the {} distinct characters "
+                            "of the text)", o.vocab_size, bound, bound - 259));
+  if (two_numbers(m, "Vocabulary size too high (", "set it to a value <= ", &given, &bound))
+    throw Error(fmt::format("tokenize: --vocab-size {} is more than a {} tokenizer can learn from this text: at most {} "
+                            "pieces (more text allows more)", o.vocab_size, o.model_type, bound));
+  if (m.empty() && std::string(status.message()).find("sentences_.empty()") != std::string::npos)
+    throw Error("tokenize: the --input files hold no text to train a tokenizer on");
+  throw Error(fmt::format("tokenize: training a {} tokenizer of {} pieces failed: {}", o.model_type, o.vocab_size,
+                          m.empty() ? "SentencePiece gave no reason" : m));
+}
 
 std::string train_model(const TokenizeOptions& o) {
   LASP_CHECK(o.vocab_size > 0 && o.vocab_size <= kMaxUint16Vocab,
@@ -69,6 +146,7 @@ std::string train_model(const TokenizeOptions& o) {
       {"unk_id", "0"}, {"bos_id", "1"}, {"eos_id", "2"}, {"pad_id", "-1"},
       // a sample of the lines of a large corpus, as SentencePiece recommends
       {"input_sentence_size", "2000000"},
+      {"max_sentence_length", std::to_string(kSentenceBytes)},
       {"shuffle_input_sentence", "true"},
       {"num_threads", std::to_string(std::max(1, o.threads))},
       {"minloglevel", "2"},
@@ -76,8 +154,7 @@ std::string train_model(const TokenizeOptions& o) {
   FileLines lines(o.inputs);
   std::string model;
   const auto status = sentencepiece::SentencePieceTrainer::Train(args, &lines, &model);
-  LASP_CHECK(status.ok(), "tokenize: training a {} tokenizer of {} pieces failed: {}", o.model_type, o.vocab_size,
-             status.ToString());
+  if (!status.ok()) training_failed(o, status);
   return model;
 }
 
@@ -111,7 +188,9 @@ Tokenizer Tokenizer::load(const std::string& path) {
   t.sp_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
   t.path_ = path;
   const auto status = t.sp_->LoadFromSerializedProto(read_file(path));
-  LASP_CHECK(status.ok(), "{}: not a SentencePiece model: {}", path, status.ToString());
+  const std::string why = sentencepiece_message(status);
+  LASP_CHECK(status.ok(), "{}: not a SentencePiece model{}", path,
+             why.empty() ? " (its bytes do not parse as one)" : ": " + why);
   const std::string space = "\xe2\x96\x81";  // U+2581, SentencePiece's escaped space: one byte when decoded
   for (int id = 0; id < t.vocab_size(); ++id) {
     int bytes = 0;
@@ -145,6 +224,52 @@ std::string DecodeStream::finish() {
   return out;
 }
 
+int utf8_char_length(std::string_view s) {
+  if (s.empty()) return 0;
+  const auto b = [&](size_t i) { return static_cast<unsigned char>(s[i]); };
+  const auto trail = [&](size_t i) { return i < s.size() && (b(i) & 0xC0) == 0x80; };
+  const unsigned c = b(0);
+  if (c < 0x80) return 1;
+  if ((c & 0xE0) == 0xC0) return trail(1) && c >= 0xC2 ? 2 : 0;  // C0, C1: overlong
+  if ((c & 0xF0) == 0xE0) {
+    if (!trail(1) || !trail(2)) return 0;
+    const unsigned cp = (c & 0x0F) << 12 | (b(1) & 0x3F) << 6 | (b(2) & 0x3F);
+    return cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF) ? 3 : 0;  // no overlong forms, no surrogates
+  }
+  if ((c & 0xF8) == 0xF0) {
+    if (!trail(1) || !trail(2) || !trail(3)) return 0;
+    const unsigned cp = (c & 0x07) << 18 | (b(1) & 0x3F) << 12 | (b(2) & 0x3F) << 6 | (b(3) & 0x3F);
+    return cp >= 0x10000 && cp <= 0x10FFFF ? 4 : 0;
+  }
+  return 0;
+}
+
+InvalidUtf8 find_invalid_utf8(std::string_view s) {
+  InvalidUtf8 r;
+  for (size_t i = 0; i < s.size();) {
+    if (static_cast<unsigned char>(s[i]) < 0x80) {
+      ++i;
+      continue;
+    }
+    const int n = utf8_char_length(s.substr(i, 4));
+    if (n == 0 && r.count++ == 0) r.first = int64_t(i);
+    i += n ? size_t(n) : 1;
+  }
+  return r;
+}
+
+std::string replace_invalid_utf8(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    const int n = utf8_char_length(s.substr(i, 4));
+    if (n == 0) out += "\xEF\xBF\xBD";
+    else out.append(s.substr(i, size_t(n)));
+    i += n ? size_t(n) : 1;
+  }
+  return out;
+}
+
 std::string tokenizer_beside(const std::string& data_path) {
   if (fs::path(data_path).extension() != ".bin") return "";  // text, synthetic data
   const fs::path path = fs::path(data_path).parent_path() / "tokenizer.model";
@@ -161,7 +286,7 @@ int Tokenizer::bos() const { return sp_->bos_id(); }
 std::vector<int> Tokenizer::encode(const std::string& text) const {
   std::vector<int> ids;
   const auto status = sp_->Encode(text, &ids);
-  LASP_CHECK(status.ok(), "{}: encoding failed: {}", path_, status.ToString());
+  LASP_CHECK(status.ok(), "{}: encoding failed: {}", path_, sentencepiece_message(status));
   return ids;
 }
 
@@ -170,7 +295,7 @@ std::string Tokenizer::decode(const std::vector<int>& ids) const {
     LASP_CHECK(id >= 0 && id < vocab_size(), "{}: token id {} is outside the vocabulary of {}", path_, id, vocab_size());
   std::string text;
   const auto status = sp_->Decode(ids, &text);
-  LASP_CHECK(status.ok(), "{}: decoding failed: {}", path_, status.ToString());
+  LASP_CHECK(status.ok(), "{}: decoding failed: {}", path_, sentencepiece_message(status));
   return text;
 }
 
@@ -190,6 +315,21 @@ TokenizeReport tokenize(const TokenizeOptions& o, const std::function<void(int64
   LASP_CHECK(!out.empty(), "tokenize: --out is required");
   check_folder_target(tokens_folder(), out);  // before any work: a folder of the user's is never touched
   if (!o.model.empty()) Tokenizer::load(o.model);  // a bad --model is named as given, before any work
+  // Bytes that are not UTF-8 would become U+FFFD without a word (and never come back): refused before any work,
+  // unless --invalid-utf8 replace says to replace them (counted below).
+  for (const std::string& path : o.inputs) {
+    if (o.replace_invalid_utf8) break;
+    const std::string text = read_file(path);
+    const InvalidUtf8 bad = find_invalid_utf8(text);
+    if (bad.count == 0) continue;
+    const int64_t line = 1 + std::count(text.begin(), text.begin() + bad.first, '\n');
+    throw Error(fmt::format("tokenize: {} is not UTF-8 text: the byte at offset {} (line {}), 0x{:02x}, is not part "
+                            "of a valid character ({} such byte{} in the file). The tokenizer would read each as "
+                            "U+FFFD, and the text would not come back from its tokens: convert the file to UTF-8 "
+                            "(e.g. iconv -f LATIN1 -t UTF-8), or pass --invalid-utf8 replace to have them replaced "
+                            "by U+FFFD", path, bad.first, line, static_cast<unsigned char>(text[size_t(bad.first)]),
+                            bad.count, bad.count == 1 ? "" : "s"));
+  }
   const std::string given = o.model.empty() ? "" : read_file(o.model);
   TokenizeReport r;
   write_folder(tokens_folder(), out, [&](const std::string& tmp) {
@@ -216,7 +356,9 @@ TokenizeReport tokenize(const TokenizeOptions& o, const std::function<void(int64
     };
     for_each_document(o, [&](const std::string& text, const std::string& where) {
       LASP_CHECK(!text.empty(), "tokenize: empty document in {}", where);
-      std::vector<int> ids = tok.encode(text);
+      const int64_t invalid = find_invalid_utf8(text).count;  // only with --invalid-utf8 replace (checked above)
+      r.replaced += invalid;
+      std::vector<int> ids = tok.encode(invalid ? replace_invalid_utf8(text) : text);
       ids.insert(ids.begin(), tok.bos());
       for (int id : ids) {
         shard.push_back(uint16_t(id));
@@ -227,7 +369,8 @@ TokenizeReport tokenize(const TokenizeOptions& o, const std::function<void(int64
     });
     flush();
     return nlohmann::json{{"tokenizer", "tokenizer.model"}, {"vocab_size", r.vocab_size}, {"bos", tok.bos()},
-                          {"documents", r.documents}, {"bytes", r.bytes}, {"tokens", r.tokens}, {"shards", shards}};
+                          {"documents", r.documents}, {"bytes", r.bytes}, {"tokens", r.tokens},
+                          {"invalid_utf8_replaced", r.replaced}, {"shards", shards}};
   });
   return r;
 }

@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace sentencepiece {
@@ -55,6 +56,18 @@ class DecodeStream {
   size_t given_ = 0;  // bytes of the decoded text handed out
 };
 
+// UTF-8 as SentencePiece reads it (strict: no overlong forms, no surrogates, nothing above U+10FFFF): the
+// length (1 to 4) of the character that s starts with, or 0 when s does not start with a whole valid
+// character (SentencePiece then reads its first byte alone as U+FFFD).
+int utf8_char_length(std::string_view s);
+// The bytes of s that are not part of a valid character: how many, and the offset of the first (-1: none).
+struct InvalidUtf8 {
+  int64_t count = 0, first = -1;
+};
+InvalidUtf8 find_invalid_utf8(std::string_view s);
+// s with each such byte replaced by U+FFFD, as SentencePiece would read it.
+std::string replace_invalid_utf8(std::string_view s);
+
 // The tokenizer.model beside token shards written by `lasp tokenize` (data_path: a .bin shard or a glob of
 // them), or "" when there is none.
 std::string tokenizer_beside(const std::string& data_path);
@@ -68,17 +81,22 @@ struct TokenizeOptions {
   std::string separator;            // empty: each input file is one document; else this string separates them
   int64_t shard_tokens = 100'000'000;
   int threads = 1;                  // SentencePiece's training threads
+  // Bytes that are not valid UTF-8 would silently become U+FFFD (and never round-trip): refused, naming the
+  // file and the offset, unless replace_invalid_utf8 (--invalid-utf8 replace) accepts that knowingly.
+  bool replace_invalid_utf8 = false;
 };
 
 struct TokenizeReport {
   int vocab_size = 0;
   int64_t documents = 0, tokens = 0, bytes = 0;
+  int64_t replaced = 0;  // bytes that were not valid UTF-8, replaced by U+FFFD (--invalid-utf8 replace)
   std::vector<std::string> shards;
 };
 
 // Trains (or loads) the tokenizer, then encodes every document into shards. progress(bytes done, bytes in
-// all) is called now and then. Throws lasp::Error on bad input: a vocabulary beyond uint16, an empty
-// document, a model without BOS, an output folder holding anything but an earlier tokenize's output. The
+// all) is called now and then. Throws lasp::Error on bad input: a vocabulary beyond uint16 or too small or
+// too large for the text (the message gives the bound), text that is not UTF-8, an empty document, a model
+// without BOS, an output folder holding anything but an earlier tokenize's output. The
 // output is written whole (core/folder.h): beside out_dir, swapped in only when complete.
 TokenizeReport tokenize(const TokenizeOptions& options,
                         const std::function<void(int64_t, int64_t)>& progress = {});

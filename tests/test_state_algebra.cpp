@@ -169,8 +169,9 @@ TEST(StateAlgebra, SpansFoldToTheNaiveRecurrence) {
         advance_state(f, S2.data(), total.data(), scratch.data());
         EXPECT_LT(max_rel_err(S2, want), 1e-5) << what << (left_first ? ": composed left first" : ": right first");
         // A start anywhere makes the whole transition 0.
-        if (!c.starts.empty())
+        if (!c.starts.empty()) {
           for (size_t x = 0; x < f.transition_floats(); ++x) EXPECT_EQ(total[x], 0.f) << what;
+        }
       }
     }
 }

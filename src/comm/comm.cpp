@@ -46,21 +46,6 @@ void Comm::take_stats(Comm& helper) {
   helper.reset_stats();
 }
 
-void fill_affine_identity(float* rows_out, size_t rows, int width) {
-  for (size_t r = 0; r < rows; ++r, rows_out += 1 + width) {
-    rows_out[0] = 1.f;
-    std::fill(rows_out + 1, rows_out + 1 + width, 0.f);
-  }
-}
-
-void compose_affine(const float* a, float* b, size_t rows, int width) {
-  for (size_t r = 0; r < rows; ++r, a += 1 + width, b += 1 + width) {
-    const float g = b[0];
-    for (int x = 1; x <= width; ++x) b[x] = g * a[x] + b[x];
-    b[0] = a[0] * g;
-  }
-}
-
 void Comm::count(CommKind kind, uint64_t sent, uint64_t received) {
   const int k = static_cast<int>(kind);
   stats_.bytes_sent[k] += sent;
@@ -135,8 +120,8 @@ class SingleComm final : public Comm {
     all_to_all(send, recv, count);
     return std::make_unique<DoneRequest>();
   }
-  std::unique_ptr<CommRequest> exscan_affine_start(const float*, float* recv, size_t rows, int width) override {
-    fill_affine_identity(recv, rows, width);
+  std::unique_ptr<CommRequest> exscan_start(const float*, float* recv, size_t count, const ScanOperator& op) override {
+    for (size_t i = 0; i < count; ++i) op.identity(recv + i * op.floats());
     count_zero(CommKind::scan);
     return std::make_unique<DoneRequest>();
   }

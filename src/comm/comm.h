@@ -7,10 +7,10 @@
 //   all_reduce(count)      sent 2(W-1)/W*count, received the same        (a ring reduce-scatter + all-gather)
 //   send_recv              the counts given
 //   all_to_all(count)      sent (W-1)*count, received (W-1)*count        (count = floats per destination)
-//   exscan_affine(rows, w) sent rows*(1+w), received the same (ranks 0 and W-1: one way only): the fold of
-//                          the ranks below arrives once, this rank's fold leaves once, whatever W (a chain
-//                          moves exactly that; the recursive doubling lasp asks Open MPI for moves up to
-//                          ceil(log2 W) pairs each way, in log2 W steps instead of W-1)
+//   exscan(count, op)      sent count*op.floats(), received the same (ranks 0 and W-1: one way only): the
+//                          fold of the ranks below arrives once, this rank's fold leaves once, whatever W (a
+//                          chain moves exactly that; the recursive doubling lasp asks Open MPI for moves up to
+//                          ceil(log2 W) elements each way, in log2 W steps instead of W-1)
 // times sizeof(element). A non-blocking call is counted when it starts.
 #pragma once
 #include <cstddef>
@@ -29,6 +29,17 @@ struct CommStats {
   double seconds = 0;  // wall time this rank spent inside communication calls and waits
   uint64_t total_sent() const;
   uint64_t total_received() const;
+};
+
+// An associative, not necessarily commutative, operator on elements of floats() floats: what exscan folds
+// (LASP-2's affine state pairs, sp/state_passing.h).
+class ScanOperator {
+ public:
+  virtual ~ScanOperator() = default;
+  virtual size_t floats() const = 0;
+  virtual void identity(float* element) const = 0;
+  // then <- first followed by then. first and then do not overlap.
+  virtual void compose(const float* first, float* then) const = 0;
 };
 
 // A non-blocking operation in flight; wait() completes it (idempotent), test() makes progress.
@@ -63,13 +74,13 @@ class Comm {
   // recv[r * count ..] = what rank r sent to this rank from its send[rank() * count ..].
   virtual void all_to_all(const float* send, float* recv, size_t count) = 0;
   virtual std::unique_ptr<CommRequest> all_to_all_start(const float* send, float* recv, size_t count) = 0;
-  // Exclusive scan, in rank order, of affine maps kept row by row: each of `rows` rows is (g, s[width]), 1 + width
-  // floats, and maps compose as (g_a, s_a) then (g_b, s_b) = (g_a g_b, g_b s_a + s_b) (associative, not
-  // commutative: GATES.md's fold of (Gamma, S) pairs, a state's rows with their gates). recv on rank r = the
-  // composition of ranks 0 .. r-1's send; on rank 0 the identity (1, 0). send and recv must not overlap.
-  virtual std::unique_ptr<CommRequest> exscan_affine_start(const float* send, float* recv, size_t rows, int width) = 0;
-  void exscan_affine(const float* send, float* recv, size_t rows, int width) {
-    exscan_affine_start(send, recv, rows, width)->wait();
+  // Exclusive scan, in rank order, of count elements of op: recv on rank r = element by element the
+  // composition of ranks 0 .. r-1's send, in rank order; on rank 0 the identity. send and recv must not
+  // overlap; op must outlive the request.
+  virtual std::unique_ptr<CommRequest> exscan_start(const float* send, float* recv, size_t count,
+                                                    const ScanOperator& op) = 0;
+  void exscan(const float* send, float* recv, size_t count, const ScanOperator& op) {
+    exscan_start(send, recv, count, op)->wait();
   }
   virtual void barrier() = 0;
 
@@ -88,10 +99,6 @@ class Comm {
   CommStats stats_;
   void count(CommKind kind, uint64_t sent, uint64_t received);
 };
-
-// The rows of exscan_affine: rows x (1 + width) identities (1, 0...); b = a then b, row by row.
-void fill_affine_identity(float* rows_out, size_t rows, int width);
-void compose_affine(const float* a, float* b, size_t rows, int width);
 
 // The world of this process: MPI's COMM_WORLD when an MPI launcher started it (MPI_Init on first call;
 // MPI_Finalize at exit), else a single-process Comm (MPI is not started at all).

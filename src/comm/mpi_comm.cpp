@@ -101,19 +101,33 @@ class MpiRequest final : public CommRequest {
   std::function<void()> on_done_;
 };
 
-// MPI's reduction function for exscan_affine: inout = in then inout, row by row; the row width comes from the
-// datatype (a contiguous run of 1 + width floats).
-void compose_affine_rows(void* in, void* inout, int* len, MPI_Datatype* type) {
-  int bytes = 0;
-  MPI_Type_size(*type, &bytes);
-  compose_affine(static_cast<const float*>(in), static_cast<float*>(inout), size_t(*len),
-                 bytes / int(sizeof(float)) - 1);
+// The ScanOperator of an exscan travels with its datatype (a contiguous run of op.floats() floats), as an
+// attribute: MPI's reduction functions get no other context.
+int scan_operator_key() {
+  static const int key = [] {
+    int made = MPI_KEYVAL_INVALID;
+    MPI_Type_create_keyval(MPI_TYPE_NULL_COPY_FN, MPI_TYPE_NULL_DELETE_FN, &made, nullptr);
+    return made;
+  }();
+  return key;
 }
 
-MPI_Op affine_op() {
+// MPI's reduction function for exscan: inout = in then inout, element by element.
+void compose_elements(void* in, void* inout, int* len, MPI_Datatype* type) {
+  void* attribute = nullptr;
+  int found = 0;
+  MPI_Type_get_attr(*type, scan_operator_key(), &attribute, &found);
+  if (!found) MPI_Abort(MPI_COMM_WORLD, 1);  // never: every exscan's datatype carries its operator
+  const auto* op = static_cast<const ScanOperator*>(attribute);
+  const size_t n = op->floats();
+  for (int i = 0; i < *len; ++i)
+    op->compose(static_cast<const float*>(in) + i * n, static_cast<float*>(inout) + i * n);
+}
+
+MPI_Op scan_op() {
   static MPI_Op op = [] {
     MPI_Op made;
-    MPI_Op_create(compose_affine_rows, /*commute=*/0, &made);
+    MPI_Op_create(compose_elements, /*commute=*/0, &made);
     return made;
   }();
   return op;
@@ -217,25 +231,28 @@ class MpiComm final : public Comm {
     return request;
   }
 
-  // ---- exscan_affine: recv on rank r = the composition of ranks 0 .. r-1's rows; rank 0 the identity.
-  std::unique_ptr<CommRequest> exscan_affine_start(const float* send, float* recv, size_t rows, int width) override {
+  // ---- exscan: recv on rank r = the composition of ranks 0 .. r-1's elements; rank 0 the identity.
+  std::unique_ptr<CommRequest> exscan_start(const float* send, float* recv, size_t elements,
+                                            const ScanOperator& op) override {
     const ScopedTimer timer{stats_.seconds};
-    const int n = to_mpi_count(rows, "exscan_affine_start");
-    LASP_CHECK(width >= 0, "exscan_affine_start: width must be >= 0, got {}", width);
-    const size_t floats = rows * (1 + size_t(width));
+    const int n = to_mpi_count(elements, "exscan_start");
+    const size_t floats = elements * op.floats();
+    LASP_CHECK(op.floats() > 0, "exscan_start: the operator's elements must hold at least one float");
     LASP_CHECK(floats == 0 || send + floats <= recv || recv + floats <= send,
-               "exscan_affine_start: send and recv buffers must not overlap ({} floats each)", floats);
-    const uint64_t bytes = rows * (1 + uint64_t(width)) * sizeof(float);
+               "exscan_start: send and recv buffers must not overlap ({} floats each)", floats);
+    const uint64_t bytes = floats * sizeof(float);
     count(CommKind::scan, rank_ + 1 < size_ ? bytes : 0, rank_ > 0 ? bytes : 0);
-    MPI_Datatype row;
-    MPI_Type_contiguous(1 + width, MPI_FLOAT, &row);
-    MPI_Type_commit(&row);
+    MPI_Datatype element;
+    MPI_Type_contiguous(to_mpi_count(op.floats(), "exscan_start"), MPI_FLOAT, &element);
+    MPI_Type_commit(&element);
+    MPI_Type_set_attr(element, scan_operator_key(), const_cast<ScanOperator*>(&op));
     const bool first = rank_ == 0;
-    auto request = std::make_unique<MpiRequest>(stats_.seconds, [row, recv, rows, width, first]() mutable {
-      MPI_Type_free(&row);
-      if (first) fill_affine_identity(recv, rows, width);  // MPI leaves rank 0's result undefined
+    auto request = std::make_unique<MpiRequest>(stats_.seconds, [element, recv, elements, &op, first]() mutable {
+      MPI_Type_free(&element);
+      if (first)  // MPI leaves rank 0's result undefined
+        for (size_t i = 0; i < elements; ++i) op.identity(recv + i * op.floats());
     });
-    MPI_Iexscan(send, recv, n, row, affine_op(), comm_, request->add());
+    MPI_Iexscan(send, recv, n, element, scan_op(), comm_, request->add());
     return request;
   }
 
@@ -343,7 +360,7 @@ Comm& comm_world() {
     int already = 0;
     MPI_Initialized(&already);
     if (!already) {
-      // exscan_affine in log depth: Open MPI's non-blocking exscan is otherwise a chain of W-1 dependent hops
+      // exscan in log depth: Open MPI's non-blocking exscan is otherwise a chain of W-1 dependent hops
       // (libnbc's default, "linear"). A value set by the user is kept.
       setenv("OMPI_MCA_coll_libnbc_iexscan_algorithm", "recursive_doubling", 0);
       int provided = 0;

@@ -89,11 +89,13 @@ void apply_transition(const StateForm& f, float* out, const float* A, const floa
   }
 }
 
-void advance_state(const StateForm& f, float* S, const float* pair, float* scratch) {
-  const float* A = pair;
-  const float* B = pair + f.transition_floats();
+void advance_state(const StateForm& f, float* S, const float* A, const float* B, float* scratch) {
   apply_transition(f, S, A, S, false, scratch);
   for (size_t x = 0; x < f.state_floats(); ++x) S[x] += B[x];
+}
+
+void advance_state(const StateForm& f, float* S, const float* pair, float* scratch) {
+  advance_state(f, S, pair, pair + f.transition_floats(), scratch);
 }
 
 void compose_pairs(const StateForm& f, const float* first, float* then, float* scratch) {

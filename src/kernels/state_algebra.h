@@ -44,6 +44,8 @@ void compose_pairs(const StateForm& f, const float* first, float* then, float* s
 // S <- A S + B with the pair's (A, B): the state leaving the span from the state entering it. (Adjoint: the
 // gradient entering the span, G <- A^T G + dM, is the same call on the adjoint pair.)
 void advance_state(const StateForm& f, float* S, const float* pair, float* scratch);
+// The same with A and B apart (B must not overlap S).
+void advance_state(const StateForm& f, float* S, const float* A, const float* B, float* scratch);
 // out (d_k x d_v) = A S, or out += A S (accumulate). A: the transition part of a pair.
 void apply_transition(const StateForm& f, float* out, const float* A, const float* S, bool accumulate,
                       float* scratch);

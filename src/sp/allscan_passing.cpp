@@ -16,7 +16,7 @@ class AllscanPassing final : public StatePassing {
   AllscanPassing(Comm& sp, const PassingShape& shape, int slices)
       : sp_(sp),
         s_(shape),
-        rows_(size_t(shape.B) * shape.H * shape.d),
+        rows_(size_t(shape.B) * shape.H * shape.dk),
         slices_(int(std::clamp<size_t>(size_t(std::max(slices, 1)), 1, rows_))),
         in_(shape.mine.size() * shape.piece_floats()),
         out_(in_.size()) {}
@@ -40,7 +40,7 @@ class AllscanPassing final : public StatePassing {
       else if (step.prev != me)
         for (int k = 0; k < slices_; ++k) {
           const auto [begin, end] = slice(k);
-          step.arrivals.push_back(sp_.send_recv_start(nullptr, 0, -1, in + begin * s_.d, (end - begin) * s_.d, step.prev));
+          step.arrivals.push_back(sp_.send_recv_start(nullptr, 0, -1, in + begin * s_.dv, (end - begin) * s_.dv, step.prev));
         }
       steps_.push_back(std::move(step));
     }
@@ -86,7 +86,7 @@ class AllscanPassing final : public StatePassing {
 
   // Folds and forwards every slice that has arrived (block: waits for each in turn); true once all are done.
   bool progress(bool block) {
-    const int d = s_.d, me = sp_.rank();
+    const int d = s_.dv, me = sp_.rank();  // a key row holds d_v values
     bool folded = true;
     for (size_t n = 0; n < steps_.size(); ++n) {
       Step& step = steps_[n];
@@ -123,7 +123,7 @@ class AllscanPassing final : public StatePassing {
 
   Comm& sp_;
   PassingShape s_;
-  size_t rows_;  // B * H * d rows of d floats per piece
+  size_t rows_;  // B * H * d_k key rows of d_v floats per piece (rows slice a scalar or diagonal transition)
   int slices_;
   std::vector<float> in_, out_;  // per piece: the state entering it (P or G) and the one it passes on
   const float* own_ = nullptr;

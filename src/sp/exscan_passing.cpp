@@ -1,5 +1,7 @@
-// exscan (sp/state_passing.h): each piece's (gate, state) rows folded over the pieces before it (or after it,
-// backward) by MPI_Iexscan with the affine op of Comm::exscan_affine_start.
+// exscan (sp/state_passing.h): each piece's affine pairs folded over the pieces before it (or after it,
+// backward) by MPI_Iexscan, with the state algebra's composition as the operator (Comm::exscan_start). The
+// pairs travel in diagonal form, d_k gates per head (a fixed decay's scalar repeated): one wire format for
+// the fixed decays and GLA.
 #include <algorithm>
 #include <cstring>
 
@@ -10,16 +12,30 @@ namespace lasp {
 
 namespace {
 
+// The state algebra's composition of pairs, head by head, as an exscan operator.
+class PairComposition final : public ScanOperator {
+ public:
+  explicit PairComposition(const StateForm& f) : f_(f), scratch_(f.scratch_floats()) {}
+  size_t floats() const override { return f_.pair_floats(); }
+  void identity(float* e) const override { pair_identity(f_, e); }
+  void compose(const float* first, float* then) const override { compose_pairs(f_, first, then, scratch_.data()); }
+
+ private:
+  StateForm f_;
+  mutable std::vector<float> scratch_;
+};
+
 class ExscanPassing final : public StatePassing {
  public:
   ExscanPassing(Comm& sp, const PassingShape& shape)
       : sp_(sp),
         reversed_(sp.split(0, sp.size() - 1 - sp.rank())),
         s_(shape),
-        rows_(size_t(shape.B) * shape.H * shape.d),
-        pairs_(shape.mine.size() * rows_ * (1 + shape.d)),
+        f_{Transition::diagonal, shape.dk, shape.dv},
+        op_(f_),
+        pairs_(shape.mine.size() * piece_pairs_floats()),
         scanned_(pairs_.size()),
-        total_(rows_ * (1 + shape.d)),
+        total_(piece_pairs_floats()),
         lead_(total_.size()) {
     const int W = sp.size(), pieces = int(shape.owner.size());
     LASP_CHECK(pieces == W || pieces == 2 * W, "exscan: {} pieces over {} ranks: expected one or two per rank",
@@ -27,13 +43,15 @@ class ExscanPassing final : public StatePassing {
   }
 
   std::unique_ptr<CommRequest> start(const float* own, const PieceGates& gates, bool forward) override {
-    const int d = s_.d, W = sp_.size(), pieces = int(s_.owner.size()), me = sp_.rank();
+    const int W = sp_.size(), pieces = int(s_.owner.size()), me = sp_.rank();
     first_.reset(), second_.reset();
-    for (int i = 0; i < int(s_.mine.size()); ++i)  // rows (gate, state row) of every piece
-      for (size_t x = 0; x < rows_; ++x) {
-        float* row = pair(i) + x * (1 + d);
-        row[0] = gates.row(i, s_.mine[i].index, x);
-        std::memcpy(row + 1, own + size_t(i) * s_.piece_floats() + x * d, sizeof(float) * d);
+    for (int i = 0; i < int(s_.mine.size()); ++i)  // the pairs (gates, state) of every piece, head by head
+      for (size_t x = 0; x < s_.heads(); ++x) {
+        float* p = pair(i) + x * f_.pair_floats();
+        for (int r = 0; r < s_.dk; ++r) p[r] = gates.row(i, s_.mine[i].index, x * s_.dk + r);
+        if (!forward) transpose_transition(f_, p);  // the adjoint pair's transition
+        std::memcpy(p + f_.transition_floats(), own + size_t(i) * s_.piece_floats() + x * f_.state_floats(),
+                    sizeof(float) * f_.state_floats());
       }
     // The pieces in folding order, W at a time: each leg visits every rank once, in rank order (the SP group)
     // or in reverse (the reversed group).
@@ -53,24 +71,17 @@ class ExscanPassing final : public StatePassing {
   }
 
   void finish(float* out) override {
-    const int d = s_.d;
     sp_.take_stats(*reversed_);  // the waits' time
-    for (int leg = 0; leg < legs_; ++leg) {
-      const int i = piece_[leg];
-      const float* src = result(leg);
-      for (size_t x = 0; x < rows_; ++x)
-        std::memcpy(out + size_t(i) * s_.piece_floats() + x * d, src + x * (1 + d) + 1, sizeof(float) * d);
-    }
+    for (int leg = 0; leg < legs_; ++leg) states_of(result(leg), out + size_t(piece_[leg]) * s_.piece_floats());
   }
 
   void final_state(float* out) override {  // the last piece's holder folds it on; the others add zeros
-    const int d = s_.d;
     std::fill(out, out + s_.piece_floats(), 0.f);
     if (last_piece_ >= 0) {
       const int leg = piece_[0] == last_piece_ ? 0 : 1;
-      std::vector<float> after(pair(last_piece_), pair(last_piece_) + rows_ * (1 + d));
-      compose_affine(result(leg), after.data(), rows_, d);
-      for (size_t x = 0; x < rows_; ++x) std::memcpy(out + x * d, after.data() + x * (1 + d) + 1, sizeof(float) * d);
+      std::vector<float> after(pair(last_piece_), pair(last_piece_) + piece_pairs_floats());
+      compose_all(result(leg), after.data());
+      states_of(after.data(), out);
     }
     sp_.all_reduce(out, s_.piece_floats());
   }
@@ -97,10 +108,21 @@ class ExscanPassing final : public StatePassing {
     ExscanPassing& p_;
   };
 
-  float* pair(int i) { return pairs_.data() + size_t(i) * rows_ * (1 + s_.d); }
-  float* scanned(int i) { return scanned_.data() + size_t(i) * rows_ * (1 + s_.d); }
+  size_t piece_pairs_floats() const { return s_.heads() * f_.pair_floats(); }
+  float* pair(int i) { return pairs_.data() + size_t(i) * piece_pairs_floats(); }
+  float* scanned(int i) { return scanned_.data() + size_t(i) * piece_pairs_floats(); }
   std::unique_ptr<CommRequest> scan(int leg, const float* send) {
-    return comm_[leg]->exscan_affine_start(send, scanned(piece_[leg]), rows_, s_.d);
+    return comm_[leg]->exscan_start(send, scanned(piece_[leg]), s_.heads(), op_);
+  }
+  // then <- first followed by then, for every head of a piece.
+  void compose_all(const float* first, float* then) const {
+    for (size_t x = 0; x < s_.heads(); ++x) op_.compose(first + x * f_.pair_floats(), then + x * f_.pair_floats());
+  }
+  // A piece's pairs applied to no state: their states (the fold of everything before, from nothing).
+  void states_of(const float* pairs, float* out) const {
+    for (size_t x = 0; x < s_.heads(); ++x)
+      std::memcpy(out + x * f_.state_floats(), pairs + x * f_.pair_floats() + f_.transition_floats(),
+                  sizeof(float) * f_.state_floats());
   }
   // The fold before this rank's piece on a leg. The pivot's second-leg piece follows its first-leg piece, so
   // it gets the first leg's total (its second scan, where it comes first, gives the identity).
@@ -111,9 +133,9 @@ class ExscanPassing final : public StatePassing {
   void start_pivot() {
     if (!pivot_ || second_) return;
     std::memcpy(total_.data(), pair(piece_[0]), sizeof(float) * total_.size());
-    compose_affine(scanned(piece_[0]), total_.data(), rows_, s_.d);
+    compose_all(scanned(piece_[0]), total_.data());
     std::memcpy(lead_.data(), pair(piece_[1]), sizeof(float) * lead_.size());
-    compose_affine(total_.data(), lead_.data(), rows_, s_.d);
+    compose_all(total_.data(), lead_.data());
     second_ = scan(1, lead_.data());
     sp_.take_stats(*reversed_);
   }
@@ -121,8 +143,9 @@ class ExscanPassing final : public StatePassing {
   Comm& sp_;
   std::unique_ptr<Comm> reversed_;  // the SP group in reverse rank order; its counts go to the SP group's
   PassingShape s_;
-  size_t rows_;                      // B * H * d rows of 1 + d floats per piece
-  std::vector<float> pairs_, scanned_, total_, lead_;
+  StateForm f_;                      // each head's pair on the wire
+  PairComposition op_;
+  std::vector<float> pairs_, scanned_, total_, lead_;  // (pieces,) B, H pairs
   int legs_ = 1, piece_[2] = {0, 0}, last_piece_ = -1;
   Comm* comm_[2] = {nullptr, nullptr};
   bool pivot_ = false;

@@ -52,7 +52,7 @@ struct Lasp2Attention::Impl {
     const size_t states = state_floats();
     send.resize(states);
     suffix.resize(states);
-    passing = make_state_passing(kind, c, {s.B, s.H, s.d, mine, owner}, slices);
+    passing = make_state_passing(kind, c, {s.B, s.H, s.d, s.d, mine, owner}, slices);
     if (s.gla) gla_prepare();
     incoming.resize(layers);
     final_states.resize(layers);

@@ -43,7 +43,7 @@ Lasp2ChunkedAttention::Lasp2ChunkedAttention(Comm& sp, const AttentionShape& sha
   chunks_ = (shape.N + chunk - 1) / chunk;
   piece_len_ = mine_[0].length;
   ws_.storage.resize(kernel_workspace_floats(shape, global_N, chunk));
-  passing_ = make_state_passing(StatePassingKind::gather, sp, {shape.B, shape.H, shape.d, mine_, owner_}, 0);
+  passing_ = make_state_passing(StatePassingKind::gather, sp, {shape.B, shape.H, shape.d, shape.d, mine_, owner_}, 0);
   begin_chunk(0, chunk, Pass::forward);
 }
 

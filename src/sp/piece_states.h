@@ -1,4 +1,4 @@
-// What LASP-2 does with the d x d states of pieces (LASP2.md section 2), shared by its whole-piece and its
+// What LASP-2 does with the d_k x d_v states of pieces (LASP2.md section 2), shared by its whole-piece and its
 // chunked forms (sp/lasp2.h, sp/lasp2_chunked.h). A piece's state M = K^T diag(lambda^(L-j)) V (L its
 // tokens, j = 0..L-1) is what the piece adds to the state it passes on; the state entering piece p is the
 // prefix P_p = sum_{s<p} lambda^(L(p-1-s)) M_s over global piece order, and the gradient of the state
@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <utility>
 #include <vector>
+
+#include "kernels/state_algebra.h"
 
 namespace lasp {
 
@@ -20,13 +22,18 @@ void gated_rows(float* dst, const float* src, int ld, const float* f, int n, int
 // pw[h][k] = lambda_h^k, k = 0..n, for every head (lambda (H) or null: 1).
 std::vector<std::vector<float>> head_powers(const float* lambda, int H, int n);
 
-// Per-piece states gathered from every rank, (W, pieces per rank, B, H, d, d) in rank order, scanned over
-// global piece order: the prefix P (forward) or the suffix G (backward) of each of this rank's pieces into
-// out (pieces per rank, B, H, d, d). owner[p] = (rank, index among its pieces); lambda (H) or null. cut
-// (pieces, B) or null: documents, non-zero where global piece p of row b holds a document start, which then
-// passes on nothing from before it (forward: P_{p+1} = M_p; backward: G_{p-1} = dM_p).
-void scan_piece_states(float* out, const float* gathered, const std::vector<std::pair<int, int>>& owner, int rank,
-                       int B, int H, int d, const float* lambda, int piece_len, bool forward,
-                       const uint8_t* cut = nullptr);
+// Every piece's pairs (kernels/state_algebra.h) in global piece order: head x of piece p has its transition at
+// a[p] + x * a_stride and its state at b[p] + x * b_stride.
+struct PiecePairs {
+  std::vector<const float*> a, b;
+  size_t a_stride = 0, b_stride = 0;
+};
+
+// The fold of piece pairs over global piece order (LASP-2's scan; one rule for every transport that holds all
+// pieces): into out (this rank's pieces, heads, d_k x d_v), the state entering each of this rank's pieces
+// (forward) or, backward (pairs folded from the last piece down, transitions already transposed), the gradient
+// of the state leaving it; into total (heads, d_k x d_v), if not null, the fold of every piece.
+void fold_piece_pairs(const StateForm& f, const PiecePairs& pairs, const std::vector<std::pair<int, int>>& owner,
+                      int rank, size_t heads, bool forward, float* out, float* total);
 
 }  // namespace lasp

@@ -16,81 +16,74 @@ float PieceGates::at(int piece, int b, int h) const {
 
 namespace {
 
-// The paper's LASP-2: every piece's state reaches every rank, which folds them in piece order. With GLA's
-// per-row gates each piece's gates travel with its state: (gate, state row) pairs, d + d^2 floats per head.
+// The paper's LASP-2: every piece's state reaches every rank, which folds them in piece order. Fixed decays and
+// document cuts are known on every rank, so only the states travel; GLA's per-row gates travel with their
+// states as pairs (A | M), d_k + d_k d_v floats per head.
 class GatherPassing final : public StatePassing {
  public:
   GatherPassing(Comm& sp, const PassingShape& shape)
-      : sp_(sp), s_(shape), rows_(size_t(shape.B) * shape.H * shape.d),
-        recv_(size_t(sp.size()) * shape.mine.size() * shape.piece_floats()) {}
+      : sp_(sp), s_(shape), recv_(size_t(sp.size()) * shape.mine.size() * shape.piece_floats()) {}
 
   std::unique_ptr<CommRequest> start(const float* own, const PieceGates& gates, bool forward) override {
     gates_ = gates;
     forward_ = forward;
     if (!gates.rows) return sp_.all_gather_start(own, recv_.data(), s_.mine.size() * s_.piece_floats());
-    const int d = s_.d;
-    const size_t pair = rows_ * (1 + d);
-    send_pairs_.resize(s_.mine.size() * pair);
+    const StateForm f = form();
+    const size_t heads = s_.heads(), pair = f.pair_floats();
+    send_pairs_.resize(s_.mine.size() * heads * pair);
     recv_pairs_.resize(size_t(sp_.size()) * send_pairs_.size());
     for (size_t i = 0; i < s_.mine.size(); ++i)
-      for (size_t x = 0; x < rows_; ++x) {
-        float* row = send_pairs_.data() + i * pair + x * (1 + d);
-        row[0] = gates.row(int(i), s_.mine[i].index, x);
-        std::memcpy(row + 1, own + i * s_.piece_floats() + x * d, sizeof(float) * d);
+      for (size_t x = 0; x < heads; ++x) {
+        float* p = send_pairs_.data() + (i * heads + x) * pair;
+        for (int r = 0; r < s_.dk; ++r) p[r] = gates.row(int(i), s_.mine[i].index, x * s_.dk + r);
+        if (!forward) transpose_transition(f, p);  // the adjoint pair's transition
+        std::memcpy(p + f.transition_floats(), own + i * s_.piece_floats() + x * f.state_floats(),
+                    sizeof(float) * f.state_floats());
       }
     return sp_.all_gather_start(send_pairs_.data(), recv_pairs_.data(), send_pairs_.size());
   }
 
-  void finish(float* out) override {
-    if (!gates_.rows) {
-      scan_piece_states(out, recv_.data(), s_.owner, sp_.rank(), s_.B, s_.H, s_.d, gates_.lambda, gates_.piece_len,
-                        forward_, gates_.cut);
-      return;
-    }
-    fold_pairs(out, nullptr);
-  }
+  void finish(float* out) override { fold(out, nullptr); }
+  void final_state(float* out) override { fold(nullptr, out); }  // every rank has every piece: fold them all
 
-  void final_state(float* out) override {  // every rank has every piece: fold them all
-    if (gates_.rows) return fold_pairs(nullptr, out);
-    const size_t dd = size_t(s_.d) * s_.d, per_rank = s_.mine.size() * s_.piece_floats();
-    std::fill(out, out + size_t(s_.B) * s_.H * dd, 0.f);
-    for (int p = 0; p < int(s_.owner.size()); ++p) {
-      const auto [r, i] = s_.owner[p];
-      for (int b = 0; b < s_.B; ++b)
-        for (int h = 0; h < s_.H; ++h) {
-          const float f = gates_.at(p, b, h);
-          const size_t at = (size_t(b) * s_.H + h) * dd;
-          const float* m = recv_.data() + size_t(r) * per_rank + size_t(i) * s_.piece_floats() + at;
-          for (size_t x = 0; x < dd; ++x) out[at + x] = f * out[at + x] + m[x];
-        }
-    }
+  size_t memory_floats() const override {
+    return recv_.size() + send_pairs_.size() + recv_pairs_.size() + transitions_.size();
   }
-
-  size_t memory_floats() const override { return recv_.size() + send_pairs_.size() + recv_pairs_.size(); }
 
  private:
-  // The gathered pairs folded in piece order (backward: reversed): into out, the fold before each of this
-  // rank's pieces; into all (after a forward), the fold of every piece.
-  void fold_pairs(float* out, float* all) const {
-    const int d = s_.d, pieces = int(s_.owner.size());
-    const size_t pair = rows_ * (1 + d), per_rank = s_.mine.size() * pair;
-    std::vector<float> acc(rows_ * d, 0.f);
-    for (int step = 0; step < pieces; ++step) {
-      const int p = forward_ || all ? step : pieces - 1 - step;
-      const auto [r, i] = s_.owner[p];
-      if (out && r == sp_.rank()) std::memcpy(out + size_t(i) * s_.piece_floats(), acc.data(), sizeof(float) * acc.size());
-      const float* rows = recv_pairs_.data() + size_t(r) * per_rank + size_t(i) * pair;
-      for (size_t x = 0; x < rows_; ++x)
-        for (int j = 0; j < d; ++j) acc[x * d + j] = rows[x * (1 + d)] * acc[x * d + j] + rows[x * (1 + d) + 1 + j];
+  StateForm form() const { return {gates_.transition(), s_.dk, s_.dv}; }
+
+  // The gathered pieces as pairs in global order, folded (backward: from the last piece down).
+  void fold(float* out, float* total) {
+    const StateForm f = form();
+    const int pieces = int(s_.owner.size());
+    const size_t heads = s_.heads(), mine = s_.mine.size();
+    PiecePairs pairs;
+    if (!gates_.rows) {  // the transitions from the gates every rank knows
+      transitions_.resize(size_t(pieces) * heads);
+      pairs.a_stride = 1, pairs.b_stride = f.state_floats();
+      for (int p = 0; p < pieces; ++p) {
+        const auto [r, i] = s_.owner[p];
+        for (size_t x = 0; x < heads; ++x) transitions_[size_t(p) * heads + x] = gates_.at(p, int(x) / s_.H, int(x) % s_.H);
+        pairs.a.push_back(transitions_.data() + size_t(p) * heads);
+        pairs.b.push_back(recv_.data() + (size_t(r) * mine + i) * s_.piece_floats());
+      }
+    } else {
+      pairs.a_stride = pairs.b_stride = f.pair_floats();
+      for (int p = 0; p < pieces; ++p) {
+        const auto [r, i] = s_.owner[p];
+        pairs.a.push_back(recv_pairs_.data() + (size_t(r) * mine + i) * heads * f.pair_floats());
+        pairs.b.push_back(pairs.a.back() + f.transition_floats());
+      }
     }
-    if (all) std::memcpy(all, acc.data(), sizeof(float) * acc.size());
+    fold_piece_pairs(f, pairs, s_.owner, sp_.rank(), heads, forward_ || total, out, total);
   }
 
   Comm& sp_;
   PassingShape s_;
-  size_t rows_;
-  std::vector<float> recv_;  // (W, pieces, B, H, d, d)
-  std::vector<float> send_pairs_, recv_pairs_;  // GLA: (pieces, B, H, d, 1 + d), and (W, ...) gathered
+  std::vector<float> recv_;                     // (W, pieces, B, H, d_k, d_v)
+  std::vector<float> send_pairs_, recv_pairs_;  // GLA: (pieces, B, H) pairs, and (W, ...) gathered
+  std::vector<float> transitions_;              // (all pieces, B, H): fixed decays' scalars
   PieceGates gates_;
   bool forward_ = true;
 };

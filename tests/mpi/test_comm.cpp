@@ -299,7 +299,26 @@ TEST(CommMpi, AllToAll) {
 }
 
 // ---------------------------------------------------------------- contracts, barrier
-// ---------------------------------------------------------------- exscan_affine
+// ---------------------------------------------------------------- exscan
+// An affine map kept row by row, (g, s[width]): (g_a, s_a) then (g_b, s_b) = (g_a g_b, g_b s_a + s_b). Not
+// commutative, so the scan's order shows.
+class AffineRows final : public ScanOperator {
+ public:
+  explicit AffineRows(int width) : width_(width) {}
+  size_t floats() const override { return 1 + size_t(width_); }
+  void identity(float* e) const override {
+    e[0] = 1.f;
+    std::fill(e + 1, e + 1 + width_, 0.f);
+  }
+  void compose(const float* a, float* b) const override {
+    for (int x = 1; x <= width_; ++x) b[x] = b[0] * a[x] + b[x];
+    b[0] *= a[0];
+  }
+
+ private:
+  int width_;
+};
+
 // Rank r receives the composition of ranks 0 .. r-1's maps in rank order, checked against a plain double
 // fold of every rank's rows (which each rank can make: they come from the rank's seed); rank 0 the identity.
 // Bytes: one composition in (ranks > 0) and one out (ranks < W-1).
@@ -329,7 +348,8 @@ TEST(CommMpi, ExscanAffineComposesInRankOrder) {
       const std::vector<float> mine = rows_of(r);
       std::vector<float> got(mine.size(), NAN);
       c.reset_stats();
-      auto request = c.exscan_affine_start(mine.data(), got.data(), rows, width);
+      const AffineRows op(width);
+      auto request = c.exscan_start(mine.data(), got.data(), rows, op);
       busy_work();
       request->wait();
       for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], expect[i], 1e-5 * (1 + std::abs(expect[i]))) << i;
@@ -458,7 +478,7 @@ TEST(CommSingle, Behaviour) {
   EXPECT_EQ(b, a);
   c->barrier();
   std::vector<float> scanned(6, -1.f);
-  c->exscan_affine(a.data(), scanned.data(), 2, 2);  // one rank: the identity (1, 0, 0) per row
+  c->exscan(a.data(), scanned.data(), 2, AffineRows(2));  // one rank: the identity (1, 0, 0) per row
   EXPECT_EQ(scanned, (std::vector<float>{1, 0, 0, 1, 0, 0}));
 
   std::fill(b.begin(), b.end(), -1.f);

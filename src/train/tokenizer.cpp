@@ -202,23 +202,94 @@ Tokenizer Tokenizer::load(const std::string& path) {
       for (size_t at = piece.find(space); at != std::string::npos; at = piece.find(space, at + 3)) bytes -= 2;
     }
     t.piece_bytes_.push_back(bytes);
+    int byte = -1;
+    if (t.sp_->IsByte(id)) {  // "<0xAB>"
+      const std::string piece = t.sp_->IdToPiece(id);
+      if (piece.size() == 6 && piece.compare(0, 3, "<0x") == 0 && piece[5] == '>')
+        byte = int(std::strtol(piece.substr(3, 2).c_str(), nullptr, 16));
+      LASP_CHECK(byte >= 0, "{}: byte piece {} is not of the form <0xAB>", path, id);
+    }
+    t.byte_value_.push_back(byte);
+    // The context DecodeStream decodes behind: an ordinary piece that reads as text even at the start
+    if (t.context_ < 0 && !t.sp_->IsByte(id) && !t.sp_->IsControl(id) && !t.sp_->IsUnknown(id) &&
+        !t.sp_->IsUnused(id)) {
+      const std::string text = t.decode({id});
+      if (!text.empty()) t.context_ = id, t.context_text_ = text;
+    }
   }
   return t;
 }
 
+namespace {
+
+// s is the start of a valid character still missing bytes (a byte piece may complete it).
+bool utf8_incomplete(std::string_view s) {
+  if (s.empty() || s.size() > 3) return false;
+  std::string probe(s);
+  for (int second = 0x80; second <= 0xBF; ++second) {  // the lead byte bounds only the second byte
+    std::string whole = probe.size() >= 2 ? probe : probe + char(second);
+    while (whole.size() < 4) whole += char(0x80);
+    const int n = utf8_char_length(whole);
+    if (n > int(s.size())) return true;
+    if (probe.size() >= 2) break;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::string DecodeStream::decode_tail() {
+  decoded_ids_ += int64_t(tail_.size()) + (begun_ ? 1 : 0);
+  if (!begun_) return tokenizer_.decode(tail_);  // the start of the text: SentencePiece's own rule applies
+  std::vector<int> ids;
+  ids.reserve(tail_.size() + 1);
+  ids.push_back(tokenizer_.context_);
+  ids.insert(ids.end(), tail_.begin(), tail_.end());
+  const std::string text = tokenizer_.decode(ids);
+  return text.substr(tokenizer_.context_text_.size());
+}
+
+// SentencePiece decodes (1) each ordinary piece by itself, except at the start of the text, where a dummy
+// prefix's space is dropped, and (2) each run of byte pieces as UTF-8, each byte that does not complete a
+// character as U+FFFD. So the text before a cut never changes when a cut follows an ordinary piece or falls
+// on a character boundary inside a run of bytes, once the text has begun; the tail after it reads the same
+// decoded behind any ordinary piece whose text is not empty (the context).
 std::string DecodeStream::push(int id) {
-  ids_.push_back(id);
-  const std::string text = tokenizer_.decode(ids_);
+  LASP_CHECK(id >= 0 && id < tokenizer_.vocab_size(), "{}: token id {} is outside the vocabulary of {}",
+             tokenizer_.path(), id, tokenizer_.vocab_size());
+  tail_.push_back(id);
+  // The bytes at the end of the tail that begin a character still incomplete: its bytes are U+FFFD for now.
+  size_t pending = 0;
+  if (tokenizer_.byte_value(id) >= 0) {
+    size_t run = tail_.size();  // the run of byte pieces at the end starts at a character boundary
+    while (run > 0 && tokenizer_.byte_value(tail_[run - 1]) >= 0) --run;
+    std::string bytes;
+    for (size_t i = run; i < tail_.size(); ++i) bytes += char(tokenizer_.byte_value(tail_[i]));
+    for (size_t at = 0; at < bytes.size();) {
+      const int n = utf8_char_length(std::string_view(bytes).substr(at));
+      if (n == 0 && utf8_incomplete(std::string_view(bytes).substr(at))) {
+        pending = bytes.size() - at;
+        break;
+      }
+      at += n ? size_t(n) : 1;
+    }
+  }
+  const std::string text = decode_tail();
   size_t end = text.size();
-  while (end >= given_ + 3 && text.compare(end - 3, 3, "\xEF\xBF\xBD") == 0) end -= 3;
-  if (end <= given_) return "";
-  const std::string out = text.substr(given_, end - given_);
-  given_ = end;
+  for (size_t i = 0; i < pending && end >= given_ + 3 && text.compare(end - 3, 3, "\xEF\xBF\xBD") == 0; ++i) end -= 3;
+  std::string out = end > given_ ? text.substr(given_, end - given_) : std::string();
+  given_ = std::max(given_, end);
+  // Cut before the pending bytes: what precedes them is final.
+  if (given_ == text.size() - 3 * pending && (begun_ || given_ > 0) && tokenizer_.context_ >= 0) {
+    tail_.erase(tail_.begin(), tail_.end() - std::ptrdiff_t(pending));
+    begun_ = true;
+    given_ = 0;
+  }
   return out;
 }
 
 std::string DecodeStream::finish() {
-  const std::string text = tokenizer_.decode(ids_);
+  const std::string text = decode_tail();
   const std::string out = text.size() > given_ ? text.substr(given_) : "";
   given_ = text.size();
   return out;

@@ -33,27 +33,39 @@ class Tokenizer {
   // The bytes that token id stands for in decoded text (0 for BOS, EOS and other control pieces; 1 for a byte
   // piece); sums of them count the bytes of any stretch of tokens (bits per byte).
   int bytes_of(int id) const { return piece_bytes_.at(size_t(id)); }
+  int byte_value(int id) const { return byte_value_.at(size_t(id)); }  // a byte piece's byte, else -1
   const std::string& path() const { return path_; }
 
  private:
+  friend class DecodeStream;
   Tokenizer() = default;
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
   std::string path_;
-  std::vector<int> piece_bytes_;
+  std::vector<int> piece_bytes_, byte_value_;
+  int context_ = -1;           // a piece whose text is not empty and ends the start of a text (see DecodeStream)
+  std::string context_text_;   // its text
 };
 
-// The decoded text of a growing token sequence, handed out as it becomes final: a character whose byte
-// pieces have not all come yet (decoded meanwhile as U+FFFD) is held back.
+// The decoded text of a growing token sequence, handed out as it becomes final, at a bounded cost per token:
+// only the tokens since the last point where the text was final are decoded again (at most the 3 byte pieces
+// of a character not yet whole, and the new one), behind a context piece, so that SentencePiece's rule for
+// the start of a text (a dummy prefix's space dropped) applies only where the whole text starts. A character
+// whose byte pieces have not all come yet (decoded meanwhile as U+FFFD) is held back. The text handed out
+// equals decode(all ids).
 class DecodeStream {
  public:
   explicit DecodeStream(const Tokenizer& tokenizer) : tokenizer_(tokenizer) {}
   std::string push(int id);  // the text that became final with this token
   std::string finish();      // whatever is left, incomplete characters included
+  int64_t decoded_ids() const { return decoded_ids_; }  // the work so far: ids given to SentencePiece's decode
 
  private:
+  std::string decode_tail();  // the text of tail_ as it reads within the whole text
   const Tokenizer& tokenizer_;
-  std::vector<int> ids_;
-  size_t given_ = 0;  // bytes of the decoded text handed out
+  std::vector<int> tail_;  // the tokens since the last cut (all of them until the text has begun)
+  bool begun_ = false;     // the text before tail_ is not empty: the start-of-text rule is behind us
+  size_t given_ = 0;       // bytes of decode_tail() handed out
+  int64_t decoded_ids_ = 0;
 };
 
 // UTF-8 as SentencePiece reads it (strict: no overlong forms, no surrogates, nothing above U+10FFFF): the

@@ -115,6 +115,15 @@ class Attention {
   virtual void keep_decode_state(bool keep);
   virtual std::vector<float> final_state(int layer) const;
   virtual std::vector<float> keys_in_order(int layer, bool values) const;
+
+  // Set while the backward recomputes a layer's forward (ModelPlan::recompute). A method that holds what that
+  // layer's forward exchanged in this step (LASP-2's incoming states, LASP-2H's gathered keys and values)
+  // reuses it instead of exchanging again: the recomputed inputs equal the first forward's bit for bit.
+  void set_recomputing(bool on) { recomputing_ = on; }
+  bool recomputing() const { return recomputing_; }
+
+ private:
+  bool recomputing_ = false;
 };
 
 // One process holds the whole sequence.

@@ -427,7 +427,11 @@ void Model::backward_chunk(float dloss) {
   const ModelConfig& c = config_;
   head_backward(dloss);
   for (int l = c.num_hidden_layers - 1; l >= 0; --l) {
-    if (recompute_) forward_layer(l, false);
+    if (recompute_) {
+      attention_.set_recomputing(true);
+      forward_layer(l, false);
+      attention_.set_recomputing(false);
+    }
     backward_layer(l);
   }
   embedding_backward(g_.embed, s_.dres, in_, T_, c.hidden_size, c.vocab_size);

@@ -25,7 +25,7 @@ class AllGatherAttention : public Attention {
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                        const float* k, const float* v, const LinearGates& gates) override;
   void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override {
-    kv_.forward(layer, o, lse, q, k, v);
+    kv_.forward(layer, o, lse, q, k, v, recomputing());
   }
   void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                         const float* lse, const float* q, const float* k, const float* v) override {

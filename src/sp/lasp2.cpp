@@ -148,7 +148,7 @@ struct Lasp2Attention::Impl {
     });
   }
 
-  void gla_forward(int layer, float* o, const float* q, const float* k, const float* v, const float* g,
+  void gla_forward(int layer, bool held, float* o, const float* q, const float* k, const float* v, const float* g,
                    const SpDocuments& docs);
   void gla_backward(int layer, float* dq, float* dk, float* dv, float* dg, const float* dout, const float* q,
                     const float* k, const float* v, const float* g, const SpDocuments& docs);
@@ -156,11 +156,14 @@ struct Lasp2Attention::Impl {
 
 // GLA's forward: the local state M = (K .* bk)^T V of each piece with its rows' gates Gamma, exchanged as pairs;
 // the local kernel piece by piece in segments; then o += (Q .* bq) P.
-void Lasp2Attention::Impl::gla_forward(int layer, float* o, const float* q, const float* k, const float* v,
+void Lasp2Attention::Impl::gla_forward(int layer, bool held, float* o, const float* q, const float* k, const float* v,
                                        const float* g, const SpDocuments& docs) {
   const int H = s.H, d = s.d, ld = H * d;
-  gated_states(k, true, v, g, docs);  // M = (K .* bk)^T V
-  auto exchange = passing->start(send.data(), gla_gates(), true);
+  std::unique_ptr<CommRequest> exchange;
+  if (!held) {  // held: a recompute, whose incoming states P this step's forward already has
+    gated_states(k, true, v, g, docs);  // M = (K .* bk)^T V
+    exchange = passing->start(send.data(), gla_gates(), true);
+  }
   auto& entering = segment_states[layer];
   entering.resize(segment_state_floats());
   for (int b = 0; b < s.B; ++b)
@@ -172,15 +175,17 @@ void Lasp2Attention::Impl::gla_forward(int layer, float* o, const float* q, cons
         lasp::gla_forward(o + row, sg + 1 < segments ? state + segment_stride() : nullptr, q + row, k + row, v + row,
                           g + row, sg > 0 ? state : nullptr, docs.flags(b, mine[i].offset + begin),
                           {1, len, H, d, kGlaBlock, s.threads}, kernel_ws.view());
-        exchange->test();
+        if (exchange) exchange->test();
       }
-  exchange->wait();
   auto& P = incoming[layer];
-  P.resize(state_floats());
-  passing->finish(P.data());
-  if (keep) {
-    final_states[layer].resize(size_t(s.B) * H * d * d);
-    passing->final_state(final_states[layer].data());
+  if (exchange) {
+    exchange->wait();
+    P.resize(state_floats());
+    passing->finish(P.data());
+    if (keep) {
+      final_states[layer].resize(size_t(s.B) * H * d * d);
+      passing->final_state(final_states[layer].data());
+    }
   }
   for_each_head([&](int b, int i, int h, float* tmp) {
     if (first_piece(i)) return;
@@ -275,22 +280,27 @@ Lasp2Attention::~Lasp2Attention() = default;
 void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                     const LinearGates& gates) {
   Impl& m = *impl_;
-  if (gates.gla()) return m.gla_forward(layer, o, q, k, v, gates.log_gates, softmax_.documents());
+  // A recompute (Attention::set_recomputing) reuses the incoming states of this step's forward.
+  const bool held = recomputing() && !m.incoming[layer].empty();
+  if (gates.gla()) return m.gla_forward(layer, held, o, q, k, v, gates.log_gates, softmax_.documents());
   const float* lambda = gates.lambda;
   const int H = m.s.H, d = m.s.d, piece_len = m.piece_len, ld = H * d;
   const auto decay = head_powers(lambda, m.s.H, m.piece_len);  // lambda_h^k, k = 0..piece_len, for every head
   const SpDocuments& docs = softmax_.documents();
   const std::vector<uint8_t> cut = docs.piece_cuts(int(m.owner.size()), m.piece_len);
-  // 1. the local state of every piece: M = K^T diag(lambda^(piece_len-j)) V (after the piece's last start)
-  m.for_each_head([&](int b, int i, int h, float* tmp) {
-    const std::vector<float>& pw = decay[h];
-    const long at = m.rows(b, m.mine[i]) + long(h) * d;
-    decayed_rows(tmp, k + at, ld, pw.data(), true, piece_len, d);
-    m.cut_rows(tmp, docs, b, i, false);
-    gemm(true, false, d, d, piece_len, 1.f, tmp, d, v + at, ld, 0.f, m.send.data() + m.state_at(i, b, h), d);
-  });
-  // 2. the states on their way (sp/state_passing.h), in flight during 3.
-  auto exchange = m.passing->start(m.send.data(), m.gates(lambda, cut), true);
+  std::unique_ptr<CommRequest> exchange;
+  if (!held) {
+    // 1. the local state of every piece: M = K^T diag(lambda^(piece_len-j)) V (after the piece's last start)
+    m.for_each_head([&](int b, int i, int h, float* tmp) {
+      const std::vector<float>& pw = decay[h];
+      const long at = m.rows(b, m.mine[i]) + long(h) * d;
+      decayed_rows(tmp, k + at, ld, pw.data(), true, piece_len, d);
+      m.cut_rows(tmp, docs, b, i, false);
+      gemm(true, false, d, d, piece_len, 1.f, tmp, d, v + at, ld, 0.f, m.send.data() + m.state_at(i, b, h), d);
+    });
+    // 2. the states on their way (sp/state_passing.h), in flight during 3.
+    exchange = m.passing->start(m.send.data(), m.gates(lambda, cut), true);
+  }
   // 3. the chunkwise kernel on each piece on its own (intra-block and intra-piece terms), in segments that
   //    hand their state over, so that MPI progresses the gather between them. The state entering each
   //    segment is kept for the backward.
@@ -306,17 +316,19 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
         linear_attention_forward(o + row, sg + 1 < m.segments ? state + m.segment_stride() : nullptr, q + row, k + row,
                                  v + row, sg > 0 ? state : nullptr, lambda, docs.flags(b, m.mine[i].offset + begin),
                                  {1, len, H, d, m.s.block, m.s.threads}, m.kernel_ws.view());
-        exchange->test();  // lets MPI progress
+        if (exchange) exchange->test();  // lets MPI progress
       }
     }
-  exchange->wait();
   // 4. the state entering each piece, P; 5. o += diag(lambda^i) Q P
   auto& P = m.incoming[layer];
-  P.resize(m.state_floats());
-  m.passing->finish(P.data());
-  if (m.keep) {  // the state after the last piece, for decoding
-    m.final_states[layer].resize(size_t(m.s.B) * H * d * d);
-    m.passing->final_state(m.final_states[layer].data());
+  if (exchange) {
+    exchange->wait();
+    P.resize(m.state_floats());
+    m.passing->finish(P.data());
+    if (m.keep) {  // the state after the last piece, for decoding
+      m.final_states[layer].resize(size_t(m.s.B) * H * d * d);
+      m.passing->final_state(m.final_states[layer].data());
+    }
   }
   m.for_each_head([&](int b, int i, int h, float* tmp) {
     if (m.first_piece(i)) return;
@@ -454,7 +466,7 @@ std::vector<float> Lasp2Attention::keys_in_order(int layer, bool values) const {
 }
 
 void Lasp2Attention::softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) {
-  softmax_.forward(layer, o, lse, q, k, v);
+  softmax_.forward(layer, o, lse, q, k, v, recomputing());
 }
 
 void Lasp2Attention::softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,

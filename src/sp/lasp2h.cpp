@@ -16,8 +16,8 @@ Lasp2H::Lasp2H(Comm& sp, const AttentionShape& shape, int global_N, SpLayout lay
   ws_.storage.resize(softmax_attention_workspace_floats(shape.N, global_N, shape.d, shape.threads));
 }
 
-void Lasp2H::forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) {
-  const float* kv = gather_kv(layer, k, v, s_.H_kv);
+void Lasp2H::forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v, bool reuse) {
+  const float* kv = reuse && !kv_all_.at(layer).empty() ? kv_all_[layer].data() : gather_kv(layer, k, v, s_.H_kv);
   const size_t all = size_t(s_.B) * global_N_ * s_.H_kv * s_.d;
   softmax_attention_forward(o, lse, q, kv, kv + all, positions_.data(), k_pos_.data(), docs_.local.first_positions(),
                             softmax_shape(s_.B, s_.N, global_N_, s_.H, s_.H_kv, s_.d, s_.threads), ws_.view());

@@ -23,7 +23,8 @@ class Lasp2H {
   void set_documents(const uint8_t* starts) { docs_ = gather_documents(sp_, starts, s_.B, s_.N, global_N_, layout_); }
   const SpDocuments& documents() const { return docs_; }
 
-  void forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v);
+  // reuse: the keys and values this layer gathered in this step's forward (a recompute), not gathered again.
+  void forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v, bool reuse = false);
   // Accumulates into dq, dk, dv; uses the keys and values gathered by forward.
   void backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o, const float* lse,
                 const float* q);

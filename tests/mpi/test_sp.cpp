@@ -521,6 +521,50 @@ TEST(SpCommunication, GlaBytes) {
   }
 }
 
+// Recompute (ModelPlan::recompute) runs each layer's forward again in the backward: LASP-2 and its scans reuse the
+// incoming states, LASP-2H the keys and values, that this step's forward exchanged, so a step moves exactly the
+// bytes of the plan that keeps every activation (issue 24: 294,912 against 196,608 bytes before), and gives
+// the same gradients.
+TEST(SpCommunication, RecomputeExchangesOncePerLayer) {
+  const int W = world().size(), B = 2, N = 48;
+  ModelConfig config;
+  config.vocab_size = 50, config.hidden_size = 32, config.intermediate_size = 48;
+  config.num_attention_heads = 4, config.num_key_value_heads = 2;
+  config.layer_types = "LLN", config.num_hidden_layers = 3;
+  std::vector<int> inputs(size_t(B) * N), targets(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) inputs[i] = int(i * 7 % 50), targets[i] = int(i * 11 % 50);
+  for (Decay decay : {Decay::lightning, Decay::gla})
+    for (const char* method : {"lasp2", "exscan", "allscan"}) {
+      config.linear.decay = decay;
+      config.validate();
+      const std::vector<int> pos = sp_positions(N, W, world().rank(), SpLayout::zigzag);
+      std::vector<int> in_l, tg_l;
+      for (int b = 0; b < B; ++b)
+        for (int p : pos) in_l.push_back(inputs[size_t(b) * N + p]), tg_l.push_back(targets[size_t(b) * N + p]);
+      uint64_t bytes[2] = {};
+      std::vector<float> grads[2];
+      for (bool recompute : {false, true}) {
+        const AttentionShape shape = attention_shape(config, B, int(pos.size()), 16, kThreads);
+        auto attention = make_sp_attention(method, world(), shape, N, SpLayout::zigzag, config.num_hidden_layers);
+        ModelPlan plan;
+        plan.recompute = recompute;
+        Model model(config, B, int(pos.size()), *attention, plan);
+        init_weights(model.layout(), model.params(), 5, 0.05f);
+        world().reset_stats();
+        model.forward(in_l.data(), tg_l.data());
+        model.backward(1.f / float(B * N));
+        bytes[recompute] = world().stats().total_sent() + world().stats().total_received();
+        grads[recompute] = model.grads();
+      }
+      const std::string what = std::string(method) + " " + to_string(decay);
+      EXPECT_EQ(bytes[1], bytes[0]) << what;
+      if (W > 1) {
+        EXPECT_GT(bytes[0], 0u) << what;
+      }
+      expect_close(grads[0], grads[1], what + ": gradients");
+    }
+}
+
 // ---- whole models ----
 struct ModelCase {
   std::string layer_types;

@@ -9,9 +9,12 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "kernels/gemm.h"
 #include "kernels/linear_attention.h"
 #include "kernels/masked_product.h"
+#include "sp/methods.h"
 
 namespace lasp {
 
@@ -80,41 +83,19 @@ void bench_project(const ProjectOptions& o) {
   // Linear-Llama3-1B of the paper.
   const double L = 16, D = 2048, H = 16, d = 128, F = 8192, V = 128256;
   const double dense_flops_per_token = 3 * (L * (2 * D * 4 * D + 2 * 3 * D * F) + 2 * D * V);  // fwd + bwd
-  const char* methods[] = {"lasp2", "exscan", "allscan", "lasp1", "ring", "ulysses", "allgather"};
 
   double speed = 1;  // compute rates multiplied by this (an accelerator-class device)
-  auto tokens_per_s = [&](const std::string& m, double W, double N) {
+  // Every method of the registry (sp/methods.h), each with its own cost of a layer.
+  auto tokens_per_s = [&](const SpMethod& m, double W, double N) {
     const double C = N / W;
     const bool crosses = W > o.ranks_per_node;
-    const double beta = (crosses ? o.link_gbit : o.intra_gbit) * 1e9 / 8;  // bytes/s of the slowest ring link
-    const double alpha = (crosses ? o.latency_us : 1.0) * 1e-6;
+    LayerCostInputs in{W, N, C, H, d, 0, 0, 0, 0};
+    in.beta = (crosses ? o.link_gbit : o.intra_gbit) * 1e9 / 8;  // bytes/s of the slowest ring link
+    in.alpha = (crosses ? o.latency_us : 1.0) * 1e-6;
+    in.chunked = 3 * 4.0 * C * d * (64 + d) * H / (r.linear * speed);  // per layer, fwd + bwd
+    in.masked_block = 7 * 2.0 * C * C * d * H / (r.masked * speed);    // one full C x C block, fwd + bwd
     const double dense = C * dense_flops_per_token / (r.gemm * speed);
-    const double chunked = 3 * 4.0 * C * d * (64 + d) * H / (r.linear * speed);  // per layer, fwd + bwd
-    const double state = H * d * d * 4, kv = 2 * C * H * d * 4;        // bytes
-    double layer = 0;
-    // LASP-2 and its scans pass states each way, overlapped with the intra-chunk half of the compute.
-    auto overlapped = [&](double pass) { return chunked + 2 * std::max(0.0, pass - 0.5 * chunked / 2); };
-    if (m == "lasp2") {  // one all-gather of states
-      layer = overlapped((W - 1) * (alpha + state / beta));
-    } else if (m == "exscan") {  // recursive doubling (comm/mpi_comm.cpp): log2 W rounds of one (gate, state) pair
-      layer = overlapped(std::ceil(std::log2(W)) * (alpha + state * (d + 1) / d / beta));
-    } else if (m == "allscan") {  // W-1+K slice hops, K chosen best for W (--scan-slices)
-      double best = 1e30;
-      for (double K = 1; K <= 256; K *= 2) best = std::min(best, (W - 1 + K) * (alpha + state / K / beta));
-      layer = overlapped(best);
-    } else if (m == "lasp1") {  // 2 (W-1) dependent hops, nothing overlaps them
-      layer = chunked + 2 * (W - 1) * (alpha + state / beta);
-    } else if (m == "ring") {  // W steps bounded by the rank that sees every block; hops overlap its compute
-      const double block = 7 * 2.0 * C * C * d * H / (r.masked * speed);  // fwd + bwd of one full block
-      layer = W * std::max(block, alpha + kv / beta) + (W - 1) * (alpha + 2 * kv / beta);  // + dK,dV going home
-    } else if (m == "ulysses") {  // 4 all-to-alls each way; the chunked kernel on H/W heads of the whole sequence
-      const double a2a = (W - 1) * (alpha + C * H * d * 4 / W / beta);
-      layer = chunked + 8 * a2a;
-    } else {  // allgather: K, V of everyone, then the masked product over all earlier keys (last rank: all N)
-      const double gather = (W - 1) * (alpha + kv / beta);
-      layer = 2 * gather + 7 * 2.0 * C * N * d * H / (r.masked * speed);
-    }
-    return N / (dense + L * layer);
+    return N / (dense + L * m.layer_seconds(in));
   };
 
   for (double scale : {1.0, o.accelerator_speedup}) {
@@ -126,35 +107,29 @@ void bench_project(const ProjectOptions& o) {
     std::printf("(links: %.0f Gbit/s between nodes, %.0f Gbit/s inside, %.0f us latency, %d ranks per node)\n\n",
                 o.link_gbit, o.intra_gbit, o.latency_us, o.ranks_per_node);
     std::printf("%6s %9s", "ranks", "N");
-    for (const char* m : methods) std::printf(" %12s", m);
+    for (const SpMethod& m : sp_methods()) std::printf(" %12s", m.name.c_str());
     std::printf("\n");
     for (double W : {16.0, 32.0, 64.0, 128.0, 256.0})
       for (double N : {65536.0, 524288.0, 2097152.0, 8388608.0}) {
         std::printf("%6.0f %8.0fK", W, N / 1024);
-        for (const char* m : methods) std::printf(" %12.0f", tokens_per_s(m, W, N));
+        for (const SpMethod& m : sp_methods()) std::printf(" %12.0f", tokens_per_s(m, W, N));
         std::printf("\n");
       }
-    std::printf("\nLASP-2 speed-up at 64 ranks          projected    paper (64 A100, Linear-Llama3-1B)\n");
-    for (double N : {524288.0, 2097152.0}) {
-      const double l2 = tokens_per_s("lasp2", 64, N);
-      const bool big = N > 1e6;
-      std::printf("  vs LASP-1, N=%4.0fK                 %+8.1f%%    %+5.1f%%\n", N / 1024,
-                  100 * (l2 / tokens_per_s("lasp1", 64, N) - 1), big ? 15.2 : 7.3);
-      std::printf("  vs Ring Attention, N=%4.0fK         %+8.1f%%    %+5.1f%%\n", N / 1024,
-                  100 * (l2 / tokens_per_s("ring", 64, N) - 1), big ? 36.6 : 17.8);
+    // The papers' measurements beside the projection at their sizes.
+    std::printf("\n%-58s %10s  %s\n", "speed-up", "projected", "measured by the paper");
+    for (const PaperClaim& claim : sp_paper_claims()) {
+      const SpMethod* versus = nullptr;
+      if (!claim.versus.empty()) versus = &find_sp_method(claim.versus);
+      else  // the best method published before the state scans
+        for (const SpMethod& m : sp_methods())
+          if (!m.state_scan && (!versus || tokens_per_s(m, claim.W, claim.N) > tokens_per_s(*versus, claim.W, claim.N)))
+            versus = &m;
+      const double ratio = tokens_per_s(find_sp_method(claim.method), claim.W, claim.N) / tokens_per_s(*versus, claim.W, claim.N);
+      const std::string what = fmt::format("{} vs {}{}, {:.0f} ranks, N={:.0f}K", claim.method, versus->name,
+                                           claim.versus.empty() ? " (the best earlier)" : "", claim.W, claim.N / 1024);
+      std::printf("  %-56s %+9.1f%%  %+.1f%% (%s)\n", what.c_str(), 100 * (ratio - 1), claim.percent,
+                  claim.source.c_str());
     }
-  }
-  // ZeCO (arXiv 2507.01004) reports All-Scan 60% faster than the best earlier SP at 256 GPUs and 8M tokens (GLA).
-  for (double scale : {1.0, o.accelerator_speedup}) {
-    speed = scale;
-    const double W = 256, N = 8388608;
-    double best_earlier = 0;
-    std::string which;
-    for (const char* m : {"lasp2", "lasp1", "ring", "ulysses", "allgather"})
-      if (tokens_per_s(m, W, N) > best_earlier) best_earlier = tokens_per_s(m, W, N), which = m;
-    std::printf("\nAll-Scan vs the best earlier method (%s) at 256 ranks, 8M tokens, compute x%.0f: %+.1f%% "
-                "(ZeCO: +60%% on GLA, 256 GPUs)\n", which.c_str(), scale,
-                100 * (tokens_per_s("allscan", W, N) / best_earlier - 1));
   }
   std::printf("\nRing and AllGather use the masked left product (no right-product trick, as in the paper's\n"
               "baseline), so their compute grows with N; the paper's GPUs narrow that gap with far higher FLOP/s.\n");

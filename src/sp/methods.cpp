@@ -1,5 +1,8 @@
 #include "sp/methods.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "core/check.h"
 #include "sp/allgather.h"
 #include "sp/lasp1.h"
@@ -35,28 +38,75 @@ std::unique_ptr<Attention> make_allscan(Comm& sp, const AttentionShape& shape, i
                                           scan_slices);
 }
 
+// The projection's cost of one linear layer per method (bench project). LASP-2 and its scans pass states each way,
+// overlapped with the intra-chunk half of the compute.
+double overlapped(const LayerCostInputs& c, double pass) {
+  return c.chunked + 2 * std::max(0.0, pass - 0.5 * c.chunked / 2);
+}
+double state_bytes(const LayerCostInputs& c) { return c.H * c.d * c.d * 4; }
+double kv_bytes(const LayerCostInputs& c) { return 2 * c.C * c.H * c.d * 4; }
+
+double lasp2_cost(const LayerCostInputs& c) {  // one all-gather of states
+  return overlapped(c, (c.W - 1) * (c.alpha + state_bytes(c) / c.beta));
+}
+double exscan_cost(const LayerCostInputs& c) {  // recursive doubling: log2 W rounds of one (gate, state) pair
+  return overlapped(c, std::ceil(std::log2(c.W)) * (c.alpha + state_bytes(c) * (c.d + 1) / c.d / c.beta));
+}
+double allscan_cost(const LayerCostInputs& c) {  // W-1+K slice hops, K chosen best for W (--scan-slices)
+  double best = 1e30;
+  for (double K = 1; K <= 256; K *= 2) best = std::min(best, (c.W - 1 + K) * (c.alpha + state_bytes(c) / K / c.beta));
+  return overlapped(c, best);
+}
+double lasp1_cost(const LayerCostInputs& c) {  // 2 (W-1) dependent hops, nothing overlaps them
+  return c.chunked + 2 * (c.W - 1) * (c.alpha + state_bytes(c) / c.beta);
+}
+double ring_cost(const LayerCostInputs& c) {  // W steps bounded by the rank that sees every block; hops overlap it
+  return c.W * std::max(c.masked_block, c.alpha + kv_bytes(c) / c.beta) + (c.W - 1) * (c.alpha + 2 * kv_bytes(c) / c.beta);
+}
+double ring_zigzag_cost(const LayerCostInputs& c) {  // the same hops; each rank's causal work is about half of it
+  const double block = c.masked_block * (c.W + 1) / (2 * c.W);
+  return c.W * std::max(block, c.alpha + kv_bytes(c) / c.beta) + (c.W - 1) * (c.alpha + 2 * kv_bytes(c) / c.beta);
+}
+double ulysses_cost(const LayerCostInputs& c) {  // 4 all-to-alls each way; the kernel on H/W heads of N tokens
+  return c.chunked + 8 * (c.W - 1) * (c.alpha + c.C * c.H * c.d * 4 / c.W / c.beta);
+}
+double allgather_cost(const LayerCostInputs& c) {  // K, V of everyone, then the masked product over all N keys
+  return 2 * (c.W - 1) * (c.alpha + kv_bytes(c) / c.beta) + c.masked_block * c.W;
+}
+
 }  // namespace
+
+const std::vector<PaperClaim>& sp_paper_claims() {
+  static const std::vector<PaperClaim> claims = {
+      {"lasp2", "lasp1", 64, 524288, 7.3, "LASP-2, 64 A100, Linear-Llama3-1B"},
+      {"lasp2", "lasp1", 64, 2097152, 15.2, "LASP-2, 64 A100, Linear-Llama3-1B"},
+      {"lasp2", "ring", 64, 524288, 17.8, "LASP-2, 64 A100, Linear-Llama3-1B"},
+      {"lasp2", "ring", 64, 2097152, 36.6, "LASP-2, 64 A100, Linear-Llama3-1B"},
+      {"allscan", "", 256, 8388608, 60, "ZeCO, 256 GPUs, GLA"},
+  };
+  return claims;
+}
 
 const std::vector<SpMethod>& sp_methods() {
   static const std::vector<SpMethod> methods = {
       {"lasp2", "LASP-2: one AllGather of the d x d piece states", "LASP-2H: one AllGather of K, V", LayoutRule::balanced,
-       false, true, make<Lasp2Attention>, make_chunked<Lasp2ChunkedAttention>},
+       false, true, make<Lasp2Attention>, make_chunked<Lasp2ChunkedAttention>, lasp2_cost},
       {"exscan", "LASP-2 with the states folded by ONE exclusive scan (MPI_Iexscan) of (gate, state) pairs",
-       "LASP-2H: one AllGather of K, V", LayoutRule::balanced, false, true, make_exscan},
+       "LASP-2H: one AllGather of K, V", LayoutRule::balanced, false, true, make_exscan, nullptr, exscan_cost, true},
       {"allscan", "LASP-2 with ZeCO's All-Scan: the state passes rank to rank in K slices, each folded and sent on",
-       "LASP-2H: one AllGather of K, V", LayoutRule::balanced, false, true, make_allscan},
+       "LASP-2H: one AllGather of K, V", LayoutRule::balanced, false, true, make_allscan, nullptr, allscan_cost, true},
       {"lasp1", "LASP-1: the states travel a serial chain of point-to-point hops", "LASP-2H: one AllGather of K, V",
-       LayoutRule::balanced, false, true, make<Lasp1Attention>},
+       LayoutRule::balanced, false, true, make<Lasp1Attention>, nullptr, lasp1_cost},
       {"ring", "Ring Attention: K, V blocks around the ring, masked left product",
        "Ring Attention: K, V blocks around the ring, online softmax", LayoutRule::contiguous, false, false,
-       make<RingAttention>},
+       make<RingAttention>, nullptr, ring_cost},
       {"ring-zigzag", "Ring Attention on the zigzag layout", "Ring Attention on the zigzag layout", LayoutRule::zigzag,
-       false, false, make<RingAttention>},
+       false, false, make<RingAttention>, nullptr, ring_zigzag_cost},
       {"ulysses", "Ulysses: all-to-all to whole sequences of H/W heads, the local kernel",
        "Ulysses: all-to-all to whole sequences of H/W heads, the local kernel", LayoutRule::balanced, true, true,
-       make<UlyssesAttention>},
+       make<UlyssesAttention>, nullptr, ulysses_cost},
       {"allgather", "AllGather: one AllGather of K, V, masked left product (O(N^2))", "LASP-2H: one AllGather of K, V",
-       LayoutRule::balanced, false, false, make<AllGatherAttention>},
+       LayoutRule::balanced, false, false, make<AllGatherAttention>, nullptr, allgather_cost},
   };
   return methods;
 }

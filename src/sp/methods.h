@@ -21,6 +21,16 @@ enum class LayoutRule {
   zigzag,      // always zigzag (the method is defined on it)
 };
 
+// One linear layer of a pure linear-attention model on W ranks, forward + backward, in the alpha-beta model of
+// `lasp bench project`: what a method's projection needs to know of the machine and the sizes.
+struct LayerCostInputs {
+  double W, N, C;         // ranks, tokens, tokens per rank (N / W)
+  double H, d;            // heads, head dim
+  double alpha, beta;     // seconds per message, bytes per second of the slowest link
+  double chunked;         // seconds of the chunkwise kernel on C tokens, forward + backward
+  double masked_block;    // seconds of the masked left product of one C x C block, forward + backward
+};
+
 struct SpMethod {
   std::string name;     // --sp-method
   std::string linear;   // what its linear-attention layers do
@@ -33,7 +43,20 @@ struct SpMethod {
   // The same method in chunks for the layer-major memory plan (Attention::layer_major); null: none.
   std::unique_ptr<Attention> (*make_layer_major)(Comm& sp, const AttentionShape& shape, int global_N,
                                                  SpLayout layout, int layers, int chunk) = nullptr;
+  // Seconds of one linear layer (LayerCostInputs), what `lasp bench project` projects.
+  double (*layer_seconds)(const LayerCostInputs&) = nullptr;
+  // Published when: LASP-2 (2025) and what came before it, or the state scans that followed (ZeCO, 2025).
+  bool state_scan = false;
 };
+
+// What the papers measured, which `lasp bench project` sets beside its projection: `method` against `versus`
+// (empty: the best method without state_scan) at W ranks and N tokens.
+struct PaperClaim {
+  std::string method, versus;
+  double W, N, percent;
+  std::string source;
+};
+const std::vector<PaperClaim>& sp_paper_claims();
 
 // All-Scan's K (--scan-slices): the slices a state is cut into on its way from rank to rank.
 constexpr int kAllScanSlices = 4;

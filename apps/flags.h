@@ -78,10 +78,11 @@ struct ModelFlags {
 
   // A resumed run's model is its checkpoint's: flags may repeat it, but one that contradicts it is an error
   // naming both values (it used to be ignored silently).
-  lasp::ModelConfig for_resume(const std::string& checkpoint) const {
+  lasp::ModelConfig for_resume(const lasp::OpenedCheckpoint& opened) const {
+    const std::string& checkpoint = opened.path();
     LASP_CHECK(config_path.empty(), "--resume {}: the model is the checkpoint's; --config {} cannot change it",
                checkpoint, config_path);
-    const lasp::ModelConfig saved = lasp::load_checkpoint_config(checkpoint);
+    const lasp::ModelConfig saved = lasp::load_checkpoint_config(opened);
     const nlohmann::json a = saved.to_json(), b = apply(saved).to_json();
     for (const auto& [key, value] : b.items())
       LASP_CHECK(a.at(key) == value, "--resume {}: the model flags give {} = {}, but the checkpoint has {} = {}; "

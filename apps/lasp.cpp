@@ -133,7 +133,9 @@ struct TrainCommand : Command {
     o.save_bf16 = save_dtype == "bf16";
     follow_tokenizer();
     lasp::Comm& world = session.start_world();
-    lasp::train(o.resume_dir.empty() ? model.build() : model.for_resume(o.resume_dir), o, world);
+    // A resume reads its checkpoint through one opened folder, from the model flags' check to the optimizer state.
+    if (!o.resume_dir.empty()) o.resume_checkpoint = std::make_shared<const lasp::OpenedCheckpoint>(o.resume_dir);
+    lasp::train(o.resume_dir.empty() ? model.build() : model.for_resume(*o.resume_checkpoint), o, world);
   }
 };
 
@@ -224,20 +226,21 @@ struct GenerateCommand : Command {
       LASP_CHECK(sp->size() == parallel.sp_size, "generate: --sp-size {} must equal the number of ranks, {}",
                  parallel.sp_size, sp->size());
     }
-    const lasp::ModelConfig config = lasp::load_checkpoint_config(checkpoint);
+    const lasp::OpenedCheckpoint opened(checkpoint);  // every read goes through it: a save swapping another in
+    const lasp::ModelConfig config = lasp::load_checkpoint_config(opened);  // cannot mix two checkpoints
     const lasp::ParamLayout layout(config);
     lasp::check_fits_in_memory(4.0 * double(layout.total()), "the checkpoint's weights");
     std::vector<float> params(layout.total());
-    lasp::load_checkpoint_weights(checkpoint, layout, params);
+    lasp::load_checkpoint_weights(opened, layout, params);
     // With the checkpoint's tokenizer (trained on `lasp tokenize` shards): a new document, BOS + the prompt's
     // encoding, and text out; else bytes in and out. A checkpoint that says what its ids are must have them.
-    const std::optional<lasp::TokenMeaning> saved = lasp::load_token_meaning(checkpoint);
+    const std::optional<lasp::TokenMeaning> saved = lasp::load_token_meaning(opened);
     LASP_CHECK(!saved || saved->vocabulary == "bytes" || saved->vocabulary.rfind("tokenizer ", 0) == 0,
                "generate: {} was trained on {} ids, which are not text: generate reads and writes text", checkpoint,
                saved ? saved->vocabulary : "");
     std::optional<lasp::Tokenizer> tokenizer;
-    if (std::filesystem::exists(checkpoint + "/tokenizer.model"))
-      tokenizer = lasp::Tokenizer::load(checkpoint + "/tokenizer.model");
+    if (opened.has("tokenizer.model"))
+      tokenizer = lasp::Tokenizer::from_bytes(opened.read("tokenizer.model"), opened.shown("tokenizer.model"));
     std::vector<int> prompt;
     if (tokenizer) {
       LASP_CHECK(tokenizer->vocab_size() <= config.vocab_size, "generate: {} has {} pieces, more than the model's "

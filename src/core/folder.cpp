@@ -1,11 +1,13 @@
 #include "core/folder.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -66,13 +68,13 @@ void remove_stale_temporaries(const FolderKind& kind, const std::string& dir) {
   }
 }
 
-nlohmann::json marker_json(const FolderKind& kind, const std::string& path, std::string* why) {
-  std::error_code ec;
-  if (!fs::is_regular_file(fs::symlink_status(path, ec))) {
+// The marker's JSON from its text (none: the folder has no marker file), or null with why it is not one.
+nlohmann::json marker_json(const FolderKind& kind, const std::string* text, std::string* why) {
+  if (!text) {
     *why = fmt::format("it has no {}, the marker that lasp writes into every {}", kind.marker, kind.what);
     return nullptr;
   }
-  nlohmann::json j = nlohmann::json::parse(read_file(path), nullptr, /*allow_exceptions=*/false);
+  nlohmann::json j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
   const bool ours = j.is_object() && j.value("format", nlohmann::json()) == kind.format;
   if (!ours) {
     *why = fmt::format("its {} does not say \"format\": \"{}\"", kind.marker, kind.format);
@@ -88,6 +90,14 @@ nlohmann::json marker_json(const FolderKind& kind, const std::string& path, std:
   return j;
 }
 
+// The marker at path (not a link, not a folder), or null with why not.
+nlohmann::json marker_at(const FolderKind& kind, const std::string& path, std::string* why) {
+  std::error_code ec;
+  if (!fs::is_regular_file(fs::symlink_status(path, ec))) return marker_json(kind, nullptr, why);
+  const std::string text = read_file(path);
+  return marker_json(kind, &text, why);
+}
+
 }  // namespace
 
 std::string without_trailing_slashes(std::string dir) {
@@ -97,7 +107,14 @@ std::string without_trailing_slashes(std::string dir) {
 
 nlohmann::json read_marker(const FolderKind& kind, const std::string& dir) {
   std::string why;
-  return marker_json(kind, dir + "/" + kind.marker, &why);
+  return marker_at(kind, dir + "/" + kind.marker, &why);
+}
+
+nlohmann::json read_marker(const FolderKind& kind, const OpenedFolder& dir) {
+  std::string why;
+  if (!dir.has(kind.marker)) return marker_json(kind, nullptr, &why);
+  const std::string text = dir.read(kind.marker);
+  return marker_json(kind, &text, &why);
 }
 
 void check_replaceable(const FolderKind& kind, const std::string& dir) {
@@ -108,7 +125,7 @@ void check_replaceable(const FolderKind& kind, const std::string& dir) {
              "empty folder). Choose another path", kind.option, dir, kind.what);
   if (fs::is_empty(dir, ec)) return;
   std::string why;
-  const nlohmann::json marker = marker_json(kind, dir + "/" + kind.marker, &why);
+  const nlohmann::json marker = marker_at(kind, dir + "/" + kind.marker, &why);
   LASP_CHECK(!marker.is_null(), "{} {}: the folder exists and is not a {} ({}). lasp does not replace it: choose "
              "another path, or move it away", kind.option, dir, kind.what, why);
   for (const auto& entry : fs::directory_iterator(dir)) {
@@ -121,17 +138,147 @@ void check_replaceable(const FolderKind& kind, const std::string& dir) {
   }
 }
 
-void check_folder_target(const FolderKind& kind, const std::string& dir_in) {
+FolderLock check_folder_target(const FolderKind& kind, const std::string& dir_in) {
   const std::string dir = without_trailing_slashes(dir_in), parent = parent_of(dir);
-  check_replaceable(kind, dir);
   std::error_code ec;
+  const fs::file_status st = fs::symlink_status(dir, ec);
+  if (fs::exists(st) && !fs::is_directory(st)) check_replaceable(kind, dir);  // the message for "not a folder"
   LASP_CHECK(fs::is_directory(parent, ec), "{} {}: the folder {} it goes in does not exist", kind.option, dir, parent);
+  FolderLock lock(kind, dir);  // first: a second run is refused before it looks at (or removes) anything
+  check_replaceable(kind, dir);
   remove_stale_temporaries(kind, dir);
   const std::string tmp = temporary_name(dir);
   fs::remove_all(tmp, ec);
   LASP_CHECK(::mkdir(tmp.c_str(), 0755) == 0, "{} {}: cannot create a folder in {}: {}", kind.option, dir, parent,
              std::strerror(errno));
   ::rmdir(tmp.c_str());
+  return lock;
+}
+
+// ---- FolderLock ----
+
+FolderLock::FolderLock(const FolderKind& kind, const std::string& dir_in) {
+  const std::string dir = without_trailing_slashes(dir_in);
+  path_ = dir + ".lock";
+  for (int attempt = 0;; ++attempt) {
+    const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    LASP_CHECK(fd >= 0, "{} {}: cannot create its lock file {}: {}", kind.option, dir, path_, std::strerror(errno));
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      char holder[256] = {};
+      const ssize_t n = ::pread(fd, holder, sizeof holder - 1, 0);
+      ::close(fd);
+      if (err == EWOULDBLOCK) {
+        std::string who(holder, n > 0 ? size_t(n) : 0);
+        while (!who.empty() && (who.back() == '\n' || who.back() == ' ')) who.pop_back();
+        throw Error(fmt::format("{} {}: another lasp run ({}) is writing this {} now: it holds {}. Two runs writing "
+                                "one folder would replace each other's work; wait for that run to end, or choose "
+                                "another path", kind.option, dir, who.empty() ? "process unknown" : who, kind.what,
+                                path_));
+      }
+      if (err == ENOLCK || err == EOPNOTSUPP || err == ENOSYS) {  // a filesystem without locks: go on, and say so
+        std::fprintf(stderr, "lasp: warning: %s %s: this filesystem cannot lock %s (%s); nothing keeps a second run "
+                     "from writing the same folder\n", kind.option.c_str(), dir.c_str(), path_.c_str(), std::strerror(err));
+        ::unlink(path_.c_str());
+        return;
+      }
+      throw Error(fmt::format("{} {}: cannot lock {}: {}", kind.option, dir, path_, std::strerror(err)));
+    }
+    // A run that was releasing may have removed the file between our open and our lock: ours must be the file
+    // at the path now, else another run could lock a new one there too.
+    struct stat ours {}, there {};
+    if (::fstat(fd, &ours) == 0 && ::stat(path_.c_str(), &there) == 0 && ours.st_dev == there.st_dev &&
+        ours.st_ino == there.st_ino) {
+      fd_ = fd;
+      break;
+    }
+    ::close(fd);
+    LASP_CHECK(attempt < 100, "{} {}: cannot take its lock {}: the file keeps changing", kind.option, dir, path_);
+  }
+  const std::string who = fmt::format("process {} on {}", long(getpid()), host_name());
+  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, who.data(), who.size(), 0) != ssize_t(who.size())) {
+    const std::string why = std::strerror(errno);
+    release();
+    throw Error(fmt::format("{} {}: cannot write its lock file {}: {}", kind.option, dir, path_, why));
+  }
+}
+
+void FolderLock::release() {
+  if (fd_ < 0) return;
+  ::unlink(path_.c_str());  // while still held: a run waiting on this file sees it replaced and tries again
+  ::close(fd_);
+  fd_ = -1;
+}
+
+FolderLock::~FolderLock() { release(); }
+
+FolderLock::FolderLock(FolderLock&& other) noexcept : fd_(other.fd_), path_(std::move(other.path_)) { other.fd_ = -1; }
+
+FolderLock& FolderLock::operator=(FolderLock&& other) noexcept {
+  if (this != &other) {
+    release();
+    fd_ = other.fd_, path_ = std::move(other.path_);
+    other.fd_ = -1;
+  }
+  return *this;
+}
+
+// ---- OpenedFolder ----
+
+OpenedFolder::OpenedFolder(const std::string& dir, const std::vector<std::string>& names)
+    : dir_(without_trailing_slashes(dir)) {
+  for (int attempt = 0;; ++attempt) {
+    dir_fd_ = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    LASP_CHECK(dir_fd_ >= 0, "{}: cannot open the folder: {}", dir_, std::strerror(errno));
+    for (const std::string& name : names) {
+      const int fd = ::openat(dir_fd_, name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+      struct stat st {};
+      if (fd >= 0 && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) files_[name] = fd;
+      else if (fd >= 0) ::close(fd);
+    }
+    // Still the folder at the path: no save has swapped it out (and begun removing it) while it was opened.
+    struct stat opened {}, there {};
+    if (::fstat(dir_fd_, &opened) == 0 && ::stat(dir_.c_str(), &there) == 0 && opened.st_dev == there.st_dev &&
+        opened.st_ino == there.st_ino)
+      return;
+    for (const auto& [name, fd] : files_) ::close(fd);
+    files_.clear();
+    ::close(dir_fd_);
+    dir_fd_ = -1;
+    LASP_CHECK(attempt < 100, "{}: the folder keeps being replaced while it is opened", dir_);
+  }
+}
+
+OpenedFolder::~OpenedFolder() {
+  for (const auto& [name, fd] : files_) ::close(fd);
+  if (dir_fd_ >= 0) ::close(dir_fd_);
+}
+
+std::string OpenedFolder::fd_path(const std::string& name) const {
+  const auto it = files_.find(name);
+  LASP_CHECK(it != files_.end(), "{}: no file {} there", dir_, name);
+  return "/proc/self/fd/" + std::to_string(it->second);
+}
+
+std::string OpenedFolder::read(const std::string& name) const {
+  const std::string path = fd_path(name);
+  return named([&] { return read_file(path); });
+}
+
+std::string OpenedFolder::rename_fd_paths(std::string message) const {
+  for (const auto& [name, fd] : files_) {
+    const std::string path = "/proc/self/fd/" + std::to_string(fd);
+    for (size_t at = message.find(path); at != std::string::npos; at = message.find(path, at)) {
+      const size_t end = at + path.size();
+      if (end < message.size() && std::isdigit(static_cast<unsigned char>(message[end]))) {  // another descriptor
+        at = end;
+        continue;
+      }
+      message.replace(at, path.size(), shown(name));
+      at += shown(name).size();
+    }
+  }
+  return message;
 }
 
 void write_folder(const FolderKind& kind, const std::string& dir_in,

@@ -22,7 +22,7 @@ namespace {
 
 // The files a lasp checkpoint folder holds: a save replaces a folder of nothing else.
 const char* const kCheckpointFiles[] = {"config.json", "model.safetensors", "optimizer.safetensors",
-                                        "trainer_state.json", "tokenizer.model"};
+                                        "trainer_state.json", "tokenizer.model", "lasp_checkpoint.json"};
 
 bool is_checkpoint_file(const std::string& name) {
   for (const char* f : kCheckpointFiles)
@@ -126,16 +126,20 @@ uint64_t checkpoint_bytes(const ParamLayout& layout, bool with_optimizer, bool b
   return weights + optimizer + (4 << 20);  // config.json, trainer_state.json, tokenizer.model (~1 MB at 64K pieces)
 }
 
-void check_checkpoint_target(const std::string& dir_in, uint64_t bytes) {
+FolderLock check_checkpoint_target(const std::string& dir_in, uint64_t bytes) {
   const std::string dir = without_trailing_slashes(dir_in), parent = parent_of(dir);
-  check_folder_target(kCheckpointFolder, dir);
+  FolderLock lock = check_folder_target(kCheckpointFolder, dir);
   struct statvfs fsinfo {};
   LASP_CHECK(::statvfs(parent.c_str(), &fsinfo) == 0, "--save {}: cannot read the free space of {}: {}", dir, parent,
              std::strerror(errno));
   const uint64_t free_bytes = uint64_t(fsinfo.f_bavail) * fsinfo.f_frsize;
   LASP_CHECK(free_bytes >= bytes, "--save {}: a checkpoint needs {} ({} bytes) but the filesystem of {} has only {} "
              "free", dir, human_bytes(double(bytes)), bytes, parent, human_bytes(double(free_bytes)));
+  return lock;
 }
+
+OpenedCheckpoint::OpenedCheckpoint(const std::string& dir)
+    : OpenedFolder(dir, {std::begin(kCheckpointFiles), std::end(kCheckpointFiles)}) {}
 
 void save_checkpoint(const std::string& dir, const ModelConfig& config, const ParamLayout& layout,
                      const std::vector<float>& params, const OptimizerState* optimizer, bool bf16_weights,
@@ -188,19 +192,20 @@ std::string vocabulary_of(bool bytes, bool synthetic, const std::string& tokeniz
   return tokenizer.empty() ? "ids" : "tokenizer " + fingerprint(read_file(tokenizer));
 }
 
-std::optional<TokenMeaning> load_token_meaning(const std::string& dir) {
-  const nlohmann::json marker = read_marker(kCheckpointFolder, dir);
+std::optional<TokenMeaning> load_token_meaning(const OpenedCheckpoint& ck) {
+  const nlohmann::json marker = read_marker(kCheckpointFolder, ck);
   if (marker.is_null() || !marker.contains("vocabulary")) return std::nullopt;
-  const std::string path = dir + "/" + kCheckpointFolder.marker;
+  const std::string dir = ck.path(), path = ck.shown(kCheckpointFolder.marker);
   TokenMeaning m;
   m.vocabulary = state_string(marker, "vocabulary", path);
   m.doc_start = int(state_int(marker, "doc_start", -1, INT_MAX, path));
   if (m.vocabulary.rfind("tokenizer ", 0) == 0) {
-    const std::string model = dir + "/tokenizer.model";
-    LASP_CHECK(fs::exists(model), "{}: the checkpoint was trained on {}, but its tokenizer.model is missing: without "
-               "it its ids cannot be read as text. Put the tokenizer.model back", dir, describe_vocabulary(m.vocabulary));
-    LASP_CHECK(vocabulary_of(false, false, model) == m.vocabulary, "{}: its tokenizer.model is not the one it was "
-               "trained with ({} where the checkpoint says {})", dir, vocabulary_of(false, false, model), m.vocabulary);
+    LASP_CHECK(ck.has("tokenizer.model"), "{}: the checkpoint was trained on {}, but its tokenizer.model is missing: "
+               "without it its ids cannot be read as text. Put the tokenizer.model back", dir,
+               describe_vocabulary(m.vocabulary));
+    const std::string found = "tokenizer " + fingerprint(ck.read("tokenizer.model"));
+    LASP_CHECK(found == m.vocabulary, "{}: its tokenizer.model is not the one it was trained with ({} where the "
+               "checkpoint says {})", dir, found, m.vocabulary);
   }
   return m;
 }
@@ -221,14 +226,18 @@ std::optional<int> doc_start_of(const std::string& dir, const std::optional<Toke
   return saved->doc_start;
 }
 
-ModelConfig load_checkpoint_config(const std::string& dir) {
-  ModelConfig config = ModelConfig::load(dir + "/config.json");
+ModelConfig load_checkpoint_config(const std::string& dir) { return load_checkpoint_config(OpenedCheckpoint(dir)); }
+
+ModelConfig load_checkpoint_config(const OpenedCheckpoint& ck) {
+  const std::string dir = ck.path();
+  LASP_CHECK(ck.has("config.json"), "{}: not a checkpoint: it has no config.json", dir);
+  ModelConfig config = ck.named([&] { return ModelConfig::load(ck.fd_path("config.json")); });
   // Lightning's per-head decay follows the paper's ALiBi slopes since checkpoints carry their marker; before,
   // a head count that is not a power of two got other rates: such weights were trained for another model.
   const int H = config.num_attention_heads;
   const bool changed_meaning = config.linear.decay == Decay::lightning && (H & (H - 1)) != 0 &&
                                config.layer_types.find('L') != std::string::npos;
-  LASP_CHECK(!changed_meaning || !read_marker(kCheckpointFolder, dir).is_null(), "{}: a checkpoint of an older lasp "
+  LASP_CHECK(!changed_meaning || !read_marker(kCheckpointFolder, ck).is_null(), "{}: a checkpoint of an older lasp "
              "with lightning decay and {} heads: that lasp gave head h the rate 2^(-8(h+1)/{}), where the paper's "
              "code (and lasp now) takes the ALiBi slopes, so these weights belong to another model and are not "
              "loaded. Train it again", dir, H, H);
@@ -236,25 +245,34 @@ ModelConfig load_checkpoint_config(const std::string& dir) {
 }
 
 void load_checkpoint_weights(const std::string& dir, const ParamLayout& layout, std::vector<float>& params) {
-  const SafetensorsFile file = SafetensorsFile::open(dir + "/model.safetensors");
-  read_tensors(file, layout, params, "");
-  for (const auto& [name, info] : file.tensors()) {
-    bool known = false;
-    for (const TensorSpec& t : layout.specs()) known = known || t.name == name;
-    LASP_CHECK(known, "{}: tensor '{}' is not part of the model that config.json describes", file.path(), name);
-  }
+  load_checkpoint_weights(OpenedCheckpoint(dir), layout, params);
 }
 
-TrainerState load_optimizer_state(const std::string& dir, const ParamLayout& layout, std::vector<float>& m,
+void load_checkpoint_weights(const OpenedCheckpoint& ck, const ParamLayout& layout, std::vector<float>& params) {
+  LASP_CHECK(ck.has("model.safetensors"), "{}: not a checkpoint: it has no model.safetensors", ck.path());
+  ck.named([&] {
+    const SafetensorsFile file = SafetensorsFile::open(ck.fd_path("model.safetensors"));
+    read_tensors(file, layout, params, "");
+    for (const auto& [name, info] : file.tensors()) {
+      bool known = false;
+      for (const TensorSpec& t : layout.specs()) known = known || t.name == name;
+      LASP_CHECK(known, "{}: tensor '{}' is not part of the model that config.json describes", file.path(), name);
+    }
+  });
+}
+
+TrainerState load_optimizer_state(const OpenedCheckpoint& ck, const ParamLayout& layout, std::vector<float>& m,
                                   std::vector<float>& v, std::vector<float>& params) {
-  const std::string state_path = dir + "/trainer_state.json";
-  LASP_CHECK(fs::exists(state_path) && fs::exists(dir + "/optimizer.safetensors"),
-             "--resume {}: no optimizer.safetensors / trainer_state.json there (a checkpoint saved by lasp train)", dir);
-  const TrainerState state = parse_trainer_state(read_file(state_path), state_path);
-  const SafetensorsFile file = SafetensorsFile::open(dir + "/optimizer.safetensors");
-  read_tensors(file, layout, m, "m.");
-  read_tensors(file, layout, v, "v.");
-  if (file.has("w." + layout.specs().front().name)) read_tensors(file, layout, params, "w.");  // bf16 weights' masters
+  LASP_CHECK(ck.has("trainer_state.json") && ck.has("optimizer.safetensors"),
+             "--resume {}: no optimizer.safetensors / trainer_state.json there (a checkpoint saved by lasp train)",
+             ck.path());
+  const TrainerState state = parse_trainer_state(ck.read("trainer_state.json"), ck.shown("trainer_state.json"));
+  ck.named([&] {
+    const SafetensorsFile file = SafetensorsFile::open(ck.fd_path("optimizer.safetensors"));
+    read_tensors(file, layout, m, "m.");
+    read_tensors(file, layout, v, "v.");
+    if (file.has("w." + layout.specs().front().name)) read_tensors(file, layout, params, "w.");  // bf16 weights' masters
+  });
   return state;
 }
 

@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/folder.h"
 #include "model/config.h"
 #include "model/params.h"
 
@@ -42,11 +43,21 @@ struct OptimizerState {
 // master weights when the weights are bf16).
 uint64_t checkpoint_bytes(const ParamLayout& layout, bool with_optimizer, bool bf16_weights = false);
 
-// Before training: checks that `dir` can take a checkpoint of `bytes` (throws lasp::Error saying what is
-// wrong otherwise): dir is absent, an empty folder or a previous lasp checkpoint (its marker, nothing but its files);
-// its parent folder exists and is writable; that filesystem has room for a whole new checkpoint beside the
-// old one. Removes stale temporary folders of earlier saves whose process is gone.
-void check_checkpoint_target(const std::string& dir, uint64_t bytes);
+// Before training: takes the lock of `dir` for the run (core/folder.h FolderLock: a second run saving there is
+// refused, naming the holder), and checks that `dir` can take a checkpoint of `bytes` (throws lasp::Error
+// saying what is wrong otherwise): dir is absent, an empty folder or a previous lasp checkpoint (its marker,
+// nothing but its files); its parent folder exists and is writable; that filesystem has room for a whole new
+// checkpoint beside the old one. Removes stale temporary folders of earlier saves whose process is gone.
+[[nodiscard]] FolderLock check_checkpoint_target(const std::string& dir, uint64_t bytes);
+
+// A checkpoint opened for reading (core/folder.h OpenedFolder): its folder and files are opened at once and
+// everything below reads through them, so that a save of another run swapping a new checkpoint in at the
+// path cannot hand a reader (eval, generate, resume) the files of two checkpoints. Each function that takes a
+// path opens the checkpoint itself.
+class OpenedCheckpoint : public OpenedFolder {
+ public:
+  explicit OpenedCheckpoint(const std::string& dir);
+};
 
 // What a checkpoint's token ids mean, kept in its marker (checkpoints of older lasp versions and of other
 // writers do not say): the vocabulary it was trained on and the token that opened a document.
@@ -58,7 +69,7 @@ struct TokenMeaning {
 // The vocabulary that data's ids are in (see above); tokenizer: the .model beside it, if any.
 std::string vocabulary_of(bool bytes, bool synthetic, const std::string& tokenizer);
 // The checkpoint's TokenMeaning, or nothing when it does not say.
-std::optional<TokenMeaning> load_token_meaning(const std::string& dir);
+std::optional<TokenMeaning> load_token_meaning(const OpenedCheckpoint& checkpoint);
 // Throws unless a checkpoint that says its vocabulary was trained on `vocabulary` (what data holds), naming both.
 void check_vocabulary(const std::string& dir, const std::optional<TokenMeaning>& saved, const std::string& vocabulary,
                       const std::string& data);
@@ -75,14 +86,16 @@ void save_checkpoint(const std::string& dir, const ModelConfig& config, const Pa
                      const std::vector<float>& params, const OptimizerState* optimizer = nullptr,
                      bool bf16_weights = false, const std::string& tokenizer = "",
                      const std::optional<TokenMeaning>& meaning = {});
+ModelConfig load_checkpoint_config(const OpenedCheckpoint& checkpoint);
 ModelConfig load_checkpoint_config(const std::string& dir);
 // Reads every tensor of the layout into params; a missing or mis-shaped tensor (a config that contradicts
 // the weights) is an error naming the file, the tensor and both shapes. Extra tensors are an error too, and
 // so is a non-finite value (naming the tensor).
+void load_checkpoint_weights(const OpenedCheckpoint& checkpoint, const ParamLayout& layout, std::vector<float>& params);
 void load_checkpoint_weights(const std::string& dir, const ParamLayout& layout, std::vector<float>& params);
 // Reads the AdamW moments and trainer_state.json; throws if the checkpoint has none. A checkpoint with bf16
 // weights also holds their fp32 masters: they replace params (read by load_checkpoint_weights, rounded).
-TrainerState load_optimizer_state(const std::string& dir, const ParamLayout& layout, std::vector<float>& m,
+TrainerState load_optimizer_state(const OpenedCheckpoint& checkpoint, const ParamLayout& layout, std::vector<float>& m,
                                   std::vector<float>& v, std::vector<float>& params);
 
 }  // namespace lasp

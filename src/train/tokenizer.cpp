@@ -183,11 +183,13 @@ void for_each_document(const TokenizeOptions& o, F f) {
 
 }  // namespace
 
-Tokenizer Tokenizer::load(const std::string& path) {
+Tokenizer Tokenizer::load(const std::string& path) { return from_bytes(read_file(path), path); }
+
+Tokenizer Tokenizer::from_bytes(const std::string& bytes, const std::string& path) {
   Tokenizer t;
   t.sp_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
   t.path_ = path;
-  const auto status = t.sp_->LoadFromSerializedProto(read_file(path));
+  const auto status = t.sp_->LoadFromSerializedProto(bytes);
   const std::string why = sentencepiece_message(status);
   LASP_CHECK(status.ok(), "{}: not a SentencePiece model{}", path,
              why.empty() ? " (its bytes do not parse as one)" : ": " + why);
@@ -384,7 +386,9 @@ TokenizeReport tokenize(const TokenizeOptions& o, const std::function<void(int64
   }
   const std::string out = without_trailing_slashes(o.out_dir);
   LASP_CHECK(!out.empty(), "tokenize: --out is required");
-  check_folder_target(tokens_folder(), out);  // before any work: a folder of the user's is never touched
+  // Before any work: a folder of the user's is never touched, and one run at a time writes it (the lock is held
+  // until the new output is swapped in).
+  const FolderLock lock = check_folder_target(tokens_folder(), out);
   if (!o.model.empty()) Tokenizer::load(o.model);  // a bad --model is named as given, before any work
   // Bytes that are not UTF-8 would become U+FFFD without a word (and never come back): refused before any work,
   // unless --invalid-utf8 replace says to replace them (counted below).

@@ -22,6 +22,8 @@ class Tokenizer {
  public:
   // A SentencePiece .model file; throws naming the file when it is not one.
   static Tokenizer load(const std::string& path);
+  // The same from the file's bytes (path: its name, for messages).
+  static Tokenizer from_bytes(const std::string& bytes, const std::string& path);
   ~Tokenizer();
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;

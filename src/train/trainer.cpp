@@ -197,7 +197,9 @@ class Saver {
         const TokenMeaning& meaning)
       : o_(o), config_(config), model_(model), optimizer_(optimizer), world_(world), meaning_(meaning) {
     // Before any training: a folder that is not a checkpoint, or no room, is found now, not after hours.
-    if (enabled() && world.rank() == 0) check_checkpoint_target(o.save_dir, checkpoint_bytes(model.layout(), true, o.save_bf16));
+    // The folder's lock is held to the end of the run: a second run saving there is refused, naming this one.
+    if (enabled() && world.rank() == 0)
+      lock_ = check_checkpoint_target(o.save_dir, checkpoint_bytes(model.layout(), true, o.save_bf16));
   }
   bool enabled() const { return !o_.save_dir.empty(); }
   int last_saved() const { return last_saved_; }
@@ -235,6 +237,7 @@ class Saver {
   Comm& world_;
   const TokenMeaning meaning_;
   int last_saved_ = 0;
+  FolderLock lock_;
 };
 
 // A diverged run must not go on nor be saved: the step's update is not applied (AdamW::step skips a non-finite
@@ -251,10 +254,11 @@ void check_finite_step(int step, double loss, double norm, const TrainOptions& o
 }
 
 // Loads the weights, the AdamW moments and the data position of o.resume_dir; returns the first step to run.
-int resume(const TrainOptions& o, const Grid& grid, Model& model, AdamW& optimizer, WindowSampler& sampler) {
-  load_checkpoint_weights(o.resume_dir, model.layout(), model.params());
+int resume(const TrainOptions& o, const OpenedCheckpoint& checkpoint, const Grid& grid, Model& model, AdamW& optimizer,
+           WindowSampler& sampler) {
+  load_checkpoint_weights(checkpoint, model.layout(), model.params());
   const TrainerState state =
-      load_optimizer_state(o.resume_dir, model.layout(), optimizer.m(), optimizer.v(), model.params());
+      load_optimizer_state(checkpoint, model.layout(), optimizer.m(), optimizer.v(), model.params());
   LASP_CHECK(state.step < o.steps, "--resume {}: the checkpoint is at step {} already; --steps {} is the total, so "
              "there is nothing left to train", o.resume_dir, state.step, o.steps);
   optimizer.set_steps(state.step);
@@ -283,7 +287,10 @@ void print_progress(const nlohmann::ordered_json& r, int steps, double eta, bool
 TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& world) {
   check_train_options(o);
   const bool resuming = !o.resume_dir.empty();
-  const ModelConfig config = resuming ? load_checkpoint_config(o.resume_dir) : flags_config;
+  // Every read of the resumed checkpoint goes through one opened folder: a save swapping another in cannot mix two.
+  std::shared_ptr<const OpenedCheckpoint> checkpoint = o.resume_checkpoint;
+  if (resuming && !checkpoint) checkpoint = std::make_shared<const OpenedCheckpoint>(o.resume_dir);
+  const ModelConfig config = resuming ? load_checkpoint_config(*checkpoint) : flags_config;
   check_model_fits(config, 4 * sizeof(float));  // weights, gradients, two AdamW moments
   Grid grid = make_grid(world, o.parallel.sp_size, o.parallel.dp_size);
   const SpLayout layout = layout_for(config, o.parallel);
@@ -310,14 +317,14 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
   const PlannedRank planned = plan_rank(config, grid, B, o.seq_len, layout, o.block, o.parallel, o.memory, true);
   Model model(config, B, Nl, *planned.attention, planned.plan.model);
   // The checkpoint resumed says what its ids mean and where its documents opened: the run must agree.
-  const std::optional<TokenMeaning> saved = resuming ? load_token_meaning(o.resume_dir) : std::nullopt;
+  const std::optional<TokenMeaning> saved = resuming ? load_token_meaning(*checkpoint) : std::nullopt;
   const std::string vocabulary = vocabulary_of(data->is_bytes(), training_data.synthetic, tokenizer_beside(o.data_path));
   if (resuming) check_vocabulary(o.resume_dir, saved, vocabulary, o.data_path);
   const int doc_start = use_documents(model, resuming ? doc_start_of(o.resume_dir, saved, o.doc_start) : o.doc_start,
                                       o.data_path, rank0);
   AdamW optimizer(model.layout(), o.adamw);
   int first_step = 1;
-  if (resuming) first_step = resume(o, grid, model, optimizer, sampler);
+  if (resuming) first_step = resume(o, *checkpoint, grid, model, optimizer, sampler);
   else init_weights(model.layout(), model.params(), o.seed);
   Saver saver(o, config, model, optimizer, world, TokenMeaning{vocabulary, doc_start});
   if (resuming) saver.resumed_from(o.resume_dir, first_step - 1);
@@ -399,7 +406,8 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_p
                                const MemoryRequest& memory, std::optional<int> doc_start) {
   LASP_CHECK(N > 0 && batches > 0, "eval: --seq-len and --batches must be positive, got {} and {}", N, batches);
   Grid grid = make_grid(world, parallel.sp_size, parallel.dp_size);
-  const ModelConfig config = load_checkpoint_config(dir);
+  const OpenedCheckpoint checkpoint(dir);  // every read below goes through it: a save swapping another in cannot mix two
+  const ModelConfig config = load_checkpoint_config(checkpoint);
   check_model_fits(config, 2 * sizeof(float));  // weights, gradients
   const SpLayout layout = layout_for(config, parallel);
   const std::vector<int> positions = sp_positions(N, grid.sp_size, grid.sp_rank, layout);
@@ -411,11 +419,11 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_p
 
   const PlannedRank planned = plan_rank(config, grid, 1, N, layout, block, parallel, memory, false);
   Model model(config, 1, Nl, *planned.attention, planned.plan.model);
-  const std::optional<TokenMeaning> saved = load_token_meaning(dir);
+  const std::optional<TokenMeaning> saved = load_token_meaning(checkpoint);
   check_vocabulary(dir, saved, vocabulary_of(data->is_bytes(), eval_data.synthetic, tokenizer_beside(data_path)),
                    data_path);
   use_documents(model, doc_start_of(dir, saved, doc_start), data_path, world.rank() == 0);
-  load_checkpoint_weights(dir, model.layout(), model.params());
+  load_checkpoint_weights(checkpoint, model.layout(), model.params());
   // Windows k = 0..batches-1 from the start of the data, shared by the DP ranks.
   const Validation v = validate(model, *data, eval_data.synthetic, 0, batches, N, positions, grid, world);
   EvalResult r{v.loss, int64_t(batches) * N, traffic(*grid.sp), v.recall_accuracy};
@@ -424,10 +432,13 @@ EvalResult evaluate_checkpoint(const std::string& dir, const std::string& data_p
     r.bytes = r.tokens;
   } else if (!eval_data.synthetic) {
     // The data's own tokenizer says what its tokens are; else the checkpoint's.
-    std::string tokenizer = tokenizer_beside(data_path);
-    if (tokenizer.empty() && std::filesystem::exists(dir + "/tokenizer.model")) tokenizer = dir + "/tokenizer.model";
-    if (!tokenizer.empty()) {
-      const Tokenizer tok = Tokenizer::load(tokenizer);
+    std::optional<Tokenizer> data_tokenizer;
+    if (const std::string beside = tokenizer_beside(data_path); !beside.empty()) data_tokenizer = Tokenizer::load(beside);
+    else if (checkpoint.has("tokenizer.model"))
+      data_tokenizer = Tokenizer::from_bytes(checkpoint.read("tokenizer.model"), checkpoint.shown("tokenizer.model"));
+    if (data_tokenizer) {
+      const Tokenizer& tok = *data_tokenizer;
+      const std::string& tokenizer = tok.path();
       for (int target : eval_batch(*data, N, 0, batches).targets) {
         LASP_CHECK(target >= 0 && target < tok.vocab_size(), "eval: token {} of {} is outside the vocabulary of {} "
                    "({} pieces)", target, data_path, tokenizer, tok.vocab_size());

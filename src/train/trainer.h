@@ -3,6 +3,7 @@
 // SP group, and the gradients are summed over the world (the loss is the mean over the global batch).
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -14,6 +15,8 @@
 #include "train/optimizer.h"
 
 namespace lasp {
+
+class OpenedCheckpoint;
 
 struct ParallelOptions {
   int sp_size = 1, dp_size = 1;
@@ -36,6 +39,9 @@ struct TrainOptions {
   bool continue_on_save_error = false;  // a failed periodic save: warn and train on (default: stop with the error)
   int stop_at = 0;             // > 0: stop (and save) after this step, as an interrupted run would
   std::string resume_dir;      // continue a run from its checkpoint (weights, AdamW moments, step, data position)
+  // resume_dir opened once by the caller (checkpoint.h OpenedCheckpoint; every read of the resume goes through
+  // it); absent: train opens it.
+  std::shared_ptr<const OpenedCheckpoint> resume_checkpoint;
   double val_fraction = 0.1;   // the last part of the data file, held out for validation (0: none)
   int eval_every = 0;          // validation every so many steps and at the end (0: never)
   int eval_batches = 4;        // windows per DP rank in each validation

@@ -75,8 +75,10 @@ struct InfoCommand : Command {
                 omp_get_max_threads(), omp_get_num_procs());
     std::printf("sequence-parallel methods (--sp-method):\n");
     for (const lasp::SpMethod& m : lasp::sp_methods())
-      std::printf("  %-12s linear layers: %s\n  %-12s softmax layers: %s\n  %-12s GLA's gates (decay gla): %s\n",
-                  m.name.c_str(), m.linear.c_str(), "", m.softmax.c_str(), "", m.gla ? "yes" : "no");
+      std::printf("  %-12s linear layers: %s\n  %-12s softmax layers: %s\n  %-12s GLA's gates (decay gla): %s; "
+                  "SP prefill: %s; layer-major chunks: %s\n", m.name.c_str(), m.linear.c_str(), "", m.softmax.c_str(), "",
+                  m.runs(lasp::Transition::diagonal) ? "yes" : "no", m.decoding ? "yes" : "no",
+                  m.layer_major() ? "yes" : "no");
   }
 };
 

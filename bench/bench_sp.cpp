@@ -63,7 +63,7 @@ void bench_sp(const SpBenchOptions& options, Comm& world) {
         std::string skip;
         if (N % unit) skip = "N not divisible by " + std::to_string(unit);
         if (find_sp_method(method).heads_over_ranks && c.num_attention_heads % W) skip = "heads not divisible by W";
-        if (c.linear.decay == Decay::gla && !find_sp_method(method).gla && W > 1) skip = "no GLA form";
+        if (c.linear.decay == Decay::gla && !find_sp_method(method).runs(Transition::diagonal) && W > 1) skip = "no GLA form";
         if (rank0)  // progress: redrawn in place on a terminal, a line each otherwise
           std::fprintf(stderr, isatty(fileno(stderr)) ? "\r[%d/%d] %s N=%d %s ...\033[K" : "[%d/%d] %s N=%d %s ...\n", done,
                        total, types.c_str(), N, method.c_str());

@@ -137,6 +137,7 @@ std::vector<float> prefill_sequence_parallel(Decoder& decoder, const ModelConfig
   if (W == 1 || m == 0) return decoder.prefill(prompt);
   const std::vector<int> positions = sp_positions(m, W, sp.rank(), layout);
   const AttentionShape shape = attention_shape(c, 1, int(positions.size()), kLinearBlock, decoder.threads());
+  check_sp_method(find_sp_method(""), {linear_transition(c.linear.decay), /*decoding=*/true});
   const std::unique_ptr<Attention> attention = make_sp_attention("", sp, shape, m, layout, c.num_hidden_layers);
   return decoder.prefill(prompt, *attention, positions, m);
 }

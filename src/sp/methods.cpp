@@ -90,25 +90,53 @@ const std::vector<PaperClaim>& sp_paper_claims() {
 const std::vector<SpMethod>& sp_methods() {
   static const std::vector<SpMethod> methods = {
       {"lasp2", "LASP-2: one AllGather of the d x d piece states", "LASP-2H: one AllGather of K, V", LayoutRule::balanced,
-       false, true, make<Lasp2Attention>, make_chunked<Lasp2ChunkedAttention>, lasp2_cost},
+       false, {Transition::scalar, Transition::diagonal}, true, true, make<Lasp2Attention>, make_chunked<Lasp2ChunkedAttention>, lasp2_cost},
       {"exscan", "LASP-2 with the states folded by ONE exclusive scan (MPI_Iexscan) of (gate, state) pairs",
-       "LASP-2H: one AllGather of K, V", LayoutRule::balanced, false, true, make_exscan, nullptr, exscan_cost, true},
+       "LASP-2H: one AllGather of K, V", LayoutRule::balanced, false, {Transition::scalar, Transition::diagonal}, true, true,
+       make_exscan, nullptr, exscan_cost, true},
       {"allscan", "LASP-2 with ZeCO's All-Scan: the state passes rank to rank in K slices, each folded and sent on",
-       "LASP-2H: one AllGather of K, V", LayoutRule::balanced, false, true, make_allscan, nullptr, allscan_cost, true},
+       "LASP-2H: one AllGather of K, V", LayoutRule::balanced, false, {Transition::scalar, Transition::diagonal}, true, true,
+       make_allscan, nullptr, allscan_cost, true},
       {"lasp1", "LASP-1: the states travel a serial chain of point-to-point hops", "LASP-2H: one AllGather of K, V",
-       LayoutRule::balanced, false, true, make<Lasp1Attention>, nullptr, lasp1_cost},
+       LayoutRule::balanced, false, {Transition::scalar, Transition::diagonal}, false, false,
+       make<Lasp1Attention>, nullptr, lasp1_cost},
       {"ring", "Ring Attention: K, V blocks around the ring, masked left product",
-       "Ring Attention: K, V blocks around the ring, online softmax", LayoutRule::contiguous, false, false,
-       make<RingAttention>, nullptr, ring_cost},
+       "Ring Attention: K, V blocks around the ring, online softmax", LayoutRule::contiguous, false, {Transition::scalar}, false,
+       false, make<RingAttention>, nullptr, ring_cost},
       {"ring-zigzag", "Ring Attention on the zigzag layout", "Ring Attention on the zigzag layout", LayoutRule::zigzag,
-       false, false, make<RingAttention>, nullptr, ring_zigzag_cost},
+       false, {Transition::scalar}, false, false, make<RingAttention>, nullptr, ring_zigzag_cost},
       {"ulysses", "Ulysses: all-to-all to whole sequences of H/W heads, the local kernel",
-       "Ulysses: all-to-all to whole sequences of H/W heads, the local kernel", LayoutRule::balanced, true, true,
-       make<UlyssesAttention>, nullptr, ulysses_cost},
+       "Ulysses: all-to-all to whole sequences of H/W heads, the local kernel", LayoutRule::balanced, true,
+       {Transition::scalar, Transition::diagonal}, false, true, make<UlyssesAttention>, nullptr, ulysses_cost},
       {"allgather", "AllGather: one AllGather of K, V, masked left product (O(N^2))", "LASP-2H: one AllGather of K, V",
-       LayoutRule::balanced, false, false, make<AllGatherAttention>, nullptr, allgather_cost},
+       LayoutRule::balanced, false, {Transition::scalar}, false, false,
+       make<AllGatherAttention>, nullptr, allgather_cost},
   };
   return methods;
+}
+
+bool SpMethod::runs(Transition t) const { return std::find(transitions.begin(), transitions.end(), t) != transitions.end(); }
+
+Transition linear_transition(Decay decay) { return decay == Decay::gla ? Transition::diagonal : Transition::scalar; }
+
+void check_sp_method(const SpMethod& m, const SpNeeds& needs) {
+  auto missing = [&](const char* what, auto has) {
+    std::string others;
+    for (const SpMethod& o : sp_methods())
+      if (has(o)) others += (others.empty() ? "" : ", ") + o.name;
+    throw Error(fmt::format("--sp-method {} has no {} (the methods that have: {})", m.name, what, others));
+  };
+  const Transition t = needs.transition;
+  if (!m.runs(t))
+    missing(t == Transition::diagonal ? "GLA (per-token gates: a diagonal state transition)"
+                                      : fmt::format("{} state transition", to_string(t)).c_str(),
+            [&](const SpMethod& o) { return o.runs(t); });
+  if (needs.decoding && !m.decoding)
+    missing("sequence-parallel prefill (it keeps no decoding state)", [](const SpMethod& o) { return o.decoding; });
+  if (needs.bidirectional && !m.bidirectional)
+    missing("bidirectional linear layers", [](const SpMethod& o) { return o.bidirectional; });
+  if (needs.layer_major && !m.layer_major())
+    missing("layer-major chunked form", [](const SpMethod& o) { return o.layer_major(); });
 }
 
 std::string sp_method_names(const std::string& separator) {
@@ -138,6 +166,7 @@ std::unique_ptr<Attention> make_sp_attention(const std::string& method, Comm& sp
   const SpMethod& m = find_sp_method(method);
   LASP_CHECK(scan_slices >= 1, "--scan-slices must be at least 1, got {}", scan_slices);
   if (sp.size() == 1) return std::make_unique<LocalAttention>(shape);
+  check_sp_method(m, {shape.gla ? Transition::diagonal : Transition::scalar});
   return m.make(sp, shape, global_N, layout, layers, scan_slices);
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "comm/comm.h"
+#include "kernels/state_algebra.h"
 #include "model/attention.h"
 #include "model/config.h"
 #include "sp/grid.h"
@@ -37,7 +38,11 @@ struct SpMethod {
   std::string softmax;  // what its softmax-attention layers do
   LayoutRule layout;
   bool heads_over_ranks;  // the attention heads must divide evenly over the SP ranks (head sharding)
-  bool gla;               // runs GLA's per-token gates (decay gla); the others refuse them
+  // What it runs, checked once before anything runs (check_sp_method):
+  std::vector<Transition> transitions;  // the linear layers' state transitions (kernels/state_algebra.h): scalar
+                                        // for the fixed decays, diagonal for GLA's gates
+  bool decoding;                        // keeps the state generation continues from (the SP prefill)
+  bool bidirectional;                   // non-causal linear layers
   std::unique_ptr<Attention> (*make)(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout,
                                      int layers, int scan_slices);
   // The same method in chunks for the layer-major memory plan (Attention::layer_major); null: none.
@@ -47,7 +52,21 @@ struct SpMethod {
   double (*layer_seconds)(const LayerCostInputs&) = nullptr;
   // Published when: LASP-2 (2025) and what came before it, or the state scans that followed (ZeCO, 2025).
   bool state_scan = false;
+
+  bool runs(Transition t) const;
+  bool layer_major() const { return make_layer_major != nullptr; }
 };
+
+// What a run asks of its method.
+struct SpNeeds {
+  Transition transition = Transition::scalar;
+  bool decoding = false, bidirectional = false, layer_major = false;
+};
+// The transition of a model's linear layers: scalar for the fixed decays (none, lightning, retention, and the
+// document cuts), diagonal for GLA.
+Transition linear_transition(Decay decay);
+// Throws, naming the method, what it lacks and the methods that have it, unless it does everything asked.
+void check_sp_method(const SpMethod& method, const SpNeeds& needs);
 
 // What the papers measured, which `lasp bench project` sets beside its projection: `method` against `versus`
 // (empty: the best method without state_scan) at W ranks and N tokens.
@@ -77,7 +96,8 @@ SpLayout sp_method_layout(const std::string& method, const std::string& requeste
 std::unique_ptr<Attention> make_layer_major_attention(const std::string& method, Comm& sp, const AttentionShape& shape,
                                                       int global_N, SpLayout layout, int layers, int chunk);
 
-// The method's Attention for this rank (LocalAttention on one rank). Throws naming the method and the ones there are.
+// The method's Attention for this rank (LocalAttention on one rank), after check_sp_method for the shape's linear
+// transition. Throws naming the method and the ones there are, or what it lacks.
 // scan_slices: All-Scan's K (the other methods ignore it).
 std::unique_ptr<Attention> make_sp_attention(const std::string& method, Comm& sp, const AttentionShape& shape,
                                              int global_N, SpLayout layout, int layers,

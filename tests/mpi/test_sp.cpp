@@ -471,11 +471,39 @@ TEST(SpGla, MethodsWithoutGlaRefuseItOnEveryRank) {
   }
   for (const SpMethod& m : sp_methods()) {
     if (m.heads_over_ranks && H % W) continue;
-    if (m.gla) continue;
+    if (m.runs(Transition::diagonal)) continue;
     const SpLayout layout = m.layout == LayoutRule::zigzag ? SpLayout::zigzag : SpLayout::contiguous;
     auto attention = make_sp_attention(m.name, world(), {B, N / W, H, H, d, 16, kThreads}, N, layout, 1);
     EXPECT_THROW(attention->linear_forward(0, o.data(), x.data(), x.data(), x.data(), gates), Error) << m.name;
   }
+}
+
+// What a method runs is declared in the registry and checked once, when its attention is made: a shape with GLA's
+// gates is refused by the methods without diagonal transitions before anything runs, naming the method, what
+// it lacks and the methods that have it; decoding and the layer-major form likewise.
+TEST(SpGla, TheRegistryRefusesWhatAMethodLacksBeforeAnythingRuns) {
+  const int W = world().size(), H = 4, d = 8, N = 16 * W;
+  AttentionShape shape{1, N / W, H, H, d, 16, kThreads};
+  shape.gla = true;
+  for (const SpMethod& m : sp_methods()) {
+    if (W == 1 || (m.heads_over_ranks && H % W)) continue;
+    const SpLayout layout = m.layout == LayoutRule::zigzag ? SpLayout::zigzag : SpLayout::contiguous;
+    if (m.runs(Transition::diagonal)) {
+      EXPECT_NO_THROW(make_sp_attention(m.name, world(), shape, N, layout, 1)) << m.name;
+      continue;
+    }
+    try {
+      make_sp_attention(m.name, world(), shape, N, layout, 1);
+      ADD_FAILURE() << m.name << " made a GLA attention";
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("--sp-method " + m.name + " has no GLA"), std::string::npos) << what;
+      EXPECT_NE(what.find("lasp2, exscan, allscan, lasp1"), std::string::npos) << what;
+    }
+  }
+  EXPECT_THROW(check_sp_method(find_sp_method("ring"), {Transition::scalar, /*decoding=*/true}), Error);
+  EXPECT_THROW(check_sp_method(find_sp_method("exscan"), {Transition::scalar, false, false, /*layer_major=*/true}), Error);
+  EXPECT_NO_THROW(check_sp_method(find_sp_method("lasp2"), {Transition::diagonal, true, true, true}));
 }
 
 // The memory plan sees LASP-2's GLA scratch: the shape that says GLA adds at least the per-thread gate products

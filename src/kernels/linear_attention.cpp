@@ -1,4 +1,5 @@
 #include "kernels/linear_attention.h"
+#include "kernels/state_algebra.h"
 
 #include <immintrin.h>
 #include <omp.h>
@@ -123,6 +124,7 @@ void carry_states(float* slots, const float* edge, bool forward, const LinearAtt
                   const float* lambda, const uint8_t* starts) {
   const int P = plan.pieces, nb = num_blocks(s);
   const size_t dd = size_t(s.d) * s.d, per_piece = size_t(s.B) * s.H * dd;
+  const StateForm form{Transition::scalar, s.d, s.d};
   auto first_token = [&](int piece) { return std::min<long>(s.N, long(plan.first_block(piece, nb)) * s.block); };
   auto tokens = [&](int piece) { return first_token(piece + 1) - first_token(piece); };
   // A piece holding a document start passes on nothing from before it.
@@ -139,10 +141,10 @@ void carry_states(float* slots, const float* edge, bool forward, const LinearAtt
       for (int i = 1; i < P; ++i) {
         const int piece = forward ? i : P - 1 - i;        // the slot written
         const int from = forward ? piece - 1 : piece + 1;  // the slot carried, whose piece's length decays it
+        // The slot holds the piece's own state B; the carried one arrives through the piece's transition.
         const float f = cut(b, from) ? 0.f : decay_power(lambda ? lambda[h] : 1.0, tokens(from));
-        float* dst = slots + size_t(piece) * per_piece + at;
-        const float* src = slots + size_t(from) * per_piece + at;
-        for (size_t e = 0; e < dd; ++e) dst[e] += f * src[e];
+        apply_transition(form, slots + size_t(piece) * per_piece + at, &f, slots + size_t(from) * per_piece + at,
+                         /*accumulate=*/true, nullptr);
       }
     }
 }

@@ -34,6 +34,36 @@ inline CLI::Validator number_check(double lo, bool open, double hi = INFINITY) {
 inline const CLI::Validator kPositive = number_check(0, true), kNonNegative = number_check(0, false);
 inline const CLI::Validator kAtLeastOne = number_check(1, false);
 
+// Integers are written in decimal, whole (core/parse.h): CLI11 alone takes '' as "not given", 0x100 as hex,
+// 010 as octal (8), ' 300' and '+3', and -1 for an unsigned value (a seed of 2^64 - 1). Leading zeros are
+// dropped here, so that 010 is ten.
+inline CLI::Validator decimal_integer(bool is_unsigned) {
+  return CLI::Validator(
+      [is_unsigned](std::string& text) -> std::string {
+        const size_t sign = !is_unsigned && !text.empty() && text[0] == '-' ? 1 : 0;
+        bool ok = text.size() > sign;
+        for (size_t i = sign; i < text.size(); ++i) ok = ok && text[i] >= '0' && text[i] <= '9';
+        if (!ok)
+          return fmt::format("expected {} integer in decimal digits, got '{}'", is_unsigned ? "a non-negative" : "an",
+                             text);
+        const size_t zeros = std::min(text.find_first_not_of('0', sign), text.size() - 1) - sign;
+        text.erase(sign, zeros);
+        return {};
+      },
+      "");
+}
+
+// Puts decimal_integer on every integer option of app and its subcommands (once all are added).
+inline void strict_integers(CLI::App* app) {
+  for (CLI::Option* option : app->get_options()) {
+    const std::string type = option->get_type_name();
+    // transform: first, and allowed to change the text (check would run it on a copy)
+    if (type.rfind("INT", 0) == 0) option->transform(decimal_integer(false));
+    if (type.rfind("UINT", 0) == 0) option->transform(decimal_integer(true));
+  }
+  for (CLI::App* sub : app->get_subcommands([](CLI::App*) { return true; })) strict_integers(sub);
+}
+
 inline std::vector<std::string> sp_method_list() {
   std::vector<std::string> names;
   for (const lasp::SpMethod& m : lasp::sp_methods()) names.push_back(m.name);
@@ -129,21 +159,27 @@ inline void add_parallel_flags(CLI::App* cmd, lasp::ParallelOptions& p) {
 // --doc-start on train and eval (trainer.h document_start).
 inline void add_doc_start_flag(CLI::App* cmd, std::optional<int>& doc_start) {
   cmd->add_option("--doc-start", doc_start, "the token that opens a document: attention never crosses documents "
-                  "(default: the checkpoint's, else the BOS of the tokenizer beside token shards; -1: one stream)");
+                  "(default: the checkpoint's, else the BOS of the tokenizer beside token shards; -1: one stream)")
+      ->check(number_check(-1, false));
 }
 
+// The names only (a CheckedTransformer into the enum also took its numbers: --precision 1 meant bf16).
 inline void add_precision_flag(CLI::App* cmd, lasp::Precision& precision) {
-  cmd->add_option("--precision", precision, "fp32 | bf16: bf16 multiplies the projections' bf16 operands with fp32 "
-                  "accumulation (AMX or AVX-512-BF16); weights, gradients, norms, attention and the loss stay fp32")
-      ->transform(CLI::CheckedTransformer(std::map<std::string, lasp::Precision>{{"fp32", lasp::Precision::fp32},
-                                                                              {"bf16", lasp::Precision::bf16}}))
+  cmd->add_option_function<std::string>(
+         "--precision",
+         [&precision](const std::string& name) {
+           precision = lasp::precision_from_string(name);
+         },
+         "fp32 | bf16: bf16 multiplies the projections' bf16 operands with fp32 accumulation (AMX or AVX-512-BF16); "
+         "weights, gradients, norms, attention and the loss stay fp32")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
       ->default_str("fp32");
 }
 
 // --memory-limit, --recompute, --chunk (model/memory_plan.h).
 inline void add_memory_flags(CLI::App* cmd, lasp::MemoryRequest& m) {
   cmd->add_option("--memory-limit", m.limit_gib, "GiB per rank that the memory plan must fit (default: 90% of this "
-                  "node's available memory, shared by its ranks)")->check(kPositive);
+                  "node's available memory, shared by its ranks)")->check(number_check(0, true, 1 << 20));  // <= 1 PiB
   cmd->add_flag("--recompute", m.recompute, "keep each layer's input only and recompute the layer in the backward, "
                 "whatever the plan would choose");
   add_precision_flag(cmd, m.precision);

@@ -114,6 +114,8 @@ struct TrainCommand : Command {
     cmd->add_option("--stop-at", o.stop_at, "stop and save after this step (the schedule still spans --steps)")
         ->default_val(o.stop_at)->check(kNonNegative);
     cmd->add_option("--resume", o.resume_dir, "continue the run saved in this checkpoint (--steps is the total)");
+    cmd->add_flag("--new-data", o.new_data, "with --resume: train on --data other than the saved run's (its data "
+                  "position is not restored; windows are drawn anew)");
     cmd->add_option("--metrics", o.metrics_path, "append one JSON object per step to this file");
     cmd->add_option("--val-fraction", o.val_fraction, "the end of the data held out for validation")
         ->default_val(o.val_fraction)->check(number_check(0, false, 0.9));
@@ -133,6 +135,7 @@ struct TrainCommand : Command {
   void run(Session& session) override {
     o.continue_on_save_error = on_save_error == "continue";
     o.save_bf16 = save_dtype == "bf16";
+    o.seed_given = cmd->count("--seed") > 0;
     follow_tokenizer();
     lasp::Comm& world = session.start_world();
     // A resume reads its checkpoint through one opened folder, from the model flags' check to the optimizer state.
@@ -222,12 +225,13 @@ struct GenerateCommand : Command {
                     "softmax layer)")->check(CLI::IsMember({"contiguous", "zigzag"}));
   }
   void run(Session& session) override {
-    lasp::Comm* sp = nullptr;
-    if (parallel.sp_size > 1) {  // MPI first, before anything can fail on one rank only
-      sp = &session.start_world();
-      LASP_CHECK(sp->size() == parallel.sp_size, "generate: --sp-size {} must equal the number of ranks, {}",
-                 parallel.sp_size, sp->size());
-    }
+    // MPI first (under mpirun), before anything can fail on one rank only. Several ranks without --sp-size would
+    // each generate alone, their outputs interleaved.
+    lasp::Comm& world = session.start_world();
+    LASP_CHECK(world.size() == parallel.sp_size, "generate: --sp-size {} must equal the number of ranks, {}{}",
+               parallel.sp_size, world.size(), parallel.sp_size == 1 ? fmt::format(" (started by mpirun: give --sp-size "
+               "{} to prefill the prompt over them, or run one process)", world.size()) : std::string());
+    lasp::Comm* sp = parallel.sp_size > 1 ? &world : nullptr;
     const lasp::OpenedCheckpoint opened(checkpoint);  // every read goes through it: a save swapping another in
     const lasp::ModelConfig config = lasp::load_checkpoint_config(opened);  // cannot mix two checkpoints
     const lasp::ParamLayout layout(config);
@@ -260,6 +264,8 @@ struct GenerateCommand : Command {
         prompt.push_back(ch);
       }
     }
+    LASP_CHECK(!prompt.empty(), "generate: the prompt is empty: a byte-level model continues at least one byte "
+               "(give --prompt some text)");
     LASP_CHECK(int64_t(prompt.size()) + max_new_tokens <= INT_MAX, "generate: the prompt ({} tokens) + "
                "--max-new-tokens {} must be at most {} tokens", prompt.size(), max_new_tokens, INT_MAX);
     lasp::Decoder decoder(config, params, int(prompt.size()) + max_new_tokens, precision);
@@ -475,6 +481,7 @@ int main(int argc, char** argv) {
   commands.push_back(std::make_unique<BenchSpCommand>(*bench));
   commands.push_back(std::make_unique<BenchProjectCommand>(*bench));
   commands.push_back(std::make_unique<BenchTrainCommand>(*bench));
+  strict_integers(&app);  // every integer option: decimal digits only
 
   CLI11_PARSE(app, argc, argv);
   try {

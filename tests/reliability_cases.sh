@@ -44,3 +44,24 @@ t doc_start_contradicts $L eval --checkpoint ckd6 --data text.txt --seq-len 32 -
 t subword_ckpt $L train --data 'tok/tokens_*.bin' $M --steps 1 --save cks; mv cks/tokenizer.model cks/away.model
 t subword_without_tokenizer $L generate --checkpoint cks --prompt The; t subword_eval_on_bytes $L eval --checkpoint cks --data text.txt --seq-len 32
 t generate_to_dev_full sh -c "$L generate --checkpoint ck --prompt The --max-new-tokens 4 > /dev/full"
+# Issue 27, items 5 and 10-13
+rm -rf tokl tokv toko tokp ckr ckl ckw
+printf 'first line\ncaf\xe9\n' > latin1.txt; t latin1_input $L tokenize --input $lic latin1.txt --vocab-size 400 --out tokl
+t latin1_replace $L tokenize --input $lic latin1.txt --vocab-size 400 --out tokl --invalid-utf8 replace
+t vocab_too_small $L tokenize --input $lic --vocab-size 100 --out tokv
+t vocab_too_large $L tokenize --input $lic --vocab-size 60000 --out tokv
+tr '\n' ' ' < $lic > oneline.txt; t one_long_line $L tokenize --input oneline.txt --vocab-size 400 --out toko
+mv cks/away.model cks/tokenizer.model
+t generate_10000_tokens_seconds /usr/bin/time -f %e sh -c "$L generate --checkpoint cks --prompt The --max-new-tokens 10000 > /dev/null 2>&1"
+$L train --data text.txt $M --steps 100000 --save ckl > /dev/null 2>&1 & holder=$!; sleep 2
+t second_run_same_save $L train --data text.txt $M --steps 1 --save ckl; kill $holder; wait $holder 2>/dev/null
+for v in "--hidden ''" "--vocab ''" "--doc-start ''" "--seq-len 0x100" "--doc-start 0x1" "--seed -1" "--precision 1" "--memory-limit 1e308" "--sp-method ring-zigzag --sp-layout contiguous"; do
+  eval t "\"flag $v\"" $L train --data text.txt --layer-types L --heads 2 --kv-heads 1 --ffn 64 --steps 1 $v; done
+t vocab_size_space $L tokenize --input $lic --vocab-size ' 300' --out tokp
+t ok_resume_ckr $L train --data text.txt $M --steps 6 --stop-at 3 --seed 7 --save ckr
+t stop_at_before_saved $L train --data text.txt $M --steps 6 --resume ckr --stop-at 2
+t resume_other_seed $L train --data text.txt $M --steps 6 --resume ckr --seed 8
+t resume_other_data $L train --data $lic $M --steps 6 --resume ckr
+t resume_other_precision $L train --data text.txt $M --steps 6 --resume ckr --precision bf16
+t empty_prompt $L generate --checkpoint ck --prompt '' --max-new-tokens 5
+t generate_np2_without_sp_size env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader mpirun --oversubscribe -np 2 $L generate --checkpoint ck --prompt hi --max-new-tokens 3

@@ -518,6 +518,94 @@ TEST_F(Reliability, OptionRangesAreChecked) {
   EXPECT_FALSE(contains(r.output, "179769")) << r.output;
 }
 
+// A command line CLI11 refuses: exit status 1..127 (not a crash, not 0) with every part in the message.
+std::string expect_refused(const std::string& command, std::initializer_list<std::string> parts) {
+  const CommandResult r = run_command(command);
+  EXPECT_GT(r.status, 0) << command << "\n" << r.output;
+  EXPECT_LT(r.status, 128) << command << "\n" << r.output;
+  for (const std::string& part : parts) EXPECT_TRUE(contains(r.output, part)) << "expected '" << part << "' in:\n" << r.output;
+  return r.output;
+}
+
+// Old (issue 27): --hidden '', --vocab '' and --doc-start '' meant "not given"; --seq-len 0x100, --doc-start 0x1,
+// --vocab-size ' 300', --seed -1 (2^64 - 1) and 010 (octal 8) were taken; --precision 1 meant bf16;
+// --memory-limit 1e308 printed "inf EiB limit"; ring-zigzag silently ran zigzag under --sp-layout contiguous.
+TEST_F(Reliability, OptionValuesAreStrict) {
+  for (const std::string flag : {"--hidden ''", "--vocab ''"})
+    expect_refused(train("--steps 1 " + flag), {flag.substr(0, flag.find(' ')) + ": expected an integer in decimal digits, got ''"});
+  expect_refused(train("--steps 1 --doc-start ''"), {"--doc-start: expected an integer in decimal digits, got ''"});
+  expect_refused(kLasp + " train --data " + data + " --steps 1 --seq-len 0x100", {"--seq-len: expected an integer in "
+                                                                                  "decimal digits, got '0x100'"});
+  expect_refused(train("--steps 1 --doc-start 0x1"), {"got '0x1'"});
+  expect_refused(train("--steps 1 --seed -1"), {"--seed: expected a non-negative integer in decimal digits, got '-1'"});
+  expect_refused(train("--steps 1 --batch +1"), {"got '+1'"});
+  expect_refused(kLasp + " --threads 0x2 info", {"--threads", "got '0x2'"});
+  expect_refused(kLasp + " tokenize --input " + kLicence + " --vocab-size ' 300' --out " + tmp.file("tok"), {"got ' 300'"});
+  expect_refused(kLasp + " bench train --seq-lens 64,0x80", {"got '0x80'"});
+  // 010 is ten, not octal eight: --steps 010 with --stop-at 9 trains 9 of 10 steps.
+  const CommandResult ten = run_command(train("--steps 010 --stop-at 9"));
+  EXPECT_EQ(ten.status, 0) << ten.output;
+  EXPECT_TRUE(contains(ten.output, "step 9/10")) << ten.output;
+  expect_refused(train("--steps 1 --precision 1"), {"--precision: 1 not in {fp32,bf16}"});
+  expect_refused(train("--steps 1 --memory-limit 1e308"), {"--memory-limit: must be a finite number > 0 and <= 1048576, "
+                                                           "got 1e308"});
+  expect_error(train("--steps 1 --sp-method ring-zigzag --sp-layout contiguous"),
+               {"--sp-layout contiguous contradicts --sp-method ring-zigzag, which runs on the zigzag layout"});
+}
+
+// Old (issue 27): --stop-at at or before the saved step did nothing (exit 0); a resume with another --seed or
+// --data said nothing (the seed given replaced the saved one). The seed and the data belong to the saved run
+// (another --data only with --new-data); another --precision is allowed with a warning.
+TEST_F(Reliability, AResumeKeepsTheSavedRunsSeedDataAndStep) {
+  const std::string ckpt = tmp.file("ckpt"), other = tmp.file("other.txt");
+  std::ofstream(other) << lasp::read_file(kLicence);
+  expect_ok(train("--steps 6 --stop-at 3 --seed 7 --save " + ckpt));
+  EXPECT_EQ(nlohmann::json::parse(lasp::read_file(ckpt + "/trainer_state.json"))["precision"], "fp32");
+  expect_error(train("--steps 6 --resume " + ckpt + " --stop-at 3"),
+               {"--stop-at 3 is not after the checkpoint's step 3: the run would train nothing"});
+  expect_error(train("--steps 6 --resume " + ckpt + " --seed 8"), {"--seed 8 contradicts the saved run's seed 7"});
+  expect_error(kLasp + " train --data " + other + kTinyModel + " --steps 6 --resume " + ckpt,
+               {"the saved run trained on --data " + data + ", not " + other, "--new-data"});
+  // Without --seed the saved one goes on: the same losses as an uninterrupted run with --seed 7.
+  const std::string whole = tmp.file("whole");
+  expect_ok(train("--steps 6 --seed 7 --save " + whole));
+  expect_ok(train("--steps 6 --resume " + ckpt + " --save " + ckpt));
+  const std::string ev = kLasp + " eval --json --data " + data + " --seq-len 32 --checkpoint ";
+  EXPECT_EQ(run_command(ev + ckpt).output, run_command(ev + whole).output);
+  const CommandResult moved = run_command(kLasp + " train --data " + other + kTinyModel + " --steps 8 --new-data --resume " +
+                                          ckpt);
+  EXPECT_EQ(moved.status, 0) << moved.output;
+  EXPECT_TRUE(contains(moved.output, "training goes on on " + other + " (--new-data")) << moved.output;
+  if (!contains(run_command(kLasp + " info").output, "bf16 products: none")) {
+    const CommandResult bf16 = run_command(train("--steps 8 --resume " + ckpt + " --precision bf16"));
+    EXPECT_EQ(bf16.status, 0) << bf16.output;
+    EXPECT_TRUE(contains(bf16.output, "warning: --resume " + ckpt + ": the saved run trained in fp32, this one goes on "
+                         "in bf16")) << bf16.output;
+  }
+}
+
+// Old (issue 27): an empty prompt's message named --max-new-tokens' value as a prompt limit ("the prompt must
+// hold 1 to 5 tokens"); under mpirun -np 2 without --sp-size generate ran twice, its outputs interleaved.
+TEST_F(Reliability, GenerateRefusesAnEmptyPromptAndRanksWithoutSpSize) {
+  const std::string ckpt = tmp.file("ckpt");
+  expect_ok(train("--steps 1 --save " + ckpt));
+  const std::string out = expect_error(kLasp + " generate --checkpoint " + ckpt + " --prompt '' --max-new-tokens 5",
+                                       {"generate: the prompt is empty"});
+  EXPECT_FALSE(contains(out, "1 to 5")) << out;
+  if (run_command("command -v mpirun").status != 0) GTEST_SKIP() << "no mpirun";
+  const std::string mpirun = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_pml=ob1 "
+                             "OMPI_MCA_btl=self,vader OMP_NUM_THREADS=1 mpirun --oversubscribe -np 2 ";
+  const CommandResult twice = run_command(mpirun + kLasp + " generate --checkpoint " + ckpt + " --prompt hi "
+                                          "--max-new-tokens 3");
+  EXPECT_NE(twice.status, 0) << twice.output;
+  EXPECT_TRUE(contains(twice.output, "--sp-size 1 must equal the number of ranks, 2 (started by mpirun: give "
+                       "--sp-size 2")) << twice.output;
+  const CommandResult once = run_command(mpirun + kLasp + " generate --checkpoint " + ckpt + " --prompt hello "
+                                         "--max-new-tokens 3 --sp-size 2");
+  EXPECT_EQ(once.status, 0) << once.output;
+  EXPECT_EQ(once.output.rfind("hello", 0), 0u) << once.output;  // one output, from rank 0
+}
+
 // Old: --layer-types '' gave the default model.
 TEST_F(Reliability, EmptyLayerTypesIsAnError) {
   expect_error(train("--steps 1 --layer-types ''"), {"--layer-types must hold one letter per layer"});
@@ -633,7 +721,8 @@ TEST_F(Reliability, ACheckpointIsUsedOnlyWithItsVocabulary) {
                {"was trained on the pieces of the tokenizer", "holds bytes"});
   expect_error(kLasp + " eval --checkpoint " + bytes + shards + " --seq-len 32",
                {"was trained on bytes", "holds the pieces of the tokenizer"});
-  expect_error(train("--steps 2 --resume " + ckpt, model), {"holds bytes"});
+  expect_error(train("--steps 2 --resume " + ckpt, model), {"the saved run trained on --data"});
+  expect_error(train("--steps 2 --new-data --resume " + ckpt, model), {"holds bytes"});  // other data, other ids
   fs::rename(ckpt + "/tokenizer.model", tmp.file("away.model"));
   for (const std::string& command : {kLasp + " generate --checkpoint " + ckpt + " --prompt The",
                                      kLasp + " eval --checkpoint " + ckpt + shards + " --seq-len 32"})

@@ -118,7 +118,7 @@ refused "contradicts --model" tokenize --input "${licences[0]}" --model "$dir/py
 refused "smaller than that of the data's tokenizer" train --data "$dir/bpe/tokens_*.bin" --seq-len 64 --steps 1 --vocab 256
 refused "--doc-start must be a token of the model's vocabulary [0, 900) or -1 for none, got 900" \
   train --data "$dir/bpe/tokens_*.bin" --seq-len 64 --steps 1 --doc-start 900
-refused "--doc-start must be a token of the model's vocabulary [0, 900) or -1 for none, got -2" \
+refused "--doc-start: must be a finite number >= -1, got -2" \
   eval --checkpoint "$dir/ckpt" --data "$dir/bpe/tokens_*.bin" --seq-len 64 --doc-start -2
 # a byte-level checkpoint with a tokenizer of more pieces than its vocabulary
 "$lasp" train --data "${licences[0]}" --seq-len 32 --steps 1 --layer-types LN --hidden 32 --save "$dir/bytes" 2> /dev/null

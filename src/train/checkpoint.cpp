@@ -91,9 +91,11 @@ std::string state_string(const nlohmann::json& j, const char* key, const std::st
 }  // namespace
 
 nlohmann::json TrainerState::to_json() const {
-  return {{"step", step},       {"sampler", sampler}, {"sp_size", sp_size},   {"dp_size", dp_size},
-          {"sp_layout", sp_layout}, {"batch", batch}, {"seq_len", seq_len},   {"seed", seed},
-          {"data", data}};
+  nlohmann::json j = {{"step", step},       {"sampler", sampler}, {"sp_size", sp_size},   {"dp_size", dp_size},
+                      {"sp_layout", sp_layout}, {"batch", batch}, {"seq_len", seq_len},   {"seed", seed},
+                      {"data", data}};
+  if (!precision.empty()) j["precision"] = precision;
+  return j;
 }
 
 TrainerState parse_trainer_state(const std::string& text, const std::string& path) {
@@ -114,6 +116,11 @@ TrainerState parse_trainer_state(const std::string& text, const std::string& pat
   s.seed = state_uint(j, "seed", path);
   s.sp_layout = state_string(j, "sp_layout", path);
   s.data = state_string(j, "data", path);
+  if (j.contains("precision")) {  // since issue 27; older checkpoints do not say
+    s.precision = state_string(j, "precision", path);
+    LASP_CHECK(s.precision == "fp32" || s.precision == "bf16", "{}: \"precision\" must be \"fp32\" or \"bf16\", "
+               "found {}", path, json_shown(j["precision"]));
+  }
   return s;
 }
 
@@ -261,12 +268,16 @@ void load_checkpoint_weights(const OpenedCheckpoint& ck, const ParamLayout& layo
   });
 }
 
-TrainerState load_optimizer_state(const OpenedCheckpoint& ck, const ParamLayout& layout, std::vector<float>& m,
-                                  std::vector<float>& v, std::vector<float>& params) {
+TrainerState load_trainer_state(const OpenedCheckpoint& ck) {
   LASP_CHECK(ck.has("trainer_state.json") && ck.has("optimizer.safetensors"),
              "--resume {}: no optimizer.safetensors / trainer_state.json there (a checkpoint saved by lasp train)",
              ck.path());
-  const TrainerState state = parse_trainer_state(ck.read("trainer_state.json"), ck.shown("trainer_state.json"));
+  return parse_trainer_state(ck.read("trainer_state.json"), ck.shown("trainer_state.json"));
+}
+
+TrainerState load_optimizer_state(const OpenedCheckpoint& ck, const ParamLayout& layout, std::vector<float>& m,
+                                  std::vector<float>& v, std::vector<float>& params) {
+  const TrainerState state = load_trainer_state(ck);
   ck.named([&] {
     const SafetensorsFile file = SafetensorsFile::open(ck.fd_path("optimizer.safetensors"));
     read_tensors(file, layout, m, "m.");

@@ -26,6 +26,7 @@ struct TrainerState {
   int sp_size = 1, dp_size = 1, batch = 1, seq_len = 1;
   std::string sp_layout, data;
   uint64_t seed = 0;
+  std::string precision;     // "fp32" | "bf16"; empty: not recorded (checkpoints of an older lasp)
   nlohmann::json to_json() const;
 };
 // Parses trainer_state.json strictly: every key present with the right JSON type and in range (integers
@@ -97,5 +98,7 @@ void load_checkpoint_weights(const std::string& dir, const ParamLayout& layout, 
 // weights also holds their fp32 masters: they replace params (read by load_checkpoint_weights, rounded).
 TrainerState load_optimizer_state(const OpenedCheckpoint& checkpoint, const ParamLayout& layout, std::vector<float>& m,
                                   std::vector<float>& v, std::vector<float>& params);
+// trainer_state.json alone; throws if the checkpoint has none.
+TrainerState load_trainer_state(const OpenedCheckpoint& checkpoint);
 
 }  // namespace lasp

@@ -36,8 +36,12 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// The method's layout; an --sp-layout it does not run on is an error (ring-zigzag used to take zigzag silently).
 SpLayout layout_for(const ModelConfig& c, const ParallelOptions& p) {
-  return sp_method_layout(p.sp_method, p.sp_layout, c, p.sp_size);
+  const SpLayout layout = sp_method_layout(p.sp_method, p.sp_layout, c, p.sp_size);
+  LASP_CHECK(p.sp_layout.empty() || p.sp_layout == to_string(layout), "--sp-layout {} contradicts --sp-method {}, "
+             "which runs on the {} layout: leave --sp-layout out", p.sp_layout, p.sp_method, to_string(layout));
+  return layout;
 }
 
 // Documents for the model: --doc-start or the data's default (document_start); rank 0 says which.
@@ -253,6 +257,37 @@ void check_finite_step(int step, double loss, double norm, const TrainOptions& o
       o.adamw.grad_clip > 0 ? "" : ", gradient clipping (--grad-clip 1; now off)"));
 }
 
+// The data a run trained on (its --data as saved) and the data given now name the same thing.
+bool same_data(const std::string& saved, const std::string& given) {
+  std::error_code ec;
+  return saved == given || std::filesystem::equivalent(saved, given, ec);
+}
+
+// What a resume continues belongs to the saved run: its seed (an explicit --seed that contradicts it is an
+// error; absent, the saved one is used), its data (other --data is an error unless --new-data), its step
+// (--stop-at at or before it would train nothing). Another --precision is allowed, with a warning. Returns the
+// seed of the run.
+uint64_t check_resume(const TrainOptions& o, const TrainerState& state, bool rank0) {
+  LASP_CHECK(!o.seed_given || o.seed == state.seed, "--resume {}: --seed {} contradicts the saved run's seed {} (its "
+             "data order{}); leave --seed out to continue the saved run", o.resume_dir, o.seed, state.seed,
+             o.data_path.rfind("synthetic", 0) == 0 ? " and its synthetic data" : "");
+  LASP_CHECK(same_data(state.data, o.data_path) || o.new_data, "--resume {}: the saved run trained on --data {}, not {}: "
+             "its data position belongs to that data. Give the same --data, or add --new-data to go on training on {} "
+             "(its windows drawn anew)", o.resume_dir, state.data, o.data_path, o.data_path);
+  LASP_CHECK(o.stop_at == 0 || o.stop_at > state.step, "--resume {}: --stop-at {} is not after the checkpoint's step "
+             "{}: the run would train nothing. Give a later --stop-at, or leave it out", o.resume_dir, o.stop_at,
+             state.step);
+  const std::string precision = to_string(o.memory.precision);
+  if (rank0 && !state.precision.empty() && state.precision != precision)
+    std::fprintf(stderr, "lasp: warning: --resume %s: the saved run trained in %s, this one goes on in %s "
+                 "(--precision): the losses will not be those of an uninterrupted run\n", o.resume_dir.c_str(),
+                 state.precision.c_str(), precision.c_str());
+  if (rank0 && !same_data(state.data, o.data_path))
+    std::fprintf(stderr, "lasp: --resume %s: training goes on on %s (--new-data; the saved run had %s)\n",
+                 o.resume_dir.c_str(), o.data_path.c_str(), state.data.c_str());
+  return state.seed;
+}
+
 // Loads the weights, the AdamW moments and the data position of o.resume_dir; returns the first step to run.
 int resume(const TrainOptions& o, const OpenedCheckpoint& checkpoint, const Grid& grid, Model& model, AdamW& optimizer,
            WindowSampler& sampler) {
@@ -262,7 +297,7 @@ int resume(const TrainOptions& o, const OpenedCheckpoint& checkpoint, const Grid
   LASP_CHECK(state.step < o.steps, "--resume {}: the checkpoint is at step {} already; --steps {} is the total, so "
              "there is nothing left to train", o.resume_dir, state.step, o.steps);
   optimizer.set_steps(state.step);
-  sampler.restore(state.sampler);
+  if (same_data(state.data, o.data_path)) sampler.restore(state.sampler);  // else (--new-data) windows drawn anew
   const bool same_world = state.sp_size == grid.sp_size && state.dp_size == grid.dp_size && state.batch == o.batch &&
                           state.seq_len == o.seq_len;
   if (grid.world->rank() == 0)
@@ -291,6 +326,7 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
   std::shared_ptr<const OpenedCheckpoint> checkpoint = o.resume_checkpoint;
   if (resuming && !checkpoint) checkpoint = std::make_shared<const OpenedCheckpoint>(o.resume_dir);
   const ModelConfig config = resuming ? load_checkpoint_config(*checkpoint) : flags_config;
+  const uint64_t seed = resuming ? check_resume(o, load_trainer_state(*checkpoint), world.rank() == 0) : o.seed;
   check_model_fits(config, 4 * sizeof(float));  // weights, gradients, two AdamW moments
   Grid grid = make_grid(world, o.parallel.sp_size, o.parallel.dp_size);
   const SpLayout layout = layout_for(config, o.parallel);
@@ -298,7 +334,7 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
   const int Nl = int(positions.size()), B = o.batch;
   const bool rank0 = world.rank() == 0;
 
-  const TrainingData training_data = open_training_data(o.data_path, o.data_format, o.seq_len, o.seed);
+  const TrainingData training_data = open_training_data(o.data_path, o.data_format, o.seq_len, seed);
   const TokenSource* data = training_data.source.get();
   if (rank0) std::fprintf(stderr, "lasp: data %s: %s\n", o.data_path.c_str(), data->describe().c_str());
   LASP_CHECK(data->vocab_size() <= config.vocab_size, "train: {} holds tokens up to {} but the model's vocab_size is {}",
@@ -312,7 +348,7 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
              "train: --eval-every needs a validation part of at least --seq-len + 1 = {} tokens; --val-fraction {} of {} "
              "holds {}", o.seq_len + 1, o.val_fraction, o.data_path, split.val_end - split.val_begin);
   // Every rank draws the same windows (same seed); DP rank g trains on rows [g B, g B + B).
-  WindowSampler sampler(*data, o.seq_len, B * grid.dp_size, o.seed, split.train_begin, split.train_end, align);
+  WindowSampler sampler(*data, o.seq_len, B * grid.dp_size, seed, split.train_begin, split.train_end, align);
 
   const PlannedRank planned = plan_rank(config, grid, B, o.seq_len, layout, o.block, o.parallel, o.memory, true);
   Model model(config, B, Nl, *planned.attention, planned.plan.model);
@@ -325,7 +361,7 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
   AdamW optimizer(model.layout(), o.adamw);
   int first_step = 1;
   if (resuming) first_step = resume(o, *checkpoint, grid, model, optimizer, sampler);
-  else init_weights(model.layout(), model.params(), o.seed);
+  else init_weights(model.layout(), model.params(), seed);
   Saver saver(o, config, model, optimizer, world, TokenMeaning{vocabulary, doc_start});
   if (resuming) saver.resumed_from(o.resume_dir, first_step - 1);
   const float min_lr = o.min_lr ? *o.min_lr : o.lr / 10;
@@ -339,7 +375,8 @@ TrainResult train(const ModelConfig& flags_config, const TrainOptions& o, Comm& 
     t.step = step;
     t.sampler = sampler.state();
     t.sp_size = grid.sp_size, t.dp_size = grid.dp_size, t.batch = B, t.seq_len = o.seq_len;
-    t.sp_layout = to_string(layout), t.seed = o.seed, t.data = o.data_path;
+    t.sp_layout = to_string(layout), t.seed = seed, t.data = o.data_path;
+    t.precision = to_string(o.memory.precision);
     return t;
   };
 

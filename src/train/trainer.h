@@ -33,6 +33,7 @@ struct TrainOptions {
   std::optional<float> min_lr; // end of the cosine; absent: lr / 10
   std::optional<int> warmup;   // warmup steps; absent: steps / 10
   uint64_t seed = 1234;
+  bool seed_given = false;     // --seed given: a resume whose checkpoint has another seed is an error
   std::string save_dir;        // empty: no checkpoint; else written every save_every steps and at the end
   bool save_bf16 = false;      // --save-dtype bf16: model.safetensors in BF16 (the optimizer file keeps fp32 masters)
   int save_every = 0;          // 0: only at the end
@@ -42,6 +43,7 @@ struct TrainOptions {
   // resume_dir opened once by the caller (checkpoint.h OpenedCheckpoint; every read of the resume goes through
   // it); absent: train opens it.
   std::shared_ptr<const OpenedCheckpoint> resume_checkpoint;
+  bool new_data = false;       // --new-data: resume on data_path although the saved run had other data
   double val_fraction = 0.1;   // the last part of the data file, held out for validation (0: none)
   int eval_every = 0;          // validation every so many steps and at the end (0: never)
   int eval_batches = 4;        // windows per DP rank in each validation

@@ -81,7 +81,7 @@ perl -pi -e 's/\bTIMEOUT "(\d+)"/"TIMEOUT \"" . ($1 * 4) . "\""/ge' "$build/CTes
 
 exclude=()
 if [ "$mode" = ci ]; then
-  # gtest_discover_tests names parameterized tests "Name  # GetParam() = ...": hence ( |$), not $.
+  # ( |$): before NO_PRETTY_VALUES (CMakeLists.txt) parameterized tests were named "Name  # GetParam() = ...".
   slow=(
     'SoftmaxAttention\.EveryThreadCountGivesTheSameResults( |$)'
     'SoftmaxAttention\.LongerSequencesAndMiddleGqa( |$)'

@@ -28,6 +28,7 @@
 #include "testing.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
+#include "train/tokenizer.h"
 
 namespace {
 
@@ -859,6 +860,19 @@ TEST(ReliabilityFuzzFindings, ConfigRoundTripsAtFloatMax) {
   const lasp::ModelConfig back = lasp::ModelConfig::from_json(c.to_json());
   EXPECT_EQ(back.rms_norm_eps, c.rms_norm_eps);
   EXPECT_THROW(lasp::ModelConfig::from_json({{"rms_norm_eps", 3.5e38}}), lasp::Error);
+}
+
+// Found by tests/fuzz (fuzz_tokenizer_model): a tokenizer.model with a piece holding a NUL byte (or none) made
+// SentencePiece throw its trie library's exception, which reached the user with its source path
+// ("./third_party/darts_clone/darts.h:1143: exception: failed to insert key").
+TEST(ReliabilityFuzzFindings, ATokenizerModelWithAnUnindexablePieceIsRefused) {
+  const std::string model = std::string(LASP_SOURCE_DIR) + "/tests/fuzz/findings/fuzz_tokenizer_model/empty_or_nul_piece.model";
+  try {
+    lasp::Tokenizer::load(model);
+    ADD_FAILURE() << "expected an error";
+  } catch (const lasp::Error& e) {
+    EXPECT_TRUE(contains(e.what(), "not a SentencePiece model: its piece 312 is text with a NUL byte")) << e.what();
+  }
 }
 
 // Found by hand for the fuzz harnesses: a deeply nested value where a number belongs overflowed the stack

@@ -183,13 +183,79 @@ void for_each_document(const TokenizeOptions& o, F f) {
 
 }  // namespace
 
+namespace {
+
+// Protocol buffers' wire format, as far as a model's pieces: a varint at `at` (false when the bytes end first).
+bool read_varint(std::string_view b, size_t& at, uint64_t& value) {
+  value = 0;
+  for (int shift = 0; shift < 64 && at < b.size(); shift += 7) {
+    const unsigned char c = static_cast<unsigned char>(b[at++]);
+    value |= uint64_t(c & 0x7F) << shift;
+    if (!(c & 0x80)) return true;
+  }
+  return false;
+}
+
+// Calls f(field, wire type, payload) for each field of a message; false when the bytes are not one (SentencePiece
+// then refuses them itself).
+template <class F>
+bool for_each_field(std::string_view b, F f) {
+  for (size_t at = 0; at < b.size();) {
+    uint64_t key = 0, n = 0;
+    if (!read_varint(b, at, key)) return false;
+    const int wire = int(key & 7);
+    std::string_view payload;
+    if (wire == 0) {
+      if (!read_varint(b, at, n)) return false;
+    } else if (wire == 1 || wire == 5) {
+      n = wire == 1 ? 8 : 4;
+      if (b.size() - at < n) return false;
+      at += n;
+    } else if (wire == 2) {
+      if (!read_varint(b, at, n) || n > b.size() - at) return false;
+      payload = b.substr(at, n);
+      at += n;
+    } else {
+      return false;
+    }
+    f(key >> 3, wire, payload);
+  }
+  return true;
+}
+
+// SentencePiece's loader throws an exception of its trie library, not a status, when a piece is empty or
+// holds a NUL byte ("./third_party/darts_clone/darts.h:1143: exception: failed to insert key: zero-length
+// key" reached the user). Found by tests/fuzz (fuzz_tokenizer_model): such a model (ModelProto field 1, each
+// SentencePiece's field 1 its text) is refused here first, naming the piece.
+void check_pieces(std::string_view model, const std::string& path) {
+  int index = 0;
+  for_each_field(model, [&](uint64_t field, int wire, std::string_view piece_message) {
+    if (field != 1 || wire != 2) return;
+    std::string_view text;
+    for_each_field(piece_message, [&](uint64_t f, int w, std::string_view payload) {
+      if (f == 1 && w == 2) text = payload;
+    });
+    LASP_CHECK(!text.empty() && text.find('\0') == std::string_view::npos, "{}: not a SentencePiece model: its piece "
+               "{} is {}", path, index, text.empty() ? "empty" : "text with a NUL byte");
+    ++index;
+  });
+}
+
+}  // namespace
+
 Tokenizer Tokenizer::load(const std::string& path) { return from_bytes(read_file(path), path); }
 
 Tokenizer Tokenizer::from_bytes(const std::string& bytes, const std::string& path) {
+  check_pieces(bytes, path);
   Tokenizer t;
   t.sp_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
   t.path_ = path;
-  const auto status = t.sp_->LoadFromSerializedProto(bytes);
+  sentencepiece::util::Status status;
+  try {
+    status = t.sp_->LoadFromSerializedProto(bytes);
+  } catch (const std::exception&) {  // any other exception of its libraries: no source paths for the user
+    throw Error(fmt::format("{}: not a SentencePiece model (SentencePiece cannot index its pieces)", path));
+  }
   const std::string why = sentencepiece_message(status);
   LASP_CHECK(status.ok(), "{}: not a SentencePiece model{}", path,
              why.empty() ? " (its bytes do not parse as one)" : ": " + why);

@@ -12,10 +12,24 @@ trap 'rm -rf "$work"' EXIT
 head -c 3000 /usr/share/common-licenses/GPL-3 >"$work/text.txt"
 (cd "$work" && OMP_NUM_THREADS=1 "$lasp" train --data text.txt --layer-types LN --hidden 8 --heads 2 --kv-heads 1 \
   --ffn 16 --seq-len 16 --steps 2 --save ckpt >/dev/null 2>&1)
-mkdir -p "$out"/{fuzz_safetensors,fuzz_config,fuzz_shards,fuzz_trainer_state}
+mkdir -p "$out"/{fuzz_safetensors,fuzz_config,fuzz_shards,fuzz_trainer_state,fuzz_tokenizer_model,fuzz_manifest}
 cp "$work/ckpt/model.safetensors" "$out/fuzz_safetensors/lasp_model.safetensors"
 cp "$work/ckpt/config.json" "$out/fuzz_config/lasp_tiny.json"
 cp "$work/ckpt/trainer_state.json" "$out/fuzz_trainer_state/lasp_state.json"
+cp "$work/ckpt/lasp_checkpoint.json" "$out/fuzz_manifest/lasp_checkpoint.json"
+# A tokenizer lasp trains (the smallest vocabulary of the text: 3 special pieces, 256 bytes, its characters)
+# and one with SentencePiece's defaults but the normalization (unigram, a dummy prefix, extra whitespace
+# removed; identity instead of NFKC, whose table is 240 KB), trained by python3-sentencepiece
+(cd "$work" && "$lasp" tokenize --input text.txt --vocab-size 330 --out tok --shard-tokens 500 >/dev/null 2>&1)
+cp "$work/tok/tokenizer.model" "$out/fuzz_tokenizer_model/lasp_bpe.model"
+cp "$work/tok/tokens.json" "$out/fuzz_manifest/tokens.json"
+/usr/bin/python3 -c "
+import sentencepiece as spm, sys
+spm.SentencePieceTrainer.train(input=sys.argv[1], model_prefix=sys.argv[2], vocab_size=330, byte_fallback=True,
+                               normalization_rule_name='identity', minloglevel=2)" "$work/text.txt" "$work/python"
+cp "$work/python.model" "$out/fuzz_tokenizer_model/python_unigram.model"
+head -c 700 "$work/python.model" > "$out/fuzz_tokenizer_model/truncated.model"
+: > "$out/fuzz_tokenizer_model/empty.model"
 
 /usr/bin/python3 - "$out" <<'EOF'
 import json, struct, sys
@@ -81,5 +95,21 @@ put("fuzz_trainer_state", "short_sampler.json", json.dumps(base, indent=2))
 put("fuzz_trainer_state", "wrap.json", json.dumps(dict(base, step=2147483647, seed=18446744073709551615,
     batch=4294967297)))
 put("fuzz_trainer_state", "fraction.json", json.dumps(dict(base, step=2.5, seq_len=-16)))
+
+# markers: tokens.json (tokenize's manifest) and lasp_checkpoint.json
+shards = [{"file": "tokens_000000.bin", "tokens": 5}, {"file": "tokens_000001.bin", "tokens": 7}]
+tokens = {"format": "lasp tokens", "version": 1, "tokenizer": "tokenizer.model", "vocab_size": 330, "bos": 1,
+          "documents": 1, "bytes": 3000, "tokens": 12, "shards": shards}
+put("fuzz_manifest", "tokens_matching.json", json.dumps(tokens))
+put("fuzz_manifest", "tokens_partial.json", json.dumps(dict(tokens, shards=shards + [{"file": "tokens_000002.bin",
+    "tokens": 1}])))
+put("fuzz_manifest", "tokens_bad_entries.json", json.dumps(dict(tokens, shards=[{"file": 3, "tokens": "5"}, [], None,
+    {"file": "tokens_000000.bin", "tokens": 18446744073709551615}])))
+put("fuzz_manifest", "tokens_newer.json", json.dumps(dict(tokens, version=99)))
+checkpoint = {"format": "lasp checkpoint", "version": 1, "vocabulary": "bytes", "doc_start": 10}
+put("fuzz_manifest", "checkpoint_bytes.json", json.dumps(checkpoint))
+put("fuzz_manifest", "checkpoint_tokenizer.json", json.dumps(dict(checkpoint, vocabulary="tokenizer 0123456789abcdef")))
+put("fuzz_manifest", "checkpoint_doc_start.json", json.dumps(dict(checkpoint, doc_start=-5)))
+put("fuzz_manifest", "checkpoint_wrap.json", json.dumps(dict(checkpoint, doc_start=4294967306)))
 EOF
 ls -l "$out"/*

@@ -1,7 +1,7 @@
 // exscan (sp/state_passing.h): each piece's affine pairs folded over the pieces before it (or after it,
 // backward) by MPI_Iexscan, with the state algebra's composition as the operator (Comm::exscan_start). The
 // pairs travel in diagonal form, d_k gates per head (a fixed decay's scalar repeated): one wire format for
-// the fixed decays and GLA.
+// the fixed decays and GLA; the delta rule's in full form, d_k^2 per head.
 #include <algorithm>
 #include <cstring>
 
@@ -30,13 +30,8 @@ class ExscanPassing final : public StatePassing {
   ExscanPassing(Comm& sp, const PassingShape& shape)
       : sp_(sp),
         reversed_(sp.split(0, sp.size() - 1 - sp.rank())),
-        s_(shape),
-        f_{Transition::diagonal, shape.dk, shape.dv},
-        op_(f_),
-        pairs_(shape.mine.size() * piece_pairs_floats()),
-        scanned_(pairs_.size()),
-        total_(piece_pairs_floats()),
-        lead_(total_.size()) {
+        s_(shape) {
+    use_form({Transition::diagonal, shape.dk, shape.dv});
     const int W = sp.size(), pieces = int(shape.owner.size());
     LASP_CHECK(pieces == W || pieces == 2 * W, "exscan: {} pieces over {} ranks: expected one or two per rank",
                pieces, W);
@@ -45,11 +40,11 @@ class ExscanPassing final : public StatePassing {
   std::unique_ptr<CommRequest> start(const float* own, const PieceGates& gates, bool forward) override {
     const int W = sp_.size(), pieces = int(s_.owner.size()), me = sp_.rank();
     first_.reset(), second_.reset();
-    for (int i = 0; i < int(s_.mine.size()); ++i)  // the pairs (gates, state) of every piece, head by head
+    use_form({gates.transition() == Transition::full ? Transition::full : Transition::diagonal, s_.dk, s_.dv});
+    for (int i = 0; i < int(s_.mine.size()); ++i)  // the pairs (transition, state) of every piece, head by head
       for (size_t x = 0; x < s_.heads(); ++x) {
         float* p = pair(i) + x * f_.pair_floats();
-        for (int r = 0; r < s_.dk; ++r) p[r] = gates.row(i, s_.mine[i].index, x * s_.dk + r);
-        if (!forward) transpose_transition(f_, p);  // the adjoint pair's transition
+        gates.transition_of(f_, p, i, s_.mine[i].index, x, !forward);  // backward: the adjoint pair's
         std::memcpy(p + f_.transition_floats(), own + size_t(i) * s_.piece_floats() + x * f_.state_floats(),
                     sizeof(float) * f_.state_floats());
       }
@@ -109,14 +104,24 @@ class ExscanPassing final : public StatePassing {
   };
 
   size_t piece_pairs_floats() const { return s_.heads() * f_.pair_floats(); }
+  // The pairs' form on the wire, and buffers for it (between passes only: never while a scan is in flight).
+  void use_form(const StateForm& f) {
+    if (op_ && f.transition == f_.transition) return;
+    f_ = f;
+    op_ = std::make_unique<PairComposition>(f);
+    pairs_.assign(s_.mine.size() * piece_pairs_floats(), 0.f);
+    scanned_.assign(pairs_.size(), 0.f);
+    total_.assign(piece_pairs_floats(), 0.f);
+    lead_.assign(total_.size(), 0.f);
+  }
   float* pair(int i) { return pairs_.data() + size_t(i) * piece_pairs_floats(); }
   float* scanned(int i) { return scanned_.data() + size_t(i) * piece_pairs_floats(); }
   std::unique_ptr<CommRequest> scan(int leg, const float* send) {
-    return comm_[leg]->exscan_start(send, scanned(piece_[leg]), s_.heads(), op_);
+    return comm_[leg]->exscan_start(send, scanned(piece_[leg]), s_.heads(), *op_);
   }
   // then <- first followed by then, for every head of a piece.
   void compose_all(const float* first, float* then) const {
-    for (size_t x = 0; x < s_.heads(); ++x) op_.compose(first + x * f_.pair_floats(), then + x * f_.pair_floats());
+    for (size_t x = 0; x < s_.heads(); ++x) op_->compose(first + x * f_.pair_floats(), then + x * f_.pair_floats());
   }
   // A piece's pairs applied to no state: their states (the fold of everything before, from nothing).
   void states_of(const float* pairs, float* out) const {
@@ -144,7 +149,7 @@ class ExscanPassing final : public StatePassing {
   std::unique_ptr<Comm> reversed_;  // the SP group in reverse rank order; its counts go to the SP group's
   PassingShape s_;
   StateForm f_;                      // each head's pair on the wire
-  PairComposition op_;
+  std::unique_ptr<PairComposition> op_;
   std::vector<float> pairs_, scanned_, total_, lead_;  // (pieces,) B, H pairs
   int legs_ = 1, piece_[2] = {0, 0}, last_piece_ = -1;
   Comm* comm_[2] = {nullptr, nullptr};

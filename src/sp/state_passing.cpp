@@ -14,11 +14,28 @@ float PieceGates::at(int piece, int b, int h) const {
   return decay_power(lambda ? double(lambda[h]) : 1.0, piece_len);
 }
 
+void PieceGates::transition_of(const StateForm& f, float* A, int local, int piece, size_t x, bool adjoint) const {
+  const Transition own = transition();
+  LASP_CHECK(own <= f.transition && f.transition != Transition::identity, "state passing: a {} transition cannot "
+             "travel as a {} one", to_string(own), to_string(f.transition));
+  const size_t head = size_t(local) * B * H + x;
+  std::fill(A, A + f.transition_floats(), 0.f);
+  if (own == Transition::full) {
+    std::copy(matrices + head * dk * dk, matrices + (head + 1) * dk * dk, A);
+    if (adjoint) transpose_transition(f, A);
+    return;
+  }
+  for (int r = 0; r < (f.transition == Transition::scalar ? 1 : dk); ++r) {
+    const float g = own == Transition::diagonal ? rows[head * dk + r] : at(piece, int(x) / H, int(x) % H);
+    A[f.transition == Transition::full ? size_t(r) * dk + r : size_t(r)] = g;
+  }
+}
+
 namespace {
 
 // The paper's LASP-2: every piece's state reaches every rank, which folds them in piece order. Fixed decays and
-// document cuts are known on every rank, so only the states travel; GLA's per-row gates travel with their
-// states as pairs (A | M), d_k + d_k d_v floats per head.
+// document cuts are known on every rank, so only the states travel; GLA's per-row gates (and the delta rule's
+// matrices) travel with their states as pairs (A | M), d_k (d_k^2) + d_k d_v floats per head.
 class GatherPassing final : public StatePassing {
  public:
   GatherPassing(Comm& sp, const PassingShape& shape)
@@ -27,7 +44,8 @@ class GatherPassing final : public StatePassing {
   std::unique_ptr<CommRequest> start(const float* own, const PieceGates& gates, bool forward) override {
     gates_ = gates;
     forward_ = forward;
-    if (!gates.rows) return sp_.all_gather_start(own, recv_.data(), s_.mine.size() * s_.piece_floats());
+    if (gates.transition() == Transition::scalar)
+      return sp_.all_gather_start(own, recv_.data(), s_.mine.size() * s_.piece_floats());
     const StateForm f = form();
     const size_t heads = s_.heads(), pair = f.pair_floats();
     send_pairs_.resize(s_.mine.size() * heads * pair);
@@ -35,8 +53,7 @@ class GatherPassing final : public StatePassing {
     for (size_t i = 0; i < s_.mine.size(); ++i)
       for (size_t x = 0; x < heads; ++x) {
         float* p = send_pairs_.data() + (i * heads + x) * pair;
-        for (int r = 0; r < s_.dk; ++r) p[r] = gates.row(int(i), s_.mine[i].index, x * s_.dk + r);
-        if (!forward) transpose_transition(f, p);  // the adjoint pair's transition
+        gates.transition_of(f, p, int(i), s_.mine[i].index, x, !forward);  // backward: the adjoint pair's
         std::memcpy(p + f.transition_floats(), own + i * s_.piece_floats() + x * f.state_floats(),
                     sizeof(float) * f.state_floats());
       }
@@ -59,7 +76,7 @@ class GatherPassing final : public StatePassing {
     const int pieces = int(s_.owner.size());
     const size_t heads = s_.heads(), mine = s_.mine.size();
     PiecePairs pairs;
-    if (!gates_.rows) {  // the transitions from the gates every rank knows
+    if (f.transition == Transition::scalar) {  // the transitions from the gates every rank knows
       transitions_.resize(size_t(pieces) * heads);
       pairs.a_stride = 1, pairs.b_stride = f.state_floats();
       for (int p = 0; p < pieces; ++p) {
@@ -82,7 +99,7 @@ class GatherPassing final : public StatePassing {
   Comm& sp_;
   PassingShape s_;
   std::vector<float> recv_;                     // (W, pieces, B, H, d_k, d_v)
-  std::vector<float> send_pairs_, recv_pairs_;  // GLA: (pieces, B, H) pairs, and (W, ...) gathered
+  std::vector<float> send_pairs_, recv_pairs_;  // GLA, delta: (pieces, B, H) pairs, and (W, ...) gathered
   std::vector<float> transitions_;              // (all pieces, B, H): fixed decays' scalars
   PieceGates gates_;
   bool forward_ = true;

@@ -29,15 +29,23 @@ enum class StatePassingKind { gather, exscan, allscan };
 // What piece p of batch row b does to the state passing through it (its transition, kernels/state_algebra.h),
 // head by head: lambda_h^piece_len (1 without decay), 0 where a document starts inside the piece (it passes on
 // only what follows the start): a scalar; or, for GLA, each key dim's own gate product over the piece (GATES.md's
-// Gamma): a diagonal.
+// Gamma): a diagonal; or, for the delta rule, the piece's d_k x d_k transition (DELTA.md's A_r): full. Rows and
+// matrices already hold the cuts (0 across a start).
 struct PieceGates {
   const float* lambda = nullptr;  // (H) or null
   int piece_len = 0;
   const uint8_t* cut = nullptr;   // (pieces, B) or null
   int B = 0, H = 0, dk = 0;
-  const float* rows = nullptr;    // GLA: (this rank's pieces, B, H, d_k), or null
-  Transition transition() const { return rows ? Transition::diagonal : Transition::scalar; }
+  const float* rows = nullptr;      // GLA: (this rank's pieces, B, H, d_k), or null
+  const float* matrices = nullptr;  // full: (this rank's pieces, B, H, d_k, d_k), or null
+  Transition transition() const {
+    return matrices ? Transition::full : rows ? Transition::diagonal : Transition::scalar;
+  }
   float at(int piece, int b, int h) const;
+  // Head x = b H + h of this rank's piece `local` (global `piece`): its transition in form f (f's d_k; a
+  // scalar or diagonal one may be asked for in a wider form: a scalar repeated on the diagonal, ...), or the
+  // adjoint's (transposed) for a backward.
+  void transition_of(const StateForm& f, float* A, int local, int piece, size_t x, bool adjoint) const;
   // The gate of key row x of (B, H, d_k) of this rank's piece `local`, global index `piece`.
   float row(int local, int piece, size_t x) const {
     if (rows) return rows[size_t(local) * B * H * dk + x];
@@ -69,7 +77,7 @@ class StatePassing {
   virtual size_t memory_floats() const = 0;
 };
 
-// slices: allscan's K (clamped to the rows B*H*d_k); ignored by the others. Needs the whole SP group.
+// slices: allscan's K (clamped to the value columns d_v); ignored by the others. Needs the whole SP group.
 std::unique_ptr<StatePassing> make_state_passing(StatePassingKind kind, Comm& sp, const PassingShape& shape,
                                                  int slices);
 // The two scans, each in its own file (sp/exscan_passing.cpp, sp/allscan_passing.cpp).

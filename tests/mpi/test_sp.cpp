@@ -21,6 +21,7 @@
 #include "sp/ulysses.h"
 #include "sp/lasp2.h"
 #include "sp/methods.h"
+#include "sp/state_passing.h"
 #include "testing.h"
 #include "train/optimizer.h"
 
@@ -591,6 +592,78 @@ TEST(SpCommunication, RecomputeExchangesOncePerLayer) {
       }
       expect_close(grads[0], grads[1], what + ": gradients");
     }
+}
+
+// The transports carry any transition: full d_k x d_k ones (the delta rule's, DELTA.md) with d_k != d_v, as
+// pairs (lasp2's AllGather, exscan) or kept at home (allscan, whose slices are value columns): the forward (the
+// state entering each piece), the backward (adjoint pairs, transposed, from the last piece down) and the final
+// state equal a serial fold in double of every rank's pieces, on both layouts, for every slice count.
+TEST(SpStatePassing, FullTransitionsTravelEveryWay) {
+  const int W = world().size(), me = world().rank(), B = 2, H = 3, dk = 5, dv = 3;
+  const size_t heads = size_t(B) * H, state = heads * dk * dv, matrices = heads * dk * dk;
+  auto state_of = [&](int p) { return random_values(state, 100 + p); };
+  auto matrix_of = [&](int p) {  // 0.8 I + noise: contractive, as the delta rule's are
+    std::vector<float> a = random_values(matrices, 200 + p);
+    for (size_t x = 0; x < heads; ++x)
+      for (int r = 0; r < dk; ++r)
+        for (int c = 0; c < dk; ++c) a[(x * dk + r) * dk + c] = (r == c ? 0.8f : 0.f) + 0.1f * a[(x * dk + r) * dk + c];
+    return a;
+  };
+  for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag}) {
+    const int N = 8 * W;
+    const std::vector<Piece> mine = sp_pieces(N, W, me, layout);
+    const auto owner = sp_piece_owners(N, W, layout);
+    const int pieces = int(owner.size());
+    std::vector<float> own, mats;
+    for (const Piece& p : mine) {
+      const auto m = state_of(p.index), a = matrix_of(p.index);
+      own.insert(own.end(), m.begin(), m.end());
+      mats.insert(mats.end(), a.begin(), a.end());
+    }
+    // The serial fold of pieces [from, to) in order (step +1) or reversed (step -1, transposed), in double.
+    auto fold = [&](int first, int last, bool forward) {
+      std::vector<double> S(state, 0.0);
+      for (int t = 0; t < last - first; ++t) {
+        const int p = forward ? first + t : last - 1 - t;
+        const auto m = state_of(p), a = matrix_of(p);
+        std::vector<double> next(state, 0.0);
+        for (size_t x = 0; x < heads; ++x)
+          for (int r = 0; r < dk; ++r)
+            for (int c = 0; c < dv; ++c) {
+              double acc = m[(x * dk + r) * dv + c];
+              for (int j = 0; j < dk; ++j)
+                acc += double(forward ? a[(x * dk + r) * dk + j] : a[(x * dk + j) * dk + r]) * S[(x * dk + j) * dv + c];
+              next[(x * dk + r) * dv + c] = acc;
+            }
+        S = next;
+      }
+      return std::vector<float>(S.begin(), S.end());
+    };
+    for (StatePassingKind kind : {StatePassingKind::gather, StatePassingKind::exscan, StatePassingKind::allscan})
+      for (int slices : {1, 2, 3}) {
+        if (kind != StatePassingKind::allscan && slices > 1) continue;
+        const std::string what = std::string(to_string(kind)) + " " + to_string(layout) + " K " + std::to_string(slices);
+        auto passing = make_state_passing(kind, world(), {B, H, dk, dv, mine, owner}, slices);
+        PieceGates gates;
+        gates.B = B, gates.H = H, gates.dk = dk, gates.piece_len = N / pieces, gates.matrices = mats.data();
+        for (bool forward : {true, false}) {
+          passing->start(own.data(), gates, forward)->wait();
+          std::vector<float> out(mine.size() * state);
+          passing->finish(out.data());
+          for (size_t i = 0; i < mine.size(); ++i) {
+            const int p = mine[i].index;
+            const std::vector<float> want = forward ? fold(0, p, true) : fold(p + 1, pieces, false);
+            expect_close(want, std::vector<float>(out.begin() + long(i * state), out.begin() + long((i + 1) * state)),
+                         what + (forward ? " forward" : " backward") + " piece " + std::to_string(p));
+          }
+          if (forward) {
+            std::vector<float> total(state);
+            passing->final_state(total.data());
+            expect_close(fold(0, pieces, true), total, what + " final state");
+          }
+        }
+      }
+  }
 }
 
 // ---- whole models ----

@@ -430,7 +430,8 @@ struct BenchTrainCommand : Command {
     cmd = bench.add_subcommand("train", "training tokens/s and peak memory of a model (default: the small hybrid)");
     model.add(cmd);
     cmd->add_option("--seq-lens,--seq-len", o.seq_lens, "tokens per sequence; several lengths run one process each "
-                    "and write --out.json and --out.png")->default_str("4096")->check(kAtLeastOne)->delimiter(',');
+                    "and write --out.json, --out.png and its points --out.dat (one per length: the median)")
+        ->default_str("4096")->check(kAtLeastOne)->delimiter(',');
     cmd->add_option("--batch", o.batch, "sequences per step")->default_val(o.batch)->check(kAtLeastOne);
     cmd->add_option("--steps", o.steps, "timed steps (median)")->default_val(o.steps)->check(kAtLeastOne);
     cmd->add_option("--warmup", o.warmup, "untimed steps first")->default_val(o.warmup)->check(kNonNegative);

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <random>
 
@@ -160,7 +161,7 @@ nlohmann::ordered_json bench_train(const ModelConfig& config, const TrainBenchOp
 nlohmann::ordered_json bench_train_lengths(const ModelConfig& config, const TrainBenchOptions& o, const std::string& self,
                                            int threads) {
   // Checked before the first child runs, so that a bad path costs no benchmark.
-  const std::string json_path = o.out_prefix + ".json", png_path = o.out_prefix + ".png";
+  const std::string json_path = o.out_prefix + ".json", png_path = o.out_prefix + ".png", data = o.out_prefix + ".dat";
   check_can_create(json_path);
   const TempDir folder("lasp_bench_train");
   const std::string config_path = folder.file("config.json");
@@ -176,7 +177,7 @@ nlohmann::ordered_json bench_train_lengths(const ModelConfig& config, const Trai
 
   nlohmann::ordered_json rows = nlohmann::ordered_json::array();
   std::printf("%10s %12s %10s %12s %12s  %s\n", "N", "tokens/s", "peak GiB", "KiB/token", "est. GiB", "plan");
-  std::string dat;
+  std::map<int, std::vector<std::pair<double, double>>> by_length;  // N -> (tokens/s, KiB per token) of each run
   for (int N : o.seq_lens) {
     const std::string out = run_command(quoted(self) + " --threads " + std::to_string(threads) + " bench train" + flags +
                                         " --seq-lens " + std::to_string(N));
@@ -188,12 +189,24 @@ nlohmann::ordered_json bench_train_lengths(const ModelConfig& config, const Trai
     std::printf("%10d %12.0f %10.2f %12.2f %12.2f  %s\n", N, r["tokens_per_s"].get<double>(), rss / (1 << 30),
                 per_token, r["estimated_peak_bytes"].get<double>() / (1 << 30), r["memory_plan"].get<std::string>().c_str());
     std::fflush(stdout);
-    dat += std::to_string(N) + ' ' + r["tokens_per_s"].dump() + ' ' + std::to_string(per_token) + '\n';
+    by_length[N].push_back({r["tokens_per_s"].get<double>(), per_token});
     rows.push_back(r);
   }
+  // One point per length, in increasing order: the median of its runs (a length given twice is one point, not a
+  // line drawn back and forth in run order).
+  std::string dat;
+  for (auto& [N, runs] : by_length) {
+    auto median = [&](auto field) {
+      std::vector<double> v;
+      for (const auto& run : runs) v.push_back(field(run));
+      std::sort(v.begin(), v.end());
+      return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+    };
+    dat += fmt::format("{} {} {}\n", N, median([](const auto& r) { return r.first; }),
+                       median([](const auto& r) { return r.second; }));
+  }
   write_file_atomic(json_path, rows.dump(2) + "\n");
-  const std::string data = folder.file("lengths.dat");
-  write_file_atomic(data, dat);
+  write_file_atomic(data, "# N tokens/s KiB/token (medians over the runs of each N)\n" + dat);
   gnuplot_png("set terminal png size 1000,600\nset grid\nset logscale x 2\nset format x '%.0s%c'\nset xlabel 'sequence length N (tokens)'\n"
               "set ylabel 'tokens/s'\nset y2label 'peak RSS per token (KiB)'\nset ytics nomirror\nset y2tics\n"
               "set yrange [0:*]\nset y2range [0:*]\nset key top center\nset output '" + png_path + "'\n"
@@ -201,7 +214,7 @@ nlohmann::ordered_json bench_train_lengths(const ModelConfig& config, const Trai
               "plot '" + data + "' using 1:2 axes x1y1 with linespoints lw 2 title 'tokens/s', '" + data +
               "' using 1:3 axes x1y2 with linespoints lw 2 title 'KiB per token (peak RSS / N)'\n",
               png_path);
-  std::printf("wrote %s, %s\n", json_path.c_str(), png_path.c_str());
+  std::printf("wrote %s, %s (its points: %s)\n", json_path.c_str(), png_path.c_str(), data.c_str());
   return rows;
 }
 

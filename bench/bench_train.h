@@ -21,7 +21,7 @@ struct TrainBenchOptions {
   int doc_every = 0;  // > 0: packed documents of about this many tokens (token 0 opens one); 0: one stream
   bool compare_pytorch = false;
   std::string reference_script;  // tools/reference.py; empty: the source tree's, found from any folder
-  std::string out_prefix = "bench_train";  // several lengths: PREFIX.json and PREFIX.png
+  std::string out_prefix = "bench_train";  // several lengths: PREFIX.json, PREFIX.png and its points PREFIX.dat
 };
 
 // One length (seq_lens[0]) in this process.

@@ -17,6 +17,7 @@
 #include <map>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -821,6 +822,20 @@ TEST_F(Reliability, AReaderSeesOneCheckpointWhileSavesSwapThem) {
   swapper.join();
   EXPECT_GT(swaps.load(), 40) << "too few swaps to test anything";
   EXPECT_EQ(read, 300);
+}
+
+// Old (issue 27): bench train --seq-lens with a repeated length drew its line back and forth in run order. Now
+// the plot has one point per length, the median of its runs, in increasing order (PREFIX.dat holds them).
+TEST_F(Reliability, BenchTrainPlotsOnePointPerLength) {
+  const std::string prefix = tmp.file("lengths");
+  expect_ok(kLasp + " bench train --layer-types L --hidden 32 --heads 2 --kv-heads 1 --ffn 64 --steps 1 --warmup 0 "
+            "--seq-lens 256,128,256 --out " + prefix);
+  std::istringstream dat(lasp::read_file(prefix + ".dat"));
+  std::vector<int> lengths;
+  for (std::string line; std::getline(dat, line);)
+    if (!line.empty() && line[0] != '#') lengths.push_back(std::stoi(line));
+  EXPECT_EQ(lengths, (std::vector<int>{128, 256}));
+  EXPECT_TRUE(fs::exists(prefix + ".png"));
 }
 
 // ---- Undefined behaviour: sizes in 64 bits, absurd ones refused with what they would need ----

@@ -13,6 +13,7 @@
 #include "kernels/gemm.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
+#include "kernels/state_algebra.h"
 #include "kernels/swiglu.h"
 #include "model/attention.h"
 #include "model/memory_plan.h"
@@ -175,21 +176,22 @@ std::vector<float> Decoder::step(int token) {
         gate.resize(E);
         for (int j = 0; j < E; ++j) gate[j] = std::exp(gla_log_gate(z[j] + lw.bgk[j], c.linear.gate_normalizer));
       }
+      // The token moves each head's state through the state algebra: GLA's transition (its gates) before the
+      // token's own k^T v, a fixed decay's after it (the state kept is the one entering the next token).
+      const StateForm form{gate.empty() ? Transition::scalar : Transition::diagonal, d, d};
       for (int h = 0; h < H; ++h) {
         float* S = state_[l].data() + size_t(h) * d * d;
         const float *qh = q.data() + h * d, *kh = k.data() + h * d, *vh = v.data() + h * d;
-        for (int r = 0; r < d; ++r) {
-          const float f = gate.empty() ? 1.f : gate[h * d + r];
-          for (int col = 0; col < d; ++col) S[r * d + col] = f * S[r * d + col] + kh[r] * vh[col];
-        }
+        if (!gate.empty()) apply_transition(form, S, gate.data() + h * d, S, false, nullptr);
+        for (int r = 0; r < d; ++r)
+          for (int col = 0; col < d; ++col) S[r * d + col] += kh[r] * vh[col];
         for (int col = 0; col < d; ++col) {
           float acc = 0.f;
           for (int r = 0; r < d; ++r) acc += qh[r] * S[r * d + col];
           attn[h * d + col] = acc;
         }
         const float lam = lambda_[l][h];
-        if (lam != 1.f)
-          for (int i = 0; i < d * d; ++i) S[i] *= lam;
+        if (gate.empty() && lam != 1.f) apply_transition(form, S, &lam, S, false, nullptr);
       }
       if (c.linear.output_norm) attn = rmsnorm(attn, lw.o_norm, H, d, eps);
       if (c.linear.output_gate) {

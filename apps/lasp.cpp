@@ -315,8 +315,9 @@ struct TokenizeCommand : Command {
   std::string invalid_utf8 = "refuse";
   explicit TokenizeCommand(CLI::App& app) {
     cmd = app.add_subcommand("tokenize", "text files -> a SentencePiece tokenizer and llm.c token shards (subword text)");
-    cmd->add_option("--input", o.inputs, "text files; each is one document unless --separator says otherwise")
-        ->required()->expected(1, -1);
+    cmd->add_option("--input", o.inputs, "files or glob patterns: text (each file one document unless --separator "
+                    "says otherwise) or JSON Lines (*.jsonl: each line's --text-field one document), either of them "
+                    "also .gz or .zst")->required()->expected(1, -1);
     cmd->add_option("--out", o.out_dir, "folder for tokenizer.model, tokens_NNNNNN.bin and tokens.json (new, empty, "
                     "or an earlier tokenize's; replaced only once the new output is complete)")->required();
     cmd->add_option("--vocab-size", o.vocab_size, "pieces of the tokenizer to train (at most 65536: uint16 shards)")
@@ -326,30 +327,48 @@ struct TokenizeCommand : Command {
     cmd->add_option("--model", o.model, "a SentencePiece .model to use instead of training one");
     cmd->add_option("--separator", o.separator, "a string that separates documents inside the files (default: one "
                     "document per file)");
+    cmd->add_option("--text-field", o.text_field, "JSON Lines: the field that holds each line's text")
+        ->default_val(o.text_field);
+    cmd->add_option("--sample-bytes", o.sample_bytes, "train the tokenizer on a sample of about this many bytes of "
+                    "the text, spread over it (0: all of it)")->default_val(o.sample_bytes)->check(kNonNegative);
     cmd->add_option("--shard-tokens", o.shard_tokens, "tokens per shard")->default_val(o.shard_tokens)->check(kAtLeastOne);
     cmd->add_option("--invalid-utf8", invalid_utf8, "bytes that are not valid UTF-8: refuse (an error naming the file "
                     "and offset) or replace (each by U+FFFD, counted)")->default_val(invalid_utf8)
         ->check(CLI::IsMember({"refuse", "replace"}));
+    cmd->add_flag("--skip-bad-lines", o.skip_bad_lines, "skip (and count) JSON lines that are not JSON or hold no "
+                  "string --text-field, and empty documents, instead of stopping at the first");
   }
   void run(Session&) override {
     LASP_CHECK(!o.model.empty() || o.vocab_size > 0, "tokenize: give --vocab-size to train a tokenizer, or --model");
     o.threads = omp_get_max_threads();
     o.replace_invalid_utf8 = invalid_utf8 == "replace";
+    // A progress line for each pass that lasts over a second, rewritten at most twice a second.
+    std::string phase;
     double shown = -1;
-    const lasp::TokenizeReport r = lasp::tokenize(o, [&](int64_t done, int64_t all) {
-      const double fraction = all > 0 ? double(done) / double(all) : 1.0;
-      if (all > (64 << 20) && fraction - shown >= 0.01) {  // a progress line on long inputs
-        std::fprintf(stderr, "\rtokenize: %.0f%% of %.1f MB", 100 * fraction, double(all) / 1e6);
-        shown = fraction;
-      }
+    int64_t shown_done = -1;
+    const lasp::TokenizeReport r = lasp::tokenize(o, [&](const lasp::TokenizeProgress& p) {
+      const bool last = p.done == p.total && shown_done != p.done;  // the end of a pass, once
+      if (p.seconds < 1 || (p.phase == phase && p.seconds - shown < 0.5 && !last)) return;
+      if (!phase.empty() && p.phase != phase) std::fprintf(stderr, "\n");
+      phase = p.phase, shown = p.seconds, shown_done = p.done;
+      const double rate = double(p.done) / p.seconds, left = rate > 0 ? double(p.total - p.done) / rate : 0;
+      std::fprintf(stderr, "\rtokenize: %s %3.0f%% of %.1f MB, %.1f MB/s, ETA %d:%02d  ", p.phase,
+                   p.total > 0 ? 100.0 * double(p.done) / double(p.total) : 100.0, double(p.total) / 1e6, rate / 1e6,
+                   int(left) / 60, int(left) % 60);
     });
-    if (shown >= 0) std::fprintf(stderr, "\n");
+    if (!phase.empty()) std::fprintf(stderr, "\n");
     std::printf("tokenize: %lld documents, %lld bytes -> %lld tokens (%.2f bytes per token), vocabulary %d, %zu "
                 "shard(s) in %s\n", (long long)r.documents, (long long)r.bytes, (long long)r.tokens,
                 r.tokens ? double(r.bytes) / double(r.tokens) : 0.0, r.vocab_size, r.shards.size(), o.out_dir.c_str());
     if (r.replaced > 0)
       std::printf("tokenize: %lld byte(s) that were not valid UTF-8 were replaced by U+FFFD (--invalid-utf8 replace)\n",
                   (long long)r.replaced);
+    if (r.skipped > 0)
+      std::printf("tokenize: skipped %lld bad line(s) or empty document(s) (--skip-bad-lines); the first: %s\n",
+                  (long long)r.skipped, r.first_skipped.c_str());
+    if (r.sampled)
+      std::printf("tokenize: the tokenizer learned from a sample of %.1f MB of the %.1f MB of text (--sample-bytes)\n",
+                  double(r.sample_bytes) / 1e6, double(r.bytes) / 1e6);
   }
 };
 

@@ -14,7 +14,10 @@ packages=(
   libopenblas0-pthread              # an optimized BLAS for PyTorch, which otherwise runs on the reference BLAS (~25x slower)
   gnuplot-nox                       # `lasp plot`: loss curves as PNG
   libsentencepiece-dev python3-sentencepiece  # `lasp tokenize` (subword text); Python's, to check its encodings
+  zlib1g-dev libzstd-dev zstd       # `lasp tokenize` of .gz and .zst corpora; zstd for its tests
+  fortunes                          # scripts/demo.sh's corpus (/usr/share/games/fortunes: ~15,000 short texts)
   procps iproute2                   # pgrep in the failure tests; ip and tc for scripts/bench_shaped.sh
+  time                              # /usr/bin/time: tokenize's peak memory in tests/test_corpus.cpp
 )
 # scripts/fuzz.sh: clang 16 (14 rejects C++20 lambda captures of bindings), libFuzzer, ASan/UBSan, OpenMP
 if [ "${1:-}" = --fuzz ]; then packages+=(clang-16 libclang-rt-16-dev libomp-16-dev); fi

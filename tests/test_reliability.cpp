@@ -362,6 +362,29 @@ TEST_F(Reliability, TokenizeRefusesTextThatIsNotUtf8UnlessAskedToReplace) {
   EXPECT_TRUE(contains(keep.output, "--invalid-utf8: keep not in {refuse,replace}")) << keep.output;
 }
 
+// Issue 28: bad input in a corpus (a line that is not JSON or holds no string "text", an empty document, a
+// truncated .gz) stops tokenize naming the file and the line, and writes nothing; --skip-bad-lines skips and
+// counts bad lines instead, never a damaged file.
+TEST_F(Reliability, TokenizeNamesTheFileAndLineOfBadInput) {
+  const std::string given = tmp.file("given"), jsonl = tmp.file("c.jsonl"), tok = tmp.file("tok");
+  expect_ok(tokenize_into(given));
+  const std::string model = " --model " + given + "/tokenizer.model --out " + tok;
+  std::ofstream(jsonl) << "{\"text\": \"one document\"}\n{\"text\": 7}\n{\"text\": \"\"}\n{\"text\": \"two\"}\n";
+  expect_error(kLasp + " tokenize --input " + jsonl + model, {jsonl + " line 2: its \"text\" field is a number"});
+  EXPECT_FALSE(fs::exists(tok));
+  const CommandResult r = run_command(kLasp + " tokenize --input " + jsonl + model + " --skip-bad-lines");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "skipped 2 bad line(s) or empty document(s) (--skip-bad-lines); the first: " + jsonl +
+                       " line 2")) << r.output;
+  const nlohmann::json manifest = nlohmann::json::parse(lasp::read_file(tok + "/tokens.json"));
+  EXPECT_EQ(manifest["documents"], 2);
+  EXPECT_EQ(manifest["skipped"], 2);
+  const std::string cut = tmp.file("cut.txt.gz");
+  ASSERT_EQ(run_command("gzip -c " + kLicence + " | head -c 5000 > " + cut).status, 0);
+  expect_error(kLasp + " tokenize --input " + cut + model + " --skip-bad-lines",
+               {cut + ": the gzip data is cut short (a truncated file?): its text stops in line "});
+}
+
 // Old (issue 27): SentencePiece's own errors reached the user with its source paths and its options
 // ("./src/trainer_interface.cc(580) [...] Increase vocab_size or decrease character_coverage with
 // --character_coverage option."), never stating the smallest vocabulary; lines over 4,192 bytes were dropped
@@ -378,7 +401,7 @@ TEST_F(Reliability, TokenizeStatesTheVocabularyTheTextAllows) {
   }
   expect_ok(kLasp + " tokenize --input " + kLicence + " --vocab-size 334 --out " + tok);  // the minimum it named
   const std::string empty = tmp.file("empty.txt");
-  std::ofstream{empty};
+  std::ofstream(empty) << "\n\n\n";
   expect_error(kLasp + " tokenize --input " + empty + " --vocab-size 400 --out " + tok, {"hold no text to train"});
   // The licence as one line of 35 KB: trained on (every part of it), not dropped.
   const std::string line = tmp.file("line.txt");

@@ -2,7 +2,8 @@
 # lasp tokenize against Debian's python3-sentencepiece: the shards hold, document after document, BOS followed
 # by Python's encoding of the whole text, for a tokenizer lasp trains (bpe and unigram) and for a .model Python
 # trained; decode(encode(text)) == text (newlines kept); --separator splits documents; a new model trains on
-# the shards with the tokenizer's vocabulary; bad input is a clear error.
+# the shards with the tokenizer's vocabulary; bad input is a clear error; the same documents as JSON Lines, gzip
+# or zstd give the same tokenizer and shards.
 # usage: tokenize_test.sh LASP
 set -euo pipefail
 lasp=$1
@@ -16,13 +17,22 @@ check() {  # check OUT_DIR SEPARATOR FILES...: the shards equal Python's encodin
   /usr/bin/python3 - "$out" "$separator" "$@" <<'PY'
 import glob, sys
 import numpy as np, sentencepiece as spm
+import gzip, json, subprocess
 out, separator, files = sys.argv[1], sys.argv[2], sys.argv[3:]
 sp = spm.SentencePieceProcessor(model_file=out + "/tokenizer.model")
 tokens = np.concatenate([np.fromfile(p, dtype="<u2")[512:] for p in sorted(glob.glob(out + "/tokens_*.bin"))])
+def read(f):  # the file's text, decompressed
+    if f.endswith(".gz"): return gzip.open(f).read().decode("utf-8")
+    if f.endswith(".zst"): return subprocess.run(["zstd", "-dc", f], capture_output=True, check=True).stdout.decode("utf-8")
+    return open(f, encoding="utf-8").read()
 expected, documents = [], 0
 for f in files:
-    text = open(f, encoding="utf-8").read()
-    for doc in (text.split(separator) if separator else [text]):
+    text = read(f)
+    if f.replace(".gz", "").replace(".zst", "").endswith(".jsonl"):  # JSON Lines: each line's "text" a document
+        docs = [json.loads(line)["text"] for line in text.splitlines() if line.strip()]
+    else:
+        docs = text.split(separator) if separator else [text]
+    for doc in docs:
         if separator and doc == "" and documents > 0:
             continue  # a trailing separator
         ids = sp.encode(doc)
@@ -36,6 +46,22 @@ PY
 
 "$lasp" tokenize --input "${licences[@]}" --vocab-size 1000 --out "$dir/bpe" --shard-tokens 5000
 check "$dir/bpe" "" "${licences[@]}"
+# The same documents as JSON Lines and compressed (gzip, zstd): the same tokenizer and shards, Python's encoding
+/usr/bin/python3 -c '
+import json, sys
+with open(sys.argv[1], "w") as f:
+    for p in sys.argv[2:]: f.write(json.dumps({"id": p, "text": open(p, encoding="utf-8").read()}) + "\n")
+' "$dir/c.jsonl" "${licences[@]}"
+gzip -k "$dir/c.jsonl" && zstd -q "$dir/c.jsonl"
+for i in 0 1 2; do cp "${licences[$i]}" "$dir/doc$i"; done
+gzip "$dir/doc0" && zstd -q --rm "$dir/doc1"
+for input in "$dir/c.jsonl" "$dir/c.jsonl.gz" "$dir/c.jsonl.zst" "$dir/doc0.gz $dir/doc1.zst $dir/doc2"; do
+  # shellcheck disable=SC2086  # the last holds three files
+  "$lasp" tokenize --input $input --vocab-size 1000 --out "$dir/formats" --shard-tokens 5000 > /dev/null
+  for f in "$dir"/bpe/tokenizer.model "$dir"/bpe/tokens_*.bin; do cmp "$f" "$dir/formats/${f##*/}"; done
+  # shellcheck disable=SC2086
+  check "$dir/formats" "" $input
+done
 "$lasp" tokenize --input "${licences[@]}" --vocab-size 800 --model-type unigram --out "$dir/unigram"
 check "$dir/unigram" "" "${licences[@]}"
 "$lasp" tokenize --input "${licences[0]}" --model "$dir/bpe/tokenizer.model" --separator $'\n\n' --out "$dir/split"

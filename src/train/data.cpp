@@ -275,6 +275,12 @@ class ShardTokens final : public TokenSource {
 // The files a shard pattern names, sorted by name (byte order).
 std::vector<std::string> shard_paths(const std::string& pattern) {
   LASP_CHECK(!pattern.empty(), "open_token_shards: expected a shard path or glob pattern, got an empty string");
+  return matching_files(pattern, "the shard pattern");
+}
+
+}  // namespace
+
+std::vector<std::string> matching_files(const std::string& pattern, const std::string& what) {
   if (!has_glob_chars(pattern)) return {pattern};
   glob_t g{};
   const int rc = ::glob(pattern.c_str(), 0, nullptr, &g);
@@ -283,14 +289,12 @@ std::vector<std::string> shard_paths(const std::string& pattern) {
     for (size_t i = 0; i < g.gl_pathc; ++i) paths.emplace_back(g.gl_pathv[i]);
   ::globfree(&g);
   if (rc == GLOB_NOMATCH && is_regular_file(pattern)) return {pattern};  // a literal name holding [ or ?
-  LASP_CHECK(rc != GLOB_NOMATCH, "no file matches the shard pattern {}", pattern);
-  LASP_CHECK(rc == 0, "cannot expand the shard pattern {}: glob(3) failed ({})", pattern,
+  LASP_CHECK(rc != GLOB_NOMATCH, "no file matches {} {}", what, pattern);
+  LASP_CHECK(rc == 0, "cannot expand {} {}: glob(3) failed ({})", what, pattern,
              rc == GLOB_NOSPACE ? "out of memory" : rc == GLOB_ABORTED ? "read error" : "error");
   std::sort(paths.begin(), paths.end());
   return paths;
 }
-
-}  // namespace
 
 std::unique_ptr<TokenSource> open_text_tokens(const std::string& path) {
   return std::make_unique<TextTokens>(path);
@@ -341,6 +345,55 @@ void write_token_shard(const std::string& path, const std::vector<uint16_t>& tok
     *p++ = uint8_t(t >> 8);
   }
   write_file_atomic(path, bytes);
+}
+
+TokenShardWriter::TokenShardWriter(const std::string& path)
+    : path_(path), fd_(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) {
+  LASP_CHECK(fd_ >= 0, "cannot create the token shard {}: {}", path, std::strerror(errno));
+  buf_.assign(size_t(kShardHeaderBytes), '\0');  // the header, written again by finish()
+}
+
+TokenShardWriter::~TokenShardWriter() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void TokenShardWriter::write_all(const char* p, size_t n, off_t at) {
+  while (n > 0) {
+    const ssize_t done = ::pwrite(fd_, p, n, at);
+    if (done < 0 && errno == EINTR) continue;
+    LASP_CHECK(done > 0, "cannot write the token shard {}: {}", path_, done < 0 ? std::strerror(errno) : "no progress");
+    p += done, n -= size_t(done), at += done;
+  }
+}
+
+void TokenShardWriter::append(const uint16_t* tokens, size_t n) {
+  LASP_CHECK(count_ + int64_t(n) <= std::numeric_limits<int32_t>::max(),
+             "token shard {}: {} tokens do not fit the header's int32 token count", path_, count_ + int64_t(n));
+  for (size_t i = 0; i < n; ++i) {
+    buf_ += char(tokens[i] & 0xFF);
+    buf_ += char(tokens[i] >> 8);
+  }
+  count_ += int64_t(n);
+  if (buf_.size() >= (size_t(1) << 20)) flush();
+}
+
+void TokenShardWriter::flush() {
+  write_all(buf_.data(), buf_.size(), off_t(written_));
+  written_ += buf_.size();
+  buf_.clear();
+}
+
+void TokenShardWriter::finish() {
+  flush();
+  uint8_t header[12];
+  store_le32(header, kShardMagic);
+  store_le32(header + 4, kShardVersion);
+  store_le32(header + 8, int32_t(count_));
+  write_all(reinterpret_cast<const char*>(header), sizeof header, 0);
+  LASP_CHECK(::fsync(fd_) == 0, "cannot write the token shard {}: {}", path_, std::strerror(errno));
+  const int fd = fd_;
+  fd_ = -1;
+  LASP_CHECK(::close(fd) == 0, "cannot write the token shard {}: {}", path_, std::strerror(errno));
 }
 
 int64_t eval_window_count(int64_t tokens, int N) {

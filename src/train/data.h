@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <random>
+#include <sys/types.h>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,33 @@ std::unique_ptr<TokenSource> open_tokens(const std::string& path, const std::str
 // Writes one shard in the format above, atomically (a temporary file renamed over path: core/file.h).
 // Throws lasp::Error if the tokens do not fit the header's int32 count, or on an I/O error (naming the path).
 void write_token_shard(const std::string& path, const std::vector<uint16_t>& tokens);
+
+// The same shard written as its tokens come, in bounded memory (tokenize): finish() fills in the header's
+// count and syncs the file. Throws lasp::Error naming the path on an I/O error, or when the tokens outgrow the
+// header's int32 count. A writer destroyed without finish() leaves an incomplete file (its folder is discarded).
+class TokenShardWriter {
+ public:
+  explicit TokenShardWriter(const std::string& path);
+  ~TokenShardWriter();
+  TokenShardWriter(const TokenShardWriter&) = delete;
+  TokenShardWriter& operator=(const TokenShardWriter&) = delete;
+  void append(const uint16_t* tokens, size_t n);
+  int64_t tokens() const { return count_; }
+  void finish();
+
+ private:
+  void flush();
+  void write_all(const char* p, size_t n, off_t at);
+  std::string path_;
+  int fd_;
+  int64_t count_ = 0;
+  size_t written_ = 0;
+  std::string buf_;  // bytes not yet written (the header's place first)
+};
+
+// The files a path or glob(3) pattern (any of * ? [) names, matches sorted by name (byte order); a pattern that
+// matches nothing is an error naming `what` ("the shard pattern", "--input") and the pattern.
+std::vector<std::string> matching_files(const std::string& pattern, const std::string& what);
 
 struct Batch {
   int B = 0, N = 0;            // after slice_for_rank, N is the slice length C

@@ -4,16 +4,22 @@
 #include <sentencepiece_trainer.h>
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <exception>
 #include <filesystem>
-#include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <thread>
 #include <unordered_map>
 
 #include "core/check.h"
 #include "core/file.h"
 #include "core/folder.h"
+#include "train/corpus.h"
 #include "train/token_manifest.h"
 #include "train/data.h"
 
@@ -40,42 +46,80 @@ size_t sentence_cut(std::string_view line) {
   return cut;
 }
 
-// SentencePiece's training reads sentences: here, the lines of the input files, one file after another, each
-// cut into pieces of at most kSentenceBytes.
-class FileLines : public sentencepiece::SentenceIterator {
+// SentencePiece's training reads sentences: here the lines of the corpus's documents (corpus.h), each cut
+// into pieces of at most kSentenceBytes. With sample_bytes > 0 only a sample of them: a line is taken while
+// the bytes taken stay below sample_bytes times the share of the files read so far, so that the sample spreads
+// over the whole corpus, and a corpus of at most sample_bytes (uncompressed) is taken whole. Every document is
+// read, and so checked (corpus.h), before training starts. An error is kept and thrown again after training
+// (rethrow): it does not pass through SentencePiece.
+class SampleLines : public sentencepiece::SentenceIterator {
  public:
-  explicit FileLines(const std::vector<std::string>& paths) : paths_(paths) { Next(); }
+  SampleLines(CorpusReader& reader, int64_t sample_bytes, std::function<void(int64_t)> progress)
+      : reader_(reader), sample_bytes_(sample_bytes), progress_(std::move(progress)) {
+    Next();
+  }
   bool done() const override { return done_; }
   const std::string& value() const override { return piece_; }
-  sentencepiece::util::Status status() const override { return {}; }
+  sentencepiece::util::Status status() const override {
+    if (!error_) return {};
+    return sentencepiece::util::Status(sentencepiece::util::StatusCode::kDataLoss, "lasp: the corpus failed to read");
+  }
   void Next() override {
-    while (rest_ >= line_.size()) {
-      if (!next_line()) {
-        done_ = true;
-        return;
+    try {
+      while (rest_ >= line_.size()) {
+        if (!next_line()) {
+          done_ = true;
+          return;
+        }
       }
+    } catch (...) {
+      error_ = std::current_exception();
+      done_ = true;
+      return;
     }
-    const std::string_view left = std::string_view(line_).substr(rest_);
+    const std::string_view left = line_.substr(rest_);
     const size_t n = left.size() <= kSentenceBytes ? left.size() : sentence_cut(left);
     piece_.assign(left.substr(0, n));
     rest_ += n;
   }
+  void rethrow() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+  int64_t taken() const { return taken_; }    // bytes of the lines in the sample
+  int64_t left_out() const { return left_; }  // bytes of the lines that are not
 
  private:
   bool next_line() {
-    rest_ = 0;
     while (true) {
-      if (in_.is_open() && std::getline(in_, line_)) return true;
-      if (next_ == paths_.size()) return false;
-      in_ = std::ifstream(paths_[next_++], std::ios::binary);
+      if (at_ >= doc_.text.size()) {
+        if (!reader_.next(doc_)) return false;
+        at_ = 0;
+        if (progress_) progress_(reader_.bytes_read());
+      }
+      const size_t end = std::min(doc_.text.find('\n', at_), doc_.text.size());
+      line_ = std::string_view(doc_.text).substr(at_, end - at_);
+      rest_ = 0;
+      at_ = end + 1;
+      const double share = double(reader_.bytes_read()) / double(std::max<int64_t>(1, reader_.bytes_total()));
+      if (line_.empty()) continue;
+      if (sample_bytes_ > 0 && double(taken_) >= double(sample_bytes_) * share) {
+        left_ += int64_t(line_.size());
+        continue;
+      }
+      taken_ += int64_t(line_.size());
+      return true;
     }
   }
-  std::vector<std::string> paths_;
-  size_t next_ = 0;
-  std::ifstream in_;
-  std::string line_, piece_;
-  size_t rest_ = 0;
+  CorpusReader& reader_;
+  const int64_t sample_bytes_;
+  const std::function<void(int64_t)> progress_;
+  CorpusDocument doc_;
+  size_t at_ = 0, rest_ = 0;
+  std::string_view line_;
+  std::string piece_;
   bool done_ = false;
+  std::exception_ptr error_;
+  int64_t taken_ = 0, left_ = 0;
 };
 
 // SentencePiece's status without its source location and check ("./src/trainer_interface.cc(580) [...] "):
@@ -126,12 +170,16 @@ bool two_numbers(const std::string& m, const char* before_first, const char* bef
                           m.empty() ? "SentencePiece gave no reason" : m));
 }
 
-std::string train_model(const TokenizeOptions& o) {
+// The options of training, checked before any work.
+void check_training(const TokenizeOptions& o) {
   LASP_CHECK(o.vocab_size > 0 && o.vocab_size <= kMaxUint16Vocab,
              "tokenize: --vocab-size must be 1 to {} (token shards hold uint16 ids), got {}", kMaxUint16Vocab,
              o.vocab_size);
   LASP_CHECK(o.model_type == "bpe" || o.model_type == "unigram", "tokenize: --model-type must be bpe or unigram, got '{}'",
              o.model_type);
+}
+
+std::string train_model(const TokenizeOptions& o, SampleLines& lines) {
   const std::unordered_map<std::string, std::string> args = {
       {"vocab_size", std::to_string(o.vocab_size)},
       {"model_type", o.model_type},
@@ -144,41 +192,17 @@ std::string train_model(const TokenizeOptions& o) {
       {"character_coverage", "1.0"},
       {"split_digits", "true"},
       {"unk_id", "0"}, {"bos_id", "1"}, {"eos_id", "2"}, {"pad_id", "-1"},
-      // a sample of the lines of a large corpus, as SentencePiece recommends
-      {"input_sentence_size", "2000000"},
+      // every line SampleLines hands over (its sample bounds them), in order: the same corpus gives the same model
+      {"input_sentence_size", "0"},
       {"max_sentence_length", std::to_string(kSentenceBytes)},
-      {"shuffle_input_sentence", "true"},
       {"num_threads", std::to_string(std::max(1, o.threads))},
       {"minloglevel", "2"},
   };
-  FileLines lines(o.inputs);
   std::string model;
   const auto status = sentencepiece::SentencePieceTrainer::Train(args, &lines, &model);
+  lines.rethrow();
   if (!status.ok()) training_failed(o, status);
   return model;
-}
-
-// The documents of the inputs, one at a time: each file whole, or the pieces between separators.
-template <class F>
-void for_each_document(const TokenizeOptions& o, F f) {
-  for (const std::string& path : o.inputs) {
-    const std::string text = read_file(path);
-    if (o.separator.empty()) {
-      f(text, path);
-      continue;
-    }
-    size_t begin = 0, index = 0;
-    while (true) {
-      const size_t end = text.find(o.separator, begin);
-      const std::string where = fmt::format("{} (document {} between separators)", path, index++);
-      if (end == std::string::npos) {
-        if (begin < text.size() || begin == 0) f(text.substr(begin), where);  // a trailing separator ends the last
-        break;
-      }
-      f(text.substr(begin, end - begin), where);
-      begin = end + o.separator.size();
-    }
-  }
 }
 
 }  // namespace
@@ -438,44 +462,152 @@ std::string Tokenizer::decode(const std::vector<int>& ids) const {
   return text;
 }
 
-TokenizeReport tokenize(const TokenizeOptions& o, const std::function<void(int64_t, int64_t)>& progress) {
+namespace {
+
+// Encodes documents on `threads` threads, the caller's among them, in batches of about kBatchBytes, and hands
+// the tokens (BOS + the encoding of each document) to the sink in the documents' order: the output does not
+// depend on the thread count. The caller reads the documents; when threads - 1 helpers cannot keep up (at most
+// 2 x threads batches wait), it encodes batches too. Memory: those batches, whatever the size of the corpus.
+class BatchEncoder {
+ public:
+  static constexpr size_t kBatchBytes = size_t(1) << 18;
+  using Sink = std::function<void(const std::vector<uint16_t>&)>;
+  BatchEncoder(const Tokenizer& tok, int threads, Sink sink)
+      : tok_(tok), sink_(std::move(sink)), waiting_(2 * size_t(std::max(threads, 1)) - 2) {
+    for (int t = 1; t < threads; ++t) helpers_.emplace_back([this] { help(); });
+  }
+  ~BatchEncoder() {
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      stop_ = true;
+    }
+    work_.notify_all();
+    for (std::thread& t : helpers_) t.join();
+  }
+  void add(std::string text) {
+    next_.texts.push_back(std::move(text));
+    next_.bytes += next_.texts.back().size();
+    if (next_.bytes >= kBatchBytes) submit();
+  }
+  void finish() {
+    if (!next_.texts.empty()) submit();
+    drain(0);
+  }
+
+ private:
+  struct Batch {
+    std::vector<std::string> texts;
+    size_t bytes = 0;
+    std::vector<uint16_t> tokens;
+    bool claimed = false, done = false;
+    std::exception_ptr error;
+  };
+  void submit() {
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      queue_.push_back(std::make_unique<Batch>(std::move(next_)));
+    }
+    next_ = Batch();
+    work_.notify_one();
+    drain(waiting_);
+  }
+  // Writes the finished batches at the front, encoding or waiting until at most `keep` batches are left.
+  void drain(size_t keep) {
+    std::unique_lock<std::mutex> lock(m_);
+    while (true) {
+      while (!queue_.empty() && queue_.front()->done) {
+        std::unique_ptr<Batch> b = std::move(queue_.front());
+        queue_.pop_front();
+        lock.unlock();
+        if (b->error) std::rethrow_exception(b->error);
+        sink_(b->tokens);
+        lock.lock();
+      }
+      if (queue_.size() <= keep) return;
+      if (!encode_one(lock)) done_.wait(lock);
+    }
+  }
+  void help() {
+    std::unique_lock<std::mutex> lock(m_);
+    while (!stop_)
+      if (!encode_one(lock)) work_.wait(lock);
+  }
+  // Claims the oldest batch nobody encodes and encodes it (unlocked meanwhile); false when there is none.
+  bool encode_one(std::unique_lock<std::mutex>& lock) {
+    auto it = std::find_if(queue_.begin(), queue_.end(), [](const auto& b) { return !b->claimed; });
+    if (it == queue_.end()) return false;
+    Batch& b = **it;
+    b.claimed = true;
+    lock.unlock();
+    try {
+      for (const std::string& text : b.texts) {
+        const std::vector<int> ids = tok_.encode(text);
+        b.tokens.push_back(uint16_t(tok_.bos()));
+        for (int id : ids) b.tokens.push_back(uint16_t(id));
+      }
+    } catch (...) {
+      b.error = std::current_exception();
+    }
+    b.texts = {};
+    lock.lock();
+    b.done = true;
+    done_.notify_all();
+    return true;
+  }
+  const Tokenizer& tok_;
+  Sink sink_;
+  const size_t waiting_;
+  Batch next_;
+  std::mutex m_;
+  std::condition_variable work_, done_;
+  std::deque<std::unique_ptr<Batch>> queue_;
+  bool stop_ = false;
+  std::vector<std::thread> helpers_;
+};
+
+}  // namespace
+
+TokenizeReport tokenize(const TokenizeOptions& o, const std::function<void(const TokenizeProgress&)>& progress) {
   LASP_CHECK(!o.inputs.empty(), "tokenize: no --input files");
   LASP_CHECK(o.shard_tokens > 0 && o.shard_tokens <= INT32_MAX, "tokenize: --shard-tokens must be 1 to {}, got {}",
              INT32_MAX, o.shard_tokens);
-  int64_t total_bytes = 0;
-  for (const std::string& path : o.inputs) {
-    std::error_code ec;
-    const auto size = fs::file_size(path, ec);
-    LASP_CHECK(!ec && fs::is_regular_file(path), "tokenize: cannot read --input {}: {}", path,
-               ec ? ec.message() : "not a regular file");
-    total_bytes += int64_t(size);
-  }
+  LASP_CHECK(o.sample_bytes >= 0, "tokenize: --sample-bytes must be >= 0, got {}", o.sample_bytes);
+  const std::vector<std::string> files = corpus_files(o.inputs);
   const std::string out = without_trailing_slashes(o.out_dir);
   LASP_CHECK(!out.empty(), "tokenize: --out is required");
   // Before any work: a folder of the user's is never touched, and one run at a time writes it (the lock is held
   // until the new output is swapped in).
   const FolderLock lock = check_folder_target(tokens_folder(), out);
   if (!o.model.empty()) Tokenizer::load(o.model);  // a bad --model is named as given, before any work
-  // Bytes that are not UTF-8 would become U+FFFD without a word (and never come back): refused before any work,
-  // unless --invalid-utf8 replace says to replace them (counted below).
-  for (const std::string& path : o.inputs) {
-    if (o.replace_invalid_utf8) break;
-    const std::string text = read_file(path);
-    const InvalidUtf8 bad = find_invalid_utf8(text);
-    if (bad.count == 0) continue;
-    const int64_t line = 1 + std::count(text.begin(), text.begin() + bad.first, '\n');
-    throw Error(fmt::format("tokenize: {} is not UTF-8 text: the byte at offset {} (line {}), 0x{:02x}, is not part "
-                            "of a valid character ({} such byte{} in the file). The tokenizer would read each as "
-                            "U+FFFD, and the text would not come back from its tokens: convert the file to UTF-8 "
-                            "(e.g. iconv -f LATIN1 -t UTF-8), or pass --invalid-utf8 replace to have them replaced "
-                            "by U+FFFD", path, bad.first, line, static_cast<unsigned char>(text[size_t(bad.first)]),
-                            bad.count, bad.count == 1 ? "" : "s"));
-  }
+  else check_training(o);
   const std::string given = o.model.empty() ? "" : read_file(o.model);
+  CorpusOptions corpus;
+  corpus.separator = o.separator;
+  corpus.text_field = o.text_field;
+  corpus.replace_invalid_utf8 = o.replace_invalid_utf8;
+  corpus.skip_bad_lines = o.skip_bad_lines;
+  // The progress of one pass over the files: bytes read of all, since the pass began.
+  const auto pass = [&](const char* phase, const CorpusReader& reader) {
+    const auto start = std::chrono::steady_clock::now();
+    return [&progress, &reader, phase, start](int64_t done) {
+      if (progress)
+        progress({phase, done, reader.bytes_total(),
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()});
+    };
+  };
   TokenizeReport r;
   write_folder(tokens_folder(), out, [&](const std::string& tmp) {
     const std::string model_path = tmp + "/tokenizer.model";
-    write_file_atomic(model_path, o.model.empty() ? train_model(o) : given);
+    if (o.model.empty()) {  // one pass over the corpus for the sample, which checks every document before training
+      CorpusReader reader(files, corpus);
+      const std::function<void(int64_t)> shown = pass("reading", reader);
+      SampleLines lines(reader, o.sample_bytes, shown);
+      write_file_atomic(model_path, train_model(o, lines));
+      r.sample_bytes = lines.taken();
+      r.sampled = lines.left_out() > 0;
+    } else {
+      write_file_atomic(model_path, given);
+    }
     const Tokenizer tok = Tokenizer::load(model_path);
     r.vocab_size = tok.vocab_size();
     LASP_CHECK(r.vocab_size <= kMaxUint16Vocab, "tokenize: {} has {} pieces; token shards hold uint16 ids, at most {}",
@@ -485,33 +617,45 @@ TokenizeReport tokenize(const TokenizeOptions& o, const std::function<void(int64
                r.vocab_size);
     LASP_CHECK(tok.bos() >= 0, "tokenize: {} has no BOS piece, which starts every document", o.model);
 
+    // The encoding pass: shards written as the tokens come, in the documents' order.
     nlohmann::json shards = nlohmann::json::array();
-    std::vector<uint16_t> shard;
-    auto flush = [&] {
-      if (shard.empty()) return;
-      const std::string name = fmt::format("tokens_{:06d}.bin", shards.size());
-      write_token_shard(tmp + "/" + name, shard);
-      shards.push_back({{"file", name}, {"tokens", shard.size()}});
-      r.shards.push_back(out + "/" + name);
-      shard.clear();
+    std::unique_ptr<TokenShardWriter> shard;
+    const auto close_shard = [&] {
+      shard->finish();
+      shards.back()["tokens"] = shard->tokens();
+      shard.reset();
     };
-    for_each_document(o, [&](const std::string& text, const std::string& where) {
-      LASP_CHECK(!text.empty(), "tokenize: empty document in {}", where);
-      const int64_t invalid = find_invalid_utf8(text).count;  // only with --invalid-utf8 replace (checked above)
-      r.replaced += invalid;
-      std::vector<int> ids = tok.encode(invalid ? replace_invalid_utf8(text) : text);
-      ids.insert(ids.begin(), tok.bos());
-      for (int id : ids) {
-        shard.push_back(uint16_t(id));
-        if (int64_t(shard.size()) == o.shard_tokens) flush();
+    BatchEncoder encoder(tok, o.threads, [&](const std::vector<uint16_t>& tokens) {
+      for (size_t at = 0; at < tokens.size();) {
+        if (!shard) {
+          const std::string name = fmt::format("tokens_{:06d}.bin", shards.size());
+          shard = std::make_unique<TokenShardWriter>(tmp + "/" + name);
+          shards.push_back({{"file", name}, {"tokens", 0}});
+          r.shards.push_back(out + "/" + name);
+        }
+        const size_t n = std::min(tokens.size() - at, size_t(o.shard_tokens - shard->tokens()));
+        shard->append(tokens.data() + at, n);
+        at += n;
+        if (shard->tokens() == o.shard_tokens) close_shard();
       }
-      r.documents += 1, r.tokens += int64_t(ids.size()), r.bytes += int64_t(text.size());
-      if (progress) progress(r.bytes, total_bytes);
+      r.tokens += int64_t(tokens.size());
     });
-    flush();
+    CorpusReader reader(files, corpus);
+    const std::function<void(int64_t)> shown = pass("encoding", reader);
+    for (CorpusDocument doc; reader.next(doc);) {
+      r.documents += 1, r.bytes += int64_t(doc.text.size());
+      encoder.add(std::move(doc.text));
+      shown(reader.bytes_read());
+    }
+    encoder.finish();
+    if (shard) close_shard();
+    r.replaced = reader.replaced(), r.skipped = reader.skipped(), r.first_skipped = reader.first_skipped();
+    LASP_CHECK(r.documents > 0, "tokenize: the --input files hold no document{}",
+               r.skipped ? fmt::format(" ({} bad lines or empty documents skipped; the first: {})", r.skipped,
+                                       r.first_skipped) : "");
     return nlohmann::json{{"tokenizer", "tokenizer.model"}, {"vocab_size", r.vocab_size}, {"bos", tok.bos()},
                           {"documents", r.documents}, {"bytes", r.bytes}, {"tokens", r.tokens},
-                          {"invalid_utf8_replaced", r.replaced}, {"shards", shards}};
+                          {"invalid_utf8_replaced", r.replaced}, {"skipped", r.skipped}, {"shards", shards}};
   });
   return r;
 }

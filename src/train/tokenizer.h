@@ -87,32 +87,51 @@ std::string replace_invalid_utf8(std::string_view s);
 std::string tokenizer_beside(const std::string& data_path);
 
 struct TokenizeOptions {
-  std::vector<std::string> inputs;  // text files
+  std::vector<std::string> inputs;  // files and glob patterns: plain, .gz or .zst text, or JSON Lines (train/corpus.h)
   std::string out_dir;              // gets tokenizer.model, tokens_NNNNNN.bin and tokens.json (train/token_manifest.h)
   std::string model;                // a .model to use; empty: train one on the inputs
   int vocab_size = 0;               // training: the vocabulary (at most 65,536, what uint16 shards hold)
   std::string model_type = "bpe";   // training: bpe | unigram
-  std::string separator;            // empty: each input file is one document; else this string separates them
+  std::string separator;            // plain text: empty, each input file is one document; else the string between them
+  std::string text_field = "text";  // JSON Lines: the field that holds each line's document
+  // Training reads the whole corpus but learns from a sample of about this many bytes of its lines, spread over
+  // it (SentencePiece's memory and time grow with what it learns from); 0: all of it.
+  int64_t sample_bytes = 100'000'000;
   int64_t shard_tokens = 100'000'000;
-  int threads = 1;                  // SentencePiece's training threads
+  int threads = 1;                  // SentencePiece's training threads, and the threads that encode
   // Bytes that are not valid UTF-8 would silently become U+FFFD (and never round-trip): refused, naming the
   // file and the offset, unless replace_invalid_utf8 (--invalid-utf8 replace) accepts that knowingly.
   bool replace_invalid_utf8 = false;
+  bool skip_bad_lines = false;      // a bad JSON line or an empty document is skipped and counted, not an error
 };
 
 struct TokenizeReport {
   int vocab_size = 0;
   int64_t documents = 0, tokens = 0, bytes = 0;
   int64_t replaced = 0;  // bytes that were not valid UTF-8, replaced by U+FFFD (--invalid-utf8 replace)
+  int64_t skipped = 0;   // bad lines and empty documents skipped (--skip-bad-lines)
+  std::string first_skipped;  // why the first of them was
+  int64_t sample_bytes = 0;   // training: the bytes of the lines the tokenizer learned from
+  bool sampled = false;       // ... a sample, not all of the text
   std::vector<std::string> shards;
 };
 
-// Trains (or loads) the tokenizer, then encodes every document into shards. progress(bytes done, bytes in
-// all) is called now and then. Throws lasp::Error on bad input: a vocabulary beyond uint16 or too small or
-// too large for the text (the message gives the bound), text that is not UTF-8, an empty document, a model
-// without BOS, an output folder holding anything but an earlier tokenize's output. The
-// output is written whole (core/folder.h): beside out_dir, swapped in only when complete.
-TokenizeReport tokenize(const TokenizeOptions& options,
-                        const std::function<void(int64_t, int64_t)>& progress = {});
+// Where tokenize stands: `phase` ("reading" the corpus for the tokenizer's sample, or "encoding" it) has read
+// `done` of the files' `total` bytes (as stored: compressed bytes of .gz and .zst) in `seconds`.
+struct TokenizeProgress {
+  const char* phase;
+  int64_t done, total;
+  double seconds;
+};
+
+// Trains (or loads) the tokenizer, then encodes every document into shards, streaming: memory is bounded by
+// the largest document, the training sample and a few batches of documents, whatever the size of the corpus.
+// Documents are encoded on options.threads threads; the shards do not depend on their number. progress is
+// called after each document. Throws lasp::Error on bad input (train/corpus.h: text that is not UTF-8, a bad
+// JSON line, an empty document, a damaged compressed file), a vocabulary beyond uint16 or too small or too
+// large for the text (the message gives the bound), a model without BOS, an output folder holding anything but
+// an earlier tokenize's output. The output is written whole (core/folder.h): beside out_dir, swapped in only
+// when complete.
+TokenizeReport tokenize(const TokenizeOptions& options, const std::function<void(const TokenizeProgress&)>& progress = {});
 
 }  // namespace lasp

@@ -101,7 +101,7 @@ TEST(MemoryPlan, ForcedPlansAndSeveralRanks) {
 
   // With a layer-major form (a chunked attention stands in for its memory): below recompute's estimate, the
   // largest chunk that fits, layer by layer; --chunk forces one.
-  const LayerMajorAttention layer_major = [&](int chunk) -> std::unique_ptr<Attention> {
+  const LayerMajorFactory layer_major = [&](int chunk) -> std::unique_ptr<Attention> {
     AttentionShape cs = s;
     cs.N = chunk;
     return std::make_unique<ChunkedAttention>(cs, s.N, c.num_hidden_layers);

@@ -40,21 +40,6 @@ void Attention::begin_chunk(int, int, Pass) {
               "rank (--sp-size 1)");
 }
 
-namespace {
-[[noreturn]] void no_layer_major() {
-  throw Error("this attention has no layer-major chunked mode (ModelPlan::layer_major)");
-}
-}  // namespace
-
-void Attention::linear_collect(int, const float*, const float*, const LinearGates&) { no_layer_major(); }
-void Attention::softmax_collect(int, const float*, const float*) { no_layer_major(); }
-void Attention::linear_exchange(int, Pass, const LinearGates&) { no_layer_major(); }
-void Attention::softmax_exchange(int, Pass) { no_layer_major(); }
-bool Attention::linear_key_gradients(int, float*, float*, const float*, const float*, const LinearGates&) {
-  no_layer_major();
-}
-bool Attention::softmax_key_gradients(int, float*, float*) { no_layer_major(); }
-
 void Attention::keep_decode_state(bool keep) {
   if (keep) throw Error("this sequence-parallel method does not keep the state generation continues from");
 }

@@ -90,23 +90,6 @@ class Attention {
   enum class Pass { forward, backward };
   virtual void begin_chunk(int begin, int length, Pass pass);
 
-  // Layer-major chunked runs (several SP ranks; ModelPlan::layer_major): each layer runs over every chunk of
-  // this rank's piece before the next layer starts, because what ranks exchange (a piece's d x d state, its
-  // keys and values) needs the whole piece. Each layer therefore takes two passes over the chunks:
-  //   forward:  1. per chunk, *_collect: the chunk's keys and values (after the feature map or RoPE);
-  //             *_exchange(forward); 2. per chunk, linear_forward / softmax_forward, complete.
-  //   backward: 1. per chunk in reverse, the chunk's forward again, then linear_backward / softmax_backward:
-  //             complete for dq, but dk and dv leave out what arrives from other ranks; *_exchange(backward);
-  //             2. per chunk, *_key_gradients adds that part to the chunk's dk and dv (false: nothing to add).
-  // Chunks are announced by begin_chunk. A method without this mode says false; the others then throw.
-  virtual bool layer_major() const { return false; }
-  virtual void linear_collect(int layer, const float* k, const float* v, const LinearGates& gates);
-  virtual void softmax_collect(int layer, const float* k, const float* v);
-  virtual void linear_exchange(int layer, Pass pass, const LinearGates& gates);
-  virtual void softmax_exchange(int layer, Pass pass);
-  virtual bool linear_key_gradients(int layer, float* dk, float* dv, const float* k, const float* v,
-                                    const LinearGates& gates);
-  virtual bool softmax_key_gradients(int layer, float* dk, float* dv);
 
   // For generation (src/generate): with keep_decode_state(true), a forward keeps what decoding continues
   // from, whatever rank computed it: each linear layer's state after the WHOLE sequence (B, H, d, d), each
@@ -124,6 +107,27 @@ class Attention {
 
  private:
   bool recomputing_ = false;
+};
+
+// Layer-major chunked runs (several SP ranks; ModelPlan::layer_major): each layer runs over every chunk of this
+// rank's piece before the next layer starts, because what ranks exchange (a piece's d x d state, its keys and
+// values) needs the whole piece. Each layer therefore takes two passes over the chunks:
+//   forward:  1. per chunk, *_collect: the chunk's keys and values (after the feature map or RoPE);
+//             *_exchange(forward); 2. per chunk, linear_forward / softmax_forward, complete.
+//   backward: 1. per chunk in reverse, the chunk's forward again, then linear_backward / softmax_backward:
+//             complete for dq, but dk and dv leave out what arrives from other ranks; *_exchange(backward);
+//             2. per chunk, *_key_gradients adds that part to the chunk's dk and dv (false: nothing to add).
+// Chunks are announced by begin_chunk. Only the methods with such a form implement it (the registry's
+// make_layer_major, sp/methods.h); the others are plain Attentions.
+class LayerMajorAttention : public Attention {
+ public:
+  virtual void linear_collect(int layer, const float* k, const float* v, const LinearGates& gates) = 0;
+  virtual void softmax_collect(int layer, const float* k, const float* v) = 0;
+  virtual void linear_exchange(int layer, Pass pass, const LinearGates& gates) = 0;
+  virtual void softmax_exchange(int layer, Pass pass) = 0;
+  virtual bool linear_key_gradients(int layer, float* dk, float* dv, const float* k, const float* v,
+                                    const LinearGates& gates) = 0;
+  virtual bool softmax_key_gradients(int layer, float* dk, float* dv) = 0;
 };
 
 // One process holds the whole sequence.

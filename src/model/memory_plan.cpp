@@ -21,7 +21,7 @@ constexpr double kOverheadBytes = 160.0 * (1 << 20);
 constexpr int kMinChunk = 64;
 
 double estimate(const ModelConfig& c, const AttentionShape& shape, const Attention* sp_attention,
-                const LayerMajorAttention& layer_major, ModelPlan plan, bool training) {
+                const LayerMajorFactory& layer_major, ModelPlan plan, bool training) {
   const int B = shape.B, N = shape.N;
   const double params = double(ParamLayout(c).total()) * (training ? 4 : 2);  // weights, grads (AdamW m, v)
   double attention = 0;
@@ -67,7 +67,7 @@ double default_memory_limit() {
 }
 
 MemoryPlan plan_memory(const ModelConfig& c, const AttentionShape& shape, const Attention* sp_attention,
-                       const MemoryRequest& request, bool training, const LayerMajorAttention& layer_major) {
+                       const MemoryRequest& request, bool training, const LayerMajorFactory& layer_major) {
   LASP_CHECK(request.limit_gib >= 0 && std::isfinite(request.limit_gib),
              "--memory-limit must be a non-negative number of GiB, got {}", request.limit_gib);
   LASP_CHECK(request.chunk >= 0, "--chunk must be >= 0 tokens, got {}", request.chunk);
@@ -123,7 +123,7 @@ MemoryPlan plan_memory(const ModelConfig& c, const AttentionShape& shape, const 
 
 std::unique_ptr<Attention> planned_attention(const MemoryPlan& plan, const ModelConfig& config,
                                              const AttentionShape& shape, std::unique_ptr<Attention> sp_attention,
-                                             const LayerMajorAttention& layer_major) {
+                                             const LayerMajorFactory& layer_major) {
   if (plan.model.layer_major) return layer_major(plan.model.chunk);
   if (sp_attention) return sp_attention;
   if (plan.model.chunk > 0 && plan.model.chunk < shape.N) {

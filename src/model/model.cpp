@@ -197,7 +197,8 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, Mode
   LASP_CHECK(plan.chunk >= 0, "model: the chunk must be >= 0 tokens, got {}", plan.chunk);
   plan = as_run(plan, N);
   recompute_ = plan.recompute, layer_major_ = plan.layer_major;
-  LASP_CHECK(!layer_major_ || attention.layer_major(),
+  layer_major_attention_ = layer_major_ ? dynamic_cast<LayerMajorAttention*>(&attention) : nullptr;
+  LASP_CHECK(!layer_major_ || layer_major_attention_,
              "model: a layer-major plan needs an attention with a layer-major mode (lasp2 across SP ranks)");
   chunk_ = chunk_length(plan, N);
   chunks_ = (N + chunk_ - 1) / chunk_;

@@ -6,7 +6,7 @@
 // row through every layer, so that activations scale with the chunk, not with N (the attention must be a
 // ChunkedAttention of that chunk; the backward recomputes each chunk's forward, the last one excepted).
 // With `layer_major` too (several SP ranks), each layer runs over every chunk before the next layer, in two
-// passes around the attention's exchange (Attention::layer_major): only the residual stream entering each
+// passes around the attention's exchange (LayerMajorAttention): only the residual stream entering each
 // layer is kept for the whole piece, everything else for one chunk.
 #pragma once
 #include <string>
@@ -36,7 +36,7 @@ struct ModelPlan {
   // so that none of its buffers holds N x intermediate_size values.
   int mlp_tokens = 4096;
   // With a chunk: layer by layer rather than chunk by chunk (implies recompute; the attention must have
-  // Attention::layer_major).
+  // LayerMajorAttention).
   bool layer_major = false;
 };
 
@@ -108,6 +108,7 @@ class Model {
   int B_, seq_len_, chunk_, chunks_;  // rows; tokens per row; per chunk; chunks per row
   int N_, T_;                         // the running chunk: tokens per row, B x N_
   Attention& attention_;
+  LayerMajorAttention* layer_major_attention_ = nullptr;  // the same attention, under a layer-major plan
   bool recompute_, layer_major_;
   int mlp_rows_;  // the MLP's rows per pass (mlp_rows)
   RopeTable rope_;  // the softmax layers' angles at attention_.positions(), made by rope() when stale

@@ -1,7 +1,7 @@
 // Layer-major chunked runs (ModelPlan::layer_major): the memory plan of several SP ranks. What ranks
 // exchange for a layer (LASP-2's d x d piece states, LASP-2H's keys and values) depends on the whole piece,
 // so every chunk goes through one layer before the next layer starts, in two passes around the attention's
-// exchange (Attention::layer_major says what each pass hands it). Kept for the whole piece: the residual
+// exchange (LayerMajorAttention says what each pass hands it). Kept for the whole piece: the residual
 // stream entering each layer, (L + 1) x B x N x D floats, the last of which turns into the gradient stream
 // of the backward. Everything else is the size of one chunk: the backward runs each layer's forward again,
 // chunk by chunk.
@@ -59,8 +59,8 @@ void Model::key_gradients_backward(int l) {
   std::fill_n(s_.dv, size_t(T_) * width, 0.f);
   const bool linear = c.layer_types[l] == 'L', gla = linear && c.linear.decay == Decay::gla;
   if (gla) std::fill_n(s_.dglog, size_t(T_) * E, 0.f);
-  if (linear ? !attention_.linear_key_gradients(l, s_.dk, s_.dv, a.k, a.v, linear_gates(l, true))
-             : !attention_.softmax_key_gradients(l, s_.dk, s_.dv))
+  if (linear ? !layer_major_attention_->linear_key_gradients(l, s_.dk, s_.dv, a.k, a.v, linear_gates(l, true))
+             : !layer_major_attention_->softmax_key_gradients(l, s_.dk, s_.dv))
     return;
   if (linear)
     feature_map_backward(s_.dkp, s_.dk, a.kp, long(T_) * E, c.linear.feature_map, GradStore::overwrite);
@@ -76,8 +76,8 @@ void Model::key_gradients_backward(int l) {
 }
 
 void Model::exchange(int l, Attention::Pass pass) {
-  if (config_.layer_types[l] == 'L') attention_.linear_exchange(l, pass, linear_gates(l, false));
-  else attention_.softmax_exchange(l, pass);
+  if (config_.layer_types[l] == 'L') layer_major_attention_->linear_exchange(l, pass, linear_gates(l, false));
+  else layer_major_attention_->softmax_exchange(l, pass);
 }
 
 double Model::forward_layer_major(int* predictions) {
@@ -94,8 +94,8 @@ double Model::forward_layer_major(int* predictions) {
       start_chunk(k, Pass::forward);
       load(x_[l], stream_[l]);
       layer_keys(l);
-      if (c.layer_types[l] == 'L') attention_.linear_collect(l, acts(l).k, acts(l).v, linear_gates(l, false));
-      else attention_.softmax_collect(l, acts(l).k, acts(l).v);
+      if (c.layer_types[l] == 'L') layer_major_attention_->linear_collect(l, acts(l).k, acts(l).v, linear_gates(l, false));
+      else layer_major_attention_->softmax_collect(l, acts(l).k, acts(l).v);
     }
     exchange(l, Pass::forward);
     for (int k = 0; k < chunks_; ++k) {  // 2. the layer

@@ -1,4 +1,4 @@
-// LASP-2 and LASP-2H in chunks, for the layer-major memory plan of several SP ranks (Attention::layer_major,
+// LASP-2 and LASP-2H in chunks, for the layer-major memory plan of several SP ranks (LayerMajorAttention,
 // ModelPlan::layer_major): the model hands this rank's piece(s) over as chunks of at most `chunk` tokens per
 // row, each layer in two passes; the exchange is the same ONE collective each way as sp/lasp2.h's.
 // Linear layer:
@@ -33,14 +33,13 @@
 
 namespace lasp {
 
-class Lasp2ChunkedAttention : public Attention {
+class Lasp2ChunkedAttention : public LayerMajorAttention {
  public:
   // shape.N: this rank's tokens per row (global_N / W); chunk: tokens per row in one chunk of the model.
   Lasp2ChunkedAttention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers, int chunk);
   const int* positions() const override { return positions_.data(); }  // the running chunk's
   double memory_floats(const std::string& layer_types) const override;
 
-  bool layer_major() const override { return true; }
   void set_documents(const uint8_t* starts) override { softmax_.set_documents(starts); }
   void begin_chunk(int begin, int length, Pass pass) override;
   void linear_collect(int layer, const float* k, const float* v, const LinearGates& gates) override;

@@ -45,7 +45,7 @@ struct SpMethod {
   bool bidirectional;                   // non-causal linear layers
   std::unique_ptr<Attention> (*make)(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout,
                                      int layers, int scan_slices);
-  // The same method in chunks for the layer-major memory plan (Attention::layer_major); null: none.
+  // The same method in chunks for the layer-major memory plan (LayerMajorAttention); null: none.
   std::unique_ptr<Attention> (*make_layer_major)(Comm& sp, const AttentionShape& shape, int global_N,
                                                  SpLayout layout, int layers, int chunk) = nullptr;
   // Seconds of one linear layer (LayerCostInputs), what `lasp bench project` projects.

@@ -66,7 +66,7 @@ PlannedRank plan_rank(const ModelConfig& c, const Grid& g, int B, int N, SpLayou
   // The kernels' threads are those lasp runs with (--threads), fixed here for the run.
   const AttentionShape shape = attention_shape(c, B, N / g.sp_size, block, omp_get_max_threads());
   std::unique_ptr<Attention> sp;
-  LayerMajorAttention layer_major;
+  LayerMajorFactory layer_major;
   if (g.sp_size > 1) {
     sp = make_sp_attention(method, *g.sp, shape, N, layout, c.num_hidden_layers, parallel.scan_slices);
     if (find_sp_method(method).make_layer_major)

@@ -2,7 +2,7 @@
 # Fuzzes lasp's file readers with libFuzzer + ASan + UBSan (tests/fuzz/README.md).
 # Usage: scripts/fuzz.sh [SECONDS] [HARNESS...]
 #   SECONDS  time per harness (default 60); HARNESS: fuzz_safetensors fuzz_config fuzz_shards fuzz_trainer_state
-#            fuzz_tokenizer_model fuzz_manifest (default all), run one after another.
+#            fuzz_tokenizer_model fuzz_manifest fuzz_jsonl (default all), run one after another.
 # Each harness first replays its reproducers in tests/fuzz/findings/<harness>/ (if any), then fuzzes a copy
 # of tests/fuzz/corpus/<harness>/ in a scratch folder, so the repository is not touched. Prints per harness
 # the executions and whether it found anything; new crashing inputs are kept in build-fuzz/findings/<harness>/.
@@ -15,7 +15,7 @@ root=$PWD
 seconds=${1:-60}
 [[ $seconds =~ ^[1-9][0-9]*$ ]] || { echo "fuzz.sh: SECONDS must be a positive integer, got '$seconds'" >&2; exit 2; }
 shift || true
-all=(fuzz_safetensors fuzz_config fuzz_shards fuzz_trainer_state fuzz_tokenizer_model fuzz_manifest)
+all=(fuzz_safetensors fuzz_config fuzz_shards fuzz_trainer_state fuzz_tokenizer_model fuzz_manifest fuzz_jsonl)
 harnesses=("$@")
 ((${#harnesses[@]})) || harnesses=("${all[@]}")
 for h in "${harnesses[@]}"; do

@@ -176,6 +176,8 @@ TEST(Corpus, BadInputNamesTheFileAndTheLine) {
   const std::vector<Case> cases = {
       {"a.jsonl", good + "not json\n", "a.jsonl line 2 is not JSON (at byte 2 of the line: syntax error", true},
       {"b.jsonl", good + good + "{\"text\": \"cut", "b.jsonl line 3 is not JSON", true},
+      {"b2.jsonl", good + "{\"text\": \"x\", \"id\": 20e9222}\n",  // fuzz_jsonl: nlohmann's out_of_range escaped
+       "b2.jsonl line 2 is not JSON (number overflow parsing '20e9222')", true},
       {"c.jsonl", good + "{\"body\": \"x\", \"id\": 1}\n", "c.jsonl line 2 has no \"text\" field (its fields: body, id;", true},
       {"d.jsonl", good + "{\"text\": 3}\n", "d.jsonl line 2: its \"text\" field is a number, not a string", true},
       {"e.jsonl", good + "{\"text\": null}\n", "e.jsonl line 2: its \"text\" field is null, not a string", true},

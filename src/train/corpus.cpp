@@ -149,11 +149,15 @@ class ZstdSource : public Source {
   bool pending_ = false;
 };
 
-// The reason of nlohmann's parse error, without its exception name and position (given as the byte of the
-// line instead) and at most ~160 bytes ('last read' can quote a whole long string).
-std::string json_reason(const nlohmann::json::parse_error& e) {
+// The reason of nlohmann's error, without its exception name ("[json.exception.parse_error.101] ") and
+// position (a parse error gives the byte of the line instead), and at most ~160 bytes ('last read' can quote a
+// whole long string).
+std::string json_reason(const nlohmann::json::exception& e) {
   std::string m = e.what();
-  const size_t column = m.find("column ");
+  const size_t name = m.rfind("] ", m.find(' '));
+  if (m.rfind("[json.exception.", 0) == 0 && name != std::string::npos) m = m.substr(name + 2);
+  const auto* parse = dynamic_cast<const nlohmann::json::parse_error*>(&e);
+  const size_t column = parse ? m.find("column ") : std::string::npos;
   const size_t colon = column == std::string::npos ? column : m.find(": ", column);
   if (colon != std::string::npos) m = m.substr(colon + 2);
   if (m.size() > 160) {
@@ -161,7 +165,7 @@ std::string json_reason(const nlohmann::json::parse_error& e) {
     while (cut > 0 && (static_cast<unsigned char>(m[cut]) & 0xC0) == 0x80) --cut;
     m = m.substr(0, cut) + "...";
   }
-  return fmt::format("at byte {} of the line: {}", e.byte, m);
+  return parse ? fmt::format("at byte {} of the line: {}", parse->byte, m) : m;
 }
 
 const char* json_type(const nlohmann::json& j) {
@@ -343,7 +347,7 @@ bool CorpusReader::next_in_file(CorpusDocument& doc) {
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(line_);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // a parse error, or a number beyond a double (found by fuzz_jsonl)
       return bad(fmt::format("{} line {} is not JSON ({})", path, line, json_reason(e)));
     }
     const std::string& field = o_.text_field;

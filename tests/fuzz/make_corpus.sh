@@ -12,7 +12,7 @@ trap 'rm -rf "$work"' EXIT
 head -c 3000 /usr/share/common-licenses/GPL-3 >"$work/text.txt"
 (cd "$work" && OMP_NUM_THREADS=1 "$lasp" train --data text.txt --layer-types LN --hidden 8 --heads 2 --kv-heads 1 \
   --ffn 16 --seq-len 16 --steps 2 --save ckpt >/dev/null 2>&1)
-mkdir -p "$out"/{fuzz_safetensors,fuzz_config,fuzz_shards,fuzz_trainer_state,fuzz_tokenizer_model,fuzz_manifest}
+mkdir -p "$out"/{fuzz_safetensors,fuzz_config,fuzz_shards,fuzz_trainer_state,fuzz_tokenizer_model,fuzz_manifest,fuzz_jsonl}
 cp "$work/ckpt/model.safetensors" "$out/fuzz_safetensors/lasp_model.safetensors"
 cp "$work/ckpt/config.json" "$out/fuzz_config/lasp_tiny.json"
 cp "$work/ckpt/trainer_state.json" "$out/fuzz_trainer_state/lasp_state.json"
@@ -111,5 +111,22 @@ put("fuzz_manifest", "checkpoint_bytes.json", json.dumps(checkpoint))
 put("fuzz_manifest", "checkpoint_tokenizer.json", json.dumps(dict(checkpoint, vocabulary="tokenizer 0123456789abcdef")))
 put("fuzz_manifest", "checkpoint_doc_start.json", json.dumps(dict(checkpoint, doc_start=-5)))
 put("fuzz_manifest", "checkpoint_wrap.json", json.dumps(dict(checkpoint, doc_start=4294967306)))
+
+# corpora (fuzz_jsonl): a mode byte (0 x.jsonl; 1, 2 x.jsonl.gz, x.jsonl.zst as they are; 3, 4 compressed whole by
+# the harness; 5, 6 compressed and cut; 7 text between separators), a flags byte (1 skip bad lines, 2 replace
+# invalid UTF-8, 4 the field "t", 8 the separator "\n%\n"), then the bytes
+import gzip, subprocess
+lines = ('{"text": "one document"}\n{"id": 2, "text": "caf\\u00e9 \\ud83d\\ude42\\n\\"quoted\\"", "t": "x"}\n\n'
+         '{"t": "other field", "meta": {"a": [1, 2.5, null, true]}}\r\n').encode()
+bad = lines + b'not json\n{"text": 3}\n{"text": ""}\n[1]\n{"text": "caf\xe9"}\n{"text": "cut'
+for mode in range(7):
+    put("fuzz_jsonl", f"mode{mode}.bin", bytes([mode, 0]) + lines)
+put("fuzz_jsonl", "gzip.bin", bytes([1, 0]) + gzip.compress(lines))
+put("fuzz_jsonl", "zstd.bin", bytes([2, 0]) + subprocess.run(["zstd", "-c"], input=lines, capture_output=True,
+                                                              check=True).stdout)
+put("fuzz_jsonl", "bad.bin", bytes([0, 0]) + bad)
+put("fuzz_jsonl", "bad_skipped.bin", bytes([0, 3]) + bad)
+put("fuzz_jsonl", "bad_gzip.bin", bytes([3, 1]) + bad)
+put("fuzz_jsonl", "separated.bin", bytes([7, 8]) + b"first\n%\nsecond\nline\n%\n\n%\nlast\n%\n")
 EOF
 ls -l "$out"/*

@@ -17,6 +17,8 @@
 #include <cstdlib>
 #include <functional>
 #include <iostream>
+#include <map>
+#include <mutex>
 #include <vector>
 
 #include "comm/comm.h"
@@ -101,24 +103,20 @@ class MpiRequest final : public CommRequest {
   std::function<void()> on_done_;
 };
 
-// The ScanOperator of an exscan travels with its datatype (a contiguous run of op.floats() floats), as an
-// attribute: MPI's reduction functions get no other context.
-int scan_operator_key() {
-  static const int key = [] {
-    int made = MPI_KEYVAL_INVALID;
-    MPI_Type_create_keyval(MPI_TYPE_NULL_COPY_FN, MPI_TYPE_NULL_DELETE_FN, &made, nullptr);
-    return made;
-  }();
-  return key;
-}
+// The ScanOperator of each exscan in flight, by its datatype (a contiguous run of op.floats() floats, made for
+// that exscan and freed when it completes): MPI's reduction functions get no other context.
+std::mutex scan_operators_mutex;
+std::map<MPI_Datatype, const ScanOperator*> scan_operators;
 
 // MPI's reduction function for exscan: inout = in then inout, element by element.
 void compose_elements(void* in, void* inout, int* len, MPI_Datatype* type) {
-  void* attribute = nullptr;
-  int found = 0;
-  MPI_Type_get_attr(*type, scan_operator_key(), &attribute, &found);
-  if (!found) MPI_Abort(MPI_COMM_WORLD, 1);  // never: every exscan's datatype carries its operator
-  const auto* op = static_cast<const ScanOperator*>(attribute);
+  const ScanOperator* op = nullptr;
+  {
+    const std::lock_guard<std::mutex> lock(scan_operators_mutex);
+    const auto it = scan_operators.find(*type);
+    if (it != scan_operators.end()) op = it->second;
+  }
+  if (!op) MPI_Abort(MPI_COMM_WORLD, 1);  // never: every exscan's datatype is registered until it completes
   const size_t n = op->floats();
   for (int i = 0; i < *len; ++i)
     op->compose(static_cast<const float*>(in) + i * n, static_cast<float*>(inout) + i * n);
@@ -245,9 +243,16 @@ class MpiComm final : public Comm {
     MPI_Datatype element;
     MPI_Type_contiguous(to_mpi_count(op.floats(), "exscan_start"), MPI_FLOAT, &element);
     MPI_Type_commit(&element);
-    MPI_Type_set_attr(element, scan_operator_key(), const_cast<ScanOperator*>(&op));
+    {
+      const std::lock_guard<std::mutex> lock(scan_operators_mutex);
+      scan_operators[element] = &op;
+    }
     const bool first = rank_ == 0;
     auto request = std::make_unique<MpiRequest>(stats_.seconds, [element, recv, elements, &op, first]() mutable {
+      {
+        const std::lock_guard<std::mutex> lock(scan_operators_mutex);
+        scan_operators.erase(element);
+      }
       MPI_Type_free(&element);
       if (first)  // MPI leaves rank 0's result undefined
         for (size_t i = 0; i < elements; ++i) op.identity(recv + i * op.floats());

@@ -461,8 +461,8 @@ def cmd_blas(a):
 
 
 def cmd_time_step(a):
-    if a.seq_len <= 0 or a.batch <= 0 or a.repeats <= 0 or a.block <= 0:
-        raise UserError("--seq-len, --batch, --repeats and --block must be positive")
+    if a.seq_len <= 0 or a.batch <= 0 or a.repeats <= 0 or a.block < 0:
+        raise UserError("--seq-len, --batch and --repeats must be positive, --block positive or 0 (by N)")
     torch.set_num_threads(a.threads or os.cpu_count())
     c = load_config(a.config)
     p = init_params(c, 0)
@@ -655,7 +655,8 @@ def parse_args(argv):
     s.add_argument("--batch", type=int, default=1); s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--threads", type=int, default=0)
     s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    s.add_argument("--block", type=int, default=64, help="tokens per block of the chunked linear attention")
+    s.add_argument("--block", type=int, default=0,
+                   help="tokens per block of the chunked linear attention (0: by N, 64..256)")
     s.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="also time the step through torch.compile (auto: where torch has it; on: fail if it fails)")
     s = sub.add_parser("blas"); s.set_defaults(fn=cmd_blas)

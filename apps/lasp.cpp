@@ -369,6 +369,11 @@ struct TokenizeCommand : Command {
     if (r.sampled)
       std::printf("tokenize: the tokenizer learned from a sample of %.1f MB of the %.1f MB of text (--sample-bytes)\n",
                   double(r.sample_bytes) / 1e6, double(r.bytes) / 1e6);
+    if (o.model.empty()) std::printf("tokenize: reading and training %.1f s, ", r.training_seconds);
+    else std::printf("tokenize: ");
+    std::printf("encoding %.1f s (%.1f MB/s of text on %d thread%s)\n", r.encoding_seconds,
+                r.encoding_seconds > 0 ? double(r.bytes) / 1e6 / r.encoding_seconds : 0.0, o.threads,
+                o.threads == 1 ? "" : "s");
   }
 };
 

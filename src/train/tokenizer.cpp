@@ -596,8 +596,12 @@ TokenizeReport tokenize(const TokenizeOptions& o, const std::function<void(const
     };
   };
   TokenizeReport r;
+  const auto seconds_since = [](std::chrono::steady_clock::time_point start) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
   write_folder(tokens_folder(), out, [&](const std::string& tmp) {
     const std::string model_path = tmp + "/tokenizer.model";
+    const auto training = std::chrono::steady_clock::now();
     if (o.model.empty()) {  // one pass over the corpus for the sample, which checks every document before training
       CorpusReader reader(files, corpus);
       const std::function<void(int64_t)> shown = pass("reading", reader);
@@ -605,6 +609,7 @@ TokenizeReport tokenize(const TokenizeOptions& o, const std::function<void(const
       write_file_atomic(model_path, train_model(o, lines));
       r.sample_bytes = lines.taken();
       r.sampled = lines.left_out() > 0;
+      r.training_seconds = seconds_since(training);
     } else {
       write_file_atomic(model_path, given);
     }
@@ -640,6 +645,7 @@ TokenizeReport tokenize(const TokenizeOptions& o, const std::function<void(const
       }
       r.tokens += int64_t(tokens.size());
     });
+    const auto encoding = std::chrono::steady_clock::now();
     CorpusReader reader(files, corpus);
     const std::function<void(int64_t)> shown = pass("encoding", reader);
     for (CorpusDocument doc; reader.next(doc);) {
@@ -649,6 +655,7 @@ TokenizeReport tokenize(const TokenizeOptions& o, const std::function<void(const
     }
     encoder.finish();
     if (shard) close_shard();
+    r.encoding_seconds = seconds_since(encoding);
     r.replaced = reader.replaced(), r.skipped = reader.skipped(), r.first_skipped = reader.first_skipped();
     LASP_CHECK(r.documents > 0, "tokenize: the --input files hold no document{}",
                r.skipped ? fmt::format(" ({} bad lines or empty documents skipped; the first: {})", r.skipped,

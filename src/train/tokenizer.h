@@ -113,6 +113,7 @@ struct TokenizeReport {
   std::string first_skipped;  // why the first of them was
   int64_t sample_bytes = 0;   // training: the bytes of the lines the tokenizer learned from
   bool sampled = false;       // ... a sample, not all of the text
+  double training_seconds = 0, encoding_seconds = 0;  // the two passes (reading the sample and training; encoding)
   std::vector<std::string> shards;
 };
 

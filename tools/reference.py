@@ -253,6 +253,53 @@ def linear_attention_chunkwise(q, k, v, lam, block=64):
     return torch.cat(out, dim=2)
 
 
+def based_features(x):
+    """FEATURE_MAPS.md's compact Taylor map in Linear-MoE's order, x [..., f] -> [..., 1 + f + f(f+1)/2]:
+    [1 | x / f^(1/4) | x_i^2 / sqrt(2f) | x_i x_j / sqrt(f) (i < j, row-major)]; phi(q).phi(k) = 1 + s + s^2/2
+    with s = q.k / sqrt(f)."""
+    f = x.shape[-1]
+    i, j = torch.triu_indices(f, f, 1)
+    return torch.cat([torch.ones_like(x[..., :1]), x / f ** 0.25, x * x / math.sqrt(2 * f),
+                      x[..., i] * x[..., j] / math.sqrt(f)], dim=-1)
+
+
+def rebased_features(x, gamma, beta):
+    """Rebased's map, x [..., f] -> [..., f(f+1)/2]: y = LayerNorm(x) (biased variance, eps 1e-6; gamma, beta [f]
+    shared by q, k and all heads), then [y_i^2 / sqrt(f) | sqrt(2/f) y_i y_j (i < j)]; phi(q).phi(k) =
+    (y_q . y_k)^2 / f."""
+    f = x.shape[-1]
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    y = (x - mean) / torch.sqrt(var + 1e-6) * gamma + beta
+    i, j = torch.triu_indices(f, f, 1)
+    return torch.cat([y * y / math.sqrt(f), math.sqrt(2 / f) * y[..., i] * y[..., j]], dim=-1)
+
+
+def normalized_linear_attention(phi_q, phi_k, v, eps, same=None):
+    """Based and Rebased's attention core, naive: phi_q, phi_k [B, H, N, D'], v [B, H, N, d];
+    o_i = n_i / (s_i + eps), n_i = sum_{j<=i} (phi_q_i . phi_k_j) v_j, s_i = sum_{j<=i} phi_q_i . phi_k_j (the
+    token itself included); with same [B, N, N] (documents) only over the j of i's document."""
+    N = phi_q.shape[2]
+    a = (phi_q @ phi_k.transpose(-1, -2)) * torch.ones(N, N, dtype=torch.bool).tril().to(phi_q.dtype)
+    if same is not None:
+        a = a * same[:, None].to(phi_q.dtype)                            # [B, H, N, N]
+    return (a @ v) / (a.sum(-1, keepdim=True) + eps)
+
+
+def normalized_linear_attention_chunkwise(phi_q, phi_k, v, eps, block=64):
+    """The same through FEATURE_MAPS.md's augmented state: plain causal linear attention of phi_q, phi_k and
+    [v | 1] (state D' x (d+1): numerator and normalizer together), divided once both parts are summed."""
+    B, H, N, Dp = phi_q.shape
+    vt = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)              # [v | 1]
+    S, out = phi_q.new_zeros(B, H, Dp, vt.shape[-1]), []
+    for s in range(0, N, block):
+        qb, kb, vb = phi_q[:, :, s:s + block], phi_k[:, :, s:s + block], vt[:, :, s:s + block]
+        y = (qb @ kb.transpose(-1, -2)).tril() @ vb + qb @ S             # tril keeps the diagonal
+        out.append(y[..., :-1] / (y[..., -1:] + eps))
+        S = S + kb.transpose(-1, -2) @ vb
+    return torch.cat(out, dim=2)
+
+
 def gla_naive(q, k, v, g, starts=None):
     """GATES.md's recurrence: q, k, v, g [B, H, N, d] (g the log-gates); S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t,
     o_t = q_t S_t. starts [B, N] bool (documents): the gate of a start token is 0."""
@@ -554,6 +601,43 @@ def cmd_selftest(a):
         ok = torch.allclose(o1, o2, rtol=1e-10, atol=1e-10) and all(
             torch.allclose(x, y, rtol=1e-10, atol=1e-10) for x, y in zip(g1, g2))
         check(ok, f"naive == chunkwise linear attention, decay={decay}")
+    # 1b. Based and Rebased (FEATURE_MAPS.md): the compact maps' dot products are the kernel formulas, and the
+    #     chunkwise augmented state ([v | 1], D' x (d+1)) equals the naive normalized attention (forward and
+    #     gradients, gamma and beta included), ragged last block; documents: the naive form packed == alone.
+    for f in (1, 3, 4, 16):
+        gamma, beta = 1 + 0.3 * torch.randn(f, dtype=torch.float64), 0.3 * torch.randn(f, dtype=torch.float64)
+        x, z = torch.randn(2, 5, f, dtype=torch.float64), torch.randn(2, 7, f, dtype=torch.float64)
+        sc = x @ z.transpose(-1, -2) / math.sqrt(f)
+        ok_based = based_features(x).shape[-1] == 1 + f + f * (f + 1) // 2 and torch.allclose(
+            based_features(x) @ based_features(z).transpose(-1, -2), 1 + sc + sc * sc / 2, rtol=1e-13, atol=1e-13)
+        ln = lambda t: torch.nn.functional.layer_norm(t, (f,), gamma, beta, eps=1e-6)
+        ok_rebased = rebased_features(x, gamma, beta).shape[-1] == f * (f + 1) // 2 and torch.allclose(
+            rebased_features(x, gamma, beta) @ rebased_features(z, gamma, beta).transpose(-1, -2),
+            (ln(x) @ ln(z).transpose(-1, -2)) ** 2 / f, rtol=1e-13, atol=1e-13)
+        check(ok_based and ok_rebased, f"based and rebased: compact dot products == kernel formulas, f={f}")
+    for kind in ("based", "rebased"):
+        f, d = 4, 3
+        q, k = (torch.randn(2, 3, 37, f, dtype=torch.float64, requires_grad=True) for _ in range(2))
+        v = torch.randn(2, 3, 37, d, dtype=torch.float64, requires_grad=True)
+        gamma = (1 + 0.3 * torch.randn(f, dtype=torch.float64)).requires_grad_()
+        beta = (0.3 * torch.randn(f, dtype=torch.float64)).requires_grad_()
+        phi = (lambda t: based_features(t)) if kind == "based" else (lambda t: rebased_features(t, gamma, beta))
+        args = (q, k, v, gamma, beta)
+        o1 = normalized_linear_attention(phi(q), phi(k), v, 1e-10)
+        g1 = torch.autograd.grad((o1 * o1).sum(), args, allow_unused=True)
+        o2 = normalized_linear_attention_chunkwise(phi(q), phi(k), v, 1e-10, block=8)
+        g2 = torch.autograd.grad((o2 * o2).sum(), args, allow_unused=True)
+        ok = torch.allclose(o1, o2, rtol=1e-10, atol=1e-10) and all(
+            (x is None and y is None) or torch.allclose(x, y, rtol=1e-10, atol=1e-10) for x, y in zip(g1, g2))
+        check(ok, f"naive == chunkwise augmented state ([v | 1]), {kind}")
+        with torch.no_grad():
+            tok = torch.randint(1, 5, (2, 37))
+            tok[:, [0, 9, 10, 30]] = 0
+            packed = normalized_linear_attention(phi(q), phi(k), v, 1e-10, same_document(tok, 0))
+            ok = all(torch.allclose(packed[:, :, s:e], normalized_linear_attention(
+                phi(q[:, :, s:e]), phi(k[:, :, s:e]), v[:, :, s:e], 1e-10), rtol=1e-12, atol=1e-12)
+                for s, e in ((0, 9), (9, 10), (10, 30), (30, 37)))
+            check(ok, f"normalized attention: packed documents == each document alone, {kind}")
     # 2. gradcheck of the whole model on tiny configs (all parameters of the first, a few of the second).
     tiny = [dict(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=2, num_attention_heads=2,
                  num_key_value_heads=1, layer_types="LN", rope_theta=10000.0, tie_word_embeddings=False,

@@ -63,7 +63,7 @@ nlohmann::ordered_json bench_linear(const KernelBenchOptions& o, int threads, De
   auto q = random_values(n, 1, 0.1f), k = random_values(n, 2, 0.1f), v = random_values(n, 3, 1.f),
        g = random_values(n, 4, 1.f);
   std::vector<float> out(n), dq(n), dk(n), dv(n);
-  const LinearAttentionShape s{o.B, o.N, o.H, o.d, o.linear_block, threads};
+  const LinearAttentionShape s{o.B, o.N, o.H, o.d, o.d, o.linear_block, threads};
   WorkspaceBuffer wf(linear_attention_forward_workspace_floats(s));
   WorkspaceBuffer wb(linear_attention_backward_workspace_floats(s));
   std::vector<float> lambda(o.H);
@@ -86,7 +86,7 @@ nlohmann::ordered_json bench_gla(const KernelBenchOptions& o, int threads) {
        dout = random_values(n, 4, 1.f), x = random_values(n, 5, 1.f);
   std::vector<float> gates(n), out(n), dq(n), dk(n), dv(n), dg(n);
   for (size_t i = 0; i < n; ++i) gates[i] = -std::log1p(std::exp(-x[i])) / 16;
-  const LinearAttentionShape s{o.B, o.N, o.H, o.d, kGlaBlock, threads};
+  const LinearAttentionShape s{o.B, o.N, o.H, o.d, o.d, kGlaBlock, threads};
   WorkspaceBuffer wf(gla_forward_workspace_floats(s)), wb(gla_backward_workspace_floats(s));
   const double sec = time_median(o.repeats, [&] {
     gla_forward(out.data(), nullptr, q.data(), k.data(), v.data(), gates.data(), nullptr, nullptr, s, wf.view());

@@ -52,7 +52,7 @@ Rates measure() {
   std::vector<float> q(size_t(C) * H * d, 0.01f), k(q.size(), 0.02f), v(q.size(), 0.1f), o(q.size()), g(q.size(), 0.1f),
       dq(q.size()), dk(q.size()), dv(q.size());
   {
-    const LinearAttentionShape s{1, C, H, d, kLinearBlock, threads};
+    const LinearAttentionShape s{1, C, H, d, d, kLinearBlock, threads};
     WorkspaceBuffer wf(linear_attention_forward_workspace_floats(s)), wb(linear_attention_backward_workspace_floats(s));
     r.linear = rate(3 * 4.0 * C * d * (64 + d) * H, [&] {
       linear_attention_forward(o.data(), nullptr, q.data(), k.data(), v.data(), nullptr, nullptr, nullptr, s, wf.view());
@@ -89,7 +89,7 @@ void bench_project(const ProjectOptions& o) {
   auto tokens_per_s = [&](const SpMethod& m, double W, double N) {
     const double C = N / W;
     const bool crosses = W > o.ranks_per_node;
-    LayerCostInputs in{W, N, C, H, d, 0, 0, 0, 0};
+    LayerCostInputs in{W, N, C, H, d, d, 0, 0, 0, 0};
     in.beta = (crosses ? o.link_gbit : o.intra_gbit) * 1e9 / 8;  // bytes/s of the slowest ring link
     in.alpha = (crosses ? o.latency_us : 1.0) * 1e-6;
     in.chunked = 3 * 4.0 * C * d * (64 + d) * H / (r.linear * speed);  // per layer, fwd + bwd

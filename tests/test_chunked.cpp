@@ -41,7 +41,7 @@ Outcome run(const ModelConfig& c, int B, int N, ModelPlan plan) {
   std::vector<int> inputs(size_t(B) * N), targets(inputs.size());
   for (auto& t : inputs) t = int(rng() % c.vocab_size);
   for (auto& t : targets) t = rng() % 7 == 0 ? -1 : int(rng() % c.vocab_size);  // some positions without a target
-  const AttentionShape whole{B, N, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), kBlock, kThreads};
+  const AttentionShape whole = attention_shape(c, B, N, kBlock, kThreads);
   std::unique_ptr<Attention> attention;
   if (plan.chunk > 0 && plan.chunk < N) {
     AttentionShape chunk = whole;
@@ -102,7 +102,7 @@ TEST(Chunked, AChunkOfTheWholeSequenceIsTheWholeRun) {
 
 TEST(Chunked, AttentionThatCannotChunkRefuses) {
   const ModelConfig c = small_config("LL", Decay::none);
-  LocalAttention local({1, 10, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), kBlock, kThreads});
+  LocalAttention local(attention_shape(c, 1, 10, kBlock, kThreads));
   Model model(c, 1, 40, local, {false, 10});
   std::vector<int> tokens(40, 1);
   try {
@@ -112,8 +112,8 @@ TEST(Chunked, AttentionThatCannotChunkRefuses) {
     EXPECT_NE(std::string(e.what()).find("chunked memory plan needs one sequence-parallel rank"), std::string::npos)
         << e.what();
   }
-  EXPECT_THROW(ChunkedAttention({1, 0, 4, 2, 8, kBlock, kThreads}, 40, 2), Error);
-  EXPECT_THROW(ChunkedAttention({1, 50, 4, 2, 8, kBlock, kThreads}, 40, 2), Error);
+  EXPECT_THROW(ChunkedAttention({1, 0, 4, 2, 8, 8, 8, kBlock, kThreads}, 40, 2), Error);
+  EXPECT_THROW(ChunkedAttention({1, 50, 4, 2, 8, 8, 8, kBlock, kThreads}, 40, 2), Error);
 }
 
 }  // namespace

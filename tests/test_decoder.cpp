@@ -22,7 +22,7 @@ std::vector<float> last_logits_of_full_forward(const ModelConfig& c, const std::
                                                const std::vector<int>& tokens, Precision precision = Precision::fp32,
                                                int doc_start = -1) {
   const int n = int(tokens.size());
-  LocalAttention attention({1, n, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), 16, 2});
+  LocalAttention attention(attention_shape(c, 1, n, 16, 2));
   ModelPlan plan;
   plan.precision = precision;
   Model model(c, 1, n, attention, plan);
@@ -88,7 +88,7 @@ TEST_P(DecoderVsForward, ChunkedPrefillContinuesLikeAWholeOne) {
   std::iota(positions.begin(), positions.end(), 0);
   Decoder whole(c, params, 40), chunked(c, params, 40);
   std::vector<float> a = whole.prefill(tokens);
-  ChunkedAttention attention({1, 6, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), 16, 2},
+  ChunkedAttention attention(attention_shape(c, 1, 6, 16, 2),
                              int(tokens.size()), c.num_hidden_layers);
   std::vector<float> b = chunked.prefill(tokens, attention, positions, int(tokens.size()), {false, 6});
   for (int i = 0; i < 6; ++i) {

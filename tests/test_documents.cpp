@@ -46,7 +46,7 @@ struct Result {
 // the chunked plan (ChunkedAttention).
 Result run(const ModelConfig& c, const std::vector<float>& params, const std::vector<int>& inputs,
            const std::vector<int>& targets, int B, int N, bool documents, int chunk = 0) {
-  const AttentionShape whole{B, N, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), 16, kThreads};
+  const AttentionShape whole = attention_shape(c, B, N, 16, kThreads);
   std::unique_ptr<Attention> attention;
   ModelPlan plan;
   if (chunk > 0 && chunk < N) {
@@ -148,7 +148,7 @@ TEST(Documents, Helpers) {
 }
 
 TEST(Documents, BidirectionalLayersRefuseThem) {
-  LocalAttention attention({1, 8, 2, 2, 4, 16, kThreads});
+  LocalAttention attention({1, 8, 2, 2, 4, 4, 4, 16, kThreads});
   const uint8_t flags[8] = {1, 0, 0, 1, 0, 0, 0, 0};
   std::vector<float> x(8 * 2 * 4, 0.5f), o(x.size());
   attention.set_documents(flags);
@@ -159,7 +159,7 @@ TEST(Documents, BidirectionalLayersRefuseThem) {
 
 TEST(Documents, StartOutsideTheVocabularyIsRefused) {
   const ModelConfig c = small_config("LN", Decay::none);
-  LocalAttention attention({1, 8, 4, 2, 8, 16, kThreads});
+  LocalAttention attention({1, 8, 4, 2, 8, 8, 8, 16, kThreads});
   Model model(c, 1, 8, attention);
   try {
     model.set_document_start(40);

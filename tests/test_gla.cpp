@@ -18,7 +18,7 @@ namespace {
 using Vec = std::vector<double>;
 
 struct Problem {
-  int B, N, H, d;
+  int B, N, H, dk, dv;       // key width (q, k, g), value width (v, o)
   Vec q, k, v, g, state_in;  // state_in empty: none
   std::vector<uint8_t> starts;  // (B, N) document starts, or empty: none
   bool start(int b, int t) const { return !starts.empty() && starts[size_t(b) * N + t]; }
@@ -32,14 +32,18 @@ struct Result {
 // start (which then depends on no gate), and its reverse-mode gradients given dO and the gradient of the final
 // state (empty: none).
 Result reference(const Problem& p, const Vec& dout, const Vec& dstate_out) {
-  const int B = p.B, N = p.N, H = p.H, d = p.d;
-  const size_t dd = size_t(d) * d;
+  const int B = p.B, N = p.N, H = p.H, dk = p.dk, dv = p.dv;
+  const size_t dd = size_t(dk) * dv;
   Result r;
-  r.o.assign(size_t(B) * N * H * d, 0.0);
-  r.dq = r.dk = r.dv = r.dg = r.o;
+  r.o.assign(size_t(B) * N * H * dv, 0.0);
+  r.dv = r.o;
+  r.dq.assign(size_t(B) * N * H * dk, 0.0);
+  r.dk = r.dg = r.dq;
   r.state_out.assign(size_t(B) * H * dd, 0.0);
   r.dstate_in = r.state_out;
-  auto at = [&](int b, int t, int h) { return ((size_t(b) * N + t) * H + h) * d; };
+  // Token t's first key element (x) and first value element (y).
+  auto at = [&](int b, int t, int h) { return ((size_t(b) * N + t) * H + h) * dk; };
+  auto vat = [&](int b, int t, int h) { return ((size_t(b) * N + t) * H + h) * dv; };
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < H; ++h) {
       const size_t sh = (size_t(b) * H + h) * dd;
@@ -47,29 +51,29 @@ Result reference(const Problem& p, const Vec& dout, const Vec& dstate_out) {
       if (!p.state_in.empty()) S[0].assign(p.state_in.begin() + sh, p.state_in.begin() + sh + dd);
       auto f = [&](int t, size_t x) { return p.start(b, t) ? 0.0 : std::exp(p.g[x]); };
       for (int t = 0; t < N; ++t) {
-        const size_t x = at(b, t, h);
-        for (int i = 0; i < d; ++i)
-          for (int j = 0; j < d; ++j)
-            S[t + 1][i * d + j] = f(t, x + i) * S[t][i * d + j] + p.k[x + i] * p.v[x + j];
-        for (int j = 0; j < d; ++j)
-          for (int i = 0; i < d; ++i) r.o[x + j] += p.q[x + i] * S[t + 1][i * d + j];
+        const size_t x = at(b, t, h), y = vat(b, t, h);
+        for (int i = 0; i < dk; ++i)
+          for (int j = 0; j < dv; ++j)
+            S[t + 1][i * dv + j] = f(t, x + i) * S[t][i * dv + j] + p.k[x + i] * p.v[y + j];
+        for (int j = 0; j < dv; ++j)
+          for (int i = 0; i < dk; ++i) r.o[y + j] += p.q[x + i] * S[t + 1][i * dv + j];
       }
       std::copy(S[N].begin(), S[N].end(), r.state_out.begin() + sh);
       Vec dS(dd, 0.0);
       if (!dstate_out.empty()) dS.assign(dstate_out.begin() + sh, dstate_out.begin() + sh + dd);
       for (int t = N - 1; t >= 0; --t) {
-        const size_t x = at(b, t, h);
-        for (int i = 0; i < d; ++i)
-          for (int j = 0; j < d; ++j) dS[i * d + j] += p.q[x + i] * dout[x + j];
-        for (int i = 0; i < d; ++i)
-          for (int j = 0; j < d; ++j) {
-            r.dq[x + i] += S[t + 1][i * d + j] * dout[x + j];
-            r.dk[x + i] += dS[i * d + j] * p.v[x + j];
-            r.dv[x + j] += p.k[x + i] * dS[i * d + j];
-            r.dg[x + i] += f(t, x + i) * S[t][i * d + j] * dS[i * d + j];
+        const size_t x = at(b, t, h), y = vat(b, t, h);
+        for (int i = 0; i < dk; ++i)
+          for (int j = 0; j < dv; ++j) dS[i * dv + j] += p.q[x + i] * dout[y + j];
+        for (int i = 0; i < dk; ++i)
+          for (int j = 0; j < dv; ++j) {
+            r.dq[x + i] += S[t + 1][i * dv + j] * dout[y + j];
+            r.dk[x + i] += dS[i * dv + j] * p.v[y + j];
+            r.dv[y + j] += p.k[x + i] * dS[i * dv + j];
+            r.dg[x + i] += f(t, x + i) * S[t][i * dv + j] * dS[i * dv + j];
           }
-        for (int i = 0; i < d; ++i)
-          for (int j = 0; j < d; ++j) dS[i * d + j] *= f(t, x + i);
+        for (int i = 0; i < dk; ++i)
+          for (int j = 0; j < dv; ++j) dS[i * dv + j] *= f(t, x + i);
       }
       std::copy(dS.begin(), dS.end(), r.dstate_in.begin() + sh);
     }
@@ -97,24 +101,27 @@ Vec log_gates(size_t n, double strength, uint32_t seed) {
   return g;
 }
 
-Problem make_problem(int B, int N, int H, int d, double strength, bool with_state, uint32_t seed) {
-  const size_t n = size_t(B) * N * H * d;
-  Problem p{B, N, H, d, {}, {}, {}, {}, {}, {}};
+// dv 0: values as wide as keys.
+Problem make_problem(int B, int N, int H, int dk, double strength, bool with_state, uint32_t seed, int dv = 0) {
+  dv = dv ? dv : dk;
+  const size_t n = size_t(B) * N * H * dk;
+  Problem p{B, N, H, dk, dv, {}, {}, {}, {}, {}, {}};
   p.q = doubles(testing::random_vector(n, seed, 0.f, 1.f));  // non-negative, as a feature map gives
   p.k = doubles(testing::random_vector(n, seed + 1, 0.f, 1.f));
-  p.v = doubles(testing::random_vector(n, seed + 2));
+  p.v = doubles(testing::random_vector(size_t(B) * N * H * dv, seed + 2));
   p.g = log_gates(n, strength, seed + 3);
-  if (with_state) p.state_in = doubles(testing::random_vector(size_t(B) * H * d * d, seed + 4));
+  if (with_state) p.state_in = doubles(testing::random_vector(size_t(B) * H * dk * dv, seed + 4));
   for (Vec* x : {&p.q, &p.k, &p.v, &p.g, &p.state_in})  // the values the float kernel sees
     for (double& e : *x) e = double(float(e));
   return p;
 }
 
 TEST(GlaReference, GradientsMatchFiniteDifferences) {
+  for (int dv : {3, 2})
   for (bool with_state : {false, true}) {
-    Problem p = make_problem(1, 6, 2, 3, -1, with_state, 7);
+    Problem p = make_problem(1, 6, 2, 3, -1, with_state, 7, dv);
     if (with_state) p.starts = {0, 0, 1, 0, 0, 1};  // documents: the gradients stop at their starts
-    const size_t n = p.q.size(), states = size_t(p.B) * p.H * p.d * p.d;
+    const size_t n = p.v.size(), states = size_t(p.B) * p.H * p.dk * p.dv;
     const Vec w_o = doubles(testing::random_vector(n, 20)), w_s = doubles(testing::random_vector(states, 21));
     // loss = sum(o .* w_o) + sum(S_last .* w_s): dO = w_o, dstate_out = w_s
     auto loss = [&](const Problem& x) {
@@ -151,8 +158,9 @@ TEST(GlaReference, GradientsMatchFiniteDifferences) {
 }
 
 struct GlaCase {
-  int B, N, H, d, block;
+  int B, N, H, dk, block;
   double strength;  // < 0: mixed
+  int value_width = 0;  // dv; 0: dk
 };
 
 class GlaKernel : public ::testing::TestWithParam<GlaCase> {};
@@ -172,23 +180,23 @@ TEST_P(GlaKernel, MatchesDoubleRecurrence) {
   for (bool documents : {false, true})
   for (bool with_state : {false, true})
     for (bool with_dstate : {false, true}) {
-      Problem p = make_problem(c.B, c.N, c.H, c.d, c.strength, with_state, 3);
+      Problem p = make_problem(c.B, c.N, c.H, c.dk, c.strength, with_state, 3, c.value_width);
       if (documents) p.starts = document_starts(c.B, c.N, c.block);
       const uint8_t* starts = documents ? p.starts.data() : nullptr;
-      const size_t n = p.q.size(), states = size_t(c.B) * c.H * c.d * c.d;
-      const Vec dout = doubles(testing::random_vector(n, 11));
+      const size_t n = p.q.size(), nv = p.v.size(), states = size_t(c.B) * c.H * p.dk * p.dv;
+      const Vec dout = doubles(testing::random_vector(nv, 11));
       const Vec dstate = with_dstate ? doubles(testing::random_vector(states, 12)) : Vec{};
       const Result ref = reference(p, dout, dstate);
 
-      const LinearAttentionShape s{c.B, c.N, c.H, c.d, c.block, 2};
+      const LinearAttentionShape s{c.B, c.N, c.H, p.dk, p.dv, c.block, 2};
       const auto q = floats(p.q), k = floats(p.k), v = floats(p.v), g = floats(p.g), sin = floats(p.state_in),
                  dof = floats(dout), dsf = floats(dstate);
-      std::vector<float> o(n), sout(states);
+      std::vector<float> o(nv), sout(states);
       WorkspaceBuffer wf(gla_forward_workspace_floats(s)), wb(gla_backward_workspace_floats(s));
       gla_forward(o.data(), sout.data(), q.data(), k.data(), v.data(), g.data(), with_state ? sin.data() : nullptr,
                   starts, s, wf.view());
       // dq, dk, dv, dstate_in accumulate onto what they hold (a second call doubles them); dg is written over
-      std::vector<float> dq(n, 0.f), dk(n, 0.f), dv(n, 0.f), dg(n, 1e9f), dsin(states, 0.f);
+      std::vector<float> dq(n, 0.f), dk(n, 0.f), dv(nv, 0.f), dg(n, 1e9f), dsin(states, 0.f);
       auto backward = [&] {
         gla_backward(dq.data(), dk.data(), dv.data(), dg.data(), dsin.data(), dof.data(),
                      with_dstate ? dsf.data() : nullptr, q.data(), k.data(), v.data(), g.data(),
@@ -235,6 +243,9 @@ std::vector<GlaCase> gla_cases() {
     // the vector paths' other widths: 3 vectors of 8 (AVX2; AVX-512 takes the generic path), and the widest
     cases.push_back({1, 21, 1, 24, 16, strength});
     cases.push_back({1, 18, 1, 128, 16, strength});
+    // keys and values of different widths, on the fast pairs (dk a multiple of the lanes) and the generic ones
+    cases.push_back({2, 40, 2, 16, 16, strength, 5});
+    cases.push_back({1, 40, 2, 13, 16, strength, 32});
   }
   return cases;
 }
@@ -243,8 +254,8 @@ INSTANTIATE_TEST_SUITE_P(Sizes, GlaKernel, ::testing::ValuesIn(gla_cases()), [](
   const GlaCase& c = info.param;
   const std::string strength = c.strength < 0 ? "mixed" : c.strength < 1e-3 ? "weak" : c.strength < 1 ? "mild"
                                : c.strength < 10 ? "strong" : "forgetting";
-  return "B" + std::to_string(c.B) + "_N" + std::to_string(c.N) + "_H" + std::to_string(c.H) + "_d" +
-         std::to_string(c.d) + "_blk" + std::to_string(c.block) + "_" + strength;
+  return "B" + std::to_string(c.B) + "_N" + std::to_string(c.N) + "_H" + std::to_string(c.H) + "_dk" +
+         std::to_string(c.dk) + (c.value_width ? "_dv" + std::to_string(c.value_width) : "") + "_blk" + std::to_string(c.block) + "_" + strength;
 });
 
 }  // namespace
@@ -261,7 +272,7 @@ TEST(GlaAttention, LocalAttentionRunsTheKernel) {
   const size_t n = p.q.size();
   const auto q = floats(p.q), k = floats(p.k), v = floats(p.v), g = floats(p.g);
   const auto dout = testing::random_vector(n, 9);
-  const LinearAttentionShape s{B, N, H, d, kGlaBlock, 2};
+  const LinearAttentionShape s{B, N, H, d, d, kGlaBlock, 2};
   std::vector<float> o(n), state(size_t(B) * H * d * d), dq(n), dk(n), dv(n), dg(n);
   WorkspaceBuffer wf(gla_forward_workspace_floats(s)), wb(gla_backward_workspace_floats(s));
   std::vector<uint8_t> starts(size_t(B) * N, 0);
@@ -270,7 +281,7 @@ TEST(GlaAttention, LocalAttentionRunsTheKernel) {
   gla_backward(dq.data(), dk.data(), dv.data(), dg.data(), nullptr, dout.data(), nullptr, q.data(), k.data(), v.data(),
                g.data(), nullptr, starts.data(), s, wb.view());
 
-  LocalAttention local({B, N, H, H, d, 32, 2});
+  LocalAttention local({B, N, H, H, d, d, d, 32, 2});
   local.keep_decode_state(true);
   local.set_documents(starts.data());
   LinearGates gates;

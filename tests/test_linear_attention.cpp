@@ -15,15 +15,17 @@ using namespace lasp::testing;
 namespace {
 
 struct Case {
-  int B, N, H, d, block;
+  int B, N, H, dk, block;  // dk: key width
   Decay decay;
   bool with_state;  // incoming state P and a gradient on the outgoing state
   int docs = 0;     // documents: a start every ~docs tokens (and at both ends of row 1); 0: none
+  int value_width = 0;  // dv; 0: dk
+  int dv() const { return value_width ? value_width : dk; }
 };
 
 std::string name(const Case& c) {
-  return "B" + std::to_string(c.B) + "_N" + std::to_string(c.N) + "_H" + std::to_string(c.H) + "_d" +
-         std::to_string(c.d) + "_blk" + std::to_string(c.block) + "_" + to_string(c.decay) +
+  return "B" + std::to_string(c.B) + "_N" + std::to_string(c.N) + "_H" + std::to_string(c.H) + "_dk" +
+         std::to_string(c.dk) + (c.value_width ? "_dv" + std::to_string(c.dv()) : "") + "_blk" + std::to_string(c.block) + "_" + to_string(c.decay) +
          (c.with_state ? "_state" : "") + (c.docs ? "_docs" + std::to_string(c.docs) : "");
 }
 
@@ -41,12 +43,13 @@ struct Inputs {
 };
 
 Inputs make_inputs(const Case& c, uint32_t seed) {
-  const size_t n = size_t(c.B) * c.N * c.H * c.d, st = size_t(c.B) * c.H * c.d * c.d;
+  const size_t keys = size_t(c.B) * c.N * c.H * c.dk, values = size_t(c.B) * c.N * c.H * c.dv();
+  const size_t st = size_t(c.B) * c.H * c.dk * c.dv();
   Inputs in;
-  in.q = to_double(random_vector(n, seed + 1));
-  in.k = to_double(random_vector(n, seed + 2));
-  in.v = to_double(random_vector(n, seed + 3));
-  in.g = to_double(random_vector(n, seed + 4));
+  in.q = to_double(random_vector(keys, seed + 1));
+  in.k = to_double(random_vector(keys, seed + 2));
+  in.v = to_double(random_vector(values, seed + 3));
+  in.g = to_double(random_vector(values, seed + 4));
   in.P = c.with_state ? to_double(random_vector(st, seed + 5)) : std::vector<double>(st, 0.0);
   in.gs = c.with_state ? to_double(random_vector(st, seed + 6)) : std::vector<double>(st, 0.0);
   in.lambda.resize(c.H);
@@ -60,12 +63,14 @@ Inputs make_inputs(const Case& c, uint32_t seed) {
   return in;
 }
 
-size_t at(const Case& c, int b, int n, int h, int i) { return ((size_t(b) * c.N + n) * c.H + h) * c.d + i; }
-size_t st_at(const Case& c, int b, int h, int r, int col) { return ((size_t(b) * c.H + h) * c.d + r) * c.d + col; }
+// Element i of token n, head h, row b of a key tensor (q, k) and of a value tensor (v, o); state element (r, col).
+size_t kat(const Case& c, int b, int n, int h, int i) { return ((size_t(b) * c.N + n) * c.H + h) * c.dk + i; }
+size_t vat(const Case& c, int b, int n, int h, int i) { return ((size_t(b) * c.N + n) * c.H + h) * c.dv() + i; }
+size_t st_at(const Case& c, int b, int h, int r, int col) { return ((size_t(b) * c.H + h) * c.dk + r) * c.dv() + col; }
 
 // Forward: o_i = sum_{j<=i} l^(i-j) (q_i.k_j) v_j + l^i q_i P;  S = l^N P + sum_j l^(N-j) k_j^T v_j.
 void reference_forward(const Case& c, const Inputs& in, std::vector<double>& o, std::vector<double>& S) {
-  o.assign(in.q.size(), 0.0);
+  o.assign(in.v.size(), 0.0);
   S.assign(in.P.size(), 0.0);
   for (int b = 0; b < c.B; ++b)
     for (int h = 0; h < c.H; ++h) {
@@ -75,22 +80,22 @@ void reference_forward(const Case& c, const Inputs& in, std::vector<double>& o, 
         for (int j = 0; j <= i; ++j) {
           if (in.doc(c, b, j) != in.doc(c, b, i)) continue;
           double qk = 0;
-          for (int x = 0; x < c.d; ++x) qk += in.q[at(c, b, i, h, x)] * in.k[at(c, b, j, h, x)];
+          for (int x = 0; x < c.dk; ++x) qk += in.q[kat(c, b, i, h, x)] * in.k[kat(c, b, j, h, x)];
           const double w = std::pow(l, i - j) * qk;
-          for (int x = 0; x < c.d; ++x) o[at(c, b, i, h, x)] += w * in.v[at(c, b, j, h, x)];
+          for (int x = 0; x < c.dv(); ++x) o[vat(c, b, i, h, x)] += w * in.v[vat(c, b, j, h, x)];
         }
-        for (int col = 0; col < c.d; ++col) {
+        for (int col = 0; col < c.dv(); ++col) {
           double acc = 0;
-          for (int r = 0; r < c.d; ++r) acc += in.q[at(c, b, i, h, r)] * in.P[st_at(c, b, h, r, col)];
-          if (in.doc(c, b, i) == -1) o[at(c, b, i, h, col)] += std::pow(l, i) * acc;
+          for (int r = 0; r < c.dk; ++r) acc += in.q[kat(c, b, i, h, r)] * in.P[st_at(c, b, h, r, col)];
+          if (in.doc(c, b, i) == -1) o[vat(c, b, i, h, col)] += std::pow(l, i) * acc;
         }
       }
-      for (int r = 0; r < c.d; ++r)
-        for (int col = 0; col < c.d; ++col) {
+      for (int r = 0; r < c.dk; ++r)
+        for (int col = 0; col < c.dv(); ++col) {
           double acc = last == -1 ? std::pow(l, c.N) * in.P[st_at(c, b, h, r, col)] : 0.0;
           for (int j = 0; j < c.N; ++j)
             if (in.doc(c, b, j) == last)
-              acc += std::pow(l, c.N - j) * in.k[at(c, b, j, h, r)] * in.v[at(c, b, j, h, col)];
+              acc += std::pow(l, c.N - j) * in.k[kat(c, b, j, h, r)] * in.v[vat(c, b, j, h, col)];
           S[st_at(c, b, h, r, col)] = acc;
         }
     }
@@ -112,7 +117,7 @@ struct Grads {
 
 // Analytic gradients of reference_loss, written independently of the chunkwise algorithm.
 Grads reference_backward(const Case& c, const Inputs& in) {
-  Grads gr{std::vector<double>(in.q.size()), std::vector<double>(in.q.size()), std::vector<double>(in.q.size()),
+  Grads gr{std::vector<double>(in.q.size()), std::vector<double>(in.k.size()), std::vector<double>(in.v.size()),
            std::vector<double>(in.P.size())};
   for (int b = 0; b < c.B; ++b)
     for (int h = 0; h < c.H; ++h) {
@@ -123,29 +128,27 @@ Grads reference_backward(const Case& c, const Inputs& in) {
           if (in.doc(c, b, j) != in.doc(c, b, i)) continue;
           const double w = std::pow(l, i - j);
           double gv = 0, qk = 0;
-          for (int x = 0; x < c.d; ++x) {
-            gv += in.g[at(c, b, i, h, x)] * in.v[at(c, b, j, h, x)];
-            qk += in.q[at(c, b, i, h, x)] * in.k[at(c, b, j, h, x)];
+          for (int x = 0; x < c.dv(); ++x) gv += in.g[vat(c, b, i, h, x)] * in.v[vat(c, b, j, h, x)];
+          for (int x = 0; x < c.dk; ++x) qk += in.q[kat(c, b, i, h, x)] * in.k[kat(c, b, j, h, x)];
+          for (int x = 0; x < c.dk; ++x) {
+            gr.dq[kat(c, b, i, h, x)] += w * gv * in.k[kat(c, b, j, h, x)];
+            gr.dk[kat(c, b, j, h, x)] += w * gv * in.q[kat(c, b, i, h, x)];
           }
-          for (int x = 0; x < c.d; ++x) {
-            gr.dq[at(c, b, i, h, x)] += w * gv * in.k[at(c, b, j, h, x)];
-            gr.dk[at(c, b, j, h, x)] += w * gv * in.q[at(c, b, i, h, x)];
-            gr.dv[at(c, b, j, h, x)] += w * qk * in.g[at(c, b, i, h, x)];
-          }
+          for (int x = 0; x < c.dv(); ++x) gr.dv[vat(c, b, j, h, x)] += w * qk * in.g[vat(c, b, i, h, x)];
         }
       for (int i = 0; i < c.N; ++i)
-        for (int r = 0; r < c.d; ++r)
-          for (int col = 0; col < c.d; ++col) {
+        for (int r = 0; r < c.dk; ++r)
+          for (int col = 0; col < c.dv(); ++col) {
             const double P = in.P[st_at(c, b, h, r, col)], gs = in.gs[st_at(c, b, h, r, col)];
             const double li = in.doc(c, b, i) == -1 ? std::pow(l, i) : 0.0;
             const double lt = in.doc(c, b, i) == last ? std::pow(l, c.N - i) : 0.0;
-            gr.dq[at(c, b, i, h, r)] += li * P * in.g[at(c, b, i, h, col)];
-            gr.dP[st_at(c, b, h, r, col)] += li * in.q[at(c, b, i, h, r)] * in.g[at(c, b, i, h, col)];
-            gr.dk[at(c, b, i, h, r)] += lt * gs * in.v[at(c, b, i, h, col)];
-            gr.dv[at(c, b, i, h, col)] += lt * gs * in.k[at(c, b, i, h, r)];
+            gr.dq[kat(c, b, i, h, r)] += li * P * in.g[vat(c, b, i, h, col)];
+            gr.dP[st_at(c, b, h, r, col)] += li * in.q[kat(c, b, i, h, r)] * in.g[vat(c, b, i, h, col)];
+            gr.dk[kat(c, b, i, h, r)] += lt * gs * in.v[vat(c, b, i, h, col)];
+            gr.dv[vat(c, b, i, h, col)] += lt * gs * in.k[kat(c, b, i, h, r)];
           }
-      for (int r = 0; r < c.d; ++r)
-        for (int col = 0; col < c.d; ++col)
+      for (int r = 0; r < c.dk; ++r)
+        for (int col = 0; col < c.dv(); ++col)
           if (last == -1) gr.dP[st_at(c, b, h, r, col)] += std::pow(l, c.N) * in.gs[st_at(c, b, h, r, col)];
     }
   return gr;
@@ -159,19 +162,19 @@ struct KernelResult {
 
 // Runs the fp32 kernels; gradients start from `prefill` to check that the backward accumulates.
 KernelResult run_kernel(const Case& c, const Inputs& in, float prefill = 0.f, int threads = 2) {
-  const LinearAttentionShape s{c.B, c.N, c.H, c.d, c.block, threads};
+  const LinearAttentionShape s{c.B, c.N, c.H, c.dk, c.dv(), c.block, threads};
   auto q = to_float(in.q), k = to_float(in.k), v = to_float(in.v), P = to_float(in.P), g = to_float(in.g),
        gs = to_float(in.gs);
   const uint8_t* starts = in.starts.empty() ? nullptr : in.starts.data();
   KernelResult r;
-  r.o.assign(q.size(), 0.f);
+  r.o.assign(v.size(), 0.f);
   r.S.assign(P.size(), 0.f);
   WorkspaceBuffer wf(linear_attention_forward_workspace_floats(s));
   linear_attention_forward(r.o.data(), r.S.data(), q.data(), k.data(), v.data(),
                            c.with_state ? P.data() : nullptr, in.lambda.data(), starts, s, wf.view());
   r.dq.assign(q.size(), prefill);
-  r.dk.assign(q.size(), prefill);
-  r.dv.assign(q.size(), prefill);
+  r.dk.assign(k.size(), prefill);
+  r.dv.assign(v.size(), prefill);
   r.dP.assign(P.size(), prefill);
   WorkspaceBuffer wb(linear_attention_backward_workspace_floats(s));
   linear_attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), r.dP.data(), g.data(),
@@ -190,7 +193,7 @@ class LinearAttentionSweep : public ::testing::TestWithParam<Case> {};
 
 TEST_P(LinearAttentionSweep, MatchesDoubleReference) {
   const Case c = GetParam();
-  const Inputs in = make_inputs(c, 17u * c.N + c.d);
+  const Inputs in = make_inputs(c, 17u * c.N + c.dk);
   std::vector<double> o, S;
   reference_forward(c, in, o, S);
   const Grads ref = reference_backward(c, in);
@@ -221,6 +224,10 @@ std::vector<Case> sweep() {
     for (bool st : {false, true})
       for (int docs : {3, 40})
         for (int N : {7, 64, 65, 300}) cases.push_back({2, N, 2, 8, 16, decay, st, docs});
+  // Keys and values of different widths (Based's D' x (d+1) state, the delta rule's d_k x d_v).
+  for (Decay decay : {Decay::none, Decay::lightning})
+    for (auto [dk, dv] : {std::pair{3, 5}, {16, 1}, {1, 16}, {17, 65}, {64, 33}})
+      for (int docs : {0, 40}) cases.push_back({2, 130, 2, dk, 32, decay, true, docs, dv});
   cases.push_back({1, 1000, 1, 128, 64, Decay::lightning, true});
   cases.push_back({1, 1000, 8, 64, 128, Decay::lightning, true});  // lightning decays to 0 across a block
   return cases;
@@ -237,7 +244,8 @@ TEST(LinearAttention, PiecesAcrossThreadsMatchDoubleReference) {
     for (Decay decay : {Decay::none, Decay::lightning, Decay::retention})
       for (bool st : {false, true})
         for (Case c : {Case{1, 1000, 2, 16, 32, decay, st}, Case{2, 300, 1, 8, 16, decay, st}, Case{1, 65, 1, 3, 16, decay, st},
-                       Case{2, 300, 1, 8, 16, decay, st, 30}, Case{2, 400, 2, 4, 16, decay, st, 150}}) {
+                       Case{2, 300, 1, 8, 16, decay, st, 30}, Case{2, 400, 2, 4, 16, decay, st, 150},
+                       Case{2, 300, 2, 8, 16, decay, st, 30, 5}}) {
           const Inputs in = make_inputs(c, 31u * c.N + threads);
           std::vector<double> o, S;
           reference_forward(c, in, o, S);
@@ -258,8 +266,9 @@ TEST(LinearAttention, PiecesAcrossThreadsMatchDoubleReference) {
 // The double reference's analytic backward equals finite differences of its forward.
 TEST(LinearAttentionReference, BackwardMatchesFiniteDifferences) {
   for (Decay decay : {Decay::none, Decay::retention, Decay::lightning})
-  for (int docs : {0, 3}) {
-    const Case c{2, 7, 2, 3, 3, decay, true, docs};
+  for (int docs : {0, 3})
+  for (int dv : {0, 4}) {
+    const Case c{2, 7, 2, 3, 3, decay, true, docs, dv};
     Inputs in = make_inputs(c, 5);
     const Grads gr = reference_backward(c, in);
     auto fd = [&](std::vector<double> Inputs::*field) {
@@ -299,7 +308,7 @@ TEST(LinearAttention, StateHandOverEqualsOneCall) {
   linear_attention_decays(lambda.data(), H, Decay::lightning);
   auto q = random_vector(size_t(B) * N * H * d, 1), k = random_vector(q.size(), 2), v = random_vector(q.size(), 3);
   const int T = 2;
-  LinearAttentionShape whole{B, N, H, d, 32, T}, first{B, split, H, d, 64, T}, second{B, N - split, H, d, 16, T};
+  LinearAttentionShape whole{B, N, H, d, d, 32, T}, first{B, split, H, d, d, 64, T}, second{B, N - split, H, d, d, 16, T};
   std::vector<float> o(q.size()), o2(q.size()), S(size_t(H) * d * d), S1(S.size()), S2(S.size());
   WorkspaceBuffer w(linear_attention_forward_workspace_floats(whole) + linear_attention_forward_workspace_floats(first) +
                     linear_attention_forward_workspace_floats(second));
@@ -315,66 +324,68 @@ TEST(LinearAttention, StateHandOverEqualsOneCall) {
 // ---- bidirectional: o = Q (K^T V + P), state_out = K^T V ----
 TEST(LinearAttentionBidirectional, MatchesDoubleReferenceAndFiniteDifferences) {
   for (int N : {1, 7, 65, 1000})
-    for (int d : {1, 3, 64}) {
+    for (auto [dk, dv] : {std::pair{1, 1}, {3, 3}, {64, 64}, {3, 5}, {17, 2}}) {
       const int B = 2, H = 2;
-      const size_t n = size_t(B) * N * H * d, st = size_t(B) * H * d * d;
-      auto q = random_vector(n, 1), k = random_vector(n, 2), v = random_vector(n, 3), g = random_vector(n, 4);
+      const size_t nk = size_t(B) * N * H * dk, nv = size_t(B) * N * H * dv, st = size_t(B) * H * dk * dv;
+      auto q = random_vector(nk, 1), k = random_vector(nk, 2), v = random_vector(nv, 3), g = random_vector(nv, 4);
       auto P = random_vector(st, 5), gs = random_vector(st, 6);
       // double reference of o, state_out and the gradients of L = sum(o g) + sum(state_out gs)
-      auto idx = [&](int b, int t, int h, int x) { return ((size_t(b) * N + t) * H + h) * d + x; };
-      auto sidx = [&](int b, int h, int r, int c) { return ((size_t(b) * H + h) * d + r) * d + c; };
-      std::vector<double> o(n), M(st), dq(n), dk(n), dv(n), dP(st);
+      auto kidx = [&](int b, int t, int h, int x) { return ((size_t(b) * N + t) * H + h) * dk + x; };
+      auto vidx = [&](int b, int t, int h, int x) { return ((size_t(b) * N + t) * H + h) * dv + x; };
+      auto sidx = [&](int b, int h, int r, int c) { return ((size_t(b) * H + h) * dk + r) * dv + c; };
+      std::vector<double> o(nv), M(st), dq(nk), dk_ref(nk), dv_ref(nv), dP(st);
       for (int b = 0; b < B; ++b)
         for (int h = 0; h < H; ++h) {
-          std::vector<double> QtG(size_t(d) * d);
-          for (int r = 0; r < d; ++r)
-            for (int c = 0; c < d; ++c) {
+          std::vector<double> QtG(size_t(dk) * dv);
+          for (int r = 0; r < dk; ++r)
+            for (int c = 0; c < dv; ++c) {
               double m = 0, qg = 0;
               for (int t = 0; t < N; ++t) {
-                m += double(k[idx(b, t, h, r)]) * v[idx(b, t, h, c)];
-                qg += double(q[idx(b, t, h, r)]) * g[idx(b, t, h, c)];
+                m += double(k[kidx(b, t, h, r)]) * v[vidx(b, t, h, c)];
+                qg += double(q[kidx(b, t, h, r)]) * g[vidx(b, t, h, c)];
               }
               M[sidx(b, h, r, c)] = m;
-              QtG[size_t(r) * d + c] = qg;
+              QtG[size_t(r) * dv + c] = qg;
               dP[sidx(b, h, r, c)] = qg;
             }
           for (int t = 0; t < N; ++t)
-            for (int r = 0; r < d; ++r)
-              for (int c = 0; c < d; ++c) {
+            for (int r = 0; r < dk; ++r)
+              for (int c = 0; c < dv; ++c) {
                 const double tot = M[sidx(b, h, r, c)] + P[sidx(b, h, r, c)];
-                const double dm = QtG[size_t(r) * d + c] + gs[sidx(b, h, r, c)];
-                o[idx(b, t, h, c)] += q[idx(b, t, h, r)] * tot;
-                dq[idx(b, t, h, r)] += g[idx(b, t, h, c)] * tot;
-                dk[idx(b, t, h, r)] += v[idx(b, t, h, c)] * dm;
-                dv[idx(b, t, h, c)] += k[idx(b, t, h, r)] * dm;
+                const double dm = QtG[size_t(r) * dv + c] + gs[sidx(b, h, r, c)];
+                o[vidx(b, t, h, c)] += q[kidx(b, t, h, r)] * tot;
+                dq[kidx(b, t, h, r)] += g[vidx(b, t, h, c)] * tot;
+                dk_ref[kidx(b, t, h, r)] += v[vidx(b, t, h, c)] * dm;
+                dv_ref[vidx(b, t, h, c)] += k[kidx(b, t, h, r)] * dm;
               }
         }
-      LinearAttentionShape s{B, N, H, d, 64, 2};
+      LinearAttentionShape s{B, N, H, dk, dv, 64, 2};
       WorkspaceBuffer w(linear_attention_bidirectional_workspace_floats(s));
-      std::vector<float> go(n), gM(st), gdq(n), gdk(n), gdv(n), gdP(st);
+      std::vector<float> go(nv), gM(st), gdq(nk), gdk(nk), gdv(nv), gdP(st);
       linear_attention_bidirectional_forward(go.data(), gM.data(), q.data(), k.data(), v.data(), P.data(), s, w.view());
       linear_attention_bidirectional_backward(gdq.data(), gdk.data(), gdv.data(), gdP.data(), g.data(), gs.data(),
                                               q.data(), k.data(), v.data(), P.data(), s, w.view());
-      EXPECT_LE(normalized_error(o, go), kFp32Tolerance) << N << " " << d;
-      EXPECT_LE(normalized_error(M, gM), kFp32Tolerance);
-      EXPECT_LE(normalized_error(dq, gdq), kFp32Tolerance);
-      EXPECT_LE(normalized_error(dk, gdk), kFp32Tolerance);
-      EXPECT_LE(normalized_error(dv, gdv), kFp32Tolerance);
-      EXPECT_LE(normalized_error(dP, gdP), kFp32Tolerance);
-      if (N == 7 && d == 3) {  // the reference's gradient of q against finite differences
+      const std::string what = "N=" + std::to_string(N) + " dk=" + std::to_string(dk) + " dv=" + std::to_string(dv);
+      EXPECT_LE(normalized_error(o, go), kFp32Tolerance) << what;
+      EXPECT_LE(normalized_error(M, gM), kFp32Tolerance) << what;
+      EXPECT_LE(normalized_error(dq, gdq), kFp32Tolerance) << what;
+      EXPECT_LE(normalized_error(dk_ref, gdk), kFp32Tolerance) << what;
+      EXPECT_LE(normalized_error(dv_ref, gdv), kFp32Tolerance) << what;
+      EXPECT_LE(normalized_error(dP, gdP), kFp32Tolerance) << what;
+      if (N == 7 && dk == 3) {  // the reference's gradient of q against finite differences
         auto fd = finite_difference(
             [&](const std::vector<double>& qx) {
               double L = 0;
               for (int b = 0; b < B; ++b)
                 for (int h = 0; h < H; ++h)
                   for (int t = 0; t < N; ++t)
-                    for (int r = 0; r < d; ++r)
-                      for (int c = 0; c < d; ++c)
-                        L += qx[idx(b, t, h, r)] * (M[sidx(b, h, r, c)] + P[sidx(b, h, r, c)]) * g[idx(b, t, h, c)];
+                    for (int r = 0; r < dk; ++r)
+                      for (int c = 0; c < dv; ++c)
+                        L += qx[kidx(b, t, h, r)] * (M[sidx(b, h, r, c)] + P[sidx(b, h, r, c)]) * g[vidx(b, t, h, c)];
               return L;
             },
             to_double(q));
-        EXPECT_LE(normalized_error(fd, dq), 1e-12);
+        EXPECT_LE(normalized_error(fd, dq), 1e-12) << what;
       }
     }
 }
@@ -382,7 +393,7 @@ TEST(LinearAttentionBidirectional, MatchesDoubleReferenceAndFiniteDifferences) {
 // Million-token pieces must not need memory per block: the workspace depends on the block, not on N.
 TEST(LinearAttention, WorkspaceIsIndependentOfSequenceLength) {
   for (int threads : {1, 2, 8}) {
-    const LinearAttentionShape short_piece{1, 64, 8, 64, 32, threads}, long_piece{1, 1 << 20, 8, 64, 32, threads};
+    const LinearAttentionShape short_piece{1, 64, 8, 64, 64, 32, threads}, long_piece{1, 1 << 20, 8, 64, 64, 32, threads};
     EXPECT_EQ(linear_attention_forward_workspace_floats(short_piece),
               linear_attention_forward_workspace_floats(long_piece));
     EXPECT_EQ(linear_attention_backward_workspace_floats(short_piece),
@@ -391,7 +402,7 @@ TEST(LinearAttention, WorkspaceIsIndependentOfSequenceLength) {
 }
 
 TEST(LinearAttention, BadArgumentsNameTheKernelAndShapes) {
-  LinearAttentionShape s{1, 8, 2, 4, 0, 1};
+  LinearAttentionShape s{1, 8, 2, 4, 4, 0, 1};
   std::vector<float> x(64), big(100000);
   Workspace ws{big.data(), big.size()};
   try {
@@ -411,7 +422,7 @@ TEST(LinearAttention, BadArgumentsNameTheKernelAndShapes) {
     EXPECT_NE(std::string(e.what()).find("linear_attention_backward: workspace"), std::string::npos) << e.what();
   }
   EXPECT_THROW(linear_attention_forward(nullptr, nullptr, x.data(), x.data(), x.data(), nullptr, nullptr, nullptr, s, ws), Error);
-  LinearAttentionShape no_threads{1, 8, 2, 4, 4};  // a shape that does not say its threads is refused
+  LinearAttentionShape no_threads{1, 8, 2, 4, 4, 4};  // a shape that does not say its threads is refused
   try {
     linear_attention_forward(x.data(), nullptr, x.data(), x.data(), x.data(), nullptr, nullptr, nullptr, no_threads, ws);
     FAIL() << "no error for threads 0";
@@ -419,7 +430,7 @@ TEST(LinearAttention, BadArgumentsNameTheKernelAndShapes) {
     EXPECT_NE(std::string(e.what()).find("threads=0"), std::string::npos) << e.what();
   }
   s.threads = 4;  // a workspace sized for fewer threads than the shape asks for
-  Workspace for_one{big.data(), linear_attention_backward_workspace_floats({1, 8, 2, 4, 4, 1})};
+  Workspace for_one{big.data(), linear_attention_backward_workspace_floats({1, 8, 2, 4, 4, 4, 1})};
   EXPECT_THROW(linear_attention_backward(x.data(), x.data(), x.data(), nullptr, x.data(), nullptr, x.data(), x.data(),
                                          x.data(), nullptr, nullptr, nullptr, s, for_one),
                Error);

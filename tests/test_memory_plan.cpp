@@ -16,7 +16,7 @@ namespace {
 constexpr double kGiB = double(1ull << 30);
 
 AttentionShape shape_for(const ModelConfig& c, int B, int N) {
-  return {B, N, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), kLinearBlock, 2};
+  return attention_shape(c, B, N, kLinearBlock, 2);
 }
 
 // The estimate of a forced plan, under a limit that holds anything.

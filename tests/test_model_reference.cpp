@@ -140,8 +140,7 @@ double expect_gradients(const Model& model, const SafetensorsFile& ref, double b
 // documents opened by that token in both).
 void expect_equal_to_pytorch(const Fixture& f, int doc_start) {
   const SafetensorsFile ref = reference_step(f, doc_start);
-  LocalAttention attention({kB, kN, f.config.num_attention_heads, f.config.num_key_value_heads,
-                            f.config.head_dim(), kBlock, 2});
+  LocalAttention attention(attention_shape(f.config, kB, kN, kBlock, 2));
   Model model(f.config, kB, kN, attention);
   model.set_document_start(doc_start);
   const double loss = model_step(f, model);
@@ -181,8 +180,7 @@ TEST_P(ModelVsPyTorch, Bf16GradientsWithinBf16Rounding) {
   }
   const Fixture f(GetParam(), 0.05f);
   const SafetensorsFile ref = reference_step(f);
-  LocalAttention attention({kB, kN, f.config.num_attention_heads, f.config.num_key_value_heads,
-                            f.config.head_dim(), kBlock, 2});
+  LocalAttention attention(attention_shape(f.config, kB, kN, kBlock, 2));
   ModelPlan plan;
   plan.precision = Precision::bf16;
   Model model(f.config, kB, kN, attention, plan);
@@ -202,8 +200,7 @@ TEST_P(ModelVsPyTorch, TenAdamWSteps) {
                               " --steps 10 --lr 0.001 --decay-filter matrices --dtype float64");
   const nlohmann::json ref = nlohmann::json::parse(out.substr(out.rfind("{\"losses\"")));
 
-  LocalAttention attention({kB, kN, f.config.num_attention_heads, f.config.num_key_value_heads,
-                            f.config.head_dim(), kBlock, 2});
+  LocalAttention attention(attention_shape(f.config, kB, kN, kBlock, 2));
   Model model(f.config, kB, kN, attention);
   load_checkpoint_weights(f.dir, model.layout(), model.params());
   AdamW optimizer(model.layout(), AdamWConfig{});
@@ -257,8 +254,7 @@ TEST(Model, RecomputeGivesIdenticalGradients) {
   std::vector<float> grads[2];
   double losses[2];
   for (int recompute = 0; recompute < 2; ++recompute) {
-    LocalAttention attention({kB, kN, f.config.num_attention_heads, f.config.num_key_value_heads,
-                              f.config.head_dim(), kBlock, 2});
+    LocalAttention attention(attention_shape(f.config, kB, kN, kBlock, 2));
     Model model(f.config, kB, kN, attention, ModelPlan{recompute == 1});
     load_checkpoint_weights(f.dir, model.layout(), model.params());
     losses[recompute] = model.forward(inputs.data(), targets.data());

@@ -30,7 +30,7 @@ Outcome step(const ModelConfig& c, int N, ModelPlan plan) {
   std::mt19937 rng(11);
   std::vector<int> inputs(N), targets(N);
   for (int i = 0; i < N; ++i) inputs[i] = int(rng() % c.vocab_size), targets[i] = int(rng() % c.vocab_size);
-  const AttentionShape whole{1, N, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), 16, 2};
+  const AttentionShape whole = attention_shape(c, 1, N, 16, 2);
   std::unique_ptr<Attention> attention;
   if (plan.chunk > 0) {
     AttentionShape chunk = whole;

@@ -149,7 +149,7 @@ std::vector<float> Decoder::step(int token) {
   LASP_CHECK(pos_ < max_tokens_, "decoder: reached max_tokens = {}", max_tokens_);
   LASP_CHECK(token >= 0 && token < c.vocab_size, "decoder: token {} outside the vocabulary [0, {})", token, c.vocab_size);
   const int D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, d = c.head_dim();
-  const int E = H * d, Hkv = c.num_key_value_heads, Ekv = Hkv * d, V = c.vocab_size;
+  const int dk = c.linear_key_width(), dv = c.linear_value_width(), Hkv = c.num_key_value_heads, V = c.vocab_size;
   const float eps = c.rms_norm_eps;
   const Weights& w = weights_;
   const int pos = pos_;
@@ -162,46 +162,48 @@ std::vector<float> Decoder::step(int token) {
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& lw = w.layers[l];
     const std::vector<float> xn = rmsnorm(x, lw.input_norm, 1, D, eps);
-    std::vector<float> attn(E, 0.f);
+    const ModelConfig::AttentionWidths e = c.attention_widths(l);
+    std::vector<float> attn(e.o, 0.f);
     if (c.layer_types[l] == 'L') {
-      std::vector<float> q(E), k(E);
-      const std::vector<float> qp = project(lw.wq, xn, E), kp = project(lw.wk, xn, E), v = project(lw.wv, xn, E);
-      feature_map_forward(q.data(), qp.data(), E, c.linear.feature_map);
-      feature_map_forward(k.data(), kp.data(), E, c.linear.feature_map);
-      // o = q (S + k^T v); then S = lambda (S + k^T v): the state keeps d x d per head, whatever the length.
+      std::vector<float> q(e.q), k(e.k);
+      const std::vector<float> qp = project(lw.wq, xn, e.q), kp = project(lw.wk, xn, e.k), v = project(lw.wv, xn, e.v);
+      feature_map_forward(q.data(), qp.data(), e.q, c.linear.feature_map);
+      feature_map_forward(k.data(), kp.data(), e.k, c.linear.feature_map);
+      // o = q (S + k^T v); then S = lambda (S + k^T v): the state keeps dk x dv per head, whatever the length.
       // GLA: S = diag(exp(g)) S + k^T v first, with this token's gates g (GATES.md); then o = q S.
       std::vector<float> gate;
       if (c.linear.decay == Decay::gla) {
-        const std::vector<float> z = project(lw.wgk2, project(lw.wgk1, xn, c.linear.gate_low_rank), E);
-        gate.resize(E);
-        for (int j = 0; j < E; ++j) gate[j] = std::exp(gla_log_gate(z[j] + lw.bgk[j], c.linear.gate_normalizer));
+        const std::vector<float> z = project(lw.wgk2, project(lw.wgk1, xn, c.linear.gate_low_rank), e.k);
+        gate.resize(e.k);
+        for (int j = 0; j < e.k; ++j) gate[j] = std::exp(gla_log_gate(z[j] + lw.bgk[j], c.linear.gate_normalizer));
       }
       // The token moves each head's state through the state algebra: GLA's transition (its gates) before the
       // token's own k^T v, a fixed decay's after it (the state kept is the one entering the next token).
-      const StateForm form{gate.empty() ? Transition::scalar : Transition::diagonal, d, d};
+      const StateForm form{gate.empty() ? Transition::scalar : Transition::diagonal, dk, dv};
       for (int h = 0; h < H; ++h) {
-        float* S = state_[l].data() + size_t(h) * d * d;
-        const float *qh = q.data() + h * d, *kh = k.data() + h * d, *vh = v.data() + h * d;
-        if (!gate.empty()) apply_transition(form, S, gate.data() + h * d, S, false, nullptr);
-        for (int r = 0; r < d; ++r)
-          for (int col = 0; col < d; ++col) S[r * d + col] += kh[r] * vh[col];
-        for (int col = 0; col < d; ++col) {
+        float* S = state_[l].data() + size_t(h) * form.state_floats();
+        const float *qh = q.data() + h * dk, *kh = k.data() + h * dk, *vh = v.data() + h * dv;
+        if (!gate.empty()) apply_transition(form, S, gate.data() + h * dk, S, false, nullptr);
+        for (int r = 0; r < dk; ++r)
+          for (int col = 0; col < dv; ++col) S[r * dv + col] += kh[r] * vh[col];
+        for (int col = 0; col < dv; ++col) {
           float acc = 0.f;
-          for (int r = 0; r < d; ++r) acc += qh[r] * S[r * d + col];
-          attn[h * d + col] = acc;
+          for (int r = 0; r < dk; ++r) acc += qh[r] * S[r * dv + col];
+          attn[h * dv + col] = acc;
         }
         const float lam = lambda_[l][h];
         if (gate.empty() && lam != 1.f) apply_transition(form, S, &lam, S, false, nullptr);
       }
-      if (c.linear.output_norm) attn = rmsnorm(attn, lw.o_norm, H, d, eps);
+      if (c.linear.output_norm) attn = rmsnorm(attn, lw.o_norm, H, dv, eps);
       if (c.linear.output_gate) {
-        const std::vector<float> gp = project(lw.wg, xn, E);
-        std::vector<float> gated(E);
-        swiglu_forward(gated.data(), gp.data(), attn.data(), E);
+        const std::vector<float> gp = project(lw.wg, xn, e.o);
+        std::vector<float> gated(e.o);
+        swiglu_forward(gated.data(), gp.data(), attn.data(), e.o);
         attn = gated;
       }
     } else {
-      std::vector<float> q = project(lw.wq, xn, E), k = project(lw.wk, xn, Ekv);
+      const int Ekv = e.k;
+      std::vector<float> q = project(lw.wq, xn, e.q), k = project(lw.wk, xn, Ekv);
       const std::vector<float> v = project(lw.wv, xn, Ekv);
       rope_forward(q.data(), q.data(), &pos, 1, 1, H, d, c.rope_theta);
       rope_forward(k.data(), k.data(), &pos, 1, 1, Hkv, d, c.rope_theta);

@@ -17,12 +17,12 @@ namespace lasp {
 namespace {
 
 void check(const char* kernel, const LinearAttentionShape& s, Workspace ws, size_t need) {
-  LASP_CHECK(s.B > 0 && s.N > 0 && s.H > 0 && s.d > 0 && s.block > 0 && s.threads > 0,
-             "{}: sizes must be positive, got B={} N={} H={} d={} block={} threads={}", kernel, s.B, s.N, s.H, s.d,
-             s.block, s.threads);
+  LASP_CHECK(s.B > 0 && s.N > 0 && s.H > 0 && s.dk > 0 && s.dv > 0 && s.block > 0 && s.threads > 0,
+             "{}: sizes must be positive, got B={} N={} H={} dk={} dv={} block={} threads={}", kernel, s.B, s.N, s.H,
+             s.dk, s.dv, s.block, s.threads);
   LASP_CHECK(ws.floats >= need && (need == 0 || ws.data != nullptr),
-             "{}: workspace of {} floats needed for d={} block={} on {} threads, got {}", kernel, need, s.d, s.block,
-             s.threads, ws.floats);
+             "{}: workspace of {} floats needed for dk={} dv={} block={} on {} threads, got {}", kernel, need, s.dk,
+             s.dv, s.block, s.threads, ws.floats);
 }
 
 // Vectors of kLanes floats in GCC's vector extensions: one AVX-512 register, or one AVX2 register (and two
@@ -67,22 +67,25 @@ float dot(const float* a, const float* b, int n) {
 }
 
 // One thread's scratch: a group of heads of one batch row, one block of one head at a time.
+// Keys (q, k, g and the state's rows) are dk wide, values (v, o and the state's columns) dv.
 struct Scratch {
-  float *state, *dstate;         // (heads, d, d): each head's running S, and dS (backward)
-  float* run;                    // (heads, d): each head's running sum of dg (backward)
-  float *st, *vt;                // (d, d) S or dS transposed; (d, blk) V transposed (product_bt)
-  // (heads, blk, d) the group's block, every head: inputs, and what goes out (o; dq, dk, dv, dg)
-  float *in_q, *in_k, *in_v, *in_g, *in_do, *out_a, *out_b, *out_c, *out_d;
-  float *q, *k, *v, *g, *o;      // (blk, d) one head's rows in those; o: dO in the backward
-  float *eg, *qf, *kf;           // (blk, d) each token's gate exp(g); their products over [0, t] and (u, last]
-  float *qg, *kg;                // (blk, d) q_t qf_t, k_u kf_u
-  float *dq, *dk, *dv;           // (blk, d) one head's contributions (backward), in out_a, out_b, out_c
+  float *state, *dstate;         // (heads, dk, dv): each head's running S, and dS (backward)
+  float* run;                    // (heads, dk): each head's running sum of dg (backward)
+  float *st, *vt;                // (dv, dk) S or dS transposed; (dv, blk) V transposed (product_bt)
+  // (heads, blk, width) the group's block, every head: inputs, and what goes out (o; dq, dk, dv, dg)
+  float *in_q, *in_k, *in_g, *out_b, *out_d;  // keys: q, k, g; dk, dg
+  float *in_v, *in_do, *out_c;                // values: v, dO; dv
+  float* out_a;                               // o (values) forward, dq (keys) backward
+  float *q, *k, *v, *g, *o;      // (blk, width) one head's rows in those; o: dO in the backward
+  float *eg, *qf, *kf;           // (blk, dk) each token's gate exp(g); their products over [0, t] and (u, last]
+  float *qg, *kg;                // (blk, dk) q_t qf_t, k_u kf_u
+  float *dq, *dk, *dv;           // one head's contributions (backward), in out_a, out_b, out_c
   float *a, *da;                 // (blk, blk) intra-block scores and their gradient
-  float *e, *ke, *qe;            // (d) one pair's gate product, k_u e, q_t e
+  float *e, *ke, *qe;            // (dk) one pair's gate product, k_u e, q_t e
 };
 
 // Each thread takes one batch row and a contiguous group of heads and walks the blocks, all its heads per block,
-// so that it reads the (N, H, d) rows in runs of heads x d floats rather than d floats 2 KB apart.
+// so that it reads the (N, H, width) rows in runs of heads x width floats rather than width floats 2 KB apart.
 struct HeadGroups {
   int count, max_heads;
   HeadGroups(const LinearAttentionShape& s) {
@@ -93,21 +96,25 @@ struct HeadGroups {
 };
 
 Scratch carve(Carver& c, const LinearAttentionShape& s, bool backward) {
-  const size_t bd = size_t(s.block) * s.d, dd = size_t(s.d) * s.d, heads = HeadGroups(s).max_heads;
+  const size_t bk = size_t(s.block) * s.dk, bv = size_t(s.block) * s.dv, kv = size_t(s.dk) * s.dv;
+  const size_t heads = HeadGroups(s).max_heads;
   Scratch w{};
-  w.state = c.take(heads * dd);
-  for (float** part : {&w.in_q, &w.in_k, &w.in_v, &w.in_g, &w.out_a}) *part = c.take(heads * bd);
-  for (float** part : {&w.eg, &w.qf, &w.kf, &w.qg, &w.kg}) *part = c.take(bd);
+  w.state = c.take(heads * kv);
+  for (float** part : {&w.in_q, &w.in_k, &w.in_g}) *part = c.take(heads * bk);
+  w.in_v = c.take(heads * bv);
+  w.out_a = c.take(heads * std::max(bk, bv));
+  for (float** part : {&w.eg, &w.qf, &w.kf, &w.qg, &w.kg}) *part = c.take(bk);
   w.a = c.take(size_t(s.block) * s.block);
-  for (float** part : {&w.e, &w.ke}) *part = c.take(s.d);
+  for (float** part : {&w.e, &w.ke}) *part = c.take(s.dk);
   if (backward) {
-    w.dstate = c.take(heads * dd);
-    w.run = c.take(heads * s.d);
-    w.st = c.take(dd);
-    w.vt = c.take(bd);
-    for (float** part : {&w.in_do, &w.out_b, &w.out_c, &w.out_d}) *part = c.take(heads * bd);
+    w.dstate = c.take(heads * kv);
+    w.run = c.take(heads * s.dk);
+    w.st = c.take(kv);
+    w.vt = c.take(bv);
+    for (float** part : {&w.out_b, &w.out_d}) *part = c.take(heads * bk);
+    for (float** part : {&w.in_do, &w.out_c}) *part = c.take(heads * bv);
     w.da = c.take(size_t(s.block) * s.block);
-    w.qe = c.take(s.d);
+    w.qe = c.take(s.dk);
   }
   return w;
 }
@@ -120,38 +127,45 @@ size_t stride(const LinearAttentionShape& s, bool backward) {
 
 size_t workspace(const LinearAttentionShape& s, bool backward) { return stride(s, backward) * size_t(s.threads); }
 
-// Rows [t0, t0 + rows) of heads [h0, h0 + heads) of batch row b of a (B, N, H, d) tensor, moved to and from
-// packed (heads, rows, d) buffers a whole row of the group at a time: contiguous runs of heads x d floats
-// (one head's d floats every H d would alias in L1 and wait on memory).
+// Rows [t0, t0 + rows) of heads [h0, h0 + heads) of batch row b of a (B, N, H, width) tensor (width dk for
+// keys, dv for values), moved to and from packed (heads, rows, width) buffers a whole row of the group at a
+// time: contiguous runs of heads x width floats (one head's floats every H width would alias in L1 and wait on
+// memory).
 struct Group {
   const LinearAttentionShape& s;
   int b, h0, heads, t0, rows;
   // The block's document-start flags (kernel's starts), or null.
   const uint8_t* flags(const uint8_t* starts) const { return starts ? starts + long(b) * s.N + t0 : nullptr; }
-  long at(int r) const { return ((long(b) * s.N + t0 + r) * s.H + h0) * s.d; }
-  float* head(float* packed, int j) const { return packed + long(j) * rows * s.d; }
+  static float* head(float* packed, int j, int rows, int width) { return packed + long(j) * rows * width; }
+  float* key_head(float* packed, int j) const { return head(packed, j, rows, s.dk); }
+  float* value_head(float* packed, int j) const { return head(packed, j, rows, s.dv); }
   template <class F>
-  void each(F f) const {
+  void each(int width, F f) const {
     for (int r = 0; r < rows; ++r)
-      for (int j = 0; j < heads; ++j) f(at(r) + long(j) * s.d, (long(j) * rows + r) * s.d);
+      for (int j = 0; j < heads; ++j)
+        f(((long(b) * s.N + t0 + r) * s.H + h0 + j) * width, (long(j) * rows + r) * width);
   }
-  void gather(float* packed, const float* x) const {
-    each([&](long xi, long pi) {
+  void gather(int width, float* packed, const float* x) const {
+    each(width, [&](long xi, long pi) {
 #pragma omp simd
-      for (int i = 0; i < s.d; ++i) packed[pi + i] = x[xi + i];
+      for (int i = 0; i < width; ++i) packed[pi + i] = x[xi + i];
     });
   }
-  void scatter(float* x, const float* packed) const {
-    each([&](long xi, long pi) {
+  void scatter(int width, float* x, const float* packed) const {
+    each(width, [&](long xi, long pi) {
 #pragma omp simd
-      for (int i = 0; i < s.d; ++i) x[xi + i] = packed[pi + i];
+      for (int i = 0; i < width; ++i) x[xi + i] = packed[pi + i];
     });
   }
-  void scatter_add(float* x, const float* packed) const {
-    each([&](long xi, long pi) {
+  void scatter_add(int width, float* x, const float* packed) const {
+    each(width, [&](long xi, long pi) {
 #pragma omp simd
-      for (int i = 0; i < s.d; ++i) x[xi + i] += packed[pi + i];
+      for (int i = 0; i < width; ++i) x[xi + i] += packed[pi + i];
     });
+  }
+  // The block's q, k, v and log-gates, every head.
+  void gather_inputs(Scratch& w, const float* q, const float* k, const float* v, const float* g) const {
+    gather(s.dk, w.in_q, q), gather(s.dk, w.in_k, k), gather(s.dv, w.in_v, v), gather(s.dk, w.in_g, g);
   }
 };
 
@@ -160,8 +174,9 @@ struct Group {
 // [0, t], kf over (u, last]; qg = q qf, kg = k kf. A product over at most `block` gates costs a few ulp, where a
 // difference of cumulative log-gates would lose the precision of its larger terms.
 void load_block(Scratch& w, const Group& group, int j, const uint8_t* starts) {
-  const int d = group.s.d, n = group.rows;
-  w.q = group.head(w.in_q, j), w.k = group.head(w.in_k, j), w.v = group.head(w.in_v, j), w.g = group.head(w.in_g, j);
+  const int d = group.s.dk, n = group.rows;
+  w.q = group.key_head(w.in_q, j), w.k = group.key_head(w.in_k, j), w.g = group.key_head(w.in_g, j);
+  w.v = group.value_head(w.in_v, j);
   gla_gate_products(w.eg, w.qf, w.kf, w.g, d, n, d, group.flags(starts));
   const long nd = long(n) * d;
 #pragma omp simd
@@ -258,13 +273,13 @@ void product_bt(int M, int N, int K, const float* A, const float* B, float* tmp,
   gemm(false, false, M, N, K, 1.f, A, K, tmp, N, 0.f, C, N);
 }
 
-// S = diag(f) S + kg^T v with f = qf_last, the block's whole gate product: the state after the block.
-void advance_state(float* S, const Scratch& w, int n, int d) {
-  const float* f = w.qf + (n - 1) * d;
-  for (int i = 0; i < d; ++i)
+// S = diag(f) S + kg^T v with f = qf_last, the block's whole gate product: the state (dk x dv) after the block.
+void advance_state(float* S, const Scratch& w, int n, int dk, int dv) {
+  const float* f = w.qf + (n - 1) * dk;
+  for (int i = 0; i < dk; ++i)
 #pragma omp simd
-    for (int j = 0; j < d; ++j) S[i * d + j] *= f[i];
-  gemm(true, false, d, d, n, 1.f, w.kg, d, w.v, d, 1.f, S, d);
+    for (int j = 0; j < dv; ++j) S[i * dv + j] *= f[i];
+  gemm(true, false, dk, dv, n, 1.f, w.kg, dk, w.v, dv, 1.f, S, dv);
 }
 
 // f(scratch, b, first head, heads) for every (batch row, head group), in parallel.
@@ -308,41 +323,41 @@ size_t gla_backward_workspace_floats(const LinearAttentionShape& s) { return wor
 void gla_forward(float* o, float* state_out, const float* q, const float* k, const float* v, const float* g,
                  const float* state_in, const uint8_t* starts, const LinearAttentionShape& s, Workspace ws) {
   check("gla_forward", s, ws, gla_forward_workspace_floats(s));
-  const int d = s.d, blk = s.block;
-  const size_t dd = size_t(d) * d;
+  const int dk = s.dk, dv = s.dv, blk = s.block;
+  const size_t kv = size_t(dk) * dv;
   for_each_group(s, ws, false, [&](Scratch& w, int b, int h0, int heads) {
     for (int j = 0; j < heads; ++j) {
-      float* S = w.state + j * dd;
-      if (state_in) std::memcpy(S, state_in + (size_t(b) * s.H + h0 + j) * dd, sizeof(float) * dd);
-      else std::fill(S, S + dd, 0.f);
+      float* S = w.state + j * kv;
+      if (state_in) std::memcpy(S, state_in + (size_t(b) * s.H + h0 + j) * kv, sizeof(float) * kv);
+      else std::fill(S, S + kv, 0.f);
     }
     for (int t0 = 0; t0 < s.N; t0 += blk) {
       const int n = std::min(blk, s.N - t0);
       const Group group{s, b, h0, heads, t0, n};
-      group.gather(w.in_q, q), group.gather(w.in_k, k), group.gather(w.in_v, v), group.gather(w.in_g, g);
+      group.gather_inputs(w, q, k, v, g);
       for (int j = 0; j < heads; ++j) {
-        float* S = w.state + j * dd;
+        float* S = w.state + j * kv;
         load_block(w, group, j, starts);
-        w.o = group.head(w.out_a, j);
+        w.o = group.value_head(w.out_a, j);
         // a[t][u] = sum_i q_t,i k_u,i (the gates' product over (u, t]), u <= t
-        if (!fast_pairs(w.a, w, n, d, false))
+        if (!fast_pairs(w.a, w, n, dk, false))
           for (int t = 0; t < n; ++t) {
             std::fill(w.a + t * n + t + 1, w.a + (t + 1) * n, 0.f);
-            for_each_key(w, t, d, [&](int u) {
+            for_each_key(w, t, dk, [&](int u) {
 #pragma omp simd
-              for (int i = 0; i < d; ++i) w.ke[i] = w.k[u * d + i] * w.e[i];
-              w.a[t * n + u] = dot(w.q + t * d, w.ke, d);
+              for (int i = 0; i < dk; ++i) w.ke[i] = w.k[u * dk + i] * w.e[i];
+              w.a[t * n + u] = dot(w.q + t * dk, w.ke, dk);
             });
           }
-        gemm(false, false, n, d, d, 1.f, w.qg, d, S, d, 0.f, w.o, d);  // o = qg S + a v
-        gemm(false, false, n, d, n, 1.f, w.a, n, w.v, d, 1.f, w.o, d);
-        advance_state(S, w, n, d);
+        gemm(false, false, n, dv, dk, 1.f, w.qg, dk, S, dv, 0.f, w.o, dv);  // o = qg S + a v
+        gemm(false, false, n, dv, n, 1.f, w.a, n, w.v, dv, 1.f, w.o, dv);
+        advance_state(S, w, n, dk, dv);
       }
-      group.scatter(o, w.out_a);
+      group.scatter(dv, o, w.out_a);
     }
     if (state_out)
       for (int j = 0; j < heads; ++j)
-        std::memcpy(state_out + (size_t(b) * s.H + h0 + j) * dd, w.state + j * dd, sizeof(float) * dd);
+        std::memcpy(state_out + (size_t(b) * s.H + h0 + j) * kv, w.state + j * kv, sizeof(float) * kv);
   });
 }
 
@@ -350,116 +365,116 @@ void gla_backward(float* dq, float* dk, float* dv, float* dg, float* dstate_in, 
                   const float* dstate_out, const float* q, const float* k, const float* v, const float* g,
                   const float* state_in, const uint8_t* starts, const LinearAttentionShape& s, Workspace ws) {
   check("gla_backward", s, ws, gla_backward_workspace_floats(s));
-  const int d = s.d, blk = s.block;
-  const size_t dd = size_t(d) * d;
+  const int dkey = s.dk, dval = s.dv, blk = s.block;
+  const size_t kv = size_t(dkey) * dval;
   for_each_group(s, ws, true, [&](Scratch& w, int b, int h0, int heads) {
-    auto at = [&](int j) { return (size_t(b) * s.H + h0 + j) * dd; };
+    auto at = [&](int j) { return (size_t(b) * s.H + h0 + j) * kv; };
     // Pass 1, forward: the terms that need the running state S (dq) or only the block (the intra-block ones).
     // dg holds q dq - k dk of these terms until pass 2 sums it from the end.
     for (int j = 0; j < heads; ++j) {
-      float* S = w.state + j * dd;
-      if (state_in) std::memcpy(S, state_in + at(j), sizeof(float) * dd);
-      else std::fill(S, S + dd, 0.f);
+      float* S = w.state + j * kv;
+      if (state_in) std::memcpy(S, state_in + at(j), sizeof(float) * kv);
+      else std::fill(S, S + kv, 0.f);
     }
     for (int t0 = 0; t0 < s.N; t0 += blk) {
       const int n = std::min(blk, s.N - t0);
       const Group group{s, b, h0, heads, t0, n};
-      group.gather(w.in_q, q), group.gather(w.in_k, k), group.gather(w.in_v, v), group.gather(w.in_g, g);
-      group.gather(w.in_do, dout);
+      group.gather_inputs(w, q, k, v, g);
+      group.gather(dval, w.in_do, dout);
       for (int j = 0; j < heads; ++j) {
-        float* S = w.state + j * dd;
+        float* S = w.state + j * kv;
         load_block(w, group, j, starts);
-        w.o = group.head(w.in_do, j);
-        w.dq = group.head(w.out_a, j), w.dk = group.head(w.out_b, j), w.dv = group.head(w.out_c, j);
-        product_bt(n, d, d, w.o, S, w.st, w.dq);  // dq = (dO S^T) qf
+        w.o = group.value_head(w.in_do, j);
+        w.dq = group.key_head(w.out_a, j), w.dk = group.key_head(w.out_b, j), w.dv = group.value_head(w.out_c, j);
+        product_bt(n, dkey, dval, w.o, S, w.st, w.dq);  // dq = (dO S^T) qf
 #pragma omp simd
-        for (long x = 0; x < long(n) * d; ++x) w.dq[x] *= w.qf[x];
-        product_bt(n, n, d, w.o, w.v, w.vt, w.da);  // dA = dO V^T
-        std::fill(w.dk, w.dk + size_t(n) * d, 0.f);
+        for (long x = 0; x < long(n) * dkey; ++x) w.dq[x] *= w.qf[x];
+        product_bt(n, n, dval, w.o, w.v, w.vt, w.da);  // dA = dO V^T
+        std::fill(w.dk, w.dk + size_t(n) * dkey, 0.f);
         // the pairs u <= t: a, and dq, dk through the gates' product over (u, t]
-        if (!fast_pairs(w.a, w, n, d, true))
+        if (!fast_pairs(w.a, w, n, dkey, true))
           for (int t = 0; t < n; ++t) {
             std::fill(w.a + t * n + t + 1, w.a + (t + 1) * n, 0.f);
-            const float* qt = w.q + t * d;
-            float* dqt = w.dq + t * d;
-            for_each_key(w, t, d, [&](int u) {
-              const float* ku = w.k + u * d;
+            const float* qt = w.q + t * dkey;
+            float* dqt = w.dq + t * dkey;
+            for_each_key(w, t, dkey, [&](int u) {
+              const float* ku = w.k + u * dkey;
 #pragma omp simd
-              for (int i = 0; i < d; ++i) w.ke[i] = ku[i] * w.e[i], w.qe[i] = qt[i] * w.e[i];
-              w.a[t * n + u] = dot(qt, w.ke, d);
+              for (int i = 0; i < dkey; ++i) w.ke[i] = ku[i] * w.e[i], w.qe[i] = qt[i] * w.e[i];
+              w.a[t * n + u] = dot(qt, w.ke, dkey);
               const float da = w.da[t * n + u];
-              float* dku = w.dk + u * d;
+              float* dku = w.dk + u * dkey;
 #pragma omp simd
-              for (int i = 0; i < d; ++i) dqt[i] += da * w.ke[i], dku[i] += da * w.qe[i];
+              for (int i = 0; i < dkey; ++i) dqt[i] += da * w.ke[i], dku[i] += da * w.qe[i];
             });
           }
-        gemm(true, false, n, d, n, 1.f, w.a, n, w.o, d, 0.f, w.dv, d);  // dv = A^T dO
+        gemm(true, false, n, dval, n, 1.f, w.a, n, w.o, dval, 0.f, w.dv, dval);  // dv = A^T dO
         if (dg) {
-          float* partial = group.head(w.out_d, j);
+          float* partial = group.key_head(w.out_d, j);
 #pragma omp simd
-          for (long x = 0; x < long(n) * d; ++x) partial[x] = w.q[x] * w.dq[x] - w.k[x] * w.dk[x];
+          for (long x = 0; x < long(n) * dkey; ++x) partial[x] = w.q[x] * w.dq[x] - w.k[x] * w.dk[x];
         }
-        advance_state(S, w, n, d);
+        advance_state(S, w, n, dkey, dval);
       }
-      group.scatter_add(dq, w.out_a), group.scatter_add(dk, w.out_b), group.scatter_add(dv, w.out_c);
-      if (dg) group.scatter(dg, w.out_d);
+      group.scatter_add(dkey, dq, w.out_a), group.scatter_add(dkey, dk, w.out_b), group.scatter_add(dval, dv, w.out_c);
+      if (dg) group.scatter(dkey, dg, w.out_d);
     }
     // Pass 2, backward: the state gradient dS from the end, the terms that need it (dk, dv), and dg's sum.
     // run = the running sum of q dq - k dk from the end, plus rowsum(S_last .* dstate_out): the final state
     // depends on every gate.
     for (int j = 0; j < heads; ++j) {
-      float *dS = w.dstate + j * dd, *r = w.run + j * d;
-      std::fill(r, r + d, 0.f);
+      float *dS = w.dstate + j * kv, *r = w.run + j * dkey;
+      std::fill(r, r + dkey, 0.f);
       if (dstate_out) {
-        std::memcpy(dS, dstate_out + at(j), sizeof(float) * dd);
-        for (int i = 0; i < d; ++i) r[i] = dot(w.state + j * dd + i * d, dS + i * d, d);
+        std::memcpy(dS, dstate_out + at(j), sizeof(float) * kv);
+        for (int i = 0; i < dkey; ++i) r[i] = dot(w.state + j * kv + i * dval, dS + i * dval, dval);
       } else {
-        std::fill(dS, dS + dd, 0.f);
+        std::fill(dS, dS + kv, 0.f);
       }
     }
     const int blocks = (s.N + blk - 1) / blk;
     for (int blkno = blocks - 1; blkno >= 0; --blkno) {
       const int t0 = blkno * blk, n = std::min(blk, s.N - t0);
       const Group group{s, b, h0, heads, t0, n};
-      group.gather(w.in_q, q), group.gather(w.in_k, k), group.gather(w.in_v, v), group.gather(w.in_g, g);
-      group.gather(w.in_do, dout);
-      if (dg) group.gather(w.out_d, dg);  // pass 1's q dq - k dk
+      group.gather_inputs(w, q, k, v, g);
+      group.gather(dval, w.in_do, dout);
+      if (dg) group.gather(dkey, w.out_d, dg);  // pass 1's q dq - k dk
       for (int j = 0; j < heads; ++j) {
-        float *dS = w.dstate + j * dd, *r = w.run + j * d;
+        float *dS = w.dstate + j * kv, *r = w.run + j * dkey;
         load_block(w, group, j, starts);
-        w.o = group.head(w.in_do, j);
-        w.dk = group.head(w.out_b, j), w.dv = group.head(w.out_c, j);
-        const float* last = w.qf + (n - 1) * d;
-        product_bt(n, d, d, w.v, dS, w.st, w.dk);  // dk = (V dS^T) kf
+        w.o = group.value_head(w.in_do, j);
+        w.dk = group.key_head(w.out_b, j), w.dv = group.value_head(w.out_c, j);
+        const float* last = w.qf + (n - 1) * dkey;
+        product_bt(n, dkey, dval, w.v, dS, w.st, w.dk);  // dk = (V dS^T) kf
 #pragma omp simd
-        for (long x = 0; x < long(n) * d; ++x) w.dk[x] *= w.kf[x];
-        gemm(false, false, n, d, d, 1.f, w.kg, d, dS, d, 0.f, w.dv, d);  // dv = kg dS
-        for (int i = 0; i < d; ++i)  // dS = diag(qf_last) dS + qg^T dO
+        for (long x = 0; x < long(n) * dkey; ++x) w.dk[x] *= w.kf[x];
+        gemm(false, false, n, dval, dkey, 1.f, w.kg, dkey, dS, dval, 0.f, w.dv, dval);  // dv = kg dS
+        for (int i = 0; i < dkey; ++i)  // dS = diag(qf_last) dS + qg^T dO
 #pragma omp simd
-          for (int c = 0; c < d; ++c) dS[i * d + c] *= last[i];
-        gemm(true, false, d, d, n, 1.f, w.qg, d, w.o, d, 1.f, dS, d);
+          for (int c = 0; c < dval; ++c) dS[i * dval + c] *= last[i];
+        gemm(true, false, dkey, dval, n, 1.f, w.qg, dkey, w.o, dval, 1.f, dS, dval);
         if (dg) {
-          float* sum = group.head(w.out_d, j);  // pass 1's q dq - k dk, summed from the end in place
+          float* sum = group.key_head(w.out_d, j);  // pass 1's q dq - k dk, summed from the end in place
           const uint8_t* flags = group.flags(starts);
           for (int t = n - 1; t >= 0; --t) {
 #pragma omp simd
-            for (int i = 0; i < d; ++i) {
-              r[i] += sum[t * d + i] - w.k[t * d + i] * w.dk[t * d + i];
-              sum[t * d + i] = r[i];
+            for (int i = 0; i < dkey; ++i) {
+              r[i] += sum[t * dkey + i] - w.k[t * dkey + i] * w.dk[t * dkey + i];
+              sum[t * dkey + i] = r[i];
             }
             if (flags && flags[t]) {  // a start's gate is 0 whatever g: no gradient; before it, none of the sums
-              std::fill(sum + t * d, sum + (t + 1) * d, 0.f);
-              std::fill(r, r + d, 0.f);
+              std::fill(sum + t * dkey, sum + (t + 1) * dkey, 0.f);
+              std::fill(r, r + dkey, 0.f);
             }
           }
         }
       }
-      group.scatter_add(dk, w.out_b), group.scatter_add(dv, w.out_c);
-      if (dg) group.scatter(dg, w.out_d);
+      group.scatter_add(dkey, dk, w.out_b), group.scatter_add(dval, dv, w.out_c);
+      if (dg) group.scatter(dkey, dg, w.out_d);
     }
     if (dstate_in)
       for (int j = 0; j < heads; ++j)
-        for (size_t x = 0; x < dd; ++x) dstate_in[at(j) + x] += w.dstate[j * dd + x];
+        for (size_t x = 0; x < kv; ++x) dstate_in[at(j) + x] += w.dstate[j * kv + x];
   });
 }
 

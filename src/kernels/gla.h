@@ -1,5 +1,5 @@
-// Gated linear attention (GLA, ../shared/design/GATES.md), fp32, for H heads of dim d: the decay is a
-// log-gate per token, head and key dim, g <= 0.
+// Gated linear attention (GLA, ../shared/design/GATES.md), fp32, for H heads with keys dk wide and values dv:
+// the decay is a log-gate per token, head and key dim, g <= 0.
 //
 //   S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t        o_t = q_t S_t        (S_{-1} = state_in, or 0)
 //
@@ -9,8 +9,9 @@
 // gate strength overflows or loses precision: the intra-block scores pair by pair, the state terms with the
 // products from the block's start to a query and from a key to the block's end.
 //
-// Layouts: q, k, v, g, o and their gradients (B, N, H, d); states (B, H, d, d). The backward ACCUMULATES (+=)
-// into dq, dk, dv and dstate_in, and WRITES dg (it is its scratch on the way); optional pointers may be null.
+// Layouts: q, k, g and their gradients (B, N, H, dk); v, o and theirs (B, N, H, dv); states (B, H, dk, dv).
+// The backward ACCUMULATES (+=) into dq, dk, dv and dstate_in, and WRITES dg (it is its scratch on the way);
+// optional pointers may be null.
 // The gate gradient uses the identity dL/dc_t = q_t dq_t - k_t dk_t (elementwise; this kernel's own dq, dk)
 // for c the cumulative log-gate, so dg_t = sum_{t' >= t} (q_t' dq_t' - k_t' dk_t') + rowsum(S_{N-1} .* dstate_out).
 #pragma once

@@ -69,18 +69,18 @@ void decay_powers(float* pw, double lambda, int n) {
 namespace {
 
 void check_shape(const char* kernel, const LinearAttentionShape& s) {
-  LASP_CHECK(s.B > 0 && s.N > 0 && s.H > 0 && s.d > 0 && s.block > 0 && s.threads > 0,
-             "{}: sizes must be positive, got B={} N={} H={} d={} block={} threads={}", kernel, s.B, s.N, s.H, s.d,
-             s.block, s.threads);
-  checked_product({s.B, s.N, s.H, s.d}, kernel);  // B N H d elements are addressed with 64-bit offsets
+  LASP_CHECK(s.B > 0 && s.N > 0 && s.H > 0 && s.dk > 0 && s.dv > 0 && s.block > 0 && s.threads > 0,
+             "{}: sizes must be positive, got B={} N={} H={} dk={} dv={} block={} threads={}", kernel, s.B, s.N, s.H,
+             s.dk, s.dv, s.block, s.threads);
+  checked_product({s.B, s.N, s.H, std::max(s.dk, s.dv)}, kernel);  // elements are addressed with 64-bit offsets
   LASP_CHECK(int64_t(s.B) * s.H <= INT_MAX, "{}: B x H = {} x {} (batch rows x heads) must fit an int", kernel, s.B,
              s.H);
 }
 
 void check_workspace(const char* kernel, Workspace ws, size_t need, const LinearAttentionShape& s) {
   LASP_CHECK(ws.floats >= need && (need == 0 || ws.data != nullptr),
-             "{}: workspace of {} floats needed for B={} N={} H={} d={} block={} on {} threads, got {}",
-             kernel, need, s.B, s.N, s.H, s.d, s.block, s.threads, ws.floats);
+             "{}: workspace of {} floats needed for B={} N={} H={} dk={} dv={} block={} on {} threads, got {}",
+             kernel, need, s.B, s.N, s.H, s.dk, s.dv, s.block, s.threads, ws.floats);
 }
 
 int num_blocks(const LinearAttentionShape& s) { return (s.N + s.block - 1) / s.block; }
@@ -91,7 +91,7 @@ const uint8_t* block_starts(const uint8_t* starts, const LinearAttentionShape& s
 }
 
 // Each thread takes one batch row and a contiguous group of heads and walks the blocks in order, all its
-// heads per block, so that it reads long contiguous runs of the (N, H, d) rows.
+// heads per block, so that it reads long contiguous runs of the (N, H, width) rows.
 struct HeadGroups {
   int count, max_heads;
   HeadGroups(const LinearAttentionShape& s, int threads) {
@@ -115,7 +115,7 @@ struct Plan {
   int first_block(int piece, int nb) const { return int(long(piece) * nb / pieces); }
 };
 
-// The serial carry across pieces, per (batch row, head): states (pieces, B, H, d, d).
+// The serial carry across pieces, per (batch row, head): states (pieces, B, H, dk, dv).
 //   forward:  slot 0 = `first` (or 0); slot p holds piece p-1's local state on entry, the state entering
 //             piece p on exit: slot p = lambda^len(p-1) slot p-1 + slot p.
 //   backward: slot P-1 = `last` (or 0); slot p holds piece p+1's local gradient on entry, the gradient of
@@ -123,8 +123,8 @@ struct Plan {
 void carry_states(float* slots, const float* edge, bool forward, const LinearAttentionShape& s, const Plan& plan,
                   const float* lambda, const uint8_t* starts) {
   const int P = plan.pieces, nb = num_blocks(s);
-  const size_t dd = size_t(s.d) * s.d, per_piece = size_t(s.B) * s.H * dd;
-  const StateForm form{Transition::scalar, s.d, s.d};
+  const StateForm form{Transition::scalar, s.dk, s.dv};
+  const size_t dd = form.state_floats(), per_piece = size_t(s.B) * s.H * dd;
   auto first_token = [&](int piece) { return std::min<long>(s.N, long(plan.first_block(piece, nb)) * s.block); };
   auto tokens = [&](int piece) { return first_token(piece + 1) - first_token(piece); };
   // A piece holding a document start passes on nothing from before it.
@@ -217,20 +217,13 @@ void mask_decay(float* a, const float* rev, int blk, int rows) {
 #endif
 }
 
-// dst (rows x d) = diag(scale) src, all dense.
-void scale_rows(float* dst, const float* src, const float* scale, int rows, int d, long lds = -1) {
-  if (lds < 0) lds = d;  // src rows lds apart
+// dst (rows x n) = diag(scale) src, dense; src rows lds apart (n when not given).
+void scale_rows(float* dst, const float* src, const float* scale, int rows, int n, long lds = -1) {
+  if (lds < 0) lds = n;
   for (int r = 0; r < rows; ++r)
-    for (int i = 0; i < d; ++i) dst[long(r) * d + i] = scale[r] * src[r * lds + i];
+    for (int i = 0; i < n; ++i) dst[long(r) * n + i] = scale[r] * src[r * lds + i];
 }
 
-// Moves one block (rows [0, rows)) of `heads` consecutive heads between the (N, H, d) layout (rows ld apart,
-// `at` = offset of the block's first head) and packed buffers (heads, rows, d), for several tensors at once.
-// Packed operands matter: one head's rows are 256 B every 2 KB, which read in place by the products
-// thrash L1. The causal kernels walk the blocks with all heads of their group, prefetching the whole next
-// block (whole 2 KB rows, the pattern memory serves best) during the current one, and gather each head
-// just before its products, so that its operands are in L1 for them (measured: 5-7% faster than
-// gathering all heads of the block up front).
 // dst[0, n) = src[0, n): inline, for the short rows (one head, d floats) that memcpy pays a call for.
 inline void copy_row(float* dst, const float* src, int n) {
 #if defined(__AVX512F__)
@@ -245,23 +238,36 @@ inline void copy_row(float* dst, const float* src, int n) {
 #endif
 }
 
+// One block (rows [0, rows)) of `heads` consecutive heads from h0, moved between a (B, N, H, width) tensor
+// and packed buffers (heads, rows, width), for several tensors of one width at once (keys are dk wide,
+// values dv). Packed operands matter: one head's rows are 256 B every 2 KB, which read in place by the
+// products thrash L1. The causal kernels walk the blocks with all heads of their group, prefetching the
+// whole next block (whole 2 KB rows, the pattern memory serves best) during the current one, and gather each
+// head just before its products, so that its operands are in L1 for them (measured: 5-7% faster than
+// gathering all heads of the block up front).
 struct BlockIo {
-  long at;
-  int ld, rows, heads, d;
+  long token;  // b N + the block's first token
+  int H, h0, rows, heads;
 
-  void gather(std::initializer_list<std::pair<float*, const float*>> parts) const {
+  // The offset of the block's first head in a tensor of this width.
+  long at(int width) const { return (token * H + h0) * long(width); }
+  BlockIo head(int j) const { return {token, H, h0 + j, rows, 1}; }
+
+  void gather(int width, std::initializer_list<std::pair<float*, const float*>> parts) const {
+    const long ld = long(H) * width, a = at(width);
     for (int r = 0; r < rows; ++r)
       for (auto [packed, x] : parts)
         for (int j = 0; j < heads; ++j)
-          copy_row(packed + (long(j) * rows + r) * d, x + at + long(r) * ld + long(j) * d, d);
+          copy_row(packed + (long(j) * rows + r) * width, x + a + r * ld + long(j) * width, width);
   }
 
   // x = packed
-  void scatter(std::initializer_list<std::pair<float*, const float*>> parts) const {
+  void scatter(int width, std::initializer_list<std::pair<float*, const float*>> parts) const {
+    const long ld = long(H) * width, a = at(width);
     for (int r = 0; r < rows; ++r)
       for (auto [x, packed] : parts)
         for (int j = 0; j < heads; ++j)
-          copy_row(x + at + long(r) * ld + long(j) * d, packed + (long(j) * rows + r) * d, d);
+          copy_row(x + a + r * ld + long(j) * width, packed + (long(j) * rows + r) * width, width);
   }
 };
 
@@ -270,31 +276,33 @@ struct BlockIo {
 // B operand.
 struct Scratch {
   float *pw, *rev;              // (heads, blk + 1) decay powers of each head of the group
-  float* state;                 // (heads, d, d) running S (forward) or dS (backward) of each head
-  float *q, *k, *v, *o;         // (heads, blk, d) gathered rows: one head's in the main loops, every head's
-                                // in the pieces' local passes; o holds dO in backward
-  float *kt, *vt;               // (d, blk) one head's K, V transposed
-  float *qs, *ks, *vs, *douts;  // (blk, d) one head's rows scaled by the decay factors
+  float* state;                 // (heads, dk, dv) running S (forward) or dS (backward) of each head
+  float *q, *k;                 // (heads, blk, dk) gathered rows: one head's in the main loops, every head's
+  float *v, *o;                 // (heads, blk, dv) in the pieces' local passes; o holds dO in backward
+  float *kt, *vt;               // (dk, blk), (dv, blk) one head's K, V transposed
+  float *qs, *ks;               // (blk, dk) one head's rows scaled by the decay factors
+  float *vs, *douts;            // (blk, dv)
   float *a, *da;                // (blk, blk) intra-block scores and their gradient
   float *qf, *kf;               // (blk) one head's block factors where a document start cuts them
-  float* dstate_t;              // (d, d)
+  float* dstate_t;              // (dv, dk)
 };
 
 Scratch carve(Carver& c, const LinearAttentionShape& s, int heads, bool backward) {
-  const size_t blk = s.block, d = s.d, bd = blk * d, dd = d * d, p = blk + 1;
+  const size_t blk = s.block, bk = blk * s.dk, bv = blk * s.dv, kv = size_t(s.dk) * s.dv, p = blk + 1;
   Scratch w{};
   w.pw = c.take(heads * p);
   w.rev = c.take(heads * p);
-  w.state = c.take(heads * dd);
-  for (float** part : {&w.q, &w.k, &w.v, &w.o}) *part = c.take(heads * bd);
-  for (float** part : {&w.kt, &w.qs, &w.ks}) *part = c.take(bd);
+  w.state = c.take(heads * kv);
+  for (float** part : {&w.q, &w.k}) *part = c.take(heads * bk);
+  for (float** part : {&w.v, &w.o}) *part = c.take(heads * bv);
+  for (float** part : {&w.kt, &w.qs, &w.ks}) *part = c.take(bk);
   w.a = c.take(blk * blk);
   w.qf = c.take(blk);
   w.kf = c.take(blk);
   if (backward) {
-    for (float** part : {&w.vt, &w.vs, &w.douts}) *part = c.take(bd);
+    for (float** part : {&w.vt, &w.vs, &w.douts}) *part = c.take(bv);
     w.da = c.take(blk * blk);
-    w.dstate_t = c.take(dd);
+    w.dstate_t = c.take(kv);
   }
   return w;
 }
@@ -311,39 +319,39 @@ Scratch thread_scratch(Workspace ws, const LinearAttentionShape& s, int heads, b
 }
 
 // A piece's local state, for the pieces across threads: the state after blocks [begin, end) of batch row b,
-// heads h0.., from none (S = lambda^rows S + K_b^T diag(lambda^(rows-j)) V_b), into out (B, H, d, d).
+// heads h0.., from none (S = lambda^rows S + K_b^T diag(lambda^(rows-j)) V_b), into out (B, H, dk, dv).
 void piece_state(float* out, const float* k, const float* v, const float* lambda, const uint8_t* starts,
                  const LinearAttentionShape& s, const Scratch& w, int b, int h0, int heads, int begin, int end) {
-  const int N = s.N, d = s.d, blk = s.block, ld = s.H * d;
-  const size_t dd = size_t(d) * d, p = blk + 1;
+  const int N = s.N, dkey = s.dk, dval = s.dv, blk = s.block, ldk = s.H * dkey;
+  const size_t kv = size_t(dkey) * dval, p = blk + 1;
   for (int j = 0; j < heads; ++j) {
     fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
-    std::fill(w.state + j * dd, w.state + (j + 1) * dd, 0.f);
+    std::fill(w.state + j * kv, w.state + (j + 1) * kv, 0.f);
   }
   for (int blkno = begin; blkno < end; ++blkno) {
     const int rows = std::min(blk, N - blkno * blk);
     for (int j = 0; j < heads; ++j) {
       const float *pw = w.pw + j * p, *rev = w.rev + j * p;
-      const BlockIo one{(long(b) * N + long(blkno) * blk) * ld + long(h0 + j) * d, ld, rows, 1, d};
-      one.gather({{w.v, v}});  // V is the B operand; K is read in place
+      const BlockIo one{long(b) * N + long(blkno) * blk, s.H, h0 + j, rows, 1};
+      one.gather(dval, {{w.v, v}});  // V is the B operand; K is read in place
       const Factors f = block_factors(pw, rev, blk, rows, block_starts(starts, s, b, blkno), w.qf, w.kf);
-      const float* ks = k + one.at;
-      int ksld = ld;
-      if (!f.plain) scale_rows(w.ks, ks, f.k, rows, d, ld), ks = w.ks, ksld = d;
-      gemm(true, false, d, d, rows, 1.f, ks, ksld, w.v, d, f.decay, w.state + j * dd, d);
+      const float* ks = k + one.at(dkey);
+      int ksld = ldk;
+      if (!f.plain) scale_rows(w.ks, ks, f.k, rows, dkey, ldk), ks = w.ks, ksld = dkey;
+      gemm(true, false, dkey, dval, rows, 1.f, ks, ksld, w.v, dval, f.decay, w.state + j * kv, dval);
     }
   }
   for (int j = 0; j < heads; ++j)
-    std::memcpy(out + (size_t(b) * s.H + h0 + j) * dd, w.state + j * dd, sizeof(float) * dd);
+    std::memcpy(out + (size_t(b) * s.H + h0 + j) * kv, w.state + j * kv, sizeof(float) * kv);
 }
 
 size_t workspace_floats(const LinearAttentionShape& s, int threads, bool backward) {
   const Plan plan(s, threads);
-  const size_t slots = plan.pieces > 1 ? (backward ? 2 : 1) * size_t(plan.pieces) * s.B * s.H * s.d * s.d : 0;
+  const size_t slots = plan.pieces > 1 ? (backward ? 2 : 1) * size_t(plan.pieces) * s.B * s.H * s.dk * s.dv : 0;
   return scratch_stride(s, plan.groups.max_heads, backward) * size_t(threads) + slots;
 }
 
-// The (pieces, B, H, d, d) state slots after the per-thread scratch.
+// The (pieces, B, H, dk, dv) state slots after the per-thread scratch.
 float* state_slots(Workspace ws, const LinearAttentionShape& s, int threads, bool backward) {
   return ws.data + scratch_stride(s, Plan(s, threads).groups.max_heads, backward) * size_t(threads);
 }
@@ -367,64 +375,66 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
   const int threads = s.threads;
   check_workspace(kernel, ws, workspace_floats(s, threads, false), s);
 
-  const int N = s.N, H = s.H, d = s.d, blk = s.block, nb = num_blocks(s);
-  const int ld = H * d;  // row stride of q, k, v, o
-  const size_t dd = size_t(d) * d, p = blk + 1;
+  const int N = s.N, H = s.H, dkey = s.dk, dval = s.dv, blk = s.block, nb = num_blocks(s);
+  const int ldk = H * dkey, ldv = H * dval;  // row strides of q, k and of v, o
+  const size_t kv = size_t(dkey) * dval, p = blk + 1;
   const Plan plan(s, threads);
   const HeadGroups& groups = plan.groups;
 
-  // Blocks [begin, end) of batch row b, heads of group g: o, and the state after `end` into out (B, H, d, d)
-  // when not null; `in` (B, H, d, d) is the state entering `begin`, or null for none.
+  // Blocks [begin, end) of batch row b, heads of group g: o, and the state after `end` into out (B, H, dk, dv)
+  // when not null; `in` (B, H, dk, dv) is the state entering `begin`, or null for none.
   auto run = [&](int b, int g, int begin, int end, const float* in, float* out) {
     const int h0 = groups.begin(g, H), heads = groups.begin(g + 1, H) - h0;
     Scratch w = thread_scratch(ws, s, groups.max_heads, false);
     PrefetchStream pf;  // the next block, fetched during this one's products
     for (int j = 0; j < heads; ++j) {
       fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
-      float* S = w.state + j * dd;
-      if (in) std::memcpy(S, in + (size_t(b) * H + h0 + j) * dd, sizeof(float) * dd);
-      else std::fill(S, S + dd, 0.f);
+      float* S = w.state + j * kv;
+      if (in) std::memcpy(S, in + (size_t(b) * H + h0 + j) * kv, sizeof(float) * kv);
+      else std::fill(S, S + kv, 0.f);
     }
     for (int blkno = begin; blkno < end; ++blkno) {
       const int rows = std::min(blk, N - blkno * blk);
-      const BlockIo io{(long(b) * N + long(blkno) * blk) * ld + long(h0) * d, ld, rows, heads, d};
+      const BlockIo io{long(b) * N + long(blkno) * blk, H, h0, rows, heads};
       pf.clear();
-      if (blkno + 1 < end)
-        for (const float* x : {q, k, v, (const float*)o})
-          pf.add(x + io.at + long(blk) * ld, std::min(blk, N - (blkno + 1) * blk), heads * d, ld);
+      if (blkno + 1 < end) {
+        const int next = std::min(blk, N - (blkno + 1) * blk);
+        for (const float* x : {q, k}) pf.add(x + io.at(dkey) + long(blk) * ldk, next, heads * dkey, ldk);
+        for (const float* x : {v, (const float*)o}) pf.add(x + io.at(dval) + long(blk) * ldv, next, heads * dval, ldv);
+      }
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
-        const BlockIo one{io.at + long(j) * d, ld, rows, 1, d};  // this head's rows, gathered into L1
+        const BlockIo one = io.head(j);  // this head's rows, gathered into L1
         // V is a B operand and is packed; Q and K are read as A operands or transposed, from their rows.
-        one.gather({{w.v, v}});
-        const long row0 = io.at + long(j) * d;
-        const float *qb = q + row0, *kb = k + row0, *vb = w.v;
+        one.gather(dval, {{w.v, v}});
+        const float *qb = q + one.at(dkey), *kb = k + one.at(dkey), *vb = w.v;
         float* ob = w.o;
-        float* S = w.state + j * dd;  // the state entering this block
+        float* S = w.state + j * kv;  // the state entering this block
         const Factors f = block_factors(pw, rev, blk, rows, block_starts(starts, s, b, blkno), w.qf, w.kf);
-        transpose(w.kt, rows, kb, ld, rows, d);
+        transpose(w.kt, rows, kb, ldk, rows, dkey);
         // intra: O_b = ((Q_b K_b^T) .* psi) V_b
-        gemm(false, false, rows, rows, d, 1.f, qb, ld, w.kt, rows, 0.f, w.a, rows, &pf, Skip::c_upper);
+        gemm(false, false, rows, rows, dkey, 1.f, qb, ldk, w.kt, rows, 0.f, w.a, rows, &pf, Skip::c_upper);
         mask_decay(w.a, rev, blk, rows);
         if (f.starts) mask_documents(w.a, f.starts, rows);
         // inter, in the same pass: O_b += diag(lambda^i) Q_b S_b
         const float* qs = qb;
-        int qsld = ld;
-        if (!f.plain) scale_rows(w.qs, qb, f.q, rows, d, ld), qs = w.qs, qsld = d;
-        gemm_sum(rows, d, {false, rows, w.a, rows, vb, d, Skip::a_upper}, {false, d, qs, qsld, S, d}, 1.f, 0.f, ob, d, &pf);
+        int qsld = ldk;
+        if (!f.plain) scale_rows(w.qs, qb, f.q, rows, dkey, ldk), qs = w.qs, qsld = dkey;
+        gemm_sum(rows, dval, {false, rows, w.a, rows, vb, dval, Skip::a_upper}, {false, dkey, qs, qsld, S, dval}, 1.f, 0.f,
+                 ob, dval, &pf);
         // S = lambda^rows S + K_b^T diag(lambda^(rows-j)) V_b
         if (!f.plain) {
-          scale_rows(w.ks, kb, f.k, rows, d, ld);
-          gemm(true, false, d, d, rows, 1.f, w.ks, d, vb, d, f.decay, S, d, &pf);
+          scale_rows(w.ks, kb, f.k, rows, dkey, ldk);
+          gemm(true, false, dkey, dval, rows, 1.f, w.ks, dkey, vb, dval, f.decay, S, dval, &pf);
         } else {
-          gemm(false, false, d, d, rows, 1.f, w.kt, rows, vb, d, 1.f, S, d, &pf);
+          gemm(false, false, dkey, dval, rows, 1.f, w.kt, rows, vb, dval, 1.f, S, dval, &pf);
         }
-        one.scatter({{o, w.o}});
+        one.scatter(dval, {{o, w.o}});
       }
     }
     if (out)
       for (int j = 0; j < heads; ++j)
-        std::memcpy(out + (size_t(b) * H + h0 + j) * dd, w.state + j * dd, sizeof(float) * dd);
+        std::memcpy(out + (size_t(b) * H + h0 + j) * kv, w.state + j * kv, sizeof(float) * kv);
   };
 
   const int P = plan.pieces, items = s.B * groups.count;
@@ -434,8 +444,8 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
       run(item / groups.count, item % groups.count, 0, nb, state_in, state_out);
     return;
   }
-  float* slots = state_slots(ws, s, threads, false);  // (P, B, H, d, d)
-  const size_t per_piece = size_t(s.B) * H * dd;
+  float* slots = state_slots(ws, s, threads, false);  // (P, B, H, dk, dv)
+  const size_t per_piece = size_t(s.B) * H * kv;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
   for (int item = 0; item < items * (P - 1); ++item) {  // local states of pieces 0..P-2 into slots 1..P-1
     const int piece = item / items, bg = item % items, g = bg % groups.count, h0 = groups.begin(g, H);
@@ -463,11 +473,14 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
   const int threads = s.threads;
   check_workspace(kernel, ws, workspace_floats(s, threads, true), s);
 
-  const int N = s.N, H = s.H, d = s.d, blk = s.block, nb = num_blocks(s);
-  const int ld = H * d;
-  const size_t dd = size_t(d) * d, p = blk + 1;
+  const int N = s.N, H = s.H, dkey = s.dk, dval = s.dv, blk = s.block, nb = num_blocks(s);
+  const int ldk = H * dkey, ldv = H * dval;
+  const size_t kv = size_t(dkey) * dval, p = blk + 1;
   const Plan plan(s, threads);
   const HeadGroups& groups = plan.groups;
+  auto block_io = [&](int b, int h0, int heads, int blkno) {
+    return BlockIo{long(b) * N + long(blkno) * blk, H, h0, std::min(blk, N - blkno * blk), heads};
+  };
 
   // A piece's local state gradient: the gradient of the state entering block `begin` from blocks
   // [begin, end) alone (dS from zero, walked backwards: dS = l^rows dS + Q_b^T diag(l^i) dO_b), into out.
@@ -476,132 +489,131 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
     Scratch w = thread_scratch(ws, s, groups.max_heads, true);
     for (int j = 0; j < heads; ++j) {
       fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
-      std::fill(w.state + j * dd, w.state + (j + 1) * dd, 0.f);
+      std::fill(w.state + j * kv, w.state + (j + 1) * kv, 0.f);
     }
     for (int blkno = end - 1; blkno >= begin; --blkno) {
-      const BlockIo io{(long(b) * N + long(blkno) * blk) * ld + long(h0) * d, ld, std::min(blk, N - blkno * blk),
-                       heads, d};
-      io.gather({{w.q, q}, {w.o, dout}});
+      const BlockIo io = block_io(b, h0, heads, blkno);
+      io.gather(dkey, {{w.q, q}});
+      io.gather(dval, {{w.o, dout}});
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
         const Factors f = block_factors(pw, rev, blk, io.rows, block_starts(starts, s, b, blkno), w.qf, w.kf);
-        const long hb = long(j) * io.rows * d;
-        const float* douts = w.o + hb;
-        if (!f.plain) scale_rows(w.douts, douts, f.q, io.rows, d), douts = w.douts;
-        gemm(true, false, d, d, io.rows, 1.f, w.q + hb, d, douts, d, f.decay, w.state + j * dd, d);
+        const float* douts = w.o + long(j) * io.rows * dval;
+        if (!f.plain) scale_rows(w.douts, douts, f.q, io.rows, dval), douts = w.douts;
+        gemm(true, false, dkey, dval, io.rows, 1.f, w.q + long(j) * io.rows * dkey, dkey, douts, dval, f.decay,
+             w.state + j * kv, dval);
       }
     }
     for (int j = 0; j < heads; ++j)
-      std::memcpy(out + (size_t(b) * H + h0 + j) * dd, w.state + j * dd, sizeof(float) * dd);
+      std::memcpy(out + (size_t(b) * H + h0 + j) * kv, w.state + j * kv, sizeof(float) * kv);
   };
 
   // Blocks [begin, end) of batch row b, heads of group g, with `in` the state entering `begin` and `dout_state`
-  // the gradient of the state leaving `end - 1` ((B, H, d, d) or null for none); the gradient of `in` is
+  // the gradient of the state leaving `end - 1` ((B, H, dk, dv) or null for none); the gradient of `in` is
   // added to `din` when not null.
   auto run = [&](int b, int g, int begin, int end, const float* in, const float* dout_state, float* din) {
     const int h0 = groups.begin(g, H), heads = groups.begin(g + 1, H) - h0;
     Scratch w = thread_scratch(ws, s, groups.max_heads, true);
     PrefetchStream pf;  // the next block, fetched during this one's products
-    // Queues block `blkno` of the tensors for the products.
-    auto prefetch_block = [&](int blkno, std::initializer_list<const float*> tensors) {
+    // Queues block `blkno` of the tensors (keys dk wide, values dv) for the products.
+    auto prefetch_block = [&](int blkno, std::initializer_list<const float*> keys,
+                              std::initializer_list<const float*> values) {
       pf.clear();
       if (blkno < begin || blkno >= end) return;
-      const long at = (long(b) * N + long(blkno) * blk) * ld + long(h0) * d;
-      for (const float* x : tensors) pf.add(x + at, std::min(blk, N - blkno * blk), heads * d, ld);
+      const BlockIo io = block_io(b, h0, heads, blkno);
+      for (const float* x : keys) pf.add(x + io.at(dkey), io.rows, heads * dkey, ldk);
+      for (const float* x : values) pf.add(x + io.at(dval), io.rows, heads * dval, ldv);
     };
-    auto block_io = [&](int blkno) {
-      return BlockIo{(long(b) * N + long(blkno) * blk) * ld + long(h0) * d, ld, std::min(blk, N - blkno * blk),
-                     heads, d};
-    };
-    // The gradients accumulate straight into the (N, H, d) tensors: each is read and written once per pass.
-    auto rows_of = [&](auto* x, const BlockIo& io, int j) { return x + io.at + long(j) * d; };
 
-    // Pass 1, forward order, for dQ; S (kept as S^T) is the state entering the current block:
+    // Pass 1, forward order, for dQ; S (kept as S^T, dv x dk) is the state entering the current block:
     //   dQ_b += (dA_b K_b) + diag(l^i) dO_b S_b^T, dA = (dO V^T) .* psi;  S^T = l^rows S^T + V_b^T diag(l^(rows-j)) K_b
+    // The gradients accumulate straight into the (N, H, width) tensors: each is read and written once per pass.
     for (int j = 0; j < heads; ++j) {
       fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
-      float* S = w.state + j * dd;
-      if (in) transpose(S, d, in + (size_t(b) * H + h0 + j) * dd, d, d, d);
-      else std::fill(S, S + dd, 0.f);
+      float* S = w.state + j * kv;
+      if (in) transpose(S, dkey, in + (size_t(b) * H + h0 + j) * kv, dval, dkey, dval);
+      else std::fill(S, S + kv, 0.f);
     }
     for (int blkno = begin; blkno < end; ++blkno) {
-      const BlockIo io = block_io(blkno);
+      const BlockIo io = block_io(b, h0, heads, blkno);
       const int rows = io.rows;
-      prefetch_block(blkno + 1, {k, v, dout, dq});
+      prefetch_block(blkno + 1, {k, dq}, {v, dout});
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
-        const BlockIo one{io.at + long(j) * d, ld, rows, 1, d};  // this head's rows, gathered into L1
+        const BlockIo one = io.head(j);  // this head's rows, gathered into L1
         // K is a B operand and is packed; V and dO are read transposed or as A operands, from their rows.
-        one.gather({{w.k, k}});
-        const float *kb = w.k, *vb = rows_of(v, io, j), *dob = rows_of(dout, io, j);
-        float *dqb = rows_of(dq, io, j), *S = w.state + j * dd;
+        one.gather(dkey, {{w.k, k}});
+        const float *kb = w.k, *vb = v + one.at(dval), *dob = dout + one.at(dval);
+        float *dqb = dq + one.at(dkey), *S = w.state + j * kv;
         const Factors f = block_factors(pw, rev, blk, rows, block_starts(starts, s, b, blkno), w.qf, w.kf);
-        transpose(w.vt, rows, vb, ld, rows, d);
-        gemm(false, false, rows, rows, d, 1.f, dob, ld, w.vt, rows, 0.f, w.da, rows, &pf, Skip::c_upper);
+        transpose(w.vt, rows, vb, ldv, rows, dval);
+        gemm(false, false, rows, rows, dval, 1.f, dob, ldv, w.vt, rows, 0.f, w.da, rows, &pf, Skip::c_upper);
         mask_decay(w.da, rev, blk, rows);
         if (f.starts) mask_documents(w.da, f.starts, rows);
         const float* douts = dob;
-        int dold = ld;
-        if (!f.plain) scale_rows(w.douts, dob, f.q, rows, d, ld), douts = w.douts, dold = d;
-        gemm_sum(rows, d, {false, rows, w.da, rows, kb, d, Skip::a_upper}, {false, d, douts, dold, S, d}, 1.f, 1.f, dqb, ld,
-                 &pf);  // dQ += dA K + diag(l^i) dO S_b^T, one pass over dQ's rows
+        int dold = ldv;
+        if (!f.plain) scale_rows(w.douts, dob, f.q, rows, dval, ldv), douts = w.douts, dold = dval;
+        gemm_sum(rows, dkey, {false, rows, w.da, rows, kb, dkey, Skip::a_upper}, {false, dval, douts, dold, S, dkey}, 1.f,
+                 1.f, dqb, ldk, &pf);  // dQ += dA K + diag(l^i) dO S_b^T, one pass over dQ's rows
         if (blkno + 1 == end) continue;
         const float* ks = kb;
-        if (!f.plain) scale_rows(w.ks, kb, f.k, rows, d), ks = w.ks;
-        gemm(true, false, d, d, rows, 1.f, vb, ld, ks, d, f.decay, S, d, &pf);  // S^T = l^rows S^T + V^T diag(l^(rows-j)) K
+        if (!f.plain) scale_rows(w.ks, kb, f.k, rows, dkey), ks = w.ks;
+        gemm(true, false, dval, dkey, rows, 1.f, vb, ldv, ks, dkey, f.decay, S, dkey,
+             &pf);  // S^T = l^rows S^T + V^T diag(l^(rows-j)) K
       }
     }
 
-    // Pass 2, reverse order, for dK and dV; dS is the gradient of the state leaving the current block:
+    // Pass 2, reverse order, for dK and dV; dS (dk x dv) is the gradient of the state leaving the current block:
     //   dK_b += dA^T Q + diag(l^(rows-j)) V dS^T,  dV_b += A^T dO + diag(l^(rows-j)) K dS,  A = (Q K^T) .* psi;
     //   dS = l^rows dS + Q_b^T diag(l^i) dO_b
     for (int j = 0; j < heads; ++j) {
-      float* dS = w.state + j * dd;
-      if (dout_state) std::memcpy(dS, dout_state + (size_t(b) * H + h0 + j) * dd, sizeof(float) * dd);
-      else std::fill(dS, dS + dd, 0.f);
+      float* dS = w.state + j * kv;
+      if (dout_state) std::memcpy(dS, dout_state + (size_t(b) * H + h0 + j) * kv, sizeof(float) * kv);
+      else std::fill(dS, dS + kv, 0.f);
     }
     for (int blkno = end - 1; blkno >= begin; --blkno) {
-      const BlockIo io = block_io(blkno);
+      const BlockIo io = block_io(b, h0, heads, blkno);
       const int rows = io.rows;
-      prefetch_block(blkno - 1, {q, k, v, dout, dk, dv});
+      prefetch_block(blkno - 1, {q, k, dk}, {v, dout, dv});
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
-        const BlockIo one{io.at + long(j) * d, ld, rows, 1, d};  // this head's rows, gathered into L1
+        const BlockIo one = io.head(j);  // this head's rows, gathered into L1
         // Q and dO are B operands somewhere below and are packed; K and V are only read transposed or as A
         // operands (broadcast rows), which strided rows serve as well.
-        one.gather({{w.q, q}, {w.o, dout}});
-        const float *qb = w.q, *dob = w.o, *kb = rows_of(k, io, j), *vb = rows_of(v, io, j);
-        float *dkb = rows_of(dk, io, j), *dvb = rows_of(dv, io, j), *dS = w.state + j * dd;
+        one.gather(dkey, {{w.q, q}});
+        one.gather(dval, {{w.o, dout}});
+        const float *qb = w.q, *dob = w.o, *kb = k + one.at(dkey), *vb = v + one.at(dval);
+        float *dkb = dk + one.at(dkey), *dvb = dv + one.at(dval), *dS = w.state + j * kv;
         const Factors f = block_factors(pw, rev, blk, rows, block_starts(starts, s, b, blkno), w.qf, w.kf);
-        transpose(w.kt, rows, kb, ld, rows, d);
-        transpose(w.vt, rows, vb, ld, rows, d);
+        transpose(w.kt, rows, kb, ldk, rows, dkey);
+        transpose(w.vt, rows, vb, ldv, rows, dval);
         const float *ks = kb, *vs = vb, *douts = dob;
-        int kvld = ld;  // row stride of ks and vs
+        int ksld = ldk, vsld = ldv;  // row strides of ks and vs
         if (!f.plain) {
-          scale_rows(w.ks, kb, f.k, rows, d, ld), ks = w.ks;  // lambda^(rows-j)
-          scale_rows(w.vs, vb, f.k, rows, d, ld), vs = w.vs;
-          scale_rows(w.douts, dob, f.q, rows, d), douts = w.douts;
-          kvld = d;
+          scale_rows(w.ks, kb, f.k, rows, dkey, ldk), ks = w.ks, ksld = dkey;  // lambda^(rows-j)
+          scale_rows(w.vs, vb, f.k, rows, dval, ldv), vs = w.vs, vsld = dval;
+          scale_rows(w.douts, dob, f.q, rows, dval), douts = w.douts;
         }
         // (A and dA are lower triangular: the products skip the zero halves.)
-        gemm(false, false, rows, rows, d, 1.f, qb, d, w.kt, rows, 0.f, w.a, rows, &pf, Skip::c_upper);
+        gemm(false, false, rows, rows, dkey, 1.f, qb, dkey, w.kt, rows, 0.f, w.a, rows, &pf, Skip::c_upper);
         mask_decay(w.a, rev, blk, rows);
-        gemm(false, false, rows, rows, d, 1.f, dob, d, w.vt, rows, 0.f, w.da, rows, &pf, Skip::c_upper);
+        gemm(false, false, rows, rows, dval, 1.f, dob, dval, w.vt, rows, 0.f, w.da, rows, &pf, Skip::c_upper);
         mask_decay(w.da, rev, blk, rows);
         if (f.starts) mask_documents(w.a, f.starts, rows), mask_documents(w.da, f.starts, rows);
-        transpose(w.dstate_t, d, dS, d, d, d);
-        gemm_sum(rows, d, {true, rows, w.da, rows, qb, d, Skip::a_lower}, {false, d, vs, kvld, w.dstate_t, d}, 1.f, 1.f, dkb,
-                 ld, &pf);  // dK += dA^T Q + diag(l^(rows-j)) V dS^T
-        gemm_sum(rows, d, {true, rows, w.a, rows, dob, d, Skip::a_lower}, {false, d, ks, kvld, dS, d}, 1.f, 1.f, dvb, ld,
-                 &pf);  // dV += A^T dO + diag(l^(rows-j)) K dS
-        gemm(true, false, d, d, rows, 1.f, qb, d, douts, d, f.decay, dS, d, &pf);        // dS = l^rows dS + Q^T diag(l^i) dO
+        transpose(w.dstate_t, dkey, dS, dval, dkey, dval);
+        gemm_sum(rows, dkey, {true, rows, w.da, rows, qb, dkey, Skip::a_lower}, {false, dval, vs, vsld, w.dstate_t, dkey},
+                 1.f, 1.f, dkb, ldk, &pf);  // dK += dA^T Q + diag(l^(rows-j)) V dS^T
+        gemm_sum(rows, dval, {true, rows, w.a, rows, dob, dval, Skip::a_lower}, {false, dkey, ks, ksld, dS, dval}, 1.f,
+                 1.f, dvb, ldv, &pf);  // dV += A^T dO + diag(l^(rows-j)) K dS
+        gemm(true, false, dkey, dval, rows, 1.f, qb, dkey, douts, dval, f.decay, dS, dval,
+             &pf);  // dS = l^rows dS + Q^T diag(l^i) dO
       }
     }
     if (din)
       for (int j = 0; j < heads; ++j) {
-        float* out = din + (size_t(b) * H + h0 + j) * dd;
-        const float* dS = w.state + j * dd;
-        for (size_t i = 0; i < dd; ++i) out[i] += dS[i];
+        float* out = din + (size_t(b) * H + h0 + j) * kv;
+        const float* dS = w.state + j * kv;
+        for (size_t i = 0; i < kv; ++i) out[i] += dS[i];
       }
   };
 
@@ -612,8 +624,8 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
       run(item / groups.count, item % groups.count, 0, nb, state_in, dstate_out, dstate_in);
     return;
   }
-  // Slots (P, B, H, d, d): the states entering each piece, then the gradients of the states leaving each.
-  const size_t per_piece = size_t(s.B) * H * dd;
+  // Slots (P, B, H, dk, dv): the states entering each piece, then the gradients of the states leaving each.
+  const size_t per_piece = size_t(s.B) * H * kv;
   float* const states = state_slots(ws, s, threads, true);
   float* const dstates = states + size_t(P) * per_piece;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
@@ -637,7 +649,7 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
 }
 
 size_t linear_attention_bidirectional_workspace_floats(const LinearAttentionShape& s) {
-  return 2 * size_t(s.d) * s.d * size_t(s.threads);
+  return 2 * size_t(s.dk) * s.dv * size_t(s.threads);
 }
 
 void linear_attention_bidirectional_forward(float* o, float* state_out, const float* q, const float* k,
@@ -647,18 +659,18 @@ void linear_attention_bidirectional_forward(float* o, float* state_out, const fl
   check_shape(kernel, s);
   LASP_CHECK(o && q && k && v, "{}: o, q, k and v must not be null", kernel);
   check_workspace(kernel, ws, linear_attention_bidirectional_workspace_floats(s), s);
-  const int N = s.N, H = s.H, d = s.d, ld = H * d;
-  const size_t dd = size_t(d) * d;
+  const int N = s.N, H = s.H, dkey = s.dk, dval = s.dv, ldk = H * dkey, ldv = H * dval;
+  const size_t kv = size_t(dkey) * dval;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
   for (int bh = 0; bh < s.B * H; ++bh) {
     const int b = bh / H, h = bh % H;
-    const long base = (long(b) * N * H + h) * d;
-    float* M = ws.data + 2 * dd * size_t(omp_get_thread_num());
-    gemm(true, false, d, d, N, 1.f, k + base, ld, v + base, ld, 0.f, M, d);  // M = K^T V
-    if (state_out) std::memcpy(state_out + size_t(bh) * dd, M, sizeof(float) * dd);
+    const long row = long(b) * N * H + h, keys = row * dkey, values = row * dval;
+    float* M = ws.data + 2 * kv * size_t(omp_get_thread_num());
+    gemm(true, false, dkey, dval, N, 1.f, k + keys, ldk, v + values, ldv, 0.f, M, dval);  // M = K^T V
+    if (state_out) std::memcpy(state_out + size_t(bh) * kv, M, sizeof(float) * kv);
     if (state_in)
-      for (size_t i = 0; i < dd; ++i) M[i] += state_in[size_t(bh) * dd + i];
-    gemm(false, false, N, d, d, 1.f, q + base, ld, M, d, 0.f, o + base, ld);  // O = Q (M + P)
+      for (size_t i = 0; i < kv; ++i) M[i] += state_in[size_t(bh) * kv + i];
+    gemm(false, false, N, dval, dkey, 1.f, q + keys, ldk, M, dval, 0.f, o + values, ldv);  // O = Q (M + P)
   }
 }
 
@@ -671,25 +683,25 @@ void linear_attention_bidirectional_backward(float* dq, float* dk, float* dv, fl
   LASP_CHECK(dq && dk && dv && dout && q && k && v, "{}: dq, dk, dv, dout, q, k and v must not be null",
              kernel);
   check_workspace(kernel, ws, linear_attention_bidirectional_workspace_floats(s), s);
-  const int N = s.N, H = s.H, d = s.d, ld = H * d;
-  const size_t dd = size_t(d) * d;
+  const int N = s.N, H = s.H, dkey = s.dk, dval = s.dv, ldk = H * dkey, ldv = H * dval;
+  const size_t kv = size_t(dkey) * dval;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
   for (int bh = 0; bh < s.B * H; ++bh) {
     const int b = bh / H, h = bh % H;
-    const long base = (long(b) * N * H + h) * d;
-    float* M = ws.data + 2 * dd * size_t(omp_get_thread_num());
-    float* dM = M + dd;
-    gemm(true, false, d, d, N, 1.f, k + base, ld, v + base, ld, 0.f, M, d);
+    const long row = long(b) * N * H + h, keys = row * dkey, values = row * dval;
+    float* M = ws.data + 2 * kv * size_t(omp_get_thread_num());
+    float* dM = M + kv;
+    gemm(true, false, dkey, dval, N, 1.f, k + keys, ldk, v + values, ldv, 0.f, M, dval);
     if (state_in)
-      for (size_t i = 0; i < dd; ++i) M[i] += state_in[size_t(bh) * dd + i];
-    gemm(false, true, N, d, d, 1.f, dout + base, ld, M, d, 1.f, dq + base, ld);  // dQ += dO (M + P)^T
-    gemm(true, false, d, d, N, 1.f, q + base, ld, dout + base, ld, 0.f, dM, d);  // Q^T dO
+      for (size_t i = 0; i < kv; ++i) M[i] += state_in[size_t(bh) * kv + i];
+    gemm(false, true, N, dkey, dval, 1.f, dout + values, ldv, M, dval, 1.f, dq + keys, ldk);  // dQ += dO (M + P)^T
+    gemm(true, false, dkey, dval, N, 1.f, q + keys, ldk, dout + values, ldv, 0.f, dM, dval);  // Q^T dO
     if (dstate_in)
-      for (size_t i = 0; i < dd; ++i) dstate_in[size_t(bh) * dd + i] += dM[i];
+      for (size_t i = 0; i < kv; ++i) dstate_in[size_t(bh) * kv + i] += dM[i];
     if (dstate_out)
-      for (size_t i = 0; i < dd; ++i) dM[i] += dstate_out[size_t(bh) * dd + i];
-    gemm(false, true, N, d, d, 1.f, v + base, ld, dM, d, 1.f, dk + base, ld);  // dK += V dM^T
-    gemm(false, false, N, d, d, 1.f, k + base, ld, dM, d, 1.f, dv + base, ld); // dV += K dM
+      for (size_t i = 0; i < kv; ++i) dM[i] += dstate_out[size_t(bh) * kv + i];
+    gemm(false, true, N, dkey, dval, 1.f, v + values, ldv, dM, dval, 1.f, dk + keys, ldk);   // dK += V dM^T
+    gemm(false, false, N, dval, dkey, 1.f, k + keys, ldk, dM, dval, 1.f, dv + values, ldv);  // dV += K dM
   }
 }
 

@@ -1,9 +1,9 @@
-// Chunkwise linear attention (LASP2.md section 1), fp32, for H heads of dim d.
+// Chunkwise linear attention (LASP2.md section 1), fp32, for H heads with keys of width dk and values of width dv.
 //
 //   causal:        o_i = sum_{j <= i} lambda_h^(i-j) (q_i . k_j) v_j  +  lambda_h^i q_i P
 //   bidirectional: o_i = q_i (sum_j k_j^T v_j + P)                      (no decay)
 //
-// P (d x d per head, rows indexed by the key dim) is an optional incoming state: the contribution of
+// P (dk x dv per head, rows indexed by the key dim) is an optional incoming state: the contribution of
 // tokens before this sequence piece, P = sum_{j < 0} lambda^(-j) k_j^T v_j. The causal outgoing state is
 // the same quantity at the end, lambda^N P + sum_j lambda^(N-j) k_j^T v_j: the sequence-parallel methods
 // hand it from rank to rank. The bidirectional outgoing state is the local sum K^T V only.
@@ -13,8 +13,9 @@
 // (from the last start at or before it), and the incoming state only before the row's first start. The
 // outgoing state then holds only what follows the row's last start.
 //
-// Layouts: q, k, v, o and their gradients (B, N, H, d); states (B, H, d, d); lambda (H), or null for no
-// decay. Inside, the sequence is cut into blocks of `block` tokens (the last one may be shorter).
+// Layouts: q, k and their gradients (B, N, H, dk); v, o and their gradients (B, N, H, dv); states
+// (B, H, dk, dv); lambda (H), or null for no decay. Inside, the sequence is cut into blocks of `block` tokens
+// (the last one may be shorter).
 // Every backward ACCUMULATES (+=) into dq, dk, dv and dstate_in. Optional pointers may be null.
 #pragma once
 #include <cstddef>
@@ -44,7 +45,8 @@ constexpr int kLinearBlock = 32;
 // `threads`: the OpenMP threads a kernel runs on, chosen by the caller (the kernels never ask the OpenMP
 // runtime); the workspace is sized for them. There is no default: a shape without it is refused.
 struct LinearAttentionShape {
-  int B = 1, N = 0, H = 1, d = 0;
+  int B = 1, N = 0, H = 1;
+  int dk = 0, dv = 0;  // key width (q, k and the state's rows), value width (v, o and the state's columns)
   int block = kLinearBlock;
   int threads = 0;
 };

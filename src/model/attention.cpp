@@ -9,9 +9,7 @@
 
 namespace lasp {
 
-LinearAttentionShape LocalAttention::linear_shape() const {
-  return {shape_.B, shape_.N, shape_.H, shape_.d, shape_.block, shape_.threads};
-}
+LinearAttentionShape LocalAttention::linear_shape() const { return shape_.linear_kernel(shape_.B, shape_.N, shape_.H); }
 
 SoftmaxAttentionShape LocalAttention::softmax_shape() const {
   return lasp::softmax_shape(shape_.B, shape_.N, shape_.N, shape_.H, shape_.H_kv, shape_.d, shape_.threads);
@@ -47,8 +45,7 @@ std::vector<float> Attention::final_state(int) const { throw Error("final_state:
 std::vector<float> Attention::keys_in_order(int, bool) const { throw Error("keys_in_order: no decode state kept"); }
 
 double LocalAttention::floats_needed(const AttentionShape& s) {
-  const LinearAttentionShape linear{s.B, s.N, s.H, s.d, s.block, s.threads};
-  const LinearAttentionShape gla{s.B, s.N, s.H, s.d, kGlaBlock, s.threads};
+  const LinearAttentionShape linear = s.linear_kernel(s.B, s.N, s.H), gla = s.gla_kernel(s.B, s.N, s.H);
   return double(std::max({linear_attention_forward_workspace_floats(linear),
                           linear_attention_backward_workspace_floats(linear), gla_forward_workspace_floats(gla),
                           gla_backward_workspace_floats(gla),
@@ -62,8 +59,9 @@ LocalAttention::LocalAttention(const AttentionShape& shape)
   const int threads = shape.threads;
   LASP_CHECK(threads > 0, "attention: the kernels' thread count must be positive, got {}", threads);
   const size_t need = size_t(floats_needed(shape));
-  check_fits_in_memory(4.0 * double(need), fmt::format("the attention workspace for N={} H={} d={} on {} threads",
-                                                      shape.N, shape.H, shape.d, threads));
+  check_fits_in_memory(4.0 * double(need),
+                       fmt::format("the attention workspace for N={} H={} d={} dk={} dv={} on {} threads", shape.N,
+                                   shape.H, shape.d, shape.dk, shape.dv, threads));
   workspace_.storage.resize(need);
 }
 
@@ -74,16 +72,14 @@ std::vector<float>& slot(std::vector<std::vector<float>>& by_layer, int layer) {
 }
 }  // namespace
 
-LinearAttentionShape LocalAttention::gla_shape() const {
-  return {shape_.B, shape_.N, shape_.H, shape_.d, kGlaBlock, shape_.threads};
-}
+LinearAttentionShape LocalAttention::gla_shape() const { return shape_.gla_kernel(shape_.B, shape_.N, shape_.H); }
 
 void LocalAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                     const LinearGates& gates) {
   float* state_out = nullptr;
   if (keep_) {
     auto& s = slot(final_states_, layer);
-    s.resize(size_t(shape_.B) * shape_.H * shape_.d * shape_.d);
+    s.resize(size_t(shape_.B) * shape_.H * shape_.state_floats());
     state_out = s.data();
   }
   if (gates.gla())

@@ -19,16 +19,27 @@ namespace lasp {
 struct AttentionShape {
   int B, N;      // batch rows, tokens per row on this rank
   int H, H_kv;   // query heads, key/value heads of the softmax layers
-  int d;         // head dim
+  int d;         // head dim of the softmax layers
+  int dk, dv;    // the linear layers' key width (q, k and the state's rows) and value width (v, o, its columns)
   int block;     // linear attention block size
   int threads;   // OpenMP threads of the attention kernels, set once by whoever builds the model (trainer,
                  // decoder, bench); every workspace is sized for them
   bool gla = false;  // the linear layers take GLA's gates: the SP methods size their gate scratch up front
+
+  // The linear kernels' shape for `rows` rows of `tokens` tokens and `heads` heads (GLA takes its own block).
+  LinearAttentionShape linear_kernel(int rows, int tokens, int heads) const {
+    return {rows, tokens, heads, dk, dv, block, threads};
+  }
+  LinearAttentionShape gla_kernel(int rows, int tokens, int heads) const {
+    return {rows, tokens, heads, dk, dv, kGlaBlock, threads};
+  }
+  size_t state_floats() const { return size_t(dk) * size_t(dv); }  // one head's linear state
 };
 
 // The shape of config c's attention on B rows of N tokens (this rank's), blocks of `block`, on `threads`.
 inline AttentionShape attention_shape(const ModelConfig& c, int B, int N, int block, int threads) {
-  return {B, N, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), block, threads, c.linear.decay == Decay::gla};
+  return {B,     N,       c.num_attention_heads, c.num_key_value_heads, c.head_dim(), c.linear_key_width(),
+          c.linear_value_width(), block, threads, c.linear.decay == Decay::gla};
 }
 
 // What decays a causal linear layer's state: a fixed decay per head (MODEL.md), or GLA's log-gates per token,
@@ -36,7 +47,7 @@ inline AttentionShape attention_shape(const ModelConfig& c, int B, int N, int bl
 struct LinearGates {
   LinearGates(const float* lambda = nullptr) : lambda(lambda) {}
   const float* lambda = nullptr;     // (H), or null: no decay
-  const float* log_gates = nullptr;  // GLA: (B, N, H, d) of this rank's tokens, each <= 0; lambda is then unused
+  const float* log_gates = nullptr;  // GLA: (B, N, H, dk) of this rank's tokens, each <= 0; lambda is then unused
   float* d_log_gates = nullptr;      // GLA, backward: their gradient, written (not accumulated)
   bool gla() const { return log_gates != nullptr; }
 };
@@ -61,7 +72,8 @@ class Attention {
   // attention copies what it needs. A method without documents refuses (the default throws).
   virtual void set_documents(const uint8_t* starts);
 
-  // Causal linear attention of this rank's tokens: o (B, N, H, d) from q, k, v, decayed by the gates.
+  // Causal linear attention of this rank's tokens: o (B, N, H, dv) from q, k (B, N, H, dk) and v (B, N, H, dv),
+  // decayed by the gates.
   virtual void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                               const LinearGates& gates) = 0;
   // Accumulates into dq, dk, dv (and writes the GLA gates' gradient).
@@ -92,7 +104,7 @@ class Attention {
 
 
   // For generation (src/generate): with keep_decode_state(true), a forward keeps what decoding continues
-  // from, whatever rank computed it: each linear layer's state after the WHOLE sequence (B, H, d, d), each
+  // from, whatever rank computed it: each linear layer's state after the WHOLE sequence (B, H, dk, dv), each
   // softmax layer's keys or values of the whole sequence in position order (B, N, H_kv, d). A method that
   // does not keep them refuses (throws) at keep_decode_state.
   virtual void keep_decode_state(bool keep);

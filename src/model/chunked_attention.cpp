@@ -12,8 +12,7 @@ namespace lasp {
 namespace {
 
 size_t workspace_floats(const AttentionShape& s, int sequence_length) {
-  const LinearAttentionShape linear{s.B, s.N, s.H, s.d, s.block, s.threads};
-  const LinearAttentionShape gla{s.B, s.N, s.H, s.d, kGlaBlock, s.threads};
+  const LinearAttentionShape linear = s.linear_kernel(s.B, s.N, s.H), gla = s.gla_kernel(s.B, s.N, s.H);
   return std::max({linear_attention_forward_workspace_floats(linear), linear_attention_backward_workspace_floats(linear),
                    gla_forward_workspace_floats(gla), gla_backward_workspace_floats(gla),
                    softmax_attention_workspace_floats(s.N, sequence_length, s.d, s.threads)});
@@ -46,7 +45,7 @@ ChunkedAttention::ChunkedAttention(const AttentionShape& shape, int sequence_len
 double ChunkedAttention::floats_needed(const AttentionShape& s, int sequence_length, const std::string& layer_types) {
   const double linear_layers = double(std::count(layer_types.begin(), layer_types.end(), 'L'));
   const double softmax_layers = double(layer_types.size()) - linear_layers;
-  const double chunks = (double(sequence_length) + s.N - 1) / s.N, state = double(s.B) * s.H * s.d * s.d;
+  const double chunks = (double(sequence_length) + s.N - 1) / s.N, state = double(s.B) * s.H * s.state_floats();
   const double kv = 2.0 * s.B * double(sequence_length) * s.H_kv * s.d;  // keys and values of one layer
   return double(workspace_floats(s, sequence_length)) + linear_layers * (chunks + 1) * state + state +
          softmax_layers * 2 * kv;  // kept keys and values, and their gradients

@@ -50,15 +50,15 @@ class ChunkedAttention : public Attention {
   std::vector<int> positions_, all_positions_;  // this chunk's; 0 .. N-1
   Documents all_docs_, docs_;                   // of the whole sequence; of this chunk
   WorkspaceBuffer workspace_{0};
-  // Per layer, allocated on first use: the states entering chunks 1.. (chunks - 1, B, H, d, d); the gradient
+  // Per layer, allocated on first use: the states entering chunks 1.. (chunks - 1, B, H, dk, dv); the gradient
   // of the state leaving the current chunk; keys, values (B, N, H_kv, d) and their gradients.
   std::vector<std::vector<float>> entering_, dleaving_, keys_, values_, dkeys_, dvalues_, final_states_;
   std::vector<float> dentering_;  // the gradient of the state entering the current chunk, then handed back
 
-  size_t state_floats() const { return size_t(s_.B) * s_.H * s_.d * s_.d; }
+  size_t state_floats() const { return size_t(s_.B) * s_.H * s_.state_floats(); }
   float* entering(int layer, int chunk);  // null for chunk 0 (no state)
-  LinearAttentionShape linear_shape() const { return {s_.B, length_, s_.H, s_.d, s_.block, s_.threads}; }
-  LinearAttentionShape gla_shape() const { return {s_.B, length_, s_.H, s_.d, kGlaBlock, s_.threads}; }
+  LinearAttentionShape linear_shape() const { return s_.linear_kernel(s_.B, length_, s_.H); }
+  LinearAttentionShape gla_shape() const { return s_.gla_kernel(s_.B, length_, s_.H); }
   SoftmaxAttentionShape softmax_row_shape() const;
   const int* row_documents(int b) const {  // where the documents of row b's queries begin, or null
     return docs_.empty() ? nullptr : docs_.first.data() + size_t(b) * length_;

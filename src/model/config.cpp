@@ -1,5 +1,6 @@
 #include "model/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -78,6 +79,22 @@ bool get_string(const json& j, const char* key, const std::string& full_key, std
 }  // namespace
 
 int ModelConfig::head_dim() const { return num_attention_heads > 0 ? hidden_size / num_attention_heads : 0; }
+
+ModelConfig::AttentionWidths ModelConfig::attention_widths(int l) const {
+  const int H = num_attention_heads, d = head_dim();
+  if (layer_types.at(size_t(l)) == 'L')
+    return {H * linear_key_width(), H * linear_key_width(), H * linear_value_width(), H * linear_value_width()};
+  return {H * d, num_key_value_heads * d, num_key_value_heads * d, H * d};
+}
+
+int ModelConfig::widest_attention() const {
+  int widest = 0;
+  for (int l = 0; l < int(layer_types.size()); ++l) {
+    const AttentionWidths w = attention_widths(l);
+    widest = std::max({widest, w.q, w.k, w.v, w.o});
+  }
+  return widest;
+}
 
 bool ModelConfig::has_softmax_layer() const { return layer_types.find('N') != std::string::npos; }
 

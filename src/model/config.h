@@ -40,6 +40,17 @@ struct ModelConfig {
 
   int head_dim() const;            // d = hidden_size / num_attention_heads
   bool has_softmax_layer() const;  // any 'N' in layer_types
+  // The linear layers' widths per head: keys (q, k, GLA's gates; the state's rows) and values (v, o; the state's
+  // columns). Both d for every kind lasp runs today.
+  int linear_key_width() const { return head_dim(); }
+  int linear_value_width() const { return head_dim(); }
+  // The widths per token (heads x width) of layer l's attention tensors: queries, keys, values and the output
+  // o_proj reads. Linear: H dk, H dk, H dv, H dv; softmax: H d, H_kv d, H_kv d, H d.
+  struct AttentionWidths {
+    int q, k, v, o;
+  };
+  AttentionWidths attention_widths(int l) const;
+  int widest_attention() const;  // the largest of every layer's four widths
 
   // Throws lasp::Error "config: <key> = <value>: <what is allowed>" on the first inconsistency.
   void validate() const;

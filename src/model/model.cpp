@@ -19,8 +19,7 @@ namespace {
 
 // The widest side of any projection (hidden, MLP, vocabulary, attention width): the bf16 scratch per token.
 size_t widest_projection(const ModelConfig& c) {
-  return size_t(std::max({c.hidden_size, c.intermediate_size, c.vocab_size, c.head_dim() * c.num_attention_heads,
-                          c.head_dim() * c.num_key_value_heads}));
+  return size_t(std::max({c.hidden_size, c.intermediate_size, c.vocab_size, c.widest_attention()}));
 }
 
 // Tokens per row in one chunk of a plan (N: the whole sequence at once).
@@ -106,7 +105,8 @@ void Model::carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPla
   const bool recompute = plan.recompute;
   const int chunk = chunk_length(plan, N);
   const int L = c.num_hidden_layers, D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
-  const int H = c.num_attention_heads, d = c.head_dim(), E = H * d, Ekv = c.num_key_value_heads * d;
+  // E: the widest attention tensor per token (every layer's q, k, v and o fit it).
+  const int H = c.num_attention_heads, E = c.widest_attention();
   const size_t T = size_t(B) * chunk, TF = mlp_rows(plan, T) * F;  // TF: the MLP's values per pass
   const bool b16 = plan.precision == Precision::bf16;
   auto take_bf16 = [&](size_t n) { return reinterpret_cast<bf16*>(cv.take((n + 1) / 2)); };
@@ -127,8 +127,8 @@ void Model::carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPla
     a.xn = shared ? xn : cv.take(T * D);
     a.rstd_in = cv.take(T);
     a.q = cv.take(T * E);
-    a.k = cv.take(T * std::max(E, Ekv));
-    a.v = cv.take(T * std::max(E, Ekv));
+    a.k = cv.take(T * E);
+    a.v = cv.take(T * E);
     a.o = cv.take(T * E);
     if (any_linear) {
       a.qp = cv.take(T * E);
@@ -147,16 +147,15 @@ void Model::carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPla
     a.m = shared ? m : cv.take(TF);
     if (b16) a.xn16 = take_bf16(T * D), a.hn16 = take_bf16(T * D), a.m16 = take_bf16(TF), a.ao16 = take_bf16(T * E);
   }
-  const size_t wide = T * std::max(E, Ekv);
   s.dres = cv.take(T * D);
   s.dxn = cv.take(T * D);
   s.dhn = cv.take(T * D);
   s.da = cv.take(T * E);
   s.dq = cv.take(T * E);
-  s.dk = cv.take(wide);
-  s.dv = cv.take(wide);
+  s.dk = cv.take(T * E);
+  s.dv = cv.take(T * E);
   s.dqp = cv.take(T * E);
-  s.dkp = cv.take(wide);
+  s.dkp = cv.take(T * E);
   s.dgp = cv.take(T * E);
   s.dg = cv.take(TF);
   s.du = cv.take(TF);
@@ -313,8 +312,8 @@ double Model::head_forward(int* predictions) {
 
 void Model::forward_layer(int l, bool write_output) {
   const ModelConfig& c = config_;
-  const int D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, d = c.head_dim();
-  const int E = H * d, Hkv = c.num_key_value_heads, Ekv = Hkv * d;
+  const int D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, Hkv = c.num_key_value_heads;
+  const ModelConfig::AttentionWidths e = c.attention_widths(l);
   const float eps = c.rms_norm_eps;
   const LayerWeights& w = w_.layers[l];
   LayerActs& a = acts(l);
@@ -324,34 +323,34 @@ void Model::forward_layer(int l, bool write_output) {
   const Input xn = keep(a.xn, a.xn16, T * D);
   const float* attn_out;  // what o_proj reads
   if (c.layer_types[l] == 'L') {
-    project(a.qp, xn, w.wq, D, E);
-    project(a.kp, xn, w.wk, D, E);
-    project(a.v, xn, w.wv, D, E);
-    feature_map_forward(a.q, a.qp, long(T * E), c.linear.feature_map);
-    feature_map_forward(a.k, a.kp, long(T * E), c.linear.feature_map);
+    project(a.qp, xn, w.wq, D, e.q);
+    project(a.kp, xn, w.wk, D, e.k);
+    project(a.v, xn, w.wv, D, e.v);
+    feature_map_forward(a.q, a.qp, long(T * e.q), c.linear.feature_map);
+    feature_map_forward(a.k, a.kp, long(T * e.k), c.linear.feature_map);
     if (c.linear.decay == Decay::gla) gate_forward(l, xn);
     attention_.linear_forward(l, a.o, a.q, a.k, a.v, linear_gates(l, false));
     attn_out = a.o;
-    if (c.linear.output_norm) {  // per-head RMSNorm: T*H rows of d, one weight shared by the heads
-      rmsnorm_forward(a.on, a.rstd_o, a.o, w.o_norm, T_ * H, d, eps);
+    if (c.linear.output_norm) {  // per-head RMSNorm: T*H rows of dv, one weight shared by the heads
+      rmsnorm_forward(a.on, a.rstd_o, a.o, w.o_norm, T_ * H, c.linear_value_width(), eps);
       attn_out = a.on;
     }
     if (c.linear.output_gate) {  // o * silu(W_g x)
-      project(a.gp, xn, w.wg, D, E);
-      swiglu_forward(a.og, a.gp, attn_out, long(T * E));
+      project(a.gp, xn, w.wg, D, e.o);
+      swiglu_forward(a.og, a.gp, attn_out, long(T * e.o));
       attn_out = a.og;
     }
   } else {
-    project(a.q, xn, w.wq, D, E);
-    project(a.k, xn, w.wk, D, Ekv);
-    project(a.v, xn, w.wv, D, Ekv);
+    project(a.q, xn, w.wq, D, e.q);
+    project(a.k, xn, w.wk, D, e.k);
+    project(a.v, xn, w.wv, D, e.v);
     rope_forward(a.q, a.q, rope(), B_, H);
     rope_forward(a.k, a.k, rope(), B_, Hkv);
     attention_.softmax_forward(l, a.o, a.lse, a.q, a.k, a.v);
     attn_out = a.o;
   }
   // h = x + o_proj(attention); out = h + down(silu(gate(hn)) * up(hn)), hn = RMSNorm(h)
-  project(a.h, keep(attn_out, a.ao16, T * E), w.wo, E, D);
+  project(a.h, keep(attn_out, a.ao16, T * e.o), w.wo, e.o, D);
   residual_rmsnorm_forward(a.h, a.hn, a.rstd_post, x_[l], w.post_norm, T_, D, eps);
   keep(a.hn, a.hn16, T * D);
   if (!write_output && recompute_) return;  // the backward runs the MLP again, pass by pass
@@ -372,7 +371,7 @@ LinearGates Model::linear_gates(int l, bool backward) {
 // GLA's log-gates of layer l (GATES.md): g = logsigmoid(W_gk2 (W_gk1 xn) + b_gk) / gate_normalizer, into a.glog.
 const float* Model::gate_forward(int l, Input xn) {
   const ModelConfig& c = config_;
-  const int D = c.hidden_size, E = c.num_attention_heads * c.head_dim(), r = c.linear.gate_low_rank;
+  const int D = c.hidden_size, E = c.attention_widths(l).k, r = c.linear.gate_low_rank;  // a gate per key dim
   const LayerWeights& w = w_.layers[l];
   LayerActs& a = acts(l);
   project(a.gk1, xn, w.wgk1, D, r);
@@ -390,7 +389,7 @@ const float* Model::gate_forward(int l, Input xn) {
 // the input's gradient into s_.dxn.
 void Model::gate_backward(int l, Input xn) {
   const ModelConfig& c = config_;
-  const int D = c.hidden_size, E = c.num_attention_heads * c.head_dim(), r = c.linear.gate_low_rank;
+  const int D = c.hidden_size, E = c.attention_widths(l).k, r = c.linear.gate_low_rank;
   const LayerWeights& w = w_.layers[l];
   const LayerWeights& g = g_.layers[l];
   const LayerActs& a = acts(l);
@@ -440,8 +439,8 @@ void Model::backward_chunk(float dloss) {
 
 void Model::backward_layer(int l) {
   const ModelConfig& c = config_;
-  const int D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, d = c.head_dim();
-  const int E = H * d, Hkv = c.num_key_value_heads, Ekv = Hkv * d;
+  const int D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, Hkv = c.num_key_value_heads;
+  const ModelConfig::AttentionWidths e = c.attention_widths(l);
   const LayerWeights& w = w_.layers[l];
   const LayerWeights& g = g_.layers[l];
   LayerActs& a = acts(l);
@@ -467,42 +466,43 @@ void Model::backward_layer(int l) {
   if (c.layer_types[l] == 'L') {
     const float* normed = c.linear.output_norm ? a.on : a.o;
     const float* attn_out = c.linear.output_gate ? a.og : normed;
-    project_backward(s_.da, g.wo, s_.dres, kept(attn_out, a.ao16), w.wo, E, D, true);
+    project_backward(s_.da, g.wo, s_.dres, kept(attn_out, a.ao16), w.wo, e.o, D, true);
     float* d_normed = s_.da;  // gradient w.r.t. the (normed) attention output
     if (c.linear.output_gate) {
-      swiglu_backward(s_.dgp, s_.dqp, s_.da, a.gp, normed, long(T * E), GradStore::overwrite);  // dqp: d(normed)
-      project_backward(s_.dxn, g.wg, s_.dgp, kept(a.xn, a.xn16), w.wg, D, E, true);
+      swiglu_backward(s_.dgp, s_.dqp, s_.da, a.gp, normed, long(T * e.o), GradStore::overwrite);  // dqp: d(normed)
+      project_backward(s_.dxn, g.wg, s_.dgp, kept(a.xn, a.xn16), w.wg, D, e.o, true);
       d_normed = s_.dqp;
     }
     float* d_o = d_normed;
     if (c.linear.output_norm) {
       float* target = d_normed == s_.da ? s_.dqp : s_.da;
-      rmsnorm_backward(target, g.o_norm, d_normed, a.o, w.o_norm, a.rstd_o, T_ * H, d, GradStore::overwrite);
+      rmsnorm_backward(target, g.o_norm, d_normed, a.o, w.o_norm, a.rstd_o, T_ * H, c.linear_value_width(),
+                       GradStore::overwrite);
       d_o = target;
     }
-    zero(s_.dq, T * E);
-    zero(s_.dk, T * E);
-    zero(s_.dv, T * E);
+    zero(s_.dq, T * e.q);
+    zero(s_.dk, T * e.k);
+    zero(s_.dv, T * e.v);
     attention_.linear_backward(l, s_.dq, s_.dk, s_.dv, d_o, a.q, a.k, a.v, linear_gates(l, true));
-    feature_map_backward(s_.dqp, s_.dq, a.qp, long(T * E), c.linear.feature_map, GradStore::overwrite);
-    feature_map_backward(s_.dkp, s_.dk, a.kp, long(T * E), c.linear.feature_map, GradStore::overwrite);
+    feature_map_backward(s_.dqp, s_.dq, a.qp, long(T * e.q), c.linear.feature_map, GradStore::overwrite);
+    feature_map_backward(s_.dkp, s_.dk, a.kp, long(T * e.k), c.linear.feature_map, GradStore::overwrite);
     const Input xn = kept(a.xn, a.xn16);
-    project_backward(s_.dxn, g.wq, s_.dqp, xn, w.wq, D, E, !gated);
-    project_backward(s_.dxn, g.wk, s_.dkp, xn, w.wk, D, E);
-    project_backward(s_.dxn, g.wv, s_.dv, xn, w.wv, D, E);
+    project_backward(s_.dxn, g.wq, s_.dqp, xn, w.wq, D, e.q, !gated);
+    project_backward(s_.dxn, g.wk, s_.dkp, xn, w.wk, D, e.k);
+    project_backward(s_.dxn, g.wv, s_.dv, xn, w.wv, D, e.v);
     if (c.linear.decay == Decay::gla) gate_backward(l, xn);
   } else {
-    project_backward(s_.da, g.wo, s_.dres, kept(a.o, a.ao16), w.wo, E, D, true);
-    zero(s_.dq, T * E);
-    zero(s_.dk, T * Ekv);
-    zero(s_.dv, T * Ekv);
+    project_backward(s_.da, g.wo, s_.dres, kept(a.o, a.ao16), w.wo, e.o, D, true);
+    zero(s_.dq, T * e.q);
+    zero(s_.dk, T * e.k);
+    zero(s_.dv, T * e.v);
     attention_.softmax_backward(l, s_.dq, s_.dk, s_.dv, s_.da, a.o, a.lse, a.q, a.k, a.v);
     rope_backward(s_.dqp, s_.dq, rope(), B_, H, GradStore::overwrite);
     rope_backward(s_.dkp, s_.dk, rope(), B_, Hkv, GradStore::overwrite);
     const Input xn = kept(a.xn, a.xn16);
-    project_backward(s_.dxn, g.wq, s_.dqp, xn, w.wq, D, E, true);
-    project_backward(s_.dxn, g.wk, s_.dkp, xn, w.wk, D, Ekv);
-    project_backward(s_.dxn, g.wv, s_.dv, xn, w.wv, D, Ekv);
+    project_backward(s_.dxn, g.wq, s_.dqp, xn, w.wq, D, e.q, true);
+    project_backward(s_.dxn, g.wk, s_.dkp, xn, w.wk, D, e.k);
+    project_backward(s_.dxn, g.wv, s_.dv, xn, w.wv, D, e.v);
   }
   rmsnorm_backward(s_.dres, g.input_norm, s_.dxn, x_[l], w.input_norm, a.rstd_in, T_, D);
 }

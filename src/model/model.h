@@ -79,17 +79,18 @@ class Model {
  private:
   struct LayerActs {
     float *xn, *rstd_in;          // (T, D), (T)
-    float *qp, *kp;               // linear layers: (T, E) projections before the feature map
-    float *q, *k, *v;             // (T, E), (T, Ekv), (T, Ekv): what attention consumed
-    float *o, *lse;               // (T, E) attention output; softmax layers: (B, H, N)
-    float *on, *rstd_o;           // output_norm: (T, E), (T * H)
-    float *gp, *og;               // output_gate: (T, E) gate projection, (T, E) gated output
-    float *gk1, *gz, *glog;       // decay gla: (T, r) low-rank gate input, (T, E) its projection, the log-gates
+    // Widths per token: the layer's attention_widths q, k, v, o (config.h); the buffers hold the widest.
+    float *qp, *kp;               // linear layers: (T, q), (T, k) projections before the feature map
+    float *q, *k, *v;             // (T, q), (T, k), (T, v): what attention consumed
+    float *o, *lse;               // (T, o) attention output; softmax layers: (B, H, N)
+    float *on, *rstd_o;           // output_norm: (T, o), (T * H)
+    float *gp, *og;               // output_gate: (T, o) gate projection, (T, o) gated output
+    float *gk1, *gz, *glog;       // decay gla: (T, r) low-rank gate input, (T, k) its projection, the log-gates
     float *h, *hn, *rstd_post;    // (T, D), (T, D), (T)
     float *g, *u, *m;             // (T, F) gate, up, silu(gate) * up
     // precision bf16: the projections' inputs as they were multiplied, kept for the weights' gradients in
     // place of xn, hn, m and the output gate's product (whose fp32 buffers all layers then share):
-    bf16 *xn16, *hn16, *m16, *ao16;  // (T, D), (T, D), (T, F), (T, E): ao16 what o_proj read
+    bf16 *xn16, *hn16, *m16, *ao16;  // (T, D), (T, D), (T, F), (T, o): ao16 what o_proj read
   };
   // A projection's input: fp32, and under precision bf16 its bf16 copy when one is kept (else a
   // projection converts it on the spot).
@@ -100,7 +101,7 @@ class Model {
   };
   struct Scratch {  // backward buffers shared by all layers
     float *dres, *dxn, *dhn, *da, *dq, *dk, *dv, *dqp, *dkp, *dgp, *dg, *du, *dm, *dlogits;
-    float *dglog, *dgk1;  // decay gla: (T, E) the log-gates' gradient, (T, r)
+    float *dglog, *dgk1;  // decay gla: (T, k) the log-gates' gradient, (T, r)
   };
 
   ModelConfig config_;

@@ -30,44 +30,45 @@ void Model::store(float* stream, const float* chunk) const {
 
 void Model::layer_keys(int l) {
   const ModelConfig& c = config_;
-  const int D = c.hidden_size, E = c.num_attention_heads * c.head_dim(), Ekv = c.num_key_value_heads * c.head_dim();
+  const int D = c.hidden_size;
+  const ModelConfig::AttentionWidths e = c.attention_widths(l);
   const LayerWeights& w = w_.layers[l];
   LayerActs& a = acts(l);
   rmsnorm_forward(a.xn, a.rstd_in, x_[l], w.input_norm, T_, D, c.rms_norm_eps);
   const Input xn = keep(a.xn, a.xn16, size_t(T_) * D);
   if (c.layer_types[l] == 'L') {
-    project(a.kp, xn, w.wk, D, E);
-    feature_map_forward(a.k, a.kp, long(T_) * E, c.linear.feature_map);
-    project(a.v, xn, w.wv, D, E);
+    project(a.kp, xn, w.wk, D, e.k);
+    feature_map_forward(a.k, a.kp, long(T_) * e.k, c.linear.feature_map);
+    project(a.v, xn, w.wv, D, e.v);
     if (c.linear.decay == Decay::gla) gate_forward(l, xn);
   } else {
-    project(a.k, xn, w.wk, D, Ekv);
+    project(a.k, xn, w.wk, D, e.k);
     rope_forward(a.k, a.k, rope(), B_, c.num_key_value_heads);
-    project(a.v, xn, w.wv, D, Ekv);
+    project(a.v, xn, w.wv, D, e.v);
   }
 }
 
 void Model::key_gradients_backward(int l) {
   const ModelConfig& c = config_;
-  const int D = c.hidden_size, E = c.num_attention_heads * c.head_dim(), Ekv = c.num_key_value_heads * c.head_dim();
-  const int width = c.layer_types[l] == 'L' ? E : Ekv;
+  const int D = c.hidden_size;
+  const ModelConfig::AttentionWidths e = c.attention_widths(l);
   const LayerWeights& w = w_.layers[l];
   const LayerWeights& g = g_.layers[l];
   LayerActs& a = acts(l);
   layer_keys(l);
-  std::fill_n(s_.dk, size_t(T_) * width, 0.f);
-  std::fill_n(s_.dv, size_t(T_) * width, 0.f);
+  std::fill_n(s_.dk, size_t(T_) * e.k, 0.f);
+  std::fill_n(s_.dv, size_t(T_) * e.v, 0.f);
   const bool linear = c.layer_types[l] == 'L', gla = linear && c.linear.decay == Decay::gla;
-  if (gla) std::fill_n(s_.dglog, size_t(T_) * E, 0.f);
+  if (gla) std::fill_n(s_.dglog, size_t(T_) * e.k, 0.f);
   if (linear ? !layer_major_attention_->linear_key_gradients(l, s_.dk, s_.dv, a.k, a.v, linear_gates(l, true))
              : !layer_major_attention_->softmax_key_gradients(l, s_.dk, s_.dv))
     return;
   if (linear)
-    feature_map_backward(s_.dkp, s_.dk, a.kp, long(T_) * E, c.linear.feature_map, GradStore::overwrite);
+    feature_map_backward(s_.dkp, s_.dk, a.kp, long(T_) * e.k, c.linear.feature_map, GradStore::overwrite);
   else
     rope_backward(s_.dkp, s_.dk, rope(), B_, c.num_key_value_heads, GradStore::overwrite);
-  project_backward(s_.dxn, g.wk, s_.dkp, kept(a.xn, a.xn16), w.wk, D, width, true);
-  project_backward(s_.dxn, g.wv, s_.dv, kept(a.xn, a.xn16), w.wv, D, width);
+  project_backward(s_.dxn, g.wk, s_.dkp, kept(a.xn, a.xn16), w.wk, D, e.k, true);
+  project_backward(s_.dxn, g.wv, s_.dv, kept(a.xn, a.xn16), w.wv, D, e.v);
   if (gla) gate_backward(l, kept(a.xn, a.xn16));  // the later pieces' share of the gates' gradient
   float* grad = stream_[c.num_hidden_layers];
   load(s_.dres, grad);

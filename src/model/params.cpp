@@ -8,24 +8,23 @@
 namespace lasp {
 
 ParamLayout::ParamLayout(const ModelConfig& c) : config_(c) {
-  const int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, d = c.head_dim();
-  const int64_t E = int64_t(c.num_attention_heads) * d;
+  const int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
   add("model.embed_tokens.weight", {V, D});
   for (int i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     const bool linear = c.layer_types[i] == 'L';
-    const int64_t Ekv = linear ? E : int64_t(c.num_key_value_heads) * d;
+    const ModelConfig::AttentionWidths e = c.attention_widths(i);
     add(p + "input_layernorm.weight", {D});
-    add(p + "self_attn.q_proj.weight", {E, D});
-    add(p + "self_attn.k_proj.weight", {Ekv, D});
-    add(p + "self_attn.v_proj.weight", {Ekv, D});
-    add(p + "self_attn.o_proj.weight", {D, E});
-    if (linear && c.linear.output_gate) add(p + "self_attn.g_proj.weight", {E, D});
-    if (linear && c.linear.output_norm) add(p + "self_attn.o_norm.weight", {d});
-    if (linear && c.linear.decay == Decay::gla) {  // GATES.md: the low-rank gate projection
+    add(p + "self_attn.q_proj.weight", {e.q, D});
+    add(p + "self_attn.k_proj.weight", {e.k, D});
+    add(p + "self_attn.v_proj.weight", {e.v, D});
+    add(p + "self_attn.o_proj.weight", {D, e.o});
+    if (linear && c.linear.output_gate) add(p + "self_attn.g_proj.weight", {e.o, D});
+    if (linear && c.linear.output_norm) add(p + "self_attn.o_norm.weight", {c.linear_value_width()});
+    if (linear && c.linear.decay == Decay::gla) {  // GATES.md: the low-rank gate projection, a gate per key dim
       add(p + "self_attn.gk_proj.0.weight", {c.linear.gate_low_rank, D});
-      add(p + "self_attn.gk_proj.1.weight", {E, c.linear.gate_low_rank});
-      add(p + "self_attn.gk_proj.1.bias", {E});
+      add(p + "self_attn.gk_proj.1.weight", {e.k, c.linear.gate_low_rank});
+      add(p + "self_attn.gk_proj.1.bias", {e.k});
     }
     add(p + "post_attention_layernorm.weight", {D});
     add(p + "mlp.gate_proj.weight", {F, D});

@@ -14,8 +14,8 @@ Lasp1Attention::Lasp1Attention(Comm& sp, const AttentionShape& shape, int global
       owner_(sp_piece_owners(global_N, sp.size(), layout)),
       incoming_(layers),
       softmax_(sp, shape, global_N, layout, layers) {
-  const LinearAttentionShape piece{1, mine_[0].length, s_.H, s_.d, s_.block, s_.threads};
-  const LinearAttentionShape gla{1, mine_[0].length, s_.H, s_.d, kGlaBlock, s_.threads};
+  const LinearAttentionShape piece = s_.linear_kernel(1, mine_[0].length, s_.H);
+  const LinearAttentionShape gla = s_.gla_kernel(1, mine_[0].length, s_.H);
   ws_.storage.resize(std::max({linear_attention_forward_workspace_floats(piece),
                                linear_attention_backward_workspace_floats(piece), gla_forward_workspace_floats(gla),
                                gla_backward_workspace_floats(gla)}));
@@ -23,8 +23,8 @@ Lasp1Attention::Lasp1Attention(Comm& sp, const AttentionShape& shape, int global
 
 void Lasp1Attention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                     const LinearGates& gates) {
-  const int H = s_.H, d = s_.d, pieces = int(owner_.size()), me = sp_.rank();
-  const size_t S = state_floats(), dd = size_t(d) * d;
+  const int H = s_.H, pieces = int(owner_.size()), me = sp_.rank();
+  const size_t S = state_floats(), row_state = size_t(H) * s_.state_floats();  // all pieces', one row's
   auto& incoming = incoming_[layer];
   incoming.assign(mine_.size() * S, 0.f);
   std::vector<float> out(S);
@@ -39,15 +39,16 @@ void Lasp1Attention::linear_forward(int layer, float* o, const float* q, const f
     }
     const Piece& piece = mine_[i];
     for (int b = 0; b < s_.B; ++b) {
-      const long at = (long(b) * s_.N + piece.offset) * H * d;
+      const long token = long(b) * s_.N + piece.offset, kr = token * H * s_.dk, vr = token * H * s_.dv;
       const uint8_t* flags = softmax_.documents().flags(b, piece.offset);
-      const float* state_in = p > 0 ? P + size_t(b) * H * dd : nullptr;
+      const float* state_in = p > 0 ? P + size_t(b) * row_state : nullptr;
+      float* state_out = out.data() + size_t(b) * row_state;
       if (gates.gla())  // the same chain: GLA's state passes on with the piece's gates applied by the kernel
-        gla_forward(o + at, out.data() + size_t(b) * H * dd, q + at, k + at, v + at, gates.log_gates + at, state_in,
-                    flags, {1, piece.length, H, d, kGlaBlock, s_.threads}, ws_.view());
+        gla_forward(o + vr, state_out, q + kr, k + kr, v + vr, gates.log_gates + kr, state_in, flags,
+                    s_.gla_kernel(1, piece.length, H), ws_.view());
       else
-        linear_attention_forward(o + at, out.data() + size_t(b) * H * dd, q + at, k + at, v + at, state_in,
-                                 gates.lambda, flags, {1, piece.length, H, d, s_.block, s_.threads}, ws_.view());
+        linear_attention_forward(o + vr, state_out, q + kr, k + kr, v + vr, state_in, gates.lambda, flags,
+                                 s_.linear_kernel(1, piece.length, H), ws_.view());
     }
     if (p + 1 < pieces && owner_[p + 1].first != me) sp_.send_recv(out.data(), S, owner_[p + 1].first, nullptr, 0, -1);
   }
@@ -63,8 +64,8 @@ double Lasp1Attention::memory_floats(const std::string& layer_types) const {
 
 void Lasp1Attention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                                      const float* k, const float* v, const LinearGates& gates) {
-  const int H = s_.H, d = s_.d, pieces = int(owner_.size()), me = sp_.rank();
-  const size_t S = state_floats(), dd = size_t(d) * d;
+  const int H = s_.H, pieces = int(owner_.size()), me = sp_.rank();
+  const size_t S = state_floats(), row_state = size_t(H) * s_.state_floats();
   const auto& incoming = incoming_[layer];
   std::vector<float> dstate_out(S), dstate_in(S);
   for (int p = pieces - 1; p >= 0; --p) {
@@ -79,19 +80,17 @@ void Lasp1Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
     const Piece& piece = mine_[i];
     const float* P = incoming.data() + size_t(i) * S;
     for (int b = 0; b < s_.B; ++b) {
-      const long at = (long(b) * s_.N + piece.offset) * H * d;
-      float* dstate = p > 0 ? dstate_in.data() + size_t(b) * H * dd : nullptr;
-      const float* dleaving = p + 1 < pieces ? dstate_out.data() + size_t(b) * H * dd : nullptr;
-      const float* state_in = p > 0 ? P + size_t(b) * H * dd : nullptr;
+      const long token = long(b) * s_.N + piece.offset, kr = token * H * s_.dk, vr = token * H * s_.dv;
+      float* dstate = p > 0 ? dstate_in.data() + size_t(b) * row_state : nullptr;
+      const float* dleaving = p + 1 < pieces ? dstate_out.data() + size_t(b) * row_state : nullptr;
+      const float* state_in = p > 0 ? P + size_t(b) * row_state : nullptr;
       const uint8_t* flags = softmax_.documents().flags(b, piece.offset);
       if (gates.gla())  // the piece's whole gate gradient: what follows reaches it through dleaving
-        gla_backward(dq + at, dk + at, dv + at, gates.d_log_gates + at, dstate, dout + at, dleaving, q + at, k + at,
-                     v + at, gates.log_gates + at, state_in, flags, {1, piece.length, H, d, kGlaBlock, s_.threads},
-                     ws_.view());
+        gla_backward(dq + kr, dk + kr, dv + vr, gates.d_log_gates + kr, dstate, dout + vr, dleaving, q + kr, k + kr,
+                     v + vr, gates.log_gates + kr, state_in, flags, s_.gla_kernel(1, piece.length, H), ws_.view());
       else
-        linear_attention_backward(dq + at, dk + at, dv + at, dstate, dout + at, dleaving, q + at, k + at, v + at,
-                                  state_in, gates.lambda, flags, {1, piece.length, H, d, s_.block, s_.threads},
-                                  ws_.view());
+        linear_attention_backward(dq + kr, dk + kr, dv + vr, dstate, dout + vr, dleaving, q + kr, k + kr, v + vr,
+                                  state_in, gates.lambda, flags, s_.linear_kernel(1, piece.length, H), ws_.view());
     }
     if (p > 0 && owner_[p - 1].first != me) sp_.send_recv(dstate_in.data(), S, owner_[p - 1].first, nullptr, 0, -1);
   }

@@ -1,4 +1,4 @@
-// LASP-1 (the baseline LASP-2 improves on, LASP2.md section 4): the d x d states of the linear layers
+// LASP-1 (the baseline LASP-2 improves on, LASP2.md section 4): the dk x dv states of the linear layers
 // travel along a serial chain of blocking point-to-point hops, piece by piece in global order; the rank
 // holding piece p waits for the state from the holder of piece p-1, runs its piece from that state and
 // sends its state on. The backward sends the state gradients back along the chain. Softmax layers run
@@ -37,8 +37,8 @@ class Lasp1Attention : public Attention {
   std::vector<Piece> mine_;
   std::vector<std::pair<int, int>> owner_;  // global piece -> (rank, index among its pieces)
   WorkspaceBuffer ws_{0};
-  std::vector<std::vector<float>> incoming_;  // per layer: the state entering each local piece, (pieces, B, H, d, d)
-  size_t state_floats() const { return size_t(s_.B) * s_.H * s_.d * s_.d; }
+  std::vector<std::vector<float>> incoming_;  // per layer: the state entering each local piece, (pieces, B, H, dk, dv)
+  size_t state_floats() const { return size_t(s_.B) * s_.H * s_.state_floats(); }
   Lasp2H softmax_;
 };
 

@@ -22,12 +22,12 @@ struct Lasp2Attention::Impl {
   std::vector<std::pair<int, int>> owner;   // global piece -> (rank, index among that rank's pieces)
   int piece_len;                                    // tokens per piece
   WorkspaceBuffer kernel_ws{0};
-  std::vector<float> scratch;               // per thread: (piece_len, d)
-  std::vector<float> send, suffix;          // states: (pieces, B, H, d, d)
+  std::vector<float> scratch;               // per thread: (piece_len, max(dk, dv))
+  std::vector<float> send, suffix;          // states: (pieces, B, H, dk, dv)
   std::unique_ptr<StatePassing> passing;    // how the states reach the pieces that need them
   std::vector<std::vector<float>> incoming; // per layer: P of each local piece
   // Each piece runs the local kernel in segments (progress points for MPI); per layer, the state entering
-  // each segment: (B, pieces, segments, H, d, d).
+  // each segment: (B, pieces, segments, H, dk, dv).
   int segments = 1, segment_len = 0;
   std::vector<std::vector<float>> segment_states;
   bool keep = false;                        // keep the decode state (final linear states)
@@ -41,18 +41,16 @@ struct Lasp2Attention::Impl {
     mine = sp_pieces(global_N, W, rank, layout);
     piece_len = mine[0].length;
     owner = sp_piece_owners(global_N, W, layout);
-    const LinearAttentionShape piece{1, piece_len, s.H, s.d, s.block, s.threads};
-    const LinearAttentionShape gla{1, piece_len, s.H, s.d, kGlaBlock, s.threads};
+    const LinearAttentionShape piece = s.linear_kernel(1, piece_len, s.H), gla = s.gla_kernel(1, piece_len, s.H);
     kernel_ws.storage.resize(std::max({linear_attention_forward_workspace_floats(piece),
                                        linear_attention_backward_workspace_floats(piece),
                                        gla_forward_workspace_floats(gla), gla_backward_workspace_floats(gla),
-                                       linear_attention_bidirectional_workspace_floats(
-                                           {s.B, s.N, s.H, s.d, s.block, s.threads})}));
-    scratch.resize(size_t(s.threads) * piece_len * s.d);
+                                       linear_attention_bidirectional_workspace_floats(s.linear_kernel(s.B, s.N, s.H))}));
+    scratch.resize(size_t(s.threads) * piece_len * widest());
     const size_t states = state_floats();
     send.resize(states);
     suffix.resize(states);
-    passing = make_state_passing(kind, c, {s.B, s.H, s.d, s.d, mine, owner}, slices);
+    passing = make_state_passing(kind, c, {s.B, s.H, s.dk, s.dv, mine, owner}, slices);
     if (s.gla) gla_prepare();
     incoming.resize(layers);
     final_states.resize(layers);
@@ -68,16 +66,19 @@ struct Lasp2Attention::Impl {
     const int begin = sg * segment_len;
     return {begin, std::min(segment_len, piece_len - begin)};
   }
-  size_t segment_stride() const { return size_t(s.H) * s.d * s.d; }
+  size_t segment_stride() const { return size_t(s.H) * s.state_floats(); }
   size_t segment_at(int b, int piece, int sg) const {
     return ((size_t(b) * mine.size() + piece) * segments + sg) * segment_stride();
   }
   size_t segment_state_floats() const { return size_t(s.B) * mine.size() * segments * segment_stride(); }
 
-  size_t state_floats() const { return mine.size() * size_t(s.B) * s.H * s.d * s.d; }
-  size_t state_at(int piece, int b, int h) const { return ((size_t(piece) * s.B + b) * s.H + h) * s.d * s.d; }
-  // Row 0 of (batch row b, piece) in a (B, N_local, H, d) tensor.
-  long rows(int b, const Piece& p) const { return (long(b) * s.N + p.offset) * s.H * s.d; }
+  size_t state_floats() const { return mine.size() * size_t(s.B) * s.H * s.state_floats(); }
+  size_t state_at(int piece, int b, int h) const { return ((size_t(piece) * s.B + b) * s.H + h) * s.state_floats(); }
+  int widest() const { return std::max(s.dk, s.dv); }
+  // Token t of batch row b, head h in a (B, N_local, H, width) tensor: keys (q, k, GLA's gates) are dk wide,
+  // values (v, o) dv.
+  long key_at(int b, long t, int h = 0) const { return ((long(b) * s.N + t) * s.H + h) * s.dk; }
+  long value_at(int b, long t, int h = 0) const { return ((long(b) * s.N + t) * s.H + h) * s.dv; }
 
   // Runs f(b, local piece index, head, thread scratch) over every (b, piece, head), in parallel.
   template <class F>
@@ -86,71 +87,75 @@ struct Lasp2Attention::Impl {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
     for (int it = 0; it < items; ++it) {
       const int h = it % s.H, i = it / s.H % int(mine.size()), b = it / (s.H * int(mine.size()));
-      f(b, i, h, scratch.data() + size_t(omp_get_thread_num()) * piece_len * s.d);
+      f(b, i, h, scratch.data() + size_t(omp_get_thread_num()) * piece_len * widest());
     }
   }
 
   PieceGates gates(const float* lambda, const std::vector<uint8_t>& cut) const {
-    return {lambda, piece_len, cut.empty() ? nullptr : cut.data(), s.B, s.H, s.d};
+    return {lambda, piece_len, cut.empty() ? nullptr : cut.data(), s.B, s.H, s.dk};
   }
 
-  // The rows of a piece's (piece_len, d) scratch that a document start cuts off from the states: the queries
-  // from its first start on (`after`), or the keys before its last start.
-  void cut_rows(float* tmp, const SpDocuments& docs, int b, int i, bool after) const {
+  // The rows of a piece's (piece_len, width) scratch that a document start cuts off from the states: the
+  // queries from its first start on (`after`), or the keys before its last start.
+  void cut_rows(float* tmp, int width, const SpDocuments& docs, int b, int i, bool after) const {
     const auto [first, last] = docs.starts_in(b, mine[i].offset, piece_len);
-    if (after) std::fill(tmp + size_t(first) * s.d, tmp + size_t(piece_len) * s.d, 0.f);
-    else std::fill(tmp, tmp + size_t(last) * s.d, 0.f);
+    if (after) std::fill(tmp + size_t(first) * width, tmp + size_t(piece_len) * width, 0.f);
+    else std::fill(tmp, tmp + size_t(last) * width, 0.f);
   }
 
   bool first_piece(int i) const { return mine[i].index == 0; }
   bool last_piece(int i) const { return mine[i].index == int(owner.size()) - 1; }
 
   // ---- GLA (GATES.md): the same exchange with per-row gates, Gamma = each row's gate product over the piece.
-  std::vector<float> gla_scratch;  // per thread: eg, bq, bk, dqx, dkx (piece_len, d), one (d, d) state, r (d)
-  std::vector<float> gamma;        // (pieces, B, H, d)
+  std::vector<float> gla_scratch;  // per thread: eg, bq, bk, dqx, dkx (piece_len, dk), one (dk, dv) state, r (dk)
+  std::vector<float> gamma;        // (pieces, B, H, dk)
   struct GlaScratch {
     float *eg, *bq, *bk, *dqx, *dkx, *state, *r;
   };
-  size_t gla_thread_floats() const { return 5 * size_t(piece_len) * s.d + size_t(s.d) * s.d + s.d; }
+  size_t gla_thread_floats() const { return 5 * size_t(piece_len) * s.dk + s.state_floats() + s.dk; }
   // Sized in the constructor where the shape says GLA (memory_floats counts it), else on the first GLA layer:
   // before the parallel loops.
-  size_t gla_floats() const { return gla_thread_floats() * s.threads + mine.size() * size_t(s.B) * s.H * s.d; }
+  size_t gla_floats() const { return gla_thread_floats() * s.threads + mine.size() * size_t(s.B) * s.H * s.dk; }
   void gla_prepare() {
     gla_scratch.resize(gla_thread_floats() * s.threads);
-    gamma.resize(mine.size() * size_t(s.B) * s.H * s.d);
+    gamma.resize(mine.size() * size_t(s.B) * s.H * s.dk);
   }
   GlaScratch gla_thread() {
-    const size_t nd = size_t(piece_len) * s.d, per = gla_thread_floats();
+    const size_t nd = size_t(piece_len) * s.dk, per = gla_thread_floats();
     float* base = gla_scratch.data() + per * size_t(omp_get_thread_num());
-    return {base, base + nd, base + 2 * nd, base + 3 * nd, base + 4 * nd, base + 5 * nd, base + 5 * nd + s.d * s.d};
+    return {base, base + nd, base + 2 * nd, base + 3 * nd, base + 4 * nd, base + 5 * nd, base + 5 * nd + s.state_floats()};
   }
   // One head of one piece (gla_gate_products): bq[t] = the gates' product over [0, t], bk[t] = over (t, last];
   // gamma of the piece's rows = bq[last]. Computed again after the exchange rather than kept: keeping them would
-  // hold two more (piece_len, H, d) tensors per layer.
+  // hold two more (piece_len, H, dk) tensors per layer.
   void piece_gates(GlaScratch& w, const float* g, const SpDocuments& docs, int b, int i, int h) {
-    const int d = s.d, n = piece_len;
-    gla_gate_products(w.eg, w.bq, w.bk, g + rows(b, mine[i]) + long(h) * d, long(s.H) * d, n, d,
+    const int dk = s.dk, n = piece_len;
+    gla_gate_products(w.eg, w.bq, w.bk, g + key_at(b, mine[i].offset, h), long(s.H) * dk, n, dk,
                       docs.flags(b, mine[i].offset));
-    std::memcpy(gamma.data() + ((size_t(i) * s.B + b) * s.H + h) * d, w.bq + (n - 1) * d, sizeof(float) * d);
+    std::memcpy(gamma.data() + ((size_t(i) * s.B + b) * s.H + h) * dk, w.bq + (n - 1) * dk, sizeof(float) * dk);
   }
-  PieceGates gla_gates() const { return {nullptr, piece_len, nullptr, s.B, s.H, s.d, gamma.data()}; }
+  PieceGates gla_gates() const { return {nullptr, piece_len, nullptr, s.B, s.H, s.dk, gamma.data()}; }
   // What each piece sends, into send: (A .* bk)^T C (keys: the state M) or (A .* bq)^T C (the state gradient
-  // dM); gamma along the way.
+  // dM), A dk wide (k or q), C dv wide (v or dO); gamma along the way.
   void gated_states(const float* a, bool keys, const float* c, const float* g, const SpDocuments& docs) {
-    const int d = s.d, ld = s.H * d;
+    const int dk = s.dk, dv = s.dv;
     gla_prepare();
     for_each_head([&](int b, int i, int h, float* tmp) {
       GlaScratch w = gla_thread();
       piece_gates(w, g, docs, b, i, h);
-      const long at = rows(b, mine[i]) + long(h) * d;
-      gated_rows(tmp, a + at, ld, keys ? w.bk : w.bq, piece_len, d);
-      gemm(true, false, d, d, piece_len, 1.f, tmp, d, c + at, ld, 0.f, send.data() + state_at(i, b, h), d);
+      gated_rows(tmp, a + key_at(b, mine[i].offset, h), s.H * dk, keys ? w.bk : w.bq, piece_len, dk);
+      gemm(true, false, dk, dv, piece_len, 1.f, tmp, dk, c + value_at(b, mine[i].offset, h), s.H * dv, 0.f,
+           send.data() + state_at(i, b, h), dv);
     });
+  }
+  // The kernels' shape for `len` tokens of one batch row.
+  LinearAttentionShape kernel_shape(int len, bool gla) const {
+    return gla ? s.gla_kernel(1, len, s.H) : s.linear_kernel(1, len, s.H);
   }
 
   void gla_forward(int layer, bool held, float* o, const float* q, const float* k, const float* v, const float* g,
                    const SpDocuments& docs);
-  void gla_backward(int layer, float* dq, float* dk, float* dv, float* dg, const float* dout, const float* q,
+  void gla_backward(int layer, float* dq, float* dkeys, float* dvalues, float* dg, const float* dout, const float* q,
                     const float* k, const float* v, const float* g, const SpDocuments& docs);
 };
 
@@ -158,7 +163,7 @@ struct Lasp2Attention::Impl {
 // the local kernel piece by piece in segments; then o += (Q .* bq) P.
 void Lasp2Attention::Impl::gla_forward(int layer, bool held, float* o, const float* q, const float* k, const float* v,
                                        const float* g, const SpDocuments& docs) {
-  const int H = s.H, d = s.d, ld = H * d;
+  const int H = s.H, dk = s.dk, dv = s.dv, ldk = H * dk, ldv = H * dv;
   std::unique_ptr<CommRequest> exchange;
   if (!held) {  // held: a recompute, whose incoming states P this step's forward already has
     gated_states(k, true, v, g, docs);  // M = (K .* bk)^T V
@@ -171,10 +176,10 @@ void Lasp2Attention::Impl::gla_forward(int layer, bool held, float* o, const flo
       for (int sg = 0; sg < segments; ++sg) {
         const auto [begin, len] = segment(sg);
         float* state = entering.data() + segment_at(b, i, sg);
-        const long row = rows(b, mine[i]) + long(begin) * ld;
-        lasp::gla_forward(o + row, sg + 1 < segments ? state + segment_stride() : nullptr, q + row, k + row, v + row,
-                          g + row, sg > 0 ? state : nullptr, docs.flags(b, mine[i].offset + begin),
-                          {1, len, H, d, kGlaBlock, s.threads}, kernel_ws.view());
+        const long kr = key_at(b, mine[i].offset + begin), vr = value_at(b, mine[i].offset + begin);
+        lasp::gla_forward(o + vr, sg + 1 < segments ? state + segment_stride() : nullptr, q + kr, k + kr, v + vr,
+                          g + kr, sg > 0 ? state : nullptr, docs.flags(b, mine[i].offset + begin), kernel_shape(len, true),
+                          kernel_ws.view());
         if (exchange) exchange->test();
       }
   auto& P = incoming[layer];
@@ -183,7 +188,7 @@ void Lasp2Attention::Impl::gla_forward(int layer, bool held, float* o, const flo
     P.resize(state_floats());
     passing->finish(P.data());
     if (keep) {
-      final_states[layer].resize(size_t(s.B) * H * d * d);
+      final_states[layer].resize(size_t(s.B) * H * s.state_floats());
       passing->final_state(final_states[layer].data());
     }
   }
@@ -191,9 +196,9 @@ void Lasp2Attention::Impl::gla_forward(int layer, bool held, float* o, const flo
     if (first_piece(i)) return;
     GlaScratch w = gla_thread();
     piece_gates(w, g, docs, b, i, h);
-    const long at = rows(b, mine[i]) + long(h) * d;
-    gated_rows(tmp, q + at, ld, w.bq, piece_len, d);
-    gemm(false, false, piece_len, d, d, 1.f, tmp, d, P.data() + state_at(i, b, h), d, 1.f, o + at, ld);
+    gated_rows(tmp, q + key_at(b, mine[i].offset, h), ldk, w.bq, piece_len, dk);
+    gemm(false, false, piece_len, dv, dk, 1.f, tmp, dk, P.data() + state_at(i, b, h), dv, 1.f,
+         o + value_at(b, mine[i].offset, h), ldv);
   });
 }
 
@@ -201,26 +206,25 @@ void Lasp2Attention::Impl::gla_forward(int layer, bool held, float* o, const flo
 // then the cross-piece terms dq += (dO P^T) .* bq, dk += (V G^T) .* bk, dv += (K .* bk) G, and their share of
 // the gate gradient by gla.h's identity: the sum from the end of q dq - k dk, plus rowsum(S_out .* G), S_out =
 // diag(Gamma) P + M the state leaving the piece, restarting at document starts.
-void Lasp2Attention::Impl::gla_backward(int layer, float* dq, float* dk, float* dv, float* dg, const float* dout,
+void Lasp2Attention::Impl::gla_backward(int layer, float* dq, float* dkeys, float* dvalues, float* dg, const float* dout,
                                         const float* q, const float* k, const float* v, const float* g,
                                         const SpDocuments& docs) {
-  const int H = s.H, d = s.d, ld = H * d;
+  const int H = s.H, dk = s.dk, dv = s.dv, ldk = H * dk, ldv = H * dv;
   gated_states(q, false, dout, g, docs);  // dM = (Q .* bq)^T dO
   auto exchange = passing->start(send.data(), gla_gates(), false);
   const auto& entering = segment_states[layer];
-  const size_t dstate_floats = size_t(H) * d * d;
+  const size_t dstate_floats = segment_stride();
   std::vector<float> dstate(dstate_floats), dstate_next(dstate_floats);
   for (int b = 0; b < s.B; ++b)
     for (int i = 0; i < int(mine.size()); ++i)
       for (int sg = segments - 1; sg >= 0; --sg) {
         const auto [begin, len] = segment(sg);
-        const long row = rows(b, mine[i]) + long(begin) * ld;
+        const long kr = key_at(b, mine[i].offset + begin), vr = value_at(b, mine[i].offset + begin);
         std::fill(dstate.begin(), dstate.end(), 0.f);
-        lasp::gla_backward(dq + row, dk + row, dv + row, dg + row, sg > 0 ? dstate.data() : nullptr, dout + row,
-                           sg + 1 < segments ? dstate_next.data() : nullptr, q + row, k + row, v + row, g + row,
+        lasp::gla_backward(dq + kr, dkeys + kr, dvalues + vr, dg + kr, sg > 0 ? dstate.data() : nullptr, dout + vr,
+                           sg + 1 < segments ? dstate_next.data() : nullptr, q + kr, k + kr, v + vr, g + kr,
                            sg > 0 ? entering.data() + segment_at(b, i, sg) : nullptr,
-                           docs.flags(b, mine[i].offset + begin), {1, len, H, d, kGlaBlock, s.threads},
-                           kernel_ws.view());
+                           docs.flags(b, mine[i].offset + begin), kernel_shape(len, true), kernel_ws.view());
         std::swap(dstate, dstate_next);
         exchange->test();
       }
@@ -230,42 +234,42 @@ void Lasp2Attention::Impl::gla_backward(int layer, float* dq, float* dk, float* 
   for_each_head([&](int b, int i, int h, float* tmp) {
     GlaScratch w = gla_thread();
     piece_gates(w, g, docs, b, i, h);
-    const long at = rows(b, mine[i]) + long(h) * d;
-    const size_t n = size_t(piece_len) * d;
+    const long at = key_at(b, mine[i].offset, h), vat = value_at(b, mine[i].offset, h);
+    const size_t n = size_t(piece_len) * dk;
     std::fill(w.dqx, w.dqx + n, 0.f);
     std::fill(w.dkx, w.dkx + n, 0.f);
     float* r = w.r;
-    std::fill(r, r + d, 0.f);
+    std::fill(r, r + dk, 0.f);
     if (!first_piece(i)) {  // dqx = (dO P^T) .* bq
-      gemm(false, true, piece_len, d, d, 1.f, dout + at, ld, P.data() + state_at(i, b, h), d, 0.f, w.dqx, d);
+      gemm(false, true, piece_len, dk, dv, 1.f, dout + vat, ldv, P.data() + state_at(i, b, h), dv, 0.f, w.dqx, dk);
       for (size_t x = 0; x < n; ++x) w.dqx[x] *= w.bq[x];
     }
     if (!last_piece(i)) {
       const float* G = suffix.data() + state_at(i, b, h);
-      gemm(false, true, piece_len, d, d, 1.f, v + at, ld, G, d, 0.f, w.dkx, d);  // dkx = (V G^T) .* bk
+      gemm(false, true, piece_len, dk, dv, 1.f, v + vat, ldv, G, dv, 0.f, w.dkx, dk);  // dkx = (V G^T) .* bk
       for (size_t x = 0; x < n; ++x) w.dkx[x] *= w.bk[x];
-      gated_rows(tmp, k + at, ld, w.bk, piece_len, d);  // dv += (K .* bk) G
-      gemm(false, false, piece_len, d, d, 1.f, tmp, d, G, d, 1.f, dv + at, ld);
+      gated_rows(tmp, k + at, ldk, w.bk, piece_len, dk);  // dv += (K .* bk) G
+      gemm(false, false, piece_len, dv, dk, 1.f, tmp, dk, G, dv, 1.f, dvalues + vat, ldv);
       // S_out = diag(Gamma) P + (K .* bk)^T V; r = rowsum(S_out .* G)
-      gemm(true, false, d, d, piece_len, 1.f, tmp, d, v + at, ld, 0.f, w.state, d);
-      const float* Gm = gamma.data() + ((size_t(i) * s.B + b) * H + h) * d;
-      for (int x = 0; x < d; ++x)
-        for (int y = 0; y < d; ++y) {
-          const float sout = w.state[x * d + y] + (first_piece(i) ? 0.f : Gm[x] * P[state_at(i, b, h) + x * d + y]);
-          r[x] += sout * G[x * d + y];
+      gemm(true, false, dk, dv, piece_len, 1.f, tmp, dk, v + vat, ldv, 0.f, w.state, dv);
+      const float* Gm = gamma.data() + ((size_t(i) * s.B + b) * H + h) * dk;
+      for (int x = 0; x < dk; ++x)
+        for (int y = 0; y < dv; ++y) {
+          const float sout = w.state[x * dv + y] + (first_piece(i) ? 0.f : Gm[x] * P[state_at(i, b, h) + x * dv + y]);
+          r[x] += sout * G[x * dv + y];
         }
     }
     const uint8_t* flags = docs.flags(b, mine[i].offset);
     for (int t = piece_len - 1; t >= 0; --t) {
-      const long row = at + long(t) * ld;
-      for (int x = 0; x < d; ++x) {
-        const float dqx = w.dqx[t * d + x], dkx = w.dkx[t * d + x];
+      const long row = at + long(t) * ldk;
+      for (int x = 0; x < dk; ++x) {
+        const float dqx = w.dqx[t * dk + x], dkx = w.dkx[t * dk + x];
         dq[row + x] += dqx;
-        dk[row + x] += dkx;
+        dkeys[row + x] += dkx;
         r[x] += q[row + x] * dqx - k[row + x] * dkx;
         if (!(flags && flags[t])) dg[row + x] += r[x];
       }
-      if (flags && flags[t]) std::fill(r, r + d, 0.f);
+      if (flags && flags[t]) std::fill(r, r + dk, 0.f);
     }
   });
 }
@@ -284,7 +288,7 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
   const bool held = recomputing() && !m.incoming[layer].empty();
   if (gates.gla()) return m.gla_forward(layer, held, o, q, k, v, gates.log_gates, softmax_.documents());
   const float* lambda = gates.lambda;
-  const int H = m.s.H, d = m.s.d, piece_len = m.piece_len, ld = H * d;
+  const int H = m.s.H, dk = m.s.dk, dv = m.s.dv, piece_len = m.piece_len, ldk = H * dk, ldv = H * dv;
   const auto decay = head_powers(lambda, m.s.H, m.piece_len);  // lambda_h^k, k = 0..piece_len, for every head
   const SpDocuments& docs = softmax_.documents();
   const std::vector<uint8_t> cut = docs.piece_cuts(int(m.owner.size()), m.piece_len);
@@ -293,10 +297,11 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
     // 1. the local state of every piece: M = K^T diag(lambda^(piece_len-j)) V (after the piece's last start)
     m.for_each_head([&](int b, int i, int h, float* tmp) {
       const std::vector<float>& pw = decay[h];
-      const long at = m.rows(b, m.mine[i]) + long(h) * d;
-      decayed_rows(tmp, k + at, ld, pw.data(), true, piece_len, d);
-      m.cut_rows(tmp, docs, b, i, false);
-      gemm(true, false, d, d, piece_len, 1.f, tmp, d, v + at, ld, 0.f, m.send.data() + m.state_at(i, b, h), d);
+      const long t0 = m.mine[i].offset;
+      decayed_rows(tmp, k + m.key_at(b, t0, h), ldk, pw.data(), true, piece_len, dk);
+      m.cut_rows(tmp, dk, docs, b, i, false);
+      gemm(true, false, dk, dv, piece_len, 1.f, tmp, dk, v + m.value_at(b, t0, h), ldv, 0.f,
+           m.send.data() + m.state_at(i, b, h), dv);
     });
     // 2. the states on their way (sp/state_passing.h), in flight during 3.
     exchange = m.passing->start(m.send.data(), m.gates(lambda, cut), true);
@@ -307,18 +312,16 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
   auto& entering = m.segment_states[layer];
   entering.resize(m.segment_state_floats());
   for (int b = 0; b < m.s.B; ++b)
-    for (int i = 0; i < int(m.mine.size()); ++i) {
-      const long at = m.rows(b, m.mine[i]);
+    for (int i = 0; i < int(m.mine.size()); ++i)
       for (int sg = 0; sg < m.segments; ++sg) {
         const auto [begin, len] = m.segment(sg);
         float* state = entering.data() + m.segment_at(b, i, sg);
-        const long row = at + long(begin) * ld;
-        linear_attention_forward(o + row, sg + 1 < m.segments ? state + m.segment_stride() : nullptr, q + row, k + row,
-                                 v + row, sg > 0 ? state : nullptr, lambda, docs.flags(b, m.mine[i].offset + begin),
-                                 {1, len, H, d, m.s.block, m.s.threads}, m.kernel_ws.view());
+        const long t = m.mine[i].offset + begin, kr = m.key_at(b, t), vr = m.value_at(b, t);
+        linear_attention_forward(o + vr, sg + 1 < m.segments ? state + m.segment_stride() : nullptr, q + kr, k + kr,
+                                 v + vr, sg > 0 ? state : nullptr, lambda, docs.flags(b, t), m.kernel_shape(len, false),
+                                 m.kernel_ws.view());
         if (exchange) exchange->test();  // lets MPI progress
       }
-    }
   // 4. the state entering each piece, P; 5. o += diag(lambda^i) Q P
   auto& P = m.incoming[layer];
   if (exchange) {
@@ -326,80 +329,80 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
     P.resize(m.state_floats());
     m.passing->finish(P.data());
     if (m.keep) {  // the state after the last piece, for decoding
-      m.final_states[layer].resize(size_t(m.s.B) * H * d * d);
+      m.final_states[layer].resize(size_t(m.s.B) * H * m.s.state_floats());
       m.passing->final_state(m.final_states[layer].data());
     }
   }
   m.for_each_head([&](int b, int i, int h, float* tmp) {
     if (m.first_piece(i)) return;
     const std::vector<float>& pw = decay[h];
-    const long at = m.rows(b, m.mine[i]) + long(h) * d;
-    decayed_rows(tmp, q + at, ld, pw.data(), false, piece_len, d);
-    m.cut_rows(tmp, docs, b, i, true);
-    gemm(false, false, piece_len, d, d, 1.f, tmp, d, P.data() + m.state_at(i, b, h), d, 1.f, o + at, ld);
+    const long t0 = m.mine[i].offset;
+    decayed_rows(tmp, q + m.key_at(b, t0, h), ldk, pw.data(), false, piece_len, dk);
+    m.cut_rows(tmp, dk, docs, b, i, true);
+    gemm(false, false, piece_len, dv, dk, 1.f, tmp, dk, P.data() + m.state_at(i, b, h), dv, 1.f, o + m.value_at(b, t0, h),
+         ldv);
   });
 }
 
-void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
-                                     const float* k, const float* v, const LinearGates& gates) {
+void Lasp2Attention::linear_backward(int layer, float* dq, float* dkeys, float* dvalues, const float* dout,
+                                     const float* q, const float* k, const float* v, const LinearGates& gates) {
   Impl& m = *impl_;
   if (gates.gla())
-    return m.gla_backward(layer, dq, dk, dv, gates.d_log_gates, dout, q, k, v, gates.log_gates, softmax_.documents());
+    return m.gla_backward(layer, dq, dkeys, dvalues, gates.d_log_gates, dout, q, k, v, gates.log_gates,
+                          softmax_.documents());
   const float* lambda = gates.lambda;
-  const int H = m.s.H, d = m.s.d, piece_len = m.piece_len, ld = H * d;
+  const int H = m.s.H, dk = m.s.dk, dv = m.s.dv, piece_len = m.piece_len, ldk = H * dk, ldv = H * dv;
   const auto decay = head_powers(lambda, m.s.H, m.piece_len);  // lambda_h^k, k = 0..piece_len, for every head
   const SpDocuments& docs = softmax_.documents();
   const std::vector<uint8_t> cut = docs.piece_cuts(int(m.owner.size()), m.piece_len);
   // 1. dM = Q^T diag(lambda^i) dO: the gradient each piece sends to the state entering it
   m.for_each_head([&](int b, int i, int h, float* tmp) {
     const std::vector<float>& pw = decay[h];
-    const long at = m.rows(b, m.mine[i]) + long(h) * d;
-    decayed_rows(tmp, q + at, ld, pw.data(), false, piece_len, d);
-    m.cut_rows(tmp, docs, b, i, true);
-    gemm(true, false, d, d, piece_len, 1.f, tmp, d, dout + at, ld, 0.f, m.send.data() + m.state_at(i, b, h), d);
+    const long t0 = m.mine[i].offset;
+    decayed_rows(tmp, q + m.key_at(b, t0, h), ldk, pw.data(), false, piece_len, dk);
+    m.cut_rows(tmp, dk, docs, b, i, true);
+    gemm(true, false, dk, dv, piece_len, 1.f, tmp, dk, dout + m.value_at(b, t0, h), ldv, 0.f,
+         m.send.data() + m.state_at(i, b, h), dv);
   });
   // 2. on their way, in flight during 3.
   auto exchange = m.passing->start(m.send.data(), m.gates(lambda, cut), false);
   // 3. the local backward of each piece, segment by segment in reverse, handing the state gradient back
   const auto& entering = m.segment_states[layer];
-  const size_t dstate_floats = size_t(H) * d * d;
+  const size_t dstate_floats = m.segment_stride();
   std::vector<float> dstate(dstate_floats), dstate_next(dstate_floats);
   for (int b = 0; b < m.s.B; ++b)
-    for (int i = 0; i < int(m.mine.size()); ++i) {
-      const long at = m.rows(b, m.mine[i]);
+    for (int i = 0; i < int(m.mine.size()); ++i)
       for (int sg = m.segments - 1; sg >= 0; --sg) {
         const auto [begin, len] = m.segment(sg);
-        const long row = at + long(begin) * ld;
+        const long t = m.mine[i].offset + begin, kr = m.key_at(b, t), vr = m.value_at(b, t);
         std::fill(dstate.begin(), dstate.end(), 0.f);
-        linear_attention_backward(dq + row, dk + row, dv + row, sg > 0 ? dstate.data() : nullptr, dout + row,
-                                  sg + 1 < m.segments ? dstate_next.data() : nullptr, q + row, k + row, v + row,
-                                  sg > 0 ? entering.data() + m.segment_at(b, i, sg) : nullptr, lambda,
-                                  docs.flags(b, m.mine[i].offset + begin), {1, len, H, d, m.s.block, m.s.threads},
-                                  m.kernel_ws.view());
+        linear_attention_backward(dq + kr, dkeys + kr, dvalues + vr, sg > 0 ? dstate.data() : nullptr, dout + vr,
+                                  sg + 1 < m.segments ? dstate_next.data() : nullptr, q + kr, k + kr, v + vr,
+                                  sg > 0 ? entering.data() + m.segment_at(b, i, sg) : nullptr, lambda, docs.flags(b, t),
+                                  m.kernel_shape(len, false), m.kernel_ws.view());
         std::swap(dstate, dstate_next);
         exchange->test();
       }
-    }
   exchange->wait();
   // 4. the gradient of the state leaving each piece, G; 5. the cross-piece terms
   m.passing->finish(m.suffix.data());
   const auto& P = m.incoming[layer];
   m.for_each_head([&](int b, int i, int h, float* tmp) {
     const std::vector<float>& pw = decay[h];
-    const long at = m.rows(b, m.mine[i]) + long(h) * d;
+    const long at = m.key_at(b, m.mine[i].offset, h), vat = m.value_at(b, m.mine[i].offset, h);
     if (!m.first_piece(i)) {  // dQ += diag(lambda^i) dO P^T
-      decayed_rows(tmp, dout + at, ld, pw.data(), false, piece_len, d);
-      m.cut_rows(tmp, docs, b, i, true);
-      gemm(false, true, piece_len, d, d, 1.f, tmp, d, P.data() + m.state_at(i, b, h), d, 1.f, dq + at, ld);
+      decayed_rows(tmp, dout + vat, ldv, pw.data(), false, piece_len, dv);
+      m.cut_rows(tmp, dv, docs, b, i, true);
+      gemm(false, true, piece_len, dk, dv, 1.f, tmp, dv, P.data() + m.state_at(i, b, h), dv, 1.f, dq + at, ldk);
     }
     if (!m.last_piece(i)) {
       const float* G = m.suffix.data() + m.state_at(i, b, h);
-      decayed_rows(tmp, v + at, ld, pw.data(), true, piece_len, d);  // dK += diag(lambda^(piece_len-j)) V G^T
-      m.cut_rows(tmp, docs, b, i, false);
-      gemm(false, true, piece_len, d, d, 1.f, tmp, d, G, d, 1.f, dk + at, ld);
-      decayed_rows(tmp, k + at, ld, pw.data(), true, piece_len, d);  // dV += diag(lambda^(piece_len-j)) K G
-      m.cut_rows(tmp, docs, b, i, false);
-      gemm(false, false, piece_len, d, d, 1.f, tmp, d, G, d, 1.f, dv + at, ld);
+      decayed_rows(tmp, v + vat, ldv, pw.data(), true, piece_len, dv);  // dK += diag(lambda^(piece_len-j)) V G^T
+      m.cut_rows(tmp, dv, docs, b, i, false);
+      gemm(false, true, piece_len, dk, dv, 1.f, tmp, dv, G, dv, 1.f, dkeys + at, ldk);
+      decayed_rows(tmp, k + at, ldk, pw.data(), true, piece_len, dk);  // dV += diag(lambda^(piece_len-j)) K G
+      m.cut_rows(tmp, dk, docs, b, i, false);
+      gemm(false, false, piece_len, dv, dk, 1.f, tmp, dk, G, dv, 1.f, dvalues + vat, ldv);
     }
   });
 }
@@ -408,41 +411,39 @@ void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
 void Lasp2Attention::linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) {
   refuse_documents_bidirectional(!softmax_.documents().empty());
   Impl& m = *impl_;
-  const int B = m.s.B, H = m.s.H, d = m.s.d, Nl = m.s.N, ld = H * d;
-  const size_t dd = size_t(d) * d, states = size_t(B) * H * dd;
+  const int B = m.s.B, H = m.s.H, dk = m.s.dk, dv = m.s.dv;
+  const size_t kv = m.s.state_floats(), states = size_t(B) * H * kv;
   std::vector<float> local(states), all(states * m.W), others(states, 0.f);
 #pragma omp parallel for num_threads(m.s.threads)
-  for (int bh = 0; bh < B * H; ++bh) {  // local K^T V
-    const long at = long(bh / H) * Nl * ld + long(bh % H) * d;
-    gemm(true, false, d, d, Nl, 1.f, k + at, ld, v + at, ld, 0.f, local.data() + size_t(bh) * dd, d);
-  }
+  for (int bh = 0; bh < B * H; ++bh)  // local K^T V
+    gemm(true, false, dk, dv, m.s.N, 1.f, k + m.key_at(bh / H, 0, bh % H), H * dk, v + m.value_at(bh / H, 0, bh % H),
+         H * dv, 0.f, local.data() + size_t(bh) * kv, dv);
   m.sp.all_gather(local.data(), all.data(), states);
   for (int r = 0; r < m.W; ++r)
     if (r != m.rank)
       for (size_t i = 0; i < states; ++i) others[i] += all[size_t(r) * states + i];
-  linear_attention_bidirectional_forward(o, nullptr, q, k, v, others.data(), {B, Nl, H, d, m.s.block, m.s.threads},
+  linear_attention_bidirectional_forward(o, nullptr, q, k, v, others.data(), m.s.linear_kernel(B, m.s.N, H),
                                          m.kernel_ws.view());
   m.incoming[layer] = std::move(others);  // the other ranks' K^T V, for the backward
 }
 
-void Lasp2Attention::linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout,
+void Lasp2Attention::linear_bidirectional_backward(int layer, float* dq, float* dkeys, float* dvalues, const float* dout,
                                                    const float* q, const float* k, const float* v) {
   refuse_documents_bidirectional(!softmax_.documents().empty());
   Impl& m = *impl_;
-  const int B = m.s.B, H = m.s.H, d = m.s.d, Nl = m.s.N, ld = H * d;
-  const size_t dd = size_t(d) * d, states = size_t(B) * H * dd;
+  const int B = m.s.B, H = m.s.H, dk = m.s.dk, dv = m.s.dv;
+  const size_t kv = m.s.state_floats(), states = size_t(B) * H * kv;
   std::vector<float> local(states), all(states * m.W), others(states, 0.f);
 #pragma omp parallel for num_threads(m.s.threads)
-  for (int bh = 0; bh < B * H; ++bh) {  // local Q^T dO: this rank's gradient of the total state
-    const long at = long(bh / H) * Nl * ld + long(bh % H) * d;
-    gemm(true, false, d, d, Nl, 1.f, q + at, ld, dout + at, ld, 0.f, local.data() + size_t(bh) * dd, d);
-  }
+  for (int bh = 0; bh < B * H; ++bh)  // local Q^T dO: this rank's gradient of the total state
+    gemm(true, false, dk, dv, m.s.N, 1.f, q + m.key_at(bh / H, 0, bh % H), H * dk,
+         dout + m.value_at(bh / H, 0, bh % H), H * dv, 0.f, local.data() + size_t(bh) * kv, dv);
   m.sp.all_gather(local.data(), all.data(), states);
   for (int r = 0; r < m.W; ++r)
     if (r != m.rank)
       for (size_t i = 0; i < states; ++i) others[i] += all[size_t(r) * states + i];
-  linear_attention_bidirectional_backward(dq, dk, dv, nullptr, dout, others.data(), q, k, v,
-                                          m.incoming[layer].data(), {B, Nl, H, d, m.s.block, m.s.threads}, m.kernel_ws.view());
+  linear_attention_bidirectional_backward(dq, dkeys, dvalues, nullptr, dout, others.data(), q, k, v,
+                                          m.incoming[layer].data(), m.s.linear_kernel(B, m.s.N, H), m.kernel_ws.view());
 }
 
 double Lasp2Attention::memory_floats(const std::string& layer_types) const {

@@ -15,7 +15,7 @@ namespace lasp {
 namespace {
 
 size_t kernel_workspace_floats(const AttentionShape& s, int global_N, int chunk) {
-  const LinearAttentionShape linear{1, chunk, s.H, s.d, s.block, s.threads}, gla{1, chunk, s.H, s.d, kGlaBlock, s.threads};
+  const LinearAttentionShape linear = s.linear_kernel(1, chunk, s.H), gla = s.gla_kernel(1, chunk, s.H);
   return std::max({linear_attention_forward_workspace_floats(linear), linear_attention_backward_workspace_floats(linear),
                    s.gla ? gla_backward_workspace_floats(gla) : 0, softmax_attention_workspace_floats(chunk, global_N, s.d, s.threads)});
 }
@@ -43,7 +43,7 @@ Lasp2ChunkedAttention::Lasp2ChunkedAttention(Comm& sp, const AttentionShape& sha
   chunks_ = (shape.N + chunk - 1) / chunk;
   piece_len_ = mine_[0].length;
   ws_.storage.resize(kernel_workspace_floats(shape, global_N, chunk));
-  passing_ = make_state_passing(StatePassingKind::gather, sp, {shape.B, shape.H, shape.d, shape.d, mine_, owner_}, 0);
+  passing_ = make_state_passing(StatePassingKind::gather, sp, {shape.B, shape.H, shape.dk, shape.dv, mine_, owner_}, 0);
   begin_chunk(0, chunk, Pass::forward);
 }
 
@@ -89,10 +89,10 @@ void Lasp2ChunkedAttention::for_each_head(F f) {
 
 Lasp2ChunkedAttention::SegmentGates Lasp2ChunkedAttention::segment_gates(float* scratch, const Segment& sg, int b, int h,
                                                                         const float* log_gates) const {
-  const size_t n = size_t(chunk_) * s_.d;
-  const SegmentGates f{scratch + n, scratch + 2 * n, scratch + 3 * n, scratch + 4 * n};
-  const long ld = long(s_.H) * s_.d, at = (long(b) * length_ + sg.row) * ld + long(h) * s_.d;
-  gla_gate_products(f.gates, f.bq, f.bk, log_gates + at, ld, sg.length, s_.d, docs().flags(b, local_row(sg)));
+  const size_t n = size_t(chunk_) * widest(), m = size_t(chunk_) * s_.dk;
+  const SegmentGates f{scratch + n, scratch + n + m, scratch + n + 2 * m, scratch + n + 3 * m};
+  gla_gate_products(f.gates, f.bq, f.bk, log_gates + key_at(b, sg.row, h), long(s_.H) * s_.dk, sg.length, s_.dk,
+                    docs().flags(b, local_row(sg)));
   return f;
 }
 
@@ -101,41 +101,39 @@ void Lasp2ChunkedAttention::gla_collect(int layer, const float* k, const float* 
   // (checked here, outside the parallel loops: the backward's passes follow this one)
   LASP_CHECK(s_.gla, "LASP-2 in chunks: GLA's gates came to a layer whose shape said no GLA (the thread scratch has "
                      "no room for them): build the shape with attention_shape()");
-  const int H = s_.H, d = s_.d, ld = H * d;
+  const int H = s_.H, dk = s_.dk, dv = s_.dv;
   const size_t S = state_floats(), G = gate_floats();
   send_.resize(mine_.size() * S);
   gamma_[layer].resize(mine_.size() * G);
   for_each_head([&](const Segment& sg, int b, int h, float* tmp) {
     const size_t head = size_t(b) * H + h;
-    float *M = send_.data() + sg.piece * S + head * d * d, *gamma = gamma_[layer].data() + sg.piece * G + head * d;
+    float *M = send_.data() + sg.piece * S + head * s_.state_floats(), *gamma = gamma_[layer].data() + sg.piece * G + head * dk;
     const SegmentGates f = segment_gates(tmp, sg, b, h, log_gates);
-    const float* total = f.bq + size_t(sg.length - 1) * d;  // the segment's gate product
-    for (int i = 0; i < d; ++i) {
-      for (int j = 0; j < d; ++j) M[i * d + j] = sg.at == 0 ? 0.f : total[i] * M[i * d + j];
+    const float* total = f.bq + size_t(sg.length - 1) * dk;  // the segment's gate product
+    for (int i = 0; i < dk; ++i) {
+      for (int j = 0; j < dv; ++j) M[i * dv + j] = sg.at == 0 ? 0.f : total[i] * M[i * dv + j];
       gamma[i] = sg.at == 0 ? total[i] : gla_gate_product(gamma[i], total[i]);
     }
-    const long at = (long(b) * length_ + sg.row) * ld + long(h) * d;
-    gated_rows(tmp, k + at, ld, f.bk, sg.length, d);
-    gemm(true, false, d, d, sg.length, 1.f, tmp, d, v + at, ld, 1.f, M, d);
+    gated_rows(tmp, k + key_at(b, sg.row, h), H * dk, f.bk, sg.length, dk);
+    gemm(true, false, dk, dv, sg.length, 1.f, tmp, dk, v + value_at(b, sg.row, h), H * dv, 1.f, M, dv);
   });
 }
 
 void Lasp2ChunkedAttention::linear_collect(int layer, const float* k, const float* v, const LinearGates& gates) {
   if (gates.gla()) return gla_collect(layer, k, v, gates.log_gates);
   const float* lambda = fixed_decay(gates, "LASP-2 in layer-major chunks");
-  const int H = s_.H, d = s_.d, ld = H * d;
+  const int H = s_.H, dk = s_.dk, dv = s_.dv;
   const size_t S = state_floats();
   send_.resize(mine_.size() * S);
   const auto pw = head_powers(lambda, H, chunk_);
   for_each_head([&](const Segment& sg, int b, int h, float* tmp) {
-    float* M = send_.data() + sg.piece * S + (size_t(b) * H + h) * d * d;
-    const long at = (long(b) * length_ + sg.row) * ld + long(h) * d;
+    float* M = send_.data() + sg.piece * S + (size_t(b) * H + h) * s_.state_floats();
     const auto [first, last] = docs().starts_in(b, local_row(sg), sg.length);  // a start keeps nothing before it
     const float decay = first < sg.length ? 0.f : pw[h][sg.length];
-    for (size_t x = 0; x < size_t(d) * d; ++x) M[x] = sg.at == 0 ? 0.f : decay * M[x];  // a piece starts from nothing
-    decayed_rows(tmp, k + at, ld, pw[h].data(), true, sg.length, d);  // M += K^T diag(lambda^(n-j)) V
-    std::fill(tmp, tmp + size_t(last) * d, 0.f);
-    gemm(true, false, d, d, sg.length, 1.f, tmp, d, v + at, ld, 1.f, M, d);
+    for (size_t x = 0; x < s_.state_floats(); ++x) M[x] = sg.at == 0 ? 0.f : decay * M[x];  // a piece starts from nothing
+    decayed_rows(tmp, k + key_at(b, sg.row, h), H * dk, pw[h].data(), true, sg.length, dk);  // M += K^T diag(lambda^(n-j)) V
+    std::fill(tmp, tmp + size_t(last) * dk, 0.f);
+    gemm(true, false, dk, dv, sg.length, 1.f, tmp, dk, v + value_at(b, sg.row, h), H * dv, 1.f, M, dv);
   });
 }
 
@@ -145,7 +143,7 @@ void Lasp2ChunkedAttention::linear_exchange(int layer, Pass pass, const LinearGa
   auto& out = pass == Pass::forward ? incoming_[layer] : suffix_;
   out.resize(pieces * S);
   const std::vector<uint8_t> cut = docs().piece_cuts(int(owner_.size()), piece_len_);
-  PieceGates piece_gates{nullptr, piece_len_, nullptr, s_.B, s_.H, s_.d, nullptr};
+  PieceGates piece_gates{nullptr, piece_len_, nullptr, s_.B, s_.H, s_.dk, nullptr};
   if (gates.gla()) {  // GLA: each row's gate product, from pass 1 of the forward (a start in it made it 0)
     LASP_CHECK(gamma_[layer].size() == pieces * gate_floats(), "LASP-2 in chunks: layer {}'s gates before its pass 1",
                layer);
@@ -162,8 +160,8 @@ void Lasp2ChunkedAttention::linear_forward(int layer, float* o, const float* q, 
                                            const LinearGates& gates) {
   const bool gla = gates.gla();
   const float* lambda = gla ? nullptr : fixed_decay(gates, "LASP-2 in layer-major chunks");
-  const int H = s_.H, d = s_.d, ld = H * d;
-  const size_t S = state_floats(), row_state = size_t(H) * d * d;
+  const int H = s_.H;
+  const size_t S = state_floats(), row_state = size_t(H) * s_.state_floats();
   const auto& P = incoming_[layer];
   LASP_CHECK(P.size() == mine_.size() * S, "LASP-2 in chunks: layer {} runs before its exchange", layer);
   auto& entering = entering_[layer];
@@ -181,15 +179,15 @@ void Lasp2ChunkedAttention::linear_forward(int layer, float* o, const float* q, 
     const bool leaves = gla && pass_ == Pass::forward && !pass_on;
     float* out = pass_on ? carry_next_.data() : leaves ? leaving_[layer].data() + sg.piece * S : nullptr;
     for (int b = 0; b < s_.B; ++b) {
-      const long at = (long(b) * length_ + sg.row) * ld;
+      const long kr = key_at(b, sg.row), vr = value_at(b, sg.row);
       const uint8_t* flags = docs().flags(b, local_row(sg));
       if (gla)
-        gla_forward(o + at, out ? out + b * row_state : nullptr, q + at, k + at, v + at, gates.log_gates + at,
-                    in ? in + b * row_state : nullptr, flags, {1, sg.length, H, d, kGlaBlock, s_.threads}, ws_.view());
+        gla_forward(o + vr, out ? out + b * row_state : nullptr, q + kr, k + kr, v + vr, gates.log_gates + kr,
+                    in ? in + b * row_state : nullptr, flags, s_.gla_kernel(1, sg.length, H), ws_.view());
       else
-        linear_attention_forward(o + at, out ? out + b * row_state : nullptr, q + at, k + at, v + at,
-                                 in ? in + b * row_state : nullptr, lambda, flags,
-                                 {1, sg.length, H, d, s_.block, s_.threads}, ws_.view());
+        linear_attention_forward(o + vr, out ? out + b * row_state : nullptr, q + kr, k + kr, v + vr,
+                                 in ? in + b * row_state : nullptr, lambda, flags, s_.linear_kernel(1, sg.length, H),
+                                 ws_.view());
     }
     if (pass_on) std::swap(carry_, carry_next_);
   }
@@ -199,8 +197,8 @@ void Lasp2ChunkedAttention::linear_backward(int layer, float* dq, float* dk, flo
                                             const float* q, const float* k, const float* v, const LinearGates& gates) {
   const bool gla = gates.gla();
   const float* lambda = gla ? nullptr : fixed_decay(gates, "LASP-2 in layer-major chunks");
-  const int H = s_.H, d = s_.d, ld = H * d;
-  const size_t S = state_floats(), row_state = size_t(H) * d * d;
+  const int H = s_.H, dkey = s_.dk;
+  const size_t S = state_floats(), row_state = size_t(H) * s_.state_floats();
   const auto& P = incoming_[layer];
   LASP_CHECK(P.size() == mine_.size() * S && entering_[layer].size() == size_t(chunks_) * S,
              "LASP-2 in chunks: the backward of layer {} before its forward", layer);
@@ -215,18 +213,17 @@ void Lasp2ChunkedAttention::linear_backward(int layer, float* dq, float* dk, flo
     const bool gives = in != nullptr;  // the state entering it has a gradient to give
     std::fill(carry_next_.begin(), carry_next_.end(), 0.f);
     for (int b = 0; b < s_.B; ++b) {
-      const long at = (long(b) * length_ + sg->row) * ld;
+      const long kr = key_at(b, sg->row), vr = value_at(b, sg->row);
       float* dstate_in = gives ? carry_next_.data() + b * row_state : nullptr;
       const float* dstate_out = from_next ? carry_.data() + b * row_state : nullptr;
       const float* state_in = in ? in + b * row_state : nullptr;
       const uint8_t* flags = docs().flags(b, local_row(*sg));
       if (gla)
-        gla_backward(dq + at, dk + at, dv + at, gates.d_log_gates + at, dstate_in, dout + at, dstate_out, q + at,
-                     k + at, v + at, gates.log_gates + at, state_in, flags, {1, sg->length, H, d, kGlaBlock, s_.threads},
-                     ws_.view());
+        gla_backward(dq + kr, dk + kr, dv + vr, gates.d_log_gates + kr, dstate_in, dout + vr, dstate_out, q + kr,
+                     k + kr, v + vr, gates.log_gates + kr, state_in, flags, s_.gla_kernel(1, sg->length, H), ws_.view());
       else
-        linear_attention_backward(dq + at, dk + at, dv + at, dstate_in, dout + at, dstate_out, q + at, k + at, v + at,
-                                  state_in, lambda, flags, {1, sg->length, H, d, s_.block, s_.threads}, ws_.view());
+        linear_attention_backward(dq + kr, dk + kr, dv + vr, dstate_in, dout + vr, dstate_out, q + kr, k + kr, v + vr,
+                                  state_in, lambda, flags, s_.linear_kernel(1, sg->length, H), ws_.view());
     }
     if (sg->at == 0)  // the piece's dM: what it sends (zero for the first piece, which has no state entering)
       std::memcpy(send_.data() + sg->piece * S, carry_next_.data(), sizeof(float) * S);
@@ -235,23 +232,23 @@ void Lasp2ChunkedAttention::linear_backward(int layer, float* dq, float* dk, flo
   }
   if (!gla) return;
   // A of each segment: the gates' product from its end to its piece's end, built from the piece's end as the
-  // chunks come in reverse (one row of d per piece, batch row and head).
+  // chunks come in reverse (one row of dk per piece, batch row and head).
   const size_t G = gate_floats(), pieces = mine_.size();
   after_.resize(size_t(chunks_) * pieces * G);
   after_run_.resize(pieces * G);
   for_each_head([&](const Segment& sg, int b, int h, float* tmp) {
-    const size_t x = sg.piece * G + (size_t(b) * H + h) * d;
+    const size_t x = sg.piece * G + (size_t(b) * H + h) * dkey;
     float *run = after_run_.data() + x, *A = after_.data() + size_t(index_) * pieces * G + x;
-    if (sg.at + sg.length == piece_len_) std::fill(run, run + d, 1.f);  // the piece's last segment
-    std::memcpy(A, run, sizeof(float) * d);
-    const float* total = segment_gates(tmp, sg, b, h, gates.log_gates).bq + size_t(sg.length - 1) * d;
-    for (int i = 0; i < d; ++i) run[i] = gla_gate_product(run[i], total[i]);
+    if (sg.at + sg.length == piece_len_) std::fill(run, run + dkey, 1.f);  // the piece's last segment
+    std::memcpy(A, run, sizeof(float) * dkey);
+    const float* total = segment_gates(tmp, sg, b, h, gates.log_gates).bq + size_t(sg.length - 1) * dkey;
+    for (int i = 0; i < dkey; ++i) run[i] = gla_gate_product(run[i], total[i]);
   });
 }
 
-bool Lasp2ChunkedAttention::linear_key_gradients(int layer, float* dk, float* dv, const float* k, const float* v,
-                                                 const LinearGates& gates) {
-  const int H = s_.H, d = s_.d, ld = H * d;
+bool Lasp2ChunkedAttention::linear_key_gradients(int layer, float* dkeys, float* dvalues, const float* k,
+                                                 const float* v, const LinearGates& gates) {
+  const int H = s_.H, dk = s_.dk, dv = s_.dv;
   const size_t S = state_floats();
   LASP_CHECK(suffix_.size() == mine_.size() * S, "LASP-2 in chunks: key gradients of layer {} before its exchange",
              layer);
@@ -259,26 +256,26 @@ bool Lasp2ChunkedAttention::linear_key_gradients(int layer, float* dk, float* dv
   for (const Segment& sg : segments_) any = any || !last_piece(sg.piece);
   if (!any) return false;  // the last piece: no later piece's state reads its keys
   if (gates.gla()) {
-    gla_key_gradients(layer, dk, dv, gates.d_log_gates, k, v, gates.log_gates);
+    gla_key_gradients(layer, dkeys, dvalues, gates.d_log_gates, k, v, gates.log_gates);
     return true;
   }
   const float* lambda = fixed_decay(gates, "LASP-2 in layer-major chunks");
   const auto pw = head_powers(lambda, H, chunk_);
   for_each_head([&](const Segment& sg, int b, int h, float* tmp) {
     if (last_piece(sg.piece)) return;
-    const float* G = suffix_.data() + sg.piece * S + (size_t(b) * H + h) * d * d;
-    const long at = (long(b) * length_ + sg.row) * ld + long(h) * d;
+    const float* G = suffix_.data() + sg.piece * S + (size_t(b) * H + h) * s_.state_floats();
+    const long at = key_at(b, sg.row, h), vat = value_at(b, sg.row, h);
     // lambda^(L - j) for the piece position j = sg.at + i: lambda^(L - sg.at - n) lambda^(n - i)
     const float scale = decay_power(lambda ? double(lambda[h]) : 1.0, piece_len_ - sg.at - sg.length);
     // Only keys from the piece's last document start on reach the state it passes on.
     const int last = docs().starts_in(b, mine_[sg.piece].offset, piece_len_).second;
-    const size_t cut = size_t(std::clamp(last - sg.at, 0, sg.length)) * d;
-    decayed_rows(tmp, v + at, ld, pw[h].data(), true, sg.length, d, scale);  // dK += diag(.) V G^T
-    std::fill(tmp, tmp + cut, 0.f);
-    gemm(false, true, sg.length, d, d, 1.f, tmp, d, G, d, 1.f, dk + at, ld);
-    decayed_rows(tmp, k + at, ld, pw[h].data(), true, sg.length, d, scale);  // dV += diag(.) K G
-    std::fill(tmp, tmp + cut, 0.f);
-    gemm(false, false, sg.length, d, d, 1.f, tmp, d, G, d, 1.f, dv + at, ld);
+    const size_t cut = size_t(std::clamp(last - sg.at, 0, sg.length));
+    decayed_rows(tmp, v + vat, H * dv, pw[h].data(), true, sg.length, dv, scale);  // dK += diag(.) V G^T
+    std::fill(tmp, tmp + cut * dv, 0.f);
+    gemm(false, true, sg.length, dk, dv, 1.f, tmp, dv, G, dv, 1.f, dkeys + at, H * dk);
+    decayed_rows(tmp, k + at, H * dk, pw[h].data(), true, sg.length, dk, scale);  // dV += diag(.) K G
+    std::fill(tmp, tmp + cut * dk, 0.f);
+    gemm(false, false, sg.length, dv, dk, 1.f, tmp, dk, G, dv, 1.f, dvalues + vat, H * dv);
   });
   return true;
 }
@@ -287,45 +284,45 @@ bool Lasp2ChunkedAttention::linear_key_gradients(int layer, float* dk, float* dv
 // dkx = (V G^T) .* bk A into dk, dv += (K .* bk A) G, and into dg (accumulated) from the segment's end:
 // r = rowsum(diag(A) S_end .* G) - the sum of k dkx so far (rowsum(S_out .* G) less the later chunks' share),
 // restarting at document starts.
-void Lasp2ChunkedAttention::gla_key_gradients(int layer, float* dk, float* dv, float* dg, const float* k,
+void Lasp2ChunkedAttention::gla_key_gradients(int layer, float* dkeys, float* dvalues, float* dg, const float* k,
                                               const float* v, const float* log_gates) {
-  const int H = s_.H, d = s_.d, ld = H * d;
+  const int H = s_.H, dk = s_.dk, dv = s_.dv, ldk = H * dk;
   const size_t S = state_floats(), G = gate_floats(), pieces = mine_.size();
   LASP_CHECK(dg && after_.size() == size_t(chunks_) * pieces * G && leaving_[layer].size() == pieces * S,
              "LASP-2 in chunks: GLA's key gradients of layer {} before its backward's pass 1", layer);
   for_each_head([&](const Segment& sg, int b, int h, float* tmp) {
     if (last_piece(sg.piece)) return;
-    const size_t head = size_t(b) * H + h;
-    const float* Gm = suffix_.data() + sg.piece * S + head * d * d;
-    const float* A = after_.data() + (size_t(index_) * pieces + sg.piece) * G + head * d;
+    const size_t head = size_t(b) * H + h, kv = s_.state_floats();
+    const float* Gm = suffix_.data() + sg.piece * S + head * kv;
+    const float* A = after_.data() + (size_t(index_) * pieces + sg.piece) * G + head * dk;
     // the state leaving the segment: the one entering the next chunk inside the piece, or leaving the piece
     const float* S_end = (sg.at + sg.length == piece_len_ ? leaving_[layer].data() + sg.piece * S
                                                           : entering_[layer].data() + size_t(index_ + 1) * S) +
-                         head * d * d;
+                         head * kv;
     const SegmentGates f = segment_gates(tmp, sg, b, h, log_gates);
-    for (int x = 0; x < sg.length * d; ++x) f.bk[x] = gla_gate_product(f.bk[x], A[x % d]);
-    const long at = (long(b) * length_ + sg.row) * ld + long(h) * d;
-    gemm(false, true, sg.length, d, d, 1.f, v + at, ld, Gm, d, 0.f, tmp, d);  // dkx = (V G^T) .* bk A
-    for (int x = 0; x < sg.length * d; ++x) tmp[x] *= f.bk[x];
+    for (int x = 0; x < sg.length * dk; ++x) f.bk[x] = gla_gate_product(f.bk[x], A[x % dk]);
+    const long at = key_at(b, sg.row, h), vat = value_at(b, sg.row, h);
+    gemm(false, true, sg.length, dk, dv, 1.f, v + vat, H * dv, Gm, dv, 0.f, tmp, dk);  // dkx = (V G^T) .* bk A
+    for (int x = 0; x < sg.length * dk; ++x) tmp[x] *= f.bk[x];
     float* r = f.r;
-    for (int i = 0; i < d; ++i) {
+    for (int i = 0; i < dk; ++i) {
       r[i] = 0.f;
-      for (int j = 0; j < d; ++j) r[i] += S_end[i * d + j] * Gm[i * d + j];
+      for (int j = 0; j < dv; ++j) r[i] += S_end[i * dv + j] * Gm[i * dv + j];
       r[i] *= A[i];
     }
     const uint8_t* flags = docs().flags(b, local_row(sg));
     for (int t = sg.length - 1; t >= 0; --t) {
-      const long row = at + long(t) * ld;
+      const long row = at + long(t) * ldk;
       const bool start = flags && flags[t];
-      for (int i = 0; i < d; ++i) {
-        dk[row + i] += tmp[t * d + i];
-        r[i] -= k[row + i] * tmp[t * d + i];
+      for (int i = 0; i < dk; ++i) {
+        dkeys[row + i] += tmp[t * dk + i];
+        r[i] -= k[row + i] * tmp[t * dk + i];
         if (!start) dg[row + i] += r[i];
       }
-      if (start) std::fill(r, r + d, 0.f);
+      if (start) std::fill(r, r + dk, 0.f);
     }
-    gated_rows(tmp, k + at, ld, f.bk, sg.length, d);  // dv += (K .* bk A) G
-    gemm(false, false, sg.length, d, d, 1.f, tmp, d, Gm, d, 1.f, dv + at, ld);
+    gated_rows(tmp, k + at, ldk, f.bk, sg.length, dk);  // dv += (K .* bk A) G
+    gemm(false, false, sg.length, dv, dk, 1.f, tmp, dk, Gm, dv, 1.f, dvalues + vat, H * dv);
   });
 }
 

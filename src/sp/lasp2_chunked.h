@@ -74,16 +74,16 @@ class Lasp2ChunkedAttention : public LayerMajorAttention {
   Pass pass_ = Pass::forward;
   std::vector<Segment> segments_;
   WorkspaceBuffer ws_{0};       // the kernels' (a chunk of queries)
-  std::vector<float> scratch_;  // per thread: (chunk, d), and for GLA three more and a row of d
+  std::vector<float> scratch_;  // per thread: (chunk, max(dk, dv)), and for GLA three (chunk, dk) and a row of dk
   std::unique_ptr<StatePassing> passing_;  // ONE AllGather each way (gather): the pieces' states, or GLA's pairs
-  // Linear layers. Per layer: P of each local piece (pieces, B, H, d, d); the state entering each chunk
-  // (chunks, B, H, d, d; written where a chunk starts inside a piece). For the pass under way: the piece
-  // states or their gradients to send (pieces, B, H, d, d), those of every rank, the suffix G, the state or
-  // state gradient carried between chunks (B, H, d, d) and the next one.
+  // Linear layers. Per layer: P of each local piece (pieces, B, H, dk, dv); the state entering each chunk
+  // (chunks, B, H, dk, dv; written where a chunk starts inside a piece). For the pass under way: the piece
+  // states or their gradients to send (pieces, B, H, dk, dv), those of every rank, the suffix G, the state or
+  // state gradient carried between chunks (B, H, dk, dv) and the next one.
   std::vector<std::vector<float>> incoming_, entering_;
   std::vector<float> send_, suffix_, carry_, carry_next_;
-  // GLA, per layer: each piece's gate product Gamma (pieces, B, H, d) and the state leaving it (pieces, B, H, d,
-  // d); in the backward, each chunk's A (chunks, pieces, B, H, d) and the running product it is taken from.
+  // GLA, per layer: each piece's gate product Gamma (pieces, B, H, dk) and the state leaving it (pieces, B, H,
+  // dk, dv); in the backward, each chunk's A (chunks, pieces, B, H, dk) and the running product it is taken from.
   std::vector<std::vector<float>> gamma_, leaving_;
   std::vector<float> after_, after_run_;
   // Softmax layers: this rank's keys and values (2, B, N, H_kv, d) collected in pass 1, then in the backward
@@ -97,17 +97,24 @@ class Lasp2ChunkedAttention : public LayerMajorAttention {
   const SpDocuments& docs() const { return softmax_.documents(); }
   int local_row(const Segment& sg) const { return mine_[sg.piece].offset + sg.at; }  // in this rank's tokens
   const int* chunk_documents();  // the running chunk's queries' documents (B, length), or null
-  size_t state_floats() const { return size_t(s_.B) * s_.H * s_.d * s_.d; }  // one piece's, (B, H, d, d)
+  size_t state_floats() const { return size_t(s_.B) * s_.H * s_.state_floats(); }  // one piece's, (B, H, dk, dv)
   size_t kv_floats() const { return size_t(s_.B) * s_.N * s_.H_kv * s_.d; }  // this rank's keys
-  size_t gate_floats() const { return size_t(s_.B) * s_.H * s_.d; }  // one piece's gates, (B, H, d)
-  size_t scratch_floats() const { return (s_.gla ? 4 : 1) * size_t(chunk_) * s_.d + (s_.gla ? s_.d : 0); }
+  size_t gate_floats() const { return size_t(s_.B) * s_.H * s_.dk; }  // one piece's gates, (B, H, dk)
+  int widest() const { return std::max(s_.dk, s_.dv); }
+  size_t scratch_floats() const {
+    return size_t(chunk_) * widest() + (s_.gla ? 3 * size_t(chunk_) * s_.dk + s_.dk : 0);
+  }
+  // Token t of batch row b, head h, of the running chunk in a (B, length, H, width) tensor: keys (q, k, GLA's
+  // gates) dk wide, values (v, o) dv.
+  long key_at(int b, long t, int h = 0) const { return ((long(b) * length_ + t) * s_.H + h) * s_.dk; }
+  long value_at(int b, long t, int h = 0) const { return ((long(b) * length_ + t) * s_.H + h) * s_.dv; }
   bool first_piece(int i) const { return mine_[i].index == 0; }
   bool last_piece(int i) const { return mine_[i].index == int(owner_.size()) - 1; }
   // Runs f(segment, b, h, thread scratch) over every segment of the running chunk, row and head, in parallel.
   template <class F>
   void for_each_head(F f);
   // GLA: the gates' products of one head of a segment (gla_gate_products) into the thread's scratch, after its
-  // first (chunk, d): gates, bq (over [0, t]), bk (over (t, end]); r: a row of d.
+  // first (chunk, max(dk, dv)): gates, bq (over [0, t]), bk (over (t, end]), each (chunk, dk); r: a row of dk.
   struct SegmentGates {
     float *gates, *bq, *bk, *r;
   };

@@ -43,14 +43,14 @@ std::unique_ptr<Attention> make_allscan(Comm& sp, const AttentionShape& shape, i
 double overlapped(const LayerCostInputs& c, double pass) {
   return c.chunked + 2 * std::max(0.0, pass - 0.5 * c.chunked / 2);
 }
-double state_bytes(const LayerCostInputs& c) { return c.H * c.d * c.d * 4; }
-double kv_bytes(const LayerCostInputs& c) { return 2 * c.C * c.H * c.d * 4; }
+double state_bytes(const LayerCostInputs& c) { return c.H * c.dk * c.dv * 4; }
+double kv_bytes(const LayerCostInputs& c) { return c.C * c.H * (c.dk + c.dv) * 4; }
 
 double lasp2_cost(const LayerCostInputs& c) {  // one all-gather of states
   return overlapped(c, (c.W - 1) * (c.alpha + state_bytes(c) / c.beta));
 }
 double exscan_cost(const LayerCostInputs& c) {  // recursive doubling: log2 W rounds of one (gate, state) pair
-  return overlapped(c, std::ceil(std::log2(c.W)) * (c.alpha + state_bytes(c) * (c.d + 1) / c.d / c.beta));
+  return overlapped(c, std::ceil(std::log2(c.W)) * (c.alpha + state_bytes(c) * (c.dv + 1) / c.dv / c.beta));
 }
 double allscan_cost(const LayerCostInputs& c) {  // W-1+K slice hops, K chosen best for W (--scan-slices)
   double best = 1e30;
@@ -68,7 +68,7 @@ double ring_zigzag_cost(const LayerCostInputs& c) {  // the same hops; each rank
   return c.W * std::max(block, c.alpha + kv_bytes(c) / c.beta) + (c.W - 1) * (c.alpha + 2 * kv_bytes(c) / c.beta);
 }
 double ulysses_cost(const LayerCostInputs& c) {  // 4 all-to-alls each way; the kernel on H/W heads of N tokens
-  return c.chunked + 8 * (c.W - 1) * (c.alpha + c.C * c.H * c.d * 4 / c.W / c.beta);
+  return c.chunked + 8 * (c.W - 1) * (c.alpha + c.C * c.H * (c.dk + c.dv) / 2 * 4 / c.W / c.beta);
 }
 double allgather_cost(const LayerCostInputs& c) {  // K, V of everyone, then the masked product over all N keys
   return 2 * (c.W - 1) * (c.alpha + kv_bytes(c) / c.beta) + c.masked_block * c.W;

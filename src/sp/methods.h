@@ -26,7 +26,7 @@ enum class LayoutRule {
 // `lasp bench project`: what a method's projection needs to know of the machine and the sizes.
 struct LayerCostInputs {
   double W, N, C;         // ranks, tokens, tokens per rank (N / W)
-  double H, d;            // heads, head dim
+  double H, dk, dv;       // heads, key and value widths per head (the state is dk x dv)
   double alpha, beta;     // seconds per message, bytes per second of the slowest link
   double chunked;         // seconds of the chunkwise kernel on C tokens, forward + backward
   double masked_block;    // seconds of the masked left product of one C x C block, forward + backward

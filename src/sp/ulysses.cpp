@@ -28,13 +28,14 @@ UlyssesAttention::UlyssesAttention(Comm& sp, const AttentionShape& shape, int gl
 // Each layer keeps its head-sharded q, k, v, o (and lse) over the whole sequence; the backward's
 // whole-sequence gradients and the exchange buffers come on top.
 double UlyssesAttention::memory_floats(const std::string& layer_types) const {
-  const double sharded = double(s_.B) * N_ * hg_ * s_.d, local = double(s_.B) * s_.N * s_.H * s_.d;
+  const int widest = std::max({s_.d, s_.dk, s_.dv});
+  const double sharded = double(s_.B) * N_ * hg_ * widest, local = double(s_.B) * s_.N * s_.H * widest;
   const double per_layer = 4 * sharded + double(s_.B) * hg_ * N_;
   return double(ws_.storage.size()) + double(layer_types.size()) * per_layer + 5 * sharded + 4 * local;
 }
 
-void UlyssesAttention::to_heads(const float* x, int heads, std::vector<float>& full) {
-  const int B = s_.B, Nl = s_.N, d = s_.d, g = heads / W_;
+void UlyssesAttention::to_heads(const float* x, int heads, int d, std::vector<float>& full) {
+  const int B = s_.B, Nl = s_.N, g = heads / W_;
   const size_t piece = size_t(B) * Nl * g * d;  // what goes to one rank
   send_.resize(piece * W_);
   recv_.resize(piece * W_);
@@ -52,8 +53,8 @@ void UlyssesAttention::to_heads(const float* x, int heads, std::vector<float>& f
                     recv_.data() + src * piece + (size_t(b) * Nl + n) * g * d, sizeof(float) * g * d);
 }
 
-void UlyssesAttention::to_sequence(const std::vector<float>& full, int heads, float* x, bool accumulate) {
-  const int B = s_.B, Nl = s_.N, d = s_.d, g = heads / W_;
+void UlyssesAttention::to_sequence(const std::vector<float>& full, int heads, int d, float* x, bool accumulate) {
+  const int B = s_.B, Nl = s_.N, g = heads / W_;
   const size_t piece = size_t(B) * Nl * g * d;
   send_.resize(piece * W_);
   recv_.resize(piece * W_);
@@ -93,12 +94,12 @@ void UlyssesAttention::linear_forward(int layer, float* o, const float* q, const
                                       const LinearGates& gates) {
   const float* lambda = gates.lambda;
   Saved& sv = saved_[layer];
-  to_heads(q, s_.H, sv.q);
-  to_heads(k, s_.H, sv.k);
-  to_heads(v, s_.H, sv.v);
-  std::vector<float> of(sv.q.size());
+  to_heads(q, s_.H, s_.dk, sv.q);
+  to_heads(k, s_.H, s_.dk, sv.k);
+  to_heads(v, s_.H, s_.dv, sv.v);
+  std::vector<float> of(sv.v.size());
   if (gates.gla()) {  // GLA's log-gates travel with the queries: a fourth all-to-all
-    to_heads(gates.log_gates, s_.H, sv.g);
+    to_heads(gates.log_gates, s_.H, s_.dk, sv.g);
     gla_forward(of.data(), nullptr, sv.q.data(), sv.k.data(), sv.v.data(), sv.g.data(), nullptr, docs_.start_flags(),
                 gla_shape(), ws_.view());
   } else {
@@ -106,84 +107,84 @@ void UlyssesAttention::linear_forward(int layer, float* o, const float* q, const
                              lambda ? lambda + sp_.rank() * hg_ : nullptr, docs_.start_flags(), linear_shape(),
                              ws_.view());
   }
-  to_sequence(of, s_.H, o, false);
+  to_sequence(of, s_.H, s_.dv, o, false);
 }
 
 void UlyssesAttention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float*,
                                        const float*, const float*, const LinearGates& gates) {
   const float* lambda = gates.lambda;
   const Saved& sv = saved_[layer];
-  std::vector<float> dof, dqf(sv.q.size(), 0.f), dkf(sv.q.size(), 0.f), dvf(sv.q.size(), 0.f);
-  to_heads(dout, s_.H, dof);
+  std::vector<float> dof, dqf(sv.q.size(), 0.f), dkf(sv.k.size(), 0.f), dvf(sv.v.size(), 0.f);
+  to_heads(dout, s_.H, s_.dv, dof);
   if (gates.gla()) {
     std::vector<float> dgf(sv.q.size());
     gla_backward(dqf.data(), dkf.data(), dvf.data(), dgf.data(), nullptr, dof.data(), nullptr, sv.q.data(),
                  sv.k.data(), sv.v.data(), sv.g.data(), nullptr, docs_.start_flags(), gla_shape(), ws_.view());
-    to_sequence(dgf, s_.H, gates.d_log_gates, false);
+    to_sequence(dgf, s_.H, s_.dk, gates.d_log_gates, false);
   } else {
     linear_attention_backward(dqf.data(), dkf.data(), dvf.data(), nullptr, dof.data(), nullptr, sv.q.data(),
                               sv.k.data(), sv.v.data(), nullptr, lambda ? lambda + sp_.rank() * hg_ : nullptr,
                               docs_.start_flags(), linear_shape(), ws_.view());
   }
-  to_sequence(dqf, s_.H, dq, true);
-  to_sequence(dkf, s_.H, dk, true);
-  to_sequence(dvf, s_.H, dv, true);
+  to_sequence(dqf, s_.H, s_.dk, dq, true);
+  to_sequence(dkf, s_.H, s_.dk, dk, true);
+  to_sequence(dvf, s_.H, s_.dv, dv, true);
 }
 
 void UlyssesAttention::linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) {
   refuse_documents_bidirectional(!docs_.empty());
   Saved& sv = saved_[layer];
-  to_heads(q, s_.H, sv.q);
-  to_heads(k, s_.H, sv.k);
-  to_heads(v, s_.H, sv.v);
-  std::vector<float> of(sv.q.size());
+  to_heads(q, s_.H, s_.dk, sv.q);
+  to_heads(k, s_.H, s_.dk, sv.k);
+  to_heads(v, s_.H, s_.dv, sv.v);
+  std::vector<float> of(sv.v.size());
   linear_attention_bidirectional_forward(of.data(), nullptr, sv.q.data(), sv.k.data(), sv.v.data(), nullptr,
                                          linear_shape(), ws_.view());
-  to_sequence(of, s_.H, o, false);
+  to_sequence(of, s_.H, s_.dv, o, false);
 }
 
 void UlyssesAttention::linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout,
                                                      const float*, const float*, const float*) {
   refuse_documents_bidirectional(!docs_.empty());
   const Saved& sv = saved_[layer];
-  std::vector<float> dof, dqf(sv.q.size(), 0.f), dkf(sv.q.size(), 0.f), dvf(sv.q.size(), 0.f);
-  to_heads(dout, s_.H, dof);
+  std::vector<float> dof, dqf(sv.q.size(), 0.f), dkf(sv.k.size(), 0.f), dvf(sv.v.size(), 0.f);
+  to_heads(dout, s_.H, s_.dv, dof);
   linear_attention_bidirectional_backward(dqf.data(), dkf.data(), dvf.data(), nullptr, dof.data(), nullptr,
                                           sv.q.data(), sv.k.data(), sv.v.data(), nullptr,
                                           linear_shape(), ws_.view());
-  to_sequence(dqf, s_.H, dq, true);
-  to_sequence(dkf, s_.H, dk, true);
-  to_sequence(dvf, s_.H, dv, true);
+  to_sequence(dqf, s_.H, s_.dk, dq, true);
+  to_sequence(dkf, s_.H, s_.dk, dk, true);
+  to_sequence(dvf, s_.H, s_.dv, dv, true);
 }
 
 void UlyssesAttention::softmax_forward(int layer, float* o, float*, const float* q, const float* k, const float* v) {
   Saved& sv = saved_[layer];
-  to_heads(q, s_.H, sv.q);
-  to_heads(expand_kv(k).data(), s_.H, sv.k);
-  to_heads(expand_kv(v).data(), s_.H, sv.v);
+  to_heads(q, s_.H, s_.d, sv.q);
+  to_heads(expand_kv(k).data(), s_.H, s_.d, sv.k);
+  to_heads(expand_kv(v).data(), s_.H, s_.d, sv.v);
   sv.o.assign(sv.q.size(), 0.f);
   sv.lse.assign(size_t(s_.B) * hg_ * N_, 0.f);
   const SoftmaxAttentionShape shape = softmax_shape();
   softmax_attention_forward(sv.o.data(), sv.lse.data(), sv.q.data(), sv.k.data(), sv.v.data(), all_positions_.data(),
                             all_positions_.data(), docs_.first_positions(), shape, ws_.view());
-  to_sequence(sv.o, s_.H, o, false);
+  to_sequence(sv.o, s_.H, s_.d, o, false);
 }
 
 void UlyssesAttention::softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float*,
                                         const float*, const float*, const float*, const float*) {
   const Saved& sv = saved_[layer];
   std::vector<float> dof, dqf(sv.q.size(), 0.f), dkf(sv.q.size(), 0.f), dvf(sv.q.size(), 0.f);
-  to_heads(dout, s_.H, dof);
+  to_heads(dout, s_.H, s_.d, dof);
   const SoftmaxAttentionShape shape = softmax_shape();
   softmax_attention_backward(dqf.data(), dkf.data(), dvf.data(), dof.data(), sv.o.data(), sv.lse.data(), sv.q.data(),
                              sv.k.data(), sv.v.data(), all_positions_.data(), all_positions_.data(),
                              docs_.first_positions(), shape, ws_.view());
-  to_sequence(dqf, s_.H, dq, true);
+  to_sequence(dqf, s_.H, s_.d, dq, true);
   // the replicated key/value heads: their gradients sum back onto the H_kv heads
   const int B = s_.B, Nl = s_.N, H = s_.H, Hkv = s_.H_kv, d = s_.d, group = H / Hkv;
   std::vector<float> dk_wide(size_t(B) * Nl * H * d, 0.f), dv_wide(dk_wide.size(), 0.f);
-  to_sequence(dkf, H, dk_wide.data(), false);
-  to_sequence(dvf, H, dv_wide.data(), false);
+  to_sequence(dkf, H, d, dk_wide.data(), false);
+  to_sequence(dvf, H, d, dv_wide.data(), false);
   for (size_t row = 0; row < size_t(B) * Nl; ++row)
     for (int h = 0; h < H; ++h)
       for (int i = 0; i < d; ++i) {

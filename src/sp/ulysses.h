@@ -44,20 +44,20 @@ class UlyssesAttention : public Attention {
   WorkspaceBuffer ws_{0};
   std::vector<float> send_, recv_;
   struct Saved {
-    std::vector<float> q, k, v, o, lse;  // head-sharded, (B, N, hg, d); lse (B, hg, N)
+    std::vector<float> q, k, v, o, lse;  // head-sharded, (B, N, hg, width); lse (B, hg, N)
     std::vector<float> g;                // GLA's log-gates, head-sharded like q
   };
   std::vector<Saved> saved_;
 
   // x (B, N_local, heads, d) -> full (B, N, heads / W, d): this rank's head group, whole sequence.
-  void to_heads(const float* x, int heads, std::vector<float>& full);
+  void to_heads(const float* x, int heads, int d, std::vector<float>& full);
   // The inverse: full (B, N, heads / W, d) -> x (B, N_local, heads, d), added into x when accumulate.
-  void to_sequence(const std::vector<float>& full, int heads, float* x, bool accumulate);
+  void to_sequence(const std::vector<float>& full, int heads, int d, float* x, bool accumulate);
   // k or v (B, N_local, H_kv, d) -> (B, N_local, H, d), each query head with its key/value head.
   std::vector<float> expand_kv(const float* x) const;
   // The kernels' shapes after the exchange: this rank's hg_ heads over the whole sequence.
-  LinearAttentionShape linear_shape() const { return {s_.B, N_, hg_, s_.d, s_.block, s_.threads}; }
-  LinearAttentionShape gla_shape() const { return {s_.B, N_, hg_, s_.d, kGlaBlock, s_.threads}; }
+  LinearAttentionShape linear_shape() const { return s_.linear_kernel(s_.B, N_, hg_); }
+  LinearAttentionShape gla_shape() const { return s_.gla_kernel(s_.B, N_, hg_); }
   SoftmaxAttentionShape softmax_shape() const { return lasp::softmax_shape(s_.B, N_, N_, hg_, hg_, s_.d, s_.threads); }
 };
 

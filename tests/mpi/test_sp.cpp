@@ -58,6 +58,7 @@ struct AttnCase {
   int N;
   StatePassingKind passing = StatePassingKind::gather;  // how LASP-2 passes its linear layers' states
   int slices = 1;                                       // All-Scan's K
+  int value_width = 16;                                 // linear layers' dv (their dk is 16)
 };
 
 class SpAttention : public ::testing::TestWithParam<AttnCase> {};
@@ -66,9 +67,11 @@ TEST_P(SpAttention, EqualsSingleProcessOnEveryRank) {
   const AttnCase c = GetParam();
   const int W = world().size(), B = 2, H = 4, Hkv = c.linear ? 4 : 2, d = 16, block = 16;
   ASSERT_EQ(c.N % (c.layout == SpLayout::zigzag ? 2 * W : W), 0) << "the cases are sized for worlds of 1 to 4 ranks";
-  const int width = H * d, kvw = Hkv * d;
+  const int dv = c.linear ? c.value_width : d;  // keys are d wide
+  // widths per token: queries and keys; values and the output
+  const int width = H * d, kvw = Hkv * d, vw = c.linear ? H * dv : kvw, ow = c.linear ? H * dv : width;
   auto q = random_values(size_t(B) * c.N * width, 1), k = random_values(size_t(B) * c.N * kvw, 2),
-       v = random_values(size_t(B) * c.N * kvw, 3), g = random_values(size_t(B) * c.N * width, 4);
+       v = random_values(size_t(B) * c.N * vw, 3), g = random_values(size_t(B) * c.N * ow, 4);
   if (c.linear)  // positive features, as a feature map would give
     for (auto* x : {&q, &k})
       for (float& e : *x) e = 0.5f * (e + 1.1f);
@@ -76,24 +79,25 @@ TEST_P(SpAttention, EqualsSingleProcessOnEveryRank) {
   linear_attention_decays(lambda.data(), H, c.decay);
 
   // single process on the whole sequence
-  LocalAttention local({B, c.N, H, Hkv, d, block, kThreads});
-  std::vector<float> o(q.size()), lse(size_t(B) * H * c.N), dq(q.size(), 0.f), dk(k.size(), 0.f), dv(v.size(), 0.f);
+  LocalAttention local({B, c.N, H, Hkv, d, d, dv, block, kThreads});
+  std::vector<float> o(g.size()), lse(size_t(B) * H * c.N), dq(q.size(), 0.f), dk(k.size(), 0.f),
+      dvs(v.size(), 0.f);
   if (c.linear) {
     local.linear_forward(0, o.data(), q.data(), k.data(), v.data(), lambda.data());
-    local.linear_backward(0, dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data(), lambda.data());
+    local.linear_backward(0, dq.data(), dk.data(), dvs.data(), g.data(), q.data(), k.data(), v.data(), lambda.data());
   } else {
     local.softmax_forward(0, o.data(), lse.data(), q.data(), k.data(), v.data());
-    local.softmax_backward(0, dq.data(), dk.data(), dv.data(), g.data(), o.data(), lse.data(), q.data(), k.data(),
+    local.softmax_backward(0, dq.data(), dk.data(), dvs.data(), g.data(), o.data(), lse.data(), q.data(), k.data(),
                            v.data());
   }
 
   // this rank's slice under LASP-2 / LASP-2H
   const std::vector<int> pos = sp_positions(c.N, W, world().rank(), c.layout);
   const int Nl = int(pos.size());
-  Lasp2Attention sp(world(), {B, Nl, H, Hkv, d, block, kThreads}, c.N, c.layout, 1, c.passing, c.slices);
+  Lasp2Attention sp(world(), {B, Nl, H, Hkv, d, d, dv, block, kThreads}, c.N, c.layout, 1, c.passing, c.slices);
   auto ql = take_rows(q, B, c.N, width, pos), kl = take_rows(k, B, c.N, kvw, pos),
-       vl = take_rows(v, B, c.N, kvw, pos), gl = take_rows(g, B, c.N, width, pos);
-  std::vector<float> ol(ql.size()), lsel(size_t(B) * H * Nl), dql(ql.size(), 0.f), dkl(kl.size(), 0.f),
+       vl = take_rows(v, B, c.N, vw, pos), gl = take_rows(g, B, c.N, ow, pos);
+  std::vector<float> ol(gl.size()), lsel(size_t(B) * H * Nl), dql(ql.size(), 0.f), dkl(kl.size(), 0.f),
       dvl(vl.size(), 0.f);
   if (c.linear) {
     sp.linear_forward(0, ol.data(), ql.data(), kl.data(), vl.data(), lambda.data());
@@ -104,10 +108,10 @@ TEST_P(SpAttention, EqualsSingleProcessOnEveryRank) {
     sp.softmax_backward(0, dql.data(), dkl.data(), dvl.data(), gl.data(), ol.data(), lsel.data(), ql.data(),
                         kl.data(), vl.data());
   }
-  expect_close(take_rows(o, B, c.N, width, pos), ol, "o");
+  expect_close(take_rows(o, B, c.N, ow, pos), ol, "o");
   expect_close(take_rows(dq, B, c.N, width, pos), dql, "dq");
   expect_close(take_rows(dk, B, c.N, kvw, pos), dkl, "dk");
-  expect_close(take_rows(dv, B, c.N, kvw, pos), dvl, "dv");
+  expect_close(take_rows(dvs, B, c.N, vw, pos), dvl, "dv");
 }
 
 std::vector<AttnCase> attention_cases() {
@@ -124,6 +128,13 @@ std::vector<AttnCase> attention_cases() {
       }
       cases.push_back({false, Decay::none, layout, N});
     }
+  // Keys and values of different widths (dk 16): every transport, both layouts.
+  for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag})
+    for (int dv : {5, 33}) {
+      cases.push_back({true, Decay::lightning, layout, 72, StatePassingKind::gather, 1, dv});
+      cases.push_back({true, Decay::lightning, layout, 72, StatePassingKind::exscan, 1, dv});
+      cases.push_back({true, Decay::lightning, layout, 72, StatePassingKind::allscan, 3, dv});
+    }
   return cases;
 }
 
@@ -135,7 +146,8 @@ INSTANTIATE_TEST_SUITE_P(Cases, SpAttention, ::testing::ValuesIn(attention_cases
   const AttnCase& c = info.param;
   return std::string(c.linear ? "linear_" : "softmax_") + (c.linear ? to_string(c.decay) : "gqa") + "_" +
          to_string(c.layout) + "_N" + std::to_string(c.N) + "_" + to_string(c.passing) +
-         (c.passing == StatePassingKind::allscan ? std::to_string(c.slices) : "");
+         (c.passing == StatePassingKind::allscan ? std::to_string(c.slices) : "") +
+         (c.linear && c.value_width != 16 ? "_dv" + std::to_string(c.value_width) : "");
 });
 
 // The baselines give the same results for linear layers, both layouts, every decay: LASP-1 (the serial
@@ -151,7 +163,7 @@ TEST(SpBaselines, EqualsSingleProcessOnEveryRank) {
           for (float& e : *x) e = 0.5f * (e + 1.1f);
         std::vector<float> lambda(H);
         linear_attention_decays(lambda.data(), H, decay);
-        LocalAttention local({B, N, H, H, d, 16, kThreads});
+        LocalAttention local({B, N, H, H, d, d, d, 16, kThreads});
         std::vector<float> o(q.size()), dq(q.size(), 0.f), dk(q.size(), 0.f), dv(q.size(), 0.f);
         local.linear_forward(0, o.data(), q.data(), k.data(), v.data(), lambda.data());
         local.linear_backward(0, dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data(),
@@ -159,7 +171,7 @@ TEST(SpBaselines, EqualsSingleProcessOnEveryRank) {
         const std::vector<Piece> mine = sp_pieces(N, W, world().rank(), layout);
         const std::vector<int> pos = sp_positions(N, W, world().rank(), layout);
         const int Nl = int(pos.size());
-        const AttentionShape shape{B, Nl, H, H, d, 16, kThreads};
+        const AttentionShape shape{B, Nl, H, H, d, d, d, 16, kThreads};
         std::unique_ptr<Attention> sp;
         if (method == "lasp1") sp = std::make_unique<Lasp1Attention>(world(), shape, N, layout, 1);
         else if (method == "ring") sp = std::make_unique<RingAttention>(world(), shape, N, layout, 1);
@@ -201,14 +213,14 @@ TEST(SpRingSoftmax, EqualsSingleProcessOnEveryRank) {
   for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag}) {
     auto q = random_values(size_t(B) * N * width, 1), k = random_values(size_t(B) * N * kvw, 2),
          v = random_values(size_t(B) * N * kvw, 3), g = random_values(size_t(B) * N * width, 4);
-    LocalAttention local({B, N, H, Hkv, d, 16, kThreads});
+    LocalAttention local({B, N, H, Hkv, d, d, d, 16, kThreads});
     std::vector<float> o(q.size()), lse(size_t(B) * H * N), dq(q.size(), 0.f), dk(k.size(), 0.f), dv(v.size(), 0.f);
     local.softmax_forward(0, o.data(), lse.data(), q.data(), k.data(), v.data());
     local.softmax_backward(0, dq.data(), dk.data(), dv.data(), g.data(), o.data(), lse.data(), q.data(), k.data(),
                            v.data());
     const std::vector<int> pos = sp_positions(N, W, world().rank(), layout);
     const int Nl = int(pos.size());
-    RingAttention sp(world(), {B, Nl, H, Hkv, d, 16, kThreads}, N, layout, 1);
+    RingAttention sp(world(), {B, Nl, H, Hkv, d, d, d, 16, kThreads}, N, layout, 1);
     auto ql = take_rows(q, B, N, width, pos), kl = take_rows(k, B, N, kvw, pos), vl = take_rows(v, B, N, kvw, pos),
          gl = take_rows(g, B, N, width, pos);
     std::vector<float> ol(ql.size()), lsel(size_t(B) * H * Nl), dql(ql.size(), 0.f), dkl(kl.size(), 0.f),
@@ -230,7 +242,7 @@ TEST(SpUlysses, EqualsSingleProcessOnEveryRankOrRefusesClearly) {
   const int W = world().size(), B = 2, H = 4, Hkv = 2, d = 8, N = 24 * W;
   if (H % W != 0) {
     try {
-      UlyssesAttention sp(world(), {B, N / W, H, Hkv, d, 16, kThreads}, N, SpLayout::contiguous, 1);
+      UlyssesAttention sp(world(), {B, N / W, H, Hkv, d, d, d, 16, kThreads}, N, SpLayout::contiguous, 1);
       ADD_FAILURE() << "no error for H = " << H << " over " << W << " ranks";
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("ulysses"), std::string::npos) << e.what();
@@ -248,11 +260,11 @@ TEST(SpUlysses, EqualsSingleProcessOnEveryRankOrRefusesClearly) {
             for (float& e : *x) e = 0.5f * (e + 1.1f);
         std::vector<float> lambda(H);
         linear_attention_decays(lambda.data(), H, decay);
-        LocalAttention local({B, N, H, Hkv, d, 16, kThreads});
+        LocalAttention local({B, N, H, Hkv, d, d, d, 16, kThreads});
         std::vector<float> o(q.size()), lse(size_t(B) * H * N), dq(q.size(), 0.f), dk(k.size(), 0.f), dv(v.size(), 0.f);
         const std::vector<int> pos = sp_positions(N, W, world().rank(), layout);
         const int Nl = int(pos.size());
-        UlyssesAttention sp(world(), {B, Nl, H, Hkv, d, 16, kThreads}, N, layout, 1);
+        UlyssesAttention sp(world(), {B, Nl, H, Hkv, d, d, d, 16, kThreads}, N, layout, 1);
         auto ql = take_rows(q, B, N, width, pos), kl = take_rows(k, B, N, kvw, pos), vl = take_rows(v, B, N, kvw, pos),
              gl = take_rows(g, B, N, width, pos);
         std::vector<float> ol(ql.size()), lsel(size_t(B) * H * Nl), dql(ql.size(), 0.f), dkl(kl.size(), 0.f),
@@ -291,14 +303,14 @@ TEST(SpBidirectional, EqualsSingleProcessOnEveryRank) {
   const int W = world().size(), B = 2, H = 3, d = 8, N = 12 * W, width = H * d;
   auto q = random_values(size_t(B) * N * width, 1), k = random_values(q.size(), 2), v = random_values(q.size(), 3),
        g = random_values(q.size(), 4);
-  LocalAttention local({B, N, H, H, d, 16, kThreads});
+  LocalAttention local({B, N, H, H, d, d, d, 16, kThreads});
   std::vector<float> o(q.size()), dq(q.size(), 0.f), dk(q.size(), 0.f), dv(q.size(), 0.f);
   local.linear_bidirectional_forward(0, o.data(), q.data(), k.data(), v.data());
   local.linear_bidirectional_backward(0, dq.data(), dk.data(), dv.data(), g.data(), q.data(), k.data(), v.data());
   for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag}) {
     const std::vector<int> pos = sp_positions(N, W, world().rank(), layout);
     const int Nl = int(pos.size());
-    Lasp2Attention sp(world(), {B, Nl, H, H, d, 16, kThreads}, N, layout, 1);
+    Lasp2Attention sp(world(), {B, Nl, H, H, d, d, d, 16, kThreads}, N, layout, 1);
     auto ql = take_rows(q, B, N, width, pos), kl = take_rows(k, B, N, width, pos), vl = take_rows(v, B, N, width, pos),
          gl = take_rows(g, B, N, width, pos);
     std::vector<float> ol(ql.size()), dql(ql.size(), 0.f), dkl(ql.size(), 0.f), dvl(ql.size(), 0.f);
@@ -360,7 +372,7 @@ TEST(SpCommunication, OneCollectiveEachWayAndBytesIndependentOfN) {
       const int N = (twice + 1) * 48 * W;
       const std::vector<int> pos = sp_positions(N, W, world().rank(), layout);
       const int Nl = int(pos.size());
-      Lasp2Attention sp(world(), {B, Nl, H, Hkv, d, 16, kThreads}, N, layout, 2);
+      Lasp2Attention sp(world(), {B, Nl, H, Hkv, d, d, d, 16, kThreads}, N, layout, 2);
       auto q = random_values(size_t(B) * Nl * H * d, 1), k = random_values(q.size(), 2), v = random_values(q.size(), 3);
       std::vector<float> o(q.size()), dq(q.size()), dk(q.size()), dv(q.size());
       world().reset_stats();
@@ -412,7 +424,7 @@ TEST(SpCommunication, ScansPassOneStatePerPieceWhateverW) {
     for (auto* x : {&q, &k})
       for (float& e : *x) e = 0.5f * (e + 1.1f);
     std::vector<float> o(q.size()), dq(q.size()), dk(q.size()), dv(q.size());
-    Lasp2Attention gather(world(), {B, Nl, H, Hkv, d, 16, kThreads}, N, layout, 1);
+    Lasp2Attention gather(world(), {B, Nl, H, Hkv, d, d, d, 16, kThreads}, N, layout, 1);
     gather.keep_decode_state(true);
     gather.linear_forward(0, o.data(), q.data(), k.data(), v.data(), lambda.data());
     // Pieces whose neighbour in the fold sits on another rank: forward the previous piece, backward the next.
@@ -425,7 +437,7 @@ TEST(SpCommunication, ScansPassOneStatePerPieceWhateverW) {
     }
     for (StatePassingKind kind : {StatePassingKind::exscan, StatePassingKind::allscan}) {
       const std::string what = std::string(to_string(kind)) + " " + to_string(layout);
-      Lasp2Attention sp(world(), {B, Nl, H, Hkv, d, 16, kThreads}, N, layout, 1, kind, slices);
+      Lasp2Attention sp(world(), {B, Nl, H, Hkv, d, d, d, 16, kThreads}, N, layout, 1, kind, slices);
       sp.keep_decode_state(true);
       for (bool forward : {true, false}) {
         world().reset_stats();
@@ -466,7 +478,7 @@ TEST(SpGla, MethodsWithoutGlaRefuseItOnEveryRank) {
   gates.log_gates = g.data();
   if (W == 1) {  // one rank: every method is the local kernels, which run GLA
     for (const SpMethod& m : sp_methods())
-      make_sp_attention(m.name, world(), {B, N, H, H, d, 16, kThreads}, N, SpLayout::contiguous, 1)
+      make_sp_attention(m.name, world(), {B, N, H, H, d, d, d, 16, kThreads}, N, SpLayout::contiguous, 1)
           ->linear_forward(0, o.data(), x.data(), x.data(), x.data(), gates);
     return;
   }
@@ -474,7 +486,7 @@ TEST(SpGla, MethodsWithoutGlaRefuseItOnEveryRank) {
     if (m.heads_over_ranks && H % W) continue;
     if (m.runs(Transition::diagonal)) continue;
     const SpLayout layout = m.layout == LayoutRule::zigzag ? SpLayout::zigzag : SpLayout::contiguous;
-    auto attention = make_sp_attention(m.name, world(), {B, N / W, H, H, d, 16, kThreads}, N, layout, 1);
+    auto attention = make_sp_attention(m.name, world(), {B, N / W, H, H, d, d, d, 16, kThreads}, N, layout, 1);
     EXPECT_THROW(attention->linear_forward(0, o.data(), x.data(), x.data(), x.data(), gates), Error) << m.name;
   }
 }
@@ -484,7 +496,7 @@ TEST(SpGla, MethodsWithoutGlaRefuseItOnEveryRank) {
 // it lacks and the methods that have it; decoding and the layer-major form likewise.
 TEST(SpGla, TheRegistryRefusesWhatAMethodLacksBeforeAnythingRuns) {
   const int W = world().size(), H = 4, d = 8, N = 16 * W;
-  AttentionShape shape{1, N / W, H, H, d, 16, kThreads};
+  AttentionShape shape{1, N / W, H, H, d, d, d, 16, kThreads};
   shape.gla = true;
   for (const SpMethod& m : sp_methods()) {
     if (W == 1 || (m.heads_over_ranks && H % W)) continue;
@@ -513,7 +525,7 @@ TEST(SpGla, MemoryCountsTheGateScratch) {
   const int W = world().size(), B = 1, H = 4, d = 8, N = 40 * W;
   if (W == 1) return;  // one rank runs the local kernels: no pieces, no gate scratch
   for (const char* method : {"lasp2", "exscan", "allscan"}) {
-    AttentionShape shape{B, N / W, H, H, d, 16, kThreads};
+    AttentionShape shape{B, N / W, H, H, d, d, d, 16, kThreads};
     auto counted = [&](const char* layer_types) {
       return make_sp_attention(method, world(), shape, N, SpLayout::contiguous, 2)->memory_floats(layer_types);
     };
@@ -536,7 +548,7 @@ TEST(SpCommunication, GlaBytes) {
   gates.log_gates = g.data();
   const uint64_t pair = uint64_t(B) * H * d * (d + 1) * sizeof(float), state = uint64_t(B) * H * d * d * sizeof(float);
   for (StatePassingKind kind : {StatePassingKind::gather, StatePassingKind::exscan, StatePassingKind::allscan}) {
-    Lasp2Attention sp(world(), {B, Nl, H, H, d, 16, kThreads}, N, SpLayout::contiguous, 1, kind, 3);
+    Lasp2Attention sp(world(), {B, Nl, H, H, d, d, d, 16, kThreads}, N, SpLayout::contiguous, 1, kind, 3);
     world().reset_stats();
     sp.linear_forward(0, o.data(), q.data(), k.data(), v.data(), gates);
     const CommStats& st = world().stats();
@@ -716,7 +728,7 @@ TEST_P(SpModel, LogitsLossAndGradientsEqualSingleProcess) {
   }
 
   // single process, all rows
-  LocalAttention local({B, N, 4, 2, 8, 16, kThreads});
+  LocalAttention local({B, N, 4, 2, 8, 8, 8, 16, kThreads});
   Model ref(config, B, N, local);
   if (c.documents) ref.set_document_start(kDocStart);
   // Weights at std 0.05: at 0.2 the NLNL model is so ill-conditioned that splitting the batch over two DP

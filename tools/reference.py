@@ -16,7 +16,7 @@ Run with /usr/bin/python3 (needs torch and numpy; nothing else). Subcommands:
             S steps of torch.optim.AdamW(foreach=False), constant lr, clip_grad_norm_ (clip <= 0: off),
             same batch every step; prints {"losses": [loss before each update]}; --out saves the result.
   init      --config config.json --out DIR --seed S [--std 0.02]   random fp32 checkpoint
-            (matrices ~ N(0, std^2); every norm weight ~ 1 + 0.1 N(0, 1)).
+            (matrices ~ N(0, std^2); every norm weight ~ 1 + 0.1 N(0, 1); rebased's feature_map.gamma 1, .beta 0).
   time-step --config config.json --seq-len N --batch B --repeats R [--threads T] [--precision fp32|bf16]
             [--block L] [--compile auto|on|off]
             one training step (zero_grad, forward, backward, clip, AdamW) of the peer (tools/peer.py: the same
@@ -26,18 +26,23 @@ Run with /usr/bin/python3 (needs torch and numpy; nothing else). Subcommands:
             "eager": {...}, "compiled": {...}, "compile": {"ran": ..., "first_step_seconds" or "reason"},
             "torch": version, "python": ..., "blas_info": torch's BLAS_INFO, "precision": ..., ...}. Use
             scripts/setup_peer.sh's .venv-peer/bin/python for current PyTorch; /usr/bin/python3 (torch 1.13)
-            runs it without SDPA and compile.
+            runs it without SDPA and compile. Based/Rebased (which the peer lacks) are timed on this file's own
+            chunkwise forward instead, eager only (the same fields; "formulation" says so; --compile on: error).
   blas      prints {"blas": the BLAS library PyTorch uses, "reference": whether it is the slow reference BLAS}
             (Debian's torch takes whatever libblas.so.3 points to; time-step prints the same keys).
   selftest  naive vs chunkwise linear attention, gradcheck of the whole model, causality,
-            init -> grads -> read-back round trip, the peer (eager) against the model. Exit status 1 on failure.
+            Based/Rebased (kernel formulas, chunkwise == naive with documents, gradcheck of the model with gamma
+            and beta, config validation), init -> grads -> read-back round trip, the peer (eager) against the
+            model. Exit status 1 on failure.
   peer-selftest  the peer in fp32 (eager, and compiled where torch.compile exists) and under bf16 autocast
             against the float64 model, loss and every gradient; for .venv-peer/bin/python (slow: it compiles).
 
 User errors (bad config, missing/misshaped tensors, short data) print "error: ..." and exit with 2.
 The model is written naively (quadratic masked linear attention) so that it is obviously right.
+Linear layers: feature_map silu | elu1 | relu | identity (element-wise) or based | rebased (FEATURE_MAPS.md: q, k
+of linear_attention.feature_dim per head, expanded to D' features, normalized by s + normalizer_eps; decay none).
 """
-import argparse, json, math, os, shutil, struct, sys, tempfile, time
+import argparse, json, math, os, shutil, statistics, struct, sys, tempfile, time
 
 import numpy as np
 import torch
@@ -53,6 +58,7 @@ class UserError(Exception):
 
 # ----------------------------------------------------------------------------------------- config
 FEATURE_MAPS = {"silu": F.silu, "elu1": lambda x: F.elu(x) + 1.0, "relu": F.relu, "identity": lambda x: x}
+EXPANDED_MAPS = ("based", "rebased")  # row maps f -> D' with a normalizer (FEATURE_MAPS.md)
 DECAYS = ("none", "lightning", "retention", "gla")
 
 
@@ -88,10 +94,27 @@ def validate_config(c):
         raise UserError(f"config: head_dim {c['head_dim']} != hidden_size / num_attention_heads = {D // H}")
     if not isinstance(Hkv, int) or Hkv <= 0 or H % Hkv:
         raise UserError(f"config: num_key_value_heads {Hkv} must divide num_attention_heads {H}")
-    if la["feature_map"] not in FEATURE_MAPS:
-        raise UserError(f"config: linear_attention.feature_map {la['feature_map']!r} not in {list(FEATURE_MAPS)}")
+    if la["feature_map"] not in FEATURE_MAPS and la["feature_map"] not in EXPANDED_MAPS:
+        raise UserError(f"config: linear_attention.feature_map {la['feature_map']!r} not in "
+                        f"{list(FEATURE_MAPS) + list(EXPANDED_MAPS)}")
     if la["decay"] not in DECAYS:
         raise UserError(f"config: linear_attention.decay {la['decay']!r} not in {list(DECAYS)}")
+    # FEATURE_MAPS.md "config.json and tensors": feature_dim f (absent: d), normalizer_eps (absent: 1e-10)
+    f = la.setdefault("feature_dim", D // H)
+    if isinstance(f, bool) or not isinstance(f, int) or f <= 0:
+        raise UserError(f"config: linear_attention.feature_dim must be a positive integer, got {f!r}")
+    eps_n = la.setdefault("normalizer_eps", 1e-10)
+    if isinstance(eps_n, bool) or not isinstance(eps_n, (int, float)) or not math.isfinite(eps_n) or eps_n < 0:
+        raise UserError(f"config: linear_attention.normalizer_eps must be a finite number >= 0, got {eps_n!r}")
+    if la["feature_map"] in EXPANDED_MAPS:
+        if la["decay"] != "none":
+            raise UserError(f"config: linear_attention.decay {la['decay']!r} cannot be used with "
+                            f"linear_attention.feature_map {la['feature_map']!r}: based and rebased take decay "
+                            f"'none' (a decay would have to scale the normalizer too)")
+    elif f != D // H:
+        raise UserError(f"config: linear_attention.feature_dim {f} != head dim {D // H}: the element-wise feature "
+                        f"map {la['feature_map']!r} keeps q and k at the head dim (feature_dim other than d needs "
+                        f"feature_map 'based' or 'rebased')")
     return c
 
 
@@ -108,12 +131,17 @@ def param_shapes(c):
     """Ordered {name: shape} of every parameter, as MODEL.md names them."""
     V, D, Fw, H = c["vocab_size"], c["hidden_size"], c["intermediate_size"], c["num_attention_heads"]
     d, Hkv, la = D // H, c["num_key_value_heads"], c["linear_attention"]
+    expanded = la["feature_map"] in EXPANDED_MAPS
     s = {"model.embed_tokens.weight": [V, D]}
     for i, t in enumerate(c["layer_types"]):
         p, kv = f"model.layers.{i}.", (H * d if t == "L" else Hkv * d)
+        qk = H * la["feature_dim"] if t == "L" and expanded else None       # based/rebased: f per head
         s[p + "input_layernorm.weight"] = [D]
-        s[p + "self_attn.q_proj.weight"] = [H * d, D]
-        s[p + "self_attn.k_proj.weight"] = [kv, D]
+        s[p + "self_attn.q_proj.weight"] = [qk or H * d, D]
+        s[p + "self_attn.k_proj.weight"] = [qk or kv, D]
+        if t == "L" and la["feature_map"] == "rebased":                   # one pair per layer (FLA's names)
+            s[p + "self_attn.feature_map.gamma"] = [la["feature_dim"]]
+            s[p + "self_attn.feature_map.beta"] = [la["feature_dim"]]
         s[p + "self_attn.v_proj.weight"] = [kv, D]
         s[p + "self_attn.o_proj.weight"] = [D, H * d]
         if t == "L" and la["output_gate"]:
@@ -286,17 +314,30 @@ def normalized_linear_attention(phi_q, phi_k, v, eps, same=None):
     return (a @ v) / (a.sum(-1, keepdim=True) + eps)
 
 
-def normalized_linear_attention_chunkwise(phi_q, phi_k, v, eps, block=64):
+def normalized_linear_attention_chunkwise(phi_q, phi_k, v, eps, block=64, starts=None):
     """The same through FEATURE_MAPS.md's augmented state: plain causal linear attention of phi_q, phi_k and
-    [v | 1] (state D' x (d+1): numerator and normalizer together), divided once both parts are summed."""
+    [v | 1] (state D' x (d+1): numerator and normalizer together), divided once both parts are summed.
+    starts [B, N] bool (documents): a start token resets the whole state (S and z); inside a block the scores
+    keep only pairs of one document, a token reads the state entering the block only if its document was
+    already open there, and the state leaving the block holds only the block's last document."""
     B, H, N, Dp = phi_q.shape
     vt = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)              # [v | 1]
+    doc = torch.cumsum(starts.long(), dim=1) if starts is not None else None  # [B, N]: the document's index
     S, out = phi_q.new_zeros(B, H, Dp, vt.shape[-1]), []
     for s in range(0, N, block):
         qb, kb, vb = phi_q[:, :, s:s + block], phi_k[:, :, s:s + block], vt[:, :, s:s + block]
-        y = (qb @ kb.transpose(-1, -2)).tril() @ vb + qb @ S             # tril keeps the diagonal
+        scores = (qb @ kb.transpose(-1, -2)).tril()                      # tril keeps the diagonal
+        if doc is None:
+            y = scores @ vb + qb @ S
+            S = S + kb.transpose(-1, -2) @ vb
+        else:
+            db = doc[:, s:s + block]                                     # [B, L]
+            open_doc = doc[:, s - 1:s] if s > 0 else db[:, :1]           # the document open at the block's start
+            mask = lambda m: m.to(phi_q.dtype)[:, None]                   # [B, 1, ...]
+            y = (scores * mask(db[:, :, None] == db[:, None, :])) @ vb + (qb @ S) * mask(db == open_doc)[..., None]
+            last = db[:, -1:]
+            S = S * mask(last == open_doc)[..., None] + kb.transpose(-1, -2) @ (vb * mask(db == last)[..., None])
         out.append(y[..., :-1] / (y[..., -1:] + eps))
-        S = S + kb.transpose(-1, -2) @ vb
     return torch.cat(out, dim=2)
 
 
@@ -339,24 +380,41 @@ def softmax_attention(q, k, v, same=None):
     return torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1) @ v
 
 
-def forward(c, p, tokens, fast=False, doc_start=None):
-    """tokens [B, N] int64 -> logits [B, N, V]. fast=True uses the chunkwise linear attention. doc_start: the
-    token that opens a document (attention never crosses documents), or None."""
+def forward(c, p, tokens, fast=False, doc_start=None, block=64):
+    """tokens [B, N] int64 -> logits [B, N, V]. fast=True uses the chunkwise linear attention (blocks of `block`
+    tokens). doc_start: the token that opens a document (attention never crosses documents), or None."""
     B, N = tokens.shape
     same = same_document(tokens, doc_start)
-    if same is not None and fast:
-        raise UserError("documents run on the naive linear attention only (fast=False)")
     D, H, Hkv, eps = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["rms_norm_eps"]
     d, la = D // H, c["linear_attention"]
-    phi, lam = FEATURE_MAPS[la["feature_map"]], decays(c, H)
-    heads = lambda t, n: t.view(B, N, n, d).transpose(1, 2)              # [B, n, N, d]
+    expanded = la["feature_map"] in EXPANDED_MAPS
+    if same is not None and fast and "L" in c["layer_types"] and not expanded:
+        raise UserError("documents run on the naive linear attention only (fast=False), except based/rebased")
+    phi, lam = FEATURE_MAPS.get(la["feature_map"]), decays(c, H)
+    heads = lambda t, n, w=d: t.view(B, N, n, w).transpose(1, 2)         # [B, n, N, w]
     merge = lambda t: t.transpose(1, 2).reshape(B, N, -1)
     x = p["model.embed_tokens.weight"][tokens]
     for i, kind in enumerate(c["layer_types"]):
         pre = f"model.layers.{i}."
         W = lambda name: p[pre + name + ".weight"]
         h = rms_norm(x, W("input_layernorm"), eps)
-        if kind == "L":
+        if kind == "L" and expanded:
+            # Based / Rebased (FEATURE_MAPS.md): raw q, k of f per head, no RoPE, no decay; phi expands to D';
+            # o = n / (s + eps) over the same document, the token itself included
+            f = la["feature_dim"]
+            q, k = heads(h @ W("self_attn.q_proj").T, H, f), heads(h @ W("self_attn.k_proj").T, H, f)
+            v = heads(h @ W("self_attn.v_proj").T, H)
+            if la["feature_map"] == "based":
+                fq, fk = based_features(q), based_features(k)
+            else:                                                       # one gamma/beta for q, k, all heads
+                gamma, beta = p[pre + "self_attn.feature_map.gamma"], p[pre + "self_attn.feature_map.beta"]
+                fq, fk = rebased_features(q, gamma, beta), rebased_features(k, gamma, beta)
+            if fast:
+                starts = (tokens == doc_start) if same is not None else None
+                o = normalized_linear_attention_chunkwise(fq, fk, v, la["normalizer_eps"], block, starts)
+            else:
+                o = normalized_linear_attention(fq, fk, v, la["normalizer_eps"], same)
+        elif kind == "L":
             q, k, v = heads(phi(h @ W("self_attn.q_proj").T), H), heads(phi(h @ W("self_attn.k_proj").T), H), \
                 heads(h @ W("self_attn.v_proj").T, H)
             if la["decay"] == "gla":
@@ -364,7 +422,8 @@ def forward(c, p, tokens, fast=False, doc_start=None):
                 starts = (tokens == doc_start) if same is not None else None
                 o = gla_naive(q, k, v, heads(F.logsigmoid(z) / la["gate_normalizer"], H), starts)
             else:
-                o = linear_attention_chunkwise(q, k, v, lam) if fast else linear_attention_naive(q, k, v, lam, same)
+                o = linear_attention_chunkwise(q, k, v, lam, block) if fast else linear_attention_naive(q, k, v, lam, same)
+        if kind == "L":                                                 # every linear kind alike (MODEL.md)
             if la["output_norm"]:
                 o = rms_norm(o, W("self_attn.o_norm"), eps)
             o = merge(o)
@@ -393,6 +452,9 @@ def init_params(c, seed, std=0.02, dtype=torch.float32):
     for name, shape in param_shapes(c).items():
         r = torch.randn(shape, generator=g, dtype=torch.float64)
         p[name] = (1.0 + 0.1 * r) if len(shape) == 1 else std * r
+        if name.endswith("feature_map.gamma") or name.endswith("feature_map.beta"):   # FEATURE_MAPS.md: 1 and 0
+            p[name] = torch.ones(shape, dtype=torch.float64) if name.endswith("gamma") else \
+                torch.zeros(shape, dtype=torch.float64)
     return {k: v.to(dtype).requires_grad_(True) for k, v in p.items()}
 
 
@@ -515,10 +577,47 @@ def cmd_time_step(a):
     p = init_params(c, 0)
     g = torch.Generator().manual_seed(1)
     t = torch.randint(0, c["vocab_size"], (a.batch, a.seq_len + 1), generator=g)
-    r = peer.time_peer(c, decays(c, c["num_attention_heads"]), p, t, a.repeats, a.precision == "bf16", a.block,
-                       a.compile)
+    if c["linear_attention"]["feature_map"] in EXPANDED_MAPS and "L" in c["layer_types"]:
+        if a.compile == "on":
+            raise UserError("time-step --compile on: based/rebased are timed on reference.py's own chunkwise "
+                            "forward (tools/peer.py has no based/rebased), which is not compiled")
+        r = time_reference_step(c, p, t, a.repeats, a.precision == "bf16", a.block or 64)
+    else:
+        r = peer.time_peer(c, decays(c, c["num_attention_heads"]), p, t, a.repeats, a.precision == "bf16",
+                           a.block, a.compile)
     print(json.dumps({**r, "threads": torch.get_num_threads(), "precision": a.precision, "torch": torch.__version__,
                       "python": sys.executable, **peer.blas_info(), **blas_library()}))
+
+
+def time_reference_step(c, p, tokens, repeats, bf16, block):
+    """time-step for what the peer (tools/peer.py) does not run (based/rebased): this file's own forward in its
+    chunkwise form (fast=True, blocks of `block`), eager, otherwise as peer.time_peer times it (zero_grad,
+    forward, backward, clip at 1, lasp's AdamW; median over `repeats` steps after a warm-up). Same JSON fields,
+    with compile {"ran": false} and the reason."""
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    opt, opt_kind = peer.adamw(p)
+    params = list(p.values())
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = forward(c, p, x, fast=True, block=block)
+        loss_of(logits.float(), y).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    step()                                                                       # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    sec = statistics.median(times)
+    eager = {"tokens_per_s": x.numel() / sec, "seconds_per_step": sec}
+    return {"formulation": f"reference.py's own forward: chunkwise normalized linear attention (block {block}, a "
+                           f"loop over blocks; tools/peer.py has no based/rebased), masked softmax, AdamW {opt_kind}",
+            "block": block, "sdpa": False, "gqa": "repeat_interleave", "optimizer": opt_kind,
+            "compile": {"ran": False, "reason": "based/rebased: reference.py's own forward, not compiled"},
+            "eager": eager, "best": "eager", **eager}
 
 
 PEER_CONFIGS = [  # small models for the peer's checks: every decay, GQA, tied or not, every option
@@ -638,6 +737,19 @@ def cmd_selftest(a):
                 phi(q[:, :, s:e]), phi(k[:, :, s:e]), v[:, :, s:e], 1e-10), rtol=1e-12, atol=1e-12)
                 for s, e in ((0, 9), (9, 10), (10, 30), (30, 37)))
             check(ok, f"normalized attention: packed documents == each document alone, {kind}")
+        # the chunkwise form with documents (starts mid-block, on a block's first and last token, two in a row,
+        # a row whose first document has no start token) == the naive form with the same-document mask
+        tok = torch.randint(1, 5, (2, 37))
+        tok[0, [0, 7, 8, 15, 16, 30]] = 0
+        tok[1, [5, 6, 23]] = 0
+        same, starts = same_document(tok, 0), tok == 0
+        o1 = normalized_linear_attention(phi(q), phi(k), v, 1e-10, same)
+        g1 = torch.autograd.grad((o1 * o1).sum(), args, allow_unused=True)
+        o2 = normalized_linear_attention_chunkwise(phi(q), phi(k), v, 1e-10, block=8, starts=starts)
+        g2 = torch.autograd.grad((o2 * o2).sum(), args, allow_unused=True)
+        ok = torch.allclose(o1, o2, rtol=1e-10, atol=1e-10) and all(
+            (x is None and y is None) or torch.allclose(x, y, rtol=1e-10, atol=1e-10) for x, y in zip(g1, g2))
+        check(ok, f"naive == chunkwise augmented state with documents (state reset at starts), {kind}")
     # 2. gradcheck of the whole model on tiny configs (all parameters of the first, a few of the second).
     tiny = [dict(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=2, num_attention_heads=2,
                  num_key_value_heads=1, layer_types="LN", rope_theta=10000.0, tie_word_embeddings=False,
@@ -676,6 +788,69 @@ def cmd_selftest(a):
                  for s, e in ((0, 4), (4, 5), (5, 11), (11, 15)))
         check(ok and not torch.allclose(forward(c, p, tok)[:, 5:11], forward(c, p, tok[:, 5:11])),
               "packed documents == each document alone")
+    # 3b. Based and Rebased in the model (FEATURE_MAPS.md), float64, f = 4 and f = d = 6, with and without
+    #     documents and the output norm: autograd == finite differences (gradcheck) for layer 0's q_proj, k_proj,
+    #     feature_map.gamma and .beta (rebased; moved off their init 1 and 0), o_norm; the chunkwise model
+    #     (blocks of 4 and 3, documents across block edges) == the naive one; packed documents == alone.
+    t1 = time.perf_counter()
+    base = dict(vocab_size=7, hidden_size=12, intermediate_size=6, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, layer_types="LN", rope_theta=10000.0)
+    for kind in EXPANDED_MAPS:
+        for f in (4, 6):
+            for docs, norm in ((True, f == 4), (False, f != 4)):
+                c = validate_config(dict(base, linear_attention=dict(feature_map=kind, feature_dim=f, output_norm=norm)))
+                p = init_params(c, f, std=0.3, dtype=torch.float64)
+                if kind == "rebased":
+                    with torch.no_grad():
+                        p["model.layers.0.self_attn.feature_map.gamma"].add_(0.3 * torch.randn(f, dtype=torch.float64))
+                        p["model.layers.0.self_attn.feature_map.beta"].add_(0.3 * torch.randn(f, dtype=torch.float64))
+                tok = torch.randint(1, c["vocab_size"], (2, 12))
+                if docs:
+                    tok[0, [0, 3, 4, 8]] = 0
+                    tok[1, [5]] = 0
+                ds = 0 if docs else None
+                names = [k for k in p if k.startswith("model.layers.0.self_attn.") and
+                         any(w in k for w in ("q_proj", "k_proj", "feature_map", "o_norm"))]
+                def loss(*ws):
+                    return loss_of(forward(c, dict(p, **dict(zip(names, ws))), tok[:, :-1], doc_start=ds), tok[:, 1:])
+                ok = torch.autograd.gradcheck(loss, tuple(p[k] for k in names), eps=1e-6, atol=1e-7,
+                                              raise_exception=False)
+                what = f"{kind}, f={f}, documents {'on' if docs else 'off'}, output_norm {'on' if norm else 'off'}"
+                check(ok and (kind == "based" or any("gamma" in k for k in names)),
+                      f"gradcheck {what}: {', '.join(k.split('self_attn.')[1] for k in names)}")
+                with torch.no_grad():
+                    naive = forward(c, p, tok, doc_start=ds)
+                    ok = all(torch.allclose(naive, forward(c, p, tok, fast=True, block=b, doc_start=ds),
+                                            rtol=1e-10, atol=1e-12) for b in (3, 4))
+                    check(ok, f"model naive == model chunkwise (blocks of 3 and 4), {what}")
+                    if docs:
+                        ok = all(torch.allclose(naive[:1, s:e], forward(c, p, tok[:1, s:e]), rtol=1e-10, atol=1e-12)
+                                 for s, e in ((0, 3), (3, 4), (4, 8), (8, 12)))
+                        check(ok and not torch.allclose(naive, forward(c, p, tok)),
+                              f"packed documents == each document alone, {what}")
+    # config validation: based/rebased refuse a decay; an element-wise map refuses feature_dim != d; feature_dim
+    # and normalizer_eps must be valid; absent keys take f = d and 1e-10
+    def refused(la, words):
+        try:
+            validate_config(dict(base, linear_attention=la))
+        except UserError as e:
+            return all(w in str(e) for w in words)
+        return False
+    check(refused(dict(feature_map="based", decay="lightning"), ["linear_attention.decay", "'lightning'", "'based'"])
+          and refused(dict(feature_map="rebased", decay="gla"), ["linear_attention.decay", "'gla'", "'rebased'"]),
+          "config: decay 'lightning' with based (and 'gla' with rebased) refused, naming the key and value")
+    check(all(refused(dict(feature_map=m, feature_dim=4), ["linear_attention.feature_dim", "4", repr(m)])
+              for m in FEATURE_MAPS) and all(validate_config(dict(base, linear_attention=dict(
+                  feature_map=m, feature_dim=6))) for m in FEATURE_MAPS),
+          "config: element-wise maps refuse feature_dim 4 != d = 6 (and take feature_dim = d)")
+    check(all(refused(dict(feature_map="based", feature_dim=v), ["linear_attention.feature_dim", "positive integer"])
+              for v in (0, -2, 4.0, "4", True)) and all(refused(dict(feature_map="rebased", normalizer_eps=v),
+              ["linear_attention.normalizer_eps"]) for v in (-1e-10, "1e-10", float("nan"), None)),
+          "config: feature_dim 0, -2, 4.0, '4', true and normalizer_eps -1e-10, '1e-10', NaN, null refused")
+    la = validate_config(dict(base, linear_attention=dict(feature_map="rebased")))["linear_attention"]
+    check(la["feature_dim"] == 6 and la["normalizer_eps"] == 1e-10 and la["decay"] == "none",
+          "config: feature_dim absent -> d, normalizer_eps absent -> 1e-10")
+    print(f"(based/rebased checks: {time.perf_counter() - t1:.2f} s)")
     # 4. round trip through files: init -> grads -> read back; and the CLI's error path.
     with tempfile.TemporaryDirectory() as tmp:
         cfg = os.path.join(tmp, "config.json")
@@ -695,6 +870,21 @@ def cmd_selftest(a):
             and abs(g["loss"].item() - loss.item()) < 1e-12 \
             and all(torch.equal(g["grad." + k], v.grad) for k, v in p.items())
         check(ok, "init -> grads -> read back round trip")
+        # rebased through the CLI: init gives gamma 1 and beta 0, grads writes their gradients
+        with open(cfg, "w") as f:
+            json.dump(dict(base, layer_types="LNL", num_hidden_layers=3,
+                           linear_attention=dict(feature_map="rebased", feature_dim=4)), f)
+        run("init", "--config", cfg, "--out", os.path.join(tmp, "rb"), "--seed", "4")
+        np.arange(2 * 9, dtype="<i4").__mod__(7).tofile(os.path.join(tmp, "tok7.bin"))
+        run("grads", "--checkpoint", os.path.join(tmp, "rb"), "--tokens", os.path.join(tmp, "tok7.bin"),
+            "--batch", "2", "--out", os.path.join(tmp, "rg.safetensors"), "--out-dtype", "F64", "--doc-start", "3")
+        g, w = read_safetensors(os.path.join(tmp, "rg.safetensors")), read_safetensors(os.path.join(tmp, "rb", "model.safetensors"))
+        fm = [f"model.layers.{i}.self_attn.feature_map.{n}" for i in (0, 2) for n in ("gamma", "beta")]
+        ok = all(torch.equal(w[k], torch.ones(4) if k.endswith("gamma") else torch.zeros(4)) for k in fm) \
+            and all(g["grad." + k].shape == (4,) and g["grad." + k].abs().max() > 0 for k in fm) \
+            and list(w["model.layers.0.self_attn.q_proj.weight"].shape) == [8, 12] \
+            and "model.layers.1.self_attn.feature_map.gamma" not in w
+        check(ok, "rebased: init -> gamma 1, beta 0; grads (documents) writes grad.*.feature_map.gamma and .beta")
         with open(cfg, "w") as f:
             json.dump(dict(tiny[0], layer_types="LX"), f)
         print("(an error message is expected next)")

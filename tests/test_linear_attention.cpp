@@ -459,3 +459,66 @@ TEST(LinearAttention, LightningDecaysAreTheAlibiSlopes) {
       EXPECT_FLOAT_EQ(lambda[size_t(h)], float(std::exp(-std::exp2(-e[size_t(h)])))) << "H = " << H << ", head " << h;
   }
 }
+
+// The spans the sequence-parallel methods use, each against its definition in double: rows of a wider tensor
+// (a row stride), dk != dv, runs longer than one pass of rows, documents cutting either side, a decay after the span.
+TEST(LinearAttention, SpansMatchTheirDefinitions) {
+  const int H = 3, dk = 5, dv = 7, threads = 2;
+  for (long n : {1L, 7L, 300L, 600L})
+    for (Decay decay : {Decay::none, Decay::lightning})
+      for (bool docs : {false, true}) {
+        const long ldk = 2L * H * dk, ldv = 2L * H * dv;  // rows twice as wide as the span's heads
+        auto q = random_vector(size_t(n) * ldk, 1), k = random_vector(q.size(), 2), dq = random_vector(q.size(), 3);
+        auto v = random_vector(size_t(n) * ldv, 4), o = random_vector(v.size(), 5), dout = random_vector(v.size(), 6);
+        auto dk_ = random_vector(q.size(), 7), dv_ = random_vector(v.size(), 8);
+        const auto P = random_vector(size_t(H) * dk * dv, 9), G = random_vector(P.size(), 10);
+        std::vector<float> lambda(H);
+        linear_attention_decays(lambda.data(), H, decay);
+        std::vector<uint8_t> starts(size_t(n), 0);
+        if (docs) starts[size_t(n / 3)] = starts[size_t(n / 2)] = 1;
+        long first = n, last = 0;
+        for (long t = 0; t < n; ++t)
+          if (starts[size_t(t)]) last = t, first = std::min(first, t);
+        const std::vector<float> scale = {0.75f, 1.f, 0.5f};  // per head
+        const LinearAttentionShape s{1, int(n), H, dk, dv, 32, threads};
+        WorkspaceBuffer w(linear_attention_span_workspace_floats(s));
+        std::vector<float> M(P.size()), dP(P.size());
+        auto o2 = o, dq2 = dq, dk2 = dk_, dv2 = dv_;
+        const SpanRows rows{ldk, ldv};
+        const uint8_t* flags = docs ? starts.data() : nullptr;
+        linear_attention_span_state(M.data(), k.data(), v.data(), lambda.data(), flags, rows, s, w.view());
+        linear_attention_span_apply(o2.data(), q.data(), P.data(), lambda.data(), flags, rows, s, w.view());
+        linear_attention_span_apply_backward(dq2.data(), dP.data(), dout.data(), q.data(), P.data(), lambda.data(), flags,
+                                             rows, s, w.view());
+        linear_attention_span_state_backward(dk2.data(), dv2.data(), G.data(), k.data(), v.data(), lambda.data(), flags,
+                                             scale.data(), rows, s, w.view());
+        std::vector<double> rM(M.size(), 0.0), rdP(M.size(), 0.0), ro(o.begin(), o.end()), rdq(dq.begin(), dq.end()),
+            rdk(dk_.begin(), dk_.end()), rdv(dv_.begin(), dv_.end());
+        for (int h = 0; h < H; ++h)
+          for (long t = 0; t < n; ++t) {
+            const double head = std::pow(double(lambda[h]), double(t)), tail = std::pow(double(lambda[h]), double(n - t));
+            const long kq = t * ldk + h * dk, vo = t * ldv + h * dv;
+            for (int r = 0; r < dk; ++r)
+              for (int c = 0; c < dv; ++c) {
+                const size_t x = (size_t(h) * dk + r) * dv + c;
+                if (t >= last) {
+                  rM[x] += tail * k[kq + r] * v[vo + c];
+                  rdk[kq + r] += scale[h] * tail * v[vo + c] * G[x];
+                  rdv[vo + c] += scale[h] * tail * k[kq + r] * G[x];
+                }
+                if (t < first) {
+                  ro[vo + c] += head * q[kq + r] * P[x];
+                  rdq[kq + r] += head * dout[vo + c] * P[x];
+                  rdP[x] += head * q[kq + r] * dout[vo + c];
+                }
+              }
+          }
+        const std::string what = "n=" + std::to_string(n) + " " + to_string(decay) + (docs ? " docs" : "");
+        EXPECT_LE(normalized_error(rM, M), kFp32Tolerance) << what << " span_state";
+        EXPECT_LE(normalized_error(ro, o2), kFp32Tolerance) << what << " span_apply";
+        EXPECT_LE(normalized_error(rdq, dq2), kFp32Tolerance) << what << " span_apply_backward dq";
+        EXPECT_LE(normalized_error(rdP, dP), kFp32Tolerance) << what << " span_apply_backward dP";
+        EXPECT_LE(normalized_error(rdk, dk2), kFp32Tolerance) << what << " span_state_backward dk";
+        EXPECT_LE(normalized_error(rdv, dv2), kFp32Tolerance) << what << " span_state_backward dv";
+      }
+}

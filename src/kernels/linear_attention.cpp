@@ -61,8 +61,8 @@ float decay_power(double lambda, long n) {
   return x < 1e-30 ? 0.f : float(x);
 }
 
-void decay_powers(float* pw, double lambda, int n) {
-  double p = 1.0;
+void decay_powers(float* pw, double lambda, int n, long first) {
+  double p = first == 0 ? 1.0 : std::pow(lambda, double(first));
   for (int k = 0; k <= n; ++k, p *= lambda) pw[k] = p < 1e-30 ? 0.f : float(p);
 }
 
@@ -646,6 +646,143 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
     run(bg / groups.count, bg % groups.count, plan.first_block(piece, nb), plan.first_block(piece + 1, nb),
         states + size_t(piece) * per_piece, dstates + size_t(piece) * per_piece, piece == 0 ? dstate_in : nullptr);
   }
+}
+
+namespace {
+
+// A span walks its rows in runs of kSpanRows, each scaled by its decay factors in the thread's buffer.
+constexpr int kSpanRows = 256;
+
+size_t span_thread_floats(const LinearAttentionShape& s) { return kSpanRows * size_t(1 + std::max(s.dk, s.dv)); }
+
+// The rows of a span of n tokens that a document start leaves to each side: the queries before its first start
+// reach the state entering it, the keys from its last start on the state it passes on.
+struct SpanCut {
+  long first, last;  // n and 0 without a start
+};
+SpanCut span_cut(const uint8_t* starts, long n) {
+  SpanCut c{n, 0};
+  for (long t = 0; starts && t < n; ++t)
+    if (starts[t]) c.last = t, c.first = std::min(c.first, t);
+  return c;
+}
+
+// f[r] = scale lambda^e for rows r of the run [r0, r0 + rows): e = r0 + r (head: queries) or n - r0 - r (tail:
+// keys); false where every factor is 1 (the rows are then read as they are).
+bool span_factors(float* f, double lambda, long n, long r0, int rows, bool tail, float scale) {
+  if (lambda == 1.0 && scale == 1.f) return false;
+  decay_powers(f, lambda, rows - 1, tail ? n - r0 - (rows - 1) : r0);
+  if (tail) std::reverse(f, f + rows);
+  for (int r = 0; r < rows; ++r) f[r] *= scale;
+  return true;
+}
+
+// f(head, factors, scaled rows) for every head, in parallel; `kernel` names the caller in errors.
+template <class F>
+void for_each_span_head(const char* kernel, const LinearAttentionShape& s, Workspace ws, F f) {
+  check_shape(kernel, s);
+  LASP_CHECK(s.B == 1, "{}: a span is one batch row, got B={}", kernel, s.B);
+  check_workspace(kernel, ws, linear_attention_span_workspace_floats(s), s);
+  const size_t per = span_thread_floats(s);
+#pragma omp parallel for schedule(static) num_threads(std::min(s.threads, s.H))
+  for (int h = 0; h < s.H; ++h) {
+    float* w = ws.data + per * size_t(omp_get_thread_num());
+    f(h, w, w + kSpanRows);
+  }
+}
+
+// Runs of at most kSpanRows rows over [begin, end): g(first row, rows).
+template <class G>
+void for_each_run(long begin, long end, G g) {
+  for (long r0 = begin; r0 < end; r0 += kSpanRows) g(r0, int(std::min<long>(kSpanRows, end - r0)));
+}
+
+}  // namespace
+
+size_t linear_attention_span_workspace_floats(const LinearAttentionShape& s) {
+  return span_thread_floats(s) * size_t(std::min(s.threads, s.H));
+}
+
+void linear_attention_span_state(float* M, const float* k, const float* v, const float* lambda, const uint8_t* starts,
+                                 SpanRows rows, const LinearAttentionShape& s, Workspace ws) {
+  const int dk = s.dk, dv = s.dv;
+  const long n = s.N, last = span_cut(starts, n).last;
+  for_each_span_head("linear_attention_span_state", s, ws, [&](int h, float* f, float* tmp) {
+    float* Mh = M + size_t(h) * dk * dv;
+    std::fill(Mh, Mh + size_t(dk) * dv, 0.f);
+    for_each_run(last, n, [&](long r0, int m) {  // M += K^T diag(lambda^(n-j)) V
+      const float* kr = k + r0 * rows.ldk + long(h) * dk;
+      const float* a = kr;
+      int lda = int(rows.ldk);
+      if (span_factors(f, lambda ? lambda[h] : 1.0, n, r0, m, true, 1.f)) scale_rows(tmp, kr, f, m, dk, rows.ldk), a = tmp, lda = dk;
+      gemm(true, false, dk, dv, m, 1.f, a, lda, v + r0 * rows.ldv + long(h) * dv, int(rows.ldv), 1.f, Mh, dv);
+    });
+  });
+}
+
+void linear_attention_span_apply(float* o, const float* q, const float* P, const float* lambda, const uint8_t* starts,
+                                 SpanRows rows, const LinearAttentionShape& s, Workspace ws) {
+  const int dk = s.dk, dv = s.dv;
+  const long n = s.N, first = span_cut(starts, n).first;
+  for_each_span_head("linear_attention_span_apply", s, ws, [&](int h, float* f, float* tmp) {
+    const float* Ph = P + size_t(h) * dk * dv;
+    for_each_run(0, first, [&](long r0, int m) {  // O += diag(lambda^i) Q P
+      const float* qr = q + r0 * rows.ldk + long(h) * dk;
+      const float* a = qr;
+      int lda = int(rows.ldk);
+      if (span_factors(f, lambda ? lambda[h] : 1.0, n, r0, m, false, 1.f)) scale_rows(tmp, qr, f, m, dk, rows.ldk), a = tmp, lda = dk;
+      gemm(false, false, m, dv, dk, 1.f, a, lda, Ph, dv, 1.f, o + r0 * rows.ldv + long(h) * dv, int(rows.ldv));
+    });
+  });
+}
+
+void linear_attention_span_apply_backward(float* dq, float* dP, const float* dout, const float* q, const float* P,
+                                          const float* lambda, const uint8_t* starts, SpanRows rows,
+                                          const LinearAttentionShape& s, Workspace ws) {
+  const int dk = s.dk, dv = s.dv;
+  const long n = s.N, first = span_cut(starts, n).first;
+  LASP_CHECK(!dq || P, "linear_attention_span_apply_backward: dq needs the state P");
+  for_each_span_head("linear_attention_span_apply_backward", s, ws, [&](int h, float* f, float* tmp) {
+    const size_t at = size_t(h) * dk * dv;
+    if (dP) std::fill(dP + at, dP + at + size_t(dk) * dv, 0.f);
+    for_each_run(0, first, [&](long r0, int m) {
+      const bool decays = span_factors(f, lambda ? lambda[h] : 1.0, n, r0, m, false, 1.f);
+      const float *qr = q + r0 * rows.ldk + long(h) * dk, *dor = dout + r0 * rows.ldv + long(h) * dv;
+      if (dq) {  // dQ += diag(lambda^i) dO P^T
+        const float* a = dor;
+        int lda = int(rows.ldv);
+        if (decays) scale_rows(tmp, dor, f, m, dv, rows.ldv), a = tmp, lda = dv;
+        gemm(false, true, m, dk, dv, 1.f, a, lda, P + at, dv, 1.f, dq + r0 * rows.ldk + long(h) * dk, int(rows.ldk));
+      }
+      if (dP) {  // dP += Q^T diag(lambda^i) dO
+        const float* a = qr;
+        int lda = int(rows.ldk);
+        if (decays) scale_rows(tmp, qr, f, m, dk, rows.ldk), a = tmp, lda = dk;
+        gemm(true, false, dk, dv, m, 1.f, a, lda, dor, int(rows.ldv), 1.f, dP + at, dv);
+      }
+    });
+  });
+}
+
+void linear_attention_span_state_backward(float* dk, float* dv, const float* G, const float* k, const float* v,
+                                          const float* lambda, const uint8_t* starts, const float* scale, SpanRows rows,
+                                          const LinearAttentionShape& s, Workspace ws) {
+  const int kw = s.dk, vw = s.dv;
+  const long n = s.N, last = span_cut(starts, n).last;
+  for_each_span_head("linear_attention_span_state_backward", s, ws, [&](int h, float* f, float* tmp) {
+    const float* Gh = G + size_t(h) * kw * vw;
+    for_each_run(last, n, [&](long r0, int m) {
+      const bool decays = span_factors(f, lambda ? lambda[h] : 1.0, n, r0, m, true, scale ? scale[h] : 1.f);
+      const float *kr = k + r0 * rows.ldk + long(h) * kw, *vr = v + r0 * rows.ldv + long(h) * vw;
+      const float* a = vr;  // dK += diag(scale lambda^(n-j)) V G^T
+      int lda = int(rows.ldv);
+      if (decays) scale_rows(tmp, vr, f, m, vw, rows.ldv), a = tmp, lda = vw;
+      gemm(false, true, m, kw, vw, 1.f, a, lda, Gh, vw, 1.f, dk + r0 * rows.ldk + long(h) * kw, int(rows.ldk));
+      a = kr, lda = int(rows.ldk);  // dV += diag(scale lambda^(n-j)) K G
+      if (decays) scale_rows(tmp, kr, f, m, kw, rows.ldk), a = tmp, lda = kw;
+      gemm(false, false, m, vw, kw, 1.f, a, lda, Gh, vw, 1.f, dv + r0 * rows.ldv + long(h) * vw, int(rows.ldv));
+    });
+  });
 }
 
 size_t linear_attention_bidirectional_workspace_floats(const LinearAttentionShape& s) {

@@ -34,10 +34,10 @@ const char* to_string(Decay decay);
 void linear_attention_decays(float* lambda, int H, Decay decay);
 
 // The decay powers of every part of lasp, with one cut-off: lambda^n, and 0 where that is below 1e-30 (no
-// denormals anywhere). decay_power uses pow; decay_powers fills pw[k] = lambda^k, k = 0..n, by repeated
-// multiplication in double.
+// denormals anywhere). decay_power uses pow; decay_powers fills pw[k] = lambda^(first + k), k = 0..n, by
+// repeated multiplication in double from pow's lambda^first.
 float decay_power(double lambda, long n);
-void decay_powers(float* pw, double lambda, int n);
+void decay_powers(float* pw, double lambda, int n, long first = 0);
 
 // The block size of the chunkwise kernel wherever lasp does not ask for another (--block).
 constexpr int kLinearBlock = 32;
@@ -64,6 +64,33 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
                                const float* dstate_out, const float* q, const float* k, const float* v,
                                const float* state_in, const float* lambda, const uint8_t* starts,
                                const LinearAttentionShape& s, Workspace ws);
+
+// Spans: what the sequence-parallel methods do with a run of n tokens of one batch row besides running the kernel
+// on it (s.B = 1, s.N = n; q, k (n, H, dk) and v, o (n, H, dv) rows of a longer tensor, so with a row stride;
+// states (H, dk, dv); starts (n) or null; lambda (H) or null). A start cuts as in the kernel: the span passes on
+// only its keys from its last start, and the state entering it reaches only its queries before its first.
+//   span_state:  M = sum_j lambda^(n-j) k_j^T v_j                 the span's own state, from none (written)
+//   span_apply:  o_i += lambda^i q_i P                             the state P entering the span, in its outputs
+// and their adjoints:
+//   span_apply_backward: dq_i += lambda^i do_i P^T (dq may be null); dP = sum_i lambda^i q_i^T do_i (written;
+//                        may be null)
+//   span_state_backward: dk_j += c lambda^(n-j) v_j G^T, dv_j += c lambda^(n-j) k_j G, for G the gradient of
+//                        the state the span passes on; c = scale[h], a decay after the span (scale (H) or null: 1)
+// Row strides: ldk for q, k and their gradients, ldv for v, o, dO and dv (H dk and H dv for whole rows).
+struct SpanRows {
+  long ldk, ldv;
+};
+size_t linear_attention_span_workspace_floats(const LinearAttentionShape& s);
+void linear_attention_span_state(float* M, const float* k, const float* v, const float* lambda, const uint8_t* starts,
+                                 SpanRows rows, const LinearAttentionShape& s, Workspace ws);
+void linear_attention_span_apply(float* o, const float* q, const float* P, const float* lambda, const uint8_t* starts,
+                                 SpanRows rows, const LinearAttentionShape& s, Workspace ws);
+void linear_attention_span_apply_backward(float* dq, float* dP, const float* dout, const float* q, const float* P,
+                                          const float* lambda, const uint8_t* starts, SpanRows rows,
+                                          const LinearAttentionShape& s, Workspace ws);
+void linear_attention_span_state_backward(float* dk, float* dv, const float* G, const float* k, const float* v,
+                                          const float* lambda, const uint8_t* starts, const float* scale, SpanRows rows,
+                                          const LinearAttentionShape& s, Workspace ws);
 
 // Non-causal form. Workspace: linear_attention_bidirectional_workspace_floats.
 size_t linear_attention_bidirectional_workspace_floats(const LinearAttentionShape& s);

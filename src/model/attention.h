@@ -34,6 +34,7 @@ struct AttentionShape {
     return {rows, tokens, heads, dk, dv, kGlaBlock, threads};
   }
   size_t state_floats() const { return size_t(dk) * size_t(dv); }  // one head's linear state
+  SpanRows linear_rows() const { return {long(H) * dk, long(H) * dv}; }  // row strides of q, k and of v, o
 };
 
 // The shape of config c's attention on B rows of N tokens (this rank's), blocks of `block`, on `threads`.

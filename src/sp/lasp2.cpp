@@ -22,7 +22,7 @@ struct Lasp2Attention::Impl {
   std::vector<std::pair<int, int>> owner;   // global piece -> (rank, index among that rank's pieces)
   int piece_len;                                    // tokens per piece
   WorkspaceBuffer kernel_ws{0};
-  std::vector<float> scratch;               // per thread: (piece_len, max(dk, dv))
+  std::vector<float> scratch;               // GLA, per thread: (piece_len, dk)
   std::vector<float> send, suffix;          // states: (pieces, B, H, dk, dv)
   std::unique_ptr<StatePassing> passing;    // how the states reach the pieces that need them
   std::vector<std::vector<float>> incoming; // per layer: P of each local piece
@@ -44,9 +44,9 @@ struct Lasp2Attention::Impl {
     const LinearAttentionShape piece = s.linear_kernel(1, piece_len, s.H), gla = s.gla_kernel(1, piece_len, s.H);
     kernel_ws.storage.resize(std::max({linear_attention_forward_workspace_floats(piece),
                                        linear_attention_backward_workspace_floats(piece),
+                                       linear_attention_span_workspace_floats(piece),
                                        gla_forward_workspace_floats(gla), gla_backward_workspace_floats(gla),
                                        linear_attention_bidirectional_workspace_floats(s.linear_kernel(s.B, s.N, s.H))}));
-    scratch.resize(size_t(s.threads) * piece_len * widest());
     const size_t states = state_floats();
     send.resize(states);
     suffix.resize(states);
@@ -80,14 +80,14 @@ struct Lasp2Attention::Impl {
   long key_at(int b, long t, int h = 0) const { return ((long(b) * s.N + t) * s.H + h) * s.dk; }
   long value_at(int b, long t, int h = 0) const { return ((long(b) * s.N + t) * s.H + h) * s.dv; }
 
-  // Runs f(b, local piece index, head, thread scratch) over every (b, piece, head), in parallel.
+  // GLA: runs f(b, local piece index, head, thread scratch) over every (b, piece, head), in parallel.
   template <class F>
   void for_each_head(F f) {
     const int items = s.B * int(mine.size()) * s.H;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(s.threads)
     for (int it = 0; it < items; ++it) {
       const int h = it % s.H, i = it / s.H % int(mine.size()), b = it / (s.H * int(mine.size()));
-      f(b, i, h, scratch.data() + size_t(omp_get_thread_num()) * piece_len * widest());
+      f(b, i, h, scratch.data() + size_t(omp_get_thread_num()) * piece_len * s.dk);
     }
   }
 
@@ -95,12 +95,11 @@ struct Lasp2Attention::Impl {
     return {lambda, piece_len, cut.empty() ? nullptr : cut.data(), s.B, s.H, s.dk};
   }
 
-  // The rows of a piece's (piece_len, width) scratch that a document start cuts off from the states: the
-  // queries from its first start on (`after`), or the keys before its last start.
-  void cut_rows(float* tmp, int width, const SpDocuments& docs, int b, int i, bool after) const {
-    const auto [first, last] = docs.starts_in(b, mine[i].offset, piece_len);
-    if (after) std::fill(tmp + size_t(first) * width, tmp + size_t(piece_len) * width, 0.f);
-    else std::fill(tmp, tmp + size_t(last) * width, 0.f);
+  // The pieces of this rank, one batch row at a time: f(b, local piece index, its first token).
+  template <class F>
+  void for_each_piece(F f) const {
+    for (int b = 0; b < s.B; ++b)
+      for (int i = 0; i < int(mine.size()); ++i) f(b, i, long(mine[i].offset));
   }
 
   bool first_piece(int i) const { return mine[i].index == 0; }
@@ -114,10 +113,13 @@ struct Lasp2Attention::Impl {
   };
   size_t gla_thread_floats() const { return 5 * size_t(piece_len) * s.dk + s.state_floats() + s.dk; }
   // Sized in the constructor where the shape says GLA (memory_floats counts it), else on the first GLA layer:
-  // before the parallel loops.
-  size_t gla_floats() const { return gla_thread_floats() * s.threads + mine.size() * size_t(s.B) * s.H * s.dk; }
+  // before the parallel loops. The thread scratch of for_each_head comes with them.
+  size_t gla_floats() const {
+    return (gla_thread_floats() + size_t(piece_len) * s.dk) * s.threads + mine.size() * size_t(s.B) * s.H * s.dk;
+  }
   void gla_prepare() {
     gla_scratch.resize(gla_thread_floats() * s.threads);
+    scratch.resize(size_t(s.threads) * piece_len * s.dk);
     gamma.resize(mine.size() * size_t(s.B) * s.H * s.dk);
   }
   GlaScratch gla_thread() {
@@ -288,20 +290,16 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
   const bool held = recomputing() && !m.incoming[layer].empty();
   if (gates.gla()) return m.gla_forward(layer, held, o, q, k, v, gates.log_gates, softmax_.documents());
   const float* lambda = gates.lambda;
-  const int H = m.s.H, dk = m.s.dk, dv = m.s.dv, piece_len = m.piece_len, ldk = H * dk, ldv = H * dv;
-  const auto decay = head_powers(lambda, m.s.H, m.piece_len);  // lambda_h^k, k = 0..piece_len, for every head
+  const int H = m.s.H;
   const SpDocuments& docs = softmax_.documents();
   const std::vector<uint8_t> cut = docs.piece_cuts(int(m.owner.size()), m.piece_len);
+  const LinearAttentionShape piece = m.kernel_shape(m.piece_len, false);
   std::unique_ptr<CommRequest> exchange;
   if (!held) {
     // 1. the local state of every piece: M = K^T diag(lambda^(piece_len-j)) V (after the piece's last start)
-    m.for_each_head([&](int b, int i, int h, float* tmp) {
-      const std::vector<float>& pw = decay[h];
-      const long t0 = m.mine[i].offset;
-      decayed_rows(tmp, k + m.key_at(b, t0, h), ldk, pw.data(), true, piece_len, dk);
-      m.cut_rows(tmp, dk, docs, b, i, false);
-      gemm(true, false, dk, dv, piece_len, 1.f, tmp, dk, v + m.value_at(b, t0, h), ldv, 0.f,
-           m.send.data() + m.state_at(i, b, h), dv);
+    m.for_each_piece([&](int b, int i, long t0) {
+      linear_attention_span_state(m.send.data() + m.state_at(i, b, 0), k + m.key_at(b, t0), v + m.value_at(b, t0), lambda,
+                                  docs.flags(b, t0), m.s.linear_rows(), piece, m.kernel_ws.view());
     });
     // 2. the states on their way (sp/state_passing.h), in flight during 3.
     exchange = m.passing->start(m.send.data(), m.gates(lambda, cut), true);
@@ -333,14 +331,10 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
       m.passing->final_state(m.final_states[layer].data());
     }
   }
-  m.for_each_head([&](int b, int i, int h, float* tmp) {
+  m.for_each_piece([&](int b, int i, long t0) {
     if (m.first_piece(i)) return;
-    const std::vector<float>& pw = decay[h];
-    const long t0 = m.mine[i].offset;
-    decayed_rows(tmp, q + m.key_at(b, t0, h), ldk, pw.data(), false, piece_len, dk);
-    m.cut_rows(tmp, dk, docs, b, i, true);
-    gemm(false, false, piece_len, dv, dk, 1.f, tmp, dk, P.data() + m.state_at(i, b, h), dv, 1.f, o + m.value_at(b, t0, h),
-         ldv);
+    linear_attention_span_apply(o + m.value_at(b, t0), q + m.key_at(b, t0), P.data() + m.state_at(i, b, 0), lambda,
+                                docs.flags(b, t0), m.s.linear_rows(), piece, m.kernel_ws.view());
   });
 }
 
@@ -351,18 +345,14 @@ void Lasp2Attention::linear_backward(int layer, float* dq, float* dkeys, float* 
     return m.gla_backward(layer, dq, dkeys, dvalues, gates.d_log_gates, dout, q, k, v, gates.log_gates,
                           softmax_.documents());
   const float* lambda = gates.lambda;
-  const int H = m.s.H, dk = m.s.dk, dv = m.s.dv, piece_len = m.piece_len, ldk = H * dk, ldv = H * dv;
-  const auto decay = head_powers(lambda, m.s.H, m.piece_len);  // lambda_h^k, k = 0..piece_len, for every head
   const SpDocuments& docs = softmax_.documents();
   const std::vector<uint8_t> cut = docs.piece_cuts(int(m.owner.size()), m.piece_len);
+  const LinearAttentionShape piece = m.kernel_shape(m.piece_len, false);
   // 1. dM = Q^T diag(lambda^i) dO: the gradient each piece sends to the state entering it
-  m.for_each_head([&](int b, int i, int h, float* tmp) {
-    const std::vector<float>& pw = decay[h];
-    const long t0 = m.mine[i].offset;
-    decayed_rows(tmp, q + m.key_at(b, t0, h), ldk, pw.data(), false, piece_len, dk);
-    m.cut_rows(tmp, dk, docs, b, i, true);
-    gemm(true, false, dk, dv, piece_len, 1.f, tmp, dk, dout + m.value_at(b, t0, h), ldv, 0.f,
-         m.send.data() + m.state_at(i, b, h), dv);
+  m.for_each_piece([&](int b, int i, long t0) {
+    linear_attention_span_apply_backward(nullptr, m.send.data() + m.state_at(i, b, 0), dout + m.value_at(b, t0),
+                                         q + m.key_at(b, t0), nullptr, lambda, docs.flags(b, t0), m.s.linear_rows(), piece,
+                                         m.kernel_ws.view());
   });
   // 2. on their way, in flight during 3.
   auto exchange = m.passing->start(m.send.data(), m.gates(lambda, cut), false);
@@ -387,23 +377,15 @@ void Lasp2Attention::linear_backward(int layer, float* dq, float* dkeys, float* 
   // 4. the gradient of the state leaving each piece, G; 5. the cross-piece terms
   m.passing->finish(m.suffix.data());
   const auto& P = m.incoming[layer];
-  m.for_each_head([&](int b, int i, int h, float* tmp) {
-    const std::vector<float>& pw = decay[h];
-    const long at = m.key_at(b, m.mine[i].offset, h), vat = m.value_at(b, m.mine[i].offset, h);
-    if (!m.first_piece(i)) {  // dQ += diag(lambda^i) dO P^T
-      decayed_rows(tmp, dout + vat, ldv, pw.data(), false, piece_len, dv);
-      m.cut_rows(tmp, dv, docs, b, i, true);
-      gemm(false, true, piece_len, dk, dv, 1.f, tmp, dv, P.data() + m.state_at(i, b, h), dv, 1.f, dq + at, ldk);
-    }
-    if (!m.last_piece(i)) {
-      const float* G = m.suffix.data() + m.state_at(i, b, h);
-      decayed_rows(tmp, v + vat, ldv, pw.data(), true, piece_len, dv);  // dK += diag(lambda^(piece_len-j)) V G^T
-      m.cut_rows(tmp, dv, docs, b, i, false);
-      gemm(false, true, piece_len, dk, dv, 1.f, tmp, dv, G, dv, 1.f, dkeys + at, ldk);
-      decayed_rows(tmp, k + at, ldk, pw.data(), true, piece_len, dk);  // dV += diag(lambda^(piece_len-j)) K G
-      m.cut_rows(tmp, dk, docs, b, i, false);
-      gemm(false, false, piece_len, dv, dk, 1.f, tmp, dk, G, dv, 1.f, dvalues + vat, ldv);
-    }
+  m.for_each_piece([&](int b, int i, long t0) {
+    const long at = m.key_at(b, t0), vat = m.value_at(b, t0);
+    if (!m.first_piece(i))  // dQ += diag(lambda^i) dO P^T
+      linear_attention_span_apply_backward(dq + at, nullptr, dout + vat, q + at, P.data() + m.state_at(i, b, 0), lambda,
+                                           docs.flags(b, t0), m.s.linear_rows(), piece, m.kernel_ws.view());
+    if (!m.last_piece(i))  // dK += diag(lambda^(piece_len-j)) V G^T, dV += diag(lambda^(piece_len-j)) K G
+      linear_attention_span_state_backward(dkeys + at, dvalues + vat, m.suffix.data() + m.state_at(i, b, 0), k + at,
+                                           v + vat, lambda, docs.flags(b, t0), nullptr, m.s.linear_rows(), piece,
+                                           m.kernel_ws.view());
   });
 }
 
@@ -453,7 +435,7 @@ double Lasp2Attention::memory_floats(const std::string& layer_types) const {
   const double states = double(m.state_floats());
   const double per_layer = states + double(m.segment_state_floats());  // incoming P, segment states
   const double gla = m.s.gla && linear > 0 ? double(m.gla_floats()) : 0.0;
-  return double(m.kernel_ws.storage.size() + m.scratch.size() + m.passing->memory_floats()) + 3 * states + gla +
+  return double(m.kernel_ws.storage.size() + m.passing->memory_floats()) + 3 * states + gla +
          linear * per_layer +
          softmax_.memory_floats(int(softmax), m.s.H_kv);
 }

@@ -17,6 +17,7 @@ namespace {
 size_t kernel_workspace_floats(const AttentionShape& s, int global_N, int chunk) {
   const LinearAttentionShape linear = s.linear_kernel(1, chunk, s.H), gla = s.gla_kernel(1, chunk, s.H);
   return std::max({linear_attention_forward_workspace_floats(linear), linear_attention_backward_workspace_floats(linear),
+                   linear_attention_span_workspace_floats(linear),
                    s.gla ? gla_backward_workspace_floats(gla) : 0, softmax_attention_workspace_floats(chunk, global_N, s.d, s.threads)});
 }
 
@@ -122,19 +123,25 @@ void Lasp2ChunkedAttention::gla_collect(int layer, const float* k, const float* 
 void Lasp2ChunkedAttention::linear_collect(int layer, const float* k, const float* v, const LinearGates& gates) {
   if (gates.gla()) return gla_collect(layer, k, v, gates.log_gates);
   const float* lambda = fixed_decay(gates, "LASP-2 in layer-major chunks");
-  const int H = s_.H, dk = s_.dk, dv = s_.dv;
-  const size_t S = state_floats();
+  const int H = s_.H;
+  const size_t S = state_floats(), row_state = size_t(H) * s_.state_floats();
+  const StateForm form{Transition::scalar, s_.dk, s_.dv};
   send_.resize(mine_.size() * S);
-  const auto pw = head_powers(lambda, H, chunk_);
-  for_each_head([&](const Segment& sg, int b, int h, float* tmp) {
-    float* M = send_.data() + sg.piece * S + (size_t(b) * H + h) * s_.state_floats();
-    const auto [first, last] = docs().starts_in(b, local_row(sg), sg.length);  // a start keeps nothing before it
-    const float decay = first < sg.length ? 0.f : pw[h][sg.length];
-    for (size_t x = 0; x < s_.state_floats(); ++x) M[x] = sg.at == 0 ? 0.f : decay * M[x];  // a piece starts from nothing
-    decayed_rows(tmp, k + key_at(b, sg.row, h), H * dk, pw[h].data(), true, sg.length, dk);  // M += K^T diag(lambda^(n-j)) V
-    std::fill(tmp, tmp + size_t(last) * dk, 0.f);
-    gemm(true, false, dk, dv, sg.length, 1.f, tmp, dk, v + value_at(b, sg.row, h), H * dv, 1.f, M, dv);
-  });
+  std::vector<float> segment_state(row_state);
+  for (const Segment& sg : segments_)
+    for (int b = 0; b < s_.B; ++b) {
+      // The piece's state so far goes through the segment's transition (0 at a start, or where the piece
+      // begins), then takes the segment's own state: M = a M + M_segment.
+      float* M = send_.data() + sg.piece * S + b * row_state;
+      const uint8_t* flags = docs().flags(b, local_row(sg));
+      linear_attention_span_state(segment_state.data(), k + key_at(b, sg.row), v + value_at(b, sg.row), lambda, flags,
+                                  s_.linear_rows(), s_.linear_kernel(1, sg.length, H), ws_.view());
+      const bool cut = sg.at == 0 || docs().starts_in(b, local_row(sg), sg.length).first < sg.length;
+      for (int h = 0; h < H; ++h) {
+        const float a = cut ? 0.f : decay_power(lambda ? double(lambda[h]) : 1.0, sg.length);
+        advance_state(form, M + h * form.state_floats(), &a, segment_state.data() + h * form.state_floats(), nullptr);
+      }
+    }
 }
 
 void Lasp2ChunkedAttention::linear_exchange(int layer, Pass pass, const LinearGates& gates) {
@@ -248,7 +255,7 @@ void Lasp2ChunkedAttention::linear_backward(int layer, float* dq, float* dk, flo
 
 bool Lasp2ChunkedAttention::linear_key_gradients(int layer, float* dkeys, float* dvalues, const float* k,
                                                  const float* v, const LinearGates& gates) {
-  const int H = s_.H, dk = s_.dk, dv = s_.dv;
+  const int H = s_.H;
   const size_t S = state_floats();
   LASP_CHECK(suffix_.size() == mine_.size() * S, "LASP-2 in chunks: key gradients of layer {} before its exchange",
              layer);
@@ -260,23 +267,20 @@ bool Lasp2ChunkedAttention::linear_key_gradients(int layer, float* dkeys, float*
     return true;
   }
   const float* lambda = fixed_decay(gates, "LASP-2 in layer-major chunks");
-  const auto pw = head_powers(lambda, H, chunk_);
-  for_each_head([&](const Segment& sg, int b, int h, float* tmp) {
-    if (last_piece(sg.piece)) return;
-    const float* G = suffix_.data() + sg.piece * S + (size_t(b) * H + h) * s_.state_floats();
-    const long at = key_at(b, sg.row, h), vat = value_at(b, sg.row, h);
-    // lambda^(L - j) for the piece position j = sg.at + i: lambda^(L - sg.at - n) lambda^(n - i)
-    const float scale = decay_power(lambda ? double(lambda[h]) : 1.0, piece_len_ - sg.at - sg.length);
-    // Only keys from the piece's last document start on reach the state it passes on.
-    const int last = docs().starts_in(b, mine_[sg.piece].offset, piece_len_).second;
-    const size_t cut = size_t(std::clamp(last - sg.at, 0, sg.length));
-    decayed_rows(tmp, v + vat, H * dv, pw[h].data(), true, sg.length, dv, scale);  // dK += diag(.) V G^T
-    std::fill(tmp, tmp + cut * dv, 0.f);
-    gemm(false, true, sg.length, dk, dv, 1.f, tmp, dv, G, dv, 1.f, dkeys + at, H * dk);
-    decayed_rows(tmp, k + at, H * dk, pw[h].data(), true, sg.length, dk, scale);  // dV += diag(.) K G
-    std::fill(tmp, tmp + cut * dk, 0.f);
-    gemm(false, false, sg.length, dv, dk, 1.f, tmp, dk, G, dv, 1.f, dvalues + vat, H * dv);
-  });
+  std::vector<float> scale(H);
+  for (const Segment& sg : segments_)
+    for (int b = 0; b < s_.B; ++b) {
+      // Only keys from the piece's last document start on reach the state it passes on: none of this segment's
+      // when that start lies after it (its own starts cut the rest).
+      if (last_piece(sg.piece) || docs().starts_in(b, mine_[sg.piece].offset, piece_len_).second >= sg.at + sg.length)
+        continue;
+      const float* G = suffix_.data() + sg.piece * S + b * size_t(H) * s_.state_floats();
+      for (int h = 0; h < H; ++h)  // lambda^(L - j) for the piece position j = sg.at + i: lambda^(L - sg.at - n) lambda^(n - i)
+        scale[h] = decay_power(lambda ? double(lambda[h]) : 1.0, piece_len_ - sg.at - sg.length);
+      linear_attention_span_state_backward(dkeys + key_at(b, sg.row), dvalues + value_at(b, sg.row), G, k + key_at(b, sg.row),
+                                           v + value_at(b, sg.row), lambda, docs().flags(b, local_row(sg)), scale.data(),
+                                           s_.linear_rows(), s_.linear_kernel(1, sg.length, H), ws_.view());
+    }
   return true;
 }
 

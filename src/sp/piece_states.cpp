@@ -3,22 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
-#include "kernels/linear_attention.h"
 
 namespace lasp {
-
-void decayed_rows(float* dst, const float* src, int ld, const float* pw, bool tail, int n, int d, float scale) {
-  for (int i = 0; i < n; ++i) {
-    const float f = scale * pw[tail ? n - i : i];
-    for (int x = 0; x < d; ++x) dst[long(i) * d + x] = f * src[long(i) * ld + x];
-  }
-}
-
-std::vector<std::vector<float>> head_powers(const float* lambda, int H, int n) {
-  std::vector<std::vector<float>> pw(H, std::vector<float>(size_t(n) + 1));
-  for (int h = 0; h < H; ++h) decay_powers(pw[h].data(), lambda ? double(lambda[h]) : 1.0, n);
-  return pw;
-}
 
 void fold_piece_pairs(const StateForm& f, const PiecePairs& pairs, const std::vector<std::pair<int, int>>& owner,
                       int rank, size_t heads, bool forward, float* out, float* total) {

@@ -1,8 +1,8 @@
 // What LASP-2 does with the d_k x d_v states of pieces (LASP2.md section 2), shared by its whole-piece and its
 // chunked forms (sp/lasp2.h, sp/lasp2_chunked.h). A piece's state M = K^T diag(lambda^(L-j)) V (L its
-// tokens, j = 0..L-1) is what the piece adds to the state it passes on; the state entering piece p is the
-// prefix P_p = sum_{s<p} lambda^(L(p-1-s)) M_s over global piece order, and the gradient of the state
-// leaving it the suffix G_p = sum_{s>p} lambda^(L(s-p-1)) dM_s.
+// tokens, j = 0..L-1; the kernel's span_state) is what the piece adds to the state it passes on; the state
+// entering piece p is the prefix P_p = sum_{s<p} lambda^(L(p-1-s)) M_s over global piece order, and the gradient
+// of the state leaving it the suffix G_p = sum_{s>p} lambda^(L(s-p-1)) dM_s.
 #pragma once
 #include <cstdint>
 #include <utility>
@@ -12,15 +12,8 @@
 
 namespace lasp {
 
-// dst (n x d, dense) = scale diag(f) src (rows ld apart) with f[i] = pw[i] (head) or pw[n - i] (tail):
-// pw[k] = lambda^k, k = 0..n.
-void decayed_rows(float* dst, const float* src, int ld, const float* pw, bool tail, int n, int d, float scale = 1.f);
-
 // dst (n x d, dense) = src (rows ld apart) .* f (n x d, dense): GLA's rows times their gate products.
 void gated_rows(float* dst, const float* src, int ld, const float* f, int n, int d);
-
-// pw[h][k] = lambda_h^k, k = 0..n, for every head (lambda (H) or null: 1).
-std::vector<std::vector<float>> head_powers(const float* lambda, int H, int n);
 
 // Every piece's pairs (kernels/state_algebra.h) in global piece order: head x of piece p has its transition at
 // a[p] + x * a_stride and its state at b[p] + x * b_stride.

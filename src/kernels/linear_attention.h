@@ -23,6 +23,7 @@
 #include <string>
 
 #include "core/workspace.h"
+#include "kernels/expanded_feature_map.h"
 
 namespace lasp {
 
@@ -49,6 +50,13 @@ struct LinearAttentionShape {
   int dk = 0, dv = 0;  // key width (q, k and the state's rows), value width (v, o and the state's columns)
   int block = kLinearBlock;
   int threads = 0;
+  // Expanded features (Based, Rebased: kernels/expanded_feature_map.h, FEATURE_MAPS.md). f > 0: q and k hold f
+  // raw values per head (the map's kernel input u), which the kernels expand block by block into
+  // dk = expanded_features(f, expansion) features; the intra-block scores come from the raw rows (B^2 f work),
+  // and nothing expanded is kept. f = 0: q and k are dk wide and used as they are.
+  int f = 0;
+  ExpandedKind expansion = ExpandedKind::based;
+  int qk_width() const { return f > 0 ? f : dk; }  // q, k and their gradients per head, as passed
 };
 
 // Floats of workspace the kernels need for s (on s.threads threads).

@@ -25,16 +25,21 @@ struct AttentionShape {
   int threads;   // OpenMP threads of the attention kernels, set once by whoever builds the model (trainer,
                  // decoder, bench); every workspace is sized for them
   bool gla = false;  // the linear layers take GLA's gates: the SP methods size their gate scratch up front
+  // Expanded features (LinearAttentionShape::f): q and k of the linear layers hold f raw values per head, dk is
+  // the expanded width. f = 0: none.
+  int f = 0;
+  ExpandedKind expansion = ExpandedKind::based;
 
   // The linear kernels' shape for `rows` rows of `tokens` tokens and `heads` heads (GLA takes its own block).
   LinearAttentionShape linear_kernel(int rows, int tokens, int heads) const {
-    return {rows, tokens, heads, dk, dv, block, threads};
+    return {rows, tokens, heads, dk, dv, block, threads, f, expansion};
   }
   LinearAttentionShape gla_kernel(int rows, int tokens, int heads) const {
-    return {rows, tokens, heads, dk, dv, kGlaBlock, threads};
+    return {rows, tokens, heads, dk, dv, kGlaBlock, threads, f, expansion};
   }
   size_t state_floats() const { return size_t(dk) * size_t(dv); }  // one head's linear state
-  SpanRows linear_rows() const { return {long(H) * dk, long(H) * dv}; }  // row strides of q, k and of v, o
+  int qk_width() const { return f > 0 ? f : dk; }                   // q and k of a linear layer per head
+  SpanRows linear_rows() const { return {long(H) * qk_width(), long(H) * dv}; }  // row strides of q, k and v, o
 };
 
 // The shape of config c's attention on B rows of N tokens (this rank's), blocks of `block`, on `threads`.

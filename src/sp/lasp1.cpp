@@ -39,7 +39,7 @@ void Lasp1Attention::linear_forward(int layer, float* o, const float* q, const f
     }
     const Piece& piece = mine_[i];
     for (int b = 0; b < s_.B; ++b) {
-      const long token = long(b) * s_.N + piece.offset, kr = token * H * s_.dk, vr = token * H * s_.dv;
+      const long token = long(b) * s_.N + piece.offset, kr = token * H * s_.qk_width(), vr = token * H * s_.dv;
       const uint8_t* flags = softmax_.documents().flags(b, piece.offset);
       const float* state_in = p > 0 ? P + size_t(b) * row_state : nullptr;
       float* state_out = out.data() + size_t(b) * row_state;
@@ -80,7 +80,7 @@ void Lasp1Attention::linear_backward(int layer, float* dq, float* dk, float* dv,
     const Piece& piece = mine_[i];
     const float* P = incoming.data() + size_t(i) * S;
     for (int b = 0; b < s_.B; ++b) {
-      const long token = long(b) * s_.N + piece.offset, kr = token * H * s_.dk, vr = token * H * s_.dv;
+      const long token = long(b) * s_.N + piece.offset, kr = token * H * s_.qk_width(), vr = token * H * s_.dv;
       float* dstate = p > 0 ? dstate_in.data() + size_t(b) * row_state : nullptr;
       const float* dleaving = p + 1 < pieces ? dstate_out.data() + size_t(b) * row_state : nullptr;
       const float* state_in = p > 0 ? P + size_t(b) * row_state : nullptr;

@@ -75,9 +75,9 @@ struct Lasp2Attention::Impl {
   size_t state_floats() const { return mine.size() * size_t(s.B) * s.H * s.state_floats(); }
   size_t state_at(int piece, int b, int h) const { return ((size_t(piece) * s.B + b) * s.H + h) * s.state_floats(); }
   int widest() const { return std::max(s.dk, s.dv); }
-  // Token t of batch row b, head h in a (B, N_local, H, width) tensor: keys (q, k, GLA's gates) are dk wide,
-  // values (v, o) dv.
-  long key_at(int b, long t, int h = 0) const { return ((long(b) * s.N + t) * s.H + h) * s.dk; }
+  // Token t of batch row b, head h in a (B, N_local, H, width) tensor: keys (q, k, GLA's gates) are qk_width()
+  // wide (dk, or the raw f of expanded features), values (v, o) dv.
+  long key_at(int b, long t, int h = 0) const { return ((long(b) * s.N + t) * s.H + h) * s.qk_width(); }
   long value_at(int b, long t, int h = 0) const { return ((long(b) * s.N + t) * s.H + h) * s.dv; }
 
   // GLA: runs f(b, local piece index, head, thread scratch) over every (b, piece, head), in parallel.

@@ -105,8 +105,8 @@ class Lasp2ChunkedAttention : public LayerMajorAttention {
     return size_t(chunk_) * widest() + (s_.gla ? 3 * size_t(chunk_) * s_.dk + s_.dk : 0);
   }
   // Token t of batch row b, head h, of the running chunk in a (B, length, H, width) tensor: keys (q, k, GLA's
-  // gates) dk wide, values (v, o) dv.
-  long key_at(int b, long t, int h = 0) const { return ((long(b) * length_ + t) * s_.H + h) * s_.dk; }
+  // gates) qk_width() wide, values (v, o) dv.
+  long key_at(int b, long t, int h = 0) const { return ((long(b) * length_ + t) * s_.H + h) * s_.qk_width(); }
   long value_at(int b, long t, int h = 0) const { return ((long(b) * length_ + t) * s_.H + h) * s_.dv; }
   bool first_piece(int i) const { return mine_[i].index == 0; }
   bool last_piece(int i) const { return mine_[i].index == int(owner_.size()) - 1; }

@@ -94,8 +94,8 @@ void UlyssesAttention::linear_forward(int layer, float* o, const float* q, const
                                       const LinearGates& gates) {
   const float* lambda = gates.lambda;
   Saved& sv = saved_[layer];
-  to_heads(q, s_.H, s_.dk, sv.q);
-  to_heads(k, s_.H, s_.dk, sv.k);
+  to_heads(q, s_.H, s_.qk_width(), sv.q);
+  to_heads(k, s_.H, s_.qk_width(), sv.k);
   to_heads(v, s_.H, s_.dv, sv.v);
   std::vector<float> of(sv.v.size());
   if (gates.gla()) {  // GLA's log-gates travel with the queries: a fourth all-to-all
@@ -126,16 +126,16 @@ void UlyssesAttention::linear_backward(int layer, float* dq, float* dk, float* d
                               sv.k.data(), sv.v.data(), nullptr, lambda ? lambda + sp_.rank() * hg_ : nullptr,
                               docs_.start_flags(), linear_shape(), ws_.view());
   }
-  to_sequence(dqf, s_.H, s_.dk, dq, true);
-  to_sequence(dkf, s_.H, s_.dk, dk, true);
+  to_sequence(dqf, s_.H, s_.qk_width(), dq, true);
+  to_sequence(dkf, s_.H, s_.qk_width(), dk, true);
   to_sequence(dvf, s_.H, s_.dv, dv, true);
 }
 
 void UlyssesAttention::linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) {
   refuse_documents_bidirectional(!docs_.empty());
   Saved& sv = saved_[layer];
-  to_heads(q, s_.H, s_.dk, sv.q);
-  to_heads(k, s_.H, s_.dk, sv.k);
+  to_heads(q, s_.H, s_.qk_width(), sv.q);
+  to_heads(k, s_.H, s_.qk_width(), sv.k);
   to_heads(v, s_.H, s_.dv, sv.v);
   std::vector<float> of(sv.v.size());
   linear_attention_bidirectional_forward(of.data(), nullptr, sv.q.data(), sv.k.data(), sv.v.data(), nullptr,
@@ -152,8 +152,8 @@ void UlyssesAttention::linear_bidirectional_backward(int layer, float* dq, float
   linear_attention_bidirectional_backward(dqf.data(), dkf.data(), dvf.data(), nullptr, dof.data(), nullptr,
                                           sv.q.data(), sv.k.data(), sv.v.data(), nullptr,
                                           linear_shape(), ws_.view());
-  to_sequence(dqf, s_.H, s_.dk, dq, true);
-  to_sequence(dkf, s_.H, s_.dk, dk, true);
+  to_sequence(dqf, s_.H, s_.qk_width(), dq, true);
+  to_sequence(dkf, s_.H, s_.qk_width(), dk, true);
   to_sequence(dvf, s_.H, s_.dv, dv, true);
 }
 

@@ -82,7 +82,7 @@ inline std::string sp_method_help() {
 struct ModelFlags {
   std::string config_path, feature_map, decay;
   std::optional<std::string> layer_types;
-  std::optional<int> layers, hidden, heads, kv_heads, ffn, vocab;
+  std::optional<int> layers, hidden, heads, kv_heads, ffn, vocab, feature_dim;
   bool no_output_norm = false, no_output_gate = false, tie = false;
 
   void add(CLI::App* app) {
@@ -94,7 +94,10 @@ struct ModelFlags {
     app->add_option("--kv-heads", kv_heads, "num_key_value_heads (default 2)");
     app->add_option("--ffn", ffn, "intermediate_size (default 768)");
     app->add_option("--vocab", vocab, "vocab_size (default 256)");
-    app->add_option("--feature-map", feature_map, "silu | elu1 | relu | identity (default silu)");
+    app->add_option("--feature-map", feature_map,
+                    "silu | elu1 | relu | identity (element-wise), based | rebased (expanded rows, with a normalizer; "
+                    "decay none) (default silu)");
+    app->add_option("--feature-dim", feature_dim, "based | rebased: q and k values per head (default: the head dim)");
     app->add_option("--decay", decay, "none | lightning | retention | gla (GLA's per-token gates; default none)");
     app->add_flag("--no-output-norm", no_output_norm, "linear layers without the per-head output RMSNorm");
     app->add_flag("--no-output-gate", no_output_gate, "linear layers without the output gate");
@@ -133,7 +136,11 @@ struct ModelFlags {
     if (kv_heads) c.num_key_value_heads = *kv_heads;
     if (ffn) c.intermediate_size = *ffn;
     if (vocab) c.vocab_size = *vocab;
-    if (!feature_map.empty()) c.linear.feature_map = lasp::feature_map_from_string(feature_map);
+    if (feature_map == "based" || feature_map == "rebased")
+      c.linear.expanded = lasp::expanded_kind_from_string(feature_map), c.linear.feature_map = lasp::FeatureMap::identity;
+    else if (!feature_map.empty())
+      c.linear.feature_map = lasp::feature_map_from_string(feature_map), c.linear.expanded.reset();
+    if (feature_dim) c.linear.feature_dim = *feature_dim;
     if (!decay.empty()) c.linear.decay = lasp::decay_from_string(decay);
     if (no_output_norm) c.linear.output_norm = false;
     if (no_output_gate) c.linear.output_gate = false;

@@ -73,12 +73,14 @@ struct InfoCommand : Command {
                 "generic x86-64",
 #endif
                 omp_get_max_threads(), omp_get_num_procs());
+    std::printf("linear-attention kinds: feature maps silu, elu1, relu, identity (element-wise) and based, rebased "
+                "(expanded rows with a normalizer, --feature-dim); decays none, lightning, retention, gla\n");
     std::printf("sequence-parallel methods (--sp-method):\n");
     for (const lasp::SpMethod& m : lasp::sp_methods())
       std::printf("  %-12s linear layers: %s\n  %-12s softmax layers: %s\n  %-12s GLA's gates (decay gla): %s; "
-                  "SP prefill: %s; layer-major chunks: %s\n", m.name.c_str(), m.linear.c_str(), "", m.softmax.c_str(), "",
-                  m.runs(lasp::Transition::diagonal) ? "yes" : "no", m.decoding ? "yes" : "no",
-                  m.layer_major() ? "yes" : "no");
+                  "based/rebased: %s; SP prefill: %s; layer-major chunks: %s\n", m.name.c_str(), m.linear.c_str(), "",
+                  m.softmax.c_str(), "", m.runs(lasp::Transition::diagonal) ? "yes" : "no",
+                  m.expanded_maps ? "yes" : "no", m.decoding ? "yes" : "no", m.layer_major() ? "yes" : "no");
   }
 };
 

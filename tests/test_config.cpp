@@ -11,6 +11,7 @@
 #include "core/check.h"
 #include "core/file.h"
 #include "model/config.h"
+#include "model/params.h"
 #include "testing.h"
 
 namespace {
@@ -217,3 +218,47 @@ TEST(ModelConfig, LoadErrorsNameTheFile) {
 }
 
 }  // namespace
+
+// Based and Rebased (FEATURE_MAPS.md): their keys survive the trip, and what they cannot take is refused by key.
+TEST(ModelConfig, ExpandedFeatureMaps) {
+  for (const char* kind : {"based", "rebased"}) {
+    ModelConfig c = ModelConfig::from_json(with_linear("feature_map", kind));
+    ASSERT_TRUE(c.linear.expanded.has_value());
+    EXPECT_EQ(c.linear_key_width(), c.head_dim());  // feature_dim absent: d
+    json j = c.to_json();
+    EXPECT_EQ(j["linear_attention"]["feature_map"], kind);
+    EXPECT_EQ(j["linear_attention"]["feature_dim"], c.head_dim());
+    EXPECT_EQ(j["linear_attention"]["normalizer_eps"].get<double>(), 1e-10);  // its shortest form
+    json k = with_linear("feature_map", kind);
+    k["linear_attention"]["feature_dim"] = 16;
+    k["linear_attention"]["normalizer_eps"] = 1e-6;
+    const ModelConfig d = ModelConfig::from_json(k);
+    EXPECT_EQ(d.linear_key_width(), 16);
+    EXPECT_EQ(d.linear_state_rows(), std::string(kind) == "based" ? 153 : 136);  // D' at f = 16
+    EXPECT_EQ(ModelConfig::from_json(json::parse(d.to_json().dump())).to_json(), d.to_json());
+    json lightning = with_linear("feature_map", kind);
+    lightning["linear_attention"]["decay"] = "lightning";
+    EXPECT_REFUSED(lightning, "linear_attention.decay");
+    for (int bad : {0, -2}) {
+      json f = with_linear("feature_map", kind);
+      f["linear_attention"]["feature_dim"] = bad;
+      EXPECT_REFUSED(f, "linear_attention.feature_dim");
+    }
+    json eps = with_linear("feature_map", kind);
+    eps["linear_attention"]["normalizer_eps"] = -1;
+    EXPECT_REFUSED(eps, "linear_attention.normalizer_eps");
+  }
+  json elementwise = with_linear("feature_map", "silu");
+  elementwise["linear_attention"]["feature_dim"] = 7;
+  EXPECT_REFUSED(elementwise, "linear_attention.feature_dim");
+  elementwise["linear_attention"]["feature_dim"] = ModelConfig().head_dim();  // = d is what it is anyway
+  EXPECT_EQ(error_of(elementwise), "");
+  // rebased's LayerNorm: gamma and beta per layer, FLA's names; based has none
+  json r = with_linear("feature_map", "rebased");
+  r["linear_attention"]["feature_dim"] = 5;
+  const lasp::ParamLayout layout(ModelConfig::from_json(r));
+  EXPECT_EQ(layout.find("model.layers.0.self_attn.feature_map.gamma").shape, std::vector<int64_t>{5});
+  EXPECT_EQ(layout.find("model.layers.0.self_attn.feature_map.beta").shape, std::vector<int64_t>{5});
+  EXPECT_EQ(layout.find("model.layers.0.self_attn.q_proj.weight").shape,
+            (std::vector<int64_t>{5 * ModelConfig().num_attention_heads, ModelConfig().hidden_size}));
+}

@@ -27,6 +27,7 @@ struct Case {
   std::string name, layer_types, feature_map, decay;
   bool output_norm = true, output_gate = true, tied = false;
   int kv_heads = 2;
+  int feature_dim = 0;  // based, rebased: q and k per head (0: d)
 };
 
 ModelConfig make_config(const Case& c) {
@@ -38,7 +39,11 @@ ModelConfig make_config(const Case& c) {
   m.num_key_value_heads = c.kv_heads;
   m.layer_types = c.layer_types;
   m.num_hidden_layers = int(c.layer_types.size());
-  m.linear.feature_map = feature_map_from_string(c.feature_map);
+  if (c.feature_map == "based" || c.feature_map == "rebased")
+    m.linear.expanded = expanded_kind_from_string(c.feature_map), m.linear.feature_map = FeatureMap::identity;
+  else
+    m.linear.feature_map = feature_map_from_string(c.feature_map);
+  m.linear.feature_dim = c.feature_dim;
   m.linear.decay = decay_from_string(c.decay);
   m.linear.output_norm = c.output_norm;
   m.linear.output_gate = c.output_gate;
@@ -239,7 +244,13 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"hybrid_LLLN_elu1_none_mha", "LLLN", "elu1", "none", true, true, false, 4},
                       // GLA (GATES.md): the gate projection's three tensors and the kernel's log-gate gradients
                       Case{"linear_silu_gla", "LLLL", "silu", "gla"},
-                      Case{"hybrid_NLNL_elu1_gla_no_norm", "NLNL", "elu1", "gla", false, true}),
+                      Case{"hybrid_NLNL_elu1_gla_no_norm", "NLNL", "elu1", "gla", false, true},
+                      // Based and Rebased (FEATURE_MAPS.md): raw q, k of feature_dim, the expanded state, the
+                      // normalizer; rebased's gamma and beta. Linear-MoE's layer: no output norm, the gate.
+                      Case{"linear_based_f4", "LLLL", "based", "none", false, true, false, 2, 4},
+                      Case{"linear_based_fd_norm", "LLLL", "based", "none", true, true, false, 2, 0},
+                      Case{"hybrid_LLLN_rebased_fd", "LLLN", "rebased", "none", false, true, false, 2, 0},
+                      Case{"linear_rebased_f4_no_gate_norm", "LLLL", "rebased", "none", true, false, false, 2, 4}),
     [](const auto& info) { return info.param.name; });
 
 }  // namespace

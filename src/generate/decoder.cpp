@@ -11,6 +11,7 @@
 #include "core/memory.h"
 #include "kernels/feature_map.h"
 #include "kernels/gemm.h"
+#include "kernels/normalizer.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/state_algebra.h"
@@ -166,9 +167,26 @@ std::vector<float> Decoder::step(int token) {
     std::vector<float> attn(e.o, 0.f);
     if (c.layer_types[l] == 'L') {
       std::vector<float> q(e.q), k(e.k);
-      const std::vector<float> qp = project(lw.wq, xn, e.q), kp = project(lw.wk, xn, e.k), v = project(lw.wv, xn, e.v);
-      feature_map_forward(q.data(), qp.data(), e.q, c.linear.feature_map);
-      feature_map_forward(k.data(), kp.data(), e.k, c.linear.feature_map);
+      const std::vector<float> qp = project(lw.wq, xn, e.q), kp = project(lw.wk, xn, e.k);
+      std::vector<float> v = project(lw.wv, xn, e.v);
+      if (c.linear.expanded == ExpandedKind::rebased) {
+        rebased_norm_forward(q.data(), qp.data(), lw.fm_gamma, lw.fm_beta, H, dk, dk, dk);
+        rebased_norm_forward(k.data(), kp.data(), lw.fm_gamma, lw.fm_beta, H, dk, dk, dk);
+      } else {
+        feature_map_forward(q.data(), qp.data(), e.q, c.linear.feature_map);
+        feature_map_forward(k.data(), kp.data(), e.k, c.linear.feature_map);
+      }
+      // An expanded map: its features phi(q), phi(k) (D' per head) and v~ = [v | 1]; the state is D' x (d + 1) and
+      // o = n / (s + eps) of [n | s] = phi(q) S (FEATURE_MAPS.md, Decoding).
+      int sk = dk, sv = dv;  // the state's rows and columns
+      if (c.linear.expanded) {
+        sk = c.linear_state_rows(), sv = dv + 1;
+        std::vector<float> fq(size_t(H) * sk), fk(size_t(H) * sk), vt(size_t(H) * sv);
+        expanded_phi_forward(fq.data(), q.data(), H, dk, dk, *c.linear.expanded);
+        expanded_phi_forward(fk.data(), k.data(), H, dk, dk, *c.linear.expanded);
+        normalizer_append_ones(vt.data(), v.data(), H, dv);
+        q = std::move(fq), k = std::move(fk), v = std::move(vt);
+      }
       // o = q (S + k^T v); then S = lambda (S + k^T v): the state keeps dk x dv per head, whatever the length.
       // GLA: S = diag(exp(g)) S + k^T v first, with this token's gates g (GATES.md); then o = q S.
       std::vector<float> gate;
@@ -179,18 +197,21 @@ std::vector<float> Decoder::step(int token) {
       }
       // The token moves each head's state through the state algebra: GLA's transition (its gates) before the
       // token's own k^T v, a fixed decay's after it (the state kept is the one entering the next token).
-      const StateForm form{gate.empty() ? Transition::scalar : Transition::diagonal, dk, dv};
+      const StateForm form{gate.empty() ? Transition::scalar : Transition::diagonal, sk, sv};
+      std::vector<float> y(sv);
       for (int h = 0; h < H; ++h) {
         float* S = state_[l].data() + size_t(h) * form.state_floats();
-        const float *qh = q.data() + h * dk, *kh = k.data() + h * dk, *vh = v.data() + h * dv;
-        if (!gate.empty()) apply_transition(form, S, gate.data() + h * dk, S, false, nullptr);
-        for (int r = 0; r < dk; ++r)
-          for (int col = 0; col < dv; ++col) S[r * dv + col] += kh[r] * vh[col];
-        for (int col = 0; col < dv; ++col) {
+        const float *qh = q.data() + h * sk, *kh = k.data() + h * sk, *vh = v.data() + h * sv;
+        if (!gate.empty()) apply_transition(form, S, gate.data() + h * sk, S, false, nullptr);
+        for (int r = 0; r < sk; ++r)
+          for (int col = 0; col < sv; ++col) S[r * sv + col] += kh[r] * vh[col];
+        for (int col = 0; col < sv; ++col) {
           float acc = 0.f;
-          for (int r = 0; r < dk; ++r) acc += qh[r] * S[r * dv + col];
-          attn[h * dv + col] = acc;
+          for (int r = 0; r < sk; ++r) acc += qh[r] * S[r * sv + col];
+          y[col] = acc;
         }
+        if (c.linear.expanded) normalizer_forward(attn.data() + h * dv, y.data(), 1, dv, c.linear.normalizer_eps);
+        else std::copy(y.begin(), y.end(), attn.begin() + h * dv);
         const float lam = lambda_[l][h];
         if (gate.empty() && lam != 1.f) apply_transition(form, S, &lam, S, false, nullptr);
       }

@@ -43,9 +43,22 @@ struct AttentionShape {
 };
 
 // The shape of config c's attention on B rows of N tokens (this rank's), blocks of `block`, on `threads`.
+// An expanded map (based, rebased) runs its linear layers on raw q, k of feature_dim values, a D' x (d + 1) state
+// and values with the normalizer's column of ones (FEATURE_MAPS.md).
 inline AttentionShape attention_shape(const ModelConfig& c, int B, int N, int block, int threads) {
-  return {B,     N,       c.num_attention_heads, c.num_key_value_heads, c.head_dim(), c.linear_key_width(),
-          c.linear_value_width(), block, threads, c.linear.decay == Decay::gla};
+  const bool expanded = c.linear.expanded.has_value();
+  return {B,
+          N,
+          c.num_attention_heads,
+          c.num_key_value_heads,
+          c.head_dim(),
+          c.linear_state_rows(),
+          c.linear_value_width() + (expanded ? 1 : 0),
+          block,
+          threads,
+          c.linear.decay == Decay::gla,
+          expanded ? c.linear_key_width() : 0,
+          expanded ? *c.linear.expanded : ExpandedKind::based};
 }
 
 // What decays a causal linear layer's state: a fixed decay per head (MODEL.md), or GLA's log-gates per token,

@@ -80,6 +80,14 @@ bool get_string(const json& j, const char* key, const std::string& full_key, std
 
 int ModelConfig::head_dim() const { return num_attention_heads > 0 ? hidden_size / num_attention_heads : 0; }
 
+int ModelConfig::linear_key_width() const {
+  return linear.expanded && linear.feature_dim > 0 ? linear.feature_dim : head_dim();
+}
+
+int ModelConfig::linear_state_rows() const {
+  return linear.expanded ? int(expanded_features(linear_key_width(), *linear.expanded)) : linear_key_width();
+}
+
 ModelConfig::AttentionWidths ModelConfig::attention_widths(int l) const {
   const int H = num_attention_heads, d = head_dim();
   if (layer_types.at(size_t(l)) == 'L')
@@ -88,7 +96,8 @@ ModelConfig::AttentionWidths ModelConfig::attention_widths(int l) const {
 }
 
 int ModelConfig::widest_attention() const {
-  int widest = 0;
+  // An expanded map's values and outputs carry the normalizer's column inside the layer: H (d + 1).
+  int widest = linear.expanded ? num_attention_heads * (head_dim() + 1) : 0;
   for (int l = 0; l < int(layer_types.size()); ++l) {
     const AttentionWidths w = attention_widths(l);
     widest = std::max({widest, w.q, w.k, w.v, w.o});
@@ -140,6 +149,20 @@ void ModelConfig::validate() const {
   if (!(linear.gate_normalizer > 0.f) || !std::isfinite(linear.gate_normalizer))
     config_error("linear_attention.gate_normalizer", fmt::format("{}", linear.gate_normalizer),
                  "must be a finite number > 0");
+  if (linear.feature_dim < 0)
+    config_error("linear_attention.feature_dim", std::to_string(linear.feature_dim), "must be a positive integer");
+  if (!linear.expanded && linear.feature_dim != 0 && linear.feature_dim != head_dim())
+    config_error("linear_attention.feature_dim", std::to_string(linear.feature_dim),
+                 fmt::format("must equal the head dim {} with the element-wise feature_map {} (only based and "
+                             "rebased project q and k to another width)",
+                             head_dim(), json_quoted(to_string(linear.feature_map))));
+  if (linear.expanded && linear.decay != Decay::none)
+    config_error("linear_attention.decay", json_quoted(to_string(linear.decay)),
+                 fmt::format("must be \"none\" with feature_map {}: none of its sources decays (FEATURE_MAPS.md)",
+                             json_quoted(linear.feature_map_name())));
+  if (!(linear.normalizer_eps >= 0.f) || !std::isfinite(linear.normalizer_eps))
+    config_error("linear_attention.normalizer_eps", fmt::format("{}", linear.normalizer_eps),
+                 "must be a finite number >= 0");
 }
 
 nlohmann::json ModelConfig::to_json() const {
@@ -152,13 +175,17 @@ nlohmann::json ModelConfig::to_json() const {
   j["num_attention_heads"] = num_attention_heads;
   j["num_key_value_heads"] = num_key_value_heads;
   j["layer_types"] = layer_types;
-  j["linear_attention"] = {{"feature_map", to_string(linear.feature_map)},
+  j["linear_attention"] = {{"feature_map", linear.feature_map_name()},
                            {"decay", to_string(linear.decay)},
                            {"output_norm", linear.output_norm},
                            {"output_gate", linear.output_gate}};
   if (linear.decay == Decay::gla) {
     j["linear_attention"]["gate_low_rank"] = linear.gate_low_rank;
     j["linear_attention"]["gate_normalizer"] = float_json(linear.gate_normalizer);
+  }
+  if (linear.expanded) {
+    j["linear_attention"]["feature_dim"] = linear_key_width();
+    j["linear_attention"]["normalizer_eps"] = float_json(linear.normalizer_eps);
   }
   j["rms_norm_eps"] = float_json(rms_norm_eps);
   j["rope_theta"] = float_json(rope_theta);
@@ -190,7 +217,9 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
       else if (s == "elu1") c.linear.feature_map = FeatureMap::elu1;
       else if (s == "relu") c.linear.feature_map = FeatureMap::relu;
       else if (s == "identity") c.linear.feature_map = FeatureMap::identity;
-      else config_error("linear_attention.feature_map", json_quoted(s), "one of \"silu\", \"elu1\", \"relu\", \"identity\"");
+      else if (s == "based" || s == "rebased") c.linear.feature_map = FeatureMap::identity, c.linear.expanded = expanded_kind_from_string(s);
+      else config_error("linear_attention.feature_map", json_quoted(s),
+                        "one of \"silu\", \"elu1\", \"relu\", \"identity\", \"based\", \"rebased\"");
     }
     if (get_string(*it, "decay", "linear_attention.decay", s)) {
       if (s == "none") c.linear.decay = Decay::none;
@@ -203,6 +232,10 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
     get_bool(*it, "output_gate", "linear_attention.output_gate", c.linear.output_gate);
     get_int(*it, "gate_low_rank", "linear_attention.gate_low_rank", c.linear.gate_low_rank);
     get_float(*it, "gate_normalizer", "linear_attention.gate_normalizer", c.linear.gate_normalizer);
+    get_int(*it, "feature_dim", "linear_attention.feature_dim", c.linear.feature_dim);
+    if (it->contains("feature_dim") && c.linear.feature_dim <= 0)
+      config_error("linear_attention.feature_dim", std::to_string(c.linear.feature_dim), "must be a positive integer");
+    get_float(*it, "normalizer_eps", "linear_attention.normalizer_eps", c.linear.normalizer_eps);
   }
   c.validate();
   if (auto it = j.find("head_dim"); it != j.end() && !it->is_null()) {

@@ -1,10 +1,12 @@
 // The model's shape: config.json of design/MODEL.md (Hugging Face style keys), parsed and validated.
 // A default-constructed ModelConfig is lasp's default small hybrid ("LLLN", D 256, H 4, H_kv 2, F 768).
 #pragma once
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
+#include "kernels/expanded_feature_map.h"
 #include "kernels/feature_map.h"
 #include "kernels/linear_attention.h"
 
@@ -23,6 +25,13 @@ struct LinearAttentionConfig {
   // gate_low_rank (gk_proj.0, gk_proj.1)
   int gate_low_rank = 16;
   float gate_normalizer = 16.f;
+  // feature_map "based" | "rebased" (FEATURE_MAPS.md): the row maps that expand each head's feature_dim raw q and
+  // k values (feature_dim 0: d), with every output divided by its normalizer (+ normalizer_eps). feature_map then
+  // holds identity (q and k reach the row map as projected; rebased's LayerNorm is part of the row map).
+  std::optional<ExpandedKind> expanded;
+  int feature_dim = 0;
+  float normalizer_eps = 1e-10f;
+  std::string feature_map_name() const { return expanded ? to_string(*expanded) : to_string(feature_map); }
 };
 
 struct ModelConfig {
@@ -40,10 +49,11 @@ struct ModelConfig {
 
   int head_dim() const;            // d = hidden_size / num_attention_heads
   bool has_softmax_layer() const;  // any 'N' in layer_types
-  // The linear layers' widths per head: keys (q, k, GLA's gates; the state's rows) and values (v, o; the state's
-  // columns). Both d for every kind lasp runs today.
-  int linear_key_width() const { return head_dim(); }
+  // The linear layers' widths per head: q and k as projected (GLA's gates too; feature_dim under an expanded
+  // map), and v, o (d). Their state is linear_state_rows() x (d, or d + 1 with an expanded map's normalizer).
+  int linear_key_width() const;
   int linear_value_width() const { return head_dim(); }
+  int linear_state_rows() const;  // the key width, or an expanded map's D' features
   // The widths per token (heads x width) of layer l's attention tensors: queries, keys, values and the output
   // o_proj reads. Linear: H dk, H dk, H dv, H dv; softmax: H d, H_kv d, H_kv d, H d.
   struct AttentionWidths {

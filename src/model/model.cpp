@@ -9,7 +9,9 @@
 #include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
 #include "kernels/feature_map.h"
+#include "kernels/expanded_feature_map.h"
 #include "kernels/gemm.h"
+#include "kernels/normalizer.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
@@ -131,6 +133,7 @@ void Model::carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPla
     a.v = cv.take(T * E);
     a.o = cv.take(T * E);
     if (any_linear) {
+      if (c.linear.expanded) a.y = cv.take(T * E);
       a.qp = cv.take(T * E);
       a.kp = cv.take(T * E);
       if (c.linear.output_norm) a.on = cv.take(T * E), a.rstd_o = cv.take(T * H);
@@ -325,11 +328,20 @@ void Model::forward_layer(int l, bool write_output) {
   if (c.layer_types[l] == 'L') {
     project(a.qp, xn, w.wq, D, e.q);
     project(a.kp, xn, w.wk, D, e.k);
-    project(a.v, xn, w.wv, D, e.v);
-    feature_map_forward(a.q, a.qp, long(T * e.q), c.linear.feature_map);
-    feature_map_forward(a.k, a.kp, long(T * e.k), c.linear.feature_map);
+    linear_features(l, true);
+    if (c.linear.expanded) {  // the normalizer's column: v~ = [v | 1] (the projection goes through a.o)
+      project(a.o, xn, w.wv, D, e.v);
+      normalizer_append_ones(a.v, a.o, T * H, c.head_dim());
+    } else {
+      project(a.v, xn, w.wv, D, e.v);
+    }
     if (c.linear.decay == Decay::gla) gate_forward(l, xn);
-    attention_.linear_forward(l, a.o, a.q, a.k, a.v, linear_gates(l, false));
+    if (c.linear.expanded) {  // Y = [n | s]; o = n / (s + eps)
+      attention_.linear_forward(l, a.y, a.q, a.k, a.v, linear_gates(l, false));
+      normalizer_forward(a.o, a.y, T * H, c.head_dim(), c.linear.normalizer_eps);
+    } else {
+      attention_.linear_forward(l, a.o, a.q, a.k, a.v, linear_gates(l, false));
+    }
     attn_out = a.o;
     if (c.linear.output_norm) {  // per-head RMSNorm: T*H rows of dv, one weight shared by the heads
       rmsnorm_forward(a.on, a.rstd_o, a.o, w.o_norm, T_ * H, c.linear_value_width(), eps);
@@ -360,6 +372,45 @@ void Model::forward_layer(int l, bool write_output) {
     if (write_output) project(x_[l + 1] + size_t(r) * D, kept(a.m, a.m16), w.w_down, F, D, rows);
   }
   if (write_output) add_into(x_[l + 1], a.h, T * D);
+}
+
+// The k (and q, with queries) the linear attention of layer l reads, from their projections: the element-wise
+// feature map, or an expanded map's kernel input (based: the projection itself; rebased: its LayerNorm with
+// gamma and beta).
+void Model::linear_features(int l, bool queries) {
+  const ModelConfig& c = config_;
+  LayerActs& a = acts(l);
+  const size_t n = size_t(T_) * c.attention_widths(l).q;
+  if (c.linear.expanded == ExpandedKind::rebased) {
+    const LayerWeights& w = w_.layers[l];
+    const int f = c.linear_key_width();
+    const long rows = long(T_) * c.num_attention_heads;
+    if (queries) rebased_norm_forward(a.q, a.qp, w.fm_gamma, w.fm_beta, rows, f, f, f);
+    rebased_norm_forward(a.k, a.kp, w.fm_gamma, w.fm_beta, rows, f, f, f);
+  } else {
+    if (queries) feature_map_forward(a.q, a.qp, long(n), c.linear.feature_map);
+    feature_map_forward(a.k, a.kp, long(n), c.linear.feature_map);
+  }
+}
+
+// Their backward: dqp, dkp (overwritten) from dq, dk; rebased's gamma and beta gradients accumulate.
+void Model::linear_features_backward(int l, const float* dq, const float* dk, float* dqp, float* dkp) {
+  const ModelConfig& c = config_;
+  const LayerActs& a = acts(l);
+  const size_t n = size_t(T_) * c.attention_widths(l).q;
+  if (c.linear.expanded == ExpandedKind::rebased) {
+    const LayerWeights& w = w_.layers[l];
+    const LayerWeights& g = g_.layers[l];
+    const int f = c.linear_key_width();
+    const long rows = long(T_) * c.num_attention_heads;
+    for (float* x : {dqp, dkp})
+      if (x) zero(x, n);
+    if (dqp) rebased_norm_backward(dqp, g.fm_gamma, g.fm_beta, dq, a.qp, w.fm_gamma, rows, f, f, f);
+    if (dkp) rebased_norm_backward(dkp, g.fm_gamma, g.fm_beta, dk, a.kp, w.fm_gamma, rows, f, f, f);
+  } else {
+    if (dqp) feature_map_backward(dqp, dq, a.qp, long(n), c.linear.feature_map, GradStore::overwrite);
+    if (dkp) feature_map_backward(dkp, dk, a.kp, long(n), c.linear.feature_map, GradStore::overwrite);
+  }
 }
 
 LinearGates Model::linear_gates(int l, bool backward) {
@@ -482,10 +533,18 @@ void Model::backward_layer(int l) {
     }
     zero(s_.dq, T * e.q);
     zero(s_.dk, T * e.k);
-    zero(s_.dv, T * e.v);
-    attention_.linear_backward(l, s_.dq, s_.dk, s_.dv, d_o, a.q, a.k, a.v, linear_gates(l, true));
-    feature_map_backward(s_.dqp, s_.dq, a.qp, long(T * e.q), c.linear.feature_map, GradStore::overwrite);
-    feature_map_backward(s_.dkp, s_.dk, a.kp, long(T * e.k), c.linear.feature_map, GradStore::overwrite);
+    if (c.linear.expanded) {  // through o = n / (s + eps) to dY, the attention's; v~'s gradient loses its column
+      float* dy = d_o == s_.da ? s_.dqp : s_.da;
+      const size_t rows = T * c.num_attention_heads;
+      normalizer_backward(dy, d_o, a.o, a.y, rows, c.head_dim(), c.linear.normalizer_eps);
+      zero(s_.dv, rows * (c.head_dim() + 1));
+      attention_.linear_backward(l, s_.dq, s_.dk, s_.dv, dy, a.q, a.k, a.v, linear_gates(l, true));
+      normalizer_drop_column(s_.dv, s_.dv, rows, c.head_dim());
+    } else {
+      zero(s_.dv, T * e.v);
+      attention_.linear_backward(l, s_.dq, s_.dk, s_.dv, d_o, a.q, a.k, a.v, linear_gates(l, true));
+    }
+    linear_features_backward(l, s_.dq, s_.dk, s_.dqp, s_.dkp);
     const Input xn = kept(a.xn, a.xn16);
     project_backward(s_.dxn, g.wq, s_.dqp, xn, w.wq, D, e.q, !gated);
     project_backward(s_.dxn, g.wk, s_.dkp, xn, w.wk, D, e.k);

@@ -83,6 +83,8 @@ class Model {
     float *qp, *kp;               // linear layers: (T, q), (T, k) projections before the feature map
     float *q, *k, *v;             // (T, q), (T, k), (T, v): what attention consumed
     float *o, *lse;               // (T, o) attention output; softmax layers: (B, H, N)
+    float* y;                     // expanded maps (based, rebased): (T, H (d + 1)) the attention's [n | s]; o
+                                  // is then n / (s + eps), and v holds [v | 1] (kernels/normalizer.h)
     float *on, *rstd_o;           // output_norm: (T, o), (T * H)
     float *gp, *og;               // output_gate: (T, o) gate projection, (T, o) gated output
     float *gk1, *gz, *glog;       // decay gla: (T, r) low-rank gate input, (T, k) its projection, the log-gates
@@ -150,6 +152,8 @@ class Model {
   // Layer l's gates for the attention: its fixed decay, or GLA's log-gates of the running chunk (computed by
   // gate_forward) and, in the backward, the buffer of their gradient.
   LinearGates linear_gates(int l, bool backward);
+  void linear_features(int l, bool queries);
+  void linear_features_backward(int l, const float* dq, const float* dk, float* dqp, float* dkp);
   // dX += dY W (dX = dY W when dx_fresh), dW += dY^T X.
   void project_backward(float* dX, float* dW, const float* dY, Input X, const float* W, int in, int out,
                         bool dx_fresh = false, int rows = -1);

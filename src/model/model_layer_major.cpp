@@ -10,6 +10,7 @@
 #include "core/check.h"
 #include "kernels/embedding.h"
 #include "kernels/feature_map.h"
+#include "kernels/normalizer.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "model/model.h"
@@ -38,8 +39,13 @@ void Model::layer_keys(int l) {
   const Input xn = keep(a.xn, a.xn16, size_t(T_) * D);
   if (c.layer_types[l] == 'L') {
     project(a.kp, xn, w.wk, D, e.k);
-    feature_map_forward(a.k, a.kp, long(T_) * e.k, c.linear.feature_map);
-    project(a.v, xn, w.wv, D, e.v);
+    linear_features(l, false);
+    if (c.linear.expanded) {  // v~ = [v | 1], through a.o (kernels/normalizer.h)
+      project(a.o, xn, w.wv, D, e.v);
+      normalizer_append_ones(a.v, a.o, size_t(T_) * c.num_attention_heads, c.head_dim());
+    } else {
+      project(a.v, xn, w.wv, D, e.v);
+    }
     if (c.linear.decay == Decay::gla) gate_forward(l, xn);
   } else {
     project(a.k, xn, w.wk, D, e.k);
@@ -56,15 +62,17 @@ void Model::key_gradients_backward(int l) {
   const LayerWeights& g = g_.layers[l];
   LayerActs& a = acts(l);
   layer_keys(l);
+  const size_t value_rows = size_t(T_) * c.num_attention_heads;  // v~ has a column more under an expanded map
   std::fill_n(s_.dk, size_t(T_) * e.k, 0.f);
-  std::fill_n(s_.dv, size_t(T_) * e.v, 0.f);
+  std::fill_n(s_.dv, c.linear.expanded && c.layer_types[l] == 'L' ? value_rows * (c.head_dim() + 1) : size_t(T_) * e.v, 0.f);
   const bool linear = c.layer_types[l] == 'L', gla = linear && c.linear.decay == Decay::gla;
   if (gla) std::fill_n(s_.dglog, size_t(T_) * e.k, 0.f);
   if (linear ? !layer_major_attention_->linear_key_gradients(l, s_.dk, s_.dv, a.k, a.v, linear_gates(l, true))
              : !layer_major_attention_->softmax_key_gradients(l, s_.dk, s_.dv))
     return;
+  if (linear && c.linear.expanded) normalizer_drop_column(s_.dv, s_.dv, value_rows, c.head_dim());
   if (linear)
-    feature_map_backward(s_.dkp, s_.dk, a.kp, long(T_) * e.k, c.linear.feature_map, GradStore::overwrite);
+    linear_features_backward(l, nullptr, s_.dk, nullptr, s_.dkp);
   else
     rope_backward(s_.dkp, s_.dk, rope(), B_, c.num_key_value_heads, GradStore::overwrite);
   project_backward(s_.dxn, g.wk, s_.dkp, kept(a.xn, a.xn16), w.wk, D, e.k, true);

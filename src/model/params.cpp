@@ -26,6 +26,10 @@ ParamLayout::ParamLayout(const ModelConfig& c) : config_(c) {
       add(p + "self_attn.gk_proj.1.weight", {e.k, c.linear.gate_low_rank});
       add(p + "self_attn.gk_proj.1.bias", {e.k});
     }
+    if (linear && c.linear.expanded == ExpandedKind::rebased) {  // FEATURE_MAPS.md: FLA's names
+      add(p + "self_attn.feature_map.gamma", {c.linear_key_width()});
+      add(p + "self_attn.feature_map.beta", {c.linear_key_width()});
+    }
     add(p + "post_attention_layernorm.weight", {D});
     add(p + "mlp.gate_proj.weight", {F, D});
     add(p + "mlp.up_proj.weight", {F, D});
@@ -77,6 +81,8 @@ Weights ParamLayout::bind(float* base) const {
     l.wgk1 = maybe(p + "self_attn.gk_proj.0.weight");
     l.wgk2 = maybe(p + "self_attn.gk_proj.1.weight");
     l.bgk = maybe(p + "self_attn.gk_proj.1.bias");
+    l.fm_gamma = maybe(p + "self_attn.feature_map.gamma");
+    l.fm_beta = maybe(p + "self_attn.feature_map.beta");
     l.post_norm = at(p + "post_attention_layernorm.weight");
     l.w_gate = at(p + "mlp.gate_proj.weight");
     l.w_up = at(p + "mlp.up_proj.weight");

@@ -20,13 +20,14 @@ struct TensorSpec {
 
 struct LayerWeights {
   float* input_norm;  // (D)
-  float* wq;          // (H*d, D)
-  float* wk;          // (H*d, D) linear layer, (H_kv*d, D) softmax layer
-  float* wv;          // same as wk
+  float* wq;          // (H*d, D); linear layers (H*dk, D), dk = ModelConfig::linear_key_width()
+  float* wk;          // (H*dk, D) linear layer, (H_kv*d, D) softmax layer
+  float* wv;          // (H*d, D) linear layer, (H_kv*d, D) softmax layer
   float* wo;          // (D, H*d)
   float* wg;          // (H*d, D) linear layers with output_gate, else null
   float* o_norm;      // (d) linear layers with output_norm, else null
   float *wgk1, *wgk2, *bgk;  // decay gla: (r, D), (H*d, r), (H*d) the gate projection, else null
+  float *fm_gamma, *fm_beta;  // feature_map rebased: (dk), (dk) its LayerNorm's, shared by q, k and the heads
   float* post_norm;   // (D)
   float* w_gate;      // (F, D)
   float* w_up;        // (F, D)

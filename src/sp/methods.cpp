@@ -102,15 +102,15 @@ const std::vector<SpMethod>& sp_methods() {
        make<Lasp1Attention>, nullptr, lasp1_cost},
       {"ring", "Ring Attention: K, V blocks around the ring, masked left product",
        "Ring Attention: K, V blocks around the ring, online softmax", LayoutRule::contiguous, false, {Transition::scalar}, false,
-       false, make<RingAttention>, nullptr, ring_cost},
+       false, make<RingAttention>, nullptr, ring_cost, false, false},
       {"ring-zigzag", "Ring Attention on the zigzag layout", "Ring Attention on the zigzag layout", LayoutRule::zigzag,
-       false, {Transition::scalar}, false, false, make<RingAttention>, nullptr, ring_zigzag_cost},
+       false, {Transition::scalar}, false, false, make<RingAttention>, nullptr, ring_zigzag_cost, false, false},
       {"ulysses", "Ulysses: all-to-all to whole sequences of H/W heads, the local kernel",
        "Ulysses: all-to-all to whole sequences of H/W heads, the local kernel", LayoutRule::balanced, true,
        {Transition::scalar, Transition::diagonal}, false, true, make<UlyssesAttention>, nullptr, ulysses_cost},
       {"allgather", "AllGather: one AllGather of K, V, masked left product (O(N^2))", "LASP-2H: one AllGather of K, V",
        LayoutRule::balanced, false, {Transition::scalar}, false, false,
-       make<AllGatherAttention>, nullptr, allgather_cost},
+       make<AllGatherAttention>, nullptr, allgather_cost, false, false},
   };
   return methods;
 }
@@ -137,6 +137,9 @@ void check_sp_method(const SpMethod& m, const SpNeeds& needs) {
     missing("bidirectional linear layers", [](const SpMethod& o) { return o.bidirectional; });
   if (needs.layer_major && !m.layer_major())
     missing("layer-major chunked form", [](const SpMethod& o) { return o.layer_major(); });
+  if (needs.expanded_maps && !m.expanded_maps)
+    missing("Based or Rebased (feature_map based | rebased: expanded features)",
+            [](const SpMethod& o) { return o.expanded_maps; });
 }
 
 std::string sp_method_names(const std::string& separator) {
@@ -166,7 +169,10 @@ std::unique_ptr<Attention> make_sp_attention(const std::string& method, Comm& sp
   const SpMethod& m = find_sp_method(method);
   LASP_CHECK(scan_slices >= 1, "--scan-slices must be at least 1, got {}", scan_slices);
   if (sp.size() == 1) return std::make_unique<LocalAttention>(shape);
-  check_sp_method(m, {shape.gla ? Transition::diagonal : Transition::scalar});
+  SpNeeds needs;
+  needs.transition = shape.gla ? Transition::diagonal : Transition::scalar;
+  needs.expanded_maps = shape.f > 0;
+  check_sp_method(m, needs);
   return m.make(sp, shape, global_N, layout, layers, scan_slices);
 }
 

@@ -52,6 +52,9 @@ struct SpMethod {
   double (*layer_seconds)(const LayerCostInputs&) = nullptr;
   // Published when: LASP-2 (2025) and what came before it, or the state scans that followed (ZeCO, 2025).
   bool state_scan = false;
+  // Based and Rebased (expanded feature maps): the methods whose linear layers run the chunkwise kernel and its
+  // spans, which expand q and k block by block.
+  bool expanded_maps = true;
 
   bool runs(Transition t) const;
   bool layer_major() const { return make_layer_major != nullptr; }
@@ -60,7 +63,7 @@ struct SpMethod {
 // What a run asks of its method.
 struct SpNeeds {
   Transition transition = Transition::scalar;
-  bool decoding = false, bidirectional = false, layer_major = false;
+  bool decoding = false, bidirectional = false, layer_major = false, expanded_maps = false;
 };
 // The transition of a model's linear layers: scalar for the fixed decays (none, lightning, retention, and the
 // document cuts), diagonal for GLA.

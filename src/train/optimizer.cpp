@@ -26,8 +26,12 @@ double AdamW::step(std::vector<float>& params, const std::vector<float>& grads, 
 void init_weights(const ParamLayout& layout, std::vector<float>& params, uint64_t seed, float std) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> normal(0.0, std);
-  for (const TensorSpec& t : layout.specs())
-    for (size_t i = 0; i < t.size; ++i) params[t.offset + i] = t.matrix ? float(normal(rng)) : 1.f;
+  // Matrices from N(0, std); vectors at 1 (norm weights, rebased's gamma), but rebased's beta at 0 (FEATURE_MAPS.md).
+  const std::string beta = ".feature_map.beta";
+  for (const TensorSpec& t : layout.specs()) {
+    const bool zero = t.name.size() > beta.size() && t.name.compare(t.name.size() - beta.size(), beta.size(), beta) == 0;
+    for (size_t i = 0; i < t.size; ++i) params[t.offset + i] = t.matrix ? float(normal(rng)) : zero ? 0.f : 1.f;
+  }
 }
 
 }  // namespace lasp

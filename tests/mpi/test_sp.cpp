@@ -59,6 +59,8 @@ struct AttnCase {
   StatePassingKind passing = StatePassingKind::gather;  // how LASP-2 passes its linear layers' states
   int slices = 1;                                       // All-Scan's K
   int value_width = 16;                                 // linear layers' dv (their dk is 16)
+  int feature_dim = 0;                                  // > 0: q, k raw rows of an expanded map (Based, Rebased)
+  ExpandedKind expansion = ExpandedKind::based;
 };
 
 class SpAttention : public ::testing::TestWithParam<AttnCase> {};
@@ -67,9 +69,10 @@ TEST_P(SpAttention, EqualsSingleProcessOnEveryRank) {
   const AttnCase c = GetParam();
   const int W = world().size(), B = 2, H = 4, Hkv = c.linear ? 4 : 2, d = 16, block = 16;
   ASSERT_EQ(c.N % (c.layout == SpLayout::zigzag ? 2 * W : W), 0) << "the cases are sized for worlds of 1 to 4 ranks";
-  const int dv = c.linear ? c.value_width : d;  // keys are d wide
+  const int dv = c.linear ? c.value_width : d;  // keys are d wide, or feature_dim raw values under an expansion
+  const int f = c.feature_dim, rows = f > 0 ? int(expanded_features(f, c.expansion)) : d, qk = f > 0 ? f : d;
   // widths per token: queries and keys; values and the output
-  const int width = H * d, kvw = Hkv * d, vw = c.linear ? H * dv : kvw, ow = c.linear ? H * dv : width;
+  const int width = H * qk, kvw = Hkv * qk, vw = c.linear ? H * dv : kvw, ow = c.linear ? H * dv : width;
   auto q = random_values(size_t(B) * c.N * width, 1), k = random_values(size_t(B) * c.N * kvw, 2),
        v = random_values(size_t(B) * c.N * vw, 3), g = random_values(size_t(B) * c.N * ow, 4);
   if (c.linear)  // positive features, as a feature map would give
@@ -79,7 +82,7 @@ TEST_P(SpAttention, EqualsSingleProcessOnEveryRank) {
   linear_attention_decays(lambda.data(), H, c.decay);
 
   // single process on the whole sequence
-  LocalAttention local({B, c.N, H, Hkv, d, d, dv, block, kThreads});
+  LocalAttention local({B, c.N, H, Hkv, d, rows, dv, block, kThreads, false, f, c.expansion});
   std::vector<float> o(g.size()), lse(size_t(B) * H * c.N), dq(q.size(), 0.f), dk(k.size(), 0.f),
       dvs(v.size(), 0.f);
   if (c.linear) {
@@ -94,7 +97,8 @@ TEST_P(SpAttention, EqualsSingleProcessOnEveryRank) {
   // this rank's slice under LASP-2 / LASP-2H
   const std::vector<int> pos = sp_positions(c.N, W, world().rank(), c.layout);
   const int Nl = int(pos.size());
-  Lasp2Attention sp(world(), {B, Nl, H, Hkv, d, d, dv, block, kThreads}, c.N, c.layout, 1, c.passing, c.slices);
+  Lasp2Attention sp(world(), {B, Nl, H, Hkv, d, rows, dv, block, kThreads, false, f, c.expansion}, c.N, c.layout, 1,
+                    c.passing, c.slices);
   auto ql = take_rows(q, B, c.N, width, pos), kl = take_rows(k, B, c.N, kvw, pos),
        vl = take_rows(v, B, c.N, vw, pos), gl = take_rows(g, B, c.N, ow, pos);
   std::vector<float> ol(gl.size()), lsel(size_t(B) * H * Nl), dql(ql.size(), 0.f), dkl(kl.size(), 0.f),
@@ -128,6 +132,12 @@ std::vector<AttnCase> attention_cases() {
       }
       cases.push_back({false, Decay::none, layout, N});
     }
+  // Based and Rebased's expanded features (raw q, k of f values; the state D' x dv), documents aside: every
+  // transport, both layouts.
+  for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag})
+    for (ExpandedKind kind : {ExpandedKind::based, ExpandedKind::rebased})
+      for (StatePassingKind passing : {StatePassingKind::gather, StatePassingKind::exscan, StatePassingKind::allscan})
+        cases.push_back({true, Decay::none, layout, 72, passing, 3, 9, 4, kind});
   // Keys and values of different widths (dk 16): every transport, both layouts.
   for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag})
     for (int dv : {5, 33}) {
@@ -147,7 +157,8 @@ INSTANTIATE_TEST_SUITE_P(Cases, SpAttention, ::testing::ValuesIn(attention_cases
   return std::string(c.linear ? "linear_" : "softmax_") + (c.linear ? to_string(c.decay) : "gqa") + "_" +
          to_string(c.layout) + "_N" + std::to_string(c.N) + "_" + to_string(c.passing) +
          (c.passing == StatePassingKind::allscan ? std::to_string(c.slices) : "") +
-         (c.linear && c.value_width != 16 ? "_dv" + std::to_string(c.value_width) : "");
+         (c.linear && c.value_width != 16 ? "_dv" + std::to_string(c.value_width) : "") +
+         (c.feature_dim > 0 ? std::string("_") + to_string(c.expansion) + std::to_string(c.feature_dim) : "");
 });
 
 // The baselines give the same results for linear layers, both layouts, every decay: LASP-1 (the serial
@@ -517,6 +528,49 @@ TEST(SpGla, TheRegistryRefusesWhatAMethodLacksBeforeAnythingRuns) {
   EXPECT_THROW(check_sp_method(find_sp_method("ring"), {Transition::scalar, /*decoding=*/true}), Error);
   EXPECT_THROW(check_sp_method(find_sp_method("exscan"), {Transition::scalar, false, false, /*layer_major=*/true}), Error);
   EXPECT_NO_THROW(check_sp_method(find_sp_method("lasp2"), {Transition::diagonal, true, true, true}));
+}
+
+// Based and Rebased (expanded features) under every method that declares them, against one process on every
+// rank, forward and backward; the others (ring, allgather) refuse before anything runs, naming what they lack.
+TEST(SpExpanded, EveryMethodWithExpandedMapsEqualsOneProcess) {
+  const int W = world().size(), B = 2, H = 4, f = 3, dv = 6, N = 24 * W;
+  for (ExpandedKind kind : {ExpandedKind::based, ExpandedKind::rebased}) {
+    const int rows = int(expanded_features(f, kind));
+    auto q = random_values(size_t(B) * N * H * f, 11), k = random_values(q.size(), 12),
+         v = random_values(size_t(B) * N * H * dv, 13), g = random_values(v.size(), 14);
+    for (float& x : v) x = 0.5f * (x + 1.5f);  // the normalizer's column of ones is any positive value here
+    LocalAttention local({B, N, H, H, 8, rows, dv, 16, kThreads, false, f, kind});
+    std::vector<float> o(v.size()), dq(q.size(), 0.f), dk(k.size(), 0.f), dvs(v.size(), 0.f);
+    local.linear_forward(0, o.data(), q.data(), k.data(), v.data(), nullptr);
+    local.linear_backward(0, dq.data(), dk.data(), dvs.data(), g.data(), q.data(), k.data(), v.data(), nullptr);
+    for (const SpMethod& m : sp_methods()) {
+      if (m.heads_over_ranks && H % W) continue;
+      const SpLayout layout = m.layout == LayoutRule::zigzag ? SpLayout::zigzag : SpLayout::contiguous;
+      const std::vector<int> pos = sp_positions(N, W, world().rank(), layout);
+      const AttentionShape shape{B, int(pos.size()), H, H, 8, rows, dv, 16, kThreads, false, f, kind};
+      if (!m.expanded_maps && W > 1) {
+        try {
+          make_sp_attention(m.name, world(), shape, N, layout, 1);
+          ADD_FAILURE() << m.name << " made an attention of expanded features";
+        } catch (const Error& e) {
+          EXPECT_NE(std::string(e.what()).find("--sp-method " + m.name + " has no Based or Rebased"), std::string::npos)
+              << e.what();
+        }
+        continue;
+      }
+      auto sp = make_sp_attention(m.name, world(), shape, N, layout, 1);
+      const auto ql = take_rows(q, B, N, H * f, pos), kl = take_rows(k, B, N, H * f, pos),
+                 vl = take_rows(v, B, N, H * dv, pos), gl = take_rows(g, B, N, H * dv, pos);
+      std::vector<float> ol(vl.size()), dql(ql.size(), 0.f), dkl(kl.size(), 0.f), dvl(vl.size(), 0.f);
+      sp->linear_forward(0, ol.data(), ql.data(), kl.data(), vl.data(), nullptr);
+      sp->linear_backward(0, dql.data(), dkl.data(), dvl.data(), gl.data(), ql.data(), kl.data(), vl.data(), nullptr);
+      const std::string what = m.name + " " + to_string(kind);
+      expect_close(take_rows(o, B, N, H * dv, pos), ol, what + " o");
+      expect_close(take_rows(dq, B, N, H * f, pos), dql, what + " dq");
+      expect_close(take_rows(dk, B, N, H * f, pos), dkl, what + " dk");
+      expect_close(take_rows(dvs, B, N, H * dv, pos), dvl, what + " dv");
+    }
+  }
 }
 
 // The memory plan sees LASP-2's GLA scratch: the shape that says GLA adds at least the per-thread gate products

@@ -2,7 +2,8 @@
 # Memory plans through `lasp train` and `lasp eval`: every plan gives the losses of the default plan (5 steps,
 # relative 1e-5) in fp32 (bf16 below): chunks that do not divide the sequence, on one process and on each of
 # 2 DP ranks; per-layer recompute on 1, 2 and 3 SP ranks in both layouts; chunks with recompute inside;
-# layer-major chunks on 2 and 3 SP ranks in both layouts and on 2 SP x 2 DP ranks, GLA's too. The plan line is printed; a
+# layer-major chunks on 2 and 3 SP ranks in both layouts and on 2 SP x 2 DP ranks, GLA's, Based's and Rebased's too
+# (their methods as well). The plan line is printed; a
 # limit that nothing fits, and --chunk across SP ranks with a method that has no chunks, are refused clearly.
 # usage: memory_plan_test.sh MPIEXEC LASP
 set -euo pipefail
@@ -57,6 +58,28 @@ expect_plan gla_sp2_chunk "chunks of 13 tokens, layer by layer"
 run gla_sp3_chunk_zigzag 3 "${gla[@]}" --sp-size 3 --sp-layout zigzag --chunk 11
 compare gla_keep gla_sp2_chunk
 compare gla_keep gla_sp3_chunk_zigzag
+
+# Based and Rebased (issue 25; feature_dim 16: a 153 x 65 or 136 x 65 state per head): chunks on one process,
+# LASP-2 whole and in layer-major chunks, exscan, LASP-1 and Ulysses give one process's losses; ring refuses
+# them. Rebased at lr 2e-4, as GLA: at 1e-3 its near-zero normalizers and Adam carry the runs' rounding apart to
+# 1e-5 by step 5 (exscan on 3 ranks, measured) while the first step agrees to 6e-9.
+for map in based rebased; do
+  fm=(--batch 2 --layer-types LLLN --feature-map "$map" --feature-dim 16)
+  [[ $map == rebased ]] && fm+=(--lr 2e-4)
+  run "${map}_keep" 1 "${fm[@]}"
+  run "${map}_chunk" 1 "${fm[@]}" --chunk 40
+  run "${map}_sp2" 2 "${fm[@]}" --sp-size 2
+  run "${map}_sp2_chunk" 2 "${fm[@]}" --sp-size 2 --chunk 13
+  expect_plan "${map}_sp2_chunk" "chunks of 13 tokens, layer by layer"
+  run "${map}_exscan_sp3" 3 "${fm[@]}" --sp-size 3 --sp-method exscan
+  run "${map}_lasp1_sp2" 2 "${fm[@]}" --sp-size 2 --sp-method lasp1
+  run "${map}_ulysses_sp4" 4 "${fm[@]}" --sp-size 4 --sp-method ulysses
+  for other in chunk sp2 sp2_chunk exscan_sp3 lasp1_sp2 ulysses_sp4; do
+    compare "${map}_keep" "${map}_$other"
+  done
+done
+refused "has no Based or Rebased" 2 train --data "$dir/text.txt" --seq-len 96 --steps 1 --sp-size 2 --sp-method ring \
+  --feature-map based
 
 # bf16 (issue 16): sequence-parallel and chunked runs give the single process's bf16 losses. The exchanged
 # states stay fp32, so the first step agrees as fp32 does (measured 1.4e-6 and 2.4e-6). After it, the

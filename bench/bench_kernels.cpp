@@ -78,6 +78,36 @@ nlohmann::ordered_json bench_linear(const KernelBenchOptions& o, int threads, De
   return rate(3 * fwd, double(o.B) * o.N, sec);
 }
 
+// Based or Rebased (expanded features, FEATURE_MAPS.md) beside it: q, k of feature_dim f raw values per head, the
+// kernel expanding them to D' features block by block, values d + 1 wide (v with the normalizer's ones column);
+// no decay, as neither kind decays. q, k uniform in [-0.5, 0.5] (Based) or [-1, 1] (Rebased's rows after its
+// LayerNorm, the caller's step).
+nlohmann::ordered_json bench_expanded(const KernelBenchOptions& o, int threads, ExpandedKind kind, int f) {
+  omp_set_num_threads(threads);
+  const int D = int(expanded_features(f, kind)), dv = o.d + 1;
+  const size_t nk = size_t(o.B) * o.N * o.H * f, nv = size_t(o.B) * o.N * o.H * dv;
+  const float scale = kind == ExpandedKind::based ? 0.5f : 1.f;
+  auto q = random_values(nk, 1, scale), k = random_values(nk, 2, scale), v = random_values(nv, 3, 1.f),
+       g = random_values(nv, 4, 1.f);
+  std::vector<float> out(nv), dq(nk), dk(nk), dv_(nv);
+  const LinearAttentionShape s{o.B, o.N, o.H, D, dv, o.linear_block, threads, f, kind};
+  WorkspaceBuffer wf(linear_attention_forward_workspace_floats(s));
+  WorkspaceBuffer wb(linear_attention_backward_workspace_floats(s));
+  const double sec = time_median(o.repeats, [&] {
+    linear_attention_forward(out.data(), nullptr, q.data(), k.data(), v.data(), nullptr, nullptr, nullptr, s, wf.view());
+    linear_attention_backward(dq.data(), dk.data(), dv_.data(), nullptr, g.data(), nullptr, q.data(), k.data(),
+                              v.data(), nullptr, nullptr, nullptr, s, wb.view());
+  });
+  // The linear kernel's count with key width D' and value width d + 1, the intra-block scores at width f:
+  // 2 N H (2 D' (d+1) + 64 (f + d + 1)) forward, twice that backward.
+  const double fwd = 2.0 * o.N * o.H * o.B * (2.0 * D * dv + 64.0 * (f + dv));
+  nlohmann::ordered_json r = rate(3 * fwd, double(o.B) * o.N, sec);
+  r["feature_dim"] = f;
+  r["features"] = D;
+  r["value_width"] = dv;
+  return r;
+}
+
 // GLA on the same shape, log-gates as logsigmoid(x) / 16 gives them for x ~ N(0, 1) (kGlaBlock).
 nlohmann::ordered_json bench_gla(const KernelBenchOptions& o, int threads) {
   omp_set_num_threads(threads);
@@ -158,6 +188,12 @@ nlohmann::ordered_json bench_kernels(const KernelBenchOptions& o) {
     result["gla"][key] = bench_gla(o, t);
     result["gla"]["tokens_vs_lightning_" + key] =
         result["gla"][key]["tokens_per_s"].get<double>() / result["linear_attention_lightning"][key]["tokens_per_s"].get<double>();
+    for (ExpandedKind kind : {ExpandedKind::based, ExpandedKind::rebased}) {
+      const char* name = to_string(kind);
+      result[name][key] = bench_expanded(o, t, kind, o.feature_dim);
+      result[name]["tokens_vs_lightning_" + key] =
+          result[name][key]["tokens_per_s"].get<double>() / result["linear_attention_lightning"][key]["tokens_per_s"].get<double>();
+    }
     result["softmax_attention"][key] = bench_softmax(o, t);
     result["projection_4096x256x768"][key] = bench_projection(o, t);
   }
@@ -166,7 +202,8 @@ nlohmann::ordered_json bench_kernels(const KernelBenchOptions& o) {
     result[kernel]["fraction_of_peak_1_thread"] =
         result[kernel]["1"]["gflops"].get<double>() / result["peak_fp32_gflops"]["1"].get<double>();
   result["config"] = {{"B", o.B}, {"H", o.H}, {"H_kv", o.H}, {"d", o.d}, {"N", o.N},
-                      {"linear_block", o.linear_block}, {"repeats", o.repeats}, {"threads_all", all}};
+                      {"linear_block", o.linear_block}, {"feature_dim", o.feature_dim}, {"repeats", o.repeats},
+                      {"threads_all", all}};
   omp_set_num_threads(saved);
   return result;
 }

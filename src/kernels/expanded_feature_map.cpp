@@ -316,4 +316,106 @@ void expanded_kernel_backward(float* da, float* db, const float* dscores, const 
   }
 }
 
+void expanded_phi_forward_columns(float* phit, long ldp, const float* ut, long ldu, long n, int f, ExpandedKind kind) {
+  const char* fn = "expanded_phi_forward_columns";
+  check_sizes(fn, n, f, kind);
+  if (n == 0) return;
+  LASP_CHECK(ldu >= n && ldp >= n, "{}: the row strides must be >= n = {}, got ldu={} ldp={}", fn, n, ldu, ldp);
+  LASP_CHECK(phit && ut, "{}: null pointer (phit={}, ut={})", fn, (const void*)phit, (const void*)ut);
+  const Layout L = layout(f, kind);
+  if (L.affine) {
+    for (long r = 0; r < n; ++r) phit[r] = 1.f;
+    for (int i = 0; i < f; ++i) {
+      float* out = phit + (1 + i) * ldp;
+      const float* u = ut + i * ldu;
+#pragma omp simd
+      for (long r = 0; r < n; ++r) out[r] = L.lin * u[r];
+    }
+  }
+  for (int i = 0; i < f; ++i) {
+    float* out = phit + (L.diag + i) * ldp;
+    const float* u = ut + i * ldu;
+#pragma omp simd
+    for (long r = 0; r < n; ++r) out[r] = L.sq * u[r] * u[r];
+  }
+  long p = L.pairs;
+  for (int i = 0; i < f - 1; ++i) {
+    const float* ui = ut + i * ldu;
+    for (int j = i + 1; j < f; ++j, ++p) {
+      float* out = phit + p * ldp;
+      const float* uj = ut + j * ldu;
+#pragma omp simd
+      for (long r = 0; r < n; ++r) out[r] = L.pair * ui[r] * uj[r];
+    }
+  }
+}
+
+void expanded_phi_backward_columns(float* dut, const float* gt, long ldg, const float* ut, long ldu, long n, int f,
+                                   ExpandedKind kind) {
+  const char* fn = "expanded_phi_backward_columns";
+  check_sizes(fn, n, f, kind);
+  if (n == 0) return;
+  LASP_CHECK(ldu >= n && ldg >= n, "{}: the row strides must be >= n = {}, got ldu={} ldg={}", fn, n, ldu, ldg);
+  LASP_CHECK(dut && gt && ut, "{}: null pointer (dut={}, gt={}, ut={})", fn, (const void*)dut, (const void*)gt,
+             (const void*)ut);
+  LASP_CHECK(dut != ut && dut != gt, "{}: dut must differ from ut and gt", fn);
+  const Layout L = layout(f, kind);
+  // du_i = lin g_lin,i + 2 sq g_ii u_i + pair sum_{j != i} g_ij u_j   (g_ij: the pair feature of i < j)
+  for (int i = 0; i < f; ++i) {
+    float* du = dut + i * ldu;
+    const float *u = ut + i * ldu, *gd = gt + (L.diag + i) * ldg;
+    const float two_sq = 2 * L.sq;
+#pragma omp simd
+    for (long r = 0; r < n; ++r) du[r] += two_sq * gd[r] * u[r];
+    if (L.affine) {
+      const float* gl = gt + (1 + i) * ldg;
+#pragma omp simd
+      for (long r = 0; r < n; ++r) du[r] += L.lin * gl[r];
+    }
+  }
+  long p = L.pairs;
+  for (int i = 0; i < f - 1; ++i) {
+    const float* ui = ut + i * ldu;
+    float* dui = dut + i * ldu;
+    for (int j = i + 1; j < f; ++j, ++p) {
+      const float *uj = ut + j * ldu, *g = gt + p * ldg;
+      float* duj = dut + j * ldu;
+#pragma omp simd
+      for (long r = 0; r < n; ++r) {
+        const float gp = L.pair * g[r];
+        dui[r] += gp * uj[r];
+        duj[r] += gp * ui[r];
+      }
+    }
+  }
+}
+
+void expanded_kernel_of_dots(float* x, long n, int f, ExpandedKind kind) {
+  check_sizes("expanded_kernel_of_dots", n, f, kind);
+  const float inv_f = 1.f / f, inv_sqrt_f = float(1 / std::sqrt(double(f)));
+  if (kind == ExpandedKind::based) {
+#pragma omp simd
+    for (long i = 0; i < n; ++i) {
+      const float s = x[i] * inv_sqrt_f;
+      x[i] = 1.f + s + 0.5f * s * s;
+    }
+  } else {
+#pragma omp simd
+    for (long i = 0; i < n; ++i) x[i] = x[i] * x[i] * inv_f;
+  }
+}
+
+void expanded_kernel_of_dots_backward(float* w, const float* ds, const float* t, long n, int f, ExpandedKind kind) {
+  check_sizes("expanded_kernel_of_dots_backward", n, f, kind);
+  const float inv_f = 1.f / f, inv_sqrt_f = float(1 / std::sqrt(double(f)));
+  if (kind == ExpandedKind::based) {
+#pragma omp simd
+    for (long i = 0; i < n; ++i) w[i] = ds[i] * (1.f + t[i] * inv_sqrt_f) * inv_sqrt_f;
+  } else {
+    const float two_f = 2.f * inv_f;
+#pragma omp simd
+    for (long i = 0; i < n; ++i) w[i] = ds[i] * t[i] * two_f;
+  }
+}
+
 }  // namespace lasp

@@ -80,4 +80,22 @@ void expanded_kernel_forward(float* scores, const float* a, const float* b, long
 void expanded_kernel_backward(float* da, float* db, const float* dscores, const float* a, const float* b, long na,
                               long nb, long a_stride, long b_stride, int f, ExpandedKind kind);
 
+// ---------------------------------------------------------------------------------------------------------
+// Column forms, for chunked kernels: a block's rows are the columns (rows of a matrix transposed), so that every
+// loop runs along the block's rows and vectorizes over them, and phi^T is the operand the products want.
+
+// phit (D', n; its rows ldp apart) = phi of the n kernel inputs given as columns ut (f, n; rows ldu apart).
+void expanded_phi_forward_columns(float* phit, long ldp, const float* ut, long ldu, long n, int f, ExpandedKind kind);
+// dut (f, n; rows ldu apart) += the gradient of the inputs ut, given gt = dL/dphi (D', n; rows ldg apart).
+// dut must not alias ut or gt.
+void expanded_phi_backward_columns(float* dut, const float* gt, long ldg, const float* ut, long ldu, long n, int f,
+                                   ExpandedKind kind);
+
+// The kernel as a function of the raw dot product t = a.b (what a product of raw rows gives, B^2 f work):
+// x[i] = based 1 + t/sqrt(f) + t^2/(2f), rebased t^2/f, in place on n values.
+void expanded_kernel_of_dots(float* x, long n, int f, ExpandedKind kind);
+// Its derivative times the scores' gradient: w[i] = ds[i] * dkernel/dt(t[i]) (based (1 + t/sqrt f)/sqrt f,
+// rebased 2t/f), n values; w may equal ds.
+void expanded_kernel_of_dots_backward(float* w, const float* ds, const float* t, long n, int f, ExpandedKind kind);
+
 }  // namespace lasp

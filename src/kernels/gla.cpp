@@ -20,6 +20,8 @@ void check(const char* kernel, const LinearAttentionShape& s, Workspace ws, size
   LASP_CHECK(s.B > 0 && s.N > 0 && s.H > 0 && s.dk > 0 && s.dv > 0 && s.block > 0 && s.threads > 0,
              "{}: sizes must be positive, got B={} N={} H={} dk={} dv={} block={} threads={}", kernel, s.B, s.N, s.H,
              s.dk, s.dv, s.block, s.threads);
+  LASP_CHECK(s.f == 0, "{}: GLA's gates act on the key dims, not on expanded features: expected f = 0 (q, k dk wide), "
+             "got f={} ({}, dk={})", kernel, s.f, to_string(s.expansion), s.dk);
   LASP_CHECK(ws.floats >= need && (need == 0 || ws.data != nullptr),
              "{}: workspace of {} floats needed for dk={} dv={} block={} on {} threads, got {}", kernel, need, s.dk,
              s.dv, s.block, s.threads, ws.floats);

@@ -72,15 +72,29 @@ void check_shape(const char* kernel, const LinearAttentionShape& s) {
   LASP_CHECK(s.B > 0 && s.N > 0 && s.H > 0 && s.dk > 0 && s.dv > 0 && s.block > 0 && s.threads > 0,
              "{}: sizes must be positive, got B={} N={} H={} dk={} dv={} block={} threads={}", kernel, s.B, s.N, s.H,
              s.dk, s.dv, s.block, s.threads);
-  checked_product({s.B, s.N, s.H, std::max(s.dk, s.dv)}, kernel);  // elements are addressed with 64-bit offsets
+  LASP_CHECK(s.f >= 0, "{}: the raw width f of expanded q, k must be >= 0 (0: not expanded), got f={}", kernel, s.f);
+  if (s.f > 0) {
+    LASP_CHECK(s.expansion == ExpandedKind::based || s.expansion == ExpandedKind::rebased,
+               "{}: invalid ExpandedKind value {} with f={}", kernel, int(s.expansion), s.f);
+    const long features = expanded_features(s.f, s.expansion);
+    LASP_CHECK(s.dk == features, "{}: with f={} ({} features), dk must be expanded_features(f) = {}, got dk={}", kernel,
+               s.f, to_string(s.expansion), features, s.dk);
+  }
+  checked_product({s.B, s.N, s.H, std::max({s.dk, s.dv, s.f})}, kernel);  // elements are addressed with 64-bit offsets
   LASP_CHECK(int64_t(s.B) * s.H <= INT_MAX, "{}: B x H = {} x {} (batch rows x heads) must fit an int", kernel, s.B,
              s.H);
 }
 
+// The kernels that take q and k as they are (bidirectional, GLA) refuse expanded features.
+void check_not_expanded(const char* kernel, const LinearAttentionShape& s) {
+  LASP_CHECK(s.f == 0, "{}: expanded features are not supported here: expected f = 0 (q, k used as they are, dk wide), "
+             "got f={} ({}, dk={})", kernel, s.f, to_string(s.expansion), s.dk);
+}
+
 void check_workspace(const char* kernel, Workspace ws, size_t need, const LinearAttentionShape& s) {
   LASP_CHECK(ws.floats >= need && (need == 0 || ws.data != nullptr),
-             "{}: workspace of {} floats needed for B={} N={} H={} dk={} dv={} block={} on {} threads, got {}",
-             kernel, need, s.B, s.N, s.H, s.dk, s.dv, s.block, s.threads, ws.floats);
+             "{}: workspace of {} floats needed for B={} N={} H={} dk={} dv={} f={} block={} on {} threads, got {}",
+             kernel, need, s.B, s.N, s.H, s.dk, s.dv, s.f, s.block, s.threads, ws.floats);
 }
 
 int num_blocks(const LinearAttentionShape& s) { return (s.N + s.block - 1) / s.block; }
@@ -285,6 +299,17 @@ struct Scratch {
   float *a, *da;                // (blk, blk) intra-block scores and their gradient
   float *qf, *kf;               // (blk) one head's block factors where a document start cuts them
   float* dstate_t;              // (dv, dk)
+  // Expanded features (s.f > 0), one head's block in columns (transposed, so that the map's loops run along the
+  // rows): q and k hold phi(Q_b)^T and phi(K_b)^T (dk, rows); qs and ks phi(Q_b), phi(K_b) (rows, dk) where a
+  // product needs the rows (transposed back); state holds S^T and dS^T (dv, dk), so that no big product has the
+  // value width as its output columns (Based's d + 1: the 65th column costs the small-product kernel a quarter of
+  // the 64 before it).
+  float *uq, *uk;               // (f, blk) the raw rows Q_b^T, K_b^T
+  float* yt;                    // (dv, blk) the state's part of O_b (forward) or dV_b (backward), transposed
+  float* t;                     // (blk, blk) backward: the raw dot products Q_b K_b^T
+  float* dphi;                  // (dk, blk) backward: d phi(Q_b)^T or d phi(K_b)^T
+  float* du;                    // (f, blk) backward: their gradient in the raw rows
+  float *qp, *kp;               // (blk, f) backward: the raw rows, packed
 };
 
 Scratch carve(Carver& c, const LinearAttentionShape& s, int heads, bool backward) {
@@ -299,10 +324,19 @@ Scratch carve(Carver& c, const LinearAttentionShape& s, int heads, bool backward
   w.a = c.take(blk * blk);
   w.qf = c.take(blk);
   w.kf = c.take(blk);
+  const size_t bf = blk * std::max(s.f, 0);
+  if (s.f > 0) w.uq = c.take(bf), w.uk = c.take(bf), w.yt = c.take(bv);
   if (backward) {
     for (float** part : {&w.vt, &w.vs, &w.douts}) *part = c.take(bv);
     w.da = c.take(blk * blk);
     w.dstate_t = c.take(kv);
+    if (s.f > 0) {
+      w.t = c.take(blk * blk);
+      w.dphi = c.take(bk);
+      w.du = c.take(bf);
+      w.qp = c.take(bf);
+      w.kp = c.take(bf);
+    }
   }
   return w;
 }
@@ -318,11 +352,68 @@ Scratch thread_scratch(Workspace ws, const LinearAttentionShape& s, int heads, b
   return carve(c, s, heads, backward);
 }
 
+// ---- expanded features (s.f > 0), one head's block of `rows` rows in columns ----
+
+// ut (f, rows) = the raw rows x (rows at stride ld) transposed; phit (dk, rows) = phi(X)^T.
+void expand_block(float* phit, float* ut, const float* x, int rows, int ld, const LinearAttentionShape& s) {
+  transpose(ut, rows, x, ld, rows, s.f);
+  expanded_phi_forward_columns(phit, rows, ut, rows, rows, s.f, s.expansion);
+}
+
+// x (n, cols; rows ld apart) .*= c[col]: the decay factors of a block's rows, on a block in columns.
+void scale_columns(float* x, const float* c, int n, int cols, int ld) {
+  for (int i = 0; i < n; ++i) {
+    float* row = x + long(i) * ld;
+#pragma omp simd
+    for (int r = 0; r < cols; ++r) row[r] *= c[r];
+  }
+}
+
+// y (rows at stride ld) += x (rows, cols), dense.
+void add_rows(float* y, int ld, const float* x, int rows, int cols) {
+  for (int r = 0; r < rows; ++r) {
+    float* yr = y + long(r) * ld;
+    const float* xr = x + long(r) * cols;
+#pragma omp simd
+    for (int i = 0; i < cols; ++i) yr[i] += xr[i];
+  }
+}
+
+// dx (rows at stride ld) += dut^T, dut (f, rows).
+void add_columns(float* dx, int ld, const float* dut, int rows, int f) {
+  for (int r = 0; r < rows; ++r)
+    for (int i = 0; i < f; ++i) dx[long(r) * ld + i] += dut[long(i) * rows + r];
+}
+
+// The intra-block scores from the raw rows, never expanded (B^2 f work): the lower triangle (diagonal included)
+// of a (rows, rows) = kernel(Q_b K_b^T) = phi(Q_b) phi(K_b)^T, for q the raw rows (stride ld) and ukt = K_b^T
+// (f, rows); the upper triangle is left as it was (mask_decay clears it). t: null, or (rows, rows) to keep the
+// raw dot products in (their lower triangle), for the backward.
+void expanded_scores(float* a, float* t, const float* q, int ld, const float* ukt, int rows, const LinearAttentionShape& s,
+                     PrefetchStream* pf) {
+  float* dots = t ? t : a;
+  gemm(false, false, rows, rows, s.f, 1.f, q, ld, ukt, rows, 0.f, dots, rows, pf, Skip::c_upper);
+  for (int i = 0; i < rows; ++i) {
+    float* row = a + long(i) * rows;
+    if (t) std::copy(t + long(i) * rows, t + long(i) * rows + i + 1, row);
+    expanded_kernel_of_dots(row, i + 1, s.f, s.expansion);
+  }
+}
+
+// The gradient dut (f, rows) of the raw rows (columns ut) from that of phi^T (dphit (dk, rows)), added to the
+// rows at x (stride ld).
+void expanded_rows_backward(float* dx, int ld, float* dut, const float* dphit, const float* ut, int rows,
+                            const LinearAttentionShape& s) {
+  std::fill(dut, dut + long(s.f) * rows, 0.f);
+  expanded_phi_backward_columns(dut, dphit, rows, ut, rows, rows, s.f, s.expansion);
+  add_columns(dx, ld, dut, rows, s.f);
+}
+
 // A piece's local state, for the pieces across threads: the state after blocks [begin, end) of batch row b,
 // heads h0.., from none (S = lambda^rows S + K_b^T diag(lambda^(rows-j)) V_b), into out (B, H, dk, dv).
 void piece_state(float* out, const float* k, const float* v, const float* lambda, const uint8_t* starts,
                  const LinearAttentionShape& s, const Scratch& w, int b, int h0, int heads, int begin, int end) {
-  const int N = s.N, dkey = s.dk, dval = s.dv, blk = s.block, ldk = s.H * dkey;
+  const int N = s.N, dkey = s.dk, dval = s.dv, blk = s.block, qk = s.qk_width(), ldk = s.H * qk;
   const size_t kv = size_t(dkey) * dval, p = blk + 1;
   for (int j = 0; j < heads; ++j) {
     fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
@@ -335,7 +426,13 @@ void piece_state(float* out, const float* k, const float* v, const float* lambda
       const BlockIo one{long(b) * N + long(blkno) * blk, s.H, h0 + j, rows, 1};
       one.gather(dval, {{w.v, v}});  // V is the B operand; K is read in place
       const Factors f = block_factors(pw, rev, blk, rows, block_starts(starts, s, b, blkno), w.qf, w.kf);
-      const float* ks = k + one.at(dkey);
+      if (s.f > 0) {  // S = l^rows S + phi(K_b)^T diag(l^(rows-j)) V_b, phi(K_b)^T in w.k
+        expand_block(w.k, w.uk, k + one.at(qk), rows, ldk, s);
+        if (!f.plain) scale_columns(w.k, f.k, dkey, rows, rows);
+        gemm(false, false, dkey, dval, rows, 1.f, w.k, rows, w.v, dval, f.decay, w.state + j * kv, dval);
+        continue;
+      }
+      const float* ks = k + one.at(qk);
       int ksld = ldk;
       if (!f.plain) scale_rows(w.ks, ks, f.k, rows, dkey, ldk), ks = w.ks, ksld = dkey;
       gemm(true, false, dkey, dval, rows, 1.f, ks, ksld, w.v, dval, f.decay, w.state + j * kv, dval);
@@ -376,7 +473,7 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
   check_workspace(kernel, ws, workspace_floats(s, threads, false), s);
 
   const int N = s.N, H = s.H, dkey = s.dk, dval = s.dv, blk = s.block, nb = num_blocks(s);
-  const int ldk = H * dkey, ldv = H * dval;  // row strides of q, k and of v, o
+  const int qk = s.qk_width(), ldk = H * qk, ldv = H * dval;  // q, k per head as passed; row strides of q, k and v, o
   const size_t kv = size_t(dkey) * dval, p = blk + 1;
   const Plan plan(s, threads);
   const HeadGroups& groups = plan.groups;
@@ -387,10 +484,13 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
     const int h0 = groups.begin(g, H), heads = groups.begin(g + 1, H) - h0;
     Scratch w = thread_scratch(ws, s, groups.max_heads, false);
     PrefetchStream pf;  // the next block, fetched during this one's products
+    // Expanded: S is kept as S^T (dv x dk), so that the big products have dk or the block's rows as their
+    // output columns, never dv (see Scratch).
     for (int j = 0; j < heads; ++j) {
       fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
       float* S = w.state + j * kv;
-      if (in) std::memcpy(S, in + (size_t(b) * H + h0 + j) * kv, sizeof(float) * kv);
+      if (in && s.f > 0) transpose(S, dkey, in + (size_t(b) * H + h0 + j) * kv, dval, dkey, dval);
+      else if (in) std::memcpy(S, in + (size_t(b) * H + h0 + j) * kv, sizeof(float) * kv);
       else std::fill(S, S + kv, 0.f);
     }
     for (int blkno = begin; blkno < end; ++blkno) {
@@ -399,7 +499,7 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
       pf.clear();
       if (blkno + 1 < end) {
         const int next = std::min(blk, N - (blkno + 1) * blk);
-        for (const float* x : {q, k}) pf.add(x + io.at(dkey) + long(blk) * ldk, next, heads * dkey, ldk);
+        for (const float* x : {q, k}) pf.add(x + io.at(qk) + long(blk) * ldk, next, heads * qk, ldk);
         for (const float* x : {v, (const float*)o}) pf.add(x + io.at(dval) + long(blk) * ldv, next, heads * dval, ldv);
       }
       for (int j = 0; j < heads; ++j) {
@@ -407,10 +507,27 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
         const BlockIo one = io.head(j);  // this head's rows, gathered into L1
         // V is a B operand and is packed; Q and K are read as A operands or transposed, from their rows.
         one.gather(dval, {{w.v, v}});
-        const float *qb = q + one.at(dkey), *kb = k + one.at(dkey), *vb = w.v;
+        const float *qb = q + one.at(qk), *kb = k + one.at(qk), *vb = w.v;
         float* ob = w.o;
         float* S = w.state + j * kv;  // the state entering this block
         const Factors f = block_factors(pw, rev, blk, rows, block_starts(starts, s, b, blkno), w.qf, w.kf);
+        if (s.f > 0) {
+          // Expanded, with phi(Q_b)^T, phi(K_b)^T (dk, rows) in w.q, w.k, the scores from the raw rows, and S^T:
+          //   O_b = A V_b + (S^T diag(l^i) phi(Q_b)^T)^T;  S^T = l^rows S^T + V_b^T diag(l^(rows-j)) phi(K_b)
+          expand_block(w.q, w.uq, qb, rows, ldk, s);
+          expand_block(w.k, w.uk, kb, rows, ldk, s);
+          expanded_scores(w.a, nullptr, qb, ldk, w.uk, rows, s, &pf);
+          mask_decay(w.a, rev, blk, rows);
+          if (f.starts) mask_documents(w.a, f.starts, rows);
+          if (!f.plain) scale_columns(w.q, f.q, dkey, rows, rows), scale_columns(w.k, f.k, dkey, rows, rows);
+          gemm(false, false, dval, rows, dkey, 1.f, S, dkey, w.q, rows, 0.f, w.yt, rows, &pf);
+          transpose(ob, dval, w.yt, rows, dval, rows);
+          gemm(false, false, rows, dval, rows, 1.f, w.a, rows, vb, dval, 1.f, ob, dval, &pf, Skip::a_upper);
+          transpose(w.ks, dkey, w.k, rows, dkey, rows);  // phi(K_b), its rows scaled
+          gemm(true, false, dval, dkey, rows, 1.f, vb, dval, w.ks, dkey, f.decay, S, dkey, &pf);
+          one.scatter(dval, {{o, w.o}});
+          continue;
+        }
         transpose(w.kt, rows, kb, ldk, rows, dkey);
         // intra: O_b = ((Q_b K_b^T) .* psi) V_b
         gemm(false, false, rows, rows, dkey, 1.f, qb, ldk, w.kt, rows, 0.f, w.a, rows, &pf, Skip::c_upper);
@@ -433,8 +550,11 @@ void linear_attention_forward(float* o, float* state_out, const float* q, const 
       }
     }
     if (out)
-      for (int j = 0; j < heads; ++j)
-        std::memcpy(out + (size_t(b) * H + h0 + j) * kv, w.state + j * kv, sizeof(float) * kv);
+      for (int j = 0; j < heads; ++j) {
+        float* to = out + (size_t(b) * H + h0 + j) * kv;
+        if (s.f > 0) transpose(to, dval, w.state + j * kv, dkey, dval, dkey);
+        else std::memcpy(to, w.state + j * kv, sizeof(float) * kv);
+      }
   };
 
   const int P = plan.pieces, items = s.B * groups.count;
@@ -474,8 +594,9 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
   check_workspace(kernel, ws, workspace_floats(s, threads, true), s);
 
   const int N = s.N, H = s.H, dkey = s.dk, dval = s.dv, blk = s.block, nb = num_blocks(s);
-  const int ldk = H * dkey, ldv = H * dval;
+  const int qk = s.qk_width(), ldk = H * qk, ldv = H * dval;  // q, k per head as passed; row strides
   const size_t kv = size_t(dkey) * dval, p = blk + 1;
+  const bool expanded = s.f > 0;
   const Plan plan(s, threads);
   const HeadGroups& groups = plan.groups;
   auto block_io = [&](int b, int h0, int heads, int blkno) {
@@ -493,13 +614,18 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
     }
     for (int blkno = end - 1; blkno >= begin; --blkno) {
       const BlockIo io = block_io(b, h0, heads, blkno);
-      io.gather(dkey, {{w.q, q}});
+      if (!expanded) io.gather(dkey, {{w.q, q}});
       io.gather(dval, {{w.o, dout}});
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
         const Factors f = block_factors(pw, rev, blk, io.rows, block_starts(starts, s, b, blkno), w.qf, w.kf);
         const float* douts = w.o + long(j) * io.rows * dval;
         if (!f.plain) scale_rows(w.douts, douts, f.q, io.rows, dval), douts = w.douts;
+        if (expanded) {  // phi(Q_b)^T (dk, rows) in w.q
+          expand_block(w.q, w.uq, q + io.head(j).at(qk), io.rows, ldk, s);
+          gemm(false, false, dkey, dval, io.rows, 1.f, w.q, io.rows, douts, dval, f.decay, w.state + j * kv, dval);
+          continue;
+        }
         gemm(true, false, dkey, dval, io.rows, 1.f, w.q + long(j) * io.rows * dkey, dkey, douts, dval, f.decay,
              w.state + j * kv, dval);
       }
@@ -521,13 +647,15 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
       pf.clear();
       if (blkno < begin || blkno >= end) return;
       const BlockIo io = block_io(b, h0, heads, blkno);
-      for (const float* x : keys) pf.add(x + io.at(dkey), io.rows, heads * dkey, ldk);
+      for (const float* x : keys) pf.add(x + io.at(qk), io.rows, heads * qk, ldk);
       for (const float* x : values) pf.add(x + io.at(dval), io.rows, heads * dval, ldv);
     };
 
     // Pass 1, forward order, for dQ; S (kept as S^T, dv x dk) is the state entering the current block:
     //   dQ_b += (dA_b K_b) + diag(l^i) dO_b S_b^T, dA = (dO V^T) .* psi;  S^T = l^rows S^T + V_b^T diag(l^(rows-j)) K_b
     // The gradients accumulate straight into the (N, H, width) tensors: each is read and written once per pass.
+    // Expanded: pass 1 gives only dQ's inter part, d phi(Q_b)^T = S_b (dO_b)^T diag(l^i), brought back to the
+    // raw rows; the intra part of dQ comes with dK's in pass 2.
     for (int j = 0; j < heads; ++j) {
       fill_powers(w.pw + j * p, w.rev + j * p, lambda ? lambda[h0 + j] : 1.0, blk);
       float* S = w.state + j * kv;
@@ -541,11 +669,26 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
         const BlockIo one = io.head(j);  // this head's rows, gathered into L1
+        const float *vb = v + one.at(dval), *dob = dout + one.at(dval);
+        float *dqb = dq + one.at(qk), *S = w.state + j * kv;
+        const Factors f = block_factors(pw, rev, blk, rows, block_starts(starts, s, b, blkno), w.qf, w.kf);
+        if (expanded) {
+          transpose(w.vt, rows, dob, ldv, rows, dval);  // dO_b^T
+          gemm(true, false, dkey, rows, dval, 1.f, S, dkey, w.vt, rows, 0.f, w.dphi, rows, &pf);
+          if (!f.plain) scale_columns(w.dphi, f.q, dkey, rows, rows);
+          transpose(w.uq, rows, q + one.at(qk), ldk, rows, s.f);
+          expanded_rows_backward(dqb, ldk, w.du, w.dphi, w.uq, rows, s);
+          if (blkno + 1 == end) continue;
+          // S^T = l^rows S^T + V_b^T diag(l^(rows-j)) phi(K_b)
+          expand_block(w.k, w.uk, k + one.at(qk), rows, ldk, s);
+          if (!f.plain) scale_columns(w.k, f.k, dkey, rows, rows);
+          transpose(w.ks, dkey, w.k, rows, dkey, rows);
+          gemm(true, false, dval, dkey, rows, 1.f, vb, ldv, w.ks, dkey, f.decay, S, dkey, &pf);
+          continue;
+        }
         // K is a B operand and is packed; V and dO are read transposed or as A operands, from their rows.
         one.gather(dkey, {{w.k, k}});
-        const float *kb = w.k, *vb = v + one.at(dval), *dob = dout + one.at(dval);
-        float *dqb = dq + one.at(dkey), *S = w.state + j * kv;
-        const Factors f = block_factors(pw, rev, blk, rows, block_starts(starts, s, b, blkno), w.qf, w.kf);
+        const float* kb = w.k;
         transpose(w.vt, rows, vb, ldv, rows, dval);
         gemm(false, false, rows, rows, dval, 1.f, dob, ldv, w.vt, rows, 0.f, w.da, rows, &pf, Skip::c_upper);
         mask_decay(w.da, rev, blk, rows);
@@ -566,9 +709,12 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
     // Pass 2, reverse order, for dK and dV; dS (dk x dv) is the gradient of the state leaving the current block:
     //   dK_b += dA^T Q + diag(l^(rows-j)) V dS^T,  dV_b += A^T dO + diag(l^(rows-j)) K dS,  A = (Q K^T) .* psi;
     //   dS = l^rows dS + Q_b^T diag(l^i) dO_b
+    // Expanded: dS is kept as dS^T (dv x dk), as the forward keeps S.
     for (int j = 0; j < heads; ++j) {
       float* dS = w.state + j * kv;
-      if (dout_state) std::memcpy(dS, dout_state + (size_t(b) * H + h0 + j) * kv, sizeof(float) * kv);
+      const float* given = dout_state ? dout_state + (size_t(b) * H + h0 + j) * kv : nullptr;
+      if (given && expanded) transpose(dS, dkey, given, dval, dkey, dval);
+      else if (given) std::memcpy(dS, given, sizeof(float) * kv);
       else std::fill(dS, dS + kv, 0.f);
     }
     for (int blkno = end - 1; blkno >= begin; --blkno) {
@@ -578,12 +724,48 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
         const BlockIo one = io.head(j);  // this head's rows, gathered into L1
+        if (expanded) {
+          one.gather(dval, {{w.o, dout}});
+          const float *qr = q + one.at(qk), *kr = k + one.at(qk), *dob = w.o, *vb = v + one.at(dval);
+          float *dkb = dk + one.at(qk), *dvb = dv + one.at(dval), *dS = w.state + j * kv;
+          const Factors f = block_factors(pw, rev, blk, rows, block_starts(starts, s, b, blkno), w.qf, w.kf);
+          expand_block(w.q, w.uq, qr, rows, ldk, s);  // phi(Q_b)^T, phi(K_b)^T (dk, rows)
+          expand_block(w.k, w.uk, kr, rows, ldk, s);
+          transpose(w.vt, rows, vb, ldv, rows, dval);
+          expanded_scores(w.a, w.t, qr, ldk, w.uk, rows, s, &pf);  // A, and the raw dots T in w.t
+          gemm(false, false, rows, rows, dval, 1.f, dob, dval, w.vt, rows, 0.f, w.da, rows, &pf, Skip::c_upper);
+          mask_decay(w.a, rev, blk, rows);
+          mask_decay(w.da, rev, blk, rows);
+          if (f.starts) mask_documents(w.a, f.starts, rows), mask_documents(w.da, f.starts, rows);
+          // The intra part of dQ and dK through the kernel of the raw rows: W = dA .* kernel'(T) (lower
+          // triangular, as dA), dQ += W K_b, dK += W^T Q_b, with the raw rows packed.
+          for (int i = 0; i < rows; ++i)
+            expanded_kernel_of_dots_backward(w.da + long(i) * rows, w.da + long(i) * rows, w.t + long(i) * rows, i + 1,
+                                             s.f, s.expansion);
+          one.gather(qk, {{w.qp, q}, {w.kp, k}});
+          gemm(false, false, rows, s.f, rows, 1.f, w.da, rows, w.kp, s.f, 1.f, dq + one.at(qk), ldk, &pf, Skip::a_upper);
+          gemm(true, false, rows, s.f, rows, 1.f, w.da, rows, w.qp, s.f, 1.f, dkb, ldk, &pf, Skip::a_lower);
+          if (!f.plain) scale_columns(w.q, f.q, dkey, rows, rows), scale_columns(w.k, f.k, dkey, rows, rows);
+          // dV_b += A^T dO_b + (dS^T phi(K_b)^T diag(l^(rows-j)))^T
+          gemm(false, false, dval, rows, dkey, 1.f, dS, dkey, w.k, rows, 0.f, w.yt, rows, &pf);
+          transpose(w.douts, dval, w.yt, rows, dval, rows);
+          gemm(true, false, rows, dval, rows, 1.f, w.a, rows, dob, dval, 1.f, w.douts, dval, &pf, Skip::a_lower);
+          add_rows(dvb, ldv, w.douts, rows, dval);
+          // d phi(K_b)^T = dS V_b^T diag(l^(rows-j)), brought back to the raw rows
+          gemm(true, false, dkey, rows, dval, 1.f, dS, dkey, w.vt, rows, 0.f, w.dphi, rows, &pf);
+          if (!f.plain) scale_columns(w.dphi, f.k, dkey, rows, rows);
+          expanded_rows_backward(dkb, ldk, w.du, w.dphi, w.uk, rows, s);
+          // dS^T = l^rows dS^T + dO_b^T diag(l^i) phi(Q_b)
+          transpose(w.qs, dkey, w.q, rows, dkey, rows);
+          gemm(true, false, dval, dkey, rows, 1.f, dob, dval, w.qs, dkey, f.decay, dS, dkey, &pf);
+          continue;
+        }
         // Q and dO are B operands somewhere below and are packed; K and V are only read transposed or as A
         // operands (broadcast rows), which strided rows serve as well.
         one.gather(dkey, {{w.q, q}});
         one.gather(dval, {{w.o, dout}});
-        const float *qb = w.q, *dob = w.o, *kb = k + one.at(dkey), *vb = v + one.at(dval);
-        float *dkb = dk + one.at(dkey), *dvb = dv + one.at(dval), *dS = w.state + j * kv;
+        const float *qb = w.q, *dob = w.o, *kb = k + one.at(qk), *vb = v + one.at(dval);
+        float *dkb = dk + one.at(qk), *dvb = dv + one.at(dval), *dS = w.state + j * kv;
         const Factors f = block_factors(pw, rev, blk, rows, block_starts(starts, s, b, blkno), w.qf, w.kf);
         transpose(w.kt, rows, kb, ldk, rows, dkey);
         transpose(w.vt, rows, vb, ldv, rows, dval);
@@ -613,6 +795,7 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
       for (int j = 0; j < heads; ++j) {
         float* out = din + (size_t(b) * H + h0 + j) * kv;
         const float* dS = w.state + j * kv;
+        if (expanded) transpose(w.dstate_t, dval, dS, dkey, dval, dkey), dS = w.dstate_t;  // dS^T -> dS
         for (size_t i = 0; i < kv; ++i) out[i] += dS[i];
       }
   };
@@ -653,7 +836,19 @@ namespace {
 // A span walks its rows in runs of kSpanRows, each scaled by its decay factors in the thread's buffer.
 constexpr int kSpanRows = 256;
 
-size_t span_thread_floats(const LinearAttentionShape& s) { return kSpanRows * size_t(1 + std::max(s.dk, s.dv)); }
+// Per thread: the factors (kSpanRows), rows scaled by them (kSpanRows, max(dk, dv)), and with expanded features a
+// run in columns as the kernel takes its blocks: the raw rows and their gradient (f, kSpanRows each), phi^T and
+// its gradient (dk, kSpanRows each).
+size_t span_thread_floats(const LinearAttentionShape& s) {
+  return kSpanRows * size_t(1 + std::max(s.dk, s.dv) + (s.f > 0 ? 2 * (s.dk + s.f) : 0));
+}
+
+// A thread's span buffers.
+struct SpanScratch {
+  float *f, *tmp;     // factors, scaled rows
+  float *ut, *dut;    // expanded: the run's raw rows transposed (f, m), their gradient
+  float *phi, *dphi;  // expanded: phi^T (dk, m), its gradient
+};
 
 // The rows of a span of n tokens that a document start leaves to each side: the queries before its first start
 // reach the state entering it, the keys from its last start on the state it passes on.
@@ -677,18 +872,38 @@ bool span_factors(float* f, double lambda, long n, long r0, int rows, bool tail,
   return true;
 }
 
-// f(head, factors, scaled rows) for every head, in parallel; `kernel` names the caller in errors.
+// f(head, its thread's SpanScratch) for every head, in parallel; `kernel` names the caller in errors.
 template <class F>
 void for_each_span_head(const char* kernel, const LinearAttentionShape& s, Workspace ws, F f) {
   check_shape(kernel, s);
   LASP_CHECK(s.B == 1, "{}: a span is one batch row, got B={}", kernel, s.B);
   check_workspace(kernel, ws, linear_attention_span_workspace_floats(s), s);
-  const size_t per = span_thread_floats(s);
+  const size_t per = span_thread_floats(s), wide = kSpanRows * size_t(std::max(s.dk, s.dv));
+  const size_t raw = kSpanRows * size_t(std::max(s.f, 0)), feat = kSpanRows * size_t(s.dk);
 #pragma omp parallel for schedule(static) num_threads(std::min(s.threads, s.H))
   for (int h = 0; h < s.H; ++h) {
     float* w = ws.data + per * size_t(omp_get_thread_num());
-    f(h, w, w + kSpanRows);
+    float* ut = w + kSpanRows + wide;
+    f(h, SpanScratch{w, w + kSpanRows, ut, ut + raw, ut + 2 * raw, ut + 2 * raw + feat});
   }
+}
+
+// Expanded: phi^T (dk, m) of run [r0, r0 + m) of head h of q or k (rows ld apart) into w.phi, its raw rows
+// transposed into w.ut; the columns scaled by the factors f when `decays`.
+void span_expand(SpanScratch w, const float* x, long r0, int m, int h, long ld, bool decays, const LinearAttentionShape& s) {
+  transpose(w.ut, m, x + r0 * ld + long(h) * s.f, int(ld), m, s.f);
+  expanded_phi_forward_columns(w.phi, m, w.ut, m, m, s.f, s.expansion);
+  if (decays) scale_columns(w.phi, w.f, s.dk, m, m);
+}
+
+// Expanded: the raw rows' gradient (at dx, rows ld apart) += that of phi^T (w.dphi (dk, m)), columns scaled by the
+// factors when `decays`; w.ut holds the raw rows.
+void span_expand_backward(SpanScratch w, float* dx, long r0, int m, int h, long ld, bool decays,
+                          const LinearAttentionShape& s) {
+  if (decays) scale_columns(w.dphi, w.f, s.dk, m, m);
+  std::fill(w.dut, w.dut + long(s.f) * m, 0.f);
+  expanded_phi_backward_columns(w.dut, w.dphi, m, w.ut, m, m, s.f, s.expansion);
+  add_columns(dx + r0 * ld + long(h) * s.f, int(ld), w.dut, m, s.f);
 }
 
 // Runs of at most kSpanRows rows over [begin, end): g(first row, rows).
@@ -707,15 +922,21 @@ void linear_attention_span_state(float* M, const float* k, const float* v, const
                                  SpanRows rows, const LinearAttentionShape& s, Workspace ws) {
   const int dk = s.dk, dv = s.dv;
   const long n = s.N, last = span_cut(starts, n).last;
-  for_each_span_head("linear_attention_span_state", s, ws, [&](int h, float* f, float* tmp) {
+  for_each_span_head("linear_attention_span_state", s, ws, [&](int h, SpanScratch w) {
     float* Mh = M + size_t(h) * dk * dv;
     std::fill(Mh, Mh + size_t(dk) * dv, 0.f);
-    for_each_run(last, n, [&](long r0, int m) {  // M += K^T diag(lambda^(n-j)) V
-      const float* kr = k + r0 * rows.ldk + long(h) * dk;
-      const float* a = kr;
+    for_each_run(last, n, [&](long r0, int m) {  // M += K^T diag(lambda^(n-j)) V   (K: phi(K) when expanded)
+      const bool decays = span_factors(w.f, lambda ? lambda[h] : 1.0, n, r0, m, true, 1.f);
+      const float* vr = v + r0 * rows.ldv + long(h) * dv;
+      if (s.f > 0) {
+        span_expand(w, k, r0, m, h, rows.ldk, decays, s);
+        gemm(false, false, dk, dv, m, 1.f, w.phi, m, vr, int(rows.ldv), 1.f, Mh, dv);
+        return;
+      }
+      const float* a = k + r0 * rows.ldk + long(h) * dk;
       int lda = int(rows.ldk);
-      if (span_factors(f, lambda ? lambda[h] : 1.0, n, r0, m, true, 1.f)) scale_rows(tmp, kr, f, m, dk, rows.ldk), a = tmp, lda = dk;
-      gemm(true, false, dk, dv, m, 1.f, a, lda, v + r0 * rows.ldv + long(h) * dv, int(rows.ldv), 1.f, Mh, dv);
+      if (decays) scale_rows(w.tmp, a, w.f, m, dk, lda), a = w.tmp, lda = dk;
+      gemm(true, false, dk, dv, m, 1.f, a, lda, vr, int(rows.ldv), 1.f, Mh, dv);
     });
   });
 }
@@ -724,14 +945,20 @@ void linear_attention_span_apply(float* o, const float* q, const float* P, const
                                  SpanRows rows, const LinearAttentionShape& s, Workspace ws) {
   const int dk = s.dk, dv = s.dv;
   const long n = s.N, first = span_cut(starts, n).first;
-  for_each_span_head("linear_attention_span_apply", s, ws, [&](int h, float* f, float* tmp) {
+  for_each_span_head("linear_attention_span_apply", s, ws, [&](int h, SpanScratch w) {
     const float* Ph = P + size_t(h) * dk * dv;
-    for_each_run(0, first, [&](long r0, int m) {  // O += diag(lambda^i) Q P
-      const float* qr = q + r0 * rows.ldk + long(h) * dk;
-      const float* a = qr;
+    for_each_run(0, first, [&](long r0, int m) {  // O += diag(lambda^i) Q P   (Q: phi(Q) when expanded)
+      const bool decays = span_factors(w.f, lambda ? lambda[h] : 1.0, n, r0, m, false, 1.f);
+      float* orow = o + r0 * rows.ldv + long(h) * dv;
+      if (s.f > 0) {
+        span_expand(w, q, r0, m, h, rows.ldk, decays, s);
+        gemm(true, false, m, dv, dk, 1.f, w.phi, m, Ph, dv, 1.f, orow, int(rows.ldv));
+        return;
+      }
+      const float* a = q + r0 * rows.ldk + long(h) * dk;
       int lda = int(rows.ldk);
-      if (span_factors(f, lambda ? lambda[h] : 1.0, n, r0, m, false, 1.f)) scale_rows(tmp, qr, f, m, dk, rows.ldk), a = tmp, lda = dk;
-      gemm(false, false, m, dv, dk, 1.f, a, lda, Ph, dv, 1.f, o + r0 * rows.ldv + long(h) * dv, int(rows.ldv));
+      if (decays) scale_rows(w.tmp, a, w.f, m, dk, lda), a = w.tmp, lda = dk;
+      gemm(false, false, m, dv, dk, 1.f, a, lda, Ph, dv, 1.f, orow, int(rows.ldv));
     });
   });
 }
@@ -742,22 +969,32 @@ void linear_attention_span_apply_backward(float* dq, float* dP, const float* dou
   const int dk = s.dk, dv = s.dv;
   const long n = s.N, first = span_cut(starts, n).first;
   LASP_CHECK(!dq || P, "linear_attention_span_apply_backward: dq needs the state P");
-  for_each_span_head("linear_attention_span_apply_backward", s, ws, [&](int h, float* f, float* tmp) {
+  for_each_span_head("linear_attention_span_apply_backward", s, ws, [&](int h, SpanScratch w) {
     const size_t at = size_t(h) * dk * dv;
     if (dP) std::fill(dP + at, dP + at + size_t(dk) * dv, 0.f);
     for_each_run(0, first, [&](long r0, int m) {
-      const bool decays = span_factors(f, lambda ? lambda[h] : 1.0, n, r0, m, false, 1.f);
-      const float *qr = q + r0 * rows.ldk + long(h) * dk, *dor = dout + r0 * rows.ldv + long(h) * dv;
+      const bool decays = span_factors(w.f, lambda ? lambda[h] : 1.0, n, r0, m, false, 1.f);
+      const float* dor = dout + r0 * rows.ldv + long(h) * dv;
+      if (s.f > 0) {
+        span_expand(w, q, r0, m, h, rows.ldk, decays, s);  // phi(Q)^T diag(lambda^i)
+        if (dP) gemm(false, false, dk, dv, m, 1.f, w.phi, m, dor, int(rows.ldv), 1.f, dP + at, dv);
+        if (dq) {  // d phi(Q)^T = P dO^T diag(lambda^i), then to the raw rows
+          gemm(false, true, dk, m, dv, 1.f, P + at, dv, dor, int(rows.ldv), 0.f, w.dphi, m);
+          span_expand_backward(w, dq, r0, m, h, rows.ldk, decays, s);
+        }
+        return;
+      }
+      const float* qr = q + r0 * rows.ldk + long(h) * dk;
       if (dq) {  // dQ += diag(lambda^i) dO P^T
         const float* a = dor;
         int lda = int(rows.ldv);
-        if (decays) scale_rows(tmp, dor, f, m, dv, rows.ldv), a = tmp, lda = dv;
+        if (decays) scale_rows(w.tmp, dor, w.f, m, dv, rows.ldv), a = w.tmp, lda = dv;
         gemm(false, true, m, dk, dv, 1.f, a, lda, P + at, dv, 1.f, dq + r0 * rows.ldk + long(h) * dk, int(rows.ldk));
       }
       if (dP) {  // dP += Q^T diag(lambda^i) dO
         const float* a = qr;
         int lda = int(rows.ldk);
-        if (decays) scale_rows(tmp, qr, f, m, dk, rows.ldk), a = tmp, lda = dk;
+        if (decays) scale_rows(w.tmp, qr, w.f, m, dk, rows.ldk), a = w.tmp, lda = dk;
         gemm(true, false, dk, dv, m, 1.f, a, lda, dor, int(rows.ldv), 1.f, dP + at, dv);
       }
     });
@@ -769,18 +1006,28 @@ void linear_attention_span_state_backward(float* dk, float* dv, const float* G, 
                                           const LinearAttentionShape& s, Workspace ws) {
   const int kw = s.dk, vw = s.dv;
   const long n = s.N, last = span_cut(starts, n).last;
-  for_each_span_head("linear_attention_span_state_backward", s, ws, [&](int h, float* f, float* tmp) {
+  for_each_span_head("linear_attention_span_state_backward", s, ws, [&](int h, SpanScratch w) {
     const float* Gh = G + size_t(h) * kw * vw;
     for_each_run(last, n, [&](long r0, int m) {
-      const bool decays = span_factors(f, lambda ? lambda[h] : 1.0, n, r0, m, true, scale ? scale[h] : 1.f);
-      const float *kr = k + r0 * rows.ldk + long(h) * kw, *vr = v + r0 * rows.ldv + long(h) * vw;
+      const bool decays = span_factors(w.f, lambda ? lambda[h] : 1.0, n, r0, m, true, scale ? scale[h] : 1.f);
+      const float* vr = v + r0 * rows.ldv + long(h) * vw;
+      float* dvr = dv + r0 * rows.ldv + long(h) * vw;
+      if (s.f > 0) {
+        span_expand(w, k, r0, m, h, rows.ldk, decays, s);  // phi(K)^T diag(scale lambda^(n-j))
+        gemm(true, false, m, vw, kw, 1.f, w.phi, m, Gh, vw, 1.f, dvr, int(rows.ldv));  // dV += diag(..) phi(K) G
+        // d phi(K)^T = G V^T diag(scale lambda^(n-j)), then to the raw rows
+        gemm(false, true, kw, m, vw, 1.f, Gh, vw, vr, int(rows.ldv), 0.f, w.dphi, m);
+        span_expand_backward(w, dk, r0, m, h, rows.ldk, decays, s);
+        return;
+      }
+      const float* kr = k + r0 * rows.ldk + long(h) * kw;
       const float* a = vr;  // dK += diag(scale lambda^(n-j)) V G^T
       int lda = int(rows.ldv);
-      if (decays) scale_rows(tmp, vr, f, m, vw, rows.ldv), a = tmp, lda = vw;
+      if (decays) scale_rows(w.tmp, vr, w.f, m, vw, rows.ldv), a = w.tmp, lda = vw;
       gemm(false, true, m, kw, vw, 1.f, a, lda, Gh, vw, 1.f, dk + r0 * rows.ldk + long(h) * kw, int(rows.ldk));
       a = kr, lda = int(rows.ldk);  // dV += diag(scale lambda^(n-j)) K G
-      if (decays) scale_rows(tmp, kr, f, m, kw, rows.ldk), a = tmp, lda = kw;
-      gemm(false, false, m, vw, kw, 1.f, a, lda, Gh, vw, 1.f, dv + r0 * rows.ldv + long(h) * vw, int(rows.ldv));
+      if (decays) scale_rows(w.tmp, kr, w.f, m, kw, rows.ldk), a = w.tmp, lda = kw;
+      gemm(false, false, m, vw, kw, 1.f, a, lda, Gh, vw, 1.f, dvr, int(rows.ldv));
     });
   });
 }
@@ -794,6 +1041,7 @@ void linear_attention_bidirectional_forward(float* o, float* state_out, const fl
                                             const LinearAttentionShape& s, Workspace ws) {
   const char* kernel = "linear_attention_bidirectional_forward";
   check_shape(kernel, s);
+  check_not_expanded(kernel, s);
   LASP_CHECK(o && q && k && v, "{}: o, q, k and v must not be null", kernel);
   check_workspace(kernel, ws, linear_attention_bidirectional_workspace_floats(s), s);
   const int N = s.N, H = s.H, dkey = s.dk, dval = s.dv, ldk = H * dkey, ldv = H * dval;
@@ -817,6 +1065,7 @@ void linear_attention_bidirectional_backward(float* dq, float* dk, float* dv, fl
                                              const LinearAttentionShape& s, Workspace ws) {
   const char* kernel = "linear_attention_bidirectional_backward";
   check_shape(kernel, s);
+  check_not_expanded(kernel, s);
   LASP_CHECK(dq && dk && dv && dout && q && k && v, "{}: dq, dk, dv, dout, q, k and v must not be null",
              kernel);
   check_workspace(kernel, ws, linear_attention_bidirectional_workspace_floats(s), s);

@@ -54,6 +54,9 @@ struct LinearAttentionShape {
   // raw values per head (the map's kernel input u), which the kernels expand block by block into
   // dk = expanded_features(f, expansion) features; the intra-block scores come from the raw rows (B^2 f work),
   // and nothing expanded is kept. f = 0: q and k are dk wide and used as they are.
+  // With f > 0 the causal kernel and the spans compute exactly the above for phi(q), phi(k) (no normalization:
+  // the caller appends the ones column to v and divides), and dq, dk are the gradients of the raw rows
+  // (B, N, H, f). The bidirectional kernel and GLA refuse f > 0; a dk other than expanded_features(f) is refused.
   int f = 0;
   ExpandedKind expansion = ExpandedKind::based;
   int qk_width() const { return f > 0 ? f : dk; }  // q, k and their gradients per head, as passed
@@ -84,7 +87,8 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
 //                        may be null)
 //   span_state_backward: dk_j += c lambda^(n-j) v_j G^T, dv_j += c lambda^(n-j) k_j G, for G the gradient of
 //                        the state the span passes on; c = scale[h], a decay after the span (scale (H) or null: 1)
-// Row strides: ldk for q, k and their gradients, ldv for v, o, dO and dv (H dk and H dv for whole rows).
+// Row strides: ldk for q, k and their gradients, ldv for v, o, dO and dv (H qk_width() and H dv for whole rows: with
+// expanded features q, k are the raw rows, f per head, expanded run by run).
 struct SpanRows {
   long ldk, ldv;
 };

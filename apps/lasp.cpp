@@ -389,6 +389,8 @@ struct BenchKernelsCommand : Command {
     cmd->add_option("--seq-len", o.N, "sequence length N")->default_val(o.N)->check(kAtLeastOne);
     cmd->add_option("--heads", o.H, "heads H")->default_val(o.H)->check(kAtLeastOne);
     cmd->add_option("--head-dim", o.d, "head dim d")->default_val(o.d)->check(kAtLeastOne);
+    cmd->add_option("--feature-dim", o.feature_dim, "Based and Rebased: q and k values per head")
+        ->default_val(o.feature_dim)->check(kAtLeastOne);
     cmd->add_option("--block", o.linear_block, "linear attention block size")->default_val(o.linear_block)
         ->check(kAtLeastOne);
     cmd->add_option("--repeats", o.repeats, "runs per measurement (median)")->default_val(o.repeats)->check(kAtLeastOne);
@@ -404,12 +406,15 @@ struct BenchKernelsCommand : Command {
     std::printf("FP32 FMA peak: %.1f GFLOP/s (1 thread), %.1f GFLOP/s (%d threads)\n",
                 r["peak_fp32_gflops"]["1"].get<double>(), r["peak_fp32_gflops"]["all"].get<double>(),
                 r["config"]["threads_all"].get<int>());
-    for (const char* kernel : {"linear_attention", "linear_attention_lightning", "gla", "softmax_attention"})
+    for (const char* kernel : {"linear_attention", "linear_attention_lightning", "gla", "based", "rebased", "softmax_attention"})
       for (const char* t : {"1", "all"})
         std::printf("%-26s %-3s threads: %8.1f GFLOP/s  %10.0f tokens/s\n", kernel, t,
                     r[kernel][t]["gflops"].get<double>(), r[kernel][t]["tokens_per_s"].get<double>());
-    std::printf("GLA tokens/s vs the lightning kernel: %.2f (1 thread), %.2f (all)\n",
-                r["gla"]["tokens_vs_lightning_1"].get<double>(), r["gla"]["tokens_vs_lightning_all"].get<double>());
+    for (const auto& [kernel, name] : {std::pair{"gla", "GLA"}, {"based", "Based"}, {"rebased", "Rebased"}})
+      std::printf("%s tokens/s vs the lightning kernel: %.2f (1 thread), %.2f (all)\n", name,
+                  r[kernel]["tokens_vs_lightning_1"].get<double>(), r[kernel]["tokens_vs_lightning_all"].get<double>());
+    std::printf("(Based and Rebased: feature_dim %d, values d + 1 wide with the normalizer's column)\n",
+                r["config"].value("feature_dim", 16));
   }
 };
 

@@ -30,17 +30,6 @@ constexpr int kDims[] = {1, 3, 4, 16, 17};
 constexpr long kRows[] = {1, 5, 33};
 constexpr double kEps = FLT_EPSILON;
 
-template <class F>
-void expect_error(F&& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "expected lasp::Error containing '" << needle << "', nothing was thrown";
-  } catch (const lasp::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-        << "message '" << e.what() << "' lacks '" << needle << "'";
-  }
-}
-
 // Every |ref - got| <= k eps max(|ref|, 1) amp; reports the worst element. amp (per element, 1 if empty):
 // how much the computation amplifies rounding beyond the value's own size (rebased: its norm's rstd).
 template <class G>
@@ -292,24 +281,6 @@ TEST(ExpandedFeatureMap, KernelOfRawRowsEqualsExpandedProduct) {
           expect_close(ref, scores, k, label + " vs double phi(Q) phi(K)^T");
           expect_close(own, scores, k, label + " vs its own fp32 phi(Q) phi(K)^T");
         }
-}
-
-// Central differences of L = sum_r lossr(r, row r), perturbing one row's elements (only its term changes).
-std::vector<double> rowwise_fd(const std::function<double(long, const double*)>& loss, std::vector<double> x,
-                               long rows, int cols, double h = 1e-5) {
-  std::vector<double> g(x.size());
-  for (long r = 0; r < rows; ++r)
-    for (int i = 0; i < cols; ++i) {
-      double* row = &x[r * cols];
-      const double keep = row[i];
-      row[i] = keep + h;
-      const double fp = loss(r, row);
-      row[i] = keep - h;
-      const double fm = loss(r, row);
-      row[i] = keep;
-      g[r * cols + i] = (fp - fm) / (2 * h);
-    }
-  return g;
 }
 
 // The map's backward: dx, and for rebased dgamma and dbeta, against finite differences of

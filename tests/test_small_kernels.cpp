@@ -32,37 +32,6 @@ namespace {
 
 constexpr double kFdTolerance = 1e-8;  // fp32 backward against finite differences of the double reference
 
-template <class F>
-void expect_error(F&& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "expected lasp::Error containing '" << needle << "', nothing was thrown";
-  } catch (const lasp::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-        << "message '" << e.what() << "' lacks '" << needle << "'";
-  }
-}
-
-// Central differences of L = sum_r f(r, row r) where x holds `rows` rows of `cols`: perturbing an element
-// changes only its own row's term, so only that term is recomputed.
-std::vector<double> rowwise_fd(const std::function<double(long, const double*)>& f, std::vector<double> x, long rows,
-                               long cols, double h = 1e-5) {
-  std::vector<double> g(x.size());
-  for (long r = 0; r < rows; ++r) {
-    double* row = x.data() + r * cols;
-    for (long i = 0; i < cols; ++i) {
-      const double keep = row[i];
-      row[i] = keep + h;
-      const double fp = f(r, row);
-      row[i] = keep - h;
-      const double fm = f(r, row);
-      row[i] = keep;
-      g[r * cols + i] = (fp - fm) / (2 * h);
-    }
-  }
-  return g;
-}
-
 // Runs `backward` into zeroed gradients (compared with `fd`) and into pre-filled ones (must equal
 // prefill + the zero-run result: accumulation).
 void check_backward(const std::vector<std::vector<double>>& fd,

@@ -1,5 +1,5 @@
 // Shared helpers for kernel tests: deterministic random inputs, double-precision copies, the normalized
-// error of ggml (mse(a, b) / mse(a, 0)) and central finite differences.
+// error of ggml (mse(a, b) / mse(a, 0)), central finite differences and the expected lasp::Error.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -14,6 +14,9 @@
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
+
+#include "core/check.h"
 #include "core/file.h"
 
 namespace lasp::testing {
@@ -27,6 +30,38 @@ inline std::vector<float> random_vector(size_t n, uint32_t seed, float lo = -1.f
 }
 
 inline std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+// f() throws a lasp::Error whose message contains needle (a test failure otherwise).
+template <class F>
+void expect_error(F&& f, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "expected lasp::Error containing '" << needle << "', nothing was thrown";
+  } catch (const lasp::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
+        << "message '" << e.what() << "' lacks '" << needle << "'";
+  }
+}
+
+// Central differences of L = sum_r f(r, row r) where x holds `rows` rows of `cols`: perturbing an element
+// changes only its own row's term, so only that term is recomputed.
+inline std::vector<double> rowwise_fd(const std::function<double(long, const double*)>& f, std::vector<double> x,
+                                      long rows, long cols, double h = 1e-5) {
+  std::vector<double> g(x.size());
+  for (long r = 0; r < rows; ++r) {
+    double* row = x.data() + r * cols;
+    for (long i = 0; i < cols; ++i) {
+      const double keep = row[i];
+      row[i] = keep + h;
+      const double fp = f(r, row);
+      row[i] = keep - h;
+      const double fm = f(r, row);
+      row[i] = keep;
+      g[r * cols + i] = (fp - fm) / (2 * h);
+    }
+  }
+  return g;
+}
 
 // mse(ref, got) / mse(ref, 0); 0 when both are all zero. ref is the trusted (double) value.
 template <class A, class B>

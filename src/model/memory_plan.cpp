@@ -48,7 +48,7 @@ std::string MemoryPlan::kept() const {
                        "layer run again for its backward)",
                        model.chunk);
   if (model.chunk > 0)
-    return fmt::format("chunks of {} tokens through every layer (the d x d states at chunk boundaries kept, each "
+    return fmt::format("chunks of {} tokens through every layer (the linear states at chunk boundaries kept, each "
                        "chunk's forward run again for its backward{})",
                        model.chunk, model.recompute ? ", each layer again inside it" : "");
   if (model.recompute) return "each layer's input kept, the layer recomputed in the backward";

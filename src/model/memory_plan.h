@@ -1,7 +1,7 @@
 // The memory plan: how much of a step's activations this rank keeps, chosen by lasp from the model, its
 // piece of the sequence and a memory limit, and the Attention that goes with it.
 //   keep       every activation of the whole piece (the fast path; short sequences);
-//   chunks     one SP rank: the piece runs as chunks through every layer, only the d x d states at chunk
+//   chunks     one SP rank: the piece runs as chunks through every layer, only the linear states at chunk
 //              boundaries (and softmax layers' keys and values) kept across chunks, each chunk's forward run
 //              again before its backward (model/chunked_attention.h); the largest chunk that fits;
 //   recompute  several SP ranks: each layer's input kept, the layer recomputed in the backward;

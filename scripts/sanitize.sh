@@ -79,7 +79,10 @@ cmake --build "$build" -j "$(nproc)"
 echo "sanitize: build took $((SECONDS - start)) s"
 perl -pi -e 's/\bTIMEOUT "(\d+)"/"TIMEOUT \"" . ($1 * 4) . "\""/ge' "$build/CTestTestfile.cmake"
 
-exclude=()
+# Measures peak RSS, which under AddressSanitizer is its shadow memory and freed-memory quarantine (8 MB more for
+# 10 MB more text), not lasp's: every mode leaves it to the Release suite, which checks the bound.
+not_here='Corpus\.TokenizeMemoryDoesNotGrowWithTheCorpus( |$)'
+exclude=(-E "$not_here")
 if [ "$mode" = ci ]; then
   # ( |$): before NO_PRETTY_VALUES (CMakeLists.txt) parameterized tests were named "Name  # GetParam() = ...".
   slow=(
@@ -101,7 +104,7 @@ if [ "$mode" = ci ]; then
     # 1, 2 and 3 ranks (np1-3, both layouts, W > 2 and the zigzag's two pieces); the Release suite runs np4
     '^sp_equivalence_np4$'
   )
-  exclude=(-E "$(IFS='|'; echo "${slow[*]}")")
+  exclude=(-E "$(IFS='|'; echo "$not_here|${slow[*]}")")
 fi
 
 start=$SECONDS

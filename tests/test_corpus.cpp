@@ -293,13 +293,8 @@ long peak_rss_kb(const std::string& args) {
 }
 
 // Streaming: tokenize's peak memory does not grow with the corpus (2 MB and 12 MB of text in documents of 4-5 KB;
-// the README gives the peak for 2 GB).
+// the README gives the peak for 2 GB). Not in the sanitized runs (scripts/sanitize.sh): there RSS is ASan's.
 TEST(Corpus, TokenizeMemoryDoesNotGrowWithTheCorpus) {
-#if defined(__SANITIZE_ADDRESS__)
-  // Under AddressSanitizer the peak RSS measures its shadow memory and freed-memory quarantine (8 MB more for 10
-  // MB more text, in 450 s at -O0), not lasp's: the Release suite checks the bound.
-  GTEST_SKIP() << "RSS under AddressSanitizer is the sanitizer's";
-#endif
   TempDir tmp("lasp_corpus");
   const std::string licence = lasp::read_file("/usr/share/common-licenses/GPL-3");
   std::vector<std::string> docs;

@@ -16,7 +16,8 @@ Run with /usr/bin/python3 (needs torch and numpy; nothing else). Subcommands:
             S steps of torch.optim.AdamW(foreach=False), constant lr, clip_grad_norm_ (clip <= 0: off),
             same batch every step; prints {"losses": [loss before each update]}; --out saves the result.
   init      --config config.json --out DIR --seed S [--std 0.02]   random fp32 checkpoint
-            (matrices ~ N(0, std^2); every norm weight ~ 1 + 0.1 N(0, 1); rebased's feature_map.gamma 1, .beta 0).
+            (matrices and conv weights ~ N(0, std^2); every norm weight ~ 1 + 0.1 N(0, 1); rebased's
+            feature_map.gamma 1, .beta 0; GDN's A_log and dt_bias by FLA's recipe, DELTA.md).
   time-step --config config.json --seq-len N --batch B --repeats R [--threads T] [--precision fp32|bf16]
             [--block L] [--compile auto|on|off]
             one training step (zero_grad, forward, backward, clip, AdamW) of the peer (tools/peer.py: the same
@@ -26,14 +27,16 @@ Run with /usr/bin/python3 (needs torch and numpy; nothing else). Subcommands:
             "eager": {...}, "compiled": {...}, "compile": {"ran": ..., "first_step_seconds" or "reason"},
             "torch": version, "python": ..., "blas_info": torch's BLAS_INFO, "precision": ..., ...}. Use
             scripts/setup_peer.sh's .venv-peer/bin/python for current PyTorch; /usr/bin/python3 (torch 1.13)
-            runs it without SDPA and compile. Based/Rebased (which the peer lacks) are timed on this file's own
-            chunkwise forward instead, eager only (the same fields; "formulation" says so; --compile on: error).
+            runs it without SDPA and compile. Based/Rebased and GDN (which the peer lacks) are timed on this file's
+            own chunkwise forward instead, eager only (the same fields; "formulation" says so; --compile on: error).
   blas      prints {"blas": the BLAS library PyTorch uses, "reference": whether it is the slow reference BLAS}
             (Debian's torch takes whatever libblas.so.3 points to; time-step prints the same keys).
   selftest  naive vs chunkwise linear attention, gradcheck of the whole model, causality,
             Based/Rebased (kernel formulas, chunkwise == naive with documents, gradcheck of the model with gamma
-            and beta, config validation), init -> grads -> read-back round trip, the peer (eager) against the
-            model. Exit status 1 on failure.
+            and beta, config validation), Gated DeltaNet (chunkwise WY == token recurrence with documents, the
+            short conv == nn.Conv1d, autograd == finite differences with GVA, documents, conv 4 and 0, config, init,
+            init -> grads), init -> grads -> read-back round trip, the peer (eager) against the model. Exit
+            status 1 on failure.
   peer-selftest  the peer in fp32 (eager, and compiled where torch.compile exists) and under bf16 autocast
             against the float64 model, loss and every gradient; for .venv-peer/bin/python (slow: it compiles).
 
@@ -41,6 +44,10 @@ User errors (bad config, missing/misshaped tensors, short data) print "error: ..
 The model is written naively (quadratic masked linear attention) so that it is obviously right.
 Linear layers: feature_map silu | elu1 | relu | identity (element-wise) or based | rebased (FEATURE_MAPS.md: q, k
 of linear_attention.feature_dim per head, expanded to D' features, normalized by s + normalizer_eps; decay none).
+decay "gdn" (DELTA.md): every 'L' layer is Gated DeltaNet (FLA's tensors: short convs, l2-normalized q and k, the
+delta rule with log-gate -exp(A_log) softplus(W_a a + dt_bias); keys head_k_dim, head_v_dim, num_v_heads (GVA),
+conv_size), a plain token-by-token recurrence (fast=True: the chunkwise WY form); documents restart both the conv
+and the state.
 """
 import argparse, json, math, os, shutil, statistics, struct, sys, tempfile, time
 
@@ -59,7 +66,8 @@ class UserError(Exception):
 # ----------------------------------------------------------------------------------------- config
 FEATURE_MAPS = {"silu": F.silu, "elu1": lambda x: F.elu(x) + 1.0, "relu": F.relu, "identity": lambda x: x}
 EXPANDED_MAPS = ("based", "rebased")  # row maps f -> D' with a normalizer (FEATURE_MAPS.md)
-DECAYS = ("none", "lightning", "retention", "gla")
+DECAYS = ("none", "lightning", "retention", "gla", "gdn")
+GDN_KEYS = ("head_k_dim", "head_v_dim", "num_v_heads", "conv_size")  # DELTA.md: linear_attention keys of decay gdn
 
 
 def validate_config(c):
@@ -99,6 +107,9 @@ def validate_config(c):
                         f"{list(FEATURE_MAPS) + list(EXPANDED_MAPS)}")
     if la["decay"] not in DECAYS:
         raise UserError(f"config: linear_attention.decay {la['decay']!r} not in {list(DECAYS)}")
+    if la["decay"] == "gdn" and la["feature_map"] != "silu":
+        raise UserError(f"config: linear_attention.feature_map {la['feature_map']!r} cannot be used with decay 'gdn': "
+                        f"expected 'silu' (Gated DeltaNet's activation after the short convolutions)")
     # FEATURE_MAPS.md "config.json and tensors": feature_dim f (absent: d), normalizer_eps (absent: 1e-10)
     f = la.setdefault("feature_dim", D // H)
     if isinstance(f, bool) or not isinstance(f, int) or f <= 0:
@@ -115,6 +126,22 @@ def validate_config(c):
         raise UserError(f"config: linear_attention.feature_dim {f} != head dim {D // H}: the element-wise feature "
                         f"map {la['feature_map']!r} keeps q and k at the head dim (feature_dim other than d needs "
                         f"feature_map 'based' or 'rebased')")
+    # DELTA.md "The layer": Gated DeltaNet's keys, only with decay "gdn"; d_k, d_v default d, HV defaults H, K 4
+    if la["decay"] != "gdn":
+        given = [key for key in GDN_KEYS if key in la]
+        if given:
+            raise UserError(f"config: linear_attention.{given[0]} is a key of decay 'gdn' (Gated DeltaNet), but "
+                            f"linear_attention.decay is {la['decay']!r}: expected decay 'gdn' or no "
+                            f"{', '.join(given)}")
+        return c
+    for key, dflt, low in (("head_k_dim", D // H, 1), ("head_v_dim", D // H, 1), ("num_v_heads", H, 1),
+                           ("conv_size", 4, 0)):
+        val = la.setdefault(key, dflt)
+        if isinstance(val, bool) or not isinstance(val, int) or val < low:
+            raise UserError(f"config: linear_attention.{key} must be an integer >= {low}, got {val!r}")
+    if la["num_v_heads"] % H:
+        raise UserError(f"config: linear_attention.num_v_heads {la['num_v_heads']} must be a multiple of "
+                        f"num_attention_heads {H} (value head h reads q/k head h / (num_v_heads / num_heads))")
     return c
 
 
@@ -142,6 +169,26 @@ def param_shapes(c):
         if t == "L" and la["feature_map"] == "rebased":                   # one pair per layer (FLA's names)
             s[p + "self_attn.feature_map.gamma"] = [la["feature_dim"]]
             s[p + "self_attn.feature_map.beta"] = [la["feature_dim"]]
+        if t == "L" and la["decay"] == "gdn":                            # DELTA.md: FLA's names and shapes
+            dk, dv, HV, K = la["head_k_dim"], la["head_v_dim"], la["num_v_heads"], la["conv_size"]
+            a = p + "self_attn."
+            s[a + "q_proj.weight"], s[a + "k_proj.weight"] = [H * dk, D], [H * dk, D]
+            s[a + "v_proj.weight"] = [HV * dv, D]
+            s[a + "a_proj.weight"], s[a + "b_proj.weight"] = [HV, D], [HV, D]
+            s[a + "A_log"], s[a + "dt_bias"] = [HV], [HV]
+            if K > 0:
+                s[a + "q_conv1d.weight"], s[a + "k_conv1d.weight"] = [H * dk, 1, K], [H * dk, 1, K]
+                s[a + "v_conv1d.weight"] = [HV * dv, 1, K]
+            if la["output_gate"]:
+                s[a + "g_proj.weight"] = [HV * dv, D]
+            if la["output_norm"]:
+                s[a + "o_norm.weight"] = [dv]
+            s[a + "o_proj.weight"] = [D, HV * dv]
+            s[p + "post_attention_layernorm.weight"] = [D]
+            s[p + "mlp.gate_proj.weight"] = [Fw, D]
+            s[p + "mlp.up_proj.weight"] = [Fw, D]
+            s[p + "mlp.down_proj.weight"] = [D, Fw]
+            continue
         s[p + "self_attn.v_proj.weight"] = [kv, D]
         s[p + "self_attn.o_proj.weight"] = [D, H * d]
         if t == "L" and la["output_gate"]:
@@ -355,6 +402,107 @@ def gla_naive(q, k, v, g, starts=None):
     return torch.stack(out, dim=2)
 
 
+def short_conv(x, w, starts=None):
+    """DELTA.md's short causal depthwise convolution: x [B, N, C], w [C, 1, K] -> [B, N, C] with
+    y_t[c] = sum_{i<K} w[c, 0, i] x_{t-K+1+i}[c] (the last tap meets token t; nn.Conv1d with groups = C, padding
+    K-1, the first N outputs). starts [B, N] bool (documents): x_u counts as 0 before token t's document start."""
+    B, N, C = x.shape
+    K = w.shape[-1]
+    doc = torch.cumsum(starts.long(), dim=1) if starts is not None else None   # [B, N]: the document's index
+    y = torch.zeros_like(x)
+    for i in range(K):
+        back = K - 1 - i                                                 # tap i reads token t - back
+        if back >= N:
+            continue
+        xs = torch.cat([x.new_zeros(B, back, C), x[:, :N - back]], dim=1)
+        if doc is not None and back > 0:                                 # same document as t, else 0
+            same = torch.cat([torch.zeros(B, back, dtype=torch.bool), doc[:, back:] == doc[:, :N - back]], dim=1)
+            xs = xs * same[..., None].to(x.dtype)
+        y = y + w[:, 0, i] * xs
+    return y
+
+
+def l2_normalize(x):
+    """FLA's l2 norm over the last dimension: x / sqrt(sum x^2 + 1e-6)."""
+    return x / torch.sqrt((x * x).sum(-1, keepdim=True) + 1e-6)
+
+
+def softplus(x):
+    """log(1 + exp(x)), exact in float64: torch's threshold moved from 20 (where it returns x, up to 2.1e-9 off)
+    to 50 (exp(-50) is below float64's resolution of x)."""
+    return F.softplus(x, beta=1, threshold=50)
+
+
+def gdn_recurrent(q, k, v, beta, g, starts=None):
+    """DELTA.md's Gated DeltaNet recurrence, token by token: q, k [B, HV, N, d_k], v [B, HV, N, d_v], beta, g
+    [B, HV, N]; S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T with alpha_t = exp(g_t),
+    o_t = S_t^T q_t (S: d_k x d_v, the state after token t's own update). starts [B, N] bool (documents): a
+    start token has alpha = 0."""
+    B, HV, N, dk = q.shape
+    S, out = q.new_zeros(B, HV, dk, v.shape[-1]), []
+    for t in range(N):
+        alpha = torch.exp(g[:, :, t])                                     # [B, HV]
+        if starts is not None:
+            alpha = torch.where(starts[:, t, None], torch.zeros_like(alpha), alpha)
+        kt, vt, bt = k[:, :, t, :, None], v[:, :, t, None, :], beta[:, :, t, None, None]   # [.., dk, 1], [.., 1, dv]
+        S = alpha[..., None, None] * (S - bt * kt @ (kt.transpose(-1, -2) @ S)) + bt * kt @ vt
+        out.append((S.transpose(-1, -2) @ q[:, :, t, :, None])[..., 0])
+    return torch.stack(out, dim=2)
+
+
+def gdn_chunkwise(q, k, v, beta, g, starts=None, block=64):
+    """The same through DELTA.md's chunkwise WY (UT) form, chunks of `block` tokens: per chunk with cumulative
+    log-gates c, gamma = exp(c), Ld_ij = exp(c_i - c_j) (i >= j), L_k = strictly_lower(diag(beta) (K K^T) .* Ld),
+    T = (I + L_k)^-1, W = T diag(beta gamma) K, U = T diag(beta) V, V' = U - W S,
+    O = diag(gamma) Q S + ((Q K^T) .* Ld) V', S <- gamma_end S + K~^T V' (K~ = diag(exp(c_end - c)) K).
+    Documents: c stays the plain sum and the factors are masked: Ld_ij = 0 if a start lies in (j, i], gamma_i = 0 if
+    one lies in [1, i], exp(c_end - c_j) = 0 if one lies in (j, B]. Only exponents <= 0 are taken."""
+    B, HV, N, dk = q.shape
+    S, out = q.new_zeros(B, HV, dk, v.shape[-1]), []
+    for s in range(0, N, block):
+        L = min(block, N - s)
+        qb, kb, vb, bb = q[:, :, s:s + L], k[:, :, s:s + L], v[:, :, s:s + L], beta[:, :, s:s + L]
+        c = torch.cumsum(g[:, :, s:s + L], dim=-1)                        # [B, HV, L]
+        cnt = (torch.cumsum(starts[:, s:s + L].long(), dim=1) if starts is not None
+               else torch.zeros(B, L, dtype=torch.long))[:, None]         # [B, 1, L]: starts in [1, i]
+        lower = torch.ones(L, L, dtype=torch.bool).tril()
+        keep = lower & (cnt[..., :, None] == cnt[..., None, :])           # i >= j, no start in (j, i]
+        diff = c[..., :, None] - c[..., None, :]
+        Ld = torch.where(keep, torch.exp(torch.where(keep, diff, torch.zeros_like(diff))), torch.zeros_like(diff))
+        gamma = torch.where(cnt == 0, torch.exp(c), torch.zeros_like(c))  # [B, HV, L]
+        tail = torch.where(cnt == cnt[..., -1:], torch.exp(c[..., -1:] - c), torch.zeros_like(c))  # exp(c_end - c_j)
+        Lk = (bb[..., :, None] * (kb @ kb.transpose(-1, -2)) * Ld).tril(-1)
+        eye = torch.eye(L, dtype=q.dtype)
+        T = torch.linalg.solve_triangular(eye + Lk, eye.expand_as(Lk), upper=False, unitriangular=True)
+        Wm = T @ ((bb * gamma)[..., None] * kb)
+        U = T @ (bb[..., None] * vb)
+        Vp = U - Wm @ S
+        out.append(gamma[..., None] * (qb @ S) + ((qb @ kb.transpose(-1, -2)) * Ld) @ Vp)
+        S = gamma[..., -1:, None] * S + (tail[..., None] * kb).transpose(-1, -2) @ Vp
+    return torch.cat(out, dim=2)
+
+
+def gdn_layer(c, p, pre, h, starts=None, fast=False, block=64):
+    """DELTA.md's Gated DeltaNet layer up to the attention output: h [B, N, D] (the input_layernorm output) ->
+    o [B, HV, N, d_v] (before o_norm, the gate and o_proj). pre: 'model.layers.{i}.self_attn.'. q, k =
+    l2(silu(conv(W h))) (q over sqrt(d_k)), v = silu(conv(W_v h)); beta = sigmoid(W_b h);
+    g = -exp(A_log) softplus(W_a h + dt_bias); value head hv reads q/k head hv // (HV / H). starts: documents
+    (the conv reads nothing before t's document start; alpha = 0 at a start). fast: the chunkwise form."""
+    la, H = c["linear_attention"], c["num_attention_heads"]
+    dk, dv, HV, K = la["head_k_dim"], la["head_v_dim"], la["num_v_heads"], la["conv_size"]
+    B, N, _ = h.shape
+    def branch(name, x):                                                # [B, N, C] -> silu(conv(x))
+        return F.silu(short_conv(x, p[pre + name + "_conv1d.weight"], starts) if K > 0 else x)
+    heads = lambda t, n, w: t.view(B, N, n, w).transpose(1, 2)           # [B, n, N, w]
+    q = l2_normalize(heads(branch("q", h @ p[pre + "q_proj.weight"].T), H, dk)) / math.sqrt(dk)
+    k = l2_normalize(heads(branch("k", h @ p[pre + "k_proj.weight"].T), H, dk))
+    v = heads(branch("v", h @ p[pre + "v_proj.weight"].T), HV, dv)
+    q, k = q.repeat_interleave(HV // H, dim=1), k.repeat_interleave(HV // H, dim=1)   # GVA: hv -> hv // (HV / H)
+    beta = torch.sigmoid(h @ p[pre + "b_proj.weight"].T).transpose(1, 2)             # [B, HV, N]
+    g = (-torch.exp(p[pre + "A_log"]) * softplus(h @ p[pre + "a_proj.weight"].T + p[pre + "dt_bias"])).transpose(1, 2)
+    return gdn_chunkwise(q, k, v, beta, g, starts, block) if fast else gdn_recurrent(q, k, v, beta, g, starts)
+
+
 def rms_norm(x, w, eps):
     return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * w
 
@@ -388,8 +536,8 @@ def forward(c, p, tokens, fast=False, doc_start=None, block=64):
     D, H, Hkv, eps = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["rms_norm_eps"]
     d, la = D // H, c["linear_attention"]
     expanded = la["feature_map"] in EXPANDED_MAPS
-    if same is not None and fast and "L" in c["layer_types"] and not expanded:
-        raise UserError("documents run on the naive linear attention only (fast=False), except based/rebased")
+    if same is not None and fast and "L" in c["layer_types"] and not expanded and la["decay"] != "gdn":
+        raise UserError("documents run on the naive linear attention only (fast=False), except based/rebased/gdn")
     phi, lam = FEATURE_MAPS.get(la["feature_map"]), decays(c, H)
     heads = lambda t, n, w=d: t.view(B, N, n, w).transpose(1, 2)         # [B, n, N, w]
     merge = lambda t: t.transpose(1, 2).reshape(B, N, -1)
@@ -398,7 +546,10 @@ def forward(c, p, tokens, fast=False, doc_start=None, block=64):
         pre = f"model.layers.{i}."
         W = lambda name: p[pre + name + ".weight"]
         h = rms_norm(x, W("input_layernorm"), eps)
-        if kind == "L" and expanded:
+        if kind == "L" and la["decay"] == "gdn":
+            # Gated DeltaNet (DELTA.md): short convs, l2, the delta rule with its log-gate; value heads of their own
+            o = gdn_layer(c, p, pre + "self_attn.", h, (tokens == doc_start) if same is not None else None, fast, block)
+        elif kind == "L" and expanded:
             # Based / Rebased (FEATURE_MAPS.md): raw q, k of f per head, no RoPE, no decay; phi expands to D';
             # o = n / (s + eps) over the same document, the token itself included
             f = la["feature_dim"]
@@ -455,6 +606,12 @@ def init_params(c, seed, std=0.02, dtype=torch.float32):
         if name.endswith("feature_map.gamma") or name.endswith("feature_map.beta"):   # FEATURE_MAPS.md: 1 and 0
             p[name] = torch.ones(shape, dtype=torch.float64) if name.endswith("gamma") else \
                 torch.zeros(shape, dtype=torch.float64)
+        if name.endswith("self_attn.A_log"):            # DELTA.md (FLA): log(u), u = 16 (1 - U[0,1)) in (0, 16]
+            p[name] = torch.log(16.0 * (1.0 - torch.rand(shape, generator=g, dtype=torch.float64)))
+        if name.endswith("self_attn.dt_bias"):          # softplus^-1(dt), dt = exp(U(ln 1e-3, ln 0.1)) >= 1e-4
+            u = torch.rand(shape, generator=g, dtype=torch.float64)
+            dt = torch.exp(u * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp(min=1e-4)
+            p[name] = dt + torch.log(-torch.expm1(-dt))
     return {k: v.to(dtype).requires_grad_(True) for k, v in p.items()}
 
 
@@ -577,10 +734,11 @@ def cmd_time_step(a):
     p = init_params(c, 0)
     g = torch.Generator().manual_seed(1)
     t = torch.randint(0, c["vocab_size"], (a.batch, a.seq_len + 1), generator=g)
-    if c["linear_attention"]["feature_map"] in EXPANDED_MAPS and "L" in c["layer_types"]:
+    la = c["linear_attention"]
+    if (la["feature_map"] in EXPANDED_MAPS or la["decay"] == "gdn") and "L" in c["layer_types"]:
         if a.compile == "on":
-            raise UserError("time-step --compile on: based/rebased are timed on reference.py's own chunkwise "
-                            "forward (tools/peer.py has no based/rebased), which is not compiled")
+            raise UserError("time-step --compile on: based/rebased/gdn are timed on reference.py's own chunkwise "
+                            "forward (tools/peer.py has no based/rebased/gdn), which is not compiled")
         r = time_reference_step(c, p, t, a.repeats, a.precision == "bf16", a.block or 64)
     else:
         r = peer.time_peer(c, decays(c, c["num_attention_heads"]), p, t, a.repeats, a.precision == "bf16",
@@ -590,7 +748,7 @@ def cmd_time_step(a):
 
 
 def time_reference_step(c, p, tokens, repeats, bf16, block):
-    """time-step for what the peer (tools/peer.py) does not run (based/rebased): this file's own forward in its
+    """time-step for what the peer (tools/peer.py) does not run (based/rebased, gdn): this file's own forward in its
     chunkwise form (fast=True, blocks of `block`), eager, otherwise as peer.time_peer times it (zero_grad,
     forward, backward, clip at 1, lasp's AdamW; median over `repeats` steps after a warm-up). Same JSON fields,
     with compile {"ran": false} and the reason."""
@@ -613,10 +771,12 @@ def time_reference_step(c, p, tokens, repeats, bf16, block):
         times.append(time.perf_counter() - t0)
     sec = statistics.median(times)
     eager = {"tokens_per_s": x.numel() / sec, "seconds_per_step": sec}
-    return {"formulation": f"reference.py's own forward: chunkwise normalized linear attention (block {block}, a "
-                           f"loop over blocks; tools/peer.py has no based/rebased), masked softmax, AdamW {opt_kind}",
+    core = "Gated DeltaNet's chunkwise WY form" if c["linear_attention"]["decay"] == "gdn" else \
+        "chunkwise normalized linear attention"
+    return {"formulation": f"reference.py's own forward: {core} (block {block}, a loop over blocks; tools/peer.py "
+                           f"has no based/rebased/gdn), masked softmax, AdamW {opt_kind}",
             "block": block, "sdpa": False, "gqa": "repeat_interleave", "optimizer": opt_kind,
-            "compile": {"ran": False, "reason": "based/rebased: reference.py's own forward, not compiled"},
+            "compile": {"ran": False, "reason": "based/rebased/gdn: reference.py's own forward, not compiled"},
             "eager": eager, "best": "eager", **eager}
 
 
@@ -682,6 +842,197 @@ def cmd_peer_selftest(a):
     return 1 if failures else 0
 
 
+def gdn_checks(check, base):
+    """Selftest 3c: Gated DeltaNet (DELTA.md), float64. The chunkwise WY form == the token recurrence (forward and
+    gradients; documents, d_k != d_v, ragged chunks); the short conv == nn.Conv1d and, with documents, == each
+    document alone; in the model: autograd == central finite differences for every tensor of the GDN layer (A_log,
+    dt_bias, the conv weights included; GVA, documents, conv_size 4 and 0), chunkwise model == token model, packed
+    documents == each alone, GVA == the same model with q/k heads duplicated, conv_size 1 of weight 1 == conv_size 0;
+    config validation; FLA's init and the decay filter; init -> grads through the CLI."""
+    t1, f64 = time.perf_counter(), torch.float64
+    gen = torch.Generator().manual_seed(26)
+    rnd = lambda *shape: torch.randn(*shape, generator=gen, dtype=f64)
+    # 1. chunkwise (WY) == recurrence: HV 3 heads, d_k 5, d_v 3, N 37, starts at chunk edges, inside, in a row
+    B, HV, N, dk, dv = 2, 3, 37, 5, 3
+    q, v = rnd(B, HV, N, dk).requires_grad_(), rnd(B, HV, N, dv).requires_grad_()
+    kr, braw, graw = rnd(B, HV, N, dk).requires_grad_(), rnd(B, HV, N).requires_grad_(), rnd(B, HV, N).requires_grad_()
+    starts = torch.zeros(B, N, dtype=torch.bool)
+    starts[0, [0, 7, 8, 15, 16, 30]] = True
+    starts[1, [5, 6, 23, 36]] = True
+    args = (q, kr, v, braw, graw)
+    def run(fn, st, *extra):
+        o = fn(q, l2_normalize(kr), v, torch.sigmoid(braw), -F.softplus(graw), st, *extra)
+        w = torch.cos(torch.arange(o.numel(), dtype=f64)).view_as(o)    # a fixed, uneven output gradient
+        return o, torch.autograd.grad((o * w).sum(), args)
+    for st in (None, starts):
+        o1, g1 = run(gdn_recurrent, st)
+        err = max(max((run(gdn_chunkwise, st, blk)[0] - o1).abs().max().item() / o1.abs().max().item(),
+                      max(((a - b).abs().max() / b.abs().max()).item()
+                          for a, b in zip(run(gdn_chunkwise, st, blk)[1], g1))) for blk in (1, 4, 8, 64))
+        check(err < 1e-12, f"gdn: chunkwise WY form (chunks of 1, 4, 8, 64) == token recurrence, d_k 5, d_v 3, "
+                           f"documents {'on' if st is not None else 'off'}: forward and dq, dk, dv, dbeta, dg, "
+                           f"worst {err:.1e} (relative to max)")
+    # 2. the short conv: == nn.Conv1d (groups = channels, padding K-1, first N outputs); documents == alone
+    errs = []
+    for K, n in ((1, 9), (2, 9), (4, 9), (4, 3)):
+        x, w = rnd(2, n, 5), rnd(5, 1, K)
+        ref = F.conv1d(x.transpose(1, 2), w, groups=5, padding=K - 1)[..., :n].transpose(1, 2)
+        errs.append((short_conv(x, w) - ref).abs().max().item())
+    x, w = rnd(2, 15, 5), rnd(5, 1, 4)
+    st = torch.zeros(2, 15, dtype=torch.bool)
+    st[0, [4, 5, 11]] = True
+    y = short_conv(x, w, st)
+    ok = all(torch.allclose(y[:1, a:e], short_conv(x[:1, a:e], w), rtol=0, atol=1e-15)
+             for a, e in ((0, 4), (4, 5), (5, 11), (11, 15))) and torch.equal(y[1], short_conv(x, w)[1])
+    check(max(errs) < 1e-14 and ok, f"gdn: short conv == nn.Conv1d (K 1, 2, 4; N 3 < K), worst {max(errs):.1e}; with "
+                                    f"documents == each document alone")
+    # 3. the model: autograd == central differences (Richardson-extrapolated, h 1e-4: error O(h^4)) for the GDN
+    #    layer's tensors (all entries of A_log and dt_bias, 8 of the others, and one random direction over each
+    #    whole tensor), on a GVA model with documents and conv 4 and on a plain one with conv 0
+    cases = [("GVA (H 2, HV 4), d_k 3, d_v 5, conv 4, documents, norm and gate",
+              dict(head_k_dim=3, head_v_dim=5, num_v_heads=4, conv_size=4), True, "LN"),
+             ("H = HV = 2, d_k = d_v = 8, conv 0, gate only", dict(conv_size=0, output_norm=False), False, "NL")]
+    for what, la, docs, lt in cases:
+        c = validate_config(dict(base, hidden_size=16, layer_types=lt, linear_attention=dict(decay="gdn", **la)))
+        p = init_params(c, 7, std=0.3, dtype=f64)
+        tok = torch.randint(1, c["vocab_size"], (2, 10), generator=gen)
+        if docs:
+            tok[0, [0, 3, 4, 8]] = 0
+            tok[1, [6]] = 0
+        ds = 0 if docs else None
+        li = lt.index("L")
+        names = [k for k in p if k.startswith(f"model.layers.{li}.self_attn.")]
+        loss_at = lambda pp: loss_of(forward(c, pp, tok[:, :-1], doc_start=ds), tok[:, 1:])
+        grads = dict(zip(names, torch.autograd.grad(loss_at(p), [p[k] for k in names])))
+        worst, at = 0.0, ""
+        scale = max(g.abs().max().item() for g in grads.values())       # the layer's largest gradient entry
+        with torch.no_grad():
+            for k in names:
+                flat = p[k].detach().clone().view(-1)
+                idx = torch.randperm(flat.numel(), generator=gen)[:8].tolist()
+                if k.endswith("A_log") or k.endswith("dt_bias"):
+                    idx = list(range(flat.numel()))
+                dirs = [torch.zeros_like(flat).index_fill_(0, torch.tensor([j]), 1.0) for j in idx]
+                dirs.append(torch.randn(flat.shape, generator=gen, dtype=f64))   # and one direction over all
+                fd = []
+                for u in dirs:                                           # Richardson: (4 D(h/2) - D(h)) / 3
+                    cd = []
+                    for h in (1e-4, 5e-5):
+                        vals = [loss_at(dict(p, **{k: (flat + step * u).view_as(p[k])})).item() for step in (h, -h)]
+                        cd.append((vals[0] - vals[1]) / (2 * h))
+                    fd.append((4 * cd[1] - cd[0]) / 3)
+                an = torch.stack([grads[k].reshape(-1) @ u for u in dirs])
+                err = max(abs(a - b.item()) / (u.norm().item() * scale) for a, b, u in zip(fd, an, dirs))
+                if err > worst:
+                    worst, at = err, k.split("self_attn.")[1]
+        has = all(any(k.endswith(n) for k in names) for n in ("A_log", "dt_bias", "a_proj.weight", "b_proj.weight"))
+        conv = [k for k in names if "conv1d" in k]
+        check(worst < 1e-8 and has and len(conv) == (3 if la.get("conv_size") else 0),
+              f"gdn model: autograd == central differences, {what}: {len(names)} tensors "
+              f"({', '.join(k.split('self_attn.')[1] for k in names)}), worst |fd - autograd| {worst:.1e} at {at} "
+              f"(in units of |direction| x the layer's largest gradient, {scale:.1e})")
+        with torch.no_grad():
+            naive = forward(c, p, tok, doc_start=ds)
+            err = max((forward(c, p, tok, fast=True, block=blk, doc_start=ds) - naive).abs().max().item()
+                      for blk in (3, 4, 64))
+            check(err < 1e-12, f"gdn model: chunkwise (blocks of 3, 4, 64) == token recurrence, {what}: {err:.1e}")
+            if docs:
+                ok = all(torch.allclose(naive[:1, a:e], forward(c, p, tok[:1, a:e]), rtol=1e-10, atol=1e-12)
+                         for a, e in ((0, 3), (3, 4), (4, 8), (8, 10)))
+                check(ok and not torch.allclose(naive, forward(c, p, tok)),
+                      f"gdn model: packed documents == each document alone (conv and state restart), {what}")
+            t2 = tok.clone(); t2[:, -1] = (t2[:, -1] + 1) % c["vocab_size"]
+            l2 = forward(c, p, t2, doc_start=ds)
+            check(torch.equal(naive[:, :-1], l2[:, :-1]) and not torch.equal(naive[:, -1], l2[:, -1]),
+                  f"gdn model: causality, {what}")
+    with torch.no_grad():
+        # GVA: value head hv reads q/k head hv // (HV / H): H 2, HV 4 == H 4, HV 4 with q/k rows (and conv) doubled
+        gva = lambda H: validate_config(dict(base, hidden_size=16, layer_types="L", num_hidden_layers=1,
+                                             num_attention_heads=H, num_key_value_heads=H, linear_attention=dict(
+                                                 decay="gdn", head_k_dim=3, head_v_dim=5, num_v_heads=4)))
+        c2, c4 = gva(2), gva(4)
+        p2 = init_params(c2, 8, std=0.3, dtype=f64)
+        dup = lambda t: t.view(2, 3, *t.shape[1:]).repeat_interleave(2, dim=0).reshape(12, *t.shape[1:])
+        p4 = {k: dup(t) if any(n in k for n in ("q_proj", "k_proj", "q_conv1d", "k_conv1d")) else t
+              for k, t in p2.items()}
+        tok = torch.randint(0, c2["vocab_size"], (2, 9), generator=gen)
+        err = (forward(c2, p2, tok) - forward(c4, p4, tok)).abs().max().item()
+        check(err < 1e-13, f"gdn: GVA (H 2, HV 4) == H 4 with q/k heads 0 0 1 1 duplicated: {err:.1e}")
+        # conv_size 1 of weight 1 is the identity: == conv_size 0
+        c0 = validate_config(dict(base, hidden_size=16, linear_attention=dict(decay="gdn", conv_size=0)))
+        c1 = validate_config(dict(base, hidden_size=16, linear_attention=dict(decay="gdn", conv_size=1)))
+        p0 = init_params(c0, 9, std=0.3, dtype=f64)
+        p1 = dict(p0, **{k: torch.ones(s, dtype=f64) for k, s in param_shapes(c1).items() if "conv1d" in k})
+        check(set(p1) == set(param_shapes(c1)) and torch.allclose(forward(c0, p0, tok), forward(c1, p1, tok),
+                                                                    rtol=0, atol=1e-14),
+              "gdn: conv_size 1 with weights 1 == conv_size 0 (no conv tensors)")
+    # 4. config: defaults; refusals name the key, what was expected and what was found
+    la = validate_config(dict(base, linear_attention=dict(decay="gdn")))["linear_attention"]
+    check((la["head_k_dim"], la["head_v_dim"], la["num_v_heads"], la["conv_size"]) == (6, 6, 2, 4),
+          "gdn config: head_k_dim, head_v_dim absent -> d, num_v_heads -> num_attention_heads, conv_size -> 4")
+    def refused(la, words):
+        try:
+            validate_config(dict(base, linear_attention=la))
+        except UserError as e:
+            return all(w in str(e) for w in words)
+        return False
+    bad = [(dict(decay="gdn", feature_map="elu1"), ["feature_map", "'elu1'", "'silu'", "'gdn'"]),
+           (dict(decay="gdn", feature_map="based"), ["feature_map", "'based'", "'silu'"]),
+           (dict(decay="gdn", num_v_heads=3), ["num_v_heads 3", "multiple", "num_attention_heads 2"]),
+           (dict(decay="gdn", conv_size=-1), ["conv_size", ">= 0", "-1"]),
+           (dict(decay="gdn", head_k_dim=0), ["head_k_dim", ">= 1", "0"]),
+           (dict(decay="gdn", head_v_dim=2.0), ["head_v_dim", "2.0"]),
+           (dict(decay="gdn", num_v_heads=True), ["num_v_heads", "True"]),
+           (dict(decay="gla", conv_size=4), ["conv_size", "'gdn'", "'gla'"]),
+           (dict(head_k_dim=8), ["head_k_dim", "'gdn'", "'none'"]),
+           (dict(decay="gdm"), ["'gdm'", "'gdn'"])]
+    check(all(refused(la, words) for la, words in bad),
+          "gdn config refused: feature_map elu1 / based, num_v_heads 3 with 2 heads, conv_size -1, head_k_dim 0, "
+          "head_v_dim 2.0, num_v_heads true, conv_size with decay gla, head_k_dim with no decay, decay 'gdm'")
+    # 5. init (FLA's recipe) and the decay filter; init -> grads through the CLI with documents
+    cfg = dict(vocab_size=13, hidden_size=32, intermediate_size=24, num_hidden_layers=3, num_attention_heads=2,
+               layer_types="LLN", rope_theta=10000.0,
+               linear_attention=dict(decay="gdn", head_k_dim=8, head_v_dim=12, num_v_heads=4, conv_size=4))
+    c = validate_config(json.loads(json.dumps(cfg)))
+    p = init_params(c, 11, dtype=f64)
+    A = [torch.exp(p[f"model.layers.{i}.self_attn.A_log"]) for i in (0, 1)]
+    dt = [F.softplus(p[f"model.layers.{i}.self_attn.dt_bias"]) for i in (0, 1)]
+    shapes = {k.split("self_attn.")[1]: list(v.shape) for k, v in p.items()
+              if k.startswith("model.layers.0.self_attn.")}
+    want = {"q_proj.weight": [16, 32], "k_proj.weight": [16, 32], "v_proj.weight": [48, 32], "a_proj.weight": [4, 32],
+            "b_proj.weight": [4, 32], "A_log": [4], "dt_bias": [4], "q_conv1d.weight": [16, 1, 4],
+            "k_conv1d.weight": [16, 1, 4], "v_conv1d.weight": [48, 1, 4], "g_proj.weight": [48, 32],
+            "o_norm.weight": [12], "o_proj.weight": [32, 48]}
+    opt = make_optimizer(argparse.Namespace(decay_filter="matrices", lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8,
+                                            weight_decay=0.1), p)
+    no_decay = {id(t) for gr in opt.param_groups if gr["weight_decay"] == 0 for t in gr["params"]}
+    ok = shapes == want and all(((a > 0) & (a <= 16)).all() for a in A) and not torch.equal(A[0], A[1]) \
+        and all(((x >= 1e-3 - 1e-12) & (x <= 0.1 + 1e-12)).all() for x in dt) \
+        and all(id(t) in no_decay for k, t in p.items() if k.endswith("A_log") or k.endswith("dt_bias")) \
+        and not any(id(t) in no_decay for k, t in p.items() if "conv1d" in k or k.endswith("proj.weight"))
+    check(ok, "gdn init: FLA's names and shapes, exp(A_log) in (0, 16], softplus(dt_bias) in [1e-3, 0.1]; "
+              "--decay-filter matrices: A_log and dt_bias without weight decay, conv weights and projections with")
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(cfg, f)
+        main(["init", "--config", os.path.join(tmp, "config.json"), "--out", os.path.join(tmp, "ck"), "--seed", "5"])
+        tok = np.arange(2 * 13, dtype="<i4") * 7 % 13
+        tok.tofile(os.path.join(tmp, "tok.bin"))
+        main(["grads", "--checkpoint", os.path.join(tmp, "ck"), "--tokens", os.path.join(tmp, "tok.bin"), "--batch",
+              "2", "--out", os.path.join(tmp, "g.safetensors"), "--out-dtype", "F64", "--doc-start", "3"])
+        g = read_safetensors(os.path.join(tmp, "g.safetensors"))
+        c, p = load_checkpoint(os.path.join(tmp, "ck"), f64)
+        t = torch.from_numpy(tok.astype(np.int64).reshape(2, 13))
+        loss = loss_of(forward(c, p, t[:, :-1], doc_start=3), t[:, 1:])
+        loss.backward()
+        ok = set(g) == {"logits", "loss"} | {"grad." + k for k in p} and g["logits"].shape == (2, 12, 13) \
+            and abs(g["loss"].item() - loss.item()) < 1e-12 \
+            and all(torch.equal(g["grad." + k], v.grad) for k, v in p.items()) \
+            and all(g["grad." + k].abs().max() > 0 for k in p if k.startswith("model.layers.0.self_attn."))
+        check(ok, f"gdn: init -> grads (--doc-start) -> read back, {len(p)} tensors, every GDN gradient nonzero")
+    print(f"(gdn checks: {time.perf_counter() - t1:.2f} s)")
+
+
 def cmd_selftest(a):
     t0, failures = time.perf_counter(), []
     def check(ok, what):
@@ -690,7 +1041,7 @@ def cmd_selftest(a):
             failures.append(what)
     torch.manual_seed(0)
     # 1. naive vs chunkwise linear attention (forward and gradients), every decay, ragged last block.
-    for decay in DECAYS:
+    for decay in (x for x in DECAYS if x != "gdn"):                   # gdn: its own checks (3c)
         lam = decays({"linear_attention": {"decay": decay}}, 3)
         q, k, v = (torch.randn(2, 3, 37, 5, dtype=torch.float64, requires_grad=True) for _ in range(3))
         o1 = linear_attention_naive(q, k, v, lam)
@@ -851,6 +1202,7 @@ def cmd_selftest(a):
     check(la["feature_dim"] == 6 and la["normalizer_eps"] == 1e-10 and la["decay"] == "none",
           "config: feature_dim absent -> d, normalizer_eps absent -> 1e-10")
     print(f"(based/rebased checks: {time.perf_counter() - t1:.2f} s)")
+    gdn_checks(check, base)
     # 4. round trip through files: init -> grads -> read back; and the CLI's error path.
     with tempfile.TemporaryDirectory() as tmp:
         cfg = os.path.join(tmp, "config.json")

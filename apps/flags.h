@@ -136,10 +136,8 @@ struct ModelFlags {
     if (kv_heads) c.num_key_value_heads = *kv_heads;
     if (ffn) c.intermediate_size = *ffn;
     if (vocab) c.vocab_size = *vocab;
-    if (feature_map == "based" || feature_map == "rebased")
-      c.linear.expanded = lasp::expanded_kind_from_string(feature_map), c.linear.feature_map = lasp::FeatureMap::identity;
-    else if (!feature_map.empty())
-      c.linear.feature_map = lasp::feature_map_from_string(feature_map), c.linear.expanded.reset();
+    LASP_CHECK(feature_map.empty() || c.linear.set_feature_map(feature_map),
+               "--feature-map: expected one of silu, elu1, relu, identity, based, rebased, got '{}'", feature_map);
     if (feature_dim) c.linear.feature_dim = *feature_dim;
     if (!decay.empty()) c.linear.decay = lasp::decay_from_string(decay);
     if (no_output_norm) c.linear.output_norm = false;

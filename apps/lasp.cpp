@@ -299,15 +299,20 @@ struct GenerateCommand : Command {
 };
 
 struct PlotCommand : Command {
-  std::string metrics, out;
+  std::vector<std::string> metrics;
+  std::string out, title = "lasp training";
   explicit PlotCommand(CLI::App& app) {
-    cmd = app.add_subcommand("plot", "loss curve of a --metrics file as a PNG");
-    cmd->add_option("metrics", metrics, "the JSON-lines file of lasp train --metrics")->required();
-    cmd->add_option("--out", out, "PNG to write (default: the metrics file name with .png)");
+    cmd = app.add_subcommand("plot", "loss curves of --metrics files as a PNG (several: runs side by side)");
+    cmd->add_option("metrics", metrics,
+                    "JSON-lines files of lasp train --metrics: one draws its training and validation loss, several "
+                    "their validation losses, each named by its file")
+        ->required();
+    cmd->add_option("--out", out, "PNG to write (default: the first metrics file name with .png)");
+    cmd->add_option("--title", title, "the picture's title")->default_val(title);
   }
   void run(Session&) override {
-    if (out.empty()) out = metrics.substr(0, metrics.rfind('.')) + ".png";
-    lasp::plot_metrics(metrics, out);
+    if (out.empty()) out = metrics[0].substr(0, metrics[0].rfind('.')) + ".png";
+    lasp::plot_metrics(metrics, out, title);
     std::printf("wrote %s\n", out.c_str());
   }
 };
@@ -430,6 +435,10 @@ struct BenchSpCommand : Command {
     cmd->add_option("--scan-slices", o.scan_slices, "allscan's K")->default_val(o.scan_slices)->check(kAtLeastOne);
     cmd->add_option("--decay", o.decay, "the linear layers' decay")->default_val(o.decay)
         ->check(CLI::IsMember({"none", "lightning", "retention", "gla"}));
+    cmd->add_option("--feature-map", o.feature_map, "the linear layers' feature map (based | rebased: expanded rows)")
+        ->check(CLI::IsMember({"silu", "elu1", "relu", "identity", "based", "rebased"}));
+    cmd->add_option("--feature-dim", o.feature_dim, "based | rebased: q and k values per head")
+        ->default_val(o.feature_dim)->check(kAtLeastOne);
     cmd->add_option("--out", o.out_prefix, "prefix of the CSV, JSON and PNG files")->default_val(o.out_prefix);
   }
   void run(Session& session) override { lasp::bench_sp(o, session.start_world()); }

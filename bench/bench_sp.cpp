@@ -49,6 +49,7 @@ void bench_sp(const SpBenchOptions& options, Comm& world) {
   nlohmann::ordered_json results = nlohmann::ordered_json::array();
   const int total = int(o.models.size() * o.seq_lens.size() * o.methods.size());
   int done = 0;
+  std::string state_line;
   for (const std::string& types : o.models)
     for (int N : o.seq_lens)
       for (const std::string& method : o.methods) {
@@ -57,6 +58,10 @@ void bench_sp(const SpBenchOptions& options, Comm& world) {
         c.layer_types = types;
         c.num_hidden_layers = int(types.size());
         c.linear.decay = decay_from_string(o.decay);
+        LASP_CHECK(o.feature_map.empty() || c.linear.set_feature_map(o.feature_map),
+                   "bench sp --feature-map: expected one of silu, elu1, relu, identity, based, rebased, got '{}'",
+                   o.feature_map);
+        if (c.linear.expanded) c.linear.feature_dim = o.feature_dim;
         c.validate();
         const SpLayout layout = sp_method_layout(method, "", c, W);
         const int unit = layout == SpLayout::zigzag ? 2 * W : W;
@@ -64,6 +69,7 @@ void bench_sp(const SpBenchOptions& options, Comm& world) {
         if (N % unit) skip = "N not divisible by " + std::to_string(unit);
         if (find_sp_method(method).heads_over_ranks && c.num_attention_heads % W) skip = "heads not divisible by W";
         if (c.linear.decay == Decay::gla && !find_sp_method(method).runs(Transition::diagonal) && W > 1) skip = "no GLA form";
+        if (c.linear.expanded && !find_sp_method(method).expanded_maps && W > 1) skip = "no expanded feature maps";
         if (rank0)  // progress: redrawn in place on a terminal, a line each otherwise
           std::fprintf(stderr, isatty(fileno(stderr)) ? "\r[%d/%d] %s N=%d %s ...\033[K" : "[%d/%d] %s N=%d %s ...\n", done,
                        total, types.c_str(), N, method.c_str());
@@ -77,6 +83,11 @@ void bench_sp(const SpBenchOptions& options, Comm& world) {
         const int Nl = N / W;
         const std::vector<int> pos = sp_positions(N, W, world.rank(), layout);
         const AttentionShape shape = attention_shape(c, 1, Nl, kLinearBlock, omp_get_max_threads());
+        if (state_line.empty())  // what LASP-2's AllGather moves per linear layer (forward, and again backward)
+          state_line = fmt::format("a linear layer's state ({}): H x dk x dv = {} x {} x {} floats = {} bytes per rank "
+                                   "each way under lasp2 (forward and backward: twice that received per layer)",
+                                   c.linear.feature_map_name(), shape.H, shape.dk, shape.dv,
+                                   shape.H * shape.state_floats() * sizeof(float));
         auto attention = make_sp_attention(method, world, shape, N, layout, c.num_hidden_layers, o.scan_slices);
         Model model(c, 1, Nl, *attention);
         init_weights(model.layout(), model.params(), 1);
@@ -147,6 +158,7 @@ void bench_sp(const SpBenchOptions& options, Comm& world) {
                 r["forward_s"].get<double>(), r["backward_s"].get<double>(), r["communication_s"].get<double>(),
                 r["bytes_received_per_rank_per_layer"].get<double>() / 1e6, r["peak_rss_mb"].get<double>());
   }
+  std::printf("%s\n", state_line.c_str());
   // Charts: one data block per (model, method), columns N, tokens/s, received bytes.
   const std::string data = o.out_prefix + ".dat";
   std::string dat, tokens_plot, bytes_plot;

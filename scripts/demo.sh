@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
 # The main job on an embedded default: sets up, builds, then turns the ~15,000 short texts of Debian's fortunes
-# package (/usr/share/games/fortunes: quotations, jokes, poems, 2.5 MB, each between lines holding only '%')
-# into subword tokens with `lasp tokenize` (a SentencePiece BPE of 2048 pieces), trains a small hybrid ("LLLN",
-# hidden 128) on them with sequence parallelism over 2 ranks (LASP-2 for the linear layers, LASP-2H for the
-# softmax layer) for about one pass over the training part, evaluates the held-out part every 30 steps, plots
-# both loss curves and prints a generated sample. The collections go in name order with `cookie`, the package's
-# miscellany, last: it is most of the last 10% of the tokens, the validation part (--val-fraction), never
-# trained on.
+# package (quotations, jokes, poems, 2.5 MB) into subword tokens (scripts/fortunes_tokens.sh: `lasp tokenize`, a
+# SentencePiece BPE of 2048 pieces), trains a small hybrid ("LLLN", hidden 128) on them with sequence
+# parallelism over 2 ranks (LASP-2 for the linear layers, LASP-2H for the softmax layer) for about one pass over the
+# training part, evaluates the held-out part (the last 10%, never trained on) every 30 steps, plots both loss
+# curves and prints a generated sample.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -14,13 +12,7 @@ scripts/build.sh
 out=${LASP_DEMO_DIR:-runs/demo}
 mkdir -p "$out"
 rm -f "$out/metrics.jsonl"
-fortunes=/usr/share/games/fortunes
-files=()
-for f in "$fortunes"/*; do  # the text files (not the .dat indexes, nor the .u8 links to the same texts)
-  name=${f##*/}
-  [[ $name == *.* || $name == cookie ]] || files+=("$f")
-done
-build/lasp tokenize --input "${files[@]}" "$fortunes/cookie" --separator $'\n%\n' --vocab-size 2048 --out "$out/tokens"
+scripts/fortunes_tokens.sh "$out/tokens"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader
 export OMP_NUM_THREADS=1  # one core per rank
 start=$SECONDS

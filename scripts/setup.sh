@@ -18,6 +18,7 @@ packages=(
   fortunes                          # scripts/demo.sh's corpus (/usr/share/games/fortunes: ~15,000 short texts)
   procps iproute2                   # pgrep in the failure tests; ip and tc for scripts/bench_shaped.sh
   time                              # /usr/bin/time: tokenize's peak memory in tests/test_corpus.cpp
+  jq                                # scripts/table2.sh reads the runs' metrics
 )
 # scripts/fuzz.sh: clang 16 (14 rejects C++20 lambda captures of bindings), libFuzzer, ASan/UBSan, OpenMP
 if [ "${1:-}" = --fuzz ]; then packages+=(clang-16 libclang-rt-16-dev libomp-16-dev); fi

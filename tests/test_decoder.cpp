@@ -48,7 +48,7 @@ class DecoderVsForward : public ::testing::TestWithParam<std::pair<std::string, 
     c.linear.decay = GetParam().second;
     if (cut != std::string::npos) {
       const std::string map = p.substr(cut + 1), kind = map.substr(0, map.find_first_of("0123456789"));
-      c.linear.expanded = expanded_kind_from_string(kind), c.linear.feature_map = FeatureMap::identity;
+      EXPECT_TRUE(c.linear.set_feature_map(kind)) << kind;
       c.linear.feature_dim = std::stoi(map.substr(kind.size()));
     }
     c.validate();

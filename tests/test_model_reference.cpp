@@ -39,10 +39,7 @@ ModelConfig make_config(const Case& c) {
   m.num_key_value_heads = c.kv_heads;
   m.layer_types = c.layer_types;
   m.num_hidden_layers = int(c.layer_types.size());
-  if (c.feature_map == "based" || c.feature_map == "rebased")
-    m.linear.expanded = expanded_kind_from_string(c.feature_map), m.linear.feature_map = FeatureMap::identity;
-  else
-    m.linear.feature_map = feature_map_from_string(c.feature_map);
+  EXPECT_TRUE(m.linear.set_feature_map(c.feature_map)) << c.feature_map;
   m.linear.feature_dim = c.feature_dim;
   m.linear.decay = decay_from_string(c.decay);
   m.linear.output_norm = c.output_norm;
@@ -250,7 +247,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"linear_based_f4", "LLLL", "based", "none", false, true, false, 2, 4},
                       Case{"linear_based_fd_norm", "LLLL", "based", "none", true, true, false, 2, 0},
                       Case{"hybrid_LLLN_rebased_fd", "LLLN", "rebased", "none", false, true, false, 2, 0},
-                      Case{"linear_rebased_f4_no_gate_norm", "LLLL", "rebased", "none", true, false, false, 2, 4}),
+                      Case{"linear_rebased_f4_no_gate_norm", "LLLL", "rebased", "none", true, false, false, 2, 4},
+                      Case{"hybrid_LNLL_based_f16", "LNLL", "based", "none", false, true, false, 2, 16}),
     [](const auto& info) { return info.param.name; });
 
 }  // namespace

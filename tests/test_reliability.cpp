@@ -248,6 +248,18 @@ TEST_F(Reliability, PlotOutputFailureIsAnError) {
   expect_error(kLasp + " plot " + metrics + " --out " + tmp.file("no/such/folder/m.png"), {"m.png"});
 }
 
+// Several metrics files go into one picture; any unreadable one is named and no picture is left.
+TEST_F(Reliability, PlotOfSeveralRunsNamesABadFile) {
+  const std::string a = tmp.file("gla_LLLL.jsonl"), b = tmp.file("based_LLLN.jsonl");
+  std::ofstream(a) << "{\"step\": 1, \"loss\": 2.5, \"val_loss\": 2.6}\n{\"step\": 2, \"loss\": 2.0}\n";
+  std::ofstream(b) << "{\"step\": 1, \"loss\": 2.4}\n";
+  expect_ok(kLasp + " plot " + a + " " + b + " --title \"it's two\" --out " + tmp.file("two.png"));
+  EXPECT_GT(fs::file_size(tmp.file("two.png")), 0u);
+  std::ofstream(b) << "{\"step\": 1, \"loss\": 2.4}\nnot json\n";
+  expect_error(kLasp + " plot " + a + " " + b + " --out " + tmp.file("bad.png"), {"based_LLLN.jsonl line 2"});
+  EXPECT_FALSE(fs::exists(tmp.file("bad.png")));
+}
+
 // The text every Debian system has, and a tokenize of it into `out` (a small vocabulary: quick to train).
 const std::string kLicence = "/usr/share/common-licenses/GPL-3";
 std::string tokenize_into(const std::string& out, const std::string& extra = "") {

@@ -80,6 +80,21 @@ bool get_string(const json& j, const char* key, const std::string& full_key, std
 
 int ModelConfig::head_dim() const { return num_attention_heads > 0 ? hidden_size / num_attention_heads : 0; }
 
+bool LinearAttentionConfig::set_feature_map(const std::string& name) {
+  if (name == "based" || name == "rebased") {
+    feature_map = FeatureMap::identity;  // q and k reach the row map as projected
+    expanded = expanded_kind_from_string(name);
+    return true;
+  }
+  for (FeatureMap f : {FeatureMap::silu, FeatureMap::elu1, FeatureMap::relu, FeatureMap::identity})
+    if (name == to_string(f)) {
+      feature_map = f;
+      expanded.reset();
+      return true;
+    }
+  return false;
+}
+
 int ModelConfig::linear_key_width() const {
   return linear.expanded && linear.feature_dim > 0 ? linear.feature_dim : head_dim();
 }
@@ -213,13 +228,9 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
     if (!it->is_object()) config_error("linear_attention", shown(*it), "expected a JSON object");
     std::string s;
     if (get_string(*it, "feature_map", "linear_attention.feature_map", s)) {
-      if (s == "silu") c.linear.feature_map = FeatureMap::silu;
-      else if (s == "elu1") c.linear.feature_map = FeatureMap::elu1;
-      else if (s == "relu") c.linear.feature_map = FeatureMap::relu;
-      else if (s == "identity") c.linear.feature_map = FeatureMap::identity;
-      else if (s == "based" || s == "rebased") c.linear.feature_map = FeatureMap::identity, c.linear.expanded = expanded_kind_from_string(s);
-      else config_error("linear_attention.feature_map", json_quoted(s),
-                        "one of \"silu\", \"elu1\", \"relu\", \"identity\", \"based\", \"rebased\"");
+      if (!c.linear.set_feature_map(s))
+        config_error("linear_attention.feature_map", json_quoted(s),
+                     "one of \"silu\", \"elu1\", \"relu\", \"identity\", \"based\", \"rebased\"");
     }
     if (get_string(*it, "decay", "linear_attention.decay", s)) {
       if (s == "none") c.linear.decay = Decay::none;

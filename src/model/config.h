@@ -32,6 +32,9 @@ struct LinearAttentionConfig {
   int feature_dim = 0;
   float normalizer_eps = 1e-10f;
   std::string feature_map_name() const { return expanded ? to_string(*expanded) : to_string(feature_map); }
+  // feature_map and expanded from a config or flag value: silu, elu1, relu, identity, based, rebased; false
+  // (nothing changed) for any other name, which the caller reports in its own terms.
+  bool set_feature_map(const std::string& name);
 };
 
 struct ModelConfig {

@@ -1,11 +1,14 @@
-// `lasp plot`: the loss curve of a --metrics file (training loss per step, validation loss where
-// measured) as a PNG, drawn by gnuplot.
+// `lasp plot`: loss curves of --metrics files as a PNG, drawn by gnuplot. One file: its training loss per step
+// and its validation loss where measured. Several: one curve per file, its validation loss (its training loss
+// if it has none), named by the file's name (runs compared side by side).
 #pragma once
 #include <string>
+#include <vector>
 
 namespace lasp {
 
-void plot_metrics(const std::string& metrics_path, const std::string& png_path);
+void plot_metrics(const std::vector<std::string>& metrics_paths, const std::string& png_path,
+                  std::string title = "lasp training");
 
 // Runs gnuplot on a script that writes png_path; throws lasp::Error with gnuplot's own message when gnuplot is
 // missing, fails, or leaves no PNG there.

@@ -419,6 +419,31 @@ TEST(SpCommunication, OneCollectiveEachWayAndBytesIndependentOfN) {
   }
 }
 
+// Based (feature_dim 16, d 16): LASP-2's one all-gather each way moves H D' (d + 1) floats per piece, the
+// expanded state with the normalizer's column (FEATURE_MAPS.md), not H d^2.
+TEST(SpCommunication, ExpandedStatesAreDPrimeByDPlusOne) {
+  const int W = world().size(), B = 1, H = 2, d = 16, f = 16, N = 40 * W;
+  const int Dp = int(expanded_features(f, ExpandedKind::based));
+  for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag}) {
+    const int pieces = layout == SpLayout::zigzag ? 2 : 1;
+    const int Nl = int(sp_positions(N, W, world().rank(), layout).size());
+    Lasp2Attention sp(world(), {B, Nl, H, H, d, Dp, d + 1, 16, kThreads, false, f, ExpandedKind::based}, N, layout, 1);
+    auto q = random_values(size_t(B) * Nl * H * f, 1), k = random_values(q.size(), 2),
+         v = random_values(size_t(B) * Nl * H * (d + 1), 3);
+    std::vector<float> o(v.size()), dq(q.size()), dk(q.size()), dv(v.size());
+    world().reset_stats();
+    sp.linear_forward(0, o.data(), q.data(), k.data(), v.data(), nullptr);
+    const int ag = int(CommKind::all_gather);
+    const uint64_t expected = uint64_t(W - 1) * pieces * B * H * Dp * (d + 1) * sizeof(float);
+    EXPECT_EQ(world().stats().calls[ag], 1u);
+    EXPECT_EQ(world().stats().bytes_received[ag], expected);
+    world().reset_stats();
+    sp.linear_backward(0, dq.data(), dk.data(), dv.data(), o.data(), q.data(), k.data(), v.data(), nullptr);
+    EXPECT_EQ(world().stats().calls[ag], 1u);
+    EXPECT_EQ(world().stats().bytes_received[ag], expected);
+  }
+}
+
 // The scans pass one state per piece in and one out whatever W (exscan: (gate, state) rows, one scan per leg
 // of the fold; allscan: the state alone, in K slices), nothing else; and the state after the whole sequence
 // (kept for decoding) equals the AllGather's on every rank.

@@ -158,7 +158,8 @@ std::vector<uint8_t> document_starts(int B, int N, int block) {
   for (int t : {0, block - 1, block, block + 2, block + 3, N / 2, N - 1})
     if (t < N) starts[t] = 1;
   if (B > 1)
-    for (int t : {N / 3, N / 3 + 1}) starts[N + t] = 1;
+    for (int t : {N / 3, N / 3 + 1})
+      if (t < N) starts[N + t] = 1;
   return starts;
 }
 

@@ -82,7 +82,8 @@ inline std::string sp_method_help() {
 struct ModelFlags {
   std::string config_path, feature_map, decay;
   std::optional<std::string> layer_types;
-  std::optional<int> layers, hidden, heads, kv_heads, ffn, vocab, feature_dim;
+  std::optional<int> layers, hidden, heads, kv_heads, ffn, vocab, feature_dim, head_k_dim, head_v_dim, num_v_heads,
+      conv_size;
   bool no_output_norm = false, no_output_gate = false, tie = false;
 
   void add(CLI::App* app) {
@@ -98,7 +99,12 @@ struct ModelFlags {
                     "silu | elu1 | relu | identity (element-wise), based | rebased (expanded rows, with a normalizer; "
                     "decay none) (default silu)");
     app->add_option("--feature-dim", feature_dim, "based | rebased: q and k values per head (default: the head dim)");
-    app->add_option("--decay", decay, "none | lightning | retention | gla (GLA's per-token gates; default none)");
+    app->add_option("--decay", decay, "none | lightning | retention | gla (GLA's per-token gates) | gdn (Gated "
+                    "DeltaNet: the gated delta rule with short convolutions) (default none)");
+    app->add_option("--head-k-dim", head_k_dim, "decay gdn: q and k values per head (default: the head dim)");
+    app->add_option("--head-v-dim", head_v_dim, "decay gdn: v values per value head (default: the head dim)");
+    app->add_option("--num-v-heads", num_v_heads, "decay gdn: value heads, a multiple of --heads (default: --heads)");
+    app->add_option("--conv-size", conv_size, "decay gdn: the short convolutions' width (0: none; default 4)");
     app->add_flag("--no-output-norm", no_output_norm, "linear layers without the per-head output RMSNorm");
     app->add_flag("--no-output-gate", no_output_gate, "linear layers without the output gate");
     app->add_flag("--tie-embeddings", tie, "lm_head shares the embedding");
@@ -140,6 +146,10 @@ struct ModelFlags {
                "--feature-map: expected one of silu, elu1, relu, identity, based, rebased, got '{}'", feature_map);
     if (feature_dim) c.linear.feature_dim = *feature_dim;
     if (!decay.empty()) c.linear.decay = lasp::decay_from_string(decay);
+    if (head_k_dim) c.linear.head_k_dim = *head_k_dim;
+    if (head_v_dim) c.linear.head_v_dim = *head_v_dim;
+    if (num_v_heads) c.linear.num_v_heads = *num_v_heads;
+    if (conv_size) c.linear.conv_size = *conv_size;
     if (no_output_norm) c.linear.output_norm = false;
     if (no_output_gate) c.linear.output_gate = false;
     if (tie) c.tie_word_embeddings = true;

@@ -74,13 +74,15 @@ struct InfoCommand : Command {
 #endif
                 omp_get_max_threads(), omp_get_num_procs());
     std::printf("linear-attention kinds: feature maps silu, elu1, relu, identity (element-wise) and based, rebased "
-                "(expanded rows with a normalizer, --feature-dim); decays none, lightning, retention, gla\n");
+                "(expanded rows with a normalizer, --feature-dim); decays none, lightning, retention, gla, gdn (Gated "
+                "DeltaNet: one process; no memory-plan chunks or decoding yet)\n");
     std::printf("sequence-parallel methods (--sp-method):\n");
     for (const lasp::SpMethod& m : lasp::sp_methods())
       std::printf("  %-12s linear layers: %s\n  %-12s softmax layers: %s\n  %-12s GLA's gates (decay gla): %s; "
-                  "based/rebased: %s; SP prefill: %s; layer-major chunks: %s\n", m.name.c_str(), m.linear.c_str(), "",
-                  m.softmax.c_str(), "", m.runs(lasp::Transition::diagonal) ? "yes" : "no",
-                  m.expanded_maps ? "yes" : "no", m.decoding ? "yes" : "no", m.layer_major() ? "yes" : "no");
+                  "gdn: %s; based/rebased: %s; SP prefill: %s; layer-major chunks: %s\n", m.name.c_str(),
+                  m.linear.c_str(), "", m.softmax.c_str(), "", m.runs(lasp::Transition::diagonal) ? "yes" : "no",
+                  m.runs(lasp::Transition::full) ? "yes" : "no", m.expanded_maps ? "yes" : "no",
+                  m.decoding ? "yes" : "no", m.layer_major() ? "yes" : "no");
   }
 };
 

@@ -54,6 +54,8 @@ Decoder::Decoder(const ModelConfig& config, const std::vector<float>& params, in
              layout_.total());
   weights_ = layout_.bind(const_cast<float*>(params_.data()));  // bound once; only read
   LASP_CHECK(max_tokens > 0, "decoder: max_tokens must be positive, got {}", max_tokens);
+  LASP_CHECK(config.linear.decay != Decay::gdn, "decoder: a model of decay gdn (Gated DeltaNet) cannot be decoded "
+             "yet: its conv cache and delta-rule step are not built (train and eval run it)");
   threads_ = omp_get_max_threads();
   const int L = config.num_hidden_layers, H = config.num_attention_heads;
   const double softmax_layers = double(std::count(config.layer_types.begin(), config.layer_types.end(), 'N'));

@@ -23,7 +23,8 @@ Decay decay_from_string(const std::string& name) {
   if (name == "lightning") return Decay::lightning;
   if (name == "retention") return Decay::retention;
   if (name == "gla") return Decay::gla;
-  throw Error("unknown decay '" + name + "': expected one of none, lightning, retention, gla");
+  if (name == "gdn") return Decay::gdn;
+  throw Error("unknown decay '" + name + "': expected one of none, lightning, retention, gla, gdn");
 }
 
 const char* to_string(Decay decay) {
@@ -32,6 +33,7 @@ const char* to_string(Decay decay) {
     case Decay::lightning: return "lightning";
     case Decay::retention: return "retention";
     case Decay::gla: return "gla";
+    case Decay::gdn: return "gdn";
   }
   return "?";
 }

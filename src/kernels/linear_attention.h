@@ -27,11 +27,12 @@
 
 namespace lasp {
 
-// gla: the decay comes from per-token gates (kernels/gla.h, GATES.md), not from a lambda per head.
-enum class Decay { none, lightning, retention, gla };
+// gla: the decay comes from per-token gates (kernels/gla.h, GATES.md), not from a lambda per head; gdn: the gated
+// delta rule (kernels/delta_rule.h, DELTA.md), a log-gate per token and value head and a full transition.
+enum class Decay { none, lightning, retention, gla, gdn };
 Decay decay_from_string(const std::string& name);
 const char* to_string(Decay decay);
-// lambda_h of MODEL.md for h = 0..H-1 (all 1 for Decay::none and Decay::gla, whose gates decay instead).
+// lambda_h of MODEL.md for h = 0..H-1 (all 1 for Decay::none, and for gla and gdn, whose gates decay instead).
 void linear_attention_decays(float* lambda, int H, Decay decay);
 
 // The decay powers of every part of lasp, with one cut-off: lambda^n, and 0 where that is below 1e-30 (no

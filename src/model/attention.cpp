@@ -17,6 +17,8 @@ SoftmaxAttentionShape LocalAttention::softmax_shape() const {
 
 const float* fixed_decay(const LinearGates& gates, const char* method) {
   LASP_CHECK(!gates.gla(), "{} does not support GLA's gates (decay gla); `lasp info` lists the methods that do", method);
+  LASP_CHECK(!gates.delta(), "{} does not support the gated delta rule (decay gdn); `lasp info` lists the methods "
+             "that do", method);
   return gates.lambda;
 }
 
@@ -50,7 +52,9 @@ double LocalAttention::floats_needed(const AttentionShape& s) {
                           linear_attention_backward_workspace_floats(linear), gla_forward_workspace_floats(gla),
                           gla_backward_workspace_floats(gla),
                           softmax_attention_workspace_floats(s.N, s.N, s.d, s.threads),
-                          linear_attention_bidirectional_workspace_floats(linear)}));
+                          linear_attention_bidirectional_workspace_floats(linear),
+                          s.delta ? delta_rule_backward_workspace_floats(s.delta_kernel(s.B, s.N)) : size_t(0),
+                          s.delta ? delta_rule_forward_workspace_floats(s.delta_kernel(s.B, s.N)) : size_t(0)}));
 }
 
 LocalAttention::LocalAttention(const AttentionShape& shape)
@@ -79,10 +83,13 @@ void LocalAttention::linear_forward(int layer, float* o, const float* q, const f
   float* state_out = nullptr;
   if (keep_) {
     auto& s = slot(final_states_, layer);
-    s.resize(size_t(shape_.B) * shape_.H * shape_.state_floats());
+    s.resize(size_t(shape_.B) * shape_.value_heads() * shape_.state_floats());
     state_out = s.data();
   }
-  if (gates.gla())
+  if (gates.delta())
+    delta_rule_forward(o, state_out, q, k, v, gates.beta, gates.log_gates, nullptr, docs_.start_flags(),
+                       shape_.delta_kernel(shape_.B, shape_.N), workspace_.view());
+  else if (gates.gla())
     gla_forward(o, state_out, q, k, v, gates.log_gates, nullptr, docs_.start_flags(), gla_shape(), workspace_.view());
   else
     linear_attention_forward(o, state_out, q, k, v, nullptr, gates.lambda, docs_.start_flags(), linear_shape(),
@@ -91,7 +98,14 @@ void LocalAttention::linear_forward(int layer, float* o, const float* q, const f
 
 void LocalAttention::linear_backward(int, float* dq, float* dk, float* dv, const float* dout, const float* q,
                                      const float* k, const float* v, const LinearGates& gates) {
-  if (gates.gla())
+  if (gates.delta()) {
+    const size_t n = size_t(shape_.B) * shape_.N * shape_.value_heads();
+    std::fill(gates.d_log_gates, gates.d_log_gates + n, 0.f);  // the kernel accumulates, the seam writes
+    std::fill(gates.d_beta, gates.d_beta + n, 0.f);
+    delta_rule_backward(dq, dk, dv, gates.d_beta, gates.d_log_gates, nullptr, dout, nullptr, q, k, v, gates.beta,
+                        gates.log_gates, nullptr, docs_.start_flags(), shape_.delta_kernel(shape_.B, shape_.N),
+                        workspace_.view());
+  } else if (gates.gla())
     gla_backward(dq, dk, dv, gates.d_log_gates, nullptr, dout, nullptr, q, k, v, gates.log_gates, nullptr,
                  docs_.start_flags(), gla_shape(), workspace_.view());
   else

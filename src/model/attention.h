@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/workspace.h"
+#include "kernels/delta_rule.h"
 #include "kernels/gla.h"
 #include "kernels/linear_attention.h"
 #include "kernels/softmax_attention.h"
@@ -29,6 +30,9 @@ struct AttentionShape {
   // the expanded width. f = 0: none.
   int f = 0;
   ExpandedKind expansion = ExpandedKind::based;
+  // decay gdn: the linear layers run the gated delta rule (kernels/delta_rule.h), v and o with HV value heads.
+  bool delta = false;
+  int HV = 0;  // the linear layers' value heads (0: H)
 
   // The linear kernels' shape for `rows` rows of `tokens` tokens and `heads` heads (GLA takes its own block).
   LinearAttentionShape linear_kernel(int rows, int tokens, int heads) const {
@@ -37,9 +41,13 @@ struct AttentionShape {
   LinearAttentionShape gla_kernel(int rows, int tokens, int heads) const {
     return {rows, tokens, heads, dk, dv, kGlaBlock, threads, f, expansion};
   }
+  DeltaRuleShape delta_kernel(int rows, int tokens) const {
+    return {rows, tokens, H, value_heads(), dk, dv, kDeltaBlock, threads};
+  }
   size_t state_floats() const { return size_t(dk) * size_t(dv); }  // one head's linear state
   int qk_width() const { return f > 0 ? f : dk; }                   // q and k of a linear layer per head
-  SpanRows linear_rows() const { return {long(H) * qk_width(), long(H) * dv}; }  // row strides of q, k and v, o
+  int value_heads() const { return HV > 0 ? HV : H; }               // v, o and the states of a linear layer
+  SpanRows linear_rows() const { return {long(H) * qk_width(), long(value_heads()) * dv}; }  // strides: q, k; v, o
 };
 
 // The shape of config c's attention on B rows of N tokens (this rank's), blocks of `block`, on `threads`.
@@ -58,17 +66,24 @@ inline AttentionShape attention_shape(const ModelConfig& c, int B, int N, int bl
           threads,
           c.linear.decay == Decay::gla,
           expanded ? c.linear_key_width() : 0,
-          expanded ? *c.linear.expanded : ExpandedKind::based};
+          expanded ? *c.linear.expanded : ExpandedKind::based,
+          c.linear.decay == Decay::gdn,
+          c.linear_value_heads()};
 }
 
-// What decays a causal linear layer's state: a fixed decay per head (MODEL.md), or GLA's log-gates per token,
-// head and key dim (GATES.md). A bare lambda pointer converts to it.
+// What decays a causal linear layer's state: a fixed decay per head (MODEL.md), GLA's log-gates per token,
+// head and key dim (GATES.md), or the gated delta rule's log-gates and write strengths per token and value head
+// (DELTA.md). A bare lambda pointer converts to it.
 struct LinearGates {
   LinearGates(const float* lambda = nullptr) : lambda(lambda) {}
   const float* lambda = nullptr;     // (H), or null: no decay
-  const float* log_gates = nullptr;  // GLA: (B, N, H, dk) of this rank's tokens, each <= 0; lambda is then unused
-  float* d_log_gates = nullptr;      // GLA, backward: their gradient, written (not accumulated)
-  bool gla() const { return log_gates != nullptr; }
+  const float* log_gates = nullptr;  // GLA: (B, N, H, dk) of this rank's tokens, each <= 0; lambda is then unused;
+                                     // gdn: (B, N, HV)
+  float* d_log_gates = nullptr;      // GLA, gdn, backward: their gradient, written (not accumulated)
+  const float* beta = nullptr;       // gdn: (B, N, HV) the delta rule's beta, in (0, 1)
+  float* d_beta = nullptr;           // gdn, backward: its gradient, written
+  bool gla() const { return log_gates != nullptr && beta == nullptr; }
+  bool delta() const { return beta != nullptr; }
 };
 
 // The fixed decay of gates for a method without GLA; throws naming the method when the gates are GLA's.

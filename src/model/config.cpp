@@ -96,7 +96,16 @@ bool LinearAttentionConfig::set_feature_map(const std::string& name) {
 }
 
 int ModelConfig::linear_key_width() const {
+  if (linear.decay == Decay::gdn && linear.head_k_dim > 0) return linear.head_k_dim;
   return linear.expanded && linear.feature_dim > 0 ? linear.feature_dim : head_dim();
+}
+
+int ModelConfig::linear_value_width() const {
+  return linear.decay == Decay::gdn && linear.head_v_dim > 0 ? linear.head_v_dim : head_dim();
+}
+
+int ModelConfig::linear_value_heads() const {
+  return linear.decay == Decay::gdn && linear.num_v_heads > 0 ? linear.num_v_heads : num_attention_heads;
 }
 
 int ModelConfig::linear_state_rows() const {
@@ -104,9 +113,9 @@ int ModelConfig::linear_state_rows() const {
 }
 
 ModelConfig::AttentionWidths ModelConfig::attention_widths(int l) const {
-  const int H = num_attention_heads, d = head_dim();
+  const int H = num_attention_heads, d = head_dim(), HV = linear_value_heads();
   if (layer_types.at(size_t(l)) == 'L')
-    return {H * linear_key_width(), H * linear_key_width(), H * linear_value_width(), H * linear_value_width()};
+    return {H * linear_key_width(), H * linear_key_width(), HV * linear_value_width(), HV * linear_value_width()};
   return {H * d, num_key_value_heads * d, num_key_value_heads * d, H * d};
 }
 
@@ -157,7 +166,7 @@ void ModelConfig::validate() const {
   if (fm < int(FeatureMap::silu) || fm > int(FeatureMap::identity))
     config_error("linear_attention.feature_map", std::to_string(fm), "invalid FeatureMap value");
   auto dc = int(linear.decay);
-  if (dc < int(Decay::none) || dc > int(Decay::gla))
+  if (dc < int(Decay::none) || dc > int(Decay::gdn))
     config_error("linear_attention.decay", std::to_string(dc), "invalid Decay value");
   if (linear.gate_low_rank <= 0)
     config_error("linear_attention.gate_low_rank", std::to_string(linear.gate_low_rank), "must be a positive integer");
@@ -178,6 +187,23 @@ void ModelConfig::validate() const {
   if (!(linear.normalizer_eps >= 0.f) || !std::isfinite(linear.normalizer_eps))
     config_error("linear_attention.normalizer_eps", fmt::format("{}", linear.normalizer_eps),
                  "must be a finite number >= 0");
+  const bool gdn = linear.decay == Decay::gdn;
+  if (gdn && (linear.expanded || linear.feature_map != FeatureMap::silu))
+    config_error("linear_attention.feature_map", json_quoted(linear.feature_map_name()),
+                 "must be \"silu\" with decay \"gdn\": it names the activation after the short convolutions (DELTA.md)");
+  for (auto [key, value] : {std::pair{"head_k_dim", linear.head_k_dim}, {"head_v_dim", linear.head_v_dim},
+                            {"num_v_heads", linear.num_v_heads}, {"conv_size", linear.conv_size}}) {
+    const std::string full = std::string("linear_attention.") + key;
+    if (value < 0) config_error(full, std::to_string(value), "must be a non-negative integer");
+    const int unset = full == "linear_attention.conv_size" ? 4 : 0;
+    if (!gdn && value != unset)
+      config_error(full, std::to_string(value), fmt::format("applies to decay \"gdn\" only (decay is {})",
+                                                             json_quoted(to_string(linear.decay))));
+  }
+  if (gdn && linear_value_heads() % num_attention_heads != 0)
+    config_error("linear_attention.num_v_heads", std::to_string(linear_value_heads()),
+                 fmt::format("must be a multiple of num_attention_heads = {} (each q/k head serves as many value heads)",
+                             num_attention_heads));
 }
 
 nlohmann::json ModelConfig::to_json() const {
@@ -197,6 +223,12 @@ nlohmann::json ModelConfig::to_json() const {
   if (linear.decay == Decay::gla) {
     j["linear_attention"]["gate_low_rank"] = linear.gate_low_rank;
     j["linear_attention"]["gate_normalizer"] = float_json(linear.gate_normalizer);
+  }
+  if (linear.decay == Decay::gdn) {
+    j["linear_attention"]["head_k_dim"] = linear_key_width();
+    j["linear_attention"]["head_v_dim"] = linear_value_width();
+    j["linear_attention"]["num_v_heads"] = linear_value_heads();
+    j["linear_attention"]["conv_size"] = linear.conv_size;
   }
   if (linear.expanded) {
     j["linear_attention"]["feature_dim"] = linear_key_width();
@@ -237,7 +269,9 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
       else if (s == "lightning") c.linear.decay = Decay::lightning;
       else if (s == "retention") c.linear.decay = Decay::retention;
       else if (s == "gla") c.linear.decay = Decay::gla;
-      else config_error("linear_attention.decay", json_quoted(s), "one of \"none\", \"lightning\", \"retention\", \"gla\"");
+      else if (s == "gdn") c.linear.decay = Decay::gdn;
+      else config_error("linear_attention.decay", json_quoted(s),
+                        "one of \"none\", \"lightning\", \"retention\", \"gla\", \"gdn\"");
     }
     get_bool(*it, "output_norm", "linear_attention.output_norm", c.linear.output_norm);
     get_bool(*it, "output_gate", "linear_attention.output_gate", c.linear.output_gate);
@@ -247,6 +281,15 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
     if (it->contains("feature_dim") && c.linear.feature_dim <= 0)
       config_error("linear_attention.feature_dim", std::to_string(c.linear.feature_dim), "must be a positive integer");
     get_float(*it, "normalizer_eps", "linear_attention.normalizer_eps", c.linear.normalizer_eps);
+    get_int(*it, "head_k_dim", "linear_attention.head_k_dim", c.linear.head_k_dim);
+    get_int(*it, "head_v_dim", "linear_attention.head_v_dim", c.linear.head_v_dim);
+    get_int(*it, "num_v_heads", "linear_attention.num_v_heads", c.linear.num_v_heads);
+    get_int(*it, "conv_size", "linear_attention.conv_size", c.linear.conv_size);
+    for (const char* key : {"head_k_dim", "head_v_dim", "num_v_heads"})
+      if (it->contains(key) && it->at(key).is_number_integer() && it->at(key).get<int64_t>() <= 0)
+        config_error(std::string("linear_attention.") + key, it->at(key).dump(), "must be a positive integer");
+    if (it->contains("conv_size") && c.linear.decay != Decay::gdn)
+      config_error("linear_attention.conv_size", it->at("conv_size").dump(), "applies to decay \"gdn\" only");
   }
   c.validate();
   if (auto it = j.find("head_dim"); it != j.end() && !it->is_null()) {

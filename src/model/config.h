@@ -31,6 +31,9 @@ struct LinearAttentionConfig {
   std::optional<ExpandedKind> expanded;
   int feature_dim = 0;
   float normalizer_eps = 1e-10f;
+  // decay gdn (DELTA.md): the gated delta rule with short convolutions. head_k_dim, head_v_dim (0: d), num_v_heads
+  // (0: H, else a multiple of H: value heads of their own, GVA), conv_size (the convolutions' width; 0: none).
+  int head_k_dim = 0, head_v_dim = 0, num_v_heads = 0, conv_size = 4;
   std::string feature_map_name() const { return expanded ? to_string(*expanded) : to_string(feature_map); }
   // feature_map and expanded from a config or flag value: silu, elu1, relu, identity, based, rebased; false
   // (nothing changed) for any other name, which the caller reports in its own terms.
@@ -53,12 +56,14 @@ struct ModelConfig {
   int head_dim() const;            // d = hidden_size / num_attention_heads
   bool has_softmax_layer() const;  // any 'N' in layer_types
   // The linear layers' widths per head: q and k as projected (GLA's gates too; feature_dim under an expanded
-  // map), and v, o (d). Their state is linear_state_rows() x (d, or d + 1 with an expanded map's normalizer).
+  // map; head_k_dim under gdn), and v, o (d; head_v_dim under gdn). Their state is linear_state_rows() x (the
+  // value width, + 1 with an expanded map's normalizer). Values have linear_value_heads() heads (gdn: HV).
   int linear_key_width() const;
-  int linear_value_width() const { return head_dim(); }
+  int linear_value_width() const;
+  int linear_value_heads() const;
   int linear_state_rows() const;  // the key width, or an expanded map's D' features
   // The widths per token (heads x width) of layer l's attention tensors: queries, keys, values and the output
-  // o_proj reads. Linear: H dk, H dk, H dv, H dv; softmax: H d, H_kv d, H_kv d, H d.
+  // o_proj reads. Linear: H dk, H dk, HV dv, HV dv; softmax: H d, H_kv d, H_kv d, H d.
   struct AttentionWidths {
     int q, k, v, o;
   };

@@ -136,10 +136,16 @@ void Model::carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPla
       if (c.linear.expanded) a.y = cv.take(T * E);
       a.qp = cv.take(T * E);
       a.kp = cv.take(T * E);
-      if (c.linear.output_norm) a.on = cv.take(T * E), a.rstd_o = cv.take(T * H);
+      if (c.linear.output_norm) a.on = cv.take(T * E), a.rstd_o = cv.take(T * c.linear_value_heads());
       if (c.linear.output_gate) a.gp = cv.take(T * E), a.og = shared ? og : cv.take(T * E);
       if (c.linear.decay == Decay::gla)
         a.gk1 = cv.take(T * c.linear.gate_low_rank), a.gz = cv.take(T * E), a.glog = cv.take(T * E);
+      if (c.linear.decay == Decay::gdn) {
+        const size_t HV = c.linear_value_heads();
+        a.vp = cv.take(T * E), a.gz = cv.take(T * HV), a.glog = cv.take(T * HV), a.beta = cv.take(T * HV);
+        a.rq = cv.take(T * H), a.rk = cv.take(T * H);
+        if (c.linear.conv_size > 0) a.qc = cv.take(T * E), a.kc = cv.take(T * E), a.vc = cv.take(T * E);
+      }
     }
     if (any_softmax) a.lse = cv.take(T * H);
     a.h = cv.take(T * D);
@@ -165,6 +171,8 @@ void Model::carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPla
   s.dm = cv.take(TF);
   s.dlogits = cv.take(T * V);
   if (c.linear.decay == Decay::gla && c.layer_types.find('L') != std::string::npos) s.dglog = cv.take(T * E), s.dgk1 = cv.take(T * c.linear.gate_low_rank);
+  if (c.linear.decay == Decay::gdn && c.layer_types.find('L') != std::string::npos)
+    s.dglog = cv.take(T * c.linear_value_heads()), s.dbeta = cv.take(T * c.linear_value_heads());
   xf = cv.take(T * D);
   rstd_f = cv.take(T);
   logits = cv.take(T * V);
@@ -204,6 +212,10 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, Mode
              "model: a layer-major plan needs an attention with a layer-major mode (lasp2 across SP ranks)");
   chunk_ = chunk_length(plan, N);
   chunks_ = (N + chunk_ - 1) / chunk_;
+  LASP_CHECK(config.linear.decay != Decay::gdn || (chunks_ == 1 && !layer_major_),
+             "model: decay gdn runs its sequence whole for now: its short convolutions take no halo from a "
+             "previous chunk (a memory plan of {} chunks of {} tokens{}); raise --memory-limit or shorten --seq-len",
+             chunks_, chunk_, layer_major_ ? ", layer-major" : "");
   N_ = chunk_, T_ = token_count(B, chunk_);
   mlp_rows_ = int(mlp_rows(plan, size_t(T_)));
 
@@ -326,14 +338,18 @@ void Model::forward_layer(int l, bool write_output) {
   const Input xn = keep(a.xn, a.xn16, T * D);
   const float* attn_out;  // what o_proj reads
   if (c.layer_types[l] == 'L') {
-    project(a.qp, xn, w.wq, D, e.q);
-    project(a.kp, xn, w.wk, D, e.k);
-    linear_features(l, true);
-    if (c.linear.expanded) {  // the normalizer's column: v~ = [v | 1] (the projection goes through a.o)
-      project(a.o, xn, w.wv, D, e.v);
-      normalizer_append_ones(a.v, a.o, T * H, c.head_dim());
+    if (c.linear.decay == Decay::gdn) {
+      gdn_forward(l, xn);
     } else {
-      project(a.v, xn, w.wv, D, e.v);
+      project(a.qp, xn, w.wq, D, e.q);
+      project(a.kp, xn, w.wk, D, e.k);
+      linear_features(l, true);
+      if (c.linear.expanded) {  // the normalizer's column: v~ = [v | 1] (the projection goes through a.o)
+        project(a.o, xn, w.wv, D, e.v);
+        normalizer_append_ones(a.v, a.o, T * H, c.head_dim());
+      } else {
+        project(a.v, xn, w.wv, D, e.v);
+      }
     }
     if (c.linear.decay == Decay::gla) gate_forward(l, xn);
     if (c.linear.expanded) {  // Y = [n | s]; o = n / (s + eps)
@@ -343,8 +359,8 @@ void Model::forward_layer(int l, bool write_output) {
       attention_.linear_forward(l, a.o, a.q, a.k, a.v, linear_gates(l, false));
     }
     attn_out = a.o;
-    if (c.linear.output_norm) {  // per-head RMSNorm: T*H rows of dv, one weight shared by the heads
-      rmsnorm_forward(a.on, a.rstd_o, a.o, w.o_norm, T_ * H, c.linear_value_width(), eps);
+    if (c.linear.output_norm) {  // per-head RMSNorm: T*HV rows of dv, one weight shared by the heads
+      rmsnorm_forward(a.on, a.rstd_o, a.o, w.o_norm, T_ * c.linear_value_heads(), c.linear_value_width(), eps);
       attn_out = a.on;
     }
     if (c.linear.output_gate) {  // o * silu(W_g x)
@@ -416,6 +432,10 @@ void Model::linear_features_backward(int l, const float* dq, const float* dk, fl
 LinearGates Model::linear_gates(int l, bool backward) {
   LinearGates gates(lambdas_[l].data());
   if (config_.linear.decay == Decay::gla) gates.log_gates = acts(l).glog, gates.d_log_gates = backward ? s_.dglog : nullptr;
+  if (config_.linear.decay == Decay::gdn) {
+    gates.log_gates = acts(l).glog, gates.beta = acts(l).beta;
+    if (backward) gates.d_log_gates = s_.dglog, gates.d_beta = s_.dbeta;
+  }
   return gates;
 }
 
@@ -527,8 +547,8 @@ void Model::backward_layer(int l) {
     float* d_o = d_normed;
     if (c.linear.output_norm) {
       float* target = d_normed == s_.da ? s_.dqp : s_.da;
-      rmsnorm_backward(target, g.o_norm, d_normed, a.o, w.o_norm, a.rstd_o, T_ * H, c.linear_value_width(),
-                       GradStore::overwrite);
+      rmsnorm_backward(target, g.o_norm, d_normed, a.o, w.o_norm, a.rstd_o, T_ * c.linear_value_heads(),
+                       c.linear_value_width(), GradStore::overwrite);
       d_o = target;
     }
     zero(s_.dq, T * e.q);
@@ -544,11 +564,15 @@ void Model::backward_layer(int l) {
       zero(s_.dv, T * e.v);
       attention_.linear_backward(l, s_.dq, s_.dk, s_.dv, d_o, a.q, a.k, a.v, linear_gates(l, true));
     }
-    linear_features_backward(l, s_.dq, s_.dk, s_.dqp, s_.dkp);
     const Input xn = kept(a.xn, a.xn16);
-    project_backward(s_.dxn, g.wq, s_.dqp, xn, w.wq, D, e.q, !gated);
-    project_backward(s_.dxn, g.wk, s_.dkp, xn, w.wk, D, e.k);
-    project_backward(s_.dxn, g.wv, s_.dv, xn, w.wv, D, e.v);
+    if (c.linear.decay == Decay::gdn) {
+      gdn_backward(l, xn, !gated);
+    } else {
+      linear_features_backward(l, s_.dq, s_.dk, s_.dqp, s_.dkp);
+      project_backward(s_.dxn, g.wq, s_.dqp, xn, w.wq, D, e.q, !gated);
+      project_backward(s_.dxn, g.wk, s_.dkp, xn, w.wk, D, e.k);
+      project_backward(s_.dxn, g.wv, s_.dv, xn, w.wv, D, e.v);
+    }
     if (c.linear.decay == Decay::gla) gate_backward(l, xn);
   } else {
     project_backward(s_.da, g.wo, s_.dres, kept(a.o, a.ao16), w.wo, e.o, D, true);

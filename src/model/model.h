@@ -85,9 +85,12 @@ class Model {
     float *o, *lse;               // (T, o) attention output; softmax layers: (B, H, N)
     float* y;                     // expanded maps (based, rebased): (T, H (d + 1)) the attention's [n | s]; o
                                   // is then n / (s + eps), and v holds [v | 1] (kernels/normalizer.h)
-    float *on, *rstd_o;           // output_norm: (T, o), (T * H)
+    float *on, *rstd_o;           // output_norm: (T, o), (T * HV)
     float *gp, *og;               // output_gate: (T, o) gate projection, (T, o) gated output
-    float *gk1, *gz, *glog;       // decay gla: (T, r) low-rank gate input, (T, k) its projection, the log-gates
+    float *gk1, *gz, *glog;       // decay gla: (T, r) low-rank gate input, (T, k) its projection, the log-gates;
+                                  // gdn: gz (T, HV) W_a xn + dt_bias, glog (T, HV) the log-gates g
+    float *vp, *qc, *kc, *vc;     // gdn: (T, v) the v projection; the convolutions' outputs (conv_size > 0)
+    float *rq, *rk, *beta;        // gdn: (T * H) the l2 norms' 1 / norm of q and k; (T, HV) beta
     float *h, *hn, *rstd_post;    // (T, D), (T, D), (T)
     float *g, *u, *m;             // (T, F) gate, up, silu(gate) * up
     // precision bf16: the projections' inputs as they were multiplied, kept for the weights' gradients in
@@ -103,7 +106,8 @@ class Model {
   };
   struct Scratch {  // backward buffers shared by all layers
     float *dres, *dxn, *dhn, *da, *dq, *dk, *dv, *dqp, *dkp, *dgp, *dg, *du, *dm, *dlogits;
-    float *dglog, *dgk1;  // decay gla: (T, k) the log-gates' gradient, (T, r)
+    float *dglog, *dgk1;  // decay gla: (T, k) the log-gates' gradient, (T, r); gdn: dglog (T, HV)
+    float* dbeta;         // gdn: (T, HV)
   };
 
   ModelConfig config_;
@@ -152,6 +156,11 @@ class Model {
   // Layer l's gates for the attention: its fixed decay, or GLA's log-gates of the running chunk (computed by
   // gate_forward) and, in the backward, the buffer of their gradient.
   LinearGates linear_gates(int l, bool backward);
+  // Gated DeltaNet (model/model_gdn.cpp): layer l's q, k, v, beta and log-gates from xn, and back to s_.dxn (+=,
+  // or = when dxn_fresh) from the delta rule's input gradients in s_.dq, s_.dk, s_.dv, s_.dbeta, s_.dglog.
+  void gdn_forward(int l, Input xn);
+  void gdn_backward(int l, Input xn, bool dxn_fresh);
+  const uint8_t* document_flags() const { return doc_start_ >= 0 ? doc_flags_.data() : nullptr; }
   void linear_features(int l, bool queries);
   void linear_features_backward(int l, const float* dq, const float* dk, float* dqp, float* dkp);
   // dX += dY W (dX = dY W when dx_fresh), dW += dY^T X.

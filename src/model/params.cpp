@@ -28,7 +28,19 @@ ParamLayout::ParamLayout(const ModelConfig& c) : config_(c) {
     }
     if (linear && c.linear.expanded == ExpandedKind::rebased) {  // FEATURE_MAPS.md: FLA's names
       add(p + "self_attn.feature_map.gamma", {c.linear_key_width()});
-      add(p + "self_attn.feature_map.beta", {c.linear_key_width()});
+      add(p + "self_attn.feature_map.beta", {c.linear_key_width()}, ParamInit::zero);
+    }
+    if (linear && c.linear.decay == Decay::gdn) {  // DELTA.md: FLA's names
+      const int64_t HV = c.linear_value_heads(), K = c.linear.conv_size;
+      add(p + "self_attn.a_proj.weight", {HV, D});
+      add(p + "self_attn.b_proj.weight", {HV, D});
+      add(p + "self_attn.A_log", {HV}, ParamInit::gdn_a_log);
+      add(p + "self_attn.dt_bias", {HV}, ParamInit::gdn_dt_bias);
+      if (K > 0) {
+        add(p + "self_attn.q_conv1d.weight", {e.q, 1, K}, ParamInit::normal);
+        add(p + "self_attn.k_conv1d.weight", {e.k, 1, K}, ParamInit::normal);
+        add(p + "self_attn.v_conv1d.weight", {e.v, 1, K}, ParamInit::normal);
+      }
     }
     add(p + "post_attention_layernorm.weight", {D});
     add(p + "mlp.gate_proj.weight", {F, D});
@@ -39,11 +51,12 @@ ParamLayout::ParamLayout(const ModelConfig& c) : config_(c) {
   if (!c.tie_word_embeddings) add("lm_head.weight", {V, D});
 }
 
-void ParamLayout::add(const std::string& name, std::vector<int64_t> shape) {
+void ParamLayout::add(const std::string& name, std::vector<int64_t> shape, std::optional<ParamInit> init) {
   TensorSpec s;
   s.name = name;
   s.size = size_t(checked_product(shape, "parameter " + name));
-  s.matrix = shape.size() == 2;
+  s.init = init.value_or(shape.size() == 2 ? ParamInit::normal : ParamInit::one);
+  s.matrix = s.init == ParamInit::normal;
   s.shape = std::move(shape);
   s.offset = total_;
   // Each tensor starts on a cache line. Sizes that wrap 64 bits are refused (a config can ask for them).
@@ -83,6 +96,13 @@ Weights ParamLayout::bind(float* base) const {
     l.bgk = maybe(p + "self_attn.gk_proj.1.bias");
     l.fm_gamma = maybe(p + "self_attn.feature_map.gamma");
     l.fm_beta = maybe(p + "self_attn.feature_map.beta");
+    l.wa = maybe(p + "self_attn.a_proj.weight");
+    l.wb = maybe(p + "self_attn.b_proj.weight");
+    l.a_log = maybe(p + "self_attn.A_log");
+    l.dt_bias = maybe(p + "self_attn.dt_bias");
+    l.q_conv = maybe(p + "self_attn.q_conv1d.weight");
+    l.k_conv = maybe(p + "self_attn.k_conv1d.weight");
+    l.v_conv = maybe(p + "self_attn.v_conv1d.weight");
     l.post_norm = at(p + "post_attention_layernorm.weight");
     l.w_gate = at(p + "mlp.gate_proj.weight");
     l.w_up = at(p + "mlp.up_proj.weight");

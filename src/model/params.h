@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -11,11 +12,17 @@
 
 namespace lasp {
 
+// How a tensor starts (train/optimizer.h init_weights): weights from N(0, std), which also take weight decay;
+// norm weights and rebased's gamma at 1, rebased's beta at 0; Gated DeltaNet's A_log and dt_bias by FLA's recipe
+// (DELTA.md).
+enum class ParamInit { normal, one, zero, gdn_a_log, gdn_dt_bias };
+
 struct TensorSpec {
   std::string name;
   std::vector<int64_t> shape;
   size_t offset = 0, size = 0;
-  bool matrix = false;  // 2-D: takes weight decay
+  ParamInit init = ParamInit::one;
+  bool matrix = false;  // init normal: the 2-D weights and the convolutions' [C, 1, K]; takes weight decay
 };
 
 struct LayerWeights {
@@ -28,6 +35,10 @@ struct LayerWeights {
   float* o_norm;      // (d) linear layers with output_norm, else null
   float *wgk1, *wgk2, *bgk;  // decay gla: (r, D), (H*d, r), (H*d) the gate projection, else null
   float *fm_gamma, *fm_beta;  // feature_map rebased: (dk), (dk) its LayerNorm's, shared by q, k and the heads
+  // decay gdn (DELTA.md), else null: wq, wk (H*dk, D), wv, wg (HV*dv, D), wo (D, HV*dv), o_norm (dv), and
+  float *wa, *wb;              // (HV, D) the log-gate's and beta's projections
+  float *a_log, *dt_bias;      // (HV)
+  float *q_conv, *k_conv, *v_conv;  // (H*dk, K), (H*dk, K), (HV*dv, K) the short convolutions (null: conv_size 0)
   float* post_norm;   // (D)
   float* w_gate;      // (F, D)
   float* w_up;        // (F, D)
@@ -53,7 +64,8 @@ class ParamLayout {
   ModelConfig config_;
   std::vector<TensorSpec> specs_;
   size_t total_ = 0;
-  void add(const std::string& name, std::vector<int64_t> shape);
+  // init: by default normal for 2-D shapes, one otherwise.
+  void add(const std::string& name, std::vector<int64_t> shape, std::optional<ParamInit> init = std::nullopt);
 };
 
 }  // namespace lasp

@@ -117,18 +117,23 @@ const std::vector<SpMethod>& sp_methods() {
 
 bool SpMethod::runs(Transition t) const { return std::find(transitions.begin(), transitions.end(), t) != transitions.end(); }
 
-Transition linear_transition(Decay decay) { return decay == Decay::gla ? Transition::diagonal : Transition::scalar; }
+Transition linear_transition(Decay decay) {
+  return decay == Decay::gla ? Transition::diagonal : decay == Decay::gdn ? Transition::full : Transition::scalar;
+}
 
 void check_sp_method(const SpMethod& m, const SpNeeds& needs) {
   auto missing = [&](const char* what, auto has) {
     std::string others;
     for (const SpMethod& o : sp_methods())
       if (has(o)) others += (others.empty() ? "" : ", ") + o.name;
-    throw Error(fmt::format("--sp-method {} has no {} (the methods that have: {})", m.name, what, others));
+    throw Error(fmt::format("--sp-method {} has no {} ({})", m.name, what,
+                            others.empty() ? "no method has it yet: run it on one process, --sp-size 1"
+                                           : "the methods that have: " + others));
   };
   const Transition t = needs.transition;
   if (!m.runs(t))
     missing(t == Transition::diagonal ? "GLA (per-token gates: a diagonal state transition)"
+            : t == Transition::full   ? "gated delta rule (decay gdn: a full d_k x d_k state transition)"
                                       : fmt::format("{} state transition", to_string(t)).c_str(),
             [&](const SpMethod& o) { return o.runs(t); });
   if (needs.decoding && !m.decoding)
@@ -170,7 +175,7 @@ std::unique_ptr<Attention> make_sp_attention(const std::string& method, Comm& sp
   LASP_CHECK(scan_slices >= 1, "--scan-slices must be at least 1, got {}", scan_slices);
   if (sp.size() == 1) return std::make_unique<LocalAttention>(shape);
   SpNeeds needs;
-  needs.transition = shape.gla ? Transition::diagonal : Transition::scalar;
+  needs.transition = shape.delta ? Transition::full : shape.gla ? Transition::diagonal : Transition::scalar;
   needs.expanded_maps = shape.f > 0;
   check_sp_method(m, needs);
   return m.make(sp, shape, global_N, layout, layers, scan_slices);

@@ -1,5 +1,6 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -26,12 +27,22 @@ double AdamW::step(std::vector<float>& params, const std::vector<float>& grads, 
 void init_weights(const ParamLayout& layout, std::vector<float>& params, uint64_t seed, float std) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> normal(0.0, std);
-  // Matrices from N(0, std); vectors at 1 (norm weights, rebased's gamma), but rebased's beta at 0 (FEATURE_MAPS.md).
-  const std::string beta = ".feature_map.beta";
-  for (const TensorSpec& t : layout.specs()) {
-    const bool zero = t.name.size() > beta.size() && t.name.compare(t.name.size() - beta.size(), beta.size(), beta) == 0;
-    for (size_t i = 0; i < t.size; ++i) params[t.offset + i] = t.matrix ? float(normal(rng)) : zero ? 0.f : 1.f;
-  }
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  for (const TensorSpec& t : layout.specs())
+    for (size_t i = 0; i < t.size; ++i) {
+      float& p = params[t.offset + i];
+      switch (t.init) {
+        case ParamInit::normal: p = float(normal(rng)); break;
+        case ParamInit::one: p = 1.f; break;
+        case ParamInit::zero: p = 0.f; break;
+        case ParamInit::gdn_a_log: p = float(std::log(16.0 * (1.0 - uniform(rng)))); break;  // exp(A_log) in (0, 16]
+        case ParamInit::gdn_dt_bias: {  // softplus(dt_bias) = dt, log-uniform in [0.001, 0.1], at least 1e-4
+          const double dt = std::max(1e-4, std::exp(std::log(0.001) + uniform(rng) * (std::log(0.1) - std::log(0.001))));
+          p = float(dt + std::log(-std::expm1(-dt)));
+          break;
+        }
+      }
+    }
 }
 
 }  // namespace lasp

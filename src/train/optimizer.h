@@ -31,7 +31,8 @@ class AdamW {
   int step_ = 0;
 };
 
-// Llama-style initialisation from a seed: matrices and embeddings N(0, std^2), norm weights 1.
+// Llama-style initialisation from a seed, each tensor by its TensorSpec::init: matrices, embeddings and the
+// convolutions N(0, std^2), norm weights 1 (model/params.h).
 void init_weights(const ParamLayout& layout, std::vector<float>& params, uint64_t seed, float std = 0.02f);
 
 }  // namespace lasp

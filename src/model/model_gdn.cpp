@@ -1,0 +1,116 @@
+// Gated DeltaNet's inputs to the delta rule (../shared/design/DELTA.md "Forward, per token"), per linear layer:
+//   q = l2(silu(conv_q(W_q xn))) / sqrt(d_k),  k = l2(silu(conv_k(W_k xn))),  v = silu(conv_v(W_v xn)),
+//   beta = sigmoid(W_b xn),  g = -exp(A_log) softplus(W_a xn + dt_bias)   (per value head and token)
+// and their backward. The convolutions restart at every document start; the rest of the layer (the delta rule
+// through the Attention seam, the output norm and gate, o_proj) is the linear layer's.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/feature_map.h"
+#include "kernels/l2_norm.h"
+#include "kernels/short_conv.h"
+#include "model/model.h"
+
+namespace lasp {
+namespace {
+
+float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
+// log(1 + e^x) without overflow, as FLA's and torch's (which return x itself above 20, < 2.1e-9 away).
+float softplus(float x) { return std::max(x, 0.f) + std::log1p(std::exp(-std::fabs(x))); }
+
+// y = silu(conv(x)) of one input (conv_size 0: y = silu(x)); the conv output (silu's input) into c.
+void conv_silu_forward(float* y, float* c, const float* x, const float* w, const uint8_t* starts, int B, int N, int C,
+                       int K) {
+  const float* pre = x;
+  if (K > 0) short_conv_forward(c, x, w, nullptr, starts, B, N, C, K, omp_get_max_threads()), pre = c;
+  feature_map_forward(y, pre, long(B) * N * C, FeatureMap::silu);
+}
+
+// From dy, the gradient of silu(conv(x)), to dx (written) and dw (+=); dc: scratch for the conv output's.
+void conv_silu_backward(float* dx, float* dw, const float* dy, float* dc, const float* c, const float* x,
+                        const float* w, const uint8_t* starts, int B, int N, int C, int K) {
+  const size_t n = size_t(B) * N * C;
+  if (K == 0) {
+    feature_map_backward(dx, dy, x, long(n), FeatureMap::silu, GradStore::overwrite);
+    return;
+  }
+  feature_map_backward(dc, dy, c, long(n), FeatureMap::silu, GradStore::overwrite);
+  std::fill_n(dx, n, 0.f);
+  short_conv_backward(dx, dw, nullptr, dc, x, w, nullptr, starts, B, N, C, K, omp_get_max_threads());
+}
+
+}  // namespace
+
+void Model::gdn_forward(int l, Input xn) {
+  const ModelConfig& c = config_;
+  const ModelConfig::AttentionWidths e = c.attention_widths(l);
+  const int D = c.hidden_size, H = c.num_attention_heads, HV = c.linear_value_heads(), dk = c.linear_key_width();
+  const int K = c.linear.conv_size, threads = omp_get_max_threads();
+  const LayerWeights& w = w_.layers[l];
+  LayerActs& a = acts(l);
+  const uint8_t* starts = document_flags();
+  project(a.qp, xn, w.wq, D, e.q);
+  project(a.kp, xn, w.wk, D, e.k);
+  project(a.vp, xn, w.wv, D, e.v);
+  conv_silu_forward(a.q, a.qc, a.qp, w.q_conv, starts, B_, N_, e.q, K);
+  conv_silu_forward(a.k, a.kc, a.kp, w.k_conv, starts, B_, N_, e.k, K);
+  conv_silu_forward(a.v, a.vc, a.vp, w.v_conv, starts, B_, N_, e.v, K);
+  l2_norm_forward(a.q, a.rq, a.q, long(T_) * H, dk, kL2NormEps, 1.f / std::sqrt(float(dk)), threads);
+  l2_norm_forward(a.k, a.rk, a.k, long(T_) * H, dk, kL2NormEps, 1.f, threads);
+  project(a.beta, xn, w.wb, D, HV);
+  project(a.gz, xn, w.wa, D, HV);
+  for (size_t t = 0; t < size_t(T_); ++t)
+    for (int h = 0; h < HV; ++h) {
+      const size_t i = t * HV + h;
+      a.beta[i] = sigmoid(a.beta[i]);
+      a.gz[i] += w.dt_bias[h];
+      a.glog[i] = -std::exp(w.a_log[h]) * softplus(a.gz[i]);
+    }
+}
+
+void Model::gdn_backward(int l, Input xn, bool dxn_fresh) {
+  const ModelConfig& c = config_;
+  const ModelConfig::AttentionWidths e = c.attention_widths(l);
+  const int D = c.hidden_size, H = c.num_attention_heads, HV = c.linear_value_heads(), dk = c.linear_key_width();
+  const int K = c.linear.conv_size, threads = omp_get_max_threads();
+  const LayerWeights& w = w_.layers[l];
+  const LayerWeights& g = g_.layers[l];
+  LayerActs& a = acts(l);
+  const uint8_t* starts = document_flags();
+  const size_t T = T_;
+  // s_.dq, s_.dk, s_.dv hold the delta rule's input gradients; s_.da, s_.dqp, s_.dkp are free. Each of q and k:
+  // silu(conv) again into s_.da (l2's input), l2's backward, then silu's and the conv's into its projection's
+  // (s_.da their scratch); v: silu's and the conv's into s_.dqp.
+  const float* silu_in_q = K > 0 ? a.qc : a.qp;
+  feature_map_forward(s_.da, silu_in_q, long(T * e.q), FeatureMap::silu);
+  l2_norm_backward(s_.dqp, s_.dq, s_.da, a.rq, long(T) * H, dk, 1.f / std::sqrt(float(dk)), threads,
+                   GradStore::overwrite);
+  conv_silu_backward(s_.dq, g.q_conv, s_.dqp, s_.da, a.qc, a.qp, w.q_conv, starts, B_, N_, e.q, K);
+  project_backward(s_.dxn, g.wq, s_.dq, xn, w.wq, D, e.q, dxn_fresh);
+
+  const float* silu_in_k = K > 0 ? a.kc : a.kp;
+  feature_map_forward(s_.da, silu_in_k, long(T * e.k), FeatureMap::silu);
+  l2_norm_backward(s_.dkp, s_.dk, s_.da, a.rk, long(T) * H, dk, 1.f, threads, GradStore::overwrite);
+  conv_silu_backward(s_.dk, g.k_conv, s_.dkp, s_.da, a.kc, a.kp, w.k_conv, starts, B_, N_, e.k, K);
+  project_backward(s_.dxn, g.wk, s_.dk, xn, w.wk, D, e.k);
+
+  conv_silu_backward(s_.dqp, g.v_conv, s_.dv, s_.da, a.vc, a.vp, w.v_conv, starts, B_, N_, e.v, K);
+  project_backward(s_.dxn, g.wv, s_.dqp, xn, w.wv, D, e.v);
+
+  // beta = sigmoid(b): db = dbeta beta (1 - beta). g = -exp(A_log) softplus(z): dA_log += dg g,
+  // dz = dg (-exp(A_log)) sigmoid(z), ddt_bias += dz.
+  for (size_t t = 0; t < T; ++t)
+    for (int h = 0; h < HV; ++h) {
+      const size_t i = t * HV + h;
+      s_.dbeta[i] *= a.beta[i] * (1.f - a.beta[i]);
+      g.a_log[h] += s_.dglog[i] * a.glog[i];
+      s_.dglog[i] *= -std::exp(w.a_log[h]) * sigmoid(a.gz[i]);
+      g.dt_bias[h] += s_.dglog[i];
+    }
+  project_backward(s_.dxn, g.wb, s_.dbeta, xn, w.wb, D, HV);
+  project_backward(s_.dxn, g.wa, s_.dglog, xn, w.wa, D, HV);
+}
+
+}  // namespace lasp

@@ -121,6 +121,14 @@ class Attention {
   virtual void linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout,
                                              const float* q, const float* k, const float* v);
 
+  // decay gdn, the short convolutions' halo (DELTA.md): x (B, N, C) is this rank's input of a causal convolution
+  // K wide. conv_halo writes halo (B, K-1, C), the K-1 rows before this rank's tokens (zero before their
+  // document's start), and returns true; false (halo untouched, read as zeros) where nothing precedes them, as on
+  // one process. conv_halo_backward hands dhalo back to where those rows came from and adds what comes back for
+  // this rank's own last rows into dx. Collectives of the SP group: every rank calls them.
+  virtual bool conv_halo(float* halo, const float* x, int C, int K);
+  virtual void conv_halo_backward(float* dx, const float* dhalo, int C, int K);
+
   // Causal softmax attention: q (B, N, H, d) against k, v (B, N, H_kv, d) with RoPE applied; lse (B, H, N).
   virtual void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k,
                                const float* v) = 0;

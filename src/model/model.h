@@ -91,6 +91,7 @@ class Model {
                                   // gdn: gz (T, HV) W_a xn + dt_bias, glog (T, HV) the log-gates g
     float *vp, *qc, *kc, *vc;     // gdn: (T, v) the v projection; the convolutions' outputs (conv_size > 0)
     float *rq, *rk, *beta;        // gdn: (T * H) the l2 norms' 1 / norm of q and k; (T, HV) beta
+    float* halo;                  // gdn: (3, B, K-1, E) the rows before this rank's tokens of the q, k, v convolutions
     float *h, *hn, *rstd_post;    // (T, D), (T, D), (T)
     float *g, *u, *m;             // (T, F) gate, up, silu(gate) * up
     // precision bf16: the projections' inputs as they were multiplied, kept for the weights' gradients in
@@ -108,6 +109,7 @@ class Model {
     float *dres, *dxn, *dhn, *da, *dq, *dk, *dv, *dqp, *dkp, *dgp, *dg, *du, *dm, *dlogits;
     float *dglog, *dgk1;  // decay gla: (T, k) the log-gates' gradient, (T, r); gdn: dglog (T, HV)
     float* dbeta;         // gdn: (T, HV)
+    float* dhalo;         // gdn: (B, K-1, E) one convolution's halo gradient
   };
 
   ModelConfig config_;
@@ -160,6 +162,9 @@ class Model {
   // or = when dxn_fresh) from the delta rule's input gradients in s_.dq, s_.dk, s_.dv, s_.dbeta, s_.dglog.
   void gdn_forward(int l, Input xn);
   void gdn_backward(int l, Input xn, bool dxn_fresh);
+  void conv_silu_forward(float* y, float* c, float* halo, const float* x, const float* w, int C);
+  void conv_silu_backward(float* dx, float* dw, const float* dy, float* dc, const float* c, const float* halo,
+                          const float* x, const float* w, int C);
   const uint8_t* document_flags() const { return doc_start_ >= 0 ? doc_flags_.data() : nullptr; }
   void linear_features(int l, bool queries);
   void linear_features_backward(int l, const float* dq, const float* dk, float* dqp, float* dkp);

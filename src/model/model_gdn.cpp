@@ -20,28 +20,37 @@ float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
 // log(1 + e^x) without overflow, as FLA's and torch's (which return x itself above 20, < 2.1e-9 away).
 float softplus(float x) { return std::max(x, 0.f) + std::log1p(std::exp(-std::fabs(x))); }
 
-// y = silu(conv(x)) of one input (conv_size 0: y = silu(x)); the conv output (silu's input) into c.
-void conv_silu_forward(float* y, float* c, const float* x, const float* w, const uint8_t* starts, int B, int N, int C,
-                       int K) {
+}  // namespace
+
+// y = silu(conv(x)) of one input (conv_size 0: y = silu(x)); the conv output (silu's input) into c, the rows before
+// this rank's tokens (from the attention: another rank's) into halo.
+void Model::conv_silu_forward(float* y, float* c, float* halo, const float* x, const float* w, int C) {
+  const int K = config_.linear.conv_size;
   const float* pre = x;
-  if (K > 0) short_conv_forward(c, x, w, nullptr, starts, B, N, C, K, omp_get_max_threads()), pre = c;
-  feature_map_forward(y, pre, long(B) * N * C, FeatureMap::silu);
+  if (K > 0) {
+    if (!attention_.conv_halo(halo, x, C, K)) std::fill_n(halo, size_t(B_) * (K - 1) * C, 0.f);
+    short_conv_forward(c, x, w, halo, document_flags(), B_, N_, C, K, omp_get_max_threads());
+    pre = c;
+  }
+  feature_map_forward(y, pre, long(T_) * C, FeatureMap::silu);
 }
 
-// From dy, the gradient of silu(conv(x)), to dx (written) and dw (+=); dc: scratch for the conv output's.
-void conv_silu_backward(float* dx, float* dw, const float* dy, float* dc, const float* c, const float* x,
-                        const float* w, const uint8_t* starts, int B, int N, int C, int K) {
-  const size_t n = size_t(B) * N * C;
+// From dy, the gradient of silu(conv(x)), to dx (written; the halo's share handed back through the attention) and
+// dw (+=); dc: scratch for the conv output's.
+void Model::conv_silu_backward(float* dx, float* dw, const float* dy, float* dc, const float* c, const float* halo,
+                               const float* x, const float* w, int C) {
+  const int K = config_.linear.conv_size;
+  const size_t n = size_t(T_) * C;
   if (K == 0) {
     feature_map_backward(dx, dy, x, long(n), FeatureMap::silu, GradStore::overwrite);
     return;
   }
   feature_map_backward(dc, dy, c, long(n), FeatureMap::silu, GradStore::overwrite);
   std::fill_n(dx, n, 0.f);
-  short_conv_backward(dx, dw, nullptr, dc, x, w, nullptr, starts, B, N, C, K, omp_get_max_threads());
+  std::fill_n(s_.dhalo, size_t(B_) * (K - 1) * C, 0.f);
+  short_conv_backward(dx, dw, s_.dhalo, dc, x, w, halo, document_flags(), B_, N_, C, K, omp_get_max_threads());
+  attention_.conv_halo_backward(dx, s_.dhalo, C, K);
 }
-
-}  // namespace
 
 void Model::gdn_forward(int l, Input xn) {
   const ModelConfig& c = config_;
@@ -50,13 +59,13 @@ void Model::gdn_forward(int l, Input xn) {
   const int K = c.linear.conv_size, threads = omp_get_max_threads();
   const LayerWeights& w = w_.layers[l];
   LayerActs& a = acts(l);
-  const uint8_t* starts = document_flags();
+  const size_t halo = size_t(B_) * std::max(K - 1, 0) * c.widest_attention();  // one convolution's
   project(a.qp, xn, w.wq, D, e.q);
   project(a.kp, xn, w.wk, D, e.k);
   project(a.vp, xn, w.wv, D, e.v);
-  conv_silu_forward(a.q, a.qc, a.qp, w.q_conv, starts, B_, N_, e.q, K);
-  conv_silu_forward(a.k, a.kc, a.kp, w.k_conv, starts, B_, N_, e.k, K);
-  conv_silu_forward(a.v, a.vc, a.vp, w.v_conv, starts, B_, N_, e.v, K);
+  conv_silu_forward(a.q, a.qc, a.halo, a.qp, w.q_conv, e.q);
+  conv_silu_forward(a.k, a.kc, a.halo + halo, a.kp, w.k_conv, e.k);
+  conv_silu_forward(a.v, a.vc, a.halo + 2 * halo, a.vp, w.v_conv, e.v);
   l2_norm_forward(a.q, a.rq, a.q, long(T_) * H, dk, kL2NormEps, 1.f / std::sqrt(float(dk)), threads);
   l2_norm_forward(a.k, a.rk, a.k, long(T_) * H, dk, kL2NormEps, 1.f, threads);
   project(a.beta, xn, w.wb, D, HV);
@@ -78,8 +87,7 @@ void Model::gdn_backward(int l, Input xn, bool dxn_fresh) {
   const LayerWeights& w = w_.layers[l];
   const LayerWeights& g = g_.layers[l];
   LayerActs& a = acts(l);
-  const uint8_t* starts = document_flags();
-  const size_t T = T_;
+  const size_t T = T_, halo = size_t(B_) * std::max(K - 1, 0) * c.widest_attention();
   // s_.dq, s_.dk, s_.dv hold the delta rule's input gradients; s_.da, s_.dqp, s_.dkp are free. Each of q and k:
   // silu(conv) again into s_.da (l2's input), l2's backward, then silu's and the conv's into its projection's
   // (s_.da their scratch); v: silu's and the conv's into s_.dqp.
@@ -87,16 +95,16 @@ void Model::gdn_backward(int l, Input xn, bool dxn_fresh) {
   feature_map_forward(s_.da, silu_in_q, long(T * e.q), FeatureMap::silu);
   l2_norm_backward(s_.dqp, s_.dq, s_.da, a.rq, long(T) * H, dk, 1.f / std::sqrt(float(dk)), threads,
                    GradStore::overwrite);
-  conv_silu_backward(s_.dq, g.q_conv, s_.dqp, s_.da, a.qc, a.qp, w.q_conv, starts, B_, N_, e.q, K);
+  conv_silu_backward(s_.dq, g.q_conv, s_.dqp, s_.da, a.qc, a.halo, a.qp, w.q_conv, e.q);
   project_backward(s_.dxn, g.wq, s_.dq, xn, w.wq, D, e.q, dxn_fresh);
 
   const float* silu_in_k = K > 0 ? a.kc : a.kp;
   feature_map_forward(s_.da, silu_in_k, long(T * e.k), FeatureMap::silu);
   l2_norm_backward(s_.dkp, s_.dk, s_.da, a.rk, long(T) * H, dk, 1.f, threads, GradStore::overwrite);
-  conv_silu_backward(s_.dk, g.k_conv, s_.dkp, s_.da, a.kc, a.kp, w.k_conv, starts, B_, N_, e.k, K);
+  conv_silu_backward(s_.dk, g.k_conv, s_.dkp, s_.da, a.kc, a.halo + halo, a.kp, w.k_conv, e.k);
   project_backward(s_.dxn, g.wk, s_.dk, xn, w.wk, D, e.k);
 
-  conv_silu_backward(s_.dqp, g.v_conv, s_.dv, s_.da, a.vc, a.vp, w.v_conv, starts, B_, N_, e.v, K);
+  conv_silu_backward(s_.dqp, g.v_conv, s_.dv, s_.da, a.vc, a.halo + 2 * halo, a.vp, w.v_conv, e.v);
   project_backward(s_.dxn, g.wv, s_.dqp, xn, w.wv, D, e.v);
 
   // beta = sigmoid(b): db = dbeta beta (1 - beta). g = -exp(A_log) softplus(z): dA_log += dg g,

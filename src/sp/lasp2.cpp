@@ -279,6 +279,7 @@ void Lasp2Attention::Impl::gla_backward(int layer, float* dq, float* dkeys, floa
 Lasp2Attention::Lasp2Attention(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers,
                                StatePassingKind passing, int slices)
     : impl_(std::make_unique<Impl>(sp, shape, global_N, layout, layers, passing, slices)),
+      delta_(shape.delta ? std::make_unique<Lasp2Delta>(sp, shape, global_N, layout, layers, passing, slices) : nullptr),
       softmax_(sp, shape, global_N, layout, layers) {}
 
 Lasp2Attention::~Lasp2Attention() = default;
@@ -288,6 +289,10 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
   Impl& m = *impl_;
   // A recompute (Attention::set_recomputing) reuses the incoming states of this step's forward.
   const bool held = recomputing() && !m.incoming[layer].empty();
+  if (gates.delta()) {
+    LASP_CHECK(delta_, "LASP-2: the gated delta rule's gates reached an attention made without it (shape.delta)");
+    return delta_->forward(layer, recomputing() && delta_->holds(layer), o, q, k, v, gates, softmax_.documents());
+  }
   if (gates.gla()) return m.gla_forward(layer, held, o, q, k, v, gates.log_gates, softmax_.documents());
   const float* lambda = gates.lambda;
   const int H = m.s.H;
@@ -341,6 +346,7 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
 void Lasp2Attention::linear_backward(int layer, float* dq, float* dkeys, float* dvalues, const float* dout,
                                      const float* q, const float* k, const float* v, const LinearGates& gates) {
   Impl& m = *impl_;
+  if (gates.delta()) return delta_->backward(layer, dq, dkeys, dvalues, dout, q, k, v, gates, softmax_.documents());
   if (gates.gla())
     return m.gla_backward(layer, dq, dkeys, dvalues, gates.d_log_gates, dout, q, k, v, gates.log_gates,
                           softmax_.documents());
@@ -435,14 +441,29 @@ double Lasp2Attention::memory_floats(const std::string& layer_types) const {
   const double states = double(m.state_floats());
   const double per_layer = states + double(m.segment_state_floats());  // incoming P, segment states
   const double gla = m.s.gla && linear > 0 ? double(m.gla_floats()) : 0.0;
+  if (delta_) return delta_->memory_floats(int(linear)) + softmax_.memory_floats(int(softmax), m.s.H_kv);
   return double(m.kernel_ws.storage.size() + m.passing->memory_floats()) + 3 * states + gla +
          linear * per_layer +
          softmax_.memory_floats(int(softmax), m.s.H_kv);
 }
 
-void Lasp2Attention::keep_decode_state(bool keep) { impl_->keep = keep; }
+void Lasp2Attention::keep_decode_state(bool keep) {
+  impl_->keep = keep;
+  if (delta_) delta_->keep_decode_state(keep);
+}
 
-std::vector<float> Lasp2Attention::final_state(int layer) const { return impl_->final_states.at(layer); }
+std::vector<float> Lasp2Attention::final_state(int layer) const {
+  return delta_ ? delta_->final_state(layer) : impl_->final_states.at(layer);
+}
+
+bool Lasp2Attention::conv_halo(float* halo, const float* x, int C, int K) {
+  LASP_CHECK(delta_, "LASP-2: a convolution halo asked of an attention without the gated delta rule");
+  return delta_->conv_halo(halo, x, C, K, softmax_.documents());
+}
+
+void Lasp2Attention::conv_halo_backward(float* dx, const float* dhalo, int C, int K) {
+  delta_->conv_halo_backward(dx, dhalo, C, K, softmax_.documents());
+}
 
 std::vector<float> Lasp2Attention::keys_in_order(int layer, bool values) const {
   return softmax_.keys_in_order(layer, values);

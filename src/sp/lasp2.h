@@ -12,7 +12,8 @@
 //   dQ += diag(lambda^i) dO P_p^T, dK += diag(lambda^(L-j)) V G_p^T, dV += diag(lambda^(L-j)) K G_p.
 // Bidirectional linear layer: the local K^T V, ONE AllGather, o = Q (total); backward: the local Q^T dO,
 //   ONE AllGather, the kernel's backward with the other ranks' sum as the gradient of the local state.
-// Softmax layer: LASP-2H (sp/lasp2h.h), a component of this method.
+// Softmax layer: LASP-2H (sp/lasp2h.h), a component of this method. The gated delta rule (decay gdn):
+// sp/lasp2_delta.h, another.
 // The exchange of the piece states is the paper's AllGather, or a scan (sp/state_passing.h: the methods exscan
 // and allscan), with the same local work around it.
 #pragma once
@@ -22,6 +23,7 @@
 #include "comm/comm.h"
 #include "model/attention.h"
 #include "sp/grid.h"
+#include "sp/lasp2_delta.h"
 #include "sp/lasp2h.h"
 #include "sp/state_passing.h"
 
@@ -44,6 +46,8 @@ class Lasp2Attention : public Attention {
   void linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) override;
   void linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                                      const float* k, const float* v) override;
+  bool conv_halo(float* halo, const float* x, int C, int K) override;
+  void conv_halo_backward(float* dx, const float* dhalo, int C, int K) override;
   void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override;
   void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                         const float* lse, const float* q, const float* k, const float* v) override;
@@ -57,6 +61,7 @@ class Lasp2Attention : public Attention {
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;  // LASP-2 for the linear layers
+  std::unique_ptr<Lasp2Delta> delta_;  // decay gdn: the same for the gated delta rule, else null
   Lasp2H softmax_;
 };
 

@@ -90,12 +90,12 @@ const std::vector<PaperClaim>& sp_paper_claims() {
 const std::vector<SpMethod>& sp_methods() {
   static const std::vector<SpMethod> methods = {
       {"lasp2", "LASP-2: one AllGather of the d x d piece states", "LASP-2H: one AllGather of K, V", LayoutRule::balanced,
-       false, {Transition::scalar, Transition::diagonal}, true, true, make<Lasp2Attention>, make_chunked<Lasp2ChunkedAttention>, lasp2_cost},
+       false, {Transition::scalar, Transition::diagonal, Transition::full}, true, true, make<Lasp2Attention>, make_chunked<Lasp2ChunkedAttention>, lasp2_cost},
       {"exscan", "LASP-2 with the states folded by ONE exclusive scan (MPI_Iexscan) of (gate, state) pairs",
-       "LASP-2H: one AllGather of K, V", LayoutRule::balanced, false, {Transition::scalar, Transition::diagonal}, true, true,
+       "LASP-2H: one AllGather of K, V", LayoutRule::balanced, false, {Transition::scalar, Transition::diagonal, Transition::full}, true, true,
        make_exscan, nullptr, exscan_cost, true},
       {"allscan", "LASP-2 with ZeCO's All-Scan: the state passes rank to rank in K slices, each folded and sent on",
-       "LASP-2H: one AllGather of K, V", LayoutRule::balanced, false, {Transition::scalar, Transition::diagonal}, true, true,
+       "LASP-2H: one AllGather of K, V", LayoutRule::balanced, false, {Transition::scalar, Transition::diagonal, Transition::full}, true, true,
        make_allscan, nullptr, allscan_cost, true},
       {"lasp1", "LASP-1: the states travel a serial chain of point-to-point hops", "LASP-2H: one AllGather of K, V",
        LayoutRule::balanced, false, {Transition::scalar, Transition::diagonal}, false, false,
@@ -166,6 +166,8 @@ SpLayout sp_method_layout(const std::string& method, const std::string& requeste
   if (m.layout == LayoutRule::zigzag) return SpLayout::zigzag;
   if (!requested.empty()) return sp_layout_from_string(requested);
   if (m.layout == LayoutRule::contiguous || sp_size == 1) return SpLayout::contiguous;  // one rank: any length works
+  // The gated delta rule's short convolutions take their halo from one neighbour (sp/lasp2_delta.h).
+  if (config.linear.decay == Decay::gdn) return SpLayout::contiguous;
   return config.has_softmax_layer() ? SpLayout::zigzag : SpLayout::contiguous;
 }
 

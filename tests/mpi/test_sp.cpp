@@ -792,6 +792,7 @@ TEST_P(SpModel, LogitsLossAndGradientsEqualSingleProcess) {
   config.layer_types = c.layer_types;
   config.num_hidden_layers = int(c.layer_types.size());
   config.linear.decay = c.decay;
+  if (c.decay == Decay::gdn) config.linear.num_v_heads = 8, config.linear.head_v_dim = 6;  // GVA, d_k 8 != d_v
   config.validate();
   const int V = config.vocab_size;
   std::mt19937 rng(11);
@@ -807,7 +808,7 @@ TEST_P(SpModel, LogitsLossAndGradientsEqualSingleProcess) {
   }
 
   // single process, all rows
-  LocalAttention local({B, N, 4, 2, 8, 8, 8, 16, kThreads});
+  LocalAttention local(attention_shape(config, B, N, 16, kThreads));
   Model ref(config, B, N, local);
   if (c.documents) ref.set_document_start(kDocStart);
   // Weights at std 0.05: at 0.2 the NLNL model is so ill-conditioned that splitting the batch over two DP
@@ -825,6 +826,13 @@ TEST_P(SpModel, LogitsLossAndGradientsEqualSingleProcess) {
   for (int b = grid.dp_rank * Bl; b < (grid.dp_rank + 1) * Bl; ++b)
     for (int p : pos) in_l.push_back(inputs[size_t(b) * N + p]), tg_l.push_back(targets[size_t(b) * N + p]);
   const AttentionShape shape = attention_shape(config, Bl, Nl, 16, kThreads);  // GLA's scratch sized up front
+  // The gated delta rule runs under the LASP-2 family in the contiguous layout; elsewhere a clear error, on every
+  // rank, before anything runs.
+  if (c.decay == Decay::gdn && sp_size > 1 &&
+      (c.layout == SpLayout::zigzag || !find_sp_method(c.method).runs(Transition::full))) {
+    EXPECT_THROW(make_sp_attention(c.method, *grid.sp, shape, N, c.layout, config.num_hidden_layers), Error);
+    return;
+  }
   if (c.method == "ulysses" && 4 % sp_size != 0) {  // 4 heads over 3 ranks: a clear error (also in SpUlysses)
     EXPECT_THROW(make_sp_attention(c.method, *grid.sp, shape, N, c.layout, config.num_hidden_layers), Error);
     return;
@@ -908,6 +916,15 @@ std::vector<ModelCase> model_cases() {
         cases.push_back({"LLLL", Decay::lightning, layout, dp, "lasp2", 5, true});
         cases.push_back({"LLLN", Decay::retention, layout, dp, "lasp2", 7, true});
       }
+      // The gated delta rule (DELTA.md): (A_r, B_r) pairs and the convolutions' halo, GVA; documents on piece
+      // boundaries and inside pieces. Zigzag and the methods without full transitions refuse it.
+      cases.push_back({"LLLL", Decay::gdn, layout, dp, "lasp2"});
+      cases.push_back({"LLLN", Decay::gdn, layout, dp, "lasp2", 0, true});
+      if (dp == 1)
+        for (const char* method : {"exscan", "allscan", "lasp1", "ulysses"}) {
+          cases.push_back({"LLLL", Decay::gdn, layout, dp, method, 0, true});
+          cases.push_back({"NLNL", Decay::gdn, layout, dp, method});
+        }
     }
   return cases;
 }

@@ -1,0 +1,138 @@
+#include "sp/lasp2_delta.h"
+
+#include <algorithm>
+
+#include "core/check.h"
+#include "kernels/delta_rule.h"
+#include "kernels/short_conv.h"
+
+namespace lasp {
+
+Lasp2Delta::Lasp2Delta(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers,
+                       StatePassingKind passing, int slices)
+    : sp_(sp), s_(shape), W_(sp.size()), rank_(sp.rank()), HV_(shape.value_heads()) {
+  LASP_CHECK(layout == SpLayout::contiguous, "decay gdn across ranks needs the contiguous layout (--sp-layout "
+             "contiguous): a zigzag rank's two pieces are not neighbours, and its short convolutions would need two "
+             "halos");
+  mine_ = sp_pieces(global_N, W_, rank_, layout);
+  owner_ = sp_piece_owners(global_N, W_, layout);
+  piece_len_ = mine_[0].length;
+  const DeltaRuleShape piece = s_.delta_kernel(1, piece_len_);
+  ws_.storage.resize(std::max({delta_rule_forward_workspace_floats(piece), delta_rule_backward_workspace_floats(piece),
+                               delta_rule_transition_workspace_floats(piece)}));
+  const size_t states = mine_.size() * size_t(s_.B) * HV_ * s_.state_floats();
+  send_.resize(states);
+  suffix_.resize(states);
+  transitions_.resize(mine_.size() * size_t(s_.B) * HV_ * s_.dk * s_.dk);
+  passing_ = make_state_passing(passing, sp, {s_.B, HV_, s_.dk, s_.dv, mine_, owner_}, slices);
+  incoming_.resize(layers);
+  final_states_.resize(layers);
+}
+
+void Lasp2Delta::piece_transitions(const float* k, const LinearGates& gates, const SpDocuments& docs) {
+  const DeltaRuleShape piece = s_.delta_kernel(1, piece_len_);
+  for (int b = 0; b < s_.B; ++b)
+    for (int i = 0; i < int(mine_.size()); ++i) {
+      const long t0 = mine_[i].offset;
+      delta_rule_transition(transitions_.data() + transition_at(i, b), k + key_at(b, t0), gates.beta + gate_at(b, t0),
+                            gates.log_gates + gate_at(b, t0), docs.flags(b, t0), piece, ws_.view());
+    }
+}
+
+void Lasp2Delta::forward(int layer, bool held, float* o, const float* q, const float* k, const float* v,
+                         const LinearGates& gates, const SpDocuments& docs) {
+  const DeltaRuleShape piece = s_.delta_kernel(1, piece_len_);
+  auto& P = incoming_[layer];
+  if (!held) {
+    // 1. each piece's pair: B_r, its end state from nothing, and A_r; 2. the pairs on their way; 3. P_r
+    for (int b = 0; b < s_.B; ++b)
+      for (int i = 0; i < int(mine_.size()); ++i) {
+        const long t0 = mine_[i].offset;
+        delta_rule_forward(nullptr, send_.data() + state_at(i, b), nullptr, k + key_at(b, t0), v + value_at(b, t0),
+                           gates.beta + gate_at(b, t0), gates.log_gates + gate_at(b, t0), nullptr, docs.flags(b, t0),
+                           piece, ws_.view());
+      }
+    piece_transitions(k, gates, docs);
+    PieceGates pairs{nullptr, piece_len_, nullptr, s_.B, HV_, s_.dk};
+    pairs.matrices = transitions_.data();
+    passing_->start(send_.data(), pairs, true)->wait();
+    P.resize(send_.size());
+    passing_->finish(P.data());
+    if (keep_) {  // the state after the last piece, for decoding
+      final_states_[layer].resize(size_t(s_.B) * HV_ * s_.state_floats());
+      passing_->final_state(final_states_[layer].data());
+    }
+  }
+  // 4. each piece's kernel from the state entering it
+  for (int b = 0; b < s_.B; ++b)
+    for (int i = 0; i < int(mine_.size()); ++i) {
+      const long t0 = mine_[i].offset;
+      delta_rule_forward(o + value_at(b, t0), nullptr, q + key_at(b, t0), k + key_at(b, t0), v + value_at(b, t0),
+                         gates.beta + gate_at(b, t0), gates.log_gates + gate_at(b, t0),
+                         first_piece(i) ? nullptr : P.data() + state_at(i, b), docs.flags(b, t0), piece, ws_.view());
+    }
+}
+
+void Lasp2Delta::backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                          const float* v, const LinearGates& gates, const SpDocuments& docs) {
+  const DeltaRuleShape piece = s_.delta_kernel(1, piece_len_);
+  const auto& P = incoming_[layer];
+  // 1. dP^own of each piece: its own outputs' gradient at the state entering it; 2. with the adjoint
+  //    transitions A_r^T the other way; 3. G_r, the gradient of the state leaving each piece
+  std::fill(send_.begin(), send_.end(), 0.f);
+  for (int b = 0; b < s_.B; ++b)
+    for (int i = 0; i < int(mine_.size()); ++i) {
+      const long t0 = mine_[i].offset;
+      delta_rule_backward(nullptr, nullptr, nullptr, nullptr, nullptr, send_.data() + state_at(i, b),
+                          dout + value_at(b, t0), nullptr, q + key_at(b, t0), k + key_at(b, t0), v + value_at(b, t0),
+                          gates.beta + gate_at(b, t0), gates.log_gates + gate_at(b, t0),
+                          first_piece(i) ? nullptr : P.data() + state_at(i, b), docs.flags(b, t0), piece, ws_.view());
+    }
+  piece_transitions(k, gates, docs);
+  PieceGates pairs{nullptr, piece_len_, nullptr, s_.B, HV_, s_.dk};
+  pairs.matrices = transitions_.data();
+  passing_->start(send_.data(), pairs, false)->wait();
+  passing_->finish(suffix_.data());
+  // 4. each piece's whole backward from P_r with G_r leaving it
+  const size_t gates_n = size_t(s_.B) * s_.N * HV_;
+  std::fill(gates.d_beta, gates.d_beta + gates_n, 0.f);
+  std::fill(gates.d_log_gates, gates.d_log_gates + gates_n, 0.f);
+  for (int b = 0; b < s_.B; ++b)
+    for (int i = 0; i < int(mine_.size()); ++i) {
+      const long t0 = mine_[i].offset, kt = key_at(b, t0), vt = value_at(b, t0), gt = gate_at(b, t0);
+      delta_rule_backward(dq + kt, dk + kt, dv + vt, gates.d_beta + gt, gates.d_log_gates + gt, nullptr, dout + vt,
+                          last_piece(i) ? nullptr : suffix_.data() + state_at(i, b), q + kt, k + kt, v + vt,
+                          gates.beta + gt, gates.log_gates + gt, first_piece(i) ? nullptr : P.data() + state_at(i, b),
+                          docs.flags(b, t0), piece, ws_.view());
+    }
+}
+
+bool Lasp2Delta::conv_halo(float* halo, const float* x, int C, int K, const SpDocuments& docs) {
+  LASP_CHECK(s_.N >= K - 1, "decay gdn: each rank needs at least conv_size - 1 = {} tokens for the short "
+             "convolutions' halo, found {} (a shorter --seq-len per rank, or a smaller conv_size)", K - 1, s_.N);
+  const size_t n = size_t(s_.B) * (K - 1) * C;
+  const bool next = rank_ + 1 < W_, prev = rank_ > 0;
+  tail_.resize(n);
+  if (next) short_conv_tail(tail_.data(), x, nullptr, docs.empty() ? nullptr : docs.local.starts.data(), s_.B, s_.N, C, K);
+  sp_.send_recv(next ? tail_.data() : nullptr, next ? n : 0, next ? rank_ + 1 : -1, prev ? halo : nullptr,
+                prev ? n : 0, prev ? rank_ - 1 : -1);
+  return prev;
+}
+
+void Lasp2Delta::conv_halo_backward(float* dx, const float* dhalo, int C, int K, const SpDocuments& docs) {
+  const size_t n = size_t(s_.B) * (K - 1) * C;
+  const bool next = rank_ + 1 < W_, prev = rank_ > 0;
+  tail_.resize(n);
+  sp_.send_recv(prev ? dhalo : nullptr, prev ? n : 0, prev ? rank_ - 1 : -1, next ? tail_.data() : nullptr,
+                next ? n : 0, next ? rank_ + 1 : -1);
+  if (next)
+    short_conv_tail_backward(dx, nullptr, tail_.data(), docs.empty() ? nullptr : docs.local.starts.data(), s_.B, s_.N,
+                             C, K);
+}
+
+double Lasp2Delta::memory_floats(int linear_layers) const {
+  return double(ws_.storage.size() + passing_->memory_floats() + 2 * send_.size() + transitions_.size()) +
+         double(linear_layers) * double(send_.size());
+}
+
+}  // namespace lasp

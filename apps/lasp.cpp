@@ -303,6 +303,7 @@ struct GenerateCommand : Command {
 struct PlotCommand : Command {
   std::vector<std::string> metrics;
   std::string out, title = "lasp training";
+  int second_group = 0;
   explicit PlotCommand(CLI::App& app) {
     cmd = app.add_subcommand("plot", "loss curves of --metrics files as a PNG (several: runs side by side)");
     cmd->add_option("metrics", metrics,
@@ -311,10 +312,12 @@ struct PlotCommand : Command {
         ->required();
     cmd->add_option("--out", out, "PNG to write (default: the first metrics file name with .png)");
     cmd->add_option("--title", title, "the picture's title")->default_val(title);
+    cmd->add_option("--second-group", second_group, "several files: those from the K-th (counting from 0) on are "
+                    "a second group, open points in the first ones' colours (0: one group)")->default_val(0);
   }
   void run(Session&) override {
     if (out.empty()) out = metrics[0].substr(0, metrics[0].rfind('.')) + ".png";
-    lasp::plot_metrics(metrics, out, title);
+    lasp::plot_metrics(metrics, out, title, second_group);
     std::printf("wrote %s\n", out.c_str());
   }
 };
@@ -413,11 +416,13 @@ struct BenchKernelsCommand : Command {
     std::printf("FP32 FMA peak: %.1f GFLOP/s (1 thread), %.1f GFLOP/s (%d threads)\n",
                 r["peak_fp32_gflops"]["1"].get<double>(), r["peak_fp32_gflops"]["all"].get<double>(),
                 r["config"]["threads_all"].get<int>());
-    for (const char* kernel : {"linear_attention", "linear_attention_lightning", "gla", "based", "rebased", "softmax_attention"})
+    for (const char* kernel :
+         {"linear_attention", "linear_attention_lightning", "gla", "gdn", "based", "rebased", "softmax_attention"})
       for (const char* t : {"1", "all"})
         std::printf("%-26s %-3s threads: %8.1f GFLOP/s  %10.0f tokens/s\n", kernel, t,
                     r[kernel][t]["gflops"].get<double>(), r[kernel][t]["tokens_per_s"].get<double>());
-    for (const auto& [kernel, name] : {std::pair{"gla", "GLA"}, {"based", "Based"}, {"rebased", "Rebased"}})
+    for (const auto& [kernel, name] :
+         {std::pair{"gla", "GLA"}, {"gdn", "Gated DeltaNet"}, {"based", "Based"}, {"rebased", "Rebased"}})
       std::printf("%s tokens/s vs the lightning kernel: %.2f (1 thread), %.2f (all)\n", name,
                   r[kernel]["tokens_vs_lightning_1"].get<double>(), r[kernel]["tokens_vs_lightning_all"].get<double>());
     std::printf("(Based and Rebased: feature_dim %d, values d + 1 wide with the normalizer's column)\n",
@@ -436,7 +441,7 @@ struct BenchSpCommand : Command {
     cmd->add_option("--repeats", o.repeats, "timed steps per case (median)")->default_val(o.repeats)->check(kAtLeastOne);
     cmd->add_option("--scan-slices", o.scan_slices, "allscan's K")->default_val(o.scan_slices)->check(kAtLeastOne);
     cmd->add_option("--decay", o.decay, "the linear layers' decay")->default_val(o.decay)
-        ->check(CLI::IsMember({"none", "lightning", "retention", "gla"}));
+        ->check(CLI::IsMember({"none", "lightning", "retention", "gla", "gdn"}));
     cmd->add_option("--feature-map", o.feature_map, "the linear layers' feature map (based | rebased: expanded rows)")
         ->check(CLI::IsMember({"silu", "elu1", "relu", "identity", "based", "rebased"}));
     cmd->add_option("--feature-dim", o.feature_dim, "based | rebased: q and k values per head")

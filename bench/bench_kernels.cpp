@@ -13,7 +13,9 @@
 
 #include "kernels/bf16.h"
 #include "kernels/gemm.h"
+#include "kernels/delta_rule.h"
 #include "kernels/gla.h"
+#include "kernels/l2_norm.h"
 #include "kernels/linear_attention.h"
 #include "kernels/softmax_attention.h"
 #include "peak.h"
@@ -127,6 +129,30 @@ nlohmann::ordered_json bench_gla(const KernelBenchOptions& o, int threads) {
   return rate(3 * fwd, double(o.B) * o.N, sec);
 }
 
+// The gated delta rule (Gated DeltaNet, DELTA.md) on the same shape, HV = H, d_k = d_v = d, chunks of 64: q, k
+// L2-normed rows (q scaled by 1 / sqrt(d)), beta in (0, 1), log-gates -exp(A_log) softplus(z) as FLA's init
+// gives them (A_log ~ log 8, dt ~ 0.01).
+nlohmann::ordered_json bench_gdn(const KernelBenchOptions& o, int threads) {
+  omp_set_num_threads(threads);
+  const size_t n = size_t(o.B) * o.N * o.H * o.d, rows = size_t(o.B) * o.N * o.H;
+  auto q = random_values(n, 1, 1.f), k = random_values(n, 2, 1.f), v = random_values(n, 3, 1.f),
+       dout = random_values(n, 4, 1.f), b = random_values(rows, 5, 1.f);
+  std::vector<float> rstd(rows), beta(rows), g(rows), out(n), dq(n), dk(n), dv(n), dbeta(rows), dg(rows);
+  l2_norm_forward(q.data(), rstd.data(), q.data(), long(rows), o.d, kL2NormEps, 1.f / std::sqrt(float(o.d)), threads);
+  l2_norm_forward(k.data(), rstd.data(), k.data(), long(rows), o.d, kL2NormEps, 1.f, threads);
+  for (size_t i = 0; i < rows; ++i) beta[i] = gdn_beta(b[i]), g[i] = gdn_log_gate(std::log(std::expm1(0.01f)), std::log(8.f));
+  const DeltaRuleShape s{o.B, o.N, o.H, o.H, o.d, o.d, kDeltaBlock, threads};
+  WorkspaceBuffer wf(delta_rule_forward_workspace_floats(s)), wb(delta_rule_backward_workspace_floats(s));
+  const double sec = time_median(o.repeats, [&] {
+    delta_rule_forward(out.data(), nullptr, q.data(), k.data(), v.data(), beta.data(), g.data(), nullptr, nullptr, s,
+                       wf.view());
+    delta_rule_backward(dq.data(), dk.data(), dv.data(), dbeta.data(), dg.data(), nullptr, dout.data(), nullptr,
+                        q.data(), k.data(), v.data(), beta.data(), g.data(), nullptr, nullptr, s, wb.view());
+  });
+  const double fwd = 4.0 * o.N * o.d * (64.0 + o.d) * o.H * o.B;  // counted as the linear kernel's, for the ratio
+  return rate(3 * fwd, double(o.B) * o.N, sec);
+}
+
 nlohmann::ordered_json bench_softmax(const KernelBenchOptions& o, int threads) {
   omp_set_num_threads(threads);
   const size_t n = size_t(o.B) * o.N * o.H * o.d;
@@ -188,6 +214,9 @@ nlohmann::ordered_json bench_kernels(const KernelBenchOptions& o) {
     result["gla"][key] = bench_gla(o, t);
     result["gla"]["tokens_vs_lightning_" + key] =
         result["gla"][key]["tokens_per_s"].get<double>() / result["linear_attention_lightning"][key]["tokens_per_s"].get<double>();
+    result["gdn"][key] = bench_gdn(o, t);
+    result["gdn"]["tokens_vs_lightning_" + key] =
+        result["gdn"][key]["tokens_per_s"].get<double>() / result["linear_attention_lightning"][key]["tokens_per_s"].get<double>();
     for (ExpandedKind kind : {ExpandedKind::based, ExpandedKind::rebased}) {
       const char* name = to_string(kind);
       result[name][key] = bench_expanded(o, t, kind, o.feature_dim);

@@ -69,6 +69,7 @@ void bench_sp(const SpBenchOptions& options, Comm& world) {
         if (N % unit) skip = "N not divisible by " + std::to_string(unit);
         if (find_sp_method(method).heads_over_ranks && c.num_attention_heads % W) skip = "heads not divisible by W";
         if (c.linear.decay == Decay::gla && !find_sp_method(method).runs(Transition::diagonal) && W > 1) skip = "no GLA form";
+        if (c.linear.decay == Decay::gdn && !find_sp_method(method).runs(Transition::full) && W > 1) skip = "no gdn form";
         if (c.linear.expanded && !find_sp_method(method).expanded_maps && W > 1) skip = "no expanded feature maps";
         if (rank0)  // progress: redrawn in place on a terminal, a line each otherwise
           std::fprintf(stderr, isatty(fileno(stderr)) ? "\r[%d/%d] %s N=%d %s ...\033[K" : "[%d/%d] %s N=%d %s ...\n", done,
@@ -83,7 +84,16 @@ void bench_sp(const SpBenchOptions& options, Comm& world) {
         const int Nl = N / W;
         const std::vector<int> pos = sp_positions(N, W, world.rank(), layout);
         const AttentionShape shape = attention_shape(c, 1, Nl, kLinearBlock, omp_get_max_threads());
-        if (state_line.empty())  // what LASP-2's AllGather moves per linear layer (forward, and again backward)
+        // what LASP-2's AllGather moves per linear layer (forward, and again backward)
+        if (state_line.empty() && shape.delta)
+          state_line = fmt::format("a gdn layer's (transition, state) pair: HV x dk x (dk + dv) = {} x {} x ({} + {}) "
+                                   "floats = {} bytes per rank each way under lasp2, and the convolutions' halo, "
+                                   "(K - 1) x (2 H dk + HV dv) = {} floats, to the next rank (forward and backward: "
+                                   "twice that per layer, received from W - 1 ranks)",
+                                   shape.value_heads(), shape.dk, shape.dk, shape.dv,
+                                   size_t(shape.value_heads()) * shape.dk * (shape.dk + shape.dv) * sizeof(float),
+                                   (c.linear.conv_size - 1) * (2 * shape.H * shape.dk + shape.value_heads() * shape.dv));
+        if (state_line.empty())
           state_line = fmt::format("a linear layer's state ({}): H x dk x dv = {} x {} x {} floats = {} bytes per rank "
                                    "each way under lasp2 (forward and backward: twice that received per layer)",
                                    c.linear.feature_map_name(), shape.H, shape.dk, shape.dv,

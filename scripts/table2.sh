@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The LASP-2 paper's Table 2 at this machine's scale: the six linear-attention kinds (basic, lightning, retention,
-# GLA, Based, Rebased), each pure ("LLLL") and as a 1/4 hybrid ("LLLN": the last layer softmax attention), trained
+# GLA, Based, Rebased) and Gated DeltaNet (gdn, not in the paper), each pure ("LLLL") and as a 1/4 hybrid ("LLLN":
+# the last layer softmax attention), trained
 # on the same tokens with the same budget over 2 sequence-parallel ranks (LASP-2, LASP-2H for the softmax layer).
 # Prints each run's final validation loss and training tokens/s beside the paper's own numbers
-# (../shared/design/LASP2.md section 6) and draws the twelve validation curves in one PNG. Sets up and builds
+# (../shared/design/LASP2.md section 6) and draws the fourteen validation curves in one PNG. Sets up and builds
 # first. The data: the fortunes texts as subword tokens (scripts/fortunes_tokens.sh), the last 10% held out.
 # LASP_TABLE2_STEPS (default 400) and LASP_TABLE2_DIR (default runs/table2) change the budget and the folder.
 set -euo pipefail
@@ -17,17 +18,17 @@ scripts/fortunes_tokens.sh "$out/tokens" >/dev/null
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader
 export OMP_NUM_THREADS=1  # one core per rank
 
-kinds=(basic lightning retention gla based rebased)
+kinds=(basic lightning retention gla based rebased gdn)
 declare -A flags=([basic]="--decay none" [lightning]="--decay lightning" [retention]="--decay retention"
                   [gla]="--decay gla" [based]="--feature-map based --feature-dim 16"
-                  [rebased]="--feature-map rebased --feature-dim 16")
+                  [rebased]="--feature-map rebased --feature-dim 16" [gdn]="--decay gdn")
 # The paper (Linear-Llama3-1B, 8 A100s, N = 16K): "loss tokens/s" per kind and layout; '-' where it gives none,
 # a range where it gives one for the three fixed-decay kinds together.
 declare -A paper=([basic_LLLL]="2.86-2.89 17834" [lightning_LLLL]="2.86-2.89 17926"
                   [retention_LLLL]="2.86-2.89 17860" [gla_LLLL]="2.845 17785" [based_LLLL]="2.754 17946"
                   [rebased_LLLL]="2.845 17896" [basic_LLLN]="2.76-2.82 17395" [lightning_LLLN]="2.76-2.82 -"
                   [retention_LLLN]="2.76-2.82 -" [gla_LLLN]="2.754 17273" [based_LLLN]="2.751 17463"
-                  [rebased_LLLN]="2.787 17285")
+                  [rebased_LLLN]="2.787 17285" [gdn_LLLL]="- -" [gdn_LLLN]="- -")
 
 start=$SECONDS
 runs=()
@@ -36,7 +37,7 @@ for layers in LLLL LLLN; do
     run=$out/${kind}_$layers
     runs+=("$run.jsonl")
     rm -f "$run.jsonl"
-    echo "[$((${#runs[@]}))/12] $kind $layers ($((SECONDS - start)) s so far)"
+    echo "[${#runs[@]}/$((2 * ${#kinds[@]}))] $kind $layers ($((SECONDS - start)) s so far)"
     # shellcheck disable=SC2086  # the kind's flags are words
     mpirun --oversubscribe -np 2 build/lasp train --data "$out/tokens/tokens_*.bin" --sp-size 2 \
       --layer-types "$layers" ${flags[$kind]} --hidden 128 --heads 2 --kv-heads 1 --ffn 384 \
@@ -44,8 +45,9 @@ for layers in LLLL LLLN; do
       --metrics "$run.jsonl" > "$run.log" 2>&1 || { tail -5 "$run.log"; exit 1; }
   done
 done
-build/lasp plot "${runs[@]}" --out "$out/table2.png" \
-  --title "validation loss: six kinds, pure (LLLL, solid) and 1/4 hybrid (LLLN, dashed), 2 SP ranks" >/dev/null
+build/lasp plot "${runs[@]}" --out "$out/table2.png" --second-group ${#kinds[@]} \
+  --title "validation loss: seven kinds, pure (LLLL, filled points) and 1/4 hybrid (LLLN, open points), 2 SP ranks" \
+  >/dev/null
 
 median_tokens() { jq -s '[.[].tokens_per_s] | sort | .[length / 2 | floor]' "$1"; }
 final_val() { jq -s '[.[] | select(.val_loss != null) | .val_loss] | last' "$1"; }

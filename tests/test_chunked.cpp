@@ -35,8 +35,9 @@ ModelConfig small_config(const std::string& types, Decay decay) {
   return c;
 }
 
-// Two steps (forward, backward), so that a second pass over the same attention starts clean.
-Outcome run(const ModelConfig& c, int B, int N, ModelPlan plan) {
+// Two steps (forward, backward), so that a second pass over the same attention starts clean. doc_start >= 0: that
+// token opens documents.
+Outcome run(const ModelConfig& c, int B, int N, ModelPlan plan, int doc_start = -1) {
   std::mt19937 rng(5);
   std::vector<int> inputs(size_t(B) * N), targets(inputs.size());
   for (auto& t : inputs) t = int(rng() % c.vocab_size);
@@ -51,6 +52,7 @@ Outcome run(const ModelConfig& c, int B, int N, ModelPlan plan) {
     attention = std::make_unique<LocalAttention>(whole);
   }
   Model model(c, B, N, *attention, plan);
+  model.set_document_start(doc_start);
   init_weights(model.layout(), model.params(), 3, 0.2f);  // large weights: every path matters
   Outcome r{0, std::vector<int>(inputs.size()), {}};
   for (int step = 0; step < 2; ++step) {
@@ -91,6 +93,23 @@ TEST(Chunked, EqualsTheWholeSequence) {
         expect_same(c, whole, run(c, B, N, {true, 0, Precision::fp32, 7}), types + " recompute, MLP passes of 7");
         expect_same(c, whole, run(c, B, N, {true, 40, Precision::fp32, 13}), types + " chunk=40, MLP passes of 13");
       }
+}
+
+// Gated DeltaNet: the delta rule's state and the short convolutions' tails (a chunk's halo) cross chunks, chunks of
+// 1 and 2 tokens shorter than the halo (conv_size 4) included; with documents (token 3, about one token in 50) and
+// GVA with d_k != d_v.
+TEST(Chunked, GatedDeltaNetEqualsTheWholeSequence) {
+  const int N = 100;
+  for (const std::string types : {"LLLL", "LNLL"})
+    for (int doc_start : {-1, 3}) {
+      ModelConfig c = small_config(types, Decay::gdn);
+      c.linear.num_v_heads = 8, c.linear.head_v_dim = 6;
+      const Outcome whole = run(c, 2, N, {}, doc_start);
+      for (int chunk : {1, 2, 7, 33})
+        expect_same(c, whole, run(c, 2, N, {false, chunk}, doc_start),
+                    types + " gdn docs=" + std::to_string(doc_start) + " chunk=" + std::to_string(chunk));
+      expect_same(c, whole, run(c, 2, N, {true, 40}, doc_start), types + " gdn chunk=40 with recompute");
+    }
 }
 
 TEST(Chunked, AChunkOfTheWholeSequenceIsTheWholeRun) {

@@ -35,7 +35,7 @@ std::vector<float> last_logits_of_full_forward(const ModelConfig& c, const std::
 
 class DecoderVsForward : public ::testing::TestWithParam<std::pair<std::string, Decay>> {
  protected:
-  // A small model of the case's layers and decay, and its weights (std 0.3; GLA 0.1) from a seed. GLA's gates
+  // A small model of the case's layers and decay, and its weights (std 0.3; GLA and gdn 0.1) from a seed. GLA's gates
   // at 0.3 make the model ill-conditioned: two fp32 orders (decoder and forward) then differ by 1.6e-10 in the
   // documents case, measured, against 2e-12 at 0.1.
   ModelConfig config() const {
@@ -46,6 +46,7 @@ class DecoderVsForward : public ::testing::TestWithParam<std::pair<std::string, 
     const size_t cut = p.find('_');
     c.num_key_value_heads = 2, c.layer_types = p.substr(0, cut), c.num_hidden_layers = int(c.layer_types.size());
     c.linear.decay = GetParam().second;
+    if (c.linear.decay == Decay::gdn) c.linear.num_v_heads = 8, c.linear.head_v_dim = 6;  // GVA, d_k 8 != d_v
     if (cut != std::string::npos) {
       const std::string map = p.substr(cut + 1), kind = map.substr(0, map.find_first_of("0123456789"));
       EXPECT_TRUE(c.linear.set_feature_map(kind)) << kind;
@@ -57,7 +58,7 @@ class DecoderVsForward : public ::testing::TestWithParam<std::pair<std::string, 
   static std::vector<float> weights(const ModelConfig& c, uint64_t seed) {
     const ParamLayout layout(c);
     std::vector<float> params(layout.total());
-    init_weights(layout, params, seed, c.linear.decay == Decay::gla ? 0.1f : 0.3f);
+    init_weights(layout, params, seed, c.linear.decay == Decay::gla || c.linear.decay == Decay::gdn ? 0.1f : 0.3f);
     return params;
   }
 };
@@ -140,7 +141,9 @@ INSTANTIATE_TEST_SUITE_P(Models, DecoderVsForward,
                                            std::make_pair(std::string("LLLL"), Decay::retention),
                                            std::make_pair(std::string("LLNL"), Decay::gla),
                                            std::make_pair(std::string("LLLN_based4"), Decay::none),
-                                           std::make_pair(std::string("LNLL_rebased8"), Decay::none)),
+                                           std::make_pair(std::string("LNLL_rebased8"), Decay::none),
+                                           std::make_pair(std::string("LLNL"), Decay::gdn),
+                                           std::make_pair(std::string("LLLL"), Decay::gdn)),
                          [](const auto& info) { return info.param.first + "_" + to_string(info.param.second); });
 
 // generate --precision bf16: the decoder's projections round their operands to bf16 as the bf16 forward's do,

@@ -9,11 +9,14 @@
 
 #include "core/check.h"
 #include "core/memory.h"
+#include "kernels/delta_rule.h"
 #include "kernels/feature_map.h"
 #include "kernels/gemm.h"
+#include "kernels/l2_norm.h"
 #include "kernels/normalizer.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
+#include "kernels/short_conv.h"
 #include "kernels/state_algebra.h"
 #include "kernels/swiglu.h"
 #include "model/attention.h"
@@ -54,14 +57,13 @@ Decoder::Decoder(const ModelConfig& config, const std::vector<float>& params, in
              layout_.total());
   weights_ = layout_.bind(const_cast<float*>(params_.data()));  // bound once; only read
   LASP_CHECK(max_tokens > 0, "decoder: max_tokens must be positive, got {}", max_tokens);
-  LASP_CHECK(config.linear.decay != Decay::gdn, "decoder: a model of decay gdn (Gated DeltaNet) cannot be decoded "
-             "yet: its conv cache and delta-rule step are not built (train and eval run it)");
   threads_ = omp_get_max_threads();
   const int L = config.num_hidden_layers, H = config.num_attention_heads;
   const double softmax_layers = double(std::count(config.layer_types.begin(), config.layer_types.end(), 'N'));
   check_fits_in_memory(softmax_layers * 2 * 4.0 * max_tokens * config.num_key_value_heads * config.head_dim(),
                        fmt::format("generation of up to {} tokens (the keys and values of the softmax layers)", max_tokens));
   state_.resize(L);
+  conv_cache_.resize(L);
   k_cache_.resize(L);
   v_cache_.resize(L);
   lambda_.resize(L);
@@ -102,6 +104,8 @@ std::vector<float> Decoder::prefill(const std::vector<int>& prompt, Attention& a
   attention.keep_decode_state(true);
   plan.precision = precision_;
   Model model(c, 1, Nl, attention, plan);
+  const bool conv = c.linear.decay == Decay::gdn && c.linear.conv_size > 0;
+  model.keep_conv_tails(conv);
   std::copy(params_.begin(), params_.begin() + long(layout_.total()), model.params().begin());
   if (doc_start_ >= 0) model.set_document_start(doc_start_);
   std::vector<int> inputs;
@@ -114,6 +118,7 @@ std::vector<float> Decoder::prefill(const std::vector<int>& prompt, Attention& a
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     if (c.layer_types[l] == 'L') {
       state_[l] = attention.final_state(l);
+      if (conv) conv_cache_[l] = model.conv_tail(l);
     } else {
       const std::vector<float> keys = attention.keys_in_order(l, false), values = attention.keys_in_order(l, true);
       k_cache_[l].assign(size_t(max_tokens_) * row, 0.f);
@@ -138,12 +143,59 @@ std::vector<float> prefill_sequence_parallel(Decoder& decoder, const ModelConfig
                                              Comm& sp, SpLayout layout) {
   const int n = int(prompt.size()), W = sp.size(), unit = layout == SpLayout::zigzag ? 2 * W : W;
   const int m = n > 0 ? (n - 1) / unit * unit : 0;  // the sequence-parallel prefix; at least the last token stays
-  if (W == 1 || m == 0) return decoder.prefill(prompt);
+  // decay gdn: each rank prefills the whole prompt itself (its convolutions' cache would come from the last rank).
+  if (W == 1 || m == 0 || c.linear.decay == Decay::gdn) return decoder.prefill(prompt);
   const std::vector<int> positions = sp_positions(m, W, sp.rank(), layout);
   const AttentionShape shape = attention_shape(c, 1, int(positions.size()), kLinearBlock, decoder.threads());
   check_sp_method(find_sp_method(""), {linear_transition(c.linear.decay), /*decoding=*/true});
   const std::unique_ptr<Attention> attention = make_sp_attention("", sp, shape, m, layout, c.num_hidden_layers);
   return decoder.prefill(prompt, *attention, positions, m);
+}
+
+void Decoder::gdn_step(int l, const std::vector<float>& xn, std::vector<float>& attn) {
+  const ModelConfig& c = config_;
+  const LayerWeights& lw = weights_.layers[l];
+  const ModelConfig::AttentionWidths e = c.attention_widths(l);
+  const int H = c.num_attention_heads, HV = c.linear_value_heads(), dk = c.linear_key_width();
+  const int dv = c.linear_value_width(), K = c.linear.conv_size;
+  // q, k, v: projection, convolution over [cache | this row] (the cache moves on), silu; q and k L2-normed
+  std::vector<float> x[3] = {project(lw.wq, xn, e.q), project(lw.wk, xn, e.k), project(lw.wv, xn, e.v)};
+  const float* conv_w[3] = {lw.q_conv, lw.k_conv, lw.v_conv};
+  const int width[3] = {e.q, e.k, e.v};
+  float* cache = conv_cache_[l].data();
+  for (int j = 0; j < 3; ++j) {
+    std::vector<float> pre = x[j];
+    if (K > 0) {
+      short_conv_step(pre.data(), cache, x[j].data(), conv_w[j], 1, width[j], K);
+      cache += size_t(K - 1) * width[j];
+    }
+    feature_map_forward(x[j].data(), pre.data(), width[j], FeatureMap::silu);
+  }
+  std::vector<float> rstd(H);
+  l2_norm_forward(x[0].data(), rstd.data(), x[0].data(), H, dk, kL2NormEps, 1.f / std::sqrt(float(dk)), 1);
+  l2_norm_forward(x[1].data(), rstd.data(), x[1].data(), H, dk, kL2NormEps, 1.f, 1);
+  const std::vector<float> b = project(lw.wb, xn, HV), z = project(lw.wa, xn, HV);
+  // per value head: S <- alpha S; S <- S + beta k (v - S^T k)^T; o = S^T q
+  std::vector<float> u(dv);
+  for (int hv = 0; hv < HV; ++hv) {
+    float* S = state_[l].data() + size_t(hv) * dk * dv;
+    const float *q = x[0].data() + hv / (HV / H) * dk, *k = x[1].data() + hv / (HV / H) * dk;
+    const float* v = x[2].data() + size_t(hv) * dv;
+    const float alpha = std::exp(gdn_log_gate(z[hv] + lw.dt_bias[hv], lw.a_log[hv])), beta = gdn_beta(b[hv]);
+    for (size_t i = 0; i < size_t(dk) * dv; ++i) S[i] *= alpha;
+    for (int col = 0; col < dv; ++col) {
+      float pred = 0.f;
+      for (int r = 0; r < dk; ++r) pred += S[r * dv + col] * k[r];
+      u[col] = beta * (v[col] - pred);
+    }
+    for (int r = 0; r < dk; ++r)
+      for (int col = 0; col < dv; ++col) S[r * dv + col] += k[r] * u[col];
+    for (int col = 0; col < dv; ++col) {
+      float acc = 0.f;
+      for (int r = 0; r < dk; ++r) acc += S[r * dv + col] * q[r];
+      attn[size_t(hv) * dv + col] = acc;
+    }
+  }
 }
 
 std::vector<float> Decoder::step(int token) {
@@ -159,6 +211,7 @@ std::vector<float> Decoder::step(int token) {
   if (token == doc_start_) {  // a new document: nothing before it is seen again
     doc_begin_ = pos;
     for (auto& S : state_) std::fill(S.begin(), S.end(), 0.f);
+    for (auto& cache : conv_cache_) std::fill(cache.begin(), cache.end(), 0.f);
   }
 
   std::vector<float> x(w.embed + size_t(token) * D, w.embed + size_t(token + 1) * D);
@@ -167,7 +220,9 @@ std::vector<float> Decoder::step(int token) {
     const std::vector<float> xn = rmsnorm(x, lw.input_norm, 1, D, eps);
     const ModelConfig::AttentionWidths e = c.attention_widths(l);
     std::vector<float> attn(e.o, 0.f);
-    if (c.layer_types[l] == 'L') {
+    if (c.layer_types[l] == 'L' && c.linear.decay == Decay::gdn) {
+      gdn_step(l, xn, attn);
+    } else if (c.layer_types[l] == 'L') {
       std::vector<float> q(e.q), k(e.k);
       const std::vector<float> qp = project(lw.wq, xn, e.q), kp = project(lw.wk, xn, e.k);
       std::vector<float> v = project(lw.wv, xn, e.v);
@@ -217,7 +272,9 @@ std::vector<float> Decoder::step(int token) {
         const float lam = lambda_[l][h];
         if (gate.empty() && lam != 1.f) apply_transition(form, S, &lam, S, false, nullptr);
       }
-      if (c.linear.output_norm) attn = rmsnorm(attn, lw.o_norm, H, dv, eps);
+    }
+    if (c.layer_types[l] == 'L') {
+      if (c.linear.output_norm) attn = rmsnorm(attn, lw.o_norm, c.linear_value_heads(), dv, eps);
       if (c.linear.output_gate) {
         const std::vector<float> gp = project(lw.wg, xn, e.o);
         std::vector<float> gated(e.o);

@@ -47,7 +47,10 @@ class Decoder {
   Weights weights_;  // named pointers into params_
   int max_tokens_, pos_ = 0, threads_;
   int doc_start_ = -1, doc_begin_ = 0;  // the document-start token; where the running document began
-  std::vector<std::vector<float>> state_;   // linear layers: (H, d, d) S = sum_{j<pos} lambda^(pos-j) k_j^T v_j
+  std::vector<std::vector<float>> state_;   // linear layers: (H, d, d) S = sum_{j<pos} lambda^(pos-j) k_j^T v_j;
+                                            // gdn: (HV, dk, dv) the delta rule's
+  std::vector<std::vector<float>> conv_cache_;  // gdn: the K-1 rows before the next token of the q, k, v
+                                                // projections, ((K-1) x C) each, one after the other
   std::vector<std::vector<float>> k_cache_, v_cache_;  // softmax layers: (max_tokens, H_kv, d)
   std::vector<std::vector<float>> lambda_;  // per layer, per head
   Precision precision_;
@@ -55,6 +58,9 @@ class Decoder {
 
   // y (out) = W (out x in) x (in), W one of the weights in the nn.Linear layout.
   std::vector<float> project(const float* W, const std::vector<float>& x, int out) const;
+  // decay gdn: one token through layer l's delta rule (DELTA.md "Decoding"): attn (HV dv) from xn; the layer's
+  // state and conv cache move on by the token.
+  void gdn_step(int l, const std::vector<float>& xn, std::vector<float>& attn);
 };
 
 // The prompt prefilled sequence-parallel over sp with the default SP method (LASP-2 / LASP-2H): the longest

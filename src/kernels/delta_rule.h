@@ -20,6 +20,8 @@
 //   B: delta_rule_forward's state_out with state_in = 0,
 //   dP^own (the gradient of the span's own outputs at S_in): delta_rule_backward's dstate_in with dstate_out = 0.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -29,6 +31,15 @@ namespace lasp {
 
 // The chunk length wherever lasp does not ask for another (FLA's).
 constexpr int kDeltaBlock = 64;
+
+// Gated DeltaNet's gates of a token and value head (DELTA.md) from the projections b = W_b x and z = W_a x + dt_bias:
+// beta = sigmoid(b), and the log-gate g = -exp(A_log) softplus(z) (softplus without overflow, as FLA's and torch's,
+// which return z itself above 20, less than 2.1e-9 away), and dg/dz = -exp(A_log) sigmoid(z).
+inline float gdn_beta(float b) { return 1.f / (1.f + std::exp(-b)); }
+inline float gdn_log_gate(float z, float a_log) {
+  return -std::exp(a_log) * (std::max(z, 0.f) + std::log1p(std::exp(-std::fabs(z))));
+}
+inline float gdn_log_gate_derivative(float z, float a_log) { return -std::exp(a_log) * gdn_beta(z); }
 
 struct DeltaRuleShape {
   int B = 1, N = 0, H = 1, HV = 1;  // batch, tokens, q/k heads, value heads (a multiple of H)

@@ -40,8 +40,8 @@ void Attention::begin_chunk(int, int, Pass) {
               "rank (--sp-size 1)");
 }
 
-bool Attention::conv_halo(float*, const float*, int, int) { return false; }
-void Attention::conv_halo_backward(float*, const float*, int, int) {}
+bool Attention::conv_halo(int, float*, const float*, int, int) { return false; }
+void Attention::conv_halo_backward(int, float*, const float*, int, int) {}
 
 void Attention::keep_decode_state(bool keep) {
   if (keep) throw Error("this sequence-parallel method does not keep the state generation continues from");

@@ -4,6 +4,7 @@
 // single-process implementation; the sequence-parallel methods (LASP-2, LASP-2H, Ring, Ulysses...)
 // implement the same interface.
 #pragma once
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -32,7 +33,8 @@ struct AttentionShape {
   ExpandedKind expansion = ExpandedKind::based;
   // decay gdn: the linear layers run the gated delta rule (kernels/delta_rule.h), v and o with HV value heads.
   bool delta = false;
-  int HV = 0;  // the linear layers' value heads (0: H)
+  int HV = 0;         // the linear layers' value heads (0: H)
+  int conv_rows = 0;  // the rows of each short convolution's halo, conv_size - 1 (0: none)
 
   // The linear kernels' shape for `rows` rows of `tokens` tokens and `heads` heads (GLA takes its own block).
   LinearAttentionShape linear_kernel(int rows, int tokens, int heads) const {
@@ -68,7 +70,8 @@ inline AttentionShape attention_shape(const ModelConfig& c, int B, int N, int bl
           expanded ? c.linear_key_width() : 0,
           expanded ? *c.linear.expanded : ExpandedKind::based,
           c.linear.decay == Decay::gdn,
-          c.linear_value_heads()};
+          c.linear_value_heads(),
+          c.linear.decay == Decay::gdn ? std::max(c.linear.conv_size - 1, 0) : 0};
 }
 
 // What decays a causal linear layer's state: a fixed decay per head (MODEL.md), GLA's log-gates per token,
@@ -121,13 +124,15 @@ class Attention {
   virtual void linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout,
                                              const float* q, const float* k, const float* v);
 
-  // decay gdn, the short convolutions' halo (DELTA.md): x (B, N, C) is this rank's input of a causal convolution
-  // K wide. conv_halo writes halo (B, K-1, C), the K-1 rows before this rank's tokens (zero before their
-  // document's start), and returns true; false (halo untouched, read as zeros) where nothing precedes them, as on
-  // one process. conv_halo_backward hands dhalo back to where those rows came from and adds what comes back for
-  // this rank's own last rows into dx. Collectives of the SP group: every rank calls them.
-  virtual bool conv_halo(float* halo, const float* x, int C, int K);
-  virtual void conv_halo_backward(float* dx, const float* dhalo, int C, int K);
+  // decay gdn, the short convolutions' halo (DELTA.md): x (B, N, C) is this rank's (or chunk's) input of causal
+  // convolution `conv` (3 l + 0, 1, 2: layer l's q, k, v), K wide. conv_halo writes halo (B, K-1, C), the K-1 rows
+  // before these tokens (zero before their document's start), and returns true; false (halo untouched, read as
+  // zeros) where nothing precedes them, as on one process. conv_halo_backward hands dhalo back to where those rows
+  // came from and adds what comes back for these tokens' own last rows into dx. Under SP, collectives of the SP
+  // group: every rank calls them. The default: nothing precedes (the methods that run gdn across ranks or chunks
+  // override them).
+  virtual bool conv_halo(int conv, float* halo, const float* x, int C, int K);
+  virtual void conv_halo_backward(int conv, float* dx, const float* dhalo, int C, int K);
 
   // Causal softmax attention: q (B, N, H, d) against k, v (B, N, H_kv, d) with RoPE applied; lse (B, H, N).
   virtual void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k,

@@ -6,6 +6,7 @@
 
 #include "core/check.h"
 #include "core/memory.h"
+#include "kernels/short_conv.h"
 
 namespace lasp {
 
@@ -13,9 +14,12 @@ namespace {
 
 size_t workspace_floats(const AttentionShape& s, int sequence_length) {
   const LinearAttentionShape linear = s.linear_kernel(s.B, s.N, s.H), gla = s.gla_kernel(s.B, s.N, s.H);
+  const DeltaRuleShape delta = s.delta_kernel(s.B, s.N);
   return std::max({linear_attention_forward_workspace_floats(linear), linear_attention_backward_workspace_floats(linear),
                    gla_forward_workspace_floats(gla), gla_backward_workspace_floats(gla),
-                   softmax_attention_workspace_floats(s.N, sequence_length, s.d, s.threads)});
+                   softmax_attention_workspace_floats(s.N, sequence_length, s.d, s.threads),
+                   s.delta ? delta_rule_forward_workspace_floats(delta) : size_t(0),
+                   s.delta ? delta_rule_backward_workspace_floats(delta) : size_t(0)});
 }
 
 std::vector<float>& sized(std::vector<float>& v, size_t n) {
@@ -45,10 +49,13 @@ ChunkedAttention::ChunkedAttention(const AttentionShape& shape, int sequence_len
 double ChunkedAttention::floats_needed(const AttentionShape& s, int sequence_length, const std::string& layer_types) {
   const double linear_layers = double(std::count(layer_types.begin(), layer_types.end(), 'L'));
   const double softmax_layers = double(layer_types.size()) - linear_layers;
-  const double chunks = (double(sequence_length) + s.N - 1) / s.N, state = double(s.B) * s.H * s.state_floats();
+  const double chunks = (double(sequence_length) + s.N - 1) / s.N;
+  const double state = double(s.B) * s.value_heads() * s.state_floats();
   const double kv = 2.0 * s.B * double(sequence_length) * s.H_kv * s.d;  // keys and values of one layer
+  // gdn: each chunk's tails of the q, k and v convolutions' inputs, and their gradients in flight
+  const double tails = double(s.B) * s.conv_rows * (2.0 * s.H * s.dk + double(s.value_heads()) * s.dv);
   return double(workspace_floats(s, sequence_length)) + linear_layers * (chunks + 1) * state + state +
-         softmax_layers * 2 * kv;  // kept keys and values, and their gradients
+         linear_layers * (chunks + 2) * tails + softmax_layers * 2 * kv;  // kept keys and values, and their gradients
 }
 
 void ChunkedAttention::begin_chunk(int begin, int length, Pass pass) {
@@ -81,7 +88,10 @@ void ChunkedAttention::linear_forward(int layer, float* o, const float* q, const
   float* leaving = nullptr;
   if (pass_ == Pass::forward && index_ + 1 < chunks_) leaving = entering(layer, index_ + 1);
   if (pass_ == Pass::forward && index_ + 1 == chunks_ && keep_) leaving = sized(final_states_[layer], state_floats()).data();
-  if (gates.gla())
+  if (gates.delta())
+    delta_rule_forward(o, leaving, q, k, v, gates.beta, gates.log_gates, entering(layer, index_), docs_.start_flags(),
+                       s_.delta_kernel(s_.B, length_), workspace_.view());
+  else if (gates.gla())
     gla_forward(o, leaving, q, k, v, gates.log_gates, entering(layer, index_), docs_.start_flags(), gla_shape(),
                 workspace_.view());
   else
@@ -95,13 +105,48 @@ void ChunkedAttention::linear_backward(int layer, float* dq, float* dk, float* d
   float* dstate_in = nullptr;
   if (index_ > 0) dstate_in = sized(dentering_, n).data(), std::fill(dentering_.begin(), dentering_.end(), 0.f);
   const float* dstate_out = index_ + 1 < chunks_ ? sized(dleaving_[layer], n).data() : nullptr;
-  if (gates.gla())  // the chunk's gate gradient is whole: later chunks reach it through dstate_out
+  if (gates.delta()) {  // the kernel accumulates its gates' gradients; the seam writes them
+    const size_t gates_n = size_t(s_.B) * length_ * s_.value_heads();
+    std::fill(gates.d_beta, gates.d_beta + gates_n, 0.f);
+    std::fill(gates.d_log_gates, gates.d_log_gates + gates_n, 0.f);
+    delta_rule_backward(dq, dk, dv, gates.d_beta, gates.d_log_gates, dstate_in, dout, dstate_out, q, k, v, gates.beta,
+                        gates.log_gates, entering(layer, index_), docs_.start_flags(), s_.delta_kernel(s_.B, length_),
+                        workspace_.view());
+  } else if (gates.gla())  // the chunk's gate gradient is whole: later chunks reach it through dstate_out
     gla_backward(dq, dk, dv, gates.d_log_gates, dstate_in, dout, dstate_out, q, k, v, gates.log_gates,
                  entering(layer, index_), docs_.start_flags(), gla_shape(), workspace_.view());
   else
     linear_attention_backward(dq, dk, dv, dstate_in, dout, dstate_out, q, k, v, entering(layer, index_), gates.lambda,
                               docs_.start_flags(), linear_shape(), workspace_.view());
   if (dstate_in) std::swap(dleaving_[layer], dentering_);  // the chunk before receives it as its leaving gradient
+}
+
+// The forward pass keeps each chunk's tail (its own halo, the tail before it, covers a chunk shorter than K-1); any
+// forward of chunk c reads chunk c-1's.
+bool ChunkedAttention::conv_halo(int conv, float* halo, const float* x, int C, int K) {
+  const size_t n = size_t(s_.B) * (K - 1) * C;
+  if (int(conv_tails_.size()) <= conv) conv_tails_.resize(conv + 1);
+  float* tails = sized(conv_tails_[conv], size_t(chunks_) * n).data();
+  if (pass_ == Pass::forward)
+    short_conv_tail(tails + index_ * n, x, index_ > 0 ? tails + (index_ - 1) * n : nullptr, docs_.start_flags(), s_.B,
+                    length_, C, K);
+  if (index_ == 0) return false;
+  std::copy(tails + (index_ - 1) * n, tails + index_ * n, halo);
+  return true;
+}
+
+// Chunks go last to first: the gradient of this chunk's tail (from the chunk after it) reaches its rows through
+// the tail's adjoint, and what of it fell on its own halo joins dhalo, handed to the chunk before.
+void ChunkedAttention::conv_halo_backward(int conv, float* dx, const float* dhalo, int C, int K) {
+  const size_t n = size_t(s_.B) * (K - 1) * C;
+  if (int(dtails_.size()) <= conv) dtails_.resize(conv + 1);
+  std::vector<float>& dtail = dtails_[conv];
+  sized(dtail_next_, n);
+  std::copy(dhalo, dhalo + n, dtail_next_.begin());
+  if (index_ + 1 < chunks_)
+    short_conv_tail_backward(dx, index_ > 0 ? dtail_next_.data() : nullptr, sized(dtail, n).data(),
+                             docs_.start_flags(), s_.B, length_, C, K);
+  std::swap(dtail, dtail_next_);
 }
 
 SoftmaxAttentionShape ChunkedAttention::softmax_row_shape() const {

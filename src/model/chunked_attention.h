@@ -5,7 +5,10 @@
 //     forward can be run again before its backward; backward, the gradient of the state leaving the chunk
 //     is handed to the chunk before, as LASP-2 hands states between ranks (LASP2.md section 2);
 //   softmax layers: the keys and values of every token (B, N, H_kv, d each), and their gradients during the
-//     backward pass (a chunk's queries reach every earlier key).
+//     backward pass (a chunk's queries reach every earlier key);
+//   decay gdn: the delta rule's state as above (HV, dk, dv), and each chunk's last K-1 rows of every short
+//     convolution's input (Attention::conv_halo), the next chunk's halo; backward, the halo's gradient is
+//     handed to the chunk before.
 // The forward pass stores states and keys; the backward pass's recomputed forwards only read them.
 #pragma once
 #include <vector>
@@ -32,6 +35,8 @@ class ChunkedAttention : public Attention {
                       const LinearGates& gates) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                        const float* k, const float* v, const LinearGates& gates) override;
+  bool conv_halo(int conv, float* halo, const float* x, int C, int K) override;
+  void conv_halo_backward(int conv, float* dx, const float* dhalo, int C, int K) override;
   void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override;
   void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                         const float* lse, const float* q, const float* k, const float* v) override;
@@ -54,8 +59,12 @@ class ChunkedAttention : public Attention {
   // of the state leaving the current chunk; keys, values (B, N, H_kv, d) and their gradients.
   std::vector<std::vector<float>> entering_, dleaving_, keys_, values_, dkeys_, dvalues_, final_states_;
   std::vector<float> dentering_;  // the gradient of the state entering the current chunk, then handed back
+  // decay gdn, per convolution (3 l + q, k, v): every chunk's tail (chunks, B, K-1, C), written by the forward
+  // pass; the gradient of the current chunk's tail, from the chunk after it (B, K-1, C); scratch of that size.
+  std::vector<std::vector<float>> conv_tails_, dtails_;
+  std::vector<float> dtail_next_;
 
-  size_t state_floats() const { return size_t(s_.B) * s_.H * s_.state_floats(); }
+  size_t state_floats() const { return size_t(s_.B) * s_.value_heads() * s_.state_floats(); }
   float* entering(int layer, int chunk);  // null for chunk 0 (no state)
   LinearAttentionShape linear_shape() const { return s_.linear_kernel(s_.B, length_, s_.H); }
   LinearAttentionShape gla_shape() const { return s_.gla_kernel(s_.B, length_, s_.H); }

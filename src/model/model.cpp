@@ -216,10 +216,9 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, Mode
              "model: a layer-major plan needs an attention with a layer-major mode (lasp2 across SP ranks)");
   chunk_ = chunk_length(plan, N);
   chunks_ = (N + chunk_ - 1) / chunk_;
-  LASP_CHECK(config.linear.decay != Decay::gdn || (chunks_ == 1 && !layer_major_),
-             "model: decay gdn runs its sequence whole for now: its short convolutions take no halo from a "
-             "previous chunk (a memory plan of {} chunks of {} tokens{}); raise --memory-limit or shorten --seq-len",
-             chunks_, chunk_, layer_major_ ? ", layer-major" : "");
+  LASP_CHECK(config.linear.decay != Decay::gdn || !layer_major_,
+             "model: decay gdn has no layer-major plan yet (several SP ranks in chunks of {} tokens): raise "
+             "--memory-limit or shorten --seq-len", chunk_);
   N_ = chunk_, T_ = token_count(B, chunk_);
   mlp_rows_ = int(mlp_rows(plan, size_t(T_)));
 
@@ -273,10 +272,12 @@ void Model::start_chunk(int index, Attention::Pass pass) {
   attention_.begin_chunk(begin_, N_, pass);
   chunk_inputs_.resize(size_t(T_));
   chunk_targets_.resize(size_t(T_));
+  if (doc_start_ >= 0) chunk_flags_.resize(size_t(T_));
   for (int b = 0; b < B_; ++b) {
     const size_t from = size_t(b) * seq_len_ + begin_, to = size_t(b) * N_;
     std::copy_n(inputs_ + from, N_, chunk_inputs_.begin() + to);
     if (targets_) std::copy_n(targets_ + from, N_, chunk_targets_.begin() + to);
+    if (doc_start_ >= 0) std::copy_n(doc_flags_.begin() + long(from), N_, chunk_flags_.begin() + long(to));
   }
   in_ = chunk_inputs_.data(), tg_ = has_targets_ ? chunk_targets_.data() : nullptr;
 }

@@ -73,6 +73,11 @@ class Model {
   // attention never crosses (Attention::set_documents); -1: none, every row one stream.
   void set_document_start(int token);
   int document_start() const { return doc_start_; }
+  // decay gdn, for decoding: with keep_conv_tails(true), each forward keeps, per gdn layer, the rows the next
+  // token's short convolutions read: (B, K-1, C) of the q, k and v projections one after the other (C: their
+  // widths), zero before each row's last document start (short_conv_tail).
+  void keep_conv_tails(bool keep) { keep_conv_tails_ = keep; }
+  const std::vector<float>& conv_tail(int layer) const { return conv_tails_.at(layer); }
   const float* logits() const { return logits_; }  // (B, logits_rows(), V) of the last forward
   int logits_rows() const { return N_; }            // N, or the last chunk's tokens per row when chunked
 
@@ -142,6 +147,9 @@ class Model {
   bool has_targets_ = false;
   int doc_start_ = -1;                            // set_document_start
   std::vector<uint8_t> doc_flags_;                // (B, seq_len) of the last forward, when doc_start_ >= 0
+  std::vector<uint8_t> chunk_flags_;              // (B, N_) of the running chunk, when chunked with documents
+  bool keep_conv_tails_ = false;
+  std::vector<std::vector<float>> conv_tails_;    // keep_conv_tails: per layer
 
   // Lays out the activations of B x chunk tokens: counts them when the carver has no base.
   static void carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPlan& plan, std::vector<float*>& x,
@@ -162,10 +170,15 @@ class Model {
   // or = when dxn_fresh) from the delta rule's input gradients in s_.dq, s_.dk, s_.dv, s_.dbeta, s_.dglog.
   void gdn_forward(int l, Input xn);
   void gdn_backward(int l, Input xn, bool dxn_fresh);
-  void conv_silu_forward(float* y, float* c, float* halo, const float* x, const float* w, int C);
-  void conv_silu_backward(float* dx, float* dw, const float* dy, float* dc, const float* c, const float* halo,
-                          const float* x, const float* w, int C);
-  const uint8_t* document_flags() const { return doc_start_ >= 0 ? doc_flags_.data() : nullptr; }
+  // conv: 3 l + 0, 1, 2 (Attention::conv_halo); tail: where the rows the next token reads go (keep_conv_tails), or
+  // null.
+  void conv_silu_forward(int conv, float* y, float* c, float* halo, float* tail, const float* x, const float* w, int C);
+  void conv_silu_backward(int conv, float* dx, float* dw, const float* dy, float* dc, const float* c,
+                          const float* halo, const float* x, const float* w, int C);
+  // The running chunk's document-start flags (B, N_), or null without documents.
+  const uint8_t* document_flags() const {
+    return doc_start_ < 0 ? nullptr : chunks_ == 1 ? doc_flags_.data() : chunk_flags_.data();
+  }
   void linear_features(int l, bool queries);
   void linear_features_backward(int l, const float* dq, const float* dk, float* dqp, float* dkp);
   // dX += dY W (dX = dY W when dx_fresh), dW += dY^T X.

@@ -8,28 +8,24 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/delta_rule.h"
 #include "kernels/feature_map.h"
 #include "kernels/l2_norm.h"
 #include "kernels/short_conv.h"
 #include "model/model.h"
 
 namespace lasp {
-namespace {
-
-float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
-// log(1 + e^x) without overflow, as FLA's and torch's (which return x itself above 20, < 2.1e-9 away).
-float softplus(float x) { return std::max(x, 0.f) + std::log1p(std::exp(-std::fabs(x))); }
-
-}  // namespace
 
 // y = silu(conv(x)) of one input (conv_size 0: y = silu(x)); the conv output (silu's input) into c, the rows before
 // this rank's tokens (from the attention: another rank's) into halo.
-void Model::conv_silu_forward(float* y, float* c, float* halo, const float* x, const float* w, int C) {
+void Model::conv_silu_forward(int conv, float* y, float* c, float* halo, float* tail, const float* x, const float* w,
+                              int C) {
   const int K = config_.linear.conv_size;
   const float* pre = x;
   if (K > 0) {
-    if (!attention_.conv_halo(halo, x, C, K)) std::fill_n(halo, size_t(B_) * (K - 1) * C, 0.f);
+    if (!attention_.conv_halo(conv, halo, x, C, K)) std::fill_n(halo, size_t(B_) * (K - 1) * C, 0.f);
     short_conv_forward(c, x, w, halo, document_flags(), B_, N_, C, K, omp_get_max_threads());
+    if (tail) short_conv_tail(tail, x, halo, document_flags(), B_, N_, C, K);
     pre = c;
   }
   feature_map_forward(y, pre, long(T_) * C, FeatureMap::silu);
@@ -37,8 +33,8 @@ void Model::conv_silu_forward(float* y, float* c, float* halo, const float* x, c
 
 // From dy, the gradient of silu(conv(x)), to dx (written; the halo's share handed back through the attention) and
 // dw (+=); dc: scratch for the conv output's.
-void Model::conv_silu_backward(float* dx, float* dw, const float* dy, float* dc, const float* c, const float* halo,
-                               const float* x, const float* w, int C) {
+void Model::conv_silu_backward(int conv, float* dx, float* dw, const float* dy, float* dc, const float* c,
+                               const float* halo, const float* x, const float* w, int C) {
   const int K = config_.linear.conv_size;
   const size_t n = size_t(T_) * C;
   if (K == 0) {
@@ -49,7 +45,7 @@ void Model::conv_silu_backward(float* dx, float* dw, const float* dy, float* dc,
   std::fill_n(dx, n, 0.f);
   std::fill_n(s_.dhalo, size_t(B_) * (K - 1) * C, 0.f);
   short_conv_backward(dx, dw, s_.dhalo, dc, x, w, halo, document_flags(), B_, N_, C, K, omp_get_max_threads());
-  attention_.conv_halo_backward(dx, s_.dhalo, C, K);
+  attention_.conv_halo_backward(conv, dx, s_.dhalo, C, K);
 }
 
 void Model::gdn_forward(int l, Input xn) {
@@ -63,9 +59,16 @@ void Model::gdn_forward(int l, Input xn) {
   project(a.qp, xn, w.wq, D, e.q);
   project(a.kp, xn, w.wk, D, e.k);
   project(a.vp, xn, w.wv, D, e.v);
-  conv_silu_forward(a.q, a.qc, a.halo, a.qp, w.q_conv, e.q);
-  conv_silu_forward(a.k, a.kc, a.halo + halo, a.kp, w.k_conv, e.k);
-  conv_silu_forward(a.v, a.vc, a.halo + 2 * halo, a.vp, w.v_conv, e.v);
+  float* tail = nullptr;  // the q, k and v tails one after the other
+  if (keep_conv_tails_ && K > 0) {
+    if (int(conv_tails_.size()) <= l) conv_tails_.resize(l + 1);
+    conv_tails_[l].resize(size_t(B_) * (K - 1) * (e.q + e.k + e.v));
+    tail = conv_tails_[l].data();
+  }
+  const size_t tq = size_t(B_) * std::max(K - 1, 0) * e.q, tk = size_t(B_) * std::max(K - 1, 0) * e.k;
+  conv_silu_forward(3 * l, a.q, a.qc, a.halo, tail, a.qp, w.q_conv, e.q);
+  conv_silu_forward(3 * l + 1, a.k, a.kc, a.halo + halo, tail ? tail + tq : nullptr, a.kp, w.k_conv, e.k);
+  conv_silu_forward(3 * l + 2, a.v, a.vc, a.halo + 2 * halo, tail ? tail + tq + tk : nullptr, a.vp, w.v_conv, e.v);
   l2_norm_forward(a.q, a.rq, a.q, long(T_) * H, dk, kL2NormEps, 1.f / std::sqrt(float(dk)), threads);
   l2_norm_forward(a.k, a.rk, a.k, long(T_) * H, dk, kL2NormEps, 1.f, threads);
   project(a.beta, xn, w.wb, D, HV);
@@ -73,9 +76,9 @@ void Model::gdn_forward(int l, Input xn) {
   for (size_t t = 0; t < size_t(T_); ++t)
     for (int h = 0; h < HV; ++h) {
       const size_t i = t * HV + h;
-      a.beta[i] = sigmoid(a.beta[i]);
+      a.beta[i] = gdn_beta(a.beta[i]);
       a.gz[i] += w.dt_bias[h];
-      a.glog[i] = -std::exp(w.a_log[h]) * softplus(a.gz[i]);
+      a.glog[i] = gdn_log_gate(a.gz[i], w.a_log[h]);
     }
 }
 
@@ -95,16 +98,16 @@ void Model::gdn_backward(int l, Input xn, bool dxn_fresh) {
   feature_map_forward(s_.da, silu_in_q, long(T * e.q), FeatureMap::silu);
   l2_norm_backward(s_.dqp, s_.dq, s_.da, a.rq, long(T) * H, dk, 1.f / std::sqrt(float(dk)), threads,
                    GradStore::overwrite);
-  conv_silu_backward(s_.dq, g.q_conv, s_.dqp, s_.da, a.qc, a.halo, a.qp, w.q_conv, e.q);
+  conv_silu_backward(3 * l, s_.dq, g.q_conv, s_.dqp, s_.da, a.qc, a.halo, a.qp, w.q_conv, e.q);
   project_backward(s_.dxn, g.wq, s_.dq, xn, w.wq, D, e.q, dxn_fresh);
 
   const float* silu_in_k = K > 0 ? a.kc : a.kp;
   feature_map_forward(s_.da, silu_in_k, long(T * e.k), FeatureMap::silu);
   l2_norm_backward(s_.dkp, s_.dk, s_.da, a.rk, long(T) * H, dk, 1.f, threads, GradStore::overwrite);
-  conv_silu_backward(s_.dk, g.k_conv, s_.dkp, s_.da, a.kc, a.halo + halo, a.kp, w.k_conv, e.k);
+  conv_silu_backward(3 * l + 1, s_.dk, g.k_conv, s_.dkp, s_.da, a.kc, a.halo + halo, a.kp, w.k_conv, e.k);
   project_backward(s_.dxn, g.wk, s_.dk, xn, w.wk, D, e.k);
 
-  conv_silu_backward(s_.dqp, g.v_conv, s_.dv, s_.da, a.vc, a.halo + 2 * halo, a.vp, w.v_conv, e.v);
+  conv_silu_backward(3 * l + 2, s_.dqp, g.v_conv, s_.dv, s_.da, a.vc, a.halo + 2 * halo, a.vp, w.v_conv, e.v);
   project_backward(s_.dxn, g.wv, s_.dqp, xn, w.wv, D, e.v);
 
   // beta = sigmoid(b): db = dbeta beta (1 - beta). g = -exp(A_log) softplus(z): dA_log += dg g,
@@ -114,7 +117,7 @@ void Model::gdn_backward(int l, Input xn, bool dxn_fresh) {
       const size_t i = t * HV + h;
       s_.dbeta[i] *= a.beta[i] * (1.f - a.beta[i]);
       g.a_log[h] += s_.dglog[i] * a.glog[i];
-      s_.dglog[i] *= -std::exp(w.a_log[h]) * sigmoid(a.gz[i]);
+      s_.dglog[i] *= gdn_log_gate_derivative(a.gz[i], w.a_log[h]);
       g.dt_bias[h] += s_.dglog[i];
     }
   project_backward(s_.dxn, g.wb, s_.dbeta, xn, w.wb, D, HV);

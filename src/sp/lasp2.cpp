@@ -456,12 +456,12 @@ std::vector<float> Lasp2Attention::final_state(int layer) const {
   return delta_ ? delta_->final_state(layer) : impl_->final_states.at(layer);
 }
 
-bool Lasp2Attention::conv_halo(float* halo, const float* x, int C, int K) {
+bool Lasp2Attention::conv_halo(int, float* halo, const float* x, int C, int K) {
   LASP_CHECK(delta_, "LASP-2: a convolution halo asked of an attention without the gated delta rule");
   return delta_->conv_halo(halo, x, C, K, softmax_.documents());
 }
 
-void Lasp2Attention::conv_halo_backward(float* dx, const float* dhalo, int C, int K) {
+void Lasp2Attention::conv_halo_backward(int, float* dx, const float* dhalo, int C, int K) {
   delta_->conv_halo_backward(dx, dhalo, C, K, softmax_.documents());
 }
 

@@ -80,8 +80,8 @@ std::string run_label(const std::string& path) {
 
 }  // namespace
 
-void plot_metrics(const std::vector<std::string>& metrics_paths, const std::string& png_path,
-                  std::string title) {
+void plot_metrics(const std::vector<std::string>& metrics_paths, const std::string& png_path, std::string title,
+                  int second_group) {
   for (size_t at = title.find('\''); at != std::string::npos; at = title.find('\'', at + 2))
     title.insert(at, 1, '\'');  // gnuplot's quote inside a quoted string
   LASP_CHECK(!metrics_paths.empty(), "plot: expected one or more metrics files, found none");
@@ -98,12 +98,15 @@ void plot_metrics(const std::vector<std::string>& metrics_paths, const std::stri
       if (one) {  // training and validation loss of one run
         plots += "'" + data + "' using 1:2 with lines lw 2 title 'training loss', '" + data +
                  "' using 1:3 with linespoints lw 2 pt 7 title 'validation loss'";
-      } else {  // one curve per run: its validation loss (its training loss where it has none);
-                // six colours, solid, then the same six dashed, and so on
-        const bool val = m.val_rows > 0;
-        plots += "'" + data + "' using 1:" + (val ? "3" : "2") + " with " + (val ? "linespoints pt 7" : "lines") +
-                 " lw 2 lc " + std::to_string(1 + int(i) % 6) + " dt " + std::to_string(1 + int(i) / 6) +
-                 " title '" + run_label(metrics_paths[i]) + (val ? "" : " (training)") + "'";
+      } else {  // one curve per run: its validation loss (its training loss where it has none); the runs from
+                // second_group on dashed with open points (the png terminal draws every line solid), their
+                // colours starting again: a second group beside the first
+        const bool val = m.val_rows > 0, second = second_group > 0 && int(i) >= second_group;
+        const int colour = 1 + (second ? int(i) - second_group : int(i)) % 8;
+        plots += "'" + data + "' using 1:" + (val ? "3" : "2") + " with " +
+                 (val ? (second ? "linespoints pt 6 ps 1.5" : "linespoints pt 7") : "lines") + " lw 2 lc " +
+                 std::to_string(colour) + " dt " + (second ? "2" : "1") + " title '" + run_label(metrics_paths[i]) +
+                 (val ? "" : " (training)") + "'";
       }
     }
     const std::string script = "set terminal png size " + std::string(one ? "900,540" : "1100,660") +

@@ -3,7 +3,7 @@
 # relative 1e-5) in fp32 (bf16 below): chunks that do not divide the sequence, on one process and on each of
 # 2 DP ranks; per-layer recompute on 1, 2 and 3 SP ranks in both layouts; chunks with recompute inside;
 # layer-major chunks on 2 and 3 SP ranks in both layouts and on 2 SP x 2 DP ranks, GLA's, Based's and Rebased's too
-# (their methods as well). The plan line is printed; a
+# (their methods as well), Gated DeltaNet's chunks on one process and its methods. The plan line is printed; a
 # limit that nothing fits, and --chunk across SP ranks with a method that has no chunks, are refused clearly.
 # usage: memory_plan_test.sh MPIEXEC LASP
 set -euo pipefail
@@ -80,6 +80,26 @@ for map in based rebased; do
 done
 refused "has no Based or Rebased" 2 train --data "$dir/text.txt" --seq-len 96 --steps 1 --sp-size 2 --sp-method ring \
   --feature-map based
+
+# Gated DeltaNet (issue 26; GVA: 8 value heads of 48 over 4 q/k heads of 64): chunks on one process (the delta
+# rule's state and the convolutions' tails cross them), with recompute, LASP-2 on 2 ranks and the scans on 3 give
+# one process's losses; zigzag, the other methods and LASP-2's layer-major chunks refuse it.
+gdn=(--batch 2 --layer-types LLLN --decay gdn --num-v-heads 8 --head-v-dim 48 --lr 2e-4)
+run gdn_keep 1 "${gdn[@]}"
+run gdn_chunk 1 "${gdn[@]}" --chunk 17
+run gdn_chunk_recompute 1 "${gdn[@]}" --chunk 40 --recompute
+run gdn_sp2 2 "${gdn[@]}" --sp-size 2
+run gdn_exscan_sp3 3 "${gdn[@]}" --sp-size 3 --sp-method exscan
+run gdn_allscan_sp3 3 "${gdn[@]}" --sp-size 3 --sp-method allscan
+for other in chunk chunk_recompute sp2 exscan_sp3 allscan_sp3; do
+  compare gdn_keep "gdn_$other"
+done
+refused "has no gated delta rule" 2 train --data "$dir/text.txt" --seq-len 96 --steps 1 --sp-size 2 --sp-method lasp1 \
+  --decay gdn
+refused "needs the contiguous layout" 2 train --data "$dir/text.txt" --seq-len 96 --steps 1 --sp-size 2 \
+  --sp-layout zigzag --decay gdn
+refused "decay gdn has no layer-major plan" 2 train --data "$dir/text.txt" --seq-len 96 --steps 1 --sp-size 2 \
+  --decay gdn --chunk 16
 
 # bf16 (issue 16): sequence-parallel and chunked runs give the single process's bf16 losses. The exchanged
 # states stay fp32, so the first step agrees as fp32 does (measured 1.4e-6 and 2.4e-6). After it, the

@@ -180,16 +180,9 @@ TEST(DeltaRuleReference, GradientsMatchFiniteDifferences) {
     const std::pair<Vec Problem::*, const Vec*> inputs[] = {{&Problem::q, &r.dq},       {&Problem::k, &r.dk},
                                                             {&Problem::v, &r.dv},       {&Problem::beta, &r.dbeta},
                                                             {&Problem::g, &r.dg},       {&Problem::state_in, &r.dstate_in}};
-    for (const auto& [member, grad] : inputs) {
-      const Vec fd = testing::finite_difference(
-          [&](const Vec& x) {
-            Problem moved = p;
-            moved.*member = x;
-            return loss(moved);
-          },
-          p.*member);
-      EXPECT_LE(testing::normalized_error(fd, *grad), 1e-14) << "documents " << documents;
-    }
+    for (const auto& [member, grad] : inputs)
+      EXPECT_LE(testing::normalized_error(testing::member_finite_difference(loss, p, member), *grad), 1e-14)
+          << "documents " << documents;
   }
 }
 
@@ -382,16 +375,9 @@ TEST(DeltaRuleSummaries, TransitionGradientsMatchFiniteDifferences) {
                                  p.starts.data(), s, wb.view());
   const std::pair<Vec Problem::*, const std::vector<float>*> inputs[] = {
       {&Problem::k, &dk_}, {&Problem::beta, &dbeta}, {&Problem::g, &dg}};
-  for (const auto& [member, grad] : inputs) {
-    const Vec fd = testing::finite_difference(
-        [&](const Vec& x) {
-          Problem moved = p;
-          moved.*member = x;
-          return loss(moved);
-        },
-        p.*member);
-    expect_close(fd, *grad, testing::kFp32Tolerance, "transition gradient");
-  }
+  for (const auto& [member, grad] : inputs)
+    expect_close(testing::member_finite_difference(loss, p, member), *grad, testing::kFp32Tolerance,
+                 "transition gradient");
 }
 
 TEST(DeltaRuleShapes, BadShapesAreRefused) {

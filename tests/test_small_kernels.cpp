@@ -30,29 +30,7 @@ using namespace lasp::testing;
 
 namespace {
 
-constexpr double kFdTolerance = 1e-8;  // fp32 backward against finite differences of the double reference
-
-// Runs `backward` into zeroed gradients (compared with `fd`) and into pre-filled ones (must equal
-// prefill + the zero-run result: accumulation).
-void check_backward(const std::vector<std::vector<double>>& fd,
-                    const std::function<void(std::vector<std::vector<float>>&)>& backward, const std::string& label) {
-  std::vector<std::vector<float>> zero, prefill;
-  for (size_t k = 0; k < fd.size(); ++k) {
-    zero.emplace_back(fd[k].size(), 0.f);
-    prefill.push_back(random_vector(fd[k].size(), 1000 + (uint32_t)k));
-  }
-  auto filled = prefill;
-  backward(zero);
-  backward(filled);
-  for (size_t k = 0; k < fd.size(); ++k) {
-    EXPECT_LE(normalized_error(fd[k], zero[k]), kFdTolerance) << label << ", gradient " << k << " vs FD";
-    std::vector<double> expected(fd[k].size());
-    for (size_t i = 0; i < expected.size(); ++i) expected[i] = (double)prefill[k][i] + zero[k][i];
-    EXPECT_LE(normalized_error(expected, filled[k]), kFp32Tolerance) << label << ", gradient " << k << " accumulates";
-  }
-}
-
-// check_backward for a kernel with a GradStore argument, then GradStore::overwrite into pre-filled buffers:
+// check_backward (testing.h) for a kernel with a GradStore argument, then GradStore::overwrite into pre-filled buffers:
 // the first `overwritten` gradients must equal the zero-run result whatever they held, the rest accumulate.
 void check_backward_stores(const std::vector<std::vector<double>>& fd,
                            const std::function<void(std::vector<std::vector<float>>&, GradStore)>& backward,

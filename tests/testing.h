@@ -92,6 +92,18 @@ inline std::vector<double> finite_difference(const std::function<double(const st
   return g;
 }
 
+// The same in the values of one member of a problem p (the others fixed): loss(p) as a function of p.*member.
+template <class P, class F>
+std::vector<double> member_finite_difference(const F& loss, const P& p, std::vector<double> P::*member) {
+  return finite_difference(
+      [&](const std::vector<double>& x) {
+        P moved = p;
+        moved.*member = x;
+        return loss(moved);
+      },
+      p.*member);
+}
+
 // Runs a shell command; its exit status (128 + signal if killed) and its stdout and stderr together.
 struct CommandResult {
   int status;
@@ -112,5 +124,27 @@ using lasp::TempDir;
 
 // fp32 results against a double reference: mse(a,b)/mse(a,0) must stay within this.
 constexpr double kFp32Tolerance = 1e-10;
+
+// Runs `backward` into zeroed gradients (compared with the finite differences `fd`: 1e-8 normalized, an fp32
+// backward against the double reference's) and into pre-filled ones (which must equal prefill + the zero-run
+// result: the backward accumulates).
+inline void check_backward(const std::vector<std::vector<double>>& fd,
+                           const std::function<void(std::vector<std::vector<float>>&)>& backward,
+                           const std::string& label) {
+  std::vector<std::vector<float>> zero, prefill;
+  for (size_t k = 0; k < fd.size(); ++k) {
+    zero.emplace_back(fd[k].size(), 0.f);
+    prefill.push_back(random_vector(fd[k].size(), 1000 + (uint32_t)k));
+  }
+  auto filled = prefill;
+  backward(zero);
+  backward(filled);
+  for (size_t k = 0; k < fd.size(); ++k) {
+    EXPECT_LE(normalized_error(fd[k], zero[k]), 1e-8) << label << ", gradient " << k << " vs FD";
+    std::vector<double> expected(fd[k].size());
+    for (size_t i = 0; i < expected.size(); ++i) expected[i] = (double)prefill[k][i] + zero[k][i];
+    EXPECT_LE(normalized_error(expected, filled[k]), kFp32Tolerance) << label << ", gradient " << k << " accumulates";
+  }
+}
 
 }  // namespace lasp::testing

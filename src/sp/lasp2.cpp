@@ -458,11 +458,13 @@ std::vector<float> Lasp2Attention::final_state(int layer) const {
 
 bool Lasp2Attention::conv_halo(int, float* halo, const float* x, int C, int K) {
   LASP_CHECK(delta_, "LASP-2: a convolution halo asked of an attention without the gated delta rule");
-  return delta_->conv_halo(halo, x, C, K, softmax_.documents());
+  const SpDocuments& docs = softmax_.documents();
+  return delta_->halo().forward(halo, x, docs.empty() ? nullptr : docs.local.starts.data(), C, K);
 }
 
 void Lasp2Attention::conv_halo_backward(int, float* dx, const float* dhalo, int C, int K) {
-  delta_->conv_halo_backward(dx, dhalo, C, K, softmax_.documents());
+  const SpDocuments& docs = softmax_.documents();
+  delta_->halo().backward(dx, dhalo, docs.empty() ? nullptr : docs.local.starts.data(), C, K);
 }
 
 std::vector<float> Lasp2Attention::keys_in_order(int layer, bool values) const {

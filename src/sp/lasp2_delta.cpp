@@ -4,16 +4,13 @@
 
 #include "core/check.h"
 #include "kernels/delta_rule.h"
-#include "kernels/short_conv.h"
 
 namespace lasp {
 
 Lasp2Delta::Lasp2Delta(Comm& sp, const AttentionShape& shape, int global_N, SpLayout layout, int layers,
                        StatePassingKind passing, int slices)
-    : sp_(sp), s_(shape), W_(sp.size()), rank_(sp.rank()), HV_(shape.value_heads()) {
-  LASP_CHECK(layout == SpLayout::contiguous, "decay gdn across ranks needs the contiguous layout (--sp-layout "
-             "contiguous): a zigzag rank's two pieces are not neighbours, and its short convolutions would need two "
-             "halos");
+    : sp_(sp), s_(shape), W_(sp.size()), rank_(sp.rank()), HV_(shape.value_heads()),
+      halo_(sp, shape.B, shape.N, layout) {
   mine_ = sp_pieces(global_N, W_, rank_, layout);
   owner_ = sp_piece_owners(global_N, W_, layout);
   piece_len_ = mine_[0].length;
@@ -105,29 +102,6 @@ void Lasp2Delta::backward(int layer, float* dq, float* dk, float* dv, const floa
                           gates.beta + gt, gates.log_gates + gt, first_piece(i) ? nullptr : P.data() + state_at(i, b),
                           docs.flags(b, t0), piece, ws_.view());
     }
-}
-
-bool Lasp2Delta::conv_halo(float* halo, const float* x, int C, int K, const SpDocuments& docs) {
-  LASP_CHECK(s_.N >= K - 1, "decay gdn: each rank needs at least conv_size - 1 = {} tokens for the short "
-             "convolutions' halo, found {} (a shorter --seq-len per rank, or a smaller conv_size)", K - 1, s_.N);
-  const size_t n = size_t(s_.B) * (K - 1) * C;
-  const bool next = rank_ + 1 < W_, prev = rank_ > 0;
-  tail_.resize(n);
-  if (next) short_conv_tail(tail_.data(), x, nullptr, docs.empty() ? nullptr : docs.local.starts.data(), s_.B, s_.N, C, K);
-  sp_.send_recv(next ? tail_.data() : nullptr, next ? n : 0, next ? rank_ + 1 : -1, prev ? halo : nullptr,
-                prev ? n : 0, prev ? rank_ - 1 : -1);
-  return prev;
-}
-
-void Lasp2Delta::conv_halo_backward(float* dx, const float* dhalo, int C, int K, const SpDocuments& docs) {
-  const size_t n = size_t(s_.B) * (K - 1) * C;
-  const bool next = rank_ + 1 < W_, prev = rank_ > 0;
-  tail_.resize(n);
-  sp_.send_recv(prev ? dhalo : nullptr, prev ? n : 0, prev ? rank_ - 1 : -1, next ? tail_.data() : nullptr,
-                next ? n : 0, next ? rank_ + 1 : -1);
-  if (next)
-    short_conv_tail_backward(dx, nullptr, tail_.data(), docs.empty() ? nullptr : docs.local.starts.data(), s_.B, s_.N,
-                             C, K);
 }
 
 double Lasp2Delta::memory_floats(int linear_layers) const {

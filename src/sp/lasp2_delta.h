@@ -7,16 +7,14 @@
 //   backward: per piece dP^own (the gradient of its own outputs at P_r, from nothing at its end), passed with
 //             the adjoint transitions A_r^T the other way; G_r, the gradient of the state leaving each piece;
 //             then the piece's backward from P_r with G_r at its end, which gives every gradient.
-// The short convolutions' halo (Attention::conv_halo): the K-1 projected rows before this rank's tokens come
-// from the previous rank (zero before their document's start), point to point; their gradient goes back.
-// Contiguous layout only: a zigzag rank holds two pieces that are not neighbours, whose convolutions would need
-// two halos.
+// The short convolutions' halo (Attention::conv_halo): sp/conv_halo.h; the contiguous layout only.
 #pragma once
 #include <memory>
 #include <vector>
 
 #include "comm/comm.h"
 #include "model/attention.h"
+#include "sp/conv_halo.h"
 #include "sp/documents.h"
 #include "sp/grid.h"
 #include "sp/state_passing.h"
@@ -33,8 +31,7 @@ class Lasp2Delta {
   // Accumulates into dq, dk, dv; writes the gates' gradients (gates.d_beta, gates.d_log_gates).
   void backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                 const float* v, const LinearGates& gates, const SpDocuments& docs);
-  bool conv_halo(float* halo, const float* x, int C, int K, const SpDocuments& docs);
-  void conv_halo_backward(float* dx, const float* dhalo, int C, int K, const SpDocuments& docs);
+  ConvHalo& halo() { return halo_; }
   bool holds(int layer) const { return !incoming_.at(layer).empty(); }
   void keep_decode_state(bool keep) { keep_ = keep; }
   const std::vector<float>& final_state(int layer) const { return final_states_.at(layer); }
@@ -50,7 +47,7 @@ class Lasp2Delta {
   WorkspaceBuffer ws_{0};
   std::vector<float> send_, suffix_, transitions_;  // (pieces, B, HV, dk, dv) twice; (pieces, B, HV, dk, dk)
   std::vector<std::vector<float>> incoming_;        // per layer: P of each local piece
-  std::vector<float> tail_;                         // the halo's rows on their way
+  ConvHalo halo_;                                   // the short convolutions' halo
   bool keep_ = false;
   std::vector<std::vector<float>> final_states_;
 

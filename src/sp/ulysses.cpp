@@ -13,6 +13,7 @@ UlyssesAttention::UlyssesAttention(Comm& sp, const AttentionShape& shape, int gl
     : sp_(sp), s_(shape), N_(global_N), W_(sp.size()), hg_(0), layout_(layout), saved_(layers) {
   LASP_CHECK(shape.H % W_ == 0, "ulysses: the {} attention heads must divide evenly over the {} sp ranks", shape.H, W_);
   hg_ = shape.H / W_;
+  if (shape.delta) halo_ = std::make_unique<ConvHalo>(sp, shape.B, shape.N, layout);
   positions_ = sp_positions(global_N, W_, sp.rank(), layout);
   for (int r = 0; r < W_; ++r) rank_positions_.push_back(sp_positions(global_N, W_, r, layout));
   all_positions_.resize(global_N);
@@ -22,7 +23,9 @@ UlyssesAttention::UlyssesAttention(Comm& sp, const AttentionShape& shape, int gl
                                gla_forward_workspace_floats(gla_shape()), gla_backward_workspace_floats(gla_shape()),
                                linear_attention_backward_workspace_floats(full),
                                linear_attention_bidirectional_workspace_floats(full),
-                               softmax_attention_workspace_floats(global_N, global_N, shape.d, shape.threads)}));
+                               softmax_attention_workspace_floats(global_N, global_N, shape.d, shape.threads),
+                               shape.delta ? delta_rule_forward_workspace_floats(delta_shape()) : size_t(0),
+                               shape.delta ? delta_rule_backward_workspace_floats(delta_shape()) : size_t(0)}));
 }
 
 // Each layer keeps its head-sharded q, k, v, o (and lse) over the whole sequence; the backward's
@@ -85,7 +88,18 @@ std::vector<float> UlyssesAttention::expand_kv(const float* x) const {
   return out;
 }
 
+bool UlyssesAttention::conv_halo(int, float* halo, const float* x, int C, int K) {
+  LASP_CHECK(halo_, "ulysses: a convolution halo asked of an attention made without the gated delta rule");
+  return halo_->forward(halo, x, local_starts_.empty() ? nullptr : local_starts_.data(), C, K);
+}
+
+void UlyssesAttention::conv_halo_backward(int, float* dx, const float* dhalo, int C, int K) {
+  halo_->backward(dx, dhalo, local_starts_.empty() ? nullptr : local_starts_.data(), C, K);
+}
+
 void UlyssesAttention::set_documents(const uint8_t* starts) {
+  if (starts) local_starts_.assign(starts, starts + size_t(s_.B) * s_.N);
+  else local_starts_.clear();
   const SpDocuments gathered = gather_documents(sp_, starts, s_.B, s_.N, N_, layout_);
   docs_ = gathered.empty() ? Documents{} : documents_at(gathered.all.data(), s_.B, N_, all_positions_.data(), N_);
 }
@@ -93,12 +107,18 @@ void UlyssesAttention::set_documents(const uint8_t* starts) {
 void UlyssesAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                       const LinearGates& gates) {
   const float* lambda = gates.lambda;
+  const int HV = s_.value_heads();
   Saved& sv = saved_[layer];
   to_heads(q, s_.H, s_.qk_width(), sv.q);
   to_heads(k, s_.H, s_.qk_width(), sv.k);
-  to_heads(v, s_.H, s_.dv, sv.v);
+  to_heads(v, HV, s_.dv, sv.v);
   std::vector<float> of(sv.v.size());
-  if (gates.gla()) {  // GLA's log-gates travel with the queries: a fourth all-to-all
+  if (gates.delta()) {  // beta and the log-gates travel with the values: two more all-to-alls
+    to_heads(gates.beta, HV, 1, sv.beta);
+    to_heads(gates.log_gates, HV, 1, sv.g);
+    delta_rule_forward(of.data(), nullptr, sv.q.data(), sv.k.data(), sv.v.data(), sv.beta.data(), sv.g.data(), nullptr,
+                       docs_.start_flags(), delta_shape(), ws_.view());
+  } else if (gates.gla()) {  // GLA's log-gates travel with the queries: a fourth all-to-all
     to_heads(gates.log_gates, s_.H, s_.dk, sv.g);
     gla_forward(of.data(), nullptr, sv.q.data(), sv.k.data(), sv.v.data(), sv.g.data(), nullptr, docs_.start_flags(),
                 gla_shape(), ws_.view());
@@ -107,16 +127,24 @@ void UlyssesAttention::linear_forward(int layer, float* o, const float* q, const
                              lambda ? lambda + sp_.rank() * hg_ : nullptr, docs_.start_flags(), linear_shape(),
                              ws_.view());
   }
-  to_sequence(of, s_.H, s_.dv, o, false);
+  to_sequence(of, HV, s_.dv, o, false);
 }
 
 void UlyssesAttention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float*,
                                        const float*, const float*, const LinearGates& gates) {
   const float* lambda = gates.lambda;
+  const int HV = s_.value_heads();
   const Saved& sv = saved_[layer];
   std::vector<float> dof, dqf(sv.q.size(), 0.f), dkf(sv.k.size(), 0.f), dvf(sv.v.size(), 0.f);
-  to_heads(dout, s_.H, s_.dv, dof);
-  if (gates.gla()) {
+  to_heads(dout, HV, s_.dv, dof);
+  if (gates.delta()) {
+    std::vector<float> dbf(sv.beta.size(), 0.f), dgf(sv.g.size(), 0.f);
+    delta_rule_backward(dqf.data(), dkf.data(), dvf.data(), dbf.data(), dgf.data(), nullptr, dof.data(), nullptr,
+                        sv.q.data(), sv.k.data(), sv.v.data(), sv.beta.data(), sv.g.data(), nullptr,
+                        docs_.start_flags(), delta_shape(), ws_.view());
+    to_sequence(dbf, HV, 1, gates.d_beta, false);
+    to_sequence(dgf, HV, 1, gates.d_log_gates, false);
+  } else if (gates.gla()) {
     std::vector<float> dgf(sv.q.size());
     gla_backward(dqf.data(), dkf.data(), dvf.data(), dgf.data(), nullptr, dof.data(), nullptr, sv.q.data(),
                  sv.k.data(), sv.v.data(), sv.g.data(), nullptr, docs_.start_flags(), gla_shape(), ws_.view());
@@ -128,7 +156,7 @@ void UlyssesAttention::linear_backward(int layer, float* dq, float* dk, float* d
   }
   to_sequence(dqf, s_.H, s_.qk_width(), dq, true);
   to_sequence(dkf, s_.H, s_.qk_width(), dk, true);
-  to_sequence(dvf, s_.H, s_.dv, dv, true);
+  to_sequence(dvf, HV, s_.dv, dv, true);
 }
 
 void UlyssesAttention::linear_bidirectional_forward(int layer, float* o, const float* q, const float* k, const float* v) {

@@ -3,11 +3,16 @@
 // linear kernel or the tiled softmax kernel), and an all-to-all turns the output back. Backward: the same
 // all-to-alls for the output gradient and the q, k, v gradients. Needs H divisible by W; the key/value
 // heads of softmax layers are replicated to H heads before the exchange (and their gradients summed back).
+// The gated delta rule (decay gdn): its HV value heads, beta and log-gates travel with the values (H and HV
+// divide evenly over the ranks, so each rank's value heads read its own q/k heads); its short convolutions take
+// their halo from the previous rank (sp/conv_halo.h, contiguous layout).
 #pragma once
+#include <memory>
 #include <vector>
 
 #include "comm/comm.h"
 #include "model/attention.h"
+#include "sp/conv_halo.h"
 #include "sp/documents.h"
 #include "sp/grid.h"
 
@@ -28,6 +33,8 @@ class UlyssesAttention : public Attention {
   void linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                                      const float* k, const float* v) override;
   // lse is not used: the softmax statistics live with the head-sharded output, kept here for the backward.
+  bool conv_halo(int conv, float* halo, const float* x, int C, int K) override;
+  void conv_halo_backward(int conv, float* dx, const float* dhalo, int C, int K) override;
   void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override;
   void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,
                         const float* lse, const float* q, const float* k, const float* v) override;
@@ -41,11 +48,14 @@ class UlyssesAttention : public Attention {
   std::vector<int> all_positions_;                 // 0 .. N-1
   SpLayout layout_;
   Documents docs_;                                 // of the whole sequence, (B, N)
+  std::vector<uint8_t> local_starts_;              // this rank's (B, N_local), empty without documents
+  std::unique_ptr<ConvHalo> halo_;                 // decay gdn
   WorkspaceBuffer ws_{0};
   std::vector<float> send_, recv_;
   struct Saved {
     std::vector<float> q, k, v, o, lse;  // head-sharded, (B, N, hg, width); lse (B, hg, N)
-    std::vector<float> g;                // GLA's log-gates, head-sharded like q
+    std::vector<float> g;                // GLA's log-gates, head-sharded like q; gdn's, like v
+    std::vector<float> beta;             // gdn: head-sharded like v
   };
   std::vector<Saved> saved_;
 
@@ -58,6 +68,9 @@ class UlyssesAttention : public Attention {
   // The kernels' shapes after the exchange: this rank's hg_ heads over the whole sequence.
   LinearAttentionShape linear_shape() const { return s_.linear_kernel(s_.B, N_, hg_); }
   LinearAttentionShape gla_shape() const { return s_.gla_kernel(s_.B, N_, hg_); }
+  DeltaRuleShape delta_shape() const {
+    return {s_.B, N_, hg_, s_.value_heads() / W_, s_.dk, s_.dv, kDeltaBlock, s_.threads};
+  }
   SoftmaxAttentionShape softmax_shape() const { return lasp::softmax_shape(s_.B, N_, N_, hg_, hg_, s_.d, s_.threads); }
 };
 

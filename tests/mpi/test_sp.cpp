@@ -916,12 +916,13 @@ std::vector<ModelCase> model_cases() {
         cases.push_back({"LLLL", Decay::lightning, layout, dp, "lasp2", 5, true});
         cases.push_back({"LLLN", Decay::retention, layout, dp, "lasp2", 7, true});
       }
-      // The gated delta rule (DELTA.md): (A_r, B_r) pairs and the convolutions' halo, GVA; documents on piece
-      // boundaries and inside pieces. Zigzag and the methods without full transitions refuse it.
+      // The gated delta rule (DELTA.md): (A_r, B_r) pairs (the LASP-2 family), the state's chain (LASP-1) or whole
+      // heads (Ulysses), and the convolutions' halo, GVA; documents on piece boundaries and inside pieces. Zigzag
+      // and the methods without full transitions (ring, allgather) refuse it.
       cases.push_back({"LLLL", Decay::gdn, layout, dp, "lasp2"});
       cases.push_back({"LLLN", Decay::gdn, layout, dp, "lasp2", 0, true});
       if (dp == 1)
-        for (const char* method : {"exscan", "allscan", "lasp1", "ulysses"}) {
+        for (const char* method : {"exscan", "allscan", "lasp1", "ulysses", "ring", "allgather"}) {
           cases.push_back({"LLLL", Decay::gdn, layout, dp, method, 0, true});
           cases.push_back({"NLNL", Decay::gdn, layout, dp, method});
         }

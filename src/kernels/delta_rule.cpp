@@ -34,7 +34,9 @@ struct Scratch {
   float *u, *vp, *o;                   // (cb, width): U; V' = U - W S; O
   float *state, *tmp, *bt;             // (dk, width) S; (cb, max(dk, width)); product_bt's transposed operand
   // backward
-  float *dO, *dvp, *dr, *dz, *dq, *dk, *dv, *dp, *dl, *dbeta, *dc, *dstate, *kept;
+  float *dO, *dvp, *dr, *dz, *dq, *dk, *dv, *dp, *dl, *dbeta, *dc, *dstate, *colsum;
+  // each chunk's incoming S, and its lk, t, w and vp: in the backward those point at the chunk's here
+  float *kept, *kept_lk, *kept_t, *kept_w, *kept_vp;
   const uint8_t* flags;  // the chunk's starts, or null
 };
 
@@ -46,17 +48,20 @@ Scratch carve(Carver& c, const DeltaRuleShape& s, int width, bool backward) {
   Scratch x{};
   x.q = c.take(cb * dk), x.k = c.take(cb * dk), x.v = c.take(cb * width);
   for (float** part : {&x.beta, &x.alpha, &x.gamma, &x.kdec}) *part = c.take(cb);
-  for (float** part : {&x.ld, &x.lk, &x.t, &x.p}) *part = c.take(cb * cb);
-  x.w = c.take(cb * dk), x.kt = c.take(cb * dk);
-  for (float** part : {&x.u, &x.vp, &x.o}) *part = c.take(cb * width);
+  x.ld = c.take(cb * cb), x.p = c.take(cb * cb), x.kt = c.take(cb * dk), x.u = c.take(cb * width);
+  if (!backward) x.lk = c.take(cb * cb), x.t = c.take(cb * cb), x.w = c.take(cb * dk), x.vp = c.take(cb * width);
+  x.o = c.take(cb * width);
   x.state = c.take(dk * width), x.tmp = c.take(cb * wide), x.bt = c.take(std::max(cb, dk) * wide);
   if (backward) {
     for (float** part : {&x.dO, &x.dvp, &x.dr, &x.dv}) *part = c.take(cb * width);
     for (float** part : {&x.dz, &x.dq, &x.dk}) *part = c.take(cb * dk);
     x.dp = c.take(cb * cb), x.dl = c.take(cb * cb);
-    x.dbeta = c.take(cb), x.dc = c.take(cb);
+    x.dbeta = c.take(cb), x.dc = c.take(cb), x.colsum = c.take(cb);
     x.dstate = c.take(dk * width);
-    x.kept = c.take(size_t(chunk_count(s)) * dk * width);
+    const size_t chunks = chunk_count(s);
+    x.kept = c.take(chunks * dk * width);
+    x.kept_lk = c.take(chunks * cb * cb), x.kept_t = c.take(chunks * cb * cb);
+    x.kept_w = c.take(chunks * cb * dk), x.kept_vp = c.take(chunks * cb * width);
   }
   return x;
 }
@@ -88,10 +93,50 @@ float dot(const float* a, const float* b, long n) {
 
 // C (M x N) = alpha A B^T + beta C for dense A (M x K) and B (N x K). The small register-blocked product reads B only
 // as stored, so B goes through bt transposed; without it oneDNN reads B^T in place.
-void product_bt(int M, int N, int K, float alpha, const float* A, const float* B, float* bt, float beta, float* C) {
+// c_upper: only C's lower triangle is needed (the rest may keep anything).
+void product_bt(int M, int N, int K, float alpha, const float* A, const float* B, float* bt, float beta, float* C,
+                Skip skip = Skip::none) {
   if (!gemm_small_available()) return gemm(false, true, M, N, K, alpha, A, K, B, K, beta, C, N);
   transpose(bt, N, B, K, N, K);
-  gemm(false, false, M, N, K, alpha, A, K, bt, N, beta, C, N);
+  gemm(false, false, M, N, K, alpha, A, K, bt, N, beta, C, N, nullptr, skip);
+}
+
+// a (n x n) = a .* ld on and below the diagonal (strictly below when `strict`), 0 above it: whatever a held there.
+void mask_lower(float* a, const float* ld, int n, bool strict) {
+  for (int i = 0; i < n; ++i) {
+    float* row = a + long(i) * n;
+    const float* l = ld + long(i) * n;
+    const int end = strict ? i : i + 1;
+#pragma omp simd
+    for (int j = 0; j < end; ++j) row[j] *= l[j];
+    std::fill(row + end, row + n, 0.f);
+  }
+}
+
+// T = (I + diag(beta) L_k)^-1, unit lower triangular, by forward substitution in blocks of 16 rows: a block's rows
+// take the rows above it in one product, T[I, :] = -Lb[I, <I] T[<I, :] (zero right of the block, as the rows above
+// are), then each other's in order. lb: scratch (n x n) for Lb = diag(beta) L_k.
+void solve_t(float* t, float* lb, const float* lk, const float* beta, int n) {
+  for (int i = 0; i < n; ++i)
+#pragma omp simd
+    for (int j = 0; j < i; ++j) lb[long(i) * n + j] = beta[i] * lk[long(i) * n + j];
+  constexpr int kRows = 16;
+  for (int r0 = 0; r0 < n; r0 += kRows) {
+    const int r1 = std::min(n, r0 + kRows);
+    float* rows = t + long(r0) * n;
+    if (r0) gemm(false, false, r1 - r0, n, r0, -1.f, lb + long(r0) * n, n, t, n, 0.f, rows, n);
+    else std::fill(rows, rows + long(r1) * n, 0.f);
+    for (int i = r0; i < r1; ++i) {
+      float* row = t + long(i) * n;
+      row[i] = 1.f;
+      for (int m = r0; m < i; ++m) {
+        const float a = lb[long(i) * n + m];
+        const float* tm = t + long(m) * n;
+#pragma omp simd
+        for (int j = 0; j <= m; ++j) row[j] -= a * tm[j];
+      }
+    }
+  }
 }
 
 // x = rows [t0, t0 + n) of a strided tensor, dense (n, width); zeros for a null tensor.
@@ -111,8 +156,9 @@ void add_rows(float* dst, long ld, const float* x, int t0, int n, int width) {
 }
 
 // Reads the chunk [t0, t0 + n) and computes what depends on it alone (DELTA.md "Chunkwise form"): the decay factors,
-// L_k, T = (I + diag(beta) L_k)^-1, W = T diag(beta gamma) K and U = T diag(beta) V.
-void chunk_factors(Scratch& x, const Stream& st, int t0, int n, int dk, int width) {
+// L_k, T = (I + diag(beta) L_k)^-1, W = T diag(beta gamma) K and U = T diag(beta) V; with `decays_only` (the
+// backward's reverse sweep, which finds the chunk's L_k, T, W and V' kept) only the decay factors and K~.
+void chunk_factors(Scratch& x, const Stream& st, int t0, int n, int dk, int width, bool decays_only = false) {
   if (st.q) gather(x.q, st.q, st.kld, t0, n, dk);
   gather(x.k, st.k, st.kld, t0, n, dk);
   gather(x.v, st.v, st.vld, t0, n, width);
@@ -126,35 +172,25 @@ void chunk_factors(Scratch& x, const Stream& st, int t0, int n, int dk, int widt
   for (int i = 0; i < n; ++i) x.gamma[i] = run = gla_gate_product(run, x.alpha[i]);
   x.kdec[n - 1] = 1.f;
   for (int j = n - 2; j >= 0; --j) x.kdec[j] = gla_gate_product(x.kdec[j + 1], x.alpha[j + 1]);
+  // Row by row down the columns: Ld_ij = alpha_i Ld_(i-1)j for j < i
   for (int i = 0; i < n; ++i) {
     float* row = x.ld + long(i) * n;
-    row[i] = 1.f;
-    for (int j = i - 1; j >= 0; --j) row[j] = gla_gate_product(row[j + 1], x.alpha[j + 1]);
-    std::fill(row + i + 1, row + n, 0.f);
-  }
-  product_bt(n, n, dk, 1.f, x.k, x.k, x.bt, 0.f, x.lk);
-  for (int i = 0; i < n; ++i) {
-    float* row = x.lk + long(i) * n;
-    for (int j = 0; j < i; ++j) row[j] *= x.ld[long(i) * n + j];
-    std::fill(row + i, row + n, 0.f);
-  }
-  // Forward substitution, B^3 / 6: row i of T = e_i - sum_{m < i} beta_i L_k[i][m] (row m of T), zero beyond m.
-  for (int i = 0; i < n; ++i) {
-    float* row = x.t + long(i) * n;
-    std::fill(row, row + n, 0.f);
-    row[i] = 1.f;
-    for (int m = 0; m < i; ++m) {
-      const float a = x.beta[i] * x.lk[long(i) * n + m];
-      const float* tm = x.t + long(m) * n;
+    const float* above = row - n;
+    const float a = x.alpha[i];
 #pragma omp simd
-      for (int j = 0; j <= m; ++j) row[j] -= a * tm[j];
-    }
+    for (int j = 0; j < i; ++j) row[j] = gla_gate_product(above[j], a);
+    row[i] = 1.f;
+    std::fill(row + i + 1, row + n, 0.f);
   }
   for (int i = 0; i < n; ++i) {
     const float bg = x.beta[i] * x.gamma[i], kd = x.kdec[i];
 #pragma omp simd
     for (int j = 0; j < dk; ++j) x.tmp[i * dk + j] = bg * x.k[i * dk + j], x.kt[i * dk + j] = kd * x.k[i * dk + j];
   }
+  if (decays_only) return;
+  product_bt(n, n, dk, 1.f, x.k, x.k, x.bt, 0.f, x.lk, Skip::c_upper);
+  mask_lower(x.lk, x.ld, n, true);
+  solve_t(x.t, x.p, x.lk, x.beta, n);
   gemm(false, false, n, dk, n, 1.f, x.t, n, x.tmp, dk, 0.f, x.w, dk, nullptr, Skip::a_upper);
   if (!st.v) return std::fill(x.u, x.u + long(n) * width, 0.f);
   for (int i = 0; i < n; ++i)
@@ -163,13 +199,16 @@ void chunk_factors(Scratch& x, const Stream& st, int t0, int n, int dk, int widt
   gemm(false, false, n, width, n, 1.f, x.t, n, x.tmp, width, 0.f, x.u, width, nullptr, Skip::a_upper);
 }
 
-// V' = U - W S (the values net of what the decayed S already predicts) and, with q, the scores P = (Q K^T) .* Ld.
-void chunk_values(Scratch& x, const float* S, bool scores, int n, int dk, int width) {
+// V' = U - W S: the values net of what the decayed S already predicts.
+void chunk_values(Scratch& x, const float* S, int n, int dk, int width) {
   std::memcpy(x.vp, x.u, sizeof(float) * n * width);
   gemm(false, false, n, width, dk, -1.f, x.w, dk, S, width, 1.f, x.vp, width);
-  if (!scores) return;
-  product_bt(n, n, dk, 1.f, x.q, x.k, x.bt, 0.f, x.p);
-  for (long e = 0; e < long(n) * n; ++e) x.p[e] *= x.ld[e];
+}
+
+// The scores P = (Q K^T) .* Ld.
+void chunk_scores(Scratch& x, int n, int dk) {
+  product_bt(n, n, dk, 1.f, x.q, x.k, x.bt, 0.f, x.p, Skip::c_upper);
+  mask_lower(x.p, x.ld, n, false);
 }
 
 // O = diag(gamma) Q S + P V' (after chunk_values).
@@ -183,9 +222,7 @@ void chunk_outputs(Scratch& x, const float* S, int n, int dk, int width) {
 
 // S <- gamma_end S + K~^T V': the state leaving the chunk.
 void chunk_advance(Scratch& x, float* S, int n, int dk, int width) {
-  const float last = x.gamma[n - 1];
-  for (long e = 0; e < long(dk) * width; ++e) S[e] *= last;
-  gemm(true, false, dk, width, n, 1.f, x.kt, dk, x.vp, width, 1.f, S, width);
+  gemm(true, false, dk, width, n, 1.f, x.kt, dk, x.vp, width, x.gamma[n - 1], S, width);
 }
 
 // The chunk's gradients (DELTA.md "Chunkwise backward") after chunk_factors and chunk_values from its incoming
@@ -210,14 +247,22 @@ void chunk_backward(Scratch& x, const float* S, bool outputs, bool values, int n
       for (int j = 0; j < dk; ++j) dqi[j] *= x.gamma[i];
     }
     // E = (dO V'^T) .* Ld; the scores' share of dc: rowsum - colsum of (dO V'^T) .* P
-    product_bt(n, n, width, 1.f, x.dO, x.vp, x.bt, 0.f, x.dp);
-    for (int i = 0; i < n; ++i)
-      for (int j = 0; j < n; ++j) {
-        float& e = x.dp[long(i) * n + j];
-        const float share = e * x.p[long(i) * n + j];
-        x.dc[i] += share, x.dc[j] -= share;
-        e *= x.ld[long(i) * n + j];
+    product_bt(n, n, width, 1.f, x.dO, x.vp, x.bt, 0.f, x.dp, Skip::c_upper);
+    std::fill(x.colsum, x.colsum + n, 0.f);
+    for (int i = 0; i < n; ++i) {
+      float* e = x.dp + long(i) * n;
+      const float *p = x.p + long(i) * n, *l = x.ld + long(i) * n;
+      float row = 0.f;
+#pragma omp simd reduction(+ : row)
+      for (int j = 0; j <= i; ++j) {
+        const float share = e[j] * p[j];
+        row += share, x.colsum[j] += share;
+        e[j] *= l[j];
       }
+      x.dc[i] += row;
+      std::fill(e + i + 1, e + n, 0.f);
+    }
+    for (int j = 0; j < n; ++j) x.dc[j] -= x.colsum[j];
     gemm(false, false, n, dk, n, 1.f, x.dp, n, x.k, dk, 1.f, x.dq, dk, nullptr, Skip::a_upper);
     gemm(true, false, n, dk, n, 1.f, x.dp, n, x.q, dk, 1.f, x.dk, dk, nullptr, Skip::a_lower);
   }
@@ -252,30 +297,31 @@ void chunk_backward(Scratch& x, const float* S, bool outputs, bool values, int n
   }
   // dL_k = strictly_lower(-dR V'^T), L = diag(beta) L_k with L_k = (K K^T) .* Ld: X = diag(beta) (dL_k .* Ld) is
   // the gradient of K K^T (dK += X K + X^T K), Y = dL_k .* L that of the log-gates (rowsum - colsum)
-  product_bt(n, n, width, -1.f, x.dr, x.vp, x.bt, 0.f, x.dl);
-  for (int i = 0; i < n; ++i)
-    for (int j = 0; j < n; ++j) {
-      float& d = x.dl[long(i) * n + j];
-      if (j >= i) {
-        d = 0.f;
-        continue;
-      }
-      const float lk = x.lk[long(i) * n + j], y = x.beta[i] * d * lk;
-      x.dbeta[i] += d * lk, x.dc[i] += y, x.dc[j] -= y;
-      d *= x.beta[i] * x.ld[long(i) * n + j];
+  product_bt(n, n, width, -1.f, x.dr, x.vp, x.bt, 0.f, x.dl, Skip::c_upper);
+  std::fill(x.colsum, x.colsum + n, 0.f);
+  for (int i = 0; i < n; ++i) {
+    float* d = x.dl + long(i) * n;
+    const float *lk = x.lk + long(i) * n, *l = x.ld + long(i) * n, b = x.beta[i];
+    float row = 0.f;
+#pragma omp simd reduction(+ : row)
+    for (int j = 0; j < i; ++j) {
+      const float y = d[j] * lk[j];
+      row += y, x.colsum[j] += b * y;
+      d[j] *= b * l[j];
     }
+    x.dbeta[i] += row, x.dc[i] += b * row;
+    std::fill(d + i, d + n, 0.f);
+  }
+  for (int j = 0; j < n; ++j) x.dc[j] -= x.colsum[j];
   gemm(false, false, n, dk, n, 1.f, x.dl, n, x.k, dk, 1.f, x.dk, dk, nullptr, Skip::a_upper);
   gemm(true, false, n, dk, n, 1.f, x.dl, n, x.k, dk, 1.f, x.dk, dk, nullptr, Skip::a_lower);
   // dS <- gamma_end dS + (diag(gamma) Q)^T dO - W^T dV'
-  const float last = x.gamma[n - 1];
-  for (long e = 0; e < long(dk) * width; ++e) dS[e] *= last;
-  if (outputs) {
-    for (int i = 0; i < n; ++i)
+  gemm(true, false, dk, width, n, -1.f, x.w, dk, x.dvp, width, x.gamma[n - 1], dS, width);
+  if (!outputs) return;
+  for (int i = 0; i < n; ++i)
 #pragma omp simd
-      for (int j = 0; j < dk; ++j) x.tmp[i * dk + j] = x.gamma[i] * x.q[i * dk + j];
-    gemm(true, false, dk, width, n, 1.f, x.tmp, dk, x.dO, width, 1.f, dS, width);
-  }
-  gemm(true, false, dk, width, n, -1.f, x.w, dk, x.dvp, width, 1.f, dS, width);
+    for (int j = 0; j < dk; ++j) x.tmp[i * dk + j] = x.gamma[i] * x.q[i * dk + j];
+  gemm(true, false, dk, width, n, 1.f, x.tmp, dk, x.dO, width, 1.f, dS, width);
 }
 
 // dg += dc summed from the chunk's end (c_i = g_0 + ... + g_i). A start's factors are 0 whatever the log-gates at
@@ -294,8 +340,9 @@ void run_forward(Scratch& x, const Stream& st, float* S, float* o, int N, int bl
   for (int t0 = 0; t0 < N; t0 += block) {
     const int n = std::min(block, N - t0);
     chunk_factors(x, st, t0, n, dk, width);
-    chunk_values(x, S, o != nullptr, n, dk, width);
+    chunk_values(x, S, n, dk, width);
     if (o) {
+      chunk_scores(x, n, dk);
       chunk_outputs(x, S, n, dk, width);
       for (int i = 0; i < n; ++i)
         std::memcpy(o + (long(t0) + i) * st.vld, x.o + long(i) * width, sizeof(float) * width);
@@ -305,27 +352,33 @@ void run_forward(Scratch& x, const Stream& st, float* S, float* o, int N, int bl
 }
 
 // Gradients of the stream from x.state (its incoming state) and x.dstate (the gradient of its outgoing state), which
-// becomes the gradient of the incoming one. A first pass keeps each chunk's incoming state; the second walks the
-// chunks from the last. Outputs accumulate at the stream's rows (dq, dk kld apart, dv vld, dbeta and dg gld; any of
-// dq, dv, dbeta may be null).
+// becomes the gradient of the incoming one. A first pass keeps each chunk's incoming state, L_k, T, W and V'; the
+// second walks the chunks from the last. Outputs accumulate at the stream's rows (dq, dk kld apart, dv vld, dbeta
+// and dg gld; any of dq, dv, dbeta may be null).
 void run_backward(Scratch& x, const Stream& st, float* dq, float* dk, float* dv, float* dbeta, float* dg, int N,
                   int block, int dkey, int width) {
   const long kv = long(dkey) * width;
   const int chunks = (N + block - 1) / block;
+  const long rows = std::min(block, N), tt = rows * rows;
+  auto point = [&](int c) {  // chunk c's kept factors
+    x.lk = x.kept_lk + c * tt, x.t = x.kept_t + c * tt, x.w = x.kept_w + c * rows * dkey;
+    x.vp = x.kept_vp + c * rows * width;
+  };
   for (int c = 0; c < chunks; ++c) {
     const int t0 = c * block, n = std::min(block, N - t0);
     std::memcpy(x.kept + c * kv, x.state, sizeof(float) * kv);
+    point(c);
     chunk_factors(x, st, t0, n, dkey, width);
-    chunk_values(x, x.state, false, n, dkey, width);
+    chunk_values(x, x.state, n, dkey, width);
     chunk_advance(x, x.state, n, dkey, width);
   }
   const bool outputs = st.dout != nullptr;
   for (int c = chunks - 1; c >= 0; --c) {
     const int t0 = c * block, n = std::min(block, N - t0);
     const float* S = x.kept + c * kv;
-    chunk_factors(x, st, t0, n, dkey, width);
-    chunk_values(x, S, outputs, n, dkey, width);
-    if (outputs) gather(x.dO, st.dout, st.vld, t0, n, width);
+    point(c);
+    chunk_factors(x, st, t0, n, dkey, width, true);
+    if (outputs) chunk_scores(x, n, dkey), gather(x.dO, st.dout, st.vld, t0, n, width);
     chunk_backward(x, S, outputs, st.v != nullptr, n, dkey, width);
     if (dq) add_rows(dq, st.kld, x.dq, t0, n, dkey);
     if (dk) add_rows(dk, st.kld, x.dk, t0, n, dkey);

@@ -52,7 +52,8 @@ struct DeltaRuleShape {
 void delta_rule_check_shape(const DeltaRuleShape& s, const char* kernel);
 
 size_t delta_rule_forward_workspace_floats(const DeltaRuleShape& s);
-// The backward keeps each chunk's incoming state for one value head per thread: ceil(N / block) dk dv floats each.
+// The backward keeps, for one value head per thread, each chunk's incoming state (dk dv floats) and its factors from
+// the forward sweep for the reverse one: L_k and T (B floats per token each), W and V' (dk and dv per token).
 size_t delta_rule_backward_workspace_floats(const DeltaRuleShape& s);
 size_t delta_rule_transition_workspace_floats(const DeltaRuleShape& s);
 size_t delta_rule_transition_backward_workspace_floats(const DeltaRuleShape& s);

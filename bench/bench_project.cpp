@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "kernels/delta_rule.h"
 #include "kernels/gemm.h"
 #include "kernels/linear_attention.h"
 #include "kernels/masked_product.h"
@@ -39,6 +40,8 @@ double rate(double flops, F f) {
 
 struct Rates {
   double gemm, linear, masked;  // FLOP/s: projections, chunkwise linear attention (counted), masked product
+  double delta, summary;        // seconds per token and head at d_k = d_v = 128: the gated delta rule's kernel
+                                // (forward + backward), a piece's summary into (A_r, B_r) and its adjoint
 };
 
 Rates measure() {
@@ -70,6 +73,28 @@ Rates measure() {
                               kp.data(), nullptr, 1, C, C, H, d, C + 1, nullptr, threads, ws.view());
     });
   }
+  {  // decay gdn: LASP-2's kernel calls on a piece (sp/lasp2_delta.cpp); beta 0.5, log-gates -0.01
+    const DeltaRuleShape s{1, C, H, H, d, d, kDeltaBlock, threads};
+    WorkspaceBuffer ws(std::max({delta_rule_forward_workspace_floats(s), delta_rule_backward_workspace_floats(s),
+                                 delta_rule_transition_workspace_floats(s)}));
+    std::vector<float> beta(size_t(C) * H, 0.5f), lg(beta.size(), -0.01f), db(beta.size()), dg(beta.size()),
+        state(size_t(H) * d * d), dstate(state.size()), A(state.size());
+    const double per = double(C) * H;
+    r.delta = 1 / rate(per, [&] {
+      delta_rule_forward(o.data(), nullptr, q.data(), k.data(), v.data(), beta.data(), lg.data(), nullptr, nullptr, s,
+                         ws.view());
+      delta_rule_backward(dq.data(), dk.data(), dv.data(), db.data(), dg.data(), nullptr, g.data(), nullptr, q.data(),
+                          k.data(), v.data(), beta.data(), lg.data(), nullptr, nullptr, s, ws.view());
+    });
+    r.summary = 1 / rate(per, [&] {
+      delta_rule_forward(nullptr, state.data(), nullptr, k.data(), v.data(), beta.data(), lg.data(), nullptr, nullptr,
+                         s, ws.view());
+      delta_rule_backward(nullptr, nullptr, nullptr, nullptr, nullptr, dstate.data(), g.data(), nullptr, q.data(),
+                          k.data(), v.data(), beta.data(), lg.data(), state.data(), nullptr, s, ws.view());
+      for (int pass = 0; pass < 2; ++pass)  // A_r in the forward and again in the backward
+        delta_rule_transition(A.data(), k.data(), beta.data(), lg.data(), nullptr, s, ws.view());
+    });
+  }
   return r;
 }
 
@@ -78,15 +103,19 @@ Rates measure() {
 void bench_project(const ProjectOptions& o) {
   std::printf("measuring this machine's compute rates ...\n");
   const Rates r = measure();
-  std::printf("  projections (GEMM) %.1f GFLOP/s, chunkwise linear attention %.1f, masked left product %.1f\n\n",
+  std::printf("  projections (GEMM) %.1f GFLOP/s, chunkwise linear attention %.1f, masked left product %.1f\n",
               r.gemm / 1e9, r.linear / 1e9, r.masked / 1e9);
+  std::printf("  gated delta rule (d_k = d_v = 128): %.2f us per token and head forward + backward, and %.2f more for\n"
+              "  a piece's summary into (A_r, B_r) and its adjoint\n\n", r.delta * 1e6, r.summary * 1e6);
   // Linear-Llama3-1B of the paper.
   const double L = 16, D = 2048, H = 16, d = 128, F = 8192, V = 128256;
   const double dense_flops_per_token = 3 * (L * (2 * D * 4 * D + 2 * 3 * D * F) + 2 * D * V);  // fwd + bwd
 
   double speed = 1;  // compute rates multiplied by this (an accelerator-class device)
   // Every method of the registry (sp/methods.h), each with its own cost of a layer.
-  auto tokens_per_s = [&](const SpMethod& m, double W, double N) {
+  // gdn: the linear layers run the gated delta rule (their extra projections, beta and the log-gates, and the
+  // short convolutions are left out of the dense work: under 1% of it).
+  auto tokens_per_s = [&](const SpMethod& m, double W, double N, bool gdn = false) {
     const double C = N / W;
     const bool crosses = W > o.ranks_per_node;
     LayerCostInputs in{W, N, C, H, d, d, 0, 0, 0, 0};
@@ -94,6 +123,7 @@ void bench_project(const ProjectOptions& o) {
     in.alpha = (crosses ? o.latency_us : 1.0) * 1e-6;
     in.chunked = 3 * 4.0 * C * d * (64 + d) * H / (r.linear * speed);  // per layer, fwd + bwd
     in.masked_block = 7 * 2.0 * C * C * d * H / (r.masked * speed);    // one full C x C block, fwd + bwd
+    if (gdn) in.delta = true, in.chunked = C * H * r.delta / speed, in.summary = C * H * r.summary / speed;
     const double dense = C * dense_flops_per_token / (r.gemm * speed);
     return N / (dense + L * m.layer_seconds(in));
   };
@@ -113,6 +143,18 @@ void bench_project(const ProjectOptions& o) {
       for (double N : {65536.0, 524288.0, 2097152.0, 8388608.0}) {
         std::printf("%6.0f %8.0fK", W, N / 1024);
         for (const SpMethod& m : sp_methods()) std::printf(" %12.0f", tokens_per_s(m, W, N));
+        std::printf("\n");
+      }
+    std::printf("\nthe same with Gated DeltaNet's linear layers (decay gdn: (A_r, B_r) pairs of 16 x 128 x 256 floats,\n"
+                "the summary pass), under the methods with a full transition\n\n%6s %9s", "ranks", "N");
+    for (const SpMethod& m : sp_methods())
+      if (m.runs(Transition::full)) std::printf(" %12s", m.name.c_str());
+    std::printf("\n");
+    for (double W : {16.0, 64.0, 256.0})
+      for (double N : {524288.0, 2097152.0, 8388608.0}) {
+        std::printf("%6.0f %8.0fK", W, N / 1024);
+        for (const SpMethod& m : sp_methods())
+          if (m.runs(Transition::full)) std::printf(" %12.0f", tokens_per_s(m, W, N, true));
         std::printf("\n");
       }
     // The papers' measurements beside the projection at their sizes.

@@ -92,7 +92,7 @@ std::vector<float> Decoder::prefill(const std::vector<int>& prompt) {
 }
 
 std::vector<float> Decoder::prefill(const std::vector<int>& prompt, Attention& attention,
-                                    const std::vector<int>& positions, int prefix, ModelPlan plan) {
+                                    const std::vector<int>& positions, int prefix, ModelPlan plan, Comm* sp) {
   const int n = int(prompt.size());
   LASP_CHECK(n > 0 && n <= max_tokens_, "decoder: the prompt must hold 1 to {} tokens, got {}", max_tokens_, n);
   LASP_CHECK(prefix > 0 && prefix <= n && !positions.empty(),
@@ -114,11 +114,18 @@ std::vector<float> Decoder::prefill(const std::vector<int>& prompt, Attention& a
     inputs.push_back(prompt[p]);
   }
   model.forward(inputs.data(), nullptr);
+  const bool last = positions.back() == prefix - 1;  // this rank ran the prefix's last token
   const size_t row = size_t(c.num_key_value_heads) * c.head_dim();
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     if (c.layer_types[l] == 'L') {
       state_[l] = attention.final_state(l);
-      if (conv) conv_cache_[l] = model.conv_tail(l);
+      if (conv) {
+        conv_cache_[l] = model.conv_tail(l);
+        if (sp) {  // from the rank that ran the last token: the others add zeros
+          if (!last) std::fill(conv_cache_[l].begin(), conv_cache_[l].end(), 0.f);
+          sp->all_reduce(conv_cache_[l].data(), conv_cache_[l].size());
+        }
+      }
     } else {
       const std::vector<float> keys = attention.keys_in_order(l, false), values = attention.keys_in_order(l, true);
       k_cache_[l].assign(size_t(max_tokens_) * row, 0.f);
@@ -131,7 +138,7 @@ std::vector<float> Decoder::prefill(const std::vector<int>& prompt, Attention& a
   doc_begin_ = 0;  // the softmax layers' keys from the last document start on (the linear states hold no more)
   for (int p = 0; p < prefix; ++p)
     if (prompt[p] == doc_start_) doc_begin_ = p;
-  if (prefix == n && positions.back() == n - 1)  // this rank ran the last token: its logits are the answer
+  if (prefix == n && last)  // this rank ran the last token: its logits are the answer
     return std::vector<float>(model.logits() + size_t(model.logits_rows() - 1) * V,
                               model.logits() + size_t(model.logits_rows()) * V);
   std::vector<float> logits;
@@ -143,13 +150,14 @@ std::vector<float> prefill_sequence_parallel(Decoder& decoder, const ModelConfig
                                              Comm& sp, SpLayout layout) {
   const int n = int(prompt.size()), W = sp.size(), unit = layout == SpLayout::zigzag ? 2 * W : W;
   const int m = n > 0 ? (n - 1) / unit * unit : 0;  // the sequence-parallel prefix; at least the last token stays
-  // decay gdn: each rank prefills the whole prompt itself (its convolutions' cache would come from the last rank).
-  if (W == 1 || m == 0 || c.linear.decay == Decay::gdn) return decoder.prefill(prompt);
+  // decay gdn: each piece needs the conv_size - 1 rows its short convolutions read from the piece before it
+  const bool short_pieces = c.linear.decay == Decay::gdn && m / unit < c.linear.conv_size - 1;
+  if (W == 1 || m == 0 || short_pieces) return decoder.prefill(prompt);
   const std::vector<int> positions = sp_positions(m, W, sp.rank(), layout);
   const AttentionShape shape = attention_shape(c, 1, int(positions.size()), kLinearBlock, decoder.threads());
   check_sp_method(find_sp_method(""), {linear_transition(c.linear.decay), /*decoding=*/true});
   const std::unique_ptr<Attention> attention = make_sp_attention("", sp, shape, m, layout, c.num_hidden_layers);
-  return decoder.prefill(prompt, *attention, positions, m);
+  return decoder.prefill(prompt, *attention, positions, m, {}, &sp);
 }
 
 void Decoder::gdn_step(int l, const std::vector<float>& xn, std::vector<float>& attn) {

@@ -28,9 +28,10 @@ class Decoder {
   // that keeps the decode state (positions: this rank's global positions among them), then the rest of the
   // prompt token by token. Every rank ends with the same decode state and logits.
   // plan: how the model runs them (a chunked plan needs a ChunkedAttention of that chunk); its precision is
-  // the decoder's.
+  // the decoder's. sp: the SP group of the attention, or null for one process (decay gdn: the rank that ran the
+  // prefix's last token hands the others its convolutions' cache).
   std::vector<float> prefill(const std::vector<int>& prompt, Attention& attention, const std::vector<int>& positions,
-                             int prefix, ModelPlan plan = {});
+                             int prefix, ModelPlan plan = {}, Comm* sp = nullptr);
   // Feeds one token at the next position; returns the logits (V) after it.
   std::vector<float> step(int token);
   // Documents (MODEL.md), before the prefill: `token` opens a new document, in the prompt and when decoded,

@@ -125,13 +125,15 @@ class Attention {
                                              const float* q, const float* k, const float* v);
 
   // decay gdn, the short convolutions' halo (DELTA.md): x (B, N, C) is this rank's (or chunk's) input of causal
-  // convolution `conv` (3 l + 0, 1, 2: layer l's q, k, v), K wide. conv_halo writes halo (B, K-1, C), the K-1 rows
-  // before these tokens (zero before their document's start), and returns true; false (halo untouched, read as
-  // zeros) where nothing precedes them, as on one process. conv_halo_backward hands dhalo back to where those rows
-  // came from and adds what comes back for these tokens' own last rows into dx. Under SP, collectives of the SP
-  // group: every rank calls them. The default: nothing precedes (the methods that run gdn across ranks or chunks
-  // override them).
-  virtual bool conv_halo(int conv, float* halo, const float* x, int C, int K);
+  // convolution `conv` (3 l + 0, 1, 2: layer l's q, k, v), K wide. These tokens are R equal runs of consecutive
+  // global positions (the rank's pieces: R = 2 in the zigzag layout, at most kMaxConvRuns). conv_halo writes halo
+  // (B, R, K-1, C), the K-1 rows before each run (zero before its document's start or the sequence's), and returns
+  // R; 0 (halo untouched, read as zeros; one run) where nothing precedes them, as on one process.
+  // conv_halo_backward hands dhalo (B, R, K-1, C) back to where those rows came from and adds what comes back for
+  // these tokens' own last rows into dx. Under SP, collectives of the SP group: every rank calls them. The default:
+  // nothing precedes (the methods that run gdn across ranks or chunks override them).
+  static constexpr int kMaxConvRuns = 2;
+  virtual int conv_halo(int conv, float* halo, const float* x, int C, int K);
   virtual void conv_halo_backward(int conv, float* dx, const float* dhalo, int C, int K);
 
   // Causal softmax attention: q (B, N, H, d) against k, v (B, N, H_kv, d) with RoPE applied; lse (B, H, N).

@@ -146,7 +146,7 @@ void Model::carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPla
         a.rq = cv.take(T * H), a.rk = cv.take(T * H);
         if (c.linear.conv_size > 0) {
           a.qc = cv.take(T * E), a.kc = cv.take(T * E), a.vc = cv.take(T * E);
-          a.halo = cv.take(3 * size_t(B) * (c.linear.conv_size - 1) * E);
+          a.halo = cv.take(3 * Attention::kMaxConvRuns * size_t(B) * (c.linear.conv_size - 1) * E);
         }
       }
     }
@@ -176,7 +176,7 @@ void Model::carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPla
   if (c.linear.decay == Decay::gla && c.layer_types.find('L') != std::string::npos) s.dglog = cv.take(T * E), s.dgk1 = cv.take(T * c.linear.gate_low_rank);
   if (c.linear.decay == Decay::gdn && c.layer_types.find('L') != std::string::npos)
     s.dglog = cv.take(T * c.linear_value_heads()), s.dbeta = cv.take(T * c.linear_value_heads()),
-    s.dhalo = cv.take(size_t(B) * std::max(c.linear.conv_size - 1, 0) * E);
+    s.dhalo = cv.take(Attention::kMaxConvRuns * size_t(B) * std::max(c.linear.conv_size - 1, 0) * E);
   xf = cv.take(T * D);
   rstd_f = cv.take(T);
   logits = cv.take(T * V);

@@ -74,8 +74,8 @@ class Model {
   void set_document_start(int token);
   int document_start() const { return doc_start_; }
   // decay gdn, for decoding: with keep_conv_tails(true), each forward keeps, per gdn layer, the rows the next
-  // token's short convolutions read: (B, K-1, C) of the q, k and v projections one after the other (C: their
-  // widths), zero before each row's last document start (short_conv_tail).
+  // token's short convolutions read after this rank's last token: (B, K-1, C) of the q, k and v projections one
+  // after the other (C: their widths), zero before each row's last document start (short_conv_tail).
   void keep_conv_tails(bool keep) { keep_conv_tails_ = keep; }
   const std::vector<float>& conv_tail(int layer) const { return conv_tails_.at(layer); }
   const float* logits() const { return logits_; }  // (B, logits_rows(), V) of the last forward
@@ -96,7 +96,8 @@ class Model {
                                   // gdn: gz (T, HV) W_a xn + dt_bias, glog (T, HV) the log-gates g
     float *vp, *qc, *kc, *vc;     // gdn: (T, v) the v projection; the convolutions' outputs (conv_size > 0)
     float *rq, *rk, *beta;        // gdn: (T * H) the l2 norms' 1 / norm of q and k; (T, HV) beta
-    float* halo;                  // gdn: (3, B, K-1, E) the rows before this rank's tokens of the q, k, v convolutions
+    float* halo;                  // gdn: (3, B, R, K-1, E) the rows before each run of this rank's tokens (R, at most
+                                  // Attention::kMaxConvRuns) of the q, k, v convolutions
     float *h, *hn, *rstd_post;    // (T, D), (T, D), (T)
     float *g, *u, *m;             // (T, F) gate, up, silu(gate) * up
     // precision bf16: the projections' inputs as they were multiplied, kept for the weights' gradients in
@@ -114,7 +115,7 @@ class Model {
     float *dres, *dxn, *dhn, *da, *dq, *dk, *dv, *dqp, *dkp, *dgp, *dg, *du, *dm, *dlogits;
     float *dglog, *dgk1;  // decay gla: (T, k) the log-gates' gradient, (T, r); gdn: dglog (T, HV)
     float* dbeta;         // gdn: (T, HV)
-    float* dhalo;         // gdn: (B, K-1, E) one convolution's halo gradient
+    float* dhalo;         // gdn: (B, R, K-1, E) one convolution's halo gradient
   };
 
   ModelConfig config_;
@@ -149,6 +150,7 @@ class Model {
   std::vector<uint8_t> doc_flags_;                // (B, seq_len) of the last forward, when doc_start_ >= 0
   std::vector<uint8_t> chunk_flags_;              // (B, N_) of the running chunk, when chunked with documents
   bool keep_conv_tails_ = false;
+  int conv_runs_ = 1;  // the runs the attention's conv_halo gave (the same for every convolution)
   std::vector<std::vector<float>> conv_tails_;    // keep_conv_tails: per layer
 
   // Lays out the activations of B x chunk tokens: counts them when the carver has no base.

@@ -23,9 +23,19 @@ void Model::conv_silu_forward(int conv, float* y, float* c, float* halo, float* 
   const int K = config_.linear.conv_size;
   const float* pre = x;
   if (K > 0) {
-    if (!attention_.conv_halo(conv, halo, x, C, K)) std::fill_n(halo, size_t(B_) * (K - 1) * C, 0.f);
-    short_conv_forward(c, x, w, halo, document_flags(), B_, N_, C, K, omp_get_max_threads());
-    if (tail) short_conv_tail(tail, x, halo, document_flags(), B_, N_, C, K);
+    conv_runs_ = attention_.conv_halo(conv, halo, x, C, K);
+    if (conv_runs_ == 0) std::fill_n(halo, size_t(B_) * (K - 1) * C, 0.f), conv_runs_ = 1;
+    // each run of consecutive positions is a row of its own: B R rows of N / R tokens, a halo each
+    short_conv_forward(c, x, w, halo, document_flags(), B_ * conv_runs_, N_ / conv_runs_, C, K, omp_get_max_threads());
+    if (tail) {  // from each row's last run
+      const int R = conv_runs_, L = N_ / R;
+      const uint8_t* flags = document_flags();
+      for (int b = 0; b < B_; ++b) {
+        const size_t run = size_t(b) * R + R - 1;
+        short_conv_tail(tail + size_t(b) * (K - 1) * C, x + run * L * C, halo + run * (K - 1) * C,
+                        flags ? flags + run * L : nullptr, 1, L, C, K);
+      }
+    }
     pre = c;
   }
   feature_map_forward(y, pre, long(T_) * C, FeatureMap::silu);
@@ -43,8 +53,9 @@ void Model::conv_silu_backward(int conv, float* dx, float* dw, const float* dy, 
   }
   feature_map_backward(dc, dy, c, long(n), FeatureMap::silu, GradStore::overwrite);
   std::fill_n(dx, n, 0.f);
-  std::fill_n(s_.dhalo, size_t(B_) * (K - 1) * C, 0.f);
-  short_conv_backward(dx, dw, s_.dhalo, dc, x, w, halo, document_flags(), B_, N_, C, K, omp_get_max_threads());
+  std::fill_n(s_.dhalo, size_t(B_) * conv_runs_ * (K - 1) * C, 0.f);
+  short_conv_backward(dx, dw, s_.dhalo, dc, x, w, halo, document_flags(), B_ * conv_runs_, N_ / conv_runs_, C, K,
+                      omp_get_max_threads());
   attention_.conv_halo_backward(conv, dx, s_.dhalo, C, K);
 }
 
@@ -55,7 +66,7 @@ void Model::gdn_forward(int l, Input xn) {
   const int K = c.linear.conv_size, threads = omp_get_max_threads();
   const LayerWeights& w = w_.layers[l];
   LayerActs& a = acts(l);
-  const size_t halo = size_t(B_) * std::max(K - 1, 0) * c.widest_attention();  // one convolution's
+  const size_t halo = Attention::kMaxConvRuns * size_t(B_) * std::max(K - 1, 0) * c.widest_attention();  // one conv's
   project(a.qp, xn, w.wq, D, e.q);
   project(a.kp, xn, w.wk, D, e.k);
   project(a.vp, xn, w.wv, D, e.v);
@@ -90,7 +101,7 @@ void Model::gdn_backward(int l, Input xn, bool dxn_fresh) {
   const LayerWeights& w = w_.layers[l];
   const LayerWeights& g = g_.layers[l];
   LayerActs& a = acts(l);
-  const size_t T = T_, halo = size_t(B_) * std::max(K - 1, 0) * c.widest_attention();
+  const size_t T = T_, halo = Attention::kMaxConvRuns * size_t(B_) * std::max(K - 1, 0) * c.widest_attention();
   // s_.dq, s_.dk, s_.dv hold the delta rule's input gradients; s_.da, s_.dqp, s_.dkp are free. Each of q and k:
   // silu(conv) again into s_.da (l2's input), l2's backward, then silu's and the conv's into its projection's
   // (s_.da their scratch); v: silu's and the conv's into s_.dqp.

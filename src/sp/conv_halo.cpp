@@ -1,35 +1,84 @@
 #include "sp/conv_halo.h"
 
+#include <algorithm>
+
 #include "core/check.h"
 #include "kernels/short_conv.h"
 
 namespace lasp {
 
 ConvHalo::ConvHalo(Comm& sp, int B, int N, SpLayout layout)
-    : sp_(sp), B_(B), N_(N), prev_(sp.rank() > 0 ? sp.rank() - 1 : -1),
-      next_(sp.rank() + 1 < sp.size() ? sp.rank() + 1 : -1) {
-  LASP_CHECK(layout == SpLayout::contiguous || sp.size() == 1, "decay gdn across ranks needs the contiguous layout "
-             "(--sp-layout contiguous): a zigzag rank's two pieces are not neighbours, and its short convolutions "
-             "would need two halos");
+    : sp_(sp),
+      B_(B),
+      N_(N),
+      rank_(sp.rank()),
+      mine_(sp_pieces(N * sp.size(), sp.size(), sp.rank(), layout)),
+      owner_(sp_piece_owners(N * sp.size(), sp.size(), layout)) {}
+
+std::pair<int, int> ConvHalo::before(int i) const {
+  const int p = mine_[i].index;
+  return p > 0 ? owner_[p - 1] : std::pair{-1, -1};
 }
 
-bool ConvHalo::forward(float* halo, const float* x, const uint8_t* starts, int C, int K) {
-  LASP_CHECK(N_ >= K - 1, "decay gdn: each rank needs at least conv_size - 1 = {} tokens for the short "
-             "convolutions' halo, found {} (a longer --seq-len, or a smaller conv_size)", K - 1, N_);
-  const size_t n = size_t(B_) * (K - 1) * C;
-  tail_.resize(n);
-  if (next_ >= 0) short_conv_tail(tail_.data(), x, nullptr, starts, B_, N_, C, K);
-  sp_.send_recv(next_ >= 0 ? tail_.data() : nullptr, next_ >= 0 ? n : 0, next_, prev_ >= 0 ? halo : nullptr,
-                prev_ >= 0 ? n : 0, prev_);
-  return prev_ >= 0;
+std::pair<int, int> ConvHalo::after(int i) const {
+  const int p = mine_[i].index;
+  return p + 1 < int(owner_.size()) ? owner_[p + 1] : std::pair{-1, -1};
+}
+
+// Step i passes the tail of this rank's piece i on to the holder of the piece after it and takes the halo of piece
+// i from the holder of the piece before it. Every rank holds as many pieces, and the piece after rank r's piece i
+// is another rank's piece i (or r's own), so the steps pair up across ranks.
+int ConvHalo::forward(float* halo, const float* x, const uint8_t* starts, int C, int K) {
+  const int S = pieces(), L = N_ / S;
+  LASP_CHECK(L >= K - 1, "decay gdn: each piece of a rank's tokens needs at least conv_size - 1 = {} tokens for the "
+             "short convolutions' halo, found {} (a longer --seq-len, or a smaller conv_size)", K - 1, L);
+  const size_t rows = size_t(K - 1) * C, n = size_t(B_) * rows;
+  auto at = [&](float* all, int i, int b) { return all + (size_t(b) * S + i) * rows; };
+  tails_.resize(S * n);
+  buffer_.resize(2 * n);
+  float *send = buffer_.data(), *recv = send + n;
+  short_conv_tail(tails_.data(), x, nullptr, starts, B_ * S, L, C, K);  // a piece's rows are rows of B * S
+  for (int i = 0; i < S; ++i) {
+    const auto [from, from_i] = before(i);
+    const auto [to, to_i] = after(i);
+    const bool sends = to >= 0 && to != rank_, receives = from >= 0 && from != rank_;
+    if (sends)
+      for (int b = 0; b < B_; ++b) std::copy_n(at(tails_.data(), i, b), rows, send + b * rows);
+    sp_.send_recv(sends ? send : nullptr, sends ? n : 0, sends ? to : -1, receives ? recv : nullptr,
+                  receives ? n : 0, receives ? from : -1);
+    for (int b = 0; b < B_; ++b) {
+      float* h = at(halo, i, b);
+      if (receives) std::copy_n(recv + b * rows, rows, h);
+      else if (from == rank_) std::copy_n(at(tails_.data(), from_i, b), rows, h);
+      else std::fill_n(h, rows, 0.f);
+    }
+  }
+  return S;
 }
 
 void ConvHalo::backward(float* dx, const float* dhalo, const uint8_t* starts, int C, int K) {
-  const size_t n = size_t(B_) * (K - 1) * C;
-  tail_.resize(n);
-  sp_.send_recv(prev_ >= 0 ? dhalo : nullptr, prev_ >= 0 ? n : 0, prev_, next_ >= 0 ? tail_.data() : nullptr,
-                next_ >= 0 ? n : 0, next_);
-  if (next_ >= 0) short_conv_tail_backward(dx, nullptr, tail_.data(), starts, B_, N_, C, K);
+  const int S = pieces(), L = N_ / S;
+  const size_t rows = size_t(K - 1) * C, n = size_t(B_) * rows;
+  auto at = [&](float* all, int i, int b) { return all + (size_t(b) * S + i) * rows; };
+  tails_.assign(S * n, 0.f);  // each piece's tail gradient, from the holder of the piece after it
+  buffer_.resize(2 * n);
+  float *send = buffer_.data(), *recv = send + n;
+  for (int i = 0; i < S; ++i) {
+    const auto [from, from_i] = before(i);
+    const auto [to, to_i] = after(i);
+    const bool sends = from >= 0 && from != rank_, receives = to >= 0 && to != rank_;
+    for (int b = 0; b < B_; ++b) {
+      const float* g = dhalo + (size_t(b) * S + i) * rows;
+      if (sends) std::copy_n(g, rows, send + b * rows);
+      else if (from == rank_) std::transform(g, g + rows, at(tails_.data(), from_i, b), at(tails_.data(), from_i, b),
+                                             [](float a, float t) { return a + t; });
+    }
+    sp_.send_recv(sends ? send : nullptr, sends ? n : 0, sends ? from : -1, receives ? recv : nullptr,
+                  receives ? n : 0, receives ? to : -1);
+    if (receives)
+      for (int b = 0; b < B_; ++b) std::copy_n(recv + b * rows, rows, at(tails_.data(), i, b));
+  }
+  short_conv_tail_backward(dx, nullptr, tails_.data(), starts, B_ * S, L, C, K);
 }
 
 }  // namespace lasp

@@ -4,7 +4,7 @@
 // sends its state on. The backward sends the state gradients back along the chain. Softmax layers run
 // LASP-2H (sp/lasp2h.h), a component of this method. No bidirectional linear layers. The gated delta rule
 // (decay gdn) needs no transition at all here: each piece runs from the state that arrives (DELTA.md); its short
-// convolutions take their halo from the previous rank (sp/conv_halo.h, contiguous layout).
+// convolutions take their halo from the previous piece's rank (sp/conv_halo.h).
 #pragma once
 #include <memory>
 #include <vector>
@@ -27,7 +27,7 @@ class Lasp1Attention : public Attention {
                       const LinearGates& gates) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                        const float* k, const float* v, const LinearGates& gates) override;
-  bool conv_halo(int conv, float* halo, const float* x, int C, int K) override;
+  int conv_halo(int conv, float* halo, const float* x, int C, int K) override;
   void conv_halo_backward(int conv, float* dx, const float* dhalo, int C, int K) override;
   void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override {
     softmax_.forward(layer, o, lse, q, k, v, recomputing());

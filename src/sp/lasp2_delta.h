@@ -7,7 +7,7 @@
 //   backward: per piece dP^own (the gradient of its own outputs at P_r, from nothing at its end), passed with
 //             the adjoint transitions A_r^T the other way; G_r, the gradient of the state leaving each piece;
 //             then the piece's backward from P_r with G_r at its end, which gives every gradient.
-// The short convolutions' halo (Attention::conv_halo): sp/conv_halo.h; the contiguous layout only.
+// The short convolutions' halo (Attention::conv_halo): sp/conv_halo.h, a halo per piece.
 #pragma once
 #include <memory>
 #include <vector>

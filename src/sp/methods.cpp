@@ -44,18 +44,21 @@ double overlapped(const LayerCostInputs& c, double pass) {
   return c.chunked + 2 * std::max(0.0, pass - 0.5 * c.chunked / 2);
 }
 double state_bytes(const LayerCostInputs& c) { return c.H * c.dk * c.dv * 4; }
+double pair_bytes(const LayerCostInputs& c) {  // a state with its transition: (gate, state), or (A_r, B_r)
+  return c.delta ? c.H * c.dk * (c.dk + c.dv) * 4 : state_bytes(c) * (c.dv + 1) / c.dv;
+}
 double kv_bytes(const LayerCostInputs& c) { return c.C * c.H * (c.dk + c.dv) * 4; }
 
-double lasp2_cost(const LayerCostInputs& c) {  // one all-gather of states
-  return overlapped(c, (c.W - 1) * (c.alpha + state_bytes(c) / c.beta));
+double lasp2_cost(const LayerCostInputs& c) {  // one all-gather of states (gdn: of pairs)
+  return c.summary + overlapped(c, (c.W - 1) * (c.alpha + (c.delta ? pair_bytes(c) : state_bytes(c)) / c.beta));
 }
-double exscan_cost(const LayerCostInputs& c) {  // recursive doubling: log2 W rounds of one (gate, state) pair
-  return overlapped(c, std::ceil(std::log2(c.W)) * (c.alpha + state_bytes(c) * (c.dv + 1) / c.dv / c.beta));
+double exscan_cost(const LayerCostInputs& c) {  // recursive doubling: log2 W rounds of one pair
+  return c.summary + overlapped(c, std::ceil(std::log2(c.W)) * (c.alpha + pair_bytes(c) / c.beta));
 }
-double allscan_cost(const LayerCostInputs& c) {  // W-1+K slice hops, K chosen best for W (--scan-slices)
+double allscan_cost(const LayerCostInputs& c) {  // W-1+K slice hops, K chosen best for W (--scan-slices); A_r stays
   double best = 1e30;
   for (double K = 1; K <= 256; K *= 2) best = std::min(best, (c.W - 1 + K) * (c.alpha + state_bytes(c) / K / c.beta));
-  return overlapped(c, best);
+  return c.summary + overlapped(c, best);
 }
 double lasp1_cost(const LayerCostInputs& c) {  // 2 (W-1) dependent hops, nothing overlaps them
   return c.chunked + 2 * (c.W - 1) * (c.alpha + state_bytes(c) / c.beta);
@@ -167,8 +170,6 @@ SpLayout sp_method_layout(const std::string& method, const std::string& requeste
   if (m.layout == LayoutRule::zigzag) return SpLayout::zigzag;
   if (!requested.empty()) return sp_layout_from_string(requested);
   if (m.layout == LayoutRule::contiguous || sp_size == 1) return SpLayout::contiguous;  // one rank: any length works
-  // The gated delta rule's short convolutions take their halo from one neighbour (sp/lasp2_delta.h).
-  if (config.linear.decay == Decay::gdn) return SpLayout::contiguous;
   return config.has_softmax_layer() ? SpLayout::zigzag : SpLayout::contiguous;
 }
 

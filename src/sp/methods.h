@@ -30,6 +30,11 @@ struct LayerCostInputs {
   double alpha, beta;     // seconds per message, bytes per second of the slowest link
   double chunked;         // seconds of the chunkwise kernel on C tokens, forward + backward
   double masked_block;    // seconds of the masked left product of one C x C block, forward + backward
+  // decay gdn (a full d_k x d_k transition): the pair (A_r, B_r) travels where the state alone does otherwise, and
+  // the methods that pass pairs first summarize their piece (its end state from nothing and A_r, then their
+  // adjoints in the backward): `summary` seconds more. 0 and false for the fixed decays.
+  bool delta = false;
+  double summary = 0;
 };
 
 struct SpMethod {

@@ -5,7 +5,7 @@
 // heads of softmax layers are replicated to H heads before the exchange (and their gradients summed back).
 // The gated delta rule (decay gdn): its HV value heads, beta and log-gates travel with the values (H and HV
 // divide evenly over the ranks, so each rank's value heads read its own q/k heads); its short convolutions take
-// their halo from the previous rank (sp/conv_halo.h, contiguous layout).
+// their halo from the previous piece's rank (sp/conv_halo.h).
 #pragma once
 #include <memory>
 #include <vector>
@@ -33,7 +33,7 @@ class UlyssesAttention : public Attention {
   void linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                                      const float* k, const float* v) override;
   // lse is not used: the softmax statistics live with the head-sharded output, kept here for the backward.
-  bool conv_halo(int conv, float* halo, const float* x, int C, int K) override;
+  int conv_halo(int conv, float* halo, const float* x, int C, int K) override;
   void conv_halo_backward(int conv, float* dx, const float* dhalo, int C, int K) override;
   void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override;
   void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,

@@ -82,24 +82,25 @@ refused "has no Based or Rebased" 2 train --data "$dir/text.txt" --seq-len 96 --
   --feature-map based
 
 # Gated DeltaNet (issue 26; GVA: 8 value heads of 48 over 4 q/k heads of 64): chunks on one process (the delta
-# rule's state and the convolutions' tails cross them), with recompute, LASP-2 on 2 ranks, the scans and LASP-1 on
-# 3 and Ulysses on 4 give one process's losses; zigzag, ring and LASP-2's layer-major chunks refuse it.
+# rule's state and the convolutions' tails cross them), with recompute, LASP-2 on 2 ranks (zigzag, the hybrid's
+# default, and contiguous), the scans and LASP-1 on 3 and Ulysses on 4 (zigzag) give one process's losses; ring and
+# LASP-2's layer-major chunks refuse it.
 gdn=(--batch 2 --layer-types LLLN --decay gdn --num-v-heads 8 --head-v-dim 48 --lr 2e-4)
 run gdn_keep 1 "${gdn[@]}"
 run gdn_chunk 1 "${gdn[@]}" --chunk 17
 run gdn_chunk_recompute 1 "${gdn[@]}" --chunk 40 --recompute
 run gdn_sp2 2 "${gdn[@]}" --sp-size 2
+grep -q "zigzag layout" "$dir/gdn_sp2.log" || { echo "gdn_sp2: not the zigzag layout:"; cat "$dir/gdn_sp2.log"; exit 1; }
+run gdn_sp2_contiguous 2 "${gdn[@]}" --sp-size 2 --sp-layout contiguous
 run gdn_exscan_sp3 3 "${gdn[@]}" --sp-size 3 --sp-method exscan
 run gdn_allscan_sp3 3 "${gdn[@]}" --sp-size 3 --sp-method allscan
 run gdn_lasp1_sp3 3 "${gdn[@]}" --sp-size 3 --sp-method lasp1
 run gdn_ulysses_sp4 4 "${gdn[@]}" --sp-size 4 --sp-method ulysses
-for other in chunk chunk_recompute sp2 exscan_sp3 allscan_sp3 lasp1_sp3 ulysses_sp4; do
+for other in chunk chunk_recompute sp2 sp2_contiguous exscan_sp3 allscan_sp3 lasp1_sp3 ulysses_sp4; do
   compare gdn_keep "gdn_$other"
 done
 refused "has no gated delta rule" 2 train --data "$dir/text.txt" --seq-len 96 --steps 1 --sp-size 2 --sp-method ring \
   --decay gdn
-refused "needs the contiguous layout" 2 train --data "$dir/text.txt" --seq-len 96 --steps 1 --sp-size 2 \
-  --sp-layout zigzag --decay gdn
 refused "decay gdn has no layer-major plan" 2 train --data "$dir/text.txt" --seq-len 96 --steps 1 --sp-size 2 \
   --decay gdn --chunk 16
 

@@ -335,9 +335,10 @@ TEST(SpBidirectional, EqualsSingleProcessOnEveryRank) {
 }
 
 // Generation with a sequence-parallel prefill (linear layers hand over their final state, softmax layers
-// their keys and values) decodes exactly like the single-process decoder, on every rank.
+// their keys and values, Gated DeltaNet's layers their state and the last rank's convolution cache) decodes
+// exactly like the single-process decoder, on every rank.
 TEST(SpGenerate, PrefillAndDecodeEqualSingleProcess) {
-  for (const std::string types : {"LLLN", "NLNL"})
+  for (const std::string types : {"LLLN", "NLNL", "LNLL"})
     for (SpLayout layout : {SpLayout::contiguous, SpLayout::zigzag})
     for (bool documents : {false, true}) {
       ModelConfig c;
@@ -347,7 +348,7 @@ TEST(SpGenerate, PrefillAndDecodeEqualSingleProcess) {
       c.num_attention_heads = 4;
       c.num_key_value_heads = 2;
       c.layer_types = types;
-      c.linear.decay = types == "NLNL" ? Decay::lightning : Decay::none;
+      c.linear.decay = types == "NLNL" ? Decay::lightning : types == "LNLL" ? Decay::gdn : Decay::none;
       c.validate();
       ParamLayout layout_table(c);
       std::vector<float> params(layout_table.total());
@@ -826,10 +827,9 @@ TEST_P(SpModel, LogitsLossAndGradientsEqualSingleProcess) {
   for (int b = grid.dp_rank * Bl; b < (grid.dp_rank + 1) * Bl; ++b)
     for (int p : pos) in_l.push_back(inputs[size_t(b) * N + p]), tg_l.push_back(targets[size_t(b) * N + p]);
   const AttentionShape shape = attention_shape(config, Bl, Nl, 16, kThreads);  // GLA's scratch sized up front
-  // The gated delta rule runs under the LASP-2 family in the contiguous layout; elsewhere a clear error, on every
-  // rank, before anything runs.
-  if (c.decay == Decay::gdn && sp_size > 1 &&
-      (c.layout == SpLayout::zigzag || !find_sp_method(c.method).runs(Transition::full))) {
+  // The gated delta rule runs under the methods with full transitions; elsewhere a clear error, on every rank,
+  // before anything runs.
+  if (c.decay == Decay::gdn && sp_size > 1 && !find_sp_method(c.method).runs(Transition::full)) {
     EXPECT_THROW(make_sp_attention(c.method, *grid.sp, shape, N, c.layout, config.num_hidden_layers), Error);
     return;
   }
@@ -917,8 +917,9 @@ std::vector<ModelCase> model_cases() {
         cases.push_back({"LLLN", Decay::retention, layout, dp, "lasp2", 7, true});
       }
       // The gated delta rule (DELTA.md): (A_r, B_r) pairs (the LASP-2 family), the state's chain (LASP-1) or whole
-      // heads (Ulysses), and the convolutions' halo, GVA; documents on piece boundaries and inside pieces. Zigzag
-      // and the methods without full transitions (ring, allgather) refuse it.
+      // heads (Ulysses), and the convolutions' halo (a halo per piece: zigzag's two come from opposite sides), GVA;
+      // documents on piece boundaries and inside pieces. The methods without full transitions (ring, allgather)
+      // refuse it.
       cases.push_back({"LLLL", Decay::gdn, layout, dp, "lasp2"});
       cases.push_back({"LLLN", Decay::gdn, layout, dp, "lasp2", 0, true});
       if (dp == 1)

@@ -76,7 +76,7 @@ Rates measure() {
   {  // decay gdn: LASP-2's kernel calls on a piece (sp/lasp2_delta.cpp); beta 0.5, log-gates -0.01
     const DeltaRuleShape s{1, C, H, H, d, d, kDeltaBlock, threads};
     WorkspaceBuffer ws(std::max({delta_rule_forward_workspace_floats(s), delta_rule_backward_workspace_floats(s),
-                                 delta_rule_transition_workspace_floats(s)}));
+                                 delta_rule_summary_workspace_floats(s)}));
     std::vector<float> beta(size_t(C) * H, 0.5f), lg(beta.size(), -0.01f), db(beta.size()), dg(beta.size()),
         state(size_t(H) * d * d), dstate(state.size()), A(state.size());
     const double per = double(C) * H;
@@ -87,12 +87,9 @@ Rates measure() {
                           k.data(), v.data(), beta.data(), lg.data(), nullptr, nullptr, s, ws.view());
     });
     r.summary = 1 / rate(per, [&] {
-      delta_rule_forward(nullptr, state.data(), nullptr, k.data(), v.data(), beta.data(), lg.data(), nullptr, nullptr,
-                         s, ws.view());
+      delta_rule_summary(A.data(), state.data(), k.data(), v.data(), beta.data(), lg.data(), nullptr, s, ws.view());
       delta_rule_backward(nullptr, nullptr, nullptr, nullptr, nullptr, dstate.data(), g.data(), nullptr, q.data(),
                           k.data(), v.data(), beta.data(), lg.data(), state.data(), nullptr, s, ws.view());
-      for (int pass = 0; pass < 2; ++pass)  // A_r in the forward and again in the backward
-        delta_rule_transition(A.data(), k.data(), beta.data(), lg.data(), nullptr, s, ws.view());
     });
   }
   return r;

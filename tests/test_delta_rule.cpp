@@ -285,18 +285,27 @@ TEST(DeltaRuleSummaries, TransitionAndOwnStateComposeToTheForward) {
                sin = floats(p.state_in);
     const size_t kk = size_t(c.dk) * c.dk, kv = size_t(c.dk) * c.dv;
     std::vector<float> A(size_t(c.B) * c.HV * kk, 7.f), Bstate(p.states()), sout(p.states()), o(v.size());
-    WorkspaceBuffer wt(delta_rule_transition_workspace_floats(s)), wf(delta_rule_forward_workspace_floats(s));
-    delta_rule_transition(A.data(), k.data(), beta.data(), g.data(), p.starts.data(), s, wt.view());
+    WorkspaceBuffer wt(delta_rule_summary_workspace_floats(s)), wf(delta_rule_forward_workspace_floats(s));
+    delta_rule_summary(A.data(), nullptr, k.data(), nullptr, beta.data(), g.data(), p.starts.data(), s, wt.view());
     const Vec ref = reference_transition(p);
     const size_t row = size_t(c.HV) * kk;
     // Every partial product has norm <= 1, so A's rounding is absolute: a long span contracts A itself far below 1.
-    double worst = 0;
-    for (size_t x = 0; x < row; ++x) worst = std::max(worst, std::fabs(ref[x] - A[x]));
-    EXPECT_LE(worst, 1e-6) << what << " A";
-    for (size_t x = row; x < A.size(); ++x) ASSERT_EQ(A[x], 0.f) << what << " A of a row holding a start";
-    // B: the span's state from none, without outputs; then state_out(P) = A P + B
-    delta_rule_forward(nullptr, Bstate.data(), nullptr, k.data(), v.data(), beta.data(), g.data(), nullptr,
+    auto check_A = [&](const std::vector<float>& A, const std::string& how) {
+      double worst = 0;
+      for (size_t x = 0; x < row; ++x) worst = std::max(worst, std::fabs(ref[x] - A[x]));
+      EXPECT_LE(worst, 1e-6) << what << how << " A";
+      for (size_t x = row; x < A.size(); ++x) ASSERT_EQ(A[x], 0.f) << what << how << " A of a row holding a start";
+    };
+    check_A(A, " (A alone)");
+    // A and B in one sweep: B the span's state from none; then state_out(P) = A P + B
+    std::fill(A.begin(), A.end(), 7.f);
+    delta_rule_summary(A.data(), Bstate.data(), k.data(), v.data(), beta.data(), g.data(), p.starts.data(), s,
+                       wt.view());
+    check_A(A, " (with B)");
+    std::vector<float> own(p.states());
+    delta_rule_forward(nullptr, own.data(), nullptr, k.data(), v.data(), beta.data(), g.data(), nullptr,
                        p.starts.data(), s, wf.view());
+    expect_close(doubles(own), Bstate, testing::kFp32Tolerance, what + " B (the forward's state from none)");
     delta_rule_forward(o.data(), sout.data(), q.data(), k.data(), v.data(), beta.data(), g.data(), sin.data(),
                        p.starts.data(), s, wf.view());
     Vec composed(p.states());
@@ -354,6 +363,26 @@ TEST(DeltaRuleSummaries, OwnStateGradientTransportsTheQueries) {
   }
 }
 
+// The state's gradient alone (one reverse sweep, no forward) equals the full backward's, with an outgoing gradient
+// and documents.
+TEST(DeltaRuleSummaries, StateGradientAloneEqualsTheFullBackward) {
+  const int B = 2, N = 70, H = 2, HV = 4, dk = 8, dv = 5, block = 16;
+  Problem p = make_problem(B, N, H, HV, dk, dv, 0.1, true, 21);
+  p.starts = document_starts(B, N, block);
+  const DeltaRuleShape s{B, N, H, HV, dk, dv, block, 2};
+  const auto q = floats(p.q), k = floats(p.k), v = floats(p.v), beta = floats(p.beta), g = floats(p.g),
+             sin = floats(p.state_in), dout = testing::random_vector(p.v.size(), 22),
+             dsout = testing::random_vector(p.states(), 23);
+  std::vector<float> dq(q.size()), dk_(k.size()), dv_(v.size()), db(beta.size()), dg(g.size()), full(p.states(), 0.f),
+      alone(p.states(), 0.f);
+  WorkspaceBuffer wb(delta_rule_backward_workspace_floats(s));
+  delta_rule_backward(dq.data(), dk_.data(), dv_.data(), db.data(), dg.data(), full.data(), dout.data(), dsout.data(),
+                      q.data(), k.data(), v.data(), beta.data(), g.data(), sin.data(), p.starts.data(), s, wb.view());
+  delta_rule_backward(nullptr, nullptr, nullptr, nullptr, nullptr, alone.data(), dout.data(), dsout.data(), q.data(),
+                      k.data(), v.data(), beta.data(), g.data(), sin.data(), p.starts.data(), s, wb.view());
+  expect_close(doubles(full), alone, testing::kFp32Tolerance, "dstate_in alone");
+}
+
 // The transition's adjoint against finite differences of <dA, A> on the double product; row 1 holds a start.
 TEST(DeltaRuleSummaries, TransitionGradientsMatchFiniteDifferences) {
   const int B = 2, N = 11, H = 1, HV = 2, dk = 4, block = 4;
@@ -394,7 +423,7 @@ TEST(DeltaRuleShapes, BadShapesAreRefused) {
   s = good, s.block = 0;
   testing::expect_error([&] { forward(s, x.size()); }, "sizes must be positive");
   s = good, s.dk = 0;
-  testing::expect_error([&] { delta_rule_transition_workspace_floats(s); }, "dk=0");
+  testing::expect_error([&] { delta_rule_summary_workspace_floats(s); }, "dk=0");
   s = good, s.threads = 0;
   testing::expect_error([&] { forward(s, x.size()); }, "threads=0");
   const size_t need = delta_rule_forward_workspace_floats(good);

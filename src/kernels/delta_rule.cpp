@@ -22,6 +22,7 @@ struct Stream {
   const float *q = nullptr, *k = nullptr, *v = nullptr, *beta = nullptr, *g = nullptr, *dout = nullptr;
   const uint8_t* flags = nullptr;  // (N) document starts, or null
   long kld = 0, vld = 0, gld = 0;  // row strides of q and k, of v and dout, of beta and g
+  int vw = -1;                     // v's columns: the first vw of the value width, the rest 0 (-1: all)
 };
 
 // One thread's scratch for one chunk of n <= cb tokens (dense, n floats a row for n x n matrices); values are
@@ -139,11 +140,13 @@ void solve_t(float* t, float* lb, const float* lk, const float* beta, int n) {
   }
 }
 
-// x = rows [t0, t0 + n) of a strided tensor, dense (n, width); zeros for a null tensor.
-void gather(float* x, const float* src, long ld, int t0, int n, int width) {
+// x = rows [t0, t0 + n) of a strided tensor, dense (n, width): its first `stored` columns (-1: all), zeros after
+// them; zeros for a null tensor.
+void gather(float* x, const float* src, long ld, int t0, int n, int width, int stored = -1) {
+  const int m = src ? (stored < 0 ? width : stored) : 0;
   for (int i = 0; i < n; ++i) {
-    if (src) std::memcpy(x + long(i) * width, src + (long(t0) + i) * ld, sizeof(float) * width);
-    else std::fill(x + long(i) * width, x + long(i + 1) * width, 0.f);
+    if (m > 0) std::memcpy(x + long(i) * width, src + (long(t0) + i) * ld, sizeof(float) * m);
+    std::fill(x + long(i) * width + m, x + long(i + 1) * width, 0.f);
   }
 }
 
@@ -161,7 +164,7 @@ void add_rows(float* dst, long ld, const float* x, int t0, int n, int width) {
 void chunk_factors(Scratch& x, const Stream& st, int t0, int n, int dk, int width, bool decays_only = false) {
   if (st.q) gather(x.q, st.q, st.kld, t0, n, dk);
   gather(x.k, st.k, st.kld, t0, n, dk);
-  gather(x.v, st.v, st.vld, t0, n, width);
+  gather(x.v, st.v, st.vld, t0, n, width, st.vw);
   x.flags = st.flags ? st.flags + t0 : nullptr;
   for (int i = 0; i < n; ++i) {
     x.beta[i] = st.beta[(long(t0) + i) * st.gld];
@@ -324,6 +327,21 @@ void chunk_backward(Scratch& x, const float* S, bool outputs, bool values, int n
   gemm(true, false, dk, width, n, 1.f, x.tmp, dk, x.dO, width, 1.f, dS, width);
 }
 
+// Only x.dstate through the chunk (after chunk_factors, and chunk_scores with the chunk's dO when `outputs`): the
+// gradient of the state entering it depends on neither the state nor the values, so no forward sweep is needed.
+// dS <- gamma_end dS + (diag(gamma) Q)^T dO - W^T dV', dV' = K~ dS + P^T dO (chunk_backward's lines).
+void chunk_state_gradient(Scratch& x, bool outputs, int n, int dk, int width) {
+  float* dS = x.dstate;
+  gemm(false, false, n, width, dk, 1.f, x.kt, dk, dS, width, 0.f, x.dvp, width);
+  if (outputs) gemm(true, false, n, width, n, 1.f, x.p, n, x.dO, width, 1.f, x.dvp, width, nullptr, Skip::a_lower);
+  gemm(true, false, dk, width, n, -1.f, x.w, dk, x.dvp, width, x.gamma[n - 1], dS, width);
+  if (!outputs) return;
+  for (int i = 0; i < n; ++i)
+#pragma omp simd
+    for (int j = 0; j < dk; ++j) x.tmp[i * dk + j] = x.gamma[i] * x.q[i * dk + j];
+  gemm(true, false, dk, width, n, 1.f, x.tmp, dk, x.dO, width, 1.f, dS, width);
+}
+
 // dg += dc summed from the chunk's end (c_i = g_0 + ... + g_i). A start's factors are 0 whatever the log-gates at
 // and before it, so its dg is 0 and the sum restarts before it.
 void add_gate_gradient(float* dg, long ld, const Scratch& x, int t0, int n) {
@@ -364,6 +382,19 @@ void run_backward(Scratch& x, const Stream& st, float* dq, float* dk, float* dv,
     x.lk = x.kept_lk + c * tt, x.t = x.kept_t + c * tt, x.w = x.kept_w + c * rows * dkey;
     x.vp = x.kept_vp + c * rows * width;
   };
+  const bool outputs = st.dout != nullptr;
+  if (!dq && !dk && !dv && !dbeta && !dg) {  // the state's gradient alone: one reverse sweep
+    Stream keys = st;
+    keys.v = nullptr;  // U is not needed
+    point(0);
+    for (int c = chunks - 1; c >= 0; --c) {
+      const int t0 = c * block, n = std::min(block, N - t0);
+      chunk_factors(x, keys, t0, n, dkey, width);
+      if (outputs) chunk_scores(x, n, dkey), gather(x.dO, st.dout, st.vld, t0, n, width);
+      chunk_state_gradient(x, outputs, n, dkey, width);
+    }
+    return;
+  }
   for (int c = 0; c < chunks; ++c) {
     const int t0 = c * block, n = std::min(block, N - t0);
     std::memcpy(x.kept + c * kv, x.state, sizeof(float) * kv);
@@ -372,7 +403,6 @@ void run_backward(Scratch& x, const Stream& st, float* dq, float* dk, float* dv,
     chunk_values(x, x.state, n, dkey, width);
     chunk_advance(x, x.state, n, dkey, width);
   }
-  const bool outputs = st.dout != nullptr;
   for (int c = chunks - 1; c >= 0; --c) {
     const int t0 = c * block, n = std::min(block, N - t0);
     const float* S = x.kept + c * kv;
@@ -438,7 +468,7 @@ void delta_rule_check_shape(const DeltaRuleShape& s, const char* kernel) {
 
 size_t delta_rule_forward_workspace_floats(const DeltaRuleShape& s) { return workspace(s, s.dv, false); }
 size_t delta_rule_backward_workspace_floats(const DeltaRuleShape& s) { return workspace(s, s.dv, true); }
-size_t delta_rule_transition_workspace_floats(const DeltaRuleShape& s) { return workspace(s, s.dk, false); }
+size_t delta_rule_summary_workspace_floats(const DeltaRuleShape& s) { return workspace(s, s.dv + s.dk, false); }
 size_t delta_rule_transition_backward_workspace_floats(const DeltaRuleShape& s) { return workspace(s, s.dk, true); }
 
 void delta_rule_forward(float* o, float* state_out, const float* q, const float* k, const float* v, const float* beta,
@@ -483,17 +513,28 @@ void delta_rule_backward(float* dq, float* dk, float* dv, float* dbeta, float* d
   });
 }
 
-// The transition is the recurrence's map on a state X (dk x dk) with no values: A = X_N from X_0 = I, v = 0.
-void delta_rule_transition(float* A, const float* k, const float* beta, const float* g, const uint8_t* starts,
-                           const DeltaRuleShape& s, Workspace ws) {
-  check("delta_rule_transition", s, ws, delta_rule_transition_workspace_floats(s));
-  const long kk = long(s.dk) * s.dk;
-  for_each_item(s, s.HV, s.dk, false, ws, [&](Scratch& x, int b, int hv) {
-    float* out = A + (long(b) * s.HV + hv) * kk;
-    if (holds_start(s, starts, b)) return std::fill(out, out + kk, 0.f);
-    set_identity(out, s.dk);
-    run_forward(x, stream(s, b, hv, nullptr, k, nullptr, beta, g, nullptr, nullptr), out, nullptr, s.N, s.block,
-                s.dk, s.dk);
+// The recurrence on [S | X] (dk x (dv + dk)) from [0 | I] with values [v | 0]: S ends as the span's state from
+// nothing, X as its transition, both from one set of chunk factors (X alone, dk wide, without v). A start zeroes
+// both columns' state, so A is 0 for a row holding one.
+void delta_rule_summary(float* A, float* state_out, const float* k, const float* v, const float* beta, const float* g,
+                        const uint8_t* starts, const DeltaRuleShape& s, Workspace ws) {
+  check("delta_rule_summary", s, ws, delta_rule_summary_workspace_floats(s));
+  LASP_CHECK(A && (v || !state_out), "delta_rule_summary: A is required, and v with state_out (A={}, v={}, "
+             "state_out={})", (const void*)A, (const void*)v, (const void*)state_out);
+  const int values = state_out ? s.dv : 0, width = values + s.dk;
+  const long kk = long(s.dk) * s.dk, kv = long(s.dk) * s.dv;
+  for_each_item(s, s.HV, width, false, ws, [&](Scratch& x, int b, int hv) {
+    std::fill(x.state, x.state + long(s.dk) * width, 0.f);
+    for (int i = 0; i < s.dk; ++i) x.state[long(i) * width + values + i] = 1.f;
+    Stream st = stream(s, b, hv, nullptr, k, state_out ? v : nullptr, beta, g, nullptr, starts);
+    st.vw = values;
+    run_forward(x, st, x.state, nullptr, s.N, s.block, s.dk, width);
+    const long item = long(b) * s.HV + hv;
+    for (int i = 0; i < s.dk; ++i) {
+      const float* row = x.state + long(i) * width;
+      if (state_out) std::memcpy(state_out + item * kv + long(i) * s.dv, row, sizeof(float) * s.dv);
+      std::memcpy(A + item * kk + long(i) * s.dk, row + values, sizeof(float) * s.dk);
+    }
   });
 }
 

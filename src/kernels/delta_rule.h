@@ -55,23 +55,26 @@ size_t delta_rule_forward_workspace_floats(const DeltaRuleShape& s);
 // The backward keeps, for one value head per thread, each chunk's incoming state (dk dv floats) and its factors from
 // the forward sweep for the reverse one: L_k and T (B floats per token each), W and V' (dk and dv per token).
 size_t delta_rule_backward_workspace_floats(const DeltaRuleShape& s);
-size_t delta_rule_transition_workspace_floats(const DeltaRuleShape& s);
+size_t delta_rule_summary_workspace_floats(const DeltaRuleShape& s);
 size_t delta_rule_transition_backward_workspace_floats(const DeltaRuleShape& s);
 
 // o null: state_out only (then q may be null too), the span's B from state_in = 0.
 void delta_rule_forward(float* o, float* state_out, const float* q, const float* k, const float* v, const float* beta,
                         const float* g, const float* state_in, const uint8_t* starts, const DeltaRuleShape& s,
                         Workspace ws);
-// The chunks' states are recomputed from state_in: nothing is kept between the calls.
+// The chunks' states are recomputed from state_in: nothing is kept between the calls. With dq, dk, dv, dbeta and dg
+// all null, only dstate_in: one reverse sweep (it depends on neither state_in nor v).
 void delta_rule_backward(float* dq, float* dk, float* dv, float* dbeta, float* dg, float* dstate_in, const float* dout,
                          const float* dstate_out, const float* q, const float* k, const float* v, const float* beta,
                          const float* g, const float* state_in, const uint8_t* starts, const DeltaRuleShape& s,
                          Workspace ws);
 
-// A (B, HV, dk, dk) = M_{N-1} ... M_0 with M_t = alpha_t (I - beta_t k_t k_t^T): the span's transition (written),
-// 0 for a row holding a document start. Chunk by chunk X <- gamma_end X - K~^T (W X) from X = I.
-void delta_rule_transition(float* A, const float* k, const float* beta, const float* g, const uint8_t* starts,
-                           const DeltaRuleShape& s, Workspace ws);
+// The span's affine pair S_out = A S_in + state_out (written): A (B, HV, dk, dk) = M_{N-1} ... M_0 with
+// M_t = alpha_t (I - beta_t k_t k_t^T), 0 for a row holding a document start; state_out (B, HV, dk, dv) the state
+// from nothing (delta_rule_forward's), or null (then v may be null). One sweep shares the chunk factors: chunk by
+// chunk [S | X] <- gamma_end [S | X] + K~^T ([U | 0] - W [S | X]) from [0 | I].
+void delta_rule_summary(float* A, float* state_out, const float* k, const float* v, const float* beta, const float* g,
+                        const uint8_t* starts, const DeltaRuleShape& s, Workspace ws);
 // Its adjoint: dk, dbeta, dg += the gradients of <dA, A> (nothing for a row holding a start, whose A is 0).
 void delta_rule_transition_backward(float* dk, float* dbeta, float* dg, const float* dA, const float* k,
                                     const float* beta, const float* g, const uint8_t* starts,

@@ -16,42 +16,34 @@ Lasp2Delta::Lasp2Delta(Comm& sp, const AttentionShape& shape, int global_N, SpLa
   piece_len_ = mine_[0].length;
   const DeltaRuleShape piece = s_.delta_kernel(1, piece_len_);
   ws_.storage.resize(std::max({delta_rule_forward_workspace_floats(piece), delta_rule_backward_workspace_floats(piece),
-                               delta_rule_transition_workspace_floats(piece)}));
+                               delta_rule_summary_workspace_floats(piece)}));
   const size_t states = mine_.size() * size_t(s_.B) * HV_ * s_.state_floats();
   send_.resize(states);
   suffix_.resize(states);
-  transitions_.resize(mine_.size() * size_t(s_.B) * HV_ * s_.dk * s_.dk);
   passing_ = make_state_passing(passing, sp, {s_.B, HV_, s_.dk, s_.dv, mine_, owner_}, slices);
   incoming_.resize(layers);
+  transitions_.resize(layers);
   final_states_.resize(layers);
-}
-
-void Lasp2Delta::piece_transitions(const float* k, const LinearGates& gates, const SpDocuments& docs) {
-  const DeltaRuleShape piece = s_.delta_kernel(1, piece_len_);
-  for (int b = 0; b < s_.B; ++b)
-    for (int i = 0; i < int(mine_.size()); ++i) {
-      const long t0 = mine_[i].offset;
-      delta_rule_transition(transitions_.data() + transition_at(i, b), k + key_at(b, t0), gates.beta + gate_at(b, t0),
-                            gates.log_gates + gate_at(b, t0), docs.flags(b, t0), piece, ws_.view());
-    }
 }
 
 void Lasp2Delta::forward(int layer, bool held, float* o, const float* q, const float* k, const float* v,
                          const LinearGates& gates, const SpDocuments& docs) {
   const DeltaRuleShape piece = s_.delta_kernel(1, piece_len_);
   auto& P = incoming_[layer];
+  auto& A = transitions_[layer];
   if (!held) {
-    // 1. each piece's pair: B_r, its end state from nothing, and A_r; 2. the pairs on their way; 3. P_r
+    // 1. each piece's pair in one sweep: B_r, its end state from nothing, and A_r (kept for the backward); 2. the
+    //    pairs on their way; 3. P_r
+    A.resize(mine_.size() * size_t(s_.B) * HV_ * s_.dk * s_.dk);
     for (int b = 0; b < s_.B; ++b)
       for (int i = 0; i < int(mine_.size()); ++i) {
         const long t0 = mine_[i].offset;
-        delta_rule_forward(nullptr, send_.data() + state_at(i, b), nullptr, k + key_at(b, t0), v + value_at(b, t0),
-                           gates.beta + gate_at(b, t0), gates.log_gates + gate_at(b, t0), nullptr, docs.flags(b, t0),
-                           piece, ws_.view());
+        delta_rule_summary(A.data() + transition_at(i, b), send_.data() + state_at(i, b), k + key_at(b, t0),
+                           v + value_at(b, t0), gates.beta + gate_at(b, t0), gates.log_gates + gate_at(b, t0),
+                           docs.flags(b, t0), piece, ws_.view());
       }
-    piece_transitions(k, gates, docs);
     PieceGates pairs{nullptr, piece_len_, nullptr, s_.B, HV_, s_.dk};
-    pairs.matrices = transitions_.data();
+    pairs.matrices = A.data();
     passing_->start(send_.data(), pairs, true)->wait();
     P.resize(send_.size());
     passing_->finish(P.data());
@@ -85,9 +77,8 @@ void Lasp2Delta::backward(int layer, float* dq, float* dk, float* dv, const floa
                           gates.beta + gate_at(b, t0), gates.log_gates + gate_at(b, t0),
                           first_piece(i) ? nullptr : P.data() + state_at(i, b), docs.flags(b, t0), piece, ws_.view());
     }
-  piece_transitions(k, gates, docs);
   PieceGates pairs{nullptr, piece_len_, nullptr, s_.B, HV_, s_.dk};
-  pairs.matrices = transitions_.data();
+  pairs.matrices = transitions_[layer].data();  // this step's forward's
   passing_->start(send_.data(), pairs, false)->wait();
   passing_->finish(suffix_.data());
   // 4. each piece's whole backward from P_r with G_r leaving it
@@ -105,8 +96,9 @@ void Lasp2Delta::backward(int layer, float* dq, float* dk, float* dv, const floa
 }
 
 double Lasp2Delta::memory_floats(int linear_layers) const {
-  return double(ws_.storage.size() + passing_->memory_floats() + 2 * send_.size() + transitions_.size()) +
-         double(linear_layers) * double(send_.size());
+  const double transitions = double(mine_.size()) * s_.B * HV_ * s_.dk * s_.dk;
+  return double(ws_.storage.size() + passing_->memory_floats() + 2 * send_.size()) +
+         double(linear_layers) * (double(send_.size()) + transitions);
 }
 
 }  // namespace lasp

@@ -1,12 +1,14 @@
 // LASP-2 for the gated delta rule (decay gdn, ../shared/design/DELTA.md "Across ranks"), a component of
 // Lasp2Attention. A piece moves the state entering it by an affine map S_out = A_r S_in + B_r with a full
 // d_k x d_k transition, so pieces exchange pairs, not states (sp/state_passing.h, Transition::full):
-//   forward:  per piece B_r (its end state from 0) and A_r (0 when it holds a document start); the pairs on
-//             their way (the AllGather of HV d_k (d_k + d_v) floats per piece, or a scan); P_r, the state
-//             entering each piece, folded in piece order; then the piece's kernel from P_r. P_r is kept.
-//   backward: per piece dP^own (the gradient of its own outputs at P_r, from nothing at its end), passed with
-//             the adjoint transitions A_r^T the other way; G_r, the gradient of the state leaving each piece;
-//             then the piece's backward from P_r with G_r at its end, which gives every gradient.
+//   forward:  per piece B_r (its end state from 0) and A_r (0 when it holds a document start), one sweep
+//             (delta_rule_summary); the pairs on their way (the AllGather of HV d_k (d_k + d_v) floats per piece,
+//             or a scan); P_r, the state entering each piece, folded in piece order; then the piece's kernel from
+//             P_r. P_r and A_r are kept.
+//   backward: per piece dP^own (the gradient of its own outputs at P_r, from nothing at its end: one reverse
+//             sweep), passed with the adjoint transitions A_r^T the other way; G_r, the gradient of the state
+//             leaving each piece; then the piece's backward from P_r with G_r at its end, which gives every
+//             gradient.
 // The short convolutions' halo (Attention::conv_halo): sp/conv_halo.h, a halo per piece.
 #pragma once
 #include <memory>
@@ -45,8 +47,9 @@ class Lasp2Delta {
   std::vector<std::pair<int, int>> owner_;
   std::unique_ptr<StatePassing> passing_;
   WorkspaceBuffer ws_{0};
-  std::vector<float> send_, suffix_, transitions_;  // (pieces, B, HV, dk, dv) twice; (pieces, B, HV, dk, dk)
+  std::vector<float> send_, suffix_;                // (pieces, B, HV, dk, dv) each
   std::vector<std::vector<float>> incoming_;        // per layer: P of each local piece
+  std::vector<std::vector<float>> transitions_;     // per layer: A_r of each local piece (pieces, B, HV, dk, dk)
   ConvHalo halo_;                                   // the short convolutions' halo
   bool keep_ = false;
   std::vector<std::vector<float>> final_states_;
@@ -58,8 +61,6 @@ class Lasp2Delta {
   long gate_at(int b, long t) const { return (long(b) * s_.N + t) * HV_; }
   bool first_piece(int i) const { return mine_[i].index == 0; }
   bool last_piece(int i) const { return mine_[i].index == int(owner_.size()) - 1; }
-  // Every piece's A_r into transitions_.
-  void piece_transitions(const float* k, const LinearGates& gates, const SpDocuments& docs);
 };
 
 }  // namespace lasp

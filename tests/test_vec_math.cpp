@@ -1,4 +1,4 @@
-// vec_exp / vec_exp2 / vec_sigmoid against the C library in double precision.
+// vec_exp / vec_exp2 / vec_sigmoid / vec_log1p_unit / vec_log_sigmoid against the C library in double precision.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -52,6 +52,20 @@ TEST(VecMath, SigmoidMatchesAndSaturates) {
   }
   EXPECT_EQ(lasp::vec_sigmoid(1e30f), 1.f);
   EXPECT_EQ(lasp::vec_sigmoid(-1e30f), 0.f);
+}
+
+TEST(VecMath, Log1pAndLogSigmoidMatchTheLibrary) {
+  EXPECT_LE(worst_ulp(lasp::vec_log1p_unit, [](double u) { return std::log1p(u); }, 1e-30, 1.0, 1.1e-5), 3.0);
+  EXPECT_EQ(lasp::vec_log1p_unit(0.f), 0.f);
+  for (double x = -100; x < 100; x += 1.3e-3) {
+    const float f = float(x);
+    const double ref = std::min(double(f), 0.0) - std::log1p(std::exp(-std::fabs(double(f))));
+    EXPECT_NEAR(lasp::vec_log_sigmoid(f), ref, 4e-7 * std::fabs(ref) + 1e-37) << f;
+  }
+  EXPECT_EQ(lasp::vec_log_sigmoid(-1e30f), -1e30f);
+  EXPECT_EQ(lasp::vec_log_sigmoid(1e30f), 0.f);
+  volatile float nan = NAN;
+  EXPECT_TRUE(std::isnan(lasp::vec_log_sigmoid(nan)));
 }
 
 // NaN in, NaN out, without undefined behaviour on the way (the float -> int conversion of a NaN was UB:

@@ -452,12 +452,16 @@ const float* Model::gate_forward(int l, Input xn) {
   LayerActs& a = acts(l);
   project(a.gk1, xn, w.wgk1, D, r);
   project(a.gz, {a.gk1}, w.wgk2, r, E);
-  for (size_t t = 0; t < size_t(T_); ++t)
+  const float normalizer = c.linear.gate_normalizer, *bias = w.bgk;
+#pragma omp parallel for schedule(static)
+  for (long t = 0; t < long(T_); ++t) {
+    float *z = a.gz + t * E, *out = a.glog + t * E;
+#pragma omp simd
     for (int j = 0; j < E; ++j) {
-      float& z = a.gz[t * E + j];
-      z += w.bgk[j];
-      a.glog[t * E + j] = gla_log_gate(z, c.linear.gate_normalizer);
+      z[j] += bias[j];
+      out[j] = gla_log_gate(z[j], normalizer);
     }
+  }
   return a.glog;
 }
 
@@ -470,11 +474,17 @@ void Model::gate_backward(int l, Input xn) {
   const LayerWeights& g = g_.layers[l];
   const LayerActs& a = acts(l);
   float* dz = s_.dglog;
-  for (size_t t = 0; t < size_t(T_); ++t)
-    for (int j = 0; j < E; ++j) {
-      dz[t * E + j] *= gla_log_gate_derivative(a.gz[t * E + j], c.linear.gate_normalizer);
-      g.bgk[j] += dz[t * E + j];
-    }
+  const float normalizer = c.linear.gate_normalizer;
+#pragma omp parallel for schedule(static)
+  for (long t = 0; t < long(T_); ++t) {
+    float* d = dz + t * E;
+    const float* z = a.gz + t * E;
+#pragma omp simd
+    for (int j = 0; j < E; ++j) d[j] *= gla_log_gate_derivative(z[j], normalizer);
+  }
+  for (long t = 0; t < long(T_); ++t)  // the bias's gradient, summed in token order
+#pragma omp simd
+    for (int j = 0; j < E; ++j) g.bgk[j] += dz[t * E + j];
   project_backward(s_.dgk1, g.wgk2, dz, {a.gk1}, w.wgk2, r, E, true);
   project_backward(s_.dxn, g.wgk1, s_.dgk1, xn, w.wgk1, D, r);
 }

@@ -217,10 +217,24 @@ def blas_info():
             "mkldnn": torch.backends.mkldnn.is_available()}
 
 
-def time_peer(c, lam, p, tokens, repeats, bf16, block, compile_mode):
+def profile_step(step, rows):
+    """Where one step's time goes: the `rows` operators of most self CPU time under torch.profiler, each with its
+    milliseconds and share of the step."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    events.sort(key=lambda e: -e.self_cpu_time_total)
+    return [{"op": e.key, "ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total, "calls": e.count}
+            for e in events[:rows]]
+
+
+def time_peer(c, lam, p, tokens, repeats, bf16, block, compile_mode, profile_rows=0):
     """Median seconds of one training step (zero_grad, forward, backward, clip, AdamW), eager and (compile_mode
     'auto' or 'on') through torch.compile, the two timed in turns, step by step, so that a noisy machine weighs
-    on both alike. Returns the JSON fields of time-step."""
+    on both alike. Returns the JSON fields of time-step; with profile_rows, also the best form's profile
+    (profile_step)."""
     N = tokens.shape[1] - 1
     block = block or auto_block(N, c["hidden_size"] // c["num_attention_heads"])
     K = constants(c, lam, N, block, torch.float32)
@@ -270,6 +284,8 @@ def time_peer(c, lam, p, tokens, repeats, bf16, block, compile_mode):
         out[mode] = {"tokens_per_s": x.numel() / s, "seconds_per_step": s}
     best = max(steps, key=lambda mode: out[mode]["tokens_per_s"])
     out.update(best=best, tokens_per_s=out[best]["tokens_per_s"], seconds_per_step=out[best]["seconds_per_step"])
+    if profile_rows:
+        out["profile"] = profile_step(steps[best], profile_rows)
     return out
 
 

@@ -18,7 +18,7 @@ Run with /usr/bin/python3 (needs torch and numpy; nothing else). Subcommands:
   init      --config config.json --out DIR --seed S [--std 0.02]   random fp32 checkpoint
             (matrices and conv weights ~ N(0, std^2); every norm weight ~ 1 + 0.1 N(0, 1); rebased's
             feature_map.gamma 1, .beta 0; GDN's A_log and dt_bias by FLA's recipe, DELTA.md).
-  time-step --config config.json --seq-len N --batch B --repeats R [--threads T] [--precision fp32|bf16]
+  time-step --config config.json --seq-len N --batch B --repeats R [--threads T] [--precision fp32|bf16] [--profile N]
             [--block L] [--compile auto|on|off]
             one training step (zero_grad, forward, backward, clip, AdamW) of the peer (tools/peer.py: the same
             model as PyTorch at its best on the CPU: chunked linear attention of blocks of L tokens, SDPA,
@@ -742,7 +742,7 @@ def cmd_time_step(a):
         r = time_reference_step(c, p, t, a.repeats, a.precision == "bf16", a.block or 64)
     else:
         r = peer.time_peer(c, decays(c, c["num_attention_heads"]), p, t, a.repeats, a.precision == "bf16",
-                           a.block, a.compile)
+                           a.block, a.compile, a.profile)
     print(json.dumps({**r, "threads": torch.get_num_threads(), "precision": a.precision, "torch": torch.__version__,
                       "python": sys.executable, **peer.blas_info(), **blas_library()}))
 
@@ -1285,6 +1285,8 @@ def parse_args(argv):
                    help="tokens per block of the chunked linear attention (0: by N, 64..256)")
     s.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="also time the step through torch.compile (auto: where torch has it; on: fail if it fails)")
+    s.add_argument("--profile", type=int, default=0,
+                   help="also profile one step of the faster form: its N operators of most self CPU time")
     s = sub.add_parser("blas"); s.set_defaults(fn=cmd_blas)
     s = sub.add_parser("selftest"); s.set_defaults(fn=cmd_selftest)
     s = sub.add_parser("peer-selftest"); s.set_defaults(fn=cmd_peer_selftest)

@@ -228,6 +228,24 @@ void chunk_advance(Scratch& x, float* S, int n, int dk, int width) {
   gemm(true, false, dk, width, n, 1.f, x.kt, dk, x.vp, width, x.gamma[n - 1], S, width);
 }
 
+// dV' = K~ dS + P^T dO: the gradient of V', the values net of the state's prediction.
+void chunk_values_gradient(Scratch& x, bool outputs, int n, int dk, int width) {
+  gemm(false, false, n, width, dk, 1.f, x.kt, dk, x.dstate, width, 0.f, x.dvp, width);
+  if (outputs) gemm(true, false, n, width, n, 1.f, x.p, n, x.dO, width, 1.f, x.dvp, width, nullptr, Skip::a_lower);
+}
+
+// dS <- gamma_end dS + (diag(gamma) Q)^T dO - W^T dV': the gradient of the state entering the chunk (after
+// chunk_values_gradient). It depends on neither the state nor the values.
+void chunk_state_gradient(Scratch& x, bool outputs, int n, int dk, int width) {
+  float* dS = x.dstate;
+  gemm(true, false, dk, width, n, -1.f, x.w, dk, x.dvp, width, x.gamma[n - 1], dS, width);
+  if (!outputs) return;
+  for (int i = 0; i < n; ++i)
+#pragma omp simd
+    for (int j = 0; j < dk; ++j) x.tmp[i * dk + j] = x.gamma[i] * x.q[i * dk + j];
+  gemm(true, false, dk, width, n, 1.f, x.tmp, dk, x.dO, width, 1.f, dS, width);
+}
+
 // The chunk's gradients (DELTA.md "Chunkwise backward") after chunk_factors and chunk_values from its incoming
 // state S: dq, dk, dv, dbeta, dc (the cumulative log-gates') into the dense chunk buffers, and x.dstate from the
 // gradient of the state leaving the chunk to that of the state entering it. dO: x.dO when `outputs`.
@@ -238,10 +256,8 @@ void chunk_backward(Scratch& x, const float* S, bool outputs, bool values, int n
   std::fill(x.dk, x.dk + long(n) * dk, 0.f);
   std::fill(x.dc, x.dc + n, 0.f);
   std::fill(x.dbeta, x.dbeta + n, 0.f);
-  // dV' = K~ dS + P^T dO
-  gemm(false, false, n, width, dk, 1.f, x.kt, dk, dS, width, 0.f, x.dvp, width);
+  chunk_values_gradient(x, outputs, n, dk, width);
   if (outputs) {
-    gemm(true, false, n, width, n, 1.f, x.p, n, x.dO, width, 1.f, x.dvp, width, nullptr, Skip::a_lower);
     // dQ = diag(gamma) dO S^T + E K; gamma_i's share of dc_i: gamma_i q_i . (S dO_i)
     product_bt(n, dk, width, 1.f, x.dO, S, x.bt, 0.f, x.dq);
     for (int i = 0; i < n; ++i) {
@@ -318,28 +334,7 @@ void chunk_backward(Scratch& x, const float* S, bool outputs, bool values, int n
   for (int j = 0; j < n; ++j) x.dc[j] -= x.colsum[j];
   gemm(false, false, n, dk, n, 1.f, x.dl, n, x.k, dk, 1.f, x.dk, dk, nullptr, Skip::a_upper);
   gemm(true, false, n, dk, n, 1.f, x.dl, n, x.k, dk, 1.f, x.dk, dk, nullptr, Skip::a_lower);
-  // dS <- gamma_end dS + (diag(gamma) Q)^T dO - W^T dV'
-  gemm(true, false, dk, width, n, -1.f, x.w, dk, x.dvp, width, x.gamma[n - 1], dS, width);
-  if (!outputs) return;
-  for (int i = 0; i < n; ++i)
-#pragma omp simd
-    for (int j = 0; j < dk; ++j) x.tmp[i * dk + j] = x.gamma[i] * x.q[i * dk + j];
-  gemm(true, false, dk, width, n, 1.f, x.tmp, dk, x.dO, width, 1.f, dS, width);
-}
-
-// Only x.dstate through the chunk (after chunk_factors, and chunk_scores with the chunk's dO when `outputs`): the
-// gradient of the state entering it depends on neither the state nor the values, so no forward sweep is needed.
-// dS <- gamma_end dS + (diag(gamma) Q)^T dO - W^T dV', dV' = K~ dS + P^T dO (chunk_backward's lines).
-void chunk_state_gradient(Scratch& x, bool outputs, int n, int dk, int width) {
-  float* dS = x.dstate;
-  gemm(false, false, n, width, dk, 1.f, x.kt, dk, dS, width, 0.f, x.dvp, width);
-  if (outputs) gemm(true, false, n, width, n, 1.f, x.p, n, x.dO, width, 1.f, x.dvp, width, nullptr, Skip::a_lower);
-  gemm(true, false, dk, width, n, -1.f, x.w, dk, x.dvp, width, x.gamma[n - 1], dS, width);
-  if (!outputs) return;
-  for (int i = 0; i < n; ++i)
-#pragma omp simd
-    for (int j = 0; j < dk; ++j) x.tmp[i * dk + j] = x.gamma[i] * x.q[i * dk + j];
-  gemm(true, false, dk, width, n, 1.f, x.tmp, dk, x.dO, width, 1.f, dS, width);
+  chunk_state_gradient(x, outputs, n, dk, width);
 }
 
 // dg += dc summed from the chunk's end (c_i = g_0 + ... + g_i). A start's factors are 0 whatever the log-gates at
@@ -391,6 +386,7 @@ void run_backward(Scratch& x, const Stream& st, float* dq, float* dk, float* dv,
       const int t0 = c * block, n = std::min(block, N - t0);
       chunk_factors(x, keys, t0, n, dkey, width);
       if (outputs) chunk_scores(x, n, dkey), gather(x.dO, st.dout, st.vld, t0, n, width);
+      chunk_values_gradient(x, outputs, n, dkey, width);
       chunk_state_gradient(x, outputs, n, dkey, width);
     }
     return;

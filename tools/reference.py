@@ -145,6 +145,15 @@ def validate_config(c):
     return c
 
 
+def config_refused(base, la, words):
+    """True when validate_config refuses base with linear_attention la, its message holding every one of words."""
+    try:
+        validate_config(dict(base, linear_attention=la))
+    except UserError as e:
+        return all(w in str(e) for w in words)
+    return False
+
+
 def load_config(path):
     try:
         with open(path) as f:
@@ -971,11 +980,7 @@ def gdn_checks(check, base):
     check((la["head_k_dim"], la["head_v_dim"], la["num_v_heads"], la["conv_size"]) == (6, 6, 2, 4),
           "gdn config: head_k_dim, head_v_dim absent -> d, num_v_heads -> num_attention_heads, conv_size -> 4")
     def refused(la, words):
-        try:
-            validate_config(dict(base, linear_attention=la))
-        except UserError as e:
-            return all(w in str(e) for w in words)
-        return False
+        return config_refused(base, la, words)
     bad = [(dict(decay="gdn", feature_map="elu1"), ["feature_map", "'elu1'", "'silu'", "'gdn'"]),
            (dict(decay="gdn", feature_map="based"), ["feature_map", "'based'", "'silu'"]),
            (dict(decay="gdn", num_v_heads=3), ["num_v_heads 3", "multiple", "num_attention_heads 2"]),
@@ -1182,11 +1187,7 @@ def cmd_selftest(a):
     # config validation: based/rebased refuse a decay; an element-wise map refuses feature_dim != d; feature_dim
     # and normalizer_eps must be valid; absent keys take f = d and 1e-10
     def refused(la, words):
-        try:
-            validate_config(dict(base, linear_attention=la))
-        except UserError as e:
-            return all(w in str(e) for w in words)
-        return False
+        return config_refused(base, la, words)
     check(refused(dict(feature_map="based", decay="lightning"), ["linear_attention.decay", "'lightning'", "'based'"])
           and refused(dict(feature_map="rebased", decay="gla"), ["linear_attention.decay", "'gla'", "'rebased'"]),
           "config: decay 'lightning' with based (and 'gla' with rebased) refused, naming the key and value")

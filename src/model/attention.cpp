@@ -40,7 +40,7 @@ void Attention::begin_chunk(int, int, Pass) {
               "rank (--sp-size 1)");
 }
 
-int Attention::conv_halo(int, float*, const float*, int, int) { return 0; }
+Attention::ConvRuns Attention::conv_halo(int, float*, const float*, int, int) { return {}; }
 void Attention::conv_halo_backward(int, float*, const float*, int, int) {}
 
 void Attention::keep_decode_state(bool keep) {

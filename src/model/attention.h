@@ -125,15 +125,20 @@ class Attention {
                                              const float* q, const float* k, const float* v);
 
   // decay gdn, the short convolutions' halo (DELTA.md): x (B, N, C) is this rank's (or chunk's) input of causal
-  // convolution `conv` (3 l + 0, 1, 2: layer l's q, k, v), K wide. These tokens are R equal runs of consecutive
-  // global positions (the rank's pieces: R = 2 in the zigzag layout, at most kMaxConvRuns). conv_halo writes halo
-  // (B, R, K-1, C), the K-1 rows before each run (zero before its document's start or the sequence's), and returns
-  // R; 0 (halo untouched, read as zeros; one run) where nothing precedes them, as on one process.
-  // conv_halo_backward hands dhalo (B, R, K-1, C) back to where those rows came from and adds what comes back for
-  // these tokens' own last rows into dx. Under SP, collectives of the SP group: every rank calls them. The default:
-  // nothing precedes (the methods that run gdn across ranks or chunks override them).
+  // convolution `conv` (3 l + 0, 1, 2: layer l's q, k, v), K wide. These tokens are R runs of consecutive global
+  // positions (the rank's pieces: R = 2 in the zigzag layout; a chunk may hold the end of one and the start of the
+  // next), at most kMaxConvRuns. conv_halo writes halo (B, R, K-1, C), the K-1 rows before each run (zero before its
+  // document's start or the sequence's), and returns R and where the second run starts; R = 0 (halo untouched, read
+  // as zeros; one run) where nothing precedes them, as on one process. conv_halo_backward hands dhalo (B, R, K-1, C)
+  // back to where those rows came from and adds what comes back for these tokens' own last rows into dx. Under SP,
+  // collectives of the SP group: every rank calls them. The default: nothing precedes (the methods that run gdn
+  // across ranks or chunks override them).
   static constexpr int kMaxConvRuns = 2;
-  virtual int conv_halo(int conv, float* halo, const float* x, int C, int K);
+  struct ConvRuns {
+    int count = 0;  // R
+    int split = 0;  // R = 2: the second run's first token
+  };
+  virtual ConvRuns conv_halo(int conv, float* halo, const float* x, int C, int K);
   virtual void conv_halo_backward(int conv, float* dx, const float* dhalo, int C, int K);
 
   // Causal softmax attention: q (B, N, H, d) against k, v (B, N, H_kv, d) with RoPE applied; lse (B, H, N).
@@ -177,7 +182,8 @@ class Attention {
 //             *_exchange(forward); 2. per chunk, linear_forward / softmax_forward, complete.
 //   backward: 1. per chunk in reverse, the chunk's forward again, then linear_backward / softmax_backward:
 //             complete for dq, but dk and dv leave out what arrives from other ranks; *_exchange(backward);
-//             2. per chunk, *_key_gradients adds that part to the chunk's dk and dv (false: nothing to add).
+//             2. per chunk in reverse, *_key_gradients adds that part to the chunk's dk and dv (false: nothing to
+//             add).
 // Chunks are announced by begin_chunk. Only the methods with such a form implement it (the registry's
 // make_layer_major, sp/methods.h); the others are plain Attentions.
 class LayerMajorAttention : public Attention {
@@ -189,6 +195,14 @@ class LayerMajorAttention : public Attention {
   virtual bool linear_key_gradients(int layer, float* dk, float* dv, const float* k, const float* v,
                                     const LinearGates& gates) = 0;
   virtual bool softmax_key_gradients(int layer, float* dk, float* dv) = 0;
+  // decay gdn, the short convolutions across ranks: conv_halo serves each chunk from the chunk before it in its
+  // piece, or at a piece's start from the piece before it, whose last K-1 convolution inputs (conv_tail_tokens:
+  // the local tokens, pieces x (K-1)) the model hands over as tails (B, pieces, K-1, C) before the layer's first
+  // pass (conv_exchange). Backward: after pass 2, conv_exchange_backward writes the gradient of those tails, from
+  // the tokens of the pieces after them (the model takes it back through the rows' projections and norm).
+  virtual std::vector<int> conv_tail_tokens(int K) const = 0;
+  virtual void conv_exchange(int conv, const float* tails, int C, int K) = 0;
+  virtual void conv_exchange_backward(int conv, float* dtails, int C, int K) = 0;
 };
 
 // One process holds the whole sequence.

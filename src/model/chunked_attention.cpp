@@ -123,16 +123,16 @@ void ChunkedAttention::linear_backward(int layer, float* dq, float* dk, float* d
 
 // The forward pass keeps each chunk's tail (its own halo, the tail before it, covers a chunk shorter than K-1); any
 // forward of chunk c reads chunk c-1's.
-int ChunkedAttention::conv_halo(int conv, float* halo, const float* x, int C, int K) {
+Attention::ConvRuns ChunkedAttention::conv_halo(int conv, float* halo, const float* x, int C, int K) {
   const size_t n = size_t(s_.B) * (K - 1) * C;
   if (int(conv_tails_.size()) <= conv) conv_tails_.resize(conv + 1);
   float* tails = sized(conv_tails_[conv], size_t(chunks_) * n).data();
   if (pass_ == Pass::forward)
     short_conv_tail(tails + index_ * n, x, index_ > 0 ? tails + (index_ - 1) * n : nullptr, docs_.start_flags(), s_.B,
                     length_, C, K);
-  if (index_ == 0) return 0;
+  if (index_ == 0) return {};
   std::copy(tails + (index_ - 1) * n, tails + index_ * n, halo);
-  return 1;
+  return {1, 0};
 }
 
 // Chunks go last to first: the gradient of this chunk's tail (from the chunk after it) reaches its rows through

@@ -216,9 +216,6 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, Mode
              "model: a layer-major plan needs an attention with a layer-major mode (lasp2 across SP ranks)");
   chunk_ = chunk_length(plan, N);
   chunks_ = (N + chunk_ - 1) / chunk_;
-  LASP_CHECK(config.linear.decay != Decay::gdn || !layer_major_,
-             "model: decay gdn has no layer-major plan yet (several SP ranks in chunks of {} tokens): raise "
-             "--memory-limit or shorten --seq-len", chunk_);
   N_ = chunk_, T_ = token_count(B, chunk_);
   mlp_rows_ = int(mlp_rows(plan, size_t(T_)));
 
@@ -243,8 +240,10 @@ Model::Model(const ModelConfig& config, int B, int N, Attention& attention, Mode
   if (precision_ == Precision::bf16) {
     const size_t widest = widest_projection(c);
     weights_bf16_.resize(layout_.total());
-    x_bf16_.resize(size_t(T_) * widest);
-    dy_bf16_.resize(size_t(T_) * widest);
+    // (and the short convolutions' tail rows under a layer-major plan, at most kMaxConvRuns (K-1) per batch row)
+    const size_t rows = std::max(size_t(T_), size_t(B_) * Attention::kMaxConvRuns * std::max(c.linear.conv_size - 1, 0));
+    x_bf16_.resize(rows * widest);
+    dy_bf16_.resize(rows * widest);
   }
   arena_.assign(counter.used, 0.f);
   Carver assign{arena_.data()};

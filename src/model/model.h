@@ -150,7 +150,7 @@ class Model {
   std::vector<uint8_t> doc_flags_;                // (B, seq_len) of the last forward, when doc_start_ >= 0
   std::vector<uint8_t> chunk_flags_;              // (B, N_) of the running chunk, when chunked with documents
   bool keep_conv_tails_ = false;
-  int conv_runs_ = 1;  // the runs the attention's conv_halo gave (the same for every convolution)
+  std::vector<int> conv_runs_;  // the runs of the attention's last conv_halo: where each starts, then N_
   std::vector<std::vector<float>> conv_tails_;    // keep_conv_tails: per layer
 
   // Lays out the activations of B x chunk tokens: counts them when the carver has no base.
@@ -214,6 +214,14 @@ class Model {
   // The keys' and values' gradients from other ranks (Attention::key_gradients) back to s_.dres += dL/dx_[l].
   void key_gradients_backward(int l);
   void exchange(int l, Attention::Pass pass);  // the attention's, for layer l's kind
+  // decay gdn across ranks: the short convolutions' tails before layer l's passes, and their gradient after.
+  struct TailRows {
+    std::vector<int> tokens;
+    std::vector<float> x, xn, rstd;
+  };
+  TailRows conv_tail_rows(int l) const;
+  void conv_tails_forward(int l);
+  void conv_tails_backward(int l);
   // Computes layer l from x_[l]; writes x_[l + 1] when write_output.
   void forward_layer(int l, bool write_output);
   // From s_.dres = dL/dx_[l + 1] to s_.dres = dL/dx_[l], accumulating the layer's weight gradients.

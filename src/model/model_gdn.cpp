@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/check.h"
 #include "kernels/delta_rule.h"
 #include "kernels/feature_map.h"
 #include "kernels/l2_norm.h"
@@ -17,25 +18,30 @@
 namespace lasp {
 
 // y = silu(conv(x)) of one input (conv_size 0: y = silu(x)); the conv output (silu's input) into c, the rows before
-// this rank's tokens (from the attention: another rank's) into halo.
+// each run (from the attention: another rank's or chunk's) into halo.
 void Model::conv_silu_forward(int conv, float* y, float* c, float* halo, float* tail, const float* x, const float* w,
                               int C) {
   const int K = config_.linear.conv_size;
   const float* pre = x;
   if (K > 0) {
-    conv_runs_ = attention_.conv_halo(conv, halo, x, C, K);
-    if (conv_runs_ == 0) std::fill_n(halo, size_t(B_) * (K - 1) * C, 0.f), conv_runs_ = 1;
-    // each run of consecutive positions is a row of its own: B R rows of N / R tokens, a halo each
-    short_conv_forward(c, x, w, halo, document_flags(), B_ * conv_runs_, N_ / conv_runs_, C, K, omp_get_max_threads());
-    if (tail) {  // from each row's last run
-      const int R = conv_runs_, L = N_ / R;
-      const uint8_t* flags = document_flags();
-      for (int b = 0; b < B_; ++b) {
-        const size_t run = size_t(b) * R + R - 1;
-        short_conv_tail(tail + size_t(b) * (K - 1) * C, x + run * L * C, halo + run * (K - 1) * C,
-                        flags ? flags + run * L : nullptr, 1, L, C, K);
+    const Attention::ConvRuns given = attention_.conv_halo(conv, halo, x, C, K);
+    LASP_CHECK(given.count <= Attention::kMaxConvRuns && (given.count < 2 || (given.split > 0 && given.split < N_)),
+               "model: the attention's convolution halos are for {} runs, the second from token {} of {}; expected at "
+               "most {} runs inside the tokens", given.count, given.split, N_, Attention::kMaxConvRuns);
+    conv_runs_ = given.count == 2 ? std::vector<int>{0, given.split, N_} : std::vector<int>{0, N_};
+    const int R = int(conv_runs_.size()) - 1;
+    if (given.count == 0) std::fill_n(halo, size_t(B_) * (K - 1) * C, 0.f);
+    const uint8_t* flags = document_flags();
+    for (int b = 0; b < B_; ++b)
+      for (int r = 0; r < R; ++r) {
+        const size_t at = size_t(b) * N_ + conv_runs_[r];
+        const float* run_halo = halo + (size_t(b) * R + r) * (K - 1) * C;
+        const uint8_t* run_flags = flags ? flags + at : nullptr;
+        const int n = conv_runs_[r + 1] - conv_runs_[r];
+        short_conv_forward(c + at * C, x + at * C, w, run_halo, run_flags, 1, n, C, K, omp_get_max_threads());
+        if (tail && r == R - 1)  // from each row's last run
+          short_conv_tail(tail + size_t(b) * (K - 1) * C, x + at * C, run_halo, run_flags, 1, n, C, K);
       }
-    }
     pre = c;
   }
   feature_map_forward(y, pre, long(T_) * C, FeatureMap::silu);
@@ -53,9 +59,15 @@ void Model::conv_silu_backward(int conv, float* dx, float* dw, const float* dy, 
   }
   feature_map_backward(dc, dy, c, long(n), FeatureMap::silu, GradStore::overwrite);
   std::fill_n(dx, n, 0.f);
-  std::fill_n(s_.dhalo, size_t(B_) * conv_runs_ * (K - 1) * C, 0.f);
-  short_conv_backward(dx, dw, s_.dhalo, dc, x, w, halo, document_flags(), B_ * conv_runs_, N_ / conv_runs_, C, K,
-                      omp_get_max_threads());
+  const int R = int(conv_runs_.size()) - 1;
+  std::fill_n(s_.dhalo, size_t(B_) * R * (K - 1) * C, 0.f);
+  const uint8_t* flags = document_flags();
+  for (int b = 0; b < B_; ++b)
+    for (int r = 0; r < R; ++r) {
+      const size_t at = size_t(b) * N_ + conv_runs_[r], h = (size_t(b) * R + r) * (K - 1) * C;
+      short_conv_backward(dx + at * C, dw, s_.dhalo + h, dc + at * C, x + at * C, w, halo + h, flags ? flags + at : nullptr,
+                          1, conv_runs_[r + 1] - conv_runs_[r], C, K, omp_get_max_threads());
+    }
   attention_.conv_halo_backward(conv, dx, s_.dhalo, C, K);
 }
 

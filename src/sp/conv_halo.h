@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "comm/comm.h"
+#include "model/attention.h"
 #include "sp/grid.h"
 
 namespace lasp {
@@ -22,9 +23,16 @@ class ConvHalo {
   ConvHalo(Comm& sp, int B, int N, SpLayout layout);
   // Attention::conv_halo and conv_halo_backward for x (B, N, C) with this rank's document starts (B, N) or null:
   // halo and dhalo (B, pieces, K-1, C), the rows before each piece (zeros before the sequence's first token).
-  // forward returns the pieces.
-  int forward(float* halo, const float* x, const uint8_t* starts, int C, int K);
+  // forward returns the pieces as runs.
+  Attention::ConvRuns forward(float* halo, const float* x, const uint8_t* starts, int C, int K);
   void backward(float* dx, const float* dhalo, const uint8_t* starts, int C, int K);
+  // The exchange alone, for tails already cut (short_conv_tail): every piece's halo (B, pieces, K-1, C) from
+  // the tails (B, pieces, K-1, C) of this rank's pieces; backward, each piece's tail gradient (written) from its
+  // halo gradient.
+  void exchange(float* halo, const float* tails, int C, int K);
+  void exchange_backward(float* dtails, const float* dhalo, int C, int K);
+  // The local tokens of each piece's tail: (pieces, K-1), piece by piece.
+  std::vector<int> tail_tokens(int K) const;
 
  private:
   Comm& sp_;

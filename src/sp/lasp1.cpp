@@ -25,7 +25,7 @@ Lasp1Attention::Lasp1Attention(Comm& sp, const AttentionShape& shape, int global
                                s_.delta ? delta_rule_backward_workspace_floats(delta) : size_t(0)}));
 }
 
-int Lasp1Attention::conv_halo(int, float* halo, const float* x, int C, int K) {
+Attention::ConvRuns Lasp1Attention::conv_halo(int, float* halo, const float* x, int C, int K) {
   LASP_CHECK(halo_, "LASP-1: a convolution halo asked of an attention made without the gated delta rule");
   return halo_->forward(halo, x, local_starts(), C, K);
 }

@@ -27,7 +27,7 @@ class Lasp1Attention : public Attention {
                       const LinearGates& gates) override;
   void linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                        const float* k, const float* v, const LinearGates& gates) override;
-  int conv_halo(int conv, float* halo, const float* x, int C, int K) override;
+  ConvRuns conv_halo(int conv, float* halo, const float* x, int C, int K) override;
   void conv_halo_backward(int conv, float* dx, const float* dhalo, int C, int K) override;
   void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override {
     softmax_.forward(layer, o, lse, q, k, v, recomputing());

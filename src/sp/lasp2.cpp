@@ -456,7 +456,7 @@ std::vector<float> Lasp2Attention::final_state(int layer) const {
   return delta_ ? delta_->final_state(layer) : impl_->final_states.at(layer);
 }
 
-int Lasp2Attention::conv_halo(int, float* halo, const float* x, int C, int K) {
+Attention::ConvRuns Lasp2Attention::conv_halo(int, float* halo, const float* x, int C, int K) {
   LASP_CHECK(delta_, "LASP-2: a convolution halo asked of an attention without the gated delta rule");
   const SpDocuments& docs = softmax_.documents();
   return delta_->halo().forward(halo, x, docs.empty() ? nullptr : docs.local.starts.data(), C, K);

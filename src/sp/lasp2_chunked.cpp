@@ -16,9 +16,14 @@ namespace {
 
 size_t kernel_workspace_floats(const AttentionShape& s, int global_N, int chunk) {
   const LinearAttentionShape linear = s.linear_kernel(1, chunk, s.H), gla = s.gla_kernel(1, chunk, s.H);
+  const DeltaRuleShape delta = s.delta_kernel(1, chunk);
   return std::max({linear_attention_forward_workspace_floats(linear), linear_attention_backward_workspace_floats(linear),
                    linear_attention_span_workspace_floats(linear),
-                   s.gla ? gla_backward_workspace_floats(gla) : 0, softmax_attention_workspace_floats(chunk, global_N, s.d, s.threads)});
+                   s.gla ? gla_backward_workspace_floats(gla) : 0,
+                   s.delta ? std::max({delta_rule_forward_workspace_floats(delta), delta_rule_backward_workspace_floats(delta),
+                                       delta_rule_summary_workspace_floats(delta)})
+                           : 0,
+                   softmax_attention_workspace_floats(chunk, global_N, s.d, s.threads)});
 }
 
 }  // namespace
@@ -38,13 +43,16 @@ Lasp2ChunkedAttention::Lasp2ChunkedAttention(Comm& sp, const AttentionShape& sha
       entering_(layers),
       gamma_(layers),
       leaving_(layers),
+      transitions_(layers),
+      halo_(sp, shape.B, shape.N, layout),
       softmax_(sp, shape, global_N, layout, layers) {
   LASP_CHECK(chunk > 0 && chunk <= shape.N, "LASP-2 in chunks: expected 0 < chunk <= {} tokens per rank, got {}",
              shape.N, chunk);
   chunks_ = (shape.N + chunk - 1) / chunk;
   piece_len_ = mine_[0].length;
   ws_.storage.resize(kernel_workspace_floats(shape, global_N, chunk));
-  passing_ = make_state_passing(StatePassingKind::gather, sp, {shape.B, shape.H, shape.dk, shape.dv, mine_, owner_}, 0);
+  passing_ = make_state_passing(StatePassingKind::gather, sp,
+                                {shape.B, shape.value_heads(), shape.dk, shape.dv, mine_, owner_}, 0);
   begin_chunk(0, chunk, Pass::forward);
 }
 
@@ -57,6 +65,11 @@ double Lasp2ChunkedAttention::memory_floats(const std::string& layer_types) cons
   if (linear > 0 && s_.gla) {  // the pairs sent and gathered; per layer Gamma and the leaving states; A
     const double G = double(gate_floats());
     floats += (W + 1) * pieces * (S + G) + linear * pieces * (G + S) + (chunks_ + 1) * pieces * G;
+  }
+  if (linear > 0 && s_.delta) {  // per layer A_r; a segment's pair and a product; the convolutions' halos and tails
+    const double X = double(transition_floats());
+    const double conv = double(s_.B) * s_.conv_rows * (2.0 * s_.dk * s_.H + double(s_.dv) * s_.value_heads());
+    floats += linear * pieces * X + 2 * X + S + linear * (2 * pieces + chunks_ + 1) * conv + 2 * conv;
   }
   if (softmax > 0) floats += softmax_.memory_floats(int(softmax), s_.H_kv) + 2.0 * kv_floats();
   return floats;
@@ -122,6 +135,7 @@ void Lasp2ChunkedAttention::gla_collect(int layer, const float* k, const float* 
 
 void Lasp2ChunkedAttention::linear_collect(int layer, const float* k, const float* v, const LinearGates& gates) {
   if (gates.gla()) return gla_collect(layer, k, v, gates.log_gates);
+  if (gates.delta()) return delta_collect(layer, k, v, gates);
   const float* lambda = fixed_decay(gates, "LASP-2 in layer-major chunks");
   const int H = s_.H;
   const size_t S = state_floats(), row_state = size_t(H) * s_.state_floats();
@@ -150,8 +164,12 @@ void Lasp2ChunkedAttention::linear_exchange(int layer, Pass pass, const LinearGa
   auto& out = pass == Pass::forward ? incoming_[layer] : suffix_;
   out.resize(pieces * S);
   const std::vector<uint8_t> cut = docs().piece_cuts(int(owner_.size()), piece_len_);
-  PieceGates piece_gates{nullptr, piece_len_, nullptr, s_.B, s_.H, s_.dk, nullptr};
-  if (gates.gla()) {  // GLA: each row's gate product, from pass 1 of the forward (a start in it made it 0)
+  PieceGates piece_gates{nullptr, piece_len_, nullptr, s_.B, s_.value_heads(), s_.dk, nullptr};
+  if (gates.delta()) {  // the pieces' transitions A_r, from pass 1 of the forward (kept for the backward's adjoint)
+    LASP_CHECK(transitions_[layer].size() == pieces * transition_floats(),
+               "LASP-2 in chunks: layer {}'s transitions before its pass 1", layer);
+    piece_gates.matrices = transitions_[layer].data();
+  } else if (gates.gla()) {  // GLA: each row's gate product, from pass 1 of the forward (a start in it made it 0)
     LASP_CHECK(gamma_[layer].size() == pieces * gate_floats(), "LASP-2 in chunks: layer {}'s gates before its pass 1",
                layer);
     piece_gates.rows = gamma_[layer].data();
@@ -165,10 +183,10 @@ void Lasp2ChunkedAttention::linear_exchange(int layer, Pass pass, const LinearGa
 
 void Lasp2ChunkedAttention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                            const LinearGates& gates) {
-  const bool gla = gates.gla();
-  const float* lambda = gla ? nullptr : fixed_decay(gates, "LASP-2 in layer-major chunks");
+  const bool gla = gates.gla(), delta = gates.delta();
+  const float* lambda = gla || delta ? nullptr : fixed_decay(gates, "LASP-2 in layer-major chunks");
   const int H = s_.H;
-  const size_t S = state_floats(), row_state = size_t(H) * s_.state_floats();
+  const size_t S = state_floats(), row_state = size_t(s_.value_heads()) * s_.state_floats();
   const auto& P = incoming_[layer];
   LASP_CHECK(P.size() == mine_.size() * S, "LASP-2 in chunks: layer {} runs before its exchange", layer);
   auto& entering = entering_[layer];
@@ -186,9 +204,13 @@ void Lasp2ChunkedAttention::linear_forward(int layer, float* o, const float* q, 
     const bool leaves = gla && pass_ == Pass::forward && !pass_on;
     float* out = pass_on ? carry_next_.data() : leaves ? leaving_[layer].data() + sg.piece * S : nullptr;
     for (int b = 0; b < s_.B; ++b) {
-      const long kr = key_at(b, sg.row), vr = value_at(b, sg.row);
+      const long kr = key_at(b, sg.row), vr = value_at(b, sg.row), gr = gate_at(b, sg.row);
       const uint8_t* flags = docs().flags(b, local_row(sg));
-      if (gla)
+      if (delta)
+        delta_rule_forward(o + vr, out ? out + b * row_state : nullptr, q + kr, k + kr, v + vr, gates.beta + gr,
+                           gates.log_gates + gr, in ? in + b * row_state : nullptr, flags, s_.delta_kernel(1, sg.length),
+                           ws_.view());
+      else if (gla)
         gla_forward(o + vr, out ? out + b * row_state : nullptr, q + kr, k + kr, v + vr, gates.log_gates + kr,
                     in ? in + b * row_state : nullptr, flags, s_.gla_kernel(1, sg.length, H), ws_.view());
       else
@@ -202,15 +224,19 @@ void Lasp2ChunkedAttention::linear_forward(int layer, float* o, const float* q, 
 
 void Lasp2ChunkedAttention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout,
                                             const float* q, const float* k, const float* v, const LinearGates& gates) {
-  const bool gla = gates.gla();
-  const float* lambda = gla ? nullptr : fixed_decay(gates, "LASP-2 in layer-major chunks");
+  const bool gla = gates.gla(), delta = gates.delta();
+  const float* lambda = gla || delta ? nullptr : fixed_decay(gates, "LASP-2 in layer-major chunks");
   const int H = s_.H, dkey = s_.dk;
-  const size_t S = state_floats(), row_state = size_t(H) * s_.state_floats();
+  const size_t S = state_floats(), row_state = size_t(s_.value_heads()) * s_.state_floats();
   const auto& P = incoming_[layer];
   LASP_CHECK(P.size() == mine_.size() * S && entering_[layer].size() == size_t(chunks_) * S,
              "LASP-2 in chunks: the backward of layer {} before its forward", layer);
   send_.resize(mine_.size() * S);
   carry_.resize(S), carry_next_.resize(S);  // here: the gradient of the state leaving a chunk, and entering it
+  if (delta) {  // the kernel accumulates its gates' gradients; the seam writes them
+    std::fill_n(gates.d_beta, gate_at(s_.B, 0), 0.f);
+    std::fill_n(gates.d_log_gates, gate_at(s_.B, 0), 0.f);
+  }
   for (auto sg = segments_.rbegin(); sg != segments_.rend(); ++sg) {
     const float* in = sg->at > 0 ? entering_[layer].data() + size_t(index_) * S
                                  : first_piece(sg->piece) ? nullptr : P.data() + sg->piece * S;
@@ -220,12 +246,16 @@ void Lasp2ChunkedAttention::linear_backward(int layer, float* dq, float* dk, flo
     const bool gives = in != nullptr;  // the state entering it has a gradient to give
     std::fill(carry_next_.begin(), carry_next_.end(), 0.f);
     for (int b = 0; b < s_.B; ++b) {
-      const long kr = key_at(b, sg->row), vr = value_at(b, sg->row);
+      const long kr = key_at(b, sg->row), vr = value_at(b, sg->row), gr = gate_at(b, sg->row);
       float* dstate_in = gives ? carry_next_.data() + b * row_state : nullptr;
       const float* dstate_out = from_next ? carry_.data() + b * row_state : nullptr;
       const float* state_in = in ? in + b * row_state : nullptr;
       const uint8_t* flags = docs().flags(b, local_row(*sg));
-      if (gla)
+      if (delta)
+        delta_rule_backward(dq + kr, dk + kr, dv + vr, gates.d_beta + gr, gates.d_log_gates + gr, dstate_in, dout + vr,
+                            dstate_out, q + kr, k + kr, v + vr, gates.beta + gr, gates.log_gates + gr, state_in, flags,
+                            s_.delta_kernel(1, sg->length), ws_.view());
+      else if (gla)
         gla_backward(dq + kr, dk + kr, dv + vr, gates.d_log_gates + kr, dstate_in, dout + vr, dstate_out, q + kr,
                      k + kr, v + vr, gates.log_gates + kr, state_in, flags, s_.gla_kernel(1, sg->length, H), ws_.view());
       else
@@ -264,6 +294,10 @@ bool Lasp2ChunkedAttention::linear_key_gradients(int layer, float* dkeys, float*
   if (!any) return false;  // the last piece: no later piece's state reads its keys
   if (gates.gla()) {
     gla_key_gradients(layer, dkeys, dvalues, gates.d_log_gates, k, v, gates.log_gates);
+    return true;
+  }
+  if (gates.delta()) {
+    delta_key_gradients(layer, dkeys, dvalues, k, v, gates);
     return true;
   }
   const float* lambda = fixed_decay(gates, "LASP-2 in layer-major chunks");

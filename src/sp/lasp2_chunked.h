@@ -17,6 +17,15 @@
 //   and keeps, for each chunk, the gates' product from its end to its piece's end (A); pass 2 adds the later
 //   pieces' share: dK += (V G^T) .* bk A, dV += (K .* bk A) G, dg += rowsum(diag(A) S_end .* G) - the sum from
 //   the end of k dk's share (gla.h's identity; S_end: the state leaving the chunk's segment).
+// Gated DeltaNet (DELTA.md; sp/lasp2_delta.h): pass 1 folds each segment's pair (A_c, B_c) (delta_rule_summary) into
+//   its piece's, A <- A_c A, B <- A_c B + B_c; the pieces exchange (A_r, B_r) pairs (A_r kept per layer for the
+//   backward's adjoint); pass 2 runs the kernel from P as above. Backward pass 1 as above gives dq, dk, dv and the
+//   gates' gradients of the piece's own outputs and, at each piece's start, dP^own to send; pass 2, in REVERSE chunk
+//   order, adds the later pieces' share: the kernel's backward without output gradients from G at the piece's end,
+//   its state gradient carried from chunk to chunk. The short convolutions: each chunk's halo is the tail of the
+//   chunk before it in its piece (kept by the forward), or at a piece's start the previous piece's tail, exchanged
+//   point to point before the layer (sp/conv_halo.h); backward, a chunk's halo gradient goes to the chunk before,
+//   and at a piece's start (both passes') back to the previous piece's holder after pass 2.
 // Softmax layer: pass 1 keeps the chunks' keys and values, ONE AllGather of them (sp/lasp2h.h), pass 2 the
 //   chunk's queries against every key. Backward: pass 1 accumulates the gradient of every gathered key,
 //   ONE ReduceScatter back to the owners, pass 2 adds each chunk's share to its dk, dv.
@@ -27,6 +36,7 @@
 #include "comm/comm.h"
 #include "core/check.h"
 #include "model/attention.h"
+#include "sp/conv_halo.h"
 #include "sp/grid.h"
 #include "sp/lasp2h.h"
 #include "sp/state_passing.h"
@@ -49,6 +59,11 @@ class Lasp2ChunkedAttention : public LayerMajorAttention {
   bool linear_key_gradients(int layer, float* dk, float* dv, const float* k, const float* v,
                             const LinearGates& gates) override;
   bool softmax_key_gradients(int layer, float* dk, float* dv) override;
+  ConvRuns conv_halo(int conv, float* halo, const float* x, int C, int K) override;
+  void conv_halo_backward(int conv, float* dx, const float* dhalo, int C, int K) override;
+  std::vector<int> conv_tail_tokens(int K) const override { return halo_.tail_tokens(K); }
+  void conv_exchange(int conv, const float* tails, int C, int K) override;
+  void conv_exchange_backward(int conv, float* dtails, int C, int K) override;
 
   void linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                       const LinearGates& gates) override;
@@ -86,6 +101,16 @@ class Lasp2ChunkedAttention : public LayerMajorAttention {
   // dk, dv); in the backward, each chunk's A (chunks, pieces, B, H, dk) and the running product it is taken from.
   std::vector<std::vector<float>> gamma_, leaving_;
   std::vector<float> after_, after_run_;
+  // Gated DeltaNet, per layer: each piece's transition A_r (pieces, B, HV, dk, dk); a segment's pair and a product.
+  std::vector<std::vector<float>> transitions_;
+  std::vector<float> segment_A_, segment_B_, product_;
+  // The short convolutions, per convolution (3 l + q, k, v): each piece's halo (B, pieces, K-1, C) and, in the
+  // backward, its gradient (both passes'); each chunk's tail (chunks, B, K-1, C), the tail's gradient for the
+  // chunk before (B, K-1, C) and which chunk that is (-1: none).
+  ConvHalo halo_;
+  std::vector<std::vector<float>> piece_halos_, dpiece_halos_, conv_tails_, dtails_;
+  std::vector<int> dtail_chunk_;
+  std::vector<float> dhalo_;
   // Softmax layers: this rank's keys and values (2, B, N, H_kv, d) collected in pass 1, then in the backward
   // their gradients from the reduce-scatter; the gathered keys' gradients of the layer under way.
   Lasp2H softmax_;
@@ -97,7 +122,8 @@ class Lasp2ChunkedAttention : public LayerMajorAttention {
   const SpDocuments& docs() const { return softmax_.documents(); }
   int local_row(const Segment& sg) const { return mine_[sg.piece].offset + sg.at; }  // in this rank's tokens
   const int* chunk_documents();  // the running chunk's queries' documents (B, length), or null
-  size_t state_floats() const { return size_t(s_.B) * s_.H * s_.state_floats(); }  // one piece's, (B, H, dk, dv)
+  size_t state_floats() const { return size_t(s_.B) * s_.value_heads() * s_.state_floats(); }  // one piece's, (B, HV, dk, dv)
+  size_t transition_floats() const { return size_t(s_.B) * s_.value_heads() * s_.dk * s_.dk; }  // one piece's A_r
   size_t kv_floats() const { return size_t(s_.B) * s_.N * s_.H_kv * s_.d; }  // this rank's keys
   size_t gate_floats() const { return size_t(s_.B) * s_.H * s_.dk; }  // one piece's gates, (B, H, dk)
   int widest() const { return std::max(s_.dk, s_.dv); }
@@ -107,7 +133,8 @@ class Lasp2ChunkedAttention : public LayerMajorAttention {
   // Token t of batch row b, head h, of the running chunk in a (B, length, H, width) tensor: keys (q, k, GLA's
   // gates) qk_width() wide, values (v, o) dv.
   long key_at(int b, long t, int h = 0) const { return ((long(b) * length_ + t) * s_.H + h) * s_.qk_width(); }
-  long value_at(int b, long t, int h = 0) const { return ((long(b) * length_ + t) * s_.H + h) * s_.dv; }
+  long value_at(int b, long t, int h = 0) const { return ((long(b) * length_ + t) * s_.value_heads() + h) * s_.dv; }
+  long gate_at(int b, long t) const { return (long(b) * length_ + t) * s_.value_heads(); }  // gdn's beta and g
   bool first_piece(int i) const { return mine_[i].index == 0; }
   bool last_piece(int i) const { return mine_[i].index == int(owner_.size()) - 1; }
   // Runs f(segment, b, h, thread scratch) over every segment of the running chunk, row and head, in parallel.
@@ -120,6 +147,8 @@ class Lasp2ChunkedAttention : public LayerMajorAttention {
   };
   SegmentGates segment_gates(float* scratch, const Segment& sg, int b, int h, const float* log_gates) const;
   void gla_collect(int layer, const float* k, const float* v, const float* log_gates);
+  void delta_collect(int layer, const float* k, const float* v, const LinearGates& gates);
+  void delta_key_gradients(int layer, float* dk, float* dv, const float* k, const float* v, const LinearGates& gates);
   void gla_key_gradients(int layer, float* dk, float* dv, float* dg, const float* k, const float* v,
                          const float* log_gates);
 };

@@ -88,7 +88,7 @@ std::vector<float> UlyssesAttention::expand_kv(const float* x) const {
   return out;
 }
 
-int UlyssesAttention::conv_halo(int, float* halo, const float* x, int C, int K) {
+Attention::ConvRuns UlyssesAttention::conv_halo(int, float* halo, const float* x, int C, int K) {
   LASP_CHECK(halo_, "ulysses: a convolution halo asked of an attention made without the gated delta rule");
   return halo_->forward(halo, x, local_starts_.empty() ? nullptr : local_starts_.data(), C, K);
 }

@@ -33,7 +33,7 @@ class UlyssesAttention : public Attention {
   void linear_bidirectional_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                                      const float* k, const float* v) override;
   // lse is not used: the softmax statistics live with the head-sharded output, kept here for the backward.
-  int conv_halo(int conv, float* halo, const float* x, int C, int K) override;
+  ConvRuns conv_halo(int conv, float* halo, const float* x, int C, int K) override;
   void conv_halo_backward(int conv, float* dx, const float* dhalo, int C, int K) override;
   void softmax_forward(int layer, float* o, float* lse, const float* q, const float* k, const float* v) override;
   void softmax_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o,

@@ -83,8 +83,8 @@ refused "has no Based or Rebased" 2 train --data "$dir/text.txt" --seq-len 96 --
 
 # Gated DeltaNet (issue 26; GVA: 8 value heads of 48 over 4 q/k heads of 64): chunks on one process (the delta
 # rule's state and the convolutions' tails cross them), with recompute, LASP-2 on 2 ranks (zigzag, the hybrid's
-# default, and contiguous), the scans and LASP-1 on 3 and Ulysses on 4 (zigzag) give one process's losses; ring and
-# LASP-2's layer-major chunks refuse it.
+# default, and contiguous) whole and in layer-major chunks (13 and 11 tokens straddle pieces of 24 and divide none
+# of 32), the scans and LASP-1 on 3 and Ulysses on 4 (zigzag) give one process's losses; ring refuses it.
 gdn=(--batch 2 --layer-types LLLN --decay gdn --num-v-heads 8 --head-v-dim 48 --lr 2e-4)
 run gdn_keep 1 "${gdn[@]}"
 run gdn_chunk 1 "${gdn[@]}" --chunk 17
@@ -92,17 +92,19 @@ run gdn_chunk_recompute 1 "${gdn[@]}" --chunk 40 --recompute
 run gdn_sp2 2 "${gdn[@]}" --sp-size 2
 grep -q "zigzag layout" "$dir/gdn_sp2.log" || { echo "gdn_sp2: not the zigzag layout:"; cat "$dir/gdn_sp2.log"; exit 1; }
 run gdn_sp2_contiguous 2 "${gdn[@]}" --sp-size 2 --sp-layout contiguous
+run gdn_sp2_chunk 2 "${gdn[@]}" --sp-size 2 --chunk 13
+expect_plan gdn_sp2_chunk "chunks of 13 tokens, layer by layer"
+run gdn_sp3_chunk_contiguous 3 "${gdn[@]}" --sp-size 3 --sp-layout contiguous --chunk 11
 run gdn_exscan_sp3 3 "${gdn[@]}" --sp-size 3 --sp-method exscan
 run gdn_allscan_sp3 3 "${gdn[@]}" --sp-size 3 --sp-method allscan
 run gdn_lasp1_sp3 3 "${gdn[@]}" --sp-size 3 --sp-method lasp1
 run gdn_ulysses_sp4 4 "${gdn[@]}" --sp-size 4 --sp-method ulysses
-for other in chunk chunk_recompute sp2 sp2_contiguous exscan_sp3 allscan_sp3 lasp1_sp3 ulysses_sp4; do
+for other in chunk chunk_recompute sp2 sp2_contiguous sp2_chunk sp3_chunk_contiguous exscan_sp3 allscan_sp3 lasp1_sp3 \
+    ulysses_sp4; do
   compare gdn_keep "gdn_$other"
 done
 refused "has no gated delta rule" 2 train --data "$dir/text.txt" --seq-len 96 --steps 1 --sp-size 2 --sp-method ring \
   --decay gdn
-refused "decay gdn has no layer-major plan" 2 train --data "$dir/text.txt" --seq-len 96 --steps 1 --sp-size 2 \
-  --decay gdn --chunk 16
 
 # bf16 (issue 16): sequence-parallel and chunked runs give the single process's bf16 losses. The exchanged
 # states stay fp32, so the first step agrees as fp32 does (measured 1.4e-6 and 2.4e-6). After it, the
@@ -125,6 +127,11 @@ else
   # layer-major chunks of 13 on 2 SP ranks in bf16: measured 6.9e-6 at the first step, 1.2e-4 over 5
   run bf16_sp2_chunk 2 --batch 2 --sp-size 2 --chunk 13 --precision bf16 --lr 1e-4
   compare bf16_sp1 bf16_sp2_chunk 2e-5 3e-4
+  # and Gated DeltaNet's (its convolutions' tail rows projected on their own)
+  gdn_bf16=(--batch 2 --layer-types LLLN --decay gdn --num-v-heads 8 --head-v-dim 48 --precision bf16 --lr 1e-4)
+  run bf16_gdn_sp1 1 "${gdn_bf16[@]}"
+  run bf16_gdn_sp2_chunk 2 "${gdn_bf16[@]}" --sp-size 2 --chunk 13
+  compare bf16_gdn_sp1 bf16_gdn_sp2_chunk 2e-5 3e-4
 fi
 
 # eval: a chunked evaluation gives the loss of the whole one

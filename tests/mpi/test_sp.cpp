@@ -922,6 +922,13 @@ std::vector<ModelCase> model_cases() {
       // refuse it.
       cases.push_back({"LLLL", Decay::gdn, layout, dp, "lasp2"});
       cases.push_back({"LLLN", Decay::gdn, layout, dp, "lasp2", 0, true});
+      // and in LASP-2's layer-major chunks: pairs folded chunk by chunk, the later pieces' share in reverse, the
+      // halos from the chunk before or the piece before (chunks of 5 or 7 hold 1-token runs, shorter than K-1)
+      if (dp == 1) {
+        cases.push_back({"LLLL", Decay::gdn, layout, dp, "lasp2", 5});
+        cases.push_back({"LLLN", Decay::gdn, layout, dp, "lasp2", 5, true});
+        cases.push_back({"NLNL", Decay::gdn, layout, dp, "lasp2", 7, true});
+      }
       if (dp == 1)
         for (const char* method : {"exscan", "allscan", "lasp1", "ulysses", "ring", "allgather"}) {
           cases.push_back({"LLLL", Decay::gdn, layout, dp, method, 0, true});

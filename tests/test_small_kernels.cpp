@@ -320,6 +320,29 @@ TEST(SwigluKernel, ForwardBackwardMatchReference) {
   }
 }
 
+// The bf16 forms (precision bf16's MLP) write what the fp32 forms' results round to, over block edges and threads.
+TEST(SwigluKernel, Bf16FormsRoundTheFp32Results) {
+  for (long n : {1L, 7L, 2048L + 5, 40000L}) {
+    const std::string label = "n=" + std::to_string(n);
+    auto gate = random_vector(n, 51 + n, -6.f, 6.f), up = random_vector(n, 52 + n, -2.f, 2.f);
+    auto dout = random_vector(n, 53 + n);
+    std::vector<float> out(n), dgate(n), dup(n);
+    swiglu_forward(out.data(), gate.data(), up.data(), n);
+    swiglu_backward(dgate.data(), dup.data(), dout.data(), gate.data(), up.data(), n, GradStore::overwrite);
+    std::vector<bf16> out16(n), dgate16(n), dup16(n);
+    swiglu_forward_bf16(out16.data(), gate.data(), up.data(), n);
+    swiglu_backward_bf16(dgate16.data(), dup16.data(), dout.data(), gate.data(), up.data(), n);
+    long differ = 0;
+    for (long i = 0; i < n; ++i)
+      differ += out16[i] != to_bf16(out[i]) || dgate16[i] != to_bf16(dgate[i]) || dup16[i] != to_bf16(dup[i]);
+    EXPECT_EQ(differ, 0) << label;
+  }
+  std::vector<float> a(4);
+  std::vector<bf16> h(4);
+  expect_error([&] { swiglu_forward_bf16(h.data(), a.data(), a.data(), -1); }, "swiglu_forward_bf16: n must be >= 0");
+  expect_error([&] { swiglu_backward_bf16(h.data(), h.data(), a.data(), a.data(), a.data(), 4); }, "swiglu_backward_bf16");
+}
+
 TEST(SwigluKernel, ExtremeInputsStayFinite) {
   const std::vector<float> gate = {-1e30f, -1000.f, -100.f, -20.f, 0.f, 20.f, 100.f, 1000.f, 1e30f};
   const long n = (long)gate.size();

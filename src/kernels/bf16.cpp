@@ -82,15 +82,16 @@ float from_bf16(bf16 x) {
   return f;
 }
 
-void to_bf16(bf16* dst, const float* src, size_t n) {
+void to_bf16_serial(bf16* dst, const float* src, size_t n) {
   static const bool avx512 = has_avx512();
-  constexpr size_t kPart = 1 << 16;
-  if (avx512) {
-#pragma omp parallel for schedule(static) if (n > 4 * kPart)
-    for (size_t at = 0; at < n; at += kPart) to_bf16_avx512(dst + at, src + at, std::min(kPart, n - at));
-    return;
-  }
+  if (avx512) return to_bf16_avx512(dst, src, n);
   for (size_t i = 0; i < n; ++i) dst[i] = to_bf16(src[i]);
+}
+
+void to_bf16(bf16* dst, const float* src, size_t n) {
+  constexpr size_t kPart = 1 << 16;
+#pragma omp parallel for schedule(static) if (n > 4 * kPart)
+  for (size_t at = 0; at < n; at += kPart) to_bf16_serial(dst + at, src + at, std::min(kPart, n - at));
 }
 
 void from_bf16(float* dst, const bf16* src, size_t n) {

@@ -14,6 +14,7 @@ using bf16 = uint16_t;
 bf16 to_bf16(float x);
 float from_bf16(bf16 x);
 void to_bf16(bf16* dst, const float* src, size_t n);  // AVX-512 when the CPU has it, in parallel for long runs
+void to_bf16_serial(bf16* dst, const float* src, size_t n);  // on the calling thread (a block of a parallel loop)
 void from_bf16(float* dst, const bf16* src, size_t n);
 
 // C (M x N, fp32) = alpha * op(A) op(B) + beta * C with A and B in bf16, row-major, as gemm() (kernels/gemm.h).

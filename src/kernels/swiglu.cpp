@@ -1,5 +1,6 @@
 #include "kernels/swiglu.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/check.h"
@@ -19,6 +20,14 @@ void swiglu_backward_loop(float* dgate, float* dup, const float* dout, const flo
   }
 }
 
+// The bf16 forms: blocks of kBlock values computed into the thread's fp32 buffer (in L1), then rounded out.
+constexpr long kBlock = 2048;
+
+void check_args(const char* name, long n, const void* a, const void* b, const void* c) {
+  LASP_CHECK(n >= 0, "{}: n must be >= 0, got {}", name, n);
+  LASP_CHECK(n == 0 || (a && b && c), "{}: null pointer ({}, {}, {})", name, a, b, c);
+}
+
 }  // namespace
 
 void swiglu_forward(float* out, const float* gate, const float* up, long n) {
@@ -30,6 +39,39 @@ void swiglu_forward(float* out, const float* gate, const float* up, long n) {
   for (long i = 0; i < n; ++i) {
     const float g = gate[i];
     out[i] = g * vec_sigmoid(g) * up[i];
+  }
+}
+
+void swiglu_forward_bf16(bf16* out, const float* gate, const float* up, long n) {
+  check_args("swiglu_forward_bf16", n, out, gate, up);
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (long at = 0; at < n; at += kBlock) {
+    const long m = std::min(kBlock, n - at);
+    float y[kBlock];
+#pragma omp simd
+    for (long i = 0; i < m; ++i) {
+      const float g = gate[at + i];
+      y[i] = g * vec_sigmoid(g) * up[at + i];
+    }
+    to_bf16_serial(out + at, y, size_t(m));
+  }
+}
+
+void swiglu_backward_bf16(bf16* dgate, bf16* dup, const float* dout, const float* gate, const float* up, long n) {
+  check_args("swiglu_backward_bf16", n, dgate, dout, gate);
+  LASP_CHECK(n == 0 || (up && dup && dup != dgate), "swiglu_backward_bf16: null or aliased up / dup");
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (long at = 0; at < n; at += kBlock) {
+    const long m = std::min(kBlock, n - at);
+    float dg[kBlock], du[kBlock];
+#pragma omp simd
+    for (long i = 0; i < m; ++i) {
+      const float g = gate[at + i], s = vec_sigmoid(g), go = dout[at + i];
+      dg[i] = go * up[at + i] * s * (1.f + g * (1.f - s));
+      du[i] = go * g * s;
+    }
+    to_bf16_serial(dgate + at, dg, size_t(m));
+    to_bf16_serial(dup + at, du, size_t(m));
   }
 }
 

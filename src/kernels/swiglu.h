@@ -1,5 +1,6 @@
 // SwiGLU gating of the MLP: out = silu(gate) * up, elementwise over n = T*F values.
 #pragma once
+#include "kernels/bf16.h"
 #include "kernels/grad_store.h"
 
 namespace lasp {
@@ -7,9 +8,14 @@ namespace lasp {
 // out, gate, up (n). out may equal gate or up.
 void swiglu_forward(float* out, const float* gate, const float* up, long n);
 
+// The same rounded to bf16 as it is written (the next product's operand under precision bf16: no fp32 pass between).
+void swiglu_forward_bf16(bf16* out, const float* gate, const float* up, long n);
+
 // Accumulates: dgate += dout * up * silu'(gate), dup += dout * silu(gate) (GradStore::overwrite: =).
 // Gradients must not alias inputs.
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, long n,
                      GradStore store = GradStore::add);
+// Writes both rounded to bf16 (GradStore::overwrite).
+void swiglu_backward_bf16(bf16* dgate, bf16* dup, const float* dout, const float* gate, const float* up, long n);
 
 }  // namespace lasp

@@ -72,18 +72,18 @@ void Model::project(float* Y, Input X, const float* W, int in, int out, int rows
   gemm_bf16(false, true, T, out, in, 1.f, X.b16, in, bf16_weight(W), in, 0.f, Y, out);
 }
 
-void Model::project_backward(float* dX, float* dW, const float* dY, Input X, const float* W, int in, int out,
+void Model::project_backward(float* dX, float* dW, Input dY, Input X, const float* W, int in, int out,
                              bool dx_fresh, int rows) {
   const int T = rows < 0 ? T_ : rows;
   if (precision_ == Precision::fp32) {
-    gemm(false, false, T, in, out, 1.f, dY, out, W, in, dx_fresh ? 0.f : 1.f, dX, in);
-    gemm(true, false, out, in, T, 1.f, dY, out, X.f32, in, 1.f, dW, in);
+    gemm(false, false, T, in, out, 1.f, dY.f32, out, W, in, dx_fresh ? 0.f : 1.f, dX, in);
+    gemm(true, false, out, in, T, 1.f, dY.f32, out, X.f32, in, 1.f, dW, in);
     return;
   }
-  to_bf16(dy_bf16_.data(), dY, size_t(T) * out);
+  if (!dY.b16) to_bf16(dy_bf16_.data(), dY.f32, size_t(T) * out), dY.b16 = dy_bf16_.data();
   if (!X.b16) X = keep(X.f32, x_bf16_.data(), size_t(T) * in);
-  gemm_bf16(false, false, T, in, out, 1.f, dy_bf16_.data(), out, bf16_weight(W), in, dx_fresh ? 0.f : 1.f, dX, in);
-  gemm_bf16(true, false, out, in, T, 1.f, dy_bf16_.data(), out, X.b16, in, 1.f, dW, in);
+  gemm_bf16(false, false, T, in, out, 1.f, dY.b16, out, bf16_weight(W), in, dx_fresh ? 0.f : 1.f, dX, in);
+  gemm_bf16(true, false, out, in, T, 1.f, dY.b16, out, X.b16, in, 1.f, dW, in);
 }
 
 size_t Model::mlp_rows(const ModelPlan& plan, size_t T) {
@@ -97,8 +97,10 @@ void Model::mlp_forward(int l, int r, int rows) {
   const Input hn = kept(a.hn, a.hn16).rows_from(size_t(r) * D);
   project(a.g, hn, w.w_gate, D, F, rows);
   project(a.u, hn, w.w_up, D, F, rows);
-  swiglu_forward(a.m, a.g, a.u, long(rows) * F);
-  keep(a.m, a.m16, size_t(rows) * F);
+  if (precision_ == Precision::bf16)  // only the bf16 form is read (the down projection and its weights' gradient)
+    swiglu_forward_bf16(a.m16, a.g, a.u, long(rows) * F);
+  else
+    swiglu_forward(a.m, a.g, a.u, long(rows) * F);
 }
 
 void Model::carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPlan& plan, std::vector<float*>& x,
@@ -538,10 +540,17 @@ void Model::backward_layer(int l) {
     if (recompute_) mlp_forward(l, r, rows);
     const size_t at = size_t(r) * D;
     project_backward(s_.dm, g.w_down, s_.dres + at, kept(a.m, a.m16), w.w_down, F, D, true, rows);
-    swiglu_backward(s_.dg, s_.du, s_.dm, a.g, a.u, long(rows) * F, GradStore::overwrite);
+    Input dg = s_.dg, du = s_.du;
+    if (precision_ == Precision::bf16) {  // the gradients only as the products' bf16 operands, in s_.dg's and s_.du's room
+      bf16 *dg16 = reinterpret_cast<bf16*>(s_.dg), *du16 = reinterpret_cast<bf16*>(s_.du);
+      swiglu_backward_bf16(dg16, du16, s_.dm, a.g, a.u, long(rows) * F);
+      dg = {nullptr, dg16}, du = {nullptr, du16};
+    } else {
+      swiglu_backward(s_.dg, s_.du, s_.dm, a.g, a.u, long(rows) * F, GradStore::overwrite);
+    }
     const Input hn = kept(a.hn, a.hn16).rows_from(at);
-    project_backward(s_.dhn + at, g.w_gate, s_.dg, hn, w.w_gate, D, F, true, rows);
-    project_backward(s_.dhn + at, g.w_up, s_.du, hn, w.w_up, D, F, false, rows);
+    project_backward(s_.dhn + at, g.w_gate, dg, hn, w.w_gate, D, F, true, rows);
+    project_backward(s_.dhn + at, g.w_up, du, hn, w.w_up, D, F, false, rows);
   }
   rmsnorm_backward(s_.dres, g.post_norm, s_.dhn, a.h, w.post_norm, a.rstd_post, T_, D);
 

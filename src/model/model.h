@@ -104,11 +104,12 @@ class Model {
     // place of xn, hn, m and the output gate's product (whose fp32 buffers all layers then share):
     bf16 *xn16, *hn16, *m16, *ao16;  // (T, D), (T, D), (T, F), (T, o): ao16 what o_proj read
   };
-  // A projection's input: fp32, and under precision bf16 its bf16 copy when one is kept (else a
-  // projection converts it on the spot).
+  // A projection's input (or output gradient): fp32, and under precision bf16 its bf16 copy when one is kept (else
+  // a projection converts it on the spot), or the bf16 form alone where nothing reads an fp32 one.
   struct Input {
+    Input(const float* f32 = nullptr, const bf16* b16 = nullptr) : f32(f32), b16(b16) {}
     const float* f32;
-    const bf16* b16 = nullptr;
+    const bf16* b16;
     Input rows_from(size_t offset) const { return {f32 ? f32 + offset : nullptr, b16 ? b16 + offset : nullptr}; }
   };
   struct Scratch {  // backward buffers shared by all layers
@@ -184,7 +185,7 @@ class Model {
   void linear_features(int l, bool queries);
   void linear_features_backward(int l, const float* dq, const float* dk, float* dqp, float* dkp);
   // dX += dY W (dX = dY W when dx_fresh), dW += dY^T X.
-  void project_backward(float* dX, float* dW, const float* dY, Input X, const float* W, int in, int out,
+  void project_backward(float* dX, float* dW, Input dY, Input X, const float* W, int in, int out,
                         bool dx_fresh = false, int rows = -1);
   // The input x (n values) with, under precision bf16, its bf16 copy made now into `copy`; kept(): the same
   // input later, from the copy made then.

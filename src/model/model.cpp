@@ -343,6 +343,7 @@ void Model::forward_layer(int l, bool write_output) {
   rmsnorm_forward(a.xn, a.rstd_in, x_[l], w.input_norm, T_, D, eps);
   const Input xn = keep(a.xn, a.xn16, T * D);
   const float* attn_out;  // what o_proj reads
+  Input o_in;             // the same as o_proj's operand, when a bf16 form is written at once
   if (c.layer_types[l] == 'L') {
     if (c.linear.decay == Decay::gdn) {
       gdn_forward(l, xn);
@@ -369,9 +370,10 @@ void Model::forward_layer(int l, bool write_output) {
       rmsnorm_forward(a.on, a.rstd_o, a.o, w.o_norm, T_ * c.linear_value_heads(), c.linear_value_width(), eps);
       attn_out = a.on;
     }
-    if (c.linear.output_gate) {  // o * silu(W_g x)
+    if (c.linear.output_gate) {  // o * silu(W_g x); under bf16 only o_proj's bf16 operand is read
       project(a.gp, xn, w.wg, D, e.o);
-      swiglu_forward(a.og, a.gp, attn_out, long(T * e.o));
+      if (precision_ == Precision::bf16) swiglu_forward_bf16(a.ao16, a.gp, attn_out, long(T * e.o)), o_in = {nullptr, a.ao16};
+      else swiglu_forward(a.og, a.gp, attn_out, long(T * e.o));
       attn_out = a.og;
     }
   } else {
@@ -384,7 +386,8 @@ void Model::forward_layer(int l, bool write_output) {
     attn_out = a.o;
   }
   // h = x + o_proj(attention); out = h + down(silu(gate(hn)) * up(hn)), hn = RMSNorm(h)
-  project(a.h, keep(attn_out, a.ao16, T * e.o), w.wo, e.o, D);
+  if (!o_in.b16) o_in = keep(attn_out, a.ao16, T * e.o);
+  project(a.h, o_in, w.wo, e.o, D);
   residual_rmsnorm_forward(a.h, a.hn, a.rstd_post, x_[l], w.post_norm, T_, D, eps);
   keep(a.hn, a.hn16, T * D);
   if (!write_output && recompute_) return;  // the backward runs the MLP again, pass by pass

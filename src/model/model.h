@@ -171,8 +171,9 @@ class Model {
   LinearGates linear_gates(int l, bool backward);
   // Gated DeltaNet (model/model_gdn.cpp): layer l's q, k, v, beta and log-gates from xn, and back to s_.dxn (+=,
   // or = when dxn_fresh) from the delta rule's input gradients in s_.dq, s_.dk, s_.dv, s_.dbeta, s_.dglog.
-  void gdn_forward(int l, Input xn);
-  void gdn_backward(int l, Input xn, bool dxn_fresh);
+  // Without queries: all but q, and back from all but s_.dq (the layer-major passes around the exchange).
+  void gdn_forward(int l, Input xn, bool queries = true);
+  void gdn_backward(int l, Input xn, bool dxn_fresh, bool queries = true);
   // conv: 3 l + 0, 1, 2 (Attention::conv_halo); tail: where the rows the next token reads go (keep_conv_tails), or
   // null.
   void conv_silu_forward(int conv, float* y, float* c, float* halo, float* tail, const float* x, const float* w, int C);

@@ -71,7 +71,7 @@ void Model::conv_silu_backward(int conv, float* dx, float* dw, const float* dy, 
   attention_.conv_halo_backward(conv, dx, s_.dhalo, C, K);
 }
 
-void Model::gdn_forward(int l, Input xn) {
+void Model::gdn_forward(int l, Input xn, bool queries) {
   const ModelConfig& c = config_;
   const ModelConfig::AttentionWidths e = c.attention_widths(l);
   const int D = c.hidden_size, H = c.num_attention_heads, HV = c.linear_value_heads(), dk = c.linear_key_width();
@@ -79,7 +79,7 @@ void Model::gdn_forward(int l, Input xn) {
   const LayerWeights& w = w_.layers[l];
   LayerActs& a = acts(l);
   const size_t halo = Attention::kMaxConvRuns * size_t(B_) * std::max(K - 1, 0) * c.widest_attention();  // one conv's
-  project(a.qp, xn, w.wq, D, e.q);
+  if (queries) project(a.qp, xn, w.wq, D, e.q);
   project(a.kp, xn, w.wk, D, e.k);
   project(a.vp, xn, w.wv, D, e.v);
   float* tail = nullptr;  // the q, k and v tails one after the other
@@ -89,10 +89,10 @@ void Model::gdn_forward(int l, Input xn) {
     tail = conv_tails_[l].data();
   }
   const size_t tq = size_t(B_) * std::max(K - 1, 0) * e.q, tk = size_t(B_) * std::max(K - 1, 0) * e.k;
-  conv_silu_forward(3 * l, a.q, a.qc, a.halo, tail, a.qp, w.q_conv, e.q);
+  if (queries) conv_silu_forward(3 * l, a.q, a.qc, a.halo, tail, a.qp, w.q_conv, e.q);
   conv_silu_forward(3 * l + 1, a.k, a.kc, a.halo + halo, tail ? tail + tq : nullptr, a.kp, w.k_conv, e.k);
   conv_silu_forward(3 * l + 2, a.v, a.vc, a.halo + 2 * halo, tail ? tail + tq + tk : nullptr, a.vp, w.v_conv, e.v);
-  l2_norm_forward(a.q, a.rq, a.q, long(T_) * H, dk, kL2NormEps, 1.f / std::sqrt(float(dk)), threads);
+  if (queries) l2_norm_forward(a.q, a.rq, a.q, long(T_) * H, dk, kL2NormEps, 1.f / std::sqrt(float(dk)), threads);
   l2_norm_forward(a.k, a.rk, a.k, long(T_) * H, dk, kL2NormEps, 1.f, threads);
   project(a.beta, xn, w.wb, D, HV);
   project(a.gz, xn, w.wa, D, HV);
@@ -105,7 +105,7 @@ void Model::gdn_forward(int l, Input xn) {
     }
 }
 
-void Model::gdn_backward(int l, Input xn, bool dxn_fresh) {
+void Model::gdn_backward(int l, Input xn, bool dxn_fresh, bool queries) {
   const ModelConfig& c = config_;
   const ModelConfig::AttentionWidths e = c.attention_widths(l);
   const int D = c.hidden_size, H = c.num_attention_heads, HV = c.linear_value_heads(), dk = c.linear_key_width();
@@ -117,18 +117,21 @@ void Model::gdn_backward(int l, Input xn, bool dxn_fresh) {
   // s_.dq, s_.dk, s_.dv hold the delta rule's input gradients; s_.da, s_.dqp, s_.dkp are free. Each of q and k:
   // silu(conv) again into s_.da (l2's input), l2's backward, then silu's and the conv's into its projection's
   // (s_.da their scratch); v: silu's and the conv's into s_.dqp.
-  const float* silu_in_q = K > 0 ? a.qc : a.qp;
-  feature_map_forward(s_.da, silu_in_q, long(T * e.q), FeatureMap::silu);
-  l2_norm_backward(s_.dqp, s_.dq, s_.da, a.rq, long(T) * H, dk, 1.f / std::sqrt(float(dk)), threads,
-                   GradStore::overwrite);
-  conv_silu_backward(3 * l, s_.dq, g.q_conv, s_.dqp, s_.da, a.qc, a.halo, a.qp, w.q_conv, e.q);
-  project_backward(s_.dxn, g.wq, s_.dq, xn, w.wq, D, e.q, dxn_fresh);
+  if (queries) {
+    const float* silu_in_q = K > 0 ? a.qc : a.qp;
+    feature_map_forward(s_.da, silu_in_q, long(T * e.q), FeatureMap::silu);
+    l2_norm_backward(s_.dqp, s_.dq, s_.da, a.rq, long(T) * H, dk, 1.f / std::sqrt(float(dk)), threads,
+                     GradStore::overwrite);
+    conv_silu_backward(3 * l, s_.dq, g.q_conv, s_.dqp, s_.da, a.qc, a.halo, a.qp, w.q_conv, e.q);
+    project_backward(s_.dxn, g.wq, s_.dq, xn, w.wq, D, e.q, dxn_fresh);
+    dxn_fresh = false;
+  }
 
   const float* silu_in_k = K > 0 ? a.kc : a.kp;
   feature_map_forward(s_.da, silu_in_k, long(T * e.k), FeatureMap::silu);
   l2_norm_backward(s_.dkp, s_.dk, s_.da, a.rk, long(T) * H, dk, 1.f, threads, GradStore::overwrite);
   conv_silu_backward(3 * l + 1, s_.dk, g.k_conv, s_.dkp, s_.da, a.kc, a.halo + halo, a.kp, w.k_conv, e.k);
-  project_backward(s_.dxn, g.wk, s_.dk, xn, w.wk, D, e.k);
+  project_backward(s_.dxn, g.wk, s_.dk, xn, w.wk, D, e.k, dxn_fresh);
 
   conv_silu_backward(3 * l + 2, s_.dqp, g.v_conv, s_.dv, s_.da, a.vc, a.halo + 2 * halo, a.vp, w.v_conv, e.v);
   project_backward(s_.dxn, g.wv, s_.dqp, xn, w.wv, D, e.v);

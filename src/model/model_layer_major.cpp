@@ -38,7 +38,7 @@ void Model::layer_keys(int l) {
   rmsnorm_forward(a.xn, a.rstd_in, x_[l], w.input_norm, T_, D, c.rms_norm_eps);
   const Input xn = keep(a.xn, a.xn16, size_t(T_) * D);
   if (c.layer_types[l] == 'L' && c.linear.decay == Decay::gdn) {
-    gdn_forward(l, xn);
+    gdn_forward(l, xn, false);  // the exchange and the keys' gradients need no queries
   } else if (c.layer_types[l] == 'L') {
     project(a.kp, xn, w.wk, D, e.k);
     linear_features(l, false);
@@ -70,8 +70,7 @@ void Model::key_gradients_backward(int l) {
   const bool linear = c.layer_types[l] == 'L', gla = linear && c.linear.decay == Decay::gla;
   const bool gdn = linear && c.linear.decay == Decay::gdn;
   if (gla) std::fill_n(s_.dglog, size_t(T_) * e.k, 0.f);
-  if (gdn) {  // gdn_backward takes every input of the delta rule: q's gradient is 0 here, the gates' accumulate
-    std::fill_n(s_.dq, size_t(T_) * e.q, 0.f);
+  if (gdn) {  // the gates' gradients accumulate
     std::fill_n(s_.dbeta, size_t(T_) * c.linear_value_heads(), 0.f);
     std::fill_n(s_.dglog, size_t(T_) * c.linear_value_heads(), 0.f);
   }
@@ -79,7 +78,7 @@ void Model::key_gradients_backward(int l) {
              : !layer_major_attention_->softmax_key_gradients(l, s_.dk, s_.dv))
     return;
   if (gdn) {
-    gdn_backward(l, kept(a.xn, a.xn16), true);
+    gdn_backward(l, kept(a.xn, a.xn16), true, false);
   } else {
     if (linear && c.linear.expanded) normalizer_drop_column(s_.dv, s_.dv, value_rows, c.head_dim());
     if (linear)

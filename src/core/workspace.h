@@ -8,6 +8,12 @@
 
 namespace lasp {
 
+// v as a buffer of n floats, zeroed when its size changes (kept as it is otherwise): state carried between calls.
+inline std::vector<float>& sized(std::vector<float>& v, size_t n) {
+  if (v.size() != n) v.assign(n, 0.f);
+  return v;
+}
+
 struct Workspace {
   float* data = nullptr;
   size_t floats = 0;

@@ -20,21 +20,19 @@ void swiglu_backward_loop(float* dgate, float* dup, const float* dout, const flo
   }
 }
 
-// The bf16 forms: blocks of kBlock values computed into the thread's fp32 buffer (in L1), then rounded out.
-constexpr long kBlock = 2048;
-
 void check_args(const char* name, long n, const void* a, const void* b, const void* c) {
   LASP_CHECK(n >= 0, "{}: n must be >= 0, got {}", name, n);
   LASP_CHECK(n == 0 || (a && b && c), "{}: null pointer ({}, {}, {})", name, a, b, c);
 }
 
+// The bf16 forms: blocks of kBlock values computed into the thread's fp32 buffer (in L1), then rounded out.
+constexpr long kBlock = 2048;
+
 }  // namespace
 
 void swiglu_forward(float* out, const float* gate, const float* up, long n) {
-  LASP_CHECK(n >= 0, "swiglu_forward: n must be >= 0, got {}", n);
+  check_args("swiglu_forward", n, out, gate, up);
   if (n == 0) return;
-  LASP_CHECK(out && gate && up, "swiglu_forward: null pointer (out={}, gate={}, up={})", (const void*)out,
-             (const void*)gate, (const void*)up);
 #pragma omp parallel for simd if (n > 32768)
   for (long i = 0; i < n; ++i) {
     const float g = gate[i];

@@ -22,11 +22,6 @@ size_t workspace_floats(const AttentionShape& s, int sequence_length) {
                    s.delta ? delta_rule_backward_workspace_floats(delta) : size_t(0)});
 }
 
-std::vector<float>& sized(std::vector<float>& v, size_t n) {
-  if (v.size() != n) v.assign(n, 0.f);
-  return v;
-}
-
 }  // namespace
 
 ChunkedAttention::ChunkedAttention(const AttentionShape& shape, int sequence_length, int layers)

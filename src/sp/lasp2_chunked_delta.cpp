@@ -12,15 +12,6 @@
 
 namespace lasp {
 
-namespace {
-
-std::vector<float>& sized(std::vector<float>& v, size_t n) {
-  if (v.size() != n) v.assign(n, 0.f);
-  return v;
-}
-
-}  // namespace
-
 // Pass 1: a segment's own pair (A_c, B_c) in one sweep (delta_rule_summary), folded into its piece's:
 // A <- A_c A, B <- A_c B + B_c (the segment's pair itself at the piece's start).
 void Lasp2ChunkedAttention::delta_collect(int layer, const float* k, const float* v, const LinearGates& gates) {

@@ -75,7 +75,7 @@ struct InfoCommand : Command {
                 omp_get_max_threads(), omp_get_num_procs());
     std::printf("linear-attention kinds: feature maps silu, elu1, relu, identity (element-wise) and based, rebased "
                 "(expanded rows with a normalizer, --feature-dim); decays none, lightning, retention, gla, gdn (Gated "
-                "DeltaNet: no layer-major chunks across ranks yet)\n");
+                "DeltaNet)\n");
     std::printf("sequence-parallel methods (--sp-method):\n");
     for (const lasp::SpMethod& m : lasp::sp_methods())
       std::printf("  %-12s linear layers: %s\n  %-12s softmax layers: %s\n  %-12s GLA's gates (decay gla): %s; "

@@ -73,7 +73,7 @@ Rates measure() {
                               kp.data(), nullptr, 1, C, C, H, d, C + 1, nullptr, threads, ws.view());
     });
   }
-  {  // decay gdn: LASP-2's kernel calls on a piece (sp/lasp2_delta.cpp); beta 0.5, log-gates -0.01
+  {  // decay gdn: LASP-2's kernel calls on a piece (sp/lasp2_linear.cpp); beta 0.5, log-gates -0.01
     const DeltaRuleShape s{1, C, H, H, d, d, kDeltaBlock, threads};
     WorkspaceBuffer ws(std::max({delta_rule_forward_workspace_floats(s), delta_rule_backward_workspace_floats(s),
                                  delta_rule_summary_workspace_floats(s)}));

@@ -37,8 +37,8 @@ namespace {
 // 256 x 256 tiles: per thread 2 x 256 KiB of scores, 64 KiB of output accumulator and 5 x 64 KiB of packed
 // operands, in L2. With the operands packed once per tile, 128 to 256 on either side measure the same
 // (N = 4096, H = 8, d = 64, one thread: 124-134 counted GFLOP/s; OpenBLAS on the strided tiles gave 100).
-constexpr int kTileQ = 256;  // queries per tile  // queries per tile  // queries per tile  // queries per tile  // queries per tile  // queries per tile
-constexpr int kTileK = 256;  // keys per tile  // keys per tile  // keys per tile  // keys per tile  // keys per tile  // keys per tile
+constexpr int kTileQ = 256;  // queries per tile
+constexpr int kTileK = 256;  // keys per tile
 constexpr float kLog2e = 1.44269504088896340736f;
 constexpr float kLn2 = 0.69314718055994530942f;
 

@@ -2,20 +2,18 @@
 // the model's Attention seam. Each rank holds its pieces of the sequence (one piece: contiguous layout;
 // pieces r and 2W-1-r: zigzag).
 //
-// L below is the number of tokens per piece (piece_len in the code).
-// Linear layer, forward: the local state M of every piece (d x d per head), ONE non-blocking AllGather of
-//   the states started before the intra-rank chunkwise kernel and waited for after it, the prefix
-//   P_p = sum_{s<p} lambda^(L(p-1-s)) M_s over global piece order, then o += diag(lambda^i) Q P_p. P_p is
-//   kept for the backward.
-// Linear layer, backward: dM_p = Q^T diag(lambda^i) dO, ONE non-blocking AllGather overlapped with the
-//   local backward kernel, the suffix G_p = sum_{s>p} lambda^(L(s-p-1)) dM_s, then
-//   dQ += diag(lambda^i) dO P_p^T, dK += diag(lambda^(L-j)) V G_p^T, dV += diag(lambda^(L-j)) K G_p.
+// Linear layers: LASP-2's passes (sp/lasp2_linear.h) over this rank's tokens at once. Forward: each piece's pair
+//   (its state M from nothing, its transition), ONE non-blocking exchange of them (the paper's AllGather, or a
+//   scan: sp/state_passing.h, the methods exscan and allscan) started before the local kernel and finished after
+//   it; the kernel runs in spans (progress points for MPI) from nothing at each piece's start, and the state
+//   entering it, P, is added afterwards: o += diag(lambda^i) Q P (GLA: (Q .* bq) P). Backward: dP^own = Q^T
+//   diag(lambda^i) dO, ONE exchange in flight during the local backward kernel, then dQ's share of P and the later
+//   pieces' share, from G at the piece's end, of dK, dV (and GLA's gates). The gated delta rule (decay gdn), whose
+//   transition is no closed form, exchanges first and runs the kernel from P; its backward runs its kernel's first,
+//   then exchanges dP^own and adds the share of G. Its short convolutions' halo: sp/conv_halo.h, a halo per piece.
 // Bidirectional linear layer: the local K^T V, ONE AllGather, o = Q (total); backward: the local Q^T dO,
 //   ONE AllGather, the kernel's backward with the other ranks' sum as the gradient of the local state.
-// Softmax layer: LASP-2H (sp/lasp2h.h), a component of this method. The gated delta rule (decay gdn):
-// sp/lasp2_delta.h, another.
-// The exchange of the piece states is the paper's AllGather, or a scan (sp/state_passing.h: the methods exscan
-// and allscan), with the same local work around it.
+// Softmax layer: LASP-2H (sp/lasp2h.h), a component of this method.
 #pragma once
 #include <memory>
 #include <vector>
@@ -23,7 +21,8 @@
 #include "comm/comm.h"
 #include "model/attention.h"
 #include "sp/grid.h"
-#include "sp/lasp2_delta.h"
+#include "sp/conv_halo.h"
+#include "sp/lasp2_linear.h"
 #include "sp/lasp2h.h"
 #include "sp/state_passing.h"
 
@@ -59,10 +58,17 @@ class Lasp2Attention : public Attention {
   std::vector<float> keys_in_order(int layer, bool values) const override;
 
  private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;  // LASP-2 for the linear layers
-  std::unique_ptr<Lasp2Delta> delta_;  // decay gdn: the same for the gated delta rule, else null
+  Comm& sp_;
+  AttentionShape s_;  // s_.N: this rank's tokens per row
+  int span_;          // tokens per row of the kernel's spans
   Lasp2H softmax_;
+  Lasp2Linear linear_;  // (after softmax_, whose documents it reads)
+  ConvHalo halo_;       // decay gdn
+  std::vector<std::vector<float>> others_;  // bidirectional, per layer: the other ranks' K^T V, for the backward
+  WorkspaceBuffer bidirectional_ws_{0};
+  WorkspaceBuffer& bidirectional_ws();  // sized on first use
+  template <class F>
+  void for_each_span(bool reverse, Pass pass, F f);  // f() after begin_span of each span in turn
 };
 
 }  // namespace lasp

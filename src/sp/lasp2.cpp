@@ -47,7 +47,7 @@ void Lasp2Attention::for_each_span(bool reverse, Pass pass, F f) {
 }
 
 // A transition in closed form (scalar, diagonal) lets the exchange overlap the kernel: P is applied afterwards.
-// The delta rule's runs its kernel from P.
+// The delta rule's runs its kernel from P (and its backward from P with G).
 void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const float* k, const float* v,
                                     const LinearGates& gates) {
   LASP_CHECK(!gates.delta() || s_.delta,
@@ -73,19 +73,19 @@ void Lasp2Attention::linear_forward(int layer, float* o, const float* q, const f
 void Lasp2Attention::linear_backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
                                      const float* k, const float* v, const LinearGates& gates) {
   const bool overlap = !gates.delta();
-  if (overlap) {
-    linear_.begin_span(0, s_.N, Pass::backward);
-    linear_.own_state_gradients(dout, q, gates);
-    linear_.exchange_start(layer, Pass::backward, gates);
-  }
+  linear_.begin_span(0, s_.N, Pass::backward);
+  linear_.own_state_gradients(layer, dout, q, k, v, gates);
+  linear_.exchange_start(layer, Pass::backward, gates);
+  if (!overlap) linear_.exchange_finish(layer, Pass::backward);
   for_each_span(true, Pass::backward, [&] {
-    linear_.backward(layer, dq, dk, dv, dout, q, k, v, gates, !overlap);
+    linear_.backward(layer, dq, dk, dv, dout, q, k, v, gates,
+                     overlap ? Lasp2Linear::Edges::overlap : Lasp2Linear::Edges::complete);
     linear_.exchange_test();
   });
-  if (!overlap) linear_.exchange_start(layer, Pass::backward, gates);
+  if (!overlap) return;
   linear_.exchange_finish(layer, Pass::backward);
   linear_.begin_span(0, s_.N, Pass::backward);
-  if (overlap) linear_.apply_incoming_backward(layer, dq, dout, q, gates);
+  linear_.apply_incoming_backward(layer, dq, dout, q, gates);
   linear_.key_gradients(layer, dk, dv, k, v, gates);
 }
 

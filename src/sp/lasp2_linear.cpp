@@ -233,15 +233,17 @@ void Lasp2Linear::forward(int layer, float* o, const float* q, const float* k, c
 }
 
 void Lasp2Linear::backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q,
-                           const float* k, const float* v, const LinearGates& gates, bool incoming) {
+                           const float* k, const float* v, const LinearGates& gates, Edges edges) {
   const bool gla = gates.gla(), delta = gates.delta();
   const float* lambda = gla || delta ? nullptr : fixed_decay(gates, "LASP-2");
   const int H = s_.H, dkey = s_.dk;
   const size_t S = state_floats(), row_state = size_t(s_.value_heads()) * s_.state_floats();
   const auto& P = incoming_[layer];
-  LASP_CHECK((!incoming || P.size() == mine_.size() * S) && entering_[layer].size() == size_t(spans_) * S,
-             "LASP-2: the backward of layer {} before its forward", layer);
-  if (incoming) send_.resize(mine_.size() * S);
+  const bool incoming = edges != Edges::overlap, sends = edges == Edges::own, from_later = edges == Edges::complete;
+  LASP_CHECK((!incoming || P.size() == mine_.size() * S) && entering_[layer].size() == size_t(spans_) * S &&
+                 (!from_later || suffix_.size() == mine_.size() * S),
+             "LASP-2: the backward of layer {} before its forward, or (complete) before its exchange", layer);
+  if (sends) send_.resize(mine_.size() * S);
   carry_.resize(S), carry_next_.resize(S);  // here: the gradient of the state leaving a span, and entering it
   if (delta) {  // the kernel accumulates its gates' gradients; the seam writes them
     for (const Segment& sg : segments_)
@@ -255,14 +257,18 @@ void Lasp2Linear::backward(int layer, float* dq, float* dk, float* dv, const flo
                       : incoming && !first_piece(sg->piece) ? P.data() + sg->piece * S
                                                                    : nullptr;
     // The gradient of the state leaving the segment: from the next span inside the piece; at the piece's end
-    // none here (the other ranks' part, G, comes in key_gradients).
+    // G (complete), or none here (the other ranks' part comes in key_gradients).
     const bool from_next = sg->at + sg->length < piece_len_;
-    const bool gives = in != nullptr;  // the state entering it has a gradient to give
+    const float* end = from_next                                    ? carry_.data()
+                       : from_later && !last_piece(sg->piece) ? suffix_.data() + sg->piece * S
+                                                                    : nullptr;
+    // The state entering it has a gradient to give: to the span before, or the piece's dP^own to send.
+    const bool gives = sg->at > 0 || (sends && in);
     std::fill(carry_next_.begin(), carry_next_.end(), 0.f);
     for (int b = 0; b < s_.B; ++b) {
       const long kr = key_at(b, sg->row), vr = value_at(b, sg->row), gr = gate_at(b, sg->row);
       float* dstate_in = gives ? carry_next_.data() + b * row_state : nullptr;
-      const float* dstate_out = from_next ? carry_.data() + b * row_state : nullptr;
+      const float* dstate_out = end ? end + b * row_state : nullptr;
       const float* state_in = in ? in + b * row_state : nullptr;
       const uint8_t* flags = docs().flags(b, local_row(*sg));
       if (delta)
@@ -278,7 +284,7 @@ void Lasp2Linear::backward(int layer, float* dq, float* dk, float* dv, const flo
     }
     if (sg->at > 0)
       std::swap(carry_, carry_next_);
-    else if (incoming)  // the piece's dM: what it sends (zero for the first piece, which has no state entering)
+    else if (sends)  // the piece's dM: what it sends (zero for the first piece, which has no state entering)
       std::memcpy(send_.data() + sg->piece * S, carry_next_.data(), sizeof(float) * S);
   }
   if (!gla) return;
@@ -431,12 +437,29 @@ void Lasp2Linear::apply_incoming(int layer, float* o, const float* q, const Line
     }
 }
 
-// dP^own = Q^T diag(lambda^i) dO, or (Q .* bq)^T dO: what each piece sends.
-void Lasp2Linear::own_state_gradients(const float* dout, const float* q, const LinearGates& gates) {
-  check_whole_pieces("own_state_gradients", gates);
+// dP^own = Q^T diag(lambda^i) dO, or (Q .* bq)^T dO, or the delta rule's kernel's state gradient alone from P:
+// what each piece sends.
+void Lasp2Linear::own_state_gradients(int layer, const float* dout, const float* q, const float* k, const float* v,
+                                      const LinearGates& gates) {
   const int H = s_.H, dk = s_.dk, dv = s_.dv;
   const size_t S = state_floats();
   sized(send_, mine_.size() * S);
+  if (gates.delta()) {
+    check_whole_pieces("own_state_gradients", LinearGates{});
+    const size_t row_state = size_t(s_.value_heads()) * s_.state_floats();
+    const auto& P = incoming_[layer];
+    std::fill(send_.begin(), send_.end(), 0.f);
+    for (const Segment& sg : segments_)
+      for (int b = 0; b < s_.B; ++b) {
+        const long kr = key_at(b, sg.row), vr = value_at(b, sg.row), gr = gate_at(b, sg.row);
+        delta_rule_backward(nullptr, nullptr, nullptr, nullptr, nullptr, send_.data() + sg.piece * S + b * row_state,
+                            dout + vr, nullptr, q + kr, k + kr, v + vr, gates.beta + gr, gates.log_gates + gr,
+                            first_piece(sg.piece) ? nullptr : P.data() + sg.piece * S + b * row_state,
+                            docs().flags(b, local_row(sg)), s_.delta_kernel(1, sg.length), ws_.view());
+      }
+    return;
+  }
+  check_whole_pieces("own_state_gradients", gates);
   if (gates.gla()) {
     for_each_head([&](const Segment& sg, int b, int h, float* tmp) {
       const SegmentGates f = segment_gates(tmp, sg, b, h, gates.log_gates);

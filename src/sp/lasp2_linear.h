@@ -13,12 +13,13 @@
 //                     (kept for the backward).
 //   backward          (spans last to first) the kernel's backward from the kept entering state; the gradient of
 //                     the state leaving a segment comes from the next span of the piece; at the piece's start that
-//                     of the state entering it is the piece's dP^own, what it sends.
+//                     of the state entering it is the piece's dP^own, what it sends (Edges says what else).
 //   key_gradients     (spans last to first) the later pieces' share, from G at the piece's end: into dk, dv (and
 //                     the gates' gradients).
 // The whole method overlaps the exchange with the kernel where a piece's outputs are linear in P through a
 // transition it knows in closed form (scalar and diagonal): its forward runs from nothing and apply_incoming adds
-// o += (Q .* decay) P; its backward sends own_state_gradients before the kernel and adds dQ afterwards.
+// o += (Q .* decay) P; its backward sends own_state_gradients before the kernel and adds dQ afterwards. The delta
+// rule's whole method exchanges first: its kernel runs from P, and its backward from P with G (Edges::complete).
 #pragma once
 #include <memory>
 #include <vector>
@@ -59,14 +60,24 @@ class Lasp2Linear {
   // incoming: the pieces' P enters the kernel at their start (false: apply_incoming adds it afterwards).
   void forward(int layer, float* o, const float* q, const float* k, const float* v, const LinearGates& gates,
                bool incoming = true);
+  // What the backward's kernel runs with at a piece's edges:
+  //   own       from P, no gradient from the later pieces; at the piece's start it gives dP^own, what the piece
+  //             sends (the layer-major first pass; key_gradients adds the later pieces' share after the exchange)
+  //   overlap   from nothing (the forward's overlap), no gradient from later pieces; nothing to send
+  //             (own_state_gradients sent it; apply_incoming_backward and key_gradients add the rest)
+  //   complete  from P, with G at the piece's end: every gradient at once (after the exchange)
+  enum class Edges { own, overlap, complete };
   void backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                const float* v, const LinearGates& gates, bool incoming = true);
+                const float* v, const LinearGates& gates, Edges edges = Edges::own);
   bool key_gradients(int layer, float* dk, float* dv, const float* k, const float* v, const LinearGates& gates);
 
-  // The whole method's overlap (scalar and diagonal transitions; every segment a whole piece): o += the incoming
-  // state's share; dP^own before the kernel's backward, then dq's share of P.
+  // The whole method (every segment a whole piece): dP^own, what each piece sends, before its backward's kernel
+  // (closed form for scalar and diagonal transitions; the delta rule's kernel's state gradient alone, from P).
+  void own_state_gradients(int layer, const float* dout, const float* q, const float* k, const float* v,
+                           const LinearGates& gates);
+  // Its overlap (scalar and diagonal transitions): o += the incoming state's share; after the backward's kernel,
+  // dq's share of P.
   void apply_incoming(int layer, float* o, const float* q, const LinearGates& gates);
-  void own_state_gradients(const float* dout, const float* q, const LinearGates& gates);
   void apply_incoming_backward(int layer, float* dq, const float* dout, const float* q, const LinearGates& gates);
 
   // Decoding after an SP prefill: with keep, the forward's exchange keeps each layer's state after the last piece.

@@ -17,6 +17,7 @@
 #include "kernels/gla.h"
 #include "kernels/l2_norm.h"
 #include "kernels/linear_attention.h"
+#include "kernels/bf16_tile.h"
 #include "kernels/softmax_attention.h"
 #include "peak.h"
 
@@ -170,7 +171,21 @@ nlohmann::ordered_json bench_softmax(const KernelBenchOptions& o, int threads) {
                                k.data(), v.data(), pos.data(), pos.data(), nullptr, s, w.view());
   });
   const double fwd = 2.0 * o.N * o.N * o.d * o.H * o.B;
-  return rate(3.5 * fwd, double(o.B) * o.N, sec);
+  nlohmann::ordered_json r = rate(3.5 * fwd, double(o.B) * o.N, sec);
+  // The forward alone (two causal products: fwd counted flops), fp32 and, where the CPU has them, bf16 products.
+  const auto forward_gflops = [&](const SoftmaxAttentionShape& shape) {
+    return fwd / time_median(o.repeats, [&] {
+      softmax_attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), pos.data(), pos.data(), nullptr,
+                                shape, w.view());
+    }) / 1e9;
+  };
+  r["forward_gflops"] = forward_gflops(s);
+  if (bf16_tiles_available()) {
+    SoftmaxAttentionShape bf = s;
+    bf.bf16 = true;
+    r["forward_bf16_gflops"] = forward_gflops(bf);
+  }
+  return r;
 }
 
 // A projection of the model (tokens x 256 -> 768, as the MLP's gate and up), fp32 and bf16 operands.

@@ -89,7 +89,8 @@ nlohmann::ordered_json bench_train(const ModelConfig& config, const TrainBenchOp
                blas["blas"].get<std::string>());
   }
   const int B = o.batch, N = o.seq_lens[0];
-  const AttentionShape shape = attention_shape(config, B, N, kLinearBlock, omp_get_max_threads());
+  AttentionShape shape = attention_shape(config, B, N, kLinearBlock, omp_get_max_threads());
+  shape.bf16 = o.memory.precision == Precision::bf16;
   const MemoryPlan plan = plan_memory(config, shape, nullptr, o.memory, true);
   std::fprintf(stderr, "lasp: N=%d: %s\n", N, plan.describe().c_str());
   const std::unique_ptr<Attention> attention = planned_attention(plan, config, shape, nullptr);

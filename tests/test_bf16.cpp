@@ -12,6 +12,7 @@
 
 #include "core/check.h"
 #include "kernels/bf16.h"
+#include "kernels/bf16_tile.h"
 #include "testing.h"
 
 using namespace lasp;
@@ -89,3 +90,45 @@ TEST(Bf16, PathIsNamed) {
 }
 
 }  // namespace
+
+// ---- bf16 tiles (kernels/bf16_tile.h): the attention kernel's products on AVX-512-BF16 ----
+
+// C = alpha A B + beta C0 in double from the same rounded operands as the packers give (A's rows; B from X in
+// pairs along its rows, or from X^T in pairs along X's columns).
+TEST(Bf16Tile, ProductsEqualDoubleOfTheRoundedOperands) {
+  if (!bf16_tiles_available()) {  // then the products refuse, naming why
+    std::vector<float> C(1);
+    EXPECT_THROW(bf16_tile_product(1, 1, 1, 1.f, nullptr, 2, nullptr, 1, 0.f, C.data(), 1), Error);
+    return;
+  }
+  uint32_t seed = 7;
+  for (int M : {1, 7, 8, 13})
+    for (int N : {1, 17, 33, 64, 70})
+      for (int K : {1, 2, 7, 64, 129})
+        for (bool transposed : {false, true}) {
+          const std::vector<float> a = lasp::testing::random_vector(size_t(M) * K, seed++);
+          // B (K x N) as the packer sees it: X = B (K x N), or X = B^T (N x K).
+          const std::vector<float> x = lasp::testing::random_vector(size_t(K) * N, seed++);
+          const std::vector<float> c0 = lasp::testing::random_vector(size_t(M) * N, seed++);
+          const int K2 = (K + 1) / 2;
+          std::vector<bf16> A(size_t(M) * 2 * K2), scratch(size_t(N) * 2 * K2);
+          std::vector<uint32_t> B(size_t(K2) * N);
+          pack_bf16_rows(A.data(), a.data(), K, M, K);
+          if (transposed) pack_bf16_pairs_transposed(B.data(), scratch.data(), x.data(), K, N, K);
+          else pack_bf16_pairs(B.data(), x.data(), N, K, N);
+          std::vector<float> C = c0;
+          const float alpha = 0.75f, beta = M % 2 ? 0.f : -0.5f;
+          bf16_tile_product(M, N, K2, alpha, A.data(), 2 * K2, B.data(), N, beta, C.data(), N);
+          std::vector<double> ref(size_t(M) * N);
+          for (int i = 0; i < M; ++i)
+            for (int j = 0; j < N; ++j) {
+              double sum = 0;
+              for (int k = 0; k < K; ++k)
+                sum += double(from_bf16(to_bf16(a[size_t(i) * K + k]))) *
+                       from_bf16(to_bf16(transposed ? x[size_t(j) * K + k] : x[size_t(k) * N + j]));
+              ref[size_t(i) * N + j] = alpha * sum + beta * c0[size_t(i) * N + j];
+            }
+          EXPECT_LE(lasp::testing::normalized_error(ref, C), 1e-12)
+              << "M=" << M << " N=" << N << " K=" << K << " transposed=" << transposed;
+        }
+}

@@ -192,7 +192,9 @@ TEST_P(ModelVsPyTorch, Bf16GradientsWithinBf16Rounding) {
   }
   const Fixture f(GetParam(), 0.05f);
   const SafetensorsFile ref = reference_step(f);
-  LocalAttention attention(attention_shape(f.config, kB, kN, kBlock, 2));
+  AttentionShape shape = attention_shape(f.config, kB, kN, kBlock, 2);
+  shape.bf16 = true;  // the softmax layers' products too, as --precision bf16 runs them
+  LocalAttention attention(shape);
   ModelPlan plan;
   plan.precision = Precision::bf16;
   Model model(f.config, kB, kN, attention, plan);

@@ -15,6 +15,8 @@
 #include <vector>
 
 #include "core/check.h"
+#include "kernels/bf16.h"
+#include "kernels/bf16_tile.h"
 #include "testing.h"
 
 namespace lasp {
@@ -325,6 +327,35 @@ TEST(SoftmaxAttention, ZigzagPositions) {
   }
   const Problem p = make_problem(2, 2, 2, 16, all, all, 77);  // every query, permuted
   check_problem(p, name(p) + " zigzag all");
+}
+
+// With s.bf16 the forward multiplies bf16 operands (where the CPU has AVX-512-BF16): against the double reference
+// of the same rounded q, k, v, only the probabilities' rounding for P V and fp32 accumulation remain (lse, from the
+// fp32 scores of the rounded operands, as close as fp32). Without the instructions the flag changes nothing.
+TEST(SoftmaxAttention, Bf16ProductsWithinTheRoundingOfP) {
+  const auto rounded = [](const std::vector<float>& x) {
+    std::vector<double> r(x.size());
+    for (size_t i = 0; i < x.size(); ++i) r[i] = from_bf16(to_bf16(x[i]));
+    return r;
+  };
+  for (auto [B, Nq, Nk, H, H_kv, d, offset] :
+       {std::array<int, 7>{1, 7, 7, 2, 1, 3, 0}, {2, 65, 65, 2, 2, 64, 0}, {2, 300, 300, 4, 2, 64, 0},
+        {1, 1000, 1000, 2, 1, 8, 0}, {2, 150, 401, 4, 2, 64, 100}, {1, 257, 257, 3, 3, 128, 0}}) {
+    Problem p = make_problem(B, H, H_kv, d, iota(Nq, offset), iota(Nk), 300 + Nq + d);
+    const auto fp32 = run_kernel(p);
+    p.s.bf16 = true;
+    const auto got = run_kernel(p);
+    const std::string what = name(p) + " bf16";
+    if (!bf16_tiles_available()) {
+      EXPECT_EQ(got.o, fp32.o) << what;
+      continue;
+    }
+    const auto ref = ref_forward(p, rounded(p.q), rounded(p.k), rounded(p.v));
+    EXPECT_TRUE(all_finite(got.o)) << what;
+    EXPECT_LE(normalized_error(ref.o, got.o), 1e-5) << what << " o";
+    EXPECT_NE(got.o, fp32.o) << what << " (the products ran in fp32)";
+    expect_lse(ref.lse, got.lse, what);
+  }
 }
 
 TEST(SoftmaxAttention, QueryThatSeesNoKey) {

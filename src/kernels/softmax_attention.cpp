@@ -12,6 +12,9 @@
 // With fewer (b, kv head) pairs than threads, two passes instead (per key tile: dV, dK; per query tile: dQ),
 // each recomputing P and dS: 7 products per tile pair, but every thread busy.
 // Diagonal blocks (the same positions on both sides) skip their upper triangle in every product.
+// With s.bf16 (and a CPU with AVX-512-BF16) the forward's two products take bf16 operands (Q, K, P, V rounded to
+// nearest even) with fp32 accumulation (kernels/bf16_tile.h), as bf16 flash attention does; the softmax's
+// statistics and O stay fp32.
 #include "kernels/softmax_attention.h"
 
 #include <omp.h>
@@ -27,6 +30,7 @@
 #endif
 
 #include "core/check.h"
+#include "kernels/bf16_tile.h"
 #include "kernels/gemm.h"
 #include "kernels/transpose.h"
 #include "kernels/vec_math.h"
@@ -67,8 +71,8 @@ void pack_transposed(float* dst, const float* src, size_t ld, int rows, int d) {
 }
 
 std::string shape_str(const SoftmaxAttentionShape& s) {
-  return fmt::format("B={} Nq={} Nk={} H={} H_kv={} d={} scale={} threads={}", s.B, s.Nq, s.Nk, s.H, s.H_kv, s.d,
-                     s.scale, s.threads);
+  return fmt::format("B={} Nq={} Nk={} H={} H_kv={} d={} scale={} threads={} bf16={}", s.B, s.Nq, s.Nk, s.H, s.H_kv,
+                     s.d, s.scale, s.threads, s.bf16);
 }
 
 void check_shape(const char* kernel, const SoftmaxAttentionShape& s) {
@@ -272,6 +276,8 @@ void softmax_attention_forward(float* o, float* lse, const float* q, const float
   const long items = long(B) * H * nqt;
   const float c = s.scale * kLog2e;
   const size_t ldq = size_t(H) * d, ldk = size_t(H_kv) * d;
+  const bool bf = s.bf16 && bf16_tiles_available();
+  const int d2 = (d + 1) / 2;  // d in pairs (bf16 products)
 
 #pragma omp parallel num_threads(threads)
   {
@@ -281,6 +287,12 @@ void softmax_attention_forward(float* o, float* lse, const float* q, const float
     float* l = m + round16(t.tq);
     float* Kt = l + 2 * round16(t.tq);                // (d x tk) the key tile transposed
     float* Vp = Kt + round16(size_t(t.tk) * d);      // (tk x d) the value tile
+    // bf16 products: P's rows (in S's second half), K^T and V in pairs (in Kt's and Vp's room), the rows of K
+    // before their transpose, and Q's rows (in the room of a key tile and a query tile after Vp).
+    bf16* Pb = reinterpret_cast<bf16*>(S + round16(size_t(t.tq) * t.tk));
+    uint32_t *Kw = reinterpret_cast<uint32_t*>(Kt), *Vw = reinterpret_cast<uint32_t*>(Vp);
+    bf16* Kb = reinterpret_cast<bf16*>(Vp + round16(size_t(t.tk) * d));
+    bf16* Qb = reinterpret_cast<bf16*>(Vp + 2 * round16(size_t(t.tk) * d));
 #pragma omp for schedule(dynamic, 1)
     for (long item = 0; item < items; ++item) {
       // Later query tiles first: with causal positions they see the most keys (better load balance).
@@ -292,6 +304,7 @@ void softmax_attention_forward(float* o, float* lse, const float* q, const float
       const int* qd = q_doc ? q_doc + size_t(b) * Nq + q0 : nullptr;
       if (qd) pos_range(qd, nq, &dlo, &dhi);
       const float* qt_ptr = q + (size_t(b) * Nq + q0) * ldq + size_t(h) * d;
+      if (bf) pack_bf16_rows(Qb, qt_ptr, ldq, nq, d);
       std::fill(O, O + size_t(nq) * d, 0.f);
       std::fill(m, m + nq, -INFINITY);
       std::fill(l, l + nq, 0.f);
@@ -304,8 +317,14 @@ void softmax_attention_forward(float* o, float* lse, const float* q, const float
         const size_t kv_off = (size_t(b) * Nk + k0) * ldk + size_t(hk) * d;
         // On a diagonal block the products skip the upper triangle: S's is left unset, then masked to -inf.
         const bool diag = khi > qlo && diagonal_pair(q_pos + q0, nq, k_pos + k0, nk);
-        pack_transposed(Kt, k + kv_off, ldk, nk, d);
-        gemm(false, false, nq, nk, d, c, qt_ptr, int(ldq), Kt, nk, 0.f, S, nk, nullptr, diag ? Skip::c_upper : Skip::none);
+        if (bf) {  // S in full (the mask covers a diagonal block's upper triangle)
+          pack_bf16_pairs_transposed(Kw, Kb, k + kv_off, ldk, nk, d);
+          bf16_tile_product(nq, nk, d2, c, Qb, 2 * d2, Kw, nk, 0.f, S, nk);
+        } else {
+          pack_transposed(Kt, k + kv_off, ldk, nk, d);
+          gemm(false, false, nq, nk, d, c, qt_ptr, int(ldq), Kt, nk, 0.f, S, nk, nullptr,
+               diag ? Skip::c_upper : Skip::none);
+        }
         if (seen == Visibility::masked) apply_mask(S, nq, nk, q_pos + q0, k_pos + k0, qd);
         for (int i = 0; i < nq; ++i) {
           float* row = S + size_t(i) * nk;
@@ -319,8 +338,15 @@ void softmax_attention_forward(float* o, float* lse, const float* q, const float
           }
           m[i] = m_new;
         }
-        pack_rows(Vp, v + kv_off, ldk, nk, d);
-        gemm(false, false, nq, d, nk, 1.f, S, nk, Vp, d, 1.f, O, d, nullptr, diag ? Skip::a_upper : Skip::none);
+        if (bf) {
+          const int nk2 = (nk + 1) / 2;
+          pack_bf16_rows(Pb, S, nk, nq, nk);
+          pack_bf16_pairs(Vw, v + kv_off, ldk, nk, d);
+          bf16_tile_product(nq, d, nk2, 1.f, Pb, 2 * nk2, Vw, d, 1.f, O, d);
+        } else {
+          pack_rows(Vp, v + kv_off, ldk, nk, d);
+          gemm(false, false, nq, d, nk, 1.f, S, nk, Vp, d, 1.f, O, d, nullptr, diag ? Skip::a_upper : Skip::none);
+        }
       }
       for (int i = 0; i < nq; ++i) {
         float* orow = o + ((size_t(b) * Nq + q0 + i) * H + h) * d;

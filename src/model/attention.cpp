@@ -12,7 +12,7 @@ namespace lasp {
 LinearAttentionShape LocalAttention::linear_shape() const { return shape_.linear_kernel(shape_.B, shape_.N, shape_.H); }
 
 SoftmaxAttentionShape LocalAttention::softmax_shape() const {
-  return lasp::softmax_shape(shape_.B, shape_.N, shape_.N, shape_.H, shape_.H_kv, shape_.d, shape_.threads);
+  return shape_.softmax_kernel(shape_.B, shape_.N, shape_.N, shape_.H, shape_.H_kv);
 }
 
 const float* fixed_decay(const LinearGates& gates, const char* method) {

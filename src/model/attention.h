@@ -35,6 +35,7 @@ struct AttentionShape {
   bool delta = false;
   int HV = 0;         // the linear layers' value heads (0: H)
   int conv_rows = 0;  // the rows of each short convolution's halo, conv_size - 1 (0: none)
+  bool bf16 = false;  // the softmax kernel's forward products on bf16 operands (--precision bf16)
 
   // The linear kernels' shape for `rows` rows of `tokens` tokens and `heads` heads (GLA takes its own block).
   LinearAttentionShape linear_kernel(int rows, int tokens, int heads) const {
@@ -45,7 +46,13 @@ struct AttentionShape {
   }
   DeltaRuleShape delta_kernel(int rows, int tokens) const {
     return {rows, tokens, H, value_heads(), dk, dv, kDeltaBlock, threads};
+  }  // The softmax kernel's shape for queries of `rows` batch rows against keys of theirs (d, threads, bf16 from here).
+  SoftmaxAttentionShape softmax_kernel(int rows, int queries, int keys, int heads, int kv_heads) const {
+    SoftmaxAttentionShape s = softmax_shape(rows, queries, keys, heads, kv_heads, d, threads);
+    s.bf16 = bf16;
+    return s;
   }
+
   size_t state_floats() const { return size_t(dk) * size_t(dv); }  // one head's linear state
   int qk_width() const { return f > 0 ? f : dk; }                   // q and k of a linear layer per head
   int value_heads() const { return HV > 0 ? HV : H; }               // v, o and the states of a linear layer

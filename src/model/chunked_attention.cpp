@@ -145,7 +145,7 @@ void ChunkedAttention::conv_halo_backward(int conv, float* dx, const float* dhal
 }
 
 SoftmaxAttentionShape ChunkedAttention::softmax_row_shape() const {
-  return softmax_shape(1, length_, begin_ + length_, s_.H, s_.H_kv, s_.d, s_.threads);
+  return s_.softmax_kernel(1, length_, begin_ + length_, s_.H, s_.H_kv);
 }
 
 // One batch row at a time: the kept keys of a row are (N, H_kv, d), of which the kernel reads the first

@@ -116,7 +116,7 @@ void Lasp2ChunkedAttention::softmax_forward(int layer, float* o, float* lse, con
   const float* kv = softmax_.gathered_kv(layer);
   const size_t all = size_t(s_.B) * global_N_ * s_.H_kv * s_.d;
   softmax_attention_forward(o, lse, q, kv, kv + all, positions_.data(), softmax_.gathered_positions(), chunk_documents(),
-                            softmax_shape(s_.B, length_, global_N_, s_.H, s_.H_kv, s_.d, s_.threads), ws_.view());
+                            s_.softmax_kernel(s_.B, length_, global_N_, s_.H, s_.H_kv), ws_.view());
 }
 
 void Lasp2ChunkedAttention::softmax_backward(int layer, float* dq, float*, float*, const float* dout, const float* o,
@@ -126,7 +126,7 @@ void Lasp2ChunkedAttention::softmax_backward(int layer, float* dq, float*, float
   if (dkv_layer_ != layer) dkv_ = softmax_.zeroed_dkv(s_.H_kv), dkv_layer_ = layer;  // the layer's first chunk
   softmax_attention_backward(dq, dkv_, dkv_ + all, dout, o, lse, q, kv, kv + all, positions_.data(),
                              softmax_.gathered_positions(), chunk_documents(),
-                             softmax_shape(s_.B, length_, global_N_, s_.H, s_.H_kv, s_.d, s_.threads), ws_.view());
+                             s_.softmax_kernel(s_.B, length_, global_N_, s_.H, s_.H_kv), ws_.view());
 }
 
 }  // namespace lasp

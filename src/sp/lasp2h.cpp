@@ -20,7 +20,7 @@ void Lasp2H::forward(int layer, float* o, float* lse, const float* q, const floa
   const float* kv = reuse && !kv_all_.at(layer).empty() ? kv_all_[layer].data() : gather_kv(layer, k, v, s_.H_kv);
   const size_t all = size_t(s_.B) * global_N_ * s_.H_kv * s_.d;
   softmax_attention_forward(o, lse, q, kv, kv + all, positions_.data(), k_pos_.data(), docs_.local.first_positions(),
-                            softmax_shape(s_.B, s_.N, global_N_, s_.H, s_.H_kv, s_.d, s_.threads), ws_.view());
+                            s_.softmax_kernel(s_.B, s_.N, global_N_, s_.H, s_.H_kv), ws_.view());
 }
 
 void Lasp2H::backward(int layer, float* dq, float* dk, float* dv, const float* dout, const float* o, const float* lse,
@@ -30,7 +30,7 @@ void Lasp2H::backward(int layer, float* dq, float* dk, float* dv, const float* d
   float* dkv = zeroed_dkv(s_.H_kv);
   softmax_attention_backward(dq, dkv, dkv + all, dout, o, lse, q, kv, kv + all, positions_.data(), k_pos_.data(),
                              docs_.local.first_positions(),
-                             softmax_shape(s_.B, s_.N, global_N_, s_.H, s_.H_kv, s_.d, s_.threads), ws_.view());
+                             s_.softmax_kernel(s_.B, s_.N, global_N_, s_.H, s_.H_kv), ws_.view());
   scatter_dkv(dk, dv, s_.H_kv);
 }
 

@@ -49,7 +49,7 @@ void RingAttention::softmax_forward(int, float* o, float* lse, const float* q, c
   std::fill(lse, lse + size_t(B) * H * Nl, -INFINITY);
   o_part_.resize(size_t(B) * Nl * H * d);
   lse_part_.resize(size_t(B) * H * Nl);
-  const SoftmaxAttentionShape shape = softmax_shape(B, Nl, Nl, H, Hkv, d, s_.threads);
+  const SoftmaxAttentionShape shape = s_.softmax_kernel(B, Nl, Nl, H, Hkv);
   ring(cur_, 2 * kv, false, [&](int owner, const float* block) {
     softmax_attention_forward(o_part_.data(), lse_part_.data(), q, block, block + kv, positions(),
                               rank_positions_[owner].data(), docs_.local.first_positions(), shape, ws_.view());
@@ -64,7 +64,7 @@ void RingAttention::softmax_backward(int, float* dq, float* dk, float* dv, const
   cur_.assign(k, k + kv);  // [K | V | dK | dV] travel together
   cur_.insert(cur_.end(), v, v + kv);
   cur_.resize(4 * kv, 0.f);
-  const SoftmaxAttentionShape shape = softmax_shape(B, Nl, Nl, H, Hkv, d, s_.threads);
+  const SoftmaxAttentionShape shape = s_.softmax_kernel(B, Nl, Nl, H, Hkv);
   ring(cur_, 4 * kv, true, [&](int owner, float* block) {
     softmax_attention_backward(dq, block + 2 * kv, block + 3 * kv, dout, o, lse, q, block, block + kv, positions(),
                                rank_positions_[owner].data(), docs_.local.first_positions(), shape, ws_.view());

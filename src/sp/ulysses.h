@@ -71,7 +71,7 @@ class UlyssesAttention : public Attention {
   DeltaRuleShape delta_shape() const {
     return {s_.B, N_, hg_, s_.value_heads() / W_, s_.dk, s_.dv, kDeltaBlock, s_.threads};
   }
-  SoftmaxAttentionShape softmax_shape() const { return lasp::softmax_shape(s_.B, N_, N_, hg_, hg_, s_.d, s_.threads); }
+  SoftmaxAttentionShape softmax_shape() const { return s_.softmax_kernel(s_.B, N_, N_, hg_, hg_); }
 };
 
 }  // namespace lasp

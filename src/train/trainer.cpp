@@ -64,7 +64,8 @@ PlannedRank plan_rank(const ModelConfig& c, const Grid& g, int B, int N, SpLayou
                       const ParallelOptions& parallel, const MemoryRequest& memory, bool training) {
   const std::string& method = parallel.sp_method;
   // The kernels' threads are those lasp runs with (--threads), fixed here for the run.
-  const AttentionShape shape = attention_shape(c, B, N / g.sp_size, block, omp_get_max_threads());
+  AttentionShape shape = attention_shape(c, B, N / g.sp_size, block, omp_get_max_threads());
+  shape.bf16 = memory.precision == Precision::bf16;
   std::unique_ptr<Attention> sp;
   LayerMajorFactory layer_major;
   if (g.sp_size > 1) {

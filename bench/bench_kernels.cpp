@@ -164,15 +164,18 @@ nlohmann::ordered_json bench_softmax(const KernelBenchOptions& o, int threads) {
   std::iota(pos.begin(), pos.end(), 0);
   const SoftmaxAttentionShape s = softmax_shape(o.B, o.N, o.N, o.H, o.H, o.d, threads);
   WorkspaceBuffer w(softmax_attention_workspace_floats(o.N, o.N, o.d, threads));
-  const double sec = time_median(o.repeats, [&] {
-    softmax_attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), pos.data(), pos.data(), nullptr, s,
-                              w.view());
-    softmax_attention_backward(dq.data(), dk.data(), dv.data(), g.data(), out.data(), lse.data(), q.data(),
-                               k.data(), v.data(), pos.data(), pos.data(), nullptr, s, w.view());
-  });
+  const auto step_seconds = [&](const SoftmaxAttentionShape& shape) {
+    return time_median(o.repeats, [&] {
+      softmax_attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), pos.data(), pos.data(), nullptr,
+                                shape, w.view());
+      softmax_attention_backward(dq.data(), dk.data(), dv.data(), g.data(), out.data(), lse.data(), q.data(),
+                                 k.data(), v.data(), pos.data(), pos.data(), nullptr, shape, w.view());
+    });
+  };
   const double fwd = 2.0 * o.N * o.N * o.d * o.H * o.B;
-  nlohmann::ordered_json r = rate(3.5 * fwd, double(o.B) * o.N, sec);
-  // The forward alone (two causal products: fwd counted flops), fp32 and, where the CPU has them, bf16 products.
+  nlohmann::ordered_json r = rate(3.5 * fwd, double(o.B) * o.N, step_seconds(s));
+  // The forward alone (two causal products: fwd counted flops), fp32 and, where the CPU has them, bf16 products
+  // (with the forward and backward of those too).
   const auto forward_gflops = [&](const SoftmaxAttentionShape& shape) {
     return fwd / time_median(o.repeats, [&] {
       softmax_attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), pos.data(), pos.data(), nullptr,
@@ -184,6 +187,7 @@ nlohmann::ordered_json bench_softmax(const KernelBenchOptions& o, int threads) {
     SoftmaxAttentionShape bf = s;
     bf.bf16 = true;
     r["forward_bf16_gflops"] = forward_gflops(bf);
+    r["bf16_gflops"] = 3.5 * fwd / step_seconds(bf) / 1e9;
   }
   return r;
 }

@@ -12,9 +12,9 @@
 // With fewer (b, kv head) pairs than threads, two passes instead (per key tile: dV, dK; per query tile: dQ),
 // each recomputing P and dS: 7 products per tile pair, but every thread busy.
 // Diagonal blocks (the same positions on both sides) skip their upper triangle in every product.
-// With s.bf16 (and a CPU with AVX-512-BF16) the forward's two products take bf16 operands (Q, K, P, V rounded to
+// With s.bf16 (and a CPU with AVX-512-BF16) every product takes bf16 operands (Q, K, V, dO, P, dS rounded to
 // nearest even) with fp32 accumulation (kernels/bf16_tile.h), as bf16 flash attention does; the softmax's
-// statistics and O stay fp32.
+// statistics, O, D and the gradients' sums stay fp32.
 #include "kernels/softmax_attention.h"
 
 #include <omp.h>
@@ -53,12 +53,36 @@ struct Tiles {
 };
 Tiles tiles_for(int Nq, int Nk) { return {std::min(kTileQ, Nq), std::min(kTileK, Nk)}; }
 
-// Per-thread scratch: S (tq x tk), P/dP (tq x tk), O accumulator (tq x d), four row vectors (tq), and the
-// packed operands: three key-tile buffers (tk x d) and two query-tile buffers (tq x d).
+// The bf16 products' operands (kernels/bf16_tile.h), in 32-bit words (a pair of bf16 each): Q and dO as rows and
+// in pairs along the queries; K and V transposed in pairs along d, K in pairs along the keys, and K's or V's rows
+// before their transpose; P and dS as rows, and transposed (in pairs along the queries, with their untransposed
+// pairs first).
+struct Bf16Tiles {
+  uint32_t *q_rows, *q_pairs, *do_rows, *do_pairs, *kt, *vt, *k_pairs, *kv_rows, *p_rows, *pairs, *pt, *dst;
+  static size_t floats(Tiles t, int d) {
+    const size_t d2 = (d + 1) / 2, q2 = (t.tq + 1) / 2, k2 = (t.tk + 1) / 2;
+    return 2 * round16(t.tq * d2) + 2 * round16(q2 * d) + 3 * round16(d2 * t.tk) + round16(k2 * d) +
+           round16(t.tq * k2) + 3 * round16(q2 * t.tk);
+  }
+  Bf16Tiles(float* base, Tiles t, int d) {
+    const size_t d2 = (d + 1) / 2, q2 = (t.tq + 1) / 2, k2 = (t.tk + 1) / 2;
+    uint32_t* at = reinterpret_cast<uint32_t*>(base);
+    const auto take = [&](size_t n) { uint32_t* p = at; at += round16(n); return p; };
+    q_rows = take(t.tq * d2), do_rows = take(t.tq * d2), q_pairs = take(q2 * d), do_pairs = take(q2 * d);
+    kt = take(d2 * t.tk), vt = take(d2 * t.tk), kv_rows = take(d2 * t.tk), k_pairs = take(k2 * d);
+    p_rows = take(t.tq * k2), pairs = take(q2 * t.tk), pt = take(q2 * t.tk), dst = take(q2 * t.tk);
+  }
+  static bf16* rows(uint32_t* w) { return reinterpret_cast<bf16*>(w); }
+};
+
+// Per-thread scratch: S (tq x tk), P/dP (tq x tk), O accumulator (tq x d), four row vectors (tq), the packed
+// operands: three key-tile buffers (tk x d) and two query-tile buffers (tq x d); and the bf16 products' operands.
 size_t per_thread_floats(Tiles t, int d) {
   return 2 * round16(size_t(t.tq) * t.tk) + round16(size_t(t.tq) * d) + 4 * round16(t.tq) +
-         3 * round16(size_t(t.tk) * d) + 2 * round16(size_t(t.tq) * d);
+         3 * round16(size_t(t.tk) * d) + 2 * round16(size_t(t.tq) * d) + Bf16Tiles::floats(t, d);
 }
+// Where a thread's bf16 operands start in its scratch.
+float* bf16_area(float* thread, Tiles t, int d) { return thread + per_thread_floats(t, d) - Bf16Tiles::floats(t, d); }
 
 // Operands as the register-blocked products want them (row-major, dense, B not transposed): a tile of
 // `rows` rows of a (N, heads, d) tensor, copied dense or transposed. Packing once per tile costs ~1% of the
@@ -287,12 +311,7 @@ void softmax_attention_forward(float* o, float* lse, const float* q, const float
     float* l = m + round16(t.tq);
     float* Kt = l + 2 * round16(t.tq);                // (d x tk) the key tile transposed
     float* Vp = Kt + round16(size_t(t.tk) * d);      // (tk x d) the value tile
-    // bf16 products: P's rows (in S's second half), K^T and V in pairs (in Kt's and Vp's room), the rows of K
-    // before their transpose, and Q's rows (in the room of a key tile and a query tile after Vp).
-    bf16* Pb = reinterpret_cast<bf16*>(S + round16(size_t(t.tq) * t.tk));
-    uint32_t *Kw = reinterpret_cast<uint32_t*>(Kt), *Vw = reinterpret_cast<uint32_t*>(Vp);
-    bf16* Kb = reinterpret_cast<bf16*>(Vp + round16(size_t(t.tk) * d));
-    bf16* Qb = reinterpret_cast<bf16*>(Vp + 2 * round16(size_t(t.tk) * d));
+    const Bf16Tiles w(bf16_area(S, t, d), t, d);  // the bf16 products' operands
 #pragma omp for schedule(dynamic, 1)
     for (long item = 0; item < items; ++item) {
       // Later query tiles first: with causal positions they see the most keys (better load balance).
@@ -304,7 +323,7 @@ void softmax_attention_forward(float* o, float* lse, const float* q, const float
       const int* qd = q_doc ? q_doc + size_t(b) * Nq + q0 : nullptr;
       if (qd) pos_range(qd, nq, &dlo, &dhi);
       const float* qt_ptr = q + (size_t(b) * Nq + q0) * ldq + size_t(h) * d;
-      if (bf) pack_bf16_rows(Qb, qt_ptr, ldq, nq, d);
+      if (bf) pack_bf16_rows(Bf16Tiles::rows(w.q_rows), qt_ptr, ldq, nq, d);
       std::fill(O, O + size_t(nq) * d, 0.f);
       std::fill(m, m + nq, -INFINITY);
       std::fill(l, l + nq, 0.f);
@@ -318,8 +337,8 @@ void softmax_attention_forward(float* o, float* lse, const float* q, const float
         // On a diagonal block the products skip the upper triangle: S's is left unset, then masked to -inf.
         const bool diag = khi > qlo && diagonal_pair(q_pos + q0, nq, k_pos + k0, nk);
         if (bf) {  // S in full (the mask covers a diagonal block's upper triangle)
-          pack_bf16_pairs_transposed(Kw, Kb, k + kv_off, ldk, nk, d);
-          bf16_tile_product(nq, nk, d2, c, Qb, 2 * d2, Kw, nk, 0.f, S, nk);
+          pack_bf16_pairs_transposed(w.kt, Bf16Tiles::rows(w.kv_rows), k + kv_off, ldk, nk, d);
+          bf16_tile_product(nq, nk, d2, c, Bf16Tiles::rows(w.q_rows), 2 * d2, w.kt, nk, 0.f, S, nk);
         } else {
           pack_transposed(Kt, k + kv_off, ldk, nk, d);
           gemm(false, false, nq, nk, d, c, qt_ptr, int(ldq), Kt, nk, 0.f, S, nk, nullptr,
@@ -340,9 +359,9 @@ void softmax_attention_forward(float* o, float* lse, const float* q, const float
         }
         if (bf) {
           const int nk2 = (nk + 1) / 2;
-          pack_bf16_rows(Pb, S, nk, nq, nk);
-          pack_bf16_pairs(Vw, v + kv_off, ldk, nk, d);
-          bf16_tile_product(nq, d, nk2, 1.f, Pb, 2 * nk2, Vw, d, 1.f, O, d);
+          pack_bf16_rows(Bf16Tiles::rows(w.p_rows), S, nk, nq, nk);
+          pack_bf16_pairs(w.k_pairs, v + kv_off, ldk, nk, d);  // V in pairs along the keys
+          bf16_tile_product(nq, d, nk2, 1.f, Bf16Tiles::rows(w.p_rows), 2 * nk2, w.k_pairs, d, 1.f, O, d);
         } else {
           pack_rows(Vp, v + kv_off, ldk, nk, d);
           gemm(false, false, nq, d, nk, 1.f, S, nk, Vp, d, 1.f, O, d, nullptr, diag ? Skip::a_upper : Skip::none);
@@ -390,10 +409,13 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
   // into two passes that use every thread: over key tiles (dK, dV) and over query tiles (dQ); each computes
   // the probabilities itself, 7 products per tile pair instead of 5.
   const bool split = long(B) * H_kv < threads;
+  const bool bf = s.bf16 && bf16_tiles_available();
+  const int d2 = (d + 1) / 2;  // d in pairs (bf16 products)
 
 #pragma omp parallel num_threads(threads)
   {
     float* P = base + size_t(omp_get_thread_num()) * per;
+    const Bf16Tiles w(bf16_area(P, t, d), t, d);  // the bf16 products' operands
     float* dP = P + round16(size_t(t.tq) * t.tk);
     float* Dv = dP + round16(size_t(t.tq) * t.tk) + round16(size_t(t.tq) * d);
     float* L2 = Dv + round16(t.tq);
@@ -411,8 +433,15 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
       pos_range(q_pos + x.q0, x.nq, &x.lo, &x.hi);
       if (q_doc) x.doc = q_doc + size_t(b) * Nq + x.q0, pos_range(x.doc, x.nq, &x.dlo, &x.dhi);
       x.off = (size_t(b) * Nq + x.q0) * ldq + size_t(h) * d;
-      pack_rows(Qp, q + x.off, ldq, x.nq, d);
-      pack_rows(dOp, dout + x.off, ldq, x.nq, d);
+      if (bf) {
+        pack_bf16_rows(Bf16Tiles::rows(w.q_rows), q + x.off, ldq, x.nq, d);
+        pack_bf16_rows(Bf16Tiles::rows(w.do_rows), dout + x.off, ldq, x.nq, d);
+        pack_bf16_pairs(w.q_pairs, q + x.off, ldq, x.nq, d);
+        pack_bf16_pairs(w.do_pairs, dout + x.off, ldq, x.nq, d);
+      } else {
+        pack_rows(Qp, q + x.off, ldq, x.nq, d);
+        pack_rows(dOp, dout + x.off, ldq, x.nq, d);
+      }
       for (int i = 0; i < x.nq; ++i) {
         const float* dor = dout + x.off + i * ldq;
         const float* orow = o + x.off + i * ldq;
@@ -429,6 +458,12 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
       KTile x{0, kt * t.tk, std::min(t.tk, Nk - kt * t.tk), 0, 0};
       pos_range(k_pos + x.k0, x.nk, &x.lo, &x.hi);
       x.off = (size_t(b) * Nk + x.k0) * ldk + size_t(hk) * d;
+      if (bf) {
+        pack_bf16_pairs_transposed(w.kt, Bf16Tiles::rows(w.kv_rows), k + x.off, ldk, x.nk, d);
+        pack_bf16_pairs_transposed(w.vt, Bf16Tiles::rows(w.kv_rows), v + x.off, ldk, x.nk, d);
+        pack_bf16_pairs(w.k_pairs, k + x.off, ldk, x.nk, d);
+        return x;
+      }
       pack_transposed(Kt, k + x.off, ldk, x.nk, d);
       pack_transposed(Vt, v + x.off, ldk, x.nk, d);
       pack_rows(Kp, k + x.off, ldk, x.nk, d);
@@ -443,7 +478,10 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
       const int nq = qx.nq, nk = kx.nk;
       const bool diag = kx.hi > qx.lo && diagonal_pair(q_pos + qx.q0, nq, k_pos + kx.k0, nk);
       const Skip upper = diag ? Skip::c_upper : Skip::none;
-      gemm(false, false, nq, nk, d, c, Qp, d, Kt, nk, 0.f, P, nk, nullptr, upper);
+      if (bf)  // in full (the mask and dS's zeros cover a diagonal block's upper triangle)
+        bf16_tile_product(nq, nk, d2, c, Bf16Tiles::rows(w.q_rows), 2 * d2, w.kt, nk, 0.f, P, nk);
+      else
+        gemm(false, false, nq, nk, d, c, Qp, d, Kt, nk, 0.f, P, nk, nullptr, upper);
       if (visibility(qx.lo, qx.hi, qx.dlo, qx.dhi, kx.lo, kx.hi) == Visibility::masked)
         apply_mask(P, nq, nk, q_pos + qx.q0, k_pos + kx.k0, qx.doc);
       for (int i = 0; i < nq; ++i) {
@@ -453,7 +491,10 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
         else
           exp2_row(row, nk, L2[i]);
       }
-      gemm(false, false, nq, nk, d, 1.f, dOp, d, Vt, nk, 0.f, dP, nk, nullptr, upper);
+      if (bf)
+        bf16_tile_product(nq, nk, d2, 1.f, Bf16Tiles::rows(w.do_rows), 2 * d2, w.vt, nk, 0.f, dP, nk);
+      else
+        gemm(false, false, nq, nk, d, 1.f, dOp, d, Vt, nk, 0.f, dP, nk, nullptr, upper);
       for (int i = 0; i < nq; ++i) {
         const int visible = diag ? i + 1 : nk;
         float* row = dP + size_t(i) * nk;
@@ -463,12 +504,34 @@ void softmax_attention_backward(float* dq, float* dk, float* dv, const float* do
       return diag;
     };
     // P^T and dS^T are upper triangular on a diagonal block, dS lower triangular.
+    // bf16: X^T (X: P or dS, nq x nk) as an A operand, in pairs along the queries (nk x 2 q2 bf16).
+    auto transposed_pairs = [&](uint32_t* dst, const float* X, int nq, int nk) {
+      pack_bf16_pairs(w.pairs, X, nk, nq, nk);
+      const int q2 = (nq + 1) / 2;
+      transpose(reinterpret_cast<float*>(dst), q2, reinterpret_cast<const float*>(w.pairs), nk, q2, nk);
+    };
     auto add_dkdv = [&](const QTile& qx, const KTile& kx, bool diag) {
+      if (bf) {
+        const int q2 = (qx.nq + 1) / 2;
+        transposed_pairs(w.pt, P, qx.nq, kx.nk);
+        bf16_tile_product(kx.nk, d, q2, 1.f, Bf16Tiles::rows(w.pt), 2 * q2, w.do_pairs, d, 1.f, dv + kx.off, int(ldk));
+        transposed_pairs(w.dst, dP, qx.nq, kx.nk);
+        bf16_tile_product(kx.nk, d, q2, s.scale, Bf16Tiles::rows(w.dst), 2 * q2, w.q_pairs, d, 1.f, dk + kx.off,
+                          int(ldk));
+        return;
+      }
       const Skip skip = diag ? Skip::a_lower : Skip::none;
       gemm(true, false, kx.nk, d, qx.nq, 1.f, P, kx.nk, dOp, d, 1.f, dv + kx.off, int(ldk), nullptr, skip);
       gemm(true, false, kx.nk, d, qx.nq, s.scale, dP, kx.nk, Qp, d, 1.f, dk + kx.off, int(ldk), nullptr, skip);
     };
     auto add_dq = [&](const QTile& qx, const KTile& kx, bool diag) {
+      if (bf) {
+        const int k2 = (kx.nk + 1) / 2;
+        pack_bf16_rows(Bf16Tiles::rows(w.p_rows), dP, kx.nk, qx.nq, kx.nk);  // dS's rows
+        bf16_tile_product(qx.nq, d, k2, s.scale, Bf16Tiles::rows(w.p_rows), 2 * k2, w.k_pairs, d, 1.f, dq + qx.off,
+                          int(ldq));
+        return;
+      }
       gemm(false, false, qx.nq, d, kx.nk, s.scale, dP, kx.nk, Kp, d, 1.f, dq + qx.off, int(ldq), nullptr,
            diag ? Skip::a_upper : Skip::none);
     };

@@ -28,7 +28,7 @@ struct SoftmaxAttentionShape {
   int B, Nq, Nk, H, H_kv, d;
   float scale;  // multiplies q.k before the softmax; the model passes softmax_scale(d)
   int threads;  // the OpenMP threads the kernels run on, chosen by the caller; the workspace holds them
-  bool bf16 = false;  // the forward's products on bf16 operands (where the CPU has AVX-512-BF16; else fp32)
+  bool bf16 = false;  // the products on bf16 operands (where the CPU has AVX-512-BF16; else fp32)
 };
 
 // The model's scale, 1/sqrt(d), and its shape with it: the one place this rule is written.

@@ -111,7 +111,9 @@ refused "has no gated delta rule" 2 train --data "$dir/text.txt" --seq-len 96 --
 # products' summation order (it changes with the row count) moves an fp32 result by an ulp, which now and
 # then flips a bf16 rounding of the next product's operand; AdamW's early, sign-like updates amplify that at the
 # default lr (5 steps at lr 1e-3: 1e-3 for sp 2, 1.4e-2 for chunks of 40, also on one process), so these runs
-# use lr 1e-4, where 5 steps agree within 7e-5 (measured 6.4e-5 and 3.2e-5).
+# use lr 1e-4, where 5 steps agreed within 7e-5 (measured 6.4e-5 and 3.2e-5) before the softmax attention's
+# products went bf16 too; with their roundings (q, k, v, P, dO, dS) more flips compound: sp 2 measures 3.9e-6
+# at the first step and 1.4e-4 over 5, chunks of 40 4.4e-6 and 1.1e-4, so the bound over 5 steps is 3e-4.
 # A CPU with neither AMX nor AVX-512-BF16 (`lasp info`: "bf16 products: none") must refuse bf16 clearly instead.
 if "$lasp" info | grep -q "^bf16 products: none"; then
   refused "neither AMX nor AVX-512-BF16" 1 train --data "$dir/text.txt" --seq-len 96 --steps 1 --precision bf16
@@ -122,8 +124,8 @@ else
   run bf16_sp1 1 --batch 2 --precision bf16 --lr 1e-4
   run bf16_sp2 2 --batch 2 --sp-size 2 --precision bf16 --lr 1e-4
   run bf16_chunk 1 --batch 2 --precision bf16 --chunk 40 --lr 1e-4
-  compare bf16_sp1 bf16_sp2 2e-5 1e-4
-  compare bf16_sp1 bf16_chunk 2e-5 1e-4
+  compare bf16_sp1 bf16_sp2 2e-5 3e-4
+  compare bf16_sp1 bf16_chunk 2e-5 3e-4
   # layer-major chunks of 13 on 2 SP ranks in bf16: measured 6.9e-6 at the first step, 1.2e-4 over 5
   run bf16_sp2_chunk 2 --batch 2 --sp-size 2 --chunk 13 --precision bf16 --lr 1e-4
   compare bf16_sp1 bf16_sp2_chunk 2e-5 3e-4

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "kernels/tile_store.h"
 #include "kernels/transpose.h"
 
 namespace lasp {
@@ -44,18 +45,7 @@ void micro_tile(int K2, float alpha, const uint32_t* A, int lda2, const uint32_t
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)a, (__m512bh)b[v]);
     }
   }
-  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) {
-    float* crow = C + long(r) * ldc;
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      const __mmask16 m = v == NV - 1 ? last : __mmask16(0xffff);
-      __m512 x = _mm512_mul_ps(va, acc[r][v]);
-      if (beta != 0.f) x = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, crow + 16 * v), x);
-      _mm512_mask_storeu_ps(crow + 16 * v, m, x);
-    }
-  }
+  store_tile<MR, NV>(acc, alpha, beta, C, ldc, last);
 }
 
 template <int MR>

@@ -2,6 +2,8 @@
 
 #include <immintrin.h>
 
+#include "kernels/tile_store.h"
+
 namespace lasp {
 
 #if defined(__AVX512F__)
@@ -55,18 +57,7 @@ void micro_tile(const Term& t1, const Term& t2, float alpha, float beta, float* 
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
   accumulate<MR, NV, TransA1>(acc, t1, last, pf);
   if (t2.K) accumulate<MR, NV, TransA2>(acc, t2, last, pf);
-  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) {
-    float* crow = C + long(r) * ldc;
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      const __mmask16 m = v == NV - 1 ? last : __mmask16(0xffff);
-      __m512 x = _mm512_mul_ps(va, acc[r][v]);
-      if (beta != 0.f) x = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, crow + 16 * v), x);
-      _mm512_mask_storeu_ps(crow + 16 * v, m, x);
-    }
-  }
+  store_tile<MR, NV>(acc, alpha, beta, C, ldc, last);
 }
 
 template <int MR, bool TA1, bool TA2>

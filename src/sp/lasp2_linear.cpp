@@ -287,9 +287,10 @@ void Lasp2Linear::backward(int layer, float* dq, float* dk, float* dv, const flo
     else if (sends)  // the piece's dM: what it sends (zero for the first piece, which has no state entering)
       std::memcpy(send_.data() + sg->piece * S, carry_next_.data(), sizeof(float) * S);
   }
-  if (!gla) return;
-  // A of each segment: the gates' product from its end to its piece's end, built from the piece's end as the
-  // spans come in reverse (one row of dk per piece, batch row and head).
+  // GLA, spans of a piece's middle: A of each segment, the gates' product from its end to its piece's end, built
+  // from the piece's end as the spans come in reverse (one row of dk per piece, batch row and head). The whole
+  // method's key_gradients runs on whole pieces, where A = 1: it needs none.
+  if (!gla || whole_) return;
   const size_t G = gate_floats(), pieces = mine_.size();
   after_.resize(size_t(spans_) * pieces * G);
   after_run_.resize(pieces * G);
@@ -354,8 +355,9 @@ void Lasp2Linear::gla_key_gradients(int layer, float* dkeys, float* dvalues, flo
   LASP_CHECK(dg && leaving_[layer].size() == pieces * S, "LASP-2: GLA's key gradients of layer {} before its forward",
              layer);
   for (const Segment& sg : segments_)
-    LASP_CHECK(sg.at + sg.length == piece_len_ || after_.size() == size_t(spans_) * pieces * G,
-               "LASP-2: GLA's key gradients of layer {} before its backward's first pass", layer);
+    LASP_CHECK(sg.at + sg.length == piece_len_ || (!whole_ && after_.size() == size_t(spans_) * pieces * G),
+               "LASP-2: GLA's key gradients of layer {} before its backward's first pass, or (whole) on part of a "
+               "piece", layer);
   for_each_head([&](const Segment& sg, int b, int h, float* tmp) {
     if (last_piece(sg.piece)) return;
     const size_t head = size_t(b) * H + h, kv = s_.state_floats();

@@ -185,8 +185,8 @@ inline void add_precision_flag(CLI::App* cmd, lasp::Precision& precision) {
          [&precision](const std::string& name) {
            precision = lasp::precision_from_string(name);
          },
-         "fp32 | bf16: bf16 multiplies the projections' bf16 operands with fp32 accumulation (AMX or AVX-512-BF16); "
-         "weights, gradients, norms, attention and the loss stay fp32")
+         "fp32 | bf16: bf16 multiplies the projections' and the softmax attention's bf16 operands with fp32 "
+         "accumulation (AMX or AVX-512-BF16); weights, gradients, norms, the linear attention and the loss stay fp32")
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->default_str("fp32");
 }

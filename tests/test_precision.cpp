@@ -47,11 +47,8 @@ Outcome step(const ModelConfig& c, int N, ModelPlan plan) {
   return {loss / N, model.grads()};
 }
 
-TEST(Precision, Bf16ProjectionsStayCloseToFp32) {
-  ModelConfig c;
-  c.hidden_size = 64, c.intermediate_size = 160, c.num_attention_heads = 4, c.num_key_value_heads = 2;
-  c.layer_types = "LLNL", c.num_hidden_layers = 4, c.linear.decay = Decay::lightning;
-  const int N = 200;
+// bf16 against fp32 for config c: the loss and every gradient, whole and in chunks of `chunk` tokens.
+void expect_bf16_close_to_fp32(const ModelConfig& c, int N, int chunk) {
   if (std::string(bf16_path()) == "none") {  // then what must hold is a clear refusal
     try {
       step(c, N, {false, 0, Precision::bf16});
@@ -78,9 +75,25 @@ TEST(Precision, Bf16ProjectionsStayCloseToFp32) {
   EXPECT_GT(worst, 0.0);  // bf16 did run: the numbers differ
 
   // In chunks as whole: the same bf16 products, chunk by chunk.
-  const Outcome chunked = step(c, N, {false, 64, Precision::bf16});
+  const Outcome chunked = step(c, N, {false, chunk, Precision::bf16});
   EXPECT_NEAR(chunked.loss, bf16.loss, 1e-5 * bf16.loss);
   EXPECT_LE(lasp::testing::normalized_error(bf16.grads, chunked.grads), 1e-4);
+}
+
+TEST(Precision, Bf16ProjectionsStayCloseToFp32) {
+  ModelConfig c;
+  c.hidden_size = 64, c.intermediate_size = 160, c.num_attention_heads = 4, c.num_key_value_heads = 2;
+  c.layer_types = "LLNL", c.num_hidden_layers = 4, c.linear.decay = Decay::lightning;
+  expect_bf16_close_to_fp32(c, 200, 64);  // q, k, v and gate, up side by side: one product pair for each group
+}
+
+// Widths whose weights ParamLayout pads apart (sizes not multiples of 16 floats): q, k, v and gate, up each
+// take their own products.
+TEST(Precision, Bf16ProjectionsOfUnpaddedWidths) {
+  ModelConfig c;
+  c.hidden_size = 10, c.intermediate_size = 14, c.num_attention_heads = 5, c.num_key_value_heads = 1;
+  c.layer_types = "LNL", c.num_hidden_layers = 3, c.linear.decay = Decay::retention;
+  expect_bf16_close_to_fp32(c, 90, 32);
 }
 
 TEST(Precision, Names) {

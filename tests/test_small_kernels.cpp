@@ -331,16 +331,33 @@ TEST(SwigluKernel, Bf16FormsRoundTheFp32Results) {
     swiglu_backward(dgate.data(), dup.data(), dout.data(), gate.data(), up.data(), n, GradStore::overwrite);
     std::vector<bf16> out16(n), dgate16(n), dup16(n);
     swiglu_forward_bf16(out16.data(), gate.data(), up.data(), n);
-    swiglu_backward_bf16(dgate16.data(), dup16.data(), dout.data(), gate.data(), up.data(), n);
+    swiglu_backward_bf16(dgate16.data(), dup16.data(), n, dout.data(), gate.data(), up.data(), 1, n);
     long differ = 0;
     for (long i = 0; i < n; ++i)
       differ += out16[i] != to_bf16(out[i]) || dgate16[i] != to_bf16(dgate[i]) || dup16[i] != to_bf16(dup[i]);
     EXPECT_EQ(differ, 0) << label;
+    // Rows of `width` side by side in one operand (the MLP's joint gate and up gradient): each row's dgate, then dup.
+    for (long width : {1L, 5L, 2048L + 3}) {
+      if (n % width) continue;
+      const long rows = n / width;
+      std::vector<bf16> joint(size_t(2 * n));
+      swiglu_backward_bf16(joint.data(), joint.data() + width, 2 * width, dout.data(), gate.data(), up.data(), rows, width);
+      differ = 0;
+      for (long i = 0; i < n; ++i) {
+        const long r = i / width, c = i % width;
+        differ += joint[2 * width * r + c] != dgate16[i] || joint[2 * width * r + width + c] != dup16[i];
+      }
+      EXPECT_EQ(differ, 0) << label << " width=" << width;
+    }
   }
   std::vector<float> a(4);
   std::vector<bf16> h(4);
   expect_error([&] { swiglu_forward_bf16(h.data(), a.data(), a.data(), -1); }, "swiglu_forward_bf16: n must be >= 0");
-  expect_error([&] { swiglu_backward_bf16(h.data(), h.data(), a.data(), a.data(), a.data(), 4); }, "swiglu_backward_bf16");
+  expect_error([&] { swiglu_backward_bf16(h.data(), h.data(), 4, a.data(), a.data(), a.data(), 1, 4); }, "swiglu_backward_bf16");
+  expect_error([&] { swiglu_backward_bf16(h.data(), h.data() + 2, 2, a.data(), a.data(), a.data(), 2, 2); },
+               "swiglu_backward_bf16: dgate's and dup's rows overlap");
+  expect_error([&] { swiglu_backward_bf16(h.data(), h.data() + 2, 1, a.data(), a.data(), a.data(), 2, 2); },
+               "ld >= width");
 }
 
 TEST(SwigluKernel, ExtremeInputsStayFinite) {

@@ -55,22 +55,32 @@ void swiglu_forward_bf16(bf16* out, const float* gate, const float* up, long n) 
   }
 }
 
-void swiglu_backward_bf16(bf16* dgate, bf16* dup, const float* dout, const float* gate, const float* up, long n) {
-  check_args("swiglu_backward_bf16", n, dgate, dout, gate);
-  LASP_CHECK(n == 0 || (up && dup && dup != dgate), "swiglu_backward_bf16: null or aliased up / dup");
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (long at = 0; at < n; at += kBlock) {
-    const long m = std::min(kBlock, n - at);
-    float dg[kBlock], du[kBlock];
+void swiglu_backward_bf16(bf16* dgate, bf16* dup, long ld, const float* dout, const float* gate, const float* up,
+                          long rows, long width) {
+  check_args("swiglu_backward_bf16", rows * width, dgate, dout, gate);
+  LASP_CHECK(rows >= 0 && width >= 0 && ld >= width, "swiglu_backward_bf16: expected rows, width >= 0 and ld >= width, "
+             "got rows={} width={} ld={}", rows, width, ld);
+  if (rows * width == 0) return;
+  LASP_CHECK(up && dup, "swiglu_backward_bf16: null up or dup");
+  // dgate's and dup's rows must not overlap: far apart, or interleaved in the rows of one operand
+  const long off = dup - dgate, span = (rows - 1) * ld + width, phase = (off % ld + ld) % ld;
+  LASP_CHECK(off >= span || -off >= span || (phase >= width && phase <= ld - width),
+             "swiglu_backward_bf16: dgate's and dup's rows overlap (rows={} width={} ld={}, dup - dgate = {})", rows,
+             width, ld, off);
+#pragma omp parallel for schedule(static) if (rows * width > 32768)
+  for (long r = 0; r < rows; ++r)
+    for (long c = 0; c < width; c += kBlock) {
+      const long m = std::min(kBlock, width - c), at = r * width + c;
+      float dg[kBlock], du[kBlock];
 #pragma omp simd
-    for (long i = 0; i < m; ++i) {
-      const float g = gate[at + i], s = vec_sigmoid(g), go = dout[at + i];
-      dg[i] = go * up[at + i] * s * (1.f + g * (1.f - s));
-      du[i] = go * g * s;
+      for (long i = 0; i < m; ++i) {
+        const float g = gate[at + i], s = vec_sigmoid(g), go = dout[at + i];
+        dg[i] = go * up[at + i] * s * (1.f + g * (1.f - s));
+        du[i] = go * g * s;
+      }
+      to_bf16_serial(dgate + r * ld + c, dg, size_t(m));
+      to_bf16_serial(dup + r * ld + c, du, size_t(m));
     }
-    to_bf16_serial(dgate + at, dg, size_t(m));
-    to_bf16_serial(dup + at, du, size_t(m));
-  }
 }
 
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, long n,

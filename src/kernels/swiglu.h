@@ -15,7 +15,9 @@ void swiglu_forward_bf16(bf16* out, const float* gate, const float* up, long n);
 // Gradients must not alias inputs.
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, long n,
                      GradStore store = GradStore::add);
-// Writes both rounded to bf16 (GradStore::overwrite).
-void swiglu_backward_bf16(bf16* dgate, bf16* dup, const float* dout, const float* gate, const float* up, long n);
+// Writes both rounded to bf16 (GradStore::overwrite), for dout, gate, up of `rows` rows of `width` values: row r's
+// gradients at dgate + r ld and dup + r ld (so that dgate and dup may share the rows of one operand, ld = 2 width).
+void swiglu_backward_bf16(bf16* dgate, bf16* dup, long ld, const float* dout, const float* gate, const float* up,
+                          long rows, long width);
 
 }  // namespace lasp

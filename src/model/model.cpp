@@ -21,7 +21,13 @@ namespace {
 
 // The widest side of any projection (hidden, MLP, vocabulary, attention width): the bf16 scratch per token.
 size_t widest_projection(const ModelConfig& c) {
-  return size_t(std::max({c.hidden_size, c.intermediate_size, c.vocab_size, c.widest_attention()}));
+  // (and q, k, v's output gradients side by side: the grouped project_backward)
+  int qkv = 0;
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const ModelConfig::AttentionWidths e = c.attention_widths(l);
+    qkv = std::max(qkv, e.q + e.k + e.v);
+  }
+  return size_t(std::max({c.hidden_size, c.intermediate_size, c.vocab_size, c.widest_attention(), qkv}));
 }
 
 // Tokens per row in one chunk of a plan (N: the whole sequence at once).
@@ -84,6 +90,31 @@ void Model::project_backward(float* dX, float* dW, Input dY, Input X, const floa
   if (!X.b16) X = keep(X.f32, x_bf16_.data(), size_t(T) * in);
   gemm_bf16(false, false, T, in, out, 1.f, dY.b16, out, bf16_weight(W), in, dx_fresh ? 0.f : 1.f, dX, in);
   gemm_bf16(true, false, out, in, T, 1.f, dY.b16, out, X.b16, in, 1.f, dW, in);
+}
+
+void Model::project_backward(float* dX, std::initializer_list<ProjectionGrad> terms, Input X, int in,
+                             bool dx_fresh) {
+  const ProjectionGrad& first = *terms.begin();
+  int total = 0;
+  bool adjacent = true;
+  for (const ProjectionGrad& t : terms) {
+    adjacent = adjacent && t.W == first.W + size_t(total) * in && t.dW == first.dW + size_t(total) * in;
+    total += t.out;
+  }
+  if (precision_ == Precision::fp32 || !adjacent) {
+    for (const ProjectionGrad& t : terms)
+      project_backward(dX, t.dW, {t.dY}, X, t.W, in, t.out, dx_fresh && &t == &first);
+    return;
+  }
+  bf16* dy = dy_bf16_.data();  // (T, total): row t holds each term's row t in turn
+  const long T = T_;
+#pragma omp parallel for schedule(static)
+  for (long t = 0; t < T; ++t) {
+    int at = 0;
+    for (const ProjectionGrad& g : terms)
+      to_bf16_serial(dy + t * total + at, g.dY + t * g.out, size_t(g.out)), at += g.out;
+  }
+  project_backward(dX, first.dW, {nullptr, dy}, X, first.W, in, total, dx_fresh);
 }
 
 size_t Model::mlp_rows(const ModelPlan& plan, size_t T) {
@@ -543,17 +574,25 @@ void Model::backward_layer(int l) {
     if (recompute_) mlp_forward(l, r, rows);
     const size_t at = size_t(r) * D;
     project_backward(s_.dm, g.w_down, s_.dres + at, kept(a.m, a.m16), w.w_down, F, D, true, rows);
-    Input dg = s_.dg, du = s_.du;
-    if (precision_ == Precision::bf16) {  // the gradients only as the products' bf16 operands, in s_.dg's and s_.du's room
-      bf16 *dg16 = reinterpret_cast<bf16*>(s_.dg), *du16 = reinterpret_cast<bf16*>(s_.du);
-      swiglu_backward_bf16(dg16, du16, s_.dm, a.g, a.u, long(rows) * F);
-      dg = {nullptr, dg16}, du = {nullptr, du16};
+    const Input hn = kept(a.hn, a.hn16).rows_from(at);
+    if (precision_ == Precision::bf16) {
+      // The gradients only as the products' bf16 operands, in s_.dg's room. With gate and up side by side in
+      // the weights (ParamLayout's order), each row holds its dgate then its dup: one product pair for both.
+      const bool joint = w.w_up == w.w_gate + size_t(F) * D && g.w_up == g.w_gate + size_t(F) * D;
+      bf16* dg16 = reinterpret_cast<bf16*>(s_.dg);
+      bf16* du16 = joint ? dg16 + F : reinterpret_cast<bf16*>(s_.du);
+      swiglu_backward_bf16(dg16, du16, joint ? 2 * F : F, s_.dm, a.g, a.u, rows, F);
+      if (joint) {
+        project_backward(s_.dhn + at, g.w_gate, {nullptr, dg16}, hn, w.w_gate, D, 2 * F, true, rows);
+      } else {
+        project_backward(s_.dhn + at, g.w_gate, {nullptr, dg16}, hn, w.w_gate, D, F, true, rows);
+        project_backward(s_.dhn + at, g.w_up, {nullptr, du16}, hn, w.w_up, D, F, false, rows);
+      }
     } else {
       swiglu_backward(s_.dg, s_.du, s_.dm, a.g, a.u, long(rows) * F, GradStore::overwrite);
+      project_backward(s_.dhn + at, g.w_gate, s_.dg, hn, w.w_gate, D, F, true, rows);
+      project_backward(s_.dhn + at, g.w_up, s_.du, hn, w.w_up, D, F, false, rows);
     }
-    const Input hn = kept(a.hn, a.hn16).rows_from(at);
-    project_backward(s_.dhn + at, g.w_gate, dg, hn, w.w_gate, D, F, true, rows);
-    project_backward(s_.dhn + at, g.w_up, du, hn, w.w_up, D, F, false, rows);
   }
   rmsnorm_backward(s_.dres, g.post_norm, s_.dhn, a.h, w.post_norm, a.rstd_post, T_, D);
 
@@ -595,9 +634,8 @@ void Model::backward_layer(int l) {
       gdn_backward(l, xn, !gated);
     } else {
       linear_features_backward(l, s_.dq, s_.dk, s_.dqp, s_.dkp);
-      project_backward(s_.dxn, g.wq, s_.dqp, xn, w.wq, D, e.q, !gated);
-      project_backward(s_.dxn, g.wk, s_.dkp, xn, w.wk, D, e.k);
-      project_backward(s_.dxn, g.wv, s_.dv, xn, w.wv, D, e.v);
+      project_backward(s_.dxn, {{g.wq, s_.dqp, w.wq, e.q}, {g.wk, s_.dkp, w.wk, e.k}, {g.wv, s_.dv, w.wv, e.v}}, xn, D,
+                       !gated);
     }
     if (c.linear.decay == Decay::gla) gate_backward(l, xn);
   } else {
@@ -609,9 +647,8 @@ void Model::backward_layer(int l) {
     rope_backward(s_.dqp, s_.dq, rope(), B_, H, GradStore::overwrite);
     rope_backward(s_.dkp, s_.dk, rope(), B_, Hkv, GradStore::overwrite);
     const Input xn = kept(a.xn, a.xn16);
-    project_backward(s_.dxn, g.wq, s_.dqp, xn, w.wq, D, e.q, true);
-    project_backward(s_.dxn, g.wk, s_.dkp, xn, w.wk, D, e.k);
-    project_backward(s_.dxn, g.wv, s_.dv, xn, w.wv, D, e.v);
+    project_backward(s_.dxn, {{g.wq, s_.dqp, w.wq, e.q}, {g.wk, s_.dkp, w.wk, e.k}, {g.wv, s_.dv, w.wv, e.v}}, xn, D,
+                     true);
   }
   rmsnorm_backward(s_.dres, g.input_norm, s_.dxn, x_[l], w.input_norm, a.rstd_in, T_, D);
 }

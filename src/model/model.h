@@ -9,6 +9,7 @@
 // passes around the attention's exchange (LayerMajorAttention): only the residual stream entering each
 // layer is kept for the whole piece, everything else for one chunk.
 #pragma once
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -188,6 +189,18 @@ class Model {
   // dX += dY W (dX = dY W when dx_fresh), dW += dY^T X.
   void project_backward(float* dX, float* dW, Input dY, Input X, const float* W, int in, int out,
                         bool dx_fresh = false, int rows = -1);
+  // One of several projections of the same input X (q, k, v): its weight's gradient, output gradient (fp32),
+  // weight and output width.
+  struct ProjectionGrad {
+    float* dW;
+    const float* dY;
+    const float* W;
+    int out;
+  };
+  // project_backward of each, the first with dx_fresh. Under precision bf16, with the weights adjacent (as
+  // ParamLayout lays q, k, v), the output gradients go into one (T, sum of out) bf16 operand and the products
+  // run once for all: fewer, larger products, and dX is written once instead of accumulated once per weight.
+  void project_backward(float* dX, std::initializer_list<ProjectionGrad> terms, Input X, int in, bool dx_fresh);
   // The input x (n values) with, under precision bf16, its bf16 copy made now into `copy`; kept(): the same
   // input later, from the copy made then.
   Input keep(const float* x, bf16* copy, size_t n);

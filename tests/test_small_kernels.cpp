@@ -341,7 +341,8 @@ TEST(SwigluKernel, Bf16FormsRoundTheFp32Results) {
       if (n % width) continue;
       const long rows = n / width;
       std::vector<bf16> joint(size_t(2 * n));
-      swiglu_backward_bf16(joint.data(), joint.data() + width, 2 * width, dout.data(), gate.data(), up.data(), rows, width);
+      swiglu_backward_bf16(joint.data(), joint.data() + width, 2 * width, dout.data(), gate.data(), up.data(), rows,
+                           width);
       differ = 0;
       for (long i = 0; i < n; ++i) {
         const long r = i / width, c = i % width;
@@ -353,7 +354,8 @@ TEST(SwigluKernel, Bf16FormsRoundTheFp32Results) {
   std::vector<float> a(4);
   std::vector<bf16> h(4);
   expect_error([&] { swiglu_forward_bf16(h.data(), a.data(), a.data(), -1); }, "swiglu_forward_bf16: n must be >= 0");
-  expect_error([&] { swiglu_backward_bf16(h.data(), h.data(), 4, a.data(), a.data(), a.data(), 1, 4); }, "swiglu_backward_bf16");
+  expect_error([&] { swiglu_backward_bf16(h.data(), h.data(), 4, a.data(), a.data(), a.data(), 1, 4); },
+               "swiglu_backward_bf16");
   expect_error([&] { swiglu_backward_bf16(h.data(), h.data() + 2, 2, a.data(), a.data(), a.data(), 2, 2); },
                "swiglu_backward_bf16: dgate's and dup's rows overlap");
   expect_error([&] { swiglu_backward_bf16(h.data(), h.data() + 2, 1, a.data(), a.data(), a.data(), 2, 2); },

@@ -124,6 +124,7 @@ nlohmann::ordered_json bench_train(const ModelConfig& config, const TrainBenchOp
                               {"seq_len", N},
                               {"batch", B},
                               {"threads", omp_get_max_threads()},
+                              {"precision", to_string(o.memory.precision)},
                               {"doc_every", o.doc_every},
                               {"seconds_per_step", median},
                               {"tokens_per_s", B * N / median},
@@ -172,6 +173,7 @@ nlohmann::ordered_json bench_train_lengths(const ModelConfig& config, const Trai
   if (o.memory.limit_gib > 0) flags += " --memory-limit " + fmt::format("{}", o.memory.limit_gib);
   if (o.memory.recompute) flags += " --recompute";
   if (o.memory.chunk > 0) flags += " --chunk " + std::to_string(o.memory.chunk);
+  flags += std::string(" --precision ") + to_string(o.memory.precision);
   if (o.doc_every > 0) flags += " --doc-every " + std::to_string(o.doc_every);
   if (o.compare_pytorch) flags += " --compare-pytorch";
   if (!o.reference_script.empty()) flags += " --reference " + quoted(o.reference_script);

@@ -23,6 +23,7 @@
 
 #include "core/check.h"
 #include "core/file.h"
+#include "kernels/bf16.h"
 #include "model/config.h"
 #include "model/params.h"
 #include "model/safetensors.h"
@@ -880,6 +881,18 @@ TEST_F(Reliability, BenchTrainPlotsOnePointPerLength) {
     if (!line.empty() && line[0] != '#') lengths.push_back(std::stoi(line));
   EXPECT_EQ(lengths, (std::vector<int>{128, 256}));
   EXPECT_TRUE(fs::exists(prefix + ".png"));
+}
+
+// Old: each length ran in a child process that was not handed --precision, so `--precision bf16` with several
+// lengths timed fp32. Every row says the precision it ran.
+TEST_F(Reliability, BenchTrainLengthsRunTheAskedPrecision) {
+  const bool bf16 = std::string(lasp::bf16_path()) != "none";
+  const std::string precision = bf16 ? "bf16" : "fp32", prefix = tmp.file("precision");
+  expect_ok(kLasp + " bench train --layer-types L --hidden 32 --heads 2 --kv-heads 1 --ffn 64 --steps 1 --warmup 0 "
+            "--seq-lens 64,128 --precision " + precision + " --out " + prefix);
+  const nlohmann::json rows = nlohmann::json::parse(lasp::read_file(prefix + ".json"));
+  ASSERT_EQ(rows.size(), 2u);
+  for (const auto& row : rows) EXPECT_EQ(row.at("precision"), precision) << row.dump();
 }
 
 // ---- Undefined behaviour: sizes in 64 bits, absurd ones refused with what they would need ----

@@ -487,6 +487,9 @@ struct BenchTrainCommand : Command {
                     "measure what documents cost")->default_val(o.doc_every)->check(kNonNegative);
     cmd->add_flag("--compare-pytorch", o.compare_pytorch, "also time the same step in PyTorch at its best, eager and "
                   "compiled (tools/peer.py; current PyTorch once scripts/setup_peer.sh made .venv-peer)");
+    cmd->add_option("--peer-profile", o.peer_profile, "with --compare-pytorch: also profile one step of the peer "
+                    "(torch.profiler): its N operators of most self time, in the JSON's pytorch.profile")
+        ->default_val(o.peer_profile)->check(kNonNegative);
     cmd->add_option("--reference", o.reference_script, "path of tools/reference.py (default: the source tree's)");
     cmd->add_option("--out", o.out_prefix, "with several lengths: prefix of the JSON and PNG files")
         ->default_val(o.out_prefix);

@@ -145,7 +145,8 @@ nlohmann::ordered_json bench_train(const ModelConfig& config, const TrainBenchOp
                                         quoted(config_path) + " --seq-len " + std::to_string(N) + " --batch " +
                                         std::to_string(B) + " --repeats " + std::to_string(o.steps) + " --threads " +
                                         std::to_string(omp_get_max_threads()) + " --precision " +
-                                        to_string(o.memory.precision));
+                                        to_string(o.memory.precision) + " --profile " +
+                                        std::to_string(o.peer_profile));
     const nlohmann::json torch = reference_json(out);
     r["pytorch"] = torch;
     r["pytorch_peer"] = python == "/usr/bin/python3"
@@ -175,7 +176,7 @@ nlohmann::ordered_json bench_train_lengths(const ModelConfig& config, const Trai
   if (o.memory.chunk > 0) flags += " --chunk " + std::to_string(o.memory.chunk);
   flags += std::string(" --precision ") + to_string(o.memory.precision);
   if (o.doc_every > 0) flags += " --doc-every " + std::to_string(o.doc_every);
-  if (o.compare_pytorch) flags += " --compare-pytorch";
+  if (o.compare_pytorch) flags += " --compare-pytorch --peer-profile " + std::to_string(o.peer_profile);
   if (!o.reference_script.empty()) flags += " --reference " + quoted(o.reference_script);
 
   nlohmann::ordered_json rows = nlohmann::ordered_json::array();

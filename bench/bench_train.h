@@ -20,6 +20,7 @@ struct TrainBenchOptions {
   MemoryRequest memory;
   int doc_every = 0;  // > 0: packed documents of about this many tokens (token 0 opens one); 0: one stream
   bool compare_pytorch = false;
+  int peer_profile = 0;  // > 0: with compare_pytorch, the peer's operators of most time in one step, this many
   std::string reference_script;  // tools/reference.py; empty: the source tree's, found from any folder
   std::string out_prefix = "bench_train";  // several lengths: PREFIX.json, PREFIX.png and its points PREFIX.dat
 };

@@ -574,24 +574,25 @@ void Model::backward_layer(int l) {
     if (recompute_) mlp_forward(l, r, rows);
     const size_t at = size_t(r) * D;
     project_backward(s_.dm, g.w_down, s_.dres + at, kept(a.m, a.m16), w.w_down, F, D, true, rows);
-    const Input hn = kept(a.hn, a.hn16).rows_from(at);
+    Input dg = s_.dg, du = s_.du;
+    bool joint = false;  // one product pair for gate and up
     if (precision_ == Precision::bf16) {
       // The gradients only as the products' bf16 operands, in s_.dg's room. With gate and up side by side in
-      // the weights (ParamLayout's order), each row holds its dgate then its dup: one product pair for both.
-      const bool joint = w.w_up == w.w_gate + size_t(F) * D && g.w_up == g.w_gate + size_t(F) * D;
+      // the weights (ParamLayout's order), each row holds its dgate then its dup.
+      joint = w.w_up == w.w_gate + size_t(F) * D && g.w_up == g.w_gate + size_t(F) * D;
       bf16* dg16 = reinterpret_cast<bf16*>(s_.dg);
       bf16* du16 = joint ? dg16 + F : reinterpret_cast<bf16*>(s_.du);
       swiglu_backward_bf16(dg16, du16, joint ? 2 * F : F, s_.dm, a.g, a.u, rows, F);
-      if (joint) {
-        project_backward(s_.dhn + at, g.w_gate, {nullptr, dg16}, hn, w.w_gate, D, 2 * F, true, rows);
-      } else {
-        project_backward(s_.dhn + at, g.w_gate, {nullptr, dg16}, hn, w.w_gate, D, F, true, rows);
-        project_backward(s_.dhn + at, g.w_up, {nullptr, du16}, hn, w.w_up, D, F, false, rows);
-      }
+      dg = {nullptr, dg16}, du = {nullptr, du16};
     } else {
       swiglu_backward(s_.dg, s_.du, s_.dm, a.g, a.u, long(rows) * F, GradStore::overwrite);
-      project_backward(s_.dhn + at, g.w_gate, s_.dg, hn, w.w_gate, D, F, true, rows);
-      project_backward(s_.dhn + at, g.w_up, s_.du, hn, w.w_up, D, F, false, rows);
+    }
+    const Input hn = kept(a.hn, a.hn16).rows_from(at);
+    if (joint) {
+      project_backward(s_.dhn + at, g.w_gate, dg, hn, w.w_gate, D, 2 * F, true, rows);
+    } else {
+      project_backward(s_.dhn + at, g.w_gate, dg, hn, w.w_gate, D, F, true, rows);
+      project_backward(s_.dhn + at, g.w_up, du, hn, w.w_up, D, F, false, rows);
     }
   }
   rmsnorm_backward(s_.dres, g.post_norm, s_.dhn, a.h, w.post_norm, a.rstd_post, T_, D);

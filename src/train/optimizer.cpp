@@ -16,10 +16,16 @@ double AdamW::step(std::vector<float>& params, const std::vector<float>& grads, 
   if (!std::isfinite(norm)) return norm;  // a diverged step: the caller stops; the weights stay as they were
   ++step_;
   const float scale = config_.grad_clip > 0 ? grad_clip_scale(norm, config_.grad_clip) : 1.f;
-  for (const TensorSpec& t : layout_.specs()) {
-    const size_t o = t.offset;
-    adamw_update(params.data() + o, m_.data() + o, v_.data() + o, grads.data() + o, long(t.size), lr,
-                 config_.beta1, config_.beta2, config_.eps, t.matrix ? config_.weight_decay : 0.f, step_, scale);
+  // One update per run of adjacent tensors of the same weight decay: a model's tensors are mostly too small for
+  // the update's threads one at a time (measured: a serial ~1.5% of a step of the small model).
+  const std::vector<TensorSpec>& specs = layout_.specs();
+  for (size_t i = 0; i < specs.size();) {
+    const size_t o = specs[i].offset;
+    const bool matrix = specs[i].matrix;
+    size_t end = o + specs[i].size;
+    while (++i < specs.size() && specs[i].offset == end && specs[i].matrix == matrix) end += specs[i].size;
+    adamw_update(params.data() + o, m_.data() + o, v_.data() + o, grads.data() + o, long(end - o), lr, config_.beta1,
+                 config_.beta2, config_.eps, matrix ? config_.weight_decay : 0.f, step_, scale);
   }
   return norm;
 }

@@ -84,6 +84,40 @@ TEST(Bf16, ProductsEqualTheDoubleProductOfTheRoundedOperands) {
       }
 }
 
+// The bf16-output form writes the fp32 product rounded to nearest even: at most one bf16 step from the rounded
+// double product (the fp32 sums may fall on the other side of a rounding boundary), mostly exactly it.
+TEST(Bf16, RoundedOutputsAreTheProductsRounded) {
+  if (std::string(bf16_path()) == "none") {
+    EXPECT_THROW(gemm_bf16(false, false, 1, 1, 1, 1.f, nullptr, 1, nullptr, 1, (bf16*)nullptr, 1), Error);
+    return;
+  }
+  for (bool tb : {false, true})
+    for (auto [M, N, K] : {std::array<int, 3>{1, 1, 1}, {37, 29, 61}, {300, 96, 256}}) {
+      const int lda = K + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+      const auto a32 = lasp::testing::random_vector(size_t(M) * lda, 4);
+      const auto b32 = lasp::testing::random_vector(size_t(tb ? N : K) * ldb, 5);
+      std::vector<bf16> a(a32.size()), b(b32.size()), c(size_t(M) * ldc, 0x7fc0);  // NaN where nothing is written
+      to_bf16(a.data(), a32.data(), a.size());
+      to_bf16(b.data(), b32.data(), b.size());
+      gemm_bf16(false, tb, M, N, K, 0.5f, a.data(), lda, b.data(), ldb, c.data(), ldc);
+      long exact = 0, off = 0;
+      for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) {
+          double s = 0;
+          for (int k = 0; k < K; ++k)
+            s += double(from_bf16(a[size_t(i) * lda + k])) * double(from_bf16(tb ? b[size_t(j) * ldb + k] : b[size_t(k) * ldb + j]));
+          const bf16 want = to_bf16(float(0.5 * s)), got = c[size_t(i) * ldc + j];
+          exact += got == want;
+          off += std::abs(int(int16_t(got)) - int(int16_t(want))) > 1 || (got ^ want) >> 15;  // a step or a sign
+        }
+      const std::string label = "tb=" + std::to_string(tb) + " M=" + std::to_string(M) + " N=" + std::to_string(N);
+      EXPECT_EQ(off, 0) << label;
+      EXPECT_GE(exact, long(0.95 * M * N)) << label;
+      for (int i = 0; i < M; ++i)
+        for (int j = N; j < ldc; ++j) EXPECT_EQ(c[size_t(i) * ldc + j], 0x7fc0) << label << ": wrote past the row";
+    }
+}
+
 TEST(Bf16, PathIsNamed) {
   const std::string path = bf16_path();
   EXPECT_TRUE(path == "AMX" || path == "AVX-512-BF16" || path == "none") << path;

@@ -354,12 +354,36 @@ TEST(SwigluKernel, Bf16FormsRoundTheFp32Results) {
   std::vector<float> a(4);
   std::vector<bf16> h(4);
   expect_error([&] { swiglu_forward_bf16(h.data(), a.data(), a.data(), -1); }, "swiglu_forward_bf16: n must be >= 0");
+  expect_error([&] { swiglu_forward_bf16(h.data(), (const bf16*)nullptr, h.data(), 4); }, "swiglu_forward_bf16: null");
   expect_error([&] { swiglu_backward_bf16(h.data(), h.data(), 4, a.data(), a.data(), a.data(), 1, 4); },
                "swiglu_backward_bf16");
   expect_error([&] { swiglu_backward_bf16(h.data(), h.data() + 2, 2, a.data(), a.data(), a.data(), 2, 2); },
                "swiglu_backward_bf16: dgate's and dup's rows overlap");
   expect_error([&] { swiglu_backward_bf16(h.data(), h.data() + 2, 1, a.data(), a.data(), a.data(), 2, 2); },
                "ld >= width");
+}
+
+// gate and up as bf16 (as the bf16 MLP's products write them): exactly the fp32-input forms on the same values.
+TEST(SwigluKernel, Bf16InputsEqualTheFp32FormsOnTheirValues) {
+  for (long n : {1L, 7L, 2048L + 5, 40000L}) {
+    const std::string label = "n=" + std::to_string(n);
+    auto gate = random_vector(n, 61 + n, -6.f, 6.f), up = random_vector(n, 62 + n, -2.f, 2.f);
+    const auto dout = random_vector(n, 63 + n);
+    std::vector<bf16> gate16(n), up16(n);
+    to_bf16(gate16.data(), gate.data(), n);
+    to_bf16(up16.data(), up.data(), n);
+    from_bf16(gate.data(), gate16.data(), n);  // the same values in fp32
+    from_bf16(up.data(), up16.data(), n);
+    std::vector<bf16> want(n), got(n), dwant(2 * n), dgot(2 * n);
+    swiglu_forward_bf16(want.data(), gate.data(), up.data(), n);
+    swiglu_forward_bf16(got.data(), gate16.data(), up16.data(), n);
+    EXPECT_EQ(want, got) << label;
+    const long width = n % 5 == 0 ? 5 : 1, rows = n / width;  // rows side by side, as the MLP's joint gradient
+    swiglu_backward_bf16(dwant.data(), dwant.data() + width, 2 * width, dout.data(), gate.data(), up.data(), rows, width);
+    swiglu_backward_bf16(dgot.data(), dgot.data() + width, 2 * width, dout.data(), gate16.data(), up16.data(), rows,
+                         width);
+    EXPECT_EQ(dwant, dgot) << label;
+  }
 }
 
 TEST(SwigluKernel, ExtremeInputsStayFinite) {

@@ -320,7 +320,10 @@ std::vector<float> Decoder::step(int token) {
     const std::vector<float> y = project(lw.wo, attn, D);
     for (int i = 0; i < D; ++i) x[i] += y[i];
     const std::vector<float> hn = rmsnorm(x, lw.post_norm, 1, D, eps);
-    const std::vector<float> g = project(lw.w_gate, hn, F), u = project(lw.w_up, hn, F);
+    std::vector<float> g = project(lw.w_gate, hn, F), u = project(lw.w_up, hn, F);
+    if (precision_ == Precision::bf16)  // as the bf16 forward's products write them
+      for (std::vector<float>* t : {&g, &u})
+        for (float& v : *t) v = from_bf16(to_bf16(v));
     std::vector<float> m(F);
     swiglu_forward(m.data(), g.data(), u.data(), F);
     const std::vector<float> z = project(lw.w_down, m, D);

@@ -48,9 +48,10 @@ struct Key {
   bool ta, tb;
   int M, N, K, lda, ldb, ldc, threads;
   float alpha, beta;
+  bool c_bf16;
   bool operator<(const Key& o) const {
-    return std::tie(ta, tb, M, N, K, lda, ldb, ldc, threads, alpha, beta) <
-           std::tie(o.ta, o.tb, o.M, o.N, o.K, o.lda, o.ldb, o.ldc, o.threads, o.alpha, o.beta);
+    return std::tie(ta, tb, M, N, K, lda, ldb, ldc, threads, alpha, beta, c_bf16) <
+           std::tie(o.ta, o.tb, o.M, o.N, o.K, o.lda, o.ldb, o.ldc, o.threads, o.alpha, o.beta, o.c_bf16);
   }
 };
 
@@ -110,22 +111,25 @@ const char* bf16_path() {
   return path;
 }
 
-void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const bf16* A, int lda, const bf16* B,
-               int ldb, float beta, float* C, int ldc) {
+namespace {
+
+// C = alpha op(A) op(B) + beta C, C fp32 or (c_bf16, beta 0) bf16.
+void matmul_bf16(const char* name, bool trans_a, bool trans_b, int M, int N, int K, float alpha, const bf16* A, int lda,
+                 const bf16* B, int ldb, float beta, void* C, int ldc, bool c_bf16) {
   LASP_CHECK(std::strcmp(bf16_path(), "none") != 0,
-             "gemm_bf16: this CPU has neither AMX nor AVX-512-BF16 for bf16 products; use --precision fp32");
-  LASP_CHECK(M > 0 && N > 0 && K > 0 && A && B && C, "gemm_bf16: expected positive sizes and operands, got M={} N={} K={}",
-             M, N, K);
+             "{}: this CPU has neither AMX nor AVX-512-BF16 for bf16 products; use --precision fp32", name);
+  LASP_CHECK(M > 0 && N > 0 && K > 0 && A && B && C, "{}: expected positive sizes and operands, got M={} N={} K={}",
+             name, M, N, K);
   using dims = dnnl::memory::dims;
   using dt = dnnl::memory::data_type;
   const dnnl::memory::desc a({M, K}, dt::bf16, trans_a ? dims{1, lda} : dims{lda, 1});
   const dnnl::memory::desc b({K, N}, dt::bf16, trans_b ? dims{1, ldb} : dims{ldb, 1});
-  const dnnl::memory::desc c({M, N}, dt::f32, dims{ldc, 1});
+  const dnnl::memory::desc c({M, N}, c_bf16 ? dt::bf16 : dt::f32, dims{ldc, 1});
   Primitives& p = primitives();
   dnnl::matmul* product;
   {
     std::lock_guard<std::mutex> lock(p.mutex);
-    const Key key{trans_a, trans_b, M, N, K, lda, ldb, ldc, omp_get_max_threads(), alpha, beta};
+    const Key key{trans_a, trans_b, M, N, K, lda, ldb, ldc, omp_get_max_threads(), alpha, beta, c_bf16};
     auto it = p.cache.find(key);
     if (it == p.cache.end()) {
       dnnl::primitive_attr attr;
@@ -145,6 +149,18 @@ void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
                             {DNNL_ARG_WEIGHTS, dnnl::memory(b, p.engine, const_cast<bf16*>(B))},
                             {DNNL_ARG_DST, dnnl::memory(c, p.engine, C)}});
   stream.wait();
+}
+
+}  // namespace
+
+void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const bf16* A, int lda, const bf16* B,
+               int ldb, float beta, float* C, int ldc) {
+  matmul_bf16("gemm_bf16", trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, false);
+}
+
+void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const bf16* A, int lda, const bf16* B,
+               int ldb, bf16* C, int ldc) {
+  matmul_bf16("gemm_bf16", trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, 0.f, C, ldc, true);
 }
 
 }  // namespace lasp

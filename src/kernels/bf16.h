@@ -21,6 +21,10 @@ void from_bf16(float* dst, const bf16* src, size_t n);
 // Throws where the CPU has no bf16 products (bf16_path() says "none").
 void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const bf16* A, int lda, const bf16* B,
                int ldb, float beta, float* C, int ldc);
+// The same with C = alpha op(A) op(B) written rounded to bf16 (to nearest even), for a product whose output is only
+// read as bf16 or rounded right after (half the bytes to write and to read back).
+void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const bf16* A, int lda, const bf16* B,
+               int ldb, bf16* C, int ldc);
 
 // The path gemm_bf16 takes on this CPU: "AMX", "AVX-512-BF16" or "none" (for `lasp info` and the errors).
 const char* bf16_path();

@@ -40,7 +40,13 @@ void swiglu_forward(float* out, const float* gate, const float* up, long n) {
   }
 }
 
-void swiglu_forward_bf16(bf16* out, const float* gate, const float* up, long n) {
+namespace {
+
+inline float widen(float x) { return x; }
+inline float widen(bf16 x) { return __builtin_bit_cast(float, uint32_t(x) << 16); }
+
+template <typename T>
+void forward_bf16(bf16* out, const T* gate, const T* up, long n) {
   check_args("swiglu_forward_bf16", n, out, gate, up);
 #pragma omp parallel for schedule(static) if (n > 32768)
   for (long at = 0; at < n; at += kBlock) {
@@ -48,15 +54,16 @@ void swiglu_forward_bf16(bf16* out, const float* gate, const float* up, long n) 
     float y[kBlock];
 #pragma omp simd
     for (long i = 0; i < m; ++i) {
-      const float g = gate[at + i];
-      y[i] = g * vec_sigmoid(g) * up[at + i];
+      const float g = widen(gate[at + i]);
+      y[i] = g * vec_sigmoid(g) * widen(up[at + i]);
     }
     to_bf16_serial(out + at, y, size_t(m));
   }
 }
 
-void swiglu_backward_bf16(bf16* dgate, bf16* dup, long ld, const float* dout, const float* gate, const float* up,
-                          long rows, long width) {
+template <typename T>
+void backward_bf16(bf16* dgate, bf16* dup, long ld, const float* dout, const T* gate, const T* up, long rows,
+                   long width) {
   check_args("swiglu_backward_bf16", rows * width, dgate, dout, gate);
   LASP_CHECK(rows >= 0 && width >= 0 && ld >= width, "swiglu_backward_bf16: expected rows, width >= 0 and ld >= width, "
              "got rows={} width={} ld={}", rows, width, ld);
@@ -74,13 +81,27 @@ void swiglu_backward_bf16(bf16* dgate, bf16* dup, long ld, const float* dout, co
       float dg[kBlock], du[kBlock];
 #pragma omp simd
       for (long i = 0; i < m; ++i) {
-        const float g = gate[at + i], s = vec_sigmoid(g), go = dout[at + i];
-        dg[i] = go * up[at + i] * s * (1.f + g * (1.f - s));
+        const float g = widen(gate[at + i]), s = vec_sigmoid(g), go = dout[at + i];
+        dg[i] = go * widen(up[at + i]) * s * (1.f + g * (1.f - s));
         du[i] = go * g * s;
       }
       to_bf16_serial(dgate + r * ld + c, dg, size_t(m));
       to_bf16_serial(dup + r * ld + c, du, size_t(m));
     }
+}
+
+}  // namespace
+
+void swiglu_forward_bf16(bf16* out, const float* gate, const float* up, long n) { forward_bf16(out, gate, up, n); }
+void swiglu_forward_bf16(bf16* out, const bf16* gate, const bf16* up, long n) { forward_bf16(out, gate, up, n); }
+
+void swiglu_backward_bf16(bf16* dgate, bf16* dup, long ld, const float* dout, const float* gate, const float* up,
+                          long rows, long width) {
+  backward_bf16(dgate, dup, ld, dout, gate, up, rows, width);
+}
+void swiglu_backward_bf16(bf16* dgate, bf16* dup, long ld, const float* dout, const bf16* gate, const bf16* up,
+                          long rows, long width) {
+  backward_bf16(dgate, dup, ld, dout, gate, up, rows, width);
 }
 
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, long n,

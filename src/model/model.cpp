@@ -78,6 +78,12 @@ void Model::project(float* Y, Input X, const float* W, int in, int out, int rows
   gemm_bf16(false, true, T, out, in, 1.f, X.b16, in, bf16_weight(W), in, 0.f, Y, out);
 }
 
+void Model::project(bf16* Y, Input X, const float* W, int in, int out, int rows) {
+  const int T = rows < 0 ? T_ : rows;
+  if (!X.b16) X = keep(X.f32, x_bf16_.data(), size_t(T) * in);
+  gemm_bf16(false, true, T, out, in, 1.f, X.b16, in, bf16_weight(W), in, Y, out);
+}
+
 void Model::project_backward(float* dX, float* dW, Input dY, Input X, const float* W, int in, int out,
                              bool dx_fresh, int rows) {
   const int T = rows < 0 ? T_ : rows;
@@ -126,12 +132,15 @@ void Model::mlp_forward(int l, int r, int rows) {
   const LayerWeights& w = w_.layers[l];
   LayerActs& a = acts(l);
   const Input hn = kept(a.hn, a.hn16).rows_from(size_t(r) * D);
+  if (precision_ == Precision::bf16) {  // every form bf16: m is read only by the down projection and its gradient
+    project(a.g16, hn, w.w_gate, D, F, rows);
+    project(a.u16, hn, w.w_up, D, F, rows);
+    swiglu_forward_bf16(a.m16, a.g16, a.u16, long(rows) * F);
+    return;
+  }
   project(a.g, hn, w.w_gate, D, F, rows);
   project(a.u, hn, w.w_up, D, F, rows);
-  if (precision_ == Precision::bf16)  // only the bf16 form is read (the down projection and its weights' gradient)
-    swiglu_forward_bf16(a.m16, a.g, a.u, long(rows) * F);
-  else
-    swiglu_forward(a.m, a.g, a.u, long(rows) * F);
+  swiglu_forward(a.m, a.g, a.u, long(rows) * F);
 }
 
 void Model::carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPlan& plan, std::vector<float*>& x,
@@ -150,10 +159,11 @@ void Model::carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPla
   stream.assign(plan.layer_major ? L + 1 : 0, nullptr);
   for (float*& p : stream) p = cv.take(size_t(B) * N * D);
   acts.assign(recompute ? 1 : L, LayerActs{});
-  // Under bf16 the layers keep bf16 copies of xn, hn, m and the gated output: their fp32 forms are shared.
+  // Under bf16 the layers keep bf16 copies of xn, hn and the gated output (their fp32 forms are shared) and the
+  // MLP's g, u and m in bf16 alone.
   const bool shared = b16 && acts.size() > 1, gated = c.linear.output_gate && c.layer_types.find('L') != std::string::npos;
-  float *xn = nullptr, *hn = nullptr, *m = nullptr, *og = nullptr;  // null also while the carver only counts
-  if (shared) xn = cv.take(T * D), hn = cv.take(T * D), m = cv.take(TF), og = gated ? cv.take(T * E) : nullptr;
+  float *xn = nullptr, *hn = nullptr, *og = nullptr;  // null also while the carver only counts
+  if (shared) xn = cv.take(T * D), hn = cv.take(T * D), og = gated ? cv.take(T * E) : nullptr;
   for (size_t i = 0; i < acts.size(); ++i) {
     // With recompute the shared set must fit either kind of layer.
     const bool any_linear = recompute ? c.layer_types.find('L') != std::string::npos : c.layer_types[i] == 'L';
@@ -187,10 +197,12 @@ void Model::carve(Carver& cv, const ModelConfig& c, int B, int N, const ModelPla
     a.h = cv.take(T * D);
     a.hn = shared ? hn : cv.take(T * D);
     a.rstd_post = cv.take(T);
-    a.g = cv.take(TF);
-    a.u = cv.take(TF);
-    a.m = shared ? m : cv.take(TF);
-    if (b16) a.xn16 = take_bf16(T * D), a.hn16 = take_bf16(T * D), a.m16 = take_bf16(TF), a.ao16 = take_bf16(T * E);
+    if (b16) {  // the MLP's g, u and m only in bf16
+      a.xn16 = take_bf16(T * D), a.hn16 = take_bf16(T * D), a.ao16 = take_bf16(T * E);
+      a.g16 = take_bf16(TF), a.u16 = take_bf16(TF), a.m16 = take_bf16(TF);
+    } else {
+      a.g = cv.take(TF), a.u = cv.take(TF), a.m = cv.take(TF);
+    }
   }
   s.dres = cv.take(T * D);
   s.dxn = cv.take(T * D);
@@ -582,7 +594,7 @@ void Model::backward_layer(int l) {
       joint = w.w_up == w.w_gate + size_t(F) * D && g.w_up == g.w_gate + size_t(F) * D;
       bf16* dg16 = reinterpret_cast<bf16*>(s_.dg);
       bf16* du16 = joint ? dg16 + F : reinterpret_cast<bf16*>(s_.du);
-      swiglu_backward_bf16(dg16, du16, joint ? 2 * F : F, s_.dm, a.g, a.u, rows, F);
+      swiglu_backward_bf16(dg16, du16, joint ? 2 * F : F, s_.dm, a.g16, a.u16, rows, F);
       dg = {nullptr, dg16}, du = {nullptr, du16};
     } else {
       swiglu_backward(s_.dg, s_.du, s_.dm, a.g, a.u, long(rows) * F, GradStore::overwrite);

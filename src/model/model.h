@@ -100,10 +100,11 @@ class Model {
     float* halo;                  // gdn: (3, B, R, K-1, E) the rows before each run of this rank's tokens (R, at most
                                   // Attention::kMaxConvRuns) of the q, k, v convolutions
     float *h, *hn, *rstd_post;    // (T, D), (T, D), (T)
-    float *g, *u, *m;             // (T, F) gate, up, silu(gate) * up
+    float *g, *u, *m;             // (T, F) gate, up, silu(gate) * up (precision fp32)
     // precision bf16: the projections' inputs as they were multiplied, kept for the weights' gradients in
     // place of xn, hn, m and the output gate's product (whose fp32 buffers all layers then share):
     bf16 *xn16, *hn16, *m16, *ao16;  // (T, D), (T, D), (T, F), (T, o): ao16 what o_proj read
+    bf16 *g16, *u16;                 // (T, F) gate and up as their products wrote them (as autocast keeps them)
   };
   // A projection's input (or output gradient): fp32, and under precision bf16 its bf16 copy when one is kept (else
   // a projection converts it on the spot), or the bf16 form alone where nothing reads an fp32 one.
@@ -165,6 +166,7 @@ class Model {
   // Y (T x out) = X (T x in) W^T, W in the nn.Linear layout (out x in), W one of the model's weights.
   // rows: of X and Y (default: every token of the running chunk).
   void project(float* Y, Input X, const float* W, int in, int out, int rows = -1);
+  void project(bf16* Y, Input X, const float* W, int in, int out, int rows = -1);  // precision bf16: Y rounded
   const float* gate_forward(int l, Input xn);  // decay gla: the log-gates of layer l
   void gate_backward(int l, Input xn);
   // Layer l's gates for the attention: its fixed decay, or GLA's log-gates of the running chunk (computed by

@@ -1,6 +1,9 @@
 #include "kernels/rmsnorm.h"
 
+#include <omp.h>
+
 #include <cmath>
+#include <vector>
 
 #include "core/check.h"
 
@@ -60,37 +63,33 @@ void rmsnorm_backward(float* dx, float* dweight, const float* dout, const float*
              (const void*)rstd);
   LASP_CHECK(dx != dout && dx != x, "rmsnorm_backward: dx must not alias dout or x");
   // y_i = x_i r w_i, r = (mean(x^2) + eps)^(-1/2), dr/dx_i = -r^3 x_i / D
-  // dx_i = r w_i g_i - r^3 x_i / D * sum_j g_j w_j x_j
-#pragma omp parallel for if ((long)T * D > 16384)
-  for (int t = 0; t < T; ++t) {
-    const float* xr = x + (long)t * D;
-    const float* g = dout + (long)t * D;
-    float* d = dx + (long)t * D;
-    const float r = rstd[t];
-    double dot = 0;
-#pragma omp simd reduction(+ : dot)
-    for (int i = 0; i < D; ++i) dot += (double)g[i] * weight[i] * xr[i];
-    const float c = (float)(dot * r * r * r / D);
-    if (store == GradStore::add)
-      for (int i = 0; i < D; ++i) d[i] += r * weight[i] * g[i] - c * xr[i];
-    else
-      for (int i = 0; i < D; ++i) d[i] = r * weight[i] * g[i] - c * xr[i];
-  }
-  // dweight_i += sum_t g_ti x_ti r_t: race-free, each thread owns a block of columns.
-  constexpr int kBlock = 64;
-  const int blocks = (D + kBlock - 1) / kBlock;
-#pragma omp parallel for if (blocks > 1 && (long)T * D > 16384)
-  for (int b = 0; b < blocks; ++b) {
-    const int i0 = b * kBlock, i1 = i0 + kBlock < D ? i0 + kBlock : D;
-    float acc[kBlock] = {};
-    for (int t = 0; t < T; ++t) {
-      const float* xr = x + (long)t * D;
-      const float* g = dout + (long)t * D;
+  // dx_i = r w_i g_i - r^3 x_i / D * sum_j g_j w_j x_j;  dweight_i += sum_t g_ti x_ti r_t
+  // One pass over the rows: each thread takes a contiguous range and sums its part of dweight, and the parts are
+  // added in thread order (deterministic for a given thread count; a second pass for dweight read g and x again).
+  const int threads = (long)T * D > 16384 ? omp_get_max_threads() : 1;
+  std::vector<float> parts(size_t(threads) * D, 0.f);
+#pragma omp parallel num_threads(threads)
+  {
+    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+    float* part = parts.data() + size_t(id) * D;
+    for (long t = long(T) * id / nt, end = long(T) * (id + 1) / nt; t < end; ++t) {
+      const float* xr = x + t * D;
+      const float* g = dout + t * D;
+      float* d = dx + t * D;
       const float r = rstd[t];
-      for (int i = i0; i < i1; ++i) acc[i - i0] += g[i] * xr[i] * r;
+      double dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int i = 0; i < D; ++i) dot += (double)g[i] * weight[i] * xr[i];
+      const float c = (float)(dot * r * r * r / D);
+      if (store == GradStore::add)
+        for (int i = 0; i < D; ++i) d[i] += r * weight[i] * g[i] - c * xr[i];
+      else
+        for (int i = 0; i < D; ++i) d[i] = r * weight[i] * g[i] - c * xr[i];
+      for (int i = 0; i < D; ++i) part[i] += g[i] * xr[i] * r;
     }
-    for (int i = i0; i < i1; ++i) dweight[i] += acc[i - i0];
   }
+  for (int id = 0; id < threads; ++id)
+    for (int i = 0; i < D; ++i) dweight[i] += parts[size_t(id) * D + i];
 }
 
 }  // namespace lasp

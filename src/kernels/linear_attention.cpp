@@ -688,19 +688,15 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
           gemm(true, false, dval, dkey, rows, 1.f, vb, ldv, w.ks, dkey, f.decay, S, dkey, &pf);
           continue;
         }
-        // K is a B operand and is packed; V and dO are read transposed or as A operands, from their rows.
-        one.gather(dkey, {{w.k, k}});
-        const float* kb = w.k;
-        transpose(w.vt, rows, vb, ldv, rows, dval);
-        gemm(false, false, rows, rows, dval, 1.f, dob, ldv, w.vt, rows, 0.f, w.da, rows, &pf, Skip::c_upper);
-        mask_decay(w.da, rev, blk, rows);
-        if (f.starts) mask_documents(w.da, f.starts, rows);
+        // dQ += diag(l^i) dO S_b^T (its intra part dA K comes with dK's in pass 2, where dA is computed anyway)
         const float* douts = dob;
         int dold = ldv;
         if (!f.plain) scale_rows(w.douts, dob, f.q, rows, dval, ldv), douts = w.douts, dold = dval;
-        gemm_sum(rows, dkey, {false, rows, w.da, rows, kb, dkey, Skip::a_upper}, {false, dval, douts, dold, S, dkey}, 1.f,
-                 1.f, dqb, ldk, &pf);  // dQ += dA K + diag(l^i) dO S_b^T, one pass over dQ's rows
+        gemm(false, false, rows, dkey, dval, 1.f, douts, dold, S, dkey, 1.f, dqb, ldk, &pf);
         if (blkno + 1 == end) continue;
+        // K is a B operand and is packed; V is read transposed, from its rows.
+        one.gather(dkey, {{w.k, k}});
+        const float* kb = w.k;
         const float* ks = kb;
         if (!f.plain) scale_rows(w.ks, kb, f.k, rows, dkey), ks = w.ks;
         gemm(true, false, dval, dkey, rows, 1.f, vb, ldv, ks, dkey, f.decay, S, dkey,
@@ -708,9 +704,10 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
       }
     }
 
-    // Pass 2, reverse order, for dK and dV; dS (dk x dv) is the gradient of the state leaving the current block:
-    //   dK_b += dA^T Q + diag(l^(rows-j)) V dS^T,  dV_b += A^T dO + diag(l^(rows-j)) K dS,  A = (Q K^T) .* psi;
-    //   dS = l^rows dS + Q_b^T diag(l^i) dO_b
+    // Pass 2, reverse order, for dK, dV and dQ's intra part; dS (dk x dv) is the gradient of the state leaving the
+    // current block:
+    //   dK_b += dA^T Q + diag(l^(rows-j)) V dS^T,  dV_b += A^T dO + diag(l^(rows-j)) K dS,  dQ_b += dA K,
+    //   A = (Q K^T) .* psi;  dS = l^rows dS + Q_b^T diag(l^i) dO_b
     // Expanded: dS is kept as dS^T (dv x dk), as the forward keeps S.
     for (int j = 0; j < heads; ++j) {
       float* dS = w.state + j * kv;
@@ -722,7 +719,7 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
     for (int blkno = end - 1; blkno >= begin; --blkno) {
       const BlockIo io = block_io(b, h0, heads, blkno);
       const int rows = io.rows;
-      prefetch_block(blkno - 1, {q, k, dk}, {v, dout, dv});
+      prefetch_block(blkno - 1, {q, k, dk, dq}, {v, dout, dv});
       for (int j = 0; j < heads; ++j) {
         const float *pw = w.pw + j * p, *rev = w.rev + j * p;
         const BlockIo one = io.head(j);  // this head's rows, gathered into L1
@@ -762,19 +759,19 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
           gemm(true, false, dval, dkey, rows, 1.f, dob, dval, w.qs, dkey, f.decay, dS, dkey, &pf);
           continue;
         }
-        // Q and dO are B operands somewhere below and are packed; K and V are only read transposed or as A
-        // operands (broadcast rows), which strided rows serve as well.
-        one.gather(dkey, {{w.q, q}});
+        // Q, K and dO are B operands somewhere below and are packed; V is only read transposed or as an A operand
+        // (broadcast rows), which strided rows serve as well.
+        one.gather(dkey, {{w.q, q}, {w.k, k}});
         one.gather(dval, {{w.o, dout}});
-        const float *qb = w.q, *dob = w.o, *kb = k + one.at(qk), *vb = v + one.at(dval);
+        const float *qb = w.q, *dob = w.o, *kb = w.k, *vb = v + one.at(dval);
         float *dkb = dk + one.at(qk), *dvb = dv + one.at(dval), *dS = w.state + j * kv;
         const Factors f = block_factors(pw, rev, blk, rows, block_starts(starts, s, b, blkno), w.qf, w.kf);
-        transpose(w.kt, rows, kb, ldk, rows, dkey);
+        transpose(w.kt, rows, kb, dkey, rows, dkey);
         transpose(w.vt, rows, vb, ldv, rows, dval);
         const float *ks = kb, *vs = vb, *douts = dob;
-        int ksld = ldk, vsld = ldv;  // row strides of ks and vs
+        int ksld = dkey, vsld = ldv;  // row strides of ks and vs
         if (!f.plain) {
-          scale_rows(w.ks, kb, f.k, rows, dkey, ldk), ks = w.ks, ksld = dkey;  // lambda^(rows-j)
+          scale_rows(w.ks, kb, f.k, rows, dkey), ks = w.ks;  // lambda^(rows-j)
           scale_rows(w.vs, vb, f.k, rows, dval, ldv), vs = w.vs, vsld = dval;
           scale_rows(w.douts, dob, f.q, rows, dval), douts = w.douts;
         }
@@ -789,6 +786,8 @@ void linear_attention_backward(float* dq, float* dk, float* dv, float* dstate_in
                  1.f, 1.f, dkb, ldk, &pf);  // dK += dA^T Q + diag(l^(rows-j)) V dS^T
         gemm_sum(rows, dval, {true, rows, w.a, rows, dob, dval, Skip::a_lower}, {false, dkey, ks, ksld, dS, dval}, 1.f,
                  1.f, dvb, ldv, &pf);  // dV += A^T dO + diag(l^(rows-j)) K dS
+        gemm(false, false, rows, dkey, rows, 1.f, w.da, rows, w.k, dkey, 1.f, dq + one.at(qk), ldk, &pf,
+             Skip::a_upper);  // dQ += dA K
         gemm(true, false, dkey, dval, rows, 1.f, qb, dkey, douts, dval, f.decay, dS, dval,
              &pf);  // dS = l^rows dS + Q^T diag(l^i) dO
       }

@@ -102,9 +102,10 @@ class Model {
     float *h, *hn, *rstd_post;    // (T, D), (T, D), (T)
     float *g, *u, *m;             // (T, F) gate, up, silu(gate) * up (precision fp32)
     // precision bf16: the projections' inputs as they were multiplied, kept for the weights' gradients in
-    // place of xn, hn, m and the output gate's product (whose fp32 buffers all layers then share):
+    // place of xn, hn and the output gate's product (whose fp32 buffers all layers then share), and the MLP's
+    // g, u and m in bf16 alone (g and u as their products wrote them, as autocast keeps them):
     bf16 *xn16, *hn16, *m16, *ao16;  // (T, D), (T, D), (T, F), (T, o): ao16 what o_proj read
-    bf16 *g16, *u16;                 // (T, F) gate and up as their products wrote them (as autocast keeps them)
+    bf16 *g16, *u16;                 // (T, F)
   };
   // A projection's input (or output gradient): fp32, and under precision bf16 its bf16 copy when one is kept (else
   // a projection converts it on the spot), or the bf16 form alone where nothing reads an fp32 one.
